@@ -1,0 +1,11 @@
+//! Tether's wire formats and protocol state machines, without I/O.
+//!
+//! In the style of quinn-proto and rustls: everything here is fed bytes (and, for state machines,
+//! the current time) and hands back bytes, events and deadlines. Nothing here opens a socket, spawns
+//! a task or reads a clock. The gateway and the simulators are the drivers.
+//!
+//! - [`apf`]: the APF message format (CIRA, Intel AMT's tunnel to a management presence server).
+//! - [`session`]: APF tunnel state machines, server role (gateway) and client role (device).
+
+pub mod apf;
+pub mod session;
