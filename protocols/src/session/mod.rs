@@ -1,4 +1,225 @@
-//! APF tunnel state machines (being written).
+//! APF tunnel state machines: the server role ([`ServerSession`], the gateway) and the client role
+//! ([`ClientSession`], a device), without I/O.
+//!
+//! Like quinn-proto's `Connection`, a session is fed what arrived and the current time, and hands
+//! back bytes to send, events and the next deadline:
+//!
+//! - [`ServerSession::handle_input`] / [`ServerSession::handle_timeout`] feed it;
+//! - [`ServerSession::poll_transmit`], [`ServerSession::poll_event`] and
+//!   [`ServerSession::poll_timeout`] drain it;
+//! - methods such as [`ServerSession::open_channel`] and [`ServerSession::send`] act on it.
+//!
+//! A session never blocks and never buffers more than the windows it advertised plus one message
+//! of input. What it does not do: sockets, TLS, clocks, password checks (the driver decides and
+//! calls [`ServerSession::accept_auth`] or [`ServerSession::reject_auth`]).
+
+use std::fmt;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use uuid::Uuid;
+
+use crate::apf::{self, DecodeError, DisconnectReason, Message, OpenFailureReason};
+
+mod channels;
+mod client;
+mod server;
+
+pub use channels::{ChannelConfig, OpenError};
+pub use client::{ClientConfig, ClientSession};
+pub use server::{ServerConfig, ServerSession};
+
+use channels::Output;
+
+/// A channel, by the id this side chose for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u32);
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ch{}", self.0)
+    }
+}
+
+/// Bytes that must not show up in logs (passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Bytes);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// What happened on a tunnel, for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Server: the device's PROTOCOL_VERSION arrived.
+    Hello { uuid: Uuid, major: u32, minor: u32, trigger_reason: u32 },
+    /// Server: the device asks to authenticate; answer with `accept_auth` or `reject_auth`.
+    /// No input is processed until then.
+    AuthRequest { username: Bytes, password: Secret },
+    /// Client: the server accepted our credentials.
+    Authenticated,
+    /// Client: the server refused our credentials (the session is closing).
+    AuthRejected,
+    /// Both: the port-forwarding service is up. Server: channels can be opened to forwarded
+    /// ports from now on. Client: every requested forward has been answered.
+    Established,
+    /// Server: the device forwards this port (a `tcpip-forward` arrived and was accepted).
+    /// Client: the server accepted our forward of this port.
+    PortForwarded { port: u32 },
+    /// Server: the device cancelled a forward. Client: the server refused a forward.
+    PortCancelled { port: u32 },
+    /// Server: the device accepted keepalive options. Client: the server set them.
+    KeepaliveOptions { interval_secs: u32, timeout_secs: u32 },
+    /// A keepalive request or reply arrived.
+    Keepalive,
+    /// Client: the server wants a channel to `port`; answer with `accept_channel` or
+    /// `reject_channel`.
+    ChannelOpenRequest { ch: ChannelId, port: u32, originator: Bytes, originator_port: u32 },
+    /// Server: a channel we opened was confirmed; `send_window` is the device's window.
+    ChannelOpened { ch: ChannelId, port: u32, send_window: u32 },
+    /// Server: the device refused a channel we opened.
+    ChannelOpenFailed { ch: ChannelId, reason: OpenFailureReason },
+    /// Data arrived on a channel. Call `consumed` once it has been passed on, to grant credit.
+    ChannelData { ch: ChannelId, data: Bytes },
+    /// The peer will send no more data on this channel.
+    ChannelEof { ch: ChannelId },
+    /// The channel is gone (closed by either side, or the tunnel closed).
+    ChannelClosed { ch: ChannelId },
+    /// The peer granted window on a channel whose send credit was exhausted.
+    ChannelWritable { ch: ChannelId },
+    /// The session ended; nothing more will happen. Flush `poll_transmit`, then close the socket.
+    Closed(CloseCause),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The peer sent DISCONNECT.
+    PeerDisconnected(DisconnectReason),
+    /// The peer broke the protocol; we sent DISCONNECT (protocol error).
+    Protocol { kind: ProtocolErrorKind, detail: String },
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// Nothing arrived for three keepalive intervals.
+    IdleTimeout,
+    /// Authentication failed (client: refused by the server; server: attempts exhausted).
+    AuthFailed,
+    /// The local application closed the session with this reason.
+    Local(DisconnectReason),
+}
+
+impl CloseCause {
+    pub(crate) fn protocol(kind: ProtocolErrorKind, detail: impl Into<String>) -> Self {
+        CloseCause::Protocol { kind, detail: detail.into() }
+    }
+
+    fn from_decode(err: DecodeError) -> Self {
+        let kind = match err {
+            DecodeError::UnknownType(_) => ProtocolErrorKind::UnknownType,
+            DecodeError::TooLong { .. } => ProtocolErrorKind::TooLong,
+            DecodeError::Malformed { .. } => ProtocolErrorKind::Malformed,
+        };
+        CloseCause::Protocol { kind, detail: err.to_string() }
+    }
+
+    /// The DISCONNECT reason we send for this cause, if we send one.
+    fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        match self {
+            CloseCause::PeerDisconnected(_) => None,
+            CloseCause::Protocol { kind: ProtocolErrorKind::UnsupportedVersion, .. } => {
+                Some(DisconnectReason::ProtocolVersionNotSupported)
+            }
+            CloseCause::Protocol { kind: ProtocolErrorKind::UnknownService, .. } => {
+                Some(DisconnectReason::ServiceNotAvailable)
+            }
+            CloseCause::Protocol { .. } => Some(DisconnectReason::ProtocolError),
+            CloseCause::HandshakeTimeout | CloseCause::IdleTimeout => Some(DisconnectReason::ConnectionTimedOut),
+            CloseCause::AuthFailed => Some(DisconnectReason::NoMoreAuthMethods),
+            CloseCause::Local(reason) => Some(*reason),
+        }
+    }
+}
+
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseCause::PeerDisconnected(reason) => write!(f, "peer disconnected ({reason:?})"),
+            CloseCause::Protocol { kind, detail } => write!(f, "protocol error ({}): {detail}", kind.as_str()),
+            CloseCause::HandshakeTimeout => f.write_str("handshake timed out"),
+            CloseCause::IdleTimeout => f.write_str("no traffic for three keepalive intervals"),
+            CloseCause::AuthFailed => f.write_str("authentication failed"),
+            CloseCause::Local(reason) => write!(f, "closed locally ({reason:?})"),
+        }
+    }
+}
+
+/// Input buffering, decoding and output shared by both roles.
+#[derive(Debug)]
+struct Core {
+    limits: apf::Limits,
+    input: BytesMut,
+    out: Output,
+    closed: bool,
+}
+
+impl Core {
+    fn new(limits: apf::Limits) -> Self {
+        Self { limits, input: BytesMut::new(), out: Output::default(), closed: false }
+    }
+
+    /// Most bytes buffered while a session does not read (one maximal message plus slack).
+    fn input_cap(&self) -> usize {
+        self.limits.max_data + 64 * 1024
+    }
+
+    /// Decodes the next complete message, if any.
+    fn next_message(&mut self) -> Result<Option<Message>, CloseCause> {
+        match apf::decode(&self.input, &self.limits) {
+            Ok(Some((message, consumed))) => {
+                self.input.advance(consumed);
+                Ok(Some(message))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => Err(CloseCause::from_decode(err)),
+        }
+    }
+
+    /// Ends the session: sends DISCONNECT when the cause calls for one, reports the cause.
+    fn close(&mut self, cause: CloseCause) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.input.clear();
+        if let Some(reason) = cause.disconnect_reason() {
+            self.out.send(&Message::Disconnect { reason });
+        }
+        self.out.events.push_back(Event::Closed(cause));
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.out.transmit.is_empty() {
+            None
+        } else {
+            Some(self.out.transmit.split().freeze())
+        }
+    }
+}
+
+fn deadline_min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+#[path = "session_test.rs"]
+mod tests;
+
 
 /// What a peer did wrong, as a closed set (used for metrics labels and DISCONNECT reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
