@@ -261,31 +261,83 @@ pub struct ChannelOpen {
 /// One APF message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Disconnect { reason: DisconnectReason },
-    ServiceRequest { service: Bytes },
-    ServiceAccept { service: Bytes },
-    UserauthRequest { username: Bytes, service: Bytes, method: AuthMethod },
+    Disconnect {
+        reason: DisconnectReason,
+    },
+    ServiceRequest {
+        service: Bytes,
+    },
+    ServiceAccept {
+        service: Bytes,
+    },
+    UserauthRequest {
+        username: Bytes,
+        service: Bytes,
+        method: AuthMethod,
+    },
     /// Real MPSs write the partial-success flag as a `u16` (15 bytes in all); the spec says `u8`.
-    /// The encoder writes the `u16` form; the parser accepts both.
-    UserauthFailure { methods: Bytes, partial_success: bool },
+    /// The encoder writes the `u16` form; the parser accepts both, and decides which once the
+    /// byte after the flag has arrived (the `u8` form ends only when the next message begins).
+    UserauthFailure {
+        methods: Bytes,
+        partial_success: bool,
+    },
     UserauthSuccess,
-    GlobalRequest { want_reply: bool, request: GlobalRequest },
+    GlobalRequest {
+        want_reply: bool,
+        request: GlobalRequest,
+    },
     /// `port` is present in the reply to `tcpip-forward` (the port bound), absent otherwise.
-    RequestSuccess { port: Option<u32> },
+    RequestSuccess {
+        port: Option<u32>,
+    },
     RequestFailure,
     ChannelOpen(ChannelOpen),
-    ChannelOpenConfirmation { recipient_channel: u32, sender_channel: u32, initial_window: u32, max_packet: u32 },
-    ChannelOpenFailure { recipient_channel: u32, reason: OpenFailureReason },
-    ChannelWindowAdjust { recipient_channel: u32, bytes_to_add: u32 },
-    ChannelData { recipient_channel: u32, data: Bytes },
-    ChannelEof { recipient_channel: u32 },
-    ChannelClose { recipient_channel: u32 },
+    ChannelOpenConfirmation {
+        recipient_channel: u32,
+        sender_channel: u32,
+        initial_window: u32,
+        max_packet: u32,
+    },
+    ChannelOpenFailure {
+        recipient_channel: u32,
+        reason: OpenFailureReason,
+    },
+    ChannelWindowAdjust {
+        recipient_channel: u32,
+        bytes_to_add: u32,
+    },
+    ChannelData {
+        recipient_channel: u32,
+        data: Bytes,
+    },
+    ChannelEof {
+        recipient_channel: u32,
+    },
+    ChannelClose {
+        recipient_channel: u32,
+    },
     /// The device's first message. The UUID travels in SMBIOS (mixed-endian GUID) order.
-    ProtocolVersion { major: u32, minor: u32, trigger_reason: u32, uuid: Uuid },
-    KeepaliveRequest { cookie: u32 },
-    KeepaliveReply { cookie: u32 },
-    KeepaliveOptionsRequest { interval_secs: u32, timeout_secs: u32 },
-    KeepaliveOptionsReply { interval_secs: u32, timeout_secs: u32 },
+    ProtocolVersion {
+        major: u32,
+        minor: u32,
+        trigger_reason: u32,
+        uuid: Uuid,
+    },
+    KeepaliveRequest {
+        cookie: u32,
+    },
+    KeepaliveReply {
+        cookie: u32,
+    },
+    KeepaliveOptionsRequest {
+        interval_secs: u32,
+        timeout_secs: u32,
+    },
+    KeepaliveOptionsReply {
+        interval_secs: u32,
+        timeout_secs: u32,
+    },
 }
 
 /// Why bytes could not be decoded. Every variant is the peer's fault.
@@ -375,7 +427,8 @@ impl Message {
                 put_string(buf, request.name());
                 buf.put_u8(u8::from(*want_reply));
                 match request {
-                    GlobalRequest::TcpipForward { address, port } | GlobalRequest::CancelTcpipForward { address, port } => {
+                    GlobalRequest::TcpipForward { address, port }
+                    | GlobalRequest::CancelTcpipForward { address, port } => {
                         put_string(buf, address);
                         buf.put_u32(*port);
                     }
@@ -465,9 +518,8 @@ impl Message {
                 STR + request.name().len()
                     + 1
                     + match request {
-                        GlobalRequest::TcpipForward { address, .. } | GlobalRequest::CancelTcpipForward { address, .. } => {
-                            STR + address.len() + 4
-                        }
+                        GlobalRequest::TcpipForward { address, .. }
+                        | GlobalRequest::CancelTcpipForward { address, .. } => STR + address.len() + 4,
                         GlobalRequest::UdpSendTo { address, originator_address, data, .. } => {
                             STR + address.len() + 4 + STR + originator_address.len() + 4 + STR + data.len()
                         }
@@ -603,8 +655,11 @@ fn parse_body<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<
         }
         T::ServiceRequest | T::ServiceAccept => {
             let (input, service) = string(input, "service name", limits)?;
-            let message =
-                if ty == T::ServiceRequest { Message::ServiceRequest { service } } else { Message::ServiceAccept { service } };
+            let message = if ty == T::ServiceRequest {
+                Message::ServiceRequest { service }
+            } else {
+                Message::ServiceAccept { service }
+            };
             (input, message)
         }
         T::UserauthRequest => {
@@ -629,10 +684,14 @@ fn parse_body<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<
             let (input, methods) = string(input, "method list", limits)?;
             let (input, partial_success) = boolean(input)?;
             // Real MPSs write the flag as a u16, the spec as a u8. No message has type 0, so a
-            // zero byte right after the flag is the low byte of the u16 form.
+            // zero byte right after the flag is the low byte of the u16 form, and any other byte
+            // starts the next message. Until that byte arrives we wait, as for REQUEST_SUCCESS:
+            // ending the message early would read the second byte of a u16 flag that a read
+            // boundary split off as a message of type 0.
             let input = match input.first() {
+                None => return Err(nom::Err::Incomplete(nom::Needed::new(1))),
                 Some(0) => &input[1..],
-                _ => input,
+                Some(_) => input,
             };
             (input, Message::UserauthFailure { methods, partial_success })
         }
@@ -773,3 +832,7 @@ fn parse_body<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<
         }
     })
 }
+
+#[cfg(test)]
+#[path = "apf_test.rs"]
+mod tests;

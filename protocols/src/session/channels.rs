@@ -303,7 +303,10 @@ impl Channels {
             Message::ChannelOpenConfirmation { recipient_channel, sender_channel, initial_window, max_packet } => {
                 let c = self.get_mut(recipient_channel)?;
                 if c.state != State::OpeningOut {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::UnexpectedMessage, "confirmation of an open channel"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::UnexpectedMessage,
+                        "confirmation of an open channel",
+                    ));
                 }
                 c.state = State::Open;
                 c.peer_id = sender_channel;
@@ -320,7 +323,10 @@ impl Channels {
             Message::ChannelOpenFailure { recipient_channel, reason } => {
                 let c = self.get_mut(recipient_channel)?;
                 if c.state != State::OpeningOut {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::UnexpectedMessage, "open failure for an open channel"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::UnexpectedMessage,
+                        "open failure for an open channel",
+                    ));
                 }
                 let pending_close = c.close_pending;
                 self.map.remove(&recipient_channel);
@@ -341,11 +347,17 @@ impl Channels {
             Message::ChannelData { recipient_channel, data } => {
                 let c = self.get_mut(recipient_channel)?;
                 if c.state != State::Open {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::UnexpectedMessage, "data on a channel not open"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::UnexpectedMessage,
+                        "data on a channel not open",
+                    ));
                 }
                 let n = data.len() as u64;
                 if n > c.recv_remaining {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::WindowExceeded, "channel data beyond the window granted"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::WindowExceeded,
+                        "channel data beyond the window granted",
+                    ));
                 }
                 c.recv_remaining -= n;
                 if c.close_sent {
@@ -365,7 +377,10 @@ impl Channels {
             Message::ChannelClose { recipient_channel } => {
                 let c = self.get_mut(recipient_channel)?;
                 if c.state != State::Open {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::UnexpectedMessage, "close of a channel not open"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::UnexpectedMessage,
+                        "close of a channel not open",
+                    ));
                 }
                 if !c.close_sent {
                     out.send(&Message::ChannelClose { recipient_channel: c.peer_id });

@@ -162,9 +162,10 @@ impl ClientSession {
                 out.events.push_back(Event::PortCancelled { port });
                 self.forward_next(i + 1, now);
             }
-            (state, Message::KeepaliveOptionsRequest { interval_secs, timeout_secs })
-                if matches!(state, State::Forwarding(_) | State::Established) =>
-            {
+            (
+                State::Forwarding(_) | State::Established,
+                Message::KeepaliveOptionsRequest { interval_secs, timeout_secs },
+            ) => {
                 out.send(&Message::KeepaliveOptionsReply { interval_secs, timeout_secs });
                 out.events.push_back(Event::KeepaliveOptions { interval_secs, timeout_secs });
                 if interval_secs > 0 {

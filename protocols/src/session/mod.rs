@@ -220,7 +220,6 @@ fn deadline_min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 #[path = "session_test.rs"]
 mod tests;
 
-
 /// What a peer did wrong, as a closed set (used for metrics labels and DISCONNECT reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolErrorKind {

@@ -163,7 +163,10 @@ impl ServerSession {
             }
             (State::AwaitUserauth, Message::UserauthRequest { username, service, method }) => {
                 if service != SERVICE_PFWD {
-                    return Err(CloseCause::protocol(ProtocolErrorKind::UnknownService, "userauth for an unknown service"));
+                    return Err(CloseCause::protocol(
+                        ProtocolErrorKind::UnknownService,
+                        "userauth for an unknown service",
+                    ));
                 }
                 match method {
                     AuthMethod::Password(password) => {
@@ -236,8 +239,7 @@ impl ServerSession {
                 if !self.keepalive_options_sent {
                     // Real firmware forwards 5900 last; anyone else gets the options once the
                     // forwards have been quiet for a moment.
-                    self.keepalive_options_at =
-                        Some(if port == 5900 { now } else { now + self.config.forward_settle });
+                    self.keepalive_options_at = Some(if port == 5900 { now } else { now + self.config.forward_settle });
                     if port == 5900 {
                         self.send_keepalive_options();
                     }
@@ -272,7 +274,9 @@ impl ServerSession {
 
     fn send_auth_failure(&mut self) {
         self.auth_failures += 1;
-        self.core.out.send(&Message::UserauthFailure { methods: Bytes::from_static(b"password"), partial_success: false });
+        self.core
+            .out
+            .send(&Message::UserauthFailure { methods: Bytes::from_static(b"password"), partial_success: false });
         if self.auth_failures >= self.config.max_auth_attempts {
             self.fail(CloseCause::AuthFailed);
         }

@@ -278,11 +278,14 @@ fn messages_out_of_handshake_order_are_a_protocol_error() {
 fn garbage_and_oversized_messages_close_with_a_reason() {
     for (input, kind) in [
         (vec![0x0a], ProtocolErrorKind::UnknownType),
-        ({
-            let mut v = vec![94, 0, 0, 0, 4];
-            v.extend_from_slice(&(2u32 << 20).to_be_bytes());
-            v
-        }, ProtocolErrorKind::TooLong),
+        (
+            {
+                let mut v = vec![94, 0, 0, 0, 4];
+                v.extend_from_slice(&(2u32 << 20).to_be_bytes());
+                v
+            },
+            ProtocolErrorKind::TooLong,
+        ),
     ] {
         let now = Instant::now();
         let mut server = ServerSession::new(ServerConfig::default(), now);
@@ -301,7 +304,8 @@ fn garbage_and_oversized_messages_close_with_a_reason() {
 fn unsupported_version_is_refused() {
     let now = Instant::now();
     let mut server = ServerSession::new(ServerConfig::default(), now);
-    server.handle_input(&encode(&[Message::ProtocolVersion { major: 2, minor: 0, trigger_reason: 0, uuid: UUID }]), now);
+    server
+        .handle_input(&encode(&[Message::ProtocolVersion { major: 2, minor: 0, trigger_reason: 0, uuid: UUID }]), now);
     let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
     assert!(matches!(
         events.last(),
@@ -313,7 +317,8 @@ fn unsupported_version_is_refused() {
 fn a_stalled_handshake_times_out() {
     let now = Instant::now();
     let mut server = ServerSession::new(ServerConfig::default(), now);
-    server.handle_input(&encode(&[Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: UUID }]), now);
+    server
+        .handle_input(&encode(&[Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: UUID }]), now);
     let deadline = server.poll_timeout().unwrap();
     assert_eq!(deadline, now + Duration::from_secs(30));
     server.handle_timeout(deadline);
