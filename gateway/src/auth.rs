@@ -1,1 +1,144 @@
-//! auth (being written)
+//! Passwords and tokens: argon2id hashes for MPS passwords, SHA-256 for high-entropy API tokens,
+//! and a cache of successful password verifications.
+//!
+//! The cache exists because thousands of devices often share one MPS password: after a restart
+//! they all reconnect, and one argon2 run each would cost minutes of CPU. It keys on an HMAC
+//! (per-process random key) of the stored hash and the password, so it never holds a password,
+//! and it only remembers successes. What it does not do: decide which hash applies (`daemon`).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("could not hash the password: {0}")]
+    Hash(String),
+}
+
+/// Hashes a password with argon2id (PHC string, random salt).
+pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Checks a password against a PHC hash; a malformed hash never matches.
+pub fn verify_password(phc: &str, password: &[u8]) -> bool {
+    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password, &hash).is_ok())
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Remembers successful verifications (see the module doc).
+pub struct VerifyCache {
+    key: [u8; 32],
+    capacity: usize,
+    verified: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for VerifyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyCache").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl VerifyCache {
+    pub fn new(capacity: usize) -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Self { key, capacity: capacity.max(1), verified: Mutex::default() }
+    }
+
+    fn tag(&self, phc: &str, password: &[u8]) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(phc.as_bytes());
+        mac.update(&[0]);
+        mac.update(password);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Like [`verify_password`], but a password already verified against this hash is accepted
+    /// without running argon2 again.
+    pub fn verify(&self, phc: &str, password: &[u8]) -> bool {
+        let tag = self.tag(phc, password);
+        if self.verified.lock().is_ok_and(|set| set.contains(&tag)) {
+            return true;
+        }
+        if !verify_password(phc, password) {
+            return false;
+        }
+        if let Ok(mut set) = self.verified.lock() {
+            if set.len() >= self.capacity {
+                set.clear();
+            }
+            set.insert(tag);
+        }
+        true
+    }
+}
+
+/// A new API token: `tth_` and 32 random bytes, base64url.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("tth_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A new random password (for generated MPS credentials): 20 characters AMT accepts.
+pub fn new_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 20];
+    rand::rng().fill_bytes(&mut bytes);
+    // AMT's MPS passwords want upper, lower, digit and a symbol.
+    let mut password: String = bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
+    password.push_str("A1a!");
+    password
+}
+
+/// Hex SHA-256 of a token (tokens are high-entropy, so a fast hash is the right tool).
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_against_their_hash_only() {
+        let hash = hash_password(b"P@ssw0rd").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&hash, b"P@ssw0rd"));
+        assert!(!verify_password(&hash, b"P@ssw0rD"));
+        assert!(!verify_password("not a hash", b"P@ssw0rd"));
+    }
+
+    #[test]
+    fn the_cache_accepts_only_what_argon2_accepted() {
+        let cache = VerifyCache::new(2);
+        let hash = hash_password(b"secret").unwrap();
+        assert!(!cache.verify(&hash, b"wrong"));
+        assert!(cache.verify(&hash, b"secret"));
+        assert!(cache.verify(&hash, b"secret"));
+        assert!(!cache.verify(&hash, b"wrong"));
+        // A new hash for the same password (credentials changed) is checked afresh.
+        let other = hash_password(b"other").unwrap();
+        assert!(!cache.verify(&other, b"secret"));
+    }
+
+    #[test]
+    fn tokens_are_distinct_and_hash_stably() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("tth_") && a.len() == 4 + 43);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(new_password(), new_password());
+    }
+}

@@ -1,1 +1,281 @@
-//! metrics (being written)
+//! Prometheus metrics for the gateway, on a private registry.
+//!
+//! Every label is a closed Rust enum rendered by `as_str()`, never a UUID, an address or a user
+//! name; every label value is created at start, so each series exists (at 0) before anything
+//! happens. What it does not do: serve HTTP (that is `api::serve_metrics`).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use protocols::session::ProtocolErrorKind;
+
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// The kind of tunnel.
+    TunnelKind { Cira => "cira" }
+);
+
+label_enum!(
+    /// Why a tunnel ended.
+    CloseReason {
+        PeerDisconnect => "peer_disconnect",
+        PeerClosed => "peer_closed",
+        IdleTimeout => "idle_timeout",
+        HandshakeTimeout => "handshake_timeout",
+        ProtocolError => "protocol_error",
+        AuthFailed => "auth_failed",
+        Replaced => "replaced",
+        Shutdown => "shutdown",
+        IoError => "io_error",
+        Unknown => "unknown",
+    }
+);
+
+label_enum!(
+    /// Why an authentication attempt failed.
+    AuthFailureReason {
+        BadPassword => "bad_password",
+        UnknownUser => "unknown_user",
+        RateLimited => "rate_limited",
+        UnsupportedMethod => "unsupported_method",
+        Unknown => "unknown",
+    }
+);
+
+label_enum!(
+    /// Why a technician's channel open was refused.
+    ChannelRefusal {
+        DeviceRefused => "device_refused",
+        PortNotForwarded => "port_not_forwarded",
+        TooManyChannels => "too_many_channels",
+        TunnelGone => "tunnel_gone",
+        Timeout => "timeout",
+    }
+);
+
+label_enum!(
+    /// Which way relayed bytes went.
+    Direction { ToDevice => "to_device", FromDevice => "from_device" }
+);
+
+label_enum!(
+    /// Why a connection was turned away before it became a tunnel.
+    RejectReason {
+        ConnectionRate => "connection_rate",
+        AuthBackoff => "auth_backoff",
+        TlsHandshake => "tls_handshake",
+        TooManyTunnels => "too_many_tunnels",
+    }
+);
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    tunnels_active: IntGaugeVec,
+    tunnels_opened: IntCounterVec,
+    tunnels_closed: IntCounterVec,
+    auth_failures: IntCounterVec,
+    channels_active: IntGauge,
+    channel_opens_refused: IntCounterVec,
+    relayed_bytes: IntCounterVec,
+    tls_handshake: Histogram,
+    protocol_errors: IntCounterVec,
+    connections_rejected: IntCounterVec,
+    api_requests_limited: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let tunnels_active = IntGaugeVec::new(Opts::new("tether_tunnels_active", "Tunnels established now."), &["kind"])
+            .expect("valid metric definition");
+        registry.register(Box::new(tunnels_active.clone())).expect("metric registered once");
+        let tunnels_opened = counter_vec(&registry, "tether_tunnels_opened_total", "Tunnels established.", &["kind"]);
+        let tunnels_closed =
+            counter_vec(&registry, "tether_tunnels_closed_total", "Established tunnels closed, by reason.", &["kind", "reason"]);
+        let auth_failures =
+            counter_vec(&registry, "tether_auth_failures_total", "Failed device authentications, by reason.", &["reason"]);
+        let channels_active = IntGauge::new("tether_channels_active", "Relay channels open now.").expect("valid metric");
+        registry.register(Box::new(channels_active.clone())).expect("metric registered once");
+        let channel_opens_refused = counter_vec(
+            &registry,
+            "tether_channel_opens_refused_total",
+            "Technician channel opens that failed, by reason.",
+            &["reason"],
+        );
+        let relayed_bytes =
+            counter_vec(&registry, "tether_relayed_bytes_total", "Channel payload bytes relayed, by direction.", &["direction"]);
+        // Buckets at the thresholds that matter: a LAN handshake takes milliseconds, a far-away
+        // device tens to hundreds; past a second something is wrong, and 10 s is our timeout.
+        let tls_handshake = Histogram::with_opts(
+            HistogramOpts::new("tether_tls_handshake_duration_seconds", "CIRA TLS handshake duration.")
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(tls_handshake.clone())).expect("metric registered once");
+        let protocol_errors =
+            counter_vec(&registry, "tether_apf_protocol_errors_total", "APF protocol errors by peers, by kind.", &["kind"]);
+        let connections_rejected = counter_vec(
+            &registry,
+            "tether_connections_rejected_total",
+            "Connections turned away before becoming tunnels, by reason.",
+            &["reason"],
+        );
+        let api_requests_limited =
+            IntCounter::new("tether_api_requests_limited_total", "API requests refused by the per-token rate limit.")
+                .expect("valid metric");
+        registry.register(Box::new(api_requests_limited.clone())).expect("metric registered once");
+
+        for kind in TunnelKind::ALL {
+            tunnels_active.with_label_values(&[kind.as_str()]);
+            tunnels_opened.with_label_values(&[kind.as_str()]);
+            for reason in CloseReason::ALL {
+                tunnels_closed.with_label_values(&[kind.as_str(), reason.as_str()]);
+            }
+        }
+        for reason in AuthFailureReason::ALL {
+            auth_failures.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ChannelRefusal::ALL {
+            channel_opens_refused.with_label_values(&[reason.as_str()]);
+        }
+        for direction in Direction::ALL {
+            relayed_bytes.with_label_values(&[direction.as_str()]);
+        }
+        for kind in ProtocolErrorKind::ALL {
+            protocol_errors.with_label_values(&[kind.as_str()]);
+        }
+        for reason in RejectReason::ALL {
+            connections_rejected.with_label_values(&[reason.as_str()]);
+        }
+        Self {
+            registry,
+            tunnels_active,
+            tunnels_opened,
+            tunnels_closed,
+            auth_failures,
+            channels_active,
+            channel_opens_refused,
+            relayed_bytes,
+            tls_handshake,
+            protocol_errors,
+            connections_rejected,
+            api_requests_limited,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn tunnel_opened(&self, kind: TunnelKind) {
+        self.tunnels_opened.with_label_values(&[kind.as_str()]).inc();
+        self.tunnels_active.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn tunnel_closed(&self, kind: TunnelKind, reason: CloseReason) {
+        self.tunnels_closed.with_label_values(&[kind.as_str(), reason.as_str()]).inc();
+        self.tunnels_active.with_label_values(&[kind.as_str()]).dec();
+    }
+
+    pub fn auth_failure(&self, reason: AuthFailureReason) {
+        self.auth_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn channel_opened(&self) {
+        self.channels_active.inc();
+    }
+
+    pub fn channel_closed(&self) {
+        self.channels_active.dec();
+    }
+
+    pub fn channel_open_refused(&self, reason: ChannelRefusal) {
+        self.channel_opens_refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn relayed_bytes(&self, direction: Direction, n: u64) {
+        if n > 0 {
+            self.relayed_bytes.with_label_values(&[direction.as_str()]).inc_by(n);
+        }
+    }
+
+    pub fn tls_handshake(&self, seconds: f64) {
+        self.tls_handshake.observe(seconds);
+    }
+
+    pub fn protocol_error(&self, kind: ProtocolErrorKind) {
+        self.protocol_errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn connection_rejected(&self, reason: RejectReason) {
+        self.connections_rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn api_request_limited(&self) {
+        self.api_requests_limited.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    #[test]
+    fn series_exist_from_the_start_and_move() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert_eq!(value(&text, "tether_tunnels_active{kind=\"cira\"}"), Some(0.0));
+        assert_eq!(value(&text, "tether_apf_protocol_errors_total{kind=\"window_exceeded\"}"), Some(0.0));
+        assert_eq!(value(&text, "tether_auth_failures_total{reason=\"bad_password\"}"), Some(0.0));
+
+        metrics.tunnel_opened(TunnelKind::Cira);
+        metrics.tunnel_opened(TunnelKind::Cira);
+        metrics.tunnel_closed(TunnelKind::Cira, CloseReason::IdleTimeout);
+        metrics.auth_failure(AuthFailureReason::BadPassword);
+        metrics.relayed_bytes(Direction::ToDevice, 1234);
+        metrics.tls_handshake(0.02);
+        let text = metrics.render();
+        assert_eq!(value(&text, "tether_tunnels_active{kind=\"cira\"}"), Some(1.0));
+        assert_eq!(value(&text, "tether_tunnels_closed_total{kind=\"cira\",reason=\"idle_timeout\"}"), Some(1.0));
+        assert_eq!(value(&text, "tether_auth_failures_total{reason=\"bad_password\"}"), Some(1.0));
+        assert_eq!(value(&text, "tether_relayed_bytes_total{direction=\"to_device\"}"), Some(1234.0));
+        assert_eq!(value(&text, "tether_tls_handshake_duration_seconds_count"), Some(1.0));
+    }
+}

@@ -1,1 +1,409 @@
-//! store (being written)
+//! The SQLite store (`DATA_DIR/tether.db`, WAL): MPS credentials, registered devices and their
+//! life-cycle record, and API tokens (hashed).
+//!
+//! Calls are synchronous and short (one statement each); async callers use `spawn_blocking` or
+//! the `journal` thread. The schema is versioned with `PRAGMA user_version`. What it does not do:
+//! hash passwords (`auth`) or know which devices are live (`registry`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a token named {0:?} exists already; pick another name")]
+    TokenExists(String),
+    #[error("the database was written by a newer Tether (schema {found}, this one knows {known}); upgrade tether")]
+    TooNew { found: i64, known: i64 },
+    #[error("the store lock is poisoned (an earlier panic); restart the gateway")]
+    Poisoned,
+}
+
+/// What the store knows of one device. Password hashes are never part of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRecord {
+    pub uuid: Uuid,
+    /// Added by an operator (`tether device add`), rather than first seen on the wire.
+    pub registered: bool,
+    pub has_password: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub first_seen: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_hello: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_keepalive: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub connected_since: Option<OffsetDateTime>,
+    pub remote_addr: Option<String>,
+    pub ports: Vec<u16>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_disconnect: Option<OffsetDateTime>,
+    pub last_disconnect_reason: Option<String>,
+    pub duplicate_count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_duplicate_at: Option<OffsetDateTime>,
+    pub duplicate_note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (
+    uuid TEXT PRIMARY KEY,
+    registered INTEGER NOT NULL DEFAULT 0,
+    password_hash TEXT,
+    first_seen INTEGER,
+    last_hello INTEGER,
+    last_keepalive INTEGER,
+    connected_since INTEGER,
+    remote_addr TEXT,
+    ports TEXT NOT NULL DEFAULT '',
+    last_disconnect INTEGER,
+    last_disconnect_reason TEXT,
+    duplicate_count INTEGER NOT NULL DEFAULT 0,
+    last_duplicate_at INTEGER,
+    duplicate_note TEXT
+);
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+";
+
+fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_millis(ms: Option<i64>) -> Option<OffsetDateTime> {
+    ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+}
+
+fn ports_text(ports: &[u16]) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version, known: SCHEMA_VERSION });
+        }
+        if version < 1 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))?;
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&conn)?)
+    }
+
+    pub fn set_mps_credentials(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES ('mps_username', ?1), ('mps_password_hash', ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![username, password_hash],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn mps_credentials(&self) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| {
+            let get = |key: &str| {
+                c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                    .query_row([key], |r| r.get::<_, String>(0))
+                    .optional()
+            };
+            Ok(match (get("mps_username")?, get("mps_password_hash")?) {
+                (Some(user), Some(hash)) => Some((user, hash)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Registers a device (or updates its password; `None` clears a device password).
+    pub fn add_device(&self, uuid: Uuid, password_hash: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO devices (uuid, registered, password_hash) VALUES (?1, 1, ?2)
+                 ON CONFLICT(uuid) DO UPDATE SET registered = 1, password_hash = excluded.password_hash",
+                params![uuid.to_string(), password_hash],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn device_password_hash(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT password_hash FROM devices WHERE uuid = ?1")?
+                .query_row([uuid.to_string()], |r| r.get::<_, Option<String>>(0))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+
+    pub fn create_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
+        let result = self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, token_hash, millis(OffsetDateTime::now_utc())],
+            )?;
+            Ok(c.last_insert_rowid())
+        });
+        match result {
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::TokenExists(name.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    /// Creates the token `name`, or gives it a new hash if it exists (the gateway's local token).
+    pub fn create_or_replace_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at",
+                params![name, token_hash, millis(OffsetDateTime::now_utc())],
+            )?;
+            c.query_row("SELECT id FROM tokens WHERE name = ?1", [name], |r| r.get(0))
+        })
+    }
+
+    pub fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT id, name, created_at FROM tokens WHERE hash = ?1")?
+                .query_row([token_hash], token_row)
+                .optional()
+        })
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| c.prepare("SELECT id, name, created_at FROM tokens ORDER BY id")?.query_map([], token_row)?.collect())
+    }
+
+    pub fn record_hello(&self, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO devices (uuid, first_seen, last_hello, remote_addr) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
+                     last_hello = excluded.last_hello, remote_addr = excluded.remote_addr",
+            )?
+            .execute(params![uuid.to_string(), millis(at), remote.to_string()])
+            .map(drop)
+        })
+    }
+
+    pub fn record_connected(&self, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO devices (uuid, first_seen, connected_since, remote_addr) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
+                     connected_since = excluded.connected_since, remote_addr = excluded.remote_addr, ports = ''",
+            )?
+            .execute(params![uuid.to_string(), millis(at), remote.to_string()])
+            .map(drop)
+        })
+    }
+
+    pub fn record_ports(&self, uuid: Uuid, ports: &[u16]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("UPDATE devices SET ports = ?2 WHERE uuid = ?1")?
+                .execute(params![uuid.to_string(), ports_text(ports)])
+                .map(drop)
+        })
+    }
+
+    pub fn record_keepalive(&self, uuid: Uuid, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("UPDATE devices SET last_keepalive = ?2 WHERE uuid = ?1")?
+                .execute(params![uuid.to_string(), millis(at)])
+                .map(drop)
+        })
+    }
+
+    pub fn record_disconnect(&self, uuid: Uuid, at: OffsetDateTime, reason: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE devices SET connected_since = NULL, last_disconnect = ?2, last_disconnect_reason = ?3
+                 WHERE uuid = ?1",
+            )?
+            .execute(params![uuid.to_string(), millis(at), reason])
+            .map(drop)
+        })
+    }
+
+    pub fn record_duplicate(
+        &self,
+        uuid: Uuid,
+        at: OffsetDateTime,
+        previous: SocketAddr,
+        newer: SocketAddr,
+    ) -> Result<(), StoreError> {
+        let note = format!(
+            "UUID claimed from {previous} and {newer}: two machines may share this UUID (a known OEM firmware fault)"
+        );
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE devices SET duplicate_count = duplicate_count + 1, last_duplicate_at = ?2, duplicate_note = ?3
+                 WHERE uuid = ?1",
+            )?
+            .execute(params![uuid.to_string(), millis(at), note])
+            .map(drop)
+        })
+    }
+
+    pub fn mark_all_disconnected(&self, at: OffsetDateTime, reason: &str) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE devices SET connected_since = NULL, last_disconnect = ?1, last_disconnect_reason = ?2
+                 WHERE connected_since IS NOT NULL",
+                params![millis(at), reason],
+            )
+        })
+    }
+
+    pub fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uuid"))?
+                .query_map([], device_row)?
+                .collect()
+        })
+    }
+
+    pub fn device(&self, uuid: Uuid) -> Result<Option<DeviceRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"))?
+                .query_row([uuid.to_string()], device_row)
+                .optional()
+        })
+    }
+}
+
+const DEVICE_COLUMNS: &str = "uuid, registered, password_hash IS NOT NULL, first_seen, last_hello, last_keepalive, \
+     connected_since, remote_addr, ports, last_disconnect, last_disconnect_reason, duplicate_count, \
+     last_duplicate_at, duplicate_note";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let uuid: String = r.get(0)?;
+    let ports: String = r.get(8)?;
+    Ok(DeviceRecord {
+        uuid: Uuid::parse_str(&uuid).unwrap_or_default(),
+        registered: r.get(1)?,
+        has_password: r.get(2)?,
+        first_seen: from_millis(r.get(3)?),
+        last_hello: from_millis(r.get(4)?),
+        last_keepalive: from_millis(r.get(5)?),
+        connected_since: from_millis(r.get(6)?),
+        remote_addr: r.get(7)?,
+        ports: ports.split(',').filter_map(|p| p.parse().ok()).collect(),
+        last_disconnect: from_millis(r.get(9)?),
+        last_disconnect_reason: r.get(10)?,
+        duplicate_count: r.get::<_, i64>(11)?.max(0) as u64,
+        last_duplicate_at: from_millis(r.get(12)?),
+        duplicate_note: r.get(13)?,
+    })
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord { id: r.get(0)?, name: r.get(1)?, created_at: from_millis(r.get(2)?).unwrap_or(OffsetDateTime::UNIX_EPOCH) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("tether.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_device_life_cycle_is_recorded() {
+        let (_dir, store) = store();
+        let uuid = Uuid::new_v4();
+        let remote: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        store.record_hello(uuid, t0, remote).unwrap();
+        store.record_connected(uuid, t0, remote).unwrap();
+        store.record_ports(uuid, &[16993, 16992, 16992]).unwrap();
+        store.record_keepalive(uuid, t0).unwrap();
+        let d = store.device(uuid).unwrap().unwrap();
+        assert_eq!(d.ports, vec![16992, 16993]);
+        assert!(d.connected_since.is_some() && d.last_hello.is_some() && d.first_seen.is_some());
+        assert_eq!(d.remote_addr.as_deref(), Some("198.18.0.2:40000"));
+        assert!(!d.registered);
+        store.record_disconnect(uuid, t0, "idle").unwrap();
+        let d = store.device(uuid).unwrap().unwrap();
+        assert!(d.connected_since.is_none());
+        assert_eq!(d.last_disconnect_reason.as_deref(), Some("idle"));
+        store.record_connected(uuid, t0, remote).unwrap();
+        assert_eq!(store.mark_all_disconnected(t0, "gateway restarted").unwrap(), 1);
+        store.record_duplicate(uuid, t0, remote, "198.18.0.3:1".parse().unwrap()).unwrap();
+        let d = store.device(uuid).unwrap().unwrap();
+        assert_eq!(d.duplicate_count, 1);
+        assert!(d.duplicate_note.unwrap().contains("198.18.0.3"));
+        let json = serde_json::to_value(store.list_devices().unwrap()).unwrap();
+        assert!(json[0]["last_hello"].is_string());
+    }
+
+    #[test]
+    fn credentials_devices_and_tokens() {
+        let (_dir, store) = store();
+        assert_eq!(store.mps_credentials().unwrap(), None);
+        store.set_mps_credentials("admin", "h1").unwrap();
+        store.set_mps_credentials("admin2", "h2").unwrap();
+        assert_eq!(store.mps_credentials().unwrap(), Some(("admin2".into(), "h2".into())));
+        let uuid = Uuid::new_v4();
+        assert_eq!(store.device_password_hash(uuid).unwrap(), None);
+        store.add_device(uuid, Some("dh")).unwrap();
+        assert_eq!(store.device_password_hash(uuid).unwrap().as_deref(), Some("dh"));
+        assert!(store.device(uuid).unwrap().unwrap().registered);
+        let id = store.create_token("alice", "th").unwrap();
+        assert!(matches!(store.create_token("alice", "other"), Err(StoreError::TokenExists(_))));
+        assert_eq!(store.token_by_hash("th").unwrap().unwrap().id, id);
+        assert_eq!(store.token_by_hash("nope").unwrap(), None);
+        let local = store.create_or_replace_token("local", "a").unwrap();
+        assert_eq!(store.create_or_replace_token("local", "b").unwrap(), local);
+        assert_eq!(store.token_by_hash("a").unwrap(), None);
+        assert_eq!(store.list_tokens().unwrap().len(), 2);
+    }
+}

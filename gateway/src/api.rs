@@ -1,0 +1,236 @@
+//! The technician API (HTTPS, 8443) and the metrics endpoint (HTTP, 9464).
+//!
+//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}`: what the store knows of each device,
+//!   with `connected` and `ports` taken from the live registry.
+//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket): opens a channel to that device port and
+//!   relays bytes both ways (see `relay` for the framing).
+//!
+//! Every `/api` request carries `Authorization: Bearer TOKEN`; tokens are stored hashed, and each
+//! token has its own request rate limit. What it does not do: the relay loop itself (`relay`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State, WebSocketUpgrade};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::auth;
+use crate::daemon::Shared;
+use crate::registry::OpenRefused;
+use crate::relay;
+
+/// API connections served at once.
+const MAX_API_CONNECTIONS: usize = 4096;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WebSocket message a technician may send.
+const MAX_WS_MESSAGE: usize = 1 << 20;
+
+/// The technician's address, attached to each request of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The token a request authenticated with.
+#[derive(Debug, Clone)]
+struct Caller {
+    name: String,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{uuid}", get(show_device))
+        .route("/api/v1/devices/{uuid}/tcp/{port}", get(relay_tcp))
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), require_token));
+    Router::new().route("/health", get(|| async { "ok\n" })).merge(api).with_state(shared)
+}
+
+/// Serves the API over TLS until the task is aborted.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let app = router(Arc::clone(&shared));
+    let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(err) => {
+                warn!(error = %err, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%remote, "API connection refused: too many open connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone().layer(Extension(Peer(remote)));
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return debug!(%remote, error = %err, "API TLS handshake failed"),
+                Err(_) => return debug!(%remote, "API TLS handshake timed out"),
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(err) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%remote, error = %err, "API connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Serves `/metrics` in plain HTTP until the task is aborted.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(shared): State<Arc<Shared>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render())
+            }),
+        )
+        .with_state(shared);
+    if let Err(err) = axum::serve(listener, app).await {
+        warn!(error = %err, "metrics listener stopped");
+    }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn require_token(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token (create one with `tether token create NAME`)");
+    };
+    let hash = auth::hash_token(token);
+    let store = Arc::clone(&shared.store);
+    let record = match tokio::task::spawn_blocking(move || store.token_by_hash(&hash)).await {
+        Ok(Ok(record)) => record,
+        _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "token store unavailable"),
+    };
+    let Some(record) = record else {
+        return error(StatusCode::UNAUTHORIZED, "unknown token");
+    };
+    if !shared.limiter.allow_api(record.id) {
+        shared.metrics.api_request_limited();
+        return error(StatusCode::TOO_MANY_REQUESTS, "request rate limit for this token exceeded; retry shortly");
+    }
+    request.extensions_mut().insert(Caller { name: record.name });
+    next.run(request).await
+}
+
+/// A device as the API shows it: the stored record, with live state from the registry.
+fn device_view(shared: &Shared, record: Option<Value>, uuid: Uuid) -> Value {
+    let live = shared.registry.get(&uuid);
+    let mut view = record.unwrap_or_else(|| json!({ "uuid": uuid }));
+    if let Value::Object(map) = &mut view {
+        map.insert("connected".into(), Value::Bool(live.is_some()));
+        if let Some(live) = live {
+            map.insert("ports".into(), json!(live.ports()));
+            map.insert("remote_addr".into(), json!(live.remote.to_string()));
+        } else if !map.contains_key("ports") {
+            map.insert("ports".into(), json!([]));
+        }
+        map.entry("last_hello").or_insert(Value::Null);
+    }
+    view
+}
+
+async fn list_devices(State(shared): State<Arc<Shared>>) -> Response {
+    let store = Arc::clone(&shared.store);
+    let records = match tokio::task::spawn_blocking(move || store.list_devices()).await {
+        Ok(Ok(records)) => records,
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut devices: Vec<Value> = records
+        .into_iter()
+        .map(|record| {
+            seen.insert(record.uuid);
+            let uuid = record.uuid;
+            device_view(&shared, serde_json::to_value(record).ok(), uuid)
+        })
+        .collect();
+    // Tunnels whose first records are still on their way to the store.
+    for live in shared.registry.snapshot() {
+        if !seen.contains(&live.uuid) {
+            devices.push(device_view(&shared, None, live.uuid));
+        }
+    }
+    Json(Value::Array(devices)).into_response()
+}
+
+async fn show_device(State(shared): State<Arc<Shared>>, Path(uuid): Path<String>) -> Response {
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    let store = Arc::clone(&shared.store);
+    let record = match tokio::task::spawn_blocking(move || store.device(uuid)).await {
+        Ok(Ok(record)) => record,
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    if record.is_none() && shared.registry.get(&uuid).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
+    }
+    Json(device_view(&shared, record.and_then(|r| serde_json::to_value(r).ok()), uuid)).into_response()
+}
+
+async fn relay_tcp(
+    State(shared): State<Arc<Shared>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
+    Path((uuid, port)): Path<(String, u16)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    let Some(tunnel) = shared.registry.get(&uuid) else {
+        return error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid));
+    };
+    let end = match tunnel.open_channel(u32::from(port), peer, shared.channel_open_timeout()).await {
+        Ok(end) => end,
+        Err(refused) => {
+            let status = match refused {
+                OpenRefused::NotConnected(_) | OpenRefused::TunnelGone => StatusCode::NOT_FOUND,
+                OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
+                OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
+                OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
+                OpenRefused::Timeout => {
+                    shared.metrics.channel_open_refused(crate::metrics::ChannelRefusal::Timeout);
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+            };
+            return error(status, refused);
+        }
+    };
+    info!(%uuid, port, technician = %caller.name, from = %peer, "relay opened");
+    ws.max_message_size(MAX_WS_MESSAGE).on_upgrade(move |socket| async move {
+        relay::run(socket, end).await;
+        info!(%uuid, port, "relay closed");
+    })
+}

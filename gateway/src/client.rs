@@ -1,0 +1,133 @@
+//! The technician's side of the API: an HTTPS client for the JSON endpoints and the WebSocket
+//! relay, trusting only the gateway's CA (or one given with `--ca`).
+//!
+//! What it does not do: decide what to print (`main`) or listen for local connections (`forward`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::certs;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection recipe for one gateway's API.
+#[derive(Clone)]
+pub struct ApiClient {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    token: String,
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("host", &self.host).field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    /// `api` is `https://HOST:PORT`; `server_name` overrides the name the certificate must carry.
+    pub fn new(api: &str, token: &str, ca: &Path, server_name: Option<&str>) -> Result<Self> {
+        let uri: Uri = api.parse().with_context(|| format!("{api} is not a URL such as https://gateway:8443"))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("the API URL must start with https:// (got {api})");
+        }
+        let host = uri.host().ok_or_else(|| anyhow!("no host in {api}"))?.trim_matches(['[', ']']).to_string();
+        let port = uri.port_u16().unwrap_or(8443);
+        let name = server_name.unwrap_or(&host).to_string();
+        let server_name = ServerName::try_from(name.clone()).with_context(|| format!("{name} is not a valid server name"))?;
+        let config = certs::client_config_trusting(ca)
+            .with_context(|| format!("loading the gateway CA from {} (pass --ca or TETHER_CA)", ca.display()))?;
+        let mut config = Arc::unwrap_or_clone(config);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { host, port, server_name, token: token.to_string(), connector: TlsConnector::from(Arc::new(config)) })
+    }
+
+    async fn connect(&self) -> Result<TlsStream<TcpStream>> {
+        let addr = (self.host.as_str(), self.port);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connecting to the API at {}:{} timed out", self.host, self.port))?
+            .with_context(|| format!("connecting to the API at {}:{} (is the gateway running?)", self.host, self.port))?;
+        let _ = tcp.set_nodelay(true);
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(self.server_name.clone(), tcp))
+            .await
+            .map_err(|_| anyhow!("TLS handshake with the API timed out"))?
+            .context("TLS handshake with the API failed (wrong --ca, or a certificate without this host name?)")
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// GETs a JSON document. A non-2xx answer becomes an error carrying the API's message.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let work = async {
+            let tls = self.connect().await?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(connection);
+            let request = Request::get(path)
+                .header(header::HOST, self.authority())
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .body(Empty::<Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .with_context(|| format!("the API answered {status} with something other than JSON"))?;
+            if !status.is_success() {
+                bail!("{}", api_error(status, &value));
+            }
+            Ok(value)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
+    }
+
+    /// Opens the WebSocket relay at `path`.
+    pub async fn websocket(&self, path: &str) -> Result<WebSocketStream<TlsStream<TcpStream>>> {
+        let tls = self.connect().await?;
+        let mut request = format!("wss://{}{}", self.authority(), path).into_client_request()?;
+        request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {}", self.token).parse()?);
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
+        let handshake = tokio_tungstenite::client_async_with_config(request, tls, Some(config));
+        match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
+            Err(_) => bail!("the relay did not open in time"),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                let status = response.status();
+                let body = response.body().as_deref().unwrap_or_default();
+                let value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+                bail!("{}", api_error(status, &value))
+            }
+            Ok(Err(err)) => Err(err).context("opening the relay WebSocket"),
+        }
+    }
+}
+
+fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
+    match body.get("error").and_then(|e| e.as_str()) {
+        Some(message) => format!("{message} (HTTP {})", status.as_u16()),
+        None => format!("the API answered HTTP {status}"),
+    }
+}

@@ -1,0 +1,242 @@
+//! `tether gateway`: opens the data dir, prepares TLS material and credentials, binds the CIRA,
+//! API and metrics listeners, and runs them until SIGINT/SIGTERM.
+//!
+//! The actual addresses bound are written to `DATA_DIR/run/listen.json`, and a local operator
+//! token to `DATA_DIR/run/local-token` (mode 0600), so that the CLI on the same machine finds the
+//! API with nothing but `--data-dir`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use protocols::apf;
+use protocols::session::{ChannelConfig, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::auth::{self, VerifyCache};
+use crate::certs::{self, CertOptions};
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::limits::Limiter;
+use crate::metrics::{AuthFailureReason, Metrics};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::{api, cira, paths};
+
+/// What every task of the daemon shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub journal: Journal,
+    pub metrics: Metrics,
+    pub limiter: Limiter,
+    pub registry: Registry,
+    pub verify: VerifyCache,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The APF server settings from the configuration.
+    pub fn session_config(&self) -> ServerConfig {
+        let apf_config = &self.config.apf;
+        let window = apf_config.channel_window.max(1024);
+        ServerConfig {
+            limits: apf::Limits::default(),
+            channels: ChannelConfig {
+                max_channels: apf_config.max_channels_per_tunnel,
+                window,
+                adjust_threshold: window / 2,
+                max_send_chunk: 32 * 1024,
+            },
+            keepalive_interval: Duration::from_secs(u64::from(apf_config.keepalive_interval_secs.max(1))),
+            handshake_timeout: Duration::from_secs(u64::from(apf_config.handshake_timeout_secs.max(1))),
+            ..ServerConfig::default()
+        }
+    }
+
+    pub fn channel_open_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.apf.channel_open_timeout_secs.max(1)))
+    }
+
+    /// Checks a device's APF credentials (blocking: may run argon2). The username must be the
+    /// gateway's MPS username; the password the device's own if the operator set one, else the
+    /// gateway-wide MPS password.
+    pub fn check_device_credentials(&self, uuid: Uuid, username: &[u8], password: &[u8]) -> Result<(), AuthFailureReason> {
+        let Some((mps_user, mps_hash)) = self.store.mps_credentials().map_err(|_| AuthFailureReason::Unknown)? else {
+            return Err(AuthFailureReason::UnknownUser);
+        };
+        if username != mps_user.as_bytes() {
+            return Err(AuthFailureReason::UnknownUser);
+        }
+        let device_hash = self.store.device_password_hash(uuid).map_err(|_| AuthFailureReason::Unknown)?;
+        let hash = device_hash.as_deref().unwrap_or(&mps_hash);
+        if self.verify.verify(hash, password) {
+            Ok(())
+        } else {
+            Err(AuthFailureReason::BadPassword)
+        }
+    }
+}
+
+/// Listener addresses given on the command line (over the config file).
+#[derive(Debug, Default, Clone)]
+pub struct ListenOverrides {
+    pub cira: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub tls_names: Vec<String>,
+}
+
+/// Runs the gateway until a signal arrives.
+pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: ListenOverrides) -> Result<()> {
+    paths::ensure_data_dir(data_dir)?;
+    let config_path = config_path.unwrap_or_else(|| data_dir.join("tether.toml"));
+    let mut config = Config::load(&config_path)
+        .with_context(|| format!("reading the configuration {}", config_path.display()))?;
+    if let Some(addr) = overrides.cira {
+        config.cira_listen = addr;
+    }
+    if let Some(addr) = overrides.api {
+        config.api_listen = addr;
+    }
+    if let Some(addr) = overrides.metrics {
+        config.metrics_listen = addr;
+    }
+    config.tls.names.extend(overrides.tls_names);
+
+    let store = Arc::new(Store::open(&paths::database(data_dir)).context("opening the device store")?);
+    let closed = store
+        .mark_all_disconnected(time::OffsetDateTime::now_utc(), "gateway restarted")
+        .context("resetting device state")?;
+    if closed > 0 {
+        info!(devices = closed, "marked devices from the previous run as disconnected");
+    }
+    ensure_mps_credentials(&store)?;
+
+    let cert_options = CertOptions {
+        names: config.tls.names.clone(),
+        key_type: config.tls.key_type,
+        cert_file: config.tls.cert_file.clone(),
+        key_file: config.tls.key_file.clone(),
+    };
+    let material = tokio::task::spawn_blocking({
+        let dir = paths::tls_dir(data_dir);
+        move || certs::load_or_create(&dir, &cert_options)
+    })
+    .await?
+    .context("preparing TLS certificates")?;
+    if material.generated {
+        info!("created a new certificate authority for this gateway");
+    }
+    println!("CIRA CA certificate (provision into AMT as a trusted root): {}", material.ca_cert_path.display());
+    println!("CA SHA-256 fingerprint: {}", material.ca_fingerprint_sha256);
+    let cira_tls = certs::server_config(&material, &[])?;
+    let api_tls = certs::server_config(&material, &[b"http/1.1"])?;
+
+    let cira_listener = bind(config.cira_listen, "CIRA").await?;
+    let api_listener = bind(config.api_listen, "API").await?;
+    let metrics_listener = bind(config.metrics_listen, "metrics").await?;
+    let addrs = paths::ListenAddrs {
+        cira: cira_listener.local_addr()?,
+        api: api_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (journal, journal_thread) = Journal::start(Arc::clone(&store))?;
+    let shared = Arc::new(Shared {
+        limiter: Limiter::new(&config.limits),
+        config,
+        store: Arc::clone(&store),
+        journal,
+        metrics: Metrics::new(),
+        registry: Registry::new(),
+        verify: VerifyCache::new(10_000),
+        shutdown: shutdown_rx,
+    });
+
+    let local_token = auth::new_token();
+    store
+        .create_or_replace_token(paths::LOCAL_TOKEN_NAME, &auth::hash_token(&local_token))
+        .context("creating the local operator token")?;
+    paths::write_run_files(data_dir, &addrs, &local_token)?;
+
+    info!(cira = %addrs.cira, api = %addrs.api, metrics = %addrs.metrics, "gateway listening");
+    println!("CIRA (AMT) on {}, API on https://{}, metrics on http://{}/metrics", addrs.cira, addrs.api, addrs.metrics);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(cira::serve(cira_listener, tokio_rustls::TlsAcceptor::from(cira_tls), Arc::clone(&shared)));
+    tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
+    tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
+    tasks.spawn(housekeeping(Arc::clone(&shared)));
+
+    wait_for_signal().await;
+    info!("shutting down: closing tunnels");
+    let _ = shutdown_tx.send(true);
+    // Tunnels send DISCONNECT and finish; do not wait forever on peers that do not read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks.abort_all();
+    paths::remove_run_files(data_dir);
+    drop(shared);
+    // The journal thread ends once every tunnel task has dropped its handle.
+    let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// On first start there are no MPS credentials: create some, and tell the operator once.
+fn ensure_mps_credentials(store: &Store) -> Result<()> {
+    if store.mps_credentials()?.is_some() {
+        return Ok(());
+    }
+    let username = "tether";
+    let password = auth::new_password();
+    store.set_mps_credentials(username, &auth::hash_password(password.as_bytes())?)?;
+    println!("Created MPS credentials for AMT devices: username {username}, password {password}");
+    println!("(shown once; change them with `tether mps-credentials set USER PASSWORD`)");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the {what} listener on {addr} (in use by another process, or a privileged port?)")
+    })
+}
+
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        shared.limiter.housekeeping();
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM; stop with Ctrl-C");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
