@@ -7,7 +7,7 @@
 //! and it only remembers successes. What it does not do: decide which hash applies (`daemon`).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -35,11 +35,16 @@ pub fn verify_password(phc: &str, password: &[u8]) -> bool {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Remembers successful verifications (see the module doc).
+/// Remembers successful verifications (see the module doc), and lets only a few argon2 runs
+/// happen at once: each takes 19 MiB and tens of milliseconds, and thousands of devices may ask
+/// at the same moment; those that wait find the cache filled by the first.
 pub struct VerifyCache {
     key: [u8; 32],
     capacity: usize,
     verified: Mutex<HashSet<[u8; 32]>>,
+    running: Mutex<usize>,
+    slot_freed: Condvar,
+    max_running: usize,
 }
 
 impl std::fmt::Debug for VerifyCache {
@@ -52,7 +57,34 @@ impl VerifyCache {
     pub fn new(capacity: usize) -> Self {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        Self { key, capacity: capacity.max(1), verified: Mutex::default() }
+        let max_running = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            key,
+            capacity: capacity.max(1),
+            verified: Mutex::default(),
+            running: Mutex::new(0),
+            slot_freed: Condvar::new(),
+            max_running,
+        }
+    }
+
+    fn is_cached(&self, tag: &[u8; 32]) -> bool {
+        self.verified.lock().is_ok_and(|set| set.contains(tag))
+    }
+
+    /// Runs `f` once fewer than `max_running` others are running (blocking the thread meanwhile).
+    fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            while *running >= self.max_running {
+                running = self.slot_freed.wait(running).unwrap_or_else(|e| e.into_inner());
+            }
+            *running += 1;
+        }
+        let result = f();
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.slot_freed.notify_one();
+        result
     }
 
     fn tag(&self, phc: &str, password: &[u8]) -> [u8; 32] {
@@ -67,10 +99,11 @@ impl VerifyCache {
     /// without running argon2 again.
     pub fn verify(&self, phc: &str, password: &[u8]) -> bool {
         let tag = self.tag(phc, password);
-        if self.verified.lock().is_ok_and(|set| set.contains(&tag)) {
+        if self.is_cached(&tag) {
             return true;
         }
-        if !verify_password(phc, password) {
+        let ok = self.gated(|| self.is_cached(&tag) || verify_password(phc, password));
+        if !ok {
             return false;
         }
         if let Ok(mut set) = self.verified.lock() {
