@@ -149,7 +149,8 @@ fn generate(tls_dir: &Path, opts: &CertOptions) -> Result<(), CertError> {
     dn.push(DnType::OrganizationName, "Tether");
     ca_params.distinguished_name = dn;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_before = now - Duration::days(1);
     ca_params.not_after = now + Duration::days(3650);
     let ca_cert = ca_params.self_signed(&ca_key)?;
@@ -209,8 +210,10 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
 }
 
 fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), CertError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| CertError::Invalid { path: path.to_path_buf(), detail: format!("not a valid certificate: {e}") })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| CertError::Invalid {
+        path: path.to_path_buf(),
+        detail: format!("not a valid certificate: {e}"),
+    })?;
     if !parsed.validity().is_valid() {
         return Err(CertError::Invalid {
             path: path.to_path_buf(),
@@ -263,7 +266,8 @@ mod tests {
     #[test]
     fn first_call_generates_later_calls_load_the_same_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = CertOptions { names: vec!["mps.example.net".into()], key_type: KeyType::EcdsaP384, ..Default::default() };
+        let opts =
+            CertOptions { names: vec!["mps.example.net".into()], key_type: KeyType::EcdsaP384, ..Default::default() };
         let first = load_or_create(dir.path(), &opts).unwrap();
         assert!(first.generated);
         assert_eq!(first.chain.len(), 2, "leaf and CA");

@@ -225,9 +225,15 @@ impl Tunnel {
                     }
                     Err(err) => {
                         let (refusal, answer) = match err {
-                            OpenError::PortNotForwarded(p) => (ChannelRefusal::PortNotForwarded, OpenRefused::PortNotForwarded(p)),
-                            OpenError::TooManyChannels => (ChannelRefusal::TooManyChannels, OpenRefused::TooManyChannels),
-                            OpenError::NotEstablished | OpenError::Closed => (ChannelRefusal::TunnelGone, OpenRefused::TunnelGone),
+                            OpenError::PortNotForwarded(p) => {
+                                (ChannelRefusal::PortNotForwarded, OpenRefused::PortNotForwarded(p))
+                            }
+                            OpenError::TooManyChannels => {
+                                (ChannelRefusal::TooManyChannels, OpenRefused::TooManyChannels)
+                            }
+                            OpenError::NotEstablished | OpenError::Closed => {
+                                (ChannelRefusal::TunnelGone, OpenRefused::TunnelGone)
+                            }
                         };
                         self.shared.metrics.channel_open_refused(refusal);
                         let _ = reply.send(Err(answer));
@@ -389,9 +395,10 @@ impl Tunnel {
             return;
         }
         let shared = Arc::clone(&self.shared);
-        let verdict = tokio::task::spawn_blocking(move || shared.check_device_credentials(uuid, &username, &password.0))
-            .await
-            .unwrap_or(Err(AuthFailureReason::Unknown));
+        let verdict =
+            tokio::task::spawn_blocking(move || shared.check_device_credentials(uuid, &username, &password.0))
+                .await
+                .unwrap_or(Err(AuthFailureReason::Unknown));
         match verdict {
             Ok(()) => {
                 debug!(%uuid, "authenticated");
@@ -423,7 +430,9 @@ impl Tunnel {
             if old.remote.ip() != self.remote.ip() {
                 warn!(%uuid, previous = %old.remote, newer = %self.remote,
                     "two addresses claim one UUID (duplicate UUIDs on OEM boards?); the newer tunnel replaces the older");
-                journal.record(DeviceEvent::Duplicate { uuid, at: now, previous: old.remote, newer: self.remote }).await;
+                journal
+                    .record(DeviceEvent::Duplicate { uuid, at: now, previous: old.remote, newer: self.remote })
+                    .await;
             } else {
                 info!(%uuid, "reconnected; replacing the previous tunnel");
             }

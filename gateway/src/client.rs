@@ -50,7 +50,8 @@ impl ApiClient {
         let host = uri.host().ok_or_else(|| anyhow!("no host in {api}"))?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(8443);
         let name = server_name.unwrap_or(&host).to_string();
-        let server_name = ServerName::try_from(name.clone()).with_context(|| format!("{name} is not a valid server name"))?;
+        let server_name =
+            ServerName::try_from(name.clone()).with_context(|| format!("{name} is not a valid server name"))?;
         let config = certs::client_config_trusting(ca)
             .with_context(|| format!("loading the gateway CA from {} (pass --ca or TETHER_CA)", ca.display()))?;
         let mut config = Arc::unwrap_or_clone(config);
@@ -63,7 +64,9 @@ impl ApiClient {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("connecting to the API at {}:{} timed out", self.host, self.port))?
-            .with_context(|| format!("connecting to the API at {}:{} (is the gateway running?)", self.host, self.port))?;
+            .with_context(|| {
+                format!("connecting to the API at {}:{} (is the gateway running?)", self.host, self.port)
+            })?;
         let _ = tcp.set_nodelay(true);
         tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(self.server_name.clone(), tcp))
             .await

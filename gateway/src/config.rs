@@ -84,7 +84,8 @@ impl Config {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
     }
 
     pub fn to_toml(&self) -> String {
@@ -101,7 +102,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Config::load(&dir.path().join("none.toml")).unwrap(), Config::default());
         let path = dir.path().join("tether.toml");
-        std::fs::write(&path, "cira_listen = \"127.0.0.1:14433\"\n[limits]\nconnection_burst_per_source = 5000\n").unwrap();
+        std::fs::write(&path, "cira_listen = \"127.0.0.1:14433\"\n[limits]\nconnection_burst_per_source = 5000\n")
+            .unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.cira_listen, "127.0.0.1:14433".parse().unwrap());
         assert_eq!(config.limits.connection_burst_per_source, 5000);

@@ -67,7 +67,12 @@ impl Shared {
     /// Checks a device's APF credentials (blocking: may run argon2). The username must be the
     /// gateway's MPS username; the password the device's own if the operator set one, else the
     /// gateway-wide MPS password.
-    pub fn check_device_credentials(&self, uuid: Uuid, username: &[u8], password: &[u8]) -> Result<(), AuthFailureReason> {
+    pub fn check_device_credentials(
+        &self,
+        uuid: Uuid,
+        username: &[u8],
+        password: &[u8],
+    ) -> Result<(), AuthFailureReason> {
         let Some((mps_user, mps_hash)) = self.store.mps_credentials().map_err(|_| AuthFailureReason::Unknown)? else {
             return Err(AuthFailureReason::UnknownUser);
         };
@@ -97,8 +102,8 @@ pub struct ListenOverrides {
 pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: ListenOverrides) -> Result<()> {
     paths::ensure_data_dir(data_dir)?;
     let config_path = config_path.unwrap_or_else(|| data_dir.join("tether.toml"));
-    let mut config = Config::load(&config_path)
-        .with_context(|| format!("reading the configuration {}", config_path.display()))?;
+    let mut config =
+        Config::load(&config_path).with_context(|| format!("reading the configuration {}", config_path.display()))?;
     if let Some(addr) = overrides.cira {
         config.cira_listen = addr;
     }

@@ -37,15 +37,13 @@ impl Journal {
     /// what was queued; `join` waits for that.
     pub fn start(store: Arc<Store>) -> std::io::Result<(Journal, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<DeviceEvent>(QUEUE);
-        let handle = std::thread::Builder::new()
-            .name("tether-journal".into())
-            .spawn(move || {
-                while let Some(event) = rx.blocking_recv() {
-                    if let Err(err) = apply(&store, &event) {
-                        tracing::error!(error = %err, ?event, "could not record a device event in the store");
-                    }
+        let handle = std::thread::Builder::new().name("tether-journal".into()).spawn(move || {
+            while let Some(event) = rx.blocking_recv() {
+                if let Err(err) = apply(&store, &event) {
+                    tracing::error!(error = %err, ?event, "could not record a device event in the store");
                 }
-            })?;
+            }
+        })?;
         Ok((Journal { tx }, handle))
     }
 

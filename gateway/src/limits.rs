@@ -89,7 +89,8 @@ impl Limiter {
     pub fn new(cfg: &LimitsConfig) -> Limiter {
         let connections = Quota::per_second(nonzero(cfg.connections_per_second_per_source))
             .allow_burst(nonzero(cfg.connection_burst_per_source));
-        let auth = Quota::per_minute(nonzero(cfg.auth_failures_per_minute)).allow_burst(nonzero(cfg.auth_failure_burst));
+        let auth =
+            Quota::per_minute(nonzero(cfg.auth_failures_per_minute)).allow_burst(nonzero(cfg.auth_failure_burst));
         let api = Quota::per_second(nonzero(cfg.api_requests_per_second)).allow_burst(nonzero(cfg.api_burst));
         Limiter {
             max_tracked: cfg.max_tracked_sources.max(16),
@@ -175,7 +176,8 @@ mod tests {
 
     #[test]
     fn one_source_over_its_burst_does_not_shut_out_another() {
-        let cfg = LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 5, ..Default::default() };
+        let cfg =
+            LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 5, ..Default::default() };
         let limiter = Limiter::new(&cfg);
         let abusive: IpAddr = "198.18.0.9".parse().unwrap();
         let other: IpAddr = "198.18.0.10".parse().unwrap();
@@ -192,7 +194,8 @@ mod tests {
 
     #[test]
     fn ipv6_sources_are_grouped_by_64() {
-        let cfg = LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 1, ..Default::default() };
+        let cfg =
+            LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 1, ..Default::default() };
         let limiter = Limiter::new(&cfg);
         assert!(limiter.allow_connection("2001:db8:1:2::1".parse().unwrap()));
         assert!(!limiter.allow_connection("2001:db8:1:2::ffff".parse().unwrap()));

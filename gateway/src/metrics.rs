@@ -113,15 +113,25 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let tunnels_active = IntGaugeVec::new(Opts::new("tether_tunnels_active", "Tunnels established now."), &["kind"])
-            .expect("valid metric definition");
+        let tunnels_active =
+            IntGaugeVec::new(Opts::new("tether_tunnels_active", "Tunnels established now."), &["kind"])
+                .expect("valid metric definition");
         registry.register(Box::new(tunnels_active.clone())).expect("metric registered once");
         let tunnels_opened = counter_vec(&registry, "tether_tunnels_opened_total", "Tunnels established.", &["kind"]);
-        let tunnels_closed =
-            counter_vec(&registry, "tether_tunnels_closed_total", "Established tunnels closed, by reason.", &["kind", "reason"]);
-        let auth_failures =
-            counter_vec(&registry, "tether_auth_failures_total", "Failed device authentications, by reason.", &["reason"]);
-        let channels_active = IntGauge::new("tether_channels_active", "Relay channels open now.").expect("valid metric");
+        let tunnels_closed = counter_vec(
+            &registry,
+            "tether_tunnels_closed_total",
+            "Established tunnels closed, by reason.",
+            &["kind", "reason"],
+        );
+        let auth_failures = counter_vec(
+            &registry,
+            "tether_auth_failures_total",
+            "Failed device authentications, by reason.",
+            &["reason"],
+        );
+        let channels_active =
+            IntGauge::new("tether_channels_active", "Relay channels open now.").expect("valid metric");
         registry.register(Box::new(channels_active.clone())).expect("metric registered once");
         let channel_opens_refused = counter_vec(
             &registry,
@@ -129,8 +139,12 @@ impl Metrics {
             "Technician channel opens that failed, by reason.",
             &["reason"],
         );
-        let relayed_bytes =
-            counter_vec(&registry, "tether_relayed_bytes_total", "Channel payload bytes relayed, by direction.", &["direction"]);
+        let relayed_bytes = counter_vec(
+            &registry,
+            "tether_relayed_bytes_total",
+            "Channel payload bytes relayed, by direction.",
+            &["direction"],
+        );
         // Buckets at the thresholds that matter: a LAN handshake takes milliseconds, a far-away
         // device tens to hundreds; past a second something is wrong, and 10 s is our timeout.
         let tls_handshake = Histogram::with_opts(
@@ -139,8 +153,12 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(tls_handshake.clone())).expect("metric registered once");
-        let protocol_errors =
-            counter_vec(&registry, "tether_apf_protocol_errors_total", "APF protocol errors by peers, by kind.", &["kind"]);
+        let protocol_errors = counter_vec(
+            &registry,
+            "tether_apf_protocol_errors_total",
+            "APF protocol errors by peers, by kind.",
+            &["kind"],
+        );
         let connections_rejected = counter_vec(
             &registry,
             "tether_connections_rejected_total",

@@ -100,7 +100,10 @@ impl std::fmt::Debug for LocalGateway {
 pub fn local_gateway(data_dir: &Path) -> Result<LocalGateway> {
     let dir = run_dir(data_dir);
     let listen = std::fs::read_to_string(dir.join("listen.json")).with_context(|| {
-        format!("no running gateway found in {} (start `tether gateway`, or pass --api/--token/--ca)", data_dir.display())
+        format!(
+            "no running gateway found in {} (start `tether gateway`, or pass --api/--token/--ca)",
+            data_dir.display()
+        )
     })?;
     let addrs: ListenAddrs = serde_json::from_str(&listen).context("reading run/listen.json")?;
     let token = std::fs::read_to_string(dir.join("local-token")).context("reading run/local-token")?;

@@ -96,10 +96,8 @@ impl ChannelSender {
         while !data.is_empty() {
             let n = data.len().min(CHANNEL_SEND_BUDGET);
             let chunk = data.split_to(n);
-            let permit = Arc::clone(&self.budget)
-                .acquire_many_owned(n as u32)
-                .await
-                .map_err(|_| OpenRefused::TunnelGone)?;
+            let permit =
+                Arc::clone(&self.budget).acquire_many_owned(n as u32).await.map_err(|_| OpenRefused::TunnelGone)?;
             self.commands
                 .send(TunnelCommand::Data { ch: self.ch, data: chunk, permit })
                 .await

@@ -216,7 +216,9 @@ impl Store {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|c| c.prepare("SELECT id, name, created_at FROM tokens ORDER BY id")?.query_map([], token_row)?.collect())
+        self.with(|c| {
+            c.prepare("SELECT id, name, created_at FROM tokens ORDER BY id")?.query_map([], token_row)?.collect()
+        })
     }
 
     pub fn record_hello(&self, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> Result<(), StoreError> {
@@ -343,7 +345,11 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord { id: r.get(0)?, name: r.get(1)?, created_at: from_millis(r.get(2)?).unwrap_or(OffsetDateTime::UNIX_EPOCH) })
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: from_millis(r.get(2)?).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    })
 }
 
 #[cfg(test)]

@@ -28,9 +28,9 @@ const ADMIN_PASSWORD: &str = "Admin-Pass1!";
 
 /// Where the npm package is installed.
 pub fn install_dir() -> PathBuf {
-    std::env::var_os("TETHER_MESHCENTRAL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-cache/meshcentral")
-    })
+    std::env::var_os("TETHER_MESHCENTRAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-cache/meshcentral"))
 }
 
 fn free_port() -> u16 {
@@ -89,7 +89,8 @@ impl MeshCentral {
         });
         let mut mesh = MeshCentral { dir, process, web_port, mps_addr, cira_username: String::new() };
         let out = mesh.meshctrl(&["AddDeviceGroup", "--name", "CIRA test", "--amtonly"]);
-        let group = out.lines().find_map(|l| l.strip_prefix("ok mesh//")).expect("a device group id").trim().to_string();
+        let group =
+            out.lines().find_map(|l| l.strip_prefix("ok mesh//")).expect("a device group id").trim().to_string();
         mesh.cira_username = group.chars().take(16).map(|c| if c == '@' || c == '$' { 'X' } else { c }).collect();
         mesh
     }
@@ -98,11 +99,14 @@ impl MeshCentral {
     pub fn meshctrl(&self, args: &[&str]) -> String {
         let url = format!("wss://127.0.0.1:{}", self.web_port);
         let mut command = Command::new("node");
-        command
-            .current_dir(&self.dir)
-            .arg("node_modules/meshcentral/meshctrl.js")
-            .args(args)
-            .args(["--url", &url, "--loginuser", ADMIN, "--loginpass", ADMIN_PASSWORD]);
+        command.current_dir(&self.dir).arg("node_modules/meshcentral/meshctrl.js").args(args).args([
+            "--url",
+            &url,
+            "--loginuser",
+            ADMIN,
+            "--loginpass",
+            ADMIN_PASSWORD,
+        ]);
         run(&mut command)
     }
 

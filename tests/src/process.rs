@@ -121,7 +121,13 @@ impl Process {
         let err = self.stderr();
         let lines: Vec<&str> = err.lines().collect();
         let start = lines.len().saturating_sub(30);
-        format!("--- {} stdout:\n{}\n--- {} stderr (last lines):\n{}", self.name, self.stdout(), self.name, lines[start..].join("\n"))
+        format!(
+            "--- {} stdout:\n{}\n--- {} stderr (last lines):\n{}",
+            self.name,
+            self.stdout(),
+            self.name,
+            lines[start..].join("\n")
+        )
     }
 }
 
@@ -182,12 +188,7 @@ impl Gateway {
 
     /// Starts a gateway listening on `ip`, with `wrap` applied to its command (e.g. to run it in a
     /// network namespace).
-    pub fn start_at(
-        ip: &str,
-        config_toml: &str,
-        extra_args: &[&str],
-        wrap: impl Fn(Command) -> Command,
-    ) -> Gateway {
+    pub fn start_at(ip: &str, config_toml: &str, extra_args: &[&str], wrap: impl Fn(Command) -> Command) -> Gateway {
         let data_dir = tempfile::tempdir().expect("a data dir");
         if !config_toml.is_empty() {
             std::fs::write(data_dir.path().join("tether.toml"), config_toml).unwrap();
@@ -216,7 +217,11 @@ impl Gateway {
             data_dir,
             process: None,
             args,
-            listen: Listen { cira: ([0, 0, 0, 0], 0).into(), api: ([0, 0, 0, 0], 0).into(), metrics: ([0, 0, 0, 0], 0).into() },
+            listen: Listen {
+                cira: ([0, 0, 0, 0], 0).into(),
+                api: ([0, 0, 0, 0], 0).into(),
+                metrics: ([0, 0, 0, 0], 0).into(),
+            },
             token,
             mps_user,
             mps_password,
@@ -344,13 +349,14 @@ impl Gateway {
 
     /// Starts `tether forward UUID PORT` on a free loopback port.
     pub fn forward(&self, uuid: Uuid, port: u16) -> Forward {
-        let mut command = self.cli_command(&["forward", &uuid.to_string(), &port.to_string(), "--listen", "127.0.0.1:0"]);
+        let mut command =
+            self.cli_command(&["forward", &uuid.to_string(), &port.to_string(), "--listen", "127.0.0.1:0"]);
         let process = Process::spawn("tether forward", &mut command);
         let mut addr = None;
         wait_for("tether forward to listen", Duration::from_secs(30), || {
-            addr = process.log_line_containing("forwarding ").and_then(|l| {
-                l.split_whitespace().nth(1).and_then(|a| a.parse::<SocketAddr>().ok())
-            });
+            addr = process
+                .log_line_containing("forwarding ")
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|a| a.parse::<SocketAddr>().ok()));
             addr.is_some()
         });
         Forward { process, addr: addr.unwrap() }

@@ -91,7 +91,10 @@ fn technician_pushes_256_mib_both_ways_through_forward() {
     // After the echo of everything, the half-close comes back as end of stream.
     assert_eq!(reader.read(&mut buf).unwrap(), 0, "more bytes than were sent");
     let mib_s = (TOTAL as f64 / (1 << 20) as f64) / elapsed.as_secs_f64();
-    println!("FIGURE 256 MiB each way through tether forward: {:.2}s, {mib_s:.1} MiB/s each way", elapsed.as_secs_f64());
+    println!(
+        "FIGURE 256 MiB each way through tether forward: {:.2}s, {mib_s:.1} MiB/s each way",
+        elapsed.as_secs_f64()
+    );
     let metrics = gateway.metrics_text();
     assert!(metric(&metrics, "tether_relayed_bytes_total{direction=\"to_device\"}") >= TOTAL as f64);
     assert!(metric(&metrics, "tether_relayed_bytes_total{direction=\"from_device\"}") >= TOTAL as f64);
@@ -101,7 +104,11 @@ fn technician_pushes_256_mib_both_ways_through_forward() {
 fn wrong_password_is_refused_and_counted() {
     let gateway = Gateway::start(&[]);
     let uuid = Uuid::new_v4();
-    let sim = Sim::start_with_password(&gateway, "not-the-password", &["--uuid", &uuid.to_string(), "--exit-on-auth-failure"]);
+    let sim = Sim::start_with_password(
+        &gateway,
+        "not-the-password",
+        &["--uuid", &uuid.to_string(), "--exit-on-auth-failure"],
+    );
     let status = sim.wait(Duration::from_secs(30));
     assert!(!status.success(), "amt-sim should fail on a refused password");
     wait_for("the failure to be counted", Duration::from_secs(10), || {
@@ -122,11 +129,12 @@ impl RawDevice {
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let tcp = TcpStream::connect(gateway.cira_addr()).unwrap();
@@ -283,7 +291,8 @@ fn devices_come_back_by_themselves_after_a_gateway_restart() {
 #[test]
 fn technician_reaches_device_behind_nat() {
     use e2e::netns::{Host, Topology, HOME_IP, PUBLIC_IP, ROUTER_PUBLIC_IP};
-    let topology = Topology::create(&format!("tt{}", std::process::id() % 100_000)).expect("building namespaces (root?)");
+    let topology =
+        Topology::create(&format!("tt{}", std::process::id() % 100_000)).expect("building namespaces (root?)");
     let mut gateway = Gateway::start_at(PUBLIC_IP, "", &[], |c| topology.wrap(Host::Public, c));
     gateway.set_cli_netns(&topology.ns(Host::Tech));
 
