@@ -1,1 +1,246 @@
-fn main() {}
+//! amt-sim: simulated Intel AMT devices that dial a Tether gateway (or any CIRA MPS) over TLS
+//! and APF, forward their ports, keep the tunnel alive, serve the channels the gateway opens
+//! (HTTP/WS-MAN on 16992/16993, echo elsewhere), and reconnect when the tunnel drops.
+//!
+//! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Parser};
+use indicatif::ProgressBar;
+use loadtest::amt::{
+    client_config, default_server_name, progress_bar, run_fleet, server_name, shutdown_pair, DeviceConfig, FleetConfig,
+    Progress, ReconnectPolicy, ShutdownTrigger, Trust,
+};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+
+/// Simulated Intel AMT devices for a CIRA gateway.
+#[derive(Debug, Parser)]
+#[command(name = "amt-sim", version)]
+#[command(group(ArgGroup::new("trust").required(true).args(["ca", "insecure"])))]
+struct Args {
+    /// The gateway's CIRA listener.
+    #[arg(long, value_name = "HOST:PORT")]
+    gateway: String,
+    /// PEM file with the CA certificate(s) the gateway's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Accept any gateway certificate (handshake signatures are still checked).
+    #[arg(long)]
+    insecure: bool,
+    /// Name the gateway's certificate must match, sent as SNI [default: the host of --gateway].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// CIRA (MPS) username.
+    #[arg(long, env = "AMT_SIM_USERNAME", value_name = "USER")]
+    username: String,
+    /// CIRA (MPS) password.
+    #[arg(long, env = "AMT_SIM_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    password: String,
+    /// UUID of the first device; device i adds i to its last 4 bytes [default: random].
+    #[arg(long, value_name = "UUID")]
+    uuid: Option<Uuid>,
+    /// Number of devices.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+    /// Ports to forward, in order [default: 16993,16992,664,623,16995,16994,5900].
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Option<Vec<u16>>,
+    /// Receive window advertised per channel.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
+    /// Consumed bytes per WINDOW_ADJUST (firmware grants in small steps).
+    #[arg(long, default_value_t = 512, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    adjust_step: u32,
+    /// Keepalive interval until the gateway sets one.
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive: u64,
+    /// Shortest delay before a reconnect.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    reconnect_min_ms: u64,
+    /// Longest delay before a reconnect.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    reconnect_max_ms: u64,
+    /// Spread the devices' first connects evenly over this long.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    ramp_ms: u64,
+    /// Exit (status 0) once every device has been established.
+    #[arg(long)]
+    exit_after_established: bool,
+    /// Exit (status 1) when the gateway refuses a device's credentials, instead of retrying.
+    #[arg(long)]
+    exit_on_auth_failure: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let bar = (args.count > 1 && std::io::stderr().is_terminal()).then(|| progress_bar(args.count));
+    init_tracing(bar.clone());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, bar)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
+    if args.adjust_step > args.window {
+        bail!("--adjust-step ({}) must not exceed --window ({})", args.adjust_step, args.window);
+    }
+    if args.reconnect_min_ms > args.reconnect_max_ms {
+        bail!(
+            "--reconnect-min-ms ({}) must not exceed --reconnect-max-ms ({})",
+            args.reconnect_min_ms,
+            args.reconnect_max_ms
+        );
+    }
+    let trust = match (&args.ca, args.insecure) {
+        (Some(path), _) => Trust::CaFile(path.clone()),
+        (None, true) => {
+            tracing::warn!("--insecure: the gateway's certificate is not checked");
+            Trust::Insecure
+        }
+        (None, false) => bail!("give --ca FILE (the gateway's CA certificate) or --insecure"),
+    };
+    let tls = client_config(&trust).context("TLS setup")?;
+    let name = args.server_name.clone().unwrap_or_else(|| default_server_name(&args.gateway).to_owned());
+    let server_name = server_name(&name).context("--server-name")?;
+    let uuid = args.uuid.unwrap_or_else(Uuid::new_v4);
+
+    let mut device = DeviceConfig::new(&args.gateway, server_name, tls, uuid, &args.username, &args.password);
+    if let Some(ports) = &args.ports {
+        device.ports = ports.iter().map(|&p| u32::from(p)).collect();
+    }
+    device.window = args.window;
+    device.adjust_step = args.adjust_step;
+    device.keepalive = Duration::from_secs(args.keepalive);
+    device.reconnect = ReconnectPolicy {
+        min: Duration::from_millis(args.reconnect_min_ms),
+        max: Duration::from_millis(args.reconnect_max_ms),
+    };
+    device.stop_on_auth_failure = args.exit_on_auth_failure;
+
+    let mut fleet = FleetConfig::new(device, args.count);
+    fleet.ramp = Duration::from_millis(args.ramp_ms);
+    fleet.exit_after_established = args.exit_after_established;
+    if let Some(bar) = bar {
+        fleet.progress = Progress::Bar(bar);
+    }
+
+    tracing::info!(
+        "amt-sim: {} device(s), first UUID {uuid}, gateway {} (TLS name {name:?}), username {:?}",
+        args.count,
+        args.gateway,
+        args.username
+    );
+    let (trigger, shutdown) = shutdown_pair();
+    tokio::spawn(stop_on_signals(trigger));
+    let report = run_fleet(fleet, shutdown).await?;
+    if args.exit_after_established && report.all_established_after.is_none() {
+        bail!("stopped before every device was established ({}/{})", report.stats.ever_established, report.count);
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop cleanly (DISCONNECT, close_notify); a second one exits at once.
+async fn stop_on_signals(trigger: ShutdownTrigger) {
+    let mut signals = 0;
+    loop {
+        wait_for_signal().await;
+        signals += 1;
+        if signals > 1 {
+            std::process::exit(130);
+        }
+        tracing::info!("stopping (send the signal again to exit at once)");
+        trigger.trigger();
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing(bar: Option<ProgressBar>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(StderrLines { bar })
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Writes each log line to stderr whole, around the progress bar when there is one.
+#[derive(Debug, Clone)]
+struct StderrLines {
+    bar: Option<ProgressBar>,
+}
+
+impl<'a> MakeWriter<'a> for StderrLines {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter { bar: self.bar.clone(), buf: Vec::with_capacity(256) }
+    }
+}
+
+#[derive(Debug)]
+struct LineWriter {
+    bar: Option<ProgressBar>,
+    buf: Vec<u8>,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.buf);
+        };
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.suspend(write),
+            _ => write(),
+        }
+    }
+}

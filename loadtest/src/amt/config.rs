@@ -1,0 +1,126 @@
+//! What one simulated device is (UUID, credentials, ports, windows, services) and where and how
+//! it dials (gateway address, TLS, timeouts, reconnect back-off).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocols::session::ClientConfig;
+use rustls::pki_types::ServerName;
+use uuid::Uuid;
+
+use super::backoff::ReconnectPolicy;
+use super::service::Services;
+
+/// One device's settings. `Clone` is cheap enough to make one per device of a fleet.
+#[derive(Clone)]
+pub struct DeviceConfig {
+    /// `HOST:PORT` of the gateway's CIRA listener, resolved at every attempt.
+    pub gateway: String,
+    /// The name the gateway's certificate must match (and the SNI when it is a DNS name).
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub uuid: Uuid,
+    pub username: String,
+    pub password: String,
+    /// Ports to forward, in order (firmware: 16993, 16992, 664, 623, 16995, 16994, 5900).
+    pub ports: Vec<u32>,
+    /// The receive window advertised per channel.
+    pub window: u32,
+    /// Consumed bytes that trigger a WINDOW_ADJUST (firmware grants in small steps).
+    pub adjust_step: u32,
+    /// Keepalive interval until the gateway sets one.
+    pub keepalive: Duration,
+    pub reconnect: ReconnectPolicy,
+    pub connect_timeout: Duration,
+    pub tls_timeout: Duration,
+    /// From the TLS handshake's end to every forward answered.
+    pub handshake_timeout: Duration,
+    /// Most bytes of unsent output per channel before the device stops taking input on it.
+    pub max_pending: usize,
+    /// Channels open at once on one tunnel.
+    pub max_channels: usize,
+    pub services: Services,
+    /// Stop (instead of retrying) when the gateway refuses the credentials.
+    pub stop_on_auth_failure: bool,
+    /// Level of this device's own log lines (`INFO` alone, `DEBUG` in a fleet).
+    pub log_level: tracing::Level,
+}
+
+/// The ports real AMT firmware forwards, in its order (16993, 16992, 664, 623, 16995, 16994,
+/// 5900), as the session's defaults have them.
+pub fn firmware_ports() -> Vec<u32> {
+    ClientConfig::new(Uuid::nil(), "", "").ports
+}
+
+impl DeviceConfig {
+    /// A device with firmware's defaults: the seven AMT ports, 4 KiB windows granted back in
+    /// 512-byte steps, 30 s keepalives, reconnects after 1–30 s, the default services.
+    pub fn new(
+        gateway: impl Into<String>,
+        server_name: ServerName<'static>,
+        tls: Arc<rustls::ClientConfig>,
+        uuid: Uuid,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self {
+            gateway: gateway.into(),
+            server_name,
+            tls,
+            uuid,
+            username: username.into(),
+            password: password.into(),
+            ports: firmware_ports(),
+            window: 4096,
+            adjust_step: 512,
+            keepalive: Duration::from_secs(30),
+            reconnect: ReconnectPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
+            max_pending: 256 * 1024,
+            max_channels: 16,
+            services: Services::amt_default(),
+            stop_on_auth_failure: false,
+            log_level: tracing::Level::INFO,
+        }
+    }
+
+    /// The session settings for one connection.
+    pub fn session_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.uuid, self.username.clone(), self.password.clone());
+        config.ports.clone_from(&self.ports);
+        config.channels.window = self.window.max(1);
+        config.channels.adjust_threshold = self.adjust_step.clamp(1, config.channels.window);
+        config.channels.max_channels = self.max_channels;
+        config.keepalive_interval = self.keepalive;
+        config.handshake_timeout = self.handshake_timeout;
+        config
+    }
+}
+
+impl fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("gateway", &self.gateway)
+            .field("server_name", &self.server_name)
+            .field("uuid", &self.uuid)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("ports", &self.ports)
+            .field("window", &self.window)
+            .field("adjust_step", &self.adjust_step)
+            .field("keepalive", &self.keepalive)
+            .field("reconnect", &self.reconnect)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_timeout", &self.tls_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("max_channels", &self.max_channels)
+            .field("services", &self.services)
+            .field("stop_on_auth_failure", &self.stop_on_auth_failure)
+            .field("log_level", &self.log_level)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,579 @@
+//! The per-device driver: dials the gateway, runs one APF tunnel at a time with
+//! [`ClientSession`], serves the channels the gateway opens, and reconnects with back-off.
+//!
+//! One task per device and nothing else: the task selects over reading the TLS stream, writing
+//! what the session queued, the session's next deadline and the stop signal. Buffers stay small
+//! while idle: the read buffer shrinks back to 2 KiB after bulk traffic, and a channel's buffers
+//! exist only while it carries data. Every wait is bounded: TCP connect and TLS handshake by
+//! their timeouts, the tunnel by the session's handshake and idle timeouts, writes by a stall
+//! timeout, and the final flush by a short linger.
+//!
+//! Backpressure, per channel: bytes from the gateway are offered to the service's handler, and
+//! window is granted back (`consumed`) only for bytes the handler took; the handler's output is
+//! passed to `send`, which takes no more than the gateway's window. While a channel's unsent
+//! output is over [`DeviceConfig::max_pending`], its handler is offered nothing, so the gateway
+//! runs out of window instead of the device buffering without bound. The same holds for the
+//! socket: no channel data is queued while more than 256 KiB wait to be written.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use protocols::apf::{DisconnectReason, OpenFailureReason};
+use protocols::session::{ChannelId, ClientSession, CloseCause, Event};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::backoff::Backoff;
+use super::config::DeviceConfig;
+use super::error::{ConnectionError, DeviceError};
+use super::service::{ChannelHandler, ChannelInfo, Outbox};
+use super::shutdown::Shutdown;
+use super::stats::{GaugeGuard, Stats};
+
+/// Smallest and largest read from the TLS stream.
+const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 64 * 1024;
+/// No channel data is handed to the session while this much waits to be written.
+const OUT_QUEUE_CAP: usize = 256 * 1024;
+/// A write that makes no progress for this long ends the connection.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+/// How long a closing connection may take to flush its last bytes (DISCONNECT).
+const LINGER: Duration = Duration::from_secs(2);
+/// A channel buffer this large is freed once empty, rather than kept.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+/// What a device did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// TLS connections made.
+    pub connections: u64,
+    /// Of those, the ones whose tunnel got established.
+    pub established: u64,
+}
+
+/// Runs one device until `shutdown` fires (reconnecting whenever the tunnel drops), or until the
+/// gateway refuses its credentials when [`DeviceConfig::stop_on_auth_failure`] is set.
+pub async fn run_device(config: DeviceConfig, shutdown: Shutdown) -> Result<DeviceReport, DeviceError> {
+    run_device_with_stats(config, Arc::new(Stats::default()), shutdown).await
+}
+
+/// [`run_device`], counting into `stats` (shared by the devices of a fleet).
+pub async fn run_device_with_stats(
+    config: DeviceConfig,
+    stats: Arc<Stats>,
+    mut shutdown: Shutdown,
+) -> Result<DeviceReport, DeviceError> {
+    let level = config.log_level;
+    let mut backoff = Backoff::new(config.reconnect);
+    let mut report = DeviceReport::default();
+    let mut attempts = 0u64;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if attempts > 0 {
+            stats.reconnect();
+        }
+        attempts += 1;
+        let connected = tokio::select! {
+            result = connect(&config) => result,
+            () = shutdown.wait() => return Ok(report),
+        };
+        let outcome = match connected {
+            Ok(stream) => {
+                report.connections += 1;
+                let connection = Connection::new(&config, &stats, report.established == 0);
+                let outcome = connection.run(stream, &mut shutdown).await;
+                match &outcome.end {
+                    ConnectionError::Shutdown => device_log!(level, "disconnected: stopped"),
+                    end => device_warn!(level, "disconnected: {end}"),
+                }
+                outcome
+            }
+            Err(err) => {
+                stats.connect_failure();
+                device_warn!(level, "{err}");
+                Outcome { established: false, auth_rejected: false, end: err }
+            }
+        };
+        if outcome.established {
+            report.established += 1;
+            backoff.reset();
+        }
+        if matches!(outcome.end, ConnectionError::Shutdown) || shutdown.is_triggered() {
+            return Ok(report);
+        }
+        if outcome.auth_rejected && config.stop_on_auth_failure {
+            return Err(DeviceError::AuthRejected { uuid: config.uuid, username: config.username.clone() });
+        }
+        let delay = backoff.next_delay();
+        device_log!(level, "reconnecting in {:.1}s", delay.as_secs_f64());
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return Ok(report),
+        }
+    }
+}
+
+/// TCP connect (to the first address that answers) and TLS handshake, each with its timeout.
+async fn connect(config: &DeviceConfig) -> Result<TlsStream<TcpStream>, ConnectionError> {
+    let addr = &config.gateway;
+    let tcp = match tokio::time::timeout(config.connect_timeout, dial(addr)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(ConnectionError::ConnectTimeout { addr: addr.clone(), timeout: config.connect_timeout }),
+    };
+    // Small APF messages (keepalives, window adjusts) must not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(config.tls.clone());
+    match tokio::time::timeout(config.tls_timeout, connector.connect(config.server_name.clone(), tcp)).await {
+        Ok(Ok(stream)) => {
+            let (tcp, tls) = stream.get_ref();
+            let peer = tcp.peer_addr().map_or_else(|_| addr.clone(), |a| a.to_string());
+            device_log!(
+                config.log_level,
+                "connected to {peer} ({})",
+                tls.protocol_version().map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}"))
+            );
+            Ok(stream)
+        }
+        Ok(Err(source)) => {
+            let hint = tls_hint(&source);
+            Err(ConnectionError::Tls { addr: addr.clone(), source, hint })
+        }
+        Err(_) => Err(ConnectionError::TlsTimeout { addr: addr.clone(), timeout: config.tls_timeout }),
+    }
+}
+
+async fn dial(addr: &str) -> Result<TcpStream, ConnectionError> {
+    let addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| ConnectionError::Resolve { addr: addr.to_owned(), source })?;
+    let mut last_error = None;
+    for socket_addr in addrs {
+        match TcpStream::connect(socket_addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(match last_error {
+        Some(source) => ConnectionError::Connect { addr: addr.to_owned(), source },
+        None => ConnectionError::NoAddress { addr: addr.to_owned() },
+    })
+}
+
+/// What the user can do about a failed handshake.
+fn tls_hint(err: &io::Error) -> &'static str {
+    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            " (the gateway's certificate is not trusted: check --ca and --server-name, or use --insecure)"
+        }
+        Some(rustls::Error::NoCertificatesPresented) => " (the gateway sent no certificate)",
+        Some(rustls::Error::PeerIncompatible(_)) => " (no TLS version or cipher suite in common with the gateway)",
+        _ => "",
+    }
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+struct Outcome {
+    established: bool,
+    auth_rejected: bool,
+    end: ConnectionError,
+}
+
+/// Bytes the session produced, waiting for the socket.
+#[derive(Debug, Default)]
+struct OutQueue {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.chunks.push_back(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// Writes some of the queue, or flushes the TLS layer once the queue is empty. Cancel-safe: a
+/// write that did not complete took nothing. Returns an error when the socket is gone.
+async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut OutQueue, needs_flush: &mut bool) -> io::Result<()> {
+    if let Some(front) = out.chunks.front_mut() {
+        let n = wr.write(front).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        front.advance(n);
+        out.len -= n;
+        if front.is_empty() {
+            out.chunks.pop_front();
+        }
+        *needs_flush = true;
+    } else {
+        wr.flush().await?;
+        *needs_flush = false;
+    }
+    Ok(())
+}
+
+/// One accepted channel and its buffers.
+struct Channel {
+    port: u32,
+    handler: Box<dyn ChannelHandler>,
+    /// Received, not yet taken by the handler (bounded by the window we advertised).
+    inbound: BytesMut,
+    /// Written by the handler, not yet taken by the session (bounded by `max_pending` plus one
+    /// handler call's overshoot).
+    outbound: BytesMut,
+    eof_received: bool,
+    eof_delivered: bool,
+    /// The handler asked to close once its output is sent.
+    close_requested: bool,
+    close_sent: bool,
+}
+
+/// One TLS connection's tunnel.
+struct Connection<'a> {
+    config: &'a DeviceConfig,
+    stats: &'a Stats,
+    /// Whether an establishment now would be this device's first.
+    first: bool,
+    session: ClientSession,
+    channels: HashMap<ChannelId, Channel>,
+    forwarded: Vec<u32>,
+    refused: Vec<u32>,
+    established: Option<GaugeGuard<'a>>,
+    was_established: bool,
+    auth_rejected: bool,
+    closed: Option<CloseCause>,
+}
+
+impl<'a> Connection<'a> {
+    fn new(config: &'a DeviceConfig, stats: &'a Stats, first: bool) -> Self {
+        Self {
+            config,
+            stats,
+            first,
+            session: ClientSession::new(config.session_config(), Instant::now()),
+            channels: HashMap::new(),
+            forwarded: Vec::new(),
+            refused: Vec::new(),
+            established: None,
+            was_established: false,
+            auth_rejected: false,
+            closed: None,
+        }
+    }
+
+    async fn run<S>(mut self, stream: S, shutdown: &mut Shutdown) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let _connected = self.stats.connected();
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut out = OutQueue::default();
+        let mut read_buf = BytesMut::with_capacity(MIN_READ);
+        let mut read_size = MIN_READ;
+        let mut needs_flush = false;
+        let mut write_deadline: Option<Instant> = None;
+        // Set once the connection is ending; then only the remaining output is flushed.
+        let mut end: Option<ConnectionError> = None;
+        let mut linger_until: Option<Instant> = None;
+        let mut write_failed = false;
+        loop {
+            self.process(&mut out);
+            if end.is_none() {
+                if let Some(cause) = self.closed.take() {
+                    end = Some(ConnectionError::Session(cause));
+                }
+            }
+            let has_output = !out.is_empty() || needs_flush;
+            if end.is_some() {
+                if !has_output {
+                    break;
+                }
+                linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+            }
+            if !has_output {
+                write_deadline = None;
+            } else if write_deadline.is_none() {
+                write_deadline = Some(Instant::now() + WRITE_STALL);
+            }
+            let timer = match linger_until {
+                Some(at) => Some(at),
+                None => self.session.poll_timeout(),
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.wait(), if end.is_none() => {
+                    self.session.disconnect(DisconnectReason::ByApplication);
+                    end = Some(ConnectionError::Shutdown);
+                }
+                result = write_step(&mut wr, &mut out, &mut needs_flush), if has_output => match result {
+                    Ok(()) => write_deadline = Some(Instant::now() + WRITE_STALL),
+                    Err(err) => {
+                        end.get_or_insert(ConnectionError::Io(err));
+                        write_failed = true;
+                        break;
+                    }
+                },
+                result = rd.read_buf(&mut read_buf), if end.is_none() => match result {
+                    Ok(0) => end = Some(ConnectionError::PeerClosed),
+                    Ok(n) => {
+                        self.session.handle_input(&read_buf[..n], Instant::now());
+                        read_size = next_read_size(read_size, n);
+                        read_buf.clear();
+                        if read_buf.capacity() > 2 * read_size {
+                            read_buf = BytesMut::with_capacity(read_size);
+                        } else {
+                            read_buf.reserve(read_size);
+                        }
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => end = Some(ConnectionError::PeerReset),
+                    Err(err) => end = Some(ConnectionError::Io(err)),
+                },
+                () = sleep_until(timer), if timer.is_some() => {
+                    if linger_until.is_some() {
+                        break;
+                    }
+                    self.session.handle_timeout(Instant::now());
+                }
+                () = sleep_until(write_deadline), if write_deadline.is_some() && end.is_none() => {
+                    end = Some(ConnectionError::WriteStalled(WRITE_STALL));
+                    write_failed = true;
+                    break;
+                }
+            }
+        }
+        if !write_failed {
+            // TLS close_notify, then FIN; bounded, the peer may be gone.
+            let _ = tokio::time::timeout(LINGER, wr.shutdown()).await;
+        }
+        Outcome {
+            established: self.was_established,
+            auth_rejected: self.auth_rejected,
+            end: end.unwrap_or(ConnectionError::PeerClosed),
+        }
+    }
+
+    /// Reacts to the session's events, moves channel data, and collects the bytes to send.
+    fn process(&mut self, out: &mut OutQueue) {
+        loop {
+            let mut any = false;
+            while let Some(event) = self.session.poll_event() {
+                any = true;
+                self.on_event(event);
+            }
+            self.pump_channels(out.len);
+            while let Some(bytes) = self.session.poll_transmit() {
+                out.push(bytes);
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let level = self.config.log_level;
+        match event {
+            Event::Authenticated => device_log!(level, "authenticated as {:?}", self.config.username),
+            Event::AuthRejected => {
+                self.auth_rejected = true;
+                self.stats.auth_failure();
+                device_warn!(
+                    level,
+                    "the gateway refused username {:?} and its password (check --username and --password)",
+                    self.config.username
+                );
+            }
+            Event::PortForwarded { port } => self.forwarded.push(port),
+            Event::PortCancelled { port } => self.refused.push(port),
+            Event::Established => {
+                if self.refused.is_empty() {
+                    device_log!(level, "established: ports {:?} forwarded", self.forwarded);
+                } else {
+                    device_log!(
+                        level,
+                        "established: ports {:?} forwarded, {:?} refused by the gateway",
+                        self.forwarded,
+                        self.refused
+                    );
+                }
+                self.was_established = true;
+                self.established = Some(self.stats.established(self.first));
+                self.first = false;
+            }
+            Event::KeepaliveOptions { interval_secs, timeout_secs } => {
+                tracing::debug!("keepalive interval {interval_secs}s (timeout {timeout_secs}s) set by the gateway");
+            }
+            Event::Keepalive => tracing::trace!("keepalive"),
+            Event::ChannelOpenRequest { ch, port, originator, originator_port } => {
+                self.open_channel(ch, port, originator, originator_port)
+            }
+            Event::ChannelData { ch, data } => match self.channels.get_mut(&ch) {
+                Some(channel) => channel.inbound.extend_from_slice(&data),
+                None => self.session.consumed(ch, data.len()),
+            },
+            Event::ChannelEof { ch } => {
+                if let Some(channel) = self.channels.get_mut(&ch) {
+                    channel.eof_received = true;
+                }
+            }
+            Event::ChannelClosed { ch } => {
+                if let Some(channel) = self.channels.remove(&ch) {
+                    tracing::debug!("channel {ch} to port {} closed", channel.port);
+                }
+            }
+            // The pump runs after every batch of events and sends what the new credit allows.
+            Event::ChannelWritable { .. } => {}
+            Event::Closed(cause) => {
+                self.established = None;
+                self.closed = Some(cause);
+            }
+            // Server-role events.
+            Event::Hello { .. }
+            | Event::AuthRequest { .. }
+            | Event::ChannelOpened { .. }
+            | Event::ChannelOpenFailed { .. } => {}
+        }
+    }
+
+    fn open_channel(&mut self, ch: ChannelId, port: u32, originator: Bytes, originator_port: u32) {
+        let level = self.config.log_level;
+        let info = ChannelInfo {
+            uuid: self.config.uuid,
+            ch,
+            port,
+            originator: originator.clone(),
+            originator_port,
+            log_level: level,
+        };
+        let Some(handler) = self.config.services.get(port).and_then(|service| service.open(&info)) else {
+            device_log!(level, "channel to port {port} refused: no service on that port");
+            self.session.reject_channel(ch, OpenFailureReason::ConnectFailed);
+            return;
+        };
+        if !self.session.accept_channel(ch) {
+            return;
+        }
+        let mut channel = Channel {
+            port,
+            handler,
+            inbound: BytesMut::new(),
+            outbound: BytesMut::new(),
+            eof_received: false,
+            eof_delivered: false,
+            close_requested: false,
+            close_sent: false,
+        };
+        let mut outbox = Outbox::new(&mut channel.outbound, self.config.max_pending, &mut channel.close_requested);
+        channel.handler.on_open(&mut outbox);
+        self.channels.insert(ch, channel);
+        self.stats.channel_opened();
+        tracing::debug!(
+            "channel {ch} to port {port} opened for {}:{originator_port}",
+            String::from_utf8_lossy(&originator)
+        );
+    }
+
+    /// Moves data between the channels' buffers, their handlers and the session, within the
+    /// windows and bounds (see the module doc).
+    fn pump_channels(&mut self, queued: usize) {
+        let mut budget = OUT_QUEUE_CAP.saturating_sub(queued);
+        let max_pending = self.config.max_pending;
+        for (&id, channel) in self.channels.iter_mut() {
+            loop {
+                let mut moved = false;
+                if !channel.outbound.is_empty() && budget > 0 {
+                    let len = channel.outbound.len().min(budget);
+                    let n = self.session.send(id, &channel.outbound[..len]);
+                    if n > 0 {
+                        channel.outbound.advance(n);
+                        budget -= n;
+                        moved = true;
+                    }
+                }
+                if !channel.inbound.is_empty() {
+                    let n = if channel.close_requested {
+                        channel.inbound.len()
+                    } else if channel.outbound.len() < max_pending {
+                        let mut outbox = Outbox::new(&mut channel.outbound, max_pending, &mut channel.close_requested);
+                        channel.handler.on_data(&channel.inbound, &mut outbox).min(channel.inbound.len())
+                    } else {
+                        0
+                    };
+                    if n > 0 {
+                        channel.inbound.advance(n);
+                        self.session.consumed(id, n);
+                        moved = true;
+                    }
+                }
+                if channel.eof_received && !channel.eof_delivered && channel.inbound.is_empty() {
+                    channel.eof_delivered = true;
+                    let mut outbox = Outbox::new(&mut channel.outbound, max_pending, &mut channel.close_requested);
+                    channel.handler.on_eof(&mut outbox);
+                    moved = true;
+                }
+                if channel.close_requested && !channel.close_sent && channel.outbound.is_empty() {
+                    channel.close_sent = true;
+                    self.session.close_channel(id);
+                }
+                if !moved {
+                    break;
+                }
+            }
+            for buf in [&mut channel.inbound, &mut channel.outbound] {
+                if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+                    *buf = BytesMut::new();
+                }
+            }
+        }
+    }
+}
+
+/// Grows the read size after a full read, shrinks it after small ones.
+fn next_read_size(current: usize, n: usize) -> usize {
+    if n >= current {
+        (current * 2).min(MAX_READ)
+    } else if n < current / 4 {
+        (current / 2).max(MIN_READ)
+    } else {
+        current
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_adapts_within_bounds() {
+        let mut size = MIN_READ;
+        for _ in 0..10 {
+            size = next_read_size(size, size);
+        }
+        assert_eq!(size, MAX_READ);
+        for _ in 0..10 {
+            size = next_read_size(size, 5);
+        }
+        assert_eq!(size, MIN_READ);
+        assert_eq!(next_read_size(8192, 4096), 8192);
+    }
+}

@@ -1,0 +1,40 @@
+//! Simulated Intel AMT devices: the CIRA side of a gateway, for tests and load tests.
+//!
+//! A device dials the gateway (TCP, then TLS), runs an APF tunnel with
+//! [`protocols::session::ClientSession`], serves the channels the gateway opens with pluggable
+//! [`Service`]s (echo, an AMT-like HTTP/WS-MAN responder), and reconnects with back-off when the
+//! tunnel drops. A fleet runs many devices in one process, one task each.
+//!
+//! Modules, one per concern:
+//! - [`config`]: [`DeviceConfig`], what one device is and where it dials;
+//! - [`tls`]: the rustls client configuration (a CA file, or accept any certificate);
+//! - [`device`]: [`run_device`], the per-device driver (connect, tunnel, reconnect);
+//! - [`service`]: the [`Service`] / [`ChannelHandler`] traits and the port → service map;
+//! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993);
+//! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
+//! - [`stats`]: counters shared by the devices of a fleet; [`backoff`]: reconnect delays;
+//! - [`shutdown`]: the stop signal; [`error`]: the error types.
+
+pub mod backoff;
+pub mod config;
+pub mod device;
+pub mod echo;
+pub mod error;
+pub mod fleet;
+pub mod http;
+pub mod service;
+pub mod shutdown;
+pub mod stats;
+pub mod tls;
+
+pub use backoff::{Backoff, ReconnectPolicy};
+pub use config::DeviceConfig;
+pub use device::{run_device, run_device_with_stats, DeviceReport};
+pub use echo::Echo;
+pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
+pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};
+pub use http::HttpResponder;
+pub use service::{ChannelHandler, ChannelInfo, Outbox, Service, Services};
+pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
+pub use stats::{Stats, StatsSnapshot};
+pub use tls::{client_config, default_server_name, server_name, Trust};

@@ -1,0 +1,147 @@
+//! Counters shared by the devices of a fleet (atomics; one [`Stats`] per fleet), and the guards
+//! that keep the "now" gauges right however a connection ends.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+/// Live counters of one or many devices. Gauges say "now"; the rest only grow.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Gauge: devices with a TLS connection up.
+    connected: AtomicU64,
+    /// Gauge: devices whose tunnel is established (every forward answered).
+    established: AtomicU64,
+    /// Devices that were established at least once.
+    ever_established: AtomicU64,
+    /// TLS connections made (first ones and reconnects).
+    connections: AtomicU64,
+    /// Connection attempts after a device's first one.
+    reconnects: AtomicU64,
+    /// Attempts that failed before the tunnel started (TCP, TLS, DNS).
+    connect_failures: AtomicU64,
+    /// Times the gateway refused a device's credentials.
+    auth_failures: AtomicU64,
+    /// Channels the gateway opened and a service accepted.
+    channels_opened: AtomicU64,
+    /// Wakes the fleet's monitor on every change that matters to it.
+    changed: Notify,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connected: u64,
+    pub established: u64,
+    pub ever_established: u64,
+    pub connections: u64,
+    pub reconnects: u64,
+    pub connect_failures: u64,
+    pub auth_failures: u64,
+    pub channels_opened: u64,
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connected {}, reconnects {}, connect failures {}, auth failures {}, channels {}",
+            self.connected, self.reconnects, self.connect_failures, self.auth_failures, self.channels_opened
+        )
+    }
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connected: get(&self.connected),
+            established: get(&self.established),
+            ever_established: get(&self.ever_established),
+            connections: get(&self.connections),
+            reconnects: get(&self.reconnects),
+            connect_failures: get(&self.connect_failures),
+            auth_failures: get(&self.auth_failures),
+            channels_opened: get(&self.channels_opened),
+        }
+    }
+
+    /// Completes after the next change (or at once if one happened since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    fn bump(&self, counter: &AtomicU64, notify: bool) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if notify {
+            self.changed.notify_one();
+        }
+    }
+
+    pub(crate) fn reconnect(&self) {
+        self.bump(&self.reconnects, false);
+    }
+
+    pub(crate) fn connect_failure(&self) {
+        self.bump(&self.connect_failures, false);
+    }
+
+    pub(crate) fn auth_failure(&self) {
+        self.bump(&self.auth_failures, true);
+    }
+
+    pub(crate) fn channel_opened(&self) {
+        self.bump(&self.channels_opened, false);
+    }
+
+    /// Counts a TLS connection up until the guard drops.
+    pub(crate) fn connected(&self) -> GaugeGuard<'_> {
+        self.bump(&self.connections, false);
+        self.bump(&self.connected, true);
+        GaugeGuard { stats: self, gauge: &self.connected }
+    }
+
+    /// Counts a tunnel established until the guard drops; `first` when it is this device's first.
+    pub(crate) fn established(&self, first: bool) -> GaugeGuard<'_> {
+        self.established.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.ever_established.fetch_add(1, Ordering::Relaxed);
+        }
+        self.changed.notify_one();
+        GaugeGuard { stats: self, gauge: &self.established }
+    }
+}
+
+/// Decrements a gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct GaugeGuard<'a> {
+    stats: &'a Stats,
+    gauge: &'a AtomicU64,
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
+        self.stats.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_follow_guards() {
+        let stats = Stats::default();
+        {
+            let _c = stats.connected();
+            let _e = stats.established(true);
+            let s = stats.snapshot();
+            assert_eq!((s.connected, s.established, s.ever_established, s.connections), (1, 1, 1, 1));
+        }
+        let _e = stats.established(false);
+        let s = stats.snapshot();
+        assert_eq!((s.connected, s.established, s.ever_established, s.connections), (0, 1, 1, 1));
+    }
+}

@@ -1,0 +1,527 @@
+//! A simulated device against a minimal in-process MPS (`ServerSession` over a real TLS
+//! listener on 127.0.0.1): HTTP on 16992, echo across the 4 KiB window on 16994, backpressure,
+//! reconnect after the gateway goes away, credentials refused, and a small fleet. One test is
+//! ignored until `ClientSession` accepts channels opened before its last forward is answered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use loadtest::amt::{
+    client_config, run_device, run_device_with_stats, run_fleet, server_name, shutdown_pair, DeviceConfig, DeviceError,
+    FleetConfig, Progress, ReconnectPolicy, Stats, Trust,
+};
+use protocols::session::{ChannelId, Event, OpenError, ServerConfig, ServerSession};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use uuid::Uuid;
+
+const UUID: Uuid = Uuid::from_u128(0x12345678_9abc_def0_1234_56789abcdef0);
+const PASSWORD: &str = "P@ssw0rd-test";
+/// The device's forwards. Channels are opened only once all are answered: `ClientSession`
+/// treats a CHANNEL_OPEN that arrives while it still forwards ports as a protocol error.
+const FIRMWARE_PORTS: [u32; 7] = [16993, 16992, 664, 623, 16995, 16994, 5900];
+/// Longest wait for any single thing in these tests.
+const STEP: Duration = Duration::from_secs(20);
+
+/// A throwaway CA and a certificate for "localhost" issued by it.
+struct Pki {
+    ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "amt-sim test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            chain: vec![leaf.der().clone(), ca_cert.der().clone()],
+            key_der: leaf_key.serialize_der(),
+        }
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())))
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Open {
+        port: u32,
+        reply: oneshot::Sender<Result<ChannelId, OpenError>>,
+    },
+    Send {
+        ch: ChannelId,
+        data: Vec<u8>,
+    },
+    Close {
+        ch: ChannelId,
+    },
+    /// Stop (or resume) granting window for received data.
+    Consume(bool),
+    /// Bytes queued on a channel that the device's window did not take yet.
+    Pending {
+        ch: ChannelId,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// A minimal MPS: accepts TLS, runs a `ServerSession` per connection, hands each connection to
+/// the test as a [`Tunnel`].
+struct Gateway {
+    addr: SocketAddr,
+    tunnels: mpsc::UnboundedReceiver<Tunnel>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start(addr: SocketAddr, acceptor: TlsAcceptor, password: &'static str) -> Self {
+        Self::start_with(addr, acceptor, password, None).await
+    }
+
+    /// With `open_on_forward`, every tunnel opens a channel to that port the moment the device
+    /// forwards it, as a gateway with a technician waiting would.
+    async fn start_with(
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        password: &'static str,
+        open_on_forward: Option<u32>,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, tunnels) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { break };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                connections.spawn(async move {
+                    if let Ok(Ok(tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await {
+                        serve(tls, password, open_on_forward, tx).await;
+                    }
+                });
+            }
+        });
+        Self { addr, tunnels, task }
+    }
+
+    async fn next_tunnel(&mut self) -> Tunnel {
+        tokio::time::timeout(STEP, self.tunnels.recv()).await.expect("a device connects").expect("gateway running")
+    }
+
+    /// Drops the listener and every connection at once, as a crashed gateway would.
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve<S>(
+    stream: S,
+    password: &'static str,
+    open_on_forward: Option<u32>,
+    tunnels: mpsc::UnboundedSender<Tunnel>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut session = ServerSession::new(ServerConfig::default(), Instant::now());
+    let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let _ = tunnels.send(Tunnel { cmds: cmd_tx, events, received: HashMap::new() });
+    let mut pending: HashMap<ChannelId, BytesMut> = HashMap::new();
+    let mut consume = true;
+    let mut unconsumed: Vec<(ChannelId, usize)> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match &event {
+                Event::AuthRequest { password: given, .. } => {
+                    if given.0 == password.as_bytes() {
+                        session.accept_auth(Instant::now());
+                    } else {
+                        session.reject_auth(Instant::now());
+                    }
+                }
+                Event::ChannelData { ch, data } if consume => session.consumed(*ch, data.len()),
+                Event::ChannelData { ch, data } => unconsumed.push((*ch, data.len())),
+                Event::ChannelClosed { ch } => {
+                    pending.remove(ch);
+                }
+                Event::PortForwarded { port } if Some(*port) == open_on_forward => {
+                    session.open_channel(*port, ("1.2.3.4".into(), 1024)).expect("port forwarded");
+                }
+                _ => {}
+            }
+            let _ = events_tx.send(event);
+        }
+        for (ch, data) in &mut pending {
+            let n = session.send(*ch, data);
+            data.advance(n);
+        }
+        while let Some(bytes) = session.poll_transmit() {
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if wr.flush().await.is_err() || session.is_closed() {
+            return;
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            read = rd.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => session.handle_input(&buf[..n], Instant::now()),
+            },
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(Cmd::Open { port, reply }) => {
+                    let _ = reply.send(session.open_channel(port, ("1.2.3.4".into(), 1024)));
+                }
+                Some(Cmd::Send { ch, data }) => pending.entry(ch).or_default().extend_from_slice(&data),
+                Some(Cmd::Close { ch }) => session.close_channel(ch),
+                Some(Cmd::Consume(on)) => {
+                    consume = on;
+                    if on {
+                        for (ch, n) in unconsumed.drain(..) {
+                            session.consumed(ch, n);
+                        }
+                    }
+                }
+                Some(Cmd::Pending { ch, reply }) => {
+                    let _ = reply.send(pending.get(&ch).map_or(0, BytesMut::len));
+                }
+            },
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => session.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// The test's side of one device connection.
+struct Tunnel {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    events: mpsc::UnboundedReceiver<Event>,
+    received: HashMap<ChannelId, Vec<u8>>,
+}
+
+impl Tunnel {
+    async fn next_event(&mut self) -> Event {
+        let event = tokio::time::timeout(STEP, self.events.recv())
+            .await
+            .expect("an event from the device in time")
+            .expect("the connection is up");
+        if let Event::ChannelData { ch, data } = &event {
+            self.received.entry(*ch).or_default().extend_from_slice(data);
+        }
+        event
+    }
+
+    async fn wait_for<T>(&mut self, mut f: impl FnMut(&Event) -> Option<T>) -> T {
+        loop {
+            let event = self.next_event().await;
+            if let Some(found) = f(&event) {
+                return found;
+            }
+        }
+    }
+
+    /// Waits for the device's hello and for the forwards of `ports` (in any order); returns the
+    /// UUID.
+    async fn handshake(&mut self, ports: &[u32]) -> Uuid {
+        let uuid = self.wait_for(|e| if let Event::Hello { uuid, .. } = e { Some(*uuid) } else { None }).await;
+        let mut missing: Vec<u32> = ports.to_vec();
+        while !missing.is_empty() {
+            let port = self.wait_for(|e| if let Event::PortForwarded { port } = e { Some(*port) } else { None }).await;
+            missing.retain(|&p| p != port);
+        }
+        uuid
+    }
+
+    async fn open(&mut self, port: u32) -> ChannelId {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Open { port, reply }).expect("connection up");
+        let ch = rx.await.unwrap().expect("channel open");
+        self.wait_for(|e| matches!(e, Event::ChannelOpened { ch: c, .. } if *c == ch).then_some(())).await;
+        ch
+    }
+
+    fn send(&self, ch: ChannelId, data: &[u8]) {
+        self.cmds.send(Cmd::Send { ch, data: data.to_vec() }).expect("connection up");
+    }
+
+    fn command(&self, cmd: Cmd) {
+        self.cmds.send(cmd).expect("connection up");
+    }
+
+    async fn pending(&self, ch: ChannelId) -> usize {
+        let (reply, rx) = oneshot::channel();
+        self.command(Cmd::Pending { ch, reply });
+        rx.await.unwrap()
+    }
+
+    async fn read_exact(&mut self, ch: ChannelId, n: usize) -> Vec<u8> {
+        while self.received.get(&ch).map_or(0, Vec::len) < n {
+            self.next_event().await;
+        }
+        self.received.get_mut(&ch).unwrap().drain(..n).collect()
+    }
+
+    /// One HTTP response: (status, head, body).
+    async fn read_http_response(&mut self, ch: ChannelId) -> (u16, String, String) {
+        loop {
+            let got = self.received.entry(ch).or_default();
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(got[..end].to_vec()).unwrap();
+                let len: usize =
+                    head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.parse().unwrap());
+                if got.len() >= end + 4 + len {
+                    let body = String::from_utf8(got[end + 4..end + 4 + len].to_vec()).unwrap();
+                    got.drain(..end + 4 + len);
+                    return (head[9..12].parse().unwrap(), head, body);
+                }
+            }
+            self.next_event().await;
+        }
+    }
+}
+
+fn device_config(addr: SocketAddr, trust: &Trust, password: &str) -> DeviceConfig {
+    let tls = client_config(trust).expect("TLS config");
+    let mut config =
+        DeviceConfig::new(addr.to_string(), server_name("localhost").unwrap(), tls, UUID, "user", password);
+    config.reconnect = ReconnectPolicy { min: Duration::from_millis(100), max: Duration::from_millis(500) };
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_serves_http_and_echo_and_reconnects() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let pki = Pki::new();
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), &pki.ca_pem).unwrap();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let addr = gateway.addr;
+        let config = device_config(addr, &Trust::CaFile(ca_file.path().to_owned()), PASSWORD);
+        let stats = Arc::new(Stats::default());
+        let (stop, shutdown) = shutdown_pair();
+        let device = tokio::spawn(run_device_with_stats(config, stats.clone(), shutdown));
+
+        let mut tunnel = gateway.next_tunnel().await;
+        assert_eq!(tunnel.handshake(&FIRMWARE_PORTS).await, UUID);
+
+        // WS-MAN port: a challenge first, then 200 with a Digest authorization, on one channel.
+        let http = tunnel.open(16992).await;
+        let body = "<a:Envelope><a:Header><b:MessageID>uuid:test-1</b:MessageID></a:Header></a:Envelope>";
+        tunnel.send(
+            http,
+            format!("POST /wsman HTTP/1.1\r\nHost: localhost:16992\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        );
+        let (status, head, _) = tunnel.read_http_response(http).await;
+        assert_eq!(status, 401, "{head}");
+        assert!(head.contains("WWW-Authenticate: Digest realm=\"Digest:"), "{head}");
+        assert!(head.contains("qop=\"auth\""), "{head}");
+        tunnel.send(
+            http,
+            format!(
+                "POST /wsman HTTP/1.1\r\nHost: localhost:16992\r\nAuthorization: Digest username=\"admin\", \
+                 realm=\"x\", nonce=\"y\", uri=\"/wsman\", response=\"z\"\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let (status, head, soap) = tunnel.read_http_response(http).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(soap.contains(&UUID.to_string()), "{soap}");
+        assert!(soap.contains("<b:RelatesTo>uuid:test-1</b:RelatesTo>"), "{soap}");
+        tunnel.command(Cmd::Close { ch: http });
+        tunnel.wait_for(|e| matches!(e, Event::ChannelClosed { ch } if *ch == http).then_some(())).await;
+
+        // Redirection port: 1 MiB echoed back byte for byte through the device's 4 KiB window.
+        let echo = tunnel.open(16994).await;
+        let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let started = Instant::now();
+        tunnel.send(echo, &payload);
+        let echoed = tunnel.read_exact(echo, payload.len()).await;
+        assert!(echoed == payload, "echo differs");
+        eprintln!("1 MiB echoed in {:.2}s", started.elapsed().as_secs_f64());
+        assert_eq!(stats.snapshot().channels_opened, 2);
+
+        // The gateway goes away; the device comes back to a new one on the same port.
+        gateway.stop().await;
+        let mut gateway = Gateway::start(addr, pki.acceptor(), PASSWORD).await;
+        let mut tunnel = gateway.next_tunnel().await;
+        assert_eq!(tunnel.handshake(&FIRMWARE_PORTS).await, UUID);
+        tunnel.wait_for(|e| matches!(e, Event::KeepaliveOptions { .. }).then_some(())).await;
+        let snapshot = stats.snapshot();
+        assert!(snapshot.reconnects >= 1, "{snapshot:?}");
+        assert_eq!(snapshot.ever_established, 1, "{snapshot:?}");
+
+        // A clean stop: DISCONNECT reaches the gateway and the task ends.
+        stop.trigger();
+        let report = tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
+        assert_eq!(report.connections, 2);
+        assert_eq!(report.established, 2);
+        tunnel.wait_for(|e| matches!(e, Event::Closed(_)).then_some(())).await;
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_backpressure_bounds_what_the_device_buffers() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let config = device_config(gateway.addr, &Trust::CaPem(pki.ca_pem.clone().into_bytes()), PASSWORD);
+        let max_pending = config.max_pending;
+        let (stop, shutdown) = shutdown_pair();
+        let device = tokio::spawn(run_device(config, shutdown));
+        let mut tunnel = gateway.next_tunnel().await;
+        tunnel.handshake(&FIRMWARE_PORTS).await;
+        let echo = tunnel.open(16994).await;
+
+        // The gateway stops granting window: the device's echo stalls at the gateway's window
+        // (256 KiB), then its pending output fills, then it stops taking input.
+        tunnel.command(Cmd::Consume(false));
+        let total = 4 * 1024 * 1024;
+        tunnel.send(echo, &vec![0x5a; total]);
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let pending = tunnel.pending(echo).await;
+            if pending == last {
+                break;
+            }
+            last = pending;
+        }
+        let taken_by_device = total - last;
+        eprintln!("with the gateway's window closed, the device took {taken_by_device} bytes");
+        // Gateway window + the device's pending bound + one device window, plus a handler's overshoot.
+        let bound = 256 * 1024 + max_pending + 4096 + 4096;
+        assert!(taken_by_device <= bound, "the device took {taken_by_device} bytes, more than {bound}");
+        assert!(taken_by_device >= 256 * 1024, "the device took only {taken_by_device} bytes");
+
+        // Window again: everything flows.
+        tunnel.command(Cmd::Consume(true));
+        let echoed = tunnel.read_exact(echo, total).await;
+        assert!(echoed.iter().all(|&b| b == 0x5a));
+
+        stop.trigger();
+        tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_device_when_asked() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let mut config = device_config(gateway.addr, &Trust::Insecure, "wrong password");
+        config.stop_on_auth_failure = true;
+        let result = tokio::time::timeout(STEP, run_device(config, shutdown_pair().1)).await.expect("device stops");
+        match result {
+            Err(err @ DeviceError::AuthRejected { .. }) => {
+                assert!(err.to_string().contains("--password"), "{err}");
+            }
+            other => panic!("expected AuthRejected, got {other:?}"),
+        }
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_of_distinct_devices_gets_established() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let config = device_config(gateway.addr, &Trust::Insecure, PASSWORD);
+        let mut fleet = FleetConfig::new(config, 25);
+        fleet.exit_after_established = true;
+        fleet.ramp = Duration::from_millis(200);
+        fleet.progress = Progress::Quiet;
+        let report = run_fleet(fleet, shutdown_pair().1).await.expect("fleet runs");
+        assert_eq!(report.count, 25);
+        assert!(report.all_established_after.is_some());
+        assert_eq!(report.stats.ever_established, 25);
+        assert_eq!(report.stats.auth_failures, 0);
+
+        let mut uuids = Vec::new();
+        for _ in 0..25 {
+            let mut tunnel = gateway.next_tunnel().await;
+            uuids.push(tunnel.wait_for(|e| if let Event::Hello { uuid, .. } = e { Some(*uuid) } else { None }).await);
+        }
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), 25, "distinct UUIDs");
+        assert!(uuids.contains(&UUID));
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Real firmware accepts a channel to a port it has forwarded while it still forwards the next
+/// ones; a gateway (ServerSession) may open one as soon as the port's forward is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_opened_before_the_last_forward_is_served() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut gateway =
+            Gateway::start_with("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD, Some(16992)).await;
+        let config = device_config(gateway.addr, &Trust::Insecure, PASSWORD);
+        let (stop, shutdown) = shutdown_pair();
+        let device = tokio::spawn(run_device(config, shutdown));
+        let mut tunnel = gateway.next_tunnel().await;
+        let ch = tunnel
+            .wait_for(|e| match e {
+                Event::ChannelOpened { ch, .. } => Some(*ch),
+                Event::Closed(cause) => panic!("the device dropped the tunnel: {cause}"),
+                _ => None,
+            })
+            .await;
+        tunnel.send(ch, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(tunnel.read_http_response(ch).await.0, 401);
+        stop.trigger();
+        tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
