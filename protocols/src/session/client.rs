@@ -20,8 +20,8 @@ use crate::apf::{
 /// The ports real AMT firmware forwards, in the order it sends them.
 pub const AMT_PORTS: [u32; 7] = [16993, 16992, 664, 623, 16995, 16994, 5900];
 
-/// Settings of the client role.
-#[derive(Debug, Clone)]
+/// Settings of the client role. `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct ClientConfig {
     pub uuid: Uuid,
     pub username: Bytes,
@@ -38,6 +38,18 @@ pub struct ClientConfig {
     pub keepalive_interval: Duration,
     /// From connect to every forward answered.
     pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("uuid", &self.uuid)
+            .field("username", &self.username)
+            .field("password", &super::Secret(self.password.clone()))
+            .field("ports", &self.ports)
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -81,6 +93,9 @@ pub struct ClientSession {
     keepalive_interval: Duration,
     next_keepalive: Option<Instant>,
     cookie: u32,
+    /// Ports the server accepted so far: the server may open channels to them even before the
+    /// last forward is answered.
+    forwarded: Vec<u32>,
 }
 
 impl ClientSession {
@@ -94,6 +109,7 @@ impl ClientSession {
             keepalive_interval: config.keepalive_interval,
             next_keepalive: None,
             cookie: 0,
+            forwarded: Vec::new(),
             state: State::AwaitAuthAccept,
             config,
         };
@@ -154,6 +170,7 @@ impl ClientSession {
             }
             (State::Forwarding(i), Message::RequestSuccess { .. }) => {
                 let port = self.config.ports[i];
+                self.forwarded.push(port);
                 out.events.push_back(Event::PortForwarded { port });
                 self.forward_next(i + 1, now);
             }
@@ -182,8 +199,8 @@ impl ClientSession {
             (state, Message::KeepaliveReply { .. }) if state != State::AwaitAuthAccept => {
                 out.events.push_back(Event::Keepalive);
             }
-            (State::Established, Message::ChannelOpen(open)) => {
-                let forwarded = self.config.ports.contains(&open.connected_port);
+            (State::Forwarding(_) | State::Established, Message::ChannelOpen(open)) => {
+                let forwarded = self.forwarded.contains(&open.connected_port);
                 if open.channel_type != ChannelType::ForwardedTcpip {
                     out.send(&Message::ChannelOpenFailure {
                         recipient_channel: open.sender_channel,
@@ -203,7 +220,7 @@ impl ClientSession {
                     });
                 }
             }
-            (State::Established, message) if is_channel_message(&message) => {
+            (State::Forwarding(_) | State::Established, message) if is_channel_message(&message) => {
                 self.channels.handle(&mut self.core.out, message)?
             }
             (state, message) => {

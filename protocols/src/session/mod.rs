@@ -26,7 +26,7 @@ mod client;
 mod server;
 
 pub use channels::{ChannelConfig, OpenError};
-pub use client::{ClientConfig, ClientSession};
+pub use client::{ClientConfig, ClientSession, AMT_PORTS};
 pub use server::{ServerConfig, ServerSession};
 
 use channels::Output;

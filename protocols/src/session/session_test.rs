@@ -563,3 +563,38 @@ fn input_is_held_while_auth_is_pending() {
     server.accept_auth(now);
     assert!(server.is_established());
 }
+
+#[test]
+fn a_channel_opened_before_the_last_forward_is_answered_works() {
+    let mut pair = Pair::default_pair();
+    // Step by hand until the server has accepted 16992 (the second of seven forwards).
+    let mut opened = None;
+    for _ in 0..100 {
+        if let Some(bytes) = pair.client.poll_transmit() {
+            pair.server.handle_input(&bytes, pair.now);
+        }
+        while let Some(event) = pair.server.poll_event() {
+            match event {
+                Event::AuthRequest { .. } => pair.server.accept_auth(pair.now),
+                Event::PortForwarded { port: 16992 } if opened.is_none() => {
+                    opened = Some(pair.server.open_channel(16992, (Bytes::new(), 0)).unwrap());
+                }
+                _ => {}
+            }
+        }
+        if opened.is_some() {
+            break;
+        }
+        if let Some(bytes) = pair.server.poll_transmit() {
+            pair.client.handle_input(&bytes, pair.now);
+        }
+    }
+    let ch = opened.expect("16992 was forwarded");
+    assert!(!pair.client.is_established(), "the device is still forwarding");
+    pair.pump();
+    assert!(pair.server_events.iter().any(|e| matches!(e, Event::ChannelOpened { ch: c, .. } if *c == ch)));
+    assert!(pair.server_closed().is_none() && pair.client_closed().is_none());
+    assert!(pair.client.is_established());
+    // A port the device has not forwarded (yet) is refused by the device, not a protocol error.
+    assert_eq!(pair.server.open_channel(80, (Bytes::new(), 0)), Err(OpenError::PortNotForwarded(80)));
+}
