@@ -28,7 +28,10 @@ use uuid::Uuid;
 use crate::daemon::Shared;
 use crate::journal::DeviceEvent;
 use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, TunnelKind};
-use crate::registry::{ChannelEnd, ChannelMessage, ChannelSender, OpenRefused, TunnelCommand, TunnelHandle};
+use crate::registry::{
+    ChannelEnd, ChannelMessage, ChannelSender, OpenRefused, TunnelCommand, TunnelHandle, FLAPS_FOR_DUPLICATE,
+    FLAP_WINDOW,
+};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,6 +119,7 @@ struct Tunnel {
     registered: bool,
     ports: Arc<Mutex<BTreeSet<u16>>>,
     commands_tx: mpsc::Sender<TunnelCommand>,
+    commands_rx: Option<mpsc::Receiver<TunnelCommand>>,
     opening: HashMap<ChannelId, oneshot::Sender<Result<ChannelEnd, OpenRefused>>>,
     channels: HashMap<ChannelId, Channel>,
     /// Set when we close the tunnel ourselves, for the metrics.
@@ -125,7 +129,7 @@ struct Tunnel {
 
 impl Tunnel {
     fn new(shared: Arc<Shared>, remote: SocketAddr) -> Self {
-        let (commands_tx, _) = mpsc::channel(1);
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let session = ServerSession::new(shared.session_config(), Instant::now());
         let id = shared.registry.next_id();
         Self {
@@ -138,6 +142,7 @@ impl Tunnel {
             registered: false,
             ports: Arc::default(),
             commands_tx,
+            commands_rx: Some(commands_rx),
             opening: HashMap::new(),
             channels: HashMap::new(),
             local_close: None,
@@ -152,8 +157,7 @@ impl Tunnel {
         let (mut reader, writer) = tokio::io::split(stream);
         let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, write_rx));
-        let (commands_tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
-        self.commands_tx = commands_tx;
+        let Some(mut commands) = self.commands_rx.take() else { return };
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = BytesMut::new();
         // Why the transport ended, when it ended before the session did.
@@ -178,9 +182,14 @@ impl Tunnel {
             tokio::select! {
                 read = reader.read_buf(&mut buf), if wants_input => match read {
                     Ok(0) => transport_end = Some(CloseReason::PeerClosed),
-                    Ok(_) => {
+                    Ok(n) => {
                         self.session.handle_input(&buf, Instant::now());
-                        buf.clear();
+                        // Keep the buffer while data streams; an idle tunnel (keepalives) holds none.
+                        if n < 1024 {
+                            buf = BytesMut::new();
+                        } else {
+                            buf.clear();
+                        }
                     }
                     Err(err) => {
                         debug!(remote = %self.remote, error = %err, "read failed");
@@ -415,6 +424,12 @@ impl Tunnel {
 
     async fn register(&mut self, now: OffsetDateTime) {
         let Some(uuid) = self.uuid else { return };
+        // A tunnel that replaces a young predecessor is one more flap; PCs that share a UUID
+        // (behind one NAT, so from one address) show up as an endless run of them.
+        let flaps = match self.shared.registry.get(&uuid) {
+            Some(old) if now - old.connected_since < FLAP_WINDOW => old.flaps + 1,
+            _ => 0,
+        };
         let handle = TunnelHandle {
             id: self.id,
             uuid,
@@ -422,14 +437,16 @@ impl Tunnel {
             connected_since: now,
             commands: self.commands_tx.clone(),
             ports: Arc::clone(&self.ports),
+            flaps,
         };
         let journal = &self.shared.journal;
         journal.record(DeviceEvent::Hello { uuid, at: self.hello_at.unwrap_or(now), remote: self.remote }).await;
         journal.record(DeviceEvent::Connected { uuid, at: now, remote: self.remote }).await;
         if let Some(old) = self.shared.registry.insert(handle) {
-            if old.remote.ip() != self.remote.ip() {
-                warn!(%uuid, previous = %old.remote, newer = %self.remote,
-                    "two addresses claim one UUID (duplicate UUIDs on OEM boards?); the newer tunnel replaces the older");
+            let other_address = old.remote.ip() != self.remote.ip();
+            if other_address || flaps >= FLAPS_FOR_DUPLICATE {
+                warn!(%uuid, previous = %old.remote, newer = %self.remote, flaps,
+                    "two machines keep claiming one UUID (duplicate UUIDs on OEM boards?); the newer tunnel replaces the older");
                 journal
                     .record(DeviceEvent::Duplicate { uuid, at: now, previous: old.remote, newer: self.remote })
                     .await;

@@ -130,7 +130,15 @@ pub struct TunnelHandle {
     pub connected_since: OffsetDateTime,
     pub commands: mpsc::Sender<TunnelCommand>,
     pub ports: Arc<Mutex<BTreeSet<u16>>>,
+    /// How many tunnels in a row replaced their predecessor for this UUID within
+    /// [`FLAP_WINDOW`]: a high count means two machines keep claiming one UUID.
+    pub flaps: u32,
 }
+
+/// Replacements closer together than this count as flapping.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(300);
+/// Consecutive quick replacements that make a UUID a suspected duplicate.
+pub const FLAPS_FOR_DUPLICATE: u32 = 3;
 
 impl TunnelHandle {
     pub fn ports(&self) -> Vec<u16> {
