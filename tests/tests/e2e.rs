@@ -344,3 +344,24 @@ fn technician_reaches_device_behind_nat() {
     wait_for("the home listener to answer at home", Duration::from_secs(20), || reach(Host::Home));
     assert!(!reach(Host::Public), "the public side opened a connection into the home network");
 }
+
+#[test]
+fn two_pcs_sharing_one_uuid_are_reported_as_duplicates() {
+    let gateway = Gateway::start(&[]);
+    let uuid = Uuid::new_v4();
+    // Two boards with the same (OEM-duplicated) UUID behind one NAT: each new tunnel replaces the
+    // other, and each replaced board dials again.
+    let args = ["--uuid", &uuid.to_string(), "--reconnect-min-ms", "200", "--reconnect-max-ms", "500"];
+    let _first = Sim::start(&gateway, &args);
+    let _second = Sim::start(&gateway, &args);
+    let mut device = serde_json::Value::Null;
+    wait_for("the gateway to flag the shared UUID", Duration::from_secs(60), || {
+        let output = gateway.cli_command(&["device", "show", &uuid.to_string(), "--json"]).output().unwrap();
+        device = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        device["duplicate_count"].as_u64().unwrap_or(0) >= 1
+    });
+    let note = device["duplicate_note"].as_str().unwrap_or_default();
+    assert!(note.contains("share this UUID"), "{device}");
+    let metrics = gateway.metrics_text();
+    assert!(metric(&metrics, "tether_tunnels_closed_total{kind=\"cira\",reason=\"replaced\"}") >= 3.0, "{metrics}");
+}
