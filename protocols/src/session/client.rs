@@ -273,28 +273,10 @@ impl ClientSession {
         deadline_min(deadline_min(handshake, idle), self.next_keepalive)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.core.poll_transmit()
-    }
-
-    pub fn pending_transmit(&self) -> usize {
-        self.core.out.transmit.len()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.core.out.events.pop_front()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.core.closed
-    }
+    shared_session_methods!();
 
     pub fn is_established(&self) -> bool {
         self.state == State::Established && !self.core.closed
-    }
-
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
     }
 
     /// Accepts a channel the server opened (after `Event::ChannelOpenRequest`).
@@ -309,44 +291,4 @@ impl ClientSession {
         }
     }
 
-    pub fn send_capacity(&self, ch: ChannelId) -> usize {
-        self.channels.send_capacity(ch)
-    }
-
-    pub fn send(&mut self, ch: ChannelId, data: &[u8]) -> usize {
-        if self.core.closed {
-            return 0;
-        }
-        self.channels.send(&mut self.core.out, ch, data)
-    }
-
-    pub fn consumed(&mut self, ch: ChannelId, n: usize) {
-        if !self.core.closed {
-            self.channels.consumed(&mut self.core.out, ch, n)
-        }
-    }
-
-    pub fn send_eof(&mut self, ch: ChannelId) {
-        if !self.core.closed {
-            self.channels.send_eof(&mut self.core.out, ch)
-        }
-    }
-
-    pub fn close_channel(&mut self, ch: ChannelId) {
-        if !self.core.closed {
-            self.channels.close(&mut self.core.out, ch)
-        }
-    }
-
-    pub fn disconnect(&mut self, reason: DisconnectReason) {
-        self.fail(CloseCause::Local(reason));
-    }
-
-    fn fail(&mut self, cause: CloseCause) {
-        if self.core.closed {
-            return;
-        }
-        self.channels.clear(&mut self.core.out);
-        self.core.close(cause);
-    }
 }

@@ -21,6 +21,82 @@ use uuid::Uuid;
 
 use crate::apf::{self, DecodeError, DisconnectReason, Message, OpenFailureReason};
 
+/// The methods both roles share: draining output, channel I/O and closing. Each role struct has
+/// a `core: Core` and a `channels: Channels` field; this expands inside its `impl`.
+macro_rules! shared_session_methods {
+    () => {
+        /// Bytes to write to the peer, if any (everything queued so far, in one buffer).
+        pub fn poll_transmit(&mut self) -> Option<Bytes> {
+            self.core.poll_transmit()
+        }
+
+        /// Bytes queued for the wire and not yet taken by `poll_transmit`.
+        pub fn pending_transmit(&self) -> usize {
+            self.core.out.transmit.len()
+        }
+
+        pub fn poll_event(&mut self) -> Option<Event> {
+            self.core.out.events.pop_front()
+        }
+
+        pub fn is_closed(&self) -> bool {
+            self.core.closed
+        }
+
+        /// Channels open or opening on this tunnel.
+        pub fn channel_count(&self) -> usize {
+            self.channels.len()
+        }
+
+        /// Bytes `send` would take now on this channel (the peer's window).
+        pub fn send_capacity(&self, ch: ChannelId) -> usize {
+            self.channels.send_capacity(ch)
+        }
+
+        /// Queues data on a channel, up to the peer's window; returns the bytes taken.
+        pub fn send(&mut self, ch: ChannelId, data: &[u8]) -> usize {
+            if self.core.closed {
+                return 0;
+            }
+            self.channels.send(&mut self.core.out, ch, data)
+        }
+
+        /// Reports that `n` bytes received on `ch` were passed on; grants window when due.
+        pub fn consumed(&mut self, ch: ChannelId, n: usize) {
+            if !self.core.closed {
+                self.channels.consumed(&mut self.core.out, ch, n)
+            }
+        }
+
+        /// Tells the peer no more data follows on `ch`.
+        pub fn send_eof(&mut self, ch: ChannelId) {
+            if !self.core.closed {
+                self.channels.send_eof(&mut self.core.out, ch)
+            }
+        }
+
+        /// Closes `ch`; the peer's CLOSE (then `Event::ChannelClosed`) completes it.
+        pub fn close_channel(&mut self, ch: ChannelId) {
+            if !self.core.closed {
+                self.channels.close(&mut self.core.out, ch)
+            }
+        }
+
+        /// Ends the tunnel with DISCONNECT(`reason`).
+        pub fn disconnect(&mut self, reason: DisconnectReason) {
+            self.fail(CloseCause::Local(reason));
+        }
+
+        fn fail(&mut self, cause: CloseCause) {
+            if self.core.closed {
+                return;
+            }
+            self.channels.clear(&mut self.core.out);
+            self.core.close(cause);
+        }
+    };
+}
+
 mod channels;
 mod client;
 mod server;

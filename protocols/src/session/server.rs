@@ -328,22 +328,7 @@ impl ServerSession {
         deadline_min(deadline_min(handshake, idle), self.keepalive_options_at)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.core.poll_transmit()
-    }
-
-    /// Bytes queued for the wire and not yet taken by `poll_transmit`.
-    pub fn pending_transmit(&self) -> usize {
-        self.core.out.transmit.len()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.core.out.events.pop_front()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.core.closed
-    }
+    shared_session_methods!();
 
     pub fn is_established(&self) -> bool {
         self.state == State::Established && !self.core.closed
@@ -352,10 +337,6 @@ impl ServerSession {
     /// Ports the device forwards now.
     pub fn forwarded_ports(&self) -> impl Iterator<Item = u32> + '_ {
         self.ports.keys().copied()
-    }
-
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
     }
 
     /// Opens a channel to a forwarded device port. `originator` is reported to the device as the
@@ -371,48 +352,4 @@ impl ServerSession {
         self.channels.open(&mut self.core.out, address.clone(), port, originator)
     }
 
-    /// Bytes `send` would take now on this channel.
-    pub fn send_capacity(&self, ch: ChannelId) -> usize {
-        self.channels.send_capacity(ch)
-    }
-
-    /// Queues data on a channel, up to the device's window; returns the bytes taken.
-    pub fn send(&mut self, ch: ChannelId, data: &[u8]) -> usize {
-        if self.core.closed {
-            return 0;
-        }
-        self.channels.send(&mut self.core.out, ch, data)
-    }
-
-    /// Reports that `n` bytes received on `ch` were passed on; grants window when due.
-    pub fn consumed(&mut self, ch: ChannelId, n: usize) {
-        if !self.core.closed {
-            self.channels.consumed(&mut self.core.out, ch, n)
-        }
-    }
-
-    pub fn send_eof(&mut self, ch: ChannelId) {
-        if !self.core.closed {
-            self.channels.send_eof(&mut self.core.out, ch)
-        }
-    }
-
-    pub fn close_channel(&mut self, ch: ChannelId) {
-        if !self.core.closed {
-            self.channels.close(&mut self.core.out, ch)
-        }
-    }
-
-    /// Ends the tunnel with DISCONNECT(`reason`).
-    pub fn disconnect(&mut self, reason: DisconnectReason) {
-        self.fail(CloseCause::Local(reason));
-    }
-
-    fn fail(&mut self, cause: CloseCause) {
-        if self.core.closed {
-            return;
-        }
-        self.channels.clear(&mut self.core.out);
-        self.core.close(cause);
-    }
 }
