@@ -290,5 +290,4 @@ impl ClientSession {
             self.channels.reject(&mut self.core.out, ch, reason)
         }
     }
-
 }

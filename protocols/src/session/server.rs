@@ -351,5 +351,4 @@ impl ServerSession {
         let Some(address) = self.ports.get(&port) else { return Err(OpenError::PortNotForwarded(port)) };
         self.channels.open(&mut self.core.out, address.clone(), port, originator)
     }
-
 }
