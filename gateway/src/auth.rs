@@ -13,7 +13,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Pass
 use argon2::Argon2;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,15 @@ impl VerifyCache {
 
     /// Runs `f` once fewer than `max_running` others are running (blocking the thread meanwhile).
     fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Gives the slot back however `f` ends.
+        struct Slot<'a>(&'a VerifyCache);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+                *running = running.saturating_sub(1);
+                self.0.slot_freed.notify_one();
+            }
+        }
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             while *running >= self.max_running {
@@ -81,10 +90,8 @@ impl VerifyCache {
             }
             *running += 1;
         }
-        let result = f();
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        self.slot_freed.notify_one();
-        result
+        let _slot = Slot(self);
+        f()
     }
 
     fn tag(&self, phc: &str, password: &[u8]) -> [u8; 32] {
@@ -123,13 +130,13 @@ pub fn new_token() -> String {
     format!("tth_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A new random password (for generated MPS credentials): 20 characters AMT accepts.
+/// A new random password (for generated MPS credentials): 20 random characters from an
+/// unambiguous alphabet (about 116 bits), then `A1a!` so that AMT's rule (upper, lower, digit and
+/// symbol) always holds; 24 characters in all, within AMT's 32.
 pub fn new_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut bytes = [0u8; 20];
-    rand::rng().fill_bytes(&mut bytes);
-    // AMT's MPS passwords want upper, lower, digit and a symbol.
-    let mut password: String = bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
+    let mut rng = rand::rng();
+    let mut password: String = (0..20).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
     password.push_str("A1a!");
     password
 }
@@ -172,6 +179,31 @@ mod tests {
         assert!(a.starts_with("tth_") && a.len() == 4 + 43);
         assert_eq!(hash_token(&a), hash_token(&a));
         assert_eq!(hash_token(&a).len(), 64);
-        assert_ne!(new_password(), new_password());
+        let password = new_password();
+        assert_ne!(password, new_password());
+        assert_eq!(password.len(), 24);
+        assert!(password.bytes().all(|b| b.is_ascii_graphic()));
+    }
+
+    #[test]
+    fn many_threads_verifying_at_once_all_succeed() {
+        let cache = std::sync::Arc::new(VerifyCache::new(10));
+        let hash = hash_password(b"shared").unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (cache, hash) = (std::sync::Arc::clone(&cache), hash.clone());
+                std::thread::spawn(move || cache.verify(&hash, b"shared") && !cache.verify(&hash, &[i]))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
+        assert_eq!(*cache.running.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_full_cache_starts_over_and_still_verifies() {
+        let cache = VerifyCache::new(1);
+        let (a, b) = (hash_password(b"a").unwrap(), hash_password(b"b").unwrap());
+        assert!(cache.verify(&a, b"a") && cache.verify(&b, b"b") && cache.verify(&a, b"a"));
+        assert_eq!(cache.verified.lock().unwrap().len(), 1);
     }
 }

@@ -1,5 +1,7 @@
 //! The gateway's configuration file (`DATA_DIR/tether.toml` or `--config`), with defaults for
-//! every key. Flags and environment variables are applied on top by `main`/`daemon`.
+//! every key, and checks of the values that would otherwise fail later or silently mean
+//! something else. What it does not do: apply flags and environment variables (`main`/`daemon`
+//! do that on top, and may call [`Config::validate`] again afterwards).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid configuration: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}: {key} {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,17 +81,66 @@ impl Default for ApfConfig {
 }
 
 impl Config {
-    /// Reads a configuration file; a missing file means the defaults.
+    /// Reads and checks a configuration file; a missing file means the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
-        toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+        let config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        config.validate(path)?;
+        Ok(config)
     }
 
+    /// Checks values that cannot work (zero timeouts, limits and windows; listeners sharing an
+    /// address; half an operator certificate). `origin` names where the values came from in the
+    /// error (the file, or e.g. "command line").
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, problem: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), key, problem });
+        let at_least = |key: &'static str, value: u64, min: u64| {
+            if value < min {
+                invalid(key, format!("is {value}; it must be at least {min}"))
+            } else {
+                Ok(())
+            }
+        };
+        let apf = &self.apf;
+        at_least("apf.keepalive_interval_secs", apf.keepalive_interval_secs.into(), 1)?;
+        at_least("apf.handshake_timeout_secs", apf.handshake_timeout_secs.into(), 1)?;
+        at_least("apf.channel_open_timeout_secs", apf.channel_open_timeout_secs.into(), 1)?;
+        at_least("apf.max_channels_per_tunnel", apf.max_channels_per_tunnel as u64, 1)?;
+        at_least("apf.max_tunnels", apf.max_tunnels as u64, 1)?;
+        at_least("apf.channel_window", apf.channel_window.into(), 1024)?;
+        let limits = &self.limits;
+        at_least("limits.connections_per_second_per_source", limits.connections_per_second_per_source.into(), 1)?;
+        at_least("limits.connection_burst_per_source", limits.connection_burst_per_source.into(), 1)?;
+        at_least("limits.auth_failures_per_minute", limits.auth_failures_per_minute.into(), 1)?;
+        at_least("limits.auth_failure_burst", limits.auth_failure_burst.into(), 1)?;
+        at_least("limits.api_requests_per_second", limits.api_requests_per_second.into(), 1)?;
+        at_least("limits.api_burst", limits.api_burst.into(), 1)?;
+        at_least("limits.max_tracked_sources", limits.max_tracked_sources as u64, 16)?;
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return invalid("tls.cert_file", "and tls.key_file go together: set both, or neither".into());
+        }
+        let listeners = [
+            ("cira_listen", self.cira_listen),
+            ("api_listen", self.api_listen),
+            ("metrics_listen", self.metrics_listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            for (other, other_addr) in &listeners[i + 1..] {
+                if addr.port() != 0 && addr == other_addr {
+                    return invalid(key, format!("and {other} are both {addr}; give each its own port"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as a TOML file (every key, defaults included).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -109,6 +162,41 @@ mod tests {
         assert_eq!(config.limits.connection_burst_per_source, 5000);
         assert_eq!(config.limits.auth_failure_burst, LimitsConfig::default().auth_failure_burst);
         assert_eq!(Config::load(&path).unwrap(), toml::from_str(&config.to_toml()).unwrap());
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_survive_a_round_trip() {
+        let defaults = Config::default();
+        defaults.validate(Path::new("defaults")).unwrap();
+        let text = defaults.to_toml();
+        assert!(text.contains("key_type = \"rsa3072\"") && text.contains("[limits]"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), defaults);
+        assert_eq!(defaults.apf.channel_window, 262_144);
+        assert_eq!(defaults.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_errors_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        let cases = [
+            ("[apf]\nhandshake_timeout_secs = 0\n", "apf.handshake_timeout_secs"),
+            ("[apf]\nchannel_window = 512\n", "apf.channel_window"),
+            ("[limits]\nauth_failure_burst = 0\n", "limits.auth_failure_burst"),
+            ("[tls]\ncert_file = \"/etc/tether/chain.pem\"\n", "tls.key_file"),
+            ("api_listen = \"0.0.0.0:4433\"\n", "api_listen"),
+            ("[tls]\nkey_type = \"rsa2048\"\n", "rsa2048"),
+        ];
+        for (text, key) in cases {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains("tether.toml") && err.contains(key), "{text}: {err}");
+        }
+        // Port 0 (any free port, as tests use) may repeat.
+        std::fs::write(&path, "cira_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n").unwrap();
+        Config::load(&path).unwrap();
+        std::fs::write(&path, "[tls]\nkey_type = \"ecdsa-p384\"\nnames = [\"mps.example.net\"]\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().tls.key_type, KeyType::EcdsaP384);
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
         config.metrics_listen = addr;
     }
     config.tls.names.extend(overrides.tls_names);
+    config.validate(Path::new("the command line and environment"))?;
 
     let store = Arc::new(Store::open(&paths::database(data_dir)).context("opening the device store")?);
     let closed = store
@@ -138,6 +139,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     .context("preparing TLS certificates")?;
     if material.generated {
         info!("created a new certificate authority for this gateway");
+    } else if material.renewed {
+        info!("reissued the server certificate from the gateway's CA (names changed or expiry near)");
     }
     println!("CIRA CA certificate (provision into AMT as a trusted root): {}", material.ca_cert_path.display());
     println!("CA SHA-256 fingerprint: {}", material.ca_fingerprint_sha256);

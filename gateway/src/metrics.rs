@@ -276,6 +276,42 @@ mod tests {
     }
 
     #[test]
+    fn every_labelled_series_is_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        let mut expected = vec![
+            "tether_channels_active".to_string(),
+            "tether_api_requests_limited_total".to_string(),
+            "tether_tls_handshake_duration_seconds_count".to_string(),
+        ];
+        for kind in TunnelKind::ALL {
+            expected.push(format!("tether_tunnels_active{{kind=\"{}\"}}", kind.as_str()));
+            expected.push(format!("tether_tunnels_opened_total{{kind=\"{}\"}}", kind.as_str()));
+            for reason in CloseReason::ALL {
+                expected.push(format!(
+                    "tether_tunnels_closed_total{{kind=\"{}\",reason=\"{}\"}}",
+                    kind.as_str(),
+                    reason.as_str()
+                ));
+            }
+        }
+        let labelled: [(&str, &str, Vec<&str>); 5] = [
+            ("tether_auth_failures_total", "reason", AuthFailureReason::ALL.iter().map(|r| r.as_str()).collect()),
+            ("tether_channel_opens_refused_total", "reason", ChannelRefusal::ALL.iter().map(|r| r.as_str()).collect()),
+            ("tether_relayed_bytes_total", "direction", Direction::ALL.iter().map(|d| d.as_str()).collect()),
+            ("tether_apf_protocol_errors_total", "kind", ProtocolErrorKind::ALL.iter().map(|k| k.as_str()).collect()),
+            ("tether_connections_rejected_total", "reason", RejectReason::ALL.iter().map(|r| r.as_str()).collect()),
+        ];
+        for (name, label, values) in labelled {
+            expected.extend(values.into_iter().map(|v| format!("{name}{{{label}=\"{v}\"}}")));
+        }
+        for series in &expected {
+            assert_eq!(value(&text, &format!("{series} ")), Some(0.0), "{series} missing in:\n{text}");
+        }
+        // Label values are snake_case words, never data.
+        assert!(text.lines().filter(|l| !l.starts_with('#')).all(|l| !l.contains(':') && !l.contains('-')), "{text}");
+    }
+
+    #[test]
     fn series_exist_from_the_start_and_move() {
         let metrics = Metrics::new();
         let text = metrics.render();

@@ -6,7 +6,7 @@
 //! hash passwords (`auth`) or know which devices are live (`registry`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,12 +17,24 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "cannot open the device store {path}: {source}; check that the data dir is writable and that the file \
+         is a Tether database"
+    )]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create the device store {path}: {source}; check that the data dir exists and is writable")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("device store {path}: {source}")]
+    Database { path: PathBuf, source: rusqlite::Error },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("a token named {0:?} exists already; pick another name")]
     TokenExists(String),
-    #[error("the database was written by a newer Tether (schema {found}, this one knows {known}); upgrade tether")]
-    TooNew { found: i64, known: i64 },
+    #[error(
+        "{path} was written by a newer Tether (schema {found}, this one knows {known}); upgrade tether, or restore \
+         a backup of the file made by this version"
+    )]
+    TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("the store lock is poisoned (an earlier panic); restart the gateway")]
     Poisoned,
 }
@@ -61,9 +73,9 @@ pub struct TokenRecord {
     pub created_at: OffsetDateTime,
 }
 
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+/// The schema, one migration per version: migration `i` takes `user_version` from `i` to `i + 1`.
+/// Append new migrations; never edit a released one.
+const MIGRATIONS: &[&str] = &["
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
     uuid TEXT PRIMARY KEY,
@@ -87,7 +99,9 @@ CREATE TABLE tokens (
     hash TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
-";
+"];
+
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
@@ -104,31 +118,66 @@ fn ports_text(ports: &[u16]) -> String {
     sorted.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// The store: one SQLite connection behind a mutex (`Send + Sync`). Every method is one short
+/// statement; async callers use `spawn_blocking`.
 #[derive(Debug)]
 pub struct Store {
+    path: PathBuf,
     conn: Mutex<Connection>,
 }
 
+/// Creates the database file readable by its owner only (it holds password and token hashes);
+/// SQLite gives the `-wal` and `-shm` files the same mode.
+#[cfg(unix)]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map(drop)
+}
+
+#[cfg(not(unix))]
+fn create_private(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        if !path.exists() {
+            create_private(path).map_err(|source| StoreError::Create { path: path.to_path_buf(), source })?;
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        let version = Self::prepare(&mut conn).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, known: SCHEMA_VERSION });
+        }
+        for (from, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            let tx = conn.transaction().map_err(open_err)?;
+            tx.execute_batch(migration).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", from as i64 + 1).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    /// Sets the connection up; returns the schema version found.
+    fn prepare(conn: &mut Connection) -> rusqlite::Result<i64> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { found: version, known: SCHEMA_VERSION });
-        }
-        if version < 1 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))?;
-        }
-        Ok(Store { conn: Mutex::new(conn) })
+        conn.set_prepared_statement_cache_capacity(32);
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        Ok(f(&conn)?)
+        f(&conn).map_err(|source| StoreError::Database { path: self.path.clone(), source })
     }
 
     pub fn set_mps_credentials(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
@@ -186,7 +235,7 @@ impl Store {
             Ok(c.last_insert_rowid())
         });
         match result {
-            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            Err(StoreError::Database { source: rusqlite::Error::SqliteFailure(e, _), .. })
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
                 Err(StoreError::TokenExists(name.to_string()))
@@ -389,6 +438,85 @@ mod tests {
         assert!(d.duplicate_note.unwrap().contains("198.18.0.3"));
         let json = serde_json::to_value(store.list_devices().unwrap()).unwrap();
         assert!(json[0]["last_hello"].is_string());
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.db");
+        let uuid = Uuid::new_v4();
+        {
+            let store = Store::open(&path).unwrap();
+            store.add_device(uuid, None).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(store.device(uuid).unwrap().unwrap().registered);
+        store.with(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)).unwrap();
+        drop(store);
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+        assert!(err.to_string().contains("tether.db"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("tether.db") && err.contains("cannot open"), "{err}");
+        let err = Store::open(&dir.path().join("missing-dir/tether.db")).unwrap_err().to_string();
+        assert!(err.contains("missing-dir"), "{err}");
+    }
+
+    #[test]
+    fn password_hashes_never_leave_the_store_in_records() {
+        let (_dir, store) = store();
+        let uuid = Uuid::new_v4();
+        store.add_device(uuid, Some("$argon2id$secret-hash")).unwrap();
+        let record = store.device(uuid).unwrap().unwrap();
+        assert!(record.has_password);
+        let json = serde_json::to_string(&store.list_devices().unwrap()).unwrap();
+        assert!(!json.contains("secret-hash"), "{json}");
+        store.add_device(uuid, None).unwrap();
+        assert!(!store.device(uuid).unwrap().unwrap().has_password);
+        assert_eq!(store.device_password_hash(uuid).unwrap(), None);
+    }
+
+    #[test]
+    fn times_round_trip_to_the_millisecond_and_serialize_as_rfc3339() {
+        let (_dir, store) = store();
+        let uuid = Uuid::new_v4();
+        // 2024-05-06T07:08:09.123456Z
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_714_979_289_123_456_000).unwrap();
+        store.record_hello(uuid, at, "[2001:db8::1]:4433".parse().unwrap()).unwrap();
+        let record = store.device(uuid).unwrap().unwrap();
+        assert_eq!(record.last_hello, OffsetDateTime::from_unix_timestamp_nanos(1_714_979_289_123_000_000).ok());
+        assert_eq!(record.first_seen, record.last_hello);
+        assert_eq!(record.remote_addr.as_deref(), Some("[2001:db8::1]:4433"));
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["last_hello"], "2024-05-06T07:08:09.123Z");
+        assert!(json["connected_since"].is_null());
+        // A later hello keeps first_seen.
+        store.record_hello(uuid, at + time::Duration::hours(1), "198.18.0.1:1".parse().unwrap()).unwrap();
+        assert_eq!(store.device(uuid).unwrap().unwrap().first_seen, record.first_seen);
+    }
+
+    #[test]
+    fn devices_are_listed_in_uuid_order() {
+        let (_dir, store) = store();
+        let mut uuids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+        for uuid in &uuids {
+            store.record_hello(*uuid, OffsetDateTime::now_utc(), "198.18.0.1:1".parse().unwrap()).unwrap();
+        }
+        uuids.sort();
+        let listed: Vec<Uuid> = store.list_devices().unwrap().into_iter().map(|d| d.uuid).collect();
+        assert_eq!(listed, uuids);
     }
 
     #[test]

@@ -365,3 +365,51 @@ fn two_pcs_sharing_one_uuid_are_reported_as_duplicates() {
     let metrics = gateway.metrics_text();
     assert!(metric(&metrics, "tether_tunnels_closed_total{kind=\"cira\",reason=\"replaced\"}") >= 3.0, "{metrics}");
 }
+
+#[test]
+fn a_device_with_its_own_password_must_use_it() {
+    let gateway = Gateway::start(&[]);
+    let uuid = Uuid::new_v4();
+    e2e::process::run(std::process::Command::new(e2e::bin("tether")).args([
+        "--data-dir",
+        gateway.data_dir().to_str().unwrap(),
+        "device",
+        "add",
+        &uuid.to_string(),
+        "--password",
+        "Own-Passw0rd!",
+    ]));
+    // The gateway-wide password no longer opens this device's tunnel...
+    let refused = Sim::start(&gateway, &["--uuid", &uuid.to_string(), "--exit-on-auth-failure"]);
+    assert!(!refused.wait(Duration::from_secs(30)).success());
+    // ...its own does.
+    let _sim = Sim::start_with_password(&gateway, "Own-Passw0rd!", &["--uuid", &uuid.to_string()]);
+    wait_for("the device to connect with its own password", Duration::from_secs(30), || connected(&gateway, uuid));
+    let device = device_entry(&gateway.devices_json(), uuid).unwrap();
+    assert_eq!(device["registered"], true);
+    assert_eq!(device["has_password"], true);
+}
+
+#[test]
+fn repeated_wrong_passwords_put_the_source_in_back_off() {
+    let gateway = Gateway::start_with_config("[limits]\nauth_failures_per_minute = 1\nauth_failure_burst = 2\n", &[]);
+    let uuid = Uuid::new_v4();
+    // A device that keeps retrying a wrong password, quickly.
+    let _sim = Sim::start_with_password(
+        &gateway,
+        "wrong",
+        &["--uuid", &uuid.to_string(), "--reconnect-min-ms", "100", "--reconnect-max-ms", "300"],
+    );
+    wait_for("the source to be put in back-off", Duration::from_secs(30), || {
+        let metrics = gateway.metrics_text();
+        metric(&metrics, "tether_connections_rejected_total{reason=\"auth_backoff\"}") >= 1.0
+            && metric(&metrics, "tether_auth_failures_total{reason=\"rate_limited\"}") >= 1.0
+    });
+    // During the back-off even the right password is refused from that source and UUID: the
+    // gateway hangs up before checking it.
+    let blocked = Sim::start(&gateway, &["--uuid", &uuid.to_string()]);
+    wait_for("the right password to be turned away too", Duration::from_secs(30), || {
+        blocked.log_line_containing("disconnected").is_some()
+    });
+    assert!(!connected(&gateway, uuid), "{}", blocked.tail());
+}
