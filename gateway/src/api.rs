@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -35,6 +35,7 @@ use crate::relay;
 /// API connections served at once.
 const MAX_API_CONNECTIONS: usize = 4096;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest WebSocket message a technician may send.
 const MAX_WS_MESSAGE: usize = 1 << 20;
 
@@ -84,10 +85,10 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 Err(_) => return debug!(%remote, "API TLS handshake timed out"),
             };
             let service = TowerToHyperService::new(app);
-            if let Err(err) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that opens a connection and never finishes its request headers is cut off.
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
                 debug!(%remote, error = %err, "API connection ended with an error");
             }
             drop(slot);

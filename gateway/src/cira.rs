@@ -41,6 +41,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const COMMAND_QUEUE: usize = 256;
 /// Writes queued per tunnel before the tunnel stops reading (each at most one channel budget).
 const WRITE_QUEUE: usize = 8;
+/// A device that takes no bytes for this long is gone, whatever its TCP connection says.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts CIRA connections until shutdown.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
@@ -166,9 +168,19 @@ impl Tunnel {
         loop {
             self.drain_events().await;
             while let Some(bytes) = self.session.poll_transmit() {
-                if write_tx.send(bytes).await.is_err() {
-                    transport_end.get_or_insert(CloseReason::IoError);
-                    break;
+                // A device that stops reading would otherwise hold this task here for good, and no
+                // timeout could fire.
+                match tokio::time::timeout(WRITE_STALL_TIMEOUT, write_tx.send(bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        transport_end.get_or_insert(CloseReason::IoError);
+                        break;
+                    }
+                    Err(_) => {
+                        warn!(uuid = ?self.uuid, remote = %self.remote, "the device stopped reading; closing the tunnel");
+                        transport_end.get_or_insert(CloseReason::IoError);
+                        break;
+                    }
                 }
             }
             if self.session.is_closed() || transport_end.is_some() {
@@ -214,14 +226,17 @@ impl Tunnel {
             }
         } else {
             while let Some(bytes) = self.session.poll_transmit() {
-                if write_tx.send(bytes).await.is_err() {
+                if write_tx.try_send(bytes).is_err() {
                     break;
                 }
             }
         }
         drop(write_tx);
         // Give the DISCONNECT a moment to leave; never wait on a peer that does not read.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+        let abort = writer_task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), writer_task).await.is_err() {
+            abort.abort();
+        }
     }
 
     fn handle_command(&mut self, command: TunnelCommand) {
