@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -76,6 +76,16 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // A technician who vanishes (laptop asleep, VPN gone) holds a relay, an APF channel and
+        // perhaps AMT's only redirection session: let TCP find out within about two minutes.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let socket = socket2::SockRef::from(&tcp);
+        let _ = socket.set_tcp_keepalive(&keepalive);
+        #[cfg(target_os = "linux")]
+        let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(90)));
         let acceptor = acceptor.clone();
         let app = app.clone().layer(Extension(Peer(remote)));
         tokio::spawn(async move {
@@ -85,10 +95,14 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 Err(_) => return debug!(%remote, "API TLS handshake timed out"),
             };
             let service = TowerToHyperService::new(app);
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A client that opens a connection and never finishes its request headers is cut off.
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            // HTTP/1.1 only (the ALPN we offer); a client that never finishes its request headers,
+            // including the first byte, is cut off.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(err) = connection.await {
                 debug!(%remote, error = %err, "API connection ended with an error");
             }
             drop(slot);

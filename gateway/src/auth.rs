@@ -104,6 +104,11 @@ impl VerifyCache {
 
     /// Like [`verify_password`], but a password already verified against this hash is accepted
     /// without running argon2 again.
+    /// Whether this password was already verified against this hash (no argon2 run).
+    pub fn is_known_good(&self, phc: &str, password: &[u8]) -> bool {
+        self.is_cached(&self.tag(phc, password))
+    }
+
     pub fn verify(&self, phc: &str, password: &[u8]) -> bool {
         let tag = self.tag(phc, password);
         if self.is_cached(&tag) {

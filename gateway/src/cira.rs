@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::daemon::Shared;
+use crate::daemon::{Shared, Verify};
 use crate::journal::DeviceEvent;
 use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, TunnelKind};
 use crate::registry::{
@@ -410,7 +410,14 @@ impl Tunnel {
         let Some(uuid) = self.uuid else { return self.session.reject_auth(Instant::now()) };
         let ip = self.remote.ip();
         let metrics = &self.shared.metrics;
-        if let Some(wait) = self.shared.limiter.auth_blocked(ip, Some(uuid)) {
+        let blocked = self.shared.limiter.auth_blocked(ip, Some(uuid));
+        let mode = if blocked.is_some() { Verify::KnownGoodOnly } else { Verify::Full };
+        let shared = Arc::clone(&self.shared);
+        let verdict =
+            tokio::task::spawn_blocking(move || shared.check_device_credentials(uuid, &username, &password.0, mode))
+                .await
+                .unwrap_or(Err(AuthFailureReason::Unknown));
+        if let (Some(wait), Err(_)) = (blocked, &verdict) {
             metrics.auth_failure(AuthFailureReason::RateLimited);
             metrics.connection_rejected(RejectReason::AuthBackoff);
             warn!(%uuid, remote = %self.remote, retry_in_secs = wait.as_secs(), "authentication refused: too many recent failures");
@@ -418,11 +425,6 @@ impl Tunnel {
             self.session.disconnect(DisconnectReason::TooManyConnections);
             return;
         }
-        let shared = Arc::clone(&self.shared);
-        let verdict =
-            tokio::task::spawn_blocking(move || shared.check_device_credentials(uuid, &username, &password.0))
-                .await
-                .unwrap_or(Err(AuthFailureReason::Unknown));
         match verdict {
             Ok(()) => {
                 debug!(%uuid, "authenticated");
@@ -518,9 +520,11 @@ impl Tunnel {
         metrics.tunnel_closed(TunnelKind::Cira, reason);
         info!(%uuid, remote = %self.remote, cause = %cause, "tunnel closed");
         if let Some(uuid) = self.uuid {
-            self.shared.registry.remove(uuid, self.id);
+            // A replaced tunnel leaves the device record to its successor, which is connected.
+            if !self.shared.registry.remove(uuid, self.id) {
+                return;
+            }
             let text = match reason {
-                CloseReason::Replaced => "replaced by a newer tunnel".to_string(),
                 CloseReason::Shutdown => "gateway shut down".to_string(),
                 CloseReason::PeerClosed => "connection closed by the device".to_string(),
                 CloseReason::IoError => "connection lost".to_string(),

@@ -72,6 +72,7 @@ impl Shared {
         uuid: Uuid,
         username: &[u8],
         password: &[u8],
+        mode: Verify,
     ) -> Result<(), AuthFailureReason> {
         let Some((mps_user, mps_hash)) = self.store.mps_credentials().map_err(|_| AuthFailureReason::Unknown)? else {
             return Err(AuthFailureReason::UnknownUser);
@@ -81,12 +82,26 @@ impl Shared {
         }
         let device_hash = self.store.device_password_hash(uuid).map_err(|_| AuthFailureReason::Unknown)?;
         let hash = device_hash.as_deref().unwrap_or(&mps_hash);
-        if self.verify.verify(hash, password) {
+        let ok = match mode {
+            Verify::Full => self.verify.verify(hash, password),
+            Verify::KnownGoodOnly => self.verify.is_known_good(hash, password),
+        };
+        if ok {
             Ok(())
         } else {
             Err(AuthFailureReason::BadPassword)
         }
     }
+}
+
+/// How far a credential check may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Run argon2 if the password is not known good yet.
+    Full,
+    /// Only accept a password already proven good (for sources or UUIDs in back-off: a correctly
+    /// configured PC behind the same NAT as a misconfigured one still gets in, at no argon2 cost).
+    KnownGoodOnly,
 }
 
 /// Listener addresses given on the command line (over the config file).
@@ -196,7 +211,10 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     paths::remove_run_files(data_dir);
     drop(shared);
     // The journal thread ends once every tunnel task has dropped its handle.
-    let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+    let join = tokio::task::spawn_blocking(move || journal_thread.join());
+    if tokio::time::timeout(Duration::from_secs(10), join).await.is_err() {
+        warn!("device records still being written after 10 s; exiting anyway");
+    }
     info!("stopped");
     Ok(())
 }

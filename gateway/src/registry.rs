@@ -78,17 +78,43 @@ pub struct ChannelEnd {
     pub tx: ChannelSender,
 }
 
-/// Sends to the device on one channel, with backpressure.
+/// Sends to the device on one channel, with backpressure. When the last clone is dropped the
+/// channel is closed, so that a technician side that goes away without a word (a failed
+/// WebSocket upgrade, a panic) never leaves a channel open in the tunnel.
 #[derive(Debug, Clone)]
 pub struct ChannelSender {
     ch: ChannelId,
     commands: mpsc::Sender<TunnelCommand>,
     budget: Arc<Semaphore>,
+    _close_on_drop: Arc<CloseOnDrop>,
+}
+
+#[derive(Debug)]
+struct CloseOnDrop {
+    ch: ChannelId,
+    commands: mpsc::Sender<TunnelCommand>,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        // Closing twice is harmless; a full queue means the tunnel is busy, so wait in a task.
+        if let Err(mpsc::error::TrySendError::Full(command)) =
+            self.commands.try_send(TunnelCommand::Close { ch: self.ch })
+        {
+            let commands = self.commands.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
 }
 
 impl ChannelSender {
     pub fn new(ch: ChannelId, commands: mpsc::Sender<TunnelCommand>) -> Self {
-        Self { ch, commands, budget: Arc::new(Semaphore::new(CHANNEL_SEND_BUDGET)) }
+        let close_on_drop = Arc::new(CloseOnDrop { ch, commands: commands.clone() });
+        Self { ch, commands, budget: Arc::new(Semaphore::new(CHANNEL_SEND_BUDGET)), _close_on_drop: close_on_drop }
     }
 
     /// Queues data for the device, waiting while the channel's budget is used up.

@@ -405,8 +405,8 @@ fn repeated_wrong_passwords_put_the_source_in_back_off() {
         metric(&metrics, "tether_connections_rejected_total{reason=\"auth_backoff\"}") >= 1.0
             && metric(&metrics, "tether_auth_failures_total{reason=\"rate_limited\"}") >= 1.0
     });
-    // During the back-off even the right password is refused from that source and UUID: the
-    // gateway hangs up before checking it.
+    // During the back-off a password not yet proven good is refused from that source and UUID
+    // without an argon2 run (one proven good earlier would still be accepted).
     let blocked = Sim::start(&gateway, &["--uuid", &uuid.to_string()]);
     wait_for("the right password to be turned away too", Duration::from_secs(30), || {
         blocked.log_line_containing("disconnected").is_some()

@@ -199,7 +199,11 @@ impl ServerSession {
             }
             (State::Established, Message::KeepaliveOptionsReply { interval_secs, timeout_secs }) => {
                 if interval_secs > 0 {
-                    self.idle_limit = Duration::from_secs(u64::from(interval_secs)) * 3;
+                    // The device may answer with its own interval, but not stretch our idle
+                    // limit without bound: at most four times the interval we asked for.
+                    let asked = self.config.keepalive_interval;
+                    let interval = Duration::from_secs(u64::from(interval_secs)).min(asked * 4);
+                    self.idle_limit = interval * 3;
                 }
                 out.events.push_back(Event::KeepaliveOptions { interval_secs, timeout_secs });
             }

@@ -598,3 +598,19 @@ fn a_channel_opened_before_the_last_forward_is_answered_works() {
     // A port the device has not forwarded (yet) is refused by the device, not a protocol error.
     assert_eq!(pair.server.open_channel(80, (Bytes::new(), 0)), Err(OpenError::PortNotForwarded(80)));
 }
+
+#[test]
+fn a_device_cannot_stretch_the_idle_limit_without_bound() {
+    let mut pair = Pair::default_pair();
+    pair.established();
+    // The device claims it will send keepalives once every 136 years.
+    let reply = encode(&[Message::KeepaliveOptionsReply { interval_secs: u32::MAX, timeout_secs: 0 }]);
+    pair.server.handle_input(&reply, pair.now);
+    let silent_since = pair.now;
+    let deadline = pair.server.poll_timeout().expect("an idle deadline");
+    // At most three times four times the 30 s interval the gateway asked for.
+    assert_eq!(deadline, silent_since + Duration::from_secs(360));
+    pair.server.handle_timeout(deadline);
+    let events: Vec<Event> = std::iter::from_fn(|| pair.server.poll_event()).collect();
+    assert!(events.contains(&Event::Closed(CloseCause::IdleTimeout)), "{events:?}");
+}
