@@ -331,6 +331,11 @@ impl Tunnel {
                 self.hello_at = Some(now);
             }
             Event::AuthRequest { username, password } => self.authenticate(username, password).await,
+            Event::AuthMethodRefused { method } => {
+                self.shared.metrics.auth_failure(AuthFailureReason::UnsupportedMethod);
+                info!(uuid = ?self.uuid, remote = %self.remote, method = %String::from_utf8_lossy(&method),
+                    "authentication method refused (only password is supported)");
+            }
             Event::Established => self.register(now).await,
             // The session only reports ports in 1..=65535.
             Event::PortForwarded { port } => {

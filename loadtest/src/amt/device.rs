@@ -443,6 +443,7 @@ impl<'a> Connection<'a> {
             // Server-role events.
             Event::Hello { .. }
             | Event::AuthRequest { .. }
+            | Event::AuthMethodRefused { .. }
             | Event::ChannelOpened { .. }
             | Event::ChannelOpenFailed { .. } => {}
         }

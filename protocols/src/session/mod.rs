@@ -135,6 +135,9 @@ pub enum Event {
     /// Server: the device asks to authenticate; answer with `accept_auth` or `reject_auth`.
     /// No input is processed until then.
     AuthRequest { username: Bytes, password: Secret },
+    /// Server: the device tried an authentication method other than `password` (refused, and
+    /// counted against its attempts).
+    AuthMethodRefused { method: Bytes },
     /// Client: the server accepted our credentials.
     Authenticated,
     /// Client: the server refused our credentials (the session is closing).

@@ -175,6 +175,11 @@ impl ServerSession {
                     }
                     AuthMethod::None | AuthMethod::Other(_) => {
                         // SSH clients probe with "none" to learn the methods; count it as a try.
+                        let method = match method {
+                            AuthMethod::Other(name) => name,
+                            _ => Bytes::from_static(b"none"),
+                        };
+                        out.events.push_back(Event::AuthMethodRefused { method });
                         self.send_auth_failure();
                     }
                 }

@@ -614,3 +614,24 @@ fn a_device_cannot_stretch_the_idle_limit_without_bound() {
     let events: Vec<Event> = std::iter::from_fn(|| pair.server.poll_event()).collect();
     assert!(events.contains(&Event::Closed(CloseCause::IdleTimeout)), "{events:?}");
 }
+
+#[test]
+fn auth_methods_other_than_password_are_refused_and_reported() {
+    let now = Instant::now();
+    let mut server = ServerSession::new(ServerConfig::default(), now);
+    server.handle_input(
+        &encode(&[
+            Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: UUID },
+            Message::ServiceRequest { service: Bytes::from_static(apf::SERVICE_AUTH) },
+            Message::UserauthRequest {
+                username: Bytes::from_static(b"u"),
+                service: Bytes::from_static(apf::SERVICE_PFWD),
+                method: apf::AuthMethod::None,
+            },
+        ]),
+        now,
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert!(events.contains(&Event::AuthMethodRefused { method: Bytes::from_static(b"none") }), "{events:?}");
+    assert!(!server.is_closed(), "one refused probe is not the end");
+}
