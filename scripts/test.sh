@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian 12 machine (as root: the NAT test builds network
-# namespaces): installs what the tests need, builds once in release mode, runs every test
-# (unit, property, end-to-end, behind-NAT, MeshCentral conformance), then a short fuzz run.
+# The whole test suite, from a fresh Debian 12 machine, as root (the behind-NAT tests build
+# network namespaces): installs what the tests need, builds the release binaries once, runs every
+# test (unit, property, end-to-end, behind-NAT, MeshCentral conformance) against them, then a
+# short fuzz run.
+#
+#   FUZZ_SECONDS=30    seconds per fuzz target (scripts/fuzz.sh)
+#   TEST_THREADS=2     tests run at once inside each test binary (end-to-end tests are heavy)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+step() { echo "==> [$(date +%H:%M:%S), ${SECONDS}s] $*"; }
+
+step "installing test dependencies"
 scripts/install-test-deps.sh
 
-echo "==> building release binaries (tests start the real tether and amt-sim)"
-cargo build --release --workspace --bins --locked
+# The end-to-end tests start target/release/tether and amt-sim: build them first, with the same
+# profile as the tests. `--tests` matters: dev-dependencies change the features of shared crates
+# (getrandom, regex-syntax), so binaries built by a plain `--bins` have other dependency hashes
+# than `cargo test` wants, and the test step would rebuild amt-sim, the gateway and their deps.
+# Built together (measured with `--unit-graph`), the test step below only compiles doctests; a
+# plain `--bins` would leave it 44 units to rebuild.
+step "building the release binaries and tests (the first build takes several minutes on 2 cores)"
+cargo build --release --workspace --bins --tests --examples --locked
 
-echo "==> running the tests"
+step "running the tests (release)"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
 
-echo "==> fuzzing the APF parser for ${FUZZ_SECONDS:-30}s"
-FUZZ_SECONDS=${FUZZ_SECONDS:-30} scripts/fuzz.sh
+if [ ! -x scripts/fuzz.sh ]; then
+    echo "test.sh: scripts/fuzz.sh is missing or not executable" >&2
+    exit 1
+fi
+step "fuzzing for ${FUZZ_SECONDS:-30}s per target"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
+
+step "all tests passed"

@@ -1,9 +1,19 @@
-//! Test harness for Tether's end-to-end tests: the real `tether` and `amt-sim` binaries, started
-//! and stopped per test (`process`); network namespaces with NAT (`netns`); MeshCentral as a real
-//! MPS (`meshcentral`).
+//! Test harness for Tether's end-to-end tests. It starts the real binaries and real peers; it
+//! builds nothing (run `cargo build --release --workspace --bins` before
+//! `cargo test --release --workspace`, as `scripts/test.sh` does).
+//!
+//! - [`process`]: the `tether` gateway with a fresh data dir ([`Gateway`]), `amt-sim` ([`Sim`]),
+//!   `tether forward` ([`Forward`]), the CLI; child processes killed on drop ([`Process`]), with
+//!   their output kept for failure messages; [`wait_for`] with a deadline.
+//! - [`netns`]: "behind NAT" for real, with network namespaces, veth pairs and nftables
+//!   masquerading ([`netns::Topology`]; needs root).
+//! - [`meshcentral`]: MeshCentral from npm, offline on loopback, as a real MPS peer.
+//!
+//! Test servers bind only to loopback or to addresses inside namespaces the test creates, and
+//! every wait has a timeout.
 
 pub mod meshcentral;
 pub mod netns;
 pub mod process;
 
-pub use process::{bin, wait_for, Forward, Gateway, Process, Sim};
+pub use process::{bin, poll_until, wait_for, Forward, Gateway, Process, Sim};

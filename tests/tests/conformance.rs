@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e::meshcentral::{node_id_for, MeshCentral, CERT_NAME, MPS_PASSWORD};
+use e2e::meshcentral::{node_id_for, MeshCentral};
 use e2e::{wait_for, Sim};
 use uuid::Uuid;
 
@@ -12,12 +12,8 @@ use uuid::Uuid;
 fn meshcentral_lists_amt_sim_as_a_cira_device_and_reaches_its_wsman_port() {
     let mesh = MeshCentral::start();
     let uuid = Uuid::new_v4();
-    let mut command = std::process::Command::new(e2e::bin("amt-sim"));
-    command
-        .args(["--gateway", &mesh.mps_addr.to_string(), "--insecure", "--server-name", CERT_NAME])
-        .args(["--username", &mesh.cira_username, "--password", MPS_PASSWORD, "--uuid", &uuid.to_string()])
-        .env("RUST_LOG", "info");
-    let sim = Sim::from_command(&mut command);
+    // amt-sim verifies MeshCentral's MPS certificate against its root CA, for the name CERT_NAME.
+    let sim = Sim::from_command(&mut mesh.sim_command(uuid));
 
     let node_id = node_id_for(uuid);
     let mut listed = None;
