@@ -89,7 +89,6 @@ pub struct ClientSession {
     state: State,
     channels: Channels,
     handshake_deadline: Instant,
-    last_rx: Instant,
     keepalive_interval: Duration,
     next_keepalive: Option<Instant>,
     cookie: u32,
@@ -102,10 +101,9 @@ impl ClientSession {
     /// Starts a session: the version and the auth service request are queued at once.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let mut session = Self {
-            core: Core::new(config.limits),
+            core: Core::new(config.limits, now),
             channels: Channels::new(config.channels),
             handshake_deadline: now + config.handshake_timeout,
-            last_rx: now,
             keepalive_interval: config.keepalive_interval,
             next_keepalive: None,
             cookie: 0,
@@ -125,13 +123,9 @@ impl ClientSession {
     }
 
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        if self.core.closed {
+        if !self.core.receive(data, now) {
             return;
         }
-        if !data.is_empty() {
-            self.last_rx = now;
-        }
-        self.core.input.extend_from_slice(data);
         while !self.core.closed {
             let message = match self.core.next_message() {
                 Ok(Some(message)) => message,
@@ -254,7 +248,7 @@ impl ClientSession {
         if self.state != State::Established && now >= self.handshake_deadline {
             return self.fail(CloseCause::HandshakeTimeout);
         }
-        if now >= self.last_rx + self.keepalive_interval * 3 {
+        if now >= self.core.last_rx + self.keepalive_interval * 3 {
             return self.fail(CloseCause::IdleTimeout);
         }
         if matches!(self.next_keepalive, Some(at) if now >= at) {
@@ -269,7 +263,7 @@ impl ClientSession {
             return None;
         }
         let handshake = (self.state != State::Established).then_some(self.handshake_deadline);
-        let idle = Some(self.last_rx + self.keepalive_interval * 3);
+        let idle = Some(self.core.last_rx + self.keepalive_interval * 3);
         deadline_min(deadline_min(handshake, idle), self.next_keepalive)
     }
 

@@ -242,11 +242,25 @@ struct Core {
     input: BytesMut,
     out: Output,
     closed: bool,
+    /// When the peer last sent anything: every byte counts as liveness.
+    last_rx: Instant,
 }
 
 impl Core {
-    fn new(limits: apf::Limits) -> Self {
-        Self { limits, input: BytesMut::new(), out: Output::default(), closed: false }
+    fn new(limits: apf::Limits, now: Instant) -> Self {
+        Self { limits, input: BytesMut::new(), out: Output::default(), closed: false, last_rx: now }
+    }
+
+    /// Buffers bytes from the peer; false once the session is closed (the bytes are dropped).
+    fn receive(&mut self, data: &[u8], now: Instant) -> bool {
+        if self.closed {
+            return false;
+        }
+        if !data.is_empty() {
+            self.last_rx = now;
+        }
+        self.input.extend_from_slice(data);
+        true
     }
 
     /// Most bytes buffered while a session does not read (one maximal message plus slack).

@@ -73,7 +73,6 @@ pub struct ServerSession {
     /// Forwarded ports and the bind address the device gave for each.
     ports: BTreeMap<u32, Bytes>,
     handshake_deadline: Instant,
-    last_rx: Instant,
     /// Idle limit: three keepalive intervals.
     idle_limit: Duration,
     keepalive_options_at: Option<Instant>,
@@ -85,13 +84,12 @@ impl ServerSession {
     pub fn new(config: ServerConfig, now: Instant) -> Self {
         let idle_limit = config.keepalive_interval * 3;
         Self {
-            core: Core::new(config.limits),
+            core: Core::new(config.limits, now),
             channels: Channels::new(config.channels),
             handshake_deadline: now + config.handshake_timeout,
             config,
             state: State::AwaitVersion,
             ports: BTreeMap::new(),
-            last_rx: now,
             idle_limit,
             keepalive_options_at: None,
             keepalive_options_sent: false,
@@ -101,13 +99,9 @@ impl ServerSession {
 
     /// Feeds bytes received from the device.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        if self.core.closed {
+        if !self.core.receive(data, now) {
             return;
         }
-        if !data.is_empty() {
-            self.last_rx = now;
-        }
-        self.core.input.extend_from_slice(data);
         self.process(now);
     }
 
@@ -319,7 +313,7 @@ impl ServerSession {
         if self.state != State::Established && now >= self.handshake_deadline {
             return self.fail(CloseCause::HandshakeTimeout);
         }
-        if now >= self.last_rx + self.idle_limit {
+        if now >= self.core.last_rx + self.idle_limit {
             return self.fail(CloseCause::IdleTimeout);
         }
         if matches!(self.keepalive_options_at, Some(at) if now >= at) {
@@ -333,7 +327,7 @@ impl ServerSession {
             return None;
         }
         let handshake = (self.state != State::Established).then_some(self.handshake_deadline);
-        let idle = Some(self.last_rx + self.idle_limit);
+        let idle = Some(self.core.last_rx + self.idle_limit);
         deadline_min(deadline_min(handshake, idle), self.keepalive_options_at)
     }
 
