@@ -43,6 +43,39 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The longest message, type byte included, that [`decode`] accepts under these limits.
+    ///
+    /// The longest shapes are CHANNEL_OPEN (three strings: 33 bytes plus 3 × `max_string`), a
+    /// password USERAUTH_REQUEST (26 plus 3 × `max_string`), `udp-send-to` (51 plus 2 ×
+    /// `max_string` plus `max_data`), CHANNEL_DATA (9 plus `max_data`) and PROTOCOL_VERSION
+    /// (93, fixed); every other message is shorter than one of these.
+    pub fn max_message_len(&self) -> usize {
+        let s = self.max_string;
+        let d = self.max_data;
+        let three_strings = s.saturating_mul(3).saturating_add(33);
+        let udp_send_to = s.saturating_mul(2).saturating_add(d).saturating_add(51);
+        let channel_data = d.saturating_add(9);
+        three_strings.max(udp_send_to).max(channel_data).max(93)
+    }
+
+    /// Limits under which no message is longer than `max_message` bytes: strings and channel
+    /// data get the same cap, the largest that keeps [`Limits::max_message_len`] within
+    /// `max_message` (4096 gives 1348-byte usernames and passwords). PROTOCOL_VERSION is 93 bytes
+    /// whatever the limits, so a smaller `max_message` cannot be honoured; below about 160 bytes
+    /// no USERAUTH_REQUEST with a realistic username and password fits.
+    pub fn for_max_message(max_message: usize) -> Self {
+        // The tightest bound with equal caps is `udp-send-to`: 51 + 3 × cap.
+        let cap = max_message.saturating_sub(51) / 3;
+        Self { max_string: cap, max_data: cap }
+    }
+
+    /// The tighter of two limits, field by field.
+    pub fn min(self, other: Limits) -> Self {
+        Self { max_string: self.max_string.min(other.max_string), max_data: self.max_data.min(other.max_data) }
+    }
+}
+
 /// Message type codes (the first byte of every message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -579,6 +579,70 @@ fn custom_limits_apply() {
     assert_eq!(decode(&encode(&ok), &limits), Ok(Some((ok, 23))));
 }
 
+/// The longest message of each shape that bounds `Limits::max_message_len`.
+fn longest_messages(limits: &Limits) -> Vec<Message> {
+    let s = || Bytes::from(vec![b's'; limits.max_string]);
+    let d = || Bytes::from(vec![b'd'; limits.max_data]);
+    vec![
+        Message::ChannelOpen(ChannelOpen {
+            channel_type: ChannelType::Other(s()),
+            sender_channel: 1,
+            initial_window: 2,
+            max_packet: 3,
+            connected_address: s(),
+            connected_port: 4,
+            originator_address: s(),
+            originator_port: 5,
+        }),
+        Message::UserauthRequest { username: s(), service: s(), method: AuthMethod::Password(s()) },
+        Message::GlobalRequest {
+            want_reply: true,
+            request: GlobalRequest::UdpSendTo {
+                address: s(),
+                port: 1,
+                originator_address: s(),
+                originator_port: 2,
+                data: d(),
+            },
+        },
+        Message::ChannelData { recipient_channel: 4, data: d() },
+        Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: uuid() },
+    ]
+}
+
+#[test]
+fn max_message_len_is_the_longest_message_the_limits_let_through() {
+    for limits in [
+        Limits::default(),
+        Limits { max_string: 1024, max_data: 1024 },
+        Limits { max_string: 30, max_data: 0 },
+        Limits::for_max_message(4096),
+    ] {
+        let longest = longest_messages(&limits);
+        for message in &longest {
+            let wire = encode(message);
+            assert!(wire.len() <= limits.max_message_len(), "{} bytes under {limits:?}", wire.len());
+            assert_eq!(decode(&cat(&[&wire, &encode(&sentinel())]), &limits), Ok(Some((message.clone(), wire.len()))));
+        }
+        let reached = longest.iter().map(Message::encoded_len).max().unwrap();
+        assert_eq!(reached, limits.max_message_len(), "{limits:?}");
+    }
+    assert_eq!(Limits::default().max_message_len(), 51 + 2 * 2048 + (1 << 20));
+    let huge = Limits { max_string: usize::MAX, max_data: usize::MAX };
+    assert_eq!(huge.max_message_len(), usize::MAX);
+}
+
+#[test]
+fn limits_for_a_maximal_message_size() {
+    let limits = Limits::for_max_message(4096);
+    assert_eq!(limits, Limits { max_string: 1348, max_data: 1348 });
+    assert!(limits.max_message_len() <= 4096);
+    assert!(Limits { max_string: 1349, max_data: 1349 }.max_message_len() > 4096, "the largest cap that fits");
+    assert_eq!(Limits::for_max_message(0), Limits { max_string: 0, max_data: 0 });
+    assert_eq!(Limits::default().min(limits), limits);
+    assert_eq!(Limits { max_string: 10, max_data: 1 << 20 }.min(limits), Limits { max_string: 10, max_data: 1348 });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Unknown types and malformed messages
 
@@ -966,6 +1030,7 @@ fn within_limits(message: &Message, limits: &Limits) -> bool {
 fn check_decoded(message: &Message, consumed: usize, input: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
     prop_assert!(consumed > 0 && consumed <= input.len(), "consumed {} of {}", consumed, input.len());
     prop_assert!(within_limits(message, limits), "{:?} exceeds {:?}", message, limits);
+    prop_assert!(consumed <= limits.max_message_len(), "{} bytes under {:?}", consumed, limits);
     let mut again = BytesMut::new();
     message.encode(&mut again);
     prop_assert_eq!(again.len(), message.encoded_len());
