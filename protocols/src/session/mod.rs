@@ -10,13 +10,15 @@
 //! - methods such as [`ServerSession::open_channel`] and [`ServerSession::send`] act on it.
 //!
 //! A session never blocks and never buffers more than the windows it advertised plus one message
-//! of input. What it does not do: sockets, TLS, clocks, password checks (the driver decides and
-//! calls [`ServerSession::accept_auth`] or [`ServerSession::reject_auth`]).
+//! of input. The input buffer grows to the largest message and shrinks back once it is
+//! processed, so an idle tunnel holds kilobytes, not the megabyte a large message needed.
+//! What it does not do: sockets, TLS, clocks, password checks (the driver decides and calls
+//! [`ServerSession::accept_auth`] or [`ServerSession::reject_auth`]).
 
 use std::fmt;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::apf::{self, DecodeError, DisconnectReason, Message, OpenFailureReason};
@@ -33,6 +35,18 @@ macro_rules! shared_session_methods {
         /// Bytes queued for the wire and not yet taken by `poll_transmit`.
         pub fn pending_transmit(&self) -> usize {
             self.core.out.transmit.len()
+        }
+
+        /// Bytes received and not processed yet: the start of an incomplete message, or input
+        /// held while a decision is pending. For tests and metrics.
+        pub fn buffered_input(&self) -> usize {
+            self.core.input.len()
+        }
+
+        /// The allocation behind the input buffer, in bytes: it grows to hold the largest message
+        /// and shrinks back once that message has been processed. For tests and metrics.
+        pub fn buffered_capacity(&self) -> usize {
+            self.core.input.capacity()
         }
 
         pub fn poll_event(&mut self) -> Option<Event> {
@@ -235,11 +249,70 @@ impl fmt::Display for CloseCause {
     }
 }
 
+/// An input buffer whose allocation is larger than this is given back once it holds at most a
+/// quarter of it, after a batch of messages has been processed.
+const INPUT_KEEP_CAPACITY: usize = 64 * 1024;
+/// The allocation a shrunk input buffer starts with (at least the remainder it holds).
+const INPUT_SHRUNK_CAPACITY: usize = 4 * 1024;
+
+/// Bytes received and not yet decoded. A `Vec` and a read offset rather than a `BytesMut`: its
+/// capacity is the allocation it holds (a `BytesMut` hides the part it has consumed), so that
+/// the allocation can be seen and given back.
+#[derive(Debug, Default)]
+struct InputBuffer {
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already decoded.
+    start: usize,
+}
+
+impl InputBuffer {
+    fn extend(&mut self, data: &[u8]) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Called once no complete message is left: moves the remainder (less than one message) to
+    /// the front, and replaces a large allocation holding little with a small one.
+    fn compact(&mut self) {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        if self.buf.capacity() > INPUT_KEEP_CAPACITY && self.buf.len() <= INPUT_KEEP_CAPACITY / 4 {
+            let mut small = Vec::with_capacity(self.buf.len().max(INPUT_SHRUNK_CAPACITY));
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+    }
+
+    /// Drops everything, allocation included.
+    fn release(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// Input buffering, decoding and output shared by both roles.
 #[derive(Debug)]
 struct Core {
     limits: apf::Limits,
-    input: BytesMut,
+    input: InputBuffer,
     out: Output,
     closed: bool,
     /// When the peer last sent anything: every byte counts as liveness.
@@ -248,7 +321,7 @@ struct Core {
 
 impl Core {
     fn new(limits: apf::Limits, now: Instant) -> Self {
-        Self { limits, input: BytesMut::new(), out: Output::default(), closed: false, last_rx: now }
+        Self { limits, input: InputBuffer::default(), out: Output::default(), closed: false, last_rx: now }
     }
 
     /// Buffers bytes from the peer; false once the session is closed (the bytes are dropped).
@@ -259,7 +332,7 @@ impl Core {
         if !data.is_empty() {
             self.last_rx = now;
         }
-        self.input.extend_from_slice(data);
+        self.input.extend(data);
         true
     }
 
@@ -270,12 +343,15 @@ impl Core {
 
     /// Decodes the next complete message, if any.
     fn next_message(&mut self) -> Result<Option<Message>, CloseCause> {
-        match apf::decode(&self.input, &self.limits) {
+        match apf::decode(self.input.bytes(), &self.limits) {
             Ok(Some((message, consumed))) => {
-                self.input.advance(consumed);
+                self.input.consume(consumed);
                 Ok(Some(message))
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                self.input.compact();
+                Ok(None)
+            }
             Err(err) => Err(CloseCause::from_decode(err)),
         }
     }
@@ -286,7 +362,7 @@ impl Core {
             return;
         }
         self.closed = true;
-        self.input.clear();
+        self.input.release();
         if let Some(reason) = cause.disconnect_reason() {
             self.out.send(&Message::Disconnect { reason });
         }

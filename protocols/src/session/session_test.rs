@@ -635,3 +635,34 @@ fn auth_methods_other_than_password_are_refused_and_reported() {
     assert!(events.contains(&Event::AuthMethodRefused { method: Bytes::from_static(b"none") }), "{events:?}");
     assert!(!server.is_closed(), "one refused probe is not the end");
 }
+
+fn drain_events(server: &mut ServerSession) -> Vec<Event> {
+    std::iter::from_fn(|| server.poll_event()).collect()
+}
+
+#[test]
+fn the_input_buffer_shrinks_back_after_a_large_message() {
+    let mut pair = Pair::default_pair();
+    pair.established();
+    let ch = pair.open(16992);
+    let small = pair.server.buffered_capacity();
+    assert!(small <= 4096, "{small} bytes after the handshake");
+
+    let mut wire = encode(&[Message::ChannelData { recipient_channel: ch.0, data: vec![1u8; 200 * 1024].into() }]);
+    let next = encode(&[Message::KeepaliveRequest { cookie: 7 }]);
+    wire.extend_from_slice(&next[..3]);
+    // The first half of the message is held: the buffer has grown.
+    let half = wire.len() / 2;
+    pair.server.handle_input(&wire[..half], pair.now);
+    assert_eq!(pair.server.buffered_input(), half);
+    assert!(pair.server.buffered_capacity() >= half);
+    // The rest, and the start of the next message: the large allocation is given back.
+    pair.server.handle_input(&wire[half..], pair.now);
+    assert_eq!(pair.server.buffered_input(), 3);
+    assert!(pair.server.buffered_capacity() <= 4096, "{} bytes kept", pair.server.buffered_capacity());
+    pair.server.handle_input(&next[3..], pair.now);
+    assert_eq!(pair.server.buffered_input(), 0);
+    let events = drain_events(&mut pair.server);
+    assert!(events.iter().any(|e| matches!(e, Event::ChannelData { data, .. } if data.len() == 200 * 1024)));
+    assert!(events.contains(&Event::Keepalive));
+}
