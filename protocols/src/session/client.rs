@@ -101,7 +101,7 @@ impl ClientSession {
     /// Starts a session: the version and the auth service request are queued at once.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let mut session = Self {
-            core: Core::new(config.limits, now),
+            core: Core::new(config.limits, super::INPUT_SLACK, now),
             channels: Channels::new(config.channels),
             handshake_deadline: now + config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,

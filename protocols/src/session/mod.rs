@@ -10,8 +10,9 @@
 //! - methods such as [`ServerSession::open_channel`] and [`ServerSession::send`] act on it.
 //!
 //! A session never blocks and never buffers more than the windows it advertised plus one message
-//! of input. The input buffer grows to the largest message and shrinks back once it is
-//! processed, so an idle tunnel holds kilobytes, not the megabyte a large message needed.
+//! of input (before authentication, one small message: see [`ServerConfig::pre_auth_limits`]).
+//! The input buffer grows to the largest message and shrinks back once it is processed, so an
+//! idle tunnel holds kilobytes, not the megabyte a large message needed.
 //! What it does not do: sockets, TLS, clocks, password checks (the driver decides and calls
 //! [`ServerSession::accept_auth`] or [`ServerSession::reject_auth`]).
 
@@ -117,7 +118,7 @@ mod server;
 
 pub use channels::{ChannelConfig, OpenError};
 pub use client::{ClientConfig, ClientSession, AMT_PORTS};
-pub use server::{ServerConfig, ServerSession};
+pub use server::{ServerConfig, ServerSession, PRE_AUTH_MAX_MESSAGE};
 
 use channels::Output;
 
@@ -249,6 +250,9 @@ impl fmt::Display for CloseCause {
     }
 }
 
+/// Input buffered beyond one maximal message once authenticated (what one read may bring in
+/// while the session holds input).
+const INPUT_SLACK: usize = 64 * 1024;
 /// An input buffer whose allocation is larger than this is given back once it holds at most a
 /// quarter of it, after a batch of messages has been processed.
 const INPUT_KEEP_CAPACITY: usize = 64 * 1024;
@@ -312,6 +316,8 @@ impl InputBuffer {
 #[derive(Debug)]
 struct Core {
     limits: apf::Limits,
+    /// Input buffered beyond one maximal message before the session fails with InputOverflow.
+    input_slack: usize,
     input: InputBuffer,
     out: Output,
     closed: bool,
@@ -320,8 +326,14 @@ struct Core {
 }
 
 impl Core {
-    fn new(limits: apf::Limits, now: Instant) -> Self {
-        Self { limits, input: InputBuffer::default(), out: Output::default(), closed: false, last_rx: now }
+    fn new(limits: apf::Limits, input_slack: usize, now: Instant) -> Self {
+        Self { limits, input_slack, input: InputBuffer::default(), out: Output::default(), closed: false, last_rx: now }
+    }
+
+    /// Decodes from now on with `limits` and caps held input at one maximal message plus `slack`.
+    fn set_limits(&mut self, limits: apf::Limits, slack: usize) {
+        self.limits = limits;
+        self.input_slack = slack;
     }
 
     /// Buffers bytes from the peer; false once the session is closed (the bytes are dropped).
@@ -336,9 +348,10 @@ impl Core {
         true
     }
 
-    /// Most bytes buffered while a session does not read (one maximal message plus slack).
-    fn input_cap(&self) -> usize {
-        self.limits.max_data + 64 * 1024
+    /// Whether more input is buffered than one maximal message plus slack (possible only while
+    /// the session holds input: otherwise what stays buffered is less than one message).
+    fn input_overflows(&self) -> bool {
+        self.input.len() > self.limits.max_message_len().saturating_add(self.input_slack)
     }
 
     /// Decodes the next complete message, if any.

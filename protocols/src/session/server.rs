@@ -5,6 +5,10 @@
 //! order is a protocol error. After the forwards settle (or at once on 5900, the port real
 //! firmware forwards last) we send KEEPALIVE_OPTIONS_REQUEST ourselves, so that devices that
 //! never forward 5900 still get an interval; a tunnel silent for three intervals is dropped.
+//!
+//! Before authentication the session decodes with small limits ([`ServerConfig::pre_auth_limits`])
+//! and holds at most one such message plus a few KiB of input, so that an unauthenticated peer
+//! cannot make the gateway buffer megabytes; the normal limits apply from `accept_auth` on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,10 +22,26 @@ use crate::apf::{
     SERVICE_PFWD,
 };
 
+/// The largest APF message accepted before authentication by default (the gateway's
+/// `pre_auth_max_message`).
+pub const PRE_AUTH_MAX_MESSAGE: usize = 4096;
+
+/// Input held before authentication beyond one maximal pre-auth message (what a device may
+/// pipeline behind its USERAUTH_REQUEST while the decision is pending).
+const PRE_AUTH_INPUT_SLACK: usize = 4 * 1024;
+
 /// Settings of the server role.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Size limits once the device has authenticated.
     pub limits: apf::Limits,
+    /// Size limits until `accept_auth` (never looser than `limits`). The default,
+    /// `Limits::for_max_message(PRE_AUTH_MAX_MESSAGE)`, caps strings and data at 1348 bytes, so
+    /// that no message decoded before authentication is longer than 4096 bytes; a version,
+    /// service request and USERAUTH_REQUEST with any realistic username and password fit well
+    /// within. Input held before authentication is capped at one such message plus 4 KiB: more
+    /// is a protocol error (InputOverflow), as is a longer field (TooLong).
+    pub pre_auth_limits: apf::Limits,
     pub channels: ChannelConfig,
     /// Keepalive interval we ask the device for.
     pub keepalive_interval: Duration,
@@ -41,6 +61,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             limits: apf::Limits::default(),
+            pre_auth_limits: apf::Limits::for_max_message(PRE_AUTH_MAX_MESSAGE),
             channels: ChannelConfig::default(),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout_secs: 0,
@@ -84,7 +105,7 @@ impl ServerSession {
     pub fn new(config: ServerConfig, now: Instant) -> Self {
         let idle_limit = config.keepalive_interval * 3;
         Self {
-            core: Core::new(config.limits, now),
+            core: Core::new(config.pre_auth_limits.min(config.limits), PRE_AUTH_INPUT_SLACK, now),
             channels: Channels::new(config.channels),
             handshake_deadline: now + config.handshake_timeout,
             config,
@@ -122,8 +143,11 @@ impl ServerSession {
                 return self.fail(cause);
             }
         }
-        if self.state == State::AuthPending && self.core.input.len() > self.core.input_cap() {
-            self.fail(CloseCause::protocol(ProtocolErrorKind::InputOverflow, "input while authentication is pending"));
+        if !self.core.closed && self.core.input_overflows() {
+            self.fail(CloseCause::protocol(
+                ProtocolErrorKind::InputOverflow,
+                format!("{} bytes of input held in state {:?}", self.core.input.len(), self.state),
+            ));
         }
     }
 
@@ -292,6 +316,7 @@ impl ServerSession {
         }
         self.core.out.send(&Message::UserauthSuccess);
         self.state = State::AwaitPfwdService;
+        self.core.set_limits(self.config.limits, super::INPUT_SLACK);
         self.process(now);
     }
 

@@ -636,8 +636,133 @@ fn auth_methods_other_than_password_are_refused_and_reported() {
     assert!(!server.is_closed(), "one refused probe is not the end");
 }
 
+/// Version, auth service request and a password USERAUTH_REQUEST, as a device sends them.
+fn pre_auth_input(username: &[u8], password: &[u8]) -> Vec<u8> {
+    encode(&[
+        Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: UUID },
+        Message::ServiceRequest { service: Bytes::from_static(apf::SERVICE_AUTH) },
+        Message::UserauthRequest {
+            username: Bytes::copy_from_slice(username),
+            service: Bytes::from_static(apf::SERVICE_PFWD),
+            method: apf::AuthMethod::Password(Bytes::copy_from_slice(password)),
+        },
+    ])
+}
+
 fn drain_events(server: &mut ServerSession) -> Vec<Event> {
     std::iter::from_fn(|| server.poll_event()).collect()
+}
+
+/// Every message in `bytes`, which must decode whole.
+fn decode_all(bytes: &[u8]) -> Vec<Message> {
+    let mut rest = bytes;
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        let (message, consumed) = apf::decode(rest, &apf::Limits::default()).unwrap().expect("whole messages");
+        messages.push(message);
+        rest = &rest[consumed..];
+    }
+    messages
+}
+
+#[test]
+fn a_long_username_and_password_fit_the_pre_auth_limits() {
+    let now = Instant::now();
+    let mut server = ServerSession::new(ServerConfig::default(), now);
+    server.handle_input(&pre_auth_input(&[b'u'; 1000], &[b'p'; 1000]), now);
+    let events = drain_events(&mut server);
+    assert!(matches!(events.last(), Some(Event::AuthRequest { password, .. }) if password.0.len() == 1000));
+    server.accept_auth(now);
+    assert!(!server.is_closed());
+}
+
+#[test]
+fn an_oversized_message_before_authentication_closes_with_a_reason() {
+    let pre_auth_max = ServerConfig::default().pre_auth_limits.max_string;
+    let cases: Vec<(Vec<u8>, ProtocolErrorKind)> = vec![
+        // A password over the pre-auth string limit (but within the 2048 allowed after auth).
+        (pre_auth_input(b"u", &vec![b'p'; pre_auth_max + 1]), ProtocolErrorKind::TooLong),
+        // Channel data before authentication, 4 KiB: over the pre-auth data limit.
+        (
+            {
+                let mut input = pre_auth_input(b"u", b"p")[..93].to_vec();
+                input.extend(encode(&[Message::ChannelData { recipient_channel: 4, data: vec![0; 4096].into() }]));
+                input
+            },
+            ProtocolErrorKind::TooLong,
+        ),
+        // Small messages, but 16 KiB of them piled up behind a pending USERAUTH_REQUEST.
+        (
+            {
+                let mut input = pre_auth_input(b"u", b"p");
+                for _ in 0..16 {
+                    input.extend(encode(&[Message::ChannelData { recipient_channel: 4, data: vec![0; 1024].into() }]));
+                }
+                input
+            },
+            ProtocolErrorKind::InputOverflow,
+        ),
+    ];
+    for (input, kind) in cases {
+        let now = Instant::now();
+        let mut server = ServerSession::new(ServerConfig::default(), now);
+        server.handle_input(&input, now);
+        let events = drain_events(&mut server);
+        assert!(
+            matches!(events.last(), Some(Event::Closed(CloseCause::Protocol { kind: k, .. })) if *k == kind),
+            "{kind:?}: {events:?}"
+        );
+        let sent = decode_all(&server.poll_transmit().expect("a DISCONNECT"));
+        assert_eq!(sent.last(), Some(&Message::Disconnect { reason: apf::DisconnectReason::ProtocolError }));
+        assert_eq!(server.buffered_input(), 0);
+        assert_eq!(server.buffered_capacity(), 0, "the input buffer is freed on close");
+    }
+}
+
+#[test]
+fn input_fed_in_pieces_before_authentication_is_capped_too() {
+    let now = Instant::now();
+    let mut server = ServerSession::new(ServerConfig::default(), now);
+    server.handle_input(&pre_auth_input(b"u", b"p"), now);
+    assert!(!server.wants_input());
+    let keepalive = encode(&[Message::KeepaliveRequest { cookie: 1 }]);
+    // A driver that ignores `wants_input` and keeps feeding small messages.
+    let mut fed = 0;
+    while !server.is_closed() {
+        server.handle_input(&keepalive, now);
+        fed += keepalive.len();
+        assert!(fed <= 16 * 1024, "still buffering after {fed} bytes");
+    }
+    assert_eq!(server.buffered_capacity(), 0);
+    let events = drain_events(&mut server);
+    assert!(matches!(
+        events.last(),
+        Some(Event::Closed(CloseCause::Protocol { kind: ProtocolErrorKind::InputOverflow, .. }))
+    ));
+}
+
+#[test]
+fn large_messages_are_fine_after_authentication() {
+    let mut pair = Pair::default_pair();
+    pair.established();
+    // A bind address over the pre-auth string limit, within the normal one.
+    let forward = encode(&[Message::GlobalRequest {
+        want_reply: true,
+        request: GlobalRequest::TcpipForward { address: vec![b'a'; 2000].into(), port: 8080 },
+    }]);
+    pair.server.handle_input(&forward, pair.now);
+    assert!(drain_events(&mut pair.server).contains(&Event::PortForwarded { port: 8080 }));
+    // The device end is played by hand here: the gateway's reply is dropped.
+    let reply = decode_all(&pair.server.poll_transmit().unwrap());
+    assert_eq!(reply, [Message::RequestSuccess { port: Some(8080) }]);
+    // 200 KiB of channel data in one message, within the 256 KiB window the gateway granted.
+    let ch = pair.open(16992);
+    let data = Bytes::from(vec![9u8; 200 * 1024]);
+    pair.server
+        .handle_input(&encode(&[Message::ChannelData { recipient_channel: ch.0, data: data.clone() }]), pair.now);
+    let events = drain_events(&mut pair.server);
+    assert!(events.contains(&Event::ChannelData { ch, data }), "{events:?}");
+    assert!(!pair.server.is_closed(), "{events:?}");
 }
 
 #[test]
