@@ -416,7 +416,8 @@ impl<'a> Connection<'a> {
             Event::KeepaliveOptions { interval_secs, timeout_secs } => {
                 tracing::debug!("keepalive interval {interval_secs}s (timeout {timeout_secs}s) set by the gateway");
             }
-            Event::Keepalive => tracing::trace!("keepalive"),
+            Event::Keepalive => tracing::trace!("keepalive request from the gateway"),
+            Event::KeepaliveReply { cookie } => tracing::trace!("keepalive reply {cookie}"),
             Event::ChannelOpenRequest { ch, port, originator, originator_port } => {
                 self.open_channel(ch, port, originator, originator_port)
             }

@@ -190,8 +190,8 @@ impl ClientSession {
                 out.send(&Message::KeepaliveReply { cookie });
                 out.events.push_back(Event::Keepalive);
             }
-            (state, Message::KeepaliveReply { .. }) if state != State::AwaitAuthAccept => {
-                out.events.push_back(Event::Keepalive);
+            (state, Message::KeepaliveReply { cookie }) if state != State::AwaitAuthAccept => {
+                out.events.push_back(Event::KeepaliveReply { cookie });
             }
             (State::Forwarding(_) | State::Established, Message::ChannelOpen(open)) => {
                 let forwarded = self.forwarded.contains(&open.connected_port);

@@ -167,8 +167,12 @@ pub enum Event {
     PortCancelled { port: u32 },
     /// Server: the device accepted keepalive options. Client: the server set them.
     KeepaliveOptions { interval_secs: u32, timeout_secs: u32 },
-    /// A keepalive request or reply arrived.
+    /// A KEEPALIVE_REQUEST arrived (and was answered).
     Keepalive,
+    /// A KEEPALIVE_REPLY arrived, echoing `cookie`. Server: the answer to
+    /// [`ServerSession::probe`] (or an unsolicited reply: compare the cookie). Client: the answer
+    /// to one of our keepalives.
+    KeepaliveReply { cookie: u32 },
     /// Client: the server wants a channel to `port`; answer with `accept_channel` or
     /// `reject_channel`.
     ChannelOpenRequest { ch: ChannelId, port: u32, originator: Bytes, originator_port: u32 },

@@ -9,6 +9,7 @@
 //! Before authentication the session decodes with small limits ([`ServerConfig::pre_auth_limits`])
 //! and holds at most one such message plus a few KiB of input, so that an unauthenticated peer
 //! cannot make the gateway buffer megabytes; the normal limits apply from `accept_auth` on.
+//! [`ServerSession::probe`] asks an authenticated device for a sign of life.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -99,6 +100,8 @@ pub struct ServerSession {
     keepalive_options_at: Option<Instant>,
     keepalive_options_sent: bool,
     auth_failures: u32,
+    /// The cookie of the last `probe`.
+    probe_cookie: u32,
 }
 
 impl ServerSession {
@@ -115,6 +118,7 @@ impl ServerSession {
             keepalive_options_at: None,
             keepalive_options_sent: false,
             auth_failures: 0,
+            probe_cookie: 0,
         }
     }
 
@@ -217,8 +221,8 @@ impl ServerSession {
                 out.send(&Message::KeepaliveReply { cookie });
                 out.events.push_back(Event::Keepalive);
             }
-            (state, Message::KeepaliveReply { .. }) if state != State::AwaitVersion => {
-                out.events.push_back(Event::Keepalive);
+            (state, Message::KeepaliveReply { cookie }) if state != State::AwaitVersion => {
+                out.events.push_back(Event::KeepaliveReply { cookie });
             }
             (State::Established, Message::KeepaliveOptionsReply { interval_secs, timeout_secs }) => {
                 if interval_secs > 0 {
@@ -360,6 +364,19 @@ impl ServerSession {
 
     pub fn is_established(&self) -> bool {
         self.state == State::Established && !self.core.closed
+    }
+
+    /// Asks the device for a sign of life: sends KEEPALIVE_REQUEST with a fresh cookie and
+    /// returns it. The device echoes it in a KEEPALIVE_REPLY, reported as
+    /// [`Event::KeepaliveReply`] with the same cookie; how long to wait is the driver's choice.
+    /// `None` (and nothing sent) before the device has authenticated, or once closed.
+    pub fn probe(&mut self) -> Option<u32> {
+        if self.core.closed || !matches!(self.state, State::AwaitPfwdService | State::Established) {
+            return None;
+        }
+        self.probe_cookie = self.probe_cookie.wrapping_add(1);
+        self.core.out.send(&Message::KeepaliveRequest { cookie: self.probe_cookie });
+        Some(self.probe_cookie)
     }
 
     /// Ports the device forwards now.

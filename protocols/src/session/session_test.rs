@@ -791,3 +791,49 @@ fn the_input_buffer_shrinks_back_after_a_large_message() {
     assert!(events.iter().any(|e| matches!(e, Event::ChannelData { data, .. } if data.len() == 200 * 1024)));
     assert!(events.contains(&Event::Keepalive));
 }
+
+#[test]
+fn a_probe_is_answered_with_its_cookie() {
+    let mut pair = Pair::default_pair();
+    pair.established();
+    let first = pair.server.probe().expect("an established tunnel can be probed");
+    pair.pump();
+    assert!(pair.server_events.contains(&Event::KeepaliveReply { cookie: first }), "{:?}", pair.server_events);
+    // The device saw a keepalive request, not a reply.
+    assert!(pair.client_events.contains(&Event::Keepalive));
+    let second = pair.server.probe().unwrap();
+    assert_ne!(first, second, "every probe has a fresh cookie");
+    pair.pump();
+    assert!(pair.server_events.contains(&Event::KeepaliveReply { cookie: second }));
+    assert!(pair.server_closed().is_none() && pair.client_closed().is_none());
+}
+
+#[test]
+fn the_device_keepalive_replies_are_reported_with_their_cookie() {
+    let mut pair = Pair::default_pair();
+    pair.established();
+    pair.advance(Duration::from_secs(30));
+    assert!(pair.server_events.contains(&Event::Keepalive), "the device's request");
+    assert!(pair.client_events.iter().any(|e| matches!(e, Event::KeepaliveReply { .. })), "the gateway's reply");
+}
+
+#[test]
+fn a_probe_before_authentication_or_after_close_sends_nothing() {
+    let now = Instant::now();
+    let mut server = ServerSession::new(ServerConfig::default(), now);
+    assert_eq!(server.probe(), None);
+    server.handle_input(&pre_auth_input(b"u", b"p"), now);
+    assert_eq!(server.probe(), None, "authentication pending");
+    let before = server.pending_transmit();
+    server.accept_auth(now);
+    assert!(server.probe().is_some(), "authenticated, pfwd not requested yet");
+    assert!(server.pending_transmit() > before);
+
+    let mut pair = Pair::default_pair();
+    pair.established();
+    pair.server.disconnect(apf::DisconnectReason::ByApplication);
+    let sent = decode_all(&pair.server.poll_transmit().unwrap());
+    assert_eq!(sent.last(), Some(&Message::Disconnect { reason: apf::DisconnectReason::ByApplication }));
+    assert_eq!(pair.server.probe(), None);
+    assert_eq!(pair.server.poll_transmit(), None, "nothing after the DISCONNECT");
+}
