@@ -1,5 +1,6 @@
-//! The SQLite store (`DATA_DIR/tether.db`, WAL): MPS credentials, registered devices and their
-//! life-cycle record, and API tokens (hashed).
+//! The SQLite store (`DATA_DIR/tether.db`, WAL): MPS accounts, devices (registration, the
+//! credential each UUID is pinned to, life-cycle record, duplicate and conflict reports), and API
+//! tokens (hashed; in `tokens`).
 //!
 //! Calls are synchronous and short (one statement each); async callers use `spawn_blocking` or
 //! the `journal` thread. The schema is versioned with `PRAGMA user_version`. What it does not do:
@@ -10,10 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+mod tokens;
+pub use tokens::{TokenRecord, TokenScope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,19 +67,30 @@ pub struct DeviceRecord {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_duplicate_at: Option<OffsetDateTime>,
     pub duplicate_note: Option<String>,
+    /// The credential the UUID is bound to (`account:USER` or `device`), under the `pinned` policy.
+    pub pinned_credential: Option<String>,
+    /// Claims for this UUID refused because its tunnel was live and answering.
+    pub conflict_count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_conflict_at: Option<OffsetDateTime>,
+    pub conflict_note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenRecord {
-    pub id: i64,
-    pub name: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+/// What admission needs to know of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuth {
+    /// Added by an operator.
+    pub registered: bool,
+    /// Its own MPS password, if the operator set one.
+    pub password_hash: Option<String>,
+    /// The credential it is pinned to (`account:USER` or `device`).
+    pub pinned: Option<String>,
 }
 
 /// The schema, one migration per version: migration `i` takes `user_version` from `i` to `i + 1`.
 /// Append new migrations; never edit a released one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
     uuid TEXT PRIMARY KEY,
@@ -99,15 +114,33 @@ CREATE TABLE tokens (
     hash TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE mps_accounts (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO mps_accounts (username, password_hash, created_at)
+    SELECT u.value, h.value, CAST(strftime('%s', 'now') AS INTEGER) * 1000
+    FROM settings u, settings h WHERE u.key = 'mps_username' AND h.key = 'mps_password_hash';
+DELETE FROM settings WHERE key IN ('mps_username', 'mps_password_hash');
+ALTER TABLE devices ADD COLUMN pinned_credential TEXT;
+ALTER TABLE devices ADD COLUMN conflict_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN last_conflict_at INTEGER;
+ALTER TABLE devices ADD COLUMN conflict_note TEXT;
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'attach';
+ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+",
+];
 
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-fn millis(t: OffsetDateTime) -> i64 {
+pub(crate) fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_millis(ms: Option<i64>) -> Option<OffsetDateTime> {
+pub(crate) fn from_millis(ms: Option<i64>) -> Option<OffsetDateTime> {
     ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
 }
 
@@ -116,6 +149,87 @@ fn ports_text(ports: &[u16]) -> String {
     sorted.sort_unstable();
     sorted.dedup();
     sorted.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn add_device(c: &Connection, uuid: Uuid, password_hash: Option<&str>) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO devices (uuid, registered, password_hash, pinned_credential)
+             VALUES (?1, 1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE 'device' END)
+         ON CONFLICT(uuid) DO UPDATE SET registered = 1, password_hash = excluded.password_hash,
+             pinned_credential = CASE WHEN excluded.password_hash IS NULL THEN pinned_credential ELSE 'device' END",
+    )?
+    .execute(params![uuid.to_string(), password_hash])
+    .map(drop)
+}
+
+// The device-record writes, as functions of a connection, so that the journal can batch them in
+// one transaction; the `Store` methods of the same names run one each.
+
+pub(crate) fn record_hello(c: &Connection, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO devices (uuid, first_seen, last_hello, remote_addr) VALUES (?1, ?2, ?2, ?3)
+         ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
+             last_hello = excluded.last_hello, remote_addr = excluded.remote_addr",
+    )?
+    .execute(params![uuid.to_string(), millis(at), remote.to_string()])
+    .map(drop)
+}
+
+pub(crate) fn record_connected(
+    c: &Connection,
+    uuid: Uuid,
+    at: OffsetDateTime,
+    remote: SocketAddr,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO devices (uuid, first_seen, connected_since, remote_addr) VALUES (?1, ?2, ?2, ?3)
+         ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
+             connected_since = excluded.connected_since, remote_addr = excluded.remote_addr, ports = ''",
+    )?
+    .execute(params![uuid.to_string(), millis(at), remote.to_string()])
+    .map(drop)
+}
+
+pub(crate) fn record_ports(c: &Connection, uuid: Uuid, ports: &[u16]) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE devices SET ports = ?2 WHERE uuid = ?1")?
+        .execute(params![uuid.to_string(), ports_text(ports)])
+        .map(drop)
+}
+
+pub(crate) fn record_keepalive(c: &Connection, uuid: Uuid, at: OffsetDateTime) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE devices SET last_keepalive = ?2 WHERE uuid = ?1")?
+        .execute(params![uuid.to_string(), millis(at)])
+        .map(drop)
+}
+
+pub(crate) fn record_disconnect(c: &Connection, uuid: Uuid, at: OffsetDateTime, reason: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE devices SET connected_since = NULL, last_disconnect = ?2, last_disconnect_reason = ?3
+         WHERE uuid = ?1",
+    )?
+    .execute(params![uuid.to_string(), millis(at), reason])
+    .map(drop)
+}
+
+/// A claim for a live device's UUID was refused: `live` holds the tunnel, `claimant` asked.
+pub(crate) fn record_conflict(
+    c: &Connection,
+    uuid: Uuid,
+    at: OffsetDateTime,
+    live: SocketAddr,
+    claimant: SocketAddr,
+) -> rusqlite::Result<()> {
+    let note = format!(
+        "a connection from {claimant} claimed this UUID while the device was connected and answering from {live}; \
+         it was refused (an impostor, or a second machine with the same UUID)"
+    );
+    c.prepare_cached(
+        "INSERT INTO devices (uuid, conflict_count, last_conflict_at, conflict_note) VALUES (?1, 1, ?2, ?3)
+         ON CONFLICT(uuid) DO UPDATE SET conflict_count = conflict_count + 1,
+             last_conflict_at = excluded.last_conflict_at, conflict_note = excluded.conflict_note",
+    )?
+    .execute(params![uuid.to_string(), millis(at), note])
+    .map(drop)
 }
 
 /// The store: one SQLite connection behind a mutex (`Send + Sync`). Every method is one short
@@ -175,150 +289,139 @@ impl Store {
         &self.path
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    /// Adds the MPS account `username`, or gives it a new password hash.
+    pub fn set_mps_account(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO mps_accounts (username, password_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
+                params![username, password_hash, millis(OffsetDateTime::now_utc())],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Removes an MPS account; false if there was none by that name.
+    pub fn remove_mps_account(&self, username: &str) -> Result<bool, StoreError> {
+        self.with(|c| c.execute("DELETE FROM mps_accounts WHERE username = ?1", [username]).map(|n| n > 0))
+    }
+
+    /// The MPS account names, sorted.
+    pub fn mps_accounts(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            c.prepare("SELECT username FROM mps_accounts ORDER BY username")?.query_map([], |r| r.get(0))?.collect()
+        })
+    }
+
+    /// The password hash of one MPS account.
+    pub fn mps_account_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT password_hash FROM mps_accounts WHERE username = ?1")?
+                .query_row([username], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Registers a device (or updates its password; `None` clears a device password). A device
+    /// given its own password is pinned to it: the operator has said which credential it uses.
+    pub fn add_device(&self, uuid: Uuid, password_hash: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| add_device(c, uuid, password_hash))
+    }
+
+    /// Registers many devices in one transaction (`tether device import`); `progress` is called
+    /// after each.
+    pub fn add_devices(
+        &self,
+        devices: &[(Uuid, Option<String>)],
+        mut progress: impl FnMut(usize),
+    ) -> Result<(), StoreError> {
+        self.batch(|tx| {
+            for (i, (uuid, hash)) in devices.iter().enumerate() {
+                add_device(tx, *uuid, hash.as_deref())?;
+                progress(i + 1);
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets a device entirely (registration, password, pin, history); false if unknown.
+    pub fn remove_device(&self, uuid: Uuid) -> Result<bool, StoreError> {
+        self.with(|c| c.execute("DELETE FROM devices WHERE uuid = ?1", [uuid.to_string()]).map(|n| n > 0))
+    }
+
+    pub fn device_password_hash(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
+        Ok(self.device_auth(uuid)?.and_then(|d| d.password_hash))
+    }
+
+    /// What admission needs to know of a UUID (`None`: never seen nor registered).
+    pub fn device_auth(&self, uuid: Uuid) -> Result<Option<DeviceAuth>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT registered, password_hash, pinned_credential FROM devices WHERE uuid = ?1")?
+                .query_row([uuid.to_string()], |r| {
+                    Ok(DeviceAuth { registered: r.get(0)?, password_hash: r.get(1)?, pinned: r.get(2)? })
+                })
+                .optional()
+        })
+    }
+
+    /// Pins `uuid` to `credential` unless it is pinned already; returns the pin in force.
+    pub fn pin_device(&self, uuid: Uuid, credential: &str) -> Result<String, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO devices (uuid, pinned_credential) VALUES (?1, ?2)
+                 ON CONFLICT(uuid) DO UPDATE SET
+                     pinned_credential = COALESCE(pinned_credential, excluded.pinned_credential)",
+            )?
+            .execute(params![uuid.to_string(), credential])?;
+            c.prepare_cached("SELECT pinned_credential FROM devices WHERE uuid = ?1")?
+                .query_row([uuid.to_string()], |r| r.get(0))
+        })
+    }
+
+    /// Runs `f` in one transaction (committed if it returns `Ok`).
+    pub fn batch<T>(&self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let database = |source| StoreError::Database { path: self.path.clone(), source };
+        let tx = conn.transaction().map_err(database)?;
+        let value = f(&tx).map_err(database)?;
+        tx.commit().map_err(database)?;
+        Ok(value)
+    }
+
+    /// Runs `f` on the connection (for the other store modules).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         f(&conn).map_err(|source| StoreError::Database { path: self.path.clone(), source })
     }
 
-    pub fn set_mps_credentials(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO settings (key, value) VALUES ('mps_username', ?1), ('mps_password_hash', ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![username, password_hash],
-            )
-            .map(drop)
-        })
-    }
-
-    pub fn mps_credentials(&self) -> Result<Option<(String, String)>, StoreError> {
-        self.with(|c| {
-            let get = |key: &str| {
-                c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-                    .query_row([key], |r| r.get::<_, String>(0))
-                    .optional()
-            };
-            Ok(match (get("mps_username")?, get("mps_password_hash")?) {
-                (Some(user), Some(hash)) => Some((user, hash)),
-                _ => None,
-            })
-        })
-    }
-
-    /// Registers a device (or updates its password; `None` clears a device password).
-    pub fn add_device(&self, uuid: Uuid, password_hash: Option<&str>) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO devices (uuid, registered, password_hash) VALUES (?1, 1, ?2)
-                 ON CONFLICT(uuid) DO UPDATE SET registered = 1, password_hash = excluded.password_hash",
-                params![uuid.to_string(), password_hash],
-            )
-            .map(drop)
-        })
-    }
-
-    pub fn device_password_hash(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT password_hash FROM devices WHERE uuid = ?1")?
-                .query_row([uuid.to_string()], |r| r.get::<_, Option<String>>(0))
-                .optional()
-                .map(Option::flatten)
-        })
-    }
-
-    pub fn create_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
-        let result = self.with(|c| {
-            c.execute(
-                "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
-                params![name, token_hash, millis(OffsetDateTime::now_utc())],
-            )?;
-            Ok(c.last_insert_rowid())
-        });
-        match result {
-            Err(StoreError::Database { source: rusqlite::Error::SqliteFailure(e, _), .. })
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::TokenExists(name.to_string()))
-            }
-            other => other,
-        }
-    }
-
-    /// Creates the token `name`, or gives it a new hash if it exists (the gateway's local token).
-    pub fn create_or_replace_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at",
-                params![name, token_hash, millis(OffsetDateTime::now_utc())],
-            )?;
-            c.query_row("SELECT id FROM tokens WHERE name = ?1", [name], |r| r.get(0))
-        })
-    }
-
-    pub fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT id, name, created_at FROM tokens WHERE hash = ?1")?
-                .query_row([token_hash], token_row)
-                .optional()
-        })
-    }
-
-    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|c| {
-            c.prepare("SELECT id, name, created_at FROM tokens ORDER BY id")?.query_map([], token_row)?.collect()
-        })
-    }
-
     pub fn record_hello(&self, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO devices (uuid, first_seen, last_hello, remote_addr) VALUES (?1, ?2, ?2, ?3)
-                 ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
-                     last_hello = excluded.last_hello, remote_addr = excluded.remote_addr",
-            )?
-            .execute(params![uuid.to_string(), millis(at), remote.to_string()])
-            .map(drop)
-        })
+        self.with(|c| record_hello(c, uuid, at, remote))
     }
 
     pub fn record_connected(&self, uuid: Uuid, at: OffsetDateTime, remote: SocketAddr) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO devices (uuid, first_seen, connected_since, remote_addr) VALUES (?1, ?2, ?2, ?3)
-                 ON CONFLICT(uuid) DO UPDATE SET first_seen = COALESCE(first_seen, excluded.first_seen),
-                     connected_since = excluded.connected_since, remote_addr = excluded.remote_addr, ports = ''",
-            )?
-            .execute(params![uuid.to_string(), millis(at), remote.to_string()])
-            .map(drop)
-        })
+        self.with(|c| record_connected(c, uuid, at, remote))
     }
 
     pub fn record_ports(&self, uuid: Uuid, ports: &[u16]) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached("UPDATE devices SET ports = ?2 WHERE uuid = ?1")?
-                .execute(params![uuid.to_string(), ports_text(ports)])
-                .map(drop)
-        })
+        self.with(|c| record_ports(c, uuid, ports))
     }
 
     pub fn record_keepalive(&self, uuid: Uuid, at: OffsetDateTime) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached("UPDATE devices SET last_keepalive = ?2 WHERE uuid = ?1")?
-                .execute(params![uuid.to_string(), millis(at)])
-                .map(drop)
-        })
+        self.with(|c| record_keepalive(c, uuid, at))
     }
 
     pub fn record_disconnect(&self, uuid: Uuid, at: OffsetDateTime, reason: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "UPDATE devices SET connected_since = NULL, last_disconnect = ?2, last_disconnect_reason = ?3
-                 WHERE uuid = ?1",
-            )?
-            .execute(params![uuid.to_string(), millis(at), reason])
-            .map(drop)
-        })
+        self.with(|c| record_disconnect(c, uuid, at, reason))
+    }
+
+    pub fn record_conflict(
+        &self,
+        uuid: Uuid,
+        at: OffsetDateTime,
+        live: SocketAddr,
+        claimant: SocketAddr,
+    ) -> Result<(), StoreError> {
+        self.with(|c| record_conflict(c, uuid, at, live, claimant))
     }
 
     pub fn record_duplicate(
@@ -370,7 +473,7 @@ impl Store {
 
 const DEVICE_COLUMNS: &str = "uuid, registered, password_hash IS NOT NULL, first_seen, last_hello, last_keepalive, \
      connected_since, remote_addr, ports, last_disconnect, last_disconnect_reason, duplicate_count, \
-     last_duplicate_at, duplicate_note";
+     last_duplicate_at, duplicate_note, pinned_credential, conflict_count, last_conflict_at, conflict_note";
 
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let uuid: String = r.get(0)?;
@@ -390,14 +493,10 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         duplicate_count: r.get::<_, i64>(11)?.max(0) as u64,
         last_duplicate_at: from_millis(r.get(12)?),
         duplicate_note: r.get(13)?,
-    })
-}
-
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        created_at: from_millis(r.get(2)?).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        pinned_credential: r.get(14)?,
+        conflict_count: r.get::<_, i64>(15)?.max(0) as u64,
+        last_conflict_at: from_millis(r.get(16)?),
+        conflict_note: r.get(17)?,
     })
 }
 
@@ -520,24 +619,77 @@ mod tests {
     }
 
     #[test]
-    fn credentials_devices_and_tokens() {
+    fn accounts_devices_pins_and_tokens() {
         let (_dir, store) = store();
-        assert_eq!(store.mps_credentials().unwrap(), None);
-        store.set_mps_credentials("admin", "h1").unwrap();
-        store.set_mps_credentials("admin2", "h2").unwrap();
-        assert_eq!(store.mps_credentials().unwrap(), Some(("admin2".into(), "h2".into())));
+        assert!(store.mps_accounts().unwrap().is_empty());
+        store.set_mps_account("admin", "h1").unwrap();
+        store.set_mps_account("other", "h2").unwrap();
+        store.set_mps_account("admin", "h3").unwrap();
+        assert_eq!(store.mps_accounts().unwrap(), ["admin", "other"]);
+        assert_eq!(store.mps_account_hash("admin").unwrap().as_deref(), Some("h3"));
+        assert!(store.remove_mps_account("other").unwrap() && !store.remove_mps_account("other").unwrap());
+        assert_eq!(store.mps_account_hash("other").unwrap(), None);
+
         let uuid = Uuid::new_v4();
-        assert_eq!(store.device_password_hash(uuid).unwrap(), None);
+        assert_eq!(store.device_auth(uuid).unwrap(), None);
+        // The first pin holds; a later one does not replace it.
+        assert_eq!(store.pin_device(uuid, "account:admin").unwrap(), "account:admin");
+        assert_eq!(store.pin_device(uuid, "account:other").unwrap(), "account:admin");
+        assert!(!store.device_auth(uuid).unwrap().unwrap().registered);
+        // An operator's device password re-pins the device to it; clearing it keeps the pin.
         store.add_device(uuid, Some("dh")).unwrap();
-        assert_eq!(store.device_password_hash(uuid).unwrap().as_deref(), Some("dh"));
-        assert!(store.device(uuid).unwrap().unwrap().registered);
-        let id = store.create_token("alice", "th").unwrap();
-        assert!(matches!(store.create_token("alice", "other"), Err(StoreError::TokenExists(_))));
-        assert_eq!(store.token_by_hash("th").unwrap().unwrap().id, id);
-        assert_eq!(store.token_by_hash("nope").unwrap(), None);
+        let auth = store.device_auth(uuid).unwrap().unwrap();
+        assert_eq!(
+            auth,
+            DeviceAuth { registered: true, password_hash: Some("dh".into()), pinned: Some("device".into()) }
+        );
+        store.add_device(uuid, None).unwrap();
+        assert_eq!(store.device_auth(uuid).unwrap().unwrap().pinned.as_deref(), Some("device"));
+        assert!(store.remove_device(uuid).unwrap() && !store.remove_device(uuid).unwrap());
+
+        let many: Vec<(Uuid, Option<String>)> = (0..50).map(|i| (Uuid::new_v4(), Some(format!("h{i}")))).collect();
+        let mut seen = 0;
+        store.add_devices(&many, |n| seen = n).unwrap();
+        assert_eq!(seen, 50);
+        assert_eq!(store.device_password_hash(many[49].0).unwrap().as_deref(), Some("h49"));
+
         let local = store.create_or_replace_token("local", "a").unwrap();
         assert_eq!(store.create_or_replace_token("local", "b").unwrap(), local);
         assert_eq!(store.token_by_hash("a").unwrap(), None);
-        assert_eq!(store.list_tokens().unwrap().len(), 2);
+        assert_eq!(store.token_by_hash("b").unwrap().unwrap().scope, TokenScope::Attach);
+    }
+
+    #[test]
+    fn conflicts_are_recorded_with_both_addresses() {
+        let (_dir, store) = store();
+        let uuid = Uuid::new_v4();
+        let t0 = OffsetDateTime::now_utc();
+        store.record_conflict(uuid, t0, "198.18.0.1:1".parse().unwrap(), "198.18.0.2:2".parse().unwrap()).unwrap();
+        store.record_conflict(uuid, t0, "198.18.0.1:1".parse().unwrap(), "198.18.0.3:3".parse().unwrap()).unwrap();
+        let d = store.device(uuid).unwrap().unwrap();
+        assert_eq!(d.conflict_count, 2);
+        let note = d.conflict_note.unwrap();
+        assert!(note.contains("198.18.0.1:1") && note.contains("198.18.0.3:3"), "{note}");
+    }
+
+    #[test]
+    fn a_version_1_store_keeps_its_mps_account_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO settings VALUES ('mps_username', 'tether'), ('mps_password_hash', 'h');
+                 INSERT INTO tokens (name, hash, created_at) VALUES ('alice', 'th', 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.mps_accounts().unwrap(), ["tether"]);
+        assert_eq!(store.mps_account_hash("tether").unwrap().as_deref(), Some("h"));
+        let token = store.token_by_hash("th").unwrap().unwrap();
+        assert_eq!((token.scope, token.expires_at), (TokenScope::Attach, None));
     }
 }
