@@ -1,11 +1,14 @@
-//! The live registry: which device (by UUID) has a tunnel on this gateway right now, and the
-//! handles technicians use to open channels through it.
+//! The live registry: which device has which kind of tunnel on this gateway right now, and the
+//! handle through which anyone inside the gateway uses a tunnel, whatever its transport.
 //!
-//! A tunnel task owns its TLS stream and APF session; everyone else talks to it through a
-//! [`TunnelHandle`] (a bounded command queue). A newer tunnel for the same UUID replaces the older
-//! one, which is told to close ("last connection wins", as Open AMT's MPS does).
+//! A tunnel task owns its connection and protocol session; everyone else holds a [`TunnelHandle`]
+//! (a bounded command queue) and asks it to open a [`DeviceStream`] to a port, to prove it is
+//! alive, or to close. Entries are keyed by device and kind of tunnel, so a PC reachable over CIRA
+//! and over the agent keeps both. Who may take a UUID's place is decided in `identity`; this
+//! module only offers the atomic operations it needs ([`Registry::try_insert`],
+//! [`Registry::replace_if`], [`Registry::remove`] by connection id).
 //!
-//! What it does not do: persistence (see `journal` and `store`) or the relay loop (see `relay`).
+//! What it does not do: persistence (`journal`, `store`), or speak any tunnel protocol (`cira`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,41 +16,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use protocols::session::ChannelId;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// Bytes a technician may queue towards a device channel beyond what the device's window takes.
-pub const CHANNEL_SEND_BUDGET: usize = 256 * 1024;
+use crate::metrics::CloseReason;
+pub use crate::metrics::TunnelKind;
+use crate::stream::DeviceStream;
 
 /// A request to a tunnel task.
 #[derive(Debug)]
 pub enum TunnelCommand {
-    /// Open a channel to a forwarded device port.
-    Open { port: u32, originator: SocketAddr, reply: oneshot::Sender<Result<ChannelEnd, OpenRefused>> },
-    /// Data for the device. `permit` holds `data.len()` bytes of the channel's send budget
-    /// until the session has taken the bytes.
-    Data { ch: ChannelId, data: Bytes, permit: OwnedSemaphorePermit },
-    /// The technician passed on `n` bytes received from the device: grant window.
-    Consumed { ch: ChannelId, n: usize },
-    /// The technician will send no more data.
-    Eof { ch: ChannelId },
-    /// The technician side is gone.
-    Close { ch: ChannelId },
-    /// A newer tunnel for the same UUID took over: close this one.
-    Replaced,
+    /// Open a stream to a device port.
+    Open { port: u16, originator: SocketAddr, reply: oneshot::Sender<Result<DeviceStream, OpenRefused>> },
+    /// Prove the device is alive: answer once it has replied to a fresh keepalive request.
+    /// Dropping `reply` unanswered means the tunnel is gone.
+    Probe { reply: oneshot::Sender<Liveness> },
+    /// Close the tunnel (`Replaced`: a newer connection took the UUID over; `Shutdown`).
+    Close { reason: CloseReason },
 }
 
-/// Why a channel could not be opened.
+/// What a liveness probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The device answered.
+    Alive,
+    /// The tunnel is not in a state to be probed (still in its handshake) or has too many probes
+    /// outstanding; the claim is refused rather than risk evicting a live device.
+    Busy,
+}
+
+/// Why a stream could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenRefused {
     #[error("device {0} is not connected to this gateway")]
     NotConnected(Uuid),
     #[error("the device does not forward port {0}")]
-    PortNotForwarded(u32),
+    PortNotForwarded(u16),
     #[error("too many channels are open on this device's tunnel")]
     TooManyChannels,
     #[error("the device refused the channel ({0})")]
@@ -58,126 +65,31 @@ pub enum OpenRefused {
     TunnelGone,
 }
 
-/// What flows from the device to the technician on one channel.
-#[derive(Debug)]
-pub enum ChannelMessage {
-    Data(Bytes),
-    /// The device will send no more data.
-    Eof,
-    /// The channel is closed.
-    Closed,
-}
-
-/// The technician's end of an open channel.
-#[derive(Debug)]
-pub struct ChannelEnd {
-    pub port: u32,
-    /// From the device. Unbounded in messages, but the bytes in it never exceed the window the
-    /// gateway advertised: credit returns only through [`ChannelSender::consumed`].
-    pub rx: mpsc::UnboundedReceiver<ChannelMessage>,
-    pub tx: ChannelSender,
-}
-
-/// Sends to the device on one channel, with backpressure. When the last clone is dropped the
-/// channel is closed, so that a technician side that goes away without a word (a failed
-/// WebSocket upgrade, a panic) never leaves a channel open in the tunnel.
-#[derive(Debug, Clone)]
-pub struct ChannelSender {
-    ch: ChannelId,
-    commands: mpsc::Sender<TunnelCommand>,
-    budget: Arc<Semaphore>,
-    _close_on_drop: Arc<CloseOnDrop>,
-}
-
-#[derive(Debug)]
-struct CloseOnDrop {
-    ch: ChannelId,
-    commands: mpsc::Sender<TunnelCommand>,
-}
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        // Closing twice is harmless; a full queue means the tunnel is busy, so wait in a task.
-        if let Err(mpsc::error::TrySendError::Full(command)) =
-            self.commands.try_send(TunnelCommand::Close { ch: self.ch })
-        {
-            let commands = self.commands.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = commands.send(command).await;
-                });
-            }
-        }
-    }
-}
-
-impl ChannelSender {
-    pub fn new(ch: ChannelId, commands: mpsc::Sender<TunnelCommand>) -> Self {
-        let close_on_drop = Arc::new(CloseOnDrop { ch, commands: commands.clone() });
-        Self { ch, commands, budget: Arc::new(Semaphore::new(CHANNEL_SEND_BUDGET)), _close_on_drop: close_on_drop }
-    }
-
-    /// Queues data for the device, waiting while the channel's budget is used up.
-    pub async fn send(&self, mut data: Bytes) -> Result<(), OpenRefused> {
-        while !data.is_empty() {
-            let n = data.len().min(CHANNEL_SEND_BUDGET);
-            let chunk = data.split_to(n);
-            let permit =
-                Arc::clone(&self.budget).acquire_many_owned(n as u32).await.map_err(|_| OpenRefused::TunnelGone)?;
-            self.commands
-                .send(TunnelCommand::Data { ch: self.ch, data: chunk, permit })
-                .await
-                .map_err(|_| OpenRefused::TunnelGone)?;
-        }
-        Ok(())
-    }
-
-    /// Grants the device window for `n` bytes the technician has passed on.
-    pub async fn consumed(&self, n: usize) -> Result<(), OpenRefused> {
-        self.commands.send(TunnelCommand::Consumed { ch: self.ch, n }).await.map_err(|_| OpenRefused::TunnelGone)
-    }
-
-    pub async fn eof(&self) {
-        let _ = self.commands.send(TunnelCommand::Eof { ch: self.ch }).await;
-    }
-
-    pub async fn close(&self) {
-        let _ = self.commands.send(TunnelCommand::Close { ch: self.ch }).await;
-    }
-}
-
 /// A live tunnel, as others see it.
 #[derive(Debug, Clone)]
 pub struct TunnelHandle {
-    /// Unique per connection, so that a stale tunnel never removes its successor.
+    /// Unique per connection and increasing in accept order: a newer connection has a larger id.
     pub id: u64,
     pub uuid: Uuid,
+    pub kind: TunnelKind,
     pub remote: SocketAddr,
     pub connected_since: OffsetDateTime,
     pub commands: mpsc::Sender<TunnelCommand>,
     pub ports: Arc<Mutex<BTreeSet<u16>>>,
-    /// How many tunnels in a row replaced their predecessor for this UUID within
-    /// [`FLAP_WINDOW`]: a high count means two machines keep claiming one UUID.
-    pub flaps: u32,
 }
-
-/// Replacements closer together than this count as flapping.
-pub const FLAP_WINDOW: Duration = Duration::from_secs(300);
-/// Consecutive quick replacements that make a UUID a suspected duplicate.
-pub const FLAPS_FOR_DUPLICATE: u32 = 3;
 
 impl TunnelHandle {
     pub fn ports(&self) -> Vec<u16> {
         self.ports.lock().map(|p| p.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// Opens a channel to `port` through this tunnel, waiting at most `timeout`.
-    pub async fn open_channel(
+    /// Opens a stream to `port` through this tunnel, waiting at most `timeout`.
+    pub async fn open_stream(
         &self,
-        port: u32,
+        port: u16,
         originator: SocketAddr,
         timeout: Duration,
-    ) -> Result<ChannelEnd, OpenRefused> {
+    ) -> Result<DeviceStream, OpenRefused> {
         let (reply, answer) = oneshot::channel();
         let request = TunnelCommand::Open { port, originator, reply };
         let work = async {
@@ -186,12 +98,32 @@ impl TunnelHandle {
         };
         tokio::time::timeout(timeout, work).await.map_err(|_| OpenRefused::Timeout)?
     }
+
+    /// Asks the device to prove it is alive within `timeout`. `None`: no answer (dead or gone).
+    pub async fn probe(&self, timeout: Duration) -> Option<Liveness> {
+        let (reply, answer) = oneshot::channel();
+        let work = async {
+            self.commands.send(TunnelCommand::Probe { reply }).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(timeout, work).await.ok().flatten()
+    }
+
+    /// Tells the tunnel to close; never waits (a full queue is retried from a task).
+    pub fn close(&self, reason: CloseReason) {
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(TunnelCommand::Close { reason }) {
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                let _ = commands.send(command).await;
+            });
+        }
+    }
 }
 
-/// Live tunnels by UUID.
+/// Live tunnels by device and kind.
 #[derive(Debug, Default)]
 pub struct Registry {
-    tunnels: DashMap<Uuid, TunnelHandle>,
+    tunnels: DashMap<(Uuid, TunnelKind), TunnelHandle>,
     next_id: AtomicU64,
 }
 
@@ -200,22 +132,50 @@ impl Registry {
         Self::default()
     }
 
+    /// A fresh connection id; call in accept order.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Registers a tunnel; returns the one it replaces, if any.
-    pub fn insert(&self, handle: TunnelHandle) -> Option<TunnelHandle> {
-        self.tunnels.insert(handle.uuid, handle)
+    /// Registers `handle` if its key is free; otherwise returns the tunnel holding it.
+    pub fn try_insert(&self, handle: TunnelHandle) -> Result<(), TunnelHandle> {
+        match self.tunnels.entry((handle.uuid, handle.kind)) {
+            Entry::Occupied(current) => Err(current.get().clone()),
+            Entry::Vacant(slot) => {
+                slot.insert(handle);
+                Ok(())
+            }
+        }
     }
 
-    /// Removes the tunnel for `uuid` if it is still the one with `id`.
-    pub fn remove(&self, uuid: Uuid, id: u64) -> bool {
-        self.tunnels.remove_if(&uuid, |_, h| h.id == id).is_some()
+    /// Puts `handle` in place of the tunnel with connection id `current`, if that one still holds
+    /// the key (or the key is free); false if another tunnel took it meanwhile.
+    pub fn replace_if(&self, current: u64, handle: TunnelHandle) -> bool {
+        match self.tunnels.entry((handle.uuid, handle.kind)) {
+            Entry::Occupied(mut slot) if slot.get().id == current => {
+                slot.insert(handle);
+                true
+            }
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(handle);
+                true
+            }
+        }
     }
 
-    pub fn get(&self, uuid: &Uuid) -> Option<TunnelHandle> {
-        self.tunnels.get(uuid).map(|h| h.clone())
+    /// Removes the tunnel for this key if it is still the one with `id`.
+    pub fn remove(&self, uuid: Uuid, kind: TunnelKind, id: u64) -> bool {
+        self.tunnels.remove_if(&(uuid, kind), |_, h| h.id == id).is_some()
+    }
+
+    pub fn get(&self, uuid: Uuid, kind: TunnelKind) -> Option<TunnelHandle> {
+        self.tunnels.get(&(uuid, kind)).map(|h| h.clone())
+    }
+
+    /// Any live tunnel to this device (CIRA first).
+    pub fn any(&self, uuid: Uuid) -> Option<TunnelHandle> {
+        TunnelKind::ALL.iter().find_map(|kind| self.get(uuid, *kind))
     }
 
     pub fn len(&self) -> usize {
@@ -229,5 +189,68 @@ impl Registry {
     /// Every live tunnel (a snapshot).
     pub fn snapshot(&self) -> Vec<TunnelHandle> {
         self.tunnels.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64, uuid: Uuid, kind: TunnelKind) -> (TunnelHandle, mpsc::Receiver<TunnelCommand>) {
+        let (commands, rx) = mpsc::channel(4);
+        let handle = TunnelHandle {
+            id,
+            uuid,
+            kind,
+            remote: "198.18.0.1:1".parse().unwrap(),
+            connected_since: OffsetDateTime::now_utc(),
+            commands,
+            ports: Arc::default(),
+        };
+        (handle, rx)
+    }
+
+    #[test]
+    fn a_device_keeps_one_tunnel_of_each_kind() {
+        let registry = Registry::new();
+        let uuid = Uuid::new_v4();
+        let (cira, _a) = handle(1, uuid, TunnelKind::Cira);
+        let (agent, _b) = handle(2, uuid, TunnelKind::Agent);
+        registry.try_insert(cira).unwrap();
+        registry.try_insert(agent).unwrap();
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.any(uuid).unwrap().kind, TunnelKind::Cira);
+        assert!(registry.remove(uuid, TunnelKind::Cira, 1));
+        assert_eq!(registry.any(uuid).unwrap().kind, TunnelKind::Agent);
+    }
+
+    #[test]
+    fn only_the_holder_can_be_replaced_or_removed() {
+        let registry = Registry::new();
+        let uuid = Uuid::new_v4();
+        let (first, _a) = handle(1, uuid, TunnelKind::Cira);
+        let (second, _b) = handle(2, uuid, TunnelKind::Cira);
+        let (third, _c) = handle(3, uuid, TunnelKind::Cira);
+        registry.try_insert(first).unwrap();
+        assert_eq!(registry.try_insert(second.clone()).unwrap_err().id, 1);
+        assert!(registry.replace_if(1, second));
+        // The third saw the first holding the UUID; the second took it meanwhile.
+        assert!(!registry.replace_if(1, third));
+        assert!(!registry.remove(uuid, TunnelKind::Cira, 1));
+        assert_eq!(registry.get(uuid, TunnelKind::Cira).unwrap().id, 2);
+    }
+
+    #[tokio::test]
+    async fn a_probe_to_a_gone_tunnel_is_no_answer() {
+        let (h, rx) = handle(1, Uuid::new_v4(), TunnelKind::Cira);
+        drop(rx);
+        assert_eq!(h.probe(Duration::from_millis(50)).await, None);
+        let (h, mut rx) = handle(1, Uuid::new_v4(), TunnelKind::Cira);
+        let answer = tokio::spawn(async move { h.probe(Duration::from_secs(5)).await });
+        match rx.recv().await {
+            Some(TunnelCommand::Probe { reply }) => reply.send(Liveness::Alive).unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(answer.await.unwrap(), Some(Liveness::Alive));
     }
 }
