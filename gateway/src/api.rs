@@ -28,9 +28,9 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::auth;
-use crate::daemon::Shared;
 use crate::registry::OpenRefused;
 use crate::relay;
+use crate::state::Shared;
 
 /// API connections served at once.
 const MAX_API_CONNECTIONS: usize = 4096;
@@ -158,7 +158,7 @@ async fn require_token(State(shared): State<Arc<Shared>>, mut request: Request, 
 
 /// A device as the API shows it: the stored record, with live state from the registry.
 fn device_view(shared: &Shared, record: Option<Value>, uuid: Uuid) -> Value {
-    let live = shared.registry.get(&uuid);
+    let live = shared.registry.any(uuid);
     let mut view = record.unwrap_or_else(|| json!({ "uuid": uuid }));
     if let Value::Object(map) = &mut view {
         map.insert("connected".into(), Value::Bool(live.is_some()));
@@ -190,7 +190,7 @@ async fn list_devices(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     // Tunnels whose first records are still on their way to the store.
-    for live in shared.registry.snapshot() {
+    for live in shared.registry.snapshot().into_iter().filter(|t| t.kind == crate::registry::TunnelKind::Cira) {
         if !seen.contains(&live.uuid) {
             devices.push(device_view(&shared, None, live.uuid));
         }
@@ -208,7 +208,7 @@ async fn show_device(State(shared): State<Arc<Shared>>, Path(uuid): Path<String>
         Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
         Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
     };
-    if record.is_none() && shared.registry.get(&uuid).is_none() {
+    if record.is_none() && shared.registry.any(uuid).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
     }
     Json(device_view(&shared, record.and_then(|r| serde_json::to_value(r).ok()), uuid)).into_response()
@@ -224,10 +224,10 @@ async fn relay_tcp(
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
-    let Some(tunnel) = shared.registry.get(&uuid) else {
+    let Some(tunnel) = shared.registry.any(uuid) else {
         return error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid));
     };
-    let end = match tunnel.open_channel(u32::from(port), peer, shared.channel_open_timeout()).await {
+    let end = match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
         Ok(end) => end,
         Err(refused) => {
             let status = match refused {

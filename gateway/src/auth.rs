@@ -1,13 +1,14 @@
 //! Passwords and tokens: argon2id hashes for MPS passwords, SHA-256 for high-entropy API tokens,
-//! and a cache of successful password verifications.
+//! a cache of successful password verifications, and [`PasswordChecker`], which runs argon2 on
+//! its own threads behind an async limit.
 //!
 //! The cache exists because thousands of devices often share one MPS password: after a restart
 //! they all reconnect, and one argon2 run each would cost minutes of CPU. It keys on an HMAC
 //! (per-process random key) of the stored hash and the password, so it never holds a password,
-//! and it only remembers successes. What it does not do: decide which hash applies (`daemon`).
+//! and it only remembers successes. What it does not do: decide which hash applies (`identity`).
 
 use std::collections::HashSet;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -35,16 +36,12 @@ pub fn verify_password(phc: &str, password: &[u8]) -> bool {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Remembers successful verifications (see the module doc), and lets only a few argon2 runs
-/// happen at once: each takes 19 MiB and tens of milliseconds, and thousands of devices may ask
-/// at the same moment; those that wait find the cache filled by the first.
+/// Remembers successful verifications (see the module doc). It never holds a password, only an
+/// HMAC of the stored hash and the password under a per-process key.
 pub struct VerifyCache {
     key: [u8; 32],
     capacity: usize,
     verified: Mutex<HashSet<[u8; 32]>>,
-    running: Mutex<usize>,
-    slot_freed: Condvar,
-    max_running: usize,
 }
 
 impl std::fmt::Debug for VerifyCache {
@@ -57,41 +54,20 @@ impl VerifyCache {
     pub fn new(capacity: usize) -> Self {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        let max_running = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self {
-            key,
-            capacity: capacity.max(1),
-            verified: Mutex::default(),
-            running: Mutex::new(0),
-            slot_freed: Condvar::new(),
-            max_running,
-        }
+        Self { key, capacity: capacity.max(1), verified: Mutex::default() }
     }
 
     fn is_cached(&self, tag: &[u8; 32]) -> bool {
         self.verified.lock().is_ok_and(|set| set.contains(tag))
     }
 
-    /// Runs `f` once fewer than `max_running` others are running (blocking the thread meanwhile).
-    fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
-        /// Gives the slot back however `f` ends.
-        struct Slot<'a>(&'a VerifyCache);
-        impl Drop for Slot<'_> {
-            fn drop(&mut self) {
-                let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
-                *running = running.saturating_sub(1);
-                self.0.slot_freed.notify_one();
+    fn remember(&self, tag: [u8; 32]) {
+        if let Ok(mut set) = self.verified.lock() {
+            if set.len() >= self.capacity {
+                set.clear();
             }
+            set.insert(tag);
         }
-        {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            while *running >= self.max_running {
-                running = self.slot_freed.wait(running).unwrap_or_else(|e| e.into_inner());
-            }
-            *running += 1;
-        }
-        let _slot = Slot(self);
-        f()
     }
 
     fn tag(&self, phc: &str, password: &[u8]) -> [u8; 32] {
@@ -102,29 +78,123 @@ impl VerifyCache {
         mac.finalize().into_bytes().into()
     }
 
-    /// Like [`verify_password`], but a password already verified against this hash is accepted
-    /// without running argon2 again.
     /// Whether this password was already verified against this hash (no argon2 run).
     pub fn is_known_good(&self, phc: &str, password: &[u8]) -> bool {
         self.is_cached(&self.tag(phc, password))
     }
 
+    /// Like [`verify_password`] (blocking: runs argon2 unless the pair is known good).
     pub fn verify(&self, phc: &str, password: &[u8]) -> bool {
         let tag = self.tag(phc, password);
         if self.is_cached(&tag) {
             return true;
         }
-        let ok = self.gated(|| self.is_cached(&tag) || verify_password(phc, password));
-        if !ok {
-            return false;
+        let ok = verify_password(phc, password);
+        if ok {
+            self.remember(tag);
         }
-        if let Ok(mut set) = self.verified.lock() {
-            if set.len() >= self.capacity {
-                set.clear();
-            }
-            set.insert(tag);
+        ok
+    }
+}
+
+/// Why a password could not be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("too many password checks are waiting; try again shortly")]
+    Busy,
+    #[error("the password check did not finish before the deadline")]
+    Timeout,
+}
+
+struct Job {
+    phc: String,
+    password: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Runs argon2 verifications on its own threads (one per core), never on tokio's workers or
+/// its blocking pool, so that a storm of first logins never delays API token checks. At most
+/// `threads + queue` checks are admitted at once; beyond that a check fails at once with
+/// [`CheckError::Busy`], and every check is bounded by the caller's deadline. Known-good pairs
+/// (see [`VerifyCache`]) are answered without a thread.
+pub struct PasswordChecker {
+    cache: std::sync::Arc<VerifyCache>,
+    admitted: std::sync::Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    /// Hashes an unknown user's password is checked against, so that it takes as long as a wrong
+    /// password for a known one.
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for PasswordChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChecker").field("admitted", &self.admitted.available_permits()).finish_non_exhaustive()
+    }
+}
+
+impl PasswordChecker {
+    /// Starts `threads` verifier threads (0 = one per core) admitting `queue` waiting checks.
+    pub fn start(threads: usize, queue: usize, cache_capacity: usize) -> std::io::Result<Self> {
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { threads };
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let cache = std::sync::Arc::new(VerifyCache::new(cache_capacity));
+        for i in 0..threads {
+            let rx = std::sync::Arc::clone(&rx);
+            let cache = std::sync::Arc::clone(&cache);
+            std::thread::Builder::new().name(format!("tether-argon2-{i}")).spawn(move || loop {
+                let job = {
+                    let Ok(rx) = rx.lock() else { return };
+                    match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                };
+                // The caller may have given up (deadline): skip the work.
+                if job.reply.is_closed() {
+                    continue;
+                }
+                let ok = cache.verify(&job.phc, &job.password);
+                let _ = job.reply.send(ok);
+            })?;
         }
-        true
+        let dummy_hash =
+            hash_password(&rand::rng().random::<[u8; 16]>()).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self {
+            cache,
+            admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(threads + queue.max(1))),
+            jobs,
+            dummy_hash,
+        })
+    }
+
+    /// Whether `password` matches `phc`, bounded by `deadline`.
+    pub async fn check(&self, phc: &str, password: &[u8], deadline: tokio::time::Instant) -> Result<bool, CheckError> {
+        if self.cache.is_known_good(phc, password) {
+            return Ok(true);
+        }
+        let Ok(_permit) = self.admitted.try_acquire() else { return Err(CheckError::Busy) };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job { phc: phc.to_string(), password: password.to_vec(), reply };
+        // Never blocks: the semaphore admits no more jobs than the channel and threads hold.
+        self.jobs.try_send(job).map_err(|_| CheckError::Busy)?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(_)) => Err(CheckError::Busy),
+            Err(_) => Err(CheckError::Timeout),
+        }
+    }
+
+    /// Runs a check that always fails, taking as long as a real one: for unknown users and
+    /// UUIDs, so that they cannot be told apart from a wrong password by timing.
+    pub async fn check_dummy(&self, password: &[u8], deadline: tokio::time::Instant) -> Result<bool, CheckError> {
+        let dummy = self.dummy_hash.clone();
+        self.check(&dummy, password, deadline).await.map(|_| false)
+    }
+
+    /// Only the cache: whether this pair was proven good before (no argon2 run).
+    pub fn is_known_good(&self, phc: &str, password: &[u8]) -> bool {
+        self.cache.is_known_good(phc, password)
     }
 }
 
@@ -190,18 +260,40 @@ mod tests {
         assert!(password.bytes().all(|b| b.is_ascii_graphic()));
     }
 
-    #[test]
-    fn many_threads_verifying_at_once_all_succeed() {
-        let cache = std::sync::Arc::new(VerifyCache::new(10));
-        let hash = hash_password(b"shared").unwrap();
-        let threads: Vec<_> = (0..8)
+    /// A hash that takes argon2 about a second to check, so that checks are still running when
+    /// the next ones arrive.
+    fn slow_hash(password: &[u8]) -> String {
+        let params = argon2::Params::new(64 * 1024, 8, 1, None).unwrap();
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        argon.hash_password(password, &SaltString::generate(&mut OsRng)).unwrap().to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checker_runs_argon2_off_the_runtime_and_bounds_the_queue() {
+        let checker = std::sync::Arc::new(PasswordChecker::start(1, 1, 10).unwrap());
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        let fast = hash_password(b"shared").unwrap();
+        assert_eq!(checker.check(&fast, b"shared", far).await, Ok(true));
+        assert_eq!(checker.check(&fast, b"wrong", far).await, Ok(false));
+        // One check running and one waiting fill the checker: a third is refused at once.
+        let slow = slow_hash(b"slow");
+        let running: Vec<_> = (0..2u8)
             .map(|i| {
-                let (cache, hash) = (std::sync::Arc::clone(&cache), hash.clone());
-                std::thread::spawn(move || cache.verify(&hash, b"shared") && !cache.verify(&hash, &[i]))
+                let (checker, slow) = (std::sync::Arc::clone(&checker), slow.clone());
+                tokio::spawn(async move { checker.check(&slow, &[i], far).await })
             })
             .collect();
-        assert!(threads.into_iter().all(|t| t.join().unwrap()));
-        assert_eq!(*cache.running.lock().unwrap(), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(checker.check(&slow, b"third", far).await, Err(CheckError::Busy));
+        // Known good: answered from the cache while the threads are busy.
+        assert_eq!(checker.check(&fast, b"shared", far).await, Ok(true));
+        for task in running {
+            assert_eq!(task.await.unwrap(), Ok(false));
+        }
+        // A deadline in the past is a timeout, not a hang.
+        let past = tokio::time::Instant::now();
+        assert_eq!(checker.check(&fast, b"other", past).await, Err(CheckError::Timeout));
+        assert_eq!(checker.check_dummy(b"anything", far).await, Ok(false));
     }
 
     #[test]

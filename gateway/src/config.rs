@@ -29,6 +29,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     pub tls: TlsConfig,
     pub apf: ApfConfig,
+    pub devices: DevicesConfig,
+    pub api: ApiConfig,
     pub limits: LimitsConfig,
 }
 
@@ -40,6 +42,8 @@ impl Default for Config {
             metrics_listen: ([127, 0, 0, 1], 9464).into(),
             tls: TlsConfig::default(),
             apf: ApfConfig::default(),
+            devices: DevicesConfig::default(),
+            api: ApiConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -65,6 +69,15 @@ pub struct ApfConfig {
     pub max_tunnels: usize,
     pub channel_window: u32,
     pub channel_open_timeout_secs: u32,
+    pub tls_handshake_timeout_secs: u32,
+    /// From the device's USERAUTH_REQUEST to the gateway's decision, argon2 wait included.
+    pub auth_timeout_secs: u32,
+    /// Connections accepted but not yet authenticated: their own pool, apart from `max_tunnels`.
+    pub max_pending_connections: usize,
+    /// Of those, per source (IPv4 address or IPv6 /64).
+    pub max_pending_per_source: usize,
+    /// Largest APF message a device may send before it has authenticated.
+    pub pre_auth_max_message: usize,
 }
 
 impl Default for ApfConfig {
@@ -76,6 +89,87 @@ impl Default for ApfConfig {
             max_tunnels: 50_000,
             channel_window: 256 * 1024,
             channel_open_timeout_secs: 15,
+            tls_handshake_timeout_secs: 10,
+            auth_timeout_secs: 10,
+            max_pending_connections: 4096,
+            max_pending_per_source: 512,
+            pre_auth_max_message: 4096,
+        }
+    }
+}
+
+/// Which devices may claim which UUIDs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePolicy {
+    /// Any UUID with valid credentials: its own password if it has one, else any MPS account.
+    Open,
+    /// Only UUIDs added with `tether device add UUID --password P`, with that password.
+    Registered,
+    /// The first admission binds the UUID to the credential that admitted it; another credential
+    /// is refused later.
+    #[default]
+    Pinned,
+}
+
+impl DevicePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevicePolicy::Open => "open",
+            DevicePolicy::Registered => "registered",
+            DevicePolicy::Pinned => "pinned",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    pub policy: DevicePolicy,
+    /// How long a live tunnel has to answer the keepalive probe when a newer connection claims
+    /// its UUID.
+    pub liveness_timeout_ms: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self { policy: DevicePolicy::Pinned, liveness_timeout_ms: 3000 }
+    }
+}
+
+/// The technician API's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Requests per source address, checked before any token lookup.
+    pub requests_per_second_per_source: u32,
+    pub request_burst_per_source: u32,
+    pub max_connections_per_source: usize,
+    pub max_connections: usize,
+    pub max_relays_per_token_per_device: usize,
+    /// A relay with no bytes either way for this long is closed.
+    pub relay_idle_timeout_secs: u64,
+    pub relay_max_duration_secs: u64,
+    pub ping_interval_secs: u64,
+    /// No frame (pong or data) from the technician for this long: the relay is closed.
+    pub ping_timeout_secs: u64,
+    /// Largest WebSocket frame or message, checked before it is buffered.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second_per_source: 20,
+            request_burst_per_source: 100,
+            max_connections_per_source: 64,
+            max_connections: 4096,
+            max_relays_per_token_per_device: 8,
+            relay_idle_timeout_secs: 1800,
+            relay_max_duration_secs: 43_200,
+            ping_interval_secs: 15,
+            ping_timeout_secs: 45,
+            max_frame_bytes: 1 << 20,
         }
     }
 }
@@ -114,6 +208,31 @@ impl Config {
         at_least("apf.max_channels_per_tunnel", apf.max_channels_per_tunnel as u64, 1)?;
         at_least("apf.max_tunnels", apf.max_tunnels as u64, 1)?;
         at_least("apf.channel_window", apf.channel_window.into(), 1024)?;
+        at_least("apf.tls_handshake_timeout_secs", apf.tls_handshake_timeout_secs.into(), 1)?;
+        at_least("apf.auth_timeout_secs", apf.auth_timeout_secs.into(), 1)?;
+        at_least("apf.max_pending_connections", apf.max_pending_connections as u64, 1)?;
+        at_least("apf.max_pending_per_source", apf.max_pending_per_source as u64, 1)?;
+        at_least("apf.pre_auth_max_message", apf.pre_auth_max_message as u64, 512)?;
+        at_least("devices.liveness_timeout_ms", self.devices.liveness_timeout_ms, 100)?;
+        let api = &self.api;
+        at_least("api.requests_per_second_per_source", api.requests_per_second_per_source.into(), 1)?;
+        at_least("api.request_burst_per_source", api.request_burst_per_source.into(), 1)?;
+        at_least("api.max_connections_per_source", api.max_connections_per_source as u64, 1)?;
+        at_least("api.max_connections", api.max_connections as u64, 1)?;
+        at_least("api.max_relays_per_token_per_device", api.max_relays_per_token_per_device as u64, 1)?;
+        at_least("api.relay_idle_timeout_secs", api.relay_idle_timeout_secs, 1)?;
+        at_least("api.relay_max_duration_secs", api.relay_max_duration_secs, 1)?;
+        at_least("api.ping_interval_secs", api.ping_interval_secs, 1)?;
+        at_least("api.max_frame_bytes", api.max_frame_bytes as u64, 1024)?;
+        if api.ping_timeout_secs <= api.ping_interval_secs {
+            return invalid(
+                "api.ping_timeout_secs",
+                format!(
+                    "is {}; it must be longer than api.ping_interval_secs ({}), or every relay times out",
+                    api.ping_timeout_secs, api.ping_interval_secs
+                ),
+            );
+        }
         let limits = &self.limits;
         at_least("limits.connections_per_second_per_source", limits.connections_per_second_per_source.into(), 1)?;
         at_least("limits.connection_burst_per_source", limits.connection_burst_per_source.into(), 1)?;
@@ -186,6 +305,10 @@ mod tests {
             ("[tls]\ncert_file = \"/etc/tether/chain.pem\"\n", "tls.key_file"),
             ("api_listen = \"0.0.0.0:4433\"\n", "api_listen"),
             ("[tls]\nkey_type = \"rsa2048\"\n", "rsa2048"),
+            ("[devices]\npolicy = \"everyone\"\n", "everyone"),
+            ("[devices]\nliveness_timeout_ms = 0\n", "devices.liveness_timeout_ms"),
+            ("[api]\nping_interval_secs = 30\nping_timeout_secs = 30\n", "api.ping_timeout_secs"),
+            ("[apf]\npre_auth_max_message = 10\n", "apf.pre_auth_max_message"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();

@@ -11,98 +11,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use protocols::apf;
-use protocols::session::{ChannelConfig, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use uuid::Uuid;
 
-use crate::auth::{self, VerifyCache};
+use crate::auth::{self, PasswordChecker};
 use crate::certs::{self, CertOptions};
 use crate::config::Config;
+use crate::identity::ConflictLog;
 use crate::journal::Journal;
 use crate::limits::Limiter;
-use crate::metrics::{AuthFailureReason, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::state::Shared;
 use crate::store::Store;
 use crate::{api, cira, paths};
 
-/// What every task of the daemon shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub journal: Journal,
-    pub metrics: Metrics,
-    pub limiter: Limiter,
-    pub registry: Registry,
-    pub verify: VerifyCache,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    /// The APF server settings from the configuration.
-    pub fn session_config(&self) -> ServerConfig {
-        let apf_config = &self.config.apf;
-        let window = apf_config.channel_window.max(1024);
-        ServerConfig {
-            limits: apf::Limits::default(),
-            channels: ChannelConfig {
-                max_channels: apf_config.max_channels_per_tunnel,
-                window,
-                adjust_threshold: window / 2,
-                max_send_chunk: 32 * 1024,
-            },
-            keepalive_interval: Duration::from_secs(u64::from(apf_config.keepalive_interval_secs.max(1))),
-            handshake_timeout: Duration::from_secs(u64::from(apf_config.handshake_timeout_secs.max(1))),
-            ..ServerConfig::default()
-        }
-    }
-
-    pub fn channel_open_timeout(&self) -> Duration {
-        Duration::from_secs(u64::from(self.config.apf.channel_open_timeout_secs.max(1)))
-    }
-
-    /// Checks a device's APF credentials (blocking: may run argon2). The username must be the
-    /// gateway's MPS username; the password the device's own if the operator set one, else the
-    /// gateway-wide MPS password.
-    pub fn check_device_credentials(
-        &self,
-        uuid: Uuid,
-        username: &[u8],
-        password: &[u8],
-        mode: Verify,
-    ) -> Result<(), AuthFailureReason> {
-        let Some((mps_user, mps_hash)) = self.store.mps_credentials().map_err(|_| AuthFailureReason::Unknown)? else {
-            return Err(AuthFailureReason::UnknownUser);
-        };
-        if username != mps_user.as_bytes() {
-            return Err(AuthFailureReason::UnknownUser);
-        }
-        let device_hash = self.store.device_password_hash(uuid).map_err(|_| AuthFailureReason::Unknown)?;
-        let hash = device_hash.as_deref().unwrap_or(&mps_hash);
-        let ok = match mode {
-            Verify::Full => self.verify.verify(hash, password),
-            Verify::KnownGoodOnly => self.verify.is_known_good(hash, password),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(AuthFailureReason::BadPassword)
-        }
-    }
-}
-
-/// How far a credential check may go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
-    /// Run argon2 if the password is not known good yet.
-    Full,
-    /// Only accept a password already proven good (for sources or UUIDs in back-off: a correctly
-    /// configured PC behind the same NAT as a misconfigured one still gets in, at no argon2 cost).
-    KnownGoodOnly,
-}
+/// Waiting password checks admitted beside the running ones (beyond: refused as busy, and the
+/// device retries). At ~50 ms per argon2 run and one thread per core, this is a few seconds of
+/// work: well inside the auth timeout.
+const PASSWORD_QUEUE: usize = 256;
 
 /// Listener addresses given on the command line (over the config file).
 #[derive(Debug, Default, Clone)]
@@ -172,15 +100,17 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (journal, journal_thread) = Journal::start(Arc::clone(&store))?;
+    let registry = Arc::new(Registry::new());
+    let (journal, journal_thread) = Journal::start(Arc::clone(&store), registry.clone(), config.apf.max_tunnels)?;
     let shared = Arc::new(Shared {
         limiter: Limiter::new(&config.limits),
+        passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
         config,
         store: Arc::clone(&store),
         journal,
         metrics: Metrics::new(),
-        registry: Registry::new(),
-        verify: VerifyCache::new(10_000),
+        registry,
+        conflicts: ConflictLog::default(),
         shutdown: shutdown_rx,
     });
 
@@ -219,14 +149,14 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     Ok(())
 }
 
-/// On first start there are no MPS credentials: create some, and tell the operator once.
+/// On first start there are no MPS accounts: create one, and tell the operator once.
 fn ensure_mps_credentials(store: &Store) -> Result<()> {
-    if store.mps_credentials()?.is_some() {
+    if !store.mps_accounts()?.is_empty() {
         return Ok(());
     }
     let username = "tether";
     let password = auth::new_password();
-    store.set_mps_credentials(username, &auth::hash_password(password.as_bytes())?)?;
+    store.set_mps_account(username, &auth::hash_password(password.as_bytes())?)?;
     println!("Created MPS credentials for AMT devices: username {username}, password {password}");
     println!("(shown once; change them with `tether mps-credentials set USER PASSWORD`)");
     Ok(())

@@ -1,66 +1,256 @@
-//! Device life-cycle records (hello, connect, ports, keepalive, disconnect, duplicate UUIDs),
-//! written to the store off the tunnels' hot path by one blocking thread, in arrival order.
+//! Device records (hello, connect, ports, keepalive, disconnect, UUID conflicts), written to the
+//! store by one thread, off the tunnels' tasks.
 //!
-//! Tunnel tasks hand events to a bounded queue; when the store falls behind, they wait (so a slow
-//! disk slows new handshakes instead of growing memory). What it does not do: reads (the API
-//! reads the store directly).
+//! Nothing here ever makes a tunnel wait: life-cycle events go into a bounded queue with
+//! `try_send`, and keepalive stamps into a map that keeps only the newest stamp per device and is
+//! written once a second. When the queue is full, the event is dropped and counted, and the device
+//! is marked for a resync: the writer later records its state as the live registry sees it, so
+//! the record ends up right even though an event was lost. When the stamp map is full, new stamps
+//! are dropped and counted. The writer batches what it finds into one transaction.
+//!
+//! What it does not do: reads (the API reads the store directly) or count drops in the metrics
+//! (the callers do, from the return values).
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::store::Store;
 
-/// Events queued before tunnel tasks wait for the store.
-const QUEUE: usize = 16 * 1024;
+/// Life-cycle events queued before new ones are dropped (and resynced).
+pub const QUEUE: usize = 16 * 1024;
+/// Events written per transaction at most.
+const BATCH: usize = 1024;
+/// How often stamps and resyncs are written when no event wakes the writer.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceEvent {
     Hello { uuid: Uuid, at: OffsetDateTime, remote: SocketAddr },
     Connected { uuid: Uuid, at: OffsetDateTime, remote: SocketAddr },
     Ports { uuid: Uuid, ports: Vec<u16> },
-    Keepalive { uuid: Uuid, at: OffsetDateTime },
     Disconnected { uuid: Uuid, at: OffsetDateTime, reason: String },
-    Duplicate { uuid: Uuid, at: OffsetDateTime, previous: SocketAddr, newer: SocketAddr },
+    Conflict { uuid: Uuid, at: OffsetDateTime, live: SocketAddr, claimant: SocketAddr },
 }
 
-#[derive(Debug, Clone)]
-pub struct Journal {
-    tx: mpsc::Sender<DeviceEvent>,
-}
-
-impl Journal {
-    /// Starts the writer thread. It ends when every `Journal` clone is dropped, after writing
-    /// what was queued; `join` waits for that.
-    pub fn start(store: Arc<Store>) -> std::io::Result<(Journal, std::thread::JoinHandle<()>)> {
-        let (tx, mut rx) = mpsc::channel::<DeviceEvent>(QUEUE);
-        let handle = std::thread::Builder::new().name("tether-journal".into()).spawn(move || {
-            while let Some(event) = rx.blocking_recv() {
-                if let Err(err) = apply(&store, &event) {
-                    tracing::error!(error = %err, ?event, "could not record a device event in the store");
-                }
-            }
-        })?;
-        Ok((Journal { tx }, handle))
-    }
-
-    pub async fn record(&self, event: DeviceEvent) {
-        if self.tx.send(event).await.is_err() {
-            tracing::warn!("device event dropped: the journal is shut down");
+impl DeviceEvent {
+    fn uuid(&self) -> Uuid {
+        match self {
+            DeviceEvent::Hello { uuid, .. }
+            | DeviceEvent::Connected { uuid, .. }
+            | DeviceEvent::Ports { uuid, .. }
+            | DeviceEvent::Disconnected { uuid, .. }
+            | DeviceEvent::Conflict { uuid, .. } => *uuid,
         }
     }
 }
 
-fn apply(store: &Store, event: &DeviceEvent) -> Result<(), crate::store::StoreError> {
+/// A device's live state, as the writer needs it for a resync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveState {
+    pub connected_since: OffsetDateTime,
+    pub remote: SocketAddr,
+    pub ports: Vec<u16>,
+}
+
+/// Where the writer looks up live state for a resync (the registry).
+pub trait LiveView: Send + Sync {
+    fn live_state(&self, uuid: Uuid) -> Option<LiveState>;
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    stamps: HashMap<Uuid, OffsetDateTime>,
+    resync: HashSet<Uuid>,
+}
+
+/// The tunnels' side of the journal (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Journal {
+    tx: SyncSender<DeviceEvent>,
+    pending: Arc<Mutex<Pending>>,
+    /// Most stamps and resyncs held between two writes.
+    cap: usize,
+}
+
+impl Journal {
+    /// Starts the writer thread; it ends once every `Journal` clone is dropped, after writing what
+    /// was queued (join the handle to wait for that). `cap` bounds the stamp and resync sets
+    /// (the number of tunnels the gateway may hold is a good value).
+    pub fn start(
+        store: Arc<Store>,
+        live: Arc<dyn LiveView>,
+        cap: usize,
+    ) -> std::io::Result<(Journal, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = sync_channel::<DeviceEvent>(QUEUE);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let writer = Writer { store, live, pending: Arc::clone(&pending) };
+        let handle = std::thread::Builder::new().name("tether-journal".into()).spawn(move || writer.run(rx))?;
+        Ok((Journal { tx, pending, cap: cap.max(16) }, handle))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a life-cycle event. Never waits: false if the queue was full (the event is dropped
+    /// and the device will be resynced from the live registry).
+    pub fn record(&self, event: DeviceEvent) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(event)) => {
+                let mut pending = self.pending();
+                if pending.resync.len() < self.cap {
+                    pending.resync.insert(event.uuid());
+                }
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Notes a keepalive; only the newest per device is written. False if dropped (map full).
+    pub fn stamp(&self, uuid: Uuid, at: OffsetDateTime) -> bool {
+        let mut pending = self.pending();
+        if pending.stamps.len() >= self.cap && !pending.stamps.contains_key(&uuid) {
+            return false;
+        }
+        pending.stamps.insert(uuid, at);
+        true
+    }
+}
+
+struct Writer {
+    store: Arc<Store>,
+    live: Arc<dyn LiveView>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<DeviceEvent>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let open = match rx.recv_timeout(FLUSH_INTERVAL) {
+                Ok(event) => {
+                    batch.push(event);
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(event) => batch.push(event),
+                            Err(_) => break,
+                        }
+                    }
+                    true
+                }
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            };
+            self.write(&mut batch);
+            if !open {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, batch: &mut Vec<DeviceEvent>) {
+        let (stamps, resync) = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            (std::mem::take(&mut pending.stamps), std::mem::take(&mut pending.resync))
+        };
+        if batch.is_empty() && stamps.is_empty() && resync.is_empty() {
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let resynced: Vec<(Uuid, Option<LiveState>)> =
+            resync.into_iter().map(|uuid| (uuid, self.live.live_state(uuid))).collect();
+        let result = self.store.batch(|tx| {
+            for event in batch.iter() {
+                apply(tx, event)?;
+            }
+            for (uuid, at) in &stamps {
+                crate::store::record_keepalive(tx, *uuid, *at)?;
+            }
+            for (uuid, live) in &resynced {
+                match live {
+                    Some(live) => {
+                        crate::store::record_connected(tx, *uuid, live.connected_since, live.remote)?;
+                        crate::store::record_ports(tx, *uuid, &live.ports)?;
+                    }
+                    None => crate::store::record_disconnect(
+                        tx,
+                        *uuid,
+                        now,
+                        "disconnected (recorded late: the store's queue was full)",
+                    )?,
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::error!(error = %err, events = batch.len(), "could not record device events in the store");
+        }
+        batch.clear();
+    }
+}
+
+fn apply(tx: &rusqlite::Connection, event: &DeviceEvent) -> rusqlite::Result<()> {
+    use crate::store as s;
     match event {
-        DeviceEvent::Hello { uuid, at, remote } => store.record_hello(*uuid, *at, *remote),
-        DeviceEvent::Connected { uuid, at, remote } => store.record_connected(*uuid, *at, *remote),
-        DeviceEvent::Ports { uuid, ports } => store.record_ports(*uuid, ports),
-        DeviceEvent::Keepalive { uuid, at } => store.record_keepalive(*uuid, *at),
-        DeviceEvent::Disconnected { uuid, at, reason } => store.record_disconnect(*uuid, *at, reason),
-        DeviceEvent::Duplicate { uuid, at, previous, newer } => store.record_duplicate(*uuid, *at, *previous, *newer),
+        DeviceEvent::Hello { uuid, at, remote } => s::record_hello(tx, *uuid, *at, *remote),
+        DeviceEvent::Connected { uuid, at, remote } => s::record_connected(tx, *uuid, *at, *remote),
+        DeviceEvent::Ports { uuid, ports } => s::record_ports(tx, *uuid, ports),
+        DeviceEvent::Disconnected { uuid, at, reason } => s::record_disconnect(tx, *uuid, *at, reason),
+        DeviceEvent::Conflict { uuid, at, live, claimant } => s::record_conflict(tx, *uuid, *at, *live, *claimant),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoLive(Mutex<HashMap<Uuid, LiveState>>);
+
+    impl LiveView for NoLive {
+        fn live_state(&self, uuid: Uuid) -> Option<LiveState> {
+            self.0.lock().unwrap().get(&uuid).cloned()
+        }
+    }
+
+    #[test]
+    fn events_and_stamps_reach_the_store_and_a_full_queue_resyncs_from_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
+        let live = Arc::new(NoLive(Mutex::default()));
+        // A journal whose writer is not running yet: fill its queue by hand.
+        let (tx, rx) = sync_channel(2);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let journal = Journal { tx, pending: Arc::clone(&pending), cap: 16 };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let remote: SocketAddr = "198.18.0.1:1".parse().unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        assert!(journal.record(DeviceEvent::Hello { uuid: a, at: t0, remote }));
+        assert!(journal.record(DeviceEvent::Connected { uuid: a, at: t0, remote }));
+        // Full: b's connect is dropped, and b is resynced from what the registry says.
+        assert!(!journal.record(DeviceEvent::Connected { uuid: b, at: t0, remote }));
+        live.0.lock().unwrap().insert(b, LiveState { connected_since: t0, remote, ports: vec![16992, 16994] });
+        for _ in 0..100 {
+            assert!(journal.stamp(a, t0));
+        }
+        assert_eq!(pending.lock().unwrap().stamps.len(), 1, "stamps are coalesced");
+        for _ in 0..20 {
+            journal.stamp(Uuid::new_v4(), t0);
+        }
+        assert!(!journal.stamp(Uuid::new_v4(), t0), "the stamp map is bounded");
+        drop(journal);
+        let writer = Writer { store: Arc::clone(&store), live, pending };
+        writer.run(rx);
+        let ra = store.device(a).unwrap().unwrap();
+        assert!(ra.connected_since.is_some() && ra.last_keepalive.is_some());
+        let rb = store.device(b).unwrap().unwrap();
+        assert_eq!((rb.connected_since.is_some(), rb.ports.clone()), (true, vec![16992, 16994]));
     }
 }

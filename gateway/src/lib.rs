@@ -1,14 +1,18 @@
 //! The Tether gateway: the appliance daemon (`tether gateway`) and the operator and technician
 //! commands of the `tether` binary. One module per role of the daemon:
 //!
-//! - `cira`: the CIRA listener and the per-tunnel driver of the APF session;
-//! - `registry`: live tunnels by UUID and the channel handles technicians use;
-//! - `relay`: a technician WebSocket piped to a tunnel channel;
+//! - `cira`: the CIRA listener, the pool of unauthenticated connections, and (`cira::driver`)
+//!   the per-tunnel driver of the APF session;
+//! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
+//! - `registry`: live tunnels by device and kind, and the handle to use one;
+//! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`);
+//! - `relay`: a technician WebSocket piped to a device stream;
 //! - `api`: the HTTPS API and the metrics endpoint;
-//! - `store` and `journal`: the SQLite store and the ordered writer of device events;
-//! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials, TLS material, rate limits,
-//!   Prometheus metrics and configuration;
-//! - `daemon`: wiring it all together; `client` and `forward`: the technician's side.
+//! - `store` and `journal`: the SQLite store and the non-blocking writer of device records;
+//! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
+//!   material, rate limits, Prometheus metrics and configuration;
+//! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
+//!   the technician's side.
 
 pub mod api;
 pub mod auth;
@@ -18,10 +22,13 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod forward;
+pub mod identity;
 pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod paths;
 pub mod registry;
 pub mod relay;
+pub mod state;
 pub mod store;
+pub mod stream;

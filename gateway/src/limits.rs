@@ -46,7 +46,7 @@ impl Default for LimitsConfig {
 
 /// The key for a source address: the address itself for IPv4, its /64 for IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub enum Source {
     V4(u32),
     V6(u64),
 }

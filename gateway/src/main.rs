@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_gateway::client::ApiClient;
-use tether_gateway::store::Store;
+use tether_gateway::store::{Store, TokenScope};
 use tether_gateway::{auth, daemon, forward, paths};
 use uuid::Uuid;
 
@@ -86,8 +86,13 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum MpsCredentialsAction {
-    /// Set the gateway-wide MPS username and password (what you configure in AMT).
+    /// Add the MPS account USER, or change its password (what you configure in AMT). Several
+    /// accounts may exist, e.g. one per customer.
     Set { username: String, password: String },
+    /// List the MPS account names.
+    List,
+    /// Remove an MPS account (devices pinned to it can no longer get in with it).
+    Remove { username: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,6 +103,11 @@ enum DeviceAction {
         #[arg(long, env = "TETHER_DEVICE_PASSWORD", hide_env_values = true)]
         password: Option<String>,
     },
+    /// Forget a device: its registration, own password, pin and record.
+    Remove { uuid: Uuid },
+    /// Register many devices from a CSV file of `uuid,password` lines (a `uuid,password` header
+    /// is allowed; an empty password means the device uses an MPS account).
+    Import { file: PathBuf },
     /// Show what the gateway knows of one device (through the API).
     Show {
         uuid: Uuid,
@@ -109,7 +119,40 @@ enum DeviceAction {
 #[derive(Subcommand, Debug)]
 enum TokenAction {
     /// Create a token; it is printed once, alone on the last line.
-    Create { name: String },
+    Create {
+        name: String,
+        /// `read` lists and shows devices; `attach` may also open relays to device ports.
+        #[arg(long, default_value = "attach", value_parser = ["read", "attach"])]
+        scope: String,
+        /// Expire the token after this long: e.g. 90s, 30m, 12h, 30d.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List the tokens (never the secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: requests with it fail from now on, and its open relays end within seconds.
+    Revoke { name: String },
+}
+
+/// Parses `90s`, `30m`, `12h` or `30d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 12h or 30d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 fn main() -> Result<()> {
@@ -139,9 +182,25 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             if username.is_empty() || password.is_empty() {
                 bail!("the MPS username and password must not be empty");
             }
+            if !username.chars().all(|c| c.is_ascii_alphanumeric()) {
+                bail!("AMT allows only letters and digits in the MPS username, not {username:?}");
+            }
             let store = open_store(data_dir)?;
-            store.set_mps_credentials(&username, &auth::hash_password(password.as_bytes())?)?;
-            println!("MPS credentials set: AMT devices now authenticate as {username}");
+            store.set_mps_account(&username, &auth::hash_password(password.as_bytes())?)?;
+            println!("MPS account {username} set: AMT devices may authenticate as {username}");
+            Ok(())
+        }
+        Command::MpsCredentials { action: MpsCredentialsAction::List } => {
+            for name in open_store(data_dir)?.mps_accounts()? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::MpsCredentials { action: MpsCredentialsAction::Remove { username } } => {
+            if !open_store(data_dir)?.remove_mps_account(&username)? {
+                bail!("there is no MPS account {username:?} (see `tether mps-credentials list`)");
+            }
+            println!("MPS account {username} removed");
             Ok(())
         }
         Command::Device { action: DeviceAction::Add { uuid, password } } => {
@@ -149,17 +208,62 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             let hash = password.map(|p| auth::hash_password(p.as_bytes())).transpose()?;
             store.add_device(uuid, hash.as_deref())?;
             match hash {
-                Some(_) => println!("device {uuid} registered with its own MPS password"),
-                None => println!("device {uuid} registered (authenticates with the gateway-wide MPS password)"),
+                Some(_) => println!("device {uuid} registered with its own MPS password (and pinned to it)"),
+                None => println!("device {uuid} registered (authenticates with an MPS account)"),
             }
             Ok(())
         }
-        Command::Token { action: TokenAction::Create { name } } => {
+        Command::Device { action: DeviceAction::Remove { uuid } } => {
+            if !open_store(data_dir)?.remove_device(uuid)? {
+                bail!("the gateway knows no device {uuid}");
+            }
+            println!("device {uuid} removed");
+            Ok(())
+        }
+        Command::Device { action: DeviceAction::Import { file } } => import_devices(data_dir, &file).await,
+        Command::Token { action: TokenAction::Create { name, scope, expires_in } } => {
             let store = open_store(data_dir)?;
             let token = auth::new_token();
-            store.create_token(&name, &auth::hash_token(&token))?;
-            println!("API token {name:?} created. It is shown once; keep it safe:");
+            let scope = TokenScope::parse(&scope).context("the scope must be read or attach")?;
+            let expires_at = match expires_in {
+                Some(d) => Some(
+                    time::OffsetDateTime::now_utc()
+                        + time::Duration::try_from(d).map_err(|_| anyhow::anyhow!("--expires-in is too long"))?,
+                ),
+                None => None,
+            };
+            store.create_token(&name, &auth::hash_token(&token), scope, expires_at)?;
+            let until = expires_at.map(|t| format!(", expires {t}")).unwrap_or_default();
+            println!("API token {name:?} created (scope {}{until}). It is shown once; keep it safe:", scope.as_str());
             println!("{token}");
+            Ok(())
+        }
+        Command::Token { action: TokenAction::List { json } } => {
+            let tokens = open_store(data_dir)?.list_tokens()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            println!("{:24}  {:6}  {:25}  EXPIRES", "NAME", "SCOPE", "CREATED");
+            let now = time::OffsetDateTime::now_utc();
+            for t in tokens {
+                let expires = match t.expires_at {
+                    None => "never".to_string(),
+                    Some(at) if at <= now => format!("{at} (expired)"),
+                    Some(at) => at.to_string(),
+                };
+                println!("{:24}  {:6}  {:25}  {expires}", t.name, t.scope.as_str(), t.created_at.to_string());
+            }
+            Ok(())
+        }
+        Command::Token { action: TokenAction::Revoke { name } } => {
+            if name == paths::LOCAL_TOKEN_NAME {
+                bail!("{name} is the gateway's own local token; it is replaced at every start");
+            }
+            if !open_store(data_dir)?.revoke_token(&name)? {
+                bail!("there is no token {name:?} (see `tether token list`)");
+            }
+            println!("token {name:?} revoked; its open relays end within a few seconds");
             Ok(())
         }
         Command::Devices { json } => {
@@ -190,6 +294,61 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             forward::run(client, uuid, port, listen).await
         }
     }
+}
+
+/// `tether device import FILE`: parses every line first (so a bad line changes nothing), hashes
+/// the passwords on all cores with a progress bar, then registers all devices in one transaction.
+async fn import_devices(data_dir: &Path, file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut devices: Vec<(Uuid, Option<String>)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (n == 0 && line.eq_ignore_ascii_case("uuid,password")) {
+            continue;
+        }
+        let (uuid, password) = line.split_once(',').unwrap_or((line, ""));
+        let uuid = Uuid::parse_str(uuid.trim())
+            .with_context(|| format!("{}:{}: {uuid:?} is not a UUID", file.display(), n + 1))?;
+        let password = password.trim();
+        devices.push((uuid, (!password.is_empty()).then(|| password.to_string())));
+    }
+    if devices.is_empty() {
+        bail!("{} holds no devices (expected lines of uuid,password)", file.display());
+    }
+    let store = open_store(data_dir)?;
+    let bar = indicatif::ProgressBar::new(devices.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("hashing passwords {bar:40} {pos}/{len} ({eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = devices.len().div_ceil(threads);
+    let hashed: Vec<(Uuid, Option<String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = devices
+            .chunks(chunk)
+            .map(|part| {
+                let bar = bar.clone();
+                scope.spawn(move || -> Result<Vec<(Uuid, Option<String>)>> {
+                    part.iter()
+                        .map(|(uuid, password)| {
+                            let hash = password.as_ref().map(|p| auth::hash_password(p.as_bytes())).transpose()?;
+                            bar.inc(1);
+                            Ok((*uuid, hash))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+            .map(|parts| parts.into_iter().flatten().collect())
+    })?;
+    bar.finish_and_clear();
+    store.add_devices(&hashed, |_| {})?;
+    let with_password = hashed.iter().filter(|(_, h)| h.is_some()).count();
+    println!("imported {} devices ({with_password} with their own MPS password)", hashed.len());
+    Ok(())
 }
 
 fn open_store(data_dir: &Path) -> Result<Store> {

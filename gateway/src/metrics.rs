@@ -25,7 +25,7 @@ macro_rules! label_enum {
 
 label_enum!(
     /// The kind of tunnel.
-    TunnelKind { Cira => "cira" }
+    TunnelKind { Cira => "cira", Agent => "agent" }
 );
 
 label_enum!(
@@ -51,6 +51,9 @@ label_enum!(
         UnknownUser => "unknown_user",
         RateLimited => "rate_limited",
         UnsupportedMethod => "unsupported_method",
+        NotRegistered => "not_registered",
+        CredentialMismatch => "credential_mismatch",
+        Busy => "busy",
         Unknown => "unknown",
     }
 );
@@ -78,6 +81,41 @@ label_enum!(
         AuthBackoff => "auth_backoff",
         TlsHandshake => "tls_handshake",
         TooManyTunnels => "too_many_tunnels",
+        UuidConflict => "uuid_conflict",
+        PendingFull => "pending_full",
+        PendingPerSource => "pending_per_source",
+        AuthTimeout => "auth_timeout",
+    }
+);
+
+label_enum!(
+    /// Which device record write the journal could not queue.
+    StoreWrite { Keepalive => "keepalive", Lifecycle => "lifecycle" }
+);
+
+label_enum!(
+    /// Why the API turned a request or connection away.
+    ApiRejection {
+        SourceRate => "source_rate",
+        InvalidToken => "invalid_token",
+        ExpiredToken => "expired_token",
+        Scope => "scope",
+        RelayCap => "relay_cap",
+        ConnectionCap => "connection_cap",
+    }
+);
+
+label_enum!(
+    /// Why a technician relay ended.
+    RelayEnd {
+        TechnicianClosed => "technician_closed",
+        DeviceClosed => "device_closed",
+        IdleTimeout => "idle_timeout",
+        MaxDuration => "max_duration",
+        PingTimeout => "ping_timeout",
+        TokenRevoked => "token_revoked",
+        FrameTooLarge => "frame_too_large",
+        TunnelGone => "tunnel_gone",
     }
 );
 
@@ -96,6 +134,10 @@ pub struct Metrics {
     protocol_errors: IntCounterVec,
     connections_rejected: IntCounterVec,
     api_requests_limited: IntCounter,
+    store_writes_dropped: IntCounterVec,
+    pending_connections: IntGauge,
+    api_rejected: IntCounterVec,
+    relays_closed: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -170,6 +212,35 @@ impl Metrics {
                 .expect("valid metric");
         registry.register(Box::new(api_requests_limited.clone())).expect("metric registered once");
 
+        let store_writes_dropped = counter_vec(
+            &registry,
+            "tether_store_writes_dropped_total",
+            "Device record writes dropped because the store's queue was full, by kind.",
+            &["kind"],
+        );
+        let pending_connections = IntGauge::new(
+            "tether_pending_connections",
+            "Device connections accepted but not yet authenticated (their own pool).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(pending_connections.clone())).expect("metric registered once");
+        let api_rejected = counter_vec(
+            &registry,
+            "tether_api_rejected_total",
+            "API requests and connections turned away, by reason.",
+            &["reason"],
+        );
+        let relays_closed =
+            counter_vec(&registry, "tether_relays_closed_total", "Technician relays ended, by reason.", &["reason"]);
+        for kind in StoreWrite::ALL {
+            store_writes_dropped.with_label_values(&[kind.as_str()]);
+        }
+        for reason in ApiRejection::ALL {
+            api_rejected.with_label_values(&[reason.as_str()]);
+        }
+        for reason in RelayEnd::ALL {
+            relays_closed.with_label_values(&[reason.as_str()]);
+        }
         for kind in TunnelKind::ALL {
             tunnels_active.with_label_values(&[kind.as_str()]);
             tunnels_opened.with_label_values(&[kind.as_str()]);
@@ -205,6 +276,10 @@ impl Metrics {
             protocol_errors,
             connections_rejected,
             api_requests_limited,
+            store_writes_dropped,
+            pending_connections,
+            api_rejected,
+            relays_closed,
         }
     }
 
@@ -265,6 +340,23 @@ impl Metrics {
     pub fn api_request_limited(&self) {
         self.api_requests_limited.inc();
     }
+
+    pub fn store_write_dropped(&self, kind: StoreWrite) {
+        self.store_writes_dropped.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// The gauge of unauthenticated device connections.
+    pub fn pending_connections(&self) -> &IntGauge {
+        &self.pending_connections
+    }
+
+    pub fn api_rejected(&self, reason: ApiRejection) {
+        self.api_rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn relay_closed(&self, reason: RelayEnd) {
+        self.relays_closed.with_label_values(&[reason.as_str()]).inc();
+    }
 }
 
 #[cfg(test)]
@@ -294,12 +386,16 @@ mod tests {
                 ));
             }
         }
-        let labelled: [(&str, &str, Vec<&str>); 5] = [
+        expected.push("tether_pending_connections".to_string());
+        let labelled: [(&str, &str, Vec<&str>); 8] = [
             ("tether_auth_failures_total", "reason", AuthFailureReason::ALL.iter().map(|r| r.as_str()).collect()),
             ("tether_channel_opens_refused_total", "reason", ChannelRefusal::ALL.iter().map(|r| r.as_str()).collect()),
             ("tether_relayed_bytes_total", "direction", Direction::ALL.iter().map(|d| d.as_str()).collect()),
             ("tether_apf_protocol_errors_total", "kind", ProtocolErrorKind::ALL.iter().map(|k| k.as_str()).collect()),
             ("tether_connections_rejected_total", "reason", RejectReason::ALL.iter().map(|r| r.as_str()).collect()),
+            ("tether_store_writes_dropped_total", "kind", StoreWrite::ALL.iter().map(|r| r.as_str()).collect()),
+            ("tether_api_rejected_total", "reason", ApiRejection::ALL.iter().map(|r| r.as_str()).collect()),
+            ("tether_relays_closed_total", "reason", RelayEnd::ALL.iter().map(|r| r.as_str()).collect()),
         ];
         for (name, label, values) in labelled {
             expected.extend(values.into_iter().map(|v| format!("{name}{{{label}=\"{v}\"}}")));

@@ -6,39 +6,43 @@
 //! towards the device, each channel has a fixed send budget: nothing on the path buffers without
 //! bound.
 //!
-//! What it does not do: open channels (`registry`, `api`) or speak APF (`cira`).
+//! What it does not do: open streams (`registry`, `api`) or speak any tunnel protocol (`cira`).
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 
-use crate::registry::{ChannelEnd, ChannelMessage};
+use tokio::io::AsyncWriteExt;
+
+use crate::stream::DeviceStream;
 
 /// The text message that signals a half-close.
 pub const EOF_MESSAGE: &str = "eof";
 
 /// Relays until either side closes.
-pub async fn run(socket: WebSocket, end: ChannelEnd) {
+pub async fn run(socket: WebSocket, stream: DeviceStream) {
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let ChannelEnd { rx: mut from_device, tx: to_device, .. } = end;
+    let (mut from_device, mut to_device) = stream.into_split();
 
     let device_to_technician = async {
-        while let Some(message) = from_device.recv().await {
-            match message {
-                ChannelMessage::Data(bytes) => {
+        loop {
+            match from_device.chunk().await {
+                Ok(Some(bytes)) => {
                     let n = bytes.len();
+                    // One device message, one WebSocket message: redirection consoles care.
                     if ws_tx.send(Message::Binary(bytes)).await.is_err() {
                         return;
                     }
-                    if to_device.consumed(n).await.is_err() {
-                        break;
-                    }
+                    // Credit back only what left for the technician.
+                    from_device.release(n);
                 }
-                ChannelMessage::Eof => {
+                Ok(None) => {
                     if ws_tx.send(Message::Text(EOF_MESSAGE.into())).await.is_err() {
                         return;
                     }
+                    // Half-closed: keep the relay up for the technician's side.
+                    std::future::pending::<()>().await;
                 }
-                ChannelMessage::Closed => break,
+                Err(_) => break,
             }
         }
         let frame = CloseFrame { code: 1000, reason: "the device closed the channel".into() };
@@ -49,11 +53,13 @@ pub async fn run(socket: WebSocket, end: ChannelEnd) {
         while let Some(Ok(message)) = ws_rx.next().await {
             match message {
                 Message::Binary(bytes) => {
-                    if to_device.send(bytes).await.is_err() {
+                    if to_device.write_all(&bytes).await.is_err() {
                         return;
                     }
                 }
-                Message::Text(text) if text.as_str() == EOF_MESSAGE => to_device.eof().await,
+                Message::Text(text) if text.as_str() == EOF_MESSAGE => {
+                    let _ = to_device.shutdown().await;
+                }
                 Message::Close(_) => return,
                 Message::Text(_) | Message::Ping(_) | Message::Pong(_) => {}
             }
@@ -64,5 +70,4 @@ pub async fn run(socket: WebSocket, end: ChannelEnd) {
         _ = device_to_technician => {},
         _ = technician_to_device => {},
     }
-    to_device.close().await;
 }

@@ -1,176 +1,148 @@
-//! The CIRA listener: TLS on 4433, one task per AMT tunnel driving a sans-IO
-//! [`ServerSession`](protocols::session::ServerSession).
+//! The tunnel driver: one task per CIRA connection, a thin driver of the sans-IO APF
+//! [`ServerSession`] over any `AsyncRead + AsyncWrite` (TLS in production, an in-memory duplex in
+//! tests).
 //!
-//! Per connection: the source passes the connection-rate limit, the TLS handshake finishes within
-//! its timeout, the APF handshake runs (passwords checked against the store, with back-off per
-//! source and per UUID), and the tunnel joins the [`Registry`](crate::registry::Registry). From then
-//! on the task relays between the session and the technicians' channels, records life-cycle events
-//! in the journal, and counts everything in the metrics.
+//! It feeds the session what the device sends and the time, writes what the session wants sent,
+//! and maps the session's channels onto [`DeviceStream`]s for whoever opened them through the
+//! tunnel's [`TunnelHandle`]. Who the device is gets decided in `identity` (the driver runs that as
+//! a future beside its loop, so keepalives and the device's own input keep flowing and the wait is
+//! bounded by `apf.auth_timeout_secs`); records go through the `journal`, which never waits.
 //!
-//! What it does not do: the WebSocket side of a relay (`relay`) or the HTTP API (`api`).
+//! What it does not do: accept connections or TLS (`cira`), check passwords (`identity`).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use protocols::apf::DisconnectReason;
-use protocols::session::{ChannelId, CloseCause, Event, OpenError, Secret, ServerSession};
+use protocols::session::{ChannelId, CloseCause, Event, OpenError, ServerSession};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::daemon::{Shared, Verify};
+use super::PendingSlot;
+use crate::identity::{self, Claimed, Credential, Refusal};
 use crate::journal::DeviceEvent;
-use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, TunnelKind};
-use crate::registry::{
-    ChannelEnd, ChannelMessage, ChannelSender, OpenRefused, TunnelCommand, TunnelHandle, FLAPS_FOR_DUPLICATE,
-    FLAP_WINDOW,
-};
+use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, StoreWrite, TunnelKind};
+use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
+use crate::state::Shared;
+use crate::stream::{self, DeviceStream, StreamClosed, StreamEnd, Written};
 
-/// A TLS handshake that takes longer than this is abandoned.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// Commands queued per tunnel before technicians wait.
+/// Commands queued per tunnel before senders wait.
 const COMMAND_QUEUE: usize = 256;
-/// Writes queued per tunnel before the tunnel stops reading (each at most one channel budget).
+/// Writes queued per tunnel before the tunnel stops taking output from the session.
 const WRITE_QUEUE: usize = 8;
 /// A device that takes no bytes for this long is gone, whatever its TCP connection says.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Liveness probes waiting on one tunnel at most; beyond, claims are refused as busy.
+const MAX_PROBES: usize = 16;
+/// Keepalive stamps are handed to the journal at most this often per tunnel.
+const STAMP_EVERY: Duration = Duration::from_secs(10);
 
-/// Accepts CIRA connections until shutdown.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(shared.config.apf.max_tunnels));
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %err, "CIRA accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        if !shared.limiter.allow_connection(remote.ip()) {
-            shared.metrics.connection_rejected(RejectReason::ConnectionRate);
-            debug!(%remote, "connection refused: over the per-source connection rate");
-            continue;
-        }
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            shared.metrics.connection_rejected(RejectReason::TooManyTunnels);
-            warn!(%remote, max = shared.config.apf.max_tunnels, "connection refused: tunnel limit reached");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            handle_connection(tcp, remote, acceptor, shared).await;
-            drop(slot);
-        });
-    }
-}
+type AdmitFuture = Pin<Box<dyn Future<Output = Result<(Credential, Claimed), Refusal>> + Send>>;
 
-async fn handle_connection(tcp: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let started = Instant::now();
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
-            shared.metrics.connection_rejected(RejectReason::TlsHandshake);
-            info!(%remote, error = %err, "TLS handshake failed (is the device provisioned with this gateway's CA?)");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.connection_rejected(RejectReason::TlsHandshake);
-            info!(%remote, "TLS handshake timed out");
-            return;
-        }
-    };
-    shared.metrics.tls_handshake(started.elapsed().as_secs_f64());
-    debug!(%remote, "TLS established");
-    Tunnel::new(shared, remote).run(tls).await;
-}
-
-/// Per-channel state on the gateway side of the tunnel.
-#[derive(Debug)]
-struct Channel {
-    to_technician: mpsc::UnboundedSender<ChannelMessage>,
-    /// Technician data the device's window has not taken yet, with the budget it holds.
-    pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
-    eof_requested: bool,
-    close_requested: bool,
-}
-
-struct Tunnel {
+/// One CIRA connection, from the first APF byte to the close.
+pub struct Tunnel {
     shared: Arc<Shared>,
     remote: SocketAddr,
-    session: ServerSession,
+    /// Accept order (see `identity::claim`).
     id: u64,
+    session: ServerSession,
     uuid: Option<Uuid>,
     hello_at: Option<OffsetDateTime>,
-    registered: bool,
+    /// In the unauthenticated pool until admitted.
+    pending: PendingSlot,
+    tunnel_slots: Arc<Semaphore>,
+    /// Held while the tunnel is admitted.
+    tunnel_slot: Option<OwnedSemaphorePermit>,
+    /// Admitted: in the registry, counted, recorded.
+    admitted: bool,
+    admit: Option<AdmitFuture>,
     ports: Arc<Mutex<BTreeSet<u16>>>,
     commands_tx: mpsc::Sender<TunnelCommand>,
-    commands_rx: Option<mpsc::Receiver<TunnelCommand>>,
-    opening: HashMap<ChannelId, oneshot::Sender<Result<ChannelEnd, OpenRefused>>>,
-    channels: HashMap<ChannelId, Channel>,
+    wake_tx: mpsc::UnboundedSender<stream::StreamKey>,
+    opening: HashMap<ChannelId, (u16, oneshot::Sender<Result<DeviceStream, OpenRefused>>)>,
+    streams: HashMap<ChannelId, StreamEnd>,
+    /// Written guards of bytes the session took, to go with the next write.
+    unwritten: Vec<Written>,
+    probes: Vec<oneshot::Sender<Liveness>>,
     /// Set when we close the tunnel ourselves, for the metrics.
     local_close: Option<CloseReason>,
-    last_keepalive_record: Option<Instant>,
+    last_stamp: Option<Instant>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").field("id", &self.id).field("remote", &self.remote).field("uuid", &self.uuid).finish()
+    }
 }
 
 impl Tunnel {
-    fn new(shared: Arc<Shared>, remote: SocketAddr) -> Self {
-        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    pub fn new(
+        shared: Arc<Shared>,
+        remote: SocketAddr,
+        id: u64,
+        pending: PendingSlot,
+        tunnel_slots: Arc<Semaphore>,
+    ) -> Self {
+        let (commands_tx, _) = mpsc::channel(1);
+        let (wake_tx, _) = mpsc::unbounded_channel();
         let session = ServerSession::new(shared.session_config(), Instant::now());
-        let id = shared.registry.next_id();
         Self {
             shared,
             remote,
-            session,
             id,
+            session,
             uuid: None,
             hello_at: None,
-            registered: false,
+            pending,
+            tunnel_slots,
+            tunnel_slot: None,
+            admitted: false,
+            admit: None,
             ports: Arc::default(),
             commands_tx,
-            commands_rx: Some(commands_rx),
+            wake_tx,
             opening: HashMap::new(),
-            channels: HashMap::new(),
+            streams: HashMap::new(),
+            unwritten: Vec::new(),
+            probes: Vec::new(),
             local_close: None,
-            last_keepalive_record: None,
+            last_stamp: None,
         }
     }
 
-    async fn run<S>(mut self, stream: S)
+    /// Drives the tunnel until it closes.
+    pub async fn run<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut reader, writer) = tokio::io::split(stream);
-        let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (write_tx, write_rx) = mpsc::channel::<(Bytes, Vec<Written>)>(WRITE_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, write_rx));
-        let Some(mut commands) = self.commands_rx.take() else { return };
+        let (commands_tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
+        let (wake_tx, mut wakes) = mpsc::unbounded_channel();
+        self.commands_tx = commands_tx;
+        self.wake_tx = wake_tx;
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = BytesMut::new();
         // Why the transport ended, when it ended before the session did.
         let mut transport_end: Option<CloseReason> = None;
 
         loop {
-            self.drain_events().await;
+            self.drain_events();
             while let Some(bytes) = self.session.poll_transmit() {
-                // A device that stops reading would otherwise hold this task here for good, and no
-                // timeout could fire.
-                match tokio::time::timeout(WRITE_STALL_TIMEOUT, write_tx.send(bytes)).await {
+                let written = std::mem::take(&mut self.unwritten);
+                // A device that stops reading would otherwise hold this task here for good.
+                match tokio::time::timeout(WRITE_STALL_TIMEOUT, write_tx.send((bytes, written))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         transport_end.get_or_insert(CloseReason::IoError);
@@ -191,6 +163,7 @@ impl Tunnel {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
+            let admitting = self.admit.is_some();
             tokio::select! {
                 read = reader.read_buf(&mut buf), if wants_input => match read {
                     Ok(0) => transport_end = Some(CloseReason::PeerClosed),
@@ -208,7 +181,12 @@ impl Tunnel {
                         transport_end = Some(CloseReason::IoError);
                     }
                 },
+                verdict = async { self.admit.as_mut().expect("guarded by `admitting`").await }, if admitting => {
+                    self.admit = None;
+                    self.admitted(verdict);
+                }
                 Some(command) = commands.recv() => self.handle_command(command),
+                Some(key) = wakes.recv() => self.handle_wake(ChannelId(key)),
                 _ = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
                 _ = shutdown.changed() => {
                     self.local_close = Some(CloseReason::Shutdown);
@@ -222,14 +200,19 @@ impl Tunnel {
                 // The session never saw a DISCONNECT: close it quietly for the bookkeeping.
                 self.local_close = Some(reason);
                 self.session.disconnect(DisconnectReason::ConnectionLost);
-                self.drain_events().await;
+                self.drain_events();
             }
         } else {
             while let Some(bytes) = self.session.poll_transmit() {
-                if write_tx.try_send(bytes).is_err() {
+                if write_tx.try_send((bytes, std::mem::take(&mut self.unwritten))).is_err() {
                     break;
                 }
             }
+        }
+        // An admission still running may have put this tunnel in the registry.
+        self.admit = None;
+        if let Some(uuid) = self.uuid {
+            self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
         }
         drop(write_tx);
         // Give the DISCONNECT a moment to leave; never wait on a peer that does not read.
@@ -243,14 +226,14 @@ impl Tunnel {
         match command {
             TunnelCommand::Open { port, originator, reply } => {
                 let origin = (Bytes::from(originator.ip().to_string()), u32::from(originator.port()));
-                match self.session.open_channel(port, origin) {
+                match self.session.open_channel(u32::from(port), origin) {
                     Ok(ch) => {
-                        self.opening.insert(ch, reply);
+                        self.opening.insert(ch, (port, reply));
                     }
                     Err(err) => {
                         let (refusal, answer) = match err {
-                            OpenError::PortNotForwarded(p) => {
-                                (ChannelRefusal::PortNotForwarded, OpenRefused::PortNotForwarded(p))
+                            OpenError::PortNotForwarded(_) => {
+                                (ChannelRefusal::PortNotForwarded, OpenRefused::PortNotForwarded(port))
                             }
                             OpenError::TooManyChannels => {
                                 (ChannelRefusal::TooManyChannels, OpenRefused::TooManyChannels)
@@ -264,65 +247,78 @@ impl Tunnel {
                     }
                 }
             }
-            TunnelCommand::Data { ch, data, permit } => {
-                if let Some(channel) = self.channels.get_mut(&ch) {
-                    if !channel.close_requested && !channel.eof_requested {
-                        channel.pending.push_back((data, permit));
-                        self.flush(ch);
-                    }
+            TunnelCommand::Probe { reply } => {
+                if self.probes.len() >= MAX_PROBES {
+                    let _ = reply.send(Liveness::Busy);
+                } else if !self.probes.is_empty() {
+                    // A keepalive request is out already: its reply answers this one too.
+                    self.probes.push(reply);
+                } else if self.session.probe().is_some() {
+                    self.probes.push(reply);
+                } else {
+                    let _ = reply.send(Liveness::Busy);
                 }
             }
-            TunnelCommand::Consumed { ch, n } => self.session.consumed(ch, n),
-            TunnelCommand::Eof { ch } => {
-                if let Some(channel) = self.channels.get_mut(&ch) {
-                    channel.eof_requested = true;
-                    self.flush(ch);
+            TunnelCommand::Close { reason } => {
+                if reason == CloseReason::Replaced {
+                    info!(uuid = ?self.uuid, remote = %self.remote,
+                        "a newer connection took this UUID over after this tunnel failed its liveness check; closing it");
                 }
-            }
-            TunnelCommand::Close { ch } => {
-                if let Some(channel) = self.channels.get_mut(&ch) {
-                    channel.close_requested = true;
-                    self.flush(ch);
-                }
-            }
-            TunnelCommand::Replaced => {
-                info!(uuid = ?self.uuid, remote = %self.remote, "a newer tunnel for this UUID took over; closing this one");
-                self.local_close = Some(CloseReason::Replaced);
+                self.local_close = Some(reason);
                 self.session.disconnect(DisconnectReason::ByApplication);
             }
         }
     }
 
-    /// Moves pending technician data into the session as far as the device's window allows, then
-    /// sends a requested EOF or CLOSE once nothing is pending.
-    fn flush(&mut self, ch: ChannelId) {
-        let Some(channel) = self.channels.get_mut(&ch) else { return };
-        while let Some((data, permit)) = channel.pending.front_mut() {
-            let n = self.session.send(ch, data);
-            self.shared.metrics.relayed_bytes(Direction::ToDevice, n as u64);
-            if n == data.len() {
-                channel.pending.pop_front();
-            } else {
-                data.advance(n);
-                // Return the budget of the bytes the session took.
-                drop(permit.split(n));
-                return;
-            }
+    /// A stream's user did something: grant credit, move data, pass a shutdown or close.
+    fn handle_wake(&mut self, ch: ChannelId) {
+        let Some(end) = self.streams.get(&ch) else { return };
+        let wanted = end.poll_wanted();
+        if wanted.released > 0 {
+            self.session.consumed(ch, wanted.released);
         }
-        if channel.close_requested {
+        if wanted.close {
             self.session.close_channel(ch);
-        } else if channel.eof_requested {
+            return;
+        }
+        if wanted.outbound > 0 {
+            self.flush(ch);
+        } else if wanted.eof {
             self.session.send_eof(ch);
         }
     }
 
-    async fn drain_events(&mut self) {
-        while let Some(event) = self.session.poll_event() {
-            self.handle_event(event).await;
+    /// Moves the user's bytes into the session as far as the device's window allows; then an EOF
+    /// if the user shut down and everything has gone.
+    fn flush(&mut self, ch: ChannelId) {
+        let Some(end) = self.streams.get(&ch) else { return };
+        loop {
+            let capacity = self.session.send_capacity(ch);
+            if capacity == 0 {
+                break;
+            }
+            let Some((data, written)) = end.take_outbound(capacity) else { break };
+            let n = self.session.send(ch, &data);
+            self.shared.metrics.relayed_bytes(Direction::ToDevice, n as u64);
+            self.unwritten.push(written);
+            if n < data.len() {
+                error!(uuid = ?self.uuid, %ch, "the session took less than its capacity; closing the channel");
+                self.session.close_channel(ch);
+                return;
+            }
+        }
+        if end.take_eof() {
+            self.session.send_eof(ch);
         }
     }
 
-    async fn handle_event(&mut self, event: Event) {
+    fn drain_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            self.handle_event(event);
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
         let now = OffsetDateTime::now_utc();
         match event {
             Event::Hello { uuid, major, minor, trigger_reason } => {
@@ -330,177 +326,199 @@ impl Tunnel {
                 self.uuid = Some(uuid);
                 self.hello_at = Some(now);
             }
-            Event::AuthRequest { username, password } => self.authenticate(username, password).await,
+            Event::AuthRequest { username, password } => self.start_admission(username, password.0),
             Event::AuthMethodRefused { method } => {
                 self.shared.metrics.auth_failure(AuthFailureReason::UnsupportedMethod);
                 info!(uuid = ?self.uuid, remote = %self.remote, method = %String::from_utf8_lossy(&method),
                     "authentication method refused (only password is supported)");
             }
-            Event::Established => self.register(now).await,
+            Event::Established => debug!(uuid = ?self.uuid, "port forwarding service up"),
             // The session only reports ports in 1..=65535.
             Event::PortForwarded { port } => {
                 let port = u16::try_from(port).unwrap_or_default();
-                self.update_ports(|ports| ports.insert(port)).await
+                self.update_ports(|ports| ports.insert(port))
             }
             Event::PortCancelled { port } => {
                 let port = u16::try_from(port).unwrap_or_default();
-                self.update_ports(|ports| ports.remove(&port)).await
+                self.update_ports(|ports| ports.remove(&port))
             }
             Event::KeepaliveOptions { interval_secs, timeout_secs } => {
                 debug!(uuid = ?self.uuid, interval_secs, timeout_secs, "keepalive options accepted");
             }
-            Event::Keepalive => {
-                // Keepalives arrive every 30 s per device; record at most one per 10 s.
-                let due = self.last_keepalive_record.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-                if let (Some(uuid), true, true) = (self.uuid, self.registered, due) {
-                    self.last_keepalive_record = Some(Instant::now());
-                    self.shared.journal.record(DeviceEvent::Keepalive { uuid, at: now }).await;
+            Event::Keepalive => self.stamp(now),
+            Event::KeepaliveReply { .. } => {
+                for probe in self.probes.drain(..) {
+                    let _ = probe.send(Liveness::Alive);
                 }
+                self.stamp(now);
             }
             Event::ChannelOpened { ch, port, .. } => {
-                let Some(reply) = self.opening.remove(&ch) else {
+                let Some((port16, reply)) = self.opening.remove(&ch) else {
                     self.session.close_channel(ch);
                     return;
                 };
-                let (to_technician, rx) = mpsc::unbounded_channel();
-                let end = ChannelEnd { port, rx, tx: ChannelSender::new(ch, self.commands_tx.clone()) };
-                if reply.send(Ok(end)).is_err() {
-                    // The technician gave up waiting.
+                debug_assert_eq!(u32::from(port16), port);
+                let (user, end) = stream::pair(ch.0, port16, self.shared.stream_config(), self.wake_tx.clone());
+                if reply.send(Ok(user)).is_err() {
+                    // The opener gave up waiting.
                     self.session.close_channel(ch);
                     return;
                 }
                 self.shared.metrics.channel_opened();
-                self.channels.insert(
-                    ch,
-                    Channel { to_technician, pending: VecDeque::new(), eof_requested: false, close_requested: false },
-                );
+                self.streams.insert(ch, end);
             }
             Event::ChannelOpenFailed { ch, reason } => {
                 self.shared.metrics.channel_open_refused(ChannelRefusal::DeviceRefused);
-                if let Some(reply) = self.opening.remove(&ch) {
+                if let Some((_, reply)) = self.opening.remove(&ch) {
                     let _ = reply.send(Err(OpenRefused::DeviceRefused(format!("{reason:?}"))));
                 }
             }
             Event::ChannelData { ch, data } => {
                 self.shared.metrics.relayed_bytes(Direction::FromDevice, data.len() as u64);
-                if let Some(channel) = self.channels.get(&ch) {
-                    if channel.to_technician.send(ChannelMessage::Data(data)).is_err() {
-                        self.session.close_channel(ch);
-                    }
+                match self.streams.get(&ch) {
+                    Some(end) => end.push(data),
+                    None => self.session.consumed(ch, data.len()),
                 }
             }
             Event::ChannelEof { ch } => {
-                if let Some(channel) = self.channels.get(&ch) {
-                    let _ = channel.to_technician.send(ChannelMessage::Eof);
+                if let Some(end) = self.streams.get(&ch) {
+                    end.push_eof();
                 }
             }
             Event::ChannelClosed { ch } => {
-                if let Some(channel) = self.channels.remove(&ch) {
-                    let _ = channel.to_technician.send(ChannelMessage::Closed);
+                if let Some(end) = self.streams.remove(&ch) {
+                    end.close(StreamClosed::Device);
                     self.shared.metrics.channel_closed();
                 }
-                if let Some(reply) = self.opening.remove(&ch) {
+                if let Some((_, reply)) = self.opening.remove(&ch) {
                     let _ = reply.send(Err(OpenRefused::TunnelGone));
                 }
             }
             Event::ChannelWritable { ch } => self.flush(ch),
-            Event::Closed(cause) => self.closed(cause, now).await,
+            Event::Closed(cause) => self.closed(cause, now),
             Event::Authenticated | Event::AuthRejected | Event::ChannelOpenRequest { .. } => {
                 // Client-role events; a server session does not produce them.
             }
         }
     }
 
-    async fn authenticate(&mut self, username: Bytes, password: Secret) {
-        let Some(uuid) = self.uuid else { return self.session.reject_auth(Instant::now()) };
-        let ip = self.remote.ip();
-        let metrics = &self.shared.metrics;
-        let blocked = self.shared.limiter.auth_blocked(ip, Some(uuid));
-        let mode = if blocked.is_some() { Verify::KnownGoodOnly } else { Verify::Full };
-        let shared = Arc::clone(&self.shared);
-        let verdict =
-            tokio::task::spawn_blocking(move || shared.check_device_credentials(uuid, &username, &password.0, mode))
-                .await
-                .unwrap_or(Err(AuthFailureReason::Unknown));
-        if let (Some(wait), Err(_)) = (blocked, &verdict) {
-            metrics.auth_failure(AuthFailureReason::RateLimited);
-            metrics.connection_rejected(RejectReason::AuthBackoff);
-            warn!(%uuid, remote = %self.remote, retry_in_secs = wait.as_secs(), "authentication refused: too many recent failures");
-            self.local_close = Some(CloseReason::AuthFailed);
-            self.session.disconnect(DisconnectReason::TooManyConnections);
-            return;
-        }
-        match verdict {
-            Ok(()) => {
-                debug!(%uuid, "authenticated");
-                self.session.accept_auth(Instant::now());
-            }
-            Err(reason) => {
-                metrics.auth_failure(reason);
-                let backoff = self.shared.limiter.auth_failed(ip, Some(uuid));
-                warn!(%uuid, remote = %self.remote, ?reason, backoff_secs = backoff.map(|d| d.as_secs()), "authentication failed");
-                self.session.reject_auth(Instant::now());
+    fn stamp(&mut self, now: OffsetDateTime) {
+        let due = self.last_stamp.is_none_or(|t| t.elapsed() >= STAMP_EVERY);
+        if let (Some(uuid), true, true) = (self.uuid, self.admitted, due) {
+            self.last_stamp = Some(Instant::now());
+            if !self.shared.journal.stamp(uuid, now) {
+                self.shared.metrics.store_write_dropped(StoreWrite::Keepalive);
             }
         }
     }
 
-    async fn register(&mut self, now: OffsetDateTime) {
-        let Some(uuid) = self.uuid else { return };
-        // A tunnel that replaces a young predecessor is one more flap; PCs that share a UUID
-        // (behind one NAT, so from one address) show up as an endless run of them.
-        let flaps = match self.shared.registry.get(&uuid) {
-            Some(old) if now - old.connected_since < FLAP_WINDOW => old.flaps + 1,
-            _ => 0,
-        };
+    fn record(&self, event: DeviceEvent) {
+        if !self.shared.journal.record(event) {
+            self.shared.metrics.store_write_dropped(StoreWrite::Lifecycle);
+        }
+    }
+
+    /// Starts checking the device's credentials and claiming its UUID, beside the loop.
+    fn start_admission(&mut self, username: Bytes, password: Bytes) {
+        let Some(uuid) = self.uuid else { return self.session.reject_auth(Instant::now()) };
         let handle = TunnelHandle {
             id: self.id,
             uuid,
+            kind: TunnelKind::Cira,
             remote: self.remote,
-            connected_since: now,
+            connected_since: OffsetDateTime::now_utc(),
             commands: self.commands_tx.clone(),
             ports: Arc::clone(&self.ports),
-            flaps,
         };
-        let journal = &self.shared.journal;
-        journal.record(DeviceEvent::Hello { uuid, at: self.hello_at.unwrap_or(now), remote: self.remote }).await;
-        journal.record(DeviceEvent::Connected { uuid, at: now, remote: self.remote }).await;
-        if let Some(old) = self.shared.registry.insert(handle) {
-            let other_address = old.remote.ip() != self.remote.ip();
-            if other_address || flaps >= FLAPS_FOR_DUPLICATE {
-                warn!(%uuid, previous = %old.remote, newer = %self.remote, flaps,
-                    "two machines keep claiming one UUID (duplicate UUIDs on OEM boards?); the newer tunnel replaces the older");
-                journal
-                    .record(DeviceEvent::Duplicate { uuid, at: now, previous: old.remote, newer: self.remote })
-                    .await;
-            } else {
-                info!(%uuid, "reconnected; replacing the previous tunnel");
-            }
-            if old.commands.try_send(TunnelCommand::Replaced).is_err() {
-                tokio::spawn(async move {
-                    let _ = old.commands.send(TunnelCommand::Replaced).await;
-                });
-            }
-        }
-        self.registered = true;
-        self.shared.metrics.tunnel_opened(TunnelKind::Cira);
-        info!(%uuid, remote = %self.remote, "tunnel established");
+        let shared = Arc::clone(&self.shared);
+        let remote = self.remote;
+        let deadline = tokio::time::Instant::now() + shared.auth_timeout();
+        self.admit = Some(Box::pin(async move {
+            let work = async {
+                let credential = identity::authenticate(&shared, uuid, remote, &username, &password, deadline).await?;
+                let claimed = identity::claim(&shared, handle).await?;
+                Ok((credential, claimed))
+            };
+            // The claim's liveness probe may outlast the credential check's deadline by its own
+            // timeout; nothing more.
+            let limit = deadline + shared.liveness_timeout();
+            tokio::time::timeout_at(limit, work).await.unwrap_or(Err(Refusal::Timeout))
+        }));
     }
 
-    async fn update_ports(&mut self, change: impl FnOnce(&mut BTreeSet<u16>) -> bool) {
+    fn admitted(&mut self, verdict: Result<(Credential, Claimed), Refusal>) {
+        let Some(uuid) = self.uuid else { return };
+        let now = Instant::now();
+        let metrics = &self.shared.metrics;
+        match verdict {
+            Ok((credential, claimed)) => {
+                let Ok(slot) = Arc::clone(&self.tunnel_slots).try_acquire_owned() else {
+                    metrics.connection_rejected(RejectReason::TooManyTunnels);
+                    warn!(%uuid, remote = %self.remote, max = self.shared.config.apf.max_tunnels,
+                        "tunnel refused: the gateway holds its maximum number of tunnels");
+                    self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
+                    self.local_close = Some(CloseReason::Unknown);
+                    return self.session.disconnect(DisconnectReason::TooManyConnections);
+                };
+                self.tunnel_slot = Some(slot);
+                self.pending.leave();
+                self.admitted = true;
+                self.session.accept_auth(now);
+                metrics.tunnel_opened(TunnelKind::Cira);
+                let at = OffsetDateTime::now_utc();
+                self.record(DeviceEvent::Hello { uuid, at: self.hello_at.unwrap_or(at), remote: self.remote });
+                self.record(DeviceEvent::Connected { uuid, at, remote: self.remote });
+                match claimed.replaced {
+                    Some(old) => {
+                        info!(%uuid, remote = %self.remote, previous = %old.remote, credential = %credential.pin(),
+                        "tunnel established, replacing a tunnel that no longer answered")
+                    }
+                    None => info!(%uuid, remote = %self.remote, credential = %credential.pin(), "tunnel established"),
+                }
+            }
+            Err(Refusal::Auth(reason)) => {
+                metrics.auth_failure(reason);
+                warn!(%uuid, remote = %self.remote, reason = reason.as_str(), "authentication failed");
+                self.session.reject_auth(now);
+            }
+            Err(Refusal::Backoff(wait)) => {
+                metrics.auth_failure(AuthFailureReason::RateLimited);
+                metrics.connection_rejected(RejectReason::AuthBackoff);
+                warn!(%uuid, remote = %self.remote, retry_in_secs = wait.as_secs(),
+                    "authentication refused: too many recent failures");
+                self.local_close = Some(CloseReason::AuthFailed);
+                self.session.disconnect(DisconnectReason::TooManyConnections);
+            }
+            Err(Refusal::Timeout) => {
+                metrics.connection_rejected(RejectReason::AuthTimeout);
+                warn!(%uuid, remote = %self.remote, "authentication could not be decided in time; closing");
+                self.local_close = Some(CloseReason::AuthFailed);
+                self.session.disconnect(DisconnectReason::TemporarilyUnavailable);
+            }
+            Err(Refusal::Conflict { live }) => {
+                metrics.connection_rejected(RejectReason::UuidConflict);
+                self.shared.conflicts.report(uuid, live, self.remote);
+                self.record(DeviceEvent::Conflict { uuid, at: OffsetDateTime::now_utc(), live, claimant: self.remote });
+                self.local_close = Some(CloseReason::AuthFailed);
+                self.session.disconnect(DisconnectReason::HostNotAllowed);
+            }
+        }
+    }
+
+    fn update_ports(&mut self, change: impl FnOnce(&mut BTreeSet<u16>) -> bool) {
         let ports = {
             let Ok(mut set) = self.ports.lock() else { return };
-            let changed = change(&mut set);
-            if !changed {
+            if !change(&mut set) {
                 return;
             }
             set.iter().copied().collect::<Vec<u16>>()
         };
-        if let (Some(uuid), true) = (self.uuid, self.registered) {
-            self.shared.journal.record(DeviceEvent::Ports { uuid, ports }).await;
+        if let (Some(uuid), true) = (self.uuid, self.admitted) {
+            self.record(DeviceEvent::Ports { uuid, ports });
         }
     }
 
-    async fn closed(&mut self, cause: CloseCause, now: OffsetDateTime) {
+    fn closed(&mut self, cause: CloseCause, now: OffsetDateTime) {
         let metrics = &self.shared.metrics;
         let reason = match (&cause, self.local_close) {
             (CloseCause::Local(_), Some(local)) => local,
@@ -514,46 +532,56 @@ impl Tunnel {
             (CloseCause::IdleTimeout, _) => CloseReason::IdleTimeout,
             (CloseCause::AuthFailed, _) => CloseReason::AuthFailed,
         };
-        for (_, reply) in self.opening.drain() {
+        for (_, (_, reply)) in self.opening.drain() {
             let _ = reply.send(Err(OpenRefused::TunnelGone));
         }
-        let uuid = self.uuid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
-        if !self.registered {
-            info!(%uuid, remote = %self.remote, cause = %cause, "connection closed before the tunnel was established");
+        for (_, end) in self.streams.drain() {
+            end.close(StreamClosed::TunnelGone);
+            metrics.channel_closed();
+        }
+        // Unanswered probes: dropping them tells the claimant this tunnel is gone.
+        self.probes.clear();
+        let uuid_text = self.uuid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+        if !self.admitted {
+            info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "connection closed before the tunnel was established");
             return;
         }
         metrics.tunnel_closed(TunnelKind::Cira, reason);
-        info!(%uuid, remote = %self.remote, cause = %cause, "tunnel closed");
-        if let Some(uuid) = self.uuid {
-            // A replaced tunnel leaves the device record to its successor, which is connected.
-            if !self.shared.registry.remove(uuid, self.id) {
-                return;
-            }
-            let text = match reason {
-                CloseReason::Shutdown => "gateway shut down".to_string(),
-                CloseReason::PeerClosed => "connection closed by the device".to_string(),
-                CloseReason::IoError => "connection lost".to_string(),
-                _ => cause.to_string(),
-            };
-            self.shared.journal.record(DeviceEvent::Disconnected { uuid, at: now, reason: text }).await;
+        info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "tunnel closed");
+        let Some(uuid) = self.uuid else { return };
+        // A replaced tunnel leaves the device record to its successor, which is connected.
+        if !self.shared.registry.remove(uuid, TunnelKind::Cira, self.id) {
+            return;
         }
+        let text = match reason {
+            CloseReason::Shutdown => "gateway shut down".to_string(),
+            CloseReason::PeerClosed => "connection closed by the device".to_string(),
+            CloseReason::IoError => "connection lost".to_string(),
+            _ => cause.to_string(),
+        };
+        self.record(DeviceEvent::Disconnected { uuid, at: now, reason: text });
     }
 }
 
-async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(bytes) = rx.recv().await {
+async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, mut rx: mpsc::Receiver<(Bytes, Vec<Written>)>) {
+    // Guards of bytes written but not yet flushed: they return budget once the socket took them.
+    let mut done: Vec<Written> = Vec::new();
+    while let Some((bytes, written)) = rx.recv().await {
         if writer.write_all(&bytes).await.is_err() {
             return;
         }
+        done.extend(written);
         // Write what else is queued before paying for a flush.
-        while let Ok(more) = rx.try_recv() {
+        while let Ok((more, written)) = rx.try_recv() {
             if writer.write_all(&more).await.is_err() {
                 return;
             }
+            done.extend(written);
         }
         if writer.flush().await.is_err() {
             return;
         }
+        done.clear();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
 }
@@ -564,3 +592,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "driver_test.rs"]
+mod tests;

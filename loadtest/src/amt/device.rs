@@ -180,10 +180,24 @@ fn tls_hint(err: &io::Error) -> &'static str {
 
 /// How one connection ended.
 #[derive(Debug)]
-struct Outcome {
-    established: bool,
-    auth_rejected: bool,
-    end: ConnectionError,
+pub struct ConnectionOutcome {
+    /// The tunnel got established.
+    pub established: bool,
+    /// The gateway refused the credentials.
+    pub auth_rejected: bool,
+    pub end: ConnectionError,
+}
+
+type Outcome = ConnectionOutcome;
+
+/// Runs one tunnel over an already connected stream: no TCP, no TLS, no reconnect. For joining
+/// a device to a gateway's tunnel driver in memory (a duplex stream) in tests.
+pub async fn run_connection<S>(config: &DeviceConfig, stream: S, shutdown: &mut Shutdown) -> ConnectionOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let stats = Stats::default();
+    Connection::new(config, &stats, true).run(stream, shutdown).await
 }
 
 /// Bytes the session produced, waiting for the socket.

@@ -29,7 +29,7 @@ pub mod tls;
 
 pub use backoff::{Backoff, ReconnectPolicy};
 pub use config::DeviceConfig;
-pub use device::{run_device, run_device_with_stats, DeviceReport};
+pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
 pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};

@@ -1,0 +1,244 @@
+//! Device identity: who may claim which UUID. A UUID is only what a device says; it is trusted as
+//! far as the credential that admitted it, and a live tunnel keeps its UUID against any newcomer.
+//!
+//! - [`authenticate`] checks a device's MPS credentials under the configured
+//!   [`DevicePolicy`](crate::config::DevicePolicy): the device's own password if the operator set
+//!   one, else the MPS account named by the username (`open`, `pinned`); only registered devices
+//!   with their own password (`registered`); and under `pinned`, the credential the UUID was first
+//!   admitted with. Every refusal takes one argon2 run (against a dummy hash when there is nothing
+//!   to check against), so an unknown user, an unknown UUID and a wrong password look the same
+//!   on the wire and in time. Sources and UUIDs in back-off only get in with a password already
+//!   proven good.
+//! - [`claim`] puts an authenticated tunnel in the registry. A UUID held by a live tunnel is never
+//!   taken over: the holder must fail a liveness probe (a keepalive request it does not answer
+//!   within `devices.liveness_timeout_ms`), wherever the newcomer comes from; and an older
+//!   connection (in accept order) never evicts a newer one.
+//!
+//! What it does not do: speak APF (the `cira` driver calls these and answers the device) or
+//! write records (the driver hands conflicts to the journal).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::auth::CheckError;
+use crate::config::DevicePolicy;
+use crate::metrics::AuthFailureReason;
+use crate::registry::{Liveness, TunnelHandle};
+use crate::state::Shared;
+use crate::store::DeviceAuth;
+
+/// The credential that admitted a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A gateway-wide MPS account, by name.
+    Account(String),
+    /// The device's own password.
+    Device,
+}
+
+impl Credential {
+    /// How the store records a pin to this credential.
+    pub fn pin(&self) -> String {
+        match self {
+            Credential::Account(user) => format!("account:{user}"),
+            Credential::Device => "device".to_string(),
+        }
+    }
+}
+
+/// Why a device was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Answered with USERAUTH_FAILURE (the device may try again, up to the session's limit).
+    #[error("authentication failed ({})", .0.as_str())]
+    Auth(AuthFailureReason),
+    /// The source or UUID is in back-off after repeated failures: disconnect.
+    #[error("too many recent authentication failures; retry in {0:?}")]
+    Backoff(Duration),
+    /// The check could not finish in time (argon2 saturated): disconnect, the device retries.
+    #[error("authentication could not be checked in time")]
+    Timeout,
+    /// Another tunnel holds the UUID and answered the liveness probe (or is newer).
+    #[error("UUID held by a live tunnel from {live}")]
+    Conflict { live: SocketAddr },
+}
+
+/// Checks a device's credentials; see the module doc. `deadline` bounds the whole check.
+pub async fn authenticate(
+    shared: &Shared,
+    uuid: Uuid,
+    remote: SocketAddr,
+    username: &[u8],
+    password: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<Credential, Refusal> {
+    let ip = remote.ip();
+    let backoff = shared.limiter.auth_blocked(ip, Some(uuid));
+    let verdict = check(shared, uuid, username, password, deadline, backoff.is_some()).await;
+    match (verdict, backoff) {
+        (Ok(credential), _) => Ok(credential),
+        (Err(CheckFailure::Timeout), _) => Err(Refusal::Timeout),
+        (Err(_), Some(wait)) => Err(Refusal::Backoff(wait)),
+        (Err(CheckFailure::Refused(reason)), None) => {
+            if reason != AuthFailureReason::Busy {
+                shared.limiter.auth_failed(ip, Some(uuid));
+            }
+            Err(Refusal::Auth(reason))
+        }
+    }
+}
+
+enum CheckFailure {
+    Refused(AuthFailureReason),
+    Timeout,
+}
+
+impl From<CheckError> for CheckFailure {
+    fn from(err: CheckError) -> Self {
+        match err {
+            CheckError::Busy => CheckFailure::Refused(AuthFailureReason::Busy),
+            CheckError::Timeout => CheckFailure::Timeout,
+        }
+    }
+}
+
+async fn check(
+    shared: &Shared,
+    uuid: Uuid,
+    username: &[u8],
+    password: &[u8],
+    deadline: tokio::time::Instant,
+    known_good_only: bool,
+) -> Result<Credential, CheckFailure> {
+    let policy = shared.config.devices.policy;
+    let user = std::str::from_utf8(username).ok().map(str::to_string);
+    let store = Arc::clone(&shared.store);
+    let lookup = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        let device = store.device_auth(uuid)?;
+        let account = match &user {
+            Some(user) => store.mps_account_hash(user)?.map(|hash| (user.clone(), hash)),
+            None => None,
+        };
+        Ok((device, account))
+    });
+    let (device, account) = match tokio::time::timeout_at(deadline, lookup).await {
+        Err(_) => return Err(CheckFailure::Timeout),
+        Ok(Ok(Ok(found))) => found,
+        Ok(_) => return Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
+    };
+    let own_password = device.as_ref().and_then(|d: &DeviceAuth| d.password_hash.clone());
+    // What to check the password against, and what it proves if it matches.
+    let target: Result<(String, Credential), AuthFailureReason> = match (policy, own_password, account) {
+        (_, Some(hash), _) => Ok((hash, Credential::Device)),
+        (DevicePolicy::Registered, None, _) => Err(AuthFailureReason::NotRegistered),
+        (_, None, Some((user, hash))) => Ok((hash, Credential::Account(user))),
+        (_, None, None) => Err(AuthFailureReason::UnknownUser),
+    };
+    let (hash, credential) = match target {
+        Ok(target) => target,
+        Err(reason) => {
+            // Take as long as a wrong password would.
+            if !known_good_only {
+                shared.passwords.check_dummy(password, deadline).await?;
+            }
+            return Err(CheckFailure::Refused(reason));
+        }
+    };
+    let ok = if known_good_only {
+        shared.passwords.is_known_good(&hash, password)
+    } else {
+        shared.passwords.check(&hash, password, deadline).await?
+    };
+    if !ok {
+        return Err(CheckFailure::Refused(AuthFailureReason::BadPassword));
+    }
+    if policy == DevicePolicy::Pinned {
+        let store = Arc::clone(&shared.store);
+        let pin = credential.pin();
+        let pinned =
+            match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || store.pin_device(uuid, &pin)))
+                .await
+            {
+                Err(_) => return Err(CheckFailure::Timeout),
+                Ok(Ok(Ok(pinned))) => pinned,
+                Ok(_) => return Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
+            };
+        if pinned != credential.pin() {
+            return Err(CheckFailure::Refused(AuthFailureReason::CredentialMismatch));
+        }
+    }
+    Ok(credential)
+}
+
+/// What a successful claim found.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The dead tunnel this one replaced (already told to close).
+    pub replaced: Option<TunnelHandle>,
+}
+
+/// Registers `handle` for its UUID and kind; see the module doc.
+pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Refusal> {
+    let registry = &shared.registry;
+    // A few rounds at most: each lost race means another connection changed the entry meanwhile.
+    for _ in 0..4 {
+        let current = match registry.try_insert(handle.clone()) {
+            Ok(()) => return Ok(Claimed { replaced: None }),
+            Err(current) => current,
+        };
+        if current.id > handle.id {
+            // A newer connection holds the UUID: connection order wins, not auth order.
+            return Err(Refusal::Conflict { live: current.remote });
+        }
+        match current.probe(shared.liveness_timeout()).await {
+            Some(Liveness::Alive) | Some(Liveness::Busy) => return Err(Refusal::Conflict { live: current.remote }),
+            None => {
+                if registry.replace_if(current.id, handle.clone()) {
+                    current.close(crate::metrics::CloseReason::Replaced);
+                    return Ok(Claimed { replaced: Some(current) });
+                }
+            }
+        }
+    }
+    match registry.get(handle.uuid, handle.kind) {
+        Some(current) => Err(Refusal::Conflict { live: current.remote }),
+        None => Err(Refusal::Timeout),
+    }
+}
+
+/// Rate-limits the conflict warning to once per UUID per minute (bounded table).
+#[derive(Debug, Default)]
+pub struct ConflictLog {
+    last: Mutex<HashMap<Uuid, Instant>>,
+}
+
+const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
+const CONFLICT_LOG_MAX: usize = 10_000;
+
+impl ConflictLog {
+    /// Logs a refused claim unless this UUID's was logged within the last minute.
+    pub fn report(&self, uuid: Uuid, live: SocketAddr, claimant: SocketAddr) {
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.get(&uuid).is_some_and(|at| now.duration_since(*at) < CONFLICT_LOG_EVERY) {
+                return;
+            }
+            if last.len() >= CONFLICT_LOG_MAX {
+                last.retain(|_, at| now.duration_since(*at) < CONFLICT_LOG_EVERY);
+                if last.len() >= CONFLICT_LOG_MAX {
+                    last.clear();
+                }
+            }
+            last.insert(uuid, now);
+        }
+        warn!(%uuid, %live, %claimant,
+            "refused a claim for a UUID whose tunnel is live and answering (an impostor, or two machines with one \
+             UUID); further refusals for this UUID are counted but not logged for a minute");
+    }
+}

@@ -1,0 +1,89 @@
+//! What every role of the daemon shares: configuration, store, journal, metrics, limits, the live
+//! registry, the password checker and the shutdown signal. It sits below `cira`, `api` and
+//! `identity`, which all use it; `daemon` builds it and wires the roles together.
+//!
+//! What it does not do: any I/O of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocols::apf;
+use protocols::session::{ChannelConfig, ServerConfig};
+use tokio::sync::watch;
+
+use crate::auth::PasswordChecker;
+use crate::config::Config;
+use crate::identity::ConflictLog;
+use crate::journal::{Journal, LiveState, LiveView};
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, TunnelKind};
+use crate::store::Store;
+use crate::stream::StreamConfig;
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub journal: Journal,
+    pub metrics: Metrics,
+    pub limiter: Limiter,
+    pub registry: Arc<Registry>,
+    pub passwords: PasswordChecker,
+    pub conflicts: ConflictLog,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Bytes a user of a device stream may write ahead of the device's socket.
+pub const STREAM_SEND_BUDGET: usize = 256 * 1024;
+
+impl Shared {
+    /// The APF server settings from the configuration.
+    pub fn session_config(&self) -> ServerConfig {
+        let apf_config = &self.config.apf;
+        let window = apf_config.channel_window.max(1024);
+        ServerConfig {
+            limits: apf::Limits::default(),
+            pre_auth_limits: apf::Limits::for_max_message(apf_config.pre_auth_max_message),
+            channels: ChannelConfig {
+                max_channels: apf_config.max_channels_per_tunnel,
+                window,
+                adjust_threshold: window / 2,
+                max_send_chunk: 32 * 1024,
+            },
+            keepalive_interval: Duration::from_secs(u64::from(apf_config.keepalive_interval_secs.max(1))),
+            handshake_timeout: Duration::from_secs(u64::from(apf_config.handshake_timeout_secs.max(1))),
+            ..ServerConfig::default()
+        }
+    }
+
+    pub fn stream_config(&self) -> StreamConfig {
+        StreamConfig { send_budget: STREAM_SEND_BUDGET, ..StreamConfig::default() }
+    }
+
+    pub fn channel_open_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.apf.channel_open_timeout_secs.max(1)))
+    }
+
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.apf.tls_handshake_timeout_secs.max(1)))
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.apf.auth_timeout_secs.max(1)))
+    }
+
+    pub fn liveness_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.devices.liveness_timeout_ms.max(1))
+    }
+}
+
+impl LiveView for Registry {
+    fn live_state(&self, uuid: uuid::Uuid) -> Option<LiveState> {
+        self.get(uuid, TunnelKind::Cira).map(|h| LiveState {
+            connected_since: h.connected_since,
+            remote: h.remote,
+            ports: h.ports(),
+        })
+    }
+}
