@@ -117,12 +117,12 @@ impl Gateway {
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { break };
+                let Ok((tcp, peer)) = listener.accept().await else { break };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 connections.spawn(async move {
                     if let Ok(Ok(tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await {
-                        serve(tls, password, open_on_forward, tx).await;
+                        serve(tls, peer, password, open_on_forward, tx).await;
                     }
                 });
             }
@@ -143,6 +143,7 @@ impl Gateway {
 
 async fn serve<S>(
     stream: S,
+    peer: SocketAddr,
     password: &'static str,
     open_on_forward: Option<u32>,
     tunnels: mpsc::UnboundedSender<Tunnel>,
@@ -153,7 +154,7 @@ async fn serve<S>(
     let mut session = ServerSession::new(ServerConfig::default(), Instant::now());
     let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
-    let _ = tunnels.send(Tunnel { cmds: cmd_tx, events, received: HashMap::new() });
+    let _ = tunnels.send(Tunnel { peer, cmds: cmd_tx, events, received: HashMap::new() });
     let mut pending: HashMap<ChannelId, BytesMut> = HashMap::new();
     let mut consume = true;
     let mut unconsumed: Vec<(ChannelId, usize)> = Vec::new();
@@ -229,6 +230,8 @@ async fn serve<S>(
 
 /// The test's side of one device connection.
 struct Tunnel {
+    /// The device's address, as the gateway sees it.
+    peer: SocketAddr,
     cmds: mpsc::UnboundedSender<Cmd>,
     events: mpsc::UnboundedReceiver<Event>,
     received: HashMap<ChannelId, Vec<u8>>,
@@ -461,6 +464,33 @@ async fn refused_credentials_stop_the_device_when_asked() {
             other => panic!("expected AuthRejected, got {other:?}"),
         }
         gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_from_another_source_that_does_not_reconnect() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let mut config = device_config(gateway.addr, &Trust::Insecure, PASSWORD);
+        config.source = Some([127, 0, 0, 2].into());
+        config.no_reconnect = true;
+        let device = tokio::spawn(run_device(config, shutdown_pair().1));
+        let mut tunnel = gateway.next_tunnel().await;
+        assert_eq!(tunnel.peer.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(tunnel.handshake(&FIRMWARE_PORTS).await, UUID);
+
+        // The gateway goes away: the device stops instead of reconnecting, and says why.
+        gateway.stop().await;
+        let result = tokio::time::timeout(STEP, device).await.expect("device stops").unwrap();
+        match result {
+            Err(err @ DeviceError::ConnectionEnded { established: true, .. }) => {
+                assert!(err.to_string().contains("not reconnecting"), "{err}");
+            }
+            other => panic!("expected ConnectionEnded, got {other:?}"),
+        }
     })
     .await
     .expect("test finished in time");

@@ -2,6 +2,7 @@
 //! it dials (gateway address, TLS, timeouts, reconnect back-off).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ use super::service::Services;
 pub struct DeviceConfig {
     /// `HOST:PORT` of the gateway's CIRA listener, resolved at every attempt.
     pub gateway: String,
+    /// Local address every TCP connection is bound to before connecting (any port), so that the
+    /// gateway sees the device come from it (e.g. 127.0.0.2); `None` lets the OS choose. Only
+    /// gateway addresses of the same family are dialled.
+    pub source: Option<IpAddr>,
     /// The name the gateway's certificate must match (and the SNI when it is a DNS name).
     pub server_name: ServerName<'static>,
     pub tls: Arc<rustls::ClientConfig>,
@@ -32,6 +37,10 @@ pub struct DeviceConfig {
     /// Keepalive interval until the gateway sets one.
     pub keepalive: Duration,
     pub reconnect: ReconnectPolicy,
+    /// Connect once: when that connection ends or fails, the device stops with
+    /// [`DeviceError::ConnectionEnded`](super::DeviceError::ConnectionEnded) instead of
+    /// reconnecting.
+    pub no_reconnect: bool,
     pub connect_timeout: Duration,
     pub tls_timeout: Duration,
     /// From the TLS handshake's end to every forward answered.
@@ -66,6 +75,7 @@ impl DeviceConfig {
     ) -> Self {
         Self {
             gateway: gateway.into(),
+            source: None,
             server_name,
             tls,
             uuid,
@@ -76,6 +86,7 @@ impl DeviceConfig {
             adjust_step: 512,
             keepalive: Duration::from_secs(30),
             reconnect: ReconnectPolicy::default(),
+            no_reconnect: false,
             connect_timeout: Duration::from_secs(10),
             tls_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(30),
@@ -104,6 +115,7 @@ impl fmt::Debug for DeviceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceConfig")
             .field("gateway", &self.gateway)
+            .field("source", &self.source)
             .field("server_name", &self.server_name)
             .field("uuid", &self.uuid)
             .field("username", &self.username)
@@ -113,6 +125,7 @@ impl fmt::Debug for DeviceConfig {
             .field("adjust_step", &self.adjust_step)
             .field("keepalive", &self.keepalive)
             .field("reconnect", &self.reconnect)
+            .field("no_reconnect", &self.no_reconnect)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls_timeout", &self.tls_timeout)
             .field("handshake_timeout", &self.handshake_timeout)

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use protocols::apf::{DisconnectReason, OpenFailureReason};
 use protocols::session::{ChannelId, ClientSession, CloseCause, Event};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -56,8 +57,9 @@ pub struct DeviceReport {
     pub established: u64,
 }
 
-/// Runs one device until `shutdown` fires (reconnecting whenever the tunnel drops), or until the
-/// gateway refuses its credentials when [`DeviceConfig::stop_on_auth_failure`] is set.
+/// Runs one device until `shutdown` fires (reconnecting whenever the tunnel drops), until the
+/// gateway refuses its credentials when [`DeviceConfig::stop_on_auth_failure`] is set, or until
+/// its one connection ends when [`DeviceConfig::no_reconnect`] is set.
 pub async fn run_device(config: DeviceConfig, shutdown: Shutdown) -> Result<DeviceReport, DeviceError> {
     run_device_with_stats(config, Arc::new(Stats::default()), shutdown).await
 }
@@ -111,6 +113,13 @@ pub async fn run_device_with_stats(
         if outcome.auth_rejected && config.stop_on_auth_failure {
             return Err(DeviceError::AuthRejected { uuid: config.uuid, username: config.username.clone() });
         }
+        if config.no_reconnect {
+            return Err(DeviceError::ConnectionEnded {
+                uuid: config.uuid,
+                established: outcome.established,
+                end: outcome.end,
+            });
+        }
         let delay = backoff.next_delay();
         device_log!(level, "reconnecting in {:.1}s", delay.as_secs_f64());
         tokio::select! {
@@ -123,7 +132,7 @@ pub async fn run_device_with_stats(
 /// TCP connect (to the first address that answers) and TLS handshake, each with its timeout.
 async fn connect(config: &DeviceConfig) -> Result<TlsStream<TcpStream>, ConnectionError> {
     let addr = &config.gateway;
-    let tcp = match tokio::time::timeout(config.connect_timeout, dial(addr)).await {
+    let tcp = match tokio::time::timeout(config.connect_timeout, dial(addr, config.source)).await {
         Ok(result) => result?,
         Err(_) => return Err(ConnectionError::ConnectTimeout { addr: addr.clone(), timeout: config.connect_timeout }),
     };
@@ -149,21 +158,42 @@ async fn connect(config: &DeviceConfig) -> Result<TlsStream<TcpStream>, Connecti
     }
 }
 
-async fn dial(addr: &str) -> Result<TcpStream, ConnectionError> {
+/// Connects to the first address of `addr` that answers, from `local` when given (then only to
+/// addresses of its family).
+async fn dial(addr: &str, local: Option<IpAddr>) -> Result<TcpStream, ConnectionError> {
     let addrs = tokio::net::lookup_host(addr)
         .await
         .map_err(|source| ConnectionError::Resolve { addr: addr.to_owned(), source })?;
     let mut last_error = None;
+    let mut resolved = false;
     for socket_addr in addrs {
-        match TcpStream::connect(socket_addr).await {
+        resolved = true;
+        let result = match local {
+            None => TcpStream::connect(socket_addr).await,
+            Some(local) if local.is_ipv4() != socket_addr.is_ipv4() => continue,
+            Some(local) => {
+                let socket = bind(local, socket_addr)?;
+                socket.connect(socket_addr).await
+            }
+        };
+        match result {
             Ok(stream) => return Ok(stream),
             Err(err) => last_error = Some(err),
         }
     }
-    Err(match last_error {
-        Some(source) => ConnectionError::Connect { addr: addr.to_owned(), source },
-        None => ConnectionError::NoAddress { addr: addr.to_owned() },
+    Err(match (last_error, local) {
+        (Some(source), _) => ConnectionError::Connect { addr: addr.to_owned(), source },
+        (None, Some(local)) if resolved => ConnectionError::NoAddressForSource { addr: addr.to_owned(), local },
+        (None, _) => ConnectionError::NoAddress { addr: addr.to_owned() },
     })
+}
+
+/// A socket for a connection to `to`, bound to `local` (any port).
+fn bind(local: IpAddr, to: SocketAddr) -> Result<TcpSocket, ConnectionError> {
+    let socket = if to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    socket
+        .and_then(|socket| socket.bind(SocketAddr::new(local, 0)).map(|()| socket))
+        .map_err(|source| ConnectionError::Bind { local, source })
 }
 
 /// What the user can do about a failed handshake.
@@ -591,5 +621,33 @@ mod tests {
         }
         assert_eq!(size, MIN_READ);
         assert_eq!(next_read_size(8192, 4096), 8192);
+    }
+
+    #[tokio::test]
+    async fn dial_binds_the_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        for (local, seen) in [(None, [127, 0, 0, 1]), (Some(IpAddr::from([127, 0, 0, 2])), [127, 0, 0, 2])] {
+            let (dialled, accepted) = tokio::join!(dial(&addr, local), listener.accept());
+            let stream = dialled.expect("connected");
+            let (_, peer) = accepted.unwrap();
+            assert_eq!(peer.ip(), IpAddr::from(seen));
+            assert_eq!(stream.local_addr().unwrap().ip(), IpAddr::from(seen));
+        }
+        // An IPv6 source cannot reach an IPv4-only gateway address.
+        match dial(&addr, Some("::1".parse().unwrap())).await {
+            Err(err @ ConnectionError::NoAddressForSource { .. }) => {
+                assert!(err.to_string().contains("::1"), "{err}")
+            }
+            other => panic!("expected NoAddressForSource, got {other:?}"),
+        }
+        // An address this machine does not have (unless non-local binds are allowed).
+        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind").is_ok_and(|v| v.trim() == "1") {
+            return;
+        }
+        match dial(&addr, Some(IpAddr::from([192, 0, 2, 1]))).await {
+            Err(err @ ConnectionError::Bind { .. }) => assert!(err.to_string().contains("192.0.2.1"), "{err}"),
+            other => panic!("expected Bind, got {other:?}"),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Error types: setting up TLS, one connection's end, a device giving up, a fleet failing.
 
 use std::io;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub enum ConnectionError {
     Resolve { addr: String, source: io::Error },
     #[error("{addr} resolves to no address")]
     NoAddress { addr: String },
+    #[error("{addr} resolves to no address of the family of the source address {local}")]
+    NoAddressForSource { addr: String, local: IpAddr },
+    #[error("cannot bind to the source address {local}: {source} (is it an address of this machine?)")]
+    Bind { local: IpAddr, source: io::Error },
     #[error("TCP connect to {addr} timed out after {:.1}s", timeout.as_secs_f64())]
     ConnectTimeout { addr: String, timeout: Duration },
     #[error("TCP connect to {addr} failed: {source}")]
@@ -61,6 +66,13 @@ pub enum DeviceError {
          (check --username and --password / AMT_SIM_PASSWORD)"
     )]
     AuthRejected { uuid: Uuid, username: String },
+    #[error("device {uuid}: {end} (not reconnecting: --no-reconnect)")]
+    ConnectionEnded {
+        uuid: Uuid,
+        /// Whether the tunnel had been established before it ended.
+        established: bool,
+        end: ConnectionError,
+    },
 }
 
 /// Why a fleet stopped with an error.

@@ -1,10 +1,12 @@
 //! amt-sim: simulated Intel AMT devices that dial a Tether gateway (or any CIRA MPS) over TLS
 //! and APF, forward their ports, keep the tunnel alive, serve the channels the gateway opens
-//! (HTTP/WS-MAN on 16992/16993, echo elsewhere), and reconnect when the tunnel drops.
+//! (HTTP/WS-MAN on 16992/16993, echo elsewhere), and reconnect when the tunnel drops (unless
+//! `--no-reconnect`). `--source IP` makes them connect from that local address.
 //!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
 
 use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +36,11 @@ struct Args {
     /// Accept any gateway certificate (handshake signatures are still checked).
     #[arg(long)]
     insecure: bool,
+    /// Local address to connect from (e.g. 127.0.0.2, so that the gateway sees another source
+    /// than 127.0.0.1); only gateway addresses of its family are dialled [default: chosen by
+    /// the OS].
+    #[arg(long, value_name = "IP")]
+    source: Option<IpAddr>,
     /// Name the gateway's certificate must match, sent as SNI [default: the host of --gateway].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
@@ -76,6 +83,11 @@ struct Args {
     /// Exit (status 1) when the gateway refuses a device's credentials, instead of retrying.
     #[arg(long)]
     exit_on_auth_failure: bool,
+    /// Connect once, never again: when a device's connection fails or ends (the gateway closes
+    /// it, refuses it, or goes away), exit with status 1 saying why. Status 0 only when stopped
+    /// by a signal, or by --exit-after-established.
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +146,8 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         max: Duration::from_millis(args.reconnect_max_ms),
     };
     device.stop_on_auth_failure = args.exit_on_auth_failure;
+    device.source = args.source;
+    device.no_reconnect = args.no_reconnect;
 
     let mut fleet = FleetConfig::new(device, args.count);
     fleet.ramp = Duration::from_millis(args.ramp_ms);
@@ -143,9 +157,10 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
     }
 
     tracing::info!(
-        "amt-sim: {} device(s), first UUID {uuid}, gateway {} (TLS name {name:?}), username {:?}",
+        "amt-sim: {} device(s), first UUID {uuid}, gateway {} (TLS name {name:?}){}, username {:?}",
         args.count,
         args.gateway,
+        args.source.map_or_else(String::new, |ip| format!(" from {ip}")),
         args.username
     );
     let (trigger, shutdown) = shutdown_pair();
