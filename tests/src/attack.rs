@@ -271,6 +271,9 @@ pub struct StormLimits {
     pub max_requests: usize,
     /// It stops after this long, whatever it has sent.
     pub max_duration: Duration,
+    /// Requests per second over all connections, at most (`None`: as fast as answers come), so
+    /// that a storm lasts long enough for what happens during it to be measured.
+    pub requests_per_second: Option<u32>,
 }
 
 /// What a [`token_storm`] got back.
@@ -302,20 +305,36 @@ impl StormReport {
 
 /// Sends `GET path`, each with a fresh random bearer token that no one created, over
 /// `limits.connections` keep-alive connections from `client`'s source, until
-/// `limits.max_requests` were sent or `limits.max_duration` passed. A connection the gateway
-/// closes is opened again (after 10 ms, so a refusing gateway is not spun on).
+/// `limits.max_requests` were sent or `limits.max_duration` passed, paced to
+/// `limits.requests_per_second` if set. A connection the gateway closes is opened again (after
+/// 10 ms, so a refusing gateway is not spun on).
 pub async fn token_storm(client: &ApiClient, path: &str, limits: StormLimits) -> StormReport {
     let started = Instant::now();
     let deadline = started + limits.max_duration;
     let claimed = Arc::new(AtomicUsize::new(0));
     let report = Arc::new(Mutex::new(StormReport::default()));
-    let workers: Vec<_> = (0..limits.connections.max(1))
+    let connections = limits.connections.max(1);
+    // Each connection sends at most one request per `period`.
+    let period =
+        limits.requests_per_second.map(|rps| Duration::from_secs_f64(connections as f64 / f64::from(rps.max(1))));
+    let workers: Vec<_> = (0..connections)
         .map(|_| {
             let (client, claimed, report) = (client.clone(), Arc::clone(&claimed), Arc::clone(&report));
             let path = path.to_string();
             tokio::spawn(async move {
                 let mut connection: Option<ApiConnection> = None;
-                while Instant::now() < deadline && claimed.fetch_add(1, Ordering::SeqCst) < limits.max_requests {
+                let mut pace = period.map(|p| {
+                    let mut interval = tokio::time::interval(p);
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    interval
+                });
+                loop {
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
+                    if Instant::now() >= deadline || claimed.fetch_add(1, Ordering::SeqCst) >= limits.max_requests {
+                        break;
+                    }
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let attempt = async {
                         if connection.as_ref().is_none_or(ApiConnection::is_closed) {

@@ -130,6 +130,11 @@ fn scrub_env(command: &mut Command) {
     if !explicit.iter().any(|k| k == "NO_COLOR") {
         command.env("NO_COLOR", "1");
     }
+    // With RUST_BACKTRACE set (as it often is in CI), an `anyhow` error also prints a backtrace
+    // that pushes the error itself out of the tail a failing test shows; panics keep theirs.
+    if !explicit.iter().any(|k| k == "RUST_LIB_BACKTRACE") {
+        command.env("RUST_LIB_BACKTRACE", "0");
+    }
 }
 
 /// A child process killed (SIGKILL) on drop, with its stdout and stderr in files.
@@ -442,7 +447,13 @@ impl Gateway {
             file.exists() || exited.is_some()
         });
         if let Some(status) = exited {
-            panic!("tether gateway exited ({status}) before listening\n{}", process.tail());
+            let config = self.data_dir.path().join("tether.toml");
+            let config = std::fs::read_to_string(&config).map(|t| format!("\n--- its {}:\n{t}", config.display()));
+            panic!(
+                "tether gateway exited ({status}) before listening (a configuration key it does not know?)\n{}{}",
+                process.tail(),
+                config.unwrap_or_default()
+            );
         }
         assert!(file.exists(), "tether gateway wrote no {} within 60 s\n{}", file.display(), process.tail());
         let text = std::fs::read_to_string(&file).expect("reading listen.json");

@@ -303,7 +303,14 @@ fn a_storm_of_wrong_tokens_is_answered_429_while_a_valid_token_keeps_working() {
     let gateway = Gateway::start(&[]);
     let storm_client = ApiClient::new(&gateway).from_source(ip("127.0.0.3"));
     let valid_client = ApiClient::new(&gateway).from_source(ip("127.0.0.1"));
-    let limits = StormLimits { connections: 4, max_requests: 3000, max_duration: Duration::from_secs(10) };
+    // 1,000 requests a second for 5 s: fifty times the per-source rate, and long enough for the
+    // valid token to make many requests during it.
+    let limits = StormLimits {
+        connections: 4,
+        max_requests: 5000,
+        max_duration: Duration::from_secs(6),
+        requests_per_second: Some(1000),
+    };
     let rt = runtime();
     let (storm, probes) = rt.block_on(async {
         let (stop, stopped) = tokio::sync::oneshot::channel();
