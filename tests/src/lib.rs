@@ -8,12 +8,22 @@
 //! - [`netns`]: "behind NAT" for real, with network namespaces, veth pairs and nftables
 //!   masquerading ([`netns::Topology`]; needs root).
 //! - [`meshcentral`]: MeshCentral from npm, offline on loopback, as a real MPS peer.
+//! - [`api`]: the technician API from a chosen loopback source, with any token: HTTPS requests
+//!   that report status codes, relay WebSockets ([`api::ApiClient`]).
+//! - [`attack`]: bounded crowds of silent TCP/TLS connections from many loopback sources
+//!   ([`attack::SilentCrowd`]), wrong-token storms ([`attack::token_storm`]), open-files limits.
+//! - [`metrics`]: one Prometheus sample by its series, absent told apart from zero
+//!   ([`metrics::Metrics`], [`Gateway::metrics`]).
 //!
 //! Test servers bind only to loopback or to addresses inside namespaces the test creates, and
 //! every wait has a timeout.
 
+pub mod api;
+pub mod attack;
 pub mod meshcentral;
+pub mod metrics;
 pub mod netns;
 pub mod process;
 
-pub use process::{bin, poll_until, wait_for, Forward, Gateway, Process, Sim};
+pub use metrics::Metrics;
+pub use process::{bin, operator_in, poll_until, wait_for, Forward, Gateway, Process, Sim};

@@ -130,6 +130,11 @@ fn scrub_env(command: &mut Command) {
     if !explicit.iter().any(|k| k == "NO_COLOR") {
         command.env("NO_COLOR", "1");
     }
+    // With RUST_BACKTRACE set (as it often is in CI), an `anyhow` error also prints a backtrace
+    // that pushes the error itself out of the tail a failing test shows; panics keep theirs.
+    if !explicit.iter().any(|k| k == "RUST_LIB_BACKTRACE") {
+        command.env("RUST_LIB_BACKTRACE", "0");
+    }
 }
 
 /// A child process killed (SIGKILL) on drop, with its stdout and stderr in files.
@@ -226,6 +231,17 @@ impl Process {
         status.unwrap_or_else(|| panic!("{} did not exit within {timeout:?}\n{}", self.name, self.tail()))
     }
 
+    /// Sends it a signal by name (`STOP`, `CONT`, `TERM`, …) with `sh`'s built-in kill; panics
+    /// if the process is gone or the name is unknown.
+    pub fn signal(&mut self, name: &str) {
+        assert!(self.is_running(), "{} has exited; cannot send it SIG{name}\n{}", self.name, self.tail());
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .expect("running sh for kill");
+        assert!(status.success(), "kill -{name} {} failed ({status})", self.child.id());
+    }
+
     /// Asks the process to stop (SIGTERM), waits up to `timeout`, then kills it (SIGKILL).
     /// Returns its exit status.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
@@ -274,6 +290,26 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The resident set size of process `pid` in KiB (`VmRSS` in /proc), `None` once it is gone.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The last non-empty line of `text`, trimmed (where `tether token create` prints the token).
+pub fn last_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).rfind(|l| !l.is_empty())
+}
+
+/// An operator command on a data dir (`tether --data-dir DIR ARGS…`); panics unless it
+/// succeeds; returns stdout. For a running gateway, [`Gateway::operator`] does the same.
+pub fn operator_in(data_dir: &Path, args: &[&str]) -> String {
+    run(Command::new(bin("tether")).arg("--data-dir").arg(data_dir).args(args))
 }
 
 /// Runs a command to completion (stdin from /dev/null); panics with its output unless it
@@ -335,6 +371,25 @@ impl Gateway {
     /// `wrap` may only put something in front of the command (it is remembered that way for
     /// [`Gateway::restart`]). The generated server certificate names `ip`.
     pub fn start_at(ip: &str, config_toml: &str, extra_args: &[&str], wrap: impl Fn(Command) -> Command) -> Gateway {
+        Self::start_prepared(ip, config_toml, extra_args, wrap, |_| {})
+    }
+
+    /// Like [`Gateway::start_with_config`], with `setup` run on the fresh data dir after the
+    /// harness's MPS account and API token exist and before the gateway starts: operator commands
+    /// that must precede the start, e.g.
+    /// `|dir| { operator_in(dir, &["mps-credentials", "set", "other", "PASS2"]); }`.
+    pub fn start_with_setup(config_toml: &str, extra_args: &[&str], setup: impl FnOnce(&Path)) -> Gateway {
+        Self::start_prepared("127.0.0.1", config_toml, extra_args, |c| c, setup)
+    }
+
+    /// [`Gateway::start_at`] with a `setup` step before the start (see [`Gateway::start_with_setup`]).
+    pub fn start_prepared(
+        ip: &str,
+        config_toml: &str,
+        extra_args: &[&str],
+        wrap: impl Fn(Command) -> Command,
+        setup: impl FnOnce(&Path),
+    ) -> Gateway {
         let data_dir = tempfile::Builder::new().prefix("tether-e2e-data-").tempdir().expect("a data dir");
         if !config_toml.is_empty() {
             std::fs::write(data_dir.path().join("tether.toml"), config_toml).expect("writing tether.toml");
@@ -344,7 +399,8 @@ impl Gateway {
         let tether = bin("tether");
         run(Command::new(&tether).args(["--data-dir", &dir, "mps-credentials", "set", MPS_USER, &mps_password]));
         let out = run(Command::new(&tether).args(["--data-dir", &dir, "token", "create", "e2e"]));
-        let token = out.lines().map(str::trim).rfind(|l| !l.is_empty()).expect("the token line").to_string();
+        let token = last_line(&out).expect("the token line").to_string();
+        setup(data_dir.path());
         let mut args: Vec<String> = vec!["--data-dir".into(), dir, "gateway".into()];
         for flag in ["--cira-listen", "--api-listen", "--metrics-listen"] {
             args.push(flag.into());
@@ -391,7 +447,13 @@ impl Gateway {
             file.exists() || exited.is_some()
         });
         if let Some(status) = exited {
-            panic!("tether gateway exited ({status}) before listening\n{}", process.tail());
+            let config = self.data_dir.path().join("tether.toml");
+            let config = std::fs::read_to_string(&config).map(|t| format!("\n--- its {}:\n{t}", config.display()));
+            panic!(
+                "tether gateway exited ({status}) before listening (a configuration key it does not know?)\n{}{}",
+                process.tail(),
+                config.unwrap_or_default()
+            );
         }
         assert!(file.exists(), "tether gateway wrote no {} within 60 s\n{}", file.display(), process.tail());
         let text = std::fs::read_to_string(&file).expect("reading listen.json");
@@ -490,18 +552,33 @@ impl Gateway {
 
     /// The gateway's resident set size, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+        rss_kib_of(self.pid()).expect("VmRSS in /proc/PID/status of the gateway")
     }
 
     /// An operator command on the gateway's data dir (`tether --data-dir DIR ARGS…`), run on the
     /// gateway's own machine (outside any namespace: it only touches files).
     pub fn operator(&self, args: &[&str]) -> String {
-        run(Command::new(bin("tether")).arg("--data-dir").arg(self.data_dir()).args(args))
+        operator_in(self.data_dir(), args)
+    }
+
+    /// `tether token create NAME ARGS…` on the data dir; returns the token (its last line).
+    pub fn create_token(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["token", "create", name];
+        all.extend_from_slice(args);
+        let out = self.operator(&all);
+        last_line(&out).unwrap_or_else(|| panic!("`tether token create {name}` printed no token:\n{out}")).to_string()
+    }
+
+    /// `tether device show UUID --json` (through the API), parsed; `None` when the command fails
+    /// (e.g. the gateway has never seen the device) or prints no JSON.
+    pub fn device_record(&self, uuid: Uuid) -> Option<serde_json::Value> {
+        let mut command = self.cli_command(&["device", "show", &uuid.to_string(), "--json"]);
+        scrub_env(&mut command);
+        let output = command.stdin(Stdio::null()).output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
     }
 
     /// A `tether` technician command against this gateway's API (`--api`, `--token`, `--ca`),
@@ -610,15 +687,35 @@ impl Sim {
     /// `amt-sim --gateway CIRA --ca CA --username U --password P` for `gateway`, to add
     /// arguments to or wrap (e.g. `topology.wrap(Host::Home, …)`) before [`Sim::from_command`].
     pub fn command(gateway: &Gateway, password: &str) -> Command {
+        Self::command_as(gateway, &gateway.mps_user, password)
+    }
+
+    /// Like [`Sim::command`], with MPS username `user` (another MPS account, or a wrong one).
+    pub fn command_as(gateway: &Gateway, user: &str, password: &str) -> Command {
         let mut command = Command::new(bin("amt-sim"));
         command
             .arg("--gateway")
             .arg(gateway.cira_addr().to_string())
             .arg("--ca")
             .arg(gateway.ca_path())
-            .args(["--username", &gateway.mps_user, "--password", password])
+            .args(["--username", user, "--password", password])
             .env("RUST_LOG", "info");
         command
+    }
+
+    /// Starts amt-sim against `gateway` as MPS user `user` with `password`.
+    pub fn start_as(gateway: &Gateway, user: &str, password: &str, args: &[&str]) -> Sim {
+        Self::from_command(Self::command_as(gateway, user, password).args(args))
+    }
+
+    /// Starts amt-sim with the gateway's MPS credentials, its connections made from the loopback
+    /// address `source` (`--source`, e.g. 127.0.0.2). Panics with a clear message when this
+    /// amt-sim has no `--source` flag.
+    pub fn start_from(gateway: &Gateway, source: &str, args: &[&str]) -> Sim {
+        require_sim_flag("--source", "connecting from a chosen loopback address");
+        let mut command = Self::command(gateway, &gateway.mps_password);
+        command.args(["--source", source]).args(args);
+        Self::from_command(&mut command)
     }
 
     /// Starts amt-sim against `gateway` with the gateway's MPS credentials.
@@ -653,6 +750,24 @@ impl Sim {
         self.process.wait_for_log(needle, timeout)
     }
 
+    /// How many lines of its output contain `needle` (e.g. `"established: ports"`: tunnels it
+    /// got established).
+    pub fn count_log_lines(&self, needle: &str) -> usize {
+        let (out, err) = (self.process.stdout(), self.process.stderr());
+        out.lines().chain(err.lines()).filter(|l| l.contains(needle)).count()
+    }
+
+    /// Freezes it (SIGSTOP): its TCP connection stays open but it answers nothing, like a PC
+    /// whose network went away. [`Sim::thaw`] resumes it; dropping it kills it either way.
+    pub fn freeze(&mut self) {
+        self.process.signal("STOP");
+    }
+
+    /// Resumes a frozen amt-sim (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.process.signal("CONT");
+    }
+
     /// Waits for amt-sim to exit by itself (e.g. `--exit-on-auth-failure`).
     pub fn wait(self, timeout: Duration) -> ExitStatus {
         self.process.wait(timeout)
@@ -661,6 +776,28 @@ impl Sim {
     pub fn tail(&self) -> String {
         self.process.tail()
     }
+}
+
+/// Whether this amt-sim binary knows the command-line flag `flag` (from its `--help`).
+pub fn sim_has_flag(flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        Command::new(bin("amt-sim"))
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    });
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '<').any(|word| word == flag)
+}
+
+/// Panics, naming `flag` and what it is needed for, when amt-sim lacks it.
+pub fn require_sim_flag(flag: &str, needed_for: &str) {
+    assert!(
+        sim_has_flag(flag),
+        "{} has no {flag} flag (needed for {needed_for}); rebuild amt-sim from a tree that has it",
+        bin("amt-sim").display()
+    );
 }
 
 /// A plain HTTP/1.0 `GET` (std only); returns the status code and the body.

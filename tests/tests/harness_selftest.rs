@@ -1,5 +1,7 @@
 //! Checks of the test harness itself, against the machine rather than against Tether: the NAT
-//! topology really hides the home network, and MeshCentral really starts offline as an MPS.
+//! topology really hides the home network, MeshCentral really starts offline as an MPS, and the
+//! technician/attacker helpers (source addresses, silent crowds, frozen devices) do what they say
+//! against a gateway of today.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,4 +98,52 @@ fn meshcentral_ids_follow_apf_md() {
     let uuid: uuid::Uuid = "12345678-9abc-def0-1234-56789abcdef0".parse().unwrap();
     assert!(meshcentral::node_id_for(uuid).starts_with("node//EjRWeJq83vAS"));
     assert_eq!(meshcentral::cira_username_for("mesh//ab@c$defghijklmnopqrst"), "abXcXdefghijklmn");
+}
+
+/// The technician-side helpers against today's gateway: requests and relays really leave from
+/// the loopback source they are given, silent crowds hold and release their connections, and a
+/// frozen amt-sim is stopped (not gone) until thawed.
+#[test]
+fn api_client_crowd_and_freeze_do_what_they_say() {
+    use e2e::api::{runtime, ApiClient};
+    use e2e::attack::{loopback_sources, Silence, SilentCrowd};
+    use e2e::{Gateway, Sim};
+
+    let gateway = Gateway::start(&[]);
+    let uuid = uuid::Uuid::new_v4();
+    let mut sim = Sim::start(&gateway, &["--uuid", &uuid.to_string()]);
+    wait_for("the device to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
+
+    let source: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let client = ApiClient::new(&gateway).from_source(source);
+    let rt = runtime();
+    let listed = rt.block_on(client.get("/api/v1/devices", gateway.token())).unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let wrong = rt.block_on(client.get("/api/v1/devices", &e2e::api::random_token())).unwrap();
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    rt.block_on(async {
+        let mut relay = client.relay(uuid, 16994, gateway.token()).await.unwrap();
+        assert_eq!(relay.echo(&data, Duration::from_secs(30)).await.unwrap(), data);
+        relay.close().await;
+    });
+    let line = gateway.process().log_line_containing("relay opened").expect("the gateway logs the relay");
+    assert!(line.contains("127.0.0.9:"), "the relay came from 127.0.0.9: {line}");
+
+    let mut crowd = SilentCrowd::new();
+    let opened =
+        crowd.open(&Silence::Tcp, gateway.cira_addr(), &loopback_sources([0, 2], 5), 20, 8, Duration::from_secs(10));
+    assert_eq!((opened.ok, opened.failed), (20, 0), "{opened:?}");
+    assert_eq!(crowd.still_open(), 20);
+    crowd.close_all();
+
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()).unwrap_or("?").to_string()
+    };
+    sim.freeze();
+    assert!(e2e::poll_until(Duration::from_secs(5), || state(sim.pid()) == "T"), "amt-sim is {}", state(sim.pid()));
+    sim.thaw();
+    assert!(e2e::poll_until(Duration::from_secs(5), || state(sim.pid()) != "T"), "amt-sim is still stopped");
+    assert!(gateway.is_connected(uuid));
 }
