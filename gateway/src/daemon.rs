@@ -44,6 +44,7 @@ pub struct ListenOverrides {
 /// Runs the gateway until a signal arrives.
 pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: ListenOverrides) -> Result<()> {
     paths::ensure_data_dir(data_dir)?;
+    raise_open_files_limit();
     let config_path = config_path.unwrap_or_else(|| data_dir.join("tether.toml"));
     let mut config =
         Config::load(&config_path).with_context(|| format!("reading the configuration {}", config_path.display()))?;
@@ -160,6 +161,19 @@ fn ensure_mps_credentials(store: &Store) -> Result<()> {
     println!("Created MPS credentials for AMT devices: username {username}, password {password}");
     println!("(shown once; change them with `tether mps-credentials set USER PASSWORD`)");
     Ok(())
+}
+
+/// Every tunnel, pending connection and relay holds a file descriptor: raise the soft limit to
+/// the hard one (systemd starts services with a soft limit of 1,024).
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 8192 => warn!(
+            limit,
+            "only {limit} open files allowed: raise the hard limit (LimitNOFILE=) for thousands of devices"
+        ),
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(err) => warn!(error = %err, "could not raise the open files limit"),
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {

@@ -10,6 +10,12 @@ use tether_gateway::store::{Store, TokenScope};
 use tether_gateway::{auth, daemon, forward, paths};
 use uuid::Uuid;
 
+/// jemalloc, with its background purging thread switched on in `main`: memory freed after a burst
+/// (a reconnect storm of thousands of devices, a flood of silent connections) goes back to the
+/// system within seconds. glibc's malloc kept it in per-thread arenas for good.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "tether", version, about = "Tether: edge relay and protocol gateway for AMT and agent PCs behind NAT")]
 struct Cli {
@@ -159,6 +165,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let daemon_mode = matches!(cli.command, Command::Gateway { .. });
     init_logging(daemon_mode);
+    if daemon_mode {
+        if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!(error = %err, "could not start jemalloc's purging thread; freed memory returns more slowly");
+        }
+    }
     let data_dir = cli.data_dir.clone().unwrap_or_else(paths::default_data_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli, &data_dir))

@@ -346,24 +346,28 @@ fn technician_reaches_device_behind_nat() {
 }
 
 #[test]
-fn two_pcs_sharing_one_uuid_are_reported_as_duplicates() {
-    let gateway = Gateway::start(&[]);
+fn two_pcs_sharing_one_uuid_are_reported_and_the_first_keeps_it() {
+    let gateway = Gateway::start_with_config("[devices]\nliveness_timeout_ms = 1000\n", &[]);
     let uuid = Uuid::new_v4();
-    // Two boards with the same (OEM-duplicated) UUID behind one NAT: each new tunnel replaces the
-    // other, and each replaced board dials again.
+    // Two boards with the same (OEM-duplicated) UUID behind one NAT: the one connected first is
+    // alive and answers the liveness check, so the other is refused each time it dials, and the
+    // device record says why. The tunnel never flaps between them.
     let args = ["--uuid", &uuid.to_string(), "--reconnect-min-ms", "200", "--reconnect-max-ms", "500"];
     let _first = Sim::start(&gateway, &args);
+    wait_for("the first board to connect", Duration::from_secs(30), || connected(&gateway, uuid));
     let _second = Sim::start(&gateway, &args);
     let mut device = serde_json::Value::Null;
-    wait_for("the gateway to flag the shared UUID", Duration::from_secs(60), || {
+    wait_for("the gateway to report the shared UUID", Duration::from_secs(60), || {
         let output = gateway.cli_command(&["device", "show", &uuid.to_string(), "--json"]).output().unwrap();
         device = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        device["duplicate_count"].as_u64().unwrap_or(0) >= 1
+        device["conflict_count"].as_u64().unwrap_or(0) >= 2
     });
-    let note = device["duplicate_note"].as_str().unwrap_or_default();
-    assert!(note.contains("share this UUID"), "{device}");
+    let note = device["conflict_note"].as_str().unwrap_or_default();
+    assert!(note.contains("same UUID"), "{device}");
     let metrics = gateway.metrics_text();
-    assert!(metric(&metrics, "tether_tunnels_closed_total{kind=\"cira\",reason=\"replaced\"}") >= 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "tether_tunnels_closed_total{kind=\"cira\",reason=\"replaced\"}"), 0.0, "{metrics}");
+    assert!(metric(&metrics, "tether_connections_rejected_total{reason=\"uuid_conflict\"}") >= 2.0, "{metrics}");
+    assert!(connected(&gateway, uuid));
 }
 
 #[test]

@@ -34,8 +34,10 @@ use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
 use crate::stream::{self, DeviceStream, StreamClosed, StreamEnd, Written};
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from the socket at a time: small while the tunnel is idle or handshaking (a
+/// connection that never sends anything costs no more), up to the large size while data streams.
+const READ_SMALL: usize = 2 * 1024;
+const READ_LARGE: usize = 64 * 1024;
 /// Commands queued per tunnel before senders wait.
 const COMMAND_QUEUE: usize = 256;
 /// Writes queued per tunnel before the tunnel stops taking output from the session.
@@ -134,6 +136,7 @@ impl Tunnel {
         self.wake_tx = wake_tx;
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = BytesMut::new();
+        let mut read_size = READ_SMALL;
         // Why the transport ended, when it ended before the session did.
         let mut transport_end: Option<CloseReason> = None;
 
@@ -160,8 +163,8 @@ impl Tunnel {
             }
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             let wants_input = self.session.wants_input();
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < read_size / 4 {
+                buf.reserve(read_size);
             }
             let admitting = self.admit.is_some();
             tokio::select! {
@@ -169,11 +172,14 @@ impl Tunnel {
                     Ok(0) => transport_end = Some(CloseReason::PeerClosed),
                     Ok(n) => {
                         self.session.handle_input(&buf, Instant::now());
-                        // Keep the buffer while data streams; an idle tunnel (keepalives) holds none.
-                        if n < 1024 {
-                            buf = BytesMut::new();
-                        } else {
+                        // Grow the reads while they come back full; an idle tunnel (keepalives)
+                        // holds no buffer at all.
+                        if n >= read_size / 2 {
+                            read_size = (read_size * 2).min(READ_LARGE);
                             buf.clear();
+                        } else {
+                            read_size = READ_SMALL;
+                            buf = BytesMut::new();
                         }
                     }
                     Err(err) => {
