@@ -100,7 +100,8 @@ impl VerifyCache {
 /// Why a password could not be checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
-    #[error("too many password checks are waiting; try again shortly")]
+    /// The checker's threads are gone (they only end with the process).
+    #[error("the password checker is not running")]
     Busy,
     #[error("the password check did not finish before the deadline")]
     Timeout,
@@ -114,9 +115,10 @@ struct Job {
 
 /// Runs argon2 verifications on its own threads (one per core), never on tokio's workers or
 /// its blocking pool, so that a storm of first logins never delays API token checks. At most
-/// `threads + queue` checks are admitted at once; beyond that a check fails at once with
-/// [`CheckError::Busy`], and every check is bounded by the caller's deadline. Known-good pairs
-/// (see [`VerifyCache`]) are answered without a thread.
+/// `threads + queue` checks are handed to the threads at once; the others wait asynchronously
+/// for a place, and every check, waiting included, is bounded by the caller's deadline
+/// ([`CheckError::Timeout`]). Known-good pairs (see [`VerifyCache`]) are answered without a
+/// thread, also after a wait.
 pub struct PasswordChecker {
     cache: std::sync::Arc<VerifyCache>,
     admitted: std::sync::Arc<tokio::sync::Semaphore>,
@@ -173,7 +175,18 @@ impl PasswordChecker {
         if self.cache.is_known_good(phc, password) {
             return Ok(true);
         }
-        let Ok(_permit) = self.admitted.try_acquire() else { return Err(CheckError::Busy) };
+        // Wait for a place (bounded by the deadline); the waiting tasks are bounded by the
+        // connections the gateway lets wait for authentication.
+        let _permit = match tokio::time::timeout_at(deadline, self.admitted.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(CheckError::Busy),
+            Err(_) => return Err(CheckError::Timeout),
+        };
+        // Thousands of devices often share one password: the first check may have proven it
+        // while this one waited.
+        if self.cache.is_known_good(phc, password) {
+            return Ok(true);
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job { phc: phc.to_string(), password: password.to_vec(), reply };
         // Never blocks: the semaphore admits no more jobs than the channel and threads hold.
@@ -275,7 +288,8 @@ mod tests {
         let fast = hash_password(b"shared").unwrap();
         assert_eq!(checker.check(&fast, b"shared", far).await, Ok(true));
         assert_eq!(checker.check(&fast, b"wrong", far).await, Ok(false));
-        // One check running and one waiting fill the checker: a third is refused at once.
+        // One check running and one queued fill the checker: a third waits for a place, and
+        // gives up at its deadline.
         let slow = slow_hash(b"slow");
         let running: Vec<_> = (0..2u8)
             .map(|i| {
@@ -284,7 +298,8 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert_eq!(checker.check(&slow, b"third", far).await, Err(CheckError::Busy));
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+        assert_eq!(checker.check(&slow, b"third", soon).await, Err(CheckError::Timeout));
         // Known good: answered from the cache while the threads are busy.
         assert_eq!(checker.check(&fast, b"shared", far).await, Ok(true));
         for task in running {

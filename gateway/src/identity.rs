@@ -157,7 +157,12 @@ async fn check(
     if !ok {
         return Err(CheckFailure::Refused(AuthFailureReason::BadPassword));
     }
-    if policy == DevicePolicy::Pinned {
+    let known_pin = device.and_then(|d| d.pinned);
+    if policy == DevicePolicy::Pinned && known_pin.as_ref().is_some_and(|pin| *pin != credential.pin()) {
+        return Err(CheckFailure::Refused(AuthFailureReason::CredentialMismatch));
+    }
+    if policy == DevicePolicy::Pinned && known_pin.is_none() {
+        // First admission: pin it (the store keeps the first pin if two race).
         let store = Arc::clone(&shared.store);
         let pin = credential.pin();
         let pinned =

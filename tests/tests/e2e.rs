@@ -243,9 +243,11 @@ fn malformed_and_oversized_messages_close_only_their_own_tunnel() {
 #[test]
 fn two_thousand_devices_connect_at_once_and_all_appear() {
     const COUNT: usize = 2000;
-    // One loopback source for all 2,000: raise the per-source connection burst for this test.
+    // One loopback source for all 2,000: raise the per-source connection burst and the
+    // per-source share of the unauthenticated pool for this test.
     let gateway = Gateway::start_with_config(
-        "[limits]\nconnections_per_second_per_source = 1000\nconnection_burst_per_source = 5000\n",
+        "[limits]\nconnections_per_second_per_source = 1000\nconnection_burst_per_source = 5000\n\
+         [apf]\nmax_pending_per_source = 4096\n",
         &[],
     );
     let base = Uuid::new_v4();
