@@ -36,8 +36,6 @@ use crate::state::Shared;
 const MAX_API_CONNECTIONS: usize = 4096;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest WebSocket message a technician may send.
-const MAX_WS_MESSAGE: usize = 1 << 20;
 
 /// The technician's address, attached to each request of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -244,8 +242,20 @@ async fn relay_tcp(
         }
     };
     info!(%uuid, port, technician = %caller.name, from = %peer, "relay opened");
-    ws.max_message_size(MAX_WS_MESSAGE).on_upgrade(move |socket| async move {
-        relay::run(socket, end).await;
-        info!(%uuid, port, "relay closed");
+    let limits = relay::RelayLimits::from_config(&shared.config.api);
+    relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
+        // Nothing stops a relay from outside yet.
+        let (_, stop) = tokio::sync::oneshot::channel();
+        let outcome = relay::run(socket, end, limits, stop).await;
+        shared.metrics.relay_closed(outcome.end);
+        info!(
+            %uuid,
+            port,
+            to_device = outcome.to_device,
+            from_device = outcome.from_device,
+            duration_ms = outcome.duration.as_millis() as u64,
+            reason = outcome.end.as_str(),
+            "relay closed"
+        );
     })
 }
