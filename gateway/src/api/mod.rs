@@ -7,10 +7,11 @@
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
-//! token's format, its lookup, expiry, per-token rate and scope ([`admission`]); and for a relay,
-//! the cap on relays per token and device ([`relays`]). Live relays end when their token is
-//! revoked or expires ([`relays::watch_tokens`]). Refusals are JSON `{"error", "reason"}` with the
-//! `tether_api_rejected_total` reason, and 429s carry `Retry-After` when waiting helps.
+//! token's format, its lookup, expiry, per-token rate and scope (`admission`); and for a relay,
+//! the cap on relays per token and device (`relays`). Live relays end when their token is
+//! revoked or expires (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
+//! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
+//! carry `Retry-After`.
 //!
 //! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
 
