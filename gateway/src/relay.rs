@@ -14,11 +14,13 @@
 //! gateway's memory.
 //!
 //! Ends ([`RelayEnd`]): either side closing, the device's tunnel going away, no payload either way
-//! for the idle timeout, the maximum duration, no frame at all from the technician for the ping
-//! timeout (pings go out every ping interval; the timer runs apart from the sends, so it fires
-//! also while a send is stuck on a technician who stopped reading), a frame over the size limit
-//! (checked by the WebSocket layer before buffering, see `api`), or a [`Stop`] from outside (token
-//! revoked or expired).
+//! for the idle timeout, the maximum duration, the ping timeout, a frame over the size limit
+//! (checked by the WebSocket layer before buffering, see [`limit_frames`]), or a [`Stop`] from
+//! outside (token revoked or expired). Pings go out every ping interval, and the ping timeout ends
+//! a relay when no frame at all came from the technician for that long, or a send to it has not
+//! completed for that long (it stopped reading). Its timer runs apart from the sends, so it fires
+//! while a send is stuck; while the relay waits for the device to take the technician's data, the
+//! technician's frames are not read, and its silence alone does not count.
 //!
 //! What it does not do: open streams, check tokens or keep the table of live relays (`api`), or
 //! speak any tunnel protocol (`cira`).
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -123,7 +126,7 @@ pub async fn run(
                         Ok(Some(bytes)) => {
                             let n = bytes.len();
                             // One device message, one WebSocket message: redirection consoles care.
-                            if ws_tx.send(Message::Binary(bytes)).await.is_err() {
+                            if !send(&mut ws_tx, &progress, Message::Binary(bytes)).await {
                                 return Ending::End(RelayEnd::TechnicianClosed);
                             }
                             // Credit back only what left for the technician.
@@ -132,7 +135,7 @@ pub async fn run(
                             progress.mark(&progress.payload);
                         }
                         Ok(None) => {
-                            if ws_tx.send(Message::Text(EOF_MESSAGE.into())).await.is_err() {
+                            if !send(&mut ws_tx, &progress, Message::Text(EOF_MESSAGE.into())).await {
                                 return Ending::End(RelayEnd::TechnicianClosed);
                             }
                             progress.device_eof.store(true, Ordering::Relaxed);
@@ -143,7 +146,7 @@ pub async fn run(
                         Err(_) => return Ending::End(RelayEnd::TunnelGone),
                     },
                     _ = ping.tick() => {
-                        if ws_tx.send(Message::Ping(Bytes::new())).await.is_err() {
+                        if !send(&mut ws_tx, &progress, Message::Ping(Bytes::new())).await {
                             return Ending::End(RelayEnd::TechnicianClosed);
                         }
                     }
@@ -265,6 +268,8 @@ struct Progress {
     /// A technician message is on its way into the device stream (its budget is full): the
     /// technician's frames are not being read, so its silence does not count.
     writing: AtomicBool,
+    /// When the send to the technician now under way started; [`NOT_SENDING`] if none is.
+    sending_since: AtomicU64,
     to_device: AtomicU64,
     from_device: AtomicU64,
     device_eof: AtomicBool,
@@ -280,6 +285,7 @@ impl Progress {
             heard: AtomicU64::new(0),
             payload: AtomicU64::new(0),
             writing: AtomicBool::new(false),
+            sending_since: AtomicU64::new(NOT_SENDING),
             to_device: AtomicU64::new(0),
             from_device: AtomicU64::new(0),
             device_eof: AtomicBool::new(false),
@@ -297,13 +303,19 @@ impl Progress {
         self.started + Duration::from_nanos(when.load(Ordering::Relaxed))
     }
 
-    /// When the technician's silence ends the relay. While a write to the device is waiting, the
-    /// silence is not counted: the deadline is a whole timeout away, and checked again then.
+    /// When the technician is taken for gone: after `timeout` of silence, or of a send to it that
+    /// does not complete (it stopped reading). While a write to the device is waiting, silence
+    /// does not count (the technician's frames are not being read): the deadline is then a whole
+    /// timeout away, and checked again then; a stuck send still counts.
     fn ping_deadline(&self, timeout: Duration) -> Instant {
-        if self.writing.load(Ordering::Relaxed) {
+        let silence = if self.writing.load(Ordering::Relaxed) {
             Instant::now() + timeout
         } else {
             self.at(&self.heard) + timeout
+        };
+        match self.sending_since.load(Ordering::Relaxed) {
+            NOT_SENDING => silence,
+            since => silence.min(self.started + Duration::from_nanos(since) + timeout),
         }
     }
 
@@ -321,6 +333,17 @@ impl Progress {
             }
         })
     }
+}
+
+const NOT_SENDING: u64 = u64::MAX;
+
+/// Sends one message to the technician, noting while it is under way; false if the connection
+/// broke.
+async fn send(ws_tx: &mut SplitSink<WebSocket, Message>, progress: &Progress, message: Message) -> bool {
+    progress.mark(&progress.sending_since);
+    let sent = ws_tx.send(message).await.is_ok();
+    progress.sending_since.store(NOT_SENDING, Ordering::Relaxed);
+    sent
 }
 
 /// After a failed write: whether the device closed the channel or its tunnel went away. The

@@ -213,6 +213,54 @@ async fn a_technician_who_stops_reading_stalls_the_device_and_is_dropped_after_t
     drop(client);
 }
 
+/// The test's device as an echo service: sends back what it takes, within its window, and stops
+/// taking when the window is full (as AMT's services do).
+fn echo_device(end: StreamEnd, mut wake: mpsc::UnboundedReceiver<StreamKey>, window: usize) {
+    tokio::spawn(async move {
+        let mut outstanding = 0;
+        loop {
+            let wanted = end.poll_wanted();
+            outstanding -= wanted.released;
+            if wanted.close {
+                return;
+            }
+            while outstanding < window {
+                let Some((data, _written)) = end.take_outbound(window - outstanding) else { break };
+                outstanding += data.len();
+                end.push(data);
+            }
+            if tokio::time::timeout(Duration::from_secs(30), wake.recv()).await.ok().flatten().is_none() {
+                return;
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_technician_who_writes_but_never_reads_is_dropped_after_the_ping_timeout() {
+    let limits = RelayLimits { ping_timeout: Duration::from_millis(800), max_frame_bytes: 1 << 20, ..limits() };
+    let Bed { end, wake, stop: _stop, outcome, mut client } = bed(limits).await;
+    echo_device(end, wake, 256 * 1024);
+    // Writes until the gateway stops taking them: the echo it never reads backs up through the
+    // device into the relay's writes.
+    let mut written = 0usize;
+    let stalled = loop {
+        match tokio::time::timeout(Duration::from_millis(500), client.send(WsMessage::binary(vec![1u8; 64 * 1024])))
+            .await
+        {
+            Ok(sent) => {
+                sent.unwrap();
+                written += 64 * 1024;
+                assert!(written < 64 << 20, "the gateway took 64 MiB from a technician who reads nothing");
+            }
+            Err(_) => break Instant::now(),
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), outcome).await.expect("the relay ended").unwrap();
+    assert_eq!(outcome.end, RelayEnd::PingTimeout, "after {written} bytes written");
+    assert!(stalled.elapsed() < limits.ping_timeout + CLOSE_WAIT + Duration::from_secs(1), "{:?}", stalled.elapsed());
+}
+
 #[tokio::test]
 async fn waiting_on_a_slow_device_is_not_the_technicians_silence() {
     let limits = RelayLimits { ping_timeout: Duration::from_millis(400), max_frame_bytes: 1 << 20, ..limits() };
