@@ -1,15 +1,19 @@
-//! Rate limits (governor): new connections per source address, failed authentications per source
-//! and per UUID (with back-off), and API requests per token.
+//! Rate limits and caps (governor for rates): new connections per source address, failed
+//! authentications per source and per UUID (with back-off), API requests per token, and for the
+//! technician API, requests and failed token checks per source ([`SourceLimiter`]) and open
+//! connections in all and per source ([`ConnectionCaps`]).
 //!
 //! Sources are keyed by IPv4 address or IPv6 /64, so one abusive source never shuts others out,
 //! and the defaults let a few hundred PCs behind one NAT reconnect at once after a restart. Every
-//! table is bounded (`max_tracked_sources`). What it does not do: count (that is `metrics`).
+//! table is bounded (`max_tracked_sources`, or the connection cap). What it does not do: count
+//! (that is `metrics`), or answer anyone (the callers decide what a refusal looks like).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
@@ -163,14 +167,74 @@ impl<K: Hash + Eq + Clone> Table<K> {
     }
 }
 
+/// Keys under back-off, each until when; bounded by `max` keys.
+struct Backoff<K: Hash + Eq + Clone> {
+    max: usize,
+    until: Mutex<HashMap<K, Instant>>,
+}
+
+impl<K: Hash + Eq + Clone> Backoff<K> {
+    fn new(max: usize) -> Self {
+        Backoff { max, until: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Instant>> {
+        self.until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `key` under back-off for `wait` (or longer, if it is already).
+    fn block(&self, key: K, wait: Duration) {
+        let mut blocked = self.lock();
+        let now = Instant::now();
+        if blocked.len() >= self.max && !blocked.contains_key(&key) {
+            blocked.retain(|_, until| *until > now);
+            if blocked.len() >= self.max {
+                // Still full of live entries: keep the half that stays blocked longest rather
+                // than grow. This runs once per `max / 2` new keys at most.
+                let mut entries: Vec<(K, Instant)> = blocked.drain().collect();
+                entries.sort_unstable_by_key(|(_, until)| std::cmp::Reverse(*until));
+                entries.truncate(self.max / 2);
+                blocked.extend(entries);
+            }
+        }
+        let until = now + wait;
+        let entry = blocked.entry(key).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// The longest back-off any of `keys` is under now.
+    fn remaining<'a>(&self, keys: impl IntoIterator<Item = &'a K>) -> Option<Duration>
+    where
+        K: 'a,
+    {
+        let blocked = self.lock();
+        let now = Instant::now();
+        keys.into_iter()
+            .filter_map(|k| blocked.get(k).copied())
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+            .max()
+    }
+
+    fn housekeeping(&self) {
+        let mut blocked = self.lock();
+        let now = Instant::now();
+        blocked.retain(|_, until| *until > now);
+        blocked.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// Connection, authentication-failure and API rate limits (see the module doc).
 pub struct Limiter {
     max_tracked: usize,
     connections: Table<Source>,
     auth_failures: Table<AuthKey>,
     api: Table<i64>,
-    /// Keys in back-off, until when.
-    blocked: Mutex<HashMap<AuthKey, Instant>>,
+    blocked: Backoff<AuthKey>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -192,7 +256,7 @@ impl Limiter {
             connections: Table::new("connections", connections, max_tracked),
             auth_failures: Table::new("auth_failures", auth, max_tracked),
             api: Table::new("api", api, max_tracked),
-            blocked: Mutex::default(),
+            blocked: Backoff::new(max_tracked),
         }
     }
 
@@ -208,37 +272,17 @@ impl Limiter {
         for key in keys {
             if let Err(wait) = self.auth_failures.check(&key) {
                 longest = Some(longest.map_or(wait, |l| l.max(wait)));
-                self.block(key, wait);
+                self.blocked.block(key, wait);
             }
         }
         longest
     }
 
-    fn block(&self, key: AuthKey, wait: Duration) {
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if blocked.len() >= self.max_tracked && !blocked.contains_key(&key) {
-            blocked.retain(|_, until| *until > now);
-            if blocked.len() >= self.max_tracked {
-                // Still full of live entries: keep the half that stays blocked longest rather
-                // than grow. This runs once per `max_tracked / 2` new keys at most.
-                let mut entries: Vec<(AuthKey, Instant)> = blocked.drain().collect();
-                entries.sort_unstable_by_key(|(_, until)| std::cmp::Reverse(*until));
-                entries.truncate(self.max_tracked / 2);
-                blocked.extend(entries);
-            }
-        }
-        let until = now + wait;
-        let entry = blocked.entry(key).or_insert(until);
-        *entry = (*entry).max(until);
-    }
-
     /// Whether this source or UUID is in back-off now, and for how long still.
     pub fn auth_blocked(&self, source: IpAddr, uuid: Option<Uuid>) -> Option<Duration> {
-        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let keys = std::iter::once(AuthKey::Source(source.into())).chain(uuid.map(AuthKey::Device));
-        keys.filter_map(|k| blocked.get(&k).copied()).filter(|until| *until > now).map(|until| until - now).max()
+        let keys: Vec<AuthKey> =
+            std::iter::once(AuthKey::Source(source.into())).chain(uuid.map(AuthKey::Device)).collect();
+        self.blocked.remaining(&keys)
     }
 
     /// Whether an API request with this token may proceed.
@@ -251,16 +295,157 @@ impl Limiter {
         self.connections.sweep(true);
         self.auth_failures.sweep(true);
         self.api.sweep(true);
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        blocked.retain(|_, until| *until > now);
-        blocked.shrink_to_fit();
+        self.blocked.housekeeping();
     }
 
     /// How many keys the limiter tracks now (connections, auth failures, API tokens, back-offs).
     pub fn tracked(&self) -> (usize, usize, usize, usize) {
-        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner).len();
-        (self.connections.len(), self.auth_failures.len(), self.api.len(), blocked)
+        (self.connections.len(), self.auth_failures.len(), self.api.len(), self.blocked.len())
+    }
+}
+
+/// Failed token checks (missing, malformed, unknown or expired token) a source may make at once
+/// before it is put under back-off...
+pub const API_FAILURE_BURST: u32 = 10;
+/// ...and how many more it may make per minute after that. A technician who mistypes a token
+/// never notices; a source trying tokens gets about one store lookup per second, and every other
+/// request from it is answered 429 without one.
+pub const API_FAILURES_PER_MINUTE: u32 = 60;
+
+/// The technician API's per-source limits, checked before any token lookup: requests per source
+/// (`api.requests_per_second_per_source` / `api.request_burst_per_source`), and a stricter budget
+/// of failed token checks ([`API_FAILURE_BURST`], [`API_FAILURES_PER_MINUTE`]); once a source has
+/// spent that, all its requests are refused until its back-off is over, so a storm of wrong tokens
+/// costs one lookup a second. Valid tokens from other sources are not affected.
+pub struct SourceLimiter {
+    requests: Table<Source>,
+    failures: Table<Source>,
+    blocked: Backoff<Source>,
+}
+
+impl std::fmt::Debug for SourceLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceLimiter").field("tracked", &self.tracked()).finish_non_exhaustive()
+    }
+}
+
+impl SourceLimiter {
+    /// `max_tracked` bounds each table (`limits.max_tracked_sources`).
+    pub fn new(requests_per_second: u32, burst: u32, max_tracked: usize) -> SourceLimiter {
+        let max_tracked = max_tracked.max(16);
+        let requests = Quota::per_second(nonzero(requests_per_second)).allow_burst(nonzero(burst));
+        let failures = Quota::per_minute(nonzero(API_FAILURES_PER_MINUTE)).allow_burst(nonzero(API_FAILURE_BURST));
+        SourceLimiter {
+            requests: Table::new("api_requests_per_source", requests, max_tracked),
+            failures: Table::new("api_failures_per_source", failures, max_tracked),
+            blocked: Backoff::new(max_tracked),
+        }
+    }
+
+    /// Takes one request from `source`'s budget; `Err(wait)` if it is spent or the source is under
+    /// back-off for failed token checks (then nothing is taken).
+    pub fn check_request(&self, source: IpAddr) -> Result<(), Duration> {
+        let source = Source::from(source);
+        if let Some(wait) = self.blocked.remaining([&source]) {
+            return Err(wait);
+        }
+        self.requests.check(&source)
+    }
+
+    /// Records a failed token check from `source`; returns the back-off it is now under, if any.
+    pub fn token_failed(&self, source: IpAddr) -> Option<Duration> {
+        let source = Source::from(source);
+        let wait = self.failures.check(&source).err()?;
+        self.blocked.block(source, wait);
+        Some(wait)
+    }
+
+    /// Forgets idle sources and expired back-offs; call every minute or so.
+    pub fn housekeeping(&self) {
+        self.requests.sweep(true);
+        self.failures.sweep(true);
+        self.blocked.housekeeping();
+    }
+
+    /// How many sources are tracked now (requests, failures, back-offs).
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (self.requests.len(), self.failures.len(), self.blocked.len())
+    }
+}
+
+/// Which connection cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CapReached {
+    #[error("{0} connections are open, the most allowed")]
+    Total(usize),
+    #[error("{0} connections are open from this source, the most allowed")]
+    PerSource(usize),
+}
+
+/// Open connections, in all and per source. The per-source table holds only sources with an
+/// open connection, so it is bounded by the total cap.
+#[derive(Debug)]
+pub struct ConnectionCaps {
+    max_total: usize,
+    max_per_source: usize,
+    state: Mutex<ConnectionCount>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionCount {
+    total: usize,
+    per_source: HashMap<Source, usize>,
+}
+
+impl ConnectionCaps {
+    pub fn new(max_total: usize, max_per_source: usize) -> Self {
+        Self { max_total, max_per_source, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnectionCount> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a connection from `ip`, held until the slot is dropped.
+    pub fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, CapReached> {
+        let source = Source::from(ip);
+        let mut state = self.lock();
+        if state.total >= self.max_total {
+            return Err(CapReached::Total(self.max_total));
+        }
+        let count = state.per_source.entry(source).or_insert(0);
+        if *count >= self.max_per_source {
+            return Err(CapReached::PerSource(self.max_per_source));
+        }
+        *count += 1;
+        state.total += 1;
+        Ok(ConnectionSlot { caps: Arc::clone(self), source })
+    }
+
+    /// Open connections (in all, sources with one).
+    pub fn open(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.total, state.per_source.len())
+    }
+}
+
+/// One open connection's place in [`ConnectionCaps`]; dropping it frees the place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    caps: Arc<ConnectionCaps>,
+    source: Source,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut state = self.caps.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Entry::Occupied(mut count) = state.per_source.entry(self.source) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
     }
 }
 
@@ -349,5 +534,64 @@ mod tests {
         assert!(limiter.allow_api(1) && limiter.allow_api(1));
         assert!(!limiter.allow_api(1));
         assert!(limiter.allow_api(2));
+    }
+
+    #[test]
+    fn a_source_trying_tokens_is_put_under_back_off_and_others_are_not() {
+        let limiter = SourceLimiter::new(1000, 1000, 100);
+        let storm: IpAddr = "127.0.0.3".parse().unwrap();
+        let good: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut lookups = 0;
+        let mut refused = 0;
+        for _ in 0..1000 {
+            if limiter.check_request(storm).is_err() {
+                refused += 1;
+                continue;
+            }
+            lookups += 1;
+            limiter.token_failed(storm);
+        }
+        assert_eq!(lookups, API_FAILURE_BURST as usize + 1, "{refused} refused");
+        let wait = limiter.check_request(storm).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!((0..100).all(|_| limiter.check_request(good).is_ok()));
+    }
+
+    #[test]
+    fn api_requests_per_source_have_a_burst_and_v6_is_grouped_by_64() {
+        let limiter = SourceLimiter::new(1, 3, 100);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        assert_eq!((0..10).filter(|_| limiter.check_request(a).is_ok()).count(), 3);
+        assert!(limiter.check_request("2001:db8:1:2::9".parse().unwrap()).is_err());
+        assert!(limiter.check_request("2001:db8:1:3::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_sources_keeps_the_api_tables_bounded() {
+        let limiter = SourceLimiter::new(1, 1, 16);
+        for i in 0..5_000u32 {
+            let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            limiter.check_request(source).unwrap();
+            for _ in 0..=API_FAILURE_BURST {
+                limiter.token_failed(source);
+            }
+        }
+        let (requests, failures, blocked) = limiter.tracked();
+        assert!(requests <= 32 && failures <= 32 && blocked <= 16, "{:?}", limiter.tracked());
+    }
+
+    #[test]
+    fn connection_caps_count_in_all_and_per_source_and_free_on_drop() {
+        let caps = Arc::new(ConnectionCaps::new(3, 2));
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        let a1 = caps.try_enter(a).unwrap();
+        let _a2 = caps.try_enter(a).unwrap();
+        assert_eq!(caps.try_enter(a).unwrap_err(), CapReached::PerSource(2));
+        let _b1 = caps.try_enter(b).unwrap();
+        assert_eq!(caps.try_enter("198.18.0.3".parse().unwrap()).unwrap_err(), CapReached::Total(3));
+        drop(a1);
+        let _a3 = caps.try_enter(a).unwrap();
+        assert_eq!(caps.open(), (3, 2));
     }
 }

@@ -1,0 +1,300 @@
+//! The technician API (HTTPS, 8443) and the metrics endpoint (HTTP, 9464).
+//!
+//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}` (token scope `read`): what the store
+//!   knows of each device, with `connected` and `ports` taken from the live registry.
+//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket, scope `attach`): opens a stream to that
+//!   device port and relays it (see `relay` for the framing and how a relay ends).
+//!
+//! Technicians are admitted cheapest check first: the connection caps, in all and per source,
+//! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
+//! token's format, its lookup, expiry, per-token rate and scope (`admission`); and for a relay,
+//! the cap on relays per token and device (`relays`). Live relays end when their token is
+//! revoked or expires (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
+//! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
+//! carry `Retry-After`.
+//!
+//! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
+
+mod admission;
+mod relays;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
+use crate::metrics::ApiRejection;
+use crate::relay::RelayLimits;
+use crate::state::Shared;
+use crate::store::TokenScope;
+use admission::Caller;
+use relays::LiveRelays;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the API's handlers share: the daemon's state and the API's own limits and relay table.
+#[derive(Debug)]
+pub struct Api {
+    shared: Arc<Shared>,
+    sources: SourceLimiter,
+    connections: Arc<ConnectionCaps>,
+    relays: Arc<LiveRelays>,
+    relay_limits: RelayLimits,
+}
+
+impl Api {
+    pub fn new(shared: Arc<Shared>) -> Arc<Api> {
+        let api = &shared.config.api;
+        Arc::new(Api {
+            sources: SourceLimiter::new(
+                api.requests_per_second_per_source,
+                api.request_burst_per_source,
+                shared.config.limits.max_tracked_sources,
+            ),
+            connections: Arc::new(ConnectionCaps::new(api.max_connections, api.max_connections_per_source)),
+            relays: Arc::new(LiveRelays::default()),
+            relay_limits: RelayLimits::from_config(api),
+            shared,
+        })
+    }
+
+    /// Relays open now.
+    pub fn live_relays(&self) -> usize {
+        self.relays.len()
+    }
+}
+
+/// Resolves once the daemon is shutting down (or gone).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// The connection a request came on: the technician's address, and the connection's place under
+/// the caps (a relay holds it for as long as it runs).
+#[derive(Debug, Clone)]
+struct Connection {
+    remote: SocketAddr,
+    _slot: Arc<ConnectionSlot>,
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let v1 = Router::new()
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{uuid}", get(show_device))
+        .route("/api/v1/devices/{uuid}/tcp/{port}", get(relays::relay_tcp))
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
+    Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
+}
+
+/// Serves the API over TLS until shutdown, and watches live relays' tokens.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    serve_api(listener, Some(acceptor), Api::new(shared)).await
+}
+
+/// The accept loop; without an acceptor (tests), plain HTTP.
+async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Arc<Api>) {
+    let app = router(Arc::clone(&api));
+    tokio::spawn(relays::watch_tokens(Arc::clone(&api)));
+    let mut shutdown = api.shared.shutdown.clone();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %err, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopping(&mut shutdown) => return,
+        };
+        // Before TLS, so that a source holding many connections costs no handshakes.
+        let slot = match api.connections.try_enter(remote.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                api.shared.metrics.api_rejected(ApiRejection::ConnectionCap);
+                debug!(%remote, "API connection refused: {cap} (api.max_connections, api.max_connections_per_source)");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        // A technician who vanishes (laptop asleep, VPN gone) holds a relay, a device channel and
+        // perhaps AMT's only redirection session: let TCP find out within about two minutes.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let socket = socket2::SockRef::from(&tcp);
+        let _ = socket.set_tcp_keepalive(&keepalive);
+        #[cfg(target_os = "linux")]
+        let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(90)));
+        let connection = Connection { remote, _slot: Arc::new(slot) };
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(tcp, connection, app).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, connection, app).await,
+                    Ok(Err(err)) => debug!(%remote, error = %err, "API TLS handshake failed"),
+                    Err(_) => debug!(%remote, "API TLS handshake timed out"),
+                },
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection, each request tagged with the [`Connection`].
+async fn serve_connection<IO>(io: IO, connection: Connection, app: Router)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = connection.remote;
+    let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(connection.clone());
+        app.clone().oneshot(request)
+    });
+    // HTTP/1.1 only (the ALPN we offer); a client that never finishes its request headers,
+    // including the first byte, is cut off.
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    if let Err(err) = served.await {
+        debug!(%remote, error = %err, "API connection ended with an error");
+    }
+}
+
+/// Serves `/metrics` in plain HTTP until the task is aborted.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(shared): State<Arc<Shared>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render())
+            }),
+        )
+        .with_state(shared);
+    if let Err(err) = axum::serve(listener, app).await {
+        warn!(error = %err, "metrics listener stopped");
+    }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// A refusal counted in `tether_api_rejected_total`, with its reason in the body; `retry_after`
+/// becomes the `Retry-After` header (whole seconds, at least 1).
+fn rejection(
+    api: &Api,
+    status: StatusCode,
+    reason: ApiRejection,
+    retry_after: Option<Duration>,
+    message: impl std::fmt::Display,
+) -> Response {
+    api.shared.metrics.api_rejected(reason);
+    let body = Json(json!({ "error": message.to_string(), "reason": reason.as_str() }));
+    let mut response = (status, body).into_response();
+    if let Some(wait) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(wait)));
+    }
+    response
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// A device as the API shows it: the stored record, with live state from the registry.
+fn device_view(shared: &Shared, record: Option<Value>, uuid: Uuid) -> Value {
+    let live = shared.registry.any(uuid);
+    let mut view = record.unwrap_or_else(|| json!({ "uuid": uuid }));
+    if let Value::Object(map) = &mut view {
+        map.insert("connected".into(), Value::Bool(live.is_some()));
+        if let Some(live) = live {
+            map.insert("ports".into(), json!(live.ports()));
+            map.insert("remote_addr".into(), json!(live.remote.to_string()));
+        } else if !map.contains_key("ports") {
+            map.insert("ports".into(), json!([]));
+        }
+        map.entry("last_hello").or_insert(Value::Null);
+    }
+    view
+}
+
+async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing devices") {
+        return refused;
+    }
+    let shared = &api.shared;
+    let store = Arc::clone(&shared.store);
+    let records = match tokio::task::spawn_blocking(move || store.list_devices()).await {
+        Ok(Ok(records)) => records,
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut devices: Vec<Value> = records
+        .into_iter()
+        .map(|record| {
+            seen.insert(record.uuid);
+            let uuid = record.uuid;
+            device_view(shared, serde_json::to_value(record).ok(), uuid)
+        })
+        .collect();
+    // Tunnels whose first records are still on their way to the store.
+    for live in shared.registry.snapshot().into_iter().filter(|t| t.kind == crate::registry::TunnelKind::Cira) {
+        if !seen.contains(&live.uuid) {
+            devices.push(device_view(shared, None, live.uuid));
+        }
+    }
+    Json(Value::Array(devices)).into_response()
+}
+
+async fn show_device(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(uuid): Path<String>,
+) -> Response {
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "showing a device") {
+        return refused;
+    }
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    let shared = &api.shared;
+    let store = Arc::clone(&shared.store);
+    let record = match tokio::task::spawn_blocking(move || store.device(uuid)).await {
+        Ok(Ok(record)) => record,
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    if record.is_none() && shared.registry.any(uuid).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
+    }
+    Json(device_view(shared, record.and_then(|r| serde_json::to_value(r).ok()), uuid)).into_response()
+}
+
+#[cfg(test)]
+mod tests;

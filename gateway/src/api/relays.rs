@@ -1,0 +1,243 @@
+//! Opening relays, and the table of live ones: each relay has an entry (its token, device and a
+//! stop handle) from before its stream is opened until it ends. The table enforces
+//! `api.max_relays_per_token_per_device`, and [`watch_tokens`] stops relays whose token was
+//! revoked or has expired, within about a second.
+//!
+//! What it does not do: move bytes or decide when a relay ends otherwise (`relay`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::admission::Caller;
+use super::{error, rejection, Api, Connection};
+use crate::metrics::{ApiRejection, ChannelRefusal};
+use crate::registry::OpenRefused;
+use crate::relay::{self, Stop};
+use crate::store::TokenScope;
+
+/// How often live relays' tokens are checked against the store.
+const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often (in token checks) the API's per-source tables are swept.
+const HOUSEKEEPING_EVERY: u64 = 60;
+
+#[derive(Debug)]
+struct Entry {
+    token_id: i64,
+    uuid: Uuid,
+    expires_at: Option<OffsetDateTime>,
+    stop: oneshot::Sender<Stop>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    relays: HashMap<u64, Entry>,
+    per_token_device: HashMap<(i64, Uuid), usize>,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.relays.remove(&id)?;
+        let key = (entry.token_id, entry.uuid);
+        if let Some(count) = self.per_token_device.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_token_device.remove(&key);
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// Live relays (see the module doc).
+#[derive(Debug, Default)]
+pub(super) struct LiveRelays {
+    next_id: AtomicU64,
+    table: Mutex<Table>,
+}
+
+/// A relay's entry in [`LiveRelays`]; dropping it removes the entry.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    pub id: u64,
+    relays: Arc<LiveRelays>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.relays.lock().remove(self.id);
+    }
+}
+
+impl LiveRelays {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An entry for a new relay of `caller` to `uuid`, unless it has `cap` live ones there already.
+    pub fn try_open(
+        self: &Arc<Self>,
+        caller: &Caller,
+        uuid: Uuid,
+        cap: usize,
+    ) -> Option<(Ticket, oneshot::Receiver<Stop>)> {
+        let mut table = self.lock();
+        let count = table.per_token_device.entry((caller.id, uuid)).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (stop, stopped) = oneshot::channel();
+        table.relays.insert(id, Entry { token_id: caller.id, uuid, expires_at: caller.expires_at, stop });
+        Some((Ticket { id, relays: Arc::clone(self) }, stopped))
+    }
+
+    /// Stops every relay whose token is not in `live` (revoked or expired at `now`); returns the
+    /// relays stopped.
+    pub fn stop_gone(&self, live: &HashSet<i64>, now: OffsetDateTime) -> Vec<(u64, Stop)> {
+        let mut table = self.lock();
+        let gone: Vec<u64> =
+            table.relays.iter().filter(|(_, e)| !live.contains(&e.token_id)).map(|(id, _)| *id).collect();
+        gone.into_iter()
+            .filter_map(|id| {
+                let entry = table.remove(id)?;
+                let why =
+                    if entry.expires_at.is_some_and(|at| at <= now) { Stop::TokenExpired } else { Stop::TokenRevoked };
+                let _ = entry.stop.send(why);
+                Some((id, why))
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().relays.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every second, stops relays whose token is gone; stops at shutdown. Also sweeps the API's
+/// per-source tables now and then.
+pub(super) async fn watch_tokens(api: Arc<Api>) {
+    let mut shutdown = api.shared.shutdown.clone();
+    let mut tick = tokio::time::interval(TOKEN_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = super::stopping(&mut shutdown) => return,
+        }
+        ticks += 1;
+        if ticks % HOUSEKEEPING_EVERY == 0 {
+            api.sources.housekeeping();
+        }
+        if api.relays.is_empty() {
+            continue;
+        }
+        let now = OffsetDateTime::now_utc();
+        let store = Arc::clone(&api.shared.store);
+        match tokio::task::spawn_blocking(move || store.live_token_ids(now)).await {
+            Ok(Ok(live)) => {
+                failing = false;
+                for (relay, why) in api.relays.stop_gone(&live, now) {
+                    info!(relay, reason = ?why, "stopping relay: its token is no longer valid");
+                }
+            }
+            Ok(Err(err)) if !failing => {
+                failing = true;
+                warn!(error = %err, "cannot check live relays' tokens against the store; retrying every second");
+            }
+            Ok(Err(_)) => {}
+            Err(err) => warn!(error = %err, "token check task failed"),
+        }
+    }
+}
+
+pub(super) async fn relay_tcp(
+    State(api): State<Arc<Api>>,
+    Extension(connection): Extension<Connection>,
+    Extension(caller): Extension<Caller>,
+    Path((uuid, port)): Path<(String, u16)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "opening a relay") {
+        return refused;
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    let shared = &api.shared;
+    let cap = shared.config.api.max_relays_per_token_per_device;
+    let Some((ticket, stop)) = api.relays.try_open(&caller, uuid, cap) else {
+        let message = format!(
+            "token {:?} already has {cap} relays open to device {uuid} (api.max_relays_per_token_per_device); \
+             close one first",
+            caller.name
+        );
+        return rejection(&api, StatusCode::TOO_MANY_REQUESTS, ApiRejection::RelayCap, None, message);
+    };
+    let Some(tunnel) = shared.registry.any(uuid) else {
+        return error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid));
+    };
+    let peer = connection.remote;
+    let stream = match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
+        Ok(stream) => stream,
+        Err(refused) => {
+            let status = match refused {
+                OpenRefused::NotConnected(_) | OpenRefused::TunnelGone => StatusCode::NOT_FOUND,
+                OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
+                OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
+                OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
+                OpenRefused::Timeout => {
+                    shared.metrics.channel_open_refused(ChannelRefusal::Timeout);
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+            };
+            return error(status, refused);
+        }
+    };
+    let relay_id = ticket.id;
+    let technician = caller.name;
+    info!(relay = relay_id, %technician, %uuid, port, from = %peer, "relay opened");
+    let limits = api.relay_limits;
+    let api = Arc::clone(&api);
+    relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
+        let outcome = relay::run(socket, stream, limits, stop).await;
+        // Until here the relay held its place under the connection caps and the relay cap.
+        drop((ticket, connection));
+        api.shared.metrics.relay_closed(outcome.end);
+        info!(
+            relay = relay_id,
+            %technician,
+            %uuid,
+            port,
+            to_device = outcome.to_device,
+            from_device = outcome.from_device,
+            duration_ms = outcome.duration.as_millis() as u64,
+            reason = outcome.end.as_str(),
+            "relay closed"
+        );
+    })
+}

@@ -1,0 +1,429 @@
+//! The API in process (requests through the router, with the connection they came on) and on a
+//! loopback listener without TLS (connection caps, relays through a fake device tunnel): what a
+//! technician, a stranger trying tokens, and an operator revoking a token see.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request as HttpRequest};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use super::*;
+use crate::auth::{self, PasswordChecker};
+use crate::config::Config;
+use crate::identity::ConflictLog;
+use crate::journal::Journal;
+use crate::limits::{Limiter, API_FAILURE_BURST};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, TunnelCommand, TunnelHandle, TunnelKind};
+use crate::store::Store;
+use crate::stream::{self, StreamConfig, StreamEnd};
+
+struct Bed {
+    api: Arc<Api>,
+    app: Router,
+    /// Connections for in-process requests (no caps worth the name).
+    caps: Arc<ConnectionCaps>,
+    _shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
+    let mut config = Config::default();
+    configure(&mut config);
+    let registry = Arc::new(Registry::new());
+    let (journal, _thread) = Journal::start(Arc::clone(&store), registry.clone(), 1000).unwrap();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        limiter: Limiter::new(&config.limits),
+        config,
+        store,
+        journal,
+        metrics: Metrics::new(),
+        registry,
+        passwords: PasswordChecker::start(1, 4, 10).unwrap(),
+        conflicts: ConflictLog::default(),
+        shutdown,
+    });
+    let api = Api::new(shared);
+    Bed {
+        app: router(Arc::clone(&api)),
+        api,
+        caps: Arc::new(ConnectionCaps::new(100_000, 100_000)),
+        _shutdown: shutdown_tx,
+        _dir: dir,
+    }
+}
+
+impl Bed {
+    fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
+        let token = auth::new_token();
+        self.api.shared.store.create_token(name, &auth::hash_token(&token), scope, expires_at).unwrap();
+        token
+    }
+
+    /// A request from `from` through the router, as `serve` would pass it on.
+    async fn get(&self, from: &str, token: Option<&str>, path: &str) -> (StatusCode, HeaderMap, Value) {
+        let ip: IpAddr = from.parse().unwrap();
+        let mut request = HttpRequest::get(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let slot = self.caps.try_enter(ip).unwrap();
+        request.extensions_mut().insert(Connection { remote: SocketAddr::new(ip, 40_000), _slot: Arc::new(slot) });
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn counted(&self, series: &str) -> f64 {
+        let text = self.api.shared.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing"))
+    }
+
+    /// Makes every store lookup fail from now on.
+    fn break_token_store(&self) {
+        self.api.shared.store.with(|c| c.execute_batch("DROP TABLE tokens")).unwrap();
+    }
+
+    /// Serves the API on a loopback listener, in plain HTTP.
+    async fn serve(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_api(listener, None, Arc::clone(&self.api)));
+        addr
+    }
+
+    /// A device whose tunnel hands each opened stream's driver end to the test.
+    fn device(&self) -> (Uuid, mpsc::UnboundedReceiver<StreamEnd>) {
+        let uuid = Uuid::new_v4();
+        let (commands, mut requests) = mpsc::channel(8);
+        let handle = TunnelHandle {
+            id: self.api.shared.registry.next_id(),
+            uuid,
+            kind: TunnelKind::Cira,
+            remote: "198.18.0.1:16993".parse().unwrap(),
+            connected_since: OffsetDateTime::now_utc(),
+            commands,
+            ports: Arc::new(Mutex::new(BTreeSet::from([16994]))),
+        };
+        self.api.shared.registry.try_insert(handle).unwrap();
+        let (ends_tx, ends) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (wake, _wakes) = mpsc::unbounded_channel();
+            let mut key = 0;
+            while let Some(command) = requests.recv().await {
+                if let TunnelCommand::Open { port, reply, .. } = command {
+                    key += 1;
+                    let (user, end) = stream::pair(key, port, StreamConfig::default(), wake.clone());
+                    if reply.send(Ok(user)).is_ok() {
+                        let _ = ends_tx.send(end);
+                    }
+                }
+            }
+        });
+        (uuid, ends)
+    }
+}
+
+fn reason(body: &Value) -> &str {
+    body["reason"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn requests_over_the_source_budget_are_refused_before_any_token_lookup() {
+    let bed = bed(|c| {
+        c.api.requests_per_second_per_source = 1;
+        c.api.request_burst_per_source = 3;
+    });
+    let token = bed.token("alice", TokenScope::Attach, None);
+    for _ in 0..3 {
+        assert_eq!(bed.get("198.18.0.1", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
+    }
+    let (status, headers, body) = bed.get("198.18.0.1", Some(&token), "/api/v1/devices").await;
+    assert_eq!((status, reason(&body)), (StatusCode::TOO_MANY_REQUESTS, "source_rate"));
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(body["error"].as_str().unwrap().contains("retry in 1 s"), "{body}");
+    // Another source has its own budget.
+    assert_eq!(bed.get("198.18.0.2", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
+    // Refused before the lookup: a broken store does not change the answer.
+    bed.break_token_store();
+    assert_eq!(bed.get("198.18.0.1", Some(&token), "/api/v1/devices").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"source_rate\"}"), 2.0);
+}
+
+#[tokio::test]
+async fn missing_and_malformed_tokens_are_refused_without_a_lookup() {
+    let bed = bed(|_| {});
+    bed.break_token_store();
+    let malformed =
+        ["tth_short", "Bearer-less", &format!("xyz_{}", "a".repeat(43)), &format!("tth_{}!", "a".repeat(42))];
+    for token in malformed {
+        let (status, _, body) = bed.get("198.18.0.1", Some(token), "/api/v1/devices").await;
+        assert_eq!((status, reason(&body)), (StatusCode::UNAUTHORIZED, "invalid_token"), "{token}");
+        assert!(body["error"].as_str().unwrap().contains("tether token create"), "{body}");
+    }
+    let (status, _, body) = bed.get("198.18.0.2", None, "/api/v1/devices").await;
+    assert_eq!((status, reason(&body)), (StatusCode::UNAUTHORIZED, "invalid_token"));
+    // A well-formed one is looked up (and the broken store shows it).
+    let (status, _, _) = bed.get("198.18.0.3", Some(&auth::new_token()), "/api/v1/devices").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"invalid_token\"}"), 5.0);
+}
+
+#[tokio::test]
+async fn expired_unknown_and_out_of_scope_tokens_are_told_apart() {
+    let bed = bed(|_| {});
+    let now = OffsetDateTime::now_utc();
+    let expired = bed.token("old", TokenScope::Attach, Some(now - time::Duration::hours(1)));
+    let reader = bed.token("auditor", TokenScope::Read, Some(now + time::Duration::hours(1)));
+    let (status, _, body) = bed.get("198.18.0.1", Some(&expired), "/api/v1/devices").await;
+    assert_eq!((status, reason(&body)), (StatusCode::UNAUTHORIZED, "expired_token"));
+    assert!(body["error"].as_str().unwrap().contains("\"old\" expired at"), "{body}");
+    let (status, _, body) = bed.get("198.18.0.1", Some(&auth::new_token()), "/api/v1/devices").await;
+    assert_eq!((status, reason(&body)), (StatusCode::UNAUTHORIZED, "invalid_token"));
+
+    // `read` lists and shows devices, but opens no relay.
+    assert_eq!(bed.get("198.18.0.2", Some(&reader), "/api/v1/devices").await.0, StatusCode::OK);
+    let path = format!("/api/v1/devices/{}/tcp/16994", Uuid::new_v4());
+    let (status, _, body) = bed.get("198.18.0.2", Some(&reader), &path).await;
+    assert_eq!((status, reason(&body)), (StatusCode::FORBIDDEN, "scope"));
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("scope read") && message.contains("needs scope attach"), "{message}");
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"scope\"}"), 1.0);
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"expired_token\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn a_source_that_keeps_failing_is_answered_429_and_others_are_not() {
+    let bed = bed(|_| {});
+    let token = bed.token("alice", TokenScope::Attach, None);
+    for _ in 0..=API_FAILURE_BURST {
+        assert_eq!(
+            bed.get("198.18.0.5", Some(&auth::new_token()), "/api/v1/devices").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Even a valid token from that source waits out the back-off (same address, same budget).
+    let (status, headers, body) = bed.get("198.18.0.5", Some(&token), "/api/v1/devices").await;
+    assert_eq!((status, reason(&body)), (StatusCode::TOO_MANY_REQUESTS, "source_rate"));
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(bed.get("198.18.0.6", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_storm_of_wrong_tokens_is_answered_429_while_a_valid_token_from_elsewhere_works() {
+    let bed = bed(|_| {});
+    let token = bed.token("alice", TokenScope::Read, None);
+    let mut storm = HashMap::<StatusCode, usize>::new();
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..2000 {
+        let (status, _, _) = bed.get("127.0.0.3", Some(&auth::new_token()), "/api/v1/devices").await;
+        *storm.entry(status).or_default() += 1;
+        if i % 20 == 0 {
+            let asked = Instant::now();
+            let (status, _, body) = bed.get("127.0.0.1", Some(&token), "/api/v1/devices").await;
+            slowest = slowest.max(asked.elapsed());
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let elapsed = started.elapsed();
+    let refused = storm.get(&StatusCode::TOO_MANY_REQUESTS).copied().unwrap_or_default();
+    let looked_up = storm.get(&StatusCode::UNAUTHORIZED).copied().unwrap_or_default();
+    // The failure burst, then about one lookup a second.
+    let most = API_FAILURE_BURST as usize + 2 + elapsed.as_secs() as usize;
+    assert!(looked_up <= most && refused + looked_up == 2000, "{storm:?} in {elapsed:?}");
+    eprintln!("storm: {storm:?} in {elapsed:?}; slowest valid request {slowest:?}");
+}
+
+async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closed `tcp` at once (rather than waiting for a request).
+async fn closed_at_once(tcp: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+async fn health(tcp: &mut TcpStream) -> String {
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_closed_at_once() {
+    let bed = bed(|c| {
+        c.api.max_connections = 3;
+        c.api.max_connections_per_source = 2;
+    });
+    let addr = bed.serve().await;
+    let mut first = connect_from(addr, "127.0.0.1").await;
+    let _second = connect_from(addr, "127.0.0.1").await;
+    let mut third = connect_from(addr, "127.0.0.1").await;
+    assert!(closed_at_once(&mut third).await, "a third connection from one source was served");
+    let mut other = connect_from(addr, "127.0.0.2").await;
+    assert!(health(&mut other).await.starts_with("HTTP/1.1 200"));
+    let mut fourth = connect_from(addr, "127.0.0.4").await;
+    assert!(closed_at_once(&mut fourth).await, "a fourth connection in all was served");
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"connection_cap\"}"), 2.0);
+    // A closed connection frees its place.
+    assert!(health(&mut first).await.starts_with("HTTP/1.1 200"));
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_from(addr, "127.0.0.1").await;
+        if !closed_at_once(&mut again).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed connection's place was not freed");
+    }
+}
+
+type Client = WebSocketStream<TcpStream>;
+
+async fn relay(addr: SocketAddr, from: &str, token: &str, uuid: Uuid) -> Result<Client, (StatusCode, Value)> {
+    let tcp = connect_from(addr, from).await;
+    let mut request = format!("ws://{addr}/api/v1/devices/{uuid}/tcp/16994").into_client_request().unwrap();
+    request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Err((response.status(), serde_json::from_slice(body).unwrap_or(Value::Null)))
+        }
+        Err(err) => panic!("{err}"),
+    }
+}
+
+async fn close_of(client: &mut Client) -> (u16, String) {
+    let read = async {
+        loop {
+            match client.next().await {
+                Some(Ok(WsMessage::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a close frame within 10 s")
+}
+
+#[tokio::test]
+async fn a_relay_carries_bytes_and_holds_its_connection_place() {
+    let bed = bed(|c| c.api.max_connections_per_source = 1);
+    let addr = bed.serve().await;
+    let token = bed.token("alice", TokenScope::Attach, None);
+    let (uuid, mut ends) = bed.device();
+    let mut client = relay(addr, "127.0.0.1", &token, uuid).await.unwrap();
+    let end = ends.recv().await.unwrap();
+    end.push(Bytes::from_static(b"hello technician"));
+    loop {
+        match client.next().await.unwrap().unwrap() {
+            WsMessage::Binary(data) => break assert_eq!(data, "hello technician"),
+            _ => continue,
+        }
+    }
+    // The upgraded connection still counts against the per-source cap.
+    let mut another = connect_from(addr, "127.0.0.1").await;
+    assert!(closed_at_once(&mut another).await);
+    client.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bed.api.live_relays() > 0 || bed.api.connections.open().0 > 0 {
+        assert!(Instant::now() < deadline, "the relay's places were not freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bed.counted("tether_relays_closed_total{reason=\"technician_closed\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn relays_are_capped_per_token_and_device() {
+    let bed = bed(|c| c.api.max_relays_per_token_per_device = 1);
+    let addr = bed.serve().await;
+    let alice = bed.token("alice", TokenScope::Attach, None);
+    let bob = bed.token("bob", TokenScope::Attach, None);
+    let (pc1, _ends1) = bed.device();
+    let (pc2, _ends2) = bed.device();
+    let mut first = relay(addr, "127.0.0.1", &alice, pc1).await.unwrap();
+    let (status, body) = relay(addr, "127.0.0.1", &alice, pc1).await.unwrap_err();
+    assert_eq!((status, reason(&body)), (StatusCode::TOO_MANY_REQUESTS, "relay_cap"));
+    assert!(body["error"].as_str().unwrap().contains("api.max_relays_per_token_per_device"), "{body}");
+    // Another device, or another token, is not affected.
+    let _other_device = relay(addr, "127.0.0.1", &alice, pc2).await.unwrap();
+    let _other_token = relay(addr, "127.0.0.1", &bob, pc1).await.unwrap();
+    // Once the first is closed, there is room again.
+    first.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay(addr, "127.0.0.1", &alice, pc1).await.is_err() {
+        assert!(Instant::now() < deadline, "the closed relay still counts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bed.counted("tether_api_rejected_total{reason=\"relay_cap\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn revoking_or_expiring_a_token_ends_its_relays() {
+    let bed = bed(|_| {});
+    let addr = bed.serve().await;
+    let (uuid, _ends) = bed.device();
+    let alice = bed.token("alice", TokenScope::Attach, None);
+    let bob = bed.token("bob", TokenScope::Attach, None);
+    let carol = bed.token("carol", TokenScope::Attach, Some(OffsetDateTime::now_utc() + time::Duration::seconds(2)));
+    let mut alices = relay(addr, "127.0.0.1", &alice, uuid).await.unwrap();
+    let mut bobs = relay(addr, "127.0.0.1", &bob, uuid).await.unwrap();
+    let mut carols = relay(addr, "127.0.0.1", &carol, uuid).await.unwrap();
+
+    let revoked = Instant::now();
+    assert!(bed.api.shared.store.revoke_token("alice").unwrap());
+    assert_eq!(close_of(&mut alices).await, (1008, "the token was revoked".into()));
+    assert!(revoked.elapsed() < Duration::from_secs(3), "{:?}", revoked.elapsed());
+    assert_eq!(close_of(&mut carols).await, (1008, "the token expired".into()));
+    // Bob's relay is untouched.
+    bobs.send(WsMessage::Ping(Default::default())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), bobs.next()).await.unwrap().unwrap().unwrap() {
+            WsMessage::Pong(_) => break,
+            WsMessage::Close(frame) => panic!("bob's relay closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bed.counted("tether_relays_closed_total{reason=\"token_revoked\"}") < 2.0 {
+        assert!(Instant::now() < deadline, "the stopped relays were not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bed.api.live_relays(), 1);
+}
+
+#[test]
+fn token_format() {
+    assert!(admission::well_formed(&auth::new_token()));
+    assert!(!admission::well_formed(&format!("tth_{}", "a".repeat(44))));
+    assert!(!admission::well_formed(&format!("tth_{}=", "a".repeat(42))));
+    assert!(!admission::well_formed(&format!("TTH_{}", "a".repeat(43))));
+    assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+    assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
+    assert_eq!(retry_secs(Duration::ZERO), 1);
+}
