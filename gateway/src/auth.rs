@@ -138,7 +138,9 @@ impl PasswordChecker {
     /// Starts `threads` verifier threads (0 = one per core) admitting `queue` waiting checks.
     pub fn start(threads: usize, queue: usize, cache_capacity: usize) -> std::io::Result<Self> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { threads };
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
+        // Room for every admitted job, so that handing one over never fails while the threads
+        // have not picked up the earlier ones yet: the semaphore below is the bound.
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(threads + queue.max(1));
         let rx = std::sync::Arc::new(Mutex::new(rx));
         let cache = std::sync::Arc::new(VerifyCache::new(cache_capacity));
         for i in 0..threads {
@@ -174,6 +176,9 @@ impl PasswordChecker {
     pub async fn check(&self, phc: &str, password: &[u8], deadline: tokio::time::Instant) -> Result<bool, CheckError> {
         if self.cache.is_known_good(phc, password) {
             return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CheckError::Timeout);
         }
         // Wait for a place (bounded by the deadline); the waiting tasks are bounded by the
         // connections the gateway lets wait for authentication.

@@ -18,9 +18,8 @@ use tracing::{info, warn};
 use crate::auth::{self, PasswordChecker};
 use crate::certs::{self, CertOptions};
 use crate::config::Config;
-use crate::identity::ConflictLog;
 use crate::journal::Journal;
-use crate::limits::Limiter;
+use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::state::Shared;
@@ -111,7 +110,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
         journal,
         metrics: Metrics::new(),
         registry,
-        conflicts: ConflictLog::default(),
+        conflicts: LogOnce::new(),
         shutdown: shutdown_rx,
     });
 

@@ -2,7 +2,7 @@
 //! far as the credential that admitted it, and a live tunnel keeps its UUID against any newcomer.
 //!
 //! - [`authenticate`] checks a device's MPS credentials under the configured
-//!   [`DevicePolicy`](crate::config::DevicePolicy): the device's own password if the operator set
+//!   [`DevicePolicy`]: the device's own password if the operator set
 //!   one, else the MPS account named by the username (`open`, `pinned`); only registered devices
 //!   with their own password (`registered`); and under `pinned`, the credential the UUID was first
 //!   admitted with. Every refusal takes one argon2 run (against a dummy hash when there is nothing
@@ -17,12 +17,10 @@
 //! What it does not do: speak APF (the `cira` driver calls these and answers the device) or
 //! write records (the driver hands conflicts to the journal).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::warn;
 use uuid::Uuid;
 
 use crate::auth::CheckError;
@@ -213,37 +211,5 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
     match registry.get(handle.uuid, handle.kind) {
         Some(current) => Err(Refusal::Conflict { live: current.remote }),
         None => Err(Refusal::Timeout),
-    }
-}
-
-/// Rate-limits the conflict warning to once per UUID per minute (bounded table).
-#[derive(Debug, Default)]
-pub struct ConflictLog {
-    last: Mutex<HashMap<Uuid, Instant>>,
-}
-
-const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
-const CONFLICT_LOG_MAX: usize = 10_000;
-
-impl ConflictLog {
-    /// Logs a refused claim unless this UUID's was logged within the last minute.
-    pub fn report(&self, uuid: Uuid, live: SocketAddr, claimant: SocketAddr) {
-        let now = Instant::now();
-        {
-            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.get(&uuid).is_some_and(|at| now.duration_since(*at) < CONFLICT_LOG_EVERY) {
-                return;
-            }
-            if last.len() >= CONFLICT_LOG_MAX {
-                last.retain(|_, at| now.duration_since(*at) < CONFLICT_LOG_EVERY);
-                if last.len() >= CONFLICT_LOG_MAX {
-                    last.clear();
-                }
-            }
-            last.insert(uuid, now);
-        }
-        warn!(%uuid, %live, %claimant,
-            "refused a claim for a UUID whose tunnel is live and answering (an impostor, or two machines with one \
-             UUID); further refusals for this UUID are counted but not logged for a minute");
     }
 }

@@ -389,6 +389,8 @@ pub struct ConnectionCaps {
     max_total: usize,
     max_per_source: usize,
     state: Mutex<ConnectionCount>,
+    /// Follows the open connections, when given.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 #[derive(Debug, Default)]
@@ -399,7 +401,13 @@ struct ConnectionCount {
 
 impl ConnectionCaps {
     pub fn new(max_total: usize, max_per_source: usize) -> Self {
-        Self { max_total, max_per_source, state: Mutex::default() }
+        Self { max_total, max_per_source, state: Mutex::default(), gauge: None }
+    }
+
+    /// Keeps `gauge` equal to the number of open connections.
+    pub fn with_gauge(mut self, gauge: prometheus::IntGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnectionCount> {
@@ -419,6 +427,9 @@ impl ConnectionCaps {
         }
         *count += 1;
         state.total += 1;
+        if let Some(gauge) = &self.gauge {
+            gauge.inc();
+        }
         Ok(ConnectionSlot { caps: Arc::clone(self), source })
     }
 
@@ -446,12 +457,68 @@ impl Drop for ConnectionSlot {
                 count.remove();
             }
         }
+        if let Some(gauge) = &self.caps.gauge {
+            gauge.dec();
+        }
+    }
+}
+
+/// Lets a warning about one key out at most once per [`LOG_ONCE_EVERY`] (e.g. a UUID whose
+/// claims keep being refused), so a misbehaving device cannot flood the log. The table is
+/// bounded: past [`LOG_ONCE_MAX`] keys, stale ones are dropped, or all of them.
+#[derive(Debug, Default)]
+pub struct LogOnce<K> {
+    last: Mutex<HashMap<K, Instant>>,
+}
+
+pub const LOG_ONCE_EVERY: Duration = Duration::from_secs(60);
+pub const LOG_ONCE_MAX: usize = 10_000;
+
+impl<K: Hash + Eq> LogOnce<K> {
+    pub fn new() -> Self {
+        Self { last: Mutex::default() }
+    }
+
+    /// Whether to log for `key` now (and if so, notes that it was).
+    pub fn due(&self, key: K) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.get(&key).is_some_and(|at| now.duration_since(*at) < LOG_ONCE_EVERY) {
+            return false;
+        }
+        if last.len() >= LOG_ONCE_MAX {
+            last.retain(|_, at| now.duration_since(*at) < LOG_ONCE_EVERY);
+            if last.len() >= LOG_ONCE_MAX {
+                last.clear();
+            }
+        }
+        last.insert(key, now);
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_once_lets_one_warning_per_key_through() {
+        let once = LogOnce::new();
+        assert!(once.due(1) && !once.due(1) && once.due(2));
+    }
+
+    #[test]
+    fn connection_caps_keep_their_gauge() {
+        let gauge = prometheus::IntGauge::new("test_open", "test").unwrap();
+        let caps = Arc::new(ConnectionCaps::new(2, 1).with_gauge(gauge.clone()));
+        let a = caps.try_enter("198.18.0.1".parse().unwrap()).unwrap();
+        assert!(matches!(caps.try_enter("198.18.0.1".parse().unwrap()), Err(CapReached::PerSource(1))));
+        let b = caps.try_enter("198.18.0.2".parse().unwrap()).unwrap();
+        assert!(matches!(caps.try_enter("198.18.0.3".parse().unwrap()), Err(CapReached::Total(2))));
+        assert_eq!(gauge.get(), 2);
+        drop((a, b));
+        assert_eq!((gauge.get(), caps.open()), (0, (0, 0)));
+    }
 
     #[test]
     fn one_source_over_its_burst_does_not_shut_out_another() {

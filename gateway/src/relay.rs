@@ -359,11 +359,14 @@ fn device_end(from_device: &mut DeviceReader) -> RelayEnd {
     }
 }
 
-/// Whether a WebSocket error is a frame or message over the configured size. The WebSocket layer
-/// (tungstenite, behind axum) reports it as a capacity error; axum does not expose the type.
+/// Whether a WebSocket error is a frame or message over the configured size: tungstenite (the
+/// same version axum uses) reports it as a capacity error, checked from the frame header before
+/// the payload is buffered.
 fn is_too_large(err: &axum::Error) -> bool {
-    let text = err.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long")
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<Error>())
+        .is_some_and(|e| matches!(e, Error::Capacity(_)))
 }
 
 fn close_code(end: RelayEnd) -> u16 {

@@ -13,9 +13,8 @@ use tokio::sync::watch;
 
 use crate::auth::PasswordChecker;
 use crate::config::Config;
-use crate::identity::ConflictLog;
 use crate::journal::{Journal, LiveState, LiveView};
-use crate::limits::Limiter;
+use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TunnelKind};
 use crate::store::Store;
@@ -30,7 +29,8 @@ pub struct Shared {
     pub limiter: Limiter,
     pub registry: Arc<Registry>,
     pub passwords: PasswordChecker,
-    pub conflicts: ConflictLog,
+    /// Conflicting claims are logged once per UUID per minute.
+    pub conflicts: LogOnce<uuid::Uuid>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -85,5 +85,36 @@ impl LiveView for Registry {
             remote: h.remote,
             ports: h.ports(),
         })
+    }
+}
+
+/// A [`Shared`] for in-process tests: a real store in a temp dir, a journal, one argon2 thread.
+#[cfg(test)]
+pub(crate) struct TestState {
+    pub shared: Arc<Shared>,
+    _shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestState {
+    pub fn new(config: Config) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Arc::new(Store::open(&dir.path().join("tether.db")).expect("a store"));
+        let registry = Arc::new(Registry::new());
+        let (journal, _thread) = Journal::start(Arc::clone(&store), registry.clone(), 1000).expect("a journal");
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            limiter: Limiter::new(&config.limits),
+            config,
+            store,
+            journal,
+            metrics: Metrics::new(),
+            registry,
+            passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
+            conflicts: LogOnce::new(),
+            shutdown,
+        });
+        Self { shared, _shutdown: shutdown_tx, _dir: dir }
     }
 }

@@ -5,7 +5,7 @@
 //! Flow control is the tunnel's, end to end:
 //! - device → user: the driver pushes what the device sent; it never exceeds the window the driver
 //!   advertised, because credit goes back only for bytes the user *released*
-//!   ([`StreamEnd::take_released`]). Reading through `AsyncRead` releases at once; the chunk API
+//!   ([`Wanted::released`]). Reading through `AsyncRead` releases at once; the chunk API
 //!   ([`DeviceStream::chunk`] + [`DeviceStream::release`]) lets a relay release only once its bytes
 //!   have left for the technician. Queued chunks keep their message boundaries until
 //!   [`StreamConfig::max_queued_chunks`] are waiting; after that, small messages are merged, so a

@@ -14,20 +14,17 @@ use http_body_util::BodyExt;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
 use super::*;
-use crate::auth::{self, PasswordChecker};
+use crate::auth;
 use crate::config::Config;
-use crate::identity::ConflictLog;
-use crate::journal::Journal;
-use crate::limits::{Limiter, API_FAILURE_BURST};
-use crate::metrics::Metrics;
-use crate::registry::{Registry, TunnelCommand, TunnelHandle, TunnelKind};
-use crate::store::Store;
+use crate::limits::API_FAILURE_BURST;
+use crate::registry::{TunnelCommand, TunnelHandle, TunnelKind};
+use crate::state::TestState;
 use crate::stream::{self, StreamConfig, StreamEnd};
 
 struct Bed {
@@ -35,37 +32,16 @@ struct Bed {
     app: Router,
     /// Connections for in-process requests (no caps worth the name).
     caps: Arc<ConnectionCaps>,
-    _shutdown: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    _state: TestState,
 }
 
 fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
     let mut config = Config::default();
     configure(&mut config);
-    let registry = Arc::new(Registry::new());
-    let (journal, _thread) = Journal::start(Arc::clone(&store), registry.clone(), 1000).unwrap();
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        limiter: Limiter::new(&config.limits),
-        config,
-        store,
-        journal,
-        metrics: Metrics::new(),
-        registry,
-        passwords: PasswordChecker::start(1, 4, 10).unwrap(),
-        conflicts: ConflictLog::default(),
-        shutdown,
-    });
+    let state = TestState::new(config);
+    let shared = Arc::clone(&state.shared);
     let api = Api::new(shared);
-    Bed {
-        app: router(Arc::clone(&api)),
-        api,
-        caps: Arc::new(ConnectionCaps::new(100_000, 100_000)),
-        _shutdown: shutdown_tx,
-        _dir: dir,
-    }
+    Bed { app: router(Arc::clone(&api)), api, caps: Arc::new(ConnectionCaps::new(100_000, 100_000)), _state: state }
 }
 
 impl Bed {

@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::PendingSlot;
 use crate::identity::{self, Claimed, Credential, Refusal};
 use crate::journal::DeviceEvent;
+use crate::limits::ConnectionSlot;
 use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, StoreWrite, TunnelKind};
 use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
@@ -60,8 +60,8 @@ pub struct Tunnel {
     session: ServerSession,
     uuid: Option<Uuid>,
     hello_at: Option<OffsetDateTime>,
-    /// In the unauthenticated pool until admitted.
-    pending: PendingSlot,
+    /// A place in the pool of unauthenticated connections, until admitted.
+    pending: Option<ConnectionSlot>,
     tunnel_slots: Arc<Semaphore>,
     /// Held while the tunnel is admitted.
     tunnel_slot: Option<OwnedSemaphorePermit>,
@@ -92,7 +92,7 @@ impl Tunnel {
         shared: Arc<Shared>,
         remote: SocketAddr,
         id: u64,
-        pending: PendingSlot,
+        pending: ConnectionSlot,
         tunnel_slots: Arc<Semaphore>,
     ) -> Self {
         let (commands_tx, _) = mpsc::channel(1);
@@ -105,7 +105,7 @@ impl Tunnel {
             session,
             uuid: None,
             hello_at: None,
-            pending,
+            pending: Some(pending),
             tunnel_slots,
             tunnel_slot: None,
             admitted: false,
@@ -467,7 +467,7 @@ impl Tunnel {
                     return self.session.disconnect(DisconnectReason::TooManyConnections);
                 };
                 self.tunnel_slot = Some(slot);
-                self.pending.leave();
+                self.pending = None;
                 self.admitted = true;
                 self.session.accept_auth(now);
                 metrics.tunnel_opened(TunnelKind::Cira);
@@ -503,7 +503,11 @@ impl Tunnel {
             }
             Err(Refusal::Conflict { live }) => {
                 metrics.connection_rejected(RejectReason::UuidConflict);
-                self.shared.conflicts.report(uuid, live, self.remote);
+                if self.shared.conflicts.due(uuid) {
+                    warn!(%uuid, %live, claimant = %self.remote,
+                        "refused a claim for a UUID whose tunnel is live and answering (an impostor, or two machines \
+                         with one UUID); further refusals for this UUID are counted, not logged, for a minute");
+                }
                 self.record(DeviceEvent::Conflict { uuid, at: OffsetDateTime::now_utc(), live, claimant: self.remote });
                 self.local_close = Some(CloseReason::AuthFailed);
                 self.session.disconnect(DisconnectReason::HostNotAllowed);

@@ -9,58 +9,36 @@ use std::task::{Context, Poll};
 
 use loadtest::amt::{self, DeviceConfig, Services, Shutdown, ShutdownTrigger, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::sync::watch;
 
 use super::*;
-use crate::auth::{hash_password, PasswordChecker};
-use crate::cira::PendingPool;
+use crate::auth::hash_password;
 use crate::config::{Config, DevicePolicy};
-use crate::identity::ConflictLog;
-use crate::journal::Journal;
-use crate::limits::Limiter;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::Store;
+use crate::limits::ConnectionCaps;
+use crate::state::TestState;
 
 const USER: &str = "mpsuser";
 const PASSWORD: &str = "P@ssw0rd-in-memory";
 
 struct Bed {
     shared: Arc<Shared>,
-    pool: Arc<PendingPool>,
+    pool: Arc<ConnectionCaps>,
     slots: Arc<Semaphore>,
-    _shutdown: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    _state: TestState,
 }
 
 fn bed(policy: DevicePolicy) -> Bed {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
-    store.set_mps_account(USER, &hash_password(PASSWORD.as_bytes()).unwrap()).unwrap();
     let mut config = Config::default();
     config.devices.policy = policy;
     config.devices.liveness_timeout_ms = 300;
-    let registry = Arc::new(Registry::new());
-    let (journal, _thread) = Journal::start(Arc::clone(&store), registry.clone(), 1000).unwrap();
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        limiter: Limiter::new(&config.limits),
-        config,
-        store,
-        journal,
-        metrics: Metrics::new(),
-        registry,
-        passwords: PasswordChecker::start(1, 16, 100).unwrap(),
-        conflicts: ConflictLog::default(),
-        shutdown,
-    });
+    let state = TestState::new(config);
+    let shared = Arc::clone(&state.shared);
+    shared.store.set_mps_account(USER, &hash_password(PASSWORD.as_bytes()).unwrap()).unwrap();
     let gauge = shared.metrics.pending_connections().clone();
     Bed {
         shared,
-        pool: Arc::new(PendingPool::new(100, 100, gauge)),
+        pool: Arc::new(ConnectionCaps::new(100, 100).with_gauge(gauge)),
         slots: Arc::new(Semaphore::new(100)),
-        _shutdown: shutdown_tx,
-        _dir: dir,
+        _state: state,
     }
 }
 
