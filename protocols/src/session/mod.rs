@@ -223,8 +223,9 @@ impl CloseCause {
         CloseCause::Protocol { kind, detail: err.to_string() }
     }
 
-    /// The DISCONNECT reason we send for this cause, if we send one.
-    fn disconnect_reason(&self) -> Option<DisconnectReason> {
+    /// The DISCONNECT reason the session sends for this cause, if it sends one (none when the
+    /// peer disconnected).
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
         match self {
             CloseCause::PeerDisconnected(_) => None,
             CloseCause::Protocol { kind: ProtocolErrorKind::UnsupportedVersion, .. } => {

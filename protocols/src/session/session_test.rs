@@ -837,3 +837,22 @@ fn a_probe_before_authentication_or_after_close_sends_nothing() {
     assert_eq!(pair.server.probe(), None);
     assert_eq!(pair.server.poll_transmit(), None, "nothing after the DISCONNECT");
 }
+
+#[test]
+fn each_close_cause_sends_its_disconnect_reason() {
+    let protocol = |kind| CloseCause::Protocol { kind, detail: String::new() };
+    let cases = [
+        (CloseCause::PeerDisconnected(DisconnectReason::ByApplication), None),
+        (protocol(ProtocolErrorKind::UnsupportedVersion), Some(DisconnectReason::ProtocolVersionNotSupported)),
+        (protocol(ProtocolErrorKind::UnknownService), Some(DisconnectReason::ServiceNotAvailable)),
+        (protocol(ProtocolErrorKind::WindowExceeded), Some(DisconnectReason::ProtocolError)),
+        (protocol(ProtocolErrorKind::InputOverflow), Some(DisconnectReason::ProtocolError)),
+        (CloseCause::HandshakeTimeout, Some(DisconnectReason::ConnectionTimedOut)),
+        (CloseCause::IdleTimeout, Some(DisconnectReason::ConnectionTimedOut)),
+        (CloseCause::AuthFailed, Some(DisconnectReason::NoMoreAuthMethods)),
+        (CloseCause::Local(DisconnectReason::HostNotAllowed), Some(DisconnectReason::HostNotAllowed)),
+    ];
+    for (cause, reason) in cases {
+        assert_eq!(cause.disconnect_reason(), reason, "{cause}");
+    }
+}
