@@ -11,7 +11,9 @@ use rustls::pki_types::ServerName;
 use uuid::Uuid;
 
 use super::backoff::ReconnectPolicy;
-use super::service::Services;
+use super::echo::Echo;
+use super::http::HttpResponder;
+use super::service::{Service, Services};
 
 /// One device's settings. `Clone` is cheap enough to make one per device of a fleet.
 #[derive(Clone)]
@@ -92,7 +94,7 @@ impl DeviceConfig {
             handshake_timeout: Duration::from_secs(30),
             max_pending: 256 * 1024,
             max_channels: 16,
-            services: Services::amt_default(),
+            services: amt_services(),
             stop_on_auth_failure: false,
             log_level: tracing::Level::INFO,
         }
@@ -136,4 +138,11 @@ impl fmt::Debug for DeviceConfig {
             .field("log_level", &self.log_level)
             .finish_non_exhaustive()
     }
+}
+
+/// What a simulated AMT answers by default: the HTTP responder on 16992 and 16993, echo on every
+/// other port.
+pub fn amt_services() -> Services {
+    let http: Arc<dyn Service> = Arc::new(HttpResponder::default());
+    Services::none().with_shared(16992, http.clone()).with_shared(16993, http).with_fallback(Echo)
 }

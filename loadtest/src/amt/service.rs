@@ -22,9 +22,6 @@ use bytes::{Bytes, BytesMut};
 use protocols::session::ChannelId;
 use uuid::Uuid;
 
-use super::echo::Echo;
-use super::http::HttpResponder;
-
 /// Who a channel is for and from, handed to [`Service::open`].
 #[derive(Debug, Clone)]
 pub struct ChannelInfo {
@@ -113,13 +110,6 @@ impl Services {
     /// No services: every channel is refused.
     pub fn none() -> Self {
         Self::default()
-    }
-
-    /// What a simulated AMT answers by default: the HTTP responder on 16992 and 16993, echo on
-    /// every other port.
-    pub fn amt_default() -> Self {
-        let http: Arc<dyn Service> = Arc::new(HttpResponder::default());
-        Self::none().with_shared(16992, http.clone()).with_shared(16993, http).with_fallback(Echo)
     }
 
     /// Serves `port` with `service`.
