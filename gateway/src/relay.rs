@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -38,7 +38,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::ApiConfig;
 pub use crate::metrics::RelayEnd;
-use crate::stream::{DeviceReader, DeviceStream};
+use crate::stream::{DeviceReader, DeviceStream, DeviceWriter};
 
 /// The text message that signals a half-close.
 pub const EOF_MESSAGE: &str = "eof";
@@ -116,86 +116,9 @@ pub async fn run(
 
     let progress = Progress::new(started);
     let ending = {
-        // Device → technician, and pings: one sender, in order.
-        let to_technician = async {
-            let mut ping = tokio::time::interval_at(started + limits.ping_interval, limits.ping_interval);
-            ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    chunk = from_device.chunk(), if !progress.device_eof.load(Ordering::Relaxed) => match chunk {
-                        Ok(Some(bytes)) => {
-                            let n = bytes.len();
-                            // One device message, one WebSocket message: redirection consoles care.
-                            if !send(&mut ws_tx, &progress, Message::Binary(bytes)).await {
-                                return Ending::End(RelayEnd::TechnicianClosed);
-                            }
-                            // Credit back only what left for the technician.
-                            from_device.release(n);
-                            progress.from_device.fetch_add(n as u64, Ordering::Relaxed);
-                            progress.mark(&progress.payload);
-                        }
-                        Ok(None) => {
-                            if !send(&mut ws_tx, &progress, Message::Text(EOF_MESSAGE.into())).await {
-                                return Ending::End(RelayEnd::TechnicianClosed);
-                            }
-                            progress.device_eof.store(true, Ordering::Relaxed);
-                            if let Some(first) = progress.both_done(RelayEnd::DeviceClosed) {
-                                return Ending::End(first);
-                            }
-                        }
-                        Err(_) => return Ending::End(RelayEnd::TunnelGone),
-                    },
-                    _ = ping.tick() => {
-                        if !send(&mut ws_tx, &progress, Message::Ping(Bytes::new())).await {
-                            return Ending::End(RelayEnd::TechnicianClosed);
-                        }
-                    }
-                }
-            }
-        };
-
-        // Technician → device.
-        let to_device_side = async {
-            loop {
-                let Some(message) = ws_rx.next().await else { return Ending::End(RelayEnd::TechnicianClosed) };
-                progress.mark(&progress.heard);
-                match message {
-                    Err(err) if is_too_large(&err) => return Ending::End(RelayEnd::FrameTooLarge),
-                    Err(_) | Ok(Message::Close(_)) => return Ending::End(RelayEnd::TechnicianClosed),
-                    // Data after the technician's own `eof` has nowhere to go.
-                    Ok(Message::Binary(_)) if progress.technician_eof.load(Ordering::Relaxed) => {}
-                    Ok(Message::Binary(bytes)) => {
-                        progress.writing.store(true, Ordering::Relaxed);
-                        let written = to_device.write_all(&bytes).await;
-                        progress.writing.store(false, Ordering::Relaxed);
-                        // Waiting for the device is not the technician's silence.
-                        progress.mark(&progress.heard);
-                        if written.is_err() {
-                            return Ending::DeviceWriteFailed;
-                        }
-                        progress.to_device.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        progress.mark(&progress.payload);
-                    }
-                    Ok(Message::Text(text))
-                        if text.as_str() == EOF_MESSAGE && !progress.technician_eof.load(Ordering::Relaxed) =>
-                    {
-                        progress.writing.store(true, Ordering::Relaxed);
-                        let shut = to_device.shutdown().await;
-                        progress.writing.store(false, Ordering::Relaxed);
-                        progress.mark(&progress.heard);
-                        if shut.is_err() {
-                            return Ending::DeviceWriteFailed;
-                        }
-                        progress.technician_eof.store(true, Ordering::Relaxed);
-                        if let Some(first) = progress.both_done(RelayEnd::TechnicianClosed) {
-                            return Ending::End(first);
-                        }
-                    }
-                    Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
-                }
-            }
-        };
-
+        let to_technician =
+            device_to_technician(&mut from_device, &mut ws_tx, &progress, started, limits.ping_interval);
+        let to_device_side = technician_to_device(&mut ws_rx, &mut to_device, &progress);
         tokio::pin!(to_technician, to_device_side);
         let mut stop = stop;
         let mut stop_open = true;
@@ -253,6 +176,97 @@ pub async fn run(
         to_device: progress.to_device.load(Ordering::Relaxed),
         from_device: progress.from_device.load(Ordering::Relaxed),
         duration: started.elapsed(),
+    }
+}
+
+/// Device → technician, and the pings: one sender, in order. Each device chunk goes out as one
+/// WebSocket message and is credited back to the device only once sent.
+async fn device_to_technician(
+    from_device: &mut DeviceReader,
+    ws_tx: &mut SplitSink<WebSocket, Message>,
+    progress: &Progress,
+    started: Instant,
+    ping_interval: Duration,
+) -> Ending {
+    let mut ping = tokio::time::interval_at(started + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            chunk = from_device.chunk(), if !progress.device_eof.load(Ordering::Relaxed) => match chunk {
+                Ok(Some(bytes)) => {
+                    let n = bytes.len();
+                    // One device message, one WebSocket message: redirection consoles care.
+                    if !send(ws_tx, progress, Message::Binary(bytes)).await {
+                        return Ending::End(RelayEnd::TechnicianClosed);
+                    }
+                    // Credit back only what left for the technician.
+                    from_device.release(n);
+                    progress.from_device.fetch_add(n as u64, Ordering::Relaxed);
+                    progress.mark(&progress.payload);
+                }
+                Ok(None) => {
+                    if !send(ws_tx, progress, Message::Text(EOF_MESSAGE.into())).await {
+                        return Ending::End(RelayEnd::TechnicianClosed);
+                    }
+                    progress.device_eof.store(true, Ordering::Relaxed);
+                    if let Some(first) = progress.both_done(RelayEnd::DeviceClosed) {
+                        return Ending::End(first);
+                    }
+                }
+                Err(_) => return Ending::End(RelayEnd::TunnelGone),
+            },
+            _ = ping.tick() => {
+                if !send(ws_tx, progress, Message::Ping(Bytes::new())).await {
+                    return Ending::End(RelayEnd::TechnicianClosed);
+                }
+            }
+        }
+    }
+}
+
+/// Technician → device: binary messages into the device stream, `eof` as a half-close.
+async fn technician_to_device(
+    ws_rx: &mut SplitStream<WebSocket>,
+    to_device: &mut DeviceWriter,
+    progress: &Progress,
+) -> Ending {
+    loop {
+        let Some(message) = ws_rx.next().await else { return Ending::End(RelayEnd::TechnicianClosed) };
+        progress.mark(&progress.heard);
+        match message {
+            Err(err) if is_too_large(&err) => return Ending::End(RelayEnd::FrameTooLarge),
+            Err(_) | Ok(Message::Close(_)) => return Ending::End(RelayEnd::TechnicianClosed),
+            // Data after the technician's own `eof` has nowhere to go.
+            Ok(Message::Binary(_)) if progress.technician_eof.load(Ordering::Relaxed) => {}
+            Ok(Message::Binary(bytes)) => {
+                progress.writing.store(true, Ordering::Relaxed);
+                let written = to_device.write_all(&bytes).await;
+                progress.writing.store(false, Ordering::Relaxed);
+                // Waiting for the device is not the technician's silence.
+                progress.mark(&progress.heard);
+                if written.is_err() {
+                    return Ending::DeviceWriteFailed;
+                }
+                progress.to_device.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                progress.mark(&progress.payload);
+            }
+            Ok(Message::Text(text))
+                if text.as_str() == EOF_MESSAGE && !progress.technician_eof.load(Ordering::Relaxed) =>
+            {
+                progress.writing.store(true, Ordering::Relaxed);
+                let shut = to_device.shutdown().await;
+                progress.writing.store(false, Ordering::Relaxed);
+                progress.mark(&progress.heard);
+                if shut.is_err() {
+                    return Ending::DeviceWriteFailed;
+                }
+                progress.technician_eof.store(true, Ordering::Relaxed);
+                if let Some(first) = progress.both_done(RelayEnd::TechnicianClosed) {
+                    return Ending::End(first);
+                }
+            }
+            Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
+        }
     }
 }
 
