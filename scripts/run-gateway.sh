@@ -3,8 +3,8 @@
 # API on 8443, metrics on 127.0.0.1:9464). Extra arguments go to `tether gateway`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cc >/dev/null 2>&1; then
-    echo "installing a C compiler (needed to build SQLite and aws-lc)..." >&2
+if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+    echo "installing a C compiler and make (needed to build SQLite, aws-lc and jemalloc)..." >&2
     apt-get update && apt-get install -y build-essential
 fi
 if ! command -v cargo >/dev/null 2>&1; then
