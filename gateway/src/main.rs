@@ -244,7 +244,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 None => None,
             };
             store.create_token(&name, &auth::hash_token(&token), scope, expires_at)?;
-            let until = expires_at.map(|t| format!(", expires {t}")).unwrap_or_default();
+            let until = expires_at.map(|t| format!(", expires {}", rfc3339(t))).unwrap_or_default();
             println!("API token {name:?} created (scope {}{until}). It is shown once; keep it safe:", scope.as_str());
             println!("{token}");
             Ok(())
@@ -255,15 +255,15 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
                 return Ok(());
             }
-            println!("{:24}  {:6}  {:25}  EXPIRES", "NAME", "SCOPE", "CREATED");
+            println!("{:24}  {:6}  {:20}  EXPIRES", "NAME", "SCOPE", "CREATED");
             let now = time::OffsetDateTime::now_utc();
             for t in tokens {
                 let expires = match t.expires_at {
                     None => "never".to_string(),
-                    Some(at) if at <= now => format!("{at} (expired)"),
-                    Some(at) => at.to_string(),
+                    Some(at) if at <= now => format!("{} (expired)", rfc3339(at)),
+                    Some(at) => rfc3339(at),
                 };
-                println!("{:24}  {:6}  {:25}  {expires}", t.name, t.scope.as_str(), t.created_at.to_string());
+                println!("{:24}  {:6}  {:20}  {expires}", t.name, t.scope.as_str(), rfc3339(t.created_at));
             }
             Ok(())
         }
@@ -360,6 +360,14 @@ async fn import_devices(data_dir: &Path, file: &Path) -> Result<()> {
     let with_password = hashed.iter().filter(|(_, h)| h.is_some()).count();
     println!("imported {} devices ({with_password} with their own MPS password)", hashed.len());
     Ok(())
+}
+
+/// A time as operators read it: RFC 3339, whole seconds.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 fn open_store(data_dir: &Path) -> Result<Store> {
