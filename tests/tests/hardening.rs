@@ -503,3 +503,36 @@ fn revoking_a_token_ends_its_live_relays() {
     }
     gateway.wait_for_metric_at_least("tether_api_rejected_total{reason=\"scope\"}", 1.0, Duration::from_secs(5));
 }
+
+#[test]
+fn an_operator_imports_devices_with_their_passwords_and_removes_one() {
+    let gateway = Gateway::start_with_config("[devices]\npolicy = \"registered\"\n", &[]);
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let csv = gateway.data_dir().join("devices.csv");
+    std::fs::write(&csv, format!("uuid,password\n{a},Pass-A-1!\n{b},Pass-B-2!\n\n{c},\n")).unwrap();
+    let out = gateway.operator(&["device", "import", csv.to_str().unwrap()]);
+    assert!(out.contains("imported 3 devices (2 with their own MPS password)"), "{out}");
+    // A bad line changes nothing.
+    std::fs::write(&csv, format!("{a},x\nnot-a-uuid,y\n")).unwrap();
+    let refused = std::process::Command::new(e2e::bin("tether"))
+        .arg("--data-dir")
+        .arg(gateway.data_dir())
+        .args(["device", "import", csv.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("devices.csv:2"), "{stderr}");
+
+    let _a = Sim::start_with_password(&gateway, "Pass-A-1!", &["--uuid", &a.to_string()]);
+    wait_for("an imported device to connect with its own password", CONNECT_TIMEOUT, || gateway.is_connected(a));
+    // Removed: it is no longer registered, so under `registered` it is refused.
+    gateway.operator(&["device", "remove", &b.to_string()]);
+    let removed =
+        Sim::start_with_password(&gateway, "Pass-B-2!", &["--uuid", &b.to_string(), "--exit-on-auth-failure"]);
+    assert!(!removed.wait(CONNECT_TIMEOUT).success(), "a removed device got in");
+    gateway.wait_for_metric_at_least(
+        "tether_auth_failures_total{reason=\"not_registered\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+}
