@@ -7,8 +7,10 @@
 //!   with their own password (`registered`); and under `pinned`, the credential the UUID was first
 //!   admitted with. Every refusal takes one argon2 run (against a dummy hash when there is nothing
 //!   to check against), so an unknown user, an unknown UUID and a wrong password look the same
-//!   on the wire and in time. Sources and UUIDs in back-off only get in with a password already
-//!   proven good.
+//!   on the wire and in time. A UUID that keeps failing from one source gets in only with a
+//!   password already proven good; a source or UUID in back-off otherwise gets one real check
+//!   every few seconds (see `limits`), so neither a misconfigured neighbour behind the same NAT
+//!   nor an attacker failing for a UUID locks the real device out.
 //! - [`claim`] puts an authenticated tunnel in the registry. A UUID held by a live tunnel is never
 //!   taken over: the holder must fail a liveness probe (a keepalive request it does not answer
 //!   within `devices.liveness_timeout_ms`), wherever the newcomer comes from; and an older
@@ -77,7 +79,8 @@ pub async fn authenticate(
 ) -> Result<Credential, Refusal> {
     let ip = remote.ip();
     let backoff = shared.limiter.auth_blocked(ip, Some(uuid));
-    let verdict = check(shared, uuid, username, password, deadline, backoff.is_some()).await;
+    let known_good_only = backoff.is_some() && !shared.limiter.slow_check_allowed(ip, uuid);
+    let verdict = check(shared, uuid, username, password, deadline, known_good_only).await;
     match (verdict, backoff) {
         (Ok(credential), _) => Ok(credential),
         (Err(CheckFailure::Timeout), _) => Err(Refusal::Timeout),

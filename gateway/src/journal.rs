@@ -135,31 +135,38 @@ impl Writer {
     fn run(self, rx: Receiver<DeviceEvent>) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let open = match rx.recv_timeout(FLUSH_INTERVAL) {
+            // `drained`: nothing older than what is in hand waits in the queue, so a resync (the
+            // live state now) cannot be overwritten by a stale queued event.
+            let (open, drained) = match rx.recv_timeout(FLUSH_INTERVAL) {
                 Ok(event) => {
                     batch.push(event);
+                    let mut drained = false;
                     while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(event) => batch.push(event),
-                            Err(_) => break,
+                            Err(_) => {
+                                drained = true;
+                                break;
+                            }
                         }
                     }
-                    true
+                    (true, drained)
                 }
-                Err(RecvTimeoutError::Timeout) => true,
-                Err(RecvTimeoutError::Disconnected) => false,
+                Err(RecvTimeoutError::Timeout) => (true, true),
+                Err(RecvTimeoutError::Disconnected) => (false, true),
             };
-            self.write(&mut batch);
+            self.write(&mut batch, drained);
             if !open {
                 return;
             }
         }
     }
 
-    fn write(&self, batch: &mut Vec<DeviceEvent>) {
+    fn write(&self, batch: &mut Vec<DeviceEvent>, drained: bool) {
         let (stamps, resync) = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            (std::mem::take(&mut pending.stamps), std::mem::take(&mut pending.resync))
+            let resync = if drained { std::mem::take(&mut pending.resync) } else { HashSet::new() };
+            (std::mem::take(&mut pending.stamps), resync)
         };
         if batch.is_empty() && stamps.is_empty() && resync.is_empty() {
             return;
@@ -191,7 +198,16 @@ impl Writer {
             Ok(())
         });
         if let Err(err) = result {
-            tracing::error!(error = %err, events = batch.len(), "could not record device events in the store");
+            tracing::error!(error = %err, events = batch.len(),
+                "could not record device events in the store; the devices will be rewritten from their live state");
+            // Nothing of the transaction was written: resync every device it touched from the
+            // live registry next time, and keep the stamps.
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let touched = batch.iter().map(DeviceEvent::uuid).chain(resynced.into_iter().map(|(uuid, _)| uuid));
+            pending.resync.extend(touched);
+            for (uuid, at) in stamps {
+                pending.stamps.entry(uuid).or_insert(at);
+            }
         }
         batch.clear();
     }
@@ -252,5 +268,39 @@ mod tests {
         assert!(ra.connected_since.is_some() && ra.last_keepalive.is_some());
         let rb = store.device(b).unwrap().unwrap();
         assert_eq!((rb.connected_since.is_some(), rb.ports.clone()), (true, vec![16992, 16994]));
+    }
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use super::*;
+    struct Live(Mutex<HashMap<Uuid, LiveState>>);
+    impl LiveView for Live {
+        fn live_state(&self, uuid: Uuid) -> Option<LiveState> {
+            self.0.lock().unwrap().get(&uuid).cloned()
+        }
+    }
+    #[test]
+    fn a_resync_is_never_overwritten_by_an_older_queued_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
+        let live = Arc::new(Live(Mutex::default()));
+        let (tx, rx) = sync_channel(3000);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let journal = Journal { tx, pending: Arc::clone(&pending), cap: 16 };
+        let remote: SocketAddr = "198.18.0.1:1".parse().unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        let x = Uuid::new_v4();
+        for _ in 0..1500 {
+            assert!(journal.record(DeviceEvent::Hello { uuid: Uuid::new_v4(), at: t0, remote }));
+        }
+        assert!(journal.record(DeviceEvent::Connected { uuid: x, at: t0, remote }));
+        while journal.record(DeviceEvent::Hello { uuid: Uuid::new_v4(), at: t0, remote }) {}
+        // X disconnects while the queue is full: dropped, resynced (X is not live any more).
+        assert!(!journal.record(DeviceEvent::Disconnected { uuid: x, at: t0, reason: "gone".into() }));
+        drop(journal);
+        Writer { store: Arc::clone(&store), live, pending }.run(rx);
+        let r = store.device(x).unwrap().unwrap();
+        assert!(r.connected_since.is_none(), "X is recorded as connected");
     }
 }

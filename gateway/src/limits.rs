@@ -71,7 +71,15 @@ impl From<IpAddr> for Source {
 enum AuthKey {
     Source(Source),
     Device(Uuid),
+    /// One UUID from one source: the pair that keeps failing.
+    Pair(Source, Uuid),
 }
+
+/// While a source or a UUID (but not the pair) is in back-off, one real password check per key
+/// is let through this often: a correctly configured PC behind the same NAT as a misconfigured
+/// one, or a device whose UUID an attacker keeps failing for, still gets in within seconds,
+/// while the attacker gets no more argon2 work out of the gateway than this.
+const SLOW_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
@@ -233,6 +241,8 @@ pub struct Limiter {
     max_tracked: usize,
     connections: Table<Source>,
     auth_failures: Table<AuthKey>,
+    /// Real checks allowed while in back-off ([`SLOW_CHECK_EVERY`]).
+    slow_checks: Table<AuthKey>,
     api: Table<i64>,
     blocked: Backoff<AuthKey>,
 }
@@ -255,6 +265,11 @@ impl Limiter {
             max_tracked,
             connections: Table::new("connections", connections, max_tracked),
             auth_failures: Table::new("auth_failures", auth, max_tracked),
+            slow_checks: Table::new(
+                "slow_checks",
+                Quota::with_period(SLOW_CHECK_EVERY).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)),
+                max_tracked,
+            ),
             api: Table::new("api", api, max_tracked),
             blocked: Backoff::new(max_tracked),
         }
@@ -268,7 +283,10 @@ impl Limiter {
     /// Records a failed authentication; returns the back-off the source or UUID is now under.
     pub fn auth_failed(&self, source: IpAddr, uuid: Option<Uuid>) -> Option<Duration> {
         let mut longest: Option<Duration> = None;
-        let keys = std::iter::once(AuthKey::Source(source.into())).chain(uuid.map(AuthKey::Device));
+        let source = Source::from(source);
+        let keys = [Some(AuthKey::Source(source)), uuid.map(AuthKey::Device), uuid.map(|u| AuthKey::Pair(source, u))]
+            .into_iter()
+            .flatten();
         for key in keys {
             if let Err(wait) = self.auth_failures.check(&key) {
                 longest = Some(longest.map_or(wait, |l| l.max(wait)));
@@ -285,6 +303,21 @@ impl Limiter {
         self.blocked.remaining(&keys)
     }
 
+    /// While [`auth_blocked`](Self::auth_blocked): whether a real password check may run now
+    /// anyway (otherwise only a password proven good before is accepted). Never for the pair
+    /// (this UUID from this source) itself in back-off; otherwise once per [`SLOW_CHECK_EVERY`]
+    /// per key in back-off.
+    pub fn slow_check_allowed(&self, source: IpAddr, uuid: Uuid) -> bool {
+        let source = Source::from(source);
+        if self.blocked.remaining(&[AuthKey::Pair(source, uuid)]).is_some() {
+            return false;
+        }
+        [AuthKey::Source(source), AuthKey::Device(uuid)]
+            .into_iter()
+            .filter(|key| self.blocked.remaining(std::slice::from_ref(key)).is_some())
+            .all(|key| self.slow_checks.check(&key).is_ok())
+    }
+
     /// Whether an API request with this token may proceed.
     pub fn allow_api(&self, token_id: i64) -> bool {
         self.api.check(&token_id).is_ok()
@@ -294,6 +327,7 @@ impl Limiter {
     pub fn housekeeping(&self) {
         self.connections.sweep(true);
         self.auth_failures.sweep(true);
+        self.slow_checks.sweep(true);
         self.api.sweep(true);
         self.blocked.housekeeping();
     }

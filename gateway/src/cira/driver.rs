@@ -49,7 +49,13 @@ const MAX_PROBES: usize = 16;
 /// Keepalive stamps are handed to the journal at most this often per tunnel.
 const STAMP_EVERY: Duration = Duration::from_secs(10);
 
-type AdmitFuture = Pin<Box<dyn Future<Output = Result<(Credential, Claimed), Refusal>> + Send>>;
+/// How long a device that replaced a dead tunnel waits for that tunnel's slot when the gateway
+/// holds `max_tunnels` (the old task frees it as soon as it has closed).
+const REPLACED_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// What an admission yields: the credential, the claim, and a tunnel slot if one was free.
+type Admission = (Credential, Claimed, Option<OwnedSemaphorePermit>);
+type AdmitFuture = Pin<Box<dyn Future<Output = Result<Admission, Refusal>> + Send>>;
 
 /// One CIRA connection, from the first APF byte to the close.
 pub struct Tunnel {
@@ -144,8 +150,15 @@ impl Tunnel {
             self.drain_events();
             while let Some(bytes) = self.session.poll_transmit() {
                 let written = std::mem::take(&mut self.unwritten);
-                // A device that stops reading would otherwise hold this task here for good.
-                match tokio::time::timeout(WRITE_STALL_TIMEOUT, write_tx.send((bytes, written))).await {
+                // A device that stops reading would otherwise hold this task here for good; before
+                // admission, no longer than the session's own deadline either.
+                let mut limit = tokio::time::Instant::now() + WRITE_STALL_TIMEOUT;
+                if !self.admitted {
+                    if let Some(deadline) = self.session.poll_timeout() {
+                        limit = limit.min(tokio::time::Instant::from_std(deadline));
+                    }
+                }
+                match tokio::time::timeout_at(limit, write_tx.send((bytes, written))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         transport_end.get_or_insert(CloseReason::IoError);
@@ -171,6 +184,9 @@ impl Tunnel {
                 read = reader.read_buf(&mut buf), if wants_input => match read {
                     Ok(0) => transport_end = Some(CloseReason::PeerClosed),
                     Ok(n) => {
+                        // Whatever the device sends proves it alive (TLS binds it to this
+                        // connection); its reply may be queued behind channel data.
+                        self.answer_probes();
                         self.session.handle_input(&buf, Instant::now());
                         // Grow the reads while they come back full; an idle tunnel (keepalives)
                         // holds no buffer at all.
@@ -284,6 +300,10 @@ impl Tunnel {
             self.session.consumed(ch, wanted.released);
         }
         if wanted.close {
+            // What the user wrote before it went goes out first, as far as the window allows.
+            if wanted.outbound > 0 {
+                self.flush(ch);
+            }
             self.session.close_channel(ch);
             return;
         }
@@ -353,9 +373,7 @@ impl Tunnel {
             }
             Event::Keepalive => self.stamp(now),
             Event::KeepaliveReply { .. } => {
-                for probe in self.probes.drain(..) {
-                    let _ = probe.send(Liveness::Alive);
-                }
+                self.answer_probes();
                 self.stamp(now);
             }
             Event::ChannelOpened { ch, port, .. } => {
@@ -393,7 +411,8 @@ impl Tunnel {
             }
             Event::ChannelClosed { ch } => {
                 if let Some(end) = self.streams.remove(&ch) {
-                    end.close(StreamClosed::Device);
+                    // A closing session closes every channel first: that is the tunnel going.
+                    end.close(if self.session.is_closed() { StreamClosed::TunnelGone } else { StreamClosed::Device });
                     self.shared.metrics.channel_closed();
                 }
                 if let Some((_, reply)) = self.opening.remove(&ch) {
@@ -408,9 +427,24 @@ impl Tunnel {
         }
     }
 
+    fn answer_probes(&mut self) {
+        for probe in self.probes.drain(..) {
+            let _ = probe.send(Liveness::Alive);
+        }
+    }
+
+    /// Whether this tunnel still holds its UUID in the registry (a replaced one, until it has
+    /// closed, must not write the device record its successor owns).
+    fn holds_uuid(&self) -> bool {
+        self.admitted
+            && self
+                .uuid
+                .is_some_and(|uuid| self.shared.registry.get(uuid, TunnelKind::Cira).is_some_and(|h| h.id == self.id))
+    }
+
     fn stamp(&mut self, now: OffsetDateTime) {
         let due = self.last_stamp.is_none_or(|t| t.elapsed() >= STAMP_EVERY);
-        if let (Some(uuid), true, true) = (self.uuid, self.admitted, due) {
+        if let (Some(uuid), true, true) = (self.uuid, due, self.holds_uuid()) {
             self.last_stamp = Some(Instant::now());
             if !self.shared.journal.stamp(uuid, now) {
                 self.shared.metrics.store_write_dropped(StoreWrite::Keepalive);
@@ -439,11 +473,21 @@ impl Tunnel {
         let shared = Arc::clone(&self.shared);
         let remote = self.remote;
         let deadline = tokio::time::Instant::now() + shared.auth_timeout();
+        let slots = Arc::clone(&self.tunnel_slots);
         self.admit = Some(Box::pin(async move {
             let work = async {
                 let credential = identity::authenticate(&shared, uuid, remote, &username, &password, deadline).await?;
+                let free = Arc::clone(&slots).try_acquire_owned().ok();
                 let claimed = identity::claim(&shared, handle).await?;
-                Ok((credential, claimed))
+                let slot = match free {
+                    Some(slot) => Some(slot),
+                    // At the limit, a device replacing its own dead tunnel takes that one's slot.
+                    None if claimed.replaced.is_some() => {
+                        tokio::time::timeout(REPLACED_SLOT_WAIT, slots.acquire_owned()).await.ok().and_then(Result::ok)
+                    }
+                    None => None,
+                };
+                Ok((credential, claimed, slot))
             };
             // The claim's liveness probe may outlast the credential check's deadline by its own
             // timeout; nothing more.
@@ -452,13 +496,13 @@ impl Tunnel {
         }));
     }
 
-    fn admitted(&mut self, verdict: Result<(Credential, Claimed), Refusal>) {
+    fn admitted(&mut self, verdict: Result<Admission, Refusal>) {
         let Some(uuid) = self.uuid else { return };
         let now = Instant::now();
         let metrics = &self.shared.metrics;
         match verdict {
-            Ok((credential, claimed)) => {
-                let Ok(slot) = Arc::clone(&self.tunnel_slots).try_acquire_owned() else {
+            Ok((credential, claimed, slot)) => {
+                let Some(slot) = slot else {
                     metrics.connection_rejected(RejectReason::TooManyTunnels);
                     warn!(%uuid, remote = %self.remote, max = self.shared.config.apf.max_tunnels,
                         "tunnel refused: the gateway holds its maximum number of tunnels");
@@ -523,7 +567,7 @@ impl Tunnel {
             }
             set.iter().copied().collect::<Vec<u16>>()
         };
-        if let (Some(uuid), true) = (self.uuid, self.admitted) {
+        if let (Some(uuid), true) = (self.uuid, self.holds_uuid()) {
             self.record(DeviceEvent::Ports { uuid, ports });
         }
     }
@@ -542,6 +586,8 @@ impl Tunnel {
             (CloseCause::IdleTimeout, _) => CloseReason::IdleTimeout,
             (CloseCause::AuthFailed, _) => CloseReason::AuthFailed,
         };
+        // Free the tunnel slot now, not when the task ends: a successor may be waiting for it.
+        self.tunnel_slot = None;
         for (_, (_, reply)) in self.opening.drain() {
             let _ = reply.send(Err(OpenRefused::TunnelGone));
         }
@@ -549,8 +595,6 @@ impl Tunnel {
             end.close(StreamClosed::TunnelGone);
             metrics.channel_closed();
         }
-        // Unanswered probes: dropping them tells the claimant this tunnel is gone.
-        self.probes.clear();
         let uuid_text = self.uuid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
         if !self.admitted {
             info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "connection closed before the tunnel was established");
@@ -560,7 +604,11 @@ impl Tunnel {
         info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "tunnel closed");
         let Some(uuid) = self.uuid else { return };
         // A replaced tunnel leaves the device record to its successor, which is connected.
-        if !self.shared.registry.remove(uuid, TunnelKind::Cira, self.id) {
+        // Unanswered probes are dropped (telling a claimant this tunnel is gone) only after the
+        // registry entry is, so that the claimant's record comes after this one's.
+        let removed = self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
+        if !removed {
+            self.probes.clear();
             return;
         }
         let text = match reason {
@@ -570,6 +618,7 @@ impl Tunnel {
             _ => cause.to_string(),
         };
         self.record(DeviceEvent::Disconnected { uuid, at: now, reason: text });
+        self.probes.clear();
     }
 }
 

@@ -246,3 +246,94 @@ async fn under_registered_only_devices_with_their_own_password_get_in() {
     assert!(text.contains("tether_auth_failures_total{reason=\"not_registered\"} 1"), "{text}");
     good.stop.trigger();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_see_a_closing_tunnel_as_gone_not_as_end_of_stream() {
+    let bed = bed(DevicePolicy::Pinned);
+    let uuid = Uuid::new_v4();
+    let device = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
+    established(&bed, uuid, 1).await;
+    let tunnel = bed.shared.registry.get(uuid, TunnelKind::Cira).unwrap();
+    let mut stream = tunnel.open_stream(16994, "198.18.9.9:5".parse().unwrap(), Duration::from_secs(5)).await.unwrap();
+    tunnel.close(CloseReason::Shutdown);
+    let r = stream.chunk().await;
+    device.stop.trigger();
+    assert!(r.is_err(), "tunnel gone seen as {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_failing_for_a_uuid_does_not_lock_the_real_device_out() {
+    let bed = bed(DevicePolicy::Registered);
+    let uuid = Uuid::new_v4();
+    bed.shared.store.add_device(uuid, Some(&hash_password(b"own-password").unwrap())).unwrap();
+    // An attacker who only knows the UUID fails from a few addresses.
+    for i in 0..20u8 {
+        bed.shared.limiter.auth_failed(format!("198.51.100.{i}").parse().unwrap(), Some(uuid));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let r = identity::authenticate(
+        &bed.shared,
+        uuid,
+        "203.0.113.5:1".parse().unwrap(),
+        USER.as_bytes(),
+        b"own-password",
+        deadline,
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_flooding_keepalives_is_closed_in_time() {
+    use protocols::apf::Message;
+    let mut config = Config::default();
+    config.apf.handshake_timeout_secs = 2;
+    let state = TestState::new(config);
+    let shared = Arc::clone(&state.shared);
+    let pool = Arc::new(ConnectionCaps::new(100, 100));
+    let slots = Arc::new(Semaphore::new(100));
+    let (gateway_end, mut peer) = tokio::io::duplex(64 * 1024);
+    let slot = pool.try_enter("198.18.0.7".parse().unwrap()).unwrap();
+    let tunnel = Tunnel::new(Arc::clone(&shared), "198.18.0.7:1".parse().unwrap(), 1, slot, slots);
+    let started = Instant::now();
+    let gateway = tokio::spawn(tunnel.run(gateway_end));
+    let mut hello = BytesMut::new();
+    Message::ProtocolVersion { major: 1, minor: 0, trigger_reason: 0, uuid: Uuid::new_v4() }.encode(&mut hello);
+    peer.write_all(&hello).await.unwrap();
+    let mut chunk = BytesMut::new();
+    for i in 0..1000u32 {
+        Message::KeepaliveRequest { cookie: i }.encode(&mut chunk);
+    }
+    let chunk = chunk.freeze();
+    let mut written = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), peer.write_all(&chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            _ => break,
+        }
+        if written > 64 * 1024 * 1024 {
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), gateway).await.is_ok();
+    let _ = started;
+    drop(peer);
+    assert!(written < 64 * 1024 && ended, "{written} {ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_tunnels_a_device_replacing_its_dead_tunnel_takes_its_slot() {
+    let mut b = bed(DevicePolicy::Pinned);
+    b.slots = Arc::new(Semaphore::new(1));
+    let uuid = Uuid::new_v4();
+    let old = connect(&b, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
+    established(&b, uuid, 1).await;
+    old.frozen.store(true, Ordering::SeqCst);
+    let new = connect(&b, 2, device_config(uuid, USER, PASSWORD), "198.18.0.2:1000");
+    let got_in = tokio::time::timeout(Duration::from_secs(8), established(&b, uuid, 2)).await.is_ok();
+    let text = b.shared.metrics.render();
+    let line: Vec<&str> = text.lines().filter(|l| l.contains("too_many_tunnels") && !l.starts_with('#')).collect();
+    old.stop.trigger();
+    new.stop.trigger();
+    assert!(got_in, "{line:?}; holder {:?}", holder(&b, uuid));
+}

@@ -129,8 +129,19 @@ ALTER TABLE devices ADD COLUMN pinned_credential TEXT;
 ALTER TABLE devices ADD COLUMN conflict_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN last_conflict_at INTEGER;
 ALTER TABLE devices ADD COLUMN conflict_note TEXT;
-ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'attach';
-ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+-- AUTOINCREMENT: a token created after a revoked one never gets its id, which the daemon uses
+-- to end the revoked token's relays.
+CREATE TABLE tokens_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'attach',
+    expires_at INTEGER
+);
+INSERT INTO tokens_v2 (id, name, hash, created_at) SELECT id, name, hash, created_at FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v2 RENAME TO tokens;
 ",
 ];
 

@@ -168,8 +168,12 @@ mod tests {
         assert!(!store.revoke_token("alice").unwrap());
         assert_eq!(store.token_by_hash("ha").unwrap(), None);
         assert!(!store.live_token_ids(now).unwrap().contains(&old));
-        // The name is free again.
-        store.create_token("alice", "ha2", TokenScope::Attach, None).unwrap();
+        // The name is free again, but never the id: the revoked token's relays are found by it.
+        let again = store.create_token("alice", "ha2", TokenScope::Attach, None).unwrap();
+        assert!(again > old, "a new token reused id {again}");
+        store.revoke_token("alice").unwrap();
+        let third = store.create_token("alice", "ha3", TokenScope::Attach, None).unwrap();
+        assert!(third > again, "a new token reused id {third}");
         assert_eq!(store.list_tokens().unwrap().len(), 3);
         assert!(TokenScope::Attach.allows(TokenScope::Attach) && TokenScope::Attach.allows(TokenScope::Read));
         assert!(TokenScope::Read.allows(TokenScope::Read) && !TokenScope::Read.allows(TokenScope::Attach));

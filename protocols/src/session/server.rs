@@ -217,11 +217,13 @@ impl ServerSession {
             (State::Established, Message::GlobalRequest { want_reply, request }) => {
                 self.handle_global_request(want_reply, request, now)
             }
-            (state, Message::KeepaliveRequest { cookie }) if state != State::AwaitVersion => {
+            // Keepalives only once authenticated: before, a peer that floods requests and never
+            // reads would make us queue replies (firmware starts them with the tunnel).
+            (State::AwaitPfwdService | State::Established, Message::KeepaliveRequest { cookie }) => {
                 out.send(&Message::KeepaliveReply { cookie });
                 out.events.push_back(Event::Keepalive);
             }
-            (state, Message::KeepaliveReply { cookie }) if state != State::AwaitVersion => {
+            (State::AwaitPfwdService | State::Established, Message::KeepaliveReply { cookie }) => {
                 out.events.push_back(Event::KeepaliveReply { cookie });
             }
             (State::Established, Message::KeepaliveOptionsReply { interval_secs, timeout_secs }) => {
