@@ -228,9 +228,9 @@ fn apply(tx: &rusqlite::Connection, event: &DeviceEvent) -> rusqlite::Result<()>
 mod tests {
     use super::*;
 
-    struct NoLive(Mutex<HashMap<Uuid, LiveState>>);
+    struct Live(Mutex<HashMap<Uuid, LiveState>>);
 
-    impl LiveView for NoLive {
+    impl LiveView for Live {
         fn live_state(&self, uuid: Uuid) -> Option<LiveState> {
             self.0.lock().unwrap().get(&uuid).cloned()
         }
@@ -240,7 +240,7 @@ mod tests {
     fn events_and_stamps_reach_the_store_and_a_full_queue_resyncs_from_the_registry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
-        let live = Arc::new(NoLive(Mutex::default()));
+        let live = Arc::new(Live(Mutex::default()));
         // A journal whose writer is not running yet: fill its queue by hand.
         let (tx, rx) = sync_channel(2);
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -269,17 +269,7 @@ mod tests {
         let rb = store.device(b).unwrap().unwrap();
         assert_eq!((rb.connected_since.is_some(), rb.ports.clone()), (true, vec![16992, 16994]));
     }
-}
 
-#[cfg(test)]
-mod ordering_tests {
-    use super::*;
-    struct Live(Mutex<HashMap<Uuid, LiveState>>);
-    impl LiveView for Live {
-        fn live_state(&self, uuid: Uuid) -> Option<LiveState> {
-            self.0.lock().unwrap().get(&uuid).cloned()
-        }
-    }
     #[test]
     fn a_resync_is_never_overwritten_by_an_older_queued_event() {
         let dir = tempfile::tempdir().unwrap();
