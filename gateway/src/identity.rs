@@ -30,7 +30,7 @@ use crate::config::DevicePolicy;
 use crate::metrics::AuthFailureReason;
 use crate::registry::{Liveness, TunnelHandle};
 use crate::state::Shared;
-use crate::store::DeviceAuth;
+use crate::store::{DeviceAuth, Store, StoreError};
 
 /// The credential that admitted a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,20 +118,15 @@ async fn check(
 ) -> Result<Credential, CheckFailure> {
     let policy = shared.config.devices.policy;
     let user = std::str::from_utf8(username).ok().map(str::to_string);
-    let store = Arc::clone(&shared.store);
-    let lookup = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+    let (device, account) = with_store(shared, deadline, move |store| {
         let device = store.device_auth(uuid)?;
         let account = match &user {
             Some(user) => store.mps_account_hash(user)?.map(|hash| (user.clone(), hash)),
             None => None,
         };
         Ok((device, account))
-    });
-    let (device, account) = match tokio::time::timeout_at(deadline, lookup).await {
-        Err(_) => return Err(CheckFailure::Timeout),
-        Ok(Ok(Ok(found))) => found,
-        Ok(_) => return Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
-    };
+    })
+    .await?;
     let own_password = device.as_ref().and_then(|d: &DeviceAuth| d.password_hash.clone());
     // What to check the password against, and what it proves if it matches.
     let target: Result<(String, Credential), AuthFailureReason> = match (policy, own_password, account) {
@@ -164,21 +159,28 @@ async fn check(
     }
     if policy == DevicePolicy::Pinned && known_pin.is_none() {
         // First admission: pin it (the store keeps the first pin if two race).
-        let store = Arc::clone(&shared.store);
         let pin = credential.pin();
-        let pinned =
-            match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || store.pin_device(uuid, &pin)))
-                .await
-            {
-                Err(_) => return Err(CheckFailure::Timeout),
-                Ok(Ok(Ok(pinned))) => pinned,
-                Ok(_) => return Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
-            };
+        let pinned = with_store(shared, deadline, move |store| store.pin_device(uuid, &pin)).await?;
         if pinned != credential.pin() {
             return Err(CheckFailure::Refused(AuthFailureReason::CredentialMismatch));
         }
     }
     Ok(credential)
+}
+
+/// Runs a store call off the runtime, bounded by the check's deadline; a store error refuses
+/// the device (counted as `unknown`).
+async fn with_store<T: Send + 'static>(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+    call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, CheckFailure> {
+    let store = Arc::clone(&shared.store);
+    match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || call(&store))).await {
+        Err(_) => Err(CheckFailure::Timeout),
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(_) => Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
+    }
 }
 
 /// What a successful claim found.

@@ -169,6 +169,11 @@ impl Registry {
         self.tunnels.remove_if(&(uuid, kind), |_, h| h.id == id).is_some()
     }
 
+    /// Whether the tunnel with connection id `id` holds this key (no handle cloned).
+    pub fn holds(&self, uuid: Uuid, kind: TunnelKind, id: u64) -> bool {
+        self.tunnels.get(&(uuid, kind)).is_some_and(|h| h.id == id)
+    }
+
     pub fn get(&self, uuid: Uuid, kind: TunnelKind) -> Option<TunnelHandle> {
         self.tunnels.get(&(uuid, kind)).map(|h| h.clone())
     }

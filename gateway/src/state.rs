@@ -18,7 +18,6 @@ use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TunnelKind};
 use crate::store::Store;
-use crate::stream::StreamConfig;
 
 #[derive(Debug)]
 pub struct Shared {
@@ -33,9 +32,6 @@ pub struct Shared {
     pub conflicts: LogOnce<uuid::Uuid>,
     pub shutdown: watch::Receiver<bool>,
 }
-
-/// Bytes a user of a device stream may write ahead of the device's socket.
-pub const STREAM_SEND_BUDGET: usize = 256 * 1024;
 
 impl Shared {
     /// The APF server settings from the configuration.
@@ -55,10 +51,6 @@ impl Shared {
             handshake_timeout: Duration::from_secs(u64::from(apf_config.handshake_timeout_secs.max(1))),
             ..ServerConfig::default()
         }
-    }
-
-    pub fn stream_config(&self) -> StreamConfig {
-        StreamConfig { send_budget: STREAM_SEND_BUDGET, ..StreamConfig::default() }
     }
 
     pub fn channel_open_timeout(&self) -> Duration {

@@ -448,11 +448,6 @@ impl StreamEnd {
         state.in_flight += n;
         Some((data, Written { inner: Arc::clone(&self.inner), n }))
     }
-
-    /// Bytes queued for the user and not yet taken (for tests and metrics).
-    pub fn queued_for_user(&self) -> usize {
-        Inner::inbound_len(&self.inner.lock())
-    }
 }
 
 impl Drop for StreamEnd {

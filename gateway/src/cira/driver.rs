@@ -32,7 +32,7 @@ use crate::limits::ConnectionSlot;
 use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, StoreWrite, TunnelKind};
 use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
-use crate::stream::{self, DeviceStream, StreamClosed, StreamEnd, Written};
+use crate::stream::{self, DeviceStream, StreamClosed, StreamConfig, StreamEnd, Written};
 
 /// Bytes read from the socket at a time: small while the tunnel is idle or handshaking (a
 /// connection that never sends anything costs no more), up to the large size while data streams.
@@ -76,7 +76,9 @@ pub struct Tunnel {
     admit: Option<AdmitFuture>,
     ports: Arc<Mutex<BTreeSet<u16>>>,
     commands_tx: mpsc::Sender<TunnelCommand>,
+    commands_rx: Option<mpsc::Receiver<TunnelCommand>>,
     wake_tx: mpsc::UnboundedSender<stream::StreamKey>,
+    wake_rx: Option<mpsc::UnboundedReceiver<stream::StreamKey>>,
     opening: HashMap<ChannelId, (u16, oneshot::Sender<Result<DeviceStream, OpenRefused>>)>,
     streams: HashMap<ChannelId, StreamEnd>,
     /// Written guards of bytes the session took, to go with the next write.
@@ -101,8 +103,8 @@ impl Tunnel {
         pending: ConnectionSlot,
         tunnel_slots: Arc<Semaphore>,
     ) -> Self {
-        let (commands_tx, _) = mpsc::channel(1);
-        let (wake_tx, _) = mpsc::unbounded_channel();
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         let session = ServerSession::new(shared.session_config(), Instant::now());
         Self {
             shared,
@@ -118,7 +120,9 @@ impl Tunnel {
             admit: None,
             ports: Arc::default(),
             commands_tx,
+            commands_rx: Some(commands_rx),
             wake_tx,
+            wake_rx: Some(wake_rx),
             opening: HashMap::new(),
             streams: HashMap::new(),
             unwritten: Vec::new(),
@@ -136,10 +140,9 @@ impl Tunnel {
         let (mut reader, writer) = tokio::io::split(stream);
         let (write_tx, write_rx) = mpsc::channel::<(Bytes, Vec<Written>)>(WRITE_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, write_rx));
-        let (commands_tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
-        let (wake_tx, mut wakes) = mpsc::unbounded_channel();
-        self.commands_tx = commands_tx;
-        self.wake_tx = wake_tx;
+        let (Some(mut commands), Some(mut wakes)) = (self.commands_rx.take(), self.wake_rx.take()) else {
+            return;
+        };
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = BytesMut::new();
         let mut read_size = READ_SMALL;
@@ -382,7 +385,7 @@ impl Tunnel {
                     return;
                 };
                 debug_assert_eq!(u32::from(port16), port);
-                let (user, end) = stream::pair(ch.0, port16, self.shared.stream_config(), self.wake_tx.clone());
+                let (user, end) = stream::pair(ch.0, port16, StreamConfig::default(), self.wake_tx.clone());
                 if reply.send(Ok(user)).is_err() {
                     // The opener gave up waiting.
                     self.session.close_channel(ch);
@@ -436,15 +439,15 @@ impl Tunnel {
     /// Whether this tunnel still holds its UUID in the registry (a replaced one, until it has
     /// closed, must not write the device record its successor owns).
     fn holds_uuid(&self) -> bool {
-        self.admitted
-            && self
-                .uuid
-                .is_some_and(|uuid| self.shared.registry.get(uuid, TunnelKind::Cira).is_some_and(|h| h.id == self.id))
+        self.admitted && self.uuid.is_some_and(|uuid| self.shared.registry.holds(uuid, TunnelKind::Cira, self.id))
     }
 
     fn stamp(&mut self, now: OffsetDateTime) {
-        let due = self.last_stamp.is_none_or(|t| t.elapsed() >= STAMP_EVERY);
-        if let (Some(uuid), true, true) = (self.uuid, due, self.holds_uuid()) {
+        // The cheap timer first: keepalives arrive every 30 s per device.
+        if self.last_stamp.is_some_and(|t| t.elapsed() < STAMP_EVERY) || !self.holds_uuid() {
+            return;
+        }
+        if let Some(uuid) = self.uuid {
             self.last_stamp = Some(Instant::now());
             if !self.shared.journal.stamp(uuid, now) {
                 self.shared.metrics.store_write_dropped(StoreWrite::Keepalive);

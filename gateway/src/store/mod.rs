@@ -1,5 +1,5 @@
 //! The SQLite store (`DATA_DIR/tether.db`, WAL): MPS accounts, devices (registration, the
-//! credential each UUID is pinned to, life-cycle record, duplicate and conflict reports), and API
+//! credential each UUID is pinned to, life-cycle record, UUID conflict reports), and API
 //! tokens (hashed; in `tokens`).
 //!
 //! Calls are synchronous and short (one statement each); async callers use `spawn_blocking` or
@@ -63,6 +63,8 @@ pub struct DeviceRecord {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_disconnect: Option<OffsetDateTime>,
     pub last_disconnect_reason: Option<String>,
+    /// Replacements flagged as two machines sharing the UUID, by gateways before device identity
+    /// was enforced; such claims are now refused and counted in `conflict_count`.
     pub duplicate_count: u64,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_duplicate_at: Option<OffsetDateTime>,
@@ -360,10 +362,6 @@ impl Store {
         self.with(|c| c.execute("DELETE FROM devices WHERE uuid = ?1", [uuid.to_string()]).map(|n| n > 0))
     }
 
-    pub fn device_password_hash(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
-        Ok(self.device_auth(uuid)?.and_then(|d| d.password_hash))
-    }
-
     /// What admission needs to know of a UUID (`None`: never seen nor registered).
     pub fn device_auth(&self, uuid: Uuid) -> Result<Option<DeviceAuth>, StoreError> {
         self.with(|c| {
@@ -433,26 +431,6 @@ impl Store {
         claimant: SocketAddr,
     ) -> Result<(), StoreError> {
         self.with(|c| record_conflict(c, uuid, at, live, claimant))
-    }
-
-    pub fn record_duplicate(
-        &self,
-        uuid: Uuid,
-        at: OffsetDateTime,
-        previous: SocketAddr,
-        newer: SocketAddr,
-    ) -> Result<(), StoreError> {
-        let note = format!(
-            "UUID claimed from {previous} and {newer}: two machines may share this UUID (a known OEM firmware fault)"
-        );
-        self.with(|c| {
-            c.prepare_cached(
-                "UPDATE devices SET duplicate_count = duplicate_count + 1, last_duplicate_at = ?2, duplicate_note = ?3
-                 WHERE uuid = ?1",
-            )?
-            .execute(params![uuid.to_string(), millis(at), note])
-            .map(drop)
-        })
     }
 
     pub fn mark_all_disconnected(&self, at: OffsetDateTime, reason: &str) -> Result<usize, StoreError> {
@@ -542,10 +520,10 @@ mod tests {
         assert_eq!(d.last_disconnect_reason.as_deref(), Some("idle"));
         store.record_connected(uuid, t0, remote).unwrap();
         assert_eq!(store.mark_all_disconnected(t0, "gateway restarted").unwrap(), 1);
-        store.record_duplicate(uuid, t0, remote, "198.18.0.3:1".parse().unwrap()).unwrap();
+        store.record_conflict(uuid, t0, remote, "198.18.0.3:1".parse().unwrap()).unwrap();
         let d = store.device(uuid).unwrap().unwrap();
-        assert_eq!(d.duplicate_count, 1);
-        assert!(d.duplicate_note.unwrap().contains("198.18.0.3"));
+        assert_eq!(d.conflict_count, 1);
+        assert!(d.conflict_note.unwrap().contains("198.18.0.3"));
         let json = serde_json::to_value(store.list_devices().unwrap()).unwrap();
         assert!(json[0]["last_hello"].is_string());
     }
@@ -595,7 +573,7 @@ mod tests {
         assert!(!json.contains("secret-hash"), "{json}");
         store.add_device(uuid, None).unwrap();
         assert!(!store.device(uuid).unwrap().unwrap().has_password);
-        assert_eq!(store.device_password_hash(uuid).unwrap(), None);
+        assert_eq!(store.device_auth(uuid).unwrap().unwrap().password_hash, None);
     }
 
     #[test]
@@ -662,7 +640,7 @@ mod tests {
         let mut seen = 0;
         store.add_devices(&many, |n| seen = n).unwrap();
         assert_eq!(seen, 50);
-        assert_eq!(store.device_password_hash(many[49].0).unwrap().as_deref(), Some("h49"));
+        assert_eq!(store.device_auth(many[49].0).unwrap().unwrap().password_hash.as_deref(), Some("h49"));
 
         let local = store.create_or_replace_token("local", "a").unwrap();
         assert_eq!(store.create_or_replace_token("local", "b").unwrap(), local);
