@@ -1,7 +1,7 @@
 //! A simulated device against a minimal in-process MPS (`ServerSession` over a real TLS
 //! listener on 127.0.0.1): HTTP on 16992, echo across the 4 KiB window on 16994, backpressure,
-//! reconnect after the gateway goes away, credentials refused, and a small fleet. One test is
-//! ignored until `ClientSession` accepts channels opened before its last forward is answered.
+//! reconnect after the gateway goes away, credentials refused, a small fleet, and several gateway
+//! addresses (dead ones skipped, a fleet spread over live ones and moving off a stopped one).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use loadtest::amt::{
-    client_config, run_device, run_device_with_stats, run_fleet, server_name, shutdown_pair, DeviceConfig, DeviceError,
-    FleetConfig, Progress, ReconnectPolicy, Stats, Trust,
+    client_config, device_uuid, run_device, run_device_with_stats, run_fleet, server_name, shutdown_pair, DeviceConfig,
+    DeviceError, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, Stats, Trust,
 };
 use protocols::session::{ChannelId, Event, OpenError, ServerConfig, ServerSession};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -551,6 +551,136 @@ async fn channel_opened_before_the_last_forward_is_served() {
         stop.trigger();
         tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
         gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// A device that knows `addrs`, in that order, all with the name "localhost".
+fn multi_gateway_config(addrs: &[SocketAddr], trust: &Trust) -> DeviceConfig {
+    let tls = client_config(trust).expect("TLS config");
+    let gateways = addrs.iter().map(|a| GatewayAddr::new(a.to_string(), server_name("localhost").unwrap())).collect();
+    let mut config = DeviceConfig::with_gateways(gateways, tls, UUID, "user", PASSWORD);
+    config.reconnect = ReconnectPolicy { min: Duration::from_millis(100), max: Duration::from_millis(500) };
+    config
+}
+
+/// A loopback port nothing listens on (bound a moment ago, then closed): connects are refused.
+fn refused_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A listener that accepts TCP and closes at once, as a balancer with no live backend does: the
+/// TLS handshake fails.
+async fn closing_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    (addr, task)
+}
+
+async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STEP;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_moves_past_dead_addresses_to_a_live_gateway() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let (closing, closing_task) = closing_listener().await;
+        let mut config = multi_gateway_config(&[refused_addr(), closing, gateway.addr], &Trust::Insecure);
+        // A back-off far longer than the test waits: moving on to the next address must not wait.
+        config.reconnect = ReconnectPolicy { min: Duration::from_secs(30), max: Duration::from_secs(30) };
+        let stats = Arc::new(Stats::default());
+        let (stop, shutdown) = shutdown_pair();
+        let started = Instant::now();
+        let device = tokio::spawn(run_device_with_stats(config, stats.clone(), shutdown));
+
+        let mut tunnel = gateway.next_tunnel().await;
+        assert_eq!(tunnel.handshake(&FIRMWARE_PORTS).await, UUID);
+        poll_until("the tunnel counted through the third address", || stats.established_per_gateway() == [0, 0, 1])
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}: it backed off", started.elapsed());
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.connect_failures, 2, "{snapshot:?}");
+        assert_eq!(snapshot.connections, 1, "{snapshot:?}");
+
+        stop.trigger();
+        let report = tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
+        assert_eq!((report.connections, report.established), (1, 1));
+        closing_task.abort();
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reconnect_a_device_tries_every_address_once() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (closing, closing_task) = closing_listener().await;
+        let mut config = multi_gateway_config(&[closing, refused_addr()], &Trust::Insecure);
+        config.no_reconnect = true;
+        let stats = Arc::new(Stats::default());
+        let result = tokio::time::timeout(STEP, run_device_with_stats(config, stats.clone(), shutdown_pair().1))
+            .await
+            .expect("device stops");
+        match result {
+            Err(err @ DeviceError::ConnectionEnded { established: false, .. }) => {
+                assert!(err.to_string().contains("not reconnecting"), "{err}");
+            }
+            other => panic!("expected ConnectionEnded, got {other:?}"),
+        }
+        assert_eq!(stats.snapshot().connect_failures, 2);
+        closing_task.abort();
+
+        let config = multi_gateway_config(&[], &Trust::Insecure);
+        assert!(matches!(run_device(config, shutdown_pair().1).await, Err(DeviceError::NoGateway { .. })));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_spreads_over_two_gateways_and_leaves_one_that_stops() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let mut first = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let mut second = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let config = multi_gateway_config(&[first.addr, second.addr], &Trust::Insecure);
+        let mut fleet = FleetConfig::new(config, 2);
+        fleet.progress = Progress::Quiet;
+        let (stop, shutdown) = shutdown_pair();
+        let fleet = tokio::spawn(run_fleet(fleet, shutdown));
+
+        // Device 0 starts at the first address, device 1 at the second.
+        let mut on_first = first.next_tunnel().await;
+        assert_eq!(on_first.handshake(&FIRMWARE_PORTS).await, device_uuid(UUID, 0));
+        let mut on_second = second.next_tunnel().await;
+        assert_eq!(on_second.handshake(&FIRMWARE_PORTS).await, device_uuid(UUID, 1));
+
+        // The first gateway goes away: its device backs off, finds it refusing, and moves on.
+        first.stop().await;
+        let mut moved = second.next_tunnel().await;
+        assert_eq!(moved.handshake(&FIRMWARE_PORTS).await, device_uuid(UUID, 0));
+
+        stop.trigger();
+        let report = tokio::time::timeout(STEP, fleet).await.expect("fleet stops").unwrap().expect("fleet ran");
+        assert_eq!(report.stats.ever_established, 2);
+        assert!(report.stats.reconnects >= 2, "{:?}", report.stats);
+        assert!(report.stats.connect_failures >= 1, "{:?}", report.stats);
+        // Three TLS connections: the other device never left the second gateway.
+        assert_eq!(report.stats.connections, 3, "{:?}", report.stats);
+        second.stop().await;
     })
     .await
     .expect("test finished in time");

@@ -1,5 +1,5 @@
 //! What one simulated device is (UUID, credentials, ports, windows, services) and where and how
-//! it dials (gateway address, TLS, timeouts, reconnect back-off).
+//! it dials (gateway addresses, TLS, timeouts, reconnect back-off).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,17 +15,36 @@ use super::echo::Echo;
 use super::http::HttpResponder;
 use super::service::{Service, Services};
 
+/// One address a device may dial, and the name the certificate it finds there must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAddr {
+    /// `HOST:PORT` of a CIRA listener, resolved at every attempt.
+    pub addr: String,
+    /// The name the gateway's certificate must match (and the SNI when it is a DNS name).
+    pub server_name: ServerName<'static>,
+}
+
+impl GatewayAddr {
+    pub fn new(addr: impl Into<String>, server_name: ServerName<'static>) -> Self {
+        Self { addr: addr.into(), server_name }
+    }
+}
+
 /// One device's settings. `Clone` is cheap enough to make one per device of a fleet.
 #[derive(Clone)]
 pub struct DeviceConfig {
-    /// `HOST:PORT` of the gateway's CIRA listener, resolved at every attempt.
-    pub gateway: String,
+    /// The gateways' CIRA listeners, as the MPS list of an AMT CIRA policy: the device dials
+    /// `gateways[first_gateway]` first, moves on to the next address (wrapping around) when a TCP
+    /// connect or TLS handshake fails, and backs off once every address failed in a row. When a
+    /// tunnel drops, it comes back to the address it was using. Never empty.
+    pub gateways: Vec<GatewayAddr>,
+    /// Index into [`gateways`](Self::gateways) of the address tried first (taken modulo its
+    /// length); a fleet gives device `i` the index `i mod n`, to spread its devices.
+    pub first_gateway: usize,
     /// Local address every TCP connection is bound to before connecting (any port), so that the
     /// gateway sees the device come from it (e.g. 127.0.0.2); `None` lets the OS choose. Only
     /// gateway addresses of the same family are dialled.
     pub source: Option<IpAddr>,
-    /// The name the gateway's certificate must match (and the SNI when it is a DNS name).
-    pub server_name: ServerName<'static>,
     pub tls: Arc<rustls::ClientConfig>,
     pub uuid: Uuid,
     pub username: String,
@@ -39,8 +58,8 @@ pub struct DeviceConfig {
     /// Keepalive interval until the gateway sets one.
     pub keepalive: Duration,
     pub reconnect: ReconnectPolicy,
-    /// Connect once: when that connection ends or fails, the device stops with
-    /// [`DeviceError::ConnectionEnded`](super::DeviceError::ConnectionEnded) instead of
+    /// Connect once: when that connection ends, or when every address failed once, the device
+    /// stops with [`DeviceError::ConnectionEnded`](super::DeviceError::ConnectionEnded) instead of
     /// reconnecting.
     pub no_reconnect: bool,
     pub connect_timeout: Duration,
@@ -65,8 +84,9 @@ pub fn firmware_ports() -> Vec<u32> {
 }
 
 impl DeviceConfig {
-    /// A device with firmware's defaults: the seven AMT ports, 4 KiB windows granted back in
-    /// 512-byte steps, 30 s keepalives, reconnects after 1–30 s, the default services.
+    /// A device that dials one gateway, with firmware's defaults: the seven AMT ports, 4 KiB
+    /// windows granted back in 512-byte steps, 30 s keepalives, reconnects after 1–30 s, the
+    /// default services.
     pub fn new(
         gateway: impl Into<String>,
         server_name: ServerName<'static>,
@@ -75,10 +95,22 @@ impl DeviceConfig {
         username: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
+        Self::with_gateways(vec![GatewayAddr::new(gateway, server_name)], tls, uuid, username, password)
+    }
+
+    /// Like [`DeviceConfig::new`], for a device that knows several gateway addresses (see
+    /// [`DeviceConfig::gateways`]).
+    pub fn with_gateways(
+        gateways: Vec<GatewayAddr>,
+        tls: Arc<rustls::ClientConfig>,
+        uuid: Uuid,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         Self {
-            gateway: gateway.into(),
+            gateways,
+            first_gateway: 0,
             source: None,
-            server_name,
             tls,
             uuid,
             username: username.into(),
@@ -116,9 +148,9 @@ impl DeviceConfig {
 impl fmt::Debug for DeviceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceConfig")
-            .field("gateway", &self.gateway)
+            .field("gateways", &self.gateways)
+            .field("first_gateway", &self.first_gateway)
             .field("source", &self.source)
-            .field("server_name", &self.server_name)
             .field("uuid", &self.uuid)
             .field("username", &self.username)
             .field("password", &"<redacted>")

@@ -1,6 +1,14 @@
 //! The per-device driver: dials the gateway, runs one APF tunnel at a time with
 //! [`ClientSession`], serves the channels the gateway opens, and reconnects with back-off.
 //!
+//! Several gateway addresses, as AMT's CIRA policy lists several MPS servers: the device starts at
+//! [`DeviceConfig::first_gateway`]; a failed TCP connect or TLS handshake (refused, timed out,
+//! closed by a balancer with no live backend) moves it on to the next address at once. Only when
+//! every address failed in a row does it wait a back-off delay, then start the next round where
+//! the last one started. A connection that got through TLS ends the round: when it drops,
+//! whether its tunnel was established or not, the device waits a back-off delay and dials the
+//! same address again.
+//!
 //! One task per device and nothing else: the task selects over reading the TLS stream, writing
 //! what the session queued, the session's next deadline and the stop signal. Buffers stay small
 //! while idle: the read buffer shrinks back to 2 KiB after bulk traffic, and a channel's buffers
@@ -30,11 +38,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::backoff::Backoff;
-use super::config::DeviceConfig;
+use super::config::{DeviceConfig, GatewayAddr};
 use super::error::{ConnectionError, DeviceError};
 use super::service::{ChannelHandler, ChannelInfo, Outbox};
 use super::shutdown::Shutdown;
-use super::stats::{GaugeGuard, Stats};
+use super::stats::{EstablishedGuard, Stats};
 
 /// Smallest and largest read from the TLS stream.
 const MIN_READ: usize = 2 * 1024;
@@ -59,7 +67,8 @@ pub struct DeviceReport {
 
 /// Runs one device until `shutdown` fires (reconnecting whenever the tunnel drops), until the
 /// gateway refuses its credentials when [`DeviceConfig::stop_on_auth_failure`] is set, or until
-/// its one connection ends when [`DeviceConfig::no_reconnect`] is set.
+/// its one connection ends (or every address failed once) when [`DeviceConfig::no_reconnect`]
+/// is set. Fails at once when [`DeviceConfig::gateways`] is empty.
 pub async fn run_device(config: DeviceConfig, shutdown: Shutdown) -> Result<DeviceReport, DeviceError> {
     run_device_with_stats(config, Arc::new(Stats::default()), shutdown).await
 }
@@ -71,9 +80,16 @@ pub async fn run_device_with_stats(
     mut shutdown: Shutdown,
 ) -> Result<DeviceReport, DeviceError> {
     let level = config.log_level;
+    let count = config.gateways.len();
+    if count == 0 {
+        return Err(DeviceError::NoGateway { uuid: config.uuid });
+    }
     let mut backoff = Backoff::new(config.reconnect);
     let mut report = DeviceReport::default();
     let mut attempts = 0u64;
+    // The address dialled next, and how many addresses failed in a row (the round so far).
+    let mut index = config.first_gateway % count;
+    let mut failed_in_round = 0;
     loop {
         if shutdown.is_triggered() {
             return Ok(report);
@@ -82,14 +98,16 @@ pub async fn run_device_with_stats(
             stats.reconnect();
         }
         attempts += 1;
+        let gateway = &config.gateways[index];
         let connected = tokio::select! {
-            result = connect(&config) => result,
+            result = connect(&config, gateway) => result,
             () = shutdown.wait() => return Ok(report),
         };
         let outcome = match connected {
             Ok(stream) => {
+                failed_in_round = 0;
                 report.connections += 1;
-                let connection = Connection::new(&config, &stats, report.established == 0);
+                let connection = Connection::new(&config, &stats, index, report.established == 0);
                 let outcome = connection.run(stream, &mut shutdown).await;
                 match &outcome.end {
                     ConnectionError::Shutdown => device_log!(level, "disconnected: stopped"),
@@ -99,7 +117,18 @@ pub async fn run_device_with_stats(
             }
             Err(err) => {
                 stats.connect_failure();
-                device_warn!(level, "{err}");
+                failed_in_round += 1;
+                index = (index + 1) % count;
+                if failed_in_round < count {
+                    device_warn!(level, "{err}; trying {}", config.gateways[index].addr);
+                    continue;
+                }
+                failed_in_round = 0;
+                if count > 1 {
+                    device_warn!(level, "{err}; none of the {count} gateway addresses answered");
+                } else {
+                    device_warn!(level, "{err}");
+                }
                 Outcome { established: false, auth_rejected: false, end: err }
             }
         };
@@ -129,9 +158,10 @@ pub async fn run_device_with_stats(
     }
 }
 
-/// TCP connect (to the first address that answers) and TLS handshake, each with its timeout.
-async fn connect(config: &DeviceConfig) -> Result<TlsStream<TcpStream>, ConnectionError> {
-    let addr = &config.gateway;
+/// TCP connect to `gateway` (to the first address its name resolves to that answers) and TLS
+/// handshake, each with its timeout.
+async fn connect(config: &DeviceConfig, gateway: &GatewayAddr) -> Result<TlsStream<TcpStream>, ConnectionError> {
+    let addr = &gateway.addr;
     let tcp = match tokio::time::timeout(config.connect_timeout, dial(addr, config.source)).await {
         Ok(result) => result?,
         Err(_) => return Err(ConnectionError::ConnectTimeout { addr: addr.clone(), timeout: config.connect_timeout }),
@@ -139,7 +169,7 @@ async fn connect(config: &DeviceConfig) -> Result<TlsStream<TcpStream>, Connecti
     // Small APF messages (keepalives, window adjusts) must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let connector = TlsConnector::from(config.tls.clone());
-    match tokio::time::timeout(config.tls_timeout, connector.connect(config.server_name.clone(), tcp)).await {
+    match tokio::time::timeout(config.tls_timeout, connector.connect(gateway.server_name.clone(), tcp)).await {
         Ok(Ok(stream)) => {
             let (tcp, tls) = stream.get_ref();
             let peer = tcp.peer_addr().map_or_else(|_| addr.clone(), |a| a.to_string());
@@ -220,14 +250,15 @@ pub struct ConnectionOutcome {
 
 type Outcome = ConnectionOutcome;
 
-/// Runs one tunnel over an already connected stream: no TCP, no TLS, no reconnect. For joining
-/// a device to a gateway's tunnel driver in memory (a duplex stream) in tests.
+/// Runs one tunnel over an already connected stream: no TCP, no TLS, no reconnect, and
+/// [`DeviceConfig::gateways`] unused. For joining a device to a gateway's tunnel driver in
+/// memory (a duplex stream) in tests.
 pub async fn run_connection<S>(config: &DeviceConfig, stream: S, shutdown: &mut Shutdown) -> ConnectionOutcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let stats = Stats::default();
-    Connection::new(config, &stats, true).run(stream, shutdown).await
+    Connection::new(config, &stats, 0, true).run(stream, shutdown).await
 }
 
 /// Bytes the session produced, waiting for the socket.
@@ -289,23 +320,26 @@ struct Channel {
 struct Connection<'a> {
     config: &'a DeviceConfig,
     stats: &'a Stats,
+    /// The index of the gateway address this connection was made to (for the stats).
+    gateway: usize,
     /// Whether an establishment now would be this device's first.
     first: bool,
     session: ClientSession,
     channels: HashMap<ChannelId, Channel>,
     forwarded: Vec<u32>,
     refused: Vec<u32>,
-    established: Option<GaugeGuard<'a>>,
+    established: Option<EstablishedGuard<'a>>,
     was_established: bool,
     auth_rejected: bool,
     closed: Option<CloseCause>,
 }
 
 impl<'a> Connection<'a> {
-    fn new(config: &'a DeviceConfig, stats: &'a Stats, first: bool) -> Self {
+    fn new(config: &'a DeviceConfig, stats: &'a Stats, gateway: usize, first: bool) -> Self {
         Self {
             config,
             stats,
+            gateway,
             first,
             session: ClientSession::new(config.session_config(), Instant::now()),
             channels: HashMap::new(),
@@ -454,7 +488,7 @@ impl<'a> Connection<'a> {
                     );
                 }
                 self.was_established = true;
-                self.established = Some(self.stats.established(self.first));
+                self.established = Some(self.stats.established(self.first, self.gateway));
                 self.first = false;
             }
             Event::KeepaliveOptions { interval_secs, timeout_secs } => {

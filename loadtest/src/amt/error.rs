@@ -73,6 +73,8 @@ pub enum DeviceError {
         established: bool,
         end: ConnectionError,
     },
+    #[error("device {uuid}: no gateway address to dial")]
+    NoGateway { uuid: Uuid },
 }
 
 /// Why a fleet stopped with an error.

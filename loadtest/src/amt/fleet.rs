@@ -6,6 +6,10 @@
 //! at once, or spread evenly over [`FleetConfig::ramp`]. When every device has been established
 //! once, the fleet logs `all N devices established in X.XXs` (measured from the start).
 //!
+//! With several gateway addresses, device `i` starts at address `i mod n` (after the base
+//! config's [`DeviceConfig::first_gateway`]), so that the fleet spreads over them, and the
+//! progress shows how many tunnels are established through each address.
+//!
 //! In a fleet of more than one, each device logs at `debug`; the fleet's summaries are the `info`
 //! lines: a progress bar when one is given (stderr is a terminal), periodic lines otherwise.
 
@@ -109,11 +113,13 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: Shutdown) -> Result<Fl
     let start = Instant::now();
     let level = if count > 1 { tracing::Level::DEBUG } else { config.device.log_level };
     let base = config.device.uuid;
+    let gateways: Vec<String> = config.device.gateways.iter().map(|g| g.addr.clone()).collect();
     let mut tasks = JoinSet::new();
     for index in 0..count {
         let mut device = config.device.clone();
         device.uuid = device_uuid(base, index);
         device.log_level = level;
+        device.first_gateway = first_gateway(config.device.first_gateway, index, gateways.len());
         let delay = config.ramp.mul_f64(f64::from(index) / f64::from(count));
         let stats = stats.clone();
         let mut device_shutdown = devices_shutdown.clone();
@@ -136,12 +142,16 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: Shutdown) -> Result<Fl
             "started {count} devices (UUIDs {} … {}) against {}{}",
             device_uuid(base, 0),
             device_uuid(base, count - 1),
-            config.device.gateway,
+            if gateways.len() > 1 {
+                format!("{} (device i starts at address i mod {})", gateways.join(", "), gateways.len())
+            } else {
+                gateways.join(", ")
+            },
             if config.ramp.is_zero() { String::new() } else { format!(", ramp {:.1}s", config.ramp.as_secs_f64()) }
         );
     }
 
-    let mut display = Display::new(config.progress, count);
+    let mut display = Display::new(config.progress, count, gateways);
     let mut all_established_after = None;
     let mut error = None;
     let mut reported_auth_failures = 0;
@@ -167,7 +177,7 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: Shutdown) -> Result<Fl
             },
         }
         let snapshot = stats.snapshot();
-        display.update(&snapshot, ticked);
+        display.update(&snapshot, &stats.established_per_gateway(), ticked);
         if ticked && snapshot.auth_failures > reported_auth_failures && count > 1 {
             tracing::warn!(
                 "{} authentication failures so far: the gateway refuses the devices' credentials \
@@ -206,19 +216,42 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: Shutdown) -> Result<Fl
     }
 }
 
+/// The index of the gateway address device `index` of a fleet dials first, when the fleet's
+/// config says `base` and there are `gateways` addresses.
+fn first_gateway(base: usize, index: u32, gateways: usize) -> usize {
+    let index = usize::try_from(index).unwrap_or(usize::MAX);
+    base.wrapping_add(index) % gateways.max(1)
+}
+
 /// The progress bar or the periodic log lines.
 struct Display {
     progress: Progress,
     count: u32,
-    last_logged: Option<StatsSnapshot>,
+    /// The gateway addresses, for the per-address counts (shown when there are several).
+    gateways: Vec<String>,
+    last_logged: Option<(StatsSnapshot, Vec<u64>)>,
 }
 
 impl Display {
-    fn new(progress: Progress, count: u32) -> Self {
+    fn new(progress: Progress, count: u32, gateways: Vec<String>) -> Self {
         if let Progress::Bar(bar) = &progress {
             bar.set_length(u64::from(count));
         }
-        Self { progress, count, last_logged: None }
+        Self { progress, count, gateways, last_logged: None }
+    }
+
+    /// `via A 3, B 2; ` (tunnels established through each address), empty with one address.
+    fn per_gateway(&self, established: &[u64]) -> String {
+        if self.gateways.len() < 2 {
+            return String::new();
+        }
+        let counts: Vec<String> = self
+            .gateways
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{addr} {}", established.get(i).copied().unwrap_or(0)))
+            .collect();
+        format!("via {}; ", counts.join(", "))
     }
 
     fn tick(&self) -> Duration {
@@ -229,15 +262,21 @@ impl Display {
         }
     }
 
-    fn update(&mut self, snapshot: &StatsSnapshot, ticked: bool) {
+    fn update(&mut self, snapshot: &StatsSnapshot, per_gateway: &[u64], ticked: bool) {
+        let changed = || self.last_logged.as_ref().is_none_or(|(s, p)| s != snapshot || p != per_gateway);
         match &self.progress {
             Progress::Bar(bar) => {
                 bar.set_position(snapshot.established);
-                bar.set_message(snapshot.to_string());
+                bar.set_message(format!("{}{snapshot}", self.per_gateway(per_gateway)));
             }
-            Progress::Log { .. } if ticked && self.count > 1 && self.last_logged.as_ref() != Some(snapshot) => {
-                tracing::info!("established {}/{}; {snapshot}", snapshot.established, self.count);
-                self.last_logged = Some(*snapshot);
+            Progress::Log { .. } if ticked && self.count > 1 && changed() => {
+                tracing::info!(
+                    "established {}/{}; {}{snapshot}",
+                    snapshot.established,
+                    self.count,
+                    self.per_gateway(per_gateway)
+                );
+                self.last_logged = Some((*snapshot, per_gateway.to_vec()));
             }
             Progress::Log { .. } | Progress::Quiet => {}
         }
@@ -272,5 +311,23 @@ mod tests {
         assert_eq!(device_uuid(base, 0x1_0000).to_string(), "12345678-9abc-def0-1234-56789abd0000");
         let top: Uuid = "12345678-9abc-def0-1234-5678ffffffff".parse().unwrap();
         assert_eq!(device_uuid(top, 1).to_string(), "12345678-9abc-def0-1234-567800000000");
+    }
+
+    #[test]
+    fn devices_start_at_their_index_mod_the_addresses() {
+        let firsts: Vec<usize> = (0..5).map(|i| first_gateway(0, i, 2)).collect();
+        assert_eq!(firsts, [0, 1, 0, 1, 0]);
+        let firsts: Vec<usize> = (0..4).map(|i| first_gateway(2, i, 3)).collect();
+        assert_eq!(firsts, [2, 0, 1, 2]);
+        assert_eq!(first_gateway(0, 7, 1), 0);
+    }
+
+    #[test]
+    fn per_gateway_counts_show_with_several_addresses() {
+        let one = Display::new(Progress::Quiet, 3, vec!["a:1".into()]);
+        assert_eq!(one.per_gateway(&[3]), "");
+        let two = Display::new(Progress::Quiet, 3, vec!["a:1".into(), "b:2".into()]);
+        assert_eq!(two.per_gateway(&[2, 1]), "via a:1 2, b:2 1; ");
+        assert_eq!(two.per_gateway(&[2]), "via a:1 2, b:2 0; ");
     }
 }

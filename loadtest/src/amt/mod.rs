@@ -1,14 +1,15 @@
 //! Simulated Intel AMT devices: the CIRA side of a gateway, for tests and load tests.
 //!
-//! A device dials the gateway (TCP, then TLS), runs an APF tunnel with
-//! [`protocols::session::ClientSession`], serves the channels the gateway opens with pluggable
-//! [`Service`]s (echo, an AMT-like HTTP/WS-MAN responder), and reconnects with back-off when the
-//! tunnel drops. A fleet runs many devices in one process, one task each.
+//! A device dials a gateway (TCP, then TLS; the next of its gateway addresses when that fails),
+//! runs an APF tunnel with [`protocols::session::ClientSession`], serves the channels the gateway
+//! opens with pluggable [`Service`]s (echo, an AMT-like HTTP/WS-MAN responder), and reconnects
+//! with back-off when the tunnel drops. A fleet runs many devices in one process, one task each.
 //!
 //! Modules, one per concern:
-//! - [`config`]: [`DeviceConfig`], what one device is and where it dials;
+//! - [`config`]: [`DeviceConfig`], what one device is and where it dials ([`GatewayAddr`]);
 //! - [`tls`]: the rustls client configuration (a CA file, or accept any certificate);
-//! - [`device`]: [`run_device`], the per-device driver (connect, tunnel, reconnect);
+//! - [`device`]: [`run_device`], the per-device driver (connect, move on to the next gateway
+//!   address, tunnel, reconnect);
 //! - [`service`]: the [`Service`] / [`ChannelHandler`] traits and the port → service map;
 //! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993);
 //! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
@@ -28,7 +29,7 @@ pub mod stats;
 pub mod tls;
 
 pub use backoff::{Backoff, ReconnectPolicy};
-pub use config::DeviceConfig;
+pub use config::{DeviceConfig, GatewayAddr};
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};

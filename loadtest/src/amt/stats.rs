@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -25,6 +26,9 @@ pub struct Stats {
     auth_failures: AtomicU64,
     /// Channels the gateway opened and a service accepted.
     channels_opened: AtomicU64,
+    /// Gauges by gateway address (the index into the devices' `gateways`): tunnels established
+    /// through it. Touched once per establishment and once per drop, so a lock is cheap enough.
+    established_via: Mutex<Vec<u64>>,
     /// Wakes the fleet's monitor on every change that matters to it.
     changed: Notify,
 }
@@ -67,6 +71,12 @@ impl Stats {
         }
     }
 
+    /// Tunnels established now through each gateway address, by its index in the devices'
+    /// `gateways` (as long as the highest index seen so far; missing ones are 0).
+    pub fn established_per_gateway(&self) -> Vec<u64> {
+        self.established_via.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Completes after the next change (or at once if one happened since the last call).
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -102,14 +112,22 @@ impl Stats {
         GaugeGuard { stats: self, gauge: &self.connected }
     }
 
-    /// Counts a tunnel established until the guard drops; `first` when it is this device's first.
-    pub(crate) fn established(&self, first: bool) -> GaugeGuard<'_> {
+    /// Counts a tunnel established through gateway address `gateway` until the guard drops;
+    /// `first` when it is this device's first.
+    pub(crate) fn established(&self, first: bool, gateway: usize) -> EstablishedGuard<'_> {
         self.established.fetch_add(1, Ordering::Relaxed);
         if first {
             self.ever_established.fetch_add(1, Ordering::Relaxed);
         }
+        {
+            let mut via = self.established_via.lock().unwrap_or_else(PoisonError::into_inner);
+            if via.len() <= gateway {
+                via.resize(gateway + 1, 0);
+            }
+            via[gateway] += 1;
+        }
         self.changed.notify_one();
-        GaugeGuard { stats: self, gauge: &self.established }
+        EstablishedGuard { gauge: GaugeGuard { stats: self, gauge: &self.established }, gateway }
     }
 }
 
@@ -127,6 +145,23 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+/// Counts a tunnel as established (in total and through its gateway address) until dropped.
+#[derive(Debug)]
+pub(crate) struct EstablishedGuard<'a> {
+    gauge: GaugeGuard<'a>,
+    gateway: usize,
+}
+
+impl Drop for EstablishedGuard<'_> {
+    fn drop(&mut self) {
+        let mut via = self.gauge.stats.established_via.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = via.get_mut(self.gateway) {
+            *n = n.saturating_sub(1);
+        }
+        // `gauge` drops after this, and notifies.
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,12 +171,28 @@ mod tests {
         let stats = Stats::default();
         {
             let _c = stats.connected();
-            let _e = stats.established(true);
+            let _e = stats.established(true, 0);
             let s = stats.snapshot();
             assert_eq!((s.connected, s.established, s.ever_established, s.connections), (1, 1, 1, 1));
         }
-        let _e = stats.established(false);
+        let _e = stats.established(false, 0);
         let s = stats.snapshot();
         assert_eq!((s.connected, s.established, s.ever_established, s.connections), (0, 1, 1, 1));
+    }
+
+    #[test]
+    fn established_is_counted_per_gateway() {
+        let stats = Stats::default();
+        assert_eq!(stats.established_per_gateway(), Vec::<u64>::new());
+        let a = stats.established(true, 2);
+        let b = stats.established(true, 0);
+        let c = stats.established(true, 2);
+        assert_eq!(stats.established_per_gateway(), [1, 0, 2]);
+        drop(a);
+        drop(b);
+        assert_eq!(stats.established_per_gateway(), [0, 0, 1]);
+        drop(c);
+        assert_eq!(stats.established_per_gateway(), [0, 0, 0]);
+        assert_eq!(stats.snapshot().established, 0);
     }
 }

@@ -3,7 +3,13 @@
 //! (HTTP/WS-MAN on 16992/16993, echo elsewhere), and reconnect when the tunnel drops (unless
 //! `--no-reconnect`). `--source IP` makes them connect from that local address.
 //!
+//! Several `--gateway` addresses (repeated, or separated by commas) are an MPS list, as in AMT's
+//! CIRA policy: device i starts at address i mod N, a failed TCP connect or TLS handshake moves it
+//! on to the next address at once, and only a whole round of failures makes it back off. When a
+//! tunnel drops, the device backs off and dials the address it was using again.
+//!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
+//! `amt-sim --gateway 127.0.0.1:4433,127.0.0.1:5433 --insecure --username USER --password PASS`
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
@@ -16,7 +22,7 @@ use clap::{ArgGroup, Parser};
 use indicatif::ProgressBar;
 use loadtest::amt::{
     client_config, default_server_name, progress_bar, run_fleet, server_name, shutdown_pair, DeviceConfig, FleetConfig,
-    Progress, ReconnectPolicy, ShutdownTrigger, Trust,
+    GatewayAddr, Progress, ReconnectPolicy, ShutdownTrigger, Trust,
 };
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -27,9 +33,11 @@ use uuid::Uuid;
 #[command(name = "amt-sim", version)]
 #[command(group(ArgGroup::new("trust").required(true).args(["ca", "insecure"])))]
 struct Args {
-    /// The gateway's CIRA listener.
-    #[arg(long, value_name = "HOST:PORT")]
-    gateway: String,
+    /// The gateway's CIRA listener. Repeat the flag, or separate addresses with commas, to give
+    /// several (an MPS list): device i starts at address i mod N and moves on to the next one
+    /// when a TCP connect or TLS handshake fails; it backs off only after every address failed.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
+    gateway: Vec<String>,
     /// PEM file with the CA certificate(s) the gateway's certificate must chain to.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
@@ -41,7 +49,8 @@ struct Args {
     /// the OS].
     #[arg(long, value_name = "IP")]
     source: Option<IpAddr>,
-    /// Name the gateway's certificate must match, sent as SNI [default: the host of --gateway].
+    /// Name every gateway's certificate must match, sent as SNI [default: the host of each
+    /// --gateway address].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
     /// CIRA (MPS) username.
@@ -83,9 +92,9 @@ struct Args {
     /// Exit (status 1) when the gateway refuses a device's credentials, instead of retrying.
     #[arg(long)]
     exit_on_auth_failure: bool,
-    /// Connect once, never again: when a device's connection fails or ends (the gateway closes
-    /// it, refuses it, or goes away), exit with status 1 saying why. Status 0 only when stopped
-    /// by a signal, or by --exit-after-established.
+    /// Connect once, never again: when a device's connection ends (the gateway closes it,
+    /// refuses it, or goes away) or fails at every --gateway address, exit with status 1 saying
+    /// why. Status 0 only when stopped by a signal, or by --exit-after-established.
     #[arg(long)]
     no_reconnect: bool,
 }
@@ -130,11 +139,11 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         (None, false) => bail!("give --ca FILE (the gateway's CA certificate) or --insecure"),
     };
     let tls = client_config(&trust).context("TLS setup")?;
-    let name = args.server_name.clone().unwrap_or_else(|| default_server_name(&args.gateway).to_owned());
-    let server_name = server_name(&name).context("--server-name")?;
+    let gateways = gateway_addrs(&args.gateway, args.server_name.as_deref())?;
     let uuid = args.uuid.unwrap_or_else(Uuid::new_v4);
 
-    let mut device = DeviceConfig::new(&args.gateway, server_name, tls, uuid, &args.username, &args.password);
+    let described: Vec<String> = gateways.iter().map(|g| format!("{} (TLS name {:?})", g.addr, name_of(g))).collect();
+    let mut device = DeviceConfig::with_gateways(gateways, tls, uuid, &args.username, &args.password);
     if let Some(ports) = &args.ports {
         device.ports = ports.iter().map(|&p| u32::from(p)).collect();
     }
@@ -157,9 +166,10 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
     }
 
     tracing::info!(
-        "amt-sim: {} device(s), first UUID {uuid}, gateway {} (TLS name {name:?}){}, username {:?}",
+        "amt-sim: {} device(s), first UUID {uuid}, {} {}{}, username {:?}",
         args.count,
-        args.gateway,
+        if described.len() > 1 { "gateways" } else { "gateway" },
+        described.join(", "),
         args.source.map_or_else(String::new, |ip| format!(" from {ip}")),
         args.username
     );
@@ -170,6 +180,38 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         bail!("stopped before every device was established ({}/{})", report.stats.ever_established, report.count);
     }
     Ok(())
+}
+
+/// The `--gateway` addresses, each with its TLS name: `--server-name` when given, else the
+/// address's host.
+fn gateway_addrs(addrs: &[String], name: Option<&str>) -> anyhow::Result<Vec<GatewayAddr>> {
+    let fixed = name.map(|name| server_name(name).context("--server-name")).transpose()?;
+    let mut gateways = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let addr = addr.trim();
+        if addr.is_empty() {
+            bail!("--gateway: an empty address in the list (give HOST:PORT[,HOST:PORT...])");
+        }
+        let name = match &fixed {
+            Some(name) => name.clone(),
+            None => server_name(default_server_name(addr))
+                .with_context(|| format!("--gateway {addr}: its host is no TLS name (give --server-name)"))?,
+        };
+        gateways.push(GatewayAddr::new(addr, name));
+    }
+    if gateways.is_empty() {
+        bail!("give at least one --gateway HOST:PORT");
+    }
+    Ok(gateways)
+}
+
+/// The TLS name of a gateway address, for the start-up line.
+fn name_of(gateway: &GatewayAddr) -> String {
+    match &gateway.server_name {
+        rustls::pki_types::ServerName::DnsName(name) => name.as_ref().to_owned(),
+        rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop cleanly (DISCONNECT, close_notify); a second one exits at once.
@@ -257,5 +299,32 @@ impl Drop for LineWriter {
             Some(bar) if !bar.is_hidden() => bar.suspend(write),
             _ => write(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateways_of(args: &[&str]) -> Vec<String> {
+        let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p"];
+        Args::try_parse_from(base.iter().chain(args)).map(|a| a.gateway).unwrap_or_default()
+    }
+
+    #[test]
+    fn gateway_is_repeatable_and_takes_lists() {
+        assert_eq!(gateways_of(&["--gateway", "127.0.0.1:4433"]), ["127.0.0.1:4433"]);
+        assert_eq!(gateways_of(&["--gateway", "a:1,b:2", "--gateway", "[::1]:3"]), ["a:1", "b:2", "[::1]:3"]);
+        assert!(gateways_of(&[]).is_empty(), "--gateway is required");
+    }
+
+    #[test]
+    fn each_address_has_its_own_tls_name_unless_one_is_given() {
+        let addrs = ["gw1.example.net:4433".to_owned(), "127.0.0.2:4433".to_owned(), "[::1]:4433".to_owned()];
+        let names: Vec<String> = gateway_addrs(&addrs, None).unwrap().iter().map(name_of).collect();
+        assert_eq!(names, ["gw1.example.net", "127.0.0.2", "::1"]);
+        let names: Vec<String> = gateway_addrs(&addrs, Some("mps.test")).unwrap().iter().map(name_of).collect();
+        assert_eq!(names, ["mps.test", "mps.test", "mps.test"]);
+        assert!(gateway_addrs(&["a:1".to_owned(), " ".to_owned()], None).is_err());
     }
 }
