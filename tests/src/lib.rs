@@ -14,16 +14,24 @@
 //!   ([`attack::SilentCrowd`]), wrong-token storms ([`attack::token_storm`]), open-files limits.
 //! - [`metrics`]: one Prometheus sample by its series, absent told apart from zero
 //!   ([`metrics::Metrics`], [`Gateway::metrics`]).
+//! - [`postgres`]: a throwaway PostgreSQL cluster on a loopback port, a database per test
+//!   ([`Postgres`]).
+//! - [`haproxy`]: HAProxy in TCP mode in front of several servers, PROXY v2 and health checks
+//!   ([`Haproxy`], [`haproxy::Frontend`]).
 //!
 //! Test servers bind only to loopback or to addresses inside namespaces the test creates, and
 //! every wait has a timeout.
 
 pub mod api;
 pub mod attack;
+pub mod haproxy;
 pub mod meshcentral;
 pub mod metrics;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 
+pub use haproxy::Haproxy;
 pub use metrics::Metrics;
+pub use postgres::Postgres;
 pub use process::{bin, operator_in, poll_until, wait_for, Forward, Gateway, Process, Sim};
