@@ -10,6 +10,16 @@
 #   nodejs, npm            MeshCentral, the real MPS peer (only if `node` is missing: a NodeSource
 #                          nodejs already brings npm and conflicts with Debian's npm package)
 #   meshcentral@VERSION    into $TETHER_MESHCENTRAL_DIR (default .test-cache/meshcentral)
+#   postgresql             the PostgreSQL store: tests start their own throwaway cluster
+#                          from its server binaries (/usr/lib/postgresql/*/bin, tests/src/postgres.rs)
+#                          on a free loopback port. Installing it on a machine running systemd also
+#                          starts Debian's default cluster on 5432; the tests neither use nor mind it.
+#   haproxy                the load balancer in front of several gateways: tests run their own
+#                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
+#
+# Where no init system runs (a container), service starts during the install are switched off
+# with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
+# trying to; an existing policy-rc.d is left as it is.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,6 +37,10 @@ done
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 { command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || need+=(build-essential)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# Any PostgreSQL version will do (the harness takes the newest); the package also creates the
+# `postgres` user that runs initdb when the tests run as root.
+{ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && getent passwd postgres >/dev/null; } || need+=(postgresql)
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -35,8 +49,21 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
     echo "==> apt-get install ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    policy_rc_d=/usr/sbin/policy-rc.d
+    our_policy_rc_d=false
+    if [ ! -d /run/systemd/system ] && [ ! -e "$policy_rc_d" ]; then
+        # 101: "action forbidden", which invoke-rc.d and deb-systemd-invoke honour.
+        printf '#!/bin/sh\nexit 101\n' >"$policy_rc_d"
+        chmod 755 "$policy_rc_d"
+        our_policy_rc_d=true
+        trap 'rm -f "$policy_rc_d"' EXIT
+    fi
     apt-get update
     apt-get install -y --no-install-recommends "${need[@]}"
+    if $our_policy_rc_d; then
+        rm -f "$policy_rc_d"
+        trap - EXIT
+    fi
 fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
@@ -51,4 +78,4 @@ if [ "$installed_version" != "$MESHCENTRAL_VERSION" ]; then
     mkdir -p "$MESHCENTRAL_DIR"
     (cd "$MESHCENTRAL_DIR" && npm install "meshcentral@$MESHCENTRAL_VERSION" --save-exact --no-audit --no-fund --loglevel=error)
 fi
-echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR)"
+echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy)"
