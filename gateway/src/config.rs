@@ -24,6 +24,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The store: missing means the SQLite file in the data dir; `postgres://…` a PostgreSQL
+    /// shared by a fleet (`--database` and `TETHER_DATABASE_URL` override it).
+    pub database_url: Option<String>,
+    /// Connections in the store's pool (PostgreSQL; SQLite uses at most 4).
+    pub database_pool_size: u32,
     pub cira_listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
@@ -32,11 +37,15 @@ pub struct Config {
     pub devices: DevicesConfig,
     pub api: ApiConfig,
     pub limits: LimitsConfig,
+    pub fleet: FleetConfig,
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            database_url: None,
+            database_pool_size: 16,
             cira_listen: ([0, 0, 0, 0], 4433).into(),
             api_listen: ([0, 0, 0, 0], 8443).into(),
             metrics_listen: ([127, 0, 0, 1], 9464).into(),
@@ -45,8 +54,54 @@ impl Default for Config {
             devices: DevicesConfig::default(),
             api: ApiConfig::default(),
             limits: LimitsConfig::default(),
+            fleet: FleetConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
+}
+
+/// This gateway as one of a fleet sharing a PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This gateway's name in the fleet [default: `DATA_DIR/instance-id`, made at first start].
+    pub instance_id: Option<String>,
+    /// Where other gateways reach this one (mutual TLS under the fleet CA; `tether fleet init`
+    /// or `join` first). Unset: no fleet link, technicians reach only the devices held here.
+    pub internal_listen: Option<SocketAddr>,
+    /// The address other gateways dial for the fleet link [default: internal_listen].
+    pub advertise_internal: Option<String>,
+    /// The API address technicians may use for this gateway, shown by `tether fleet status`.
+    pub advertise_api: Option<String>,
+    pub heartbeat_interval_secs: u64,
+    /// A gateway whose heartbeat is older than this is taken for dead: its tunnels are marked
+    /// disconnected, and claims for its devices need not wait for it.
+    pub stale_after_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            internal_listen: None,
+            advertise_internal: None,
+            advertise_api: None,
+            heartbeat_interval_secs: 2,
+            stale_after_secs: 10,
+        }
+    }
+}
+
+/// Load balancers in front of the gateway (HAProxy with `send-proxy-v2`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Addresses or CIDRs of the balancers: a connection from one of them must start with a
+    /// PROXY v2 header, and the device's or technician's address is taken from it. Connections
+    /// from anywhere else are taken as they come (and a PROXY header from them is refused).
+    pub trusted: Vec<String>,
+    /// How long a balancer's connection may take to send its header.
+    pub header_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -214,6 +269,23 @@ impl Config {
         at_least("apf.max_pending_per_source", apf.max_pending_per_source as u64, 1)?;
         at_least("apf.pre_auth_max_message", apf.pre_auth_max_message as u64, 512)?;
         at_least("devices.liveness_timeout_ms", self.devices.liveness_timeout_ms, 100)?;
+        at_least("database_pool_size", self.database_pool_size.into(), 1)?;
+        at_least("fleet.heartbeat_interval_secs", self.fleet.heartbeat_interval_secs, 1)?;
+        if self.fleet.stale_after_secs < 2 * self.fleet.heartbeat_interval_secs {
+            return invalid(
+                "fleet.stale_after_secs",
+                format!(
+                    "is {}; it must be at least twice fleet.heartbeat_interval_secs ({}), or live gateways are taken \
+                     for dead",
+                    self.fleet.stale_after_secs, self.fleet.heartbeat_interval_secs
+                ),
+            );
+        }
+        if let Some(id) = &self.fleet.instance_id {
+            if !crate::fleet::valid_instance_id(id) {
+                return invalid("fleet.instance_id", format!("is {id:?}; use 1 to 63 letters, digits, '-' or '_'"));
+            }
+        }
         let api = &self.api;
         at_least("api.requests_per_second_per_source", api.requests_per_second_per_source.into(), 1)?;
         at_least("api.request_burst_per_source", api.request_burst_per_source.into(), 1)?;

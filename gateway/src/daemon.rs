@@ -23,25 +23,26 @@ use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::state::Shared;
-use crate::store::Store;
-use crate::{api, cira, paths};
+use crate::store::{InstanceRegistration, Location, Migrate, PoolOptions, Store};
+use crate::{api, cira, fleet, paths};
 
 /// Waiting password checks admitted beside the running ones (beyond: refused as busy, and the
 /// device retries). At ~50 ms per argon2 run and one thread per core, this is a few seconds of
 /// work: well inside the auth timeout.
 const PASSWORD_QUEUE: usize = 256;
 
-/// Listener addresses given on the command line (over the config file).
+/// What the command line and environment give over the config file.
 #[derive(Debug, Default, Clone)]
-pub struct ListenOverrides {
+pub struct Overrides {
     pub cira: Option<SocketAddr>,
     pub api: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub tls_names: Vec<String>,
+    pub database: Option<String>,
 }
 
 /// Runs the gateway until a signal arrives.
-pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: ListenOverrides) -> Result<()> {
+pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     paths::ensure_data_dir(data_dir)?;
     raise_open_files_limit();
     let config_path = config_path.unwrap_or_else(|| data_dir.join("tether.toml"));
@@ -57,16 +58,33 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
         config.metrics_listen = addr;
     }
     config.tls.names.extend(overrides.tls_names);
+    if overrides.database.is_some() {
+        config.database_url = overrides.database;
+    }
     config.validate(Path::new("the command line and environment"))?;
 
-    let store = Arc::new(Store::open(&paths::database(data_dir)).context("opening the device store")?);
+    let location = Location::resolve(config.database_url.as_deref(), data_dir)?;
+    let pool = PoolOptions { max_connections: config.database_pool_size, ..PoolOptions::default() };
+    let store = Store::open(&location, Migrate::Yes, pool)
+        .await
+        .with_context(|| format!("opening the store {}", location.describe()))?;
+    let instance = fleet::instance_id(data_dir, config.fleet.instance_id.as_deref())?;
+    info!(store = %location.describe(), %instance, "store open");
+    // Only this gateway's own tunnels from its previous run: others may be live on other
+    // gateways of the fleet. (On SQLite, records from before fleets name no instance.)
     let closed = store
-        .mark_all_disconnected(time::OffsetDateTime::now_utc(), "gateway restarted")
+        .mark_instance_disconnected(
+            &instance,
+            time::OffsetDateTime::now_utc(),
+            "gateway restarted",
+            !store.is_postgres(),
+        )
+        .await
         .context("resetting device state")?;
     if closed > 0 {
         info!(devices = closed, "marked devices from the previous run as disconnected");
     }
-    ensure_mps_credentials(&store)?;
+    ensure_mps_credentials(&store).await?;
 
     let cert_options = CertOptions {
         names: config.tls.names.clone(),
@@ -90,6 +108,24 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     let cira_tls = certs::server_config(&material, &[])?;
     let api_tls = certs::server_config(&material, &[b"http/1.1"])?;
 
+    // The fleet link: only for a gateway in a fleet (`tether fleet init` or `join`) with an
+    // internal address to listen on.
+    let link_tls = fleet::keys::link_tls(data_dir, &instance).context("preparing the fleet link certificate")?;
+    let link = match (&link_tls, config.fleet.internal_listen) {
+        (Some(tls), Some(addr)) => Some((tls.clone(), bind(addr, "fleet link").await?)),
+        (Some(_), None) => {
+            warn!(
+                "this gateway is in a fleet but fleet.internal_listen is unset: technicians reach only the devices \
+                   connected here, and claims for devices held elsewhere cannot be checked"
+            );
+            None
+        }
+        (None, Some(_)) => anyhow::bail!(
+            "fleet.internal_listen is set but this data dir is in no fleet: run `tether fleet init` (first gateway) \
+             or `tether fleet join BUNDLE`"
+        ),
+        (None, None) => None,
+    };
     let cira_listener = bind(config.cira_listen, "CIRA").await?;
     let api_listener = bind(config.api_listen, "API").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
@@ -99,14 +135,34 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
         metrics: metrics_listener.local_addr()?,
     };
 
+    let registration = InstanceRegistration {
+        id: instance.clone(),
+        api_addr: Some(config.fleet.advertise_api.clone().unwrap_or_else(|| addrs.api.to_string())),
+        internal_addr: match &link {
+            Some((_, listener)) => Some(match &config.fleet.advertise_internal {
+                Some(addr) => addr.clone(),
+                None => listener.local_addr()?.to_string(),
+            }),
+            None => None,
+        },
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    store
+        .register_instance(&registration, time::OffsetDateTime::now_utc())
+        .await
+        .context("registering this gateway in the store")?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let registry = Arc::new(Registry::new());
-    let (journal, journal_thread) = Journal::start(Arc::clone(&store), registry.clone(), config.apf.max_tunnels)?;
+    let (journal, journal_task) =
+        Journal::start(store.clone(), registry.clone(), config.apf.max_tunnels, instance.clone());
     let shared = Arc::new(Shared {
         limiter: Limiter::new(&config.limits),
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
         config,
-        store: Arc::clone(&store),
+        store: store.clone(),
+        instance,
+        peers: link.as_ref().map(|(tls, _)| fleet::link::Peers::new(Arc::clone(&tls.client), store.clone())),
         journal,
         metrics: Metrics::new(),
         registry,
@@ -115,8 +171,10 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     });
 
     let local_token = auth::new_token();
+    // One local token per instance: gateways sharing a store must not replace each other's.
     store
-        .create_or_replace_token(paths::LOCAL_TOKEN_NAME, &auth::hash_token(&local_token))
+        .create_or_replace_token(&paths::local_token_name(&shared.instance), &auth::hash_token(&local_token))
+        .await
         .context("creating the local operator token")?;
     paths::write_run_files(data_dir, &addrs, &local_token)?;
 
@@ -128,6 +186,11 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
     tasks.spawn(housekeeping(Arc::clone(&shared)));
+    if let Some((tls, listener)) = link {
+        info!(addr = %listener.local_addr()?, "fleet link listening");
+        tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
+    }
+    let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared)));
 
     wait_for_signal().await;
     info!("shutting down: closing tunnels");
@@ -138,25 +201,30 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Liste
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     paths::remove_run_files(data_dir);
+    let _ = tokio::time::timeout(Duration::from_secs(5), heartbeat).await;
     drop(shared);
-    // The journal thread ends once every tunnel task has dropped its handle.
-    let join = tokio::task::spawn_blocking(move || journal_thread.join());
-    if tokio::time::timeout(Duration::from_secs(10), join).await.is_err() {
+    // The journal task ends once every tunnel task has dropped its handle.
+    if tokio::time::timeout(Duration::from_secs(10), journal_task).await.is_err() {
         warn!("device records still being written after 10 s; exiting anyway");
     }
+    store.close().await;
     info!("stopped");
     Ok(())
 }
 
-/// On first start there are no MPS accounts: create one, and tell the operator once.
-fn ensure_mps_credentials(store: &Store) -> Result<()> {
-    if !store.mps_accounts()?.is_empty() {
+/// On first start there are no MPS accounts: create one, and tell the operator once (of gateways
+/// starting together on a new store, only the one whose account was written).
+async fn ensure_mps_credentials(store: &Store) -> Result<()> {
+    if !store.mps_accounts().await?.is_empty() {
         return Ok(());
     }
     let username = "tether";
     let password = auth::new_password();
-    store.set_mps_account(username, &auth::hash_password(password.as_bytes())?)?;
+    if !store.add_mps_account_if_absent(username, &auth::hash_password(password.as_bytes())?).await? {
+        return Ok(());
+    }
     println!("Created MPS credentials for AMT devices: username {username}, password {password}");
     println!("(shown once; change them with `tether mps-credentials set USER PASSWORD`)");
     Ok(())

@@ -20,7 +20,6 @@
 //! write records (the driver hands conflicts to the journal).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -30,7 +29,7 @@ use crate::config::DevicePolicy;
 use crate::metrics::AuthFailureReason;
 use crate::registry::{Liveness, TunnelHandle};
 use crate::state::Shared;
-use crate::store::{DeviceAuth, Store, StoreError};
+use crate::store::{DeviceAuth, StoreError};
 
 /// The credential that admitted a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +64,7 @@ pub enum Refusal {
     Timeout,
     /// Another tunnel holds the UUID and answered the liveness probe (or is newer).
     #[error("UUID held by a live tunnel from {live}")]
-    Conflict { live: SocketAddr },
+    Conflict { live: String },
 }
 
 /// Checks a device's credentials; see the module doc. `deadline` bounds the whole check.
@@ -118,10 +117,11 @@ async fn check(
 ) -> Result<Credential, CheckFailure> {
     let policy = shared.config.devices.policy;
     let user = std::str::from_utf8(username).ok().map(str::to_string);
-    let (device, account) = with_store(shared, deadline, move |store| {
-        let device = store.device_auth(uuid)?;
+    let store = &shared.store;
+    let (device, account) = with_store(deadline, async {
+        let device = store.device_auth(uuid).await?;
         let account = match &user {
-            Some(user) => store.mps_account_hash(user)?.map(|hash| (user.clone(), hash)),
+            Some(user) => store.mps_account_hash(user).await?.map(|hash| (user.clone(), hash)),
             None => None,
         };
         Ok((device, account))
@@ -160,7 +160,7 @@ async fn check(
     if policy == DevicePolicy::Pinned && known_pin.is_none() {
         // First admission: pin it (the store keeps the first pin if two race).
         let pin = credential.pin();
-        let pinned = with_store(shared, deadline, move |store| store.pin_device(uuid, &pin)).await?;
+        let pinned = with_store(deadline, store.pin_device(uuid, &pin)).await?;
         if pinned != credential.pin() {
             return Err(CheckFailure::Refused(AuthFailureReason::CredentialMismatch));
         }
@@ -168,18 +168,19 @@ async fn check(
     Ok(credential)
 }
 
-/// Runs a store call off the runtime, bounded by the check's deadline; a store error refuses
-/// the device (counted as `unknown`).
-async fn with_store<T: Send + 'static>(
-    shared: &Shared,
+/// Runs store calls bounded by the check's deadline; a store error refuses the device (counted
+/// as `unknown`, and logged).
+async fn with_store<T>(
     deadline: tokio::time::Instant,
-    call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, CheckFailure> {
-    let store = Arc::clone(&shared.store);
-    match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || call(&store))).await {
+    match tokio::time::timeout_at(deadline, call).await {
         Err(_) => Err(CheckFailure::Timeout),
-        Ok(Ok(Ok(value))) => Ok(value),
-        Ok(_) => Err(CheckFailure::Refused(AuthFailureReason::Unknown)),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "cannot check a device's credentials against the store");
+            Err(CheckFailure::Refused(AuthFailureReason::Unknown))
+        }
     }
 }
 
@@ -196,15 +197,23 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
     // A few rounds at most: each lost race means another connection changed the entry meanwhile.
     for _ in 0..4 {
         let current = match registry.try_insert(handle.clone()) {
-            Ok(()) => return Ok(Claimed { replaced: None }),
+            Ok(()) => {
+                if let Err(refusal) = claim_across_fleet(shared, &handle).await {
+                    registry.remove(handle.uuid, handle.kind, handle.id);
+                    return Err(refusal);
+                }
+                return Ok(Claimed { replaced: None });
+            }
             Err(current) => current,
         };
         if current.id > handle.id {
             // A newer connection holds the UUID: connection order wins, not auth order.
-            return Err(Refusal::Conflict { live: current.remote });
+            return Err(Refusal::Conflict { live: current.remote.to_string() });
         }
         match current.probe(shared.liveness_timeout()).await {
-            Some(Liveness::Alive) | Some(Liveness::Busy) => return Err(Refusal::Conflict { live: current.remote }),
+            Some(Liveness::Alive) | Some(Liveness::Busy) => {
+                return Err(Refusal::Conflict { live: current.remote.to_string() })
+            }
             None => {
                 if registry.replace_if(current.id, handle.clone()) {
                     current.close(crate::metrics::CloseReason::Replaced);
@@ -214,7 +223,52 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
         }
     }
     match registry.get(handle.uuid, handle.kind) {
-        Some(current) => Err(Refusal::Conflict { live: current.remote }),
+        Some(current) => Err(Refusal::Conflict { live: current.remote.to_string() }),
         None => Err(Refusal::Timeout),
+    }
+}
+
+/// When the store says another gateway of the fleet holds the UUID: the same liveness rule, asked
+/// of that gateway over the fleet link. A gateway that is down (its link refuses connections, or
+/// its heartbeat is stale) holds nothing; one that cannot be asked while its heartbeat is fresh
+/// gets the benefit of the doubt (the claim is refused for now, and the device retries).
+async fn claim_across_fleet(shared: &Shared, handle: &TunnelHandle) -> Result<(), Refusal> {
+    use crate::fleet::link::{ClaimAnswer, LinkError};
+    let uuid = handle.uuid;
+    let bound = shared.liveness_timeout() + Duration::from_secs(2);
+    let holder = match tokio::time::timeout(bound, shared.store.holder(uuid)).await {
+        Ok(Ok(holder)) => holder,
+        Ok(Err(err)) => {
+            tracing::warn!(%uuid, error = %err, "cannot look up which gateway holds a device; refusing the claim for now");
+            return Err(Refusal::Timeout);
+        }
+        Err(_) => return Err(Refusal::Timeout),
+    };
+    let Some(instance) = holder.filter(|i| *i != shared.instance) else { return Ok(()) };
+    let asked = match &shared.peers {
+        Some(peers) => tokio::time::timeout(bound, peers.claim(&instance, uuid, handle.remote)).await.ok(),
+        None => None,
+    };
+    match asked {
+        Some(Ok(ClaimAnswer::Alive { live })) => {
+            Err(Refusal::Conflict { live: format!("{live} (via gateway {instance})") })
+        }
+        Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => Ok(()),
+        other => {
+            let stale_after = time::Duration::seconds(shared.config.fleet.stale_after_secs as i64);
+            let now = time::OffsetDateTime::now_utc();
+            let alive = match shared.store.instance(&instance).await {
+                Ok(Some(record)) => record.is_alive(now, stale_after),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if alive {
+                tracing::warn!(%uuid, %instance, answer = ?other.map(|r| r.map_err(|e| e.to_string())),
+                    "a device claims a UUID another gateway holds, and that gateway cannot be asked; refusing for now");
+                Err(Refusal::Timeout)
+            } else {
+                Ok(())
+            }
+        }
     }
 }

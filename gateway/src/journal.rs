@@ -1,5 +1,5 @@
 //! Device records (hello, connect, ports, keepalive, disconnect, UUID conflicts), written to the
-//! store by one thread, off the tunnels' tasks.
+//! store by one task, off the tunnels' tasks. Records name the gateway instance that writes them.
 //!
 //! Nothing here ever makes a tunnel wait: life-cycle events go into a bounded queue with
 //! `try_send`, and keepalive stamps into a map that keeps only the newest stamp per device and is
@@ -13,14 +13,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{channel, Receiver, Sender};
 use uuid::Uuid;
 
-use crate::store::Store;
+use crate::store::{devices, Stmt, Store};
 
 /// Life-cycle events queued before new ones are dropped (and resynced).
 pub const QUEUE: usize = 16 * 1024;
@@ -35,7 +36,7 @@ pub enum DeviceEvent {
     Connected { uuid: Uuid, at: OffsetDateTime, remote: SocketAddr },
     Ports { uuid: Uuid, ports: Vec<u16> },
     Disconnected { uuid: Uuid, at: OffsetDateTime, reason: String },
-    Conflict { uuid: Uuid, at: OffsetDateTime, live: SocketAddr, claimant: SocketAddr },
+    Conflict { uuid: Uuid, at: OffsetDateTime, live: String, claimant: SocketAddr },
 }
 
 impl DeviceEvent {
@@ -72,26 +73,28 @@ struct Pending {
 /// The tunnels' side of the journal (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Journal {
-    tx: SyncSender<DeviceEvent>,
+    tx: Sender<DeviceEvent>,
     pending: Arc<Mutex<Pending>>,
     /// Most stamps and resyncs held between two writes.
     cap: usize,
 }
 
 impl Journal {
-    /// Starts the writer thread; it ends once every `Journal` clone is dropped, after writing what
-    /// was queued (join the handle to wait for that). `cap` bounds the stamp and resync sets
-    /// (the number of tunnels the gateway may hold is a good value).
+    /// Starts the writer task (on the current tokio runtime); it ends once every `Journal` clone
+    /// is dropped, after writing what was queued (await the handle to wait for that). `cap`
+    /// bounds the stamp and resync sets (the number of tunnels the gateway may hold is a good
+    /// value); `instance` is this gateway's instance id.
     pub fn start(
-        store: Arc<Store>,
+        store: Store,
         live: Arc<dyn LiveView>,
         cap: usize,
-    ) -> std::io::Result<(Journal, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = sync_channel::<DeviceEvent>(QUEUE);
+        instance: String,
+    ) -> (Journal, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = channel::<DeviceEvent>(QUEUE);
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let writer = Writer { store, live, pending: Arc::clone(&pending) };
-        let handle = std::thread::Builder::new().name("tether-journal".into()).spawn(move || writer.run(rx))?;
-        Ok((Journal { tx, pending, cap: cap.max(16) }, handle))
+        let writer = Writer { store, live, pending: Arc::clone(&pending), instance };
+        let handle = tokio::spawn(writer.run(rx));
+        (Journal { tx, pending, cap: cap.max(16) }, handle)
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -110,7 +113,7 @@ impl Journal {
                 }
                 false
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Closed(_)) => false,
         }
     }
 
@@ -126,19 +129,20 @@ impl Journal {
 }
 
 struct Writer {
-    store: Arc<Store>,
+    store: Store,
     live: Arc<dyn LiveView>,
     pending: Arc<Mutex<Pending>>,
+    instance: String,
 }
 
 impl Writer {
-    fn run(self, rx: Receiver<DeviceEvent>) {
+    async fn run(self, mut rx: Receiver<DeviceEvent>) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             // `drained`: nothing older than what is in hand waits in the queue, so a resync (the
             // live state now) cannot be overwritten by a stale queued event.
-            let (open, drained) = match rx.recv_timeout(FLUSH_INTERVAL) {
-                Ok(event) => {
+            let (open, drained) = match tokio::time::timeout(FLUSH_INTERVAL, rx.recv()).await {
+                Ok(Some(event)) => {
                     batch.push(event);
                     let mut drained = false;
                     while batch.len() < BATCH {
@@ -152,17 +156,17 @@ impl Writer {
                     }
                     (true, drained)
                 }
-                Err(RecvTimeoutError::Timeout) => (true, true),
-                Err(RecvTimeoutError::Disconnected) => (false, true),
+                Err(_elapsed) => (true, true),
+                Ok(None) => (false, true),
             };
-            self.write(&mut batch, drained);
+            self.write(&mut batch, drained).await;
             if !open {
                 return;
             }
         }
     }
 
-    fn write(&self, batch: &mut Vec<DeviceEvent>, drained: bool) {
+    async fn write(&self, batch: &mut Vec<DeviceEvent>, drained: bool) {
         let (stamps, resync) = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let resync = if drained { std::mem::take(&mut pending.resync) } else { HashSet::new() };
@@ -172,32 +176,26 @@ impl Writer {
             return;
         }
         let now = OffsetDateTime::now_utc();
+        let me = self.instance.as_str();
         let resynced: Vec<(Uuid, Option<LiveState>)> =
             resync.into_iter().map(|uuid| (uuid, self.live.live_state(uuid))).collect();
-        let result = self.store.batch(|tx| {
-            for event in batch.iter() {
-                apply(tx, event)?;
-            }
-            for (uuid, at) in &stamps {
-                crate::store::record_keepalive(tx, *uuid, *at)?;
-            }
-            for (uuid, live) in &resynced {
-                match live {
-                    Some(live) => {
-                        crate::store::record_connected(tx, *uuid, live.connected_since, live.remote)?;
-                        crate::store::record_ports(tx, *uuid, &live.ports)?;
-                    }
-                    None => crate::store::record_disconnect(
-                        tx,
-                        *uuid,
-                        now,
-                        "disconnected (recorded late: the store's queue was full)",
-                    )?,
+        let mut stmts: Vec<Stmt> = batch.iter().map(|event| statement(event, me)).collect();
+        stmts.extend(stamps.iter().map(|(uuid, at)| devices::keepalive(*uuid, *at)));
+        for (uuid, live) in &resynced {
+            match live {
+                Some(live) => {
+                    stmts.push(devices::connected(*uuid, live.connected_since, live.remote, me));
+                    stmts.push(devices::ports(*uuid, &live.ports, me));
                 }
+                None => stmts.push(devices::disconnected(
+                    *uuid,
+                    now,
+                    "disconnected (recorded late: the store's queue was full)",
+                    me,
+                )),
             }
-            Ok(())
-        });
-        if let Err(err) = result {
+        }
+        if let Err(err) = self.store.record(&stmts).await {
             tracing::error!(error = %err, events = batch.len(),
                 "could not record device events in the store; the devices will be rewritten from their live state");
             // Nothing of the transaction was written: resync every device it touched from the
@@ -213,14 +211,13 @@ impl Writer {
     }
 }
 
-fn apply(tx: &rusqlite::Connection, event: &DeviceEvent) -> rusqlite::Result<()> {
-    use crate::store as s;
+fn statement(event: &DeviceEvent, me: &str) -> Stmt {
     match event {
-        DeviceEvent::Hello { uuid, at, remote } => s::record_hello(tx, *uuid, *at, *remote),
-        DeviceEvent::Connected { uuid, at, remote } => s::record_connected(tx, *uuid, *at, *remote),
-        DeviceEvent::Ports { uuid, ports } => s::record_ports(tx, *uuid, ports),
-        DeviceEvent::Disconnected { uuid, at, reason } => s::record_disconnect(tx, *uuid, *at, reason),
-        DeviceEvent::Conflict { uuid, at, live, claimant } => s::record_conflict(tx, *uuid, *at, *live, *claimant),
+        DeviceEvent::Hello { uuid, at, remote } => devices::hello(*uuid, *at, *remote),
+        DeviceEvent::Connected { uuid, at, remote } => devices::connected(*uuid, *at, *remote, me),
+        DeviceEvent::Ports { uuid, ports } => devices::ports(*uuid, ports, me),
+        DeviceEvent::Disconnected { uuid, at, reason } => devices::disconnected(*uuid, *at, reason, me),
+        DeviceEvent::Conflict { uuid, at, live, claimant } => devices::conflict(*uuid, *at, live, *claimant),
     }
 }
 
@@ -236,13 +233,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_and_stamps_reach_the_store_and_a_full_queue_resyncs_from_the_registry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
+    #[tokio::test]
+    async fn events_and_stamps_reach_the_store_and_a_full_queue_resyncs_from_the_registry() {
+        let (_dir, store) = crate::store::tests::sqlite().await;
         let live = Arc::new(Live(Mutex::default()));
         // A journal whose writer is not running yet: fill its queue by hand.
-        let (tx, rx) = sync_channel(2);
+        let (tx, rx) = channel(2);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let journal = Journal { tx, pending: Arc::clone(&pending), cap: 16 };
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -262,20 +258,20 @@ mod tests {
         }
         assert!(!journal.stamp(Uuid::new_v4(), t0), "the stamp map is bounded");
         drop(journal);
-        let writer = Writer { store: Arc::clone(&store), live, pending };
-        writer.run(rx);
-        let ra = store.device(a).unwrap().unwrap();
+        let writer = Writer { store: store.clone(), live, pending, instance: "gw-a".into() };
+        writer.run(rx).await;
+        let ra = store.device(a).await.unwrap().unwrap();
         assert!(ra.connected_since.is_some() && ra.last_keepalive.is_some());
-        let rb = store.device(b).unwrap().unwrap();
+        assert_eq!(ra.instance.as_deref(), Some("gw-a"));
+        let rb = store.device(b).await.unwrap().unwrap();
         assert_eq!((rb.connected_since.is_some(), rb.ports.clone()), (true, vec![16992, 16994]));
     }
 
-    #[test]
-    fn a_resync_is_never_overwritten_by_an_older_queued_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("tether.db")).unwrap());
+    #[tokio::test]
+    async fn a_resync_is_never_overwritten_by_an_older_queued_event() {
+        let (_dir, store) = crate::store::tests::sqlite().await;
         let live = Arc::new(Live(Mutex::default()));
-        let (tx, rx) = sync_channel(3000);
+        let (tx, rx) = channel(3000);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let journal = Journal { tx, pending: Arc::clone(&pending), cap: 16 };
         let remote: SocketAddr = "198.18.0.1:1".parse().unwrap();
@@ -289,8 +285,8 @@ mod tests {
         // X disconnects while the queue is full: dropped, resynced (X is not live any more).
         assert!(!journal.record(DeviceEvent::Disconnected { uuid: x, at: t0, reason: "gone".into() }));
         drop(journal);
-        Writer { store: Arc::clone(&store), live, pending }.run(rx);
-        let r = store.device(x).unwrap().unwrap();
+        Writer { store: store.clone(), live, pending, instance: "gw-a".into() }.run(rx).await;
+        let r = store.device(x).await.unwrap().unwrap();
         assert!(r.connected_since.is_none(), "X is recorded as connected");
     }
 }

@@ -8,7 +8,9 @@
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`);
 //! - `relay`: a technician WebSocket piped to a device stream;
 //! - `api`: the HTTPS API and the metrics endpoint;
-//! - `store` and `journal`: the SQLite store and the non-blocking writer of device records;
+//! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
+//!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
+//!   them);
 //! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
 //!   material, rate limits, Prometheus metrics and configuration;
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
@@ -16,11 +18,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod certs;
 pub mod cira;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod forward;
 pub mod identity;
 pub mod journal;

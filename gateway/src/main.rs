@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_gateway::client::ApiClient;
-use tether_gateway::store::{Store, TokenScope};
+use tether_gateway::config::Config;
+use tether_gateway::store::{Location, Migrate, PoolOptions, Store, TokenScope};
 use tether_gateway::{auth, daemon, forward, paths};
 use uuid::Uuid;
 
@@ -22,6 +23,13 @@ struct Cli {
     /// The gateway's data dir (database, certificates, run files).
     #[arg(long, global = true, env = "TETHER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Configuration file (default: DATA_DIR/tether.toml; missing means defaults).
+    #[arg(long, global = true, env = "TETHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The store: postgres://USER:PASSWORD@HOST:PORT/DB for a fleet's shared PostgreSQL
+    /// [default: `database_url` in the configuration, else DATA_DIR/tether.db (SQLite)].
+    #[arg(long, global = true, env = "TETHER_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
     /// The gateway API, e.g. https://gateway.example:8443 (technician commands).
     #[arg(long, global = true, env = "TETHER_API")]
     api: Option<String>,
@@ -42,9 +50,6 @@ struct Cli {
 enum Command {
     /// Run the gateway daemon.
     Gateway {
-        /// Configuration file (default: DATA_DIR/tether.toml; missing means defaults).
-        #[arg(long, env = "TETHER_CONFIG")]
-        config: Option<PathBuf>,
         /// Where AMT devices connect (CIRA, TLS). Default 0.0.0.0:4433.
         #[arg(long, env = "TETHER_CIRA_LISTEN")]
         cira_listen: Option<SocketAddr>,
@@ -183,11 +188,17 @@ fn init_logging(daemon_mode: bool) {
 }
 
 async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
+    let store_args = StoreArgs { config: cli.config.clone(), database: cli.database.clone() };
     match cli.command {
-        Command::Gateway { config, cira_listen, api_listen, metrics_listen, tls_names } => {
-            let overrides =
-                daemon::ListenOverrides { cira: cira_listen, api: api_listen, metrics: metrics_listen, tls_names };
-            daemon::run(data_dir, config, overrides).await
+        Command::Gateway { cira_listen, api_listen, metrics_listen, tls_names } => {
+            let overrides = daemon::Overrides {
+                cira: cira_listen,
+                api: api_listen,
+                metrics: metrics_listen,
+                tls_names,
+                database: store_args.database,
+            };
+            daemon::run(data_dir, store_args.config, overrides).await
         }
         Command::MpsCredentials { action: MpsCredentialsAction::Set { username, password } } => {
             if username.is_empty() || password.is_empty() {
@@ -196,28 +207,28 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             if !username.chars().all(|c| c.is_ascii_alphanumeric()) {
                 bail!("AMT allows only letters and digits in the MPS username, not {username:?}");
             }
-            let store = open_store(data_dir)?;
-            store.set_mps_account(&username, &auth::hash_password(password.as_bytes())?)?;
+            let store = open_store(&store_args, data_dir).await?;
+            store.set_mps_account(&username, &auth::hash_password(password.as_bytes())?).await?;
             println!("MPS account {username} set: AMT devices may authenticate as {username}");
             Ok(())
         }
         Command::MpsCredentials { action: MpsCredentialsAction::List } => {
-            for name in open_store(data_dir)?.mps_accounts()? {
+            for name in open_store(&store_args, data_dir).await?.mps_accounts().await? {
                 println!("{name}");
             }
             Ok(())
         }
         Command::MpsCredentials { action: MpsCredentialsAction::Remove { username } } => {
-            if !open_store(data_dir)?.remove_mps_account(&username)? {
+            if !open_store(&store_args, data_dir).await?.remove_mps_account(&username).await? {
                 bail!("there is no MPS account {username:?} (see `tether mps-credentials list`)");
             }
             println!("MPS account {username} removed");
             Ok(())
         }
         Command::Device { action: DeviceAction::Add { uuid, password } } => {
-            let store = open_store(data_dir)?;
+            let store = open_store(&store_args, data_dir).await?;
             let hash = password.map(|p| auth::hash_password(p.as_bytes())).transpose()?;
-            store.add_device(uuid, hash.as_deref())?;
+            store.add_device(uuid, hash.as_deref()).await?;
             match hash {
                 Some(_) => println!("device {uuid} registered with its own MPS password (and pinned to it)"),
                 None => println!("device {uuid} registered (authenticates with an MPS account)"),
@@ -225,15 +236,15 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Device { action: DeviceAction::Remove { uuid } } => {
-            if !open_store(data_dir)?.remove_device(uuid)? {
+            if !open_store(&store_args, data_dir).await?.remove_device(uuid).await? {
                 bail!("the gateway knows no device {uuid}");
             }
             println!("device {uuid} removed");
             Ok(())
         }
-        Command::Device { action: DeviceAction::Import { file } } => import_devices(data_dir, &file).await,
+        Command::Device { action: DeviceAction::Import { file } } => import_devices(&store_args, data_dir, &file).await,
         Command::Token { action: TokenAction::Create { name, scope, expires_in } } => {
-            let store = open_store(data_dir)?;
+            let store = open_store(&store_args, data_dir).await?;
             let token = auth::new_token();
             let scope = TokenScope::parse(&scope).context("the scope must be read or attach")?;
             let expires_at = match expires_in {
@@ -243,14 +254,14 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 ),
                 None => None,
             };
-            store.create_token(&name, &auth::hash_token(&token), scope, expires_at)?;
+            store.create_token(&name, &auth::hash_token(&token), scope, expires_at).await?;
             let until = expires_at.map(|t| format!(", expires {}", rfc3339(t))).unwrap_or_default();
             println!("API token {name:?} created (scope {}{until}). It is shown once; keep it safe:", scope.as_str());
             println!("{token}");
             Ok(())
         }
         Command::Token { action: TokenAction::List { json } } => {
-            let tokens = open_store(data_dir)?.list_tokens()?;
+            let tokens = open_store(&store_args, data_dir).await?.list_tokens().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
                 return Ok(());
@@ -268,10 +279,10 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Token { action: TokenAction::Revoke { name } } => {
-            if name == paths::LOCAL_TOKEN_NAME {
-                bail!("{name} is the gateway's own local token; it is replaced at every start");
+            if name.starts_with(paths::LOCAL_TOKEN_PREFIX) {
+                bail!("{name} is a gateway's own local token; it is replaced at every start");
             }
-            if !open_store(data_dir)?.revoke_token(&name)? {
+            if !open_store(&store_args, data_dir).await?.revoke_token(&name).await? {
                 bail!("there is no token {name:?} (see `tether token list`)");
             }
             println!("token {name:?} revoked; its open relays end within a few seconds");
@@ -309,7 +320,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
 
 /// `tether device import FILE`: parses every line first (so a bad line changes nothing), hashes
 /// the passwords on all cores with a progress bar, then registers all devices in one transaction.
-async fn import_devices(data_dir: &Path, file: &Path) -> Result<()> {
+async fn import_devices(store_args: &StoreArgs, data_dir: &Path, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut devices: Vec<(Uuid, Option<String>)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -326,7 +337,7 @@ async fn import_devices(data_dir: &Path, file: &Path) -> Result<()> {
     if devices.is_empty() {
         bail!("{} holds no devices (expected lines of uuid,password)", file.display());
     }
-    let store = open_store(data_dir)?;
+    let store = open_store(store_args, data_dir).await?;
     let bar = indicatif::ProgressBar::new(devices.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("hashing passwords {bar:40} {pos}/{len} ({eta} left)")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -356,7 +367,7 @@ async fn import_devices(data_dir: &Path, file: &Path) -> Result<()> {
             .map(|parts| parts.into_iter().flatten().collect())
     })?;
     bar.finish_and_clear();
-    store.add_devices(&hashed, |_| {})?;
+    store.add_devices(&hashed, |_| {}).await?;
     let with_password = hashed.iter().filter(|(_, h)| h.is_some()).count();
     println!("imported {} devices ({with_password} with their own MPS password)", hashed.len());
     Ok(())
@@ -370,10 +381,29 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn open_store(data_dir: &Path) -> Result<Store> {
+/// Where the store is: `--config` and `--database` (the rest comes from the data dir).
+#[derive(Debug)]
+struct StoreArgs {
+    config: Option<PathBuf>,
+    database: Option<String>,
+}
+
+/// The store the gateway with this data dir and configuration uses, migrated if needed.
+async fn open_store(store_args: &StoreArgs, data_dir: &Path) -> Result<Store> {
+    open_store_with(store_args, data_dir, Migrate::Yes).await
+}
+
+async fn open_store_with(store_args: &StoreArgs, data_dir: &Path, migrate: Migrate) -> Result<Store> {
     paths::ensure_data_dir(data_dir)?;
-    let path = paths::database(data_dir);
-    Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
+    let config = load_config(store_args, data_dir)?;
+    let location = Location::resolve(store_args.database.as_deref().or(config.database_url.as_deref()), data_dir)?;
+    let pool = PoolOptions { max_connections: 2, ..PoolOptions::default() };
+    Store::open(&location, migrate, pool).await.with_context(|| format!("opening the store {}", location.describe()))
+}
+
+fn load_config(store_args: &StoreArgs, data_dir: &Path) -> Result<Config> {
+    let path = store_args.config.clone().unwrap_or_else(|| data_dir.join("tether.toml"));
+    Config::load(&path).with_context(|| format!("reading the configuration {}", path.display()))
 }
 
 /// Technician commands: explicit --api/--token/--ca, or the gateway running on this machine.

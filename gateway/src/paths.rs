@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The name under which the gateway keeps its local operator token in the store.
-pub const LOCAL_TOKEN_NAME: &str = "local-operator";
+/// The names under which gateways keep their local operator tokens in the store start with this.
+pub const LOCAL_TOKEN_PREFIX: &str = "local-operator";
+
+/// The local operator token's name of one gateway instance (several share a fleet's store).
+pub fn local_token_name(instance: &str) -> String {
+    format!("{LOCAL_TOKEN_PREFIX}-{instance}")
+}
 
 /// The default data dir: `$TETHER_DATA_DIR` is handled by clap; this is the fallback.
 pub fn default_data_dir() -> PathBuf {

@@ -22,7 +22,13 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
-    pub store: Arc<Store>,
+    pub store: Store,
+    /// This gateway's instance id (in the store's `instances`, and in the device records of the
+    /// tunnels it holds).
+    pub instance: String,
+    /// The link to the other gateways of the fleet (`None` when this one is in no fleet or has
+    /// no `fleet.internal_listen`).
+    pub peers: Option<crate::fleet::link::Peers>,
     pub journal: Journal,
     pub metrics: Metrics,
     pub limiter: Limiter,
@@ -90,16 +96,18 @@ pub(crate) struct TestState {
 
 #[cfg(test)]
 impl TestState {
-    pub fn new(config: Config) -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Arc::new(Store::open(&dir.path().join("tether.db")).expect("a store"));
+    /// Needs a tokio runtime (the store and the journal run on it).
+    pub async fn new(config: Config) -> Self {
+        let (dir, store) = crate::store::tests::sqlite().await;
         let registry = Arc::new(Registry::new());
-        let (journal, _thread) = Journal::start(Arc::clone(&store), registry.clone(), 1000).expect("a journal");
+        let (journal, _task) = Journal::start(store.clone(), registry.clone(), 1000, "test-gateway".into());
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             limiter: Limiter::new(&config.limits),
             config,
             store,
+            instance: "test-gateway".into(),
+            peers: None,
             journal,
             metrics: Metrics::new(),
             registry,

@@ -23,6 +23,7 @@ use super::{error, rejection, Api, Connection};
 use crate::auth;
 use crate::metrics::ApiRejection;
 use crate::store::TokenScope;
+use tracing::warn;
 
 /// What `auth::new_token` makes: this prefix and 32 bytes in unpadded base64url.
 const TOKEN_PREFIX: &str = "tth_";
@@ -110,10 +111,12 @@ pub(super) async fn require_token(
         );
     }
     let hash = auth::hash_token(token);
-    let store = Arc::clone(&api.shared.store);
-    let record = match tokio::task::spawn_blocking(move || store.token_by_hash(&hash)).await {
-        Ok(Ok(record)) => record,
-        _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "the token store is unavailable; see the gateway's log"),
+    let record = match api.shared.store.token_by_hash(&hash).await {
+        Ok(record) => record,
+        Err(err) => {
+            warn!(error = %err, "cannot look a token up in the store");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "the token store is unavailable; see the gateway's log");
+        }
     };
     let Some(record) = record else {
         return refuse(

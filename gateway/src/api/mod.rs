@@ -18,11 +18,14 @@
 mod admission;
 mod relays;
 
+pub(crate) use relays::open_refused_status;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -42,7 +45,7 @@ use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
 use crate::metrics::ApiRejection;
 use crate::relay::RelayLimits;
 use crate::state::Shared;
-use crate::store::TokenScope;
+use crate::store::{DevicePage, DeviceRecord, TokenScope, MAX_PAGE};
 use admission::Caller;
 use relays::LiveRelays;
 
@@ -226,15 +229,21 @@ fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
-/// A device as the API shows it: the stored record, with live state from the registry.
-fn device_view(shared: &Shared, record: Option<Value>, uuid: Uuid) -> Value {
+/// A device as the API shows it: the stored record, with live state from this gateway's registry
+/// when it holds the tunnel, and from the record when another gateway of the fleet does.
+pub(crate) fn device_view(shared: &Shared, record: Option<DeviceRecord>, uuid: Uuid) -> Value {
     let live = shared.registry.any(uuid);
-    let mut view = record.unwrap_or_else(|| json!({ "uuid": uuid }));
+    // Connected through another gateway: the record says so, and names it.
+    let elsewhere = record
+        .as_ref()
+        .is_some_and(|r| r.connected_since.is_some() && r.instance.as_deref().is_some_and(|i| i != shared.instance));
+    let mut view = record.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_else(|| json!({ "uuid": uuid }));
     if let Value::Object(map) = &mut view {
-        map.insert("connected".into(), Value::Bool(live.is_some()));
+        map.insert("connected".into(), Value::Bool(live.is_some() || elsewhere));
         if let Some(live) = live {
             map.insert("ports".into(), json!(live.ports()));
             map.insert("remote_addr".into(), json!(live.remote.to_string()));
+            map.insert("instance".into(), json!(shared.instance));
         } else if !map.contains_key("ports") {
             map.insert("ports".into(), json!([]));
         }
@@ -243,33 +252,64 @@ fn device_view(shared: &Shared, record: Option<Value>, uuid: Uuid) -> Value {
     view
 }
 
-async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+/// `?limit=N&after=UUID`: a page of the device list.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    limit: Option<u32>,
+    after: Option<Uuid>,
+}
+
+/// Pages of at most [`MAX_PAGE`] devices in UUID order; a full page carries a `Link: <…>;
+/// rel="next"` header to the next one (the body stays a JSON array).
+async fn list_devices(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
     if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing devices") {
         return refused;
     }
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query takes limit=N (1 to 1000) and after=UUID");
+    };
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}, not {limit}"));
+    }
     let shared = &api.shared;
-    let store = Arc::clone(&shared.store);
-    let records = match tokio::task::spawn_blocking(move || store.list_devices()).await {
-        Ok(Ok(records)) => records,
-        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    let records = match shared.store.list_devices(DevicePage { after: query.after, limit }).await {
+        Ok(records) => records,
         Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
     };
+    let full = records.len() == limit as usize;
+    let last = records.last().map(|r| r.uuid);
     let mut seen = std::collections::HashSet::new();
-    let mut devices: Vec<Value> = records
+    let mut devices: Vec<(Uuid, Value)> = records
         .into_iter()
         .map(|record| {
             seen.insert(record.uuid);
             let uuid = record.uuid;
-            device_view(shared, serde_json::to_value(record).ok(), uuid)
+            (uuid, device_view(shared, Some(record), uuid))
         })
         .collect();
-    // Tunnels whose first records are still on their way to the store.
+    // Tunnels whose first records are still on their way to the store, where this page covers
+    // their UUID.
+    let in_page =
+        |uuid: Uuid| query.after.is_none_or(|after| uuid > after) && (!full || last.is_some_and(|l| uuid < l));
     for live in shared.registry.snapshot().into_iter().filter(|t| t.kind == crate::registry::TunnelKind::Cira) {
-        if !seen.contains(&live.uuid) {
-            devices.push(device_view(shared, None, live.uuid));
+        if !seen.contains(&live.uuid) && in_page(live.uuid) {
+            devices.push((live.uuid, device_view(shared, None, live.uuid)));
         }
     }
-    Json(Value::Array(devices)).into_response()
+    devices.sort_by_key(|(uuid, _)| *uuid);
+    let mut response = Json(Value::Array(devices.into_iter().map(|(_, v)| v).collect())).into_response();
+    if let (true, Some(last)) = (full, last) {
+        let link = format!("</api/v1/devices?limit={limit}&after={last}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    response
 }
 
 async fn show_device(
@@ -284,16 +324,37 @@ async fn show_device(
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
     let shared = &api.shared;
-    let store = Arc::clone(&shared.store);
-    let record = match tokio::task::spawn_blocking(move || store.device(uuid)).await {
-        Ok(Ok(record)) => record,
-        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    let record = match shared.store.device(uuid).await {
+        Ok(record) => record,
         Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
     };
     if record.is_none() && shared.registry.any(uuid).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
     }
-    Json(device_view(shared, record.and_then(|r| serde_json::to_value(r).ok()), uuid)).into_response()
+    let held_elsewhere = shared.registry.any(uuid).is_none()
+        && record.as_ref().is_some_and(|r| {
+            r.connected_since.is_some() && r.instance.as_deref().is_some_and(|i| i != shared.instance)
+        });
+    if held_elsewhere {
+        // The gateway holding the tunnel knows its live state (ports, address).
+        if let Ok((instance, peers)) = relays::elsewhere(shared, uuid).await {
+            match peers.device(&instance, uuid).await {
+                Ok((StatusCode::OK, view)) => return with_instance(Json(view).into_response(), &instance),
+                Ok((status, view)) => warn!(%uuid, %instance, %status, answer = %view, "device view from its gateway"),
+                Err(err) => warn!(%uuid, %instance, error = %err, "cannot ask the gateway holding a device"),
+            }
+        }
+    }
+    let instance = record.as_ref().and_then(|r| r.instance.clone()).unwrap_or_else(|| shared.instance.clone());
+    with_instance(Json(device_view(shared, record, uuid)).into_response(), &instance)
+}
+
+/// Names the gateway holding (or last holding) the device in a response header.
+fn with_instance(mut response: Response, instance: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(instance) {
+        response.headers_mut().insert(crate::fleet::link::INSTANCE_HEADER, value);
+    }
+    response
 }
 
 #[cfg(test)]

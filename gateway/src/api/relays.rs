@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use time::OffsetDateTime;
@@ -24,9 +24,11 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::{error, rejection, Api, Connection};
+use crate::fleet::link::{Peers, INSTANCE_HEADER};
 use crate::metrics::{ApiRejection, ChannelRefusal};
 use crate::registry::OpenRefused;
 use crate::relay::{self, Stop};
+use crate::state::Shared;
 use crate::store::TokenScope;
 
 /// How often live relays' tokens are checked against the store.
@@ -153,20 +155,32 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
             continue;
         }
         let now = OffsetDateTime::now_utc();
-        let store = Arc::clone(&api.shared.store);
-        match tokio::task::spawn_blocking(move || store.live_token_ids(now)).await {
-            Ok(Ok(live)) => {
+        match api.shared.store.live_token_ids(now).await {
+            Ok(live) => {
                 failing = false;
                 for (relay, why) in api.relays.stop_gone(&live, now) {
                     info!(relay, reason = ?why, "stopping relay: its token is no longer valid");
                 }
             }
-            Ok(Err(err)) if !failing => {
+            Err(err) if !failing => {
                 failing = true;
                 warn!(error = %err, "cannot check live relays' tokens against the store; retrying every second");
             }
-            Ok(Err(_)) => {}
-            Err(err) => warn!(error = %err, "token check task failed"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The status a refused channel open answers with (a timeout is also counted).
+pub(crate) fn open_refused_status(shared: &Shared, refused: &OpenRefused) -> StatusCode {
+    match refused {
+        OpenRefused::NotConnected(_) | OpenRefused::TunnelGone => StatusCode::NOT_FOUND,
+        OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
+        OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
+        OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
+        OpenRefused::Timeout => {
+            shared.metrics.channel_open_refused(ChannelRefusal::Timeout);
+            StatusCode::GATEWAY_TIMEOUT
         }
     }
 }
@@ -198,32 +212,27 @@ pub(super) async fn relay_tcp(
         );
         return rejection(&api, StatusCode::TOO_MANY_REQUESTS, ApiRejection::RelayCap, None, message);
     };
-    let Some(tunnel) = shared.registry.any(uuid) else {
-        return error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid));
-    };
     let peer = connection.remote;
-    let stream = match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
-        Ok(stream) => stream,
-        Err(refused) => {
-            let status = match refused {
-                OpenRefused::NotConnected(_) | OpenRefused::TunnelGone => StatusCode::NOT_FOUND,
-                OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
-                OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
-                OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
-                OpenRefused::Timeout => {
-                    shared.metrics.channel_open_refused(ChannelRefusal::Timeout);
-                    StatusCode::GATEWAY_TIMEOUT
-                }
-            };
-            return error(status, refused);
-        }
+    // Held here, or by another gateway of the fleet (then the stream is carried over the link).
+    let (stream, holder) = match shared.registry.any(uuid) {
+        Some(tunnel) => match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
+            Ok(stream) => (stream, shared.instance.clone()),
+            Err(refused) => return error(open_refused_status(shared, &refused), refused),
+        },
+        None => match elsewhere(shared, uuid).await {
+            Err(response) => return response,
+            Ok((instance, peers)) => match peers.open_stream(&instance, uuid, port, peer).await {
+                Ok(stream) => (stream, instance),
+                Err(err) => return error(err.status(), err),
+            },
+        },
     };
     let relay_id = ticket.id;
     let technician = caller.name;
     info!(relay = relay_id, %technician, %uuid, port, from = %peer, "relay opened");
     let limits = api.relay_limits;
     let api = Arc::clone(&api);
-    relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
+    let mut response = relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
         let outcome = relay::run(socket, stream, limits, stop).await;
         // Until here the relay held its place under the connection caps and the relay cap.
         drop((ticket, connection));
@@ -239,5 +248,29 @@ pub(super) async fn relay_tcp(
             reason = outcome.end.as_str(),
             "relay closed"
         );
-    })
+    });
+    if let Ok(value) = HeaderValue::from_str(&holder) {
+        response.headers_mut().insert(INSTANCE_HEADER, value);
+    }
+    response
+}
+
+/// The gateway of the fleet that holds `uuid`'s tunnel, when it is not this one, and the link to
+/// it; else the answer for the technician (not connected, or no link configured).
+pub(super) async fn elsewhere(shared: &Shared, uuid: Uuid) -> Result<(String, Peers), Response> {
+    let holder = match shared.store.holder(uuid).await {
+        Ok(holder) => holder,
+        Err(err) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, err)),
+    };
+    match (holder, &shared.peers) {
+        (Some(instance), Some(peers)) if instance != shared.instance => Ok((instance, peers.clone())),
+        (Some(instance), None) if instance != shared.instance => Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "device {uuid} is connected to gateway {instance}, and this gateway has no fleet link (set \
+                 fleet.internal_listen after `tether fleet init` or `join`); use that gateway's API"
+            ),
+        )),
+        _ => Err(error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid))),
+    }
 }

@@ -35,19 +35,19 @@ struct Bed {
     _state: TestState,
 }
 
-fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
+async fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
     let mut config = Config::default();
     configure(&mut config);
-    let state = TestState::new(config);
+    let state = TestState::new(config).await;
     let shared = Arc::clone(&state.shared);
     let api = Api::new(shared);
     Bed { app: router(Arc::clone(&api)), api, caps: Arc::new(ConnectionCaps::new(100_000, 100_000)), _state: state }
 }
 
 impl Bed {
-    fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
+    async fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
         let token = auth::new_token();
-        self.api.shared.store.create_token(name, &auth::hash_token(&token), scope, expires_at).unwrap();
+        self.api.shared.store.create_token(name, &auth::hash_token(&token), scope, expires_at).await.unwrap();
         token
     }
 
@@ -75,8 +75,8 @@ impl Bed {
     }
 
     /// Makes every store lookup fail from now on.
-    fn break_token_store(&self) {
-        self.api.shared.store.with(|c| c.execute_batch("DROP TABLE tokens")).unwrap();
+    async fn break_token_store(&self) {
+        self.api.shared.store.execute(crate::store::Stmt::new("DROP TABLE tokens")).await.unwrap();
     }
 
     /// Serves the API on a loopback listener, in plain HTTP.
@@ -128,8 +128,9 @@ async fn requests_over_the_source_budget_are_refused_before_any_token_lookup() {
     let bed = bed(|c| {
         c.api.requests_per_second_per_source = 1;
         c.api.request_burst_per_source = 3;
-    });
-    let token = bed.token("alice", TokenScope::Attach, None);
+    })
+    .await;
+    let token = bed.token("alice", TokenScope::Attach, None).await;
     for _ in 0..3 {
         assert_eq!(bed.get("198.18.0.1", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
     }
@@ -140,15 +141,15 @@ async fn requests_over_the_source_budget_are_refused_before_any_token_lookup() {
     // Another source has its own budget.
     assert_eq!(bed.get("198.18.0.2", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
     // Refused before the lookup: a broken store does not change the answer.
-    bed.break_token_store();
+    bed.break_token_store().await;
     assert_eq!(bed.get("198.18.0.1", Some(&token), "/api/v1/devices").await.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(bed.counted("tether_api_rejected_total{reason=\"source_rate\"}"), 2.0);
 }
 
 #[tokio::test]
 async fn missing_and_malformed_tokens_are_refused_without_a_lookup() {
-    let bed = bed(|_| {});
-    bed.break_token_store();
+    let bed = bed(|_| {}).await;
+    bed.break_token_store().await;
     let malformed =
         ["tth_short", "Bearer-less", &format!("xyz_{}", "a".repeat(43)), &format!("tth_{}!", "a".repeat(42))];
     for token in malformed {
@@ -166,10 +167,10 @@ async fn missing_and_malformed_tokens_are_refused_without_a_lookup() {
 
 #[tokio::test]
 async fn expired_unknown_and_out_of_scope_tokens_are_told_apart() {
-    let bed = bed(|_| {});
+    let bed = bed(|_| {}).await;
     let now = OffsetDateTime::now_utc();
-    let expired = bed.token("old", TokenScope::Attach, Some(now - time::Duration::hours(1)));
-    let reader = bed.token("auditor", TokenScope::Read, Some(now + time::Duration::hours(1)));
+    let expired = bed.token("old", TokenScope::Attach, Some(now - time::Duration::hours(1))).await;
+    let reader = bed.token("auditor", TokenScope::Read, Some(now + time::Duration::hours(1))).await;
     let (status, _, body) = bed.get("198.18.0.1", Some(&expired), "/api/v1/devices").await;
     assert_eq!((status, reason(&body)), (StatusCode::UNAUTHORIZED, "expired_token"));
     assert!(body["error"].as_str().unwrap().contains("\"old\" expired at"), "{body}");
@@ -189,8 +190,8 @@ async fn expired_unknown_and_out_of_scope_tokens_are_told_apart() {
 
 #[tokio::test]
 async fn a_source_that_keeps_failing_is_answered_429_and_others_are_not() {
-    let bed = bed(|_| {});
-    let token = bed.token("alice", TokenScope::Attach, None);
+    let bed = bed(|_| {}).await;
+    let token = bed.token("alice", TokenScope::Attach, None).await;
     for _ in 0..=API_FAILURE_BURST {
         assert_eq!(
             bed.get("198.18.0.5", Some(&auth::new_token()), "/api/v1/devices").await.0,
@@ -206,8 +207,8 @@ async fn a_source_that_keeps_failing_is_answered_429_and_others_are_not() {
 
 #[tokio::test]
 async fn a_storm_of_wrong_tokens_is_answered_429_while_a_valid_token_from_elsewhere_works() {
-    let bed = bed(|_| {});
-    let token = bed.token("alice", TokenScope::Read, None);
+    let bed = bed(|_| {}).await;
+    let token = bed.token("alice", TokenScope::Read, None).await;
     let mut storm = HashMap::<StatusCode, usize>::new();
     let mut slowest = Duration::ZERO;
     let started = Instant::now();
@@ -254,7 +255,8 @@ async fn connections_over_the_caps_are_closed_at_once() {
     let bed = bed(|c| {
         c.api.max_connections = 3;
         c.api.max_connections_per_source = 2;
-    });
+    })
+    .await;
     let addr = bed.serve().await;
     let mut first = connect_from(addr, "127.0.0.1").await;
     let _second = connect_from(addr, "127.0.0.1").await;
@@ -309,9 +311,9 @@ async fn close_of(client: &mut Client) -> (u16, String) {
 
 #[tokio::test]
 async fn a_relay_carries_bytes_and_holds_its_connection_place() {
-    let bed = bed(|c| c.api.max_connections_per_source = 1);
+    let bed = bed(|c| c.api.max_connections_per_source = 1).await;
     let addr = bed.serve().await;
-    let token = bed.token("alice", TokenScope::Attach, None);
+    let token = bed.token("alice", TokenScope::Attach, None).await;
     let (uuid, mut ends) = bed.device();
     let mut client = relay(addr, "127.0.0.1", &token, uuid).await.unwrap();
     let end = ends.recv().await.unwrap();
@@ -336,10 +338,10 @@ async fn a_relay_carries_bytes_and_holds_its_connection_place() {
 
 #[tokio::test]
 async fn relays_are_capped_per_token_and_device() {
-    let bed = bed(|c| c.api.max_relays_per_token_per_device = 1);
+    let bed = bed(|c| c.api.max_relays_per_token_per_device = 1).await;
     let addr = bed.serve().await;
-    let alice = bed.token("alice", TokenScope::Attach, None);
-    let bob = bed.token("bob", TokenScope::Attach, None);
+    let alice = bed.token("alice", TokenScope::Attach, None).await;
+    let bob = bed.token("bob", TokenScope::Attach, None).await;
     let (pc1, _ends1) = bed.device();
     let (pc2, _ends2) = bed.device();
     let mut first = relay(addr, "127.0.0.1", &alice, pc1).await.unwrap();
@@ -361,18 +363,19 @@ async fn relays_are_capped_per_token_and_device() {
 
 #[tokio::test]
 async fn revoking_or_expiring_a_token_ends_its_relays() {
-    let bed = bed(|_| {});
+    let bed = bed(|_| {}).await;
     let addr = bed.serve().await;
     let (uuid, _ends) = bed.device();
-    let alice = bed.token("alice", TokenScope::Attach, None);
-    let bob = bed.token("bob", TokenScope::Attach, None);
-    let carol = bed.token("carol", TokenScope::Attach, Some(OffsetDateTime::now_utc() + time::Duration::seconds(2)));
+    let alice = bed.token("alice", TokenScope::Attach, None).await;
+    let bob = bed.token("bob", TokenScope::Attach, None).await;
+    let carol =
+        bed.token("carol", TokenScope::Attach, Some(OffsetDateTime::now_utc() + time::Duration::seconds(2))).await;
     let mut alices = relay(addr, "127.0.0.1", &alice, uuid).await.unwrap();
     let mut bobs = relay(addr, "127.0.0.1", &bob, uuid).await.unwrap();
     let mut carols = relay(addr, "127.0.0.1", &carol, uuid).await.unwrap();
 
     let revoked = Instant::now();
-    assert!(bed.api.shared.store.revoke_token("alice").unwrap());
+    assert!(bed.api.shared.store.revoke_token("alice").await.unwrap());
     assert_eq!(close_of(&mut alices).await, (1008, "the token was revoked".into()));
     assert!(revoked.elapsed() < Duration::from_secs(3), "{:?}", revoked.elapsed());
     assert_eq!(close_of(&mut carols).await, (1008, "the token expired".into()));

@@ -26,13 +26,13 @@ struct Bed {
     _state: TestState,
 }
 
-fn bed(policy: DevicePolicy) -> Bed {
+async fn bed(policy: DevicePolicy) -> Bed {
     let mut config = Config::default();
     config.devices.policy = policy;
     config.devices.liveness_timeout_ms = 300;
-    let state = TestState::new(config);
+    let state = TestState::new(config).await;
     let shared = Arc::clone(&state.shared);
-    shared.store.set_mps_account(USER, &hash_password(PASSWORD.as_bytes()).unwrap()).unwrap();
+    shared.store.set_mps_account(USER, &hash_password(PASSWORD.as_bytes()).unwrap()).await.unwrap();
     let gauge = shared.metrics.pending_connections().clone();
     Bed {
         shared,
@@ -127,7 +127,7 @@ async fn established(bed: &Bed, uuid: Uuid, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_streams_through_the_driver_without_sockets() {
-    let bed = bed(DevicePolicy::Pinned);
+    let bed = bed(DevicePolicy::Pinned).await;
     let uuid = Uuid::new_v4();
     let device = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
     established(&bed, uuid, 1).await;
@@ -156,7 +156,7 @@ async fn a_device_streams_through_the_driver_without_sockets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_device_keeps_its_uuid_against_a_newer_claim() {
-    let bed = bed(DevicePolicy::Open);
+    let bed = bed(DevicePolicy::Open).await;
     let uuid = Uuid::new_v4();
     let real = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
     established(&bed, uuid, 1).await;
@@ -175,7 +175,7 @@ async fn a_live_device_keeps_its_uuid_against_a_newer_claim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_went_silent_is_replaced_by_its_reconnect() {
-    let bed = bed(DevicePolicy::Pinned);
+    let bed = bed(DevicePolicy::Pinned).await;
     let uuid = Uuid::new_v4();
     let old = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
     established(&bed, uuid, 1).await;
@@ -197,7 +197,7 @@ async fn a_device_that_went_silent_is_replaced_by_its_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_connection_whose_auth_finishes_late_never_evicts_a_newer_one() {
-    let bed = bed(DevicePolicy::Open);
+    let bed = bed(DevicePolicy::Open).await;
     let uuid = Uuid::new_v4();
     // Connection 6 was accepted after connection 5, but 5's authentication finishes later.
     let newer = connect(&bed, 6, device_config(uuid, USER, PASSWORD), "198.18.0.2:1000");
@@ -213,8 +213,8 @@ async fn an_older_connection_whose_auth_finishes_late_never_evicts_a_newer_one()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uuid_pinned_to_one_account_refuses_another() {
-    let bed = bed(DevicePolicy::Pinned);
-    bed.shared.store.set_mps_account("other", &hash_password(b"other-password").unwrap()).unwrap();
+    let bed = bed(DevicePolicy::Pinned).await;
+    bed.shared.store.set_mps_account("other", &hash_password(b"other-password").unwrap()).await.unwrap();
     let uuid = Uuid::new_v4();
     let first = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
     established(&bed, uuid, 1).await;
@@ -228,14 +228,17 @@ async fn a_uuid_pinned_to_one_account_refuses_another() {
     assert!(outcome.auth_rejected, "{outcome:?}");
     let text = bed.shared.metrics.render();
     assert!(text.contains("tether_auth_failures_total{reason=\"credential_mismatch\"} 1"), "{text}");
-    assert_eq!(bed.shared.store.device(uuid).unwrap().unwrap().pinned_credential.as_deref(), Some("account:mpsuser"));
+    assert_eq!(
+        bed.shared.store.device(uuid).await.unwrap().unwrap().pinned_credential.as_deref(),
+        Some("account:mpsuser")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_registered_only_devices_with_their_own_password_get_in() {
-    let bed = bed(DevicePolicy::Registered);
+    let bed = bed(DevicePolicy::Registered).await;
     let (known, unknown) = (Uuid::new_v4(), Uuid::new_v4());
-    bed.shared.store.add_device(known, Some(&hash_password(b"own-password").unwrap())).unwrap();
+    bed.shared.store.add_device(known, Some(&hash_password(b"own-password").unwrap())).await.unwrap();
     let good = connect(&bed, 1, device_config(known, USER, "own-password"), "198.18.0.1:1000");
     established(&bed, known, 1).await;
     let mut config = device_config(unknown, USER, PASSWORD);
@@ -249,7 +252,7 @@ async fn under_registered_only_devices_with_their_own_password_get_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_see_a_closing_tunnel_as_gone_not_as_end_of_stream() {
-    let bed = bed(DevicePolicy::Pinned);
+    let bed = bed(DevicePolicy::Pinned).await;
     let uuid = Uuid::new_v4();
     let device = connect(&bed, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");
     established(&bed, uuid, 1).await;
@@ -263,9 +266,9 @@ async fn streams_see_a_closing_tunnel_as_gone_not_as_end_of_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attacker_failing_for_a_uuid_does_not_lock_the_real_device_out() {
-    let bed = bed(DevicePolicy::Registered);
+    let bed = bed(DevicePolicy::Registered).await;
     let uuid = Uuid::new_v4();
-    bed.shared.store.add_device(uuid, Some(&hash_password(b"own-password").unwrap())).unwrap();
+    bed.shared.store.add_device(uuid, Some(&hash_password(b"own-password").unwrap())).await.unwrap();
     // An attacker who only knows the UUID fails from a few addresses.
     for i in 0..20u8 {
         bed.shared.limiter.auth_failed(format!("198.51.100.{i}").parse().unwrap(), Some(uuid));
@@ -288,7 +291,7 @@ async fn an_unauthenticated_peer_flooding_keepalives_is_closed_in_time() {
     use protocols::apf::Message;
     let mut config = Config::default();
     config.apf.handshake_timeout_secs = 2;
-    let state = TestState::new(config);
+    let state = TestState::new(config).await;
     let shared = Arc::clone(&state.shared);
     let pool = Arc::new(ConnectionCaps::new(100, 100));
     let slots = Arc::new(Semaphore::new(100));
@@ -323,7 +326,7 @@ async fn an_unauthenticated_peer_flooding_keepalives_is_closed_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_tunnels_a_device_replacing_its_dead_tunnel_takes_its_slot() {
-    let mut b = bed(DevicePolicy::Pinned);
+    let mut b = bed(DevicePolicy::Pinned).await;
     b.slots = Arc::new(Semaphore::new(1));
     let uuid = Uuid::new_v4();
     let old = connect(&b, 1, device_config(uuid, USER, PASSWORD), "198.18.0.1:1000");

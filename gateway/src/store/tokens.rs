@@ -6,11 +6,10 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{from_millis, millis, Store, StoreError};
+use super::{Cols, Stmt, Store, StoreError};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,120 +61,82 @@ impl TokenRecord {
     }
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scope, created_at, expires_at";
+macro_rules! token_select {
+    ($tail:literal) => {
+        concat!("SELECT id, name, scope, created_at, expires_at FROM tokens ", $tail)
+    };
+}
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    let scope: String = r.get(2)?;
+fn token_row(r: &dyn Cols) -> sqlx::Result<TokenRecord> {
     Ok(TokenRecord {
-        id: r.get(0)?,
-        name: r.get(1)?,
+        id: r.int(0)?.unwrap_or_default(),
+        name: r.string(1)?,
         // An unknown scope (written by a newer version) grants the least.
-        scope: TokenScope::parse(&scope).unwrap_or(TokenScope::Read),
-        created_at: from_millis(r.get(3)?).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        expires_at: from_millis(r.get(4)?),
+        scope: TokenScope::parse(&r.string(2)?).unwrap_or(TokenScope::Read),
+        created_at: r.time(3)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        expires_at: r.time(4)?,
     })
 }
 
 impl Store {
     /// Creates a token; an existing name is an error.
-    pub fn create_token(
+    pub async fn create_token(
         &self,
         name: &str,
         token_hash: &str,
         scope: TokenScope,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<i64, StoreError> {
-        let result = self.with(|c| {
-            c.execute(
-                "INSERT INTO tokens (name, hash, created_at, scope, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, token_hash, millis(OffsetDateTime::now_utc()), scope.as_str(), expires_at.map(millis)],
-            )?;
-            Ok(c.last_insert_rowid())
-        });
-        match result {
-            Err(StoreError::Database { source: rusqlite::Error::SqliteFailure(e, _), .. })
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
+        let stmt = Stmt::new(
+            "INSERT INTO tokens (name, hash, created_at, scope, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .str(name)
+        .str(token_hash)
+        .time(OffsetDateTime::now_utc())
+        .str(scope.as_str())
+        .int(expires_at.map(super::millis));
+        match self.fetch_optional(stmt, |r| r.int(0)).await {
+            Ok(id) => Ok(id.flatten().unwrap_or_default()),
+            Err(StoreError::Database { source: sqlx::Error::Database(e), .. }) if e.is_unique_violation() => {
                 Err(StoreError::TokenExists(name.to_string()))
             }
-            other => other,
+            Err(other) => Err(other),
         }
     }
 
     /// Creates the token `name` (scope attach, no expiry), or gives it a new hash if it exists
-    /// (the gateway's local token).
-    pub fn create_or_replace_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO tokens (name, hash, created_at, scope) VALUES (?1, ?2, ?3, 'attach')
-                 ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at,
-                     scope = 'attach', expires_at = NULL",
-                params![name, token_hash, millis(OffsetDateTime::now_utc())],
-            )?;
-            c.query_row("SELECT id FROM tokens WHERE name = ?1", [name], |r| r.get(0))
-        })
+    /// (a gateway's local token).
+    pub async fn create_or_replace_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
+        let stmt = Stmt::new(
+            "INSERT INTO tokens (name, hash, created_at, scope) VALUES ($1, $2, $3, 'attach')
+             ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at,
+                 scope = 'attach', expires_at = NULL
+             RETURNING id",
+        )
+        .str(name)
+        .str(token_hash)
+        .time(OffsetDateTime::now_utc());
+        Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
     }
 
     /// The token with this hash, expired or not (the caller decides).
-    pub fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|c| {
-            c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
-                .query_row([token_hash], token_row)
-                .optional()
-        })
+    pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.fetch_optional(Stmt::new(token_select!("WHERE hash = $1")).str(token_hash), token_row).await
     }
 
-    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|c| {
-            c.prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"))?.query_map([], token_row)?.collect()
-        })
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.fetch_all(Stmt::new(token_select!("ORDER BY id")), token_row).await
     }
 
     /// Revokes (deletes) the token `name`; false if there is none.
-    pub fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
-        self.with(|c| c.execute("DELETE FROM tokens WHERE name = ?1", [name]).map(|n| n > 0))
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.execute(Stmt::new("DELETE FROM tokens WHERE name = $1").str(name)).await? > 0)
     }
 
     /// The ids of tokens that exist and have not expired at `now`.
-    pub fn live_token_ids(&self, now: OffsetDateTime) -> Result<HashSet<i64>, StoreError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT id FROM tokens WHERE expires_at IS NULL OR expires_at > ?1")?
-                .query_map([millis(now)], |r| r.get(0))?
-                .collect()
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_have_scopes_expiry_and_can_be_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("tether.db")).unwrap();
-        let now = OffsetDateTime::now_utc();
-        let alice = store.create_token("alice", "ha", TokenScope::Attach, None).unwrap();
-        let bob = store.create_token("bob", "hb", TokenScope::Read, Some(now + time::Duration::hours(1))).unwrap();
-        let old = store.create_token("old", "ho", TokenScope::Read, Some(now - time::Duration::hours(1))).unwrap();
-        assert!(matches!(store.create_token("alice", "x", TokenScope::Read, None), Err(StoreError::TokenExists(_))));
-        let b = store.token_by_hash("hb").unwrap().unwrap();
-        assert_eq!((b.id, b.scope), (bob, TokenScope::Read));
-        assert!(!b.is_expired(now) && b.is_expired(now + time::Duration::hours(2)));
-        assert!(store.token_by_hash("ho").unwrap().unwrap().is_expired(now));
-        assert_eq!(store.live_token_ids(now).unwrap(), [alice, bob].into_iter().collect());
-        assert!(store.revoke_token("alice").unwrap());
-        assert!(!store.revoke_token("alice").unwrap());
-        assert_eq!(store.token_by_hash("ha").unwrap(), None);
-        assert!(!store.live_token_ids(now).unwrap().contains(&old));
-        // The name is free again, but never the id: the revoked token's relays are found by it.
-        let again = store.create_token("alice", "ha2", TokenScope::Attach, None).unwrap();
-        assert!(again > old, "a new token reused id {again}");
-        store.revoke_token("alice").unwrap();
-        let third = store.create_token("alice", "ha3", TokenScope::Attach, None).unwrap();
-        assert!(third > again, "a new token reused id {third}");
-        assert_eq!(store.list_tokens().unwrap().len(), 3);
-        assert!(TokenScope::Attach.allows(TokenScope::Attach) && TokenScope::Attach.allows(TokenScope::Read));
-        assert!(TokenScope::Read.allows(TokenScope::Read) && !TokenScope::Read.allows(TokenScope::Attach));
+    pub async fn live_token_ids(&self, now: OffsetDateTime) -> Result<HashSet<i64>, StoreError> {
+        let stmt = Stmt::new("SELECT id FROM tokens WHERE expires_at IS NULL OR expires_at > $1").time(now);
+        let ids = self.fetch_all(stmt, |r| r.int(0)).await?;
+        Ok(ids.into_iter().flatten().collect())
     }
 }

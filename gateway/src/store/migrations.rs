@@ -1,0 +1,185 @@
+//! The schema, one list of migrations per database: migration `i` takes the schema from version
+//! `i` to `i + 1`. Append new migrations to both lists; never edit a released one.
+//!
+//! SQLite keeps its version in `PRAGMA user_version` (as every Tether before PostgreSQL did, so
+//! that existing data dirs upgrade in place); PostgreSQL in the one-row table `tether_schema`,
+//! changed under an advisory lock so that gateways starting together migrate once.
+//!
+//! Both databases hold the same tables and columns. PostgreSQL's flags are BOOLEAN, its ids
+//! BIGSERIAL, its UUID columns `COLLATE "C"` (so that pages follow the same order as on SQLite).
+
+use sqlx::{PgPool, SqlitePool};
+
+pub(super) const SQLITE: &[&str] = &[
+    "
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (
+    uuid TEXT PRIMARY KEY,
+    registered INTEGER NOT NULL DEFAULT 0,
+    password_hash TEXT,
+    first_seen INTEGER,
+    last_hello INTEGER,
+    last_keepalive INTEGER,
+    connected_since INTEGER,
+    remote_addr TEXT,
+    ports TEXT NOT NULL DEFAULT '',
+    last_disconnect INTEGER,
+    last_disconnect_reason TEXT,
+    duplicate_count INTEGER NOT NULL DEFAULT 0,
+    last_duplicate_at INTEGER,
+    duplicate_note TEXT
+);
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+",
+    "
+CREATE TABLE mps_accounts (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO mps_accounts (username, password_hash, created_at)
+    SELECT u.value, h.value, CAST(strftime('%s', 'now') AS INTEGER) * 1000
+    FROM settings u, settings h WHERE u.key = 'mps_username' AND h.key = 'mps_password_hash';
+DELETE FROM settings WHERE key IN ('mps_username', 'mps_password_hash');
+ALTER TABLE devices ADD COLUMN pinned_credential TEXT;
+ALTER TABLE devices ADD COLUMN conflict_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN last_conflict_at INTEGER;
+ALTER TABLE devices ADD COLUMN conflict_note TEXT;
+-- AUTOINCREMENT: a token created after a revoked one never gets its id, which the daemon uses
+-- to end the revoked token's relays.
+CREATE TABLE tokens_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'attach',
+    expires_at INTEGER
+);
+INSERT INTO tokens_v2 (id, name, hash, created_at) SELECT id, name, hash, created_at FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v2 RENAME TO tokens;
+",
+    "
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    api_addr TEXT,
+    internal_addr TEXT,
+    version TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    stopped_at INTEGER
+);
+ALTER TABLE devices ADD COLUMN instance_id TEXT;
+CREATE INDEX devices_instance ON devices (instance_id) WHERE instance_id IS NOT NULL;
+",
+];
+
+pub(super) const POSTGRES: &[&str] = &["
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE mps_accounts (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE devices (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    registered BOOLEAN NOT NULL DEFAULT FALSE,
+    password_hash TEXT,
+    first_seen BIGINT,
+    last_hello BIGINT,
+    last_keepalive BIGINT,
+    connected_since BIGINT,
+    remote_addr TEXT,
+    ports TEXT NOT NULL DEFAULT '',
+    last_disconnect BIGINT,
+    last_disconnect_reason TEXT,
+    duplicate_count BIGINT NOT NULL DEFAULT 0,
+    last_duplicate_at BIGINT,
+    duplicate_note TEXT,
+    pinned_credential TEXT,
+    conflict_count BIGINT NOT NULL DEFAULT 0,
+    last_conflict_at BIGINT,
+    conflict_note TEXT,
+    instance_id TEXT
+);
+CREATE INDEX devices_instance ON devices (instance_id) WHERE instance_id IS NOT NULL;
+-- BIGSERIAL: a sequence never hands out an id twice, which the gateways use to end a revoked
+-- token's relays.
+CREATE TABLE tokens (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'attach',
+    expires_at BIGINT
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    api_addr TEXT,
+    internal_addr TEXT,
+    version TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    stopped_at BIGINT
+);
+"];
+
+/// An arbitrary constant naming Tether's migration lock among the database's advisory locks.
+const PG_LOCK: i64 = 0x7465_7468_6572;
+
+pub(super) async fn version_sqlite(pool: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("PRAGMA user_version").fetch_one(pool).await
+}
+
+pub(super) async fn version_postgres(pool: &PgPool) -> sqlx::Result<i64> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tether_schema') IS NOT NULL").fetch_one(pool).await?;
+    if !exists {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT version FROM tether_schema").fetch_optional(pool).await.map(|v| v.unwrap_or(0))
+}
+
+pub(super) async fn migrate_sqlite(pool: &SqlitePool) -> sqlx::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
+        let Some(migration) = SQLITE.get(usize::try_from(version).unwrap_or(usize::MAX)) else {
+            return Ok(applied);
+        };
+        sqlx::raw_sql(*migration).execute(&mut *tx).await?;
+        // PRAGMA takes no parameters; the value is our own integer.
+        let set = format!("PRAGMA user_version = {}", version + 1);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
+        tx.commit().await?;
+        applied += 1;
+        tracing::info!(version = version + 1, "migrated the SQLite store");
+    }
+}
+
+pub(super) async fn migrate_postgres(pool: &PgPool) -> sqlx::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK).execute(&mut *tx).await?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS tether_schema (version BIGINT NOT NULL)").execute(&mut *tx).await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM tether_schema").fetch_optional(&mut *tx).await?;
+        let version = version.unwrap_or(0);
+        let Some(migration) = POSTGRES.get(usize::try_from(version).unwrap_or(usize::MAX)) else {
+            tx.commit().await?;
+            return Ok(applied);
+        };
+        sqlx::raw_sql(*migration).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM tether_schema").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO tether_schema (version) VALUES ($1)").bind(version + 1).execute(&mut *tx).await?;
+        tx.commit().await?;
+        applied += 1;
+        tracing::info!(version = version + 1, "migrated the PostgreSQL store");
+    }
+}

@@ -1,0 +1,115 @@
+//! What only SQLite has: the file (its mode, a file that is not a database), and data dirs
+//! written by earlier versions upgrading in place. The behaviour both databases share is tested
+//! on both in `tests/tests/store.rs`, against a real PostgreSQL.
+
+use std::net::SocketAddr;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::*;
+
+pub(crate) async fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("tether.db")).await.unwrap();
+    (dir, store)
+}
+
+async fn open(path: &Path) -> Result<Store, StoreError> {
+    Store::open(&Location::Sqlite(path.to_path_buf()), Migrate::Yes, PoolOptions::default()).await
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_the_file_is_private_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.db");
+    let uuid = Uuid::new_v4();
+    {
+        let store = open(&path).await.unwrap();
+        store.add_device(uuid, None).await.unwrap();
+        store.close().await;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let store = open(&path).await.unwrap();
+    assert!(store.device(uuid).await.unwrap().unwrap().registered);
+    let (found, known) = store.schema_version().await.unwrap();
+    assert_eq!(found, known);
+    store.execute(Stmt::new("PRAGMA user_version = 99")).await.unwrap();
+    store.close().await;
+    let err = open(&path).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("tether.db"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.db");
+    std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+    let err = open(&path).await.unwrap_err().to_string();
+    assert!(err.contains("tether.db") && err.contains("cannot open"), "{err}");
+    let err = open(&dir.path().join("missing-dir/tether.db")).await.unwrap_err().to_string();
+    assert!(err.contains("missing-dir"), "{err}");
+}
+
+/// A data dir from the first release (schema 1: one MPS account in `settings`, tokens without
+/// scopes) and a connected device from before fleets.
+#[tokio::test]
+async fn a_version_1_store_upgrades_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.db");
+    let uuid = Uuid::new_v4();
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
+        sqlx::raw_sql(migrations::SQLITE[0]).execute(&pool).await.unwrap();
+        let legacy = format!(
+            "INSERT INTO settings VALUES ('mps_username', 'tether'), ('mps_password_hash', 'h');
+             INSERT INTO tokens (name, hash, created_at) VALUES ('alice', 'th', 0);
+             INSERT INTO devices (uuid, connected_since, remote_addr) VALUES ('{uuid}', 1, '198.18.0.1:1');
+             PRAGMA user_version = 1;"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(legacy)).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let err = Store::open(&Location::Sqlite(path.clone()), Migrate::No, PoolOptions::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Outdated { found: 1, .. }) && err.to_string().contains("db migrate"), "{err}");
+    let store = open(&path).await.unwrap();
+    assert_eq!(store.mps_accounts().await.unwrap(), ["tether"]);
+    assert_eq!(store.mps_account_hash("tether").await.unwrap().as_deref(), Some("h"));
+    let token = store.token_by_hash("th").await.unwrap().unwrap();
+    assert_eq!((token.scope, token.expires_at), (TokenScope::Attach, None));
+    // A record connected before fleets names no instance; the first start after the upgrade
+    // marks it disconnected.
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(store.mark_instance_disconnected("gw-a", now, "gateway restarted", true).await.unwrap(), 1);
+    assert!(store.device(uuid).await.unwrap().unwrap().connected_since.is_none());
+}
+
+#[tokio::test]
+async fn a_backup_copy_is_a_consistent_database_while_writers_go_on() {
+    let (dir, store) = sqlite().await;
+    let remote: SocketAddr = "198.18.0.1:1".parse().unwrap();
+    let uuids: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+    let stmts: Vec<Stmt> = uuids.iter().map(|u| devices::hello(*u, OffsetDateTime::now_utc(), remote)).collect();
+    store.record(&stmts).await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let stmt = devices::hello(Uuid::new_v4(), OffsetDateTime::now_utc(), remote);
+                store.record(&[stmt]).await.unwrap();
+            }
+        })
+    };
+    let copy = dir.path().join("copy.db");
+    store.copy_sqlite_to(&copy).await.unwrap();
+    writer.await.unwrap();
+    let copied = open(&copy).await.unwrap();
+    let listed = copied.list_devices(DevicePage::default()).await.unwrap();
+    assert!(listed.len() >= 200, "{} devices in the copy", listed.len());
+    assert_eq!(copied.check().await.unwrap().integrity, "ok");
+}

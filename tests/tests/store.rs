@@ -1,0 +1,322 @@
+//! The store, on both databases: every behaviour the gateway relies on, run once against SQLite
+//! (a file in a temp dir) and once against a real PostgreSQL (a throwaway cluster started by the
+//! test, one database per test). Device records are written the way the gateway writes them,
+//! through the journal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use e2e::postgres::Postgres;
+use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
+use tether_gateway::store::{
+    DevicePage, InstanceRegistration, Location, Migrate, PoolOptions, Store, StoreError, TokenScope,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One cluster for the whole file; each test gets its own database in it.
+fn cluster() -> &'static Postgres {
+    static CLUSTER: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| Postgres::start().expect("a PostgreSQL cluster (run scripts/install-test-deps.sh)"))
+}
+
+/// Both stores for one test: SQLite in `dir`, PostgreSQL in a new database named after the test.
+async fn both(name: &str) -> (tempfile::TempDir, Vec<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Location::Sqlite(dir.path().join("tether.db"));
+    let url = cluster().create_database(name).expect("a database");
+    let postgres = Location::resolve(Some(&url), dir.path()).unwrap();
+    let mut stores = Vec::new();
+    for location in [sqlite, postgres] {
+        stores.push(Store::open(&location, Migrate::Yes, PoolOptions::default()).await.unwrap());
+    }
+    (dir, stores)
+}
+
+#[derive(Default)]
+struct Live(Mutex<HashMap<Uuid, LiveState>>);
+
+impl LiveView for Live {
+    fn live_state(&self, uuid: Uuid) -> Option<LiveState> {
+        self.0.lock().unwrap().get(&uuid).cloned()
+    }
+}
+
+/// Writes `events` as gateway `instance` does (through the journal), and waits until they are
+/// in the store.
+async fn write(store: &Store, instance: &str, events: Vec<DeviceEvent>) {
+    let (journal, task) = Journal::start(store.clone(), Arc::new(Live::default()), 1000, instance.to_string());
+    for event in events {
+        assert!(journal.record(event));
+    }
+    drop(journal);
+    task.await.unwrap();
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_device_life_cycle_is_recorded_by_the_gateway_that_holds_it() {
+    let (_dir, stores) = both("life_cycle").await;
+    for store in stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let uuid = Uuid::new_v4();
+        let remote = addr("198.18.0.2:40000");
+        let t0 = OffsetDateTime::now_utc();
+        write(
+            &store,
+            "gw-a",
+            vec![
+                DeviceEvent::Hello { uuid, at: t0, remote },
+                DeviceEvent::Connected { uuid, at: t0, remote },
+                DeviceEvent::Ports { uuid, ports: vec![16993, 16992, 16992] },
+            ],
+        )
+        .await;
+        let d = store.device(uuid).await.unwrap().unwrap();
+        assert_eq!(d.ports, vec![16992, 16993], "{kind}");
+        assert!(d.connected_since.is_some() && d.last_hello.is_some() && d.first_seen.is_some(), "{kind}");
+        assert_eq!((d.remote_addr.as_deref(), d.instance.as_deref()), (Some("198.18.0.2:40000"), Some("gw-a")));
+        assert_eq!(store.holder(uuid).await.unwrap().as_deref(), Some("gw-a"), "{kind}");
+        assert!(!d.registered, "{kind}");
+
+        // The device moves to gateway B; A's late disconnect must not end B's record.
+        let t1 = t0 + time::Duration::seconds(5);
+        write(&store, "gw-b", vec![DeviceEvent::Connected { uuid, at: t1, remote: addr("198.18.0.3:1") }]).await;
+        write(&store, "gw-a", vec![DeviceEvent::Disconnected { uuid, at: t1, reason: "replaced".into() }]).await;
+        let d = store.device(uuid).await.unwrap().unwrap();
+        assert!(d.connected_since.is_some(), "{kind}: A's disconnect ended B's tunnel record");
+        assert_eq!(d.instance.as_deref(), Some("gw-b"), "{kind}");
+        write(&store, "gw-b", vec![DeviceEvent::Disconnected { uuid, at: t1, reason: "idle".into() }]).await;
+        let d = store.device(uuid).await.unwrap().unwrap();
+        assert_eq!((d.connected_since, d.last_disconnect_reason.as_deref()), (None, Some("idle")), "{kind}");
+        assert_eq!(store.holder(uuid).await.unwrap(), None, "{kind}");
+
+        // A restart of A marks only A's tunnels.
+        let other = Uuid::new_v4();
+        write(&store, "gw-a", vec![DeviceEvent::Connected { uuid: other, at: t1, remote }]).await;
+        write(&store, "gw-b", vec![DeviceEvent::Connected { uuid, at: t1, remote }]).await;
+        assert_eq!(store.mark_instance_disconnected("gw-a", t1, "gateway restarted", false).await.unwrap(), 1);
+        assert!(store.device(uuid).await.unwrap().unwrap().connected_since.is_some(), "{kind}");
+
+        let claimant = addr("198.18.0.9:9");
+        let conflicts =
+            (0..2).map(|_| DeviceEvent::Conflict { uuid, at: t1, live: "198.18.0.3:1".into(), claimant }).collect();
+        write(&store, "gw-a", conflicts).await;
+        let d = store.device(uuid).await.unwrap().unwrap();
+        assert_eq!(d.conflict_count, 2, "{kind}");
+        let note = d.conflict_note.unwrap();
+        assert!(note.contains("198.18.0.3:1") && note.contains("198.18.0.9:9"), "{kind}: {note}");
+    }
+}
+
+#[tokio::test]
+async fn times_round_trip_to_the_millisecond_and_serialize_as_rfc3339() {
+    let (_dir, stores) = both("times").await;
+    for store in stores {
+        let uuid = Uuid::new_v4();
+        // 2024-05-06T07:08:09.123456Z
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_714_979_289_123_456_000).unwrap();
+        write(&store, "gw-a", vec![DeviceEvent::Hello { uuid, at, remote: addr("[2001:db8::1]:4433") }]).await;
+        let record = store.device(uuid).await.unwrap().unwrap();
+        assert_eq!(record.last_hello, OffsetDateTime::from_unix_timestamp_nanos(1_714_979_289_123_000_000).ok());
+        assert_eq!(record.first_seen, record.last_hello);
+        assert_eq!(record.remote_addr.as_deref(), Some("[2001:db8::1]:4433"));
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["last_hello"], "2024-05-06T07:08:09.123Z");
+        assert!(json["connected_since"].is_null());
+        // A later hello keeps first_seen.
+        let later = at + time::Duration::hours(1);
+        write(&store, "gw-a", vec![DeviceEvent::Hello { uuid, at: later, remote: addr("198.18.0.1:1") }]).await;
+        assert_eq!(store.device(uuid).await.unwrap().unwrap().first_seen, record.first_seen);
+    }
+}
+
+#[tokio::test]
+async fn devices_are_listed_in_pages_in_uuid_order() {
+    let (_dir, stores) = both("pages").await;
+    let mut uuids: Vec<Uuid> = (0..25).map(|_| Uuid::new_v4()).collect();
+    for store in stores {
+        let now = OffsetDateTime::now_utc();
+        let hellos = uuids.iter().map(|&uuid| DeviceEvent::Hello { uuid, at: now, remote: addr("198.18.0.1:1") });
+        write(&store, "gw-a", hellos.collect()).await;
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_devices(DevicePage { after, limit: 10 }).await.unwrap();
+            listed.extend(page.iter().map(|d| d.uuid));
+            if page.len() < 10 {
+                break;
+            }
+            after = page.last().map(|d| d.uuid);
+        }
+        uuids.sort();
+        assert_eq!(listed, uuids);
+    }
+}
+
+#[tokio::test]
+async fn accounts_devices_and_pins() {
+    let (_dir, stores) = both("accounts").await;
+    for store in stores {
+        assert!(store.mps_accounts().await.unwrap().is_empty());
+        assert!(store.add_mps_account_if_absent("admin", "h0").await.unwrap());
+        assert!(!store.add_mps_account_if_absent("admin", "hx").await.unwrap());
+        store.set_mps_account("other", "h2").await.unwrap();
+        store.set_mps_account("admin", "h3").await.unwrap();
+        assert_eq!(store.mps_accounts().await.unwrap(), ["admin", "other"]);
+        assert_eq!(store.mps_account_hash("admin").await.unwrap().as_deref(), Some("h3"));
+        assert!(store.remove_mps_account("other").await.unwrap() && !store.remove_mps_account("other").await.unwrap());
+        assert_eq!(store.mps_account_hash("other").await.unwrap(), None);
+
+        let uuid = Uuid::new_v4();
+        assert_eq!(store.device_auth(uuid).await.unwrap(), None);
+        // The first pin holds; a later one does not replace it.
+        assert_eq!(store.pin_device(uuid, "account:admin").await.unwrap(), "account:admin");
+        assert_eq!(store.pin_device(uuid, "account:other").await.unwrap(), "account:admin");
+        assert!(!store.device_auth(uuid).await.unwrap().unwrap().registered);
+        // An operator's device password re-pins the device to it; clearing it keeps the pin.
+        store.add_device(uuid, Some("$argon2id$secret-hash")).await.unwrap();
+        let auth = store.device_auth(uuid).await.unwrap().unwrap();
+        assert!(auth.registered);
+        assert_eq!(
+            (auth.password_hash.as_deref(), auth.pinned.as_deref()),
+            (Some("$argon2id$secret-hash"), Some("device"))
+        );
+        let record = store.device(uuid).await.unwrap().unwrap();
+        assert!(record.has_password);
+        let json = serde_json::to_string(&store.list_devices(DevicePage::default()).await.unwrap()).unwrap();
+        assert!(!json.contains("secret-hash"), "{json}");
+        store.add_device(uuid, None).await.unwrap();
+        let auth = store.device_auth(uuid).await.unwrap().unwrap();
+        assert_eq!((auth.password_hash, auth.pinned.as_deref()), (None, Some("device")));
+        assert!(!store.device(uuid).await.unwrap().unwrap().has_password);
+        assert!(store.remove_device(uuid).await.unwrap() && !store.remove_device(uuid).await.unwrap());
+
+        let many: Vec<(Uuid, Option<String>)> = (0..2500).map(|i| (Uuid::new_v4(), Some(format!("h{i}")))).collect();
+        let mut seen = Vec::new();
+        store.add_devices(&many, |n| seen.push(n)).await.unwrap();
+        assert_eq!(seen, [1000, 2000, 2500]);
+        let auth = store.device_auth(many[2499].0).await.unwrap().unwrap();
+        assert_eq!(auth.password_hash.as_deref(), Some("h2499"));
+    }
+}
+
+#[tokio::test]
+async fn tokens_have_scopes_expiry_can_be_revoked_and_ids_are_never_reused() {
+    let (_dir, stores) = both("tokens").await;
+    for store in stores {
+        let now = OffsetDateTime::now_utc();
+        let alice = store.create_token("alice", "ha", TokenScope::Attach, None).await.unwrap();
+        let bob =
+            store.create_token("bob", "hb", TokenScope::Read, Some(now + time::Duration::hours(1))).await.unwrap();
+        let old =
+            store.create_token("old", "ho", TokenScope::Read, Some(now - time::Duration::hours(1))).await.unwrap();
+        let again = store.create_token("alice", "x", TokenScope::Read, None).await;
+        assert!(matches!(again, Err(StoreError::TokenExists(_))), "{again:?}");
+        let b = store.token_by_hash("hb").await.unwrap().unwrap();
+        assert_eq!((b.id, b.scope), (bob, TokenScope::Read));
+        assert!(!b.is_expired(now) && b.is_expired(now + time::Duration::hours(2)));
+        assert!(store.token_by_hash("ho").await.unwrap().unwrap().is_expired(now));
+        assert_eq!(store.live_token_ids(now).await.unwrap(), [alice, bob].into_iter().collect());
+        assert!(store.revoke_token("alice").await.unwrap() && !store.revoke_token("alice").await.unwrap());
+        assert_eq!(store.token_by_hash("ha").await.unwrap(), None);
+        assert!(!store.live_token_ids(now).await.unwrap().contains(&old));
+        // The name is free again, but never the id: the revoked token's relays are found by it.
+        let second = store.create_token("alice", "ha2", TokenScope::Attach, None).await.unwrap();
+        assert!(second > old, "a new token reused id {second}");
+        store.revoke_token("alice").await.unwrap();
+        let third = store.create_token("alice", "ha3", TokenScope::Attach, None).await.unwrap();
+        assert!(third > second, "a new token reused id {third}");
+        assert_eq!(store.list_tokens().await.unwrap().len(), 3);
+        let local = store.create_or_replace_token("local-operator-gw-a", "l1").await.unwrap();
+        assert_eq!(store.create_or_replace_token("local-operator-gw-a", "l2").await.unwrap(), local);
+        assert_eq!(store.token_by_hash("l1").await.unwrap(), None);
+        assert_eq!(store.token_by_hash("l2").await.unwrap().unwrap().scope, TokenScope::Attach);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_gateways_tunnels_are_reaped_and_live_ones_are_not() {
+    let (_dir, stores) = both("instances").await;
+    for store in stores {
+        let t0 = OffsetDateTime::now_utc();
+        for id in ["gw-a", "gw-b"] {
+            let me = InstanceRegistration {
+                id: id.into(),
+                api_addr: Some(format!("{id}.example:8443")),
+                internal_addr: Some(format!("{id}.example:8444")),
+                version: "0.1.0".into(),
+            };
+            store.register_instance(&me, t0).await.unwrap();
+        }
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let remote = addr("198.18.0.1:1");
+        write(&store, "gw-a", vec![DeviceEvent::Connected { uuid: a, at: t0, remote }]).await;
+        write(&store, "gw-b", vec![DeviceEvent::Connected { uuid: b, at: t0, remote }]).await;
+        let listed = store.instances().await.unwrap();
+        assert_eq!(listed.iter().map(|i| (i.id.as_str(), i.tunnels)).collect::<Vec<_>>(), [("gw-a", 1), ("gw-b", 1)]);
+
+        // A beats on; B stopped 30 s ago. A reaps B's tunnel, never its own.
+        let t1 = t0 + time::Duration::seconds(30);
+        store.heartbeat("gw-a", t1).await.unwrap();
+        let stale_before = t1 - time::Duration::seconds(10);
+        assert_eq!(store.reap_stale_instances("gw-a", stale_before, t1).await.unwrap(), 1);
+        assert_eq!(store.reap_stale_instances("gw-a", stale_before, t1).await.unwrap(), 0);
+        let rb = store.device(b).await.unwrap().unwrap();
+        assert!(rb.connected_since.is_none());
+        assert!(rb.last_disconnect_reason.unwrap().contains("gw-b"));
+        assert!(store.device(a).await.unwrap().unwrap().connected_since.is_some());
+        let gw_b = store.instance("gw-b").await.unwrap().unwrap();
+        assert!(!gw_b.is_alive(t1, time::Duration::seconds(10)) && gw_b.tunnels == 0);
+        assert!(store.instance("gw-a").await.unwrap().unwrap().is_alive(t1, time::Duration::seconds(10)));
+        store.instance_stopped("gw-a", t1).await.unwrap();
+        assert!(!store.instance("gw-a").await.unwrap().unwrap().is_alive(t1, time::Duration::seconds(10)));
+        assert!(store.remove_instance("gw-b").await.unwrap());
+        assert_eq!(store.instances().await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn the_schema_is_current_and_migrating_again_or_concurrently_changes_nothing() {
+    let (dir, stores) = both("migrations").await;
+    for store in &stores {
+        let (found, known) = store.schema_version().await.unwrap();
+        assert_eq!(found, known);
+        assert_eq!(store.migrate().await.unwrap(), 0);
+        let report = store.check().await.unwrap();
+        assert_eq!((report.schema_version, report.integrity.starts_with("ok")), (known, true), "{report:?}");
+    }
+    // Several gateways starting at once on a new PostgreSQL database: one migrates.
+    let url = cluster().create_database("migrations_race").unwrap();
+    let location = Location::resolve(Some(&url), dir.path()).unwrap();
+    let opens = (0..4).map(|_| {
+        let location = location.clone();
+        tokio::spawn(async move { Store::open(&location, Migrate::Yes, PoolOptions::default()).await })
+    });
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
+    let store = Store::open(&location, Migrate::No, PoolOptions::default()).await.unwrap();
+    assert_eq!(store.check().await.unwrap().devices, 0);
+}
+
+#[tokio::test]
+async fn a_wrong_url_is_an_error_that_says_what_to_check_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::resolve(Some("postgres://tether:s3cret@127.0.0.1:1/none"), dir.path()).unwrap();
+    let err = Store::open(
+        &location,
+        Migrate::Yes,
+        PoolOptions { acquire_timeout: std::time::Duration::from_secs(2), ..PoolOptions::default() },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("127.0.0.1:1") && !err.contains("s3cret") && err.contains("URL"), "{err}");
+    let err = Location::resolve(Some("mysql://x"), dir.path()).unwrap_err().to_string();
+    assert!(err.contains("postgres://"), "{err}");
+}
