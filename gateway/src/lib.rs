@@ -11,6 +11,8 @@
 //! - `store` and `journal`: the SQLite store and the non-blocking writer of device records;
 //! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
 //!   material, rate limits, Prometheus metrics and configuration;
+//! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
+//!   reading the header before TLS);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
 //!   the technician's side.
 
@@ -27,6 +29,7 @@ pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod paths;
+pub mod proxy_header;
 pub mod registry;
 pub mod relay;
 pub mod state;
