@@ -13,6 +13,8 @@
 //!   them);
 //! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
 //!   material, rate limits, Prometheus metrics and configuration;
+//! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
+//!   reading the header before TLS);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
 //!   the technician's side.
 
@@ -31,6 +33,7 @@ pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod paths;
+pub mod proxy_header;
 pub mod registry;
 pub mod relay;
 pub mod state;

@@ -6,6 +6,9 @@
 //!
 //! - [`apf`]: the APF message format (CIRA, Intel AMT's tunnel to a management presence server).
 //! - [`session`]: APF tunnel state machines, server role (gateway) and client role (device).
+//! - [`proxy`]: the PROXY protocol v2 header a TCP load balancer (HAProxy's `send-proxy-v2`) puts
+//!   in front of a relayed connection.
 
 pub mod apf;
+pub mod proxy;
 pub mod session;
