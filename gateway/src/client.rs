@@ -84,6 +84,31 @@ impl ApiClient {
 
     /// GETs a JSON document. A non-2xx answer becomes an error carrying the API's message.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        self.get_page(path).await.map(|(value, _)| value)
+    }
+
+    /// GETs a paginated list: follows the `Link: <…>; rel="next"` headers (at most `max_pages`)
+    /// and returns one array.
+    pub async fn get_all(&self, path: &str, max_pages: usize) -> Result<Vec<serde_json::Value>> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_string());
+        for _ in 0..max_pages {
+            let Some(path) = next.take() else { return Ok(items) };
+            let (page, link) = self.get_page(&path).await?;
+            match page {
+                serde_json::Value::Array(page) => items.extend(page),
+                other => bail!("the API answered {path} with {other} where a list was expected"),
+            }
+            next = link;
+        }
+        match next {
+            None => Ok(items),
+            Some(_) => bail!("{path} has more than {max_pages} pages; stopped"),
+        }
+    }
+
+    /// One GET: the JSON body, and the `rel="next"` link if the answer has one.
+    async fn get_page(&self, path: &str) -> Result<(serde_json::Value, Option<String>)> {
         let work = async {
             let tls = self.connect().await?;
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
@@ -94,13 +119,14 @@ impl ApiClient {
                 .body(Empty::<Bytes>::new())?;
             let response = sender.send_request(request).await?;
             let status = response.status();
+            let next = response.headers().get(header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
             let body = response.into_body().collect().await?.to_bytes();
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .with_context(|| format!("the API answered {status} with something other than JSON"))?;
             if !status.is_success() {
                 bail!("{}", api_error(status, &value));
             }
-            Ok(value)
+            Ok((value, next))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
     }
@@ -132,5 +158,25 @@ fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
     match body.get("error").and_then(|e| e.as_str()) {
         Some(message) => format!("{message} (HTTP {})", status.as_u16()),
         None => format!("the API answered HTTP {status}"),
+    }
+}
+
+/// The target of a `rel="next"` link in a `Link` header (a path on the same API).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (params.split(';').any(|p| p.trim() == "rel=\"next\"") && target.starts_with('/')).then(|| target.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn next_links_are_found_and_foreign_ones_ignored() {
+        let header = r#"</api/v1/devices?limit=2&after=x>; rel="next""#;
+        assert_eq!(super::next_link(header).as_deref(), Some("/api/v1/devices?limit=2&after=x"));
+        assert_eq!(super::next_link(r#"<https://evil.example/x>; rel="next""#), None);
+        assert_eq!(super::next_link(r#"</a>; rel="prev""#), None);
     }
 }

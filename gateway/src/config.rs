@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certs::KeyType;
 pub use crate::limits::LimitsConfig;
+use crate::proxy_header::TrustedProxies;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -93,15 +94,22 @@ impl Default for FleetConfig {
 }
 
 /// Load balancers in front of the gateway (HAProxy with `send-proxy-v2`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Addresses or CIDRs of the balancers: a connection from one of them must start with a
-    /// PROXY v2 header, and the device's or technician's address is taken from it. Connections
-    /// from anywhere else are taken as they come (and a PROXY header from them is refused).
-    pub trusted: Vec<String>,
+    /// PROXY v2 header, and the device's or technician's address is taken from it (for limits,
+    /// conflict rules and device records). Connections from anywhere else are taken as they come
+    /// (a PROXY header from them fails their TLS handshake).
+    pub trusted: TrustedProxies,
     /// How long a balancer's connection may take to send its header.
-    pub header_timeout_ms: Option<u64>,
+    pub header_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self { trusted: TrustedProxies::default(), header_timeout_ms: 5000 }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +121,18 @@ pub struct TlsConfig {
     /// Operator-supplied certificate chain (PEM) and key, used instead of generating.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// What certificate generation needs of this section.
+    pub fn cert_options(&self) -> crate::certs::CertOptions {
+        crate::certs::CertOptions {
+            names: self.names.clone(),
+            key_type: self.key_type,
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +290,7 @@ impl Config {
         at_least("apf.pre_auth_max_message", apf.pre_auth_max_message as u64, 512)?;
         at_least("devices.liveness_timeout_ms", self.devices.liveness_timeout_ms, 100)?;
         at_least("database_pool_size", self.database_pool_size.into(), 1)?;
+        at_least("proxy.header_timeout_ms", self.proxy.header_timeout_ms, 100)?;
         at_least("fleet.heartbeat_interval_secs", self.fleet.heartbeat_interval_secs, 1)?;
         if self.fleet.stale_after_secs < 2 * self.fleet.heartbeat_interval_secs {
             return invalid(
@@ -381,6 +402,9 @@ mod tests {
             ("[devices]\nliveness_timeout_ms = 0\n", "devices.liveness_timeout_ms"),
             ("[api]\nping_interval_secs = 30\nping_timeout_secs = 30\n", "api.ping_timeout_secs"),
             ("[apf]\npre_auth_max_message = 10\n", "apf.pre_auth_max_message"),
+            ("[proxy]\ntrusted = [\"10.1.2.3/8\"]\n", "10.1.2.3/8"),
+            ("[fleet]\nheartbeat_interval_secs = 5\nstale_after_secs = 6\n", "fleet.stale_after_secs"),
+            ("[fleet]\ninstance_id = \"a b\"\n", "fleet.instance_id"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();

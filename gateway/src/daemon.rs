@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::{self, PasswordChecker};
-use crate::certs::{self, CertOptions};
+use crate::certs;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::limits::{Limiter, LogOnce};
@@ -86,12 +86,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     }
     ensure_mps_credentials(&store).await?;
 
-    let cert_options = CertOptions {
-        names: config.tls.names.clone(),
-        key_type: config.tls.key_type,
-        cert_file: config.tls.cert_file.clone(),
-        key_file: config.tls.key_file.clone(),
-    };
+    let cert_options = config.tls.cert_options();
     let material = tokio::task::spawn_blocking({
         let dir = paths::tls_dir(data_dir);
         move || certs::load_or_create(&dir, &cert_options)

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_gateway::certs;
 use tether_gateway::client::ApiClient;
 use tether_gateway::config::Config;
-use tether_gateway::store::{Location, Migrate, PoolOptions, Store, TokenScope};
-use tether_gateway::{auth, daemon, forward, paths};
+use tether_gateway::store::{Location, Migrate, PoolOptions, Store, StoreError, TokenScope};
+use tether_gateway::{auth, backup, daemon, fleet, forward, paths};
 use uuid::Uuid;
 
 /// jemalloc, with its background purging thread switched on in `main`: memory freed after a burst
@@ -93,6 +94,61 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// The store: schema migrations and checks.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Save what this gateway cannot lose (CA and keys, configuration, and a consistent copy of a
+    /// SQLite store, taken while the gateway runs) to FILE (a .tar.gz, mode 0600).
+    Backup { file: PathBuf },
+    /// Bring a backup back into the data dir (the gateway must be stopped).
+    Restore {
+        file: PathBuf,
+        /// Replace the CA, keys and database a data dir already holds.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Several gateways sharing one PostgreSQL store.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// Apply missing schema migrations (the gateway also does at start).
+    Migrate,
+    /// Connect, and report the schema version, integrity and row counts; fails if the schema is
+    /// not current or the database is damaged.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetAction {
+    /// Make this gateway the first of a fleet: create the fleet CA and write the join bundle for
+    /// the others to FILE (it holds private keys: move it securely, then delete it).
+    Init { bundle: PathBuf },
+    /// Write the join bundle of this gateway's fleet to FILE again.
+    Bundle { bundle: PathBuf },
+    /// Make this data dir a gateway of the fleet the bundle comes from (its CIRA CA, fleet CA
+    /// and shared keys). Use a fresh data dir, or --force to replace a CA already there.
+    Join {
+        bundle: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// The gateways sharing this store: addresses, heartbeat, tunnels held, alive or not.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a gateway that is gone for good (its tunnels are marked disconnected first).
+    Remove { instance: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,7 +346,8 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         }
         Command::Devices { json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
-            let devices = client.get_json("/api/v1/devices").await?;
+            // Pages of 1,000; up to ten million devices.
+            let devices = serde_json::Value::Array(client.get_all("/api/v1/devices", 10_000).await?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else {
@@ -310,6 +367,66 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             }
             Ok(())
         }
+        Command::Db { action: DbAction::Migrate } => {
+            let before = match open_store_with(&store_args, data_dir, Migrate::No).await? {
+                Some(store) => store.schema_version().await?.0,
+                None => -1,
+            };
+            let store = open_store(&store_args, data_dir).await?;
+            let (version, _) = store.schema_version().await?;
+            match before {
+                -1 => println!("{}: migrated to schema version {version}", store.location().describe()),
+                _ => println!("{}: schema version {version}, up to date", store.location().describe()),
+            }
+            Ok(())
+        }
+        Command::Db { action: DbAction::Check { json } } => {
+            let store = open_store_with(&store_args, data_dir, Migrate::No)
+                .await?
+                .context("the store is not at this tether's schema")?;
+            let report = store.check().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("database   {} ({} {})", report.database, report.kind, report.server_version);
+                println!("schema     {} of {}", report.schema_version, report.schema_known);
+                println!("integrity  {}", report.integrity);
+                println!(
+                    "rows       {} devices, {} tokens, {} gateways",
+                    report.devices, report.tokens, report.instances
+                );
+            }
+            if report.integrity != "ok" && !report.integrity.starts_with("ok ") {
+                bail!("the database failed its integrity check: restore it from a backup (`tether restore`)");
+            }
+            Ok(())
+        }
+        Command::Backup { file } => {
+            let store = open_store(&store_args, data_dir).await?;
+            let manifest = backup::backup(data_dir, &store, &file).await?;
+            println!("backup written to {} ({})", file.display(), manifest.files.join(", "));
+            if manifest.database == "postgres" {
+                println!(
+                    "the store is PostgreSQL ({}): back the database up with pg_dump as well (docs/fleet.md)",
+                    store.location().describe()
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { file, force } => {
+            let manifest = backup::restore(data_dir, &file, force)?;
+            println!(
+                "restored {} from a backup made {} by tether {}",
+                manifest.files.join(", "),
+                rfc3339(manifest.created_at),
+                manifest.version
+            );
+            if manifest.database == "postgres" {
+                println!("the backup's store was PostgreSQL: restore the database from its pg_dump (docs/fleet.md)");
+            }
+            Ok(())
+        }
+        Command::Fleet { action } => fleet_command(action, &store_args, data_dir).await,
         Command::Forward { uuid, port, listen } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
@@ -381,6 +498,88 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
+async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir: &Path) -> Result<()> {
+    match action {
+        FleetAction::Init { bundle } => {
+            paths::ensure_data_dir(data_dir)?;
+            if !paths::ca_cert(data_dir).exists() {
+                // The CIRA CA the whole fleet will share: made now, as the gateway's first start would.
+                let config = load_config(store_args, data_dir)?;
+                certs::load_or_create(&paths::tls_dir(data_dir), &config.tls.cert_options())?;
+            }
+            fleet::keys::create_ca(data_dir)?;
+            let files = fleet::keys::write_bundle(data_dir, &bundle)?;
+            println!("fleet CA created in {}", data_dir.join("fleet").display());
+            println!("join bundle ({files} files, holds private keys) written to {}", bundle.display());
+            println!("next: set fleet.internal_listen and database_url in tether.toml here, restart, and run");
+            println!("`tether fleet join {}` on each new gateway", bundle.display());
+            Ok(())
+        }
+        FleetAction::Bundle { bundle } => {
+            let files = fleet::keys::write_bundle(data_dir, &bundle)?;
+            println!("join bundle ({files} files, holds private keys) written to {}", bundle.display());
+            Ok(())
+        }
+        FleetAction::Join { bundle, force } => {
+            let files = fleet::keys::join(data_dir, &bundle, force)?;
+            println!("joined: {files} files installed in {}", data_dir.display());
+            println!("next: set database_url (the fleet's PostgreSQL) and fleet.internal_listen in tether.toml, then");
+            println!("start the gateway; it issues its own fleet certificate at start");
+            Ok(())
+        }
+        FleetAction::Status { json } => {
+            let config = load_config(store_args, data_dir)?;
+            let store = open_store(store_args, data_dir).await?;
+            let instances = store.instances().await?;
+            let now = time::OffsetDateTime::now_utc();
+            let stale_after = time::Duration::seconds(config.fleet.stale_after_secs as i64);
+            if json {
+                let list: Vec<serde_json::Value> = instances
+                    .iter()
+                    .map(|i| {
+                        let mut v = serde_json::to_value(i).unwrap_or_default();
+                        v["alive"] = serde_json::Value::Bool(i.is_alive(now, stale_after));
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:16}  {:7}  {:>7}  {:>9}  {:22}  LINK", "INSTANCE", "STATE", "TUNNELS", "HEARTBEAT", "API");
+            for i in instances {
+                let state = match (i.stopped_at, i.is_alive(now, stale_after)) {
+                    (Some(_), _) => "stopped",
+                    (None, true) => "alive",
+                    (None, false) => "dead",
+                };
+                let age = (now - i.heartbeat_at).whole_seconds();
+                println!(
+                    "{:16}  {:7}  {:>7}  {:>8}s  {:22}  {}",
+                    i.id,
+                    state,
+                    i.tunnels,
+                    age,
+                    i.api_addr.as_deref().unwrap_or("-"),
+                    i.internal_addr.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        FleetAction::Remove { instance } => {
+            let store = open_store(store_args, data_dir).await?;
+            let now = time::OffsetDateTime::now_utc();
+            let closed = store
+                .mark_instance_disconnected(&instance, now, "its gateway was removed from the fleet", false)
+                .await?;
+            if !store.remove_instance(&instance).await? {
+                bail!("there is no gateway {instance:?} (see `tether fleet status`)");
+            }
+            println!("gateway {instance} removed ({closed} of its devices marked disconnected)");
+            Ok(())
+        }
+    }
+}
+
 /// Where the store is: `--config` and `--database` (the rest comes from the data dir).
 #[derive(Debug)]
 struct StoreArgs {
@@ -390,15 +589,20 @@ struct StoreArgs {
 
 /// The store the gateway with this data dir and configuration uses, migrated if needed.
 async fn open_store(store_args: &StoreArgs, data_dir: &Path) -> Result<Store> {
-    open_store_with(store_args, data_dir, Migrate::Yes).await
+    open_store_with(store_args, data_dir, Migrate::Yes).await?.context("opening the store")
 }
 
-async fn open_store_with(store_args: &StoreArgs, data_dir: &Path, migrate: Migrate) -> Result<Store> {
+/// `Ok(None)`: the schema is older than this tether's and `migrate` is `No`.
+async fn open_store_with(store_args: &StoreArgs, data_dir: &Path, migrate: Migrate) -> Result<Option<Store>> {
     paths::ensure_data_dir(data_dir)?;
     let config = load_config(store_args, data_dir)?;
     let location = Location::resolve(store_args.database.as_deref().or(config.database_url.as_deref()), data_dir)?;
     let pool = PoolOptions { max_connections: 2, ..PoolOptions::default() };
-    Store::open(&location, migrate, pool).await.with_context(|| format!("opening the store {}", location.describe()))
+    match Store::open(&location, migrate, pool).await {
+        Ok(store) => Ok(Some(store)),
+        Err(StoreError::Outdated { .. }) if migrate == Migrate::No => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("opening the store {}", location.describe())),
+    }
 }
 
 fn load_config(store_args: &StoreArgs, data_dir: &Path) -> Result<Config> {

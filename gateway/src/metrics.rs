@@ -85,6 +85,7 @@ label_enum!(
         PendingFull => "pending_full",
         PendingPerSource => "pending_per_source",
         AuthTimeout => "auth_timeout",
+        ProxyHeader => "proxy_header",
     }
 );
 

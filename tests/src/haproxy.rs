@@ -47,6 +47,9 @@ pub struct Frontend {
     pub servers: Vec<SocketAddr>,
     /// `send-proxy-v2` (and `check-send-proxy`) on every server line.
     pub send_proxy_v2: bool,
+    /// The local address HAProxy connects to the servers from (`source` on each server line), so
+    /// that servers can tell the balancer's connections from others on loopback.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Frontend {
@@ -57,7 +60,14 @@ impl Frontend {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             servers: servers.into_iter().collect(),
             send_proxy_v2: true,
+            source: None,
         }
+    }
+
+    /// Connects to the servers from `ip` (a loopback address).
+    pub fn source(mut self, ip: std::net::IpAddr) -> Frontend {
+        self.source = Some(ip);
+        self
     }
 
     /// Listens on `addr` (loopback only) instead.
@@ -288,7 +298,8 @@ fn render_config(frontends: &[Frontend], bound: &[(String, SocketAddr)], socket:
         config.push_str(&format!("\nlisten {}\n    bind {bind}\n    balance roundrobin\n", frontend.name));
         for (i, server) in frontend.servers.iter().enumerate() {
             let proxy = if frontend.send_proxy_v2 { " send-proxy-v2 check-send-proxy" } else { "" };
-            config.push_str(&format!("    server s{i} {server} check inter 500ms fall 2 rise 2{proxy}\n"));
+            let source = frontend.source.map(|ip| format!(" source {ip}")).unwrap_or_default();
+            config.push_str(&format!("    server s{i} {server} check inter 500ms fall 2 rise 2{proxy}{source}\n"));
         }
     }
     config

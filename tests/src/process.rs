@@ -398,7 +398,9 @@ impl Gateway {
         let dir = data_dir.path().to_str().expect("a UTF-8 temp dir").to_string();
         let tether = bin("tether");
         run(Command::new(&tether).args(["--data-dir", &dir, "mps-credentials", "set", MPS_USER, &mps_password]));
-        let out = run(Command::new(&tether).args(["--data-dir", &dir, "token", "create", "e2e"]));
+        // Named per gateway: gateways of a fleet share one store.
+        let name = format!("e2e-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let out = run(Command::new(&tether).args(["--data-dir", &dir, "token", "create", &name]));
         let token = last_line(&out).expect("the token line").to_string();
         setup(data_dir.path());
         let mut args: Vec<String> = vec!["--data-dir".into(), dir, "gateway".into()];
@@ -491,6 +493,22 @@ impl Gateway {
         }
         self.args = args;
         self.launch();
+    }
+
+    /// Kills the gateway at once (SIGKILL, as a crash or `kill -9` would) and reaps it. The data
+    /// dir stays until the `Gateway` drops.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.signal("KILL");
+            process.wait(Duration::from_secs(10));
+        }
+    }
+
+    /// The gateway's instance id in a fleet (`DATA_DIR/instance-id`, written at its first start).
+    pub fn instance_id(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("instance-id"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| panic!("reading the gateway's instance-id: {e}"))
     }
 
     /// Stops the gateway (SIGTERM, then SIGKILL after 20 s) and returns its exit status, if it

@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, warn};
@@ -117,7 +117,7 @@ async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Ar
     tokio::spawn(relays::watch_tokens(Arc::clone(&api)));
     let mut shutdown = api.shared.shutdown.clone();
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -129,39 +129,54 @@ async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Ar
             },
             _ = stopping(&mut shutdown) => return,
         };
-        // Before TLS, so that a source holding many connections costs no handshakes.
-        let slot = match api.connections.try_enter(remote.ip()) {
-            Ok(slot) => slot,
-            Err(cap) => {
-                api.shared.metrics.api_rejected(ApiRejection::ConnectionCap);
-                debug!(%remote, "API connection refused: {cap} (api.max_connections, api.max_connections_per_source)");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        // A technician who vanishes (laptop asleep, VPN gone) holds a relay, a device channel and
-        // perhaps AMT's only redirection session: let TCP find out within about two minutes.
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3);
-        let socket = socket2::SockRef::from(&tcp);
-        let _ = socket.set_tcp_keepalive(&keepalive);
-        #[cfg(target_os = "linux")]
-        let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(90)));
-        let connection = Connection { remote, _slot: Arc::new(slot) };
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                None => serve_connection(tcp, connection, app).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, connection, app).await,
-                    Ok(Err(err)) => debug!(%remote, error = %err, "API TLS handshake failed"),
-                    Err(_) => debug!(%remote, "API TLS handshake timed out"),
-                },
-            }
-        });
+        let (api, app, acceptor) = (Arc::clone(&api), app.clone(), acceptor.clone());
+        if api.shared.config.proxy.trusted.contains(peer.ip()) {
+            // Behind a load balancer: the technician's address (for the caps and every per-source
+            // budget) is in its PROXY header.
+            tokio::spawn(async move {
+                let timeout = Duration::from_millis(api.shared.config.proxy.header_timeout_ms);
+                match crate::proxy_header::read_header(&mut tcp, timeout).await {
+                    Ok(Some(remote)) => accept(api, app, acceptor, tcp, remote).await,
+                    Ok(None) => {}
+                    Err(err) => warn!(balancer = %peer, error = %err, "bad PROXY header from a load balancer"),
+                }
+            });
+            continue;
+        }
+        tokio::spawn(accept(api, app, acceptor, tcp, peer));
+    }
+}
+
+/// One technician connection: the caps (before TLS, so that a source holding many connections
+/// costs no handshakes), TCP keepalives, TLS, then HTTP.
+async fn accept(api: Arc<Api>, app: Router, acceptor: Option<TlsAcceptor>, tcp: TcpStream, remote: SocketAddr) {
+    let slot = match api.connections.try_enter(remote.ip()) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            api.shared.metrics.api_rejected(ApiRejection::ConnectionCap);
+            debug!(%remote, "API connection refused: {cap} (api.max_connections, api.max_connections_per_source)");
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    // A technician who vanishes (laptop asleep, VPN gone) holds a relay, a device channel and
+    // perhaps AMT's only redirection session: let TCP find out within about two minutes.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let socket = socket2::SockRef::from(&tcp);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(90)));
+    let connection = Connection { remote, _slot: Arc::new(slot) };
+    match acceptor {
+        None => serve_connection(tcp, connection, app).await,
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => serve_connection(tls, connection, app).await,
+            Ok(Err(err)) => debug!(%remote, error = %err, "API TLS handshake failed"),
+            Err(_) => debug!(%remote, "API TLS handshake timed out"),
+        },
     }
 }
 

@@ -6,7 +6,9 @@
 //! and a per-source cap, apart from the established tunnels' slots, so that connections that
 //! never authenticate can never fill the tunnel slots), then finish its TLS handshake within its
 //! timeout; the APF handshake and the authentication wait are bounded by the driver. A tunnel
-//! slot is taken only once the device has authenticated.
+//! slot is taken only once the device has authenticated. Behind a load balancer listed in
+//! `proxy.trusted`, every one of these checks applies to the device's address from the PROXY v2
+//! header, read first (bounded by `proxy.header_timeout_ms`).
 //!
 //! What it does not do: decide who a device is (`identity`), or the technician's side (`api`).
 
@@ -23,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::limits::{CapReached, ConnectionCaps, ConnectionSlot};
 use crate::metrics::RejectReason;
+use crate::proxy_header;
 use crate::state::Shared;
 
 /// Accepts CIRA connections until shutdown.
@@ -32,9 +35,11 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
         ConnectionCaps::new(shared.config.apf.max_pending_connections, shared.config.apf.max_pending_per_source)
             .with_gauge(shared.metrics.pending_connections().clone()),
     );
+    // Connections from a load balancer waiting for their PROXY header: bounded like the pool.
+    let header_reads = Arc::new(Semaphore::new(shared.config.apf.max_pending_connections));
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -46,32 +51,63 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             },
             _ = shutdown.changed() => return,
         };
-        if !shared.limiter.allow_connection(remote.ip()) {
-            shared.metrics.connection_rejected(RejectReason::ConnectionRate);
-            debug!(%remote, "connection refused: over the per-source connection rate");
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, shared, tunnel_slots, pending) =
+            (acceptor.clone(), Arc::clone(&shared), Arc::clone(&tunnel_slots), Arc::clone(&pending));
+        if shared.config.proxy.trusted.contains(peer.ip()) {
+            // The device's own address comes in the balancer's PROXY header: every limit below
+            // applies to it, never to the balancer.
+            let Ok(permit) = Arc::clone(&header_reads).try_acquire_owned() else {
+                shared.metrics.connection_rejected(RejectReason::PendingFull);
+                continue;
+            };
+            tokio::spawn(async move {
+                let timeout = Duration::from_millis(shared.config.proxy.header_timeout_ms);
+                let remote = match proxy_header::read_header(&mut tcp, timeout).await {
+                    Ok(Some(remote)) => remote,
+                    // A health check (LOCAL), or a family without an address.
+                    Ok(None) => return,
+                    Err(err) => {
+                        shared.metrics.connection_rejected(RejectReason::ProxyHeader);
+                        return warn!(balancer = %peer, error = %err, "bad PROXY header from a load balancer");
+                    }
+                };
+                drop(permit);
+                if let Some(slot) = admit(&shared, &pending, remote) {
+                    let id = shared.registry.next_id();
+                    handle_connection(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await;
+                }
+            });
             continue;
         }
-        let slot = match pending.try_enter(remote.ip()) {
-            Ok(slot) => slot,
-            Err(cap) => {
-                let reason = match cap {
-                    CapReached::Total(_) => RejectReason::PendingFull,
-                    CapReached::PerSource(_) => RejectReason::PendingPerSource,
-                };
-                shared.metrics.connection_rejected(reason);
-                debug!(%remote, reason = reason.as_str(), "connection refused: unauthenticated pool full");
-                continue;
-            }
-        };
+        let Some(slot) = admit(&shared, &pending, peer) else { continue };
         // Ids in accept order: a newer connection has a larger id (see `identity::claim`).
         let id = shared.registry.next_id();
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let shared = Arc::clone(&shared);
-        let tunnel_slots = Arc::clone(&tunnel_slots);
         tokio::spawn(async move {
-            handle_connection(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await;
+            handle_connection(tcp, peer, id, acceptor, shared, slot, tunnel_slots).await;
         });
+    }
+}
+
+/// The cheap checks before TLS: the source's connection rate, then room in the pool of
+/// unauthenticated connections.
+fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> Option<ConnectionSlot> {
+    if !shared.limiter.allow_connection(remote.ip()) {
+        shared.metrics.connection_rejected(RejectReason::ConnectionRate);
+        debug!(%remote, "connection refused: over the per-source connection rate");
+        return None;
+    }
+    match pending.try_enter(remote.ip()) {
+        Ok(slot) => Some(slot),
+        Err(cap) => {
+            let reason = match cap {
+                CapReached::Total(_) => RejectReason::PendingFull,
+                CapReached::PerSource(_) => RejectReason::PendingPerSource,
+            };
+            shared.metrics.connection_rejected(reason);
+            debug!(%remote, reason = reason.as_str(), "connection refused: unauthenticated pool full");
+            None
+        }
     }
 }
 
