@@ -26,6 +26,9 @@ cargo build --release --workspace --bins --tests --examples --locked
 step "running the tests (release)"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
 
+step "store throughput, short (full: target/release/tether-store-bench --devices 2000 --rounds 3)"
+target/release/tether-store-bench --devices 500 --rounds 1
+
 if [ ! -x scripts/fuzz.sh ]; then
     echo "test.sh: scripts/fuzz.sh is missing or not executable" >&2
     exit 1
