@@ -104,7 +104,7 @@ fn operator_commands_work_against_postgres_from_the_flag_the_environment_or_the_
         "fleetuser",
         "Secr3t-Passw0rd",
     ]));
-    let listed = run(&mut tether(&["--data-dir", data, "mps-credentials", "list"]).env("TETHER_DATABASE_URL", &url));
+    let listed = run(tether(&["--data-dir", data, "mps-credentials", "list"]).env("TETHER_DATABASE_URL", &url));
     assert!(listed.contains("fleetuser"), "{listed}");
     std::fs::write(dir.path().join("tether.toml"), format!("database_url = \"{url}\"\n")).unwrap();
     let uuid = Uuid::new_v4();
