@@ -93,6 +93,12 @@ impl Default for FleetConfig {
     }
 }
 
+/// A gateway's instance id: 1 to 63 letters, digits, `-` or `_` (it appears in certificates, logs
+/// and records).
+pub fn valid_instance_id(id: &str) -> bool {
+    (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Load balancers in front of the gateway (HAProxy with `send-proxy-v2`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -303,7 +309,7 @@ impl Config {
             );
         }
         if let Some(id) = &self.fleet.instance_id {
-            if !crate::fleet::valid_instance_id(id) {
+            if !valid_instance_id(id) {
                 return invalid("fleet.instance_id", format!("is {id:?}; use 1 to 63 letters, digits, '-' or '_'"));
             }
         }

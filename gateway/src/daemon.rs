@@ -157,7 +157,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         config,
         store: store.clone(),
         instance,
-        peers: link.as_ref().map(|(tls, _)| fleet::link::Peers::new(Arc::clone(&tls.client), store.clone())),
+        peers: link.as_ref().map(|(tls, _)| fleet::peers::Peers::new(Arc::clone(&tls.client), store.clone())),
         journal,
         metrics: Metrics::new(),
         registry,

@@ -233,7 +233,7 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
 /// its heartbeat is stale) holds nothing; one that cannot be asked while its heartbeat is fresh
 /// gets the benefit of the doubt (the claim is refused for now, and the device retries).
 async fn claim_across_fleet(shared: &Shared, handle: &TunnelHandle) -> Result<(), Refusal> {
-    use crate::fleet::link::{ClaimAnswer, LinkError};
+    use crate::fleet::peers::{ClaimAnswer, LinkError};
     let uuid = handle.uuid;
     let bound = shared.liveness_timeout() + Duration::from_secs(2);
     let holder = match tokio::time::timeout(bound, shared.store.holder(uuid)).await {

@@ -39,3 +39,4 @@ pub mod relay;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod view;

@@ -28,7 +28,7 @@ pub struct Shared {
     pub instance: String,
     /// The link to the other gateways of the fleet (`None` when this one is in no fleet or has
     /// no `fleet.internal_listen`).
-    pub peers: Option<crate::fleet::link::Peers>,
+    pub peers: Option<crate::fleet::peers::Peers>,
     pub journal: Journal,
     pub metrics: Metrics,
     pub limiter: Limiter,

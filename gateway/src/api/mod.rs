@@ -18,8 +18,6 @@
 mod admission;
 mod relays;
 
-pub(crate) use relays::open_refused_status;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +43,8 @@ use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
 use crate::metrics::ApiRejection;
 use crate::relay::RelayLimits;
 use crate::state::Shared;
-use crate::store::{DevicePage, DeviceRecord, TokenScope, MAX_PAGE};
+use crate::store::{DevicePage, TokenScope, MAX_PAGE};
+use crate::view;
 use admission::Caller;
 use relays::LiveRelays;
 
@@ -244,29 +243,6 @@ fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
-/// A device as the API shows it: the stored record, with live state from this gateway's registry
-/// when it holds the tunnel, and from the record when another gateway of the fleet does.
-pub(crate) fn device_view(shared: &Shared, record: Option<DeviceRecord>, uuid: Uuid) -> Value {
-    let live = shared.registry.any(uuid);
-    // Connected through another gateway: the record says so, and names it.
-    let elsewhere = record
-        .as_ref()
-        .is_some_and(|r| r.connected_since.is_some() && r.instance.as_deref().is_some_and(|i| i != shared.instance));
-    let mut view = record.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_else(|| json!({ "uuid": uuid }));
-    if let Value::Object(map) = &mut view {
-        map.insert("connected".into(), Value::Bool(live.is_some() || elsewhere));
-        if let Some(live) = live {
-            map.insert("ports".into(), json!(live.ports()));
-            map.insert("remote_addr".into(), json!(live.remote.to_string()));
-            map.insert("instance".into(), json!(shared.instance));
-        } else if !map.contains_key("ports") {
-            map.insert("ports".into(), json!([]));
-        }
-        map.entry("last_hello").or_insert(Value::Null);
-    }
-    view
-}
-
 /// `?limit=N&after=UUID`: a page of the device list.
 #[derive(Debug, serde::Deserialize)]
 struct PageQuery {
@@ -304,7 +280,7 @@ async fn list_devices(
         .map(|record| {
             seen.insert(record.uuid);
             let uuid = record.uuid;
-            (uuid, device_view(shared, Some(record), uuid))
+            (uuid, view::device_view(shared, Some(record), uuid))
         })
         .collect();
     // Tunnels whose first records are still on their way to the store, where this page covers
@@ -313,7 +289,7 @@ async fn list_devices(
         |uuid: Uuid| query.after.is_none_or(|after| uuid > after) && (!full || last.is_some_and(|l| uuid < l));
     for live in shared.registry.snapshot().into_iter().filter(|t| t.kind == crate::registry::TunnelKind::Cira) {
         if !seen.contains(&live.uuid) && in_page(live.uuid) {
-            devices.push((live.uuid, device_view(shared, None, live.uuid)));
+            devices.push((live.uuid, view::device_view(shared, None, live.uuid)));
         }
     }
     devices.sort_by_key(|(uuid, _)| *uuid);
@@ -361,13 +337,13 @@ async fn show_device(
         }
     }
     let instance = record.as_ref().and_then(|r| r.instance.clone()).unwrap_or_else(|| shared.instance.clone());
-    with_instance(Json(device_view(shared, record, uuid)).into_response(), &instance)
+    with_instance(Json(view::device_view(shared, record, uuid)).into_response(), &instance)
 }
 
 /// Names the gateway holding (or last holding) the device in a response header.
 fn with_instance(mut response: Response, instance: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(instance) {
-        response.headers_mut().insert(crate::fleet::link::INSTANCE_HEADER, value);
+        response.headers_mut().insert(crate::fleet::peers::INSTANCE_HEADER, value);
     }
     response
 }

@@ -24,12 +24,13 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::{error, rejection, Api, Connection};
-use crate::fleet::link::{Peers, INSTANCE_HEADER};
-use crate::metrics::{ApiRejection, ChannelRefusal};
+use crate::fleet::peers::{Peers, INSTANCE_HEADER};
+use crate::metrics::ApiRejection;
 use crate::registry::OpenRefused;
 use crate::relay::{self, Stop};
 use crate::state::Shared;
 use crate::store::TokenScope;
+use crate::view;
 
 /// How often live relays' tokens are checked against the store.
 const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -171,20 +172,6 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
     }
 }
 
-/// The status a refused channel open answers with (a timeout is also counted).
-pub(crate) fn open_refused_status(shared: &Shared, refused: &OpenRefused) -> StatusCode {
-    match refused {
-        OpenRefused::NotConnected(_) | OpenRefused::TunnelGone => StatusCode::NOT_FOUND,
-        OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
-        OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
-        OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
-        OpenRefused::Timeout => {
-            shared.metrics.channel_open_refused(ChannelRefusal::Timeout);
-            StatusCode::GATEWAY_TIMEOUT
-        }
-    }
-}
-
 pub(super) async fn relay_tcp(
     State(api): State<Arc<Api>>,
     Extension(connection): Extension<Connection>,
@@ -217,7 +204,7 @@ pub(super) async fn relay_tcp(
     let (stream, holder) = match shared.registry.any(uuid) {
         Some(tunnel) => match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
             Ok(stream) => (stream, shared.instance.clone()),
-            Err(refused) => return error(open_refused_status(shared, &refused), refused),
+            Err(refused) => return error(view::open_refused_status(shared, &refused), refused),
         },
         None => match elsewhere(shared, uuid).await {
             Err(response) => return response,

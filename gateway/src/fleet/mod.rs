@@ -7,8 +7,8 @@
 //! for longer than that bound (plus one heartbeat interval). A gateway that starts marks only its
 //! own stale tunnels (from its previous run) as disconnected.
 //!
-//! What it does not do: carry requests to other gateways (`fleet::link`), or keep the keys the
-//! gateways share (`fleet::keys`).
+//! What it does not do: carry requests between gateways (`fleet::peers` asks, `fleet::link`
+//! answers), or keep the keys the gateways share (`fleet::keys`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,11 +22,9 @@ use crate::state::Shared;
 
 pub mod keys;
 pub mod link;
+pub mod peers;
 
-/// 1 to 63 letters, digits, `-` or `_` (it appears in certificates, logs and records).
-pub fn valid_instance_id(id: &str) -> bool {
-    (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::config::valid_instance_id;
 
 /// The instance id: the configured one, else `DATA_DIR/instance-id`, made at first start as
 /// `gw-` and 8 random hex digits (so that a restarted gateway knows its own stale tunnels).
