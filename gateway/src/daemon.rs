@@ -141,9 +141,10 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
             None => None,
         },
         version: env!("CARGO_PKG_VERSION").to_string(),
+        run_id: format!("{:016x}", rand::random::<u64>()),
     };
     store
-        .register_instance(&registration, time::OffsetDateTime::now_utc())
+        .register_instance(&registration, Duration::from_secs(config.fleet.stale_after_secs))
         .await
         .context("registering this gateway in the store")?;
 
@@ -185,7 +186,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         info!(addr = %listener.local_addr()?, "fleet link listening");
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
     }
-    let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared)));
+    let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared), registration));
 
     wait_for_signal().await;
     info!("shutting down: closing tunnels");

@@ -255,10 +255,9 @@ async fn claim_across_fleet(shared: &Shared, handle: &TunnelHandle) -> Result<()
         }
         Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => Ok(()),
         other => {
-            let stale_after = time::Duration::seconds(shared.config.fleet.stale_after_secs as i64);
-            let now = time::OffsetDateTime::now_utc();
+            let stale_after = Duration::from_secs(shared.config.fleet.stale_after_secs);
             let alive = match shared.store.instance(&instance).await {
-                Ok(Some(record)) => record.is_alive(now, stale_after),
+                Ok(Some(record)) => record.is_alive(stale_after),
                 Ok(None) => false,
                 Err(_) => true,
             };

@@ -117,6 +117,18 @@ impl Journal {
         }
     }
 
+    /// Has the writer record these devices as the live registry sees them (after the store may
+    /// have lost track of them). Bounded like the other pending sets.
+    pub fn resync(&self, uuids: impl IntoIterator<Item = Uuid>) {
+        let mut pending = self.pending();
+        for uuid in uuids {
+            if pending.resync.len() >= self.cap {
+                break;
+            }
+            pending.resync.insert(uuid);
+        }
+    }
+
     /// Notes a keepalive; only the newest per device is written. False if dropped (map full).
     pub fn stamp(&self, uuid: Uuid, at: OffsetDateTime) -> bool {
         let mut pending = self.pending();

@@ -531,14 +531,13 @@ async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir: &P
             let config = load_config(store_args, data_dir)?;
             let store = open_store(store_args, data_dir).await?;
             let instances = store.instances().await?;
-            let now = time::OffsetDateTime::now_utc();
-            let stale_after = time::Duration::seconds(config.fleet.stale_after_secs as i64);
+            let stale_after = std::time::Duration::from_secs(config.fleet.stale_after_secs);
             if json {
                 let list: Vec<serde_json::Value> = instances
                     .iter()
                     .map(|i| {
                         let mut v = serde_json::to_value(i).unwrap_or_default();
-                        v["alive"] = serde_json::Value::Bool(i.is_alive(now, stale_after));
+                        v["alive"] = serde_json::Value::Bool(i.is_alive(stale_after));
                         v
                     })
                     .collect();
@@ -547,12 +546,12 @@ async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir: &P
             }
             println!("{:16}  {:7}  {:>7}  {:>9}  {:22}  LINK", "INSTANCE", "STATE", "TUNNELS", "HEARTBEAT", "API");
             for i in instances {
-                let state = match (i.stopped_at, i.is_alive(now, stale_after)) {
+                let state = match (i.stopped_at, i.is_alive(stale_after)) {
                     (Some(_), _) => "stopped",
                     (None, true) => "alive",
                     (None, false) => "dead",
                 };
-                let age = (now - i.heartbeat_at).whole_seconds();
+                let age = i.heartbeat_age_ms / 1000;
                 println!(
                     "{:16}  {:7}  {:>7}  {:>8}s  {:22}  {}",
                     i.id,
@@ -566,7 +565,12 @@ async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir: &P
             Ok(())
         }
         FleetAction::Remove { instance } => {
+            let config = load_config(store_args, data_dir)?;
             let store = open_store(store_args, data_dir).await?;
+            let stale_after = std::time::Duration::from_secs(config.fleet.stale_after_secs);
+            if store.instance(&instance).await?.is_some_and(|i| i.is_alive(stale_after)) {
+                bail!("gateway {instance} is running (its heartbeat is fresh): stop it first, then remove it");
+            }
             let now = time::OffsetDateTime::now_utc();
             let closed = store
                 .mark_instance_disconnected(&instance, now, "its gateway was removed from the fleet", false)

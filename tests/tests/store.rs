@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use e2e::postgres::Postgres;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::store::{
-    DevicePage, InstanceRegistration, Location, Migrate, PoolOptions, Store, StoreError, TokenScope,
+    DevicePage, InstanceRegistration, Location, Migrate, PoolOptions, RegisterError, Store, StoreError, TokenScope,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -242,39 +243,52 @@ async fn tokens_have_scopes_expiry_can_be_revoked_and_ids_are_never_reused() {
 #[tokio::test]
 async fn a_dead_gateways_tunnels_are_reaped_and_live_ones_are_not() {
     let (_dir, stores) = both("instances").await;
+    let fresh = Duration::from_secs(10);
     for store in stores {
-        let t0 = OffsetDateTime::now_utc();
+        let registration = |id: &str, run: &str| InstanceRegistration {
+            id: id.into(),
+            api_addr: Some(format!("{id}.example:8443")),
+            internal_addr: Some(format!("{id}.example:8444")),
+            version: "0.1.0".into(),
+            run_id: run.into(),
+        };
         for id in ["gw-a", "gw-b"] {
-            let me = InstanceRegistration {
-                id: id.into(),
-                api_addr: Some(format!("{id}.example:8443")),
-                internal_addr: Some(format!("{id}.example:8444")),
-                version: "0.1.0".into(),
-            };
-            store.register_instance(&me, t0).await.unwrap();
+            store.register_instance(&registration(id, "run-1"), fresh).await.unwrap();
         }
+        // Another process under a live instance's id is refused; the same run may re-register.
+        let err = store.register_instance(&registration("gw-a", "run-2"), fresh).await.unwrap_err();
+        assert!(matches!(err, RegisterError::InUse { .. }) && err.to_string().contains("gw-a"), "{err}");
+        store.register_instance(&registration("gw-a", "run-1"), fresh).await.unwrap();
+        assert!(!store.heartbeat("gw-a", "run-2").await.unwrap(), "a heartbeat of another run");
+
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let remote = addr("198.18.0.1:1");
+        let t0 = OffsetDateTime::now_utc();
         write(&store, "gw-a", vec![DeviceEvent::Connected { uuid: a, at: t0, remote }]).await;
         write(&store, "gw-b", vec![DeviceEvent::Connected { uuid: b, at: t0, remote }]).await;
         let listed = store.instances().await.unwrap();
         assert_eq!(listed.iter().map(|i| (i.id.as_str(), i.tunnels)).collect::<Vec<_>>(), [("gw-a", 1), ("gw-b", 1)]);
+        assert!(listed.iter().all(|i| i.is_alive(fresh)), "{listed:?}");
 
-        // A beats on; B stopped 30 s ago. A reaps B's tunnel, never its own.
-        let t1 = t0 + time::Duration::seconds(30);
-        store.heartbeat("gw-a", t1).await.unwrap();
-        let stale_before = t1 - time::Duration::seconds(10);
-        assert_eq!(store.reap_stale_instances("gw-a", stale_before, t1).await.unwrap(), 1);
-        assert_eq!(store.reap_stale_instances("gw-a", stale_before, t1).await.unwrap(), 0);
+        // Within the bound nothing is reaped; B's heartbeat then ages past a short bound while A
+        // beats on: A reaps B's tunnel, never its own.
+        assert_eq!(store.reap_stale_instances("gw-a", fresh).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.heartbeat("gw-a", "run-1").await.unwrap());
+        let short = Duration::from_millis(200);
+        assert_eq!(store.reap_stale_instances("gw-a", short).await.unwrap(), 1);
+        assert_eq!(store.reap_stale_instances("gw-a", short).await.unwrap(), 0);
         let rb = store.device(b).await.unwrap().unwrap();
         assert!(rb.connected_since.is_none());
         assert!(rb.last_disconnect_reason.unwrap().contains("gw-b"));
         assert!(store.device(a).await.unwrap().unwrap().connected_since.is_some());
         let gw_b = store.instance("gw-b").await.unwrap().unwrap();
-        assert!(!gw_b.is_alive(t1, time::Duration::seconds(10)) && gw_b.tunnels == 0);
-        assert!(store.instance("gw-a").await.unwrap().unwrap().is_alive(t1, time::Duration::seconds(10)));
-        store.instance_stopped("gw-a", t1).await.unwrap();
-        assert!(!store.instance("gw-a").await.unwrap().unwrap().is_alive(t1, time::Duration::seconds(10)));
+        assert!(!gw_b.is_alive(short) && gw_b.tunnels == 0 && gw_b.heartbeat_age_ms >= 300, "{gw_b:?}");
+        assert!(store.instance("gw-a").await.unwrap().unwrap().is_alive(short));
+        // A clean stop: not alive, and another run may take the id at once.
+        store.instance_stopped("gw-a", "run-1").await.unwrap();
+        assert!(!store.instance("gw-a").await.unwrap().unwrap().is_alive(fresh));
+        store.register_instance(&registration("gw-a", "run-3"), fresh).await.unwrap();
         assert!(store.remove_instance("gw-b").await.unwrap());
         assert_eq!(store.instances().await.unwrap().len(), 1);
     }

@@ -600,6 +600,11 @@ impl Tunnel {
         }
         let uuid_text = self.uuid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
         if !self.admitted {
+            // A claim cut short (the device hung up, or the admission timed out while another
+            // gateway was asked) may have left this connection's registry entry: it goes too.
+            if let Some(uuid) = self.uuid {
+                self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
+            }
             info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "connection closed before the tunnel was established");
             return;
         }

@@ -1,9 +1,9 @@
 //! Several gateways sharing one PostgreSQL store: each one's identity in the fleet (its instance
 //! id), its heartbeat, and the reaper that marks the tunnels of a dead gateway disconnected.
 //!
-//! Each gateway writes its heartbeat every `fleet.heartbeat_interval_secs`. Any gateway marks the
-//! devices held by an instance whose heartbeat is older than `fleet.stale_after_secs` as
-//! disconnected, so a gateway killed with `kill -9` never leaves its devices listed as connected
+//! Each gateway writes its heartbeat every `fleet.heartbeat_interval_secs` (stamped by the
+//! database's clock). Any gateway marks the devices held by an instance whose heartbeat is older
+//! than `fleet.stale_after_secs` as disconnected, so a gateway killed with `kill -9` never leaves its devices listed as connected
 //! for longer than that bound (plus one heartbeat interval). A gateway that starts marks only its
 //! own stale tunnels (from its previous run) as disconnected.
 //!
@@ -12,13 +12,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::state::Shared;
+use crate::store::InstanceRegistration;
 
 pub mod keys;
 pub mod link;
@@ -53,39 +53,58 @@ pub fn instance_id(data_dir: &Path, configured: Option<&str>) -> Result<String> 
 }
 
 /// Heartbeats and reaps dead instances' tunnels until shutdown; records a clean stop.
-pub async fn heartbeat(shared: Arc<Shared>) {
+///
+/// After a gap in its own heartbeats as long as `fleet.stale_after_secs` (the database was away,
+/// or this machine paused), other gateways may have marked this one's devices disconnected: every
+/// live tunnel is then written again from the registry.
+pub async fn heartbeat(shared: Arc<Shared>, me: InstanceRegistration) {
     let fleet = &shared.config.fleet;
     let interval = Duration::from_secs(fleet.heartbeat_interval_secs.max(1));
-    let stale_after = time::Duration::seconds(fleet.stale_after_secs as i64);
+    let stale_after = Duration::from_secs(fleet.stale_after_secs);
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut last_beat = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => break,
         }
-        let now = OffsetDateTime::now_utc();
         let result = async {
-            shared.store.heartbeat(&shared.instance, now).await?;
-            shared.store.reap_stale_instances(&shared.instance, now - stale_after, now).await
+            if !shared.store.heartbeat(&me.id, &me.run_id).await? {
+                // Removed from the fleet while running, or another run took the id.
+                warn!(instance = %me.id, "this gateway's instance record was gone or taken; registering again");
+                if let Err(err) = shared.store.register_instance(&me, stale_after).await {
+                    error!(error = %err, "cannot register this gateway again");
+                    return Ok(None);
+                }
+            }
+            shared.store.reap_stale_instances(&me.id, stale_after).await.map(Some)
         }
         .await;
         match result {
-            Ok(0) => failing = false,
             Ok(reaped) => {
                 failing = false;
-                info!(devices = reaped, "marked devices of a gateway that stopped answering as disconnected");
+                if last_beat.elapsed() >= stale_after {
+                    let live: Vec<_> = shared.registry.snapshot().into_iter().map(|t| t.uuid).collect();
+                    warn!(tunnels = live.len(), gap_secs = last_beat.elapsed().as_secs(),
+                        "this gateway's heartbeat was away longer than fleet.stale_after_secs; rewriting its tunnels' records");
+                    shared.journal.resync(live);
+                }
+                last_beat = Instant::now();
+                if let Some(reaped @ 1..) = reaped {
+                    info!(devices = reaped, "marked devices of a gateway that stopped answering as disconnected");
+                }
             }
-            Err(err) if !failing => {
+            Err::<_, crate::store::StoreError>(err) if !failing => {
                 failing = true;
                 warn!(error = %err, "cannot write this gateway's heartbeat to the store; retrying");
             }
             Err(_) => {}
         }
     }
-    if let Err(err) = shared.store.instance_stopped(&shared.instance, OffsetDateTime::now_utc()).await {
+    if let Err(err) = shared.store.instance_stopped(&me.id, &me.run_id).await {
         warn!(error = %err, "cannot record this gateway's stop in the store");
     }
 }

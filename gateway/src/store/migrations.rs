@@ -72,7 +72,8 @@ CREATE TABLE instances (
     version TEXT NOT NULL,
     started_at INTEGER NOT NULL,
     heartbeat_at INTEGER NOT NULL,
-    stopped_at INTEGER
+    stopped_at INTEGER,
+    run_id TEXT NOT NULL DEFAULT ''
 );
 ALTER TABLE devices ADD COLUMN instance_id TEXT;
 CREATE INDEX devices_instance ON devices (instance_id) WHERE instance_id IS NOT NULL;
@@ -125,7 +126,8 @@ CREATE TABLE instances (
     version TEXT NOT NULL,
     started_at BIGINT NOT NULL,
     heartbeat_at BIGINT NOT NULL,
-    stopped_at BIGINT
+    stopped_at BIGINT,
+    run_id TEXT NOT NULL DEFAULT ''
 );
 "];
 

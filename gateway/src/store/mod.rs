@@ -30,7 +30,7 @@ pub(crate) mod tests;
 mod tokens;
 
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
-pub use instances::{InstanceRecord, InstanceRegistration};
+pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use tokens::{TokenRecord, TokenScope};
 
 /// Where the store lives.
