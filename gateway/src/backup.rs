@@ -72,8 +72,14 @@ pub async fn backup(data_dir: &Path, store: &Store, out: &Path) -> Result<Manife
     let out = out.to_path_buf();
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let tmp = out.with_extension("partial");
-        let file = private_file(&tmp)?;
+        // A new file of our own beside the target (never one that exists, nor a link), renamed
+        // into place once complete.
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".tether-backup-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        let file = tmp.as_file().try_clone()?;
         let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));
         tar.mode(tar::HeaderMode::Deterministic);
         let mut header = tar::Header::new_gnu();
@@ -90,7 +96,7 @@ pub async fn backup(data_dir: &Path, store: &Store, out: &Path) -> Result<Manife
             }
         }
         tar.into_inner()?.finish()?.sync_all()?;
-        std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+        tmp.persist(&out).with_context(|| format!("writing {}", out.display()))?;
         drop(staging);
         Ok(())
     })
@@ -133,22 +139,51 @@ pub fn restore(data_dir: &Path, backup: &Path, force: bool) -> Result<Manifest> 
         bail!("{} is a backup of format {}; this tether reads format {FORMAT}", backup.display(), manifest.format);
     }
     crate::paths::ensure_data_dir(data_dir)?;
-    if force {
-        // The SQLite copy replaces the database whole: no stale WAL may be replayed over it.
-        for stale in ["tether.db-wal", "tether.db-shm"] {
-            let _ = std::fs::remove_file(data_dir.join(stale));
-        }
-    }
+    // Unpacked apart first, then moved into place: a damaged archive changes nothing.
+    let staging = tempfile::Builder::new().prefix(".restore-").tempdir_in(data_dir).context("making a staging dir")?;
     for entry in open()?.entries()? {
         let mut entry = entry?;
         let path: PathBuf = entry.path()?.into_owned();
         if path == Path::new(MANIFEST) {
             continue;
         }
-        entry.set_preserve_permissions(true);
-        entry.unpack_in(data_dir).with_context(|| format!("restoring {}", path.display()))?;
+        // Regular files and directories only: a link could point the keys anywhere.
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            bail!("{} holds {} of a kind a Tether backup never has ({kind:?})", backup.display(), path.display());
+        }
+        entry.set_preserve_permissions(false);
+        entry.unpack_in(staging.path()).with_context(|| format!("restoring {}", path.display()))?;
+        // Everything in a data dir is the gateway's alone.
+        set_private(&staging.path().join(&path), kind.is_dir())?;
+    }
+    if force {
+        // The SQLite copy replaces the database whole: no stale WAL may be replayed over it.
+        for stale in ["tether.db-wal", "tether.db-shm"] {
+            let _ = std::fs::remove_file(data_dir.join(stale));
+        }
+    }
+    for top in std::fs::read_dir(staging.path())? {
+        let top = top?;
+        let target = data_dir.join(top.file_name());
+        if target.is_dir() {
+            std::fs::remove_dir_all(&target).with_context(|| format!("replacing {}", target.display()))?;
+        }
+        std::fs::rename(top.path(), &target).with_context(|| format!("restoring {}", target.display()))?;
     }
     Ok(manifest)
+}
+
+#[cfg(unix)]
+fn set_private(path: &Path, dir: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if dir { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_private(_: &Path, _: bool) -> Result<()> {
+    Ok(())
 }
 
 /// Relative, without `..`, and under one of the kept names.
@@ -156,17 +191,6 @@ fn allowed(path: &Path) -> bool {
     let normal = path.components().all(|c| matches!(c, Component::Normal(_)));
     let top = path.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
     normal && (KEPT.contains(&top) || top == DATABASE)
-}
-
-fn private_file(path: &Path) -> Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path).with_context(|| format!("creating {}", path.display()))
 }
 
 #[cfg(test)]
@@ -195,6 +219,12 @@ mod tests {
         restore(to.path(), &out, false).unwrap();
         assert_eq!(std::fs::read_to_string(to.path().join("tls/ca-key.pem")).unwrap(), "key");
         assert!(!to.path().join("run").exists(), "run files are not part of a backup");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &str| std::fs::metadata(to.path().join(p)).unwrap().permissions().mode() & 0o777;
+            assert_eq!((mode("tls/ca-key.pem"), mode("tls"), mode("tether.toml")), (0o600, 0o700, 0o600));
+        }
         let restored = Store::open(&Location::Sqlite(to.path().join("tether.db")), Migrate::No, PoolOptions::default())
             .await
             .unwrap();

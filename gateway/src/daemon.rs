@@ -167,7 +167,9 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     });
 
     let local_token = auth::new_token();
-    // One local token per instance: gateways sharing a store must not replace each other's.
+    // One local token per instance: gateways sharing a store must not replace each other's. The
+    // single one of versions before fleets goes.
+    store.revoke_token(paths::LOCAL_TOKEN_PREFIX).await.context("removing the old local operator token")?;
     store
         .create_or_replace_token(&paths::local_token_name(&shared.instance), &auth::hash_token(&local_token))
         .await

@@ -231,43 +231,46 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
 /// When the store says another gateway of the fleet holds the UUID: the same liveness rule, asked
 /// of that gateway over the fleet link. A gateway that is down (its link refuses connections, or
 /// its heartbeat is stale) holds nothing; one that cannot be asked while its heartbeat is fresh
-/// gets the benefit of the doubt (the claim is refused for now, and the device retries).
+/// gets the benefit of the doubt (the claim is refused for now, and the device retries). The
+/// record then names this gateway, in one statement that fails if another gateway claimed the
+/// UUID meanwhile.
 async fn claim_across_fleet(shared: &Shared, handle: &TunnelHandle) -> Result<(), Refusal> {
     use crate::fleet::peers::{ClaimAnswer, LinkError};
     let uuid = handle.uuid;
-    let bound = shared.liveness_timeout() + Duration::from_secs(2);
-    let holder = match tokio::time::timeout(bound, shared.store.holder(uuid)).await {
-        Ok(Ok(holder)) => holder,
-        Ok(Err(err)) => {
-            tracing::warn!(%uuid, error = %err, "cannot look up which gateway holds a device; refusing the claim for now");
-            return Err(Refusal::Timeout);
-        }
-        Err(_) => return Err(Refusal::Timeout),
-    };
-    let Some(instance) = holder.filter(|i| *i != shared.instance) else { return Ok(()) };
-    let asked = match &shared.peers {
-        Some(peers) => tokio::time::timeout(bound, peers.claim(&instance, uuid, handle.remote)).await.ok(),
-        None => None,
-    };
-    match asked {
-        Some(Ok(ClaimAnswer::Alive { live })) => {
-            Err(Refusal::Conflict { live: format!("{live} (via gateway {instance})") })
-        }
-        Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => Ok(()),
-        other => {
-            let stale_after = Duration::from_secs(shared.config.fleet.stale_after_secs);
-            let alive = match shared.store.instance(&instance).await {
-                Ok(Some(record)) => record.is_alive(stale_after),
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if alive {
-                tracing::warn!(%uuid, %instance, answer = ?other.map(|r| r.map_err(|e| e.to_string())),
-                    "a device claims a UUID another gateway holds, and that gateway cannot be asked; refusing for now");
-                Err(Refusal::Timeout)
-            } else {
-                Ok(())
+    let deadline = tokio::time::Instant::now() + shared.liveness_timeout() + Duration::from_secs(2);
+    let holder = with_store(deadline, shared.store.holder(uuid)).await.map_err(|_| Refusal::Timeout)?;
+    let elsewhere = holder.filter(|i| *i != shared.instance);
+    if let Some(instance) = &elsewhere {
+        let asked = match &shared.peers {
+            Some(peers) => tokio::time::timeout_at(deadline, peers.claim(instance, uuid, handle.remote)).await.ok(),
+            None => None,
+        };
+        match asked {
+            Some(Ok(ClaimAnswer::Alive { live })) => {
+                return Err(Refusal::Conflict { live: format!("{live} (via gateway {instance})") })
+            }
+            Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => {}
+            other => {
+                let stale_after = Duration::from_secs(shared.config.fleet.stale_after_secs);
+                let alive = match with_store(deadline, shared.store.instance(instance)).await {
+                    Ok(Some(record)) => record.is_alive(stale_after),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if alive {
+                    tracing::warn!(%uuid, %instance, answer = ?other.map(|r| r.map_err(|e| e.to_string())),
+                        "a device claims a UUID another gateway holds, and that gateway cannot be asked; refusing for now");
+                    return Err(Refusal::Timeout);
+                }
             }
         }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let claim = shared.store.claim_device(uuid, now, handle.remote, &shared.instance, elsewhere.as_deref());
+    match with_store(deadline, claim).await {
+        Ok(true) => Ok(()),
+        // Another gateway admitted the UUID since we looked: the device retries, and meets the
+        // liveness rule then.
+        Ok(false) | Err(_) => Err(Refusal::Timeout),
     }
 }

@@ -531,6 +531,22 @@ impl<K: Hash + Eq> LogOnce<K> {
     }
 }
 
+/// For a long-lived connection whose peer may vanish without a word (a laptop asleep, a host
+/// powered off): TCP keepalives and a user timeout, so that the connection, and what it holds (a
+/// relay, a device channel, perhaps AMT's only redirection session), ends within about two
+/// minutes. Also turns Nagle off (consoles send small messages).
+pub fn detect_dead_peer(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    let socket = socket2::SockRef::from(tcp);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = socket.set_tcp_user_timeout(Some(std::time::Duration::from_secs(90)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,17 +157,9 @@ async fn accept(api: Arc<Api>, app: Router, acceptor: Option<TlsAcceptor>, tcp: 
             return;
         }
     };
-    let _ = tcp.set_nodelay(true);
     // A technician who vanishes (laptop asleep, VPN gone) holds a relay, a device channel and
-    // perhaps AMT's only redirection session: let TCP find out within about two minutes.
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    let socket = socket2::SockRef::from(&tcp);
-    let _ = socket.set_tcp_keepalive(&keepalive);
-    #[cfg(target_os = "linux")]
-    let _ = socket.set_tcp_user_timeout(Some(Duration::from_secs(90)));
+    // perhaps AMT's only redirection session.
+    crate::limits::detect_dead_peer(&tcp);
     let connection = Connection { remote, _slot: Arc::new(slot) };
     match acceptor {
         None => serve_connection(tcp, connection, app).await,
@@ -214,6 +206,12 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     if let Err(err) = axum::serve(listener, app).await {
         warn!(error = %err, "metrics listener stopped");
     }
+}
+
+/// A store failure: logged in full, answered without details (they name the database).
+fn store_unavailable(err: crate::store::StoreError) -> Response {
+    warn!(error = %err, "store query failed while answering the API");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "the gateway's store is unavailable; see the gateway's log")
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -270,7 +268,7 @@ async fn list_devices(
     let shared = &api.shared;
     let records = match shared.store.list_devices(DevicePage { after: query.after, limit }).await {
         Ok(records) => records,
-        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return store_unavailable(err),
     };
     let full = records.len() == limit as usize;
     let last = records.last().map(|r| r.uuid);
@@ -317,7 +315,7 @@ async fn show_device(
     let shared = &api.shared;
     let record = match shared.store.device(uuid).await {
         Ok(record) => record,
-        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return store_unavailable(err),
     };
     if record.is_none() && shared.registry.any(uuid).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));

@@ -210,7 +210,10 @@ pub(super) async fn relay_tcp(
             Err(response) => return response,
             Ok((instance, peers)) => match peers.open_stream(&instance, uuid, port, peer).await {
                 Ok(stream) => (stream, instance),
-                Err(err) => return error(err.status(), err),
+                Err(err) => {
+                    warn!(%uuid, port, error = ?err, "relay through the fleet link failed");
+                    return error(err.status(), err);
+                }
             },
         },
     };
@@ -247,7 +250,7 @@ pub(super) async fn relay_tcp(
 pub(super) async fn elsewhere(shared: &Shared, uuid: Uuid) -> Result<(String, Peers), Response> {
     let holder = match shared.store.holder(uuid).await {
         Ok(holder) => holder,
-        Err(err) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, err)),
+        Err(err) => return Err(super::store_unavailable(err)),
     };
     match (holder, &shared.peers) {
         (Some(instance), Some(peers)) if instance != shared.instance => Ok((instance, peers.clone())),

@@ -509,7 +509,7 @@ impl Tunnel {
                     metrics.connection_rejected(RejectReason::TooManyTunnels);
                     warn!(%uuid, remote = %self.remote, max = self.shared.config.apf.max_tunnels,
                         "tunnel refused: the gateway holds its maximum number of tunnels");
-                    self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
+                    // The close (not admitted) removes the registry entry and the record's claim.
                     self.local_close = Some(CloseReason::Unknown);
                     return self.session.disconnect(DisconnectReason::TooManyConnections);
                 };
@@ -602,8 +602,16 @@ impl Tunnel {
         if !self.admitted {
             // A claim cut short (the device hung up, or the admission timed out while another
             // gateway was asked) may have left this connection's registry entry: it goes too.
+            // If it got that far, the store may already name this gateway as the device's holder:
+            // undo that too (guarded by instance, so a successor's record is left alone).
             if let Some(uuid) = self.uuid {
-                self.shared.registry.remove(uuid, TunnelKind::Cira, self.id);
+                if self.shared.registry.remove(uuid, TunnelKind::Cira, self.id) {
+                    self.record(DeviceEvent::Disconnected {
+                        uuid,
+                        at: OffsetDateTime::now_utc(),
+                        reason: "its admission did not complete".into(),
+                    });
+                }
             }
             info!(uuid = %uuid_text, remote = %self.remote, cause = %cause, "connection closed before the tunnel was established");
             return;

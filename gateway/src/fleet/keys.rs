@@ -269,10 +269,13 @@ pub fn peer_instance(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
+    // A file of our own: a stale one (or a link planted in its place) is removed, and the new
+    // one must not exist when it is created.
+    let _ = std::fs::remove_file(&tmp);
     {
         use std::io::Write;
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;

@@ -35,10 +35,14 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::peers::{ClaimRequest, TLS_TIMEOUT, UPGRADE};
+use crate::journal::DeviceEvent;
 use crate::metrics::CloseReason;
 use crate::registry::{Liveness, OpenRefused, TunnelKind};
 use crate::state::Shared;
 use crate::view;
+
+/// Link connections open at once (each relayed stream holds one): beyond, new ones are refused.
+const MAX_LINK_CONNECTIONS: usize = 4096;
 
 /// Who is calling, from its certificate.
 #[derive(Debug, Clone)]
@@ -53,6 +57,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
         .route("/internal/v1/devices/{uuid}/tcp/{port}", get(open))
         .route("/internal/v1/devices/{uuid}/claim", post(claim))
         .with_state(Arc::clone(&shared));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_LINK_CONNECTIONS));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -66,9 +71,15 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             },
             _ = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => return,
         };
-        let _ = tcp.set_nodelay(true);
+        // Link connections from anyone who can reach the port: bounded before the handshake.
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            warn!(%remote, "fleet link connection refused: {MAX_LINK_CONNECTIONS} open already");
+            continue;
+        };
+        crate::limits::detect_dead_peer(&tcp);
         let (app, acceptor) = (app.clone(), acceptor.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => return debug!(%remote, error = %err, "fleet link TLS handshake refused"),
@@ -125,6 +136,13 @@ async fn claim(
                 "device claimed through another gateway and its tunnel here did not answer: replacing it");
             if shared.registry.remove(uuid, TunnelKind::Cira, current.id) {
                 current.close(CloseReason::Replaced);
+                // The closing tunnel leaves the record to its successor (as a replaced one does);
+                // end this gateway's claim on it now, in case the claimant's admission fails.
+                shared.journal.record(DeviceEvent::Disconnected {
+                    uuid,
+                    at: time::OffsetDateTime::now_utc(),
+                    reason: format!("replaced by a connection through gateway {}", peer.instance),
+                });
             }
             Json(json!({ "held": false, "replaced": true })).into_response()
         }

@@ -41,9 +41,9 @@ pub enum LinkError {
     UnknownInstance(String),
     #[error("gateway {0} has no fleet link address (fleet.internal_listen unset there)")]
     NoAddress(String),
-    #[error("gateway {instance} at {addr} is down (connection refused)")]
+    #[error("gateway {instance} is down (its fleet link refuses connections)")]
     Down { instance: String, addr: String },
-    #[error("gateway {instance} at {addr} cannot be reached: {detail}")]
+    #[error("gateway {instance} cannot be reached over the fleet link: {detail}")]
     Unreachable { instance: String, addr: String, detail: String },
     #[error("gateway {instance} answered {status}: {message}")]
     Refused { instance: String, status: StatusCode, message: String },
@@ -107,7 +107,7 @@ impl Peers {
                 }
                 _ => unreachable(e.to_string()),
             })?;
-        let _ = tcp.set_nodelay(true);
+        crate::limits::detect_dead_peer(&tcp);
         let name = rustls::pki_types::ServerName::try_from(instance.to_string())
             .map_err(|_| unreachable("its instance id is not a valid TLS name".into()))?;
         let tls = tokio::time::timeout(TLS_TIMEOUT, TlsConnector::from(Arc::clone(&self.tls)).connect(name, tcp))

@@ -338,6 +338,35 @@ impl Store {
         self.fetch_optional(Stmt::new(device_select!("WHERE uuid = $1")).text(uuid.to_string()), device_row).await
     }
 
+    /// Records `instance` as holding `uuid`'s tunnel, unless another gateway claimed it since
+    /// `expected` (the holder this gateway checked: none, or one found dead or free) was read:
+    /// the check and the write are one statement, so two gateways admitting one UUID at the same
+    /// moment cannot both win. False if another gateway holds it now.
+    pub async fn claim_device(
+        &self,
+        uuid: Uuid,
+        at: OffsetDateTime,
+        remote: SocketAddr,
+        instance: &str,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let stmt = Stmt::new(
+            "INSERT INTO devices (uuid, first_seen, connected_since, remote_addr, instance_id) VALUES ($1, $2, $2, $3, $4)
+             ON CONFLICT (uuid) DO UPDATE SET first_seen = COALESCE(devices.first_seen, excluded.first_seen),
+                 connected_since = excluded.connected_since, remote_addr = excluded.remote_addr, ports = '',
+                 instance_id = excluded.instance_id
+             WHERE devices.connected_since IS NULL OR devices.instance_id IS NULL
+                OR devices.instance_id = excluded.instance_id OR devices.instance_id = $5
+             RETURNING instance_id",
+        )
+        .text(uuid.to_string())
+        .time(at)
+        .text(remote.to_string())
+        .str(instance)
+        .text(expected.map(str::to_string));
+        Ok(self.fetch_optional(stmt, |r| r.text(0)).await?.is_some())
+    }
+
     /// The instance recorded as holding `uuid`'s live tunnel, if it is connected.
     pub async fn holder(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
         let stmt = Stmt::new("SELECT instance_id FROM devices WHERE uuid = $1 AND connected_since IS NOT NULL")

@@ -149,7 +149,9 @@ pub(super) async fn version_postgres(pool: &PgPool) -> sqlx::Result<i64> {
 pub(super) async fn migrate_sqlite(pool: &SqlitePool) -> sqlx::Result<usize> {
     let mut applied = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        // IMMEDIATE: the write lock first, so that a CLI command and the gateway migrating at
+        // once queue (busy_timeout) instead of failing on a lock upgrade.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
         let Some(migration) = SQLITE.get(usize::try_from(version).unwrap_or(usize::MAX)) else {
             return Ok(applied);

@@ -53,12 +53,14 @@ impl Location {
             }
             Some(url) => match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 Some(path) if !path.is_empty() => Ok(Location::Sqlite(PathBuf::from(path))),
-                _ => Err(StoreError::BadUrl(redact(url))),
+                // Only the scheme: the rest may hold a password.
+                _ => Err(StoreError::BadUrl(url.split(':').next().unwrap_or("").to_string())),
             },
         }
     }
 
-    /// For messages: the file, or the URL without its password.
+    /// For messages and logs: the file, or the database's user, host, port and name (never a
+    /// password, nor the URL's other parameters).
     pub fn describe(&self) -> String {
         match self {
             Location::Sqlite(path) => path.display().to_string(),
@@ -67,24 +69,25 @@ impl Location {
     }
 }
 
-/// A URL with any password replaced by `***`.
+/// `postgres://USER@HOST:PORT/DB` from a URL, without anything secret in it.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    match PgConnectOptions::from_str(url) {
+        Ok(options) => format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        ),
+        Err(_) => "a PostgreSQL URL that does not parse".to_string(),
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "{0:?} is not a database URL this gateway understands; use postgres://USER:PASSWORD@HOST:PORT/DB or \
-         sqlite:PATH"
+        "a database URL of scheme {0:?} is not one this gateway understands; use postgres://USER:PASSWORD@HOST:PORT/DB \
+         or sqlite:PATH"
     )]
     BadUrl(String),
     #[error("cannot create the store {path}: {source}; check that the data dir exists and is writable")]
