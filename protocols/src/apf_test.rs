@@ -3,23 +3,11 @@
 //! every message and over arbitrary bytes.
 
 use super::*;
+use crate::test_util::hex;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Bytes from hex digits; whitespace between digits is ignored.
-fn hex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let pairs = digits.chunks_exact(2);
-    assert!(pairs.remainder().is_empty(), "odd number of hex digits in {s:?}");
-    pairs
-        .map(|pair| {
-            let pair = std::str::from_utf8(pair).expect("ASCII hex");
-            u8::from_str_radix(pair, 16).expect("hex digit")
-        })
-        .collect()
-}
 
 /// Concatenates wire pieces (hex-decoded headers and literal strings).
 fn cat(parts: &[&[u8]]) -> Vec<u8> {

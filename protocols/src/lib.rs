@@ -12,3 +12,5 @@
 pub mod apf;
 pub mod proxy;
 pub mod session;
+#[cfg(test)]
+mod test_util;
