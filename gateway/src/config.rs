@@ -93,10 +93,13 @@ impl Default for FleetConfig {
     }
 }
 
-/// A gateway's instance id: 1 to 63 letters, digits, `-` or `_` (it appears in certificates, logs
-/// and records).
+/// A gateway's instance id: a DNS label (1 to 63 letters, digits or `-`, not at either end): it
+/// is the name in the gateway's certificate on the fleet link, and appears in logs and records.
 pub fn valid_instance_id(id: &str) -> bool {
-    (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
 }
 
 /// Load balancers in front of the gateway (HAProxy with `send-proxy-v2`).
@@ -308,9 +311,23 @@ impl Config {
                 ),
             );
         }
+        if let Some(addr) = self.fleet.internal_listen {
+            if addr.ip().is_unspecified() && self.fleet.advertise_internal.is_none() {
+                return invalid(
+                    "fleet.advertise_internal",
+                    format!(
+                        "is needed when fleet.internal_listen is {addr}: other gateways cannot dial an unspecified \
+                         address; give the address they reach this one on"
+                    ),
+                );
+            }
+        }
         if let Some(id) = &self.fleet.instance_id {
             if !valid_instance_id(id) {
-                return invalid("fleet.instance_id", format!("is {id:?}; use 1 to 63 letters, digits, '-' or '_'"));
+                return invalid(
+                    "fleet.instance_id",
+                    format!("is {id:?}; use 1 to 63 letters, digits or '-' (not first or last)"),
+                );
             }
         }
         let api = &self.api;
@@ -411,6 +428,8 @@ mod tests {
             ("[proxy]\ntrusted = [\"10.1.2.3/8\"]\n", "10.1.2.3/8"),
             ("[fleet]\nheartbeat_interval_secs = 5\nstale_after_secs = 6\n", "fleet.stale_after_secs"),
             ("[fleet]\ninstance_id = \"a b\"\n", "fleet.instance_id"),
+            ("[fleet]\ninstance_id = \"gw_1\"\n", "fleet.instance_id"),
+            ("[fleet]\ninternal_listen = \"0.0.0.0:8444\"\n", "fleet.advertise_internal"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();
