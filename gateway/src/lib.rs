@@ -16,7 +16,7 @@
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
 //!   reading the header before TLS);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
-//!   the technician's side.
+//!   the technician's side; `operator`: the CLI's commands behind its argument parsing.
 
 pub mod api;
 pub mod auth;
@@ -32,6 +32,7 @@ pub mod identity;
 pub mod journal;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod paths;
 pub mod proxy_header;
 pub mod registry;
