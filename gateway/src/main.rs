@@ -278,6 +278,9 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         }
         Command::Device { action: DeviceAction::Import { file } } => import_devices(&store_args, data_dir, &file).await,
         Command::Token { action: TokenAction::Create { name, scope, expires_in } } => {
+            if name.starts_with(paths::LOCAL_TOKEN_PREFIX) {
+                bail!("token names starting with {:?} are the gateways' own; pick another", paths::LOCAL_TOKEN_PREFIX);
+            }
             let store = open_store(&store_args, data_dir).await?;
             let token = auth::new_token();
             let scope = TokenScope::parse(&scope).context("the scope must be read or attach")?;
