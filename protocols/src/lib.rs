@@ -8,9 +8,12 @@
 //! - [`session`]: APF tunnel state machines, server role (gateway) and client role (device).
 //! - [`proxy`]: the PROXY protocol v2 header a TCP load balancer (HAProxy's `send-proxy-v2`) puts
 //!   in front of a relayed connection.
+//! - [`scsi`]: the SCSI/MMC target behind IDE-R: answers a BIOS's ATAPI packets for an emulated
+//!   CD-ROM or floppy from an image it knows only by length.
 
 pub mod apf;
 pub mod proxy;
+pub mod scsi;
 pub mod session;
 #[cfg(test)]
 mod test_util;
