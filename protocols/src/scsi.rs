@@ -223,14 +223,17 @@ impl Target {
         Self { kind, image_len, sense: Sense::NONE }
     }
 
+    /// The device the target emulates.
     pub fn kind(&self) -> DeviceKind {
         self.kind
     }
 
+    /// The image's length in bytes.
     pub fn image_len(&self) -> u64 {
         self.image_len
     }
 
+    /// Bytes per logical block (2048 for the CD-ROM, 512 for the floppy).
     pub fn block_size(&self) -> u32 {
         self.kind.block_size()
     }
@@ -263,17 +266,12 @@ impl Target {
 
     /// Answers one ATAPI packet.
     pub fn handle(&mut self, packet: &[u8; 12]) -> Response {
-        let opcode = Opcode::from_u8(packet[0]);
-        if opcode == Some(Opcode::RequestSense) {
-            let alloc = usize::from(packet[4]);
-            let data = self.sense.to_fixed();
-            self.sense = Sense::NONE;
-            return data_reply(data.to_vec(), alloc);
-        }
-        let response = match opcode {
+        let response = match Opcode::from_u8(packet[0]) {
             Some(opcode) => self.dispatch(opcode, packet),
             None => Response::CheckCondition(Sense::INVALID_OPCODE),
         };
+        // Every command's outcome becomes the sense data; REQUEST SENSE, which always succeeds,
+        // thereby clears what it has just reported.
         self.sense = match &response {
             Response::CheckCondition(sense) => *sense,
             _ => Sense::NONE,
@@ -288,8 +286,8 @@ impl Target {
     fn dispatch(&self, opcode: Opcode, cdb: &[u8; 12]) -> Response {
         let cd = self.kind == DeviceKind::CdRom;
         match opcode {
-            // Handled before dispatch (it must not overwrite the sense it reports).
-            Opcode::RequestSense => Response::Good,
+            // Fixed format whatever the DESC bit says. Allocation length: byte 4.
+            Opcode::RequestSense => data_reply(self.sense.to_fixed().to_vec(), usize::from(cdb[4])),
             Opcode::TestUnitReady => self.need_medium().unwrap_or(Response::Good),
             Opcode::StartStopUnit | Opcode::PreventAllowMediumRemoval => Response::Good,
             Opcode::Inquiry => self.inquiry(cdb),

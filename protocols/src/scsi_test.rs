@@ -147,6 +147,15 @@ fn unknown_opcodes_are_invalid() {
 }
 
 #[test]
+fn opcodes_round_trip() {
+    let known: Vec<u8> = (0..=u8::MAX).filter(|&code| Opcode::from_u8(code).is_some()).collect();
+    for &code in &known {
+        assert_eq!(Opcode::from_u8(code).map(|opcode| opcode as u8), Some(code));
+    }
+    assert_eq!(known.len(), 17);
+}
+
+#[test]
 fn writes_are_write_protected() {
     for opcode in ["2a", "2e", "aa"] {
         assert_eq!(check(floppy().handle(&packet(opcode))), Sense { key: SenseKey::DataProtect, asc: 0x27, ascq: 0 });
