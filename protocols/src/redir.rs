@@ -406,10 +406,8 @@ pub struct SolSettings {
     pub heartbeat_interval: u16,
 }
 
-/// StartIDERRedirection (0x40), in the layout MeshCommander and MeshCentral send.
-///
-/// amtider's layout (the three timeouts in bytes 1..6, 1 in byte 7) is not recognised: it decodes
-/// as this layout with its values in the wrong fields (redirection.md §1.4).
+/// StartIDERRedirection (0x40), in the layout MeshCommander and MeshCentral send: the header,
+/// then the three timeouts and the version. For amtider's layout see [`AmtiderOpen`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct IderOpen {
     pub seq: u32,
@@ -421,6 +419,25 @@ pub struct IderOpen {
     pub heartbeat: u16,
     /// MeshCommander: 1.
     pub version: u32,
+}
+
+/// StartIDERRedirection (0x40) in the layout amtider (amtterm ≥ 1.7) sends (redirection.md §1.4):
+/// no header; the three timeouts in bytes 1..6, the version (1) in byte 7, then ten zero bytes
+/// (ignored when read). 18 bytes, like the other layout.
+///
+/// The decoder tells the layouts apart by bytes 1..3, always zero in MeshCommander's. An amtider
+/// message whose `rx_timeout` is 0 and whose `tx_timeout` has a zero low byte is therefore read
+/// as MeshCommander's layout; amtider sends 100 and 10000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AmtiderOpen {
+    /// Milliseconds (amtider: 100).
+    pub rx_timeout: u16,
+    /// Milliseconds (amtider: 10000).
+    pub tx_timeout: u16,
+    /// Milliseconds (amtider: 5000).
+    pub heartbeat: u16,
+    /// amtider: 1.
+    pub version: u8,
 }
 
 /// StartIDERRedirectionReply (0x41): 30 bytes plus the OEM data. Bytes 12..15, 20 and 22..24
@@ -571,8 +588,11 @@ pub enum Message {
     SolDataFromHost { seq: u32, data: Bytes },
     /// 0x2B, 8 bytes, both ways.
     SolHeartbeat { seq: u32 },
-    /// 0x40, 18 bytes.
+    /// 0x40, 18 bytes, MeshCommander's layout.
     StartIder(IderOpen),
+    /// 0x40, 18 bytes, amtider's layout. It has no sequence number; [`Message::seq`] reports 0
+    /// (it is the first message the console numbers).
+    StartIderAmtider(AmtiderOpen),
     /// 0x41.
     StartIderReply(IderOpenReply),
     /// 0x42, 8 bytes.
@@ -667,7 +687,7 @@ impl Message {
             Message::SolControlsFromHost { .. } => T::SolControlsFromHost,
             Message::SolDataFromHost { .. } => T::SolDataFromHost,
             Message::SolHeartbeat { .. } => T::SolHeartbeat,
-            Message::StartIder(_) => T::StartIder,
+            Message::StartIder(_) | Message::StartIderAmtider(_) => T::StartIder,
             Message::StartIderReply(_) => T::StartIderReply,
             Message::EndIder { .. } => T::EndIder,
             Message::EndIderReply { .. } => T::EndIderReply,
@@ -698,6 +718,7 @@ impl Message {
             | Message::AuthenticateSessionReply(_)
             | Message::SessionRecorded => return None,
             Message::StartIder(open) => open.seq,
+            Message::StartIderAmtider(_) => 0,
             Message::StartIderReply(reply) => reply.seq,
             Message::StartSol { seq, .. }
             | Message::StartSolReply { seq, .. }
@@ -842,6 +863,14 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&open.tx_timeout.to_le_bytes());
             out.extend_from_slice(&open.heartbeat.to_le_bytes());
             out.extend_from_slice(&open.version.to_le_bytes());
+        }
+        Message::StartIderAmtider(open) => {
+            out.push(ty);
+            out.extend_from_slice(&open.rx_timeout.to_le_bytes());
+            out.extend_from_slice(&open.tx_timeout.to_le_bytes());
+            out.extend_from_slice(&open.heartbeat.to_le_bytes());
+            out.push(open.version);
+            out.extend_from_slice(&[0; 10]);
         }
         Message::StartIderReply(reply) => {
             put_header(out, ty, reply.status, 0, reply.seq);
@@ -1332,6 +1361,15 @@ fn parse_message<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResu
             let (input, (_, _, seq)) = header(input)?;
             let (input, [control, status]) = array::<2>(input)?;
             (input, Message::SolControlsFromHost { seq, control, status })
+        }
+        T::StartIder if input.get(1..4).is_some_and(|b| b != [0, 0, 0]) => {
+            let (input, _ty) = byte(input)?;
+            let (input, rx_timeout) = le16(input)?;
+            let (input, tx_timeout) = le16(input)?;
+            let (input, heartbeat) = le16(input)?;
+            let (input, version) = byte(input)?;
+            let (input, _zeros) = take(input, 10)?;
+            (input, Message::StartIderAmtider(AmtiderOpen { rx_timeout, tx_timeout, heartbeat, version }))
         }
         T::StartIder => {
             let (input, (_, _, seq)) = header(input)?;

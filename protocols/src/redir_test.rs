@@ -425,6 +425,12 @@ fn samples() -> Vec<(Sender, Vec<u8>, Message)> {
             Message::StartIder(IderOpen { seq: 0, rx_timeout: 30000, tx_timeout: 0, heartbeat: 20000, version: 1 }),
         ),
         (
+            // amtider's layout (redirection.md §1.4): 100, 10000, 5000 in bytes 1..6, 1 in byte 7.
+            Console,
+            hex("40 64 00 10 27 88 13 01 00 00 00 00 00 00 00 00 00 00"),
+            Message::StartIderAmtider(AmtiderOpen { rx_timeout: 100, tx_timeout: 10000, heartbeat: 5000, version: 1 }),
+        ),
+        (
             Device,
             cat(&[
                 &hex("41 00 00 00 00 00 00 00 01 00 0b 02"),
@@ -658,6 +664,26 @@ fn every_type_is_sent_by_at_least_one_side_and_refused_from_the_other() {
     for ty in MessageType::ALL {
         assert_eq!(ty.sent_by(Console) && ty.sent_by(Device), both.contains(&ty), "{ty:?}");
     }
+}
+
+#[test]
+fn start_ider_layouts_are_told_apart_by_bytes_1_to_3() {
+    // amtider's layout with zeros where MeshCommander's has its reserved bytes reads as
+    // MeshCommander's (documented on AmtiderOpen).
+    let ambiguous =
+        Message::StartIderAmtider(AmtiderOpen { rx_timeout: 0, tx_timeout: 0x2700, heartbeat: 5, version: 1 });
+    let (decoded, _) = dec(&enc(&ambiguous), Console).unwrap().unwrap();
+    assert!(matches!(decoded, Message::StartIder(_)), "{decoded:?}");
+    // Any non-zero byte among 1..3 selects amtider's layout.
+    for at in 1..4 {
+        let mut bytes = vec![0u8; 18];
+        bytes[0] = 0x40;
+        bytes[at] = 1;
+        let (decoded, used) = dec(&bytes, Console).unwrap().unwrap();
+        assert!(matches!(decoded, Message::StartIderAmtider(_)), "{decoded:?}");
+        assert_eq!(used, 18);
+    }
+    assert_eq!(Message::StartIderAmtider(AmtiderOpen::default()).seq(), Some(0));
 }
 
 #[test]
@@ -1073,6 +1099,10 @@ fn any_message() -> impl Strategy<Value = Message> {
         ),
         (any::<u32>(), any::<u8>(), register_area(), bytes_up_to(300))
             .prop_map(|(seq, attributes, area, data)| Message::IderDataToHost { seq, attributes, area, data }),
+        (1u16.., any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(rx_timeout, tx_timeout, heartbeat, version)| {
+            // A zero rx_timeout with a zero low byte of tx_timeout reads as MeshCommander's layout.
+            Message::StartIderAmtider(AmtiderOpen { rx_timeout, tx_timeout, heartbeat, version })
+        }),
         Just(Message::SessionRecorded),
     ]
 }
