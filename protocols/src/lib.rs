@@ -8,11 +8,14 @@
 //! - [`session`]: APF tunnel state machines, server role (gateway) and client role (device).
 //! - [`proxy`]: the PROXY protocol v2 header a TCP load balancer (HAProxy's `send-proxy-v2`) puts
 //!   in front of a relayed connection.
+//! - [`redir`]: the AMT redirection protocol (SOL and IDE-R on ports 16994/16995): messages,
+//!   digest authentication, sequence numbers.
 //! - [`scsi`]: the SCSI/MMC target behind IDE-R: answers a BIOS's ATAPI packets for an emulated
 //!   CD-ROM or floppy from an image it knows only by length.
 
 pub mod apf;
 pub mod proxy;
+pub mod redir;
 pub mod scsi;
 pub mod session;
 #[cfg(test)]
