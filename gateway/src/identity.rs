@@ -189,9 +189,6 @@ async fn with_store<T>(
 pub struct Claimed {
     /// The dead tunnel this one replaced (already told to close).
     pub replaced: Option<TunnelHandle>,
-    /// The store already names this tunnel's gateway as the device's holder (connected since
-    /// now, from its address): the journal need not write the connect again.
-    pub recorded: bool,
 }
 
 /// Registers `handle` for its UUID and kind; see the module doc.
@@ -205,7 +202,7 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
                     registry.remove(handle.uuid, handle.kind, handle.id);
                     return Err(refusal);
                 }
-                return Ok(Claimed { replaced: None, recorded: true });
+                return Ok(Claimed { replaced: None });
             }
             Err(current) => current,
         };
@@ -220,7 +217,7 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
             None => {
                 if registry.replace_if(current.id, handle.clone()) {
                     current.close(crate::metrics::CloseReason::Replaced);
-                    return Ok(Claimed { replaced: Some(current), recorded: false });
+                    return Ok(Claimed { replaced: Some(current) });
                 }
             }
         }
@@ -235,54 +232,45 @@ pub async fn claim(shared: &Shared, handle: TunnelHandle) -> Result<Claimed, Ref
 /// of that gateway over the fleet link. A gateway that is down (its link refuses connections, or
 /// its heartbeat is stale) holds nothing; one that cannot be asked while its heartbeat is fresh
 /// gets the benefit of the doubt (the claim is refused for now, and the device retries). The
-/// record names this gateway in one conditional statement, which fails if another gateway holds
-/// the UUID (or claimed it since we asked); when nobody else holds it, that statement is all.
+/// record then names this gateway, in one statement that fails if another gateway claimed the
+/// UUID meanwhile.
 async fn claim_across_fleet(shared: &Shared, handle: &TunnelHandle) -> Result<(), Refusal> {
     use crate::fleet::peers::{ClaimAnswer, LinkError};
     let uuid = handle.uuid;
     let deadline = tokio::time::Instant::now() + shared.liveness_timeout() + Duration::from_secs(2);
-    let claim = |expected: Option<String>| async move {
-        let now = time::OffsetDateTime::now_utc();
-        let write = shared.store.claim_device(uuid, now, handle.remote, &shared.instance, expected.as_deref());
-        with_store(deadline, write).await.map_err(|_| Refusal::Timeout)
-    };
-    // The common case (nobody else holds the UUID) is one statement.
-    if claim(None).await? {
-        return Ok(());
-    }
     let holder = with_store(deadline, shared.store.holder(uuid)).await.map_err(|_| Refusal::Timeout)?;
-    let Some(instance) = holder.filter(|i| *i != shared.instance) else {
-        // Released meanwhile: claim it now, or let the device retry.
-        return if claim(None).await? { Ok(()) } else { Err(Refusal::Timeout) };
-    };
-    let asked = match &shared.peers {
-        Some(peers) => tokio::time::timeout_at(deadline, peers.claim(&instance, uuid, handle.remote)).await.ok(),
-        None => None,
-    };
-    match asked {
-        Some(Ok(ClaimAnswer::Alive { live })) => {
-            return Err(Refusal::Conflict { live: format!("{live} (via gateway {instance})") })
-        }
-        Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => {}
-        other => {
-            let stale_after = Duration::from_secs(shared.config.fleet.stale_after_secs);
-            let alive = match with_store(deadline, shared.store.instance(&instance)).await {
-                Ok(Some(record)) => record.is_alive(stale_after),
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if alive {
-                tracing::warn!(%uuid, %instance, answer = ?other.map(|r| r.map_err(|e| e.to_string())),
-                    "a device claims a UUID another gateway holds, and that gateway cannot be asked; refusing for now");
-                return Err(Refusal::Timeout);
+    let elsewhere = holder.filter(|i| *i != shared.instance);
+    if let Some(instance) = &elsewhere {
+        let asked = match &shared.peers {
+            Some(peers) => tokio::time::timeout_at(deadline, peers.claim(instance, uuid, handle.remote)).await.ok(),
+            None => None,
+        };
+        match asked {
+            Some(Ok(ClaimAnswer::Alive { live })) => {
+                return Err(Refusal::Conflict { live: format!("{live} (via gateway {instance})") })
+            }
+            Some(Ok(ClaimAnswer::Free)) | Some(Err(LinkError::Down { .. })) => {}
+            other => {
+                let stale_after = Duration::from_secs(shared.config.fleet.stale_after_secs);
+                let alive = match with_store(deadline, shared.store.instance(instance)).await {
+                    Ok(Some(record)) => record.is_alive(stale_after),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if alive {
+                    tracing::warn!(%uuid, %instance, answer = ?other.map(|r| r.map_err(|e| e.to_string())),
+                        "a device claims a UUID another gateway holds, and that gateway cannot be asked; refusing for now");
+                    return Err(Refusal::Timeout);
+                }
             }
         }
     }
-    // Another gateway admitted the UUID since we looked: the device retries, and meets the
-    // liveness rule then.
-    if claim(Some(instance)).await? {
-        Ok(())
-    } else {
-        Err(Refusal::Timeout)
+    let now = time::OffsetDateTime::now_utc();
+    let claim = shared.store.claim_device(uuid, now, handle.remote, &shared.instance, elsewhere.as_deref());
+    match with_store(deadline, claim).await {
+        Ok(true) => Ok(()),
+        // Another gateway admitted the UUID since we looked: the device retries, and meets the
+        // liveness rule then.
+        Ok(false) | Err(_) => Err(Refusal::Timeout),
     }
 }

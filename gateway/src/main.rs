@@ -364,7 +364,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Db { action: DbAction::Check { json } } => {
             let store = open_store_with(&store_args, data_dir, Migrate::No)
                 .await?
-                .context("the store does not exist yet or is older than this tether: run `tether db migrate` (the gateway does at start)")?;
+                .context("the store is not at this tether's schema")?;
             let report = store.check().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -196,17 +196,11 @@ pub async fn open_store(store_args: &StoreArgs, data_dir: &Path) -> Result<Store
     open_store_with(store_args, data_dir, Migrate::Yes).await?.context("opening the store")
 }
 
-/// `Ok(None)`: with `migrate` `No`, the store is missing or its schema older than this tether's.
+/// `Ok(None)`: the schema is older than this tether's and `migrate` is `No`.
 pub async fn open_store_with(store_args: &StoreArgs, data_dir: &Path, migrate: Migrate) -> Result<Option<Store>> {
     paths::ensure_data_dir(data_dir)?;
     let config = load_config(store_args, data_dir)?;
     let location = Location::resolve(store_args.database.as_deref().or(config.database_url.as_deref()), data_dir)?;
-    if let (Migrate::No, Location::Sqlite(path)) = (migrate, &location) {
-        if !path.exists() {
-            // Not created by merely looking: schema 0.
-            return Ok(None);
-        }
-    }
     let pool = PoolOptions { max_connections: 2, ..PoolOptions::default() };
     match Store::open(&location, migrate, pool).await {
         Ok(store) => Ok(Some(store)),

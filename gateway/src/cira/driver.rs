@@ -520,9 +520,7 @@ impl Tunnel {
                 metrics.tunnel_opened(TunnelKind::Cira);
                 let at = OffsetDateTime::now_utc();
                 self.record(DeviceEvent::Hello { uuid, at: self.hello_at.unwrap_or(at), remote: self.remote });
-                if !claimed.recorded {
-                    self.record(DeviceEvent::Connected { uuid, at, remote: self.remote });
-                }
+                self.record(DeviceEvent::Connected { uuid, at, remote: self.remote });
                 match claimed.replaced {
                     Some(old) => {
                         info!(%uuid, remote = %self.remote, previous = %old.remote, credential = %credential.pin(),
