@@ -14,6 +14,8 @@
 #                          from its server binaries (/usr/lib/postgresql/*/bin, tests/src/postgres.rs)
 #                          on a free loopback port. Installing it on a machine running systemd also
 #                          starts Debian's default cluster on 5432; the tests neither use nor mind it.
+#   amtterm                Debian's AMT Serial-over-LAN console (1.4), the real peer of the SOL
+#                          tests (driven under `script`, from util-linux, for the tty it needs)
 #   haproxy                the load balancer in front of several gateways: tests run their own
 #                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
 #
@@ -40,6 +42,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # Any PostgreSQL version will do (the harness takes the newest); the package also creates the
 # `postgres` user that runs initdb when the tests run as root.
 { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && getent passwd postgres >/dev/null; } || need+=(postgresql)
+command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod operator;
 pub mod paths;
 pub mod proxy_header;
+pub mod redirect;
 pub mod registry;
 pub mod relay;
 pub mod state;

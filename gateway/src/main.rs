@@ -9,6 +9,7 @@ use tether_gateway::operator::{
     api_client, fleet_command, import_devices, open_store, open_store_with, plain, print_table, rfc3339, FleetAction,
     StoreArgs,
 };
+use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
 use tether_gateway::{auth, backup, daemon, forward, paths};
 use uuid::Uuid;
@@ -94,6 +95,23 @@ enum Command {
         /// Local address to listen on (default 127.0.0.1:PORT).
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Open a device's serial console (AMT Serial-over-LAN) in this terminal; Ctrl-] quits.
+    Console {
+        #[command(flatten)]
+        device: RedirectArgs,
+    },
+    /// Serve a rescue ISO (and/or a floppy image) to a device's virtual drives over AMT IDE-R,
+    /// read-only, until Ctrl-C.
+    Ider {
+        #[command(flatten)]
+        device: RedirectArgs,
+        /// An ISO image, served as the CD-ROM.
+        #[arg(long, value_name = "ISO", required_unless_present = "floppy")]
+        image: Option<PathBuf>,
+        /// A disk image, served as the floppy / removable disk (512-byte blocks).
+        #[arg(long, value_name = "IMAGE")]
+        floppy: Option<PathBuf>,
     },
     /// The store: schema migrations and checks.
     Db {
@@ -412,6 +430,17 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
             forward::run(client, uuid, port, listen).await
+        }
+        Command::Console { device } => {
+            let endpoint =
+                device.endpoint(|| api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir))?;
+            redirect::console::run(endpoint, device.account()).await
+        }
+        Command::Ider { device, image, floppy } => {
+            let endpoint =
+                device.endpoint(|| api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir))?;
+            redirect::ider::run(endpoint, device.account(), redirect::ider::Images { cd: image, floppy }).await?;
+            Ok(())
         }
     }
 }

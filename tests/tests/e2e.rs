@@ -58,7 +58,7 @@ fn technician_pushes_256_mib_both_ways_through_forward() {
     // A wider device window than firmware's 4 KiB, still granted back in steps.
     let _sim = Sim::start(&gateway, &["--uuid", &uuid.to_string(), "--window", "262144", "--adjust-step", "65536"]);
     wait_for("the device to connect", Duration::from_secs(30), || connected(&gateway, uuid));
-    let forward = gateway.forward(uuid, 16994);
+    let forward = gateway.forward(uuid, 5900);
 
     let stream = TcpStream::connect(forward.addr()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -231,7 +231,7 @@ fn malformed_and_oversized_messages_close_only_their_own_tunnel() {
 
     // The good device never noticed: still connected, and a relay to it still works.
     assert!(connected(&gateway, good));
-    let forward = gateway.forward(good, 16994);
+    let forward = gateway.forward(good, 5900);
     let mut stream = TcpStream::connect(forward.addr()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     stream.write_all(b"still here").unwrap();

@@ -83,7 +83,7 @@ fn connected_via(listing: &HashMap<Uuid, (bool, String, String)>, instance: &str
 
 /// Through `gateway`'s API (`tether forward`), bytes to a device's echo port come back.
 fn echo_through(gateway: &Gateway, uuid: Uuid) {
-    let forward = gateway.forward_on(uuid, 16994, "127.0.0.1:0");
+    let forward = gateway.forward_on(uuid, 5900, "127.0.0.1:0");
     let mut tcp = TcpStream::connect(forward.addr()).expect("connecting to the forward");
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let message: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();

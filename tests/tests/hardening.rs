@@ -397,7 +397,7 @@ fn a_technician_who_stops_reading_is_dropped_after_the_ping_timeout() {
     // A relay that reads, first: the first relay's allocations are not the stalled one's.
     rt.block_on(async {
         let mut relay =
-            client.relay(uuid, 16994, gateway.token()).await.unwrap_or_else(|r| panic!("warm-up relay: {r}"));
+            client.relay(uuid, 5900, gateway.token()).await.unwrap_or_else(|r| panic!("warm-up relay: {r}"));
         relay.echo(&vec![7u8; 1 << 20], Duration::from_secs(60)).await.expect("the warm-up echo of 1 MiB");
         relay.close().await;
     });
@@ -407,7 +407,7 @@ fn a_technician_who_stops_reading_is_dropped_after_the_ping_timeout() {
     // The technician writes and never reads (so never answers a ping either).
     let sampler = RssSampler::start(gateway.pid(), Duration::from_millis(50));
     let mut relay = rt
-        .block_on(client.relay(uuid, 16994, gateway.token()))
+        .block_on(client.relay(uuid, 5900, gateway.token()))
         .unwrap_or_else(|r| panic!("the relay did not open: {r}"));
     let written =
         rt.block_on(relay.write_without_reading(64 * 1024, 64 << 20, Duration::from_secs(1), Duration::from_secs(30)));
@@ -470,7 +470,7 @@ fn revoking_a_token_ends_its_live_relays() {
 
     let bob = gateway.create_token("bob", &[]);
     let mut relay =
-        rt.block_on(client.relay(uuid, 16994, &bob)).unwrap_or_else(|r| panic!("bob's token opened no relay: {r}"));
+        rt.block_on(client.relay(uuid, 5900, &bob)).unwrap_or_else(|r| panic!("bob's token opened no relay: {r}"));
     let echo = rt
         .block_on(relay.echo(b"before the revocation", Duration::from_secs(20)))
         .expect("an echo through bob's relay");
@@ -494,7 +494,7 @@ fn revoking_a_token_ends_its_live_relays() {
     let list = rt.block_on(client.get(PATH, &reader)).expect("a request with the read token");
     assert_eq!(list.status, 200, "a read-scope token must list devices: {}", list.text());
     assert!(list.text().contains(&uuid.to_string()), "the device is missing from the list: {}", list.text());
-    match rt.block_on(client.relay(uuid, 16994, &reader)) {
+    match rt.block_on(client.relay(uuid, 5900, &reader)) {
         Ok(relay) => {
             rt.block_on(relay.close());
             panic!("a read-scope token opened a relay");

@@ -123,7 +123,7 @@ fn api_client_crowd_and_freeze_do_what_they_say() {
     assert_eq!(wrong.status, 401, "{}", wrong.text());
     let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
     rt.block_on(async {
-        let mut relay = client.relay(uuid, 16994, gateway.token()).await.unwrap();
+        let mut relay = client.relay(uuid, 5900, gateway.token()).await.unwrap();
         assert_eq!(relay.echo(&data, Duration::from_secs(30)).await.unwrap(), data);
         relay.close().await;
     });

@@ -1,0 +1,396 @@
+//! `tether ider`: serves a rescue image to the PC's virtual CD drive (and/or a floppy image to its
+//! virtual floppy) over IDE-R, read-only, until the technician stops it or the device ends it.
+//!
+//! The PC's firmware sends ATAPI packets (CommandWritten); [`Target`] answers each one, and a read
+//! of the medium is served from the file at the offset asked, never loading the file whole. The
+//! protocol allows one command at a time, so what this side controls is how fast each answer
+//! leaves: the whole answer to a read goes out at once (in DataToHost chunks no larger than the
+//! device's read buffer, one write) for the relay and the device's channel window to pace, and
+//! the range after it is read ahead while the device consumes it, so that a sequential read never
+//! waits for the disk. A progress bar shows the bytes served and the rate; a summary ends the run.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use protocols::redir::{
+    self, AtaCommand, AtaRegisters, FeaturesRequest, IderOpen, Message, RegisterArea, SessionType, ATTR_COMPLETED,
+    ATTR_DMA,
+};
+use protocols::scsi::{DeviceKind, Response, Sense, Target};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::{finish, open, Account, Endpoint, Session};
+
+/// How often this side sends a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The most bytes read from the image and sent in one go; longer reads are served piece by piece.
+const PIECE: u32 = 256 * 1024;
+/// ATA PACKET, the only ATA command IDE-R carries.
+const ATA_PACKET: u8 = 0xA0;
+/// Enable IDE-R, taking effect on the PC's next boot (what MeshCommander asks).
+const ENABLE_ON_REBOOT: u32 = 0x01 | 0x08;
+
+/// The images to serve.
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    /// An ISO served as the CD-ROM (2048-byte blocks).
+    pub cd: Option<PathBuf>,
+    /// An image served as the floppy / removable disk (512-byte blocks).
+    pub floppy: Option<PathBuf>,
+}
+
+/// What a run served, for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    pub bytes: u64,
+    pub reads: u64,
+    pub commands: u64,
+}
+
+/// One image file, read at offsets, with one range read ahead.
+struct Image {
+    file: Arc<std::fs::File>,
+    len: u64,
+    ahead: Option<(u64, u32, JoinHandle<io::Result<Bytes>>)>,
+}
+
+impl Image {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        if meta.len() == 0 {
+            bail!("{} is empty", path.display());
+        }
+        Ok(Self { file: Arc::new(file), len: meta.len(), ahead: None })
+    }
+
+    /// `len` bytes from `offset`, zeros past the file's end.
+    async fn read(&mut self, offset: u64, len: u32) -> io::Result<Bytes> {
+        let data = match self.ahead.take() {
+            Some((o, l, handle)) if o == offset && l == len => handle.await.map_err(io::Error::other)??,
+            Some((_, _, handle)) => {
+                handle.abort();
+                read_at(self.file.clone(), self.len, offset, len).await?
+            }
+            None => read_at(self.file.clone(), self.len, offset, len).await?,
+        };
+        let next = offset + u64::from(len);
+        if next < self.len {
+            let file = self.file.clone();
+            let image_len = self.len;
+            self.ahead = Some((next, len, tokio::spawn(read_at(file, image_len, next, len))));
+        }
+        Ok(data)
+    }
+}
+
+async fn read_at(file: Arc<std::fs::File>, image_len: u64, offset: u64, len: u32) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        let available = image_len.saturating_sub(offset).min(u64::from(len)) as usize;
+        file.read_exact_at(&mut buf[..available], offset)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// One emulated drive.
+struct Drive {
+    target: Target,
+    image: Option<Image>,
+}
+
+impl Drive {
+    fn new(kind: DeviceKind, path: Option<&Path>) -> Result<Self> {
+        let image = path.map(Image::open).transpose()?;
+        let target = Target::new(kind, image.as_ref().map_or(0, |i| i.len));
+        Ok(Self { target, image })
+    }
+}
+
+/// Serves `images` to the device until the technician stops (Ctrl-C, SIGTERM) or the device ends
+/// the session.
+pub async fn run(endpoint: Endpoint, account: Account, images: Images) -> Result<Served> {
+    if images.cd.is_none() && images.floppy.is_none() {
+        bail!("nothing to serve: give --image ISO and/or --floppy IMAGE");
+    }
+    let mut cd = Drive::new(DeviceKind::CdRom, images.cd.as_deref())?;
+    let mut floppy = Drive::new(DeviceKind::Floppy, images.floppy.as_deref())?;
+    let total = cd.target.image_len() + floppy.target.image_len();
+
+    let mut session = open(&endpoint, SessionType::Ider, &account).await?;
+    let mut out = Outgoing { seq: 0 };
+    let open_request = IderOpen { seq: out.next(), rx_timeout: 30_000, tx_timeout: 0, heartbeat: 20_000, version: 1 };
+    session.writer.send(&Message::StartIder(open_request)).await?;
+    let chunk = match session.expect("its answer to the IDE-R start").await? {
+        Message::StartIderReply(reply) if reply.status == 0 => usize::from(reply.read_buffer_size).clamp(512, 8192),
+        Message::StartIderReply(reply) => bail!("{} refused to start IDE-R (status {})", session.target, reply.status),
+        other => bail!("{} answered the IDE-R start with {:?}", session.target, other.message_type()),
+    };
+    let enable = FeaturesRequest::SetState(ENABLE_ON_REBOOT);
+    session.writer.send(&Message::IderDisableEnableFeatures { seq: out.next(), request: enable }).await?;
+    match session.expect("its answer to enabling IDE-R").await? {
+        Message::IderDisableEnableFeaturesReply { value, .. } if value & 1 == 1 => {}
+        Message::IderDisableEnableFeaturesReply { value, .. } => {
+            bail!("{} did not enable IDE-R (answer {value:#x})", session.target)
+        }
+        other => bail!("{} answered the IDE-R enable with {:?}", session.target, other.message_type()),
+    }
+    for (what, path) in [("CD-ROM", &images.cd), ("floppy", &images.floppy)] {
+        if let Some(path) = path {
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            eprintln!("serving {} ({}) as the {what} of {}", path.display(), HumanBytes(len), session.target);
+        }
+    }
+    eprintln!("IDE-R is enabled for the PC's next boot; Ctrl-C stops serving.");
+
+    let bar = progress_bar(total);
+    let started = Instant::now();
+    let mut served = Served::default();
+    let mut server = Server { chunk, out, bar: &bar, served: &mut served };
+    let ended = server.serve(&mut session, &mut cd, &mut floppy).await;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "served {} ({} bytes) in {} reads and {} commands over {:.1} s ({}/s)",
+        HumanBytes(served.bytes),
+        served.bytes,
+        served.reads,
+        served.commands,
+        elapsed,
+        HumanBytes((served.bytes as f64 / elapsed) as u64)
+    );
+    match ended {
+        Ok(why) => {
+            eprintln!("IDE-R on {} ended: {why}.", session.target);
+            Ok(served)
+        }
+        Err(err) => {
+            session.writer.close().await;
+            Err(err)
+        }
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} IDE-R {bytes} served of {total_bytes} ({binary_bytes_per_sec}) {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// The console's sequence numbers: 0 for the IDE-R start, then one more for every message.
+struct Outgoing {
+    seq: u32,
+}
+
+impl Outgoing {
+    fn next(&mut self) -> u32 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
+    }
+}
+
+struct Server<'a> {
+    /// Most bytes per DataToHost (the device's read buffer).
+    chunk: usize,
+    out: Outgoing,
+    bar: &'a ProgressBar,
+    served: &'a mut Served,
+}
+
+impl Server<'_> {
+    async fn serve(&mut self, session: &mut Session, cd: &mut Drive, floppy: &mut Drive) -> Result<String> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let quit = loop {
+            tokio::select! {
+                message = session.reader.next() => match message? {
+                    Some(Message::IderCommandWritten { command, .. }) => {
+                        let drive = if command.drive_select & 0x10 != 0 { &mut *cd } else { &mut *floppy };
+                        self.command(session, drive, &command).await?;
+                    }
+                    Some(Message::IderKeepAlivePing { .. }) => {
+                        session.writer.send(&Message::IderKeepAlivePong { seq: self.out.next() }).await?;
+                    }
+                    Some(Message::IderResetOccurred { .. }) => {
+                        session.writer.send(&Message::IderResetOccurredResponse { seq: self.out.next() }).await?;
+                    }
+                    Some(Message::IderErrorOccurred { code, .. }) => {
+                        self.bar.suspend(|| eprintln!("the device reported IDE-R error {code:#04x}"));
+                    }
+                    Some(Message::EndIderReply { .. }) => return Ok("the device ended IDE-R".into()),
+                    Some(_) => {}
+                    None => {
+                        let why = session.reader.close_reason().unwrap_or("the connection closed").to_owned();
+                        return Ok(why);
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    session.writer.send(&Message::IderHeartbeat { seq: self.out.next() }).await?;
+                }
+                _ = term.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "Ctrl-C",
+            }
+        };
+        session.writer.send(&Message::EndIder { seq: self.out.next() }).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(message)) = session.reader.next().await {
+                if matches!(message, Message::EndIderReply { .. }) {
+                    break;
+                }
+            }
+        })
+        .await;
+        finish(&mut session.writer).await;
+        Ok(format!("stopped ({quit})"))
+    }
+
+    /// Answers one CommandWritten.
+    async fn command(&mut self, session: &mut Session, drive: &mut Drive, command: &AtaCommand) -> Result<()> {
+        self.served.commands += 1;
+        let device = command.drive_select & 0xF0;
+        let dma = command.feature & 1 != 0;
+        let response = if command.command == ATA_PACKET {
+            drive.target.handle(&command.packet)
+        } else {
+            Response::CheckCondition(Sense::INVALID_OPCODE)
+        };
+        let mut buf = BytesMut::new();
+        match response {
+            Response::Good => self.status(&mut buf, device, None),
+            Response::CheckCondition(sense) => self.status(&mut buf, device, Some(sense)),
+            Response::Data(data) => self.data(&mut buf, device, dma, &data, true),
+            Response::Read { offset, len } => return self.read(session, drive, device, dma, offset, len).await,
+        }
+        session.writer.send_bytes(buf.freeze()).await
+    }
+
+    /// Serves a read of the medium piece by piece; the last chunk of the last piece completes it.
+    #[allow(clippy::too_many_arguments)]
+    async fn read(
+        &mut self,
+        session: &mut Session,
+        drive: &mut Drive,
+        device: u8,
+        dma: bool,
+        offset: u64,
+        len: u32,
+    ) -> Result<()> {
+        self.served.reads += 1;
+        let Some(image) = drive.image.as_mut() else {
+            // The target asks for reads only when it has a medium; answer as a read error anyway.
+            let sense = drive.target.read_failed();
+            let mut buf = BytesMut::new();
+            self.status(&mut buf, device, Some(sense));
+            return session.writer.send_bytes(buf.freeze()).await;
+        };
+        let mut done = 0u32;
+        while done < len {
+            let piece = (len - done).min(PIECE);
+            let data = match image.read(offset + u64::from(done), piece).await {
+                Ok(data) => data,
+                Err(err) => {
+                    self.bar.suspend(|| eprintln!("reading the image at byte {}: {err}", offset + u64::from(done)));
+                    let sense = drive.target.read_failed();
+                    let mut buf = BytesMut::new();
+                    self.status(&mut buf, device, Some(sense));
+                    return session.writer.send_bytes(buf.freeze()).await;
+                }
+            };
+            done += piece;
+            let mut buf = BytesMut::with_capacity(data.len() + 64 * data.len().div_ceil(self.chunk));
+            self.data(&mut buf, device, dma, &data, done == len);
+            session.writer.send_bytes(buf.freeze()).await?;
+            self.served.bytes += u64::from(piece);
+            self.bar.inc(u64::from(piece));
+        }
+        Ok(())
+    }
+
+    /// DataToHost chunks of `data`; the last one completes the command when `last`.
+    fn data(&mut self, buf: &mut BytesMut, device: u8, dma: bool, data: &[u8], last: bool) {
+        let mut scratch = Vec::with_capacity(self.chunk + 64);
+        let count = data.len().div_ceil(self.chunk);
+        for (i, piece) in data.chunks(self.chunk).enumerate() {
+            let final_chunk = last && i + 1 == count;
+            let len = piece.len() as u16;
+            let input = AtaRegisters {
+                mask: if dma { 0xB4 } else { 0xB5 },
+                sector_count: 2,
+                byte_count: if dma { 0 } else { len },
+                drive_select: device,
+                status: 0x58,
+                ..AtaRegisters::default()
+            };
+            let output = if final_chunk {
+                AtaRegisters { mask: 0x85, sector_count: 3, drive_select: device, status: 0x50, ..Default::default() }
+            } else {
+                AtaRegisters::default()
+            };
+            let mut attributes = if final_chunk { ATTR_COMPLETED } else { 0 };
+            if dma {
+                attributes |= ATTR_DMA;
+            }
+            let message = Message::IderDataToHost {
+                seq: self.out.next(),
+                attributes,
+                area: RegisterArea { input, output, ..RegisterArea::default() },
+                data: Bytes::copy_from_slice(piece),
+            };
+            scratch.clear();
+            redir::encode(&message, &mut scratch);
+            buf.extend_from_slice(&scratch);
+        }
+    }
+
+    /// CommandEndResponse: GOOD, or CHECK CONDITION with `sense`.
+    fn status(&mut self, buf: &mut BytesMut, device: u8, sense: Option<Sense>) {
+        let (output, sense) = match sense {
+            None => (
+                AtaRegisters { mask: 0xC5, sector_count: 3, drive_select: device, status: 0x50, ..Default::default() },
+                redir::Sense::default(),
+            ),
+            Some(sense) => (
+                AtaRegisters {
+                    mask: 0x87,
+                    error: sense.key.code() << 4,
+                    sector_count: 3,
+                    drive_select: device,
+                    status: 0x51,
+                    ..Default::default()
+                },
+                redir::Sense { key: sense.key.code(), asc: sense.asc, ascq: sense.ascq },
+            ),
+        };
+        let message = Message::IderCommandEndResponse {
+            seq: self.out.next(),
+            attributes: ATTR_COMPLETED,
+            transfer_bytes: 0,
+            area: RegisterArea { output, sense, ..RegisterArea::default() },
+        };
+        let mut scratch = Vec::with_capacity(40);
+        redir::encode(&message, &mut scratch);
+        buf.extend_from_slice(&scratch);
+    }
+}
