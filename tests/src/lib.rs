@@ -19,6 +19,10 @@
 //! - [`haproxy`]: HAProxy in TCP mode in front of several servers, PROXY v2 and health checks
 //!   ([`Haproxy`], [`haproxy::Frontend`]).
 //!
+//! - [`remote`]: the remote-fix peers: `tether console` / `tether ider` with a keyboard
+//!   ([`remote::Interactive`]), Debian's amtterm under `script`, a LAN PC's TLS port
+//!   ([`remote::TlsFront`]).
+//!
 //! Test servers bind only to loopback or to addresses inside namespaces the test creates, and
 //! every wait has a timeout.
 
@@ -30,6 +34,7 @@ pub mod metrics;
 pub mod netns;
 pub mod postgres;
 pub mod process;
+pub mod remote;
 
 pub use haproxy::Haproxy;
 pub use metrics::Metrics;

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -151,12 +151,23 @@ impl Process {
     /// Starts `command` with stdin from /dev/null and its output in files. `TETHER_*` and
     /// `AMT_SIM_*` variables of the test's own environment are removed unless `command` sets them.
     pub fn spawn(name: &str, command: &mut Command) -> Process {
+        Self::spawn_with(name, command, Stdio::null())
+    }
+
+    /// Like [`Process::spawn`], with stdin a pipe the test writes to (keys typed into a console).
+    pub fn spawn_interactive(name: &str, command: &mut Command) -> (Process, ChildStdin) {
+        let mut process = Self::spawn_with(name, command, Stdio::piped());
+        let stdin = process.child.stdin.take().expect("the piped stdin");
+        (process, stdin)
+    }
+
+    fn spawn_with(name: &str, command: &mut Command, stdin: Stdio) -> Process {
         let dir = tempfile::Builder::new().prefix("tether-e2e-log-").tempdir().expect("a temp dir for logs");
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
         scrub_env(command);
         let child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(std::fs::File::create(&stdout).expect("creating the stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("creating the stderr file"))
             .spawn()

@@ -394,3 +394,77 @@ impl Server<'_> {
         buf.extend_from_slice(&scratch);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use protocols::redir::{Limits, Sender};
+
+    use super::*;
+
+    fn decode_all(mut bytes: &[u8]) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while !bytes.is_empty() {
+            let (message, used) = redir::decode(bytes, Sender::Console, &Limits::default()).unwrap().unwrap();
+            messages.push(message);
+            bytes = &bytes[used..];
+        }
+        messages
+    }
+
+    #[test]
+    fn a_read_goes_out_in_chunks_of_the_read_buffer_numbered_without_gaps_and_only_the_last_completes() {
+        let bar = ProgressBar::hidden();
+        let mut served = Served::default();
+        let mut server = Server { chunk: 8192, out: Outgoing { seq: 7 }, bar: &bar, served: &mut served };
+        let data: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let mut buf = BytesMut::new();
+        server.data(&mut buf, 0xB0, false, &data, true);
+        let messages = decode_all(&buf);
+        assert_eq!(messages.len(), 3);
+        let mut joined = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            let Message::IderDataToHost { seq, attributes, area, data } = message else { panic!("{message:?}") };
+            assert_eq!(*seq, 7 + i as u32);
+            let last = i == 2;
+            assert_eq!(*attributes, if last { ATTR_COMPLETED } else { 0 });
+            assert_eq!(area.input.byte_count as usize, data.len());
+            assert_eq!(area.input.drive_select, 0xB0);
+            assert_eq!(area.output.status, if last { 0x50 } else { 0 });
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(server.out.seq, 10);
+    }
+
+    #[test]
+    fn a_check_condition_carries_the_sense_and_the_error_register() {
+        let bar = ProgressBar::hidden();
+        let mut served = Served::default();
+        let mut server = Server { chunk: 8192, out: Outgoing { seq: 0 }, bar: &bar, served: &mut served };
+        let mut buf = BytesMut::new();
+        server.status(&mut buf, 0xA0, Some(Sense::LBA_OUT_OF_RANGE));
+        server.status(&mut buf, 0xA0, None);
+        let messages = decode_all(&buf);
+        let Message::IderCommandEndResponse { seq: 0, attributes, area, .. } = &messages[0] else { panic!() };
+        assert_eq!(*attributes, ATTR_COMPLETED);
+        assert_eq!((area.sense.key, area.sense.asc, area.sense.ascq), (0x05, 0x21, 0x00));
+        assert_eq!((area.output.error, area.output.status, area.output.drive_select), (0x50, 0x51, 0xA0));
+        let Message::IderCommandEndResponse { seq: 1, area, .. } = &messages[1] else { panic!() };
+        assert_eq!((area.output.status, area.sense.key), (0x50, 0));
+    }
+
+    #[tokio::test]
+    async fn reads_past_the_end_of_the_file_are_zeros_and_the_next_range_is_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        std::fs::write(&path, vec![9u8; 3000]).unwrap();
+        let mut image = Image::open(&path).unwrap();
+        let first = image.read(0, 2048).await.unwrap();
+        assert!(first.iter().all(|&b| b == 9));
+        assert!(matches!(image.ahead, Some((2048, 2048, _))));
+        let second = image.read(2048, 2048).await.unwrap();
+        assert_eq!(&second[..952], &[9u8; 952][..]);
+        assert!(second[952..].iter().all(|&b| b == 0));
+        assert!(image.ahead.is_none());
+    }
+}
