@@ -32,7 +32,7 @@ pub mod stats;
 pub mod tls;
 
 pub use backoff::{Backoff, ReconnectPolicy};
-pub use config::{DeviceConfig, GatewayAddr};
+pub use config::{amt_services, amt_services_with_redirection, DeviceConfig, GatewayAddr};
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
