@@ -15,7 +15,8 @@
 //! READ(10) over the whole medium, `--ider-read-blocks` blocks per command; then the floppy
 //! (0xA0) TEST UNIT READY, READ FORMAT CAPACITIES, READ CAPACITY(10) and READ(10) over it all.
 //! One command is outstanding at a time. Read data (0x54 chunks, the last one marked completed)
-//! is hashed with SHA-256 and counted, never stored. Per medium it prints, on the device's serial
+//! is hashed with SHA-256 and counted, never stored; a chunk over the announced read buffer, or
+//! more or fewer bytes than asked for, fails the medium. Per medium it prints, on the device's serial
 //! console ([`SerialConsoles::print`]):
 //!
 //! - `IDE-R boot: cd read <N> bytes sha256=<64 lowercase hex>` (`floppy` for the floppy);
@@ -115,6 +116,9 @@ struct Pending {
     received: u64,
     /// The reply of an informational command (capped at `expected`); empty for reads.
     data: Vec<u8>,
+    /// The medium already failed during this transfer; its remaining chunks are discarded until
+    /// the command completes, then the next medium boots.
+    failed: bool,
 }
 
 /// The boot of one medium.
@@ -264,15 +268,39 @@ impl IderFirmware {
                 let Some(pending) = boot.pending.as_mut() else {
                     return Err(Violation("DataToHost with no command outstanding"));
                 };
+                let completed = attributes & ATTR_COMPLETED != 0;
+                if pending.failed {
+                    if completed {
+                        self.complete(Outcome::Good, now, out);
+                    }
+                    return Ok(false);
+                }
                 pending.received += data.len() as u64;
-                if pending.received > pending.expected {
-                    let reason = format!(
+                let problem = if data.len() > usize::from(self.config.ider_buffer) {
+                    Some(format!(
+                        "{} data came in a chunk of {} bytes, over the read buffer of {}",
+                        pending.step.name(),
+                        data.len(),
+                        self.config.ider_buffer
+                    ))
+                } else if pending.received > pending.expected {
+                    Some(format!(
                         "{} returned {} bytes, more than the {} asked for",
                         pending.step.name(),
                         pending.received,
                         pending.expected
-                    );
-                    self.fail(&reason, true, now, out);
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = problem {
+                    // Print now; move on once the console has finished this command.
+                    pending.failed = true;
+                    let media = boot.media;
+                    self.print(&format!("IDE-R boot: {} failed: {reason}", media.name()));
+                    if completed {
+                        self.complete(Outcome::Good, now, out);
+                    }
                     return Ok(false);
                 }
                 if matches!(pending.step, Step::Read { .. }) {
@@ -376,6 +404,7 @@ impl IderFirmware {
             expected,
             received: 0,
             data: Vec::new(),
+            failed: false,
         });
         let command = AtaCommand {
             cable_select: 0,
@@ -396,6 +425,11 @@ impl IderFirmware {
         let Some(pending) = boot.pending.take() else { return };
         let media = boot.media;
         let step = pending.step;
+        if pending.failed {
+            // Already reported; the console has finished the command.
+            self.boot = None;
+            return self.next_media(media, now, out);
+        }
         if let Outcome::Check { key, asc, ascq } = outcome {
             match (step, key, asc) {
                 (Step::TestUnitReady { .. }, 0x02, 0x3A) => {

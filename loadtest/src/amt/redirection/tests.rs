@@ -630,3 +630,60 @@ fn ider_without_boot_flag_only_answers() {
     h.feed(&encode(&Message::IderCommandEndResponse { seq: 3, attributes: ATTR_COMPLETED, transfer_bytes: 0, area }));
     assert!(h.closed);
 }
+
+#[test]
+fn ider_boot_retries_test_unit_ready_once_after_unit_attention() {
+    let cd = random_image(64 * 1024);
+    let config = RedirectionConfig { boot_ider: true, ..RedirectionConfig::default() };
+    let (mut h, sink, _attached, replies) = ider_session(config, false);
+    let Message::IderCommandWritten { command, .. } = decode_device(&replies[2]) else { panic!() };
+    assert_eq!((command.drive_select, command.packet[0]), (0xB0, 0x00));
+    // Medium changed: CHECK CONDITION 06/28/00, then the same command again.
+    let area = RegisterArea {
+        output: AtaRegisters {
+            mask: 0x87,
+            error: 0x60,
+            sector_count: 3,
+            drive_select: 0xB0,
+            status: 0x51,
+            ..Default::default()
+        },
+        sense: redir::Sense { key: 6, asc: 0x28, ascq: 0 },
+        ..RegisterArea::default()
+    };
+    let retry = h.feed(&encode(&Message::IderCommandEndResponse {
+        seq: 2,
+        attributes: ATTR_COMPLETED,
+        transfer_bytes: 0,
+        area,
+    }));
+    let Message::IderCommandWritten { command, .. } = decode_device(&retry[0]) else { panic!("{retry:02x?}") };
+    assert_eq!((command.drive_select, command.packet[0]), (0xB0, 0x00), "TEST UNIT READY again");
+    let mut console = Console::new(cd.clone(), Vec::new());
+    console.seq = 2;
+    run_boot(&mut h, &mut console, retry);
+    let want = format!(
+        "IDE-R boot: starting\r\nIDE-R boot: cd read {} bytes sha256={}\r\nIDE-R boot: floppy absent\r\n",
+        cd.len(),
+        sha256_hex(&cd)
+    );
+    assert_eq!(console_lines(&sink), want);
+}
+
+#[test]
+fn ider_chunks_over_the_read_buffer_fail_the_medium() {
+    let cd = random_image(64 * 1024);
+    let config = RedirectionConfig { boot_ider: true, ider_buffer: 4096, ..RedirectionConfig::default() };
+    let (mut h, sink, _attached, replies) = ider_session(config, false);
+    // The console ignores the announced 4096 and sends 8192-byte chunks.
+    let mut console = Console::new(cd, Vec::new());
+    run_boot(&mut h, &mut console, vec![replies[2].clone()]);
+    let lines = console_lines(&sink);
+    assert!(
+        lines.contains(
+            "IDE-R boot: cd failed: READ(10) data came in a chunk of 8192 bytes, over the read buffer of 4096\r\n"
+        ),
+        "{lines}"
+    );
+    assert!(lines.ends_with("IDE-R boot: floppy absent\r\n"), "{lines}");
+}
