@@ -154,11 +154,11 @@ impl SerialConsoles {
     /// A firmware message of device `uuid`: logged at INFO, and written with CRLF to the device's
     /// SOL console when one is open (dropped there if the console is full).
     pub fn print(&self, uuid: Uuid, line: &str) {
-        tracing::info!("device {uuid} console: {line}");
+        tracing::info!("console: {line}");
         let sink = self.lock().get(&uuid).cloned();
         if let Some(sink) = sink {
             if !sink.push_line(line) {
-                tracing::debug!("device {uuid}: SOL console full, firmware line not shown there");
+                tracing::debug!("SOL console full: firmware line not shown there");
             }
         }
     }

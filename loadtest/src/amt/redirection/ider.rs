@@ -248,7 +248,7 @@ impl IderFirmware {
             Message::EndIder { .. } => {
                 self.send(now, out, |seq| Message::EndIderReply { seq });
                 if self.boot.take().is_some() {
-                    tracing::debug!("device {}: IDE-R ended by the console during the boot", self.uuid);
+                    tracing::debug!("IDE-R ended by the console during the boot");
                 }
                 return Ok(true);
             }
@@ -257,7 +257,7 @@ impl IderFirmware {
                     return Err(Violation("CommandEndResponse with no command outstanding"));
                 }
                 if attributes & ATTR_COMPLETED == 0 {
-                    tracing::debug!("device {}: CommandEndResponse without the completed bit", self.uuid);
+                    tracing::debug!("IDE-R: CommandEndResponse without the completed bit");
                 }
                 self.complete(outcome(&area), now, out);
             }

@@ -263,6 +263,15 @@ fn send(message: &Message, out: &mut Outbox<'_>) {
     out.end_message();
 }
 
+/// A session kind as logs name it.
+fn session_name(kind: SessionType) -> &'static str {
+    match kind {
+        SessionType::Sol => "SOL",
+        SessionType::Ider => "IDE-R",
+        SessionType::Kvm => "KVM",
+    }
+}
+
 /// `len` random bytes as hex digits.
 fn random_hex(len: usize, upper: bool) -> String {
     let mut rng = rand::rng();
@@ -285,7 +294,7 @@ impl RedirectionChannel {
 
     /// A protocol error by the console: log, close.
     fn bad(&mut self, out: &mut Outbox<'_>, what: &dyn fmt::Display) {
-        tracing::warn!("device {} redirection: {what}; closing the channel", self.uuid);
+        tracing::warn!("redirection: {what}; closing the channel");
         self.close(out, None);
     }
 
@@ -329,7 +338,7 @@ impl RedirectionChannel {
                 self.authenticate(request, now, out);
             }
             Message::EndRedirectionSession => {
-                tracing::debug!("device {} redirection: the console ended the session", self.uuid);
+                tracing::debug!("redirection: the console ended the session");
                 self.close(out, None);
             }
             Message::StartSol { settings, .. } => {
@@ -348,11 +357,11 @@ impl RedirectionChannel {
                     out,
                 ) {
                     Ok(sol) => {
-                        tracing::info!("device {} SOL session started", self.uuid);
+                        tracing::info!("SOL session started");
                         self.mode = Mode::Sol(Box::new(sol));
                     }
                     Err(err) => {
-                        tracing::error!("device {}: {err}", self.uuid);
+                        tracing::error!("redirection: {err}");
                         send(&Message::StartSolReply { status: 1, seq: 0, settings }, out);
                         self.close(out, None);
                     }
@@ -363,7 +372,7 @@ impl RedirectionChannel {
                     self.bad(out, &"StartIDERRedirection before authentication or out of place");
                     return Handled::Done;
                 }
-                tracing::info!("device {} IDE-R session started", self.uuid);
+                tracing::info!("IDE-R session started");
                 let fw = IderFirmware::open(Arc::clone(&self.config), self.uuid, self.consoles.clone(), now, out);
                 self.mode = Mode::Ider(Box::new(fw));
             }
@@ -389,7 +398,7 @@ impl RedirectionChannel {
             ) => {}
             (Mode::Sol(_), Message::EndSol { seq }) => {
                 send(&Message::EndSolReply { seq }, out);
-                tracing::info!("device {} SOL session ended by the console", self.uuid);
+                tracing::info!("SOL session ended by the console");
                 // Dropping the session kills the shell.
                 self.mode = Mode::SolEnded;
             }
@@ -398,7 +407,7 @@ impl RedirectionChannel {
             (Mode::Ider(fw), message) => match fw.handle(message, now, out) {
                 Ok(false) => {}
                 Ok(true) => {
-                    tracing::info!("device {} IDE-R session ended by the console", self.uuid);
+                    tracing::info!("IDE-R session ended by the console");
                     self.mode = Mode::IderEnded;
                 }
                 Err(err) => self.bad(out, &err),
@@ -426,7 +435,7 @@ impl RedirectionChannel {
         };
         send(&Message::StartRedirectionSessionReply(reply), out);
         if slot.is_none() {
-            tracing::info!("device {} redirection: {kind:?} session refused (one is open already, or KVM)", self.uuid);
+            tracing::info!("redirection: {} session refused (one is open already, or KVM)", session_name(kind));
             self.close(out, None);
             return;
         }
@@ -473,11 +482,11 @@ impl RedirectionChannel {
             Ok(()) => {
                 send(&reply(0, body), out);
                 self.authenticated = true;
-                tracing::info!("device {} redirection: {:?} console authenticated", self.uuid, self.kind);
+                tracing::info!("redirection: {} console authenticated", self.kind.map_or("?", session_name));
             }
             Err(err) => {
                 send(&reply(1, body), out);
-                tracing::warn!("device {} redirection: authentication refused: {err}", self.uuid);
+                tracing::warn!("redirection: authentication refused: {err}");
                 self.close(out, Some(now + self.config.reject_linger));
             }
         }
@@ -487,7 +496,7 @@ impl RedirectionChannel {
     fn flush(&mut self, out: &mut Outbox<'_>) {
         if let Mode::Sol(sol) = &mut self.mode {
             if sol.flush(out) {
-                tracing::info!("device {} SOL: the shell exited; closing the channel", self.uuid);
+                tracing::info!("SOL: the shell exited; closing the channel");
                 self.close(out, None);
             }
         }
@@ -500,7 +509,7 @@ impl ChannelHandler for RedirectionChannel {
             match data.first() {
                 Some(&0x10) => self.mode = Mode::Session,
                 Some(_) => {
-                    tracing::debug!("device {} port 16994: not a redirection console; echoing", self.uuid);
+                    tracing::debug!("redirection: not a console (first byte not 0x10); echoing");
                     self.mode = Mode::Echo;
                 }
                 None => return 0,
