@@ -240,3 +240,46 @@ impl Services {
         self.by_port.get(&port).or(self.fallback.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_boundaries_are_kept_once_each() {
+        let mut buf = BytesMut::new();
+        let mut close = false;
+        let mut marks = VecDeque::new();
+        let mut out = Outbox::with_boundaries(&mut buf, 100, &mut close, &mut marks);
+        out.end_message(); // nothing written yet: no boundary
+        out.write(b"abc");
+        out.end_message();
+        out.end_message(); // twice at the same place: one boundary
+        out.write(b"de");
+        out.end_message();
+        assert_eq!(out.room(), 95);
+        assert_eq!(Vec::from(marks), [3, 5]);
+        // Without boundaries, end_message does nothing.
+        let mut plain = BytesMut::new();
+        let mut out = Outbox::new(&mut plain, 10, &mut close);
+        out.write(b"x");
+        out.end_message();
+        assert_eq!(&plain[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn a_wake_before_the_wait_is_not_lost() {
+        let set = WakeSet::new();
+        let a = set.waker(ChannelId(4));
+        let b = set.waker(ChannelId(5));
+        a.wake();
+        b.wake();
+        a.wake();
+        tokio::time::timeout(std::time::Duration::from_secs(5), set.notified()).await.expect("notified");
+        assert_eq!(set.take(), [ChannelId(4), ChannelId(5)]);
+        assert!(set.take().is_empty());
+        b.wake();
+        assert!(set.take_one(ChannelId(5)));
+        assert!(!set.take_one(ChannelId(5)));
+    }
+}

@@ -687,3 +687,37 @@ fn ider_chunks_over_the_read_buffer_fail_the_medium() {
     );
     assert!(lines.ends_with("IDE-R boot: floppy absent\r\n"), "{lines}");
 }
+
+#[tokio::test]
+async fn ider_boot_result_shows_on_the_devices_sol_console() {
+    let cd = random_image(256 * 1024);
+    let service = RedirectionService::new(RedirectionConfig {
+        admin_password: "P@ssw0rd".to_owned(),
+        boot_ider: true,
+        ..RedirectionConfig::default()
+    });
+    let mut sol = sol_session(&service);
+    let mut ider = Harness::new(&service, UUID);
+    ider.feed(&START_IDER);
+    ider.feed(&basic_auth(b"admin", b"P@ssw0rd"));
+    ider.feed(&encode(&Message::StartIder(IderOpen {
+        seq: 0,
+        rx_timeout: 30000,
+        tx_timeout: 0,
+        heartbeat: 20000,
+        version: 1,
+    })));
+    let replies =
+        ider.feed(&encode(&Message::IderDisableEnableFeatures { seq: 1, request: FeaturesRequest::SetState(0x09) }));
+    let mut console = Console::new(cd.clone(), Vec::new());
+    run_boot(&mut ider, &mut console, vec![replies[1].clone()]);
+    let want = format!("IDE-R boot: cd read {} bytes sha256={}\r\n", cd.len(), sha256_hex(&cd));
+    let text = sol.sol_output_until(|text| text.contains("floppy absent")).await;
+    assert!(text.contains("IDE-R boot: starting\r\n"), "{text:?}");
+    assert!(text.contains(&want), "{text:?}");
+    // Another device's boot does not show here.
+    let other = Uuid::from_u128(5);
+    service.consoles().print(other, "IDE-R boot: starting");
+    let more: Vec<u8> = sol.wake().concat();
+    assert!(!String::from_utf8_lossy(&more).contains("IDE-R"), "{more:02x?}");
+}
