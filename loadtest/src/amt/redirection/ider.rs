@@ -174,18 +174,19 @@ impl IderFirmware {
         now: Instant,
         out: &mut Outbox<'_>,
     ) -> Self {
+        let buffer = config.ider_buffer;
         let mut fw = Self { config, uuid, consoles, seq: 0, last_sent: now, enabled: false, boot: None, booted: false };
-        let reply = IderOpenReply {
+        let reply = |seq| IderOpenReply {
             status: 0,
-            seq: 0,
+            seq,
             versions: Versions { protocol_major: 1, protocol_minor: 0, firmware_major: 0, firmware_minor: 0 },
-            read_buffer_size: fw.config.ider_buffer,
+            read_buffer_size: buffer,
             write_buffer_size: WRITE_BUFFER,
             features: 0,
             oem_iana: 0,
             oem_data: Default::default(),
         };
-        fw.send(now, out, |_| Message::StartIderReply(reply));
+        fw.send(now, out, |seq| Message::StartIderReply(reply(seq)));
         fw
     }
 
