@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use loadtest::amt::{
-    client_config, device_uuid, run_device, run_device_with_stats, run_fleet, server_name, shutdown_pair, DeviceConfig,
-    DeviceError, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, Stats, Trust,
+    amt_services_with_redirection, client_config, device_uuid, run_device, run_device_with_stats, run_fleet,
+    server_name, shutdown_pair, DeviceConfig, DeviceError, FleetConfig, GatewayAddr, Progress, ReconnectPolicy,
+    RedirectionConfig, RedirectionService, Stats, Trust,
 };
 use protocols::session::{ChannelId, Event, OpenError, ServerConfig, ServerSession};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -548,6 +549,96 @@ async fn channel_opened_before_the_last_forward_is_served() {
             .await;
         tunnel.send(ch, b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(tunnel.read_http_response(ch).await.0, 401);
+        stop.trigger();
+        tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
+        gateway.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// The next CHANNEL_DATA of `ch`, as one message.
+async fn next_data(tunnel: &mut Tunnel, ch: ChannelId) -> Vec<u8> {
+    tunnel
+        .wait_for(|e| match e {
+            Event::ChannelData { ch: c, data } if *c == ch => Some(data.to_vec()),
+            Event::ChannelClosed { ch: c } if *c == ch => panic!("channel closed"),
+            _ => None,
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sol_through_the_tunnel_sends_each_reply_in_its_own_channel_data() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let pki = Pki::new();
+        let mut gateway = Gateway::start("127.0.0.1:0".parse().unwrap(), pki.acceptor(), PASSWORD).await;
+        let mut config = device_config(gateway.addr, &Trust::Insecure, PASSWORD);
+        config.services = amt_services_with_redirection(RedirectionService::new(RedirectionConfig {
+            admin_password: "P@ssw0rd".to_owned(),
+            ..RedirectionConfig::default()
+        }));
+        let (stop, shutdown) = shutdown_pair();
+        let device = tokio::spawn(run_device(config, shutdown));
+        let mut tunnel = gateway.next_tunnel().await;
+        tunnel.handshake(&FIRMWARE_PORTS).await;
+
+        // amtterm 1.4's start and login, sent in one go: two replies, two CHANNEL_DATA.
+        let sol = tunnel.open(16994).await;
+        let mut login = vec![0x10, 0, 0, 0, 0x53, 0x4f, 0x4c, 0x20];
+        login.extend_from_slice(&[0x13, 0, 0, 0, 1, 0x0f, 0, 0, 0, 5]);
+        login.extend_from_slice(b"admin");
+        login.push(8);
+        login.extend_from_slice(b"P@ssw0rd");
+        tunnel.send(sol, &login);
+        assert_eq!(next_data(&mut tunnel, sol).await, [0x11, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(next_data(&mut tunnel, sol).await, [0x14, 0, 0, 0, 1, 0, 0, 0, 0]);
+        let start_sol =
+            [0x20, 0, 0, 0, 0, 0, 0, 0, 0xe8, 0x03, 0x64, 0, 0, 0, 0x10, 0x27, 0, 0, 0x88, 0x13, 0, 0, 0, 0];
+        tunnel.send(sol, &start_sol);
+        assert_eq!(next_data(&mut tunnel, sol).await[..2], [0x21, 0]);
+        assert_eq!(next_data(&mut tunnel, sol).await, [0x29, 0, 0, 0, 1, 0, 0, 0, 3, 4]);
+
+        // A second SOL console for the same device is refused, and its channel closed.
+        let second = tunnel.open(16995).await;
+        tunnel.send(second, &login[..8]);
+        assert_eq!(next_data(&mut tunnel, second).await[..2], [0x11, 1]);
+        tunnel.wait_for(|e| matches!(e, Event::ChannelClosed { ch } if *ch == second).then_some(())).await;
+
+        // The shell runs what is typed; its output comes as 0x2A, heartbeats as 0x2B.
+        let mut typed = vec![0x28, 0, 0, 0, 0, 0, 0, 0];
+        let line = b"echo hi-$((40+2))\r";
+        typed.extend_from_slice(&(line.len() as u16).to_le_bytes());
+        typed.extend_from_slice(line);
+        tunnel.send(sol, &typed);
+        let mut text = Vec::new();
+        let mut heartbeat = false;
+        while !(heartbeat && text.windows(5).any(|w| w == b"hi-42")) {
+            let data = next_data(&mut tunnel, sol).await;
+            match data[0] {
+                0x2a => text.extend_from_slice(&data[10..]),
+                0x2b => heartbeat = data.len() == 8,
+                other => panic!("unexpected message {other:#04x}"),
+            }
+        }
+
+        // EndSOL, the stray ^], EndRedirectionSession: the device closes the channel.
+        tunnel.send(sol, &[0x22, 0, 0, 0, 0, 0, 0, 0]);
+        loop {
+            let data = next_data(&mut tunnel, sol).await;
+            if data[0] == 0x23 {
+                assert_eq!(data, [0x23, 0, 0, 0, 0, 0, 0, 0]);
+                break;
+            }
+        }
+        tunnel.send(sol, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x1d, 0x12, 0, 0, 0]);
+        tunnel.wait_for(|e| matches!(e, Event::ChannelClosed { ch } if *ch == sol).then_some(())).await;
+
+        // The slot is free again.
+        let again = tunnel.open(16994).await;
+        tunnel.send(again, &login[..8]);
+        assert_eq!(next_data(&mut tunnel, again).await[..2], [0x11, 0]);
+
         stop.trigger();
         tokio::time::timeout(STEP, device).await.expect("device stops").unwrap().unwrap();
         gateway.stop().await;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::backoff::ReconnectPolicy;
 use super::echo::Echo;
 use super::http::HttpResponder;
+use super::redirection::RedirectionService;
 use super::service::{Service, Services};
 
 /// One address a device may dial, and the name the certificate it finds there must match.
@@ -177,4 +178,12 @@ impl fmt::Debug for DeviceConfig {
 pub fn amt_services() -> Services {
     let http: Arc<dyn Service> = Arc::new(HttpResponder::default());
     Services::none().with_shared(16992, http.clone()).with_shared(16993, http).with_fallback(Echo)
+}
+
+/// What amt-sim answers: the HTTP responder on 16992 and 16993, `redirection` (SOL and IDE-R) on
+/// 16994 and 16995 (the same service, so one session of a kind per device across both ports),
+/// echo on every other port.
+pub fn amt_services_with_redirection(redirection: RedirectionService) -> Services {
+    let redirection: Arc<dyn Service> = Arc::new(redirection);
+    amt_services().with_shared(16994, redirection.clone()).with_shared(16995, redirection)
 }

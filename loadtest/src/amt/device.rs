@@ -22,6 +22,12 @@
 //! output is over [`DeviceConfig::max_pending`], its handler is offered nothing, so the gateway
 //! runs out of window instead of the device buffering without bound. The same holds for the
 //! socket: no channel data is queued while more than 256 KiB wait to be written.
+//!
+//! Handlers also run on wake-ups and timers: the task selects on the connection's [`WakeSet`]
+//! (a handler's own tasks wake it) and sleeps until the earliest of the session's and the
+//! handlers' deadlines. A handler's output is handed to the session one message at a time where
+//! the handler marked message boundaries ([`Outbox::end_message`]), so each such message travels
+//! in CHANNEL_DATA of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -40,7 +46,7 @@ use tokio_rustls::TlsConnector;
 use super::backoff::Backoff;
 use super::config::{DeviceConfig, GatewayAddr};
 use super::error::{ConnectionError, DeviceError};
-use super::service::{ChannelHandler, ChannelInfo, Outbox};
+use super::service::{ChannelHandler, ChannelInfo, Outbox, WakeSet};
 use super::shutdown::Shutdown;
 use super::stats::{EstablishedGuard, Stats};
 
@@ -309,6 +315,10 @@ struct Channel {
     /// Written by the handler, not yet taken by the session (bounded by `max_pending` plus one
     /// handler call's overshoot).
     outbound: BytesMut,
+    /// Ends of messages in `outbound` (offsets, increasing), each sent as its own CHANNEL_DATA.
+    boundaries: VecDeque<usize>,
+    /// The handler was woken, or room grew: call `on_wake`.
+    woken: bool,
     eof_received: bool,
     eof_delivered: bool,
     /// The handler asked to close once its output is sent.
@@ -332,6 +342,8 @@ struct Connection<'a> {
     was_established: bool,
     auth_rejected: bool,
     closed: Option<CloseCause>,
+    /// The channels whose handlers asked to be woken.
+    wakes: Arc<WakeSet>,
 }
 
 impl<'a> Connection<'a> {
@@ -349,6 +361,7 @@ impl<'a> Connection<'a> {
             was_established: false,
             auth_rejected: false,
             closed: None,
+            wakes: WakeSet::new(),
         }
     }
 
@@ -367,6 +380,7 @@ impl<'a> Connection<'a> {
         let mut end: Option<ConnectionError> = None;
         let mut linger_until: Option<Instant> = None;
         let mut write_failed = false;
+        let wakes = Arc::clone(&self.wakes);
         loop {
             self.process(&mut out);
             if end.is_none() {
@@ -388,7 +402,7 @@ impl<'a> Connection<'a> {
             }
             let timer = match linger_until {
                 Some(at) => Some(at),
-                None => self.session.poll_timeout(),
+                None => earliest(self.session.poll_timeout(), self.handler_deadline()),
             };
             tokio::select! {
                 biased;
@@ -419,6 +433,13 @@ impl<'a> Connection<'a> {
                     Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => end = Some(ConnectionError::PeerReset),
                     Err(err) => end = Some(ConnectionError::Io(err)),
                 },
+                () = wakes.notified(), if end.is_none() => {
+                    for ch in wakes.take() {
+                        if let Some(channel) = self.channels.get_mut(&ch) {
+                            channel.woken = true;
+                        }
+                    }
+                }
                 () = sleep_until(timer), if timer.is_some() => {
                     if linger_until.is_some() {
                         break;
@@ -441,6 +462,11 @@ impl<'a> Connection<'a> {
             auth_rejected: self.auth_rejected,
             end: end.unwrap_or(ConnectionError::PeerClosed),
         }
+    }
+
+    /// The earliest deadline of the channels' handlers.
+    fn handler_deadline(&self) -> Option<Instant> {
+        self.channels.values().filter(|c| !c.close_requested).filter_map(|c| c.handler.poll_deadline()).min()
     }
 
     /// Reacts to the session's events, moves channel data, and collects the bytes to send.
@@ -537,6 +563,7 @@ impl<'a> Connection<'a> {
             originator: originator.clone(),
             originator_port,
             log_level: level,
+            waker: self.wakes.waker(ch),
         };
         let Some(handler) = self.config.services.get(port).and_then(|service| service.open(&info)) else {
             device_log!(level, "channel to port {port} refused: no service on that port");
@@ -551,12 +578,19 @@ impl<'a> Connection<'a> {
             handler,
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
+            boundaries: VecDeque::new(),
+            woken: false,
             eof_received: false,
             eof_delivered: false,
             close_requested: false,
             close_sent: false,
         };
-        let mut outbox = Outbox::new(&mut channel.outbound, self.config.max_pending, &mut channel.close_requested);
+        let mut outbox = Outbox::with_boundaries(
+            &mut channel.outbound,
+            self.config.max_pending,
+            &mut channel.close_requested,
+            &mut channel.boundaries,
+        );
         channel.handler.on_open(&mut outbox);
         self.channels.insert(ch, channel);
         self.stats.channel_opened();
@@ -571,15 +605,52 @@ impl<'a> Connection<'a> {
     fn pump_channels(&mut self, queued: usize) {
         let mut budget = OUT_QUEUE_CAP.saturating_sub(queued);
         let max_pending = self.config.max_pending;
+        let now = Instant::now();
         for (&id, channel) in self.channels.iter_mut() {
+            if !channel.close_requested && channel.handler.poll_deadline().is_some_and(|at| at <= now) {
+                let mut outbox = Outbox::with_boundaries(
+                    &mut channel.outbound,
+                    max_pending,
+                    &mut channel.close_requested,
+                    &mut channel.boundaries,
+                );
+                channel.handler.on_timer(now, &mut outbox);
+            }
             loop {
                 let mut moved = false;
-                if !channel.outbound.is_empty() && budget > 0 {
-                    let len = channel.outbound.len().min(budget);
+                while !channel.outbound.is_empty() && budget > 0 {
+                    // One message (up to the next boundary) per send, so one per CHANNEL_DATA.
+                    let message = channel.boundaries.front().copied().unwrap_or(channel.outbound.len());
+                    let len = message.min(channel.outbound.len()).min(budget);
                     let n = self.session.send(id, &channel.outbound[..len]);
-                    if n > 0 {
-                        channel.outbound.advance(n);
-                        budget -= n;
+                    if n == 0 {
+                        break;
+                    }
+                    channel.outbound.advance(n);
+                    for mark in channel.boundaries.iter_mut() {
+                        *mark = mark.saturating_sub(n);
+                    }
+                    while channel.boundaries.front() == Some(&0) {
+                        channel.boundaries.pop_front();
+                    }
+                    budget -= n;
+                    moved = true;
+                    channel.woken = true;
+                }
+                if channel.outbound.is_empty() {
+                    channel.boundaries.clear();
+                }
+                if channel.woken && !channel.close_requested && channel.outbound.len() < max_pending {
+                    channel.woken = false;
+                    let before = channel.outbound.len();
+                    let mut outbox = Outbox::with_boundaries(
+                        &mut channel.outbound,
+                        max_pending,
+                        &mut channel.close_requested,
+                        &mut channel.boundaries,
+                    );
+                    channel.handler.on_wake(&mut outbox);
+                    if channel.outbound.len() != before || channel.close_requested {
                         moved = true;
                     }
                 }
@@ -587,7 +658,12 @@ impl<'a> Connection<'a> {
                     let n = if channel.close_requested {
                         channel.inbound.len()
                     } else if channel.outbound.len() < max_pending {
-                        let mut outbox = Outbox::new(&mut channel.outbound, max_pending, &mut channel.close_requested);
+                        let mut outbox = Outbox::with_boundaries(
+                            &mut channel.outbound,
+                            max_pending,
+                            &mut channel.close_requested,
+                            &mut channel.boundaries,
+                        );
                         channel.handler.on_data(&channel.inbound, &mut outbox).min(channel.inbound.len())
                     } else {
                         0
@@ -600,7 +676,12 @@ impl<'a> Connection<'a> {
                 }
                 if channel.eof_received && !channel.eof_delivered && channel.inbound.is_empty() {
                     channel.eof_delivered = true;
-                    let mut outbox = Outbox::new(&mut channel.outbound, max_pending, &mut channel.close_requested);
+                    let mut outbox = Outbox::with_boundaries(
+                        &mut channel.outbound,
+                        max_pending,
+                        &mut channel.close_requested,
+                        &mut channel.boundaries,
+                    );
                     channel.handler.on_eof(&mut outbox);
                     moved = true;
                 }
@@ -629,6 +710,14 @@ fn next_read_size(current: usize, n: usize) -> usize {
         (current / 2).max(MIN_READ)
     } else {
         current
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -12,6 +12,8 @@
 //!   address, tunnel, reconnect);
 //! - [`service`]: the [`Service`] / [`ChannelHandler`] traits and the port → service map;
 //! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993);
+//! - [`redirection`]: SOL (a shell on a pseudo-terminal) and IDE-R (a simulated BIOS booting
+//!   from the console's media) on 16994/16995;
 //! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
 //! - [`stats`]: counters shared by the devices of a fleet; [`backoff`]: reconnect delays;
 //! - [`shutdown`]: the stop signal; [`error`]: the error types.
@@ -23,19 +25,21 @@ pub mod echo;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod redirection;
 pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;
 
 pub use backoff::{Backoff, ReconnectPolicy};
-pub use config::{DeviceConfig, GatewayAddr};
+pub use config::{amt_services, amt_services_with_redirection, DeviceConfig, GatewayAddr};
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
 pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};
 pub use http::HttpResponder;
-pub use service::{ChannelHandler, ChannelInfo, Outbox, Service, Services};
+pub use redirection::{RedirectionConfig, RedirectionService};
+pub use service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service, Services, WakeSet};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::{client_config, default_server_name, server_name, Trust};

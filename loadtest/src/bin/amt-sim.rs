@@ -1,7 +1,18 @@
 //! amt-sim: simulated Intel AMT devices that dial a Tether gateway (or any CIRA MPS) over TLS
 //! and APF, forward their ports, keep the tunnel alive, serve the channels the gateway opens
-//! (HTTP/WS-MAN on 16992/16993, echo elsewhere), and reconnect when the tunnel drops (unless
-//! `--no-reconnect`). `--source IP` makes them connect from that local address.
+//! (HTTP/WS-MAN on 16992/16993, SOL and IDE-R redirection on 16994/16995, echo elsewhere), and
+//! reconnect when the tunnel drops (unless `--no-reconnect`). `--source IP` makes them connect
+//! from that local address.
+//!
+//! Redirection (16994, and 16995 as plain redirection inside the channel: the sim has no TLS
+//! there): consoles log in with the device's admin account (`--admin-user`, `--admin-password`,
+//! default admin/admin; password, or digest with qop auth). SOL runs `--sol-shell` (default
+//! /bin/sh) on a pseudo-terminal, so a technician runs real commands over SOL. With `--boot-ider`,
+//! the simulated firmware boots from IDE-R once a console enables it: it reads the whole CD, then
+//! the whole floppy, and prints `IDE-R boot: cd read <N> bytes sha256=<hex>` (or `… cd failed:
+//! <reason>`, `… cd absent`; `floppy` likewise) on the device's SOL console and in the log.
+//! A channel to 16994 whose first byte is not a redirection StartRedirectionSession is echoed, as
+//! before (load tests push bytes through it).
 //!
 //! Several `--gateway` addresses (repeated, or separated by commas) are an MPS list, as in AMT's
 //! CIRA policy: device i starts at address i mod N, a failed TCP connect or TLS handshake moves it
@@ -10,6 +21,7 @@
 //!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
 //! `amt-sim --gateway 127.0.0.1:4433,127.0.0.1:5433 --insecure --username USER --password PASS`
+//! `amt-sim --gateway 127.0.0.1:4433 --insecure --username U --password P --admin-password secret --boot-ider`
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
@@ -21,8 +33,9 @@ use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser};
 use indicatif::ProgressBar;
 use loadtest::amt::{
-    client_config, default_server_name, progress_bar, run_fleet, server_name, shutdown_pair, DeviceConfig, FleetConfig,
-    GatewayAddr, Progress, ReconnectPolicy, ShutdownTrigger, Trust,
+    amt_services_with_redirection, client_config, default_server_name, progress_bar, run_fleet, server_name,
+    shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, RedirectionConfig,
+    RedirectionService, ShutdownTrigger, Trust,
 };
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -97,6 +110,32 @@ struct Args {
     /// why. Status 0 only when stopped by a signal, or by --exit-after-established.
     #[arg(long)]
     no_reconnect: bool,
+    /// The devices' admin account, for redirection consoles (SOL, IDE-R on 16994/16995).
+    #[arg(long, default_value = "admin", value_name = "USER")]
+    admin_user: String,
+    /// The admin account's password (username/password and digest authentication).
+    #[arg(
+        long,
+        env = "AMT_SIM_ADMIN_PASSWORD",
+        hide_env_values = true,
+        default_value = "admin",
+        value_name = "PASSWORD"
+    )]
+    admin_password: String,
+    /// The program SOL runs on a pseudo-terminal (TERM=vt100); killed when the SOL session ends.
+    #[arg(long, default_value = "/bin/sh", value_name = "PATH")]
+    sol_shell: PathBuf,
+    /// Boot from IDE-R once a console enables it: read the CD, then the floppy, and print their
+    /// SHA-256 on the SOL console (`IDE-R boot: cd read N bytes sha256=HEX`).
+    #[arg(long)]
+    boot_ider: bool,
+    /// Blocks per READ(10) of the IDE-R boot (32 CD blocks = 64 KiB).
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    ider_read_blocks: u16,
+    /// The device's IDE-R read buffer size announced to consoles (largest data chunk they send;
+    /// MeshCommander refuses more than 8192).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1..))]
+    ider_buffer: u16,
 }
 
 fn main() -> ExitCode {
@@ -157,6 +196,15 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
     device.stop_on_auth_failure = args.exit_on_auth_failure;
     device.source = args.source;
     device.no_reconnect = args.no_reconnect;
+    device.services = amt_services_with_redirection(RedirectionService::new(RedirectionConfig {
+        admin_user: args.admin_user.clone(),
+        admin_password: args.admin_password.clone(),
+        sol_shell: args.sol_shell.clone(),
+        boot_ider: args.boot_ider,
+        ider_read_blocks: args.ider_read_blocks,
+        ider_buffer: args.ider_buffer,
+        ..RedirectionConfig::default()
+    }));
 
     let mut fleet = FleetConfig::new(device, args.count);
     fleet.ramp = Duration::from_millis(args.ramp_ms);
@@ -172,6 +220,12 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         described.join(", "),
         args.source.map_or_else(String::new, |ip| format!(" from {ip}")),
         args.username
+    );
+    tracing::info!(
+        "redirection on 16994/16995: admin user {:?}, SOL shell {}, IDE-R boot {}",
+        args.admin_user,
+        args.sol_shell.display(),
+        if args.boot_ider { "on" } else { "off" }
     );
     let (trigger, shutdown) = shutdown_pair();
     tokio::spawn(stop_on_signals(trigger));
@@ -309,6 +363,19 @@ mod tests {
     fn gateways_of(args: &[&str]) -> Vec<String> {
         let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p"];
         Args::try_parse_from(base.iter().chain(args)).map(|a| a.gateway).unwrap_or_default()
+    }
+
+    #[test]
+    fn redirection_flags_have_their_defaults() {
+        let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p", "--gateway", "a:1"];
+        let args = Args::try_parse_from(base).unwrap();
+        assert_eq!((args.admin_user.as_str(), args.admin_password.as_str()), ("admin", "admin"));
+        assert_eq!(args.sol_shell, PathBuf::from("/bin/sh"));
+        assert_eq!((args.boot_ider, args.ider_read_blocks, args.ider_buffer), (false, 32, 8192));
+        let flags = ["--boot-ider", "--ider-read-blocks", "8", "--ider-buffer", "4096", "--sol-shell", "/bin/bash"];
+        let args = Args::try_parse_from(base.iter().chain(&flags)).unwrap();
+        assert_eq!((args.boot_ider, args.ider_read_blocks, args.ider_buffer), (true, 8, 4096));
+        assert!(Args::try_parse_from(base.iter().chain(&["--ider-read-blocks", "0"])).is_err());
     }
 
     #[test]
