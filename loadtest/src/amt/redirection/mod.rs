@@ -20,9 +20,8 @@
 //! replies with one read that consumes its whole buffer (redirection.md §1.8), so no two device
 //! messages share a CHANNEL_DATA.
 //!
-//! Load-test compatibility: a channel whose first byte is not 0x10 (StartRedirectionSession) is
-//! served as echo, as this port was before (the end-to-end tests push patterned bytes through it).
-//! A console always starts with 0x10.
+//! A channel whose first byte is not 0x10 is not a console: it fails to parse and is closed, as
+//! firmware does.
 //!
 //! A bad message (undecodable, or out of place) is logged and closes the channel. Buffers are
 //! capped: the input at one message of [`redir::Limits::max_message_len`], the shell's pending
@@ -204,8 +203,6 @@ impl Service for RedirectionService {
 enum Mode {
     /// Nothing received yet.
     Start,
-    /// Not a redirection console: echo (see the module doc).
-    Echo,
     /// Session manager phase (0x10 seen; authentication, then waiting for StartSOL/StartIDER).
     Session,
     Sol(Box<SolSession>),
@@ -506,23 +503,13 @@ impl RedirectionChannel {
 impl ChannelHandler for RedirectionChannel {
     fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
         if matches!(self.mode, Mode::Start) {
-            match data.first() {
-                Some(&0x10) => self.mode = Mode::Session,
-                Some(_) => {
-                    tracing::debug!("redirection: not a console (first byte not 0x10); echoing");
-                    self.mode = Mode::Echo;
-                }
-                None => return 0,
+            if data.is_empty() {
+                return 0;
             }
+            self.mode = Mode::Session;
         }
-        match self.mode {
-            Mode::Echo => {
-                let n = data.len().min(out.room());
-                out.write(&data[..n]);
-                return n;
-            }
-            Mode::Closing { .. } => return data.len(),
-            _ => {}
+        if matches!(self.mode, Mode::Closing { .. }) {
+            return data.len();
         }
         let cap = self.config.limits.max_message_len();
         let take = if out.room() >= RESERVE { data.len().min(cap.saturating_sub(self.input.len())) } else { 0 };
