@@ -337,13 +337,15 @@ impl<S: TapSink> Tap<S> {
                 let method = head[4];
                 let payload = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
                 let digest_challenge = matches!(method, 3 | 4) && payload > 0;
-                if status == 0 {
+                if method == 0 {
+                    // The answer to a query: the methods the device supports, not a verdict.
+                } else if status == 0 {
                     self.sink.event(TapEvent::Authenticated);
                     if self.kind == Some(RedirKind::Kvm) {
                         // RFB from here on.
                         self.phase = Phase::Off;
                     }
-                } else if !digest_challenge && method != 0 {
+                } else if !digest_challenge {
                     self.end(RedirOutcome::AuthFailed);
                 }
             }

@@ -226,9 +226,13 @@ fn kvm_is_read_until_its_authentication_then_left_alone() {
     let mut tap = Tap::new(Seen::default());
     tap.from_console(&[0x10, 1, 0, 0, b'K', b'V', b'M', b'R']);
     tap.from_device(&[0x11, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // The answer to a query (status 0) is no verdict: the tap reads on.
+    tap.from_console(&[0x13, 0, 0, 0, 0, 0, 0, 0, 0]);
+    tap.from_device(&[0x14, 0, 0, 0, 0, 2, 0, 0, 0, 1, 4]);
+    assert!(tap.parsing() && !tap.sink().authenticated);
     tap.from_console(&cat(&[&[0x13, 0, 0, 0, 1, 0x0b, 0, 0, 0, 5], b"admin", &[4], b"pass"]));
     tap.from_device(&[0x14, 0, 0, 0, 1, 0, 0, 0, 0]);
-    assert!(!tap.parsing());
+    assert!(!tap.parsing() && tap.sink().authenticated);
     // RFB from here: not redirection.
     tap.from_console(&[0x40, 0, 0, 0, 0, 0, 0, 0]);
     tap.from_device(b"RFB 003.008\n");
