@@ -175,8 +175,12 @@ pub async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir
             let closed = store
                 .mark_instance_disconnected(&instance, now, "its gateway was removed from the fleet", false)
                 .await?;
+            let sessions = store.end_instance_redirections(&instance, now).await?;
             if !store.remove_instance(&instance).await? {
                 bail!("there is no gateway {instance:?} (see `tether fleet status`)");
+            }
+            if sessions > 0 {
+                println!("{sessions} redirection sessions it left open marked interrupted");
             }
             println!("gateway {instance} removed ({closed} of its devices marked disconnected)");
             Ok(())
