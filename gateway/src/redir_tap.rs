@@ -400,11 +400,16 @@ enum LogCommand {
     Start {
         key: u64,
         row: NewRedirection,
-        transcript: Option<oneshot::Sender<PathBuf>>,
     },
     User {
         key: u64,
         user: String,
+    },
+    /// SOL runs and is recorded: name the file in the row, and tell the transcript's writer.
+    Transcript {
+        key: u64,
+        uuid: Uuid,
+        reply: oneshot::Sender<PathBuf>,
     },
     /// The session ended (in the protocol, or its relay closed). `last`: the relay closed, forget
     /// the key; `row`: the whole session, written if its start was dropped.
@@ -462,18 +467,20 @@ async fn write_log(store: Store, mut rx: mpsc::Receiver<LogCommand>, transcripts
     };
     while let Some(command) = rx.recv().await {
         match command {
-            LogCommand::Start { key, row, transcript } => match store.start_redirection(&row).await {
+            LogCommand::Start { key, row } => match store.start_redirection(&row).await {
                 Ok(id) => {
                     ids.insert(key, id);
-                    if let (Some(reply), Some(dir)) = (transcript, &transcripts) {
-                        let path = dir.join(row.uuid.to_string()).join(format!("{id}.cast"));
-                        let named = store.set_redirection_transcript(id, &path.display().to_string()).await;
-                        report(named);
-                        let _ = reply.send(path);
-                    }
                 }
                 Err(err) => report(Err(err)),
             },
+            LogCommand::Transcript { key, uuid, reply } => {
+                // Without the row (its start was dropped) the file has no name: not recorded.
+                if let (Some(id), Some(dir)) = (ids.get(&key), &transcripts) {
+                    let path = dir.join(uuid.to_string()).join(format!("{id}.cast"));
+                    report(store.set_redirection_transcript(*id, &path.display().to_string()).await);
+                    let _ = reply.send(path);
+                }
+            }
             LogCommand::User { key, user } => {
                 if let Some(id) = ids.get(&key) {
                     report(store.set_redirection_user(*id, &user).await);
@@ -667,7 +674,7 @@ impl Observer {
         }
     }
 
-    /// The session begins: counted, recorded, and for SOL with recording on, a transcript.
+    /// The session begins: counted and recorded.
     fn begin(&mut self, kind: RedirKind, outcome: RedirOutcome) {
         if self.kind.is_some() {
             return;
@@ -685,25 +692,31 @@ impl Observer {
         self.row.kind = kind.as_str();
         self.row.outcome = outcome;
         self.row.started_at = OffsetDateTime::now_utc();
-        let transcript = match (&self.log.transcripts, kind) {
-            (Some(_), RedirKind::Sol) => {
-                let (path_tx, path_rx) = oneshot::channel();
-                let (tx, rx) = mpsc::channel(TRANSCRIPT_QUEUE);
-                let dropped = Arc::new(AtomicU64::new(0));
-                let header = serde_json::json!({
-                    "version": 2,
-                    "width": 80,
-                    "height": 25,
-                    "timestamp": self.row.started_at.unix_timestamp(),
-                    "title": format!("SOL {} by {}", self.row.uuid, self.row.technician),
-                });
-                tokio::spawn(write_transcript(path_rx, rx, header, Arc::clone(&dropped), TRANSCRIPT_CAP));
-                self.recorder = Some(Recorder { tx, started: Instant::now(), dropped });
-                Some(path_tx)
-            }
-            _ => None,
-        };
-        self.send(LogCommand::Start { key: self.key, row: self.row.clone(), transcript });
+        self.send(LogCommand::Start { key: self.key, row: self.row.clone() });
+    }
+
+    /// SOL runs: with recording on, its transcript starts (a refused or failed session has none).
+    fn record(&mut self) {
+        if self.log.transcripts.is_none()
+            || self.kind != Some(RedirKind::Sol)
+            || self.ended.is_some()
+            || self.recorder.is_some()
+        {
+            return;
+        }
+        let (path_tx, path_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(TRANSCRIPT_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let header = serde_json::json!({
+            "version": 2,
+            "width": 80,
+            "height": 25,
+            "timestamp": OffsetDateTime::now_utc().unix_timestamp(),
+            "title": format!("SOL {} by {}", self.row.uuid, self.row.technician),
+        });
+        tokio::spawn(write_transcript(path_rx, rx, header, Arc::clone(&dropped), TRANSCRIPT_CAP));
+        self.recorder = Some(Recorder { tx, started: Instant::now(), dropped });
+        self.send(LogCommand::Transcript { key: self.key, uuid: self.row.uuid, reply: path_tx });
     }
 
     /// The session ends (in the protocol, or with its relay): the gauge goes down once, the
@@ -779,7 +792,8 @@ impl TapSink for Observer {
                     self.send(LogCommand::User { key: self.key, user: user.to_string() });
                 }
             }
-            TapEvent::Authenticated | TapEvent::SolRunning => {}
+            TapEvent::SolRunning => self.record(),
+            TapEvent::Authenticated => {}
             TapEvent::Ended(outcome) => {
                 match outcome {
                     RedirOutcome::AuthFailed => self.shared.metrics.redirection_auth_failure(),
