@@ -287,6 +287,14 @@ pub async fn redirections_command(client: &ApiClient, uuid: Uuid, active: bool, 
     Ok(())
 }
 
+/// An RFC 3339 UTC time from the API without its fraction of a second.
+fn whole_seconds(time: &str) -> String {
+    match time.split_once('.') {
+        Some((seconds, _)) if time.ends_with('Z') => format!("{seconds}Z"),
+        _ => time.to_string(),
+    }
+}
+
 /// The table of redirection sessions: who holds (or held) the device's SOL or IDE-R session.
 pub fn print_redirections(sessions: &serde_json::Value, active: bool) {
     let empty = Vec::new();
@@ -309,7 +317,7 @@ pub fn print_redirections(sessions: &serde_json::Value, active: bool) {
             plain(&s["technician"]),
             plain(&s["device_user"]),
             plain(&s["port"]),
-            plain(&s["started_at"]),
+            whole_seconds(&plain(&s["started_at"])),
             duration,
             plain(&s["outcome"]),
             plain(&s["bytes_to_device"]),

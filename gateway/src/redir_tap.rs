@@ -411,8 +411,8 @@ enum LogCommand {
         uuid: Uuid,
         reply: oneshot::Sender<PathBuf>,
     },
-    /// The session ended (in the protocol, or its relay closed). `last`: the relay closed, forget
-    /// the key; `row`: the whole session, written if its start was dropped.
+    /// The session ended (in the protocol), or its relay closed: then `last` holds the whole
+    /// session (written if its start was dropped), and the key is forgotten.
     End {
         key: u64,
         end: RedirectionEnd,
