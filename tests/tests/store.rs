@@ -381,3 +381,43 @@ async fn redirection_sessions_are_recorded_ended_once_and_listed_newest_first() 
         assert_eq!(active.iter().map(|r| r.id).collect::<Vec<_>>(), [carol], "{kind}");
     }
 }
+
+#[tokio::test]
+async fn the_open_redirection_sessions_of_a_stopped_gateway_are_ended_by_another() {
+    use tether_gateway::store::{NewRedirection, RedirOutcome};
+    let (_dir, stores) = both("redirections_reaped").await;
+    let stale = Duration::from_secs(10);
+    for store in stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        for id in ["gw-a", "gw-b"] {
+            let me = InstanceRegistration {
+                id: id.to_string(),
+                api_addr: None,
+                internal_addr: None,
+                version: "test".to_string(),
+                run_id: format!("run-{id}"),
+            };
+            store.register_instance(&me, stale).await.unwrap();
+        }
+        let uuid = Uuid::new_v4();
+        for instance in ["gw-a", "gw-b"] {
+            let row = NewRedirection {
+                uuid,
+                kind: "sol",
+                technician: "alice".to_string(),
+                device_user: None,
+                port: 16994,
+                instance: instance.to_string(),
+                started_at: OffsetDateTime::now_utc(),
+                outcome: RedirOutcome::Active,
+            };
+            store.start_redirection(&row).await.unwrap();
+        }
+        assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 0, "{kind}");
+        store.instance_stopped("gw-b", "run-gw-b").await.unwrap();
+        assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 1, "{kind}");
+        let open: Vec<String> =
+            store.redirections_for(uuid, true, 10).await.unwrap().into_iter().map(|r| r.instance).collect();
+        assert_eq!(open, ["gw-a"], "{kind}");
+    }
+}

@@ -220,6 +220,27 @@ impl Store {
         self.fetch_all(stmt, redirection_row).await
     }
 
+    /// Ends the open sessions of the other gateways of the fleet that stopped, or whose heartbeat
+    /// is older than `stale_after` (they died: their relays are gone): outcome `interrupted`.
+    /// Judged by the database's clock, through `me`'s own heartbeat (just written). The number
+    /// ended. Meant to run beside `reap_stale_instances`.
+    pub async fn end_stale_instance_redirections(
+        &self,
+        me: &str,
+        stale_after: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let stmt = Stmt::new(
+            "UPDATE redirections SET ended_at = (SELECT heartbeat_at FROM instances WHERE id = $1), outcome = $3
+             WHERE ended_at IS NULL AND instance <> $1
+               AND instance IN (SELECT id FROM instances WHERE stopped_at IS NOT NULL
+                   OR heartbeat_at < (SELECT heartbeat_at FROM instances WHERE id = $1) - $2)",
+        )
+        .str(me)
+        .int(i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX))
+        .str(RedirOutcome::Interrupted.as_str());
+        self.execute(stmt).await
+    }
+
     /// Ends the sessions `instance` left open (it stopped without ending them): outcome
     /// `interrupted` at `at`. The number ended.
     pub async fn end_instance_redirections(&self, instance: &str, at: OffsetDateTime) -> Result<u64, StoreError> {

@@ -179,3 +179,48 @@ async fn redirection_sessions_start_end_once_and_list_newest_first() {
     let alice = store.redirections_for(uuid, false, 10).await.unwrap().into_iter().find(|r| r.id == first).unwrap();
     assert_eq!(alice.outcome, "interrupted");
 }
+
+#[tokio::test]
+async fn the_open_sessions_of_a_gateway_that_stopped_or_died_are_ended_by_another() {
+    let (_dir, store) = sqlite().await;
+    let stale = std::time::Duration::from_secs(10);
+    for id in ["gw-a", "gw-b", "gw-c"] {
+        let me = InstanceRegistration {
+            id: id.to_string(),
+            api_addr: None,
+            internal_addr: None,
+            version: "test".to_string(),
+            run_id: format!("run-{id}"),
+        };
+        store.register_instance(&me, stale).await.unwrap();
+    }
+    let uuid = Uuid::new_v4();
+    let open_on = |instance: &str| NewRedirection {
+        uuid,
+        kind: "ider",
+        technician: "alice".to_string(),
+        device_user: None,
+        port: 16994,
+        instance: instance.to_string(),
+        started_at: OffsetDateTime::now_utc(),
+        outcome: RedirOutcome::Active,
+    };
+    for instance in ["gw-a", "gw-b", "gw-c"] {
+        store.start_redirection(&open_on(instance)).await.unwrap();
+    }
+    // gw-b stopped; gw-c is alive; gw-a (this one) is never judged by itself.
+    store.instance_stopped("gw-b", "run-gw-b").await.unwrap();
+    assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 1);
+    let open: Vec<String> =
+        store.redirections_for(uuid, true, 10).await.unwrap().into_iter().map(|r| r.instance).collect();
+    assert_eq!(open, ["gw-c", "gw-a"]);
+    // gw-c's heartbeat goes stale.
+    store
+        .execute(Stmt::new("UPDATE instances SET heartbeat_at = heartbeat_at - 60000 WHERE id = 'gw-c'"))
+        .await
+        .unwrap();
+    assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 1);
+    let rows = store.redirections_for(uuid, false, 10).await.unwrap();
+    assert_eq!(rows.iter().filter(|r| r.ended_at.is_none()).count(), 1);
+    assert!(rows.iter().filter(|r| r.instance != "gw-a").all(|r| r.outcome == "interrupted"));
+}
