@@ -555,6 +555,8 @@ async fn write_transcript(
     line.push('\n');
     let mut full = false;
     let mut last_at = Duration::ZERO;
+    // The start of a UTF-8 character each way (output, input) whose rest is in the next chunk.
+    let mut carry: [Vec<u8>; 2] = Default::default();
     let result: std::io::Result<()> = async {
         file.write_all(line.as_bytes()).await?;
         written += line.len() as u64;
@@ -571,7 +573,15 @@ async fn write_transcript(
                 file.write_all(line.as_bytes()).await?;
                 written += line.len() as u64;
             }
-            let text = String::from_utf8_lossy(&event.data);
+            // A character cut between two chunks is written whole, with the second.
+            let side = &mut carry[usize::from(event.input)];
+            let mut data = std::mem::take(side);
+            data.extend_from_slice(&event.data);
+            *side = data.split_off(data.len() - incomplete_utf8_tail(&data));
+            if data.is_empty() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&data);
             line = cast_line(secs, if event.input { "i" } else { "o" }, &text);
             if written + line.len() as u64 > cap {
                 full = true;
@@ -589,6 +599,24 @@ async fn write_transcript(
     if let Err(err) = result {
         warn!(path = %path.display(), error = %err, at = last_at.as_secs(), "writing the SOL transcript failed");
     }
+}
+
+/// How many bytes at the end of `data` begin a UTF-8 character they do not complete (0 to 3).
+fn incomplete_utf8_tail(data: &[u8]) -> usize {
+    for back in 1..=data.len().min(3) {
+        let byte = data[data.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let len = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if len > back { back } else { 0 };
+    }
+    0
 }
 
 /// `[seconds, "code", "text"]` and a newline.

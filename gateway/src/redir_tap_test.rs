@@ -419,24 +419,28 @@ async fn a_transcript_stops_at_its_cap_with_a_marker_and_notes_dropped_chunks() 
     let (path_tx, path_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(16);
     let dropped = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_transcript(path_rx, rx, serde_json::json!({"version": 2}), dropped.clone(), 200));
+    let writer = tokio::spawn(write_transcript(path_rx, rx, serde_json::json!({"version": 2}), dropped.clone(), 240));
     path_tx.send(path.clone()).unwrap();
     let event = |ms, input, data: &[u8]| CastEvent { at: Duration::from_millis(ms), input, data: data.to_vec() };
     // Three chunks were dropped before these.
     dropped.store(3, Ordering::Relaxed);
     tx.send(event(10, false, b"\xffBIOS\r\n")).await.unwrap();
     tx.send(event(20, true, b"x")).await.unwrap();
+    // "é" cut between two chunks: written whole, with the second.
+    tx.send(event(25, false, b"caf\xc3")).await.unwrap();
+    tx.send(event(26, false, b"\xa9")).await.unwrap();
     tx.send(event(30, false, &[b'y'; 300])).await.unwrap();
     tx.send(event(40, false, b"after the cap")).await.unwrap();
     drop(tx);
     writer.await.unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines.len(), 7, "{text}");
     assert_eq!(lines[1][1], "m");
     assert!(lines[1][2].as_str().unwrap().contains("3 chunks dropped"), "{text}");
     assert_eq!(lines[2], serde_json::json!([0.01, "o", "\u{fffd}BIOS\r\n"]));
     assert_eq!(lines[3], serde_json::json!([0.02, "i", "x"]));
-    assert!(lines[4][2].as_str().unwrap().contains("cap of 200 bytes"), "{text}");
+    assert_eq!((&lines[4][2], &lines[5][2]), (&serde_json::json!("caf"), &serde_json::json!("é")));
+    assert!(lines[6][2].as_str().unwrap().contains("cap of 240 bytes"), "{text}");
     assert!(!text.contains("after the cap"));
 }
