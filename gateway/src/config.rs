@@ -33,6 +33,10 @@ pub struct Config {
     pub cira_listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// Keep the transcript of every SOL session relayed to port 16994, for audit
+    /// (`DATA_DIR/transcripts/UUID/ID.cast`, asciicast v2, mode 0600); `--record-sol` turns it on
+    /// too. Sessions over TLS (16995) cannot be read, and are not recorded.
+    pub record_sol: bool,
     pub tls: TlsConfig,
     pub apf: ApfConfig,
     pub devices: DevicesConfig,
@@ -50,6 +54,7 @@ impl Default for Config {
             cira_listen: ([0, 0, 0, 0], 4433).into(),
             api_listen: ([0, 0, 0, 0], 8443).into(),
             metrics_listen: ([127, 0, 0, 1], 9464).into(),
+            record_sol: false,
             tls: TlsConfig::default(),
             apf: ApfConfig::default(),
             devices: DevicesConfig::default(),
@@ -408,6 +413,7 @@ mod tests {
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), defaults);
         assert_eq!(defaults.apf.channel_window, 262_144);
         assert_eq!(defaults.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(!defaults.record_sol && text.contains("record_sol = false"), "{text}");
     }
 
     #[test]

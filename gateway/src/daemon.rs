@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::journal::Journal;
 use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
+use crate::redir_tap::RedirLog;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::store::{InstanceRegistration, Location, Migrate, PoolOptions, Store};
@@ -39,6 +40,8 @@ pub struct Overrides {
     pub metrics: Option<SocketAddr>,
     pub tls_names: Vec<String>,
     pub database: Option<String>,
+    /// `--record-sol`: keep SOL transcripts (on top of `record_sol` in the file).
+    pub record_sol: bool,
 }
 
 /// Runs the gateway until a signal arrives.
@@ -61,6 +64,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     if overrides.database.is_some() {
         config.database_url = overrides.database;
     }
+    config.record_sol |= overrides.record_sol;
     config.validate(Path::new("the command line and environment"))?;
 
     let location = Location::resolve(config.database_url.as_deref(), data_dir)?;
@@ -83,6 +87,13 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         .context("resetting device state")?;
     if closed > 0 {
         info!(devices = closed, "marked devices from the previous run as disconnected");
+    }
+    let ended = store
+        .end_instance_redirections(&instance, time::OffsetDateTime::now_utc())
+        .await
+        .context("ending the redirection sessions of the previous run")?;
+    if ended > 0 {
+        info!(sessions = ended, "marked redirection sessions from the previous run as interrupted");
     }
     ensure_mps_credentials(&store).await?;
 
@@ -152,6 +163,11 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     let registry = Arc::new(Registry::new());
     let (journal, journal_task) =
         Journal::start(store.clone(), registry.clone(), config.apf.max_tunnels, instance.clone());
+    let transcripts = config.record_sol.then(|| data_dir.join("transcripts"));
+    if let Some(dir) = &transcripts {
+        info!(dir = %dir.display(), "recording SOL transcripts");
+    }
+    let (redirections, redirections_task) = RedirLog::start(store.clone(), transcripts);
     let shared = Arc::new(Shared {
         limiter: Limiter::new(&config.limits),
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
@@ -160,6 +176,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         instance,
         peers: link.as_ref().map(|(tls, _)| fleet::peers::Peers::new(Arc::clone(&tls.client), store.clone())),
         journal,
+        redirections,
         metrics: Metrics::new(),
         registry,
         conflicts: LogOnce::new(),
@@ -206,6 +223,9 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     // The journal task ends once every tunnel task has dropped its handle.
     if tokio::time::timeout(Duration::from_secs(10), journal_task).await.is_err() {
         warn!("device records still being written after 10 s; exiting anyway");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), redirections_task).await.is_err() {
+        warn!("redirection records still being written after 5 s; exiting anyway");
     }
     store.close().await;
     info!("stopped");

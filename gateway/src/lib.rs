@@ -6,7 +6,8 @@
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`);
-//! - `relay`: a technician WebSocket piped to a device stream;
+//! - `relay`: a technician WebSocket piped to a device stream; `redir_tap`: what the relays to
+//!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts);
 //! - `api`: the HTTPS API and the metrics endpoint;
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod operator;
 pub mod paths;
 pub mod proxy_header;
+pub mod redir_tap;
 pub mod redirect;
 pub mod registry;
 pub mod relay;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tether_gateway::operator::{
-    api_client, fleet_command, import_devices, open_store, open_store_with, plain, print_table, rfc3339, FleetAction,
-    StoreArgs,
+    api_client, fleet_command, import_devices, open_store, open_store_with, plain, print_table, redirections_command,
+    rfc3339, FleetAction, StoreArgs,
 };
 use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
@@ -66,6 +66,9 @@ enum Command {
         /// when the certificate is first created).
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// Keep SOL transcripts for audit (DATA_DIR/transcripts; also `record_sol = true`).
+        #[arg(long)]
+        record_sol: bool,
     },
     /// The MPS username and password AMT devices authenticate with.
     MpsCredentials {
@@ -84,6 +87,16 @@ enum Command {
     },
     /// List the devices the gateway knows.
     Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A device's AMT redirection sessions (SOL, IDE-R): who, as which AMT user, since when.
+    Redirections {
+        uuid: Uuid,
+        /// Only the sessions open now.
+        #[arg(long)]
+        active: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -242,13 +255,14 @@ fn init_logging(daemon_mode: bool) {
 async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
     let store_args = StoreArgs { config: cli.config.clone(), database: cli.database.clone() };
     match cli.command {
-        Command::Gateway { cira_listen, api_listen, metrics_listen, tls_names } => {
+        Command::Gateway { cira_listen, api_listen, metrics_listen, tls_names, record_sol } => {
             let overrides = daemon::Overrides {
                 cira: cira_listen,
                 api: api_listen,
                 metrics: metrics_listen,
                 tls_names,
                 database: store_args.database,
+                record_sol,
             };
             daemon::run(data_dir, store_args.config, overrides).await
         }
@@ -426,6 +440,10 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Fleet { action } => fleet_command(action, &store_args, data_dir).await,
+        Command::Redirections { uuid, active, json } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            redirections_command(&client, uuid, active, json).await
+        }
         Command::Forward { uuid, port, listen } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));

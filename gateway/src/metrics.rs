@@ -91,7 +91,13 @@ label_enum!(
 
 label_enum!(
     /// Which device record write the journal could not queue.
-    StoreWrite { Keepalive => "keepalive", Lifecycle => "lifecycle" }
+    StoreWrite { Keepalive => "keepalive", Lifecycle => "lifecycle", Redirection => "redirection" }
+);
+
+label_enum!(
+    /// The kind of an AMT redirection session a relay carries (from its StartRedirectionSession;
+    /// `unknown` when the tap could not tell, e.g. TLS on 16995).
+    RedirKind { Sol => "sol", Ider => "ider", Kvm => "kvm", Unknown => "unknown" }
 );
 
 label_enum!(
@@ -139,12 +145,25 @@ pub struct Metrics {
     pending_connections: IntGauge,
     api_rejected: IntCounterVec,
     relays_closed: IntCounterVec,
+    redir_sessions: IntCounterVec,
+    redir_active: IntGaugeVec,
+    redir_bytes: IntCounterVec,
+    redir_auth_failures: IntCounter,
+    redir_refused: IntCounterVec,
+    redir_tap_errors: IntCounter,
+    redir_transcript_dropped: IntCounter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -233,6 +252,53 @@ impl Metrics {
         );
         let relays_closed =
             counter_vec(&registry, "tether_relays_closed_total", "Technician relays ended, by reason.", &["reason"]);
+        let redir_sessions = counter_vec(
+            &registry,
+            "tether_redirection_sessions_total",
+            "AMT redirection sessions seen by the relay tap, by kind.",
+            &["kind"],
+        );
+        let redir_active = IntGaugeVec::new(
+            Opts::new("tether_redirection_sessions_active", "AMT redirection sessions open now, by kind."),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(redir_active.clone())).expect("metric registered once");
+        let redir_bytes = counter_vec(
+            &registry,
+            "tether_redirection_bytes_total",
+            "Bytes relayed on redirection ports (16994/16995), by session kind and direction.",
+            &["kind", "direction"],
+        );
+        let redir_auth_failures = counter(
+            &registry,
+            "tether_redirection_auth_failures_total",
+            "Redirection sessions whose AMT authentication the device refused.",
+        );
+        let redir_refused = counter_vec(
+            &registry,
+            "tether_redirection_refused_total",
+            "Redirection sessions the device refused at start (it already has one of that kind), by kind.",
+            &["kind"],
+        );
+        let redir_tap_errors = counter(
+            &registry,
+            "tether_redirection_tap_errors_total",
+            "Relays whose redirection stream the tap could not parse (the relay went on untouched).",
+        );
+        let redir_transcript_dropped = counter(
+            &registry,
+            "tether_redirection_transcript_dropped_total",
+            "SOL transcript chunks dropped because the transcript writer was behind.",
+        );
+        for kind in RedirKind::ALL {
+            redir_sessions.with_label_values(&[kind.as_str()]);
+            redir_active.with_label_values(&[kind.as_str()]);
+            redir_refused.with_label_values(&[kind.as_str()]);
+            for direction in Direction::ALL {
+                redir_bytes.with_label_values(&[kind.as_str(), direction.as_str()]);
+            }
+        }
         for kind in StoreWrite::ALL {
             store_writes_dropped.with_label_values(&[kind.as_str()]);
         }
@@ -281,6 +347,13 @@ impl Metrics {
             pending_connections,
             api_rejected,
             relays_closed,
+            redir_sessions,
+            redir_active,
+            redir_bytes,
+            redir_auth_failures,
+            redir_refused,
+            redir_tap_errors,
+            redir_transcript_dropped,
         }
     }
 
@@ -358,6 +431,39 @@ impl Metrics {
     pub fn relay_closed(&self, reason: RelayEnd) {
         self.relays_closed.with_label_values(&[reason.as_str()]).inc();
     }
+
+    /// A redirection session began (its kind is known): counted, and open until
+    /// [`Metrics::redirection_ended`].
+    pub fn redirection_started(&self, kind: RedirKind) {
+        self.redir_sessions.with_label_values(&[kind.as_str()]).inc();
+        self.redir_active.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn redirection_ended(&self, kind: RedirKind) {
+        self.redir_active.with_label_values(&[kind.as_str()]).dec();
+    }
+
+    /// The byte counter of one kind and direction, looked up once per session (the relay adds to
+    /// it per chunk).
+    pub fn redirection_bytes(&self, kind: RedirKind, direction: Direction) -> IntCounter {
+        self.redir_bytes.with_label_values(&[kind.as_str(), direction.as_str()])
+    }
+
+    pub fn redirection_auth_failure(&self) {
+        self.redir_auth_failures.inc();
+    }
+
+    pub fn redirection_refused(&self, kind: RedirKind) {
+        self.redir_refused.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn redirection_tap_error(&self) {
+        self.redir_tap_errors.inc();
+    }
+
+    pub fn transcript_dropped(&self) {
+        self.redir_transcript_dropped.inc();
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +494,19 @@ mod tests {
             }
         }
         expected.push("tether_pending_connections".to_string());
+        expected.push("tether_redirection_auth_failures_total".to_string());
+        expected.push("tether_redirection_tap_errors_total".to_string());
+        expected.push("tether_redirection_transcript_dropped_total".to_string());
+        for kind in RedirKind::ALL {
+            let kind = kind.as_str();
+            expected.push(format!("tether_redirection_sessions_total{{kind=\"{kind}\"}}"));
+            expected.push(format!("tether_redirection_sessions_active{{kind=\"{kind}\"}}"));
+            expected.push(format!("tether_redirection_refused_total{{kind=\"{kind}\"}}"));
+            for direction in Direction::ALL {
+                let direction = direction.as_str();
+                expected.push(format!("tether_redirection_bytes_total{{direction=\"{direction}\",kind=\"{kind}\"}}"));
+            }
+        }
         let labelled: [(&str, &str, Vec<&str>); 8] = [
             ("tether_auth_failures_total", "reason", AuthFailureReason::ALL.iter().map(|r| r.as_str()).collect()),
             ("tether_channel_opens_refused_total", "reason", ChannelRefusal::ALL.iter().map(|r| r.as_str()).collect()),

@@ -175,8 +175,12 @@ pub async fn fleet_command(action: FleetAction, store_args: &StoreArgs, data_dir
             let closed = store
                 .mark_instance_disconnected(&instance, now, "its gateway was removed from the fleet", false)
                 .await?;
+            let sessions = store.end_instance_redirections(&instance, now).await?;
             if !store.remove_instance(&instance).await? {
                 bail!("there is no gateway {instance:?} (see `tether fleet status`)");
+            }
+            if sessions > 0 {
+                println!("{sessions} redirection sessions it left open marked interrupted");
             }
             println!("gateway {instance} removed ({closed} of its devices marked disconnected)");
             Ok(())
@@ -266,6 +270,58 @@ pub fn print_table(devices: &serde_json::Value) {
             plain(&d["last_hello"]),
             plain(&d["remote_addr"]),
             ports
+        );
+    }
+}
+
+/// `tether redirections UUID [--active] [--json]`: the device's AMT redirection sessions, newest
+/// first (the API's `GET /api/v1/devices/UUID/redirections`).
+pub async fn redirections_command(client: &ApiClient, uuid: Uuid, active: bool, json: bool) -> Result<()> {
+    let path = format!("/api/v1/devices/{uuid}/redirections?active={active}&limit=1000");
+    let sessions = client.get_json(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sessions)?);
+    } else {
+        print_redirections(&sessions, active);
+    }
+    Ok(())
+}
+
+/// An RFC 3339 UTC time from the API without its fraction of a second.
+fn whole_seconds(time: &str) -> String {
+    match time.split_once('.') {
+        Some((seconds, _)) if time.ends_with('Z') => format!("{seconds}Z"),
+        _ => time.to_string(),
+    }
+}
+
+/// The table of redirection sessions: who holds (or held) the device's SOL or IDE-R session.
+pub fn print_redirections(sessions: &serde_json::Value, active: bool) {
+    let empty = Vec::new();
+    let sessions = sessions.as_array().unwrap_or(&empty);
+    if sessions.is_empty() {
+        println!("{}", if active { "no redirection session open now" } else { "no redirection sessions recorded" });
+        return;
+    }
+    println!(
+        "{:>6}  {:7}  {:20}  {:12}  {:5}  {:20}  {:>9}  {:14}  {:>12}  {:>12}",
+        "ID", "KIND", "TECHNICIAN", "AMT USER", "PORT", "STARTED", "DURATION", "OUTCOME", "TO DEVICE", "FROM DEVICE"
+    );
+    for s in sessions {
+        let secs = s["duration_ms"].as_i64().unwrap_or_default() / 1000;
+        let duration = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        println!(
+            "{:>6}  {:7}  {:20}  {:12}  {:5}  {:20}  {:>9}  {:14}  {:>12}  {:>12}",
+            plain(&s["id"]),
+            plain(&s["kind"]),
+            plain(&s["technician"]),
+            plain(&s["device_user"]),
+            plain(&s["port"]),
+            whole_seconds(&plain(&s["started_at"])),
+            duration,
+            plain(&s["outcome"]),
+            plain(&s["bytes_to_device"]),
+            plain(&s["bytes_from_device"])
         );
     }
 }

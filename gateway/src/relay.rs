@@ -22,6 +22,10 @@
 //! while a send is stuck; while the relay waits for the device to take the technician's data, the
 //! technician's frames are not read, and its silence alone does not count.
 //!
+//! Taps: a relay to a redirection port may carry a [`RelayTap`], which is shown every chunk of
+//! both directions before it is forwarded (a synchronous call, no copy, no wait; see
+//! `redir_tap`).
+//!
 //! What it does not do: open streams, check tokens or keep the table of live relays (`api`), or
 //! speak any tunnel protocol (`cira`).
 
@@ -38,6 +42,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::ApiConfig;
 pub use crate::metrics::RelayEnd;
+use crate::redir_tap::RelayTap;
 use crate::stream::{DeviceReader, DeviceStream, DeviceWriter};
 
 /// The text message that signals a half-close.
@@ -110,6 +115,17 @@ pub async fn run(
     limits: RelayLimits,
     stop: oneshot::Receiver<Stop>,
 ) -> Outcome {
+    run_tapped(socket, stream, limits, stop, None).await
+}
+
+/// [`run`], showing every chunk to `tap` (if any) before forwarding it.
+pub async fn run_tapped(
+    socket: WebSocket,
+    stream: DeviceStream,
+    limits: RelayLimits,
+    stop: oneshot::Receiver<Stop>,
+    tap: Option<&RelayTap>,
+) -> Outcome {
     let started = Instant::now();
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut from_device, mut to_device) = stream.into_split();
@@ -117,8 +133,8 @@ pub async fn run(
     let progress = Progress::new(started);
     let ending = {
         let to_technician =
-            device_to_technician(&mut from_device, &mut ws_tx, &progress, started, limits.ping_interval);
-        let to_device_side = technician_to_device(&mut ws_rx, &mut to_device, &progress);
+            device_to_technician(&mut from_device, &mut ws_tx, &progress, started, limits.ping_interval, tap);
+        let to_device_side = technician_to_device(&mut ws_rx, &mut to_device, &progress, tap);
         tokio::pin!(to_technician, to_device_side);
         let mut stop = stop;
         let mut stop_open = true;
@@ -187,6 +203,7 @@ async fn device_to_technician(
     progress: &Progress,
     started: Instant,
     ping_interval: Duration,
+    tap: Option<&RelayTap>,
 ) -> Ending {
     let mut ping = tokio::time::interval_at(started + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -195,6 +212,10 @@ async fn device_to_technician(
             chunk = from_device.chunk(), if !progress.device_eof.load(Ordering::Relaxed) => match chunk {
                 Ok(Some(bytes)) => {
                     let n = bytes.len();
+                    // Before the send: the tap sees a reply before the console can answer it.
+                    if let Some(tap) = tap {
+                        tap.from_device(&bytes);
+                    }
                     // One device message, one WebSocket message: redirection consoles care.
                     if !send(ws_tx, progress, Message::Binary(bytes)).await {
                         return Ending::End(RelayEnd::TechnicianClosed);
@@ -229,6 +250,7 @@ async fn technician_to_device(
     ws_rx: &mut SplitStream<WebSocket>,
     to_device: &mut DeviceWriter,
     progress: &Progress,
+    tap: Option<&RelayTap>,
 ) -> Ending {
     loop {
         let Some(message) = ws_rx.next().await else { return Ending::End(RelayEnd::TechnicianClosed) };
@@ -239,6 +261,9 @@ async fn technician_to_device(
             // Data after the technician's own `eof` has nowhere to go.
             Ok(Message::Binary(_)) if progress.technician_eof.load(Ordering::Relaxed) => {}
             Ok(Message::Binary(bytes)) => {
+                if let Some(tap) = tap {
+                    tap.from_console(&bytes);
+                }
                 progress.writing.store(true, Ordering::Relaxed);
                 let written = to_device.write_all(&bytes).await;
                 progress.writing.store(false, Ordering::Relaxed);

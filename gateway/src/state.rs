@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::journal::{Journal, LiveState, LiveView};
 use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
+use crate::redir_tap::RedirLog;
 use crate::registry::{Registry, TunnelKind};
 use crate::store::Store;
 
@@ -30,6 +31,8 @@ pub struct Shared {
     /// no `fleet.internal_listen`).
     pub peers: Option<crate::fleet::peers::Peers>,
     pub journal: Journal,
+    /// Redirection sessions seen by the relay tap, on their way to the store.
+    pub redirections: RedirLog,
     pub metrics: Metrics,
     pub limiter: Limiter,
     pub registry: Arc<Registry>,
@@ -101,6 +104,8 @@ impl TestState {
         let (dir, store) = crate::store::tests::sqlite().await;
         let registry = Arc::new(Registry::new());
         let (journal, _task) = Journal::start(store.clone(), registry.clone(), 1000, "test-gateway".into());
+        let (redirections, _task) =
+            RedirLog::start(store.clone(), config.record_sol.then(|| dir.path().join("transcripts")));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             limiter: Limiter::new(&config.limits),
@@ -109,6 +114,7 @@ impl TestState {
             instance: "test-gateway".into(),
             peers: None,
             journal,
+            redirections,
             metrics: Metrics::new(),
             registry,
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),

@@ -666,6 +666,99 @@ pub fn decode(input: &[u8], from: Sender, limits: &Limits) -> Result<Option<(Mes
     }
 }
 
+/// The length of the message at the front of `input`, type byte included, as soon as the bytes
+/// that say it have arrived (at most the first 30): `Ok(None)` until then. For a relay that
+/// follows message boundaries without buffering whole messages: it reads only the type and the
+/// length fields, checking the type against its sender and the lengths against `limits` as
+/// [`decode`] does; it does not validate the rest of the message (use [`decode`] for that).
+pub fn message_len(input: &[u8], from: Sender, limits: &Limits) -> Result<Option<usize>, RedirError> {
+    use MessageType as T;
+    let Some(&code) = input.first() else { return Ok(None) };
+    let ty = MessageType::from_u8(code).ok_or(RedirError::UnknownType(code))?;
+    if !ty.sent_by(from) {
+        return Err(RedirError::WrongSender { message: ty, from });
+    }
+    let byte_at = |i: usize| input.get(i).copied();
+    let le16_at = |i: usize| Some(u16::from_le_bytes([byte_at(i)?, byte_at(i + 1)?]));
+    let data_len = |len: u16, field: &'static str| {
+        let len = usize::from(len);
+        if len > limits.max_data {
+            Err(RedirError::TooLong { field, len, max: limits.max_data })
+        } else {
+            Ok(len)
+        }
+    };
+    let len = match ty {
+        T::SessionRecorded => 1,
+        T::EndRedirectionSession => 4,
+        T::StartRedirectionSession
+        | T::EndSol
+        | T::EndSolReply
+        | T::SolKeepAlivePing
+        | T::SolKeepAlivePong
+        | T::SolHeartbeat
+        | T::EndIder
+        | T::EndIderReply
+        | T::IderKeepAlivePing
+        | T::IderKeepAlivePong
+        | T::IderResetOccurredResponse
+        | T::IderHeartbeat => 8,
+        T::IderResetOccurred => 9,
+        T::SolControlsFromHost => 10,
+        T::IderErrorOccurred => 11,
+        T::IderDisableEnableFeaturesReply => 13,
+        T::SolControlsToHost => 14,
+        T::StartIder => 18,
+        T::StartSolReply => 23,
+        T::StartSol => 24,
+        T::IderCommandWritten => 28,
+        T::IderCommandEndResponse | T::IderGetDataFromHost => 31,
+        T::StartRedirectionSessionReply => match byte_at(12) {
+            Some(oem) => 13 + usize::from(oem),
+            None => return Ok(None),
+        },
+        T::StartIderReply => match byte_at(29) {
+            Some(oem) => 30 + usize::from(oem),
+            None => return Ok(None),
+        },
+        T::AuthenticateSession | T::AuthenticateSessionReply => {
+            let Some(method) = byte_at(4) else { return Ok(None) };
+            if AuthMethod::from_u8(method).is_none() {
+                return Err(RedirError::UnknownAuthMethod(method));
+            }
+            let Some(bytes) = input.get(5..9) else { return Ok(None) };
+            let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > limits.max_auth_payload {
+                let max = limits.max_auth_payload;
+                return Err(RedirError::TooLong { field: "authentication payload", len, max });
+            }
+            9 + len
+        }
+        T::IderDisableEnableFeatures => match byte_at(8) {
+            Some(code) => match FeaturesCommand::from_u8(code) {
+                Some(FeaturesCommand::SetState) => 13,
+                Some(FeaturesCommand::GetSupported | FeaturesCommand::GetState) => 9,
+                None => return Err(RedirError::UnknownFeaturesCommand(code)),
+            },
+            None => return Ok(None),
+        },
+        T::SolDataToHost | T::SolDataFromHost => match le16_at(8) {
+            Some(len) => 10 + data_len(len, "SOL data")?,
+            None => return Ok(None),
+        },
+        T::IderDataFromHost => match le16_at(9) {
+            Some(len) => 14 + data_len(len, "IDE-R data")?,
+            None => return Ok(None),
+        },
+        T::IderDataToHost => match le16_at(9) {
+            Some(len) => 34 + data_len(len, "IDE-R data")?,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(len))
+}
+
 impl Message {
     /// The type byte this message is sent with.
     pub fn message_type(&self) -> MessageType {

@@ -1267,3 +1267,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn message_len_agrees_with_decode_on_the_recorded_exchanges() {
+    let limits = Limits::default();
+    for (from, bytes, _) in amtterm_1_4_exchange().into_iter().chain(digest_exchange()) {
+        assert_eq!(message_len(&bytes, from, &limits), Ok(Some(bytes.len())), "{bytes:02x?}");
+        assert_eq!(message_len(&[], from, &limits), Ok(None));
+    }
+    // A length over the limit is refused from the length field on, as decode refuses it.
+    let small = Limits { max_data: 4, ..Limits::default() };
+    let data = [0x2a, 0, 0, 0, 0, 0, 0, 0, 5, 0];
+    assert!(matches!(message_len(&data, Device, &small), Err(RedirError::TooLong { len: 5, .. })));
+    assert!(matches!(message_len(&[0x99], Device, &small), Err(RedirError::UnknownType(0x99))));
+    assert!(matches!(message_len(&[0x2a], Console, &small), Err(RedirError::WrongSender { .. })));
+}
+
+proptest! {
+    /// On every prefix of an encoded message, `message_len` either waits or names the message's
+    /// whole length, and it names it once all bytes are there.
+    #[test]
+    fn prop_message_len_names_the_encoded_length(message in any_message()) {
+        let from = sender_of(&message);
+        let wire = enc(&message);
+        let limits = Limits::default();
+        prop_assert_eq!(message_len(&wire, from, &limits), Ok(Some(wire.len())));
+        for cut in 0..wire.len() {
+            let len = message_len(&wire[..cut], from, &limits);
+            prop_assert!(len == Ok(None) || len == Ok(Some(wire.len())), "{:?} at {}", len, cut);
+        }
+    }
+
+    /// On any bytes, `message_len` agrees with what `decode` consumes, and refuses what decode
+    /// refuses for the same reason when the fault is in the type or a length.
+    #[test]
+    fn prop_message_len_agrees_with_decode_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64), device in any::<bool>()) {
+        let from = if device { Device } else { Console };
+        let limits = Limits { max_data: 40, max_auth_payload: 40, ..Limits::default() };
+        match (message_len(&bytes, from, &limits), decode(&bytes, from, &limits)) {
+            (Ok(Some(len)), Ok(Some((_, consumed)))) => prop_assert_eq!(len, consumed),
+            (Err(e), d) => prop_assert!(d.is_err(), "message_len {:?}, decode {:?}", e, d),
+            (Ok(Some(len)), Ok(None)) => prop_assert!(len > bytes.len()),
+            (Ok(None), Ok(Some(_))) => prop_assert!(false, "decode found a message message_len did not"),
+            (Ok(_), _) => {}
+        }
+    }
+}

@@ -66,7 +66,7 @@ fn technician_runs_a_shell_command_in_amtterm_through_the_gateway() {
 
 #[test]
 fn technician_uses_tether_console_and_a_second_one_is_told_who_holds_sol() {
-    let gateway = Gateway::start(&[]);
+    let gateway = Gateway::start(&["--record-sol"]);
     let (uuid, _sim) = pc(&gateway, &[]);
 
     let mut first = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
@@ -84,17 +84,18 @@ fn technician_uses_tether_console_and_a_second_one_is_told_who_holds_sol() {
     );
     assert!(err.contains(" since "), "the refusal does not say since when:\n{err}");
 
-    // A wrong password is refused with a message naming the account.
-    let wrong = console(&gateway, uuid, "wrong-password", &[]);
-    let (status, _, err) = exit_of(wrong, Duration::from_secs(30));
-    assert!(!status.success());
-    assert!(err.contains("refused the AMT credentials"), "{err}");
-
     // Ctrl-] quits the first; SOL is free again afterwards.
     first.type_keys(&[0x1d]);
     let (status, _, err) = exit_of(first, Duration::from_secs(15));
     assert!(status.success(), "tether console failed ({status}):\n{err}");
     assert!(err.contains("ended (Ctrl-])"), "{err}");
+
+    // A wrong password is refused with a message naming the account.
+    let wrong = console(&gateway, uuid, "wrong-password", &[]);
+    let (status, _, err) = exit_of(wrong, Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(err.contains("refused the AMT credentials of user \"admin\""), "{err}");
+
     let mut again = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
     again.type_keys(b"echo again-$((1+1))\n");
     again.wait_for_screen("again-2", Duration::from_secs(30));
@@ -102,6 +103,29 @@ fn technician_uses_tether_console_and_a_second_one_is_told_who_holds_sol() {
     let (status, _, err) = exit_of(again, Duration::from_secs(15));
     assert!(status.success(), "{err}");
     assert!(err.contains("ended (end of input)"), "{err}");
+
+    // The gateway saw it all without taking part: who used SOL, as which AMT user, for how long,
+    // and (with --record-sol) what was typed and shown.
+    let rows: serde_json::Value =
+        serde_json::from_str(&gateway.cli(&["redirections", &uuid.to_string(), "--json"])).unwrap();
+    let rows = rows.as_array().unwrap();
+    let outcome = |o: &str| rows.iter().filter(|r| r["outcome"] == o).count();
+    assert_eq!(outcome("ended"), 2, "{rows:#?}");
+    assert_eq!(outcome("refused_in_use"), 1, "{rows:#?}");
+    assert_eq!(outcome("auth_failed"), 1, "{rows:#?}");
+    let first = rows.iter().rev().find(|r| r["outcome"] == "ended").unwrap();
+    assert_eq!(first["kind"], "sol");
+    assert_eq!(first["device_user"], "admin");
+    assert!(first["technician"].as_str().unwrap().starts_with("e2e-"), "{first}");
+    assert!(first["ended_at"].is_string() && first["duration_ms"].as_u64().is_some(), "{first}");
+    let metrics = gateway.metrics_text();
+    assert!(metrics.contains("tether_redirection_sessions_total{kind=\"sol\"} 4"), "{metrics}");
+    assert!(metrics.contains("tether_redirection_auth_failures_total 1"), "{metrics}");
+    let transcripts = gateway.data_dir().join("transcripts").join(uuid.to_string());
+    let casts: Vec<_> = std::fs::read_dir(&transcripts).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(casts.len(), 2, "one transcript per SOL session: {casts:?}");
+    let all: String = casts.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert!(all.contains("console-23") && all.contains("again-2"), "{all}");
 }
 
 /// Serves a random ISO of `mib` MiB with `tether ider` to a PC whose firmware boots from it

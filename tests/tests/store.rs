@@ -334,3 +334,90 @@ async fn a_wrong_url_is_an_error_that_says_what_to_check_without_the_password() 
     let err = Location::resolve(Some("mysql://x"), dir.path()).unwrap_err().to_string();
     assert!(err.contains("postgres://"), "{err}");
 }
+
+#[tokio::test]
+async fn redirection_sessions_are_recorded_ended_once_and_listed_newest_first() {
+    use tether_gateway::store::{NewRedirection, RedirOutcome, RedirectionEnd};
+    let (_dir, stores) = both("redirections").await;
+    for store in stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let uuid = Uuid::new_v4();
+        let t0 = OffsetDateTime::now_utc() - time::Duration::seconds(60);
+        let new = |technician: &str, instance: &str, at: OffsetDateTime| NewRedirection {
+            uuid,
+            kind: "sol",
+            technician: technician.to_string(),
+            device_user: None,
+            port: 16994,
+            instance: instance.to_string(),
+            started_at: at,
+            outcome: RedirOutcome::Active,
+        };
+        let alice = store.start_redirection(&new("alice", "gw-a", t0)).await.unwrap();
+        let bob = store.start_redirection(&new("bob", "gw-a", t0 + time::Duration::seconds(5))).await.unwrap();
+        let carol = store.start_redirection(&new("carol", "gw-b", t0 + time::Duration::seconds(6))).await.unwrap();
+        store.set_redirection_user(alice, "admin").await.unwrap();
+        let end = |secs, outcome| RedirectionEnd {
+            ended_at: t0 + time::Duration::seconds(secs),
+            outcome,
+            bytes_to_device: 8,
+            bytes_from_device: 13,
+        };
+        store.end_redirection(bob, &end(6, RedirOutcome::RefusedInUse)).await.unwrap();
+        store.end_redirection(bob, &end(30, RedirOutcome::Closed)).await.unwrap();
+        let rows = store.redirections_for(uuid, false, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [carol, bob, alice], "{kind}");
+        assert_eq!(
+            (rows[1].outcome.as_str(), rows[1].duration_ms, rows[1].bytes_to_device),
+            ("refused_in_use", 1000, 8)
+        );
+        let active = store.redirections_for(uuid, true, 10).await.unwrap();
+        assert_eq!(active.iter().map(|r| r.id).collect::<Vec<_>>(), [carol, alice], "{kind}");
+        assert_eq!(active[1].device_user.as_deref(), Some("admin"), "{kind}");
+        let view = serde_json::to_value(&active[1]).unwrap();
+        assert!(view["started_at"].is_string() && view["ended_at"].is_null() && view.get("transcript").is_none());
+        assert_eq!(store.end_instance_redirections("gw-a", OffsetDateTime::now_utc()).await.unwrap(), 1, "{kind}");
+        let active = store.redirections_for(uuid, true, 10).await.unwrap();
+        assert_eq!(active.iter().map(|r| r.id).collect::<Vec<_>>(), [carol], "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn the_open_redirection_sessions_of_a_stopped_gateway_are_ended_by_another() {
+    use tether_gateway::store::{NewRedirection, RedirOutcome};
+    let (_dir, stores) = both("redirections_reaped").await;
+    let stale = Duration::from_secs(10);
+    for store in stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        for id in ["gw-a", "gw-b"] {
+            let me = InstanceRegistration {
+                id: id.to_string(),
+                api_addr: None,
+                internal_addr: None,
+                version: "test".to_string(),
+                run_id: format!("run-{id}"),
+            };
+            store.register_instance(&me, stale).await.unwrap();
+        }
+        let uuid = Uuid::new_v4();
+        for instance in ["gw-a", "gw-b"] {
+            let row = NewRedirection {
+                uuid,
+                kind: "sol",
+                technician: "alice".to_string(),
+                device_user: None,
+                port: 16994,
+                instance: instance.to_string(),
+                started_at: OffsetDateTime::now_utc(),
+                outcome: RedirOutcome::Active,
+            };
+            store.start_redirection(&row).await.unwrap();
+        }
+        assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 0, "{kind}");
+        store.instance_stopped("gw-b", "run-gw-b").await.unwrap();
+        assert_eq!(store.end_stale_instance_redirections("gw-a", stale).await.unwrap(), 1, "{kind}");
+        let open: Vec<String> =
+            store.redirections_for(uuid, true, 10).await.unwrap().into_iter().map(|r| r.instance).collect();
+        assert_eq!(open, ["gw-a"], "{kind}");
+    }
+}

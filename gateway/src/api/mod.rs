@@ -4,6 +4,8 @@
 //!   knows of each device, with `connected` and `ports` taken from the live registry.
 //! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket, scope `attach`): opens a stream to that
 //!   device port and relays it (see `relay` for the framing and how a relay ends).
+//! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N` (scope `read`): the AMT
+//!   redirection sessions relayed to the device, newest first (`redirections`).
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
@@ -16,6 +18,7 @@
 //! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
 
 mod admission;
+mod redirections;
 mod relays;
 
 use std::net::SocketAddr;
@@ -101,6 +104,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{uuid}", get(show_device))
         .route("/api/v1/devices/{uuid}/tcp/{port}", get(relays::relay_tcp))
+        .route("/api/v1/devices/{uuid}/redirections", get(redirections::list_redirections))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
     Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
 }

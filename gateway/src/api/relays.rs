@@ -26,6 +26,7 @@ use super::admission::Caller;
 use super::{error, rejection, Api, Connection};
 use crate::fleet::peers::{Peers, INSTANCE_HEADER};
 use crate::metrics::ApiRejection;
+use crate::redir_tap::RelayTap;
 use crate::registry::OpenRefused;
 use crate::relay::{self, Stop};
 use crate::state::Shared;
@@ -223,7 +224,12 @@ pub(super) async fn relay_tcp(
     let limits = api.relay_limits;
     let api = Arc::clone(&api);
     let mut response = relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
-        let outcome = relay::run(socket, stream, limits, stop).await;
+        // Relays to AMT's redirection ports are watched (sessions, users, SOL transcripts).
+        let tap = RelayTap::for_relay(&api.shared, uuid, &technician, port);
+        let outcome = relay::run_tapped(socket, stream, limits, stop, tap.as_ref()).await;
+        if let Some(tap) = tap {
+            tap.finish();
+        }
         // Until here the relay held its place under the connection caps and the relay cap.
         drop((ticket, connection));
         api.shared.metrics.relay_closed(outcome.end);

@@ -396,6 +396,98 @@ async fn revoking_or_expiring_a_token_ends_its_relays() {
     assert_eq!(bed.api.live_relays(), 1);
 }
 
+/// Waits until the device has received `n` bytes from the technician.
+async fn device_reads(end: &StreamEnd, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while got < n {
+        match end.take_outbound(n - got) {
+            Some((data, _written)) => got += data.len(),
+            None => {
+                assert!(Instant::now() < deadline, "the device got {got} of {n} bytes");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// The device's redirection sessions, as a technician with `token` lists them.
+async fn sessions(bed: &Bed, token: &str, uuid: Uuid, active: bool) -> Vec<Value> {
+    let path = format!("/api/v1/devices/{uuid}/redirections?active={active}");
+    let (status, _, body) = bed.get("198.18.0.9", Some(token), &path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the listed sessions satisfy `done`.
+async fn sessions_until(
+    bed: &Bed,
+    token: &str,
+    uuid: Uuid,
+    active: bool,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = sessions(bed, token, uuid, active).await;
+        if done(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "sessions never got there: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn who_holds_a_devices_sol_session_is_listed_and_a_refused_second_one_is_not() {
+    let bed = bed(|_| {}).await;
+    let addr = bed.serve().await;
+    let (uuid, mut ends) = bed.device();
+    let alice = bed.token("alice", TokenScope::Attach, None).await;
+    let bob = bed.token("bob", TokenScope::Attach, None).await;
+    let reader = bed.token("reader", TokenScope::Read, None).await;
+    let start_sol = Bytes::from_static(b"\x10\x00\x00\x00SOL ");
+    let accepted = Bytes::from_static(&[0x11, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+
+    let mut alices = relay(addr, "127.0.0.1", &alice, uuid).await.unwrap();
+    let alices_end = ends.recv().await.unwrap();
+    alices.send(WsMessage::Binary(start_sol.clone())).await.unwrap();
+    let auth = [&[0x13, 0, 0, 0, 1, 0x0b, 0, 0, 0, 5][..], b"admin", &[4], b"pass"].concat();
+    alices.send(WsMessage::Binary(auth.into())).await.unwrap();
+    device_reads(&alices_end, 8 + 20).await;
+    alices_end.push(accepted);
+    alices_end.push(Bytes::from_static(&[0x14, 0, 0, 0, 1, 0, 0, 0, 0]));
+    let held =
+        sessions_until(&bed, &reader, uuid, true, |l| l.first().is_some_and(|s| !s["device_user"].is_null())).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0]["kind"].as_str(), held[0]["technician"].as_str()), (Some("sol"), Some("alice")));
+    assert_eq!((held[0]["device_user"].as_str(), held[0]["outcome"].as_str()), (Some("admin"), Some("active")));
+    assert_eq!((held[0]["port"].as_u64(), held[0]["ended_at"].is_null()), (Some(16994), true));
+    assert!(held[0]["started_at"].as_str().is_some_and(|t| t.contains('T')), "{held:?}");
+
+    // The device already has a SOL session: it refuses bob's, which is not listed as active.
+    let mut bobs = relay(addr, "127.0.0.1", &bob, uuid).await.unwrap();
+    let bobs_end = ends.recv().await.unwrap();
+    bobs.send(WsMessage::Binary(start_sol)).await.unwrap();
+    device_reads(&bobs_end, 8).await;
+    bobs_end.push(Bytes::from_static(&[0x11, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+    let all = sessions_until(&bed, &reader, uuid, false, |l| l.len() == 2 && !l[0]["ended_at"].is_null()).await;
+    assert_eq!((all[0]["technician"].as_str(), all[0]["outcome"].as_str()), (Some("bob"), Some("refused_in_use")));
+    let held = sessions(&bed, &reader, uuid, true).await;
+    assert_eq!(held.iter().map(|s| s["technician"].as_str()).collect::<Vec<_>>(), [Some("alice")]);
+    assert_eq!(bed.counted("tether_redirection_refused_total{kind=\"sol\"}"), 1.0);
+
+    // Alice closes: nothing is held.
+    alices.close(None).await.unwrap();
+    bobs.close(None).await.unwrap();
+    let all = sessions_until(&bed, &reader, uuid, false, |l| l.iter().all(|s| !s["ended_at"].is_null())).await;
+    assert_eq!((all[1]["outcome"].as_str(), all[1]["bytes_from_device"].as_u64()), (Some("closed"), Some(22)));
+    assert!(sessions(&bed, &reader, uuid, true).await.is_empty());
+    let (status, _, body) =
+        bed.get("198.18.0.9", Some(&reader), &format!("/api/v1/devices/{uuid}/redirections?limit=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
 #[test]
 fn token_format() {
     assert!(admission::well_formed(&auth::new_token()));

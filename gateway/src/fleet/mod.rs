@@ -80,7 +80,13 @@ pub async fn heartbeat(shared: Arc<Shared>, me: InstanceRegistration) {
                     return Ok(None);
                 }
             }
-            shared.store.reap_stale_instances(&me.id, stale_after).await.map(Some)
+            let reaped = shared.store.reap_stale_instances(&me.id, stale_after).await?;
+            // Sessions relayed by a gateway that stopped answering are over too.
+            let ended = shared.store.end_stale_instance_redirections(&me.id, stale_after).await?;
+            if ended > 0 {
+                info!(sessions = ended, "ended the redirection sessions of a gateway that stopped answering");
+            }
+            Ok(Some(reaped))
         }
         .await;
         match result {

@@ -78,9 +78,30 @@ CREATE TABLE instances (
 ALTER TABLE devices ADD COLUMN instance_id TEXT;
 CREATE INDEX devices_instance ON devices (instance_id) WHERE instance_id IS NOT NULL;
 ",
+    // v4: AMT redirection sessions seen by the relay tap (`redirections.rs`).
+    "
+CREATE TABLE redirections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    technician TEXT NOT NULL,
+    device_user TEXT,
+    port INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    outcome TEXT NOT NULL,
+    bytes_to_device INTEGER NOT NULL DEFAULT 0,
+    bytes_from_device INTEGER NOT NULL DEFAULT 0,
+    transcript TEXT
+);
+CREATE INDEX redirections_device ON redirections (uuid, started_at);
+CREATE INDEX redirections_open ON redirections (instance) WHERE ended_at IS NULL;
+",
 ];
 
-pub(super) const POSTGRES: &[&str] = &["
+pub(super) const POSTGRES: &[&str] = &[
+    "
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE mps_accounts (
     username TEXT PRIMARY KEY,
@@ -129,7 +150,28 @@ CREATE TABLE instances (
     stopped_at BIGINT,
     run_id TEXT NOT NULL DEFAULT ''
 );
-"];
+",
+    // v2: AMT redirection sessions seen by the relay tap (`redirections.rs`).
+    "
+CREATE TABLE redirections (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    kind TEXT NOT NULL,
+    technician TEXT NOT NULL,
+    device_user TEXT,
+    port BIGINT NOT NULL,
+    instance TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    ended_at BIGINT,
+    outcome TEXT NOT NULL,
+    bytes_to_device BIGINT NOT NULL DEFAULT 0,
+    bytes_from_device BIGINT NOT NULL DEFAULT 0,
+    transcript TEXT
+);
+CREATE INDEX redirections_device ON redirections (uuid, started_at);
+CREATE INDEX redirections_open ON redirections (instance) WHERE ended_at IS NULL;
+",
+];
 
 /// An arbitrary constant naming Tether's migration lock among the database's advisory locks.
 const PG_LOCK: i64 = 0x7465_7468_6572;

@@ -6,7 +6,7 @@
 //! … DO UPDATE`, `RETURNING`), as a [`Stmt`]; the schema differs only in its migrations
 //! (`migrations.rs`, one list per database). Times are stored as milliseconds since the epoch.
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
-//! `instances` (the gateways of a fleet).
+//! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed).
 //!
 //! What it does not do: hash passwords (`auth`), know which devices are live (`registry`), or
 //! queue the device records written on the tunnels' behalf (`journal`).
@@ -25,12 +25,14 @@ use time::OffsetDateTime;
 pub(crate) mod devices;
 mod instances;
 mod migrations;
+mod redirections;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
 
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
+pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use tokens::{TokenRecord, TokenScope};
 
 /// Where the store lives.
