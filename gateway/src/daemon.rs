@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::journal::Journal;
 use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
-use crate::redir_tap::RedirLog;
+use crate::redir_log::RedirLog;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::store::{InstanceRegistration, Location, Migrate, PoolOptions, Store};

@@ -7,7 +7,8 @@
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`);
 //! - `relay`: a technician WebSocket piped to a device stream; `redir_tap`: what the relays to
-//!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts);
+//!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts), and
+//!   `redir_log` the writers of those records and transcripts;
 //! - `api`: the HTTPS API and the metrics endpoint;
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod operator;
 pub mod paths;
 pub mod proxy_header;
+pub mod redir_log;
 pub mod redir_tap;
 pub mod redirect;
 pub mod registry;

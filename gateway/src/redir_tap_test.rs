@@ -1,6 +1,8 @@
 //! The tap on recorded exchanges (redirection.md §2.1), cut at every byte; refusals, failed
 //! logins, garbage and TLS; and the gateway's side: rows, metrics and the SOL transcript.
 
+use std::path::PathBuf;
+
 use proptest::prelude::*;
 
 use super::*;

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::journal::{Journal, LiveState, LiveView};
 use crate::limits::{Limiter, LogOnce};
 use crate::metrics::Metrics;
-use crate::redir_tap::RedirLog;
+use crate::redir_log::RedirLog;
 use crate::registry::{Registry, TunnelKind};
 use crate::store::Store;
 
