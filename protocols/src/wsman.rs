@@ -472,8 +472,9 @@ pub struct EndpointReference {
 }
 
 impl EndpointReference {
-    /// A reference to an instance of `class` at the anonymous address, as AMT's own references
-    /// use.
+    /// A reference to an instance of `class` at the anonymous address. (Python AMT clients send
+    /// the anonymous address here; Intel's wsman-messages sends the WS-Addressing namespace URI;
+    /// both are in use against real firmware, so a responder should not insist on either.)
     pub fn new(class: Class, selectors: Vec<Selector>) -> Self {
         EndpointReference { address: ANONYMOUS.to_owned(), resource_uri: class.resource_uri().to_owned(), selectors }
     }
@@ -545,13 +546,11 @@ fn selector_set_element(selectors: &[Selector]) -> Element {
 fn selectors_from_set(set: &Element) -> Result<Vec<Selector>, WsmanError> {
     let mut selectors = Vec::new();
     for element in set.children.iter().filter(|c| c.is(ns::WSMAN, "Selector")) {
-        let name = element
-            .attributes
-            .iter()
-            .find(|a| a.namespace.is_empty() && a.name == "Name")
-            .ok_or(WsmanError::SelectorWithoutName)?
-            .value
-            .clone();
+        // `Name` is unqualified in DSP0226's examples and what AMT, MeshCentral and Intel's
+        // builders send; some clients qualify it (`wsman:Name`) inside references.
+        let name_in =
+            |namespace: &str| element.attributes.iter().find(|a| a.namespace == namespace && a.name == "Name");
+        let name = name_in("").or_else(|| name_in(ns::WSMAN)).ok_or(WsmanError::SelectorWithoutName)?.value.clone();
         let value = match element.child_ns(ns::ADDRESSING, "EndpointReference") {
             Some(epr) => SelectorValue::Reference(EndpointReference::from_element(epr)?),
             None => SelectorValue::Text(element.text.clone()),

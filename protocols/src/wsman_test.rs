@@ -446,6 +446,73 @@ fn a_responder_writes_responses_and_faults() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Requests as other clients write them (the simulator parses these)
+
+/// The shape MeshCentral (`amt-wsman.js`) and Intel's wsman-messages builders send: the SOAP
+/// namespace as the default namespace, unprefixed Header and Body, and the EPR's parts with
+/// their own default-namespace declarations (Intel's form).
+const INTEL_SET_BOOT_CONFIG_ROLE: &str = r#"<?xml version="1.0" encoding="utf-8"?><Envelope xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns="http://www.w3.org/2003/05/soap-envelope"><Header><a:Action>http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootService/SetBootConfigRole</a:Action><a:To>/wsman</a:To><w:ResourceURI>http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootService</w:ResourceURI><a:MessageID>7</a:MessageID><a:ReplyTo><a:Address>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:Address></a:ReplyTo><w:OperationTimeout>PT60S</w:OperationTimeout></Header><Body><r:SetBootConfigRole_INPUT xmlns:r="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootService"><r:BootConfigSetting><Address xmlns="http://schemas.xmlsoap.org/ws/2004/08/addressing">http://schemas.xmlsoap.org/ws/2004/08/addressing</Address><ReferenceParameters xmlns="http://schemas.xmlsoap.org/ws/2004/08/addressing"><ResourceURI xmlns="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd">http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootConfigSetting</ResourceURI><SelectorSet xmlns="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><Selector Name="InstanceID">Intel(r) AMT: Boot Configuration 0</Selector></SelectorSet></ReferenceParameters></r:BootConfigSetting><r:Role>1</r:Role></r:SetBootConfigRole_INPUT></Body></Envelope>"#;
+
+#[test]
+fn intel_shaped_request_with_default_namespaces() {
+    let envelope = parse(INTEL_SET_BOOT_CONFIG_ROLE).expect("parse");
+    assert_eq!(Method::from_action(&envelope.header.action), Some(Method::SetBootConfigRole));
+    assert_eq!(envelope.header.to.as_deref(), Some("/wsman"));
+    assert_eq!(envelope.header.message_id.as_deref(), Some("7"));
+    assert_eq!(envelope.header.reply_to.as_deref(), Some(ANONYMOUS));
+    let input = envelope.payload().expect("input");
+    assert!(input.is(Class::CimBootService.resource_uri(), "SetBootConfigRole_INPUT"));
+    let reference = EndpointReference::from_element(input.child("BootConfigSetting").expect("parameter")).expect("EPR");
+    assert_eq!(reference.address, ns::ADDRESSING);
+    assert_eq!(reference.resource_uri, Class::CimBootConfigSetting.resource_uri());
+    assert_eq!(reference.selectors, [Selector::text("InstanceID", "Intel(r) AMT: Boot Configuration 0")]);
+    assert_rewrites_to_same(&envelope);
+}
+
+/// The shape of a Python `amtctrl`-style client's power request: pretty-printed, `wsman:Name`
+/// on the selector inside the reference, `s:mustUnderstand` on several headers.
+const AMTCTRL_POWER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"
+ xmlns:wsa="http://schemas.xmlsoap.org/ws/2004/08/addressing"
+ xmlns:wsman="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+ xmlns:n1="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_PowerManagementService">
+  <s:Header>
+    <wsa:Action s:mustUnderstand="true">http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_PowerManagementService/RequestPowerStateChange</wsa:Action>
+    <wsa:To s:mustUnderstand="true">http://127.0.0.1:16992/wsman</wsa:To>
+    <wsman:ResourceURI s:mustUnderstand="true">http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_PowerManagementService</wsman:ResourceURI>
+    <wsa:MessageID s:mustUnderstand="true">uuid:0a0b0c0d-0000-4000-8000-000000000001</wsa:MessageID>
+    <wsa:ReplyTo><wsa:Address>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</wsa:Address></wsa:ReplyTo>
+    <wsman:SelectorSet><wsman:Selector Name="Name">Intel(r) AMT Power Management Service</wsman:Selector></wsman:SelectorSet>
+  </s:Header>
+  <s:Body>
+    <n1:RequestPowerStateChange_INPUT>
+      <n1:PowerState>8</n1:PowerState>
+      <n1:ManagedElement>
+        <wsa:Address>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</wsa:Address>
+        <wsa:ReferenceParameters>
+          <wsman:ResourceURI>http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ComputerSystem</wsman:ResourceURI>
+          <wsman:SelectorSet><wsman:Selector wsman:Name="Name">ManagedSystem</wsman:Selector></wsman:SelectorSet>
+        </wsa:ReferenceParameters>
+      </n1:ManagedElement>
+    </n1:RequestPowerStateChange_INPUT>
+  </s:Body>
+</s:Envelope>"#;
+
+#[test]
+fn amtctrl_shaped_power_request() {
+    let envelope = parse(AMTCTRL_POWER).expect("parse");
+    assert_eq!(Method::from_action(&envelope.header.action), Some(Method::RequestPowerStateChange));
+    assert_eq!(envelope.header.selector("Name"), Some("Intel(r) AMT Power Management Service"));
+    let input = envelope.payload().expect("input");
+    assert_eq!(input.child_text("PowerState"), Some("8"));
+    let managed = EndpointReference::from_element(input.child("ManagedElement").expect("parameter")).expect("EPR");
+    assert_eq!(managed.address, ANONYMOUS);
+    assert_eq!(managed.resource_uri, Class::CimComputerSystem.resource_uri());
+    assert_eq!(managed.selectors, [Selector::text("Name", "ManagedSystem")]);
+    assert_rewrites_to_same(&envelope);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Refusals and limits
 
 #[test]
@@ -657,7 +724,10 @@ proptest! {
 
     #[test]
     fn mutated_samples_never_panic_and_rewrite_to_the_same(
-        sample in prop_oneof![Just(GET_GENERAL_SETTINGS), Just(PULL_RESPONSE), Just(FAULT), Just(POWER_OUTPUT)],
+        sample in prop_oneof![
+            Just(GET_GENERAL_SETTINGS), Just(PULL_RESPONSE), Just(FAULT), Just(POWER_OUTPUT),
+            Just(INTEL_SET_BOOT_CONFIG_ROLE), Just(AMTCTRL_POWER),
+        ],
         cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
     ) {
         let mut bytes = sample.as_bytes().to_vec();
