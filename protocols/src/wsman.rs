@@ -94,6 +94,8 @@ pub struct Limits {
     /// Longest document, in bytes ([`WsmanError::TooLarge`]).
     pub max_document_len: usize,
     /// Deepest nesting of elements, the envelope being depth 1 ([`WsmanError::TooDeep`]).
+    /// Walking, cloning, comparing, writing and dropping an [`Element`] recurse once per level,
+    /// so this also bounds stack use: keep it in the tens.
     pub max_depth: usize,
     /// Most elements in the document ([`WsmanError::TooManyElements`]).
     pub max_elements: usize,
@@ -880,6 +882,24 @@ impl Request {
         Request::new(to, resource_uri, action::ENUMERATE, message_id, RequestBody::Enumerate { optimize: None })
     }
 
+    /// WS-Enumeration Enumerate with `wsman:OptimizeEnumeration` (and `wsman:MaxElements` when
+    /// given): the response carries the first items along with the context.
+    pub fn enumerate_optimized(
+        to: &str,
+        resource_uri: &str,
+        message_id: uuid::Uuid,
+        max_elements: Option<u32>,
+    ) -> Self {
+        let body = RequestBody::Enumerate { optimize: Some(max_elements) };
+        Request::new(to, resource_uri, action::ENUMERATE, message_id, body)
+    }
+
+    /// WS-Enumeration Release of an enumeration context the client will not pull to the end.
+    pub fn release(to: &str, resource_uri: &str, message_id: uuid::Uuid, context: &str) -> Self {
+        let body = RequestBody::Release { context: context.to_owned() };
+        Request::new(to, resource_uri, action::RELEASE, message_id, body)
+    }
+
     /// WS-Enumeration Pull with an Enumerate response's context.
     pub fn pull(
         to: &str,
@@ -998,7 +1018,43 @@ impl EnumerateResponse {
     }
 }
 
+impl EnumerateResponse {
+    /// The `wsen:EnumerateResponse` body element a responder sends; with items (an optimized
+    /// enumeration) they go in `wsman:Items`, and `wsman:EndOfSequence` marks the end.
+    pub fn to_element(&self) -> Element {
+        let mut response = Element::new(ns::ENUMERATION, "EnumerateResponse");
+        if let Some(context) = &self.context {
+            response.children.push(Element::new(ns::ENUMERATION, "EnumerationContext").with_text(context.clone()));
+        }
+        if !self.items.is_empty() {
+            let mut items = Element::new(ns::WSMAN, "Items");
+            items.children = self.items.clone();
+            response.children.push(items);
+        }
+        if self.end_of_sequence {
+            response.children.push(Element::new(ns::WSMAN, "EndOfSequence"));
+        }
+        response
+    }
+}
+
 impl PullResponse {
+    /// The `wsen:PullResponse` body element a responder sends: the context when there is more,
+    /// `wsen:Items`, and `wsen:EndOfSequence` at the end.
+    pub fn to_element(&self) -> Element {
+        let mut response = Element::new(ns::ENUMERATION, "PullResponse");
+        if let Some(context) = &self.context {
+            response.children.push(Element::new(ns::ENUMERATION, "EnumerationContext").with_text(context.clone()));
+        }
+        let mut items = Element::new(ns::ENUMERATION, "Items");
+        items.children = self.items.clone();
+        response.children.push(items);
+        if self.end_of_sequence {
+            response.children.push(Element::new(ns::ENUMERATION, "EndOfSequence"));
+        }
+        response
+    }
+
     /// Reads a Pull response (a fault is [`WsmanError::Fault`]).
     pub fn from_envelope(envelope: &Envelope) -> Result<Self, WsmanError> {
         let response = envelope.payload_or_fault()?;
@@ -1011,6 +1067,14 @@ impl PullResponse {
             end_of_sequence: response.child_ns(ns::ENUMERATION, "EndOfSequence").is_some(),
         })
     }
+}
+
+/// The body element a responder sends for a method call: `<Method>_OUTPUT` in the class's
+/// namespace with `ReturnValue`.
+pub fn method_output(method: Method, return_value: u32) -> Element {
+    let namespace = method.class().resource_uri();
+    Element::new(namespace, method.output_element())
+        .with_child(Element::new(namespace, "ReturnValue").with_text(return_value.to_string()))
 }
 
 /// A method's `ReturnValue` from its `<Method>_OUTPUT` (0 is success; the rest is per method).
@@ -1060,8 +1124,11 @@ impl Fault {
     }
 
     /// A fault body for a responder: `s:Fault` with the code (a SOAP code such as `Sender`),
-    /// the subcode in `subcode_namespace` (e.g. [`ns::WSMAN`] for `InvalidSelectors`), the
-    /// reason and, when given, the detail as a `wsman:FaultDetail`.
+    /// the subcode in `subcode_namespace` (e.g. [`ns::WSMAN`] for `InvalidSelectors`,
+    /// [`ns::ADDRESSING`] for `DestinationUnreachable`), the reason and, when given, the detail
+    /// as a `wsman:FaultDetail`. QName values need a prefix declared on the envelope, so a
+    /// subcode namespace other than those [`Envelope::to_bytes`] always declares (SOAP,
+    /// addressing, WS-MAN, enumeration, transfer) is written in the WS-MAN namespace.
     pub fn to_element(&self, subcode_namespace: &str) -> Element {
         let mut code = Element::new(ns::SOAP, "Code")
             .with_child(Element::new(ns::SOAP, "Value").with_text(format!("s:{}", self.code)));

@@ -512,6 +512,45 @@ fn amtctrl_shaped_power_request() {
     assert_rewrites_to_same(&envelope);
 }
 
+#[test]
+fn a_responder_writes_enumerations_and_method_outputs() {
+    let request = Request::enumerate_optimized(TO, Class::CimSoftwareIdentity.resource_uri(), id(30), Some(5));
+    let request = request.to_envelope();
+    let item = |id: &str| {
+        Element::new(Class::CimSoftwareIdentity.resource_uri(), "CIM_SoftwareIdentity")
+            .with_child(Element::new(Class::CimSoftwareIdentity.resource_uri(), "InstanceID").with_text(id))
+    };
+    let enumerate =
+        EnumerateResponse { context: Some("ctx-1".into()), items: vec![item("Flash")], end_of_sequence: false };
+    let response =
+        Envelope::response(&request.header, action::ENUMERATE_RESPONSE, id(31), Some(enumerate.to_element()));
+    let parsed = Envelope::parse(&response.to_bytes().expect("write"), &Limits::default()).expect("parse");
+    assert_eq!(EnumerateResponse::from_envelope(&parsed), Ok(enumerate));
+
+    for pull in [
+        PullResponse { items: vec![item("Netstack")], context: Some("ctx-1".into()), end_of_sequence: false },
+        PullResponse { items: vec![item("AMT")], context: None, end_of_sequence: true },
+    ] {
+        let response = Envelope::response(&request.header, action::PULL_RESPONSE, id(32), Some(pull.to_element()));
+        let parsed = Envelope::parse(&response.to_bytes().expect("write"), &Limits::default()).expect("parse");
+        assert_eq!(PullResponse::from_envelope(&parsed), Ok(pull));
+    }
+
+    let request = Request::release(TO, Class::CimSoftwareIdentity.resource_uri(), id(33), "ctx-1");
+    assert_eq!(round_trip(&request).header.action, action::RELEASE);
+
+    let invoke = Request::invoke(TO, Method::SendOptInCode, id(34), vec![Property::text("OptInCode", "123456")]);
+    let response = Envelope::response(
+        &invoke.to_envelope().header,
+        Method::SendOptInCode.response_action(),
+        id(35),
+        Some(method_output(Method::SendOptInCode, 2066)),
+    );
+    let parsed = Envelope::parse(&response.to_bytes().expect("write"), &Limits::default()).expect("parse");
+    assert_eq!(return_value(&parsed), Ok(2066));
+    assert!(parsed.payload().expect("output").is(Class::IpsOptInService.resource_uri(), "SendOptInCode_OUTPUT"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refusals and limits
 
