@@ -1008,9 +1008,12 @@ impl EnumerateResponse {
             return Err(WsmanError::MissingElement("EnumerateResponse"));
         }
         let context = response.child_ns(ns::ENUMERATION, "EnumerationContext").map(|c| c.text.clone());
-        // With OptimizeEnumeration, items and the end marker are in the WS-MAN namespace.
-        let items = response.child_ns(ns::WSMAN, "Items").map(|i| i.children.clone()).unwrap_or_default();
-        let end_of_sequence = response.child_ns(ns::WSMAN, "EndOfSequence").is_some();
+        // With OptimizeEnumeration, DSP0226 puts the items and the end marker in the WS-MAN
+        // namespace; the WS-Enumeration names are accepted too.
+        let either =
+            |name: &str| response.child_ns(ns::WSMAN, name).or_else(|| response.child_ns(ns::ENUMERATION, name));
+        let items = either("Items").map(|i| i.children.clone()).unwrap_or_default();
+        let end_of_sequence = either("EndOfSequence").is_some();
         if context.is_none() && !end_of_sequence {
             return Err(WsmanError::MissingElement("EnumerationContext"));
         }
