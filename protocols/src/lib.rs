@@ -12,11 +12,17 @@
 //!   digest authentication, sequence numbers.
 //! - [`scsi`]: the SCSI/MMC target behind IDE-R: answers a BIOS's ATAPI packets for an emulated
 //!   CD-ROM or floppy from an image it knows only by length.
+//! - [`wsman`]: WS-Management as AMT speaks it (ports 16992/16993): resource URIs and actions,
+//!   request envelopes, a bounded envelope parser, enumeration, return values and faults.
+//! - [`http_digest`]: HTTP Digest authentication (RFC 2617, MD5, `qop=auth`) for WS-MAN's HTTP:
+//!   challenge parsing, the client's `Authorization`, the server's check.
 
 pub mod apf;
+pub mod http_digest;
 pub mod proxy;
 pub mod redir;
 pub mod scsi;
 pub mod session;
 #[cfg(test)]
 mod test_util;
+pub mod wsman;
