@@ -41,6 +41,16 @@ use crate::redir_log::{write_transcript, CastEvent, LogCommand, Recorder, RedirL
 use crate::state::Shared;
 use crate::store::{NewRedirection, RedirOutcome, RedirectionEnd};
 
+impl From<SessionType> for RedirKind {
+    fn from(kind: SessionType) -> Self {
+        match kind {
+            SessionType::Sol => RedirKind::Sol,
+            SessionType::Ider => RedirKind::Ider,
+            SessionType::Kvm => RedirKind::Kvm,
+        }
+    }
+}
+
 /// The redirection ports: plain (16994) and TLS (16995, which the tap finds unparsed).
 pub const REDIRECTION_PORTS: [u16; 2] = [16994, 16995];
 
@@ -306,11 +316,7 @@ impl<S: TapSink> Tap<S> {
                     return Err(TapError::Malformed(ty, "incomplete"));
                 };
                 if self.kind.is_none() {
-                    let kind = match session_type {
-                        SessionType::Sol => RedirKind::Sol,
-                        SessionType::Ider => RedirKind::Ider,
-                        SessionType::Kvm => RedirKind::Kvm,
-                    };
+                    let kind = RedirKind::from(session_type);
                     self.kind = Some(kind);
                     self.sink.event(TapEvent::Started(kind));
                 }

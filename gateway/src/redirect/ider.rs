@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocols::redir::{
     self, AtaCommand, AtaRegisters, FeaturesRequest, IderOpen, Message, RegisterArea, SessionType, ATTR_COMPLETED,
@@ -276,14 +276,14 @@ impl Server<'_> {
         } else {
             Response::CheckCondition(Sense::INVALID_OPCODE)
         };
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         match response {
             Response::Good => self.status(&mut buf, device, None),
             Response::CheckCondition(sense) => self.status(&mut buf, device, Some(sense)),
-            Response::Data(data) => self.data(&mut buf, device, dma, &data, true),
+            Response::Data(data) => self.data(&mut buf, device, dma, &Bytes::from(data), true),
             Response::Read { offset, len } => return self.read(session, drive, device, dma, offset, len).await,
         }
-        session.writer.send_bytes(buf.freeze()).await
+        session.writer.send_bytes(Bytes::from(buf)).await
     }
 
     /// Serves a read of the medium piece by piece; the last chunk of the last piece completes it.
@@ -301,9 +301,9 @@ impl Server<'_> {
         let Some(image) = drive.image.as_mut() else {
             // The target asks for reads only when it has a medium; answer as a read error anyway.
             let sense = drive.target.read_failed();
-            let mut buf = BytesMut::new();
+            let mut buf = Vec::new();
             self.status(&mut buf, device, Some(sense));
-            return session.writer.send_bytes(buf.freeze()).await;
+            return session.writer.send_bytes(Bytes::from(buf)).await;
         };
         let mut done = 0u32;
         while done < len {
@@ -313,15 +313,15 @@ impl Server<'_> {
                 Err(err) => {
                     self.bar.suspend(|| eprintln!("reading the image at byte {}: {err}", offset + u64::from(done)));
                     let sense = drive.target.read_failed();
-                    let mut buf = BytesMut::new();
+                    let mut buf = Vec::new();
                     self.status(&mut buf, device, Some(sense));
-                    return session.writer.send_bytes(buf.freeze()).await;
+                    return session.writer.send_bytes(Bytes::from(buf)).await;
                 }
             };
             done += piece;
-            let mut buf = BytesMut::with_capacity(data.len() + 64 * data.len().div_ceil(self.chunk));
+            let mut buf = Vec::with_capacity(data.len() + 64 * data.len().div_ceil(self.chunk));
             self.data(&mut buf, device, dma, &data, done == len);
-            session.writer.send_bytes(buf.freeze()).await?;
+            session.writer.send_bytes(Bytes::from(buf)).await?;
             self.served.bytes += u64::from(piece);
             self.bar.inc(u64::from(piece));
         }
@@ -329,10 +329,10 @@ impl Server<'_> {
     }
 
     /// DataToHost chunks of `data`; the last one completes the command when `last`.
-    fn data(&mut self, buf: &mut BytesMut, device: u8, dma: bool, data: &[u8], last: bool) {
-        let mut scratch = Vec::with_capacity(self.chunk + 64);
+    fn data(&mut self, buf: &mut Vec<u8>, device: u8, dma: bool, data: &Bytes, last: bool) {
         let count = data.len().div_ceil(self.chunk);
-        for (i, piece) in data.chunks(self.chunk).enumerate() {
+        for i in 0..count {
+            let piece = data.slice(i * self.chunk..((i + 1) * self.chunk).min(data.len()));
             let final_chunk = last && i + 1 == count;
             let len = piece.len() as u16;
             let input = AtaRegisters {
@@ -356,16 +356,14 @@ impl Server<'_> {
                 seq: self.out.next(),
                 attributes,
                 area: RegisterArea { input, output, ..RegisterArea::default() },
-                data: Bytes::copy_from_slice(piece),
+                data: piece,
             };
-            scratch.clear();
-            redir::encode(&message, &mut scratch);
-            buf.extend_from_slice(&scratch);
+            redir::encode(&message, buf);
         }
     }
 
     /// CommandEndResponse: GOOD, or CHECK CONDITION with `sense`.
-    fn status(&mut self, buf: &mut BytesMut, device: u8, sense: Option<Sense>) {
+    fn status(&mut self, buf: &mut Vec<u8>, device: u8, sense: Option<Sense>) {
         let (output, sense) = match sense {
             None => (
                 AtaRegisters { mask: 0xC5, sector_count: 3, drive_select: device, status: 0x50, ..Default::default() },
@@ -389,9 +387,7 @@ impl Server<'_> {
             transfer_bytes: 0,
             area: RegisterArea { output, sense, ..RegisterArea::default() },
         };
-        let mut scratch = Vec::with_capacity(40);
-        redir::encode(&message, &mut scratch);
-        buf.extend_from_slice(&scratch);
+        redir::encode(&message, buf);
     }
 }
 
@@ -416,8 +412,8 @@ mod tests {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
         let mut server = Server { chunk: 8192, out: Outgoing { seq: 7 }, bar: &bar, served: &mut served };
-        let data: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
-        let mut buf = BytesMut::new();
+        let data: Bytes = (0..20_000u32).map(|i| i as u8).collect();
+        let mut buf = Vec::new();
         server.data(&mut buf, 0xB0, false, &data, true);
         let messages = decode_all(&buf);
         assert_eq!(messages.len(), 3);
@@ -432,7 +428,7 @@ mod tests {
             assert_eq!(area.output.status, if last { 0x50 } else { 0 });
             joined.extend_from_slice(data);
         }
-        assert_eq!(joined, data);
+        assert_eq!(joined, data[..]);
         assert_eq!(server.out.seq, 10);
     }
 
@@ -441,7 +437,7 @@ mod tests {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
         let mut server = Server { chunk: 8192, out: Outgoing { seq: 0 }, bar: &bar, served: &mut served };
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         server.status(&mut buf, 0xA0, Some(Sense::LBA_OUT_OF_RANGE));
         server.status(&mut buf, 0xA0, None);
         let messages = decode_all(&buf);

@@ -79,7 +79,7 @@ impl Endpoint {
         let limits = redir::Limits::default();
         Ok((
             MessageReader { rx, buf: BytesMut::with_capacity(4096), limits, eof: false, close_reason: None },
-            MessageWriter { tx, scratch: Vec::new() },
+            MessageWriter { tx },
         ))
     }
 }
@@ -210,7 +210,6 @@ impl MessageReader {
 /// Writes redirection messages to the device.
 pub struct MessageWriter {
     tx: Tx,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for MessageWriter {
@@ -222,10 +221,9 @@ impl std::fmt::Debug for MessageWriter {
 impl MessageWriter {
     /// Sends one message, on its own (consoles and firmware care about message boundaries).
     pub async fn send(&mut self, message: &Message) -> Result<()> {
-        self.scratch.clear();
-        redir::encode(message, &mut self.scratch);
-        let bytes = Bytes::copy_from_slice(&self.scratch);
-        self.send_bytes(bytes).await
+        let mut bytes = Vec::new();
+        redir::encode(message, &mut bytes);
+        self.send_bytes(Bytes::from(bytes)).await
     }
 
     /// Sends already encoded messages as one write (split only to respect the relay's frame size).

@@ -115,11 +115,7 @@ async fn in_use_message(endpoint: &Endpoint, kind: SessionType, status: u8) -> S
     let Endpoint::Relay { client, uuid, .. } = endpoint else {
         return format!("{base} (by another console on the network)");
     };
-    let tag = match kind {
-        SessionType::Sol => "sol",
-        SessionType::Ider => "ider",
-        SessionType::Kvm => "kvm",
-    };
+    let tag = crate::redir_tap::RedirKind::from(kind).as_str();
     match client.get_json(&format!("/api/v1/devices/{uuid}/redirections?active=true")).await {
         Ok(serde_json::Value::Array(rows)) => {
             let holder = rows.iter().find(|row| row.get("kind").and_then(|k| k.as_str()) == Some(tag));
