@@ -171,6 +171,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     let shared = Arc::new(Shared {
         limiter: Limiter::new(&config.limits),
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
+        sealer: crate::sealing::Sealer::load_or_create(data_dir).context("loading the key that seals AMT passwords")?,
         config,
         store: store.clone(),
         instance,

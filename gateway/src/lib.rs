@@ -10,6 +10,8 @@
 //!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts), and
 //!   `redir_log` the writers of those records and transcripts;
 //! - `api`: the HTTPS API and the metrics endpoint;
+//! - `wsman`: the WS-Management client (AMT power, boot, redirection, consent) over a device
+//!   stream, which the API's remote-fix endpoints drive; `sealing`: AMT passwords sealed at rest;
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
 //!   them);
@@ -42,7 +44,9 @@ pub mod redir_tap;
 pub mod redirect;
 pub mod registry;
 pub mod relay;
+pub mod sealing;
 pub mod state;
 pub mod store;
 pub mod stream;
 pub mod view;
+pub mod wsman;

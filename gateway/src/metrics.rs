@@ -38,6 +38,7 @@ label_enum!(
         ProtocolError => "protocol_error",
         AuthFailed => "auth_failed",
         Replaced => "replaced",
+        SessionClosed => "session_closed",
         Shutdown => "shutdown",
         IoError => "io_error",
         Unknown => "unknown",
@@ -108,6 +109,7 @@ label_enum!(
         ExpiredToken => "expired_token",
         Scope => "scope",
         RelayCap => "relay_cap",
+        SessionClosed => "session_closed",
         ConnectionCap => "connection_cap",
     }
 );
@@ -121,6 +123,7 @@ label_enum!(
         MaxDuration => "max_duration",
         PingTimeout => "ping_timeout",
         TokenRevoked => "token_revoked",
+        SessionClosed => "session_closed",
         FrameTooLarge => "frame_too_large",
         TunnelGone => "tunnel_gone",
     }

@@ -74,6 +74,9 @@ pub struct TunnelHandle {
     pub kind: TunnelKind,
     pub remote: SocketAddr,
     pub connected_since: OffsetDateTime,
+    /// Why the device dialled (APF PROTOCOL_VERSION's trigger reason: 1 the PC user asked for
+    /// help, 2 an alert, 4 periodic; 0 when the device does not say).
+    pub trigger_reason: u32,
     pub commands: mpsc::Sender<TunnelCommand>,
     pub ports: Arc<Mutex<BTreeSet<u16>>>,
 }
@@ -209,6 +212,7 @@ mod tests {
             kind,
             remote: "198.18.0.1:1".parse().unwrap(),
             connected_since: OffsetDateTime::now_utc(),
+            trigger_reason: 4,
             commands,
             ports: Arc::default(),
         };

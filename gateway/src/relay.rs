@@ -86,6 +86,8 @@ pub fn limit_frames(ws: WebSocketUpgrade, limits: &RelayLimits) -> WebSocketUpgr
 pub enum Stop {
     TokenRevoked,
     TokenExpired,
+    /// A technician closed the device's remote-fix session (`tether session close`).
+    SessionClosed,
 }
 
 /// How a relay went.
@@ -168,6 +170,7 @@ pub async fn run_tapped(
 
     let end = match ending {
         Ending::End(end) => end,
+        Ending::Stopped(Stop::SessionClosed) => RelayEnd::SessionClosed,
         Ending::Stopped(_) => RelayEnd::TokenRevoked,
         Ending::DeviceWriteFailed => device_end(&mut from_device),
     };
@@ -412,7 +415,7 @@ fn close_code(end: RelayEnd) -> u16 {
     match end {
         RelayEnd::TechnicianClosed | RelayEnd::DeviceClosed | RelayEnd::IdleTimeout => 1000,
         RelayEnd::TunnelGone | RelayEnd::PingTimeout => 1001,
-        RelayEnd::MaxDuration | RelayEnd::TokenRevoked => 1008,
+        RelayEnd::MaxDuration | RelayEnd::TokenRevoked | RelayEnd::SessionClosed => 1008,
         RelayEnd::FrameTooLarge => 1009,
     }
 }
@@ -421,6 +424,7 @@ fn close_reason(ending: Ending, end: RelayEnd, limits: &RelayLimits) -> String {
     match (ending, end) {
         (Ending::Stopped(Stop::TokenExpired), _) => "the token expired".into(),
         (Ending::Stopped(Stop::TokenRevoked), _) => "the token was revoked".into(),
+        (Ending::Stopped(Stop::SessionClosed), _) => "a technician closed the device's remote-fix session".into(),
         (_, RelayEnd::TechnicianClosed) => "closed by the technician".into(),
         (_, RelayEnd::DeviceClosed) => "the device closed the connection".into(),
         (_, RelayEnd::TunnelGone) => "the device's tunnel closed (device offline, or gateway restarting)".into(),
@@ -440,6 +444,7 @@ fn close_reason(ending: Ending, end: RelayEnd, limits: &RelayLimits) -> String {
             format!("a message was larger than {} bytes (api.max_frame_bytes)", limits.max_frame_bytes)
         }
         (_, RelayEnd::TokenRevoked) => "the token was revoked".into(),
+        (_, RelayEnd::SessionClosed) => "a technician closed the device's remote-fix session".into(),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Shared {
     pub limiter: Limiter,
     pub registry: Arc<Registry>,
     pub passwords: PasswordChecker,
+    /// Seals the AMT passwords technicians ask the gateway to remember.
+    pub sealer: crate::sealing::Sealer,
     /// Conflicting claims are logged once per UUID per minute.
     pub conflicts: LogOnce<uuid::Uuid>,
     pub shutdown: watch::Receiver<bool>,

@@ -6,6 +6,9 @@
 //!   device port and relays it (see `relay` for the framing and how a relay ends).
 //! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N` (scope `read`): the AMT
 //!   redirection sessions relayed to the device, newest first (`redirections`).
+//! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` (scope
+//!   `attach`) and `GET …/actions` (scope `read`): the remote fix through AMT's WS-Management,
+//!   every action recorded (`amt`).
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
@@ -18,6 +21,7 @@
 //! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
 
 mod admission;
+mod amt;
 mod redirections;
 mod relays;
 
@@ -30,7 +34,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -105,6 +109,16 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices/{uuid}", get(show_device))
         .route("/api/v1/devices/{uuid}/tcp/{port}", get(relays::relay_tcp))
         .route("/api/v1/devices/{uuid}/redirections", get(redirections::list_redirections))
+        .route("/api/v1/devices/{uuid}/actions", get(amt::actions))
+        .route("/api/v1/devices/{uuid}/power", post(amt::power))
+        .route("/api/v1/devices/{uuid}/redirection", post(amt::redirection))
+        .route("/api/v1/devices/{uuid}/boot", post(amt::boot))
+        .route("/api/v1/devices/{uuid}/consent", post(amt::consent))
+        .route("/api/v1/devices/{uuid}/rescue/start", post(amt::rescue_start))
+        .route("/api/v1/devices/{uuid}/rescue/boot", post(amt::rescue_boot))
+        .route("/api/v1/devices/{uuid}/rescue/finish", post(amt::rescue_finish))
+        .route("/api/v1/devices/{uuid}/session/close", post(amt::session_close))
+        .route("/api/v1/devices/{uuid}/session/open", post(amt::session_open))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
     Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
 }

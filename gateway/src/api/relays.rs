@@ -127,6 +127,18 @@ impl LiveRelays {
             .collect()
     }
 
+    /// Stops every relay to `uuid`; how many were stopped.
+    pub fn stop_device(&self, uuid: Uuid, why: Stop) -> usize {
+        let mut table = self.lock();
+        let ids: Vec<u64> = table.relays.iter().filter(|(_, e)| e.uuid == uuid).map(|(id, _)| *id).collect();
+        ids.into_iter()
+            .filter_map(|id| table.remove(id))
+            .map(|entry| {
+                let _ = entry.stop.send(why);
+            })
+            .count()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().relays.len()
     }
@@ -200,23 +212,13 @@ pub(super) async fn relay_tcp(
         );
         return rejection(&api, StatusCode::TOO_MANY_REQUESTS, ApiRejection::RelayCap, None, message);
     };
+    if let Some(refused) = session_closed_refusal(&api, uuid).await {
+        return refused;
+    }
     let peer = connection.remote;
-    // Held here, or by another gateway of the fleet (then the stream is carried over the link).
-    let (stream, holder) = match shared.registry.any(uuid) {
-        Some(tunnel) => match tunnel.open_stream(port, peer, shared.channel_open_timeout()).await {
-            Ok(stream) => (stream, shared.instance.clone()),
-            Err(refused) => return error(view::open_refused_status(shared, &refused), refused),
-        },
-        None => match elsewhere(shared, uuid).await {
-            Err(response) => return response,
-            Ok((instance, peers)) => match peers.open_stream(&instance, uuid, port, peer).await {
-                Ok(stream) => (stream, instance),
-                Err(err) => {
-                    warn!(%uuid, port, error = ?err, "relay through the fleet link failed");
-                    return error(err.status(), err);
-                }
-            },
-        },
+    let (stream, holder) = match open_device_stream(shared, uuid, port, peer).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
     };
     let relay_id = ticket.id;
     let technician = caller.name;
@@ -249,6 +251,59 @@ pub(super) async fn relay_tcp(
         response.headers_mut().insert(INSTANCE_HEADER, value);
     }
     response
+}
+
+/// A stream to `port` of device `uuid`, and the instance holding its tunnel: held here, or by
+/// another gateway of the fleet (then the stream is carried over the link); else the answer for
+/// the technician.
+pub(super) async fn open_device_stream(
+    shared: &Shared,
+    uuid: Uuid,
+    port: u16,
+    originator: std::net::SocketAddr,
+) -> Result<(crate::stream::DeviceStream, String), Response> {
+    match shared.registry.any(uuid) {
+        Some(tunnel) => match tunnel.open_stream(port, originator, shared.channel_open_timeout()).await {
+            Ok(stream) => Ok((stream, shared.instance.clone())),
+            Err(refused) => Err(error(view::open_refused_status(shared, &refused), refused)),
+        },
+        None => {
+            let (instance, peers) = elsewhere(shared, uuid).await?;
+            match peers.open_stream(&instance, uuid, port, originator).await {
+                Ok(stream) => Ok((stream, instance)),
+                Err(err) => {
+                    warn!(%uuid, port, error = ?err, "stream through the fleet link failed");
+                    Err(error(err.status(), err))
+                }
+            }
+        }
+    }
+}
+
+/// A 403 when a technician closed the device's remote-fix session and none was opened since
+/// (`tether session open`). A PC user who asked for help again (a user-initiated tunnel that
+/// came up after the close) opens a new session by that.
+pub(super) async fn session_closed_refusal(api: &Api, uuid: Uuid) -> Option<Response> {
+    let shared = &api.shared;
+    let closed = match shared.store.closed_session(uuid).await {
+        Ok(closed) => closed?,
+        Err(err) => return Some(super::store_unavailable(err)),
+    };
+    let asked_again = shared
+        .registry
+        .any(uuid)
+        .is_some_and(|t| t.trigger_reason == crate::wsman::TRIGGER_USER_INITIATED && t.connected_since > closed.at);
+    if asked_again {
+        return None;
+    }
+    let message = format!(
+        "{} closed the remote-fix session of device {uuid} at {}{}; technicians' connections to it are refused \
+         until one opens a new session (`tether session open {uuid}`)",
+        closed.by,
+        closed.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        closed.message.as_deref().map(|m| format!(" ({m:?})")).unwrap_or_default(),
+    );
+    Some(rejection(api, StatusCode::FORBIDDEN, ApiRejection::SessionClosed, None, message))
 }
 
 /// The gateway of the fleet that holds `uuid`'s tunnel, when it is not this one, and the link to

@@ -97,6 +97,7 @@ impl Bed {
             kind: TunnelKind::Cira,
             remote: "198.18.0.1:16993".parse().unwrap(),
             connected_since: OffsetDateTime::now_utc(),
+            trigger_reason: 4,
             commands,
             ports: Arc::new(Mutex::new(BTreeSet::from([16994]))),
         };

@@ -86,6 +86,8 @@ pub struct Tunnel {
     probes: Vec<oneshot::Sender<Liveness>>,
     /// Set when we close the tunnel ourselves, for the metrics.
     local_close: Option<CloseReason>,
+    /// The PROTOCOL_VERSION's trigger reason (see `TunnelHandle::trigger_reason`).
+    trigger_reason: u32,
     last_stamp: Option<Instant>,
 }
 
@@ -128,6 +130,7 @@ impl Tunnel {
             unwritten: Vec::new(),
             probes: Vec::new(),
             local_close: None,
+            trigger_reason: 0,
             last_stamp: None,
         }
     }
@@ -353,6 +356,7 @@ impl Tunnel {
             Event::Hello { uuid, major, minor, trigger_reason } => {
                 info!(%uuid, remote = %self.remote, version = %format!("{major}.{minor}"), trigger_reason, "hello");
                 self.uuid = Some(uuid);
+                self.trigger_reason = trigger_reason;
                 self.hello_at = Some(now);
             }
             Event::AuthRequest { username, password } => self.start_admission(username, password.0),
@@ -470,6 +474,7 @@ impl Tunnel {
             kind: TunnelKind::Cira,
             remote: self.remote,
             connected_since: OffsetDateTime::now_utc(),
+            trigger_reason: self.trigger_reason,
             commands: self.commands_tx.clone(),
             ports: Arc::clone(&self.ports),
         };

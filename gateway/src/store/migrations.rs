@@ -98,6 +98,38 @@ CREATE TABLE redirections (
 CREATE INDEX redirections_device ON redirections (uuid, started_at);
 CREATE INDEX redirections_open ON redirections (instance) WHERE ended_at IS NULL;
 ",
+    // v5: WS-MAN actions audited, AMT access per device, remote-fix sessions (`remote.rs`).
+    "
+CREATE TABLE device_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    token_id INTEGER,
+    technician TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    message TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX device_actions_device ON device_actions (uuid, at);
+CREATE TABLE amt_access (
+    uuid TEXT PRIMARY KEY,
+    amt_user TEXT,
+    sealed_password TEXT,
+    tls_pin TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE remote_sessions (
+    uuid TEXT PRIMARY KEY,
+    rescue_found TEXT,
+    rescue_by TEXT,
+    rescue_at INTEGER,
+    closed_at INTEGER,
+    closed_by TEXT,
+    close_message TEXT
+);
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -170,6 +202,38 @@ CREATE TABLE redirections (
 );
 CREATE INDEX redirections_device ON redirections (uuid, started_at);
 CREATE INDEX redirections_open ON redirections (instance) WHERE ended_at IS NULL;
+",
+    // v3: WS-MAN actions audited, AMT access per device, remote-fix sessions (`remote.rs`).
+    "
+CREATE TABLE device_actions (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    at BIGINT NOT NULL,
+    token_id BIGINT,
+    technician TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    message TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX device_actions_device ON device_actions (uuid, at);
+CREATE TABLE amt_access (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    amt_user TEXT,
+    sealed_password TEXT,
+    tls_pin TEXT,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE remote_sessions (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    rescue_found TEXT,
+    rescue_by TEXT,
+    rescue_at BIGINT,
+    closed_at BIGINT,
+    closed_by TEXT,
+    close_message TEXT
+);
 ",
 ];
 

@@ -26,6 +26,7 @@ pub(crate) mod devices;
 mod instances;
 mod migrations;
 mod redirections;
+mod remote;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
@@ -33,6 +34,7 @@ mod tokens;
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
+pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use tokens::{TokenRecord, TokenScope};
 
 /// Where the store lives.

@@ -1,0 +1,690 @@
+//! The remote-fix endpoints: AMT power, boot, redirection, user consent and the rescue run,
+//! spoken by the gateway over WS-Management through the device's tunnel (`crate::wsman`), and the
+//! end of a technician's session with a device. All POST, scope `attach`; every call is recorded
+//! in the store (`device_actions`: token, device, action, outcome, what the device answered), and
+//! `GET …/actions` (scope `read`) lists them.
+//!
+//! - `POST /api/v1/devices/{uuid}/power` `{"action": "status|on|off|cycle|reset"}`
+//! - `POST …/redirection` `{"enable": BOOL}`: SOL, IDE-R and the redirection listener
+//! - `POST …/boot` `{"ider": "cd"|"floppy"|null, "sol": BOOL}`: the next boot
+//! - `POST …/consent` `{}` (the PC shows a code) or `{"code": "123456"}`
+//! - `POST …/rescue/start`, `…/rescue/boot` `{"ider": "cd", "sol": true}`, `…/rescue/finish`
+//!   `{"disable_redirection": BOOL}`: `tether rescue`'s gateway steps; start checks the device
+//!   and keeps what it found (boot settings, redirection), finish puts it back
+//! - `POST …/session/close` `{"message": TEXT}` and `…/session/open`
+//!
+//! Each AMT call takes the device's admin account in the body (`amt_user`, default `admin`, and
+//! `amt_password`), as the PC user reads it out; `"remember": true` keeps it for that device,
+//! sealed (`crate::sealing`), and later calls may leave it out.
+//!
+//! What it does not do: speak WS-MAN (`crate::wsman`) or serve the rescue image (the technician's
+//! CLI serves it over IDE-R through a relay, `tether rescue`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::admission::Caller;
+use super::relays::{open_device_stream, session_closed_refusal};
+use super::{error, store_unavailable, Api, Connection};
+use crate::metrics::CloseReason;
+use crate::relay::Stop;
+use crate::store::{ClosedSession, NewAction, RescueRecord, TokenScope, MAX_ACTIONS};
+use crate::wsman::amt::{BootSettings, IderDevice, Redirection};
+use crate::wsman::{self, Amt, AmtError, AmtErrorKind, Credentials, PowerAction};
+
+/// The device's AMT admin account, as a request gives it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Account {
+    amt_user: Option<String>,
+    amt_password: Option<String>,
+    #[serde(default)]
+    remember: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PowerBody {
+    action: String,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RedirectionBody {
+    enable: bool,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BootBody {
+    ider: Option<IderDevice>,
+    #[serde(default)]
+    sol: bool,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ConsentBody {
+    code: Option<String>,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RescueBootBody {
+    #[serde(default = "cd")]
+    ider: IderDevice,
+    #[serde(default = "yes")]
+    sol: bool,
+    #[serde(flatten)]
+    account: Account,
+}
+
+fn cd() -> IderDevice {
+    IderDevice::Cd
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FinishBody {
+    #[serde(default)]
+    disable_redirection: bool,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CloseBody {
+    message: Option<String>,
+    #[serde(flatten)]
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AccountBody {
+    #[serde(flatten)]
+    account: Account,
+}
+
+/// What `rescue/start` found and `rescue/finish` (or `session/close`) puts back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Found {
+    boot: BootSettings,
+    redirection: Redirection,
+    power_state: u32,
+}
+
+/// Longest technician message kept with a closed session.
+const MAX_MESSAGE: usize = 1000;
+
+/// One remote-fix request: who asks, for which device, from where.
+struct Call<'a> {
+    api: &'a Api,
+    caller: &'a Caller,
+    uuid: Uuid,
+    remote: SocketAddr,
+}
+
+fn bad_json(rejection: JsonRejection) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("the request body is not what this endpoint takes: {}", rejection.body_text()),
+    )
+}
+
+/// The answer for a failed AMT step: which step, and what the device said.
+fn amt_failure(err: &AmtError) -> Response {
+    let status = match &err.kind {
+        AmtErrorKind::Call(wsman::CallError::Unauthorized { .. }) => StatusCode::FORBIDDEN,
+        AmtErrorKind::Refused { .. } => StatusCode::CONFLICT,
+        AmtErrorKind::Call(wsman::CallError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let body = json!({ "error": err.to_string(), "step": err.step });
+    (status, Json(body)).into_response()
+}
+
+impl Call<'_> {
+    /// The account to use: the request's, else the one remembered for the device.
+    async fn credentials(&self, account: &Account) -> Result<Credentials, Response> {
+        let user = account.amt_user.clone().filter(|u| !u.is_empty());
+        if let Some(password) = account.amt_password.clone().filter(|p| !p.is_empty()) {
+            if password.len() > 32 || user.as_ref().is_some_and(|u| u.len() > 32) {
+                return Err(error(StatusCode::BAD_REQUEST, "AMT user names and passwords are at most 32 bytes"));
+            }
+            return Ok(Credentials { user: user.unwrap_or_else(|| "admin".into()), password });
+        }
+        let access = self.api.shared.store.amt_access(self.uuid).await.map_err(store_unavailable)?;
+        let (Some(stored_user), Some(sealed)) = (access.user, access.sealed_password) else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "give device {}'s AMT admin password (amt_password; the CLI's --password or AMT_PASSWORD): none \
+                     is remembered for it (--remember keeps one)",
+                    self.uuid
+                ),
+            ));
+        };
+        match self.api.shared.sealer.open(self.uuid, &sealed) {
+            Ok(password) => Ok(Credentials {
+                user: user.unwrap_or(stored_user),
+                password: String::from_utf8_lossy(&password).into_owned(),
+            }),
+            Err(err) => {
+                warn!(uuid = %self.uuid, error = %err, "a remembered AMT password does not open");
+                Err(error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the AMT password remembered for {} cannot be opened on this gateway ({err}); give it again",
+                        self.uuid
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A WS-MAN session with the device: 16992, or 16993 with TLS when the device forwards only
+    /// that (its certificate pinned on first use).
+    async fn connect(&self, credentials: Credentials) -> Result<Amt, Response> {
+        let shared = &self.api.shared;
+        let forwarded = shared.registry.any(self.uuid).map(|t| t.ports()).unwrap_or_default();
+        let port = wsman::pick_port(&forwarded);
+        let (stream, _) = open_device_stream(shared, self.uuid, port, self.remote).await?;
+        let access = shared.store.amt_access(self.uuid).await.map_err(store_unavailable)?;
+        let (amt, new_pin) =
+            wsman::connect(stream, self.uuid, port, credentials, access.tls_pin).await.map_err(|e| amt_failure(&e))?;
+        if let Some(pin) = new_pin {
+            info!(uuid = %self.uuid, fingerprint = %pin, "pinned the device's WS-MAN TLS certificate");
+            if let Err(err) = shared.store.set_amt_tls_pin(self.uuid, Some(&pin), OffsetDateTime::now_utc()).await {
+                warn!(uuid = %self.uuid, error = %err, "cannot store the device's TLS pin");
+            }
+        }
+        Ok(amt)
+    }
+
+    /// Refusals before any work: scope, a closed session; then the account and the session.
+    async fn open(&self, account: &Account, check_closed: bool) -> Result<(Amt, Credentials), Response> {
+        if let Some(refused) = self.caller.scope_refusal(self.api, TokenScope::Attach, "changing a device through AMT")
+        {
+            return Err(refused);
+        }
+        if check_closed {
+            if let Some(refused) = session_closed_refusal(self.api, self.uuid).await {
+                return Err(refused);
+            }
+        }
+        let credentials = self.credentials(account).await?;
+        let amt = self.connect(credentials.clone()).await?;
+        Ok((amt, credentials))
+    }
+
+    /// Keeps the account when asked to (after it worked).
+    async fn remember(&self, account: &Account, credentials: &Credentials) {
+        if !account.remember || account.amt_password.is_none() {
+            return;
+        }
+        let sealed = self.api.shared.sealer.seal(self.uuid, credentials.password.as_bytes());
+        let stored = self
+            .api
+            .shared
+            .store
+            .remember_amt_account(self.uuid, Some((&credentials.user, &sealed)), OffsetDateTime::now_utc())
+            .await;
+        if let Err(err) = stored {
+            warn!(uuid = %self.uuid, error = %err, "cannot remember the AMT account");
+        }
+    }
+
+    /// Records the action in the store.
+    async fn audit(&self, action: &str, detail: String, outcome: &str, message: Option<String>) {
+        let shared = &self.api.shared;
+        let record = NewAction {
+            uuid: self.uuid,
+            at: OffsetDateTime::now_utc(),
+            token_id: Some(self.caller.id),
+            technician: self.caller.name.clone(),
+            action: action.to_owned(),
+            detail,
+            outcome: outcome.to_owned(),
+            message,
+            instance: shared.instance.clone(),
+        };
+        info!(uuid = %self.uuid, technician = %self.caller.name, action, outcome, "remote-fix action");
+        if let Err(err) = shared.store.record_action(&record).await {
+            warn!(uuid = %self.uuid, action, error = %err, "cannot record a remote-fix action in the store");
+        }
+    }
+
+    /// Audits the outcome of `result` and turns it into the answer.
+    async fn finish(&self, action: &str, detail: String, result: Result<Value, AmtError>) -> Response {
+        match result {
+            Ok(value) => {
+                self.audit(action, detail, "ok", None).await;
+                Json(value).into_response()
+            }
+            Err(err) => {
+                let outcome = if matches!(err.kind, AmtErrorKind::Refused { .. }) { "refused" } else { "failed" };
+                self.audit(action, detail, outcome, Some(err.to_string())).await;
+                amt_failure(&err)
+            }
+        }
+    }
+}
+
+fn parse_uuid(uuid: &str) -> Result<Uuid, Response> {
+    Uuid::parse_str(uuid).map_err(|_| error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID")))
+}
+
+macro_rules! call {
+    ($api:expr, $caller:expr, $connection:expr, $uuid:expr) => {
+        match parse_uuid(&$uuid) {
+            Ok(uuid) => Call { api: &$api, caller: &$caller, uuid, remote: $connection.remote },
+            Err(response) => return response,
+        }
+    };
+}
+
+macro_rules! body {
+    ($body:expr) => {
+        match $body {
+            Ok(Json(body)) => body,
+            Err(rejection) => return bad_json(rejection),
+        }
+    };
+}
+
+macro_rules! session {
+    ($call:expr, $account:expr) => {
+        session!($call, $account, true)
+    };
+    ($call:expr, $account:expr, $check_closed:expr) => {
+        match $call.open($account, $check_closed).await {
+            Ok(opened) => opened,
+            Err(response) => return response,
+        }
+    };
+}
+
+pub(super) async fn power(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<PowerBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let action = match body.action.as_str() {
+        "status" => None,
+        "on" => Some(PowerAction::On),
+        "off" => Some(PowerAction::Off),
+        "cycle" => Some(PowerAction::Cycle),
+        "reset" => Some(PowerAction::Reset),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("power action {other:?}: use status, on, off, cycle or reset"),
+            )
+        }
+    };
+    let (mut amt, credentials) = session!(call, &body.account);
+    let result = async {
+        if let Some(action) = action {
+            amt.power(action).await?;
+        }
+        // After a change the device may already be dropping its tunnel: the state is a bonus.
+        let state = match (action, amt.power_state().await) {
+            (_, Ok(state)) => Some(state),
+            (None, Err(err)) => return Err(err),
+            (Some(_), Err(_)) => None,
+        };
+        Ok(json!({
+            "uuid": call.uuid,
+            "action": action.map_or("status", PowerAction::as_str),
+            "power_state": state,
+            "power": state.map(wsman::amt::power_state_name),
+        }))
+    }
+    .await;
+    if result.is_ok() {
+        call.remember(&body.account, &credentials).await;
+    }
+    match action {
+        // Reading the state changes nothing: not audited.
+        None => match result {
+            Ok(value) => Json(value).into_response(),
+            Err(err) => amt_failure(&err),
+        },
+        Some(action) => call.finish(&format!("power.{}", action.as_str()), String::new(), result).await,
+    }
+}
+
+pub(super) async fn redirection(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<RedirectionBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let (mut amt, credentials) = session!(call, &body.account);
+    let result =
+        amt.set_redirection(body.enable, body.enable).await.map(|r| json!({ "uuid": call.uuid, "redirection": r }));
+    if result.is_ok() {
+        call.remember(&body.account, &credentials).await;
+    }
+    let action = if body.enable { "redirection.enable" } else { "redirection.disable" };
+    call.finish(action, "SOL and IDE-R".into(), result).await
+}
+
+pub(super) async fn boot(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<BootBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let (mut amt, credentials) = session!(call, &body.account);
+    let result = async {
+        let before = amt.boot_settings().await?;
+        let after = before.with_ider_boot(body.ider, body.sol);
+        amt.put_boot_settings(&after).await?;
+        if body.ider.is_some() {
+            amt.arm_one_time_boot().await?;
+        }
+        Ok(json!({ "uuid": call.uuid, "before": before.summary(), "after": after.summary() }))
+    }
+    .await;
+    if result.is_ok() {
+        call.remember(&body.account, &credentials).await;
+    }
+    let detail = format!("ider={:?} sol={}", body.ider, body.sol);
+    call.finish("boot", detail, result).await
+}
+
+pub(super) async fn consent(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<ConsentBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    if body.code.as_ref().is_some_and(|c| c.len() > 16 || !c.bytes().all(|b| b.is_ascii_digit())) {
+        return error(StatusCode::BAD_REQUEST, "a consent code is the digits the PC shows");
+    }
+    let (mut amt, _) = session!(call, &body.account);
+    let result = async {
+        match &body.code {
+            None => amt.start_consent().await?,
+            Some(code) => amt.send_consent_code(code).await?,
+        }
+        let consent = amt.consent().await?;
+        Ok(json!({ "uuid": call.uuid, "consent": consent }))
+    }
+    .await;
+    let action = if body.code.is_some() { "consent.code" } else { "consent.start" };
+    call.finish(action, String::new(), result).await
+}
+
+pub(super) async fn rescue_start(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<AccountBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let (mut amt, credentials) = session!(call, &body.account);
+    let facts = match amt.facts().await {
+        Ok(facts) => facts,
+        Err(err) => return call.finish("rescue.start", "checking the device".into(), Err(err)).await,
+    };
+    call.remember(&body.account, &credentials).await;
+    // Identity is proven, never claimed: the firmware's own UUID must be the tunnel's.
+    if let Some(reported) = facts.platform_uuid.filter(|reported| *reported != call.uuid) {
+        let message = format!(
+            "the firmware reports platform UUID {reported}, but the tunnel authenticated as {}: refusing to change \
+             this device",
+            call.uuid
+        );
+        call.audit("rescue.start", "checking the device".into(), "refused", Some(message.clone())).await;
+        return error(StatusCode::CONFLICT, message);
+    }
+    if facts.consent.needs_code() {
+        let body = json!({
+            "error": "the device requires user consent: ask the PC to show a code (POST …/consent {}) and enter \
+                      the code the PC user reads out (POST …/consent {\"code\": …})",
+            "reason": "consent_required",
+            "facts": facts,
+        });
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
+    let found = Found { boot: facts.boot.clone(), redirection: facts.redirection, power_state: facts.power_state };
+    let record = RescueRecord {
+        found: serde_json::to_string(&found).unwrap_or_default(),
+        by: caller.name.clone(),
+        at: OffsetDateTime::now_utc(),
+    };
+    let fresh = match api.shared.store.save_rescue(call.uuid, &record, false).await {
+        Ok(fresh) => fresh,
+        Err(err) => return store_unavailable(err),
+    };
+    let result = async {
+        let redirection = if facts.redirection.sol && facts.redirection.ider && facts.redirection.listener {
+            facts.redirection
+        } else {
+            amt.set_redirection(true, true).await?
+        };
+        Ok(json!({
+            "uuid": call.uuid,
+            "facts": facts,
+            "redirection": redirection,
+            "resumed": !fresh,
+        }))
+    }
+    .await;
+    let detail = format!("found {} {:?}", facts.boot.summary(), facts.redirection);
+    call.finish("rescue.start", detail, result).await
+}
+
+pub(super) async fn rescue_boot(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<RescueBootBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let (mut amt, _) = session!(call, &body.account);
+    let result = async {
+        let boot = amt.boot_settings().await?;
+        amt.put_boot_settings(&boot.with_ider_boot(Some(body.ider), body.sol)).await?;
+        amt.arm_one_time_boot().await?;
+        let action = if amt.power_state().await? == 2 { PowerAction::Reset } else { PowerAction::On };
+        amt.power(action).await?;
+        Ok(json!({ "uuid": call.uuid, "power_action": action.as_str() }))
+    }
+    .await;
+    let detail = format!("ider={:?} sol={}", body.ider, body.sol);
+    call.finish("rescue.boot", detail, result).await
+}
+
+/// Puts back what a rescue found: the boot settings, and (when asked) redirection as it was.
+async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Result<Value, AmtError> {
+    amt.put_boot_settings(&found.boot).await?;
+    let redirection = if disable_redirection {
+        Some(amt.set_redirection(found.redirection.sol, found.redirection.ider).await?)
+    } else {
+        None
+    };
+    Ok(json!({ "boot": found.boot.summary(), "redirection": redirection }))
+}
+
+async fn open_rescue(call: &Call<'_>) -> Result<Option<Found>, Response> {
+    let record = call.api.shared.store.rescue(call.uuid).await.map_err(store_unavailable)?;
+    Ok(record.and_then(|r| serde_json::from_str(&r.found).ok()))
+}
+
+pub(super) async fn rescue_finish(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<FinishBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    let found = match open_rescue(&call).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no rescue of device {} is open", call.uuid)),
+        Err(response) => return response,
+    };
+    let (mut amt, _) = session!(call, &body.account, false);
+    let result = restore(&mut amt, &found, body.disable_redirection).await;
+    if result.is_ok() {
+        if let Err(err) = api.shared.store.clear_rescue(call.uuid).await {
+            return store_unavailable(err);
+        }
+    }
+    let detail = format!("restore {} disable_redirection={}", found.boot.summary(), body.disable_redirection);
+    call.finish("rescue.finish", detail, result.map(|restored| json!({ "uuid": call.uuid, "restored": restored })))
+        .await
+}
+
+pub(super) async fn session_close(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+    body: Result<Json<CloseBody>, JsonRejection>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    let body = body!(body);
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "closing a device's session") {
+        return refused;
+    }
+    let message = body.message.map(|m| m.chars().take(MAX_MESSAGE).collect::<String>());
+    let shared = &api.shared;
+    // The technicians' relays end first, so that nothing holds AMT's redirection sessions while
+    // the boot settings are put back.
+    let relays = api.relays.stop_device(call.uuid, Stop::SessionClosed);
+    let mut notes = Vec::new();
+    let restored = match open_rescue(&call).await {
+        Err(response) => return response,
+        Ok(None) => Value::Null,
+        Ok(Some(found)) => {
+            let attempt = async {
+                let credentials = call.credentials(&body.account).await.map_err(|_| {
+                    "no AMT password given or remembered, so the boot settings were not restored".to_owned()
+                })?;
+                let mut amt = call
+                    .connect(credentials)
+                    .await
+                    .map_err(|_| "the device's WS-MAN port did not answer".to_owned())?;
+                restore(&mut amt, &found, true).await.map_err(|e| e.to_string())
+            };
+            match attempt.await {
+                Ok(value) => {
+                    if let Err(err) = shared.store.clear_rescue(call.uuid).await {
+                        return store_unavailable(err);
+                    }
+                    value
+                }
+                Err(why) => {
+                    notes.push(why);
+                    Value::Null
+                }
+            }
+        }
+    };
+    let closed = ClosedSession { at: OffsetDateTime::now_utc(), by: caller.name.clone(), message: message.clone() };
+    if let Err(err) = shared.store.close_session(call.uuid, &closed).await {
+        return store_unavailable(err);
+    }
+    let tunnel = shared.registry.any(call.uuid);
+    let user_initiated = tunnel.as_ref().map(|t| t.trigger_reason == wsman::TRIGGER_USER_INITIATED);
+    if let Some(tunnel) = &tunnel {
+        tunnel.close(CloseReason::SessionClosed);
+    } else {
+        notes.push("the device's tunnel is not held by this gateway; it was not closed".into());
+    }
+    let detail = format!("relays stopped: {relays}; tunnel closed: {}", tunnel.is_some());
+    call.audit("session.close", detail, "ok", message.clone()).await;
+    Json(json!({
+        "uuid": call.uuid,
+        "relays_stopped": relays,
+        "restored": restored,
+        "tunnel_closed": tunnel.is_some(),
+        "user_initiated": user_initiated,
+        "message": message,
+        "notes": notes,
+    }))
+    .into_response()
+}
+
+pub(super) async fn session_open(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "opening a device's session") {
+        return refused;
+    }
+    let reopened = match api.shared.store.open_session(call.uuid).await {
+        Ok(reopened) => reopened,
+        Err(err) => return store_unavailable(err),
+    };
+    call.audit("session.open", String::new(), "ok", None).await;
+    Json(json!({ "uuid": call.uuid, "was_closed": reopened })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ActionsQuery {
+    limit: Option<u32>,
+}
+
+pub(super) async fn actions(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(uuid): Path<String>,
+    query: Result<Query<ActionsQuery>, QueryRejection>,
+) -> Response {
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing a device's actions") {
+        return refused;
+    }
+    let uuid = match parse_uuid(&uuid) {
+        Ok(uuid) => uuid,
+        Err(response) => return response,
+    };
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, format!("the query takes limit=N (1 to {MAX_ACTIONS})"));
+    };
+    match api.shared.store.actions_for(uuid, query.limit.unwrap_or(100)).await {
+        Ok(actions) => Json(actions).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
