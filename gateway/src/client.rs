@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -131,6 +131,47 @@ impl ApiClient {
         tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
     }
 
+    /// POSTs a JSON body; the answer's status and JSON body, whatever the status (a body that is
+    /// not JSON is an error).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(StatusCode, serde_json::Value)> {
+        self.post_with_timeout(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`ApiClient::post`] with its own deadline (a call that waits on a device).
+    pub async fn post_with_timeout(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        let work = async {
+            let tls = self.connect().await?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(connection);
+            let request = Request::post(path)
+                .header(header::HOST, self.authority())
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .with_context(|| format!("the API answered {status} with something other than JSON"))?;
+            Ok((status, value))
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
+    }
+
+    /// POSTs a JSON body; a non-2xx answer becomes an error carrying the API's message.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let (status, value) = self.post(path, body).await?;
+        if !status.is_success() {
+            bail!("{}", api_error(status, &value));
+        }
+        Ok(value)
+    }
+
     /// Opens the WebSocket relay at `path`.
     pub async fn websocket(&self, path: &str) -> Result<WebSocketStream<TlsStream<TcpStream>>> {
         let tls = self.connect().await?;
@@ -154,7 +195,7 @@ impl ApiClient {
     }
 }
 
-fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
+pub fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
     match body.get("error").and_then(|e| e.as_str()) {
         Some(message) => format!("{message} (HTTP {})", status.as_u16()),
         None => format!("the API answered HTTP {status}"),

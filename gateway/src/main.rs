@@ -9,6 +9,7 @@ use tether_gateway::operator::{
     api_client, fleet_command, import_devices, open_store, open_store_with, plain, print_table, redirections_command,
     rfc3339, FleetAction, StoreArgs,
 };
+use tether_gateway::redirect::rescue::{self, AmtArgs, BootDevice, PowerCommand, Toggle};
 use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
 use tether_gateway::{auth, backup, daemon, forward, paths};
@@ -47,6 +48,26 @@ struct Cli {
     tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionAction {
+    /// End the remote fix: the technicians' relays end, the boot settings `tether rescue`
+    /// changed are restored, the outcome and message are recorded, and the device's tunnel ends.
+    /// A device that dials on a policy is then refused to technicians until `session open`.
+    Close {
+        uuid: Uuid,
+        /// A message for the record (and the PC user).
+        #[arg(long)]
+        message: Option<String>,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new session with a device whose session was closed.
+    Open { uuid: Uuid },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +146,73 @@ enum Command {
         /// A disk image, served as the floppy / removable disk (512-byte blocks).
         #[arg(long, value_name = "IMAGE")]
         floppy: Option<PathBuf>,
+    },
+    /// Read or change a device's power through AMT (WS-Management, by the gateway).
+    Power {
+        uuid: Uuid,
+        #[arg(value_enum)]
+        action: PowerCommand,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable or disable a device's SOL and IDE-R (and AMT's redirection listener).
+    Redirection {
+        uuid: Uuid,
+        #[arg(value_enum)]
+        state: Toggle,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a device's next boot: from IDE-R's CD or floppy (or none), with SOL or not.
+    Boot {
+        uuid: Uuid,
+        /// The IDE-R device to boot from once.
+        #[arg(long, value_enum)]
+        ider: BootDevice,
+        /// Show the boot on the serial console (Serial-over-LAN).
+        #[arg(long)]
+        sol: bool,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a device from a rescue ISO on this machine and watch it on its serial console: checks
+    /// the device, enables SOL and IDE-R, serves the image, resets (or powers on) the PC into it,
+    /// and on exit (Ctrl-]) restores the boot settings.
+    Rescue {
+        uuid: Uuid,
+        /// The rescue ISO, served as the PC's CD-ROM.
+        #[arg(long, value_name = "ISO")]
+        image: PathBuf,
+        /// A disk image, served as the floppy / removable disk.
+        #[arg(long, value_name = "IMAGE")]
+        floppy: Option<PathBuf>,
+        /// On exit, also put SOL and IDE-R back as they were found (off if they were off).
+        #[arg(long)]
+        disable_redirection: bool,
+        #[command(flatten)]
+        amt: AmtArgs,
+    },
+    /// A technician's remote-fix session with a device: close it (ending relays, restoring what
+    /// `tether rescue` changed, ending the device's tunnel), or open a new one.
+    Session {
+        #[command(subcommand)]
+        action: SessionAction,
+    },
+    /// The remote-fix actions recorded for a device (who, what, how it went).
+    Actions {
+        uuid: Uuid,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The store: schema migrations and checks.
     Db {
@@ -459,6 +547,34 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 device.endpoint(|| api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir))?;
             redirect::ider::run(endpoint, device.account(), redirect::ider::Images { cd: image, floppy }).await?;
             Ok(())
+        }
+        Command::Power { uuid, action, amt, json } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::power(&client, uuid, action, &amt, json).await
+        }
+        Command::Redirection { uuid, state, amt, json } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::redirection(&client, uuid, state, &amt, json).await
+        }
+        Command::Boot { uuid, ider, sol, amt, json } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::boot(&client, uuid, ider, sol, &amt, json).await
+        }
+        Command::Rescue { uuid, image, floppy, disable_redirection, amt } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::rescue(client, rescue::RescueArgs { uuid, image, floppy, disable_redirection, amt }).await
+        }
+        Command::Session { action: SessionAction::Close { uuid, message, amt, json } } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::session_close(&client, uuid, message, &amt, json).await
+        }
+        Command::Session { action: SessionAction::Open { uuid } } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::session_open(&client, uuid).await
+        }
+        Command::Actions { uuid, json } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::actions(&client, uuid, json).await
         }
     }
 }

@@ -120,6 +120,7 @@ impl TestState {
             metrics: Metrics::new(),
             registry,
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
+            sealer: crate::sealing::Sealer::load_or_create(dir.path()).expect("a sealing key"),
             conflicts: LogOnce::new(),
             shutdown,
         });

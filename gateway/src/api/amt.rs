@@ -286,15 +286,15 @@ impl Call<'_> {
     }
 }
 
-fn parse_uuid(uuid: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(uuid).map_err(|_| error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID")))
+fn not_a_uuid(uuid: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"))
 }
 
 macro_rules! call {
     ($api:expr, $caller:expr, $connection:expr, $uuid:expr) => {
-        match parse_uuid(&$uuid) {
+        match Uuid::parse_str(&$uuid) {
             Ok(uuid) => Call { api: &$api, caller: &$caller, uuid, remote: $connection.remote },
-            Err(response) => return response,
+            Err(_) => return not_a_uuid(&$uuid),
         }
     };
 }
@@ -676,9 +676,8 @@ pub(super) async fn actions(
     if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing a device's actions") {
         return refused;
     }
-    let uuid = match parse_uuid(&uuid) {
-        Ok(uuid) => uuid,
-        Err(response) => return response,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_uuid(&uuid);
     };
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, format!("the query takes limit=N (1 to {MAX_ACTIONS})"));

@@ -37,17 +37,25 @@ pub fn settings() -> SolSettings {
 }
 
 /// Why the copy loop stopped.
-enum End {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
     /// The technician quit (escape key, end of input, signal): end the session politely.
     Quit(&'static str),
     /// The device ended SOL or closed the connection.
     DeviceEnded(String),
 }
 
-/// Runs a console session until the technician quits or the device ends it.
-pub async fn run(endpoint: Endpoint, account: Account) -> Result<()> {
-    let mut session = open(&endpoint, SessionType::Sol, &account).await?;
-    let mut seq = 0u32;
+/// A started SOL session and its sequence counter.
+#[derive(Debug)]
+pub struct Sol {
+    session: Session,
+    seq: u32,
+}
+
+/// Opens a SOL session and starts SOL.
+pub async fn start(endpoint: &Endpoint, account: &Account) -> Result<Sol> {
+    let mut session = open(endpoint, SessionType::Sol, account).await?;
+    let seq = 0u32;
     session.writer.send(&Message::StartSol { seq, settings: settings() }).await?;
     match session.expect("its answer to the SOL start").await? {
         Message::StartSolReply { status: 0, .. } => {}
@@ -56,10 +64,26 @@ pub async fn run(endpoint: Endpoint, account: Account) -> Result<()> {
         }
         other => bail!("{} answered the SOL start with {:?}", session.target, other.message_type()),
     }
-    eprintln!("Serial-over-LAN on {} started; Ctrl-] quits.", session.target);
+    Ok(Sol { session, seq })
+}
+
+/// Runs a console session until the technician quits or the device ends it.
+pub async fn run(endpoint: Endpoint, account: Account) -> Result<()> {
+    let sol = start(&endpoint, &account).await?;
+    eprintln!("Serial-over-LAN on {} started; Ctrl-] quits.", sol.session.target);
     let raw = RawMode::enter()?;
-    let end = copy(&mut session, &mut seq, &raw).await;
+    let mut keys = keystrokes();
+    let end = pump(sol, &raw, &mut keys).await;
     drop(raw);
+    end.map(drop)
+}
+
+/// Copies between the session and the terminal until the technician quits or the device ends
+/// it, then ends the session politely.
+pub async fn pump(mut sol: Sol, raw: &RawMode, keys: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<End> {
+    let Sol { session, seq } = &mut sol;
+    let end = copy(session, seq, raw, keys).await;
+    let mut seq = *seq;
     match end {
         Ok(End::Quit(why)) => {
             seq = seq.wrapping_add(1);
@@ -76,13 +100,13 @@ pub async fn run(endpoint: Endpoint, account: Account) -> Result<()> {
             })
             .await;
             finish(&mut session.writer).await;
-            eprintln!("\nSerial-over-LAN on {} ended ({why}).", session.target);
-            Ok(())
+            note(raw, &format!("Serial-over-LAN on {} ended ({why})", session.target));
+            Ok(End::Quit(why))
         }
         Ok(End::DeviceEnded(why)) => {
             finish(&mut session.writer).await;
-            eprintln!("\nSerial-over-LAN on {} ended: {why}.", session.target);
-            Ok(())
+            note(raw, &format!("Serial-over-LAN on {} ended: {why}", session.target));
+            Ok(End::DeviceEnded(why))
         }
         Err(err) => {
             session.writer.close().await;
@@ -98,13 +122,17 @@ fn write_out(data: &[u8]) {
 }
 
 /// Prints a status line on stderr, in a form that reads right in raw mode too.
-fn note(raw: &RawMode, text: &str) {
+pub fn note(raw: &RawMode, text: &str) {
     let newline = if raw.is_raw() { "\r\n" } else { "\n" };
     eprint!("{newline}[tether: {text}]{newline}");
 }
 
-async fn copy(session: &mut Session, seq: &mut u32, raw: &RawMode) -> Result<End> {
-    let mut keys = keystrokes();
+async fn copy(
+    session: &mut Session,
+    seq: &mut u32,
+    raw: &RawMode,
+    keys: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<End> {
     let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut term = signal(SignalKind::terminate())?;

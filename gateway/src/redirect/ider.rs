@@ -120,9 +120,30 @@ impl Drive {
     }
 }
 
+/// How `tether rescue` runs IDE-R beside the console: quietly (no progress bar or messages on
+/// the terminal the console owns), until told to stop, saying when the device is ready to boot.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    pub quiet: bool,
+    /// Serving stops (politely: EndIDER, EndRedirectionSession) once this turns true.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Told once IDE-R is enabled for the next boot.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// Serves `images` to the device until the technician stops (Ctrl-C, SIGTERM) or the device ends
 /// the session.
 pub async fn run(endpoint: Endpoint, account: Account, images: Images) -> Result<Served> {
+    run_with(endpoint, account, images, ServeOptions::default()).await.map(|(served, _)| served)
+}
+
+/// [`run`] with options; also returns why serving ended.
+pub async fn run_with(
+    endpoint: Endpoint,
+    account: Account,
+    images: Images,
+    mut options: ServeOptions,
+) -> Result<(Served, String)> {
     if images.cd.is_none() && images.floppy.is_none() {
         bail!("nothing to serve: give --image ISO and/or --floppy IMAGE");
     }
@@ -148,20 +169,35 @@ pub async fn run(endpoint: Endpoint, account: Account, images: Images) -> Result
         }
         other => bail!("{} answered the IDE-R enable with {:?}", session.target, other.message_type()),
     }
-    for (what, path) in [("CD-ROM", &images.cd), ("floppy", &images.floppy)] {
-        if let Some(path) = path {
-            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            eprintln!("serving {} ({}) as the {what} of {}", path.display(), HumanBytes(len), session.target);
-        }
+    if let Some(ready) = options.ready.take() {
+        let _ = ready.send(());
     }
-    eprintln!("IDE-R is enabled for the PC's next boot; Ctrl-C stops serving.");
+    let quiet = options.quiet;
+    if !quiet {
+        for (what, path) in [("CD-ROM", &images.cd), ("floppy", &images.floppy)] {
+            if let Some(path) = path {
+                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                eprintln!("serving {} ({}) as the {what} of {}", path.display(), HumanBytes(len), session.target);
+            }
+        }
+        eprintln!("IDE-R is enabled for the PC's next boot; Ctrl-C stops serving.");
+    }
 
-    let bar = progress_bar(total);
+    let bar = if quiet { ProgressBar::hidden() } else { progress_bar(total) };
     let started = Instant::now();
     let mut served = Served::default();
-    let mut server = Server { chunk, out, bar: &bar, served: &mut served };
+    let mut server = Server { chunk, out, bar: &bar, served: &mut served, stop: options.stop.take() };
     let ended = server.serve(&mut session, &mut cd, &mut floppy).await;
     bar.finish_and_clear();
+    if quiet {
+        return match ended {
+            Ok(why) => Ok((served, why)),
+            Err(err) => {
+                session.writer.close().await;
+                Err(err)
+            }
+        };
+    }
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
         "served {} ({} bytes) in {} reads and {} commands over {:.1} s ({}/s)",
@@ -175,7 +211,7 @@ pub async fn run(endpoint: Endpoint, account: Account, images: Images) -> Result
     match ended {
         Ok(why) => {
             eprintln!("IDE-R on {} ended: {why}.", session.target);
-            Ok(served)
+            Ok((served, why))
         }
         Err(err) => {
             session.writer.close().await;
@@ -193,6 +229,16 @@ fn progress_bar(total: u64) -> ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
+}
+
+/// Resolves once `stop` turns true (never without one, or once its sender is gone).
+async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(stop) = stop {
+        if stop.wait_for(|s| *s).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The console's sequence numbers: 0 for the IDE-R start, then one more for every message.
@@ -214,6 +260,7 @@ struct Server<'a> {
     out: Outgoing,
     bar: &'a ProgressBar,
     served: &'a mut Served,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Server<'_> {
@@ -251,6 +298,7 @@ impl Server<'_> {
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = interrupt.recv() => break "Ctrl-C",
+                _ = stopped(&mut self.stop) => break "done",
             }
         };
         session.writer.send(&Message::EndIder { seq: self.out.next() }).await?;
@@ -411,7 +459,7 @@ mod tests {
     fn a_read_goes_out_in_chunks_of_the_read_buffer_numbered_without_gaps_and_only_the_last_completes() {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
-        let mut server = Server { chunk: 8192, out: Outgoing { seq: 7 }, bar: &bar, served: &mut served };
+        let mut server = Server { chunk: 8192, out: Outgoing { seq: 7 }, bar: &bar, served: &mut served, stop: None };
         let data: Bytes = (0..20_000u32).map(|i| i as u8).collect();
         let mut buf = Vec::new();
         server.data(&mut buf, 0xB0, false, &data, true);
@@ -436,7 +484,7 @@ mod tests {
     fn a_check_condition_carries_the_sense_and_the_error_register() {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
-        let mut server = Server { chunk: 8192, out: Outgoing { seq: 0 }, bar: &bar, served: &mut served };
+        let mut server = Server { chunk: 8192, out: Outgoing { seq: 0 }, bar: &bar, served: &mut served, stop: None };
         let mut buf = Vec::new();
         server.status(&mut buf, 0xA0, Some(Sense::LBA_OUT_OF_RANGE));
         server.status(&mut buf, 0xA0, None);

@@ -7,7 +7,9 @@
 //! - [`pin`]: trust on first use for devices reached directly;
 //! - this module: opening a session (start, authentication), and the "already in use" answer;
 //! - [`console`]: SOL on the technician's terminal; [`terminal`]: raw mode and its restoration;
-//! - [`ider`]: IDE-R, serving images through [`protocols::scsi::Target`].
+//! - [`ider`]: IDE-R, serving images through [`protocols::scsi::Target`];
+//! - [`rescue`]: `tether rescue` (the whole remote fix) and the commands that ask the gateway's
+//!   WS-MAN client for power, boot, redirection and the session's end.
 //!
 //! The wire format is [`protocols::redir`]; this module does the I/O and the user's side.
 
@@ -15,6 +17,7 @@ pub mod console;
 pub mod ider;
 pub mod link;
 pub mod pin;
+pub mod rescue;
 pub mod terminal;
 
 use std::time::Duration;

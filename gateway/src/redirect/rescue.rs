@@ -1,0 +1,468 @@
+//! The technician's remote-fix commands that go through the gateway's WS-MAN client: `tether
+//! power`, `tether redirection`, `tether boot`, `tether session close|open`, `tether actions`, and
+//! `tether rescue`, which runs the whole workflow:
+//!
+//! 1. the gateway checks the device (AMT version, control mode, that the firmware's UUID is the
+//!    tunnel's, power, redirection, boot settings, user consent), keeps what it found, and enables
+//!    SOL and IDE-R; where the device requires consent the technician types the code the PC shows;
+//! 2. this command serves the image over IDE-R through a relay (as `tether ider` does);
+//! 3. the gateway sets the one-time boot to the IDE-R CD with SOL and resets the PC (or powers it
+//!    on);
+//! 4. the SOL console is attached so the technician watches the boot and repairs; when the
+//!    firmware drops its tunnel around the power change, the console and IDE-R come back by
+//!    themselves once it redials;
+//! 5. on exit (Ctrl-]) the gateway puts the boot settings back and, with
+//!    `--disable-redirection`, redirection as it was found.
+//!
+//! A failed step is explained, and the device is left as it was found.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::console::{self, End};
+use super::ider::{self, Images, ServeOptions};
+use super::terminal::{keystrokes, RawMode};
+use super::{Account, Endpoint};
+use crate::client::{api_error, ApiClient};
+
+/// How long a call that waits on the device may take (a WS-MAN session of several calls).
+const DEVICE_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for a device to dial back after a power change.
+const REDIAL_WAIT: Duration = Duration::from_secs(180);
+/// Most consent codes tried before giving up.
+const CONSENT_TRIES: usize = 3;
+
+/// The device's AMT admin account, for the gateway's WS-MAN calls.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmtArgs {
+    /// The AMT account on the device.
+    #[arg(long, env = "AMT_USER", default_value = "admin")]
+    pub user: String,
+    /// The AMT account's password (as the PC user reads it out); may be left out once the gateway
+    /// remembers it (--remember).
+    #[arg(long, env = "AMT_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Have the gateway keep the password for this device, sealed at rest.
+    #[arg(long)]
+    pub remember: bool,
+}
+
+impl AmtArgs {
+    fn body(&self, mut extra: Value) -> Value {
+        if let Value::Object(map) = &mut extra {
+            map.insert("amt_user".into(), json!(self.user));
+            if let Some(password) = &self.password {
+                map.insert("amt_password".into(), json!(password));
+            }
+            map.insert("remember".into(), json!(self.remember));
+        }
+        extra
+    }
+}
+
+/// `tether power UUID ACTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerCommand {
+    Status,
+    On,
+    Off,
+    Cycle,
+    Reset,
+}
+
+/// `tether redirection UUID enable|disable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Enable,
+    Disable,
+}
+
+/// The boot device of `tether boot --ider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootDevice {
+    Cd,
+    Floppy,
+    /// No IDE-R boot (clears a one-time IDE-R boot).
+    None,
+}
+
+async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
+    let (status, value) = client.post_with_timeout(path, body, DEVICE_CALL_TIMEOUT).await?;
+    if !status.is_success() {
+        bail!("{}", api_error(status, &value));
+    }
+    Ok(value)
+}
+
+fn print(value: &Value, json_out: bool, line: impl FnOnce(&Value) -> String) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        println!("{}", line(value));
+    }
+}
+
+/// `tether power UUID status|on|off|cycle|reset`.
+pub async fn power(client: &ApiClient, uuid: Uuid, action: PowerCommand, amt: &AmtArgs, json_out: bool) -> Result<()> {
+    let name = match action {
+        PowerCommand::Status => "status",
+        PowerCommand::On => "on",
+        PowerCommand::Off => "off",
+        PowerCommand::Cycle => "cycle",
+        PowerCommand::Reset => "reset",
+    };
+    let value = post(client, &format!("/api/v1/devices/{uuid}/power"), &amt.body(json!({ "action": name }))).await?;
+    print(&value, json_out, |v| {
+        let power = v["power"].as_str().unwrap_or("unknown (the device is changing state)");
+        match action {
+            PowerCommand::Status => power.to_owned(),
+            _ => format!("{name}: done; power now {power}"),
+        }
+    });
+    Ok(())
+}
+
+/// `tether redirection UUID enable|disable`.
+pub async fn redirection(client: &ApiClient, uuid: Uuid, toggle: Toggle, amt: &AmtArgs, json_out: bool) -> Result<()> {
+    let enable = toggle == Toggle::Enable;
+    let value =
+        post(client, &format!("/api/v1/devices/{uuid}/redirection"), &amt.body(json!({ "enable": enable }))).await?;
+    print(&value, json_out, |v| {
+        let r = &v["redirection"];
+        format!("SOL {}, IDE-R {}, listener {}", on_off(&r["sol"]), on_off(&r["ider"]), on_off(&r["listener"]))
+    });
+    Ok(())
+}
+
+fn on_off(value: &Value) -> &'static str {
+    if value.as_bool() == Some(true) {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+/// `tether boot UUID --ider cd|floppy|none [--sol]`.
+pub async fn boot(
+    client: &ApiClient,
+    uuid: Uuid,
+    device: BootDevice,
+    sol: bool,
+    amt: &AmtArgs,
+    json_out: bool,
+) -> Result<()> {
+    let ider = match device {
+        BootDevice::Cd => json!("cd"),
+        BootDevice::Floppy => json!("floppy"),
+        BootDevice::None => Value::Null,
+    };
+    let value =
+        post(client, &format!("/api/v1/devices/{uuid}/boot"), &amt.body(json!({ "ider": ider, "sol": sol }))).await?;
+    print(&value, json_out, |v| {
+        format!("next boot: {} (was: {})", v["after"].as_str().unwrap_or("?"), v["before"].as_str().unwrap_or("?"))
+    });
+    Ok(())
+}
+
+/// `tether session close UUID [--message TEXT]`.
+pub async fn session_close(
+    client: &ApiClient,
+    uuid: Uuid,
+    message: Option<String>,
+    amt: &AmtArgs,
+    json_out: bool,
+) -> Result<()> {
+    let value =
+        post(client, &format!("/api/v1/devices/{uuid}/session/close"), &amt.body(json!({ "message": message })))
+            .await?;
+    print(&value, json_out, |v| {
+        let mut lines = vec![format!(
+            "session with {uuid} closed: {} relay(s) ended, tunnel {}",
+            v["relays_stopped"],
+            if v["tunnel_closed"] == true { "closed" } else { "not closed" }
+        )];
+        if !v["restored"].is_null() {
+            lines.push(format!("restored boot settings: {}", v["restored"]["boot"].as_str().unwrap_or("?")));
+        }
+        match v["user_initiated"].as_bool() {
+            Some(true) => {
+                lines.push("the PC user's help request is used up: it stays away until they ask again".into())
+            }
+            Some(false) => lines.push(format!(
+                "the device will dial again on its policy; technicians are refused until `tether session open {uuid}`"
+            )),
+            None => {}
+        }
+        for note in v["notes"].as_array().into_iter().flatten() {
+            lines.push(format!("note: {}", note.as_str().unwrap_or_default()));
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+/// `tether session open UUID`.
+pub async fn session_open(client: &ApiClient, uuid: Uuid) -> Result<()> {
+    let value = post(client, &format!("/api/v1/devices/{uuid}/session/open"), &json!({})).await?;
+    if value["was_closed"] == true {
+        println!("new session with {uuid}: technicians may connect again");
+    } else {
+        println!("the session with {uuid} was not closed");
+    }
+    Ok(())
+}
+
+/// `tether actions UUID`.
+pub async fn actions(client: &ApiClient, uuid: Uuid, json_out: bool) -> Result<()> {
+    let value = client.get_json(&format!("/api/v1/devices/{uuid}/actions")).await?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for row in value.as_array().into_iter().flatten() {
+        let text = |k: &str| row[k].as_str().unwrap_or("").to_owned();
+        println!(
+            "{}  {:<10} {:<20} {:<8} {}{}",
+            text("at"),
+            text("technician"),
+            text("action"),
+            text("outcome"),
+            text("detail"),
+            row["message"].as_str().map(|m| format!(" — {m}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// What `tether rescue` takes.
+#[derive(Debug, Clone)]
+pub struct RescueArgs {
+    pub uuid: Uuid,
+    pub image: PathBuf,
+    pub floppy: Option<PathBuf>,
+    pub disable_redirection: bool,
+    pub amt: AmtArgs,
+}
+
+/// Prints a step of the rescue.
+fn step(text: &str) {
+    eprintln!("==> {text}");
+}
+
+/// Reads a consent code from the terminal (or standard input).
+fn read_code() -> Result<String> {
+    eprint!("The PC shows a user-consent code. Ask the PC user for it and type it here: ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the consent code")?;
+    let code = line.trim().to_owned();
+    if code.is_empty() {
+        bail!("no consent code given");
+    }
+    Ok(code)
+}
+
+/// Checks the device and enables redirection (asking for consent where needed).
+async fn start(client: &ApiClient, args: &RescueArgs) -> Result<Value> {
+    let uuid = args.uuid;
+    let path = format!("/api/v1/devices/{uuid}/rescue/start");
+    for attempt in 0..=CONSENT_TRIES {
+        let (status, value) = client.post_with_timeout(&path, &args.amt.body(json!({})), DEVICE_CALL_TIMEOUT).await?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        if value["reason"] != "consent_required" || attempt == CONSENT_TRIES {
+            bail!("{}", api_error(status, &value));
+        }
+        step("the device requires user consent: asking it to show a code");
+        post(client, &format!("/api/v1/devices/{uuid}/consent"), &args.amt.body(json!({}))).await?;
+        let code = read_code()?;
+        match post(client, &format!("/api/v1/devices/{uuid}/consent"), &args.amt.body(json!({ "code": code }))).await {
+            Ok(_) => step("consent code accepted"),
+            Err(err) => eprintln!("{err:#}"),
+        }
+    }
+    bail!("user consent was not given")
+}
+
+/// Waits until the gateway lists the device as connected again.
+async fn wait_for_tunnel(client: &ApiClient, uuid: Uuid) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + REDIAL_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(device) = client.get_json(&format!("/api/v1/devices/{uuid}")).await {
+            if device["connected"] == true {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("device {uuid} did not dial back within {} s", REDIAL_WAIT.as_secs())
+}
+
+/// Serves IDE-R until stopped, opening the session again whenever the device drops its tunnel.
+fn serve_ider(
+    client: ApiClient,
+    endpoint: Endpoint,
+    account: Account,
+    images: Images,
+    uuid: Uuid,
+    stop: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) -> JoinHandle<Result<u64>> {
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        let mut served = 0u64;
+        let mut failures = 0;
+        while !*stop.borrow() {
+            let options = ServeOptions { quiet: true, stop: Some(stop.clone()), ready: ready.take() };
+            match ider::run_with(endpoint.clone(), account.clone(), images.clone(), options).await {
+                Ok((run, _why)) => {
+                    served += run.bytes;
+                    failures = 0;
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures > 5 {
+                        return Err(err.context("IDE-R failed five times in a row"));
+                    }
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+            // The tunnel dropped (a power change) or the session failed: wait for the device.
+            wait_for_tunnel(&client, uuid).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(served)
+    })
+}
+
+/// `tether rescue UUID --image FILE.iso`: see the module doc.
+pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
+    let uuid = args.uuid;
+    let Some(password) = args.amt.password.clone() else {
+        bail!("tether rescue needs the AMT password (--password or AMT_PASSWORD) for the console and IDE-R sessions");
+    };
+    let account = Account { username: args.amt.user.clone(), password };
+    std::fs::metadata(&args.image).with_context(|| format!("the rescue image {}", args.image.display()))?;
+
+    step(&format!("checking device {uuid} and enabling SOL and IDE-R"));
+    let started = start(&client, &args).await?;
+    let facts = &started["facts"];
+    step(&format!(
+        "AMT {} ({} control mode), power {}, firmware UUID {}",
+        facts["amt_version"].as_str().unwrap_or("?"),
+        facts["control_mode"].as_str().unwrap_or("?"),
+        facts["power"].as_str().unwrap_or("?"),
+        facts["platform_uuid"].as_str().unwrap_or("not reported"),
+    ));
+
+    let finish = |disable: bool| {
+        let client = client.clone();
+        let body = args.amt.body(json!({ "disable_redirection": disable }));
+        async move { post(&client, &format!("/api/v1/devices/{uuid}/rescue/finish"), &body).await }
+    };
+
+    let endpoint = Endpoint::Relay { client: client.clone(), uuid, port: 16994 };
+    let images = Images { cd: Some(args.image.clone()), floppy: args.floppy.clone() };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    step(&format!("serving {} over IDE-R", args.image.display()));
+    let ider_task = serve_ider(client.clone(), endpoint.clone(), account.clone(), images, uuid, stop_rx, ready_tx);
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
+    if !matches!(ready, Ok(Ok(()))) {
+        let _ = stop_tx.send(true);
+        let why = match ider_task.await {
+            Ok(Err(err)) => format!("{err:#}"),
+            _ => "IDE-R did not start within 60 s".to_owned(),
+        };
+        restore_after_failure(finish(args.disable_redirection).await);
+        bail!("IDE-R could not start: {why}; the device's settings were put back");
+    }
+
+    step("setting the one-time boot to the IDE-R CD with SOL, and booting");
+    let booted = post(
+        &client,
+        &format!("/api/v1/devices/{uuid}/rescue/boot"),
+        &args.amt.body(json!({ "ider": "cd", "sol": true })),
+    )
+    .await;
+    match booted {
+        Ok(value) => step(&format!(
+            "{} sent; attaching the serial console (Ctrl-] ends the rescue)",
+            match value["power_action"].as_str() {
+                Some("reset") => "reset",
+                _ => "power on",
+            }
+        )),
+        Err(err) => {
+            let _ = stop_tx.send(true);
+            let _ = ider_task.await;
+            restore_after_failure(finish(args.disable_redirection).await);
+            return Err(err.context("booting the PC failed; its settings were put back"));
+        }
+    }
+
+    let watched = watch_console(&client, &endpoint, &account, uuid).await;
+
+    let _ = stop_tx.send(true);
+    let served = match tokio::time::timeout(Duration::from_secs(10), ider_task).await {
+        Ok(Ok(Ok(bytes))) => Some(bytes),
+        _ => None,
+    };
+    step(&format!(
+        "rescue ended; served {} over IDE-R; restoring the boot settings{}",
+        served.map_or("an unknown amount".to_owned(), |b| indicatif::HumanBytes(b).to_string()),
+        if args.disable_redirection { " and redirection as found" } else { "" }
+    ));
+    let restored = finish(args.disable_redirection).await?;
+    step(&format!("boot settings restored: {}", restored["restored"]["boot"].as_str().unwrap_or("?")));
+    watched
+}
+
+fn restore_after_failure(result: Result<Value>) {
+    if let Err(err) = result {
+        eprintln!("putting the device's settings back failed too: {err:#}");
+    }
+}
+
+/// The SOL console, attached again whenever the device drops and redials its tunnel, until the
+/// technician quits.
+async fn watch_console(client: &ApiClient, endpoint: &Endpoint, account: &Account, uuid: Uuid) -> Result<()> {
+    let raw = RawMode::enter()?;
+    let mut keys = keystrokes();
+    let mut failures = 0;
+    loop {
+        match console::start(endpoint, account).await {
+            Ok(sol) => {
+                failures = 0;
+                console::note(&raw, "Serial-over-LAN attached; Ctrl-] ends the rescue");
+                match console::pump(sol, &raw, &mut keys).await {
+                    Ok(End::Quit(_)) => return Ok(()),
+                    Ok(End::DeviceEnded(why)) => {
+                        console::note(&raw, &format!("the console dropped ({why}); waiting for the device"))
+                    }
+                    Err(err) => console::note(&raw, &format!("the console failed ({err:#}); waiting for the device")),
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                if failures > 10 {
+                    return Err(err.context("the console could not be attached ten times in a row"));
+                }
+            }
+        }
+        wait_for_tunnel(client, uuid).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !std::io::stdin().is_terminal() && keys.is_closed() {
+            return Ok(());
+        }
+    }
+}
