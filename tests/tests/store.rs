@@ -421,3 +421,70 @@ async fn the_open_redirection_sessions_of_a_stopped_gateway_are_ended_by_another
         assert_eq!(open, ["gw-a"], "{kind}");
     }
 }
+
+#[tokio::test]
+async fn remote_fix_actions_amt_access_and_closed_sessions_are_kept() {
+    use tether_gateway::store::{ClosedSession, NewAction, RescueRecord};
+    let (_dir, stores) = both("remote_fix").await;
+    for store in &stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let (uuid, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        for (i, (action, outcome)) in
+            [("rescue.start", "ok"), ("power.off", "refused"), ("rescue.finish", "ok")].into_iter().enumerate()
+        {
+            let new = NewAction {
+                uuid,
+                at: at + time::Duration::seconds(i as i64),
+                token_id: Some(7),
+                technician: "alice".into(),
+                action: action.into(),
+                detail: format!("step {i}"),
+                outcome: outcome.into(),
+                message: (outcome == "refused").then(|| "ReturnValue 2".to_string()),
+                instance: "gw-a".into(),
+            };
+            assert!(store.record_action(&new).await.unwrap() > 0, "{kind}");
+        }
+        let actions = store.actions_for(uuid, 2).await.unwrap();
+        let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(names, ["rescue.finish", "power.off"], "{kind}: newest first, limited");
+        assert_eq!(actions[1].message.as_deref(), Some("ReturnValue 2"), "{kind}");
+        assert_eq!((actions[1].token_id, actions[1].at), (Some(7), at + time::Duration::seconds(1)), "{kind}");
+        assert!(store.actions_for(other, 10).await.unwrap().is_empty(), "{kind}");
+
+        // AMT access: an account and a pin, set and cleared independently.
+        assert_eq!(store.amt_access(uuid).await.unwrap(), Default::default(), "{kind}");
+        store.remember_amt_account(uuid, Some(("admin", "c2VhbGVk")), at).await.unwrap();
+        store.set_amt_tls_pin(uuid, Some("AA:BB"), at).await.unwrap();
+        let access = store.amt_access(uuid).await.unwrap();
+        assert_eq!(
+            (access.user.as_deref(), access.sealed_password.as_deref(), access.tls_pin.as_deref()),
+            (Some("admin"), Some("c2VhbGVk"), Some("AA:BB")),
+            "{kind}"
+        );
+        store.remember_amt_account(uuid, None, at).await.unwrap();
+        let access = store.amt_access(uuid).await.unwrap();
+        assert_eq!((access.user, access.tls_pin.as_deref()), (None, Some("AA:BB")), "{kind}");
+
+        // A rescue's findings: the first one stays until cleared (unless replaced on purpose).
+        let first = RescueRecord { found: "{\"a\":1}".into(), by: "alice".into(), at };
+        let second = RescueRecord { found: "{\"b\":2}".into(), by: "bob".into(), at };
+        assert!(store.save_rescue(uuid, &first, false).await.unwrap(), "{kind}");
+        assert!(!store.save_rescue(uuid, &second, false).await.unwrap(), "{kind}");
+        assert_eq!(store.rescue(uuid).await.unwrap().unwrap().found, "{\"a\":1}", "{kind}");
+        store.clear_rescue(uuid).await.unwrap();
+        assert_eq!(store.rescue(uuid).await.unwrap(), None, "{kind}");
+        assert!(store.save_rescue(uuid, &second, false).await.unwrap(), "{kind}");
+
+        // Closing and opening the session.
+        assert_eq!(store.closed_session(uuid).await.unwrap(), None, "{kind}");
+        let closed = ClosedSession { at, by: "alice".into(), message: Some("fixed".into()) };
+        store.close_session(uuid, &closed).await.unwrap();
+        assert_eq!(store.closed_session(uuid).await.unwrap(), Some(closed), "{kind}");
+        assert_eq!(store.rescue(uuid).await.unwrap().unwrap().by, "bob", "{kind}: closing keeps the rescue");
+        assert!(store.open_session(uuid).await.unwrap(), "{kind}");
+        assert!(!store.open_session(uuid).await.unwrap(), "{kind}");
+        assert_eq!(store.closed_session(uuid).await.unwrap(), None, "{kind}");
+    }
+}

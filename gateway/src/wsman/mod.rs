@@ -88,3 +88,6 @@ where
 
 /// APF PROTOCOL_VERSION trigger reason of a connection the PC user asked for ("remote help").
 pub const TRIGGER_USER_INITIATED: u32 = 1;
+
+#[cfg(test)]
+mod tests;

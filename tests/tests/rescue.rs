@@ -1,0 +1,232 @@
+//! The remote-fix workflow end to end, as a technician runs it: `tether rescue` boots a PC behind
+//! the gateway from an ISO on the technician's machine (the gateway speaks WS-MAN to the PC's AMT:
+//! check, enable SOL and IDE-R, one-time boot, reset), the technician watches the boot on the
+//! serial console, and `tether session close` ends it. The PC is `amt-sim`: WS-MAN with digest
+//! auth and power/boot/redirection state, simulated firmware that boots from IDE-R and prints the
+//! SHA-256 of what it read, and a shell on its serial console.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use e2e::remote::{console, random_image, Interactive};
+use e2e::{wait_for, Gateway, Sim};
+use uuid::Uuid;
+
+/// The simulated PC's AMT admin password (amt-sim --admin-password).
+const ADMIN_PASSWORD: &str = "Adm1n-Secret";
+
+/// A PC behind the gateway; `args` go to amt-sim.
+fn pc(gateway: &Gateway, args: &[&str]) -> (Uuid, Sim) {
+    let uuid = Uuid::new_v4();
+    let mut all = vec!["--uuid".to_string(), uuid.to_string(), "--admin-password".into(), ADMIN_PASSWORD.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let sim = Sim::start(gateway, &all);
+    wait_for("the PC to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
+    (uuid, sim)
+}
+
+/// Waits for `session` to exit; its status, stdout and stderr.
+fn exit_of(mut session: Interactive, timeout: Duration) -> (ExitStatus, String, String) {
+    e2e::poll_until(timeout, || !session.process.is_running());
+    let out = session.process.stdout();
+    let err = session.process.stderr();
+    let status = session.process.wait(timeout);
+    (status, out, err)
+}
+
+/// `tether rescue UUID --image ISO --password …` plus `args`, typed into like a terminal.
+fn rescue(gateway: &Gateway, uuid: Uuid, iso: &std::path::Path, args: &[&str]) -> Interactive {
+    let uuid = uuid.to_string();
+    let iso = iso.to_str().unwrap();
+    let mut command = gateway.cli_command(&["rescue", &uuid, "--image", iso, "--password", ADMIN_PASSWORD]);
+    command.args(args);
+    Interactive::spawn("tether rescue", &mut command)
+}
+
+/// A technician command that must fail; its stderr.
+fn cli_fails(gateway: &Gateway, args: &[&str]) -> String {
+    let output = gateway.cli_command(args).stdin(std::process::Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "`tether {}` succeeded:\n{err}", args.join(" "));
+    err
+}
+
+/// The recorded remote-fix actions of a device: (action, outcome) pairs, oldest first.
+fn actions(gateway: &Gateway, uuid: Uuid) -> Vec<(String, String)> {
+    let out = gateway.cli(&["actions", &uuid.to_string(), "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut rows: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap().to_owned(), r["outcome"].as_str().unwrap().to_owned()))
+        .collect();
+    rows.reverse();
+    rows
+}
+
+#[test]
+fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() {
+    let gateway = Gateway::start(&[]);
+    // Redirection off, as on a freshly provisioned PC; firmware that drops and redials its tunnel
+    // around the power change, as real firmware often does.
+    let (uuid, mut sim) = pc(&gateway, &["--redirection", "disabled", "--redial-on-power-change"]);
+    let id = uuid.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("rescue.iso");
+    let len = 8 << 20;
+    let sha = random_image(&iso, len);
+
+    assert_eq!(gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD]).trim(), "on");
+
+    let mut session = rescue(&gateway, uuid, &iso, &["--disable-redirection"]);
+    // The PC reset into the technician's ISO: its firmware read all of it, and the hash shows on
+    // the serial console the technician is watching.
+    let banner = format!("IDE-R boot: cd read {len} bytes sha256={sha}");
+    session.wait_for_screen(&banner, Duration::from_secs(180));
+    sim.wait_for_log("power: on -> reset", Duration::from_secs(5));
+    // The console is the PC's: the technician works in it.
+    session.type_keys(b"echo rescued-$((2*21))\n");
+    session.wait_for_screen("rescued-42", Duration::from_secs(30));
+    session.type_keys(&[0x1d]);
+    let (status, _, err) = exit_of(session, Duration::from_secs(60));
+    assert!(status.success(), "tether rescue failed ({status}):\n{err}");
+    assert!(err.contains("boot settings restored: UseIDER=false"), "{err}");
+    // The firmware dropped its tunnel at the reset, and the rescue carried on after it redialled.
+    assert!(sim.count_log_lines("established: ports") >= 2, "the PC never redialled");
+
+    let done = actions(&gateway, uuid);
+    for step in ["rescue.start", "rescue.boot", "rescue.finish"] {
+        assert!(done.contains(&(step.into(), "ok".into())), "{step} not recorded as ok: {done:?}");
+    }
+    // Redirection was put back as found (off), with --disable-redirection.
+    sim.wait_for_log("EnabledState 32768", Duration::from_secs(5));
+
+    // The technician ends the remote fix: the tunnel ends and the record says why; the PC dials
+    // again on its policy, but technicians are refused until a new session is opened.
+    let out = gateway.cli(&["session", "close", &id, "--message", "replaced the boot loader"]);
+    assert!(out.contains("tunnel closed"), "{out}");
+    wait_for("the PC to dial again", Duration::from_secs(60), || {
+        gateway.is_connected(uuid) && sim.count_log_lines("established: ports") >= 3
+    });
+    let record = gateway.device_record(uuid).unwrap();
+    assert_eq!(record["last_disconnect_reason"], "session_closed", "{record}");
+    let refused = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
+    let (status, _, err) = exit_of(refused, Duration::from_secs(30));
+    assert!(!status.success() && err.contains("closed the remote-fix session"), "{err}");
+    let err = cli_fails(&gateway, &["power", &id, "status", "--password", ADMIN_PASSWORD]);
+    assert!(err.contains("tether session open"), "{err}");
+    let close = actions(&gateway, uuid);
+    assert!(close.contains(&("session.close".into(), "ok".into())), "{close:?}");
+
+    gateway.cli(&["session", "open", &id]);
+    let mut again = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
+    again.type_keys(b"echo back-$((3*3))\n");
+    again.wait_for_screen("back-9", Duration::from_secs(30));
+    again.type_keys(&[0x1d]);
+    let (status, _, err) = exit_of(again, Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn technician_types_the_consent_code_the_pc_user_reads_out() {
+    let gateway = Gateway::start(&[]);
+    let (uuid, mut sim) = pc(&gateway, &["--consent"]);
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("rescue.iso");
+    let len = 1 << 20;
+    let sha = random_image(&iso, len);
+
+    let mut session = rescue(&gateway, uuid, &iso, &[]);
+    session.process.wait_for_log("type it here", Duration::from_secs(60));
+    // The PC user reads the code off their screen (amt-sim prints it on its console).
+    let line = sim.wait_for_log("consent code", Duration::from_secs(10));
+    let code: String = line.rsplit(':').next().unwrap().chars().filter(char::is_ascii_digit).collect();
+    assert_eq!(code.len(), 6, "{line}");
+    session.type_keys(format!("{code}\n").as_bytes());
+    session.wait_for_screen(&format!("IDE-R boot: cd read {len} bytes sha256={sha}"), Duration::from_secs(180));
+    session.type_keys(&[0x1d]);
+    let (status, _, err) = exit_of(session, Duration::from_secs(60));
+    assert!(status.success(), "tether rescue failed ({status}):\n{err}");
+    let done = actions(&gateway, uuid);
+    assert!(done.contains(&("consent.code".into(), "ok".into())), "{done:?}");
+}
+
+#[test]
+fn technician_controls_power_and_amt_refuses_off_during_a_console_session() {
+    let gateway = Gateway::start(&[]);
+    let (uuid, mut sim) = pc(&gateway, &[]);
+    let id = uuid.to_string();
+    let power = |action: &str| gateway.cli(&["power", &id, action, "--password", ADMIN_PASSWORD]);
+
+    // A wrong password is the device's refusal, named as such.
+    let err = cli_fails(&gateway, &["power", &id, "status", "--password", "nope"]);
+    assert!(err.contains("refused the AMT credentials"), "{err}");
+
+    // Remembered once, sealed at rest; later calls need no password.
+    gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD, "--remember"]);
+    assert_eq!(gateway.cli(&["power", &id, "status"]).trim(), "on");
+    for file in ["tether.db", "tether.db-wal"] {
+        let data = std::fs::read(gateway.data_dir().join(file)).unwrap_or_default();
+        let clear = data.windows(ADMIN_PASSWORD.len()).any(|w| w == ADMIN_PASSWORD.as_bytes());
+        assert!(!clear, "the AMT password is stored in clear in {file}");
+    }
+
+    assert!(power("off").contains("off: done"));
+    sim.wait_for_log("power: on -> off", Duration::from_secs(10));
+    assert_eq!(power("status").trim(), "off");
+    power("on");
+    sim.wait_for_log("power: off -> on", Duration::from_secs(10));
+    power("cycle");
+    sim.wait_for_log("power: on -> cycle", Duration::from_secs(10));
+
+    // While a SOL session is open AMT refuses off (and cycle) but resets.
+    let mut held = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
+    held.process.wait_for_log("Serial-over-LAN on", Duration::from_secs(30));
+    let err = cli_fails(&gateway, &["power", &id, "off"]);
+    assert!(err.contains("ReturnValue 2") && err.contains("SOL or IDE-R session is open"), "{err}");
+    power("reset");
+    held.type_keys(&[0x1d]);
+    let _ = exit_of(held, Duration::from_secs(30));
+
+    let out = gateway.cli(&["boot", &id, "--ider", "cd", "--sol"]);
+    assert!(out.contains("next boot: UseIDER=true IDERBootDevice=1 UseSOL=true"), "{out}");
+    gateway.cli(&["redirection", &id, "disable"]);
+    sim.wait_for_log("EnabledState 32768", Duration::from_secs(10));
+
+    let done = actions(&gateway, uuid);
+    let names: Vec<&str> = done.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        names,
+        ["power.off", "power.on", "power.cycle", "power.off", "power.reset", "boot", "redirection.disable"],
+        "{done:?}"
+    );
+    assert_eq!(done[3].1, "refused", "{done:?}");
+}
+
+#[test]
+fn a_pc_user_who_asked_for_help_is_left_alone_after_the_session_closes_until_they_ask_again() {
+    let gateway = Gateway::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let help = dir.path().join("remote-help");
+    std::fs::write(&help, "").unwrap();
+    let (uuid, mut sim) = pc(&gateway, &["--user-initiated", "--remote-help-file", help.to_str().unwrap()]);
+    let id = uuid.to_string();
+
+    let out = gateway.cli(&["session", "close", &id, "--message", "all done"]);
+    assert!(out.contains("used up"), "{out}");
+    sim.wait_for_log("remote help ended by the gateway", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!gateway.is_connected(uuid), "the PC dialled again without its user asking");
+
+    // The user asks again: the PC dials, and technicians may reach it without a new session.
+    std::fs::write(&help, "").unwrap();
+    wait_for("the PC to dial again", Duration::from_secs(60), || gateway.is_connected(uuid));
+    let mut console = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
+    console.type_keys(b"echo help-$((5+5))\n");
+    console.wait_for_screen("help-10", Duration::from_secs(30));
+    console.type_keys(&[0x1d]);
+    let (status, _, err) = exit_of(console, Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+}
