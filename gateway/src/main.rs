@@ -51,6 +51,13 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum AmtAction {
+    /// Forget the remembered AMT account and the pinned TLS certificate of a device (after its
+    /// password or certificate changed on purpose).
+    Forget { uuid: Uuid },
+}
+
+#[derive(Subcommand, Debug)]
 enum SessionAction {
     /// End the remote fix: the technicians' relays end, the boot settings `tether rescue`
     /// changed are restored, the outcome and message are recorded, and the device's tunnel ends.
@@ -206,6 +213,11 @@ enum Command {
     Session {
         #[command(subcommand)]
         action: SessionAction,
+    },
+    /// What the gateway keeps to reach a device's AMT.
+    Amt {
+        #[command(subcommand)]
+        action: AmtAction,
     },
     /// The remote-fix actions recorded for a device (who, what, how it went).
     Actions {
@@ -571,6 +583,10 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Session { action: SessionAction::Open { uuid } } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             rescue::session_open(&client, uuid).await
+        }
+        Command::Amt { action: AmtAction::Forget { uuid } } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            rescue::forget(&client, uuid).await
         }
         Command::Actions { uuid, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;

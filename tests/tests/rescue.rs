@@ -68,7 +68,7 @@ fn actions(gateway: &Gateway, uuid: Uuid) -> Vec<(String, String)> {
 
 #[test]
 fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() {
-    let gateway = Gateway::start(&[]);
+    let gateway = Gateway::start(&["--record-sol"]);
     // Redirection off, as on a freshly provisioned PC; firmware that drops and redials its tunnel
     // around the power change, as real firmware often does.
     let (uuid, mut sim) = pc(&gateway, &["--redirection", "disabled", "--redial-on-power-change"]);
@@ -105,8 +105,17 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
 
     // The technician ends the remote fix: the tunnel ends and the record says why; the PC dials
     // again on its policy, but technicians are refused until a new session is opened.
-    let out = gateway.cli(&["session", "close", &id, "--message", "replaced the boot loader"]);
+    let out =
+        gateway.cli(&["session", "close", &id, "--message", "replaced the boot loader", "--password", ADMIN_PASSWORD]);
     assert!(out.contains("tunnel closed"), "{out}");
+    // AMT cannot show the PC user a message: it is typed on the PC's serial console.
+    let transcripts = gateway.data_dir().join("transcripts").join(&id);
+    let shown: String = std::fs::read_dir(&transcripts)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(shown.contains("Tether: replaced the boot loader"), "the message is not on the console:\n{shown}");
     wait_for("the PC to dial again", Duration::from_secs(60), || {
         gateway.is_connected(uuid) && sim.count_log_lines("established: ports") >= 3
     });
@@ -167,6 +176,10 @@ fn technician_controls_power_and_amt_refuses_off_during_a_console_session() {
     // Remembered once, sealed at rest; later calls need no password.
     gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD, "--remember"]);
     assert_eq!(gateway.cli(&["power", &id, "status"]).trim(), "on");
+    gateway.cli(&["amt", "forget", &id]);
+    let err = cli_fails(&gateway, &["power", &id, "status"]);
+    assert!(err.contains("none is remembered"), "{err}");
+    gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD, "--remember"]);
     for file in ["tether.db", "tether.db-wal"] {
         let data = std::fs::read(gateway.data_dir().join(file)).unwrap_or_default();
         let clear = data.windows(ADMIN_PASSWORD.len()).any(|w| w == ADMIN_PASSWORD.as_bytes());
@@ -199,10 +212,19 @@ fn technician_controls_power_and_amt_refuses_off_during_a_console_session() {
     let names: Vec<&str> = done.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         names,
-        ["power.off", "power.on", "power.cycle", "power.off", "power.reset", "boot", "redirection.disable"],
+        [
+            "amt.forget",
+            "power.off",
+            "power.on",
+            "power.cycle",
+            "power.off",
+            "power.reset",
+            "boot",
+            "redirection.disable"
+        ],
         "{done:?}"
     );
-    assert_eq!(done[3].1, "refused", "{done:?}");
+    assert_eq!(done[4].1, "refused", "{done:?}");
 }
 
 #[test]

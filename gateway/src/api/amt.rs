@@ -12,6 +12,7 @@
 //!   `{"disable_redirection": BOOL}`: `tether rescue`'s gateway steps; start checks the device
 //!   and keeps what it found (boot settings, redirection), finish puts it back
 //! - `POST …/session/close` `{"message": TEXT}` and `…/session/open`
+//! - `POST …/amt/forget`: drops the remembered account and the pinned TLS certificate
 //!
 //! Each AMT call takes the device's admin account in the body (`amt_user`, default `admin`, and
 //! `amt_password`), as the PC user reads it out; `"remember": true` keeps it for that device,
@@ -660,6 +661,30 @@ pub(super) async fn session_open(
     };
     call.audit("session.open", String::new(), "ok", None).await;
     Json(json!({ "uuid": call.uuid, "was_closed": reopened })).into_response()
+}
+
+/// Forgets what the gateway keeps to reach the device's AMT: the remembered account and the
+/// pinned TLS certificate (after the device's certificate changed on purpose).
+pub(super) async fn forget(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Extension(connection): Extension<Connection>,
+    Path(uuid): Path<String>,
+) -> Response {
+    let call = call!(api, caller, connection, uuid);
+    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "forgetting a device's AMT access") {
+        return refused;
+    }
+    let now = OffsetDateTime::now_utc();
+    let store = &api.shared.store;
+    if let Err(err) = store.remember_amt_account(call.uuid, None, now).await {
+        return store_unavailable(err);
+    }
+    if let Err(err) = store.set_amt_tls_pin(call.uuid, None, now).await {
+        return store_unavailable(err);
+    }
+    call.audit("amt.forget", "account and TLS pin".into(), "ok", None).await;
+    Json(json!({ "uuid": call.uuid, "forgotten": ["account", "tls_pin"] })).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -119,6 +119,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices/{uuid}/rescue/finish", post(amt::rescue_finish))
         .route("/api/v1/devices/{uuid}/session/close", post(amt::session_close))
         .route("/api/v1/devices/{uuid}/session/open", post(amt::session_open))
+        .route("/api/v1/devices/{uuid}/amt/forget", post(amt::forget))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
     Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
 }

@@ -67,6 +67,34 @@ pub async fn start(endpoint: &Endpoint, account: &Account) -> Result<Sol> {
     Ok(Sol { session, seq })
 }
 
+/// Types `line` on the PC's serial console as a shell comment (`# …`, so that a shell in the
+/// rescue image shows it and runs nothing), waits briefly for its echo, and ends the session.
+/// AMT cannot show the PC user a message itself; this is how the end of a remote fix tells them.
+pub async fn type_message(endpoint: &Endpoint, account: &Account, line: &str) -> Result<()> {
+    let Sol { mut session, mut seq } = start(endpoint, account).await?;
+    let text: String = line.chars().filter(|c| !c.is_control()).collect();
+    let typed = format!("\r# {text}\r");
+    seq = seq.wrapping_add(1);
+    session.writer.send(&Message::SolDataToHost { seq, data: Bytes::from(typed) }).await?;
+    let needle = text.chars().take(16).collect::<String>();
+    let mut shown = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(message)) = session.reader.next().await {
+            if let Message::SolDataFromHost { data, .. } = message {
+                shown.push_str(&String::from_utf8_lossy(&data));
+                if shown.contains(&needle) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    seq = seq.wrapping_add(1);
+    let _ = session.writer.send(&Message::EndSol { seq }).await;
+    finish(&mut session.writer).await;
+    Ok(())
+}
+
 /// Runs a console session until the technician quits or the device ends it.
 pub async fn run(endpoint: Endpoint, account: Account) -> Result<()> {
     let sol = start(&endpoint, &account).await?;

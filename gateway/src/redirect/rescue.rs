@@ -171,7 +171,8 @@ pub async fn boot(
     Ok(())
 }
 
-/// `tether session close UUID [--message TEXT]`.
+/// `tether session close UUID [--message TEXT]`. The message is also typed on the PC's serial
+/// console first (while the session still stands), when the AMT password is given.
 pub async fn session_close(
     client: &ApiClient,
     uuid: Uuid,
@@ -179,6 +180,14 @@ pub async fn session_close(
     amt: &AmtArgs,
     json_out: bool,
 ) -> Result<()> {
+    if let (Some(text), Some(password)) = (&message, &amt.password) {
+        let endpoint = Endpoint::Relay { client: client.clone(), uuid, port: 16994 };
+        let account = Account { username: amt.user.clone(), password: password.clone() };
+        match console::type_message(&endpoint, &account, &format!("Tether: {text}")).await {
+            Ok(()) => eprintln!("the message is on the PC's serial console"),
+            Err(err) => eprintln!("the message could not be shown on the PC's serial console: {err:#}"),
+        }
+    }
     let value =
         post(client, &format!("/api/v1/devices/{uuid}/session/close"), &amt.body(json!({ "message": message })))
             .await?;
@@ -216,6 +225,13 @@ pub async fn session_open(client: &ApiClient, uuid: Uuid) -> Result<()> {
     } else {
         println!("the session with {uuid} was not closed");
     }
+    Ok(())
+}
+
+/// `tether amt forget UUID`.
+pub async fn forget(client: &ApiClient, uuid: Uuid) -> Result<()> {
+    post(client, &format!("/api/v1/devices/{uuid}/amt/forget"), &json!({})).await?;
+    println!("forgot the AMT account and the TLS certificate pin kept for {uuid}");
     Ok(())
 }
 
