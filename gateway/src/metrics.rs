@@ -102,6 +102,45 @@ label_enum!(
 );
 
 label_enum!(
+    /// A remote-fix action the gateway took on a device through AMT (WS-MAN), or on its session.
+    AmtAction {
+        Power => "power",
+        Redirection => "redirection",
+        Boot => "boot",
+        Consent => "consent",
+        RescueStart => "rescue_start",
+        RescueBoot => "rescue_boot",
+        RescueFinish => "rescue_finish",
+        SessionClose => "session_close",
+        SessionOpen => "session_open",
+        Forget => "forget",
+    }
+);
+
+label_enum!(
+    /// How a remote-fix action went.
+    AmtOutcome { Ok => "ok", Failed => "failed", Refused => "refused" }
+);
+
+impl AmtAction {
+    /// The action of an audit record's name (`power.off` → `power`).
+    pub fn of(name: &str) -> AmtAction {
+        match name.split('.').next().unwrap_or_default() {
+            "redirection" => AmtAction::Redirection,
+            "boot" => AmtAction::Boot,
+            "consent" => AmtAction::Consent,
+            "rescue" if name.ends_with("start") => AmtAction::RescueStart,
+            "rescue" if name.ends_with("boot") => AmtAction::RescueBoot,
+            "rescue" => AmtAction::RescueFinish,
+            "session" if name.ends_with("open") => AmtAction::SessionOpen,
+            "session" => AmtAction::SessionClose,
+            "amt" => AmtAction::Forget,
+            _ => AmtAction::Power,
+        }
+    }
+}
+
+label_enum!(
     /// Why the API turned a request or connection away.
     ApiRejection {
         SourceRate => "source_rate",
@@ -155,6 +194,7 @@ pub struct Metrics {
     redir_refused: IntCounterVec,
     redir_tap_errors: IntCounter,
     redir_transcript_dropped: IntCounter,
+    amt_actions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -294,6 +334,17 @@ impl Metrics {
             "tether_redirection_transcript_dropped_total",
             "SOL transcript chunks dropped because the transcript writer was behind.",
         );
+        let amt_actions = counter_vec(
+            &registry,
+            "tether_amt_actions_total",
+            "Remote-fix actions taken on devices through AMT (WS-MAN) and on their sessions, by action and outcome.",
+            &["action", "outcome"],
+        );
+        for action in AmtAction::ALL {
+            for outcome in AmtOutcome::ALL {
+                amt_actions.with_label_values(&[action.as_str(), outcome.as_str()]);
+            }
+        }
         for kind in RedirKind::ALL {
             redir_sessions.with_label_values(&[kind.as_str()]);
             redir_active.with_label_values(&[kind.as_str()]);
@@ -357,6 +408,7 @@ impl Metrics {
             redir_refused,
             redir_tap_errors,
             redir_transcript_dropped,
+            amt_actions,
         }
     }
 
@@ -460,6 +512,10 @@ impl Metrics {
         self.redir_refused.with_label_values(&[kind.as_str()]).inc();
     }
 
+    pub fn amt_action(&self, action: AmtAction, outcome: AmtOutcome) {
+        self.amt_actions.with_label_values(&[action.as_str(), outcome.as_str()]).inc();
+    }
+
     pub fn redirection_tap_error(&self) {
         self.redir_tap_errors.inc();
     }
@@ -500,6 +556,12 @@ mod tests {
         expected.push("tether_redirection_auth_failures_total".to_string());
         expected.push("tether_redirection_tap_errors_total".to_string());
         expected.push("tether_redirection_transcript_dropped_total".to_string());
+        for action in AmtAction::ALL {
+            for outcome in AmtOutcome::ALL {
+                let (action, outcome) = (action.as_str(), outcome.as_str());
+                expected.push(format!("tether_amt_actions_total{{action=\"{action}\",outcome=\"{outcome}\"}}"));
+            }
+        }
         for kind in RedirKind::ALL {
             let kind = kind.as_str();
             expected.push(format!("tether_redirection_sessions_total{{kind=\"{kind}\"}}"));

@@ -225,6 +225,9 @@ fn technician_controls_power_and_amt_refuses_off_during_a_console_session() {
         "{done:?}"
     );
     assert_eq!(done[4].1, "refused", "{done:?}");
+    let metrics = gateway.metrics_text();
+    assert!(metrics.contains("tether_amt_actions_total{action=\"power\",outcome=\"refused\"} 1"), "{metrics}");
+    assert!(metrics.contains("tether_amt_actions_total{action=\"power\",outcome=\"ok\"} 4"), "{metrics}");
 }
 
 #[test]

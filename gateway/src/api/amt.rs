@@ -38,7 +38,7 @@ use uuid::Uuid;
 use super::admission::Caller;
 use super::relays::{open_device_stream, session_closed_refusal};
 use super::{error, store_unavailable, Api, Connection};
-use crate::metrics::CloseReason;
+use crate::metrics::{AmtAction, AmtOutcome, CloseReason};
 use crate::relay::Stop;
 use crate::store::{ClosedSession, NewAction, RescueRecord, TokenScope, MAX_ACTIONS};
 use crate::wsman::amt::{BootSettings, IderDevice, Redirection};
@@ -266,6 +266,12 @@ impl Call<'_> {
             instance: shared.instance.clone(),
         };
         info!(uuid = %self.uuid, technician = %self.caller.name, action, outcome, "remote-fix action");
+        let counted = match outcome {
+            "ok" => AmtOutcome::Ok,
+            "refused" => AmtOutcome::Refused,
+            _ => AmtOutcome::Failed,
+        };
+        shared.metrics.amt_action(AmtAction::of(action), counted);
         if let Err(err) = shared.store.record_action(&record).await {
             warn!(uuid = %self.uuid, action, error = %err, "cannot record a remote-fix action in the store");
         }
