@@ -16,7 +16,7 @@
 //!
 //! A failed step is explained, and the device is left as it was found.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -322,6 +322,9 @@ async fn wait_for_tunnel(client: &ApiClient, uuid: Uuid) -> Result<()> {
 }
 
 /// Serves IDE-R until stopped, opening the session again whenever the device drops its tunnel.
+/// After a drop it waits for the console to be attached again first (for at most
+/// [`CONSOLE_FIRST`]), so that the technician sees the boot that the new IDE-R session starts.
+#[allow(clippy::too_many_arguments)]
 fn serve_ider(
     client: ApiClient,
     endpoint: Endpoint,
@@ -329,6 +332,7 @@ fn serve_ider(
     images: Images,
     uuid: Uuid,
     stop: watch::Receiver<bool>,
+    mut consoles: watch::Receiver<u64>,
     ready: oneshot::Sender<()>,
 ) -> JoinHandle<Result<u64>> {
     tokio::spawn(async move {
@@ -352,13 +356,18 @@ fn serve_ider(
             if *stop.borrow() {
                 break;
             }
-            // The tunnel dropped (a power change) or the session failed: wait for the device.
+            // The tunnel dropped (a power change) or the session failed: wait for the device,
+            // then for the console to be back on it.
+            let seen = *consoles.borrow_and_update();
             wait_for_tunnel(&client, uuid).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = tokio::time::timeout(CONSOLE_FIRST, consoles.wait_for(|generation| *generation > seen)).await;
         }
         Ok(served)
     })
 }
+
+/// How long IDE-R waits for the console to come back before it serves again without it.
+const CONSOLE_FIRST: Duration = Duration::from_secs(20);
 
 /// `tether rescue UUID --image FILE.iso`: see the module doc.
 pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
@@ -380,105 +389,116 @@ pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
         facts["platform_uuid"].as_str().unwrap_or("not reported"),
     ));
 
-    let finish = |disable: bool| {
-        let client = client.clone();
-        let body = args.amt.body(json!({ "disable_redirection": disable }));
-        async move { post(&client, &format!("/api/v1/devices/{uuid}/rescue/finish"), &body).await }
-    };
-
     let endpoint = Endpoint::Relay { client: client.clone(), uuid, port: 16994 };
     let images = Images { cd: Some(args.image.clone()), floppy: args.floppy.clone() };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (console_tx, console_rx) = watch::channel(0u64);
     let (ready_tx, ready_rx) = oneshot::channel();
     step(&format!("serving {} over IDE-R", args.image.display()));
-    let ider_task = serve_ider(client.clone(), endpoint.clone(), account.clone(), images, uuid, stop_rx, ready_tx);
+    let ider_task =
+        serve_ider(client.clone(), endpoint.clone(), account.clone(), images, uuid, stop_rx, console_rx, ready_tx);
     let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
-    if !matches!(ready, Ok(Ok(()))) {
-        let _ = stop_tx.send(true);
-        let why = match ider_task.await {
-            Ok(Err(err)) => format!("{err:#}"),
-            _ => "IDE-R did not start within 60 s".to_owned(),
-        };
-        restore_after_failure(finish(args.disable_redirection).await);
-        bail!("IDE-R could not start: {why}; the device's settings were put back");
-    }
-
-    step("setting the one-time boot to the IDE-R CD with SOL, and booting");
-    let booted = post(
-        &client,
-        &format!("/api/v1/devices/{uuid}/rescue/boot"),
-        &args.amt.body(json!({ "ider": "cd", "sol": true })),
-    )
-    .await;
-    match booted {
-        Ok(value) => step(&format!(
-            "{} sent; attaching the serial console (Ctrl-] ends the rescue)",
-            match value["power_action"].as_str() {
-                Some("reset") => "reset",
-                _ => "power on",
-            }
-        )),
-        Err(err) => {
-            let _ = stop_tx.send(true);
-            let _ = ider_task.await;
-            restore_after_failure(finish(args.disable_redirection).await);
-            return Err(err.context("booting the PC failed; its settings were put back"));
-        }
-    }
-
-    let watched = watch_console(&client, &endpoint, &account, uuid).await;
+    let outcome = if matches!(ready, Ok(Ok(()))) {
+        Rescue { client: &client, args: &args, endpoint: &endpoint, account: &account, consoles: console_tx }
+            .watch()
+            .await
+    } else {
+        Err(anyhow::anyhow!("IDE-R did not start within 60 s"))
+    };
 
     let _ = stop_tx.send(true);
     let served = match tokio::time::timeout(Duration::from_secs(10), ider_task).await {
-        Ok(Ok(Ok(bytes))) => Some(bytes),
-        _ => None,
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
+        Ok(Ok(Err(err))) => Err(err),
+        _ => Err(anyhow::anyhow!("IDE-R did not stop in time")),
     };
-    step(&format!(
-        "rescue ended; served {} over IDE-R; restoring the boot settings{}",
-        served.map_or("an unknown amount".to_owned(), |b| indicatif::HumanBytes(b).to_string()),
-        if args.disable_redirection { " and redirection as found" } else { "" }
-    ));
-    let restored = finish(args.disable_redirection).await?;
-    step(&format!("boot settings restored: {}", restored["restored"]["boot"].as_str().unwrap_or("?")));
-    watched
-}
-
-fn restore_after_failure(result: Result<Value>) {
-    if let Err(err) = result {
-        eprintln!("putting the device's settings back failed too: {err:#}");
+    let disable = args.disable_redirection;
+    let restoring = format!("restoring the boot settings{}", if disable { " and redirection as found" } else { "" });
+    match (&outcome, &served) {
+        (Ok(()), Ok(bytes)) => {
+            step(&format!("rescue ended; served {} over IDE-R; {restoring}", indicatif::HumanBytes(*bytes)))
+        }
+        (Ok(()), Err(err)) => step(&format!("rescue ended ({err:#}); {restoring}")),
+        (Err(err), _) => step(&format!("the rescue failed: {err:#}; {restoring}, leaving the device as it was found")),
     }
+    let body = args.amt.body(json!({ "disable_redirection": disable }));
+    let restored = post(&client, &format!("/api/v1/devices/{uuid}/rescue/finish"), &body).await;
+    match restored {
+        Ok(value) => step(&format!("boot settings restored: {}", value["restored"]["boot"].as_str().unwrap_or("?"))),
+        Err(err) => {
+            eprintln!("putting the device's settings back failed: {err:#}");
+            if outcome.is_ok() {
+                return Err(err.context("the rescue ended but the boot settings were not restored"));
+            }
+        }
+    }
+    outcome
 }
 
-/// The SOL console, attached again whenever the device drops and redials its tunnel, until the
-/// technician quits.
-async fn watch_console(client: &ApiClient, endpoint: &Endpoint, account: &Account, uuid: Uuid) -> Result<()> {
-    let raw = RawMode::enter()?;
-    let mut keys = keystrokes();
-    let mut failures = 0;
-    loop {
-        match console::start(endpoint, account).await {
-            Ok(sol) => {
-                failures = 0;
-                console::note(&raw, "Serial-over-LAN attached; Ctrl-] ends the rescue");
-                match console::pump(sol, &raw, &mut keys).await {
-                    Ok(End::Quit(_)) => return Ok(()),
-                    Ok(End::DeviceEnded(why)) => {
-                        console::note(&raw, &format!("the console dropped ({why}); waiting for the device"))
+/// The console side of a rescue: attach SOL, boot the PC into the image, and keep the console
+/// attached (again after every redial) until the technician quits.
+struct Rescue<'a> {
+    client: &'a ApiClient,
+    args: &'a RescueArgs,
+    endpoint: &'a Endpoint,
+    account: &'a Account,
+    /// Counts console attachments, for the IDE-R task.
+    consoles: watch::Sender<u64>,
+}
+
+impl Rescue<'_> {
+    async fn watch(&self) -> Result<()> {
+        let uuid = self.args.uuid;
+        let raw = RawMode::enter()?;
+        let mut keys = keystrokes();
+        let mut booted = false;
+        let mut failures = 0;
+        loop {
+            match console::start(self.endpoint, self.account).await {
+                Ok(sol) => {
+                    failures = 0;
+                    self.consoles.send_modify(|generation| *generation += 1);
+                    console::note(&raw, "Serial-over-LAN attached; Ctrl-] ends the rescue");
+                    if !booted {
+                        // The console is attached first, so that the whole boot is on screen.
+                        self.boot(&raw).await?;
+                        booted = true;
                     }
-                    Err(err) => console::note(&raw, &format!("the console failed ({err:#}); waiting for the device")),
+                    match console::pump(sol, &raw, &mut keys).await {
+                        Ok(End::Quit(_)) => return Ok(()),
+                        Ok(End::DeviceEnded(why)) => {
+                            console::note(&raw, &format!("the console dropped ({why}); waiting for the device"))
+                        }
+                        Err(err) => {
+                            console::note(&raw, &format!("the console failed ({err:#}); waiting for the device"))
+                        }
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures > 10 {
+                        return Err(err.context("the console could not be attached ten times in a row"));
+                    }
                 }
             }
-            Err(err) => {
-                failures += 1;
-                if failures > 10 {
-                    return Err(err.context("the console could not be attached ten times in a row"));
-                }
+            if keys.is_closed() {
+                return Ok(());
             }
+            wait_for_tunnel(self.client, uuid).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        wait_for_tunnel(client, uuid).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if !std::io::stdin().is_terminal() && keys.is_closed() {
-            return Ok(());
-        }
+    }
+
+    /// Sets the one-time boot to the IDE-R CD with SOL, and resets (or powers on) the PC.
+    async fn boot(&self, raw: &RawMode) -> Result<()> {
+        let uuid = self.args.uuid;
+        console::note(raw, "setting the one-time boot to the IDE-R CD with SOL, and booting");
+        let body = self.args.amt.body(json!({ "ider": "cd", "sol": true }));
+        let value = post(self.client, &format!("/api/v1/devices/{uuid}/rescue/boot"), &body)
+            .await
+            .context("booting the PC into the image failed")?;
+        let action = if value["power_action"] == "reset" { "reset" } else { "power on" };
+        console::note(raw, &format!("{action} sent; the PC boots from the image"));
+        Ok(())
     }
 }
