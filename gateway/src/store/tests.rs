@@ -114,9 +114,10 @@ async fn a_backup_copy_is_a_consistent_database_while_writers_go_on() {
     assert_eq!(copied.check().await.unwrap().integrity, "ok");
 }
 
-/// A data dir from before the redirection tap (schema 3) gains the table in place.
+/// A data dir from before the redirection tap (schema 3) gains its table, and the remote fix's
+/// (schema 5), in place.
 #[tokio::test]
-async fn a_version_3_store_gains_the_redirections_table() {
+async fn a_version_3_store_gains_the_redirection_and_remote_fix_tables() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tether.db");
     {
@@ -128,9 +129,11 @@ async fn a_version_3_store_gains_the_redirections_table() {
         pool.close().await;
     }
     let store = open(&path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), (4, 4));
+    assert_eq!(store.schema_version().await.unwrap(), (5, 5));
     let uuid = Uuid::new_v4();
     assert!(store.redirections_for(uuid, false, 10).await.unwrap().is_empty());
+    assert!(store.actions_for(uuid, 10).await.unwrap().is_empty());
+    assert_eq!(store.closed_session(uuid).await.unwrap(), None);
 }
 
 #[tokio::test]
