@@ -142,7 +142,24 @@ pub fn to_bytes(reply: &Reply) -> (u16, Vec<u8>) {
     }
 }
 
-fn ok(request: &Header, response_action: impl Into<String>, payload: Option<Element>) -> Reply {
+/// Writes no empty elements, as AMT does not: a property without a value is left out (AMT omits
+/// unset properties), an empty `Items` is left out, and `EndOfSequence` gets a space. MeshCentral's
+/// XML reader (amt-xml.js) splits tags on spaces and only knows `<x />` with a space as an empty
+/// element; a `<x/>` unbalances its tree and the whole response reads as nothing.
+fn tidy(element: &mut Element) {
+    element.children.retain(|c| !c.children.is_empty() || !c.text.is_empty() || c.name == "EndOfSequence");
+    for child in &mut element.children {
+        if child.name == "EndOfSequence" && child.children.is_empty() && child.text.is_empty() {
+            child.text = " ".to_owned();
+        }
+        tidy(child);
+    }
+}
+
+fn ok(request: &Header, response_action: impl Into<String>, mut payload: Option<Element>) -> Reply {
+    if let Some(payload) = &mut payload {
+        tidy(payload);
+    }
     Reply { status: 200, envelope: Envelope::response(request, response_action, Uuid::new_v4(), payload) }
 }
 
@@ -600,6 +617,22 @@ fn max_elements(element: Option<&Element>) -> Result<usize, ()> {
     }
 }
 
+/// Puts the items' class namespace in scope on the Enumerate/Pull response element, so that the
+/// writer declares it there rather than on every item. AMT declares all namespaces on the
+/// envelope, and MeshCentral's parser (amt-xml.js) turns an element that carries any attribute,
+/// an `xmlns:` declaration included, into `{Value, @attr}`, which hides the item's properties.
+/// [`protocols::wsman`]'s writer declares a namespace where it is first used and has no bare
+/// declaration, so the namespace is used by one attribute naming the class; MeshCentral reads
+/// no attribute of that element.
+fn in_scope(mut response: Element, class: &str) -> Element {
+    response.attributes.push(protocols::wsman::Attribute {
+        namespace: uri_of(class),
+        name: "Class".to_owned(),
+        value: class.to_owned(),
+    });
+    response
+}
+
 fn enumerate(class: &str, request: &Envelope, state: &mut DeviceState, cx: &Context<'_>) -> Reply {
     let header = &request.header;
     let Some(body) = request.payload().filter(|p| p.is(ns::ENUMERATION, "Enumerate")) else {
@@ -619,7 +652,7 @@ fn enumerate(class: &str, request: &Envelope, state: &mut DeviceState, cx: &Cont
         let context = new_context(state, &resource_uri, items, cx.now);
         EnumerateResponse { context: Some(context), items: Vec::new(), end_of_sequence: false }
     };
-    ok(header, action::ENUMERATE_RESPONSE, Some(response.to_element()))
+    ok(header, action::ENUMERATE_RESPONSE, Some(in_scope(response.to_element(), class)))
 }
 
 fn context_of(request: &Envelope, name: &str) -> Option<String> {
@@ -644,6 +677,7 @@ fn pull(request: &Envelope, state: &mut DeviceState, cx: &Context<'_>) -> Reply 
         return fault(header, ns::ENUMERATION, "InvalidEnumerationContext", "unknown or expired enumeration context");
     };
     let enumeration = &mut state.enumerations[index];
+    let class = class_of(&enumeration.resource_uri).unwrap_or_default();
     if header.resource_uri.as_deref() != Some(enumeration.resource_uri.as_str()) {
         return fault(header, ns::ENUMERATION, "InvalidEnumerationContext", "the context is another resource's");
     }
@@ -657,7 +691,7 @@ fn pull(request: &Envelope, state: &mut DeviceState, cx: &Context<'_>) -> Reply 
         enumeration.expires = cx.now + ENUMERATION_LIFETIME;
         PullResponse { items, context: Some(context), end_of_sequence: false }
     };
-    ok(header, action::PULL_RESPONSE, Some(response.to_element()))
+    ok(header, action::PULL_RESPONSE, Some(in_scope(response.to_element(), class)))
 }
 
 fn release(request: &Envelope, state: &mut DeviceState) -> Reply {

@@ -399,6 +399,12 @@ fn enumerate_and_pull_honour_max_elements_and_end() {
         assert_eq!(pulled.context.as_deref(), Some(context.as_str()));
     }
     assert!(ids.contains(&"AMT".to_owned()) && ids.contains(&"Flash".to_owned()) && ids.len() >= 8, "{ids:?}");
+    // The items carry no namespace declarations of their own (MeshCentral reads an element with
+    // attributes as {Value, @attr}): the class namespace is declared on the response element.
+    let reply = call(&fw, &Request::enumerate_optimized(TO, uri, Uuid::new_v4(), Some(100)));
+    let text = String::from_utf8(reply.envelope.to_bytes().unwrap()).unwrap();
+    let items = text.find(":Items>").expect("items");
+    assert!(!text[items..].contains("xmlns:"), "{text}");
     // The context is gone after the end.
     let again = call(&fw, &Request::pull(TO, uri, Uuid::new_v4(), &context, None));
     assert_eq!(fault_of(&again), "InvalidEnumerationContext");
@@ -756,4 +762,27 @@ fn the_classes_listed_have_their_namespaces() {
     }
     assert_eq!(responder::class_of("http://intel.com/wbem/wscim/1/amt-schema/1/CIM_SoftwareIdentity"), None);
     let _ = ns::WSMAN;
+}
+
+#[test]
+fn responses_have_no_empty_elements_for_meshcentral() {
+    // MeshCentral's reader takes only `<x />` (with a space) as an empty element; AMT writes none.
+    let fw = firmware();
+    for class in [
+        "AMT_RedirectionService",
+        "AMT_BootSettingData",
+        "AMT_SetupAndConfigurationService",
+        "AMT_PublicKeyCertificate",
+        "CIM_ServiceAvailableToElement",
+    ] {
+        let uri = responder::uri_of(class);
+        let get = call(&fw, &Request::get(TO, &uri, Uuid::new_v4()));
+        let enumerated = call(&fw, &Request::enumerate_optimized(TO, &uri, Uuid::new_v4(), Some(50)));
+        for reply in [get, enumerated] {
+            if reply.status == 200 {
+                let text = String::from_utf8(reply.envelope.to_bytes().unwrap()).unwrap();
+                assert!(!text.contains("/>"), "{class}: {text}");
+            }
+        }
+    }
 }
