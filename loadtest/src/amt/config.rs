@@ -276,3 +276,38 @@ impl RemoteHelp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_help_follows_its_file_or_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("help");
+        let help = RemoteHelp::new(Some(file.clone()));
+        assert!(!help.is_on(), "no file yet");
+        help.turn_on();
+        assert!(help.is_on() && file.exists());
+        help.turn_off();
+        assert!(!help.is_on() && !file.exists());
+        std::fs::write(&file, "").unwrap();
+        assert!(help.clone().is_on(), "the user created the file again");
+        let flag = RemoteHelp::new(None);
+        assert!(flag.is_on(), "on at start");
+        flag.turn_off();
+        assert!(!flag.is_on());
+        flag.turn_on();
+        assert!(flag.is_on());
+    }
+
+    #[test]
+    fn the_trigger_reason_says_why_the_device_dials() {
+        let tls = crate::amt::client_config(&crate::amt::Trust::Insecure).unwrap();
+        let name = crate::amt::server_name("localhost").unwrap();
+        let mut config = DeviceConfig::new("127.0.0.1:1", name, tls, uuid::Uuid::nil(), "u", "p");
+        assert_eq!(config.session_config().trigger_reason, 4, "periodic");
+        config.remote_help = Some(RemoteHelp::new(None));
+        assert_eq!(config.session_config().trigger_reason, 1, "user-initiated");
+    }
+}

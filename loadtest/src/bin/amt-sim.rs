@@ -495,6 +495,36 @@ mod tests {
     }
 
     #[test]
+    fn firmware_flags_have_their_defaults() {
+        let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p", "--gateway", "a:1"];
+        let args = Args::try_parse_from(base).unwrap();
+        assert_eq!((args.control_mode, args.redirection), (ModeArg::Acm, RedirectionArg::Enabled));
+        assert!(!args.consent && !args.redial_on_power_change && !args.user_initiated);
+        assert_eq!((args.redial_delay, args.ider_boot_wait), (2, 60));
+        let flags = [
+            "--control-mode",
+            "ccm",
+            "--redirection",
+            "disabled",
+            "--consent",
+            "--redial-on-power-change",
+            "--redial-delay",
+            "5",
+            "--user-initiated",
+            "--remote-help-file",
+            "/tmp/help",
+        ];
+        let args = Args::try_parse_from(base.iter().chain(&flags)).unwrap();
+        assert_eq!((args.control_mode, args.redirection), (ModeArg::Ccm, RedirectionArg::Disabled));
+        assert!(args.consent && args.redial_on_power_change && args.user_initiated);
+        assert_eq!(args.redial_delay, 5);
+        assert!(
+            Args::try_parse_from(base.iter().chain(&["--remote-help-file", "/tmp/x"])).is_err(),
+            "needs --user-initiated"
+        );
+    }
+
+    #[test]
     fn gateway_is_repeatable_and_takes_lists() {
         assert_eq!(gateways_of(&["--gateway", "127.0.0.1:4433"]), ["127.0.0.1:4433"]);
         assert_eq!(gateways_of(&["--gateway", "a:1,b:2", "--gateway", "[::1]:3"]), ["a:1", "b:2", "[::1]:3"]);
