@@ -16,6 +16,8 @@
 #                          starts Debian's default cluster on 5432; the tests neither use nor mind it.
 #   amtterm                Debian's AMT Serial-over-LAN console (1.4), the real peer of the SOL
 #                          tests (driven under `script`, from util-linux, for the tty it needs)
+#   amt==0.8.0 (PyPI)      amtctrl, a real WS-Management power-control client of amt-sim
+#                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
 #   haproxy                the load balancer in front of several gateways: tests run their own
 #                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
 #
@@ -29,6 +31,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # configuration (tests/src/meshcentral.rs) was checked against it.
 MESHCENTRAL_VERSION=1.1.55
 MESHCENTRAL_DIR=${TETHER_MESHCENTRAL_DIR:-$PWD/.test-cache/meshcentral}
+# PyPI `amt` (amtctrl), as TESTBED.md measured it.
+AMT_VERSION=0.8.0
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
@@ -81,5 +85,11 @@ if [ "$installed_version" != "$MESHCENTRAL_VERSION" ]; then
     echo "==> npm install meshcentral@$MESHCENTRAL_VERSION into $MESHCENTRAL_DIR (about 20 s, 450 MB)"
     mkdir -p "$MESHCENTRAL_DIR"
     (cd "$MESHCENTRAL_DIR" && npm install "meshcentral@$MESHCENTRAL_VERSION" --save-exact --no-audit --no-fund --loglevel=error)
+fi
+if ! command -v amtctrl >/dev/null 2>&1; then
+    echo "==> pip install amt==$AMT_VERSION (amtctrl)"
+    python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
+    python3 -m pip install "amt==$AMT_VERSION" 2>/dev/null \
+        || python3 -m pip install --break-system-packages "amt==$AMT_VERSION"
 fi
 echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy)"

@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use super::echo::Echo;
 use super::http::HttpResponder;
 use super::redirection::RedirectionService;
 use super::service::{Service, Services};
+use super::wsman::{Firmware, WsmanService};
 
 /// One address a device may dial, and the name the certificate it finds there must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +79,15 @@ pub struct DeviceConfig {
     pub stop_on_auth_failure: bool,
     /// Level of this device's own log lines (`INFO` alone, `DEBUG` in a fleet).
     pub log_level: tracing::Level,
+    /// The simulated firmware's state, when it may drop the tunnel (redial on power change):
+    /// the driver then also ends the connection when [`Firmware::tunnel_drop`] fires, and dials
+    /// again after [`DeviceConfig::redial_delay`].
+    pub firmware: Option<Firmware>,
+    /// Delay before redialling after the firmware dropped the tunnel (2 s).
+    pub redial_delay: Duration,
+    /// The PC user's "remote help" request (`--user-initiated`): when set, the device dials only
+    /// while it is on, and a tunnel the gateway ends uses it up.
+    pub remote_help: Option<RemoteHelp>,
 }
 
 /// The ports real AMT firmware forwards, in its order (16993, 16992, 664, 623, 16995, 16994,
@@ -130,6 +142,9 @@ impl DeviceConfig {
             services: amt_services(),
             stop_on_auth_failure: false,
             log_level: tracing::Level::INFO,
+            firmware: None,
+            redial_delay: Duration::from_secs(2),
+            remote_help: None,
         }
     }
 
@@ -142,6 +157,8 @@ impl DeviceConfig {
         config.channels.max_channels = self.max_channels;
         config.keepalive_interval = self.keepalive;
         config.handshake_timeout = self.handshake_timeout;
+        // Firmware says why it dials: 1 when the user asked for help, 4 for its periodic dial.
+        config.trigger_reason = if self.remote_help.is_some() { 1 } else { 4 };
         config
     }
 }
@@ -169,6 +186,8 @@ impl fmt::Debug for DeviceConfig {
             .field("services", &self.services)
             .field("stop_on_auth_failure", &self.stop_on_auth_failure)
             .field("log_level", &self.log_level)
+            .field("redial_delay", &self.redial_delay)
+            .field("remote_help", &self.remote_help)
             .finish_non_exhaustive()
     }
 }
@@ -186,4 +205,109 @@ pub fn amt_services() -> Services {
 pub fn amt_services_with_redirection(redirection: RedirectionService) -> Services {
     let redirection: Arc<dyn Service> = Arc::new(redirection);
     amt_services().with_shared(16994, redirection.clone()).with_shared(16995, redirection)
+}
+
+/// What amt-sim answers with a firmware state: the WS-MAN responder (digest checked, state kept
+/// per device) on 16992 and 16993, `redirection` gated by the same state on 16994 and 16995, echo
+/// on every other port.
+pub fn amt_services_with_firmware(wsman: WsmanService, redirection: RedirectionService) -> Services {
+    let redirection: Arc<dyn Service> = Arc::new(redirection.with_firmware(wsman.firmware.clone()));
+    let wsman: Arc<dyn Service> = Arc::new(wsman);
+    Services::none()
+        .with_shared(16992, wsman.clone())
+        .with_shared(16993, wsman)
+        .with_shared(16994, redirection.clone())
+        .with_shared(16995, redirection)
+        .with_fallback(Echo)
+}
+
+/// The PC user's "remote help" switch of `--user-initiated` devices. On while
+/// [`RemoteHelp::file`] exists when there is one (a test or the user creates it to ask for help),
+/// else while the flag is set (SIGUSR1 sets it). Cheap to clone; clones share the switch.
+#[derive(Debug, Clone)]
+pub struct RemoteHelp {
+    flag: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+    /// The control file, if remote help is driven by one.
+    pub file: Option<PathBuf>,
+}
+
+impl RemoteHelp {
+    /// A switch that starts on (without a file) or follows `file`.
+    pub fn new(file: Option<PathBuf>) -> Self {
+        Self { flag: Arc::new(AtomicBool::new(true)), notify: Arc::default(), file }
+    }
+
+    /// Whether the user has remote help on.
+    pub fn is_on(&self) -> bool {
+        match &self.file {
+            Some(file) => file.exists(),
+            None => self.flag.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The user asks for help (SIGUSR1; with a control file, it is created).
+    pub fn turn_on(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(file) = &self.file {
+            if let Err(err) = std::fs::write(file, b"on\n") {
+                tracing::warn!("cannot create the remote help file {}: {err}", file.display());
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// The request is used up (the gateway ended the tunnel); with a control file, it is removed.
+    pub fn turn_off(&self) {
+        self.flag.store(false, Ordering::SeqCst);
+        if let Some(file) = &self.file {
+            if let Err(err) = std::fs::remove_file(file) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove the remote help file {}: {err}", file.display());
+                }
+            }
+        }
+    }
+
+    /// Waits until remote help is on (checks the file twice a second).
+    pub async fn wait_on(&self) {
+        while !self.is_on() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), self.notify.notified()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_help_follows_its_file_or_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("help");
+        let help = RemoteHelp::new(Some(file.clone()));
+        assert!(!help.is_on(), "no file yet");
+        help.turn_on();
+        assert!(help.is_on() && file.exists());
+        help.turn_off();
+        assert!(!help.is_on() && !file.exists());
+        std::fs::write(&file, "").unwrap();
+        assert!(help.clone().is_on(), "the user created the file again");
+        let flag = RemoteHelp::new(None);
+        assert!(flag.is_on(), "on at start");
+        flag.turn_off();
+        assert!(!flag.is_on());
+        flag.turn_on();
+        assert!(flag.is_on());
+    }
+
+    #[test]
+    fn the_trigger_reason_says_why_the_device_dials() {
+        let tls = crate::amt::client_config(&crate::amt::Trust::Insecure).unwrap();
+        let name = crate::amt::server_name("localhost").unwrap();
+        let mut config = DeviceConfig::new("127.0.0.1:1", name, tls, uuid::Uuid::nil(), "u", "p");
+        assert_eq!(config.session_config().trigger_reason, 4, "periodic");
+        config.remote_help = Some(RemoteHelp::new(None));
+        assert_eq!(config.session_config().trigger_reason, 1, "user-initiated");
+    }
 }

@@ -104,6 +104,15 @@ pub async fn run_device_with_stats(
             stats.reconnect();
         }
         attempts += 1;
+        if let Some(help) = &config.remote_help {
+            if !help.is_on() {
+                device_log!(level, "remote help is off; waiting for the user");
+                tokio::select! {
+                    () = help.wait_on() => device_log!(level, "remote help requested by the user; dialling"),
+                    () = shutdown.wait() => return Ok(report),
+                }
+            }
+        }
         let gateway = &config.gateways[index];
         let connected = tokio::select! {
             result = connect(&config, gateway) => result,
@@ -155,13 +164,34 @@ pub async fn run_device_with_stats(
                 end: outcome.end,
             });
         }
-        let delay = backoff.next_delay();
+        if let Some(help) = &config.remote_help {
+            if outcome.established && ended_by_gateway(&outcome.end) {
+                help.turn_off();
+                device_log!(level, "remote help ended by the gateway; waiting for the user");
+            }
+        }
+        let delay = if matches!(outcome.end, ConnectionError::DroppedByFirmware) {
+            config.redial_delay
+        } else {
+            backoff.next_delay()
+        };
         device_log!(level, "reconnecting in {:.1}s", delay.as_secs_f64());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.wait() => return Ok(report),
         }
     }
+}
+
+/// Whether the gateway ended a healthy tunnel (DISCONNECT from it, or its TLS/TCP close), as
+/// opposed to a failure or our own doing.
+fn ended_by_gateway(end: &ConnectionError) -> bool {
+    matches!(
+        end,
+        ConnectionError::PeerClosed
+            | ConnectionError::PeerReset
+            | ConnectionError::Session(protocols::session::CloseCause::PeerDisconnected(_))
+    )
 }
 
 /// TCP connect to `gateway` (to the first address its name resolves to that answers) and TLS
@@ -241,6 +271,14 @@ fn tls_hint(err: &io::Error) -> &'static str {
         Some(rustls::Error::NoCertificatesPresented) => " (the gateway sent no certificate)",
         Some(rustls::Error::PeerIncompatible(_)) => " (no TLS version or cipher suite in common with the gateway)",
         _ => "",
+    }
+}
+
+/// Waits for `notify` (forever without one).
+async fn notified(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -381,6 +419,7 @@ impl<'a> Connection<'a> {
         let mut linger_until: Option<Instant> = None;
         let mut write_failed = false;
         let wakes = Arc::clone(&self.wakes);
+        let firmware_drop = self.config.firmware.as_ref().map(|f| f.tunnel_drop(self.config.uuid));
         loop {
             self.process(&mut out);
             if end.is_none() {
@@ -433,6 +472,12 @@ impl<'a> Connection<'a> {
                     Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => end = Some(ConnectionError::PeerReset),
                     Err(err) => end = Some(ConnectionError::Io(err)),
                 },
+                () = notified(firmware_drop.as_deref()), if end.is_none() && firmware_drop.is_some() => {
+                    device_log!(self.config.log_level, "firmware: dropping the tunnel after the power change");
+                    self.session.disconnect(DisconnectReason::ByApplication);
+                    self.channels.clear();
+                    end = Some(ConnectionError::DroppedByFirmware);
+                }
                 () = wakes.notified(), if end.is_none() => {
                     for ch in wakes.take() {
                         if let Some(channel) = self.channels.get_mut(&ch) {

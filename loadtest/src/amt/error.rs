@@ -56,6 +56,8 @@ pub enum ConnectionError {
     Session(CloseCause),
     #[error("stopped")]
     Shutdown,
+    #[error("the firmware dropped the tunnel after a power change")]
+    DroppedByFirmware,
 }
 
 /// Why a device stopped for good (it otherwise reconnects forever).

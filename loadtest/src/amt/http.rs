@@ -328,7 +328,7 @@ fn element_text<'a>(xml: &'a [u8], name: &str) -> Option<&'a str> {
     None
 }
 
-fn write_response(
+pub(crate) fn write_response(
     out: &mut Outbox<'_>,
     (code, reason): (u16, &str),
     headers: &[(&str, &str)],

@@ -11,7 +11,9 @@
 //! - [`device`]: [`run_device`], the per-device driver (connect, move on to the next gateway
 //!   address, tunnel, reconnect);
 //! - [`service`]: the [`Service`] / [`ChannelHandler`] traits and the port → service map;
-//! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993);
+//! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993) that
+//!   does not check credentials; [`wsman`]: the WS-MAN responder amt-sim runs there, with digest
+//!   authentication and the per-device firmware state (power, boot, redirection, consent);
 //! - [`redirection`]: SOL (a shell on a pseudo-terminal) and IDE-R (a simulated BIOS booting
 //!   from the console's media) on 16994/16995;
 //! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
@@ -30,16 +32,20 @@ pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;
+pub mod wsman;
 
 pub use backoff::{Backoff, ReconnectPolicy};
-pub use config::{amt_services, amt_services_with_redirection, DeviceConfig, GatewayAddr};
+pub use config::{
+    amt_services, amt_services_with_firmware, amt_services_with_redirection, DeviceConfig, GatewayAddr, RemoteHelp,
+};
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
 pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};
 pub use http::HttpResponder;
-pub use redirection::{RedirectionConfig, RedirectionService};
+pub use redirection::{RedirectionConfig, RedirectionService, SerialConsoles};
 pub use service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service, Services, WakeSet};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::{client_config, default_server_name, server_name, Trust};
+pub use wsman::{Firmware, FirmwareConfig, WsmanService};

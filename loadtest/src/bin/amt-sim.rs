@@ -19,6 +19,25 @@
 //! on to the next address at once, and only a whole round of failures makes it back off. When a
 //! tunnel drops, the device backs off and dials the address it was using again.
 //!
+//! WS-Management (16992, and 16993 without TLS) answers as firmware does: Digest authentication
+//! against the admin account (`--admin-user`/`--admin-password`, shared with redirection), then
+//! Get/Put/Enumerate/Pull/Release and method calls on the classes a console uses (general
+//! settings, software identity, platform GUID, provisioning, redirection service, boot settings,
+//! power, user consent), with the state kept per device UUID across channels and tunnel redials
+//! (module `loadtest::amt::wsman`). Every state change is logged (`power: on -> reset`,
+//! `boot settings: UseIDER=true IDERBootDevice=1 UseSOL=true`, `redirection: EnabledState 32771
+//! listener=true`, `user consent code for UUID: 123456`). A reset, cycle or power-on is a boot:
+//! with UseIDER set it prints `BIOS: booting from IDE-R CD-ROM` and boots from the device's IDE-R
+//! session (waiting up to `--ider-boot-wait` for one to be open and enabled, else `BIOS: no IDE-R
+//! session; booting from disk`); without, `BIOS: booting from disk`. Power off and cycle are
+//! refused (ReturnValue 2) while a SOL or IDE-R session is open. `--redirection disabled` starts
+//! with SOL and IDE-R disabled (a session is refused until a console enables them);
+//! `--consent` requires user consent (StartOptIn prints the code) for power and redirection;
+//! `--control-mode ccm` reports client control mode; `--redial-on-power-change` drops the tunnel
+//! after answering a power change and redials after `--redial-delay`; `--user-initiated` dials
+//! only while the user has remote help on (at start; `--remote-help-file FILE` while FILE exists;
+//! SIGUSR1 turns it on), and a tunnel the gateway ends turns it off.
+//!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
 //! `amt-sim --gateway 127.0.0.1:4433,127.0.0.1:5433 --insecure --username USER --password PASS`
 //! `amt-sim --gateway 127.0.0.1:4433 --insecure --username U --password P --admin-password secret --boot-ider`
@@ -32,10 +51,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser};
 use indicatif::ProgressBar;
+use loadtest::amt::wsman::{ControlMode, Firmware, FirmwareConfig, WsmanService};
 use loadtest::amt::{
-    amt_services_with_redirection, client_config, default_server_name, progress_bar, run_fleet, server_name,
+    amt_services_with_firmware, client_config, default_server_name, progress_bar, run_fleet, server_name,
     shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, RedirectionConfig,
-    RedirectionService, ShutdownTrigger, Trust,
+    RedirectionService, RemoteHelp, SerialConsoles, ShutdownTrigger, Trust,
 };
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -136,6 +156,48 @@ struct Args {
     /// MeshCommander refuses more than 8192).
     #[arg(long, default_value_t = 8192, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1..))]
     ider_buffer: u16,
+    /// The control mode WS-MAN reports (ProvisioningMode 1 for acm, 4 for ccm).
+    #[arg(long, value_enum, default_value_t = ModeArg::Acm)]
+    control_mode: ModeArg,
+    /// Require user consent (OptInRequired all): power and redirection changes and SOL/IDE-R
+    /// sessions are refused until a console sent the code StartOptIn printed.
+    #[arg(long)]
+    consent: bool,
+    /// SOL and IDE-R at start: enabled (EnabledState 32771, listener on) or disabled (32768,
+    /// listener off).
+    #[arg(long, value_enum, default_value_t = RedirectionArg::Enabled)]
+    redirection: RedirectionArg,
+    /// After answering a power change, drop the tunnel (~200 ms later) and redial after
+    /// --redial-delay, as firmware often does.
+    #[arg(long)]
+    redial_on_power_change: bool,
+    /// Seconds between a firmware tunnel drop and the redial.
+    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    redial_delay: u64,
+    /// How long a boot with UseIDER set waits for an open, enabled IDE-R session.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    ider_boot_wait: u64,
+    /// The PC user asked for remote help: send trigger reason 1 (else 4, periodic), dial only
+    /// while remote help is on (on at start; SIGUSR1 turns it on), and turn it off when the
+    /// gateway ends the tunnel.
+    #[arg(long)]
+    user_initiated: bool,
+    /// With --user-initiated: remote help is on while FILE exists (created at start; removed
+    /// when the gateway ends the tunnel; create it again to ask for help again).
+    #[arg(long, value_name = "FILE", requires = "user_initiated")]
+    remote_help_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Acm,
+    Ccm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RedirectionArg {
+    Enabled,
+    Disabled,
 }
 
 fn main() -> ExitCode {
@@ -196,7 +258,23 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
     device.stop_on_auth_failure = args.exit_on_auth_failure;
     device.source = args.source;
     device.no_reconnect = args.no_reconnect;
-    device.services = amt_services_with_redirection(RedirectionService::new(RedirectionConfig {
+    let firmware = Firmware::new(
+        FirmwareConfig {
+            admin_user: args.admin_user.clone(),
+            admin_password: args.admin_password.clone(),
+            control_mode: match args.control_mode {
+                ModeArg::Acm => ControlMode::Admin,
+                ModeArg::Ccm => ControlMode::Client,
+            },
+            consent: args.consent,
+            redirection_enabled: args.redirection == RedirectionArg::Enabled,
+            redial_on_power_change: args.redial_on_power_change,
+            ider_boot_wait: Duration::from_secs(args.ider_boot_wait),
+            ..FirmwareConfig::default()
+        },
+        SerialConsoles::new(),
+    );
+    let redirection = RedirectionService::new(RedirectionConfig {
         admin_user: args.admin_user.clone(),
         admin_password: args.admin_password.clone(),
         sol_shell: args.sol_shell.clone(),
@@ -204,7 +282,18 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         ider_read_blocks: args.ider_read_blocks,
         ider_buffer: args.ider_buffer,
         ..RedirectionConfig::default()
-    }));
+    });
+    device.services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
+    if args.redial_on_power_change {
+        device.firmware = Some(firmware);
+    }
+    device.redial_delay = Duration::from_secs(args.redial_delay);
+    let remote_help = args.user_initiated.then(|| RemoteHelp::new(args.remote_help_file.clone()));
+    if let Some(help) = &remote_help {
+        help.turn_on();
+        tokio::spawn(remote_help_on_sigusr1(help.clone()));
+    }
+    device.remote_help = remote_help;
 
     let mut fleet = FleetConfig::new(device, args.count);
     fleet.ramp = Duration::from_millis(args.ramp_ms);
@@ -226,6 +315,15 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         args.admin_user,
         args.sol_shell.display(),
         if args.boot_ider { "on" } else { "off" }
+    );
+    tracing::info!(
+        "WS-MAN on 16992/16993: digest for {:?}, control mode {:?}, redirection {:?}, consent {}{}{}",
+        args.admin_user,
+        args.control_mode,
+        args.redirection,
+        if args.consent { "required" } else { "not required" },
+        if args.redial_on_power_change { ", redial on power change" } else { "" },
+        if args.user_initiated { ", user-initiated (remote help)" } else { "" }
     );
     let (trigger, shutdown) = shutdown_pair();
     tokio::spawn(stop_on_signals(trigger));
@@ -266,6 +364,24 @@ fn name_of(gateway: &GatewayAddr) -> String {
         rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// SIGUSR1: the PC user asks for remote help (again).
+async fn remote_help_on_sigusr1(help: RemoteHelp) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            tracing::warn!("cannot listen for SIGUSR1; remote help follows --remote-help-file only");
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            tracing::info!("remote help requested by the user (SIGUSR1)");
+            help.turn_on();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = help;
 }
 
 /// Ctrl-C or SIGTERM: stop cleanly (DISCONNECT, close_notify); a second one exits at once.
@@ -376,6 +492,36 @@ mod tests {
         let args = Args::try_parse_from(base.iter().chain(&flags)).unwrap();
         assert_eq!((args.boot_ider, args.ider_read_blocks, args.ider_buffer), (true, 8, 4096));
         assert!(Args::try_parse_from(base.iter().chain(&["--ider-read-blocks", "0"])).is_err());
+    }
+
+    #[test]
+    fn firmware_flags_have_their_defaults() {
+        let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p", "--gateway", "a:1"];
+        let args = Args::try_parse_from(base).unwrap();
+        assert_eq!((args.control_mode, args.redirection), (ModeArg::Acm, RedirectionArg::Enabled));
+        assert!(!args.consent && !args.redial_on_power_change && !args.user_initiated);
+        assert_eq!((args.redial_delay, args.ider_boot_wait), (2, 60));
+        let flags = [
+            "--control-mode",
+            "ccm",
+            "--redirection",
+            "disabled",
+            "--consent",
+            "--redial-on-power-change",
+            "--redial-delay",
+            "5",
+            "--user-initiated",
+            "--remote-help-file",
+            "/tmp/help",
+        ];
+        let args = Args::try_parse_from(base.iter().chain(&flags)).unwrap();
+        assert_eq!((args.control_mode, args.redirection), (ModeArg::Ccm, RedirectionArg::Disabled));
+        assert!(args.consent && args.redial_on_power_change && args.user_initiated);
+        assert_eq!(args.redial_delay, 5);
+        assert!(
+            Args::try_parse_from(base.iter().chain(&["--remote-help-file", "/tmp/x"])).is_err(),
+            "needs --user-initiated"
+        );
     }
 
     #[test]

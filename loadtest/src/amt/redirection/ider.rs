@@ -41,6 +41,7 @@ use uuid::Uuid;
 use super::console::SerialConsoles;
 use super::RedirectionConfig;
 use crate::amt::service::Outbox;
+use crate::amt::wsman::Firmware;
 
 /// Drive select of the floppy / removable disk.
 pub const DRIVE_FLOPPY: u8 = 0xA0;
@@ -161,8 +162,11 @@ pub(super) struct IderFirmware {
     last_sent: Instant,
     enabled: bool,
     boot: Option<Boot>,
-    /// The boot ran (or was abandoned); it runs once per session.
+    /// The `--boot-ider` boot ran (or was abandoned); it runs once per session.
     booted: bool,
+    /// The firmware state: a power-on, reset or cycle with UseIDER set leaves a boot pending
+    /// there, which this session serves once its registers are enabled.
+    firmware: Option<Firmware>,
 }
 
 impl IderFirmware {
@@ -171,11 +175,22 @@ impl IderFirmware {
         config: Arc<RedirectionConfig>,
         uuid: Uuid,
         consoles: SerialConsoles,
+        firmware: Option<Firmware>,
         now: Instant,
         out: &mut Outbox<'_>,
     ) -> Self {
         let buffer = config.ider_buffer;
-        let mut fw = Self { config, uuid, consoles, seq: 0, last_sent: now, enabled: false, boot: None, booted: false };
+        let mut fw = Self {
+            config,
+            uuid,
+            consoles,
+            seq: 0,
+            last_sent: now,
+            enabled: false,
+            boot: None,
+            booted: false,
+            firmware,
+        };
         let reply = |seq| IderOpenReply {
             status: 0,
             seq,
@@ -236,11 +251,7 @@ impl IderFirmware {
                     }
                 };
                 self.send(now, out, |seq| Message::IderDisableEnableFeaturesReply { seq, command, value });
-                if self.enabled && self.config.boot_ider && !self.booted {
-                    self.booted = true;
-                    self.print("IDE-R boot: starting");
-                    self.start_media(Media::Cd, now, out);
-                }
+                self.poll_boot(now, out);
             }
             Message::IderKeepAlivePing { .. } => self.send(now, out, |seq| Message::IderKeepAlivePong { seq }),
             Message::IderKeepAlivePong { .. }
@@ -322,6 +333,21 @@ impl IderFirmware {
             _ => return Err(Violation("a message that does not belong to an IDE-R session")),
         }
         Ok(false)
+    }
+
+    /// Starts a boot when the registers are enabled and none runs: the `--boot-ider` boot (once
+    /// per session), or a boot the firmware left pending (a power-on, reset or cycle with
+    /// UseIDER set).
+    pub(super) fn poll_boot(&mut self, now: Instant, out: &mut Outbox<'_>) {
+        if !self.enabled || self.boot.is_some() {
+            return;
+        }
+        let pending = self.firmware.as_ref().is_some_and(|f| f.take_pending_boot(self.uuid));
+        if pending || (self.config.boot_ider && !self.booted) {
+            self.booted = true;
+            self.print("IDE-R boot: starting");
+            self.start_media(Media::Cd, now, out);
+        }
     }
 
     fn pending_mut(&mut self) -> Option<&mut Pending> {

@@ -52,6 +52,8 @@ use uuid::Uuid;
 pub use console::{Attachment, SerialConsoles, SerialSink};
 
 use super::service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service};
+use super::wsman::state::SessionGuard;
+use super::wsman::Firmware;
 use ider::IderFirmware;
 use sol::SolSession;
 
@@ -155,6 +157,7 @@ pub struct RedirectionService {
     config: Arc<RedirectionConfig>,
     slots: Arc<Slots>,
     consoles: SerialConsoles,
+    firmware: Option<Firmware>,
 }
 
 impl Default for RedirectionService {
@@ -166,7 +169,18 @@ impl Default for RedirectionService {
 impl RedirectionService {
     /// A service with `config`.
     pub fn new(config: RedirectionConfig) -> Self {
-        Self { config: Arc::new(config), slots: Arc::default(), consoles: SerialConsoles::new() }
+        Self { config: Arc::new(config), slots: Arc::default(), consoles: SerialConsoles::new(), firmware: None }
+    }
+
+    /// This service gated by the devices' firmware state (shared with WS-MAN): a session is
+    /// refused (status 1) while its kind is disabled in AMT_RedirectionService, the listener is
+    /// off, or user consent is required and not given; open sessions are recorded there (a power
+    /// off or cycle is refused during one), and an IDE-R session serves the boots the firmware
+    /// leaves pending. The firmware's serial consoles become this service's.
+    pub fn with_firmware(mut self, firmware: Firmware) -> Self {
+        self.consoles = firmware.consoles().clone();
+        self.firmware = Some(firmware);
+        self
     }
 
     /// The devices' serial consoles (where the firmware prints).
@@ -180,11 +194,13 @@ impl RedirectionService {
             config: Arc::clone(&self.config),
             slots: Arc::clone(&self.slots),
             consoles: self.consoles.clone(),
+            firmware: self.firmware.clone(),
             uuid,
             waker,
             input: BytesMut::new(),
             kind: None,
             slot: None,
+            session: None,
             challenge: None,
             authenticated: false,
             mode: Mode::Start,
@@ -229,12 +245,15 @@ pub struct RedirectionChannel {
     config: Arc<RedirectionConfig>,
     slots: Arc<Slots>,
     consoles: SerialConsoles,
+    firmware: Option<Firmware>,
     uuid: Uuid,
     waker: ChannelWaker,
     /// Received bytes not yet decoded (at most one message).
     input: BytesMut,
     kind: Option<SessionType>,
     slot: Option<SlotGuard>,
+    /// The session as the firmware state records it (freed with the slot).
+    session: Option<SessionGuard>,
     /// The digest challenge sent: (realm, nonce).
     challenge: Option<(Bytes, Bytes)>,
     authenticated: bool,
@@ -286,6 +305,7 @@ impl RedirectionChannel {
             out.close();
         }
         self.slot = None;
+        self.session = None;
         self.mode = Mode::Closing { until };
     }
 
@@ -370,7 +390,14 @@ impl RedirectionChannel {
                     return Handled::Done;
                 }
                 tracing::info!("IDE-R session started");
-                let fw = IderFirmware::open(Arc::clone(&self.config), self.uuid, self.consoles.clone(), now, out);
+                let fw = IderFirmware::open(
+                    Arc::clone(&self.config),
+                    self.uuid,
+                    self.consoles.clone(),
+                    self.firmware.clone(),
+                    now,
+                    out,
+                );
                 self.mode = Mode::Ider(Box::new(fw));
             }
             message => return self.in_session(message, now, out),
@@ -419,10 +446,21 @@ impl RedirectionChannel {
     }
 
     fn start_session(&mut self, kind: SessionType, out: &mut Outbox<'_>) {
-        let slot = match kind {
+        let mut slot = match kind {
             SessionType::Kvm => None,
             kind => self.slots.take(self.uuid, kind),
         };
+        let mut session = None;
+        if let (Some(firmware), Some(_)) = (&self.firmware, &slot) {
+            let waker = (kind == SessionType::Ider).then(|| self.waker.clone());
+            match firmware.start_session(self.uuid, kind, waker) {
+                Ok(guard) => session = Some(guard),
+                Err(refusal) => {
+                    tracing::info!("redirection: {} session refused: {refusal}", session_name(kind));
+                    slot = None;
+                }
+            }
+        }
         let status = if slot.is_some() { 0 } else { STATUS_SESSION_REFUSED };
         let reply = SessionReply {
             status,
@@ -438,6 +476,7 @@ impl RedirectionChannel {
         }
         self.kind = Some(kind);
         self.slot = slot;
+        self.session = session;
         self.mode = Mode::Session;
     }
 
@@ -526,6 +565,11 @@ impl ChannelHandler for RedirectionChannel {
     fn on_wake(&mut self, out: &mut Outbox<'_>) {
         self.process(out);
         self.flush(out);
+        if let Mode::Ider(fw) = &mut self.mode {
+            if out.room() >= RESERVE {
+                fw.poll_boot(Instant::now(), out);
+            }
+        }
     }
 
     fn poll_deadline(&self) -> Option<Instant> {

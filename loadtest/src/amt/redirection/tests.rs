@@ -721,3 +721,97 @@ async fn ider_boot_result_shows_on_the_devices_sol_console() {
     let more: Vec<u8> = sol.wake().concat();
     assert!(!String::from_utf8_lossy(&more).contains("IDE-R"), "{more:02x?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// With the firmware state of the WS-MAN side
+
+use crate::amt::wsman::{Firmware, FirmwareConfig};
+
+fn firmware(config: FirmwareConfig) -> Firmware {
+    Firmware::new(FirmwareConfig { admin_password: "P@ssw0rd".to_owned(), ..config }, SerialConsoles::new())
+}
+
+/// An IDE-R session of `service` logged in, opened and enabled; the serial console attached.
+fn ider_session_on(service: &RedirectionService) -> (Harness, Arc<SerialSink>, Attachment, Vec<Vec<u8>>) {
+    let wakes = WakeSet::new();
+    let sink = SerialSink::new(wakes.waker(ChannelId(99)));
+    let attachment = service.consoles().attach(UUID, Arc::clone(&sink));
+    let mut h = Harness::new(service, UUID);
+    let started = h.feed(&START_IDER);
+    assert_eq!(started[0][1], 0, "session accepted: {started:02x?}");
+    h.feed(&basic_auth(b"admin", b"P@ssw0rd"));
+    let open = Message::StartIder(IderOpen { seq: 0, rx_timeout: 30000, tx_timeout: 0, heartbeat: 20000, version: 1 });
+    let mut replies = h.feed(&encode(&open));
+    let set = Message::IderDisableEnableFeatures { seq: 1, request: FeaturesRequest::SetState(0x09) };
+    replies.extend(h.feed(&encode(&set)));
+    (h, sink, attachment, replies)
+}
+
+/// A power-on/reset/cycle as the WS-MAN responder makes it, with UseIDER set to the CD.
+fn boot_from_ider_cd(fw: &Firmware) {
+    fw.with(UUID, |state, _, effects| {
+        state.boot.use_ider = true;
+        state.boot.ider_boot_device = 1;
+        state.boot(UUID, effects);
+    });
+}
+
+#[test]
+fn a_power_boot_with_use_ider_is_served_by_the_open_ider_session() {
+    let fw = firmware(FirmwareConfig::default());
+    let service =
+        RedirectionService::new(RedirectionConfig { admin_password: "P@ssw0rd".to_owned(), ..Default::default() })
+            .with_firmware(fw.clone());
+    let (mut h, sink, _attached, replies) = ider_session_on(&service);
+    assert_eq!(replies.len(), 2, "no boot until the firmware boots");
+    boot_from_ider_cd(&fw);
+    assert!(h.wakes.take_one(ChannelId(1)), "the IDE-R channel was woken");
+    let first = h.wake();
+    assert_eq!(first.len(), 1, "the boot's first command");
+    let cd = random_image(256 * 1024);
+    let mut console = Console::new(cd.clone(), Vec::new());
+    run_boot(&mut h, &mut console, first);
+    let lines = console_lines(&sink);
+    assert!(lines.contains("BIOS: booting from IDE-R CD-ROM"), "{lines}");
+    assert!(lines.contains(&format!("IDE-R boot: cd read {} bytes sha256={}", cd.len(), sha256_hex(&cd))), "{lines}");
+    assert!(!fw.take_pending_boot(UUID), "served");
+}
+
+#[test]
+fn a_boot_pending_before_the_session_starts_once_the_console_enables_ider() {
+    let fw = firmware(FirmwareConfig::default());
+    let service =
+        RedirectionService::new(RedirectionConfig { admin_password: "P@ssw0rd".to_owned(), ..Default::default() })
+            .with_firmware(fw.clone());
+    boot_from_ider_cd(&fw);
+    let (mut h, sink, _attached, replies) = ider_session_on(&service);
+    assert_eq!(replies.len(), 3, "0x41, 0x49 and the boot's first command: {replies:02x?}");
+    let cd = random_image(64 * 1024);
+    run_boot(&mut h, &mut Console::new(cd.clone(), Vec::new()), vec![replies[2].clone()]);
+    assert!(console_lines(&sink).contains(&format!("cd read {} bytes", cd.len())));
+    // The session is recorded: a power off is refused while it is open, and freed when it ends.
+    assert!(fw.with(UUID, |state, _, _| state.ider_open));
+    drop(h);
+    assert!(!fw.with(UUID, |state, _, _| state.ider_open));
+}
+
+#[test]
+fn disabled_redirection_or_missing_consent_refuses_sessions_with_status_1() {
+    for config in [
+        FirmwareConfig { redirection_enabled: false, ..Default::default() },
+        FirmwareConfig { consent: true, ..Default::default() },
+    ] {
+        let fw = firmware(config);
+        let service =
+            RedirectionService::new(RedirectionConfig { admin_password: "P@ssw0rd".to_owned(), ..Default::default() })
+                .with_firmware(fw);
+        for start in [START_IDER, START_SOL] {
+            let mut h = Harness::new(&service, UUID);
+            let replies = h.feed(&start);
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0][0], 0x11);
+            assert_eq!(replies[0][1], STATUS_SESSION_REFUSED, "{replies:02x?}");
+            assert!(h.closed);
+        }
+    }
+}
