@@ -147,3 +147,77 @@ fn a_user_initiated_device_stops_dialling_when_the_gateway_ends_its_tunnel_until
     wait_for("the device to dial again", Duration::from_secs(30), || gateway.is_connected(uuid));
     sim.wait_for_log("remote help requested by the user; dialling", Duration::from_secs(5));
 }
+
+/// POSTs a WS-MAN request with `curl --digest` (a third-party client) to `addr`; the response.
+fn curl_wsman(addr: std::net::SocketAddr, password: &str, request: &protocols::wsman::Request) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("request.xml");
+    std::fs::write(&body, request.to_bytes().unwrap()).unwrap();
+    let output = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--digest", "-u", &format!("admin:{password}")])
+        .args(["-H", "Content-Type: application/soap+xml;charset=UTF-8", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("http://{addr}/wsman"))
+        .output()
+        .expect("running curl");
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_reset_with_use_ider_boots_the_image_tether_ider_serves_and_off_waits_for_the_session_to_end() {
+    use protocols::wsman::{Class, EndpointReference, Method, Property, Request};
+    let gateway = Gateway::start(&[]);
+    let uuid = Uuid::new_v4();
+    let mut sim = Sim::start(&gateway, &["--uuid", &uuid.to_string(), "--admin-password", ADMIN_PASSWORD]);
+    wait_for("the device to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
+    let forward = gateway.forward(uuid, 16992);
+    let to = format!("http://{}/wsman", forward.addr());
+
+    // The technician serves a rescue image over IDE-R: the session is open, the BIOS waits.
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("rescue.iso");
+    let sha = e2e::remote::random_image(&iso, 1 << 20);
+    let mut serving = e2e::remote::ider(&gateway, uuid, ADMIN_PASSWORD, &["--image", iso.to_str().unwrap()]);
+    sim.wait_for_log("IDE-R session started", Duration::from_secs(30));
+
+    // Next boot from the IDE-R CD, then reset.
+    let boot = Request::put(
+        &to,
+        Class::AmtBootSettingData.resource_uri(),
+        Uuid::new_v4(),
+        vec![
+            Property::text("UseIDER", "true"),
+            Property::text("IDERBootDevice", "1"),
+            Property::text("UseSOL", "true"),
+        ],
+    );
+    let answer = curl_wsman(forward.addr(), ADMIN_PASSWORD, &boot);
+    assert!(answer.contains("UseIDER>true<"), "{answer}");
+    sim.wait_for_log("boot settings: UseIDER=true IDERBootDevice=1 UseSOL=true", Duration::from_secs(10));
+    let power = |state: u32| {
+        let request = Request::invoke(
+            &to,
+            Method::RequestPowerStateChange,
+            Uuid::new_v4(),
+            vec![
+                Property::text("PowerState", state.to_string()),
+                Property::reference("ManagedElement", EndpointReference::managed_system()),
+            ],
+        );
+        curl_wsman(forward.addr(), ADMIN_PASSWORD, &request)
+    };
+    // Off is refused while the IDE-R session is open; reset is not.
+    assert!(power(8).contains("ReturnValue>2<"), "off during an IDE-R session");
+    assert!(power(10).contains("ReturnValue>0<"), "reset");
+    sim.wait_for_log("power: on -> reset", Duration::from_secs(10));
+    sim.wait_for_log("BIOS: booting from IDE-R CD-ROM", Duration::from_secs(10));
+    let line = sim.wait_for_log("IDE-R boot: cd read 1048576 bytes", Duration::from_secs(60));
+    assert!(line.contains(&format!("sha256={sha}")), "the firmware read something else than {sha}: {line}");
+
+    // The session ends; then off works.
+    serving.signal("INT");
+    serving.terminate(Duration::from_secs(10));
+    wait_for("the IDE-R session to end", Duration::from_secs(30), || power(8).contains("ReturnValue>0<"));
+    sim.wait_for_log("power: on -> off", Duration::from_secs(10));
+}

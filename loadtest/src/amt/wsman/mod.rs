@@ -14,8 +14,21 @@
 //! with a SOAP fault (as AMT); an authenticated `GET` gets a small HTML page. Every request line
 //! is logged as `16992 request: POST /wsman`.
 //!
-//! What it does not do that firmware does: TLS on 16993, Kerberos, users other than the admin
-//! account, realms and ACLs, and most of AMT's classes (see [`responder`] for those it answers).
+//! Where it differs from firmware, knowingly:
+//! - no TLS on 16993 (a client that starts TLS there gets a 400 and the channel closes), no
+//!   Kerberos, no users but the admin account, no realms or ACLs, no audit or event log;
+//! - most of AMT's classes are missing (see [`responder`] for those it answers; others are
+//!   `wsa:DestinationUnreachable`, and several MeshCentral asks for are known with no instances);
+//! - power states other than on (2), cycle (5), off (8) and reset (10) are not simulated
+//!   (ReturnValue 1), and the OS power state is S0 whenever the power is on;
+//! - an IDE-R boot needs only UseIDER (ChangeBootOrder and SetBootConfigRole are recorded but not
+//!   required), and boot settings stay until changed (as the brief for the gateway assumes);
+//! - the consent code does not expire after OptInCodeTimeout; it is voided by three wrong codes,
+//!   CancelOptIn, or a new StartOptIn;
+//! - every fault comes with HTTP 400 (as AMT answers the faults MeshCentral relies on);
+//! - the namespaces of enumerated items are declared on the response element, not on the
+//!   envelope, and empty properties are left out (see [`responder`]), so that MeshCentral's XML
+//!   reader can read the responses.
 
 pub mod digest;
 pub mod responder;
