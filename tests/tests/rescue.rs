@@ -80,7 +80,7 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
 
     assert_eq!(gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD]).trim(), "on");
 
-    let mut session = rescue(&gateway, uuid, &iso, &["--disable-redirection"]);
+    let mut session = rescue(&gateway, uuid, &iso, &[]);
     // The PC reset into the technician's ISO: its firmware read all of it, and the hash shows on
     // the serial console the technician is watching.
     let banner = format!("IDE-R boot: cd read {len} bytes sha256={sha}");
@@ -100,14 +100,17 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
     for step in ["rescue.start", "rescue.boot", "rescue.finish"] {
         assert!(done.contains(&(step.into(), "ok".into())), "{step} not recorded as ok: {done:?}");
     }
-    // Redirection was put back as found (off), with --disable-redirection.
-    sim.wait_for_log("EnabledState 32768", Duration::from_secs(5));
+    // SOL and IDE-R stay on until the session ends (the rescue image is still running).
+    assert_eq!(sim.count_log_lines("redirection: EnabledState 32768"), 0);
 
     // The technician ends the remote fix: the tunnel ends and the record says why; the PC dials
     // again on its policy, but technicians are refused until a new session is opened.
     let out =
         gateway.cli(&["session", "close", &id, "--message", "replaced the boot loader", "--password", ADMIN_PASSWORD]);
     assert!(out.contains("tunnel closed"), "{out}");
+    // What the rescue changed is put back: redirection as found (off).
+    assert!(out.contains("restored"), "{out}");
+    sim.wait_for_log("redirection: EnabledState 32768", Duration::from_secs(5));
     // AMT cannot show the PC user a message: it is typed on the PC's serial console.
     let transcripts = gateway.data_dir().join("transcripts").join(&id);
     let shown: String = std::fs::read_dir(&transcripts)
@@ -120,7 +123,8 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
         gateway.is_connected(uuid) && sim.count_log_lines("established: ports") >= 3
     });
     let record = gateway.device_record(uuid).unwrap();
-    assert_eq!(record["last_disconnect_reason"], "session_closed", "{record}");
+    assert_eq!(record["last_disconnect_reason"], "a technician closed the remote-fix session", "{record}");
+    assert!(gateway.metrics_text().contains("tether_tunnels_closed_total{kind=\"cira\",reason=\"session_closed\"} 1"));
     let refused = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
     let (status, _, err) = exit_of(refused, Duration::from_secs(30));
     assert!(!status.success() && err.contains("closed the remote-fix session"), "{err}");
@@ -130,6 +134,11 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
     assert!(close.contains(&("session.close".into(), "ok".into())), "{close:?}");
 
     gateway.cli(&["session", "open", &id]);
+    // Redirection was put back as found (off): the refusal says so, and enabling it helps.
+    let refused = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
+    let (_, _, err) = exit_of(refused, Duration::from_secs(30));
+    assert!(err.contains("disabled (`tether redirection"), "{err}");
+    gateway.cli(&["redirection", &id, "enable", "--password", ADMIN_PASSWORD]);
     let mut again = console(&gateway, uuid, ADMIN_PASSWORD, &[]);
     again.type_keys(b"echo back-$((3*3))\n");
     again.wait_for_screen("back-9", Duration::from_secs(30));
@@ -141,13 +150,13 @@ fn technician_rescues_a_pc_from_an_iso_watches_it_boot_and_closes_the_session() 
 #[test]
 fn technician_types_the_consent_code_the_pc_user_reads_out() {
     let gateway = Gateway::start(&[]);
-    let (uuid, mut sim) = pc(&gateway, &["--consent"]);
+    let (uuid, mut sim) = pc(&gateway, &["--consent", "--redirection", "disabled"]);
     let dir = tempfile::tempdir().unwrap();
     let iso = dir.path().join("rescue.iso");
     let len = 1 << 20;
     let sha = random_image(&iso, len);
 
-    let mut session = rescue(&gateway, uuid, &iso, &[]);
+    let mut session = rescue(&gateway, uuid, &iso, &["--disable-redirection"]);
     session.process.wait_for_log("type it here", Duration::from_secs(60));
     // The PC user reads the code off their screen (amt-sim prints it on its console).
     let line = sim.wait_for_log("consent code", Duration::from_secs(10));
@@ -160,6 +169,9 @@ fn technician_types_the_consent_code_the_pc_user_reads_out() {
     assert!(status.success(), "tether rescue failed ({status}):\n{err}");
     let done = actions(&gateway, uuid);
     assert!(done.contains(&("consent.code".into(), "ok".into())), "{done:?}");
+    // With --disable-redirection, SOL and IDE-R are off again, as they were found.
+    sim.wait_for_log("redirection: EnabledState 32768", Duration::from_secs(5));
+    assert!(err.contains("and redirection as found"), "{err}");
 }
 
 #[test]

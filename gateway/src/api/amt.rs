@@ -122,12 +122,27 @@ pub(super) struct AccountBody {
     account: Account,
 }
 
-/// What `rescue/start` found and `rescue/finish` (or `session/close`) puts back.
+/// What `rescue/start` found and `rescue/finish` (or `session/close`) puts back. `rescue/finish`
+/// restores the boot settings, and redirection only when asked (`--disable-redirection`); else
+/// the record stays, marked `boot_restored`, so that `session/close` puts redirection back as
+/// found when the remote fix ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Found {
     boot: BootSettings,
     redirection: Redirection,
     power_state: u32,
+    #[serde(default)]
+    boot_restored: bool,
+}
+
+impl Found {
+    fn record(&self, by: &str) -> RescueRecord {
+        RescueRecord {
+            found: serde_json::to_string(self).unwrap_or_default(),
+            by: by.to_owned(),
+            at: OffsetDateTime::now_utc(),
+        }
+    }
 }
 
 /// Longest technician message kept with a closed session.
@@ -487,13 +502,28 @@ pub(super) async fn rescue_start(
         });
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
-    let found = Found { boot: facts.boot.clone(), redirection: facts.redirection, power_state: facts.power_state };
-    let record = RescueRecord {
-        found: serde_json::to_string(&found).unwrap_or_default(),
-        by: caller.name.clone(),
-        at: OffsetDateTime::now_utc(),
+    // An unfinished rescue's record holds the settings from before it: kept. One whose boot
+    // settings were put back keeps only its redirection as found.
+    let earlier = match open_rescue(&call).await {
+        Ok(earlier) => earlier,
+        Err(response) => return response,
     };
-    let fresh = match api.shared.store.save_rescue(call.uuid, &record, false).await {
+    let (found, replace) = match earlier {
+        Some(earlier) if !earlier.boot_restored => (earlier, false),
+        Some(earlier) => {
+            (Found { boot: facts.boot.clone(), power_state: facts.power_state, boot_restored: false, ..earlier }, true)
+        }
+        None => (
+            Found {
+                boot: facts.boot.clone(),
+                redirection: facts.redirection,
+                power_state: facts.power_state,
+                boot_restored: false,
+            },
+            false,
+        ),
+    };
+    let fresh = match api.shared.store.save_rescue(call.uuid, &found.record(&caller.name), replace).await {
         Ok(fresh) => fresh,
         Err(err) => return store_unavailable(err),
     };
@@ -538,9 +568,12 @@ pub(super) async fn rescue_boot(
     call.finish("rescue.boot", detail, result).await
 }
 
-/// Puts back what a rescue found: the boot settings, and (when asked) redirection as it was.
+/// Puts back what a rescue found: the boot settings (unless already), and (when asked)
+/// redirection as it was.
 async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Result<Value, AmtError> {
-    amt.put_boot_settings(&found.boot).await?;
+    if !found.boot_restored {
+        amt.put_boot_settings(&found.boot).await?;
+    }
     let redirection = if disable_redirection {
         Some(amt.set_redirection(found.redirection.sol, found.redirection.ider).await?)
     } else {
@@ -571,7 +604,13 @@ pub(super) async fn rescue_finish(
     let (mut amt, _) = session!(call, &body.account, false);
     let result = restore(&mut amt, &found, body.disable_redirection).await;
     if result.is_ok() {
-        if let Err(err) = api.shared.store.clear_rescue(call.uuid).await {
+        let stored = if body.disable_redirection {
+            api.shared.store.clear_rescue(call.uuid).await
+        } else {
+            let kept = Found { boot_restored: true, ..found.clone() };
+            api.shared.store.save_rescue(call.uuid, &kept.record(&caller.name), true).await.map(drop)
+        };
+        if let Err(err) = stored {
             return store_unavailable(err);
         }
     }

@@ -636,6 +636,7 @@ impl Tunnel {
             CloseReason::Shutdown => "gateway shut down".to_string(),
             CloseReason::PeerClosed => "connection closed by the device".to_string(),
             CloseReason::IoError => "connection lost".to_string(),
+            CloseReason::SessionClosed => "a technician closed the remote-fix session".to_string(),
             _ => cause.to_string(),
         };
         self.record(DeviceEvent::Disconnected { uuid, at: now, reason: text });

@@ -129,7 +129,10 @@ async fn in_use_message(endpoint: &Endpoint, kind: SessionType, status: u8) -> S
                     let via = row.get("instance").and_then(|v| v.as_str()).unwrap_or("?");
                     format!("{base}: held by {who} since {since} (through gateway {via})")
                 }
-                None => format!("{base}, not through this gateway (another console on the device's network)"),
+                None => format!(
+                    "{base}, not through this gateway: another console on the device's network holds it, or the \
+                     device has {name} disabled (`tether redirection {uuid} enable`)"
+                ),
             }
         }
         Ok(_) | Err(_) => format!("{base} (the gateway could not say by whom)"),

@@ -424,7 +424,12 @@ pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
     let body = args.amt.body(json!({ "disable_redirection": disable }));
     let restored = post(&client, &format!("/api/v1/devices/{uuid}/rescue/finish"), &body).await;
     match restored {
-        Ok(value) => step(&format!("boot settings restored: {}", value["restored"]["boot"].as_str().unwrap_or("?"))),
+        Ok(value) => {
+            step(&format!("boot settings restored: {}", value["restored"]["boot"].as_str().unwrap_or("?")));
+            if !disable {
+                step(&format!("SOL and IDE-R stay enabled until `tether session close {uuid}`"));
+            }
+        }
         Err(err) => {
             eprintln!("putting the device's settings back failed: {err:#}");
             if outcome.is_ok() {

@@ -167,6 +167,9 @@ pub(super) struct IderFirmware {
     /// The firmware state: a power-on, reset or cycle with UseIDER set leaves a boot pending
     /// there, which this session serves once its registers are enabled.
     firmware: Option<Firmware>,
+    /// When the session started (a boot pending after a redial is not served by a session from
+    /// before it).
+    opened: Instant,
 }
 
 impl IderFirmware {
@@ -190,6 +193,7 @@ impl IderFirmware {
             boot: None,
             booted: false,
             firmware,
+            opened: now,
         };
         let reply = |seq| IderOpenReply {
             status: 0,
@@ -342,7 +346,7 @@ impl IderFirmware {
         if !self.enabled || self.boot.is_some() {
             return;
         }
-        let pending = self.firmware.as_ref().is_some_and(|f| f.take_pending_boot(self.uuid));
+        let pending = self.firmware.as_ref().is_some_and(|f| f.take_pending_boot(self.uuid, self.opened));
         if pending || (self.config.boot_ider && !self.booted) {
             self.booted = true;
             self.print("IDE-R boot: starting");

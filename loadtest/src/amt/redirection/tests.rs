@@ -774,7 +774,7 @@ fn a_power_boot_with_use_ider_is_served_by_the_open_ider_session() {
     let lines = console_lines(&sink);
     assert!(lines.contains("BIOS: booting from IDE-R CD-ROM"), "{lines}");
     assert!(lines.contains(&format!("IDE-R boot: cd read {} bytes sha256={}", cd.len(), sha256_hex(&cd))), "{lines}");
-    assert!(!fw.take_pending_boot(UUID), "served");
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()), "served");
 }
 
 #[test]

@@ -885,6 +885,7 @@ fn request_power(requested: u32, state: &mut DeviceState, cx: &Context<'_>, effe
         state.boot(uuid, effects);
     }
     if cx.config.redial_on_power_change {
+        state.pending_boot_after = state.pending_boot.map(|_| cx.now);
         effects.push(Effect::DropTunnel(uuid));
     }
     0

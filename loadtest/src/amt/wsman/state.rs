@@ -175,6 +175,10 @@ pub struct DeviceState {
     /// An IDE-R boot waiting for a session to serve it, with the id that its give-up timer
     /// names.
     pub pending_boot: Option<u64>,
+    /// With `--redial-on-power-change`: the pending boot is served only by an IDE-R session
+    /// opened after this instant (the console's session from before the power change dies with
+    /// the tunnel; the BIOS boots once the console is back).
+    pub pending_boot_after: Option<Instant>,
     next_boot_id: u64,
     /// The open IDE-R session's channel, woken when a boot becomes pending.
     pub ider_waker: Option<ChannelWaker>,
@@ -198,6 +202,7 @@ impl DeviceState {
             ider_open: false,
             last_session: now,
             pending_boot: None,
+            pending_boot_after: None,
             next_boot_id: 0,
             ider_waker: None,
             nonces: Nonces::default(),
@@ -361,10 +366,17 @@ impl Firmware {
         });
     }
 
-    /// Takes the pending IDE-R boot, if any: the caller (an IDE-R session whose console enabled
-    /// the registers) serves it.
-    pub fn take_pending_boot(&self, uuid: Uuid) -> bool {
-        self.with(uuid, |state, _, _| state.pending_boot.take().is_some())
+    /// Takes the pending IDE-R boot, if any: the caller (an IDE-R session opened at `opened`,
+    /// whose console enabled the registers) serves it. After a power change that drops the tunnel,
+    /// only a session opened after the change may.
+    pub fn take_pending_boot(&self, uuid: Uuid, opened: Instant) -> bool {
+        self.with(uuid, |state, _, _| {
+            if state.pending_boot_after.is_some_and(|after| opened < after) {
+                return false;
+            }
+            state.pending_boot_after = None;
+            state.pending_boot.take().is_some()
+        })
     }
 
     /// The signal that drops device `uuid`'s tunnel (its driver waits on it).

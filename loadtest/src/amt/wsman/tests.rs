@@ -627,23 +627,34 @@ fn set_ider_boot(fw: &Firmware) {
 fn a_reset_with_use_ider_leaves_an_ider_boot_pending_until_taken() {
     let fw = firmware();
     assert_eq!(power(&fw, 10), 0);
-    assert!(!fw.take_pending_boot(UUID), "no UseIDER: from disk");
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()), "no UseIDER: from disk");
     set_ider_boot(&fw);
     assert_eq!(power(&fw, 10), 0);
-    assert!(fw.take_pending_boot(UUID));
-    assert!(!fw.take_pending_boot(UUID), "served once");
+    assert!(fw.take_pending_boot(UUID, std::time::Instant::now()));
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()), "served once");
     // Kept until changed: the next cycle boots IDE-R again.
     assert_eq!(power(&fw, 5), 0);
     let id = fw.with(UUID, |s, _, _| s.pending_boot).expect("pending");
     // Nobody served it in time: from disk.
     fw.give_up_boot(UUID, id);
-    assert!(!fw.take_pending_boot(UUID));
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()));
     // Off clears a pending boot; on boots again.
     assert_eq!(power(&fw, 10), 0);
     assert_eq!(power(&fw, 8), 0);
-    assert!(!fw.take_pending_boot(UUID));
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()));
     assert_eq!(power(&fw, 2), 0);
-    assert!(fw.take_pending_boot(UUID));
+    assert!(fw.take_pending_boot(UUID, std::time::Instant::now()));
+}
+
+#[test]
+fn after_a_redial_only_an_ider_session_opened_since_the_power_change_serves_the_boot() {
+    let fw = firmware_with(FirmwareConfig { redial_on_power_change: true, ..Default::default() });
+    let before = std::time::Instant::now();
+    set_ider_boot(&fw);
+    assert_eq!(power(&fw, 10), 0);
+    assert!(!fw.take_pending_boot(UUID, before), "the session from before the reset dies with the tunnel");
+    assert!(fw.take_pending_boot(UUID, std::time::Instant::now()), "a session after the redial boots");
+    assert!(!fw.take_pending_boot(UUID, std::time::Instant::now()), "served once");
 }
 
 #[test]
