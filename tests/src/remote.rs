@@ -12,7 +12,31 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::process::{poll_until, Gateway, Process};
+use crate::process::{poll_until, Gateway, Process, Sim};
+
+/// The simulated PC's AMT admin password in the remote-fix tests (amt-sim --admin-password).
+pub const ADMIN_PASSWORD: &str = "Adm1n-Secret";
+
+/// A PC behind the gateway with that admin password; `args` go to amt-sim. Waits until the
+/// gateway lists it connected.
+pub fn pc(gateway: &Gateway, args: &[&str]) -> (Uuid, Sim) {
+    let uuid = Uuid::new_v4();
+    let mut all = vec!["--uuid".to_string(), uuid.to_string(), "--admin-password".into(), ADMIN_PASSWORD.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let sim = Sim::start(gateway, &all);
+    crate::wait_for("the PC to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
+    (uuid, sim)
+}
+
+/// Waits for `session` to exit; its status, stdout and stderr.
+pub fn exit_of(mut session: Interactive, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+    poll_until(timeout, || !session.process.is_running());
+    let out = session.process.stdout();
+    let err = session.process.stderr();
+    let status = session.process.wait(timeout);
+    (status, out, err)
+}
 
 /// A console-like program with its stdin a pipe: keys are typed into it, its screen is its stdout.
 #[derive(Debug)]

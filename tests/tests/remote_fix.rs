@@ -6,37 +6,14 @@
 //! Figures (printed as `FIGURE …` lines, collected in docs/performance.md): IDE-R throughput with
 //! firmware-sized and large device windows, SOL keystroke-to-echo round trip.
 
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use e2e::remote::{amtterm, console, ider, random_image, require_amtterm, Interactive, TlsFront};
-use e2e::{wait_for, Gateway, Sim};
+use e2e::remote::{
+    amtterm, console, exit_of, ider, pc, random_image, require_amtterm, Interactive, TlsFront, ADMIN_PASSWORD,
+};
+use e2e::Gateway;
 use protocols::redir::{Message, SessionType};
 use tether_gateway::redirect::{self, Account, Endpoint};
-use uuid::Uuid;
-
-/// The simulated PC's AMT admin password (amt-sim --admin-password).
-const ADMIN_PASSWORD: &str = "Adm1n-Secret";
-
-/// A PC behind the gateway with SOL and IDE-R; `args` go to amt-sim.
-fn pc(gateway: &Gateway, args: &[&str]) -> (Uuid, Sim) {
-    let uuid = Uuid::new_v4();
-    let mut all = vec!["--uuid".to_string(), uuid.to_string(), "--admin-password".into(), ADMIN_PASSWORD.into()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    let sim = Sim::start(gateway, &all);
-    wait_for("the PC to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
-    (uuid, sim)
-}
-
-/// Waits for `session` to exit; its status, stdout and stderr.
-fn exit_of(mut session: Interactive, timeout: Duration) -> (ExitStatus, String, String) {
-    e2e::poll_until(timeout, || !session.process.is_running());
-    let out = session.process.stdout();
-    let err = session.process.stderr();
-    let status = session.process.wait(timeout);
-    (status, out, err)
-}
 
 #[test]
 fn technician_runs_a_shell_command_in_amtterm_through_the_gateway() {

@@ -5,35 +5,11 @@
 //! auth and power/boot/redirection state, simulated firmware that boots from IDE-R and prints the
 //! SHA-256 of what it read, and a shell on its serial console.
 
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use e2e::remote::{console, random_image, Interactive};
-use e2e::{wait_for, Gateway, Sim};
+use e2e::remote::{console, exit_of, pc, random_image, Interactive, ADMIN_PASSWORD};
+use e2e::{wait_for, Gateway};
 use uuid::Uuid;
-
-/// The simulated PC's AMT admin password (amt-sim --admin-password).
-const ADMIN_PASSWORD: &str = "Adm1n-Secret";
-
-/// A PC behind the gateway; `args` go to amt-sim.
-fn pc(gateway: &Gateway, args: &[&str]) -> (Uuid, Sim) {
-    let uuid = Uuid::new_v4();
-    let mut all = vec!["--uuid".to_string(), uuid.to_string(), "--admin-password".into(), ADMIN_PASSWORD.into()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    let sim = Sim::start(gateway, &all);
-    wait_for("the PC to connect", Duration::from_secs(30), || gateway.is_connected(uuid));
-    (uuid, sim)
-}
-
-/// Waits for `session` to exit; its status, stdout and stderr.
-fn exit_of(mut session: Interactive, timeout: Duration) -> (ExitStatus, String, String) {
-    e2e::poll_until(timeout, || !session.process.is_running());
-    let out = session.process.stdout();
-    let err = session.process.stderr();
-    let status = session.process.wait(timeout);
-    (status, out, err)
-}
 
 /// `tether rescue UUID --image ISO --password …` plus `args`, typed into like a terminal.
 fn rescue(gateway: &Gateway, uuid: Uuid, iso: &std::path::Path, args: &[&str]) -> Interactive {

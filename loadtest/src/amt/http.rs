@@ -197,6 +197,65 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
     Ok(Some((request, head_len + body_len)))
 }
 
+/// The HTTP side of one channel: input not yet parsed (at most one incomplete request), and
+/// whether the channel is closing. Shared by the responders on 16992/16993.
+#[derive(Debug, Default)]
+pub struct Connection {
+    pub buf: BytesMut,
+    /// After an error or `Connection: close`: input is discarded.
+    pub closing: bool,
+}
+
+impl Connection {
+    /// Takes `data`, answering each complete request with `respond` (which sets `closing` when
+    /// the connection ends after its answer); returns how many bytes of `data` were taken. A
+    /// request the parser refuses is answered with its error status and the channel closes.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut Outbox<'_>,
+        limits: &Limits,
+        log: (u32, tracing::Level),
+        mut respond: impl FnMut(&Request, &mut Outbox<'_>) -> bool,
+    ) -> usize {
+        if self.closing {
+            return data.len();
+        }
+        if out.room() == 0 {
+            return 0;
+        }
+        // Invariant: `buf` holds no complete request when this is called, so once a request was
+        // answered everything left in `buf` came from `data`, and can be handed back.
+        self.buf.extend_from_slice(data);
+        while out.room() > 0 {
+            match parse_request(&self.buf, limits) {
+                Ok(Some((request, used))) => {
+                    self.buf.advance(used);
+                    if respond(&request, out) {
+                        self.closing = true;
+                        self.buf.clear();
+                        return data.len();
+                    }
+                }
+                Ok(None) => return data.len(),
+                Err(err) => {
+                    let (port, level) = log;
+                    device_log!(level, "{port} request refused: {err}");
+                    write_response(out, err.status(), &[], b"", false, true);
+                    self.closing = true;
+                    self.buf.clear();
+                    out.close();
+                    return data.len();
+                }
+            }
+        }
+        // Out of room with requests left: give back the unanswered bytes (all from `data`).
+        let left = self.buf.len().min(data.len());
+        self.buf.clear();
+        data.len() - left
+    }
+}
+
 /// A character of an HTTP token (RFC 9110).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -214,10 +273,7 @@ struct HttpChannel {
     log_level: tracing::Level,
     limits: Limits,
     realm: String,
-    /// Input not yet parsed: at most one incomplete request.
-    buf: BytesMut,
-    /// After an error or `Connection: close`: input is discarded.
-    closing: bool,
+    connection: Connection,
     responses: u64,
 }
 
@@ -225,10 +281,11 @@ impl HttpChannel {
     fn new(uuid: Uuid, port: u32, log_level: tracing::Level, limits: Limits) -> Self {
         // Firmware's realm is "Digest:" and 32 hex digits, fixed per device.
         let realm = format!("Digest:{}", uuid.simple().to_string().to_uppercase());
-        Self { uuid, port, log_level, limits, realm, buf: BytesMut::new(), closing: false, responses: 0 }
+        Self { uuid, port, log_level, limits, realm, connection: Connection::default(), responses: 0 }
     }
 
-    fn respond(&mut self, request: &Request, out: &mut Outbox<'_>) {
+    /// Answers `request`; whether the connection ends after it.
+    fn respond(&mut self, request: &Request, out: &mut Outbox<'_>) -> bool {
         device_log!(self.log_level, "{} request: {} {}", self.port, request.method, request.target);
         self.responses += 1;
         let close = request.wants_close();
@@ -267,9 +324,9 @@ impl HttpChannel {
             write_response(out, (200, "OK"), &[("Content-Type", "text/html")], body.as_bytes(), head_only, close);
         }
         if close {
-            self.closing = true;
             out.close();
         }
+        close
     }
 
     /// An `AMT_GeneralSettings` Get response naming this device, related to the request's
@@ -354,43 +411,11 @@ pub(crate) fn write_response(
 
 impl ChannelHandler for HttpChannel {
     fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
-        if self.closing {
-            return data.len();
-        }
-        if out.room() == 0 {
-            return 0;
-        }
-        // Invariant: `buf` holds no complete request when this is called, so once a request was
-        // answered everything left in `buf` came from `data`, and can be handed back.
-        self.buf.extend_from_slice(data);
-        let mut answered = false;
-        while out.room() > 0 {
-            match parse_request(&self.buf, &self.limits) {
-                Ok(Some((request, used))) => {
-                    self.buf.advance(used);
-                    answered = true;
-                    self.respond(&request, out);
-                    if self.closing {
-                        self.buf.clear();
-                        return data.len();
-                    }
-                }
-                Ok(None) => return data.len(),
-                Err(err) => {
-                    device_log!(self.log_level, "{} request refused: {err}", self.port);
-                    write_response(out, err.status(), &[], b"", false, true);
-                    self.closing = true;
-                    self.buf.clear();
-                    out.close();
-                    return data.len();
-                }
-            }
-        }
-        // Out of room with requests left: give back the unanswered bytes (all from `data`).
-        debug_assert!(answered);
-        let left = self.buf.len().min(data.len());
-        self.buf.clear();
-        data.len() - left
+        let mut connection = std::mem::take(&mut self.connection);
+        let (limits, log) = (self.limits, (self.port, self.log_level));
+        let taken = connection.feed(data, out, &limits, log, |request, out| self.respond(request, out));
+        self.connection = connection;
+        taken
     }
 }
 

@@ -39,14 +39,13 @@ mod tests;
 
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
 use protocols::wsman::{Envelope, Limits as XmlLimits};
 use uuid::Uuid;
 
 pub use responder::{platform_guid, Reply, AMT_VERSION};
 pub use state::{ControlMode, Firmware, FirmwareConfig};
 
-use super::http::{parse_request, write_response, Limits, Request};
+use super::http::{write_response, Connection, Limits, Request};
 use super::service::{ChannelHandler, ChannelInfo, Outbox, Service};
 use digest::{challenge_header, Verdict};
 
@@ -71,8 +70,7 @@ impl WsmanService {
             log_level,
             limits: self.limits,
             realm: realm_of(uuid),
-            buf: BytesMut::new(),
-            closing: false,
+            connection: Connection::default(),
         }
     }
 }
@@ -100,13 +98,12 @@ pub struct WsmanChannel {
     log_level: tracing::Level,
     limits: Limits,
     realm: String,
-    /// Input not yet parsed: at most one incomplete request.
-    buf: BytesMut,
-    closing: bool,
+    connection: Connection,
 }
 
 impl WsmanChannel {
-    fn respond(&mut self, request: &Request, out: &mut Outbox<'_>) {
+    /// Answers `request`; whether the connection ends after it.
+    fn respond(&mut self, request: &Request, out: &mut Outbox<'_>) -> bool {
         device_log!(self.log_level, "{} request: {} {}", self.port, request.method, request.target);
         let close = request.wants_close();
         let head_only = request.method == "HEAD";
@@ -170,9 +167,9 @@ impl WsmanChannel {
             }
         }
         if close {
-            self.closing = true;
             out.close();
         }
+        close
     }
 
     /// Answers one authenticated SOAP body.
@@ -209,38 +206,10 @@ fn fault_name(reply: &Reply) -> String {
 
 impl ChannelHandler for WsmanChannel {
     fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
-        if self.closing {
-            return data.len();
-        }
-        if out.room() == 0 {
-            return 0;
-        }
-        // As in the plain HTTP responder: `buf` holds no complete request when this is called,
-        // so what is left after answering came from `data` and can be handed back.
-        self.buf.extend_from_slice(data);
-        while out.room() > 0 {
-            match parse_request(&self.buf, &self.limits) {
-                Ok(Some((request, used))) => {
-                    self.buf.advance(used);
-                    self.respond(&request, out);
-                    if self.closing {
-                        self.buf.clear();
-                        return data.len();
-                    }
-                }
-                Ok(None) => return data.len(),
-                Err(err) => {
-                    device_log!(self.log_level, "{} request refused: {err}", self.port);
-                    write_response(out, err.status(), &[], b"", false, true);
-                    self.closing = true;
-                    self.buf.clear();
-                    out.close();
-                    return data.len();
-                }
-            }
-        }
-        let left = self.buf.len().min(data.len());
-        self.buf.clear();
-        data.len() - left
+        let mut connection = std::mem::take(&mut self.connection);
+        let (limits, log) = (self.limits, (self.port, self.log_level));
+        let taken = connection.feed(data, out, &limits, log, |request, out| self.respond(request, out));
+        self.connection = connection;
+        taken
     }
 }
