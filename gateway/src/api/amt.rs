@@ -25,10 +25,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -148,12 +149,26 @@ impl Found {
 /// Longest technician message kept with a closed session.
 const MAX_MESSAGE: usize = 1000;
 
-/// One remote-fix request: who asks, for which device, from where.
-struct Call<'a> {
-    api: &'a Api,
-    caller: &'a Caller,
+/// One remote-fix request: who asks (the token), for which device (the path's UUID), from where.
+/// An extractor: a path that is not a UUID is answered 400 before anything else.
+pub(super) struct Call {
+    api: Arc<Api>,
+    caller: Caller,
     uuid: Uuid,
     remote: SocketAddr,
+}
+
+impl FromRequestParts<Arc<Api>> for Call {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Response> {
+        let missing = || error(StatusCode::INTERNAL_SERVER_ERROR, "the request was not admitted");
+        let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(missing)?;
+        let remote = parts.extensions.get::<Connection>().map(|c| c.remote).ok_or_else(missing)?;
+        let Path(uuid) = Path::<String>::from_request_parts(parts, api).await.map_err(IntoResponse::into_response)?;
+        let uuid = Uuid::parse_str(&uuid).map_err(|_| not_a_uuid(&uuid))?;
+        Ok(Call { api: Arc::clone(api), caller, uuid, remote })
+    }
 }
 
 fn bad_json(rejection: JsonRejection) -> Response {
@@ -175,7 +190,7 @@ fn amt_failure(err: &AmtError) -> Response {
     (status, Json(body)).into_response()
 }
 
-impl Call<'_> {
+impl Call {
     /// The account to use: the request's, else the one remembered for the device.
     async fn credentials(&self, account: &Account) -> Result<Credentials, Response> {
         let user = account.amt_user.clone().filter(|u| !u.is_empty());
@@ -235,12 +250,12 @@ impl Call<'_> {
 
     /// Refusals before any work: scope, a closed session; then the account and the session.
     async fn open(&self, account: &Account, check_closed: bool) -> Result<(Amt, Credentials), Response> {
-        if let Some(refused) = self.caller.scope_refusal(self.api, TokenScope::Attach, "changing a device through AMT")
+        if let Some(refused) = self.caller.scope_refusal(&self.api, TokenScope::Attach, "changing a device through AMT")
         {
             return Err(refused);
         }
         if check_closed {
-            if let Some(refused) = session_closed_refusal(self.api, self.uuid).await {
+            if let Some(refused) = session_closed_refusal(&self.api, self.uuid).await {
                 return Err(refused);
             }
         }
@@ -312,15 +327,6 @@ fn not_a_uuid(uuid: &str) -> Response {
     error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"))
 }
 
-macro_rules! call {
-    ($api:expr, $caller:expr, $connection:expr, $uuid:expr) => {
-        match Uuid::parse_str(&$uuid) {
-            Ok(uuid) => Call { api: &$api, caller: &$caller, uuid, remote: $connection.remote },
-            Err(_) => return not_a_uuid(&$uuid),
-        }
-    };
-}
-
 macro_rules! body {
     ($body:expr) => {
         match $body {
@@ -342,14 +348,7 @@ macro_rules! session {
     };
 }
 
-pub(super) async fn power(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<PowerBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let action = match body.action.as_str() {
         "status" => None,
@@ -396,14 +395,7 @@ pub(super) async fn power(
     }
 }
 
-pub(super) async fn redirection(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<RedirectionBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
     let result =
@@ -415,14 +407,7 @@ pub(super) async fn redirection(
     call.finish(action, "SOL and IDE-R".into(), result).await
 }
 
-pub(super) async fn boot(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<BootBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
     let result = async {
@@ -442,14 +427,7 @@ pub(super) async fn boot(
     call.finish("boot", detail, result).await
 }
 
-pub(super) async fn consent(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<ConsentBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonRejection>) -> Response {
     let body = body!(body);
     if body.code.as_ref().is_some_and(|c| c.len() > 16 || !c.bytes().all(|b| b.is_ascii_digit())) {
         return error(StatusCode::BAD_REQUEST, "a consent code is the digits the PC shows");
@@ -468,14 +446,7 @@ pub(super) async fn consent(
     call.finish(action, String::new(), result).await
 }
 
-pub(super) async fn rescue_start(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<AccountBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
     let facts = match amt.facts().await {
@@ -523,7 +494,7 @@ pub(super) async fn rescue_start(
             false,
         ),
     };
-    let fresh = match api.shared.store.save_rescue(call.uuid, &found.record(&caller.name), replace).await {
+    let fresh = match call.api.shared.store.save_rescue(call.uuid, &found.record(&call.caller.name), replace).await {
         Ok(fresh) => fresh,
         Err(err) => return store_unavailable(err),
     };
@@ -545,14 +516,7 @@ pub(super) async fn rescue_start(
     call.finish("rescue.start", detail, result).await
 }
 
-pub(super) async fn rescue_boot(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<RescueBootBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn rescue_boot(call: Call, body: Result<Json<RescueBootBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, _) = session!(call, &body.account);
     let result = async {
@@ -582,19 +546,12 @@ async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Res
     Ok(json!({ "boot": found.boot.summary(), "redirection": redirection }))
 }
 
-async fn open_rescue(call: &Call<'_>) -> Result<Option<Found>, Response> {
+async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
     let record = call.api.shared.store.rescue(call.uuid).await.map_err(store_unavailable)?;
     Ok(record.and_then(|r| serde_json::from_str(&r.found).ok()))
 }
 
-pub(super) async fn rescue_finish(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<FinishBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let found = match open_rescue(&call).await {
         Ok(Some(found)) => found,
@@ -605,10 +562,10 @@ pub(super) async fn rescue_finish(
     let result = restore(&mut amt, &found, body.disable_redirection).await;
     if result.is_ok() {
         let stored = if body.disable_redirection {
-            api.shared.store.clear_rescue(call.uuid).await
+            call.api.shared.store.clear_rescue(call.uuid).await
         } else {
             let kept = Found { boot_restored: true, ..found.clone() };
-            api.shared.store.save_rescue(call.uuid, &kept.record(&caller.name), true).await.map(drop)
+            call.api.shared.store.save_rescue(call.uuid, &kept.record(&call.caller.name), true).await.map(drop)
         };
         if let Err(err) = stored {
             return store_unavailable(err);
@@ -619,23 +576,16 @@ pub(super) async fn rescue_finish(
         .await
 }
 
-pub(super) async fn session_close(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-    body: Result<Json<CloseBody>, JsonRejection>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
+pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, JsonRejection>) -> Response {
     let body = body!(body);
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "closing a device's session") {
+    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "closing a device's session") {
         return refused;
     }
     let message = body.message.map(|m| m.chars().take(MAX_MESSAGE).collect::<String>());
-    let shared = &api.shared;
+    let shared = &call.api.shared;
     // The technicians' relays end first, so that nothing holds AMT's redirection sessions while
     // the boot settings are put back.
-    let relays = api.relays.stop_device(call.uuid, Stop::SessionClosed);
+    let relays = call.api.relays.stop_device(call.uuid, Stop::SessionClosed);
     let mut notes = Vec::new();
     let restored = match open_rescue(&call).await {
         Err(response) => return response,
@@ -665,7 +615,8 @@ pub(super) async fn session_close(
             }
         }
     };
-    let closed = ClosedSession { at: OffsetDateTime::now_utc(), by: caller.name.clone(), message: message.clone() };
+    let closed =
+        ClosedSession { at: OffsetDateTime::now_utc(), by: call.caller.name.clone(), message: message.clone() };
     if let Err(err) = shared.store.close_session(call.uuid, &closed).await {
         return store_unavailable(err);
     }
@@ -690,17 +641,11 @@ pub(super) async fn session_close(
     .into_response()
 }
 
-pub(super) async fn session_open(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "opening a device's session") {
+pub(super) async fn session_open(call: Call) -> Response {
+    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "opening a device's session") {
         return refused;
     }
-    let reopened = match api.shared.store.open_session(call.uuid).await {
+    let reopened = match call.api.shared.store.open_session(call.uuid).await {
         Ok(reopened) => reopened,
         Err(err) => return store_unavailable(err),
     };
@@ -710,18 +655,13 @@ pub(super) async fn session_open(
 
 /// Forgets what the gateway keeps to reach the device's AMT: the remembered account and the
 /// pinned TLS certificate (after the device's certificate changed on purpose).
-pub(super) async fn forget(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Extension(connection): Extension<Connection>,
-    Path(uuid): Path<String>,
-) -> Response {
-    let call = call!(api, caller, connection, uuid);
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "forgetting a device's AMT access") {
+pub(super) async fn forget(call: Call) -> Response {
+    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "forgetting a device's AMT access")
+    {
         return refused;
     }
     let now = OffsetDateTime::now_utc();
-    let store = &api.shared.store;
+    let store = &call.api.shared.store;
     if let Err(err) = store.remember_amt_account(call.uuid, None, now).await {
         return store_unavailable(err);
     }
@@ -737,22 +677,15 @@ pub(super) struct ActionsQuery {
     limit: Option<u32>,
 }
 
-pub(super) async fn actions(
-    State(api): State<Arc<Api>>,
-    Extension(caller): Extension<Caller>,
-    Path(uuid): Path<String>,
-    query: Result<Query<ActionsQuery>, QueryRejection>,
-) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing a device's actions") {
+pub(super) async fn actions(call: Call, query: Result<Query<ActionsQuery>, QueryRejection>) -> Response {
+    let (api, uuid) = (&call.api, call.uuid);
+    if let Some(refused) = call.caller.scope_refusal(api, TokenScope::Read, "listing a device's actions") {
         return refused;
     }
-    let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return not_a_uuid(&uuid);
-    };
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, format!("the query takes limit=N (1 to {MAX_ACTIONS})"));
     };
-    match api.shared.store.actions_for(uuid, query.limit.unwrap_or(100)).await {
+    match call.api.shared.store.actions_for(uuid, query.limit.unwrap_or(100)).await {
         Ok(actions) => Json(actions).into_response(),
         Err(err) => store_unavailable(err),
     }
