@@ -17,7 +17,7 @@ use protocols::wsman::Element;
 use uuid::Uuid;
 
 use super::digest::Nonces;
-use crate::amt::redirection::SerialConsoles;
+use crate::amt::redirection::console::SerialConsoles;
 use crate::amt::service::ChannelWaker;
 
 /// Power states as CIM_AssociatedPowerManagementService reports them.
