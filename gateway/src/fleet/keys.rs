@@ -90,6 +90,9 @@ pub fn write_bundle(data_dir: &Path, out: &Path) -> Result<usize> {
     if !is_member(data_dir) {
         bail!("{} is in no fleet: run `tether fleet init` first", data_dir.display());
     }
+    // The key that seals remembered AMT passwords is shared, so that every gateway opens them:
+    // made now if the gateway has not made it yet.
+    crate::sealing::Sealer::load_or_create(data_dir).context("creating the key that seals AMT passwords")?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut files = std::collections::BTreeMap::new();
     for name in SHARED_FILES {
@@ -309,7 +312,8 @@ mod tests {
         create_ca(a.path()).unwrap();
         assert!(create_ca(a.path()).is_err(), "a second CA would split the fleet");
         let bundle = a.path().join("join.json");
-        assert_eq!(write_bundle(a.path(), &bundle).unwrap(), 5);
+        // The CAs, the signing key, and the key that seals AMT passwords (made for the bundle).
+        assert_eq!(write_bundle(a.path(), &bundle).unwrap(), 6);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -318,6 +322,10 @@ mod tests {
         join(b.path(), &bundle, false).unwrap();
         assert_eq!(std::fs::read(b.path().join("tls/ca-key.pem")).unwrap(), b"cira key");
         assert_eq!(std::fs::read(b.path().join("secrets/signing.key")).unwrap(), b"k");
+        let uuid = uuid::Uuid::new_v4();
+        let sealed = crate::sealing::Sealer::load_or_create(a.path()).unwrap().seal(uuid, b"amt-password");
+        let opened = crate::sealing::Sealer::load_or_create(b.path()).unwrap().open(uuid, &sealed).unwrap();
+        assert_eq!(opened, b"amt-password", "a password sealed by one gateway opens on the other");
         assert!(link_tls(a.path(), "gw-a").unwrap().is_some() && link_tls(b.path(), "gw-b").unwrap().is_some());
         // Reissued for a new name, kept otherwise.
         let first = std::fs::read(b.path().join("fleet/node.pem")).unwrap();
