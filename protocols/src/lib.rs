@@ -16,13 +16,17 @@
 //!   request envelopes, a bounded envelope parser, enumeration, return values and faults.
 //! - [`http_digest`]: HTTP Digest authentication (RFC 2617, MD5, `qop=auth`) for WS-MAN's HTTP:
 //!   challenge parsing, the client's `Authorization`, the server's check.
+//! - [`rmcp`]: RMCP/ASF presence ping and pong (UDP 623), and what AMT says about itself in it.
+//! - [`wol`]: Wake-on-LAN magic packets and MAC addresses.
 
 pub mod apf;
 pub mod http_digest;
 pub mod proxy;
 pub mod redir;
+pub mod rmcp;
 pub mod scsi;
 pub mod session;
 #[cfg(test)]
 mod test_util;
+pub mod wol;
 pub mod wsman;
