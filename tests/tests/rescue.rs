@@ -243,3 +243,18 @@ fn a_pc_user_who_asked_for_help_is_left_alone_after_the_session_closes_until_the
     let (status, _, err) = exit_of(console, Duration::from_secs(30));
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn the_gateway_speaks_tls_to_a_pc_that_forwards_only_16993_and_pins_its_certificate() {
+    let gateway = Gateway::start(&[]);
+    // Firmware from CSME 16.1 on: no 16992 for remote consoles, TLS with its own certificate.
+    let (uuid, mut sim) = pc(&gateway, &["--tls-only"]);
+    let id = uuid.to_string();
+    assert_eq!(gateway.cli(&["power", &id, "status", "--password", ADMIN_PASSWORD]).trim(), "on");
+    let pinned = gateway.process().log_line_containing("pinned the device's WS-MAN TLS certificate");
+    assert!(pinned.is_some(), "the certificate was not pinned:\n{}", gateway.process().tail());
+    // Later calls present the pinned certificate again and work.
+    assert!(gateway.cli(&["power", &id, "off", "--password", ADMIN_PASSWORD]).contains("off: done"));
+    sim.wait_for_log("power: on -> off", Duration::from_secs(10));
+    assert_eq!(sim.count_log_lines("16992 request"), 0, "WS-MAN went over the plain port");
+}

@@ -32,6 +32,7 @@ pub mod service;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;
+pub mod tls_service;
 pub mod wsman;
 
 pub use backoff::{Backoff, ReconnectPolicy};
@@ -48,4 +49,5 @@ pub use service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service, Se
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::{client_config, default_server_name, server_name, Trust};
+pub use tls_service::{self_signed_config, TlsService};
 pub use wsman::{Firmware, FirmwareConfig, WsmanService};

@@ -53,10 +53,11 @@ use clap::{ArgGroup, Parser};
 use indicatif::ProgressBar;
 use loadtest::amt::wsman::{ControlMode, Firmware, FirmwareConfig, WsmanService};
 use loadtest::amt::{
-    amt_services_with_firmware, client_config, default_server_name, progress_bar, run_fleet, server_name,
-    shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, RedirectionConfig,
-    RedirectionService, RemoteHelp, SerialConsoles, ShutdownTrigger, Trust,
+    amt_services_with_firmware, client_config, default_server_name, progress_bar, run_fleet, self_signed_config,
+    server_name, shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, RedirectionConfig,
+    RedirectionService, RemoteHelp, SerialConsoles, Service, ShutdownTrigger, TlsService, Trust,
 };
+use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -101,6 +102,10 @@ struct Args {
     /// Ports to forward, in order [default: 16993,16992,664,623,16995,16994,5900].
     #[arg(long, value_delimiter = ',', value_name = "PORT,...", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Option<Vec<u16>>,
+    /// As firmware from CSME 16.1 on: 16992 and 16994 are not forwarded, and 16993 (WS-MAN) and
+    /// 16995 (redirection) speak TLS with a self-signed certificate made at start.
+    #[arg(long)]
+    tls_only: bool,
     /// Receive window advertised per channel.
     #[arg(long, default_value_t = 4096, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
@@ -284,6 +289,17 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         ..RedirectionConfig::default()
     });
     device.services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
+    if args.tls_only {
+        device.ports.retain(|&port| port != 16992 && port != 16994);
+        let config =
+            self_signed_config(&format!("amt-{}.local", uuid.simple())).context("making the TLS certificate")?;
+        for port in [16993, 16995] {
+            if let Some(plain) = device.services.get(port).cloned() {
+                let tls: Arc<dyn Service> = Arc::new(TlsService::new(plain, Arc::clone(&config)));
+                device.services = device.services.clone().with_shared(port, tls);
+            }
+        }
+    }
     if args.redial_on_power_change {
         device.firmware = Some(firmware);
     }
