@@ -183,12 +183,8 @@ mod tests {
     use crate::amt::echo::Echo;
     use crate::amt::service::WakeSet;
 
-    /// Drives a wrapped echo through a rustls client, in memory.
-    #[test]
-    fn a_client_talks_to_the_wrapped_service_through_tls() {
-        let config = self_signed_config("amt.local").unwrap();
-        let service = TlsService::new(Arc::new(Echo), config);
-        let wakes = WakeSet::new();
+    /// A channel of `service` to 16993.
+    fn open(service: &TlsService) -> Box<dyn ChannelHandler> {
         let ch = protocols::session::ChannelId(1);
         let info = ChannelInfo {
             uuid: uuid::Uuid::nil(),
@@ -197,9 +193,17 @@ mod tests {
             originator: bytes::Bytes::new(),
             originator_port: 0,
             log_level: tracing::Level::DEBUG,
-            waker: wakes.waker(ch),
+            waker: WakeSet::new().waker(ch),
         };
-        let mut handler = service.open(&info).unwrap();
+        service.open(&info).unwrap()
+    }
+
+    /// Drives a wrapped echo through a rustls client, in memory.
+    #[test]
+    fn a_client_talks_to_the_wrapped_service_through_tls() {
+        let config = self_signed_config("amt.local").unwrap();
+        let service = TlsService::new(Arc::new(Echo), config);
+        let mut handler = open(&service);
 
         let verifier = Arc::new(AcceptAny(rustls::crypto::aws_lc_rs::default_provider()));
         let client_config =
@@ -246,18 +250,7 @@ mod tests {
     #[test]
     fn garbage_instead_of_tls_closes_the_channel() {
         let service = TlsService::new(Arc::new(Echo), self_signed_config("amt.local").unwrap());
-        let wakes = WakeSet::new();
-        let ch = protocols::session::ChannelId(2);
-        let info = ChannelInfo {
-            uuid: uuid::Uuid::nil(),
-            ch,
-            port: 16993,
-            originator: bytes::Bytes::new(),
-            originator_port: 0,
-            log_level: tracing::Level::DEBUG,
-            waker: wakes.waker(ch),
-        };
-        let mut handler = service.open(&info).unwrap();
+        let mut handler = open(&service);
         let mut buf = BytesMut::new();
         let mut close = false;
         let mut out = Outbox::new(&mut buf, 1 << 20, &mut close);
