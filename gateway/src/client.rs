@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -109,26 +109,39 @@ impl ApiClient {
 
     /// One GET: the JSON body, and the `rel="next"` link if the answer has one.
     async fn get_page(&self, path: &str) -> Result<(serde_json::Value, Option<String>)> {
+        let (status, headers, value) = self.send(Request::get(path), Bytes::new(), REQUEST_TIMEOUT).await?;
+        if !status.is_success() {
+            bail!("{}", api_error(status, &value));
+        }
+        let next = headers.get(header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
+        Ok((value, next))
+    }
+
+    /// One request with the token and a JSON answer: its status, headers and body.
+    async fn send(
+        &self,
+        request: hyper::http::request::Builder,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, hyper::HeaderMap, serde_json::Value)> {
         let work = async {
             let tls = self.connect().await?;
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
             tokio::spawn(connection);
-            let request = Request::get(path)
+            let mut request = request
                 .header(header::HOST, self.authority())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-                .body(Empty::<Bytes>::new())?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let next = response.headers().get(header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
-            let body = response.into_body().collect().await?.to_bytes();
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .with_context(|| format!("the API answered {status} with something other than JSON"))?;
-            if !status.is_success() {
-                bail!("{}", api_error(status, &value));
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            if !body.is_empty() {
+                request = request.header(header::CONTENT_TYPE, "application/json");
             }
-            Ok((value, next))
+            let response = sender.send_request(request.body(Full::new(body))?).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .with_context(|| format!("the API answered {} with something other than JSON", parts.status))?;
+            Ok((parts.status, parts.headers, value))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
+        tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
     }
 
     /// POSTs a JSON body; the answer's status and JSON body, whatever the status (a body that is
@@ -144,23 +157,9 @@ impl ApiClient {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<(StatusCode, serde_json::Value)> {
-        let work = async {
-            let tls = self.connect().await?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(connection);
-            let request = Request::post(path)
-                .header(header::HOST, self.authority())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .with_context(|| format!("the API answered {status} with something other than JSON"))?;
-            Ok((status, value))
-        };
-        tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        let (status, _, value) = self.send(Request::post(path), body, timeout).await?;
+        Ok((status, value))
     }
 
     /// POSTs a JSON body; a non-2xx answer becomes an error carrying the API's message.
