@@ -14,15 +14,20 @@
 //! `16992 request: POST /wsman`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 use uuid::Uuid;
 
 use super::service::{ChannelHandler, ChannelInfo, Outbox, Service};
+use super::wsman::responder::{AMT_BUILD, AMT_VERSION};
 
-/// What real firmware puts in its `Server` header.
-const SERVER: &str = "Intel(R) Active Management Technology 16.1.27.2176";
+/// What firmware of `version` (`16.1.27`) puts in its `Server` header: the version and the build
+/// number, `Intel(R) Active Management Technology 16.1.27.2176`.
+pub fn server_header(version: &str) -> String {
+    format!("Intel(R) Active Management Technology {version}.{AMT_BUILD}")
+}
 
 /// Size limits of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +221,7 @@ impl Connection {
         out: &mut Outbox<'_>,
         limits: &Limits,
         log: (u32, tracing::Level),
+        server: &str,
         mut respond: impl FnMut(&Request, &mut Outbox<'_>) -> bool,
     ) -> usize {
         if self.closing {
@@ -241,7 +247,7 @@ impl Connection {
                 Err(err) => {
                     let (port, level) = log;
                     device_log!(level, "{port} request refused: {err}");
-                    write_response(out, err.status(), &[], b"", false, true);
+                    write_response(out, server, err.status(), &[], b"", false, true);
                     self.closing = true;
                     self.buf.clear();
                     out.close();
@@ -275,13 +281,16 @@ struct HttpChannel {
     realm: String,
     connection: Connection,
     responses: u64,
+    /// The `Server` header.
+    server: Arc<str>,
 }
 
 impl HttpChannel {
     fn new(uuid: Uuid, port: u32, log_level: tracing::Level, limits: Limits) -> Self {
         // Firmware's realm is "Digest:" and 32 hex digits, fixed per device.
         let realm = format!("Digest:{}", uuid.simple().to_string().to_uppercase());
-        Self { uuid, port, log_level, limits, realm, connection: Connection::default(), responses: 0 }
+        let server = server_header(AMT_VERSION).into();
+        Self { uuid, port, log_level, limits, realm, connection: Connection::default(), responses: 0, server }
     }
 
     /// Answers `request`; whether the connection ends after it.
@@ -299,6 +308,7 @@ impl HttpChannel {
                 format!("Digest realm=\"{}\", nonce=\"{nonce:032x}\", stale=\"false\", qop=\"auth\"", self.realm);
             write_response(
                 out,
+                &self.server,
                 (401, "Unauthorized"),
                 &[("WWW-Authenticate", &challenge), ("Content-Type", "text/html")],
                 body.as_bytes(),
@@ -309,6 +319,7 @@ impl HttpChannel {
             let body = self.soap_response(&request.body);
             write_response(
                 out,
+                &self.server,
                 (200, "OK"),
                 &[("Content-Type", "application/soap+xml; charset=UTF-8")],
                 body.as_bytes(),
@@ -321,7 +332,8 @@ impl HttpChannel {
                  Intel&reg; Active Management Technology</title></head><body>System ID {}</body></html>\n",
                 self.uuid
             );
-            write_response(out, (200, "OK"), &[("Content-Type", "text/html")], body.as_bytes(), head_only, close);
+            let headers = [("Content-Type", "text/html")];
+            write_response(out, &self.server, (200, "OK"), &headers, body.as_bytes(), head_only, close);
         }
         if close {
             out.close();
@@ -387,6 +399,7 @@ fn element_text<'a>(xml: &'a [u8], name: &str) -> Option<&'a str> {
 
 pub(crate) fn write_response(
     out: &mut Outbox<'_>,
+    server: &str,
     (code, reason): (u16, &str),
     headers: &[(&str, &str)],
     body: &[u8],
@@ -398,7 +411,7 @@ pub(crate) fn write_response(
     for (name, value) in headers {
         let _ = write!(head, "{name}: {value}\r\n");
     }
-    let _ = write!(head, "Server: {SERVER}\r\nContent-Length: {}\r\n", body.len());
+    let _ = write!(head, "Server: {server}\r\nContent-Length: {}\r\n", body.len());
     if close {
         head.push_str("Connection: close\r\n");
     }
@@ -413,7 +426,8 @@ impl ChannelHandler for HttpChannel {
     fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
         let mut connection = std::mem::take(&mut self.connection);
         let (limits, log) = (self.limits, (self.port, self.log_level));
-        let taken = connection.feed(data, out, &limits, log, |request, out| self.respond(request, out));
+        let server = Arc::clone(&self.server);
+        let taken = connection.feed(data, out, &limits, log, &server, |request, out| self.respond(request, out));
         self.connection = connection;
         taken
     }

@@ -38,6 +38,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use protocols::wsman::{Envelope, Limits as XmlLimits};
@@ -46,7 +47,7 @@ use uuid::Uuid;
 pub use responder::{platform_guid, Reply, AMT_VERSION};
 pub use state::{ControlMode, Firmware, FirmwareConfig};
 
-use super::http::{write_response, Connection, Limits, Request};
+use super::http::{server_header, write_response, Connection, Limits, Request};
 use super::service::{ChannelHandler, ChannelInfo, Outbox, Service};
 use digest::{challenge_header, Verdict};
 
@@ -72,6 +73,7 @@ impl WsmanService {
             limits: self.limits,
             realm: realm_of(uuid),
             connection: Connection::default(),
+            server: server_header(&self.firmware.config().amt_version).into(),
         }
     }
 }
@@ -100,6 +102,8 @@ pub struct WsmanChannel {
     limits: Limits,
     realm: String,
     connection: Connection,
+    /// The `Server` header, with the firmware's version.
+    server: Arc<str>,
 }
 
 impl WsmanChannel {
@@ -131,7 +135,7 @@ impl WsmanChannel {
                     let (status, body) = responder::to_bytes(&reply);
                     let status = if status == 200 { (200, "OK") } else { (400, "Bad Request") };
                     let headers = [("Content-Type", "application/soap+xml;charset=UTF-8")];
-                    write_response(out, status, &headers, &body, false, close);
+                    write_response(out, &self.server, status, &headers, &body, false, close);
                 } else {
                     let body = format!(
                         "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\">\n<html><head><title>\
@@ -140,6 +144,7 @@ impl WsmanChannel {
                     );
                     write_response(
                         out,
+                        &self.server,
                         (200, "OK"),
                         &[("Content-Type", "text/html")],
                         body.as_bytes(),
@@ -159,6 +164,7 @@ impl WsmanChannel {
                 let challenge = challenge_header(&self.realm, &nonce, stale);
                 write_response(
                     out,
+                    &self.server,
                     (401, "Unauthorized"),
                     &[("WWW-Authenticate", &challenge), ("Content-Type", "text/html")],
                     UNAUTHORIZED_PAGE.as_bytes(),
@@ -209,7 +215,8 @@ impl ChannelHandler for WsmanChannel {
     fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
         let mut connection = std::mem::take(&mut self.connection);
         let (limits, log) = (self.limits, (self.port, self.log_level));
-        let taken = connection.feed(data, out, &limits, log, |request, out| self.respond(request, out));
+        let server = Arc::clone(&self.server);
+        let taken = connection.feed(data, out, &limits, log, &server, |request, out| self.respond(request, out));
         self.connection = connection;
         taken
     }

@@ -42,7 +42,7 @@ use super::state::{
     OPT_IN_ALL, POWER_OFF, POWER_ON, REDIRECTION_BOTH, REDIRECTION_NONE,
 };
 
-/// The firmware version this simulator reports (also in the HTTP `Server` header).
+/// The firmware version this simulator reports by default ([`FirmwareConfig::amt_version`]).
 pub const AMT_VERSION: &str = "16.1.27";
 pub const AMT_BUILD: &str = "2176";
 /// The boot configuration `SetBootConfigRole` and `ChangeBootOrder` name.
@@ -273,17 +273,17 @@ pub fn instances(class: &str, state: &DeviceState, cx: &Context<'_>) -> Vec<Elem
             ],
         )],
         "CIM_SoftwareIdentity" => [
-            ("Flash", AMT_VERSION.to_owned()),
-            ("Netstack", AMT_VERSION.to_owned()),
-            ("AMTApps", AMT_VERSION.to_owned()),
-            ("AMT", AMT_VERSION.to_owned()),
+            ("Flash", cx.config.amt_version.clone()),
+            ("Netstack", cx.config.amt_version.clone()),
+            ("AMTApps", cx.config.amt_version.clone()),
+            ("AMT", cx.config.amt_version.clone()),
             ("Sku", s(16392)),
             ("VendorID", s(8086)),
             ("Build Number", s(AMT_BUILD)),
-            ("Recovery Version", AMT_VERSION.to_owned()),
+            ("Recovery Version", cx.config.amt_version.clone()),
             ("Recovery Build Num", s(AMT_BUILD)),
             ("Legacy Mode", s("False")),
-            ("AMT FW Core Version", AMT_VERSION.to_owned()),
+            ("AMT FW Core Version", cx.config.amt_version.clone()),
         ]
         .into_iter()
         .map(|(id, version)| {

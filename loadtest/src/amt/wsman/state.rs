@@ -17,6 +17,7 @@ use protocols::wsman::Element;
 use uuid::Uuid;
 
 use super::digest::Nonces;
+use super::responder::AMT_VERSION;
 use crate::amt::redirection::console::SerialConsoles;
 use crate::amt::service::ChannelWaker;
 
@@ -84,6 +85,11 @@ pub struct FirmwareConfig {
     pub ider_boot_wait: Duration,
     /// Delay between answering a power change and dropping the tunnel (200 ms).
     pub drop_delay: Duration,
+    /// The firmware version reported (`16.1.27`, [`AMT_VERSION`]): CIM_SoftwareIdentity, the
+    /// HTTP `Server` header, the RMCP pong.
+    pub amt_version: String,
+    /// Devices start powered on (else off; a power-on request boots them).
+    pub powered_on: bool,
 }
 
 impl Default for FirmwareConfig {
@@ -97,6 +103,8 @@ impl Default for FirmwareConfig {
             redial_on_power_change: false,
             ider_boot_wait: Duration::from_secs(60),
             drop_delay: Duration::from_millis(200),
+            amt_version: AMT_VERSION.to_owned(),
+            powered_on: true,
         }
     }
 }
@@ -110,6 +118,8 @@ impl std::fmt::Debug for FirmwareConfig {
             .field("consent", &self.consent)
             .field("redirection_enabled", &self.redirection_enabled)
             .field("redial_on_power_change", &self.redial_on_power_change)
+            .field("amt_version", &self.amt_version)
+            .field("powered_on", &self.powered_on)
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +201,7 @@ pub struct DeviceState {
 impl DeviceState {
     fn new(config: &FirmwareConfig, now: Instant) -> Self {
         Self {
-            power: POWER_ON,
+            power: if config.powered_on { POWER_ON } else { POWER_OFF },
             boot: BootSettings::default(),
             boot_source: None,
             boot_role_set: false,

@@ -354,6 +354,24 @@ fn selectors_pick_the_instance_or_fault() {
 }
 
 #[test]
+fn the_configured_version_and_power_are_reported() {
+    let fw = firmware_with(FirmwareConfig {
+        amt_version: "12.0.45".to_owned(),
+        powered_on: false,
+        ..FirmwareConfig::default()
+    });
+    let uri = Class::CimSoftwareIdentity.resource_uri();
+    let amt = call(&fw, &Request::get(TO, uri, Uuid::new_v4()).with_selector(Selector::text("InstanceID", "AMT")));
+    assert_eq!(prop(payload(&amt), "VersionString"), "12.0.45");
+    let (status, head, _) = Client::new(&fw).post(&general_settings().to_bytes().unwrap(), None);
+    assert_eq!(status, 401);
+    assert!(head.contains("Server: Intel(R) Active Management Technology 12.0.45.2176\r\n"), "{head}");
+    assert_eq!(power_state(&fw), "8", "starts off");
+    assert_eq!(power(&fw, 2), 0, "powers on");
+    assert_eq!(power_state(&fw), "2");
+}
+
+#[test]
 fn unknown_resources_and_actions_fault() {
     let fw = firmware();
     let reply = call(&fw, &Request::get(TO, "http://intel.com/wbem/wscim/1/amt-schema/1/AMT_Nope", Uuid::new_v4()));
