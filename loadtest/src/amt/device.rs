@@ -44,9 +44,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::backoff::Backoff;
+use super::channel::HandlerChannel;
 use super::config::{DeviceConfig, GatewayAddr};
 use super::error::{ConnectionError, DeviceError};
-use super::service::{ChannelHandler, ChannelInfo, Outbox, WakeSet};
+use super::service::{ChannelInfo, WakeSet};
 use super::shutdown::Shutdown;
 use super::stats::{EstablishedGuard, Stats};
 
@@ -59,8 +60,6 @@ const OUT_QUEUE_CAP: usize = 256 * 1024;
 const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How long a closing connection may take to flush its last bytes (DISCONNECT).
 const LINGER: Duration = Duration::from_secs(2);
-/// A channel buffer this large is freed once empty, rather than kept.
-const KEEP_BUFFER: usize = 16 * 1024;
 
 /// What a device did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -347,21 +346,8 @@ async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut OutQueue, needs
 /// One accepted channel and its buffers.
 struct Channel {
     port: u32,
-    handler: Box<dyn ChannelHandler>,
-    /// Received, not yet taken by the handler (bounded by the window we advertised).
-    inbound: BytesMut,
-    /// Written by the handler, not yet taken by the session (bounded by `max_pending` plus one
-    /// handler call's overshoot).
-    outbound: BytesMut,
-    /// Ends of messages in `outbound` (offsets, increasing), each sent as its own CHANNEL_DATA.
-    boundaries: VecDeque<usize>,
-    /// The handler was woken, or room grew: call `on_wake`.
-    woken: bool,
-    eof_received: bool,
-    eof_delivered: bool,
-    /// The handler asked to close once its output is sent.
-    close_requested: bool,
-    close_sent: bool,
+    /// The handler and its buffers; `inbound` is bounded by the window we advertised.
+    run: HandlerChannel,
 }
 
 /// One TLS connection's tunnel.
@@ -481,7 +467,7 @@ impl<'a> Connection<'a> {
                 () = wakes.notified(), if end.is_none() => {
                     for ch in wakes.take() {
                         if let Some(channel) = self.channels.get_mut(&ch) {
-                            channel.woken = true;
+                            channel.run.wake();
                         }
                     }
                 }
@@ -511,7 +497,7 @@ impl<'a> Connection<'a> {
 
     /// The earliest deadline of the channels' handlers.
     fn handler_deadline(&self) -> Option<Instant> {
-        self.channels.values().filter(|c| !c.close_requested).filter_map(|c| c.handler.poll_deadline()).min()
+        self.channels.values().filter_map(|c| c.run.deadline()).min()
     }
 
     /// Reacts to the session's events, moves channel data, and collects the bytes to send.
@@ -571,12 +557,12 @@ impl<'a> Connection<'a> {
                 self.open_channel(ch, port, originator, originator_port)
             }
             Event::ChannelData { ch, data } => match self.channels.get_mut(&ch) {
-                Some(channel) => channel.inbound.extend_from_slice(&data),
+                Some(channel) => channel.run.received(&data),
                 None => self.session.consumed(ch, data.len()),
             },
             Event::ChannelEof { ch } => {
                 if let Some(channel) = self.channels.get_mut(&ch) {
-                    channel.eof_received = true;
+                    channel.run.received_eof();
                 }
             }
             Event::ChannelClosed { ch } => {
@@ -618,25 +604,7 @@ impl<'a> Connection<'a> {
         if !self.session.accept_channel(ch) {
             return;
         }
-        let mut channel = Channel {
-            port,
-            handler,
-            inbound: BytesMut::new(),
-            outbound: BytesMut::new(),
-            boundaries: VecDeque::new(),
-            woken: false,
-            eof_received: false,
-            eof_delivered: false,
-            close_requested: false,
-            close_sent: false,
-        };
-        let mut outbox = Outbox::with_boundaries(
-            &mut channel.outbound,
-            self.config.max_pending,
-            &mut channel.close_requested,
-            &mut channel.boundaries,
-        );
-        channel.handler.on_open(&mut outbox);
+        let channel = Channel { port, run: HandlerChannel::open(handler, self.config.max_pending) };
         self.channels.insert(ch, channel);
         self.stats.channel_opened();
         tracing::debug!(
@@ -649,100 +617,39 @@ impl<'a> Connection<'a> {
     /// windows and bounds (see the module doc).
     fn pump_channels(&mut self, queued: usize) {
         let mut budget = OUT_QUEUE_CAP.saturating_sub(queued);
-        let max_pending = self.config.max_pending;
         let now = Instant::now();
         for (&id, channel) in self.channels.iter_mut() {
-            if !channel.close_requested && channel.handler.poll_deadline().is_some_and(|at| at <= now) {
-                let mut outbox = Outbox::with_boundaries(
-                    &mut channel.outbound,
-                    max_pending,
-                    &mut channel.close_requested,
-                    &mut channel.boundaries,
-                );
-                channel.handler.on_timer(now, &mut outbox);
-            }
+            let run = &mut channel.run;
+            run.run_timer(now);
             loop {
                 let mut moved = false;
-                while !channel.outbound.is_empty() && budget > 0 {
+                while budget > 0 {
                     // One message (up to the next boundary) per send, so one per CHANNEL_DATA.
-                    let message = channel.boundaries.front().copied().unwrap_or(channel.outbound.len());
-                    let len = message.min(channel.outbound.len()).min(budget);
-                    let n = self.session.send(id, &channel.outbound[..len]);
+                    let message = run.next_output(budget);
+                    if message.is_empty() {
+                        break;
+                    }
+                    let n = self.session.send(id, message);
                     if n == 0 {
                         break;
                     }
-                    channel.outbound.advance(n);
-                    for mark in channel.boundaries.iter_mut() {
-                        *mark = mark.saturating_sub(n);
-                    }
-                    while channel.boundaries.front() == Some(&0) {
-                        channel.boundaries.pop_front();
-                    }
+                    run.sent(n);
                     budget -= n;
                     moved = true;
-                    channel.woken = true;
                 }
-                if channel.outbound.is_empty() {
-                    channel.boundaries.clear();
+                let step = run.step();
+                if step.consumed > 0 {
+                    self.session.consumed(id, step.consumed);
                 }
-                if channel.woken && !channel.close_requested && channel.outbound.len() < max_pending {
-                    channel.woken = false;
-                    let before = channel.outbound.len();
-                    let mut outbox = Outbox::with_boundaries(
-                        &mut channel.outbound,
-                        max_pending,
-                        &mut channel.close_requested,
-                        &mut channel.boundaries,
-                    );
-                    channel.handler.on_wake(&mut outbox);
-                    if channel.outbound.len() != before || channel.close_requested {
-                        moved = true;
-                    }
-                }
-                if !channel.inbound.is_empty() {
-                    let n = if channel.close_requested {
-                        channel.inbound.len()
-                    } else if channel.outbound.len() < max_pending {
-                        let mut outbox = Outbox::with_boundaries(
-                            &mut channel.outbound,
-                            max_pending,
-                            &mut channel.close_requested,
-                            &mut channel.boundaries,
-                        );
-                        channel.handler.on_data(&channel.inbound, &mut outbox).min(channel.inbound.len())
-                    } else {
-                        0
-                    };
-                    if n > 0 {
-                        channel.inbound.advance(n);
-                        self.session.consumed(id, n);
-                        moved = true;
-                    }
-                }
-                if channel.eof_received && !channel.eof_delivered && channel.inbound.is_empty() {
-                    channel.eof_delivered = true;
-                    let mut outbox = Outbox::with_boundaries(
-                        &mut channel.outbound,
-                        max_pending,
-                        &mut channel.close_requested,
-                        &mut channel.boundaries,
-                    );
-                    channel.handler.on_eof(&mut outbox);
-                    moved = true;
-                }
-                if channel.close_requested && !channel.close_sent && channel.outbound.is_empty() {
-                    channel.close_sent = true;
+                moved |= step.moved;
+                if run.take_close() {
                     self.session.close_channel(id);
                 }
                 if !moved {
                     break;
                 }
             }
-            for buf in [&mut channel.inbound, &mut channel.outbound] {
-                if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
-                    *buf = BytesMut::new();
-                }
-            }
+            run.shrink();
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`device`]: [`run_device`], the per-device driver (connect, move on to the next gateway
 //!   address, tunnel, reconnect);
 //! - [`service`]: the [`Service`] / [`ChannelHandler`] traits and the port → service map;
+//!   [`channel`]: one channel's handler and buffers as a driver runs them ([`HandlerChannel`]);
 //! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993) that
 //!   does not check credentials; [`wsman`]: the WS-MAN responder amt-sim runs there, with digest
 //!   authentication and the per-device firmware state (power, boot, redirection, consent);
@@ -21,6 +22,7 @@
 //! - [`shutdown`]: the stop signal; [`error`]: the error types.
 
 pub mod backoff;
+pub mod channel;
 pub mod config;
 pub mod device;
 pub mod echo;
@@ -36,6 +38,7 @@ pub mod tls_service;
 pub mod wsman;
 
 pub use backoff::{Backoff, ReconnectPolicy};
+pub use channel::{HandlerChannel, Step};
 pub use config::{
     amt_services, amt_services_with_firmware, amt_services_with_redirection, DeviceConfig, GatewayAddr, RemoteHelp,
 };
