@@ -25,6 +25,22 @@ pub enum TlsSetupError {
     Rustls(rustls::Error),
 }
 
+/// A LAN device could not bind one of its sockets (the address is not this machine's, the port
+/// is taken, or it is below 1024 and we lack the privilege).
+#[derive(Debug, thiserror::Error)]
+pub enum LanError {
+    #[error("cannot bind {proto} {addr}: {source}{}", privileged_hint(*addr))]
+    Bind { proto: &'static str, addr: std::net::SocketAddr, source: io::Error },
+}
+
+fn privileged_hint(addr: std::net::SocketAddr) -> &'static str {
+    if addr.port() != 0 && addr.port() < 1024 {
+        " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    } else {
+        ""
+    }
+}
+
 /// Why one connection attempt failed or one connection ended. The device logs it and reconnects.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {

@@ -4,6 +4,7 @@
 //! runs an APF tunnel with [`protocols::session::ClientSession`], serves the channels the gateway
 //! opens with pluggable [`Service`]s (echo, an AMT-like HTTP/WS-MAN responder), and reconnects
 //! with back-off when the tunnel drops. A fleet runs many devices in one process, one task each.
+//! A LAN device ([`lan`]) serves the same services on sockets of its own, as a PC on a LAN does.
 //!
 //! Modules, one per concern:
 //! - [`config`]: [`DeviceConfig`], what one device is and where it dials ([`GatewayAddr`]);
@@ -17,6 +18,8 @@
 //!   authentication and the per-device firmware state (power, boot, redirection, consent);
 //! - [`redirection`]: SOL (a shell on a pseudo-terminal) and IDE-R (a simulated BIOS booting
 //!   from the console's media) on 16994/16995;
+//! - [`lan`]: [`serve_lan`], one device that listens on its LAN instead of dialling a gateway
+//!   (TLS 16993/16995, optionally plain 16992/16994, RMCP presence on UDP 623);
 //! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
 //! - [`stats`]: counters shared by the devices of a fleet; [`backoff`]: reconnect delays;
 //! - [`shutdown`]: the stop signal; [`error`]: the error types.
@@ -29,6 +32,7 @@ pub mod echo;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod lan;
 pub mod redirection;
 pub mod service;
 pub mod shutdown;
@@ -44,9 +48,10 @@ pub use config::{
 };
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
-pub use error::{ConnectionError, DeviceError, FleetError, TlsSetupError};
+pub use error::{ConnectionError, DeviceError, FleetError, LanError, TlsSetupError};
 pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};
 pub use http::HttpResponder;
+pub use lan::{serve_lan, LanConfig, LanDevice, LanPorts};
 pub use redirection::{RedirectionConfig, RedirectionService, SerialConsoles};
 pub use service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service, Services, WakeSet};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
