@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
+use protocols::http_digest::{Authorization, Challenge};
 use protocols::rmcp::{self, AmtPresence, Message, Provisioning};
+use protocols::wsman::{self, Class, EndpointReference, Envelope, Method, Property};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
 
 use super::*;
-use crate::amt::wsman::{Firmware, FirmwareConfig, WsmanService};
+use crate::amt::wsman::{platform_guid, Firmware, FirmwareConfig, WsmanService};
 use crate::amt::{
     amt_services_with_firmware, client_config, self_signed_config, shutdown_pair, RedirectionConfig,
     RedirectionService, SerialConsoles, ShutdownTrigger, Trust,
@@ -20,10 +22,14 @@ const UUID: Uuid = Uuid::from_u128(0x12345678_9abc_def0_1234_56789abcdef0);
 const VERSION: &str = "11.8.50";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A device on 127.0.0.1 reporting [`VERSION`], serving until the trigger is dropped.
+/// A device on 127.0.0.1 reporting [`VERSION`], powered on.
 async fn start(plain: bool, max_connections: usize) -> (LanDevice, ShutdownTrigger) {
+    start_with(plain, max_connections, true).await
+}
+
+async fn start_with(plain: bool, max_connections: usize, powered_on: bool) -> (LanDevice, ShutdownTrigger) {
     let firmware = Firmware::new(
-        FirmwareConfig { amt_version: VERSION.to_owned(), ..FirmwareConfig::default() },
+        FirmwareConfig { amt_version: VERSION.to_owned(), powered_on, ..FirmwareConfig::default() },
         SerialConsoles::new(),
     );
     let services =
@@ -41,7 +47,15 @@ async fn start(plain: bool, max_connections: usize) -> (LanDevice, ShutdownTrigg
 
 /// Binds a device and serves it in the background; returns its addresses by AMT port.
 async fn serve(plain: bool, max_connections: usize) -> (impl Fn(u16) -> SocketAddr, ShutdownTrigger) {
-    let (device, trigger) = start(plain, max_connections).await;
+    serve_with(plain, max_connections, true).await
+}
+
+async fn serve_with(
+    plain: bool,
+    max_connections: usize,
+    powered_on: bool,
+) -> (impl Fn(u16) -> SocketAddr, ShutdownTrigger) {
+    let (device, trigger) = start_with(plain, max_connections, powered_on).await;
     let addrs: Vec<(u16, SocketAddr)> = [623, 16992, 16993, 16994, 16995]
         .into_iter()
         .filter_map(|port| device.local_addr(port).map(|addr| (port, addr)))
@@ -53,6 +67,10 @@ async fn serve(plain: bool, max_connections: usize) -> (impl Fn(u16) -> SocketAd
 
 /// Reads one HTTP response (head and Content-Length body); the head as text.
 async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    read_response_and_body(stream).await.0
+}
+
+async fn read_response_and_body(stream: &mut (impl AsyncRead + Unpin)) -> (String, Vec<u8>) {
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -61,7 +79,7 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> String {
             let length: usize =
                 head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
             if data.len() >= end + 4 + length {
-                return head;
+                return (head, data[end + 4..end + 4 + length].to_vec());
             }
         }
         let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.expect("answer in time").unwrap();
@@ -158,4 +176,57 @@ async fn a_connection_beyond_the_cap_is_closed_and_the_others_go_on() {
         assert!(tokio::time::Instant::now() < deadline, "the slot was not freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Posts a WS-MAN request with the admin account's digest (after the 401 that gives the nonce).
+async fn wsman_call(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &wsman::Request) -> Envelope {
+    let body = request.to_bytes().unwrap();
+    let post = |authorization: Option<String>| {
+        let mut head = format!(
+            "POST /wsman HTTP/1.1\r\nHost: amt\r\nContent-Type: application/soap+xml;charset=UTF-8\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(value) = authorization {
+            head.push_str(&format!("Authorization: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    };
+    stream.write_all(&post(None)).await.unwrap();
+    let head = read_response(stream).await;
+    assert_challenge(&head);
+    let value = head.lines().find_map(|l| l.strip_prefix("WWW-Authenticate: ")).unwrap();
+    let challenge = Challenge::parse(value).unwrap();
+    let answer = Authorization::answer(&challenge, "admin", "admin", "POST", "/wsman", "0a4f113b", 1).unwrap();
+    stream.write_all(&post(Some(answer.to_header_value().unwrap()))).await.unwrap();
+    let (head, body) = read_response_and_body(stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    Envelope::parse(&body, &Default::default()).unwrap()
+}
+
+#[tokio::test]
+async fn connections_share_the_firmware_state() {
+    let (addr, _trigger) = serve_with(true, 4, false).await;
+    const TO: &str = "http://amt:16992/wsman";
+    let power_state = |envelope: &Envelope| envelope.payload().unwrap().child_text("PowerState").unwrap().to_owned();
+    let power_uri = Class::CimAssociatedPowerManagementService.resource_uri();
+    let mut tls = tls_connect(addr(16993)).await;
+    let reply = wsman_call(&mut tls, &wsman::Request::get(TO, power_uri, Uuid::new_v4())).await;
+    assert_eq!(power_state(&reply), "8", "--power off");
+    let platform = Class::CimComputerSystemPackage.resource_uri();
+    let reply = wsman_call(&mut tls, &wsman::Request::get(TO, platform, Uuid::new_v4())).await;
+    assert_eq!(reply.payload().unwrap().child_text("PlatformGUID"), Some(platform_guid(UUID).as_str()));
+
+    let mut plain = TcpStream::connect(addr(16992)).await.unwrap();
+    let on = vec![
+        Property::text("PowerState", "2"),
+        Property::reference("ManagedElement", EndpointReference::managed_system()),
+    ];
+    let request = wsman::Request::invoke(TO, Method::RequestPowerStateChange, Uuid::new_v4(), on);
+    assert_eq!(wsman::return_value(&wsman_call(&mut plain, &request).await).unwrap(), 0);
+    let reply = wsman_call(&mut tls, &wsman::Request::get(TO, power_uri, Uuid::new_v4())).await;
+    assert_eq!(power_state(&reply), "2", "the power-on made on 16992 is seen on 16993");
 }
