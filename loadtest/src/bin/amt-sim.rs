@@ -38,9 +38,22 @@
 //! only while the user has remote help on (at start; `--remote-help-file FILE` while FILE exists;
 //! SIGUSR1 turns it on), and a tunnel the gateway ends turns it off.
 //!
+//! `--lan IP` runs one device that listens on its LAN instead of dialling a gateway, as a PC with
+//! AMT does: TLS on 16993 (WS-MAN) and 16995 (redirection) with one self-signed certificate made
+//! at start, plain 16992 and 16994 too with `--lan-plain`, and RMCP presence pongs on UDP 623
+//! (ports below 1024 need root or CAP_NET_BIND_SERVICE). Each TCP connection is served as a CIRA
+//! channel would be, with the same firmware state; `--gateway`, `--ca`/`--insecure`,
+//! `--username`/`--password` are not needed then, and `--count` must be 1. It logs
+//! `amt-sim: LAN device UUID <uuid> on <ip>: TLS 16993/16995[, plain 16992/16994], RMCP 623, AMT
+//! <version>, power <on|off>` once listening, and `lan: connection from <ip>:<port> to <port>` per
+//! connection. `--amt-version X.Y.Z` sets the version WS-MAN (CIM_SoftwareIdentity), the HTTP
+//! `Server` header and the RMCP pong report (in both modes); `--power off` starts the device
+//! powered off (a WS-MAN power-on boots it).
+//!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
 //! `amt-sim --gateway 127.0.0.1:4433,127.0.0.1:5433 --insecure --username USER --password PASS`
 //! `amt-sim --gateway 127.0.0.1:4433 --insecure --username U --password P --admin-password secret --boot-ider`
+//! `sudo amt-sim --lan 192.168.50.10 --lan-plain --amt-version 12.0.45 --power off`
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
@@ -51,29 +64,48 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Parser};
 use indicatif::ProgressBar;
+use loadtest::amt::wsman::AMT_VERSION;
 use loadtest::amt::wsman::{ControlMode, Firmware, FirmwareConfig, WsmanService};
 use loadtest::amt::{
     amt_services_with_firmware, client_config, default_server_name, progress_bar, run_fleet, self_signed_config,
-    server_name, shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, Progress, ReconnectPolicy, RedirectionConfig,
-    RedirectionService, RemoteHelp, SerialConsoles, Service, ShutdownTrigger, TlsService, Trust,
+    server_name, shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, LanConfig, LanDevice, Progress,
+    ReconnectPolicy, RedirectionConfig, RedirectionService, RemoteHelp, SerialConsoles, Service, Services,
+    ShutdownTrigger, TlsService, Trust,
 };
 use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-/// Simulated Intel AMT devices for a CIRA gateway.
+/// Simulated Intel AMT devices for a CIRA gateway, or one AMT PC on a LAN (--lan).
 #[derive(Debug, Parser)]
 #[command(name = "amt-sim", version)]
-#[command(group(ArgGroup::new("trust").required(true).args(["ca", "insecure"])))]
+#[command(group(ArgGroup::new("trust").args(["ca", "insecure"])))]
 struct Args {
     /// The gateway's CIRA listener. Repeat the flag, or separate addresses with commas, to give
     /// several (an MPS list): device i starts at address i mod N and moves on to the next one
     /// when a TCP connect or TLS handshake fails; it backs off only after every address failed.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
+    /// Required unless --lan.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required_unless_present = "lan")]
     gateway: Vec<String>,
-    /// PEM file with the CA certificate(s) the gateway's certificate must chain to.
-    #[arg(long, value_name = "FILE")]
+    /// Listen on this address as one AMT PC on a LAN instead of dialling a gateway: TLS on 16993
+    /// and 16995 (one self-signed certificate), RMCP presence on UDP 623. --gateway, --ca,
+    /// --insecure, --username and --password are not used; --count must be 1.
+    #[arg(long, value_name = "IP")]
+    lan: Option<IpAddr>,
+    /// With --lan: also listen on 16992 (WS-MAN over HTTP) and 16994 (redirection) without TLS.
+    #[arg(long, requires = "lan")]
+    lan_plain: bool,
+    /// The firmware version reported by WS-MAN (CIM_SoftwareIdentity), the HTTP Server header
+    /// and the RMCP pong (major and minor, each at most 15 there).
+    #[arg(long, default_value = AMT_VERSION, value_name = "X.Y.Z", value_parser = parse_amt_version)]
+    amt_version: String,
+    /// The power state at start; a WS-MAN power-on (RequestPowerStateChange 2) boots the device.
+    #[arg(long, value_enum, default_value_t = PowerArg::On)]
+    power: PowerArg,
+    /// PEM file with the CA certificate(s) the gateway's certificate must chain to (this or
+    /// --insecure, unless --lan).
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["insecure", "lan"])]
     ca: Option<PathBuf>,
     /// Accept any gateway certificate (handshake signatures are still checked).
     #[arg(long)]
@@ -87,12 +119,18 @@ struct Args {
     /// --gateway address].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// CIRA (MPS) username.
-    #[arg(long, env = "AMT_SIM_USERNAME", value_name = "USER")]
-    username: String,
-    /// CIRA (MPS) password.
-    #[arg(long, env = "AMT_SIM_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
-    password: String,
+    /// CIRA (MPS) username (required unless --lan).
+    #[arg(long, env = "AMT_SIM_USERNAME", value_name = "USER", required_unless_present = "lan")]
+    username: Option<String>,
+    /// CIRA (MPS) password (required unless --lan).
+    #[arg(
+        long,
+        env = "AMT_SIM_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        required_unless_present = "lan"
+    )]
+    password: Option<String>,
     /// UUID of the first device; device i adds i to its last 4 bytes [default: random].
     #[arg(long, value_name = "UUID")]
     uuid: Option<Uuid>,
@@ -205,6 +243,26 @@ enum RedirectionArg {
     Disabled,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PowerArg {
+    On,
+    Off,
+}
+
+/// `--amt-version`: three numbers separated by dots, the first two at most 255.
+fn parse_amt_version(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.split('.').collect();
+    let numbers_ok = parts.len() == 3
+        && parts[..2].iter().all(|p| p.parse::<u8>().is_ok())
+        && parts[2].parse::<u16>().is_ok()
+        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if numbers_ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{value:?} is not a version X.Y.Z such as {AMT_VERSION}"))
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let bar = (args.count > 1 && std::io::stderr().is_terminal()).then(|| progress_bar(args.count));
@@ -236,33 +294,7 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
             args.reconnect_max_ms
         );
     }
-    let trust = match (&args.ca, args.insecure) {
-        (Some(path), _) => Trust::CaFile(path.clone()),
-        (None, true) => {
-            tracing::warn!("--insecure: the gateway's certificate is not checked");
-            Trust::Insecure
-        }
-        (None, false) => bail!("give --ca FILE (the gateway's CA certificate) or --insecure"),
-    };
-    let tls = client_config(&trust).context("TLS setup")?;
-    let gateways = gateway_addrs(&args.gateway, args.server_name.as_deref())?;
     let uuid = args.uuid.unwrap_or_else(Uuid::new_v4);
-
-    let described: Vec<String> = gateways.iter().map(|g| format!("{} (TLS name {:?})", g.addr, name_of(g))).collect();
-    let mut device = DeviceConfig::with_gateways(gateways, tls, uuid, &args.username, &args.password);
-    if let Some(ports) = &args.ports {
-        device.ports = ports.iter().map(|&p| u32::from(p)).collect();
-    }
-    device.window = args.window;
-    device.adjust_step = args.adjust_step;
-    device.keepalive = Duration::from_secs(args.keepalive);
-    device.reconnect = ReconnectPolicy {
-        min: Duration::from_millis(args.reconnect_min_ms),
-        max: Duration::from_millis(args.reconnect_max_ms),
-    };
-    device.stop_on_auth_failure = args.exit_on_auth_failure;
-    device.source = args.source;
-    device.no_reconnect = args.no_reconnect;
     let firmware = Firmware::new(
         FirmwareConfig {
             admin_user: args.admin_user.clone(),
@@ -275,6 +307,8 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
             redirection_enabled: args.redirection == RedirectionArg::Enabled,
             redial_on_power_change: args.redial_on_power_change,
             ider_boot_wait: Duration::from_secs(args.ider_boot_wait),
+            amt_version: args.amt_version.clone(),
+            powered_on: args.power == PowerArg::On,
             ..FirmwareConfig::default()
         },
         SerialConsoles::new(),
@@ -288,7 +322,41 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         ider_buffer: args.ider_buffer,
         ..RedirectionConfig::default()
     });
-    device.services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
+    let services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
+    if let Some(addr) = args.lan {
+        return run_lan(&args, addr, uuid, services).await;
+    }
+
+    let trust = match (&args.ca, args.insecure) {
+        (Some(path), _) => Trust::CaFile(path.clone()),
+        (None, true) => {
+            tracing::warn!("--insecure: the gateway's certificate is not checked");
+            Trust::Insecure
+        }
+        (None, false) => bail!("give --ca FILE (the gateway's CA certificate) or --insecure"),
+    };
+    let tls = client_config(&trust).context("TLS setup")?;
+    let gateways = gateway_addrs(&args.gateway, args.server_name.as_deref())?;
+
+    let described: Vec<String> = gateways.iter().map(|g| format!("{} (TLS name {:?})", g.addr, name_of(g))).collect();
+    let (Some(username), Some(password)) = (&args.username, &args.password) else {
+        bail!("give --username and --password (the CIRA account), or --lan");
+    };
+    let mut device = DeviceConfig::with_gateways(gateways, tls, uuid, username, password);
+    if let Some(ports) = &args.ports {
+        device.ports = ports.iter().map(|&p| u32::from(p)).collect();
+    }
+    device.window = args.window;
+    device.adjust_step = args.adjust_step;
+    device.keepalive = Duration::from_secs(args.keepalive);
+    device.reconnect = ReconnectPolicy {
+        min: Duration::from_millis(args.reconnect_min_ms),
+        max: Duration::from_millis(args.reconnect_max_ms),
+    };
+    device.stop_on_auth_failure = args.exit_on_auth_failure;
+    device.source = args.source;
+    device.no_reconnect = args.no_reconnect;
+    device.services = services;
     if args.tls_only {
         device.ports.retain(|&port| port != 16992 && port != 16994);
         let config =
@@ -324,8 +392,46 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         if described.len() > 1 { "gateways" } else { "gateway" },
         described.join(", "),
         args.source.map_or_else(String::new, |ip| format!(" from {ip}")),
-        args.username
+        username
     );
+    log_services(&args);
+    let (trigger, shutdown) = shutdown_pair();
+    tokio::spawn(stop_on_signals(trigger));
+    let report = run_fleet(fleet, shutdown).await?;
+    if args.exit_after_established && report.all_established_after.is_none() {
+        bail!("stopped before every device was established ({}/{})", report.stats.ever_established, report.count);
+    }
+    Ok(())
+}
+
+/// `--lan`: one device listening on `addr` until a signal stops it.
+async fn run_lan(args: &Args, addr: IpAddr, uuid: Uuid, services: Services) -> anyhow::Result<()> {
+    if args.count != 1 {
+        bail!("--lan runs one device: --count must be 1 (it is {})", args.count);
+    }
+    if !args.gateway.is_empty() || args.ca.is_some() || args.insecure {
+        tracing::warn!("--lan: --gateway, --ca and --insecure are not used");
+    }
+    let tls = self_signed_config(&format!("amt-{}.local", uuid.simple())).context("making the TLS certificate")?;
+    let mut config = LanConfig::new(addr, uuid, services, tls);
+    config.plain = args.lan_plain;
+    config.amt_version.clone_from(&args.amt_version);
+    let device = LanDevice::bind(config).await?;
+    tracing::info!(
+        "amt-sim: LAN device UUID {uuid} on {addr}: TLS 16993/16995{}, RMCP 623, AMT {}, power {}",
+        if args.lan_plain { ", plain 16992/16994" } else { "" },
+        args.amt_version,
+        if args.power == PowerArg::On { "on" } else { "off" }
+    );
+    log_services(args);
+    let (trigger, shutdown) = shutdown_pair();
+    tokio::spawn(stop_on_signals(trigger));
+    device.run(shutdown).await;
+    Ok(())
+}
+
+/// The start-up lines about redirection and WS-MAN.
+fn log_services(args: &Args) {
     tracing::info!(
         "redirection on 16994/16995: admin user {:?}, SOL shell {}, IDE-R boot {}",
         args.admin_user,
@@ -341,13 +447,6 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         if args.redial_on_power_change { ", redial on power change" } else { "" },
         if args.user_initiated { ", user-initiated (remote help)" } else { "" }
     );
-    let (trigger, shutdown) = shutdown_pair();
-    tokio::spawn(stop_on_signals(trigger));
-    let report = run_fleet(fleet, shutdown).await?;
-    if args.exit_after_established && report.all_established_after.is_none() {
-        bail!("stopped before every device was established ({}/{})", report.stats.ever_established, report.count);
-    }
-    Ok(())
 }
 
 /// The `--gateway` addresses, each with its TLS name: `--server-name` when given, else the
@@ -538,6 +637,29 @@ mod tests {
             Args::try_parse_from(base.iter().chain(&["--remote-help-file", "/tmp/x"])).is_err(),
             "needs --user-initiated"
         );
+    }
+
+    #[test]
+    fn lan_mode_needs_no_gateway_nor_credentials() {
+        let args = Args::try_parse_from(["amt-sim", "--lan", "127.0.0.1"]).unwrap();
+        assert_eq!(args.lan, Some(IpAddr::from([127, 0, 0, 1])));
+        assert!(!args.lan_plain && args.username.is_none());
+        assert_eq!((args.amt_version.as_str(), args.power), (AMT_VERSION, PowerArg::On));
+        let flags = ["amt-sim", "--lan", "::1", "--lan-plain", "--amt-version", "12.0.45", "--power", "off"];
+        let args = Args::try_parse_from(flags).unwrap();
+        assert!(args.lan_plain);
+        assert_eq!((args.amt_version.as_str(), args.power), ("12.0.45", PowerArg::Off));
+        for bad in ["12.0", "12.0.45.1", "x.1.2", "256.0.1", "1.2.-3", ""] {
+            assert!(Args::try_parse_from(["amt-sim", "--lan", "::1", "--amt-version", bad]).is_err(), "{bad}");
+        }
+        assert!(Args::try_parse_from(["amt-sim", "--lan-plain", "--insecure"]).is_err(), "--lan-plain needs --lan");
+        // Without --lan, the CIRA flags are required.
+        assert!(Args::try_parse_from(["amt-sim", "--gateway", "a:1", "--username", "u", "--password", "p"]).is_err());
+        assert!(Args::try_parse_from(["amt-sim", "--gateway", "a:1", "--insecure", "--username", "u"]).is_err());
+        assert!(Args::try_parse_from(["amt-sim", "--insecure", "--username", "u", "--password", "p"]).is_err());
+        let cira = ["amt-sim", "--gateway", "a:1", "--ca", "ca.pem", "--username", "u", "--password", "p"];
+        assert!(Args::try_parse_from(cira).is_ok());
+        assert!(Args::try_parse_from(cira.iter().chain(&["--insecure"])).is_err(), "--ca or --insecure, not both");
     }
 
     #[test]
