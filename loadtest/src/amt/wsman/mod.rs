@@ -15,8 +15,8 @@
 //! is logged as `16992 request: POST /wsman`.
 //!
 //! Where it differs from firmware, knowingly:
-//! - TLS on 16993 only with `--tls-only` (`tls_service::TlsService` in front; otherwise 16993 is
-//!   plain, and a client that starts TLS there gets a 400 and the channel closes), no
+//! - TLS on 16993 only with `--tls-only` or `--lan` (`tls_service::TlsService` in front; otherwise
+//!   16993 is plain, and a client that starts TLS there gets a 400 and the channel closes), no
 //!   Kerberos, no users but the admin account, no realms or ACLs, no audit or event log;
 //! - most of AMT's classes are missing (see [`responder`] for those it answers; others are
 //!   `wsa:DestinationUnreachable`, and several MeshCentral asks for are known with no instances);
