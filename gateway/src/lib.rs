@@ -5,7 +5,8 @@
 //!   the per-tunnel driver of the APF session;
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
-//! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`);
+//! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`), and
+//!   `bridge` one over a plain connection (the fleet link, a LAN device);
 //! - `relay`: a technician WebSocket piped to a device stream; `redir_tap`: what the relays to
 //!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts), and
 //!   `redir_log` the writers of those records and transcripts;
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod bridge;
 pub mod certs;
 pub mod cira;
 pub mod client;
