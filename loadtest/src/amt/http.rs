@@ -21,7 +21,10 @@ use rand::Rng;
 use uuid::Uuid;
 
 use super::service::{ChannelHandler, ChannelInfo, Outbox, Service};
-use super::wsman::responder::{AMT_BUILD, AMT_VERSION};
+
+/// The firmware version this simulator reports by default (also in the HTTP `Server` header).
+pub const AMT_VERSION: &str = "16.1.27";
+pub const AMT_BUILD: &str = "2176";
 
 /// What firmware of `version` (`16.1.27`) puts in its `Server` header: the version and the build
 /// number, `Intel(R) Active Management Technology 16.1.27.2176`.

@@ -42,9 +42,7 @@ use super::state::{
     OPT_IN_ALL, POWER_OFF, POWER_ON, REDIRECTION_BOTH, REDIRECTION_NONE,
 };
 
-/// The firmware version this simulator reports by default ([`FirmwareConfig::amt_version`]).
-pub const AMT_VERSION: &str = "16.1.27";
-pub const AMT_BUILD: &str = "2176";
+pub use crate::amt::http::{AMT_BUILD, AMT_VERSION};
 /// The boot configuration `SetBootConfigRole` and `ChangeBootOrder` name.
 pub const BOOT_CONFIG: &str = "Intel(r) AMT: Boot Configuration 0";
 /// The boot sources `ChangeBootOrder` takes.
