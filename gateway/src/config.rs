@@ -44,6 +44,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub fleet: FleetConfig,
     pub proxy: ProxyConfig,
+    pub lan: LanConfig,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             fleet: FleetConfig::default(),
             proxy: ProxyConfig::default(),
+            lan: LanConfig::default(),
         }
     }
 }
@@ -94,6 +96,42 @@ impl Default for FleetConfig {
             advertise_api: None,
             heartbeat_interval_secs: 2,
             stale_after_secs: 10,
+        }
+    }
+}
+
+/// The LAN tools of an appliance at the edge: discovery, Wake-on-LAN, and AMT PCs on its LAN
+/// adopted as devices. Raw frames need `CAP_NET_RAW` (or root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LanConfig {
+    /// The interfaces the LAN tools may use, by name (`["eth1"]`). Empty (the default): the LAN
+    /// tools are off, and no scan, magic packet or adoption is allowed on any interface.
+    pub interfaces: Vec<String>,
+    /// Probes a scan sends per second (ARP requests, RMCP pings, TCP connects), in all.
+    pub rate_pps: u32,
+    /// Most addresses one scan covers (1,024: a /22).
+    pub max_hosts: u32,
+    /// How long a scan waits for late answers after its last ARP request or ping, in ms.
+    pub reply_wait_ms: u64,
+    /// How long a probe of an AMT port (TCP connect, TLS, the HTTP answer) may take, in ms.
+    pub probe_timeout_ms: u64,
+    /// Scan the subnet of each interface above every this many seconds (0: only on request).
+    pub scan_every_secs: u64,
+    /// How often an adopted PC's AMT is checked for reachability, in seconds.
+    pub check_interval_secs: u64,
+}
+
+impl Default for LanConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            rate_pps: 200,
+            max_hosts: 1024,
+            reply_wait_ms: 1000,
+            probe_timeout_ms: 2000,
+            scan_every_secs: 0,
+            check_interval_secs: 30,
         }
     }
 }
@@ -306,6 +344,16 @@ impl Config {
         at_least("database_pool_size", self.database_pool_size.into(), 1)?;
         at_least("proxy.header_timeout_ms", self.proxy.header_timeout_ms, 100)?;
         at_least("fleet.heartbeat_interval_secs", self.fleet.heartbeat_interval_secs, 1)?;
+        at_least("lan.rate_pps", self.lan.rate_pps.into(), 1)?;
+        at_least("lan.max_hosts", self.lan.max_hosts.into(), 1)?;
+        at_least("lan.probe_timeout_ms", self.lan.probe_timeout_ms, 100)?;
+        at_least("lan.check_interval_secs", self.lan.check_interval_secs, 1)?;
+        if self.lan.scan_every_secs > 0 && self.lan.scan_every_secs < 60 {
+            return invalid(
+                "lan.scan_every_secs",
+                format!("is {}; use 0 (off) or at least 60", self.lan.scan_every_secs),
+            );
+        }
         if self.fleet.stale_after_secs < 2 * self.fleet.heartbeat_interval_secs {
             return invalid(
                 "fleet.stale_after_secs",

@@ -25,7 +25,7 @@ use crate::redir_log::RedirLog;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::store::{InstanceRegistration, Location, Migrate, PoolOptions, Store};
-use crate::{api, cira, fleet, paths};
+use crate::{api, cira, fleet, lan, paths};
 
 /// Waiting password checks admitted beside the running ones (beyond: refused as busy, and the
 /// device retries). At ~50 ms per argon2 run and one thread per core, this is a few seconds of
@@ -180,6 +180,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         redirections,
         metrics: Metrics::new(),
         registry,
+        lan: crate::lan::Lan::default(),
         conflicts: LogOnce::new(),
         shutdown: shutdown_rx,
     });
@@ -207,6 +208,10 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
     }
     let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared), registration));
+    lan::start(Arc::clone(&shared)).await.context("starting the LAN tools")?;
+    if !shared.config.lan.interfaces.is_empty() {
+        info!(interfaces = %shared.config.lan.interfaces.join(","), rate_pps = shared.config.lan.rate_pps, "LAN tools on");
+    }
 
     wait_for_signal().await;
     info!("shutting down: closing tunnels");

@@ -18,10 +18,12 @@
 //!   them);
 //! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
 //!   material, rate limits, Prometheus metrics and configuration;
+//! - `lan`: the appliance's LAN (discovery with pnet, Wake-on-LAN, AMT PCs adopted as devices
+//!   of kind `lan`, reached through the same tunnel interface);
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
 //!   reading the header before TLS);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
-//!   the technician's side; `operator`: the CLI's commands behind its argument parsing.
+//!   the technician's side (`lan_commands`: `tether lan`); `operator`: the CLI's commands behind its argument parsing.
 
 pub mod api;
 pub mod auth;
@@ -36,6 +38,8 @@ pub mod fleet;
 pub mod forward;
 pub mod identity;
 pub mod journal;
+pub mod lan;
+pub mod lan_commands;
 pub mod limits;
 pub mod metrics;
 pub mod operator;

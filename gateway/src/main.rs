@@ -12,7 +12,7 @@ use tether_gateway::operator::{
 use tether_gateway::redirect::rescue::{self, AmtArgs, BootDevice, PowerCommand, Toggle};
 use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
-use tether_gateway::{auth, backup, daemon, forward, paths};
+use tether_gateway::{auth, backup, daemon, forward, lan_commands, paths};
 use uuid::Uuid;
 
 /// jemalloc, with its background purging thread switched on in `main`: memory freed after a burst
@@ -54,6 +54,63 @@ struct Cli {
 enum AmtAction {
     /// Forget the remembered AMT account and the pinned TLS certificate of a device (after its
     /// password or certificate changed on purpose).
+    Forget { uuid: Uuid },
+}
+
+#[derive(Subcommand, Debug)]
+enum LanAction {
+    /// Find the hosts on a subnet of the gateway's interface IF (an ARP sweep), and which are
+    /// Intel AMT (an RMCP presence ping on 623, a probe of 16993 and 16992): their MAC, address,
+    /// AMT version and provisioning state, read without credentials. Paced by lan.rate_pps.
+    Scan {
+        /// The gateway's interface to scan from (one of lan.interfaces; never picked for you).
+        #[arg(long, value_name = "IF")]
+        interface: String,
+        /// The range to sweep, inside the interface's subnet [default: the whole subnet].
+        #[arg(long, value_name = "CIDR")]
+        cidr: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hosts scans found on the gateway's LAN, and the devices adopted among them.
+    Devices {
+        /// Every gateway's LAN, not only this one's.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wake a PC: by MAC, a magic packet (raw frame and UDP broadcast to port 9) on IF; by a
+    /// device's UUID, AMT's own power-on when AMT can be reached, else a magic packet to its MAC.
+    Wake {
+        /// A MAC address (aa:bb:cc:dd:ee:ff) or a device's UUID.
+        target: String,
+        /// The gateway's interface to send a magic packet on [for a UUID: the one it was found on].
+        #[arg(long, value_name = "IF")]
+        interface: Option<String>,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adopt the AMT PC at IP as a device of kind `lan`: its UUID is read through WS-MAN with the
+    /// admin account (or given with --uuid), and the TLS certificate it shows on 16993 is pinned.
+    /// Technicians then reach it like a CIRA PC (forward, console, IDE-R, power, rescue).
+    Adopt {
+        ip: String,
+        /// The PC's UUID, when you vouch for it instead of reading it through WS-MAN.
+        #[arg(long)]
+        uuid: Option<Uuid>,
+        #[command(flatten)]
+        amt: AmtArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop reaching an adopted PC.
     Forget { uuid: Uuid },
 }
 
@@ -225,6 +282,11 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The gateway's LAN: find AMT PCs, wake them, adopt them as devices (lan.interfaces).
+    Lan {
+        #[command(subcommand)]
+        action: LanAction,
     },
     /// The store: schema migrations and checks.
     Db {
@@ -591,6 +653,20 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Actions { uuid, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             rescue::actions(&client, uuid, json).await
+        }
+        Command::Lan { action } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            match action {
+                LanAction::Scan { interface, cidr, json } => {
+                    lan_commands::scan(&client, &interface, cidr.as_deref(), json).await
+                }
+                LanAction::Devices { all, json } => lan_commands::devices(&client, all, json).await,
+                LanAction::Wake { target, interface, amt, json } => {
+                    lan_commands::wake(&client, &target, interface.as_deref(), &amt, json).await
+                }
+                LanAction::Adopt { ip, uuid, amt, json } => lan_commands::adopt(&client, &ip, uuid, &amt, json).await,
+                LanAction::Forget { uuid } => lan_commands::forget(&client, uuid).await,
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ macro_rules! label_enum {
 
 label_enum!(
     /// The kind of tunnel.
-    TunnelKind { Cira => "cira", Agent => "agent" }
+    TunnelKind { Cira => "cira", Agent => "agent", Lan => "lan" }
 );
 
 label_enum!(
@@ -168,6 +168,16 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// How a LAN scan ended.
+    LanScanOutcome { Done => "done", Failed => "failed" }
+);
+
+label_enum!(
+    /// How a PC on the LAN was woken.
+    WakeMethod { Amt => "amt", MagicPacket => "magic_packet" }
+);
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -195,6 +205,8 @@ pub struct Metrics {
     redir_tap_errors: IntCounter,
     redir_transcript_dropped: IntCounter,
     amt_actions: IntCounterVec,
+    lan_scans: IntCounterVec,
+    lan_wakes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -345,6 +357,24 @@ impl Metrics {
                 amt_actions.with_label_values(&[action.as_str(), outcome.as_str()]);
             }
         }
+        let lan_scans = counter_vec(
+            &registry,
+            "tether_lan_scans_total",
+            "Scans of the appliance's LAN (ARP sweep, RMCP pings, AMT port probes), by outcome.",
+            &["outcome"],
+        );
+        for outcome in LanScanOutcome::ALL {
+            lan_scans.with_label_values(&[outcome.as_str()]);
+        }
+        let lan_wakes = counter_vec(
+            &registry,
+            "tether_lan_wakes_total",
+            "PCs on the LAN woken, by method (AMT's power-on, or a magic packet).",
+            &["method"],
+        );
+        for method in WakeMethod::ALL {
+            lan_wakes.with_label_values(&[method.as_str()]);
+        }
         for kind in RedirKind::ALL {
             redir_sessions.with_label_values(&[kind.as_str()]);
             redir_active.with_label_values(&[kind.as_str()]);
@@ -409,6 +439,8 @@ impl Metrics {
             redir_tap_errors,
             redir_transcript_dropped,
             amt_actions,
+            lan_scans,
+            lan_wakes,
         }
     }
 
@@ -512,6 +544,15 @@ impl Metrics {
         self.redir_refused.with_label_values(&[kind.as_str()]).inc();
     }
 
+    pub fn lan_scan(&self, done: bool) {
+        let outcome = if done { LanScanOutcome::Done } else { LanScanOutcome::Failed };
+        self.lan_scans.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    pub fn lan_wake(&self, method: WakeMethod) {
+        self.lan_wakes.with_label_values(&[method.as_str()]).inc();
+    }
+
     pub fn amt_action(&self, action: AmtAction, outcome: AmtOutcome) {
         self.amt_actions.with_label_values(&[action.as_str(), outcome.as_str()]).inc();
     }
@@ -561,6 +602,12 @@ mod tests {
                 let (action, outcome) = (action.as_str(), outcome.as_str());
                 expected.push(format!("tether_amt_actions_total{{action=\"{action}\",outcome=\"{outcome}\"}}"));
             }
+        }
+        for outcome in LanScanOutcome::ALL {
+            expected.push(format!("tether_lan_scans_total{{outcome=\"{}\"}}", outcome.as_str()));
+        }
+        for method in WakeMethod::ALL {
+            expected.push(format!("tether_lan_wakes_total{{method=\"{}\"}}", method.as_str()));
         }
         for kind in RedirKind::ALL {
             let kind = kind.as_str();

@@ -256,16 +256,23 @@ pub fn print_table(devices: &serde_json::Value) {
         println!("no devices yet: point an AMT device at this gateway (see README)");
         return;
     }
-    println!("{:36}  {:9}  {:25}  {:22}  PORTS", "UUID", "CONNECTED", "LAST HELLO", "REMOTE");
+    println!("{:36}  {:8}  {:9}  {:25}  {:22}  PORTS", "UUID", "KIND", "CONNECTED", "LAST HELLO", "REMOTE");
     for d in devices {
         let ports = d
             .get("ports")
             .and_then(|p| p.as_array())
             .map(|p| p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
+        let kinds = d
+            .get("kinds")
+            .and_then(|k| k.as_array())
+            .map(|k| k.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:36}  {:9}  {:25}  {:22}  {}",
+            "{:36}  {:8}  {:9}  {:25}  {:22}  {}",
             plain(&d["uuid"]),
+            kinds,
             if d["connected"].as_bool() == Some(true) { "yes" } else { "no" },
             plain(&d["last_hello"]),
             plain(&d["remote_addr"]),

@@ -39,6 +39,8 @@ pub struct Shared {
     pub passwords: PasswordChecker,
     /// Seals the AMT passwords technicians ask the gateway to remember.
     pub sealer: crate::sealing::Sealer,
+    /// The LAN tools: recent scans and the tasks of adopted LAN PCs.
+    pub lan: crate::lan::Lan,
     /// Conflicting claims are logged once per UUID per minute.
     pub conflicts: LogOnce<uuid::Uuid>,
     pub shutdown: watch::Receiver<bool>,
@@ -121,6 +123,7 @@ impl TestState {
             registry,
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
             sealer: crate::sealing::Sealer::load_or_create(dir.path()).expect("a sealing key"),
+            lan: crate::lan::Lan::default(),
             conflicts: LogOnce::new(),
             shutdown,
         });

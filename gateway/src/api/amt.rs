@@ -120,7 +120,7 @@ pub(super) struct CloseBody {
 #[derive(Debug, Deserialize)]
 pub(super) struct AccountBody {
     #[serde(flatten)]
-    account: Account,
+    pub(super) account: Account,
 }
 
 /// What `rescue/start` found and `rescue/finish` (or `session/close`) puts back. `rescue/finish`
@@ -152,10 +152,10 @@ const MAX_MESSAGE: usize = 1000;
 /// One remote-fix request: who asks (the token), for which device (the path's UUID), from where.
 /// An extractor: a path that is not a UUID is answered 400 before anything else.
 pub(super) struct Call {
-    api: Arc<Api>,
-    caller: Caller,
-    uuid: Uuid,
-    remote: SocketAddr,
+    pub(super) api: Arc<Api>,
+    pub(super) caller: Caller,
+    pub(super) uuid: Uuid,
+    pub(super) remote: SocketAddr,
 }
 
 impl FromRequestParts<Arc<Api>> for Call {
@@ -171,7 +171,7 @@ impl FromRequestParts<Arc<Api>> for Call {
     }
 }
 
-fn bad_json(rejection: JsonRejection) -> Response {
+pub(super) fn bad_json(rejection: JsonRejection) -> Response {
     error(
         StatusCode::BAD_REQUEST,
         format!("the request body is not what this endpoint takes: {}", rejection.body_text()),
@@ -179,7 +179,7 @@ fn bad_json(rejection: JsonRejection) -> Response {
 }
 
 /// The answer for a failed AMT step: which step, and what the device said.
-fn amt_failure(err: &AmtError) -> Response {
+pub(super) fn amt_failure(err: &AmtError) -> Response {
     let status = match &err.kind {
         AmtErrorKind::Call(wsman::CallError::Unauthorized { .. }) => StatusCode::FORBIDDEN,
         AmtErrorKind::Refused { .. } => StatusCode::CONFLICT,
@@ -249,7 +249,7 @@ impl Call {
     }
 
     /// Refusals before any work: scope, a closed session; then the account and the session.
-    async fn open(&self, account: &Account, check_closed: bool) -> Result<(Amt, Credentials), Response> {
+    pub(super) async fn open(&self, account: &Account, check_closed: bool) -> Result<(Amt, Credentials), Response> {
         if let Some(refused) = self.caller.scope_refusal(&self.api, TokenScope::Attach, "changing a device through AMT")
         {
             return Err(refused);
@@ -265,7 +265,7 @@ impl Call {
     }
 
     /// Keeps the account when asked to (after it worked).
-    async fn remember(&self, account: &Account, credentials: &Credentials) {
+    pub(super) async fn remember(&self, account: &Account, credentials: &Credentials) {
         if !account.remember || account.amt_password.is_none() {
             return;
         }
@@ -282,7 +282,7 @@ impl Call {
     }
 
     /// Records the action in the store.
-    async fn audit(&self, action: &str, detail: String, outcome: &str, message: Option<String>) {
+    pub(super) async fn audit(&self, action: &str, detail: String, outcome: &str, message: Option<String>) {
         let shared = &self.api.shared;
         let record = NewAction {
             uuid: self.uuid,

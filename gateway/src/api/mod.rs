@@ -9,6 +9,8 @@
 //! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` (scope
 //!   `attach`) and `GET …/actions` (scope `read`): the remote fix through AMT's WS-Management,
 //!   every action recorded (`amt`).
+//! - `/api/v1/lan/…` and `POST /api/v1/devices/{uuid}/wake`: the appliance's LAN — scans, hosts
+//!   found, Wake-on-LAN, AMT PCs adopted as devices of kind `lan` (`lan`).
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
@@ -22,6 +24,7 @@
 
 mod admission;
 mod amt;
+mod lan;
 mod redirections;
 mod relays;
 
@@ -120,6 +123,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices/{uuid}/session/close", post(amt::session_close))
         .route("/api/v1/devices/{uuid}/session/open", post(amt::session_open))
         .route("/api/v1/devices/{uuid}/amt/forget", post(amt::forget))
+        .route("/api/v1/devices/{uuid}/wake", post(lan::wake_device))
+        .route("/api/v1/lan/scans", post(lan::start_scan))
+        .route("/api/v1/lan/scans/{id}", get(lan::show_scan))
+        .route("/api/v1/lan/hosts", get(lan::hosts))
+        .route("/api/v1/lan/wake", post(lan::wake_mac))
+        .route("/api/v1/lan/devices", get(lan::list_devices).post(lan::adopt_device))
+        .route("/api/v1/lan/devices/{uuid}/forget", post(lan::forget_device))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
     Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
 }
@@ -289,27 +299,30 @@ async fn list_devices(
         Ok(records) => records,
         Err(err) => return store_unavailable(err),
     };
-    let full = records.len() == limit as usize;
-    let last = records.last().map(|r| r.uuid);
-    let mut seen = std::collections::HashSet::new();
-    let mut devices: Vec<(Uuid, Value)> = records
-        .into_iter()
-        .map(|record| {
-            seen.insert(record.uuid);
-            let uuid = record.uuid;
-            (uuid, view::device_view(shared, Some(record), uuid))
-        })
-        .collect();
-    // Tunnels whose first records are still on their way to the store, where this page covers
-    // their UUID.
-    let in_page =
-        |uuid: Uuid| query.after.is_none_or(|after| uuid > after) && (!full || last.is_some_and(|l| uuid < l));
-    for live in shared.registry.snapshot().into_iter().filter(|t| t.kind == crate::registry::TunnelKind::Cira) {
-        if !seen.contains(&live.uuid) && in_page(live.uuid) {
-            devices.push((live.uuid, view::device_view(shared, None, live.uuid)));
+    let adopted = match shared.store.lan_devices(None, query.after, limit).await {
+        Ok(adopted) => adopted,
+        Err(err) => return store_unavailable(err),
+    };
+    // Each source gives its first `limit` devices after `after`; merged, the first `limit` are
+    // this page: CIRA records, LAN PCs adopted, and live tunnels whose first records are still on
+    // their way to the store.
+    let mut adopted: std::collections::HashMap<Uuid, _> = adopted.into_iter().map(|a| (a.uuid, a)).collect();
+    let mut devices: std::collections::BTreeMap<Uuid, Value> = std::collections::BTreeMap::new();
+    for record in records {
+        let uuid = record.uuid;
+        devices.insert(uuid, view::device_view(shared, Some(record), adopted.remove(&uuid), uuid));
+    }
+    for (uuid, lan) in adopted {
+        devices.insert(uuid, view::device_view(shared, None, Some(lan), uuid));
+    }
+    for live in shared.registry.snapshot() {
+        if !devices.contains_key(&live.uuid) && query.after.is_none_or(|after| live.uuid > after) {
+            devices.insert(live.uuid, view::device_view(shared, None, None, live.uuid));
         }
     }
-    devices.sort_by_key(|(uuid, _)| *uuid);
+    let full = devices.len() >= limit as usize;
+    let devices: Vec<(Uuid, Value)> = devices.into_iter().take(limit as usize).collect();
+    let last = devices.last().map(|(uuid, _)| *uuid);
     let mut response = Json(Value::Array(devices.into_iter().map(|(_, v)| v).collect())).into_response();
     if let (true, Some(last)) = (full, last) {
         let link = format!("</api/v1/devices?limit={limit}&after={last}>; rel=\"next\"");
@@ -336,13 +349,17 @@ async fn show_device(
         Ok(record) => record,
         Err(err) => return store_unavailable(err),
     };
-    if record.is_none() && shared.registry.any(uuid).is_none() {
+    let lan = match shared.store.lan_device(uuid).await {
+        Ok(lan) => lan,
+        Err(err) => return store_unavailable(err),
+    };
+    if record.is_none() && lan.is_none() && shared.registry.any(uuid).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
     }
     let held_elsewhere = shared.registry.any(uuid).is_none()
-        && record.as_ref().is_some_and(|r| {
+        && (record.as_ref().is_some_and(|r| {
             r.connected_since.is_some() && r.instance.as_deref().is_some_and(|i| i != shared.instance)
-        });
+        }) || lan.as_ref().is_some_and(|l| l.instance != shared.instance));
     if held_elsewhere {
         // The gateway holding the tunnel knows its live state (ports, address).
         if let Ok((instance, peers)) = relays::elsewhere(shared, uuid).await {
@@ -353,8 +370,12 @@ async fn show_device(
             }
         }
     }
-    let instance = record.as_ref().and_then(|r| r.instance.clone()).unwrap_or_else(|| shared.instance.clone());
-    with_instance(Json(view::device_view(shared, record, uuid)).into_response(), &instance)
+    let instance = record
+        .as_ref()
+        .and_then(|r| r.instance.clone())
+        .or_else(|| lan.as_ref().map(|l| l.instance.clone()))
+        .unwrap_or_else(|| shared.instance.clone());
+    with_instance(Json(view::device_view(shared, record, lan, uuid)).into_response(), &instance)
 }
 
 /// Names the gateway holding (or last holding) the device in a response header.

@@ -112,10 +112,14 @@ async fn show(State(shared): State<Arc<Shared>>, Path(uuid): Path<Uuid>) -> Resp
         Ok(record) => record,
         Err(err) => return link_error(StatusCode::INTERNAL_SERVER_ERROR, err),
     };
-    if record.is_none() && shared.registry.any(uuid).is_none() {
+    let lan = match shared.store.lan_device(uuid).await {
+        Ok(lan) => lan,
+        Err(err) => return link_error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    if record.is_none() && lan.is_none() && shared.registry.any(uuid).is_none() {
         return link_error(StatusCode::NOT_FOUND, format!("no device {uuid}"));
     }
-    Json(view::device_view(&shared, record, uuid)).into_response()
+    Json(view::device_view(&shared, record, lan, uuid)).into_response()
 }
 
 async fn claim(

@@ -55,7 +55,7 @@ pub struct AmtArgs {
 }
 
 impl AmtArgs {
-    fn body(&self, mut extra: Value) -> Value {
+    pub(crate) fn body(&self, mut extra: Value) -> Value {
         if let Value::Object(map) = &mut extra {
             map.insert("amt_user".into(), json!(self.user));
             if let Some(password) = &self.password {
@@ -93,7 +93,8 @@ pub enum BootDevice {
     None,
 }
 
-async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
+/// POSTs to an endpoint that waits on a device; a refusal becomes an error with the API's message.
+pub(crate) async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
     let (status, value) = client.post_with_timeout(path, body, DEVICE_CALL_TIMEOUT).await?;
     if !status.is_success() {
         bail!("{}", api_error(status, &value));
@@ -101,7 +102,8 @@ async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
     Ok(value)
 }
 
-fn print(value: &Value, json_out: bool, line: impl FnOnce(&Value) -> String) {
+/// Prints the answer as JSON, or as the line `line` makes of it.
+pub(crate) fn print(value: &Value, json_out: bool, line: impl FnOnce(&Value) -> String) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     } else {

@@ -367,10 +367,14 @@ impl Store {
         Ok(self.fetch_optional(stmt, |r| r.text(0)).await?.is_some())
     }
 
-    /// The instance recorded as holding `uuid`'s live tunnel, if it is connected.
+    /// The instance recorded as holding `uuid`'s live tunnel, if it is connected; else the one
+    /// on whose LAN it was adopted.
     pub async fn holder(&self, uuid: Uuid) -> Result<Option<String>, StoreError> {
-        let stmt = Stmt::new("SELECT instance_id FROM devices WHERE uuid = $1 AND connected_since IS NOT NULL")
-            .text(uuid.to_string());
+        let stmt = Stmt::new(
+            "SELECT instance_id FROM devices WHERE uuid = $1 AND connected_since IS NOT NULL
+             UNION ALL SELECT instance FROM lan_devices WHERE uuid = $1 LIMIT 1",
+        )
+        .text(uuid.to_string());
         Ok(self.fetch_optional(stmt, |r| r.text(0)).await?.flatten())
     }
 }

@@ -130,6 +130,33 @@ CREATE TABLE remote_sessions (
     close_message TEXT
 );
 ",
+    // v6: the appliance's LAN: hosts its scans found, and the AMT PCs adopted as devices (`lan.rs`).
+    "
+CREATE TABLE lan_hosts (
+    instance TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    interface TEXT NOT NULL,
+    amt INTEGER NOT NULL DEFAULT 0,
+    amt_version TEXT,
+    provisioning TEXT,
+    amt_ports TEXT NOT NULL DEFAULT '',
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (instance, mac)
+);
+CREATE TABLE lan_devices (
+    uuid TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    mac TEXT,
+    tls_pin TEXT,
+    plain_ports INTEGER NOT NULL DEFAULT 0,
+    adopted_at INTEGER NOT NULL,
+    adopted_by TEXT NOT NULL,
+    UNIQUE (instance, ip)
+);
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -233,6 +260,33 @@ CREATE TABLE remote_sessions (
     closed_at BIGINT,
     closed_by TEXT,
     close_message TEXT
+);
+",
+    // v4: the appliance's LAN: hosts its scans found, and the AMT PCs adopted as devices (`lan.rs`).
+    "
+CREATE TABLE lan_hosts (
+    instance TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    interface TEXT NOT NULL,
+    amt BOOLEAN NOT NULL DEFAULT FALSE,
+    amt_version TEXT,
+    provisioning TEXT,
+    amt_ports TEXT NOT NULL DEFAULT '',
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    PRIMARY KEY (instance, mac)
+);
+CREATE TABLE lan_devices (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    instance TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    mac TEXT,
+    tls_pin TEXT,
+    plain_ports BOOLEAN NOT NULL DEFAULT FALSE,
+    adopted_at BIGINT NOT NULL,
+    adopted_by TEXT NOT NULL,
+    UNIQUE (instance, ip)
 );
 ",
 ];

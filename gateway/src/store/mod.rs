@@ -6,7 +6,8 @@
 //! … DO UPDATE`, `RETURNING`), as a [`Stmt`]; the schema differs only in its migrations
 //! (`migrations.rs`, one list per database). Times are stored as milliseconds since the epoch.
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
-//! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed).
+//! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
+//! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs).
 //!
 //! What it does not do: hash passwords (`auth`), know which devices are live (`registry`), or
 //! queue the device records written on the tunnels' behalf (`journal`).
@@ -24,6 +25,7 @@ use time::OffsetDateTime;
 
 pub(crate) mod devices;
 mod instances;
+mod lan;
 mod migrations;
 mod redirections;
 mod remote;
@@ -33,6 +35,7 @@ mod tokens;
 
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
+pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use tokens::{TokenRecord, TokenScope};

@@ -88,6 +88,9 @@ impl PowerAction {
     }
 }
 
+/// CIM PowerState "on".
+pub const POWER_ON: u32 = 2;
+
 /// A CIM power state as a word.
 pub fn power_state_name(state: u32) -> &'static str {
     match state {

@@ -1,0 +1,346 @@
+//! The LAN endpoints (`crate::lan`): scans, the hosts found, Wake-on-LAN, and adopting AMT PCs as
+//! devices of kind `lan`. All of it answers 403 with reason `lan_off`-style messages until
+//! `lan.interfaces` names the interfaces the tools may use; actions need scope `attach`, lists
+//! scope `read`. They act on the LAN of the gateway that answers (named in `instance`).
+//!
+//! - `POST /api/v1/lan/scans` `{"interface": IF, "cidr": CIDR?}` → 202 and the scan's progress;
+//!   `GET /api/v1/lan/scans/{id}` → its progress, and the hosts once done
+//! - `GET /api/v1/lan/hosts[?all=true]`: the hosts scans found (this gateway's LAN, or all)
+//! - `POST /api/v1/lan/wake` `{"mac": MAC, "interface": IF}`: a magic packet
+//! - `POST /api/v1/devices/{uuid}/wake` `{"interface": IF?, amt account}`: AMT's power-on when
+//!   it can be reached (the power state it then reports), else a magic packet to its MAC
+//! - `POST /api/v1/lan/devices` `{"ip": IP, "uuid": UUID?, amt account}`: adopt;
+//!   `GET /api/v1/lan/devices`; `POST /api/v1/lan/devices/{uuid}/forget`
+//!
+//! What it does not do: scan, probe or wake (`crate::lan`).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tracing::info;
+use uuid::Uuid;
+
+use super::admission::Caller;
+use super::amt::{amt_failure, bad_json, AccountBody, Call};
+use super::{error, store_unavailable, Api};
+use crate::lan::adopt::{self, AdoptError, AdoptRequest};
+use crate::lan::{scan, wake, LanError, ScanRequest};
+use crate::metrics::WakeMethod;
+use crate::registry::TunnelKind;
+use crate::store::{NewAction, TokenScope, MAX_LAN_ROWS};
+use crate::wsman::{self, PowerAction};
+
+/// The answer for a LAN tool's refusal.
+fn lan_failure(err: &LanError) -> Response {
+    let status = match err {
+        LanError::Off | LanError::NotAllowed { .. } => StatusCode::FORBIDDEN,
+        LanError::NoSuchInterface { .. } | LanError::NoAddress(_) => StatusCode::CONFLICT,
+        LanError::CidrOutside { .. } | LanError::TooManyHosts { .. } | LanError::BadCidr(_) => StatusCode::BAD_REQUEST,
+        LanError::NotOnLan(..) => StatusCode::FORBIDDEN,
+        LanError::Busy(..) => StatusCode::CONFLICT,
+        LanError::Raw { .. } | LanError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, err)
+}
+
+macro_rules! body {
+    ($body:expr) => {
+        match $body {
+            Ok(Json(body)) => body,
+            Err(rejection) => return bad_json(rejection),
+        }
+    };
+}
+
+macro_rules! scope {
+    ($caller:expr, $api:expr, $scope:expr, $what:expr) => {
+        if let Some(refused) = $caller.scope_refusal(&$api, $scope, $what) {
+            return refused;
+        }
+    };
+}
+
+pub(super) async fn start_scan(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<ScanRequest>, JsonRejection>,
+) -> Response {
+    scope!(caller, api, TokenScope::Attach, "scanning the LAN");
+    let request = body!(body);
+    match scan::start(&api.shared, &request) {
+        Ok(scan) => {
+            info!(scan = scan.id(), technician = %caller.name, interface = %request.interface, "LAN scan requested");
+            let mut status = json!(scan.status());
+            status["instance"] = json!(api.shared.instance);
+            (StatusCode::ACCEPTED, Json(status)).into_response()
+        }
+        Err(err) => lan_failure(&err),
+    }
+}
+
+pub(super) async fn show_scan(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    scope!(caller, api, TokenScope::Read, "reading a LAN scan");
+    let scan = id.parse::<u64>().ok().and_then(|id| api.shared.lan.scan(id));
+    match scan {
+        Some(scan) => Json(scan.status()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no scan {id} on gateway {} (only its recent scans are kept)", api.shared.instance),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct HostsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub(super) async fn hosts(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<HostsQuery>, QueryRejection>,
+) -> Response {
+    scope!(caller, api, TokenScope::Read, "listing LAN hosts");
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query takes all=true|false");
+    };
+    let instance = (!query.all).then_some(api.shared.instance.as_str());
+    match api.shared.store.lan_hosts(instance).await {
+        Ok(hosts) => Json(hosts).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WakeBody {
+    mac: String,
+    interface: String,
+}
+
+pub(super) async fn wake_mac(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<WakeBody>, JsonRejection>,
+) -> Response {
+    scope!(caller, api, TokenScope::Attach, "waking a PC");
+    let body = body!(body);
+    let mac = match body.mac.parse::<protocols::wol::Mac>() {
+        Ok(mac) => mac,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err),
+    };
+    match wake::magic_packet(&api.shared.config.lan, &body.interface, mac).await {
+        Ok(sent) => {
+            api.shared.metrics.lan_wake(WakeMethod::MagicPacket);
+            info!(technician = %caller.name, %mac, interface = %sent.interface, "magic packet sent");
+            Json(json!({ "method": "magic_packet", "magic_packet": sent })).into_response()
+        }
+        Err(err) => lan_failure(&err),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DeviceWakeBody {
+    interface: Option<String>,
+    #[serde(flatten)]
+    account: AccountBody,
+}
+
+/// AMT's own power-on first: it answers while the PC is off, so what counts is the power state
+/// it reports afterwards. Without AMT (no account, not reachable, refused), a magic packet to the
+/// PC's MAC (from its adoption or the scans) on the interface given or the one it was found on.
+pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, JsonRejection>) -> Response {
+    let body = body!(body);
+    let shared = &call.api.shared;
+    let amt = async {
+        let (mut amt, credentials) = call.open(&body.account.account, true).await?;
+        let before = amt.power_state().await.map_err(|e| amt_failure(&e))?;
+        if before != wsman::amt::POWER_ON {
+            amt.power(PowerAction::On).await.map_err(|e| amt_failure(&e))?;
+        }
+        let after = amt.power_state().await.ok();
+        call.remember(&body.account.account, &credentials).await;
+        Ok::<_, Response>((before, after))
+    };
+    let amt_error = match amt.await {
+        Ok((before, after)) => {
+            shared.metrics.lan_wake(WakeMethod::Amt);
+            let changed = before != wsman::amt::POWER_ON;
+            let answer = json!({
+                "uuid": call.uuid,
+                "method": "amt",
+                "was": wsman::amt::power_state_name(before),
+                "power_state": after,
+                "power": after.map(wsman::amt::power_state_name),
+                "changed": changed,
+            });
+            let detail = format!("wake through AMT (was {})", wsman::amt::power_state_name(before));
+            call.audit("power.on", detail, "ok", None).await;
+            return Json(answer).into_response();
+        }
+        Err(response) => response_text(response).await,
+    };
+
+    // No AMT: a magic packet, if the PC's MAC is known.
+    let adoption = match shared.store.lan_device(call.uuid).await {
+        Ok(adoption) => adoption,
+        Err(err) => return store_unavailable(err),
+    };
+    let host = match &adoption {
+        Some(adopted) => shared.store.lan_host_by_ip(&shared.instance, &adopted.ip).await.ok().flatten(),
+        None => None,
+    };
+    let mac = adoption.as_ref().and_then(|a| a.mac.clone()).or_else(|| host.as_ref().map(|h| h.mac.clone()));
+    let interface = body.interface.clone().or_else(|| host.as_ref().map(|h| h.interface.clone()));
+    let (Some(mac), Some(interface)) = (mac, interface) else {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "device {} could not be woken through AMT ({amt_error}), and no MAC address and interface are known \
+                 for a magic packet: adopt it after a scan found it, or wake its MAC (`tether lan wake MAC \
+                 --interface IF`)",
+                call.uuid
+            ),
+        );
+    };
+    let Ok(mac) = mac.parse::<protocols::wol::Mac>() else {
+        return error(StatusCode::CONFLICT, format!("the MAC recorded for {} ({mac}) is not valid", call.uuid));
+    };
+    match wake::magic_packet(&shared.config.lan, &interface, mac).await {
+        Ok(sent) => {
+            shared.metrics.lan_wake(WakeMethod::MagicPacket);
+            call.audit("power.on", format!("magic packet to {mac} on {interface}"), "ok", Some(amt_error.clone()))
+                .await;
+            Json(json!({ "uuid": call.uuid, "method": "magic_packet", "magic_packet": sent, "amt_error": amt_error }))
+                .into_response()
+        }
+        Err(err) => lan_failure(&err),
+    }
+}
+
+/// The error message of a refusal, to be reported beside the fallback.
+async fn response_text(response: Response) -> String {
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| status.to_string())
+}
+
+pub(super) async fn adopt_device(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<AdoptRequest>, JsonRejection>,
+) -> Response {
+    scope!(caller, api, TokenScope::Attach, "adopting a LAN PC");
+    let request = body!(body);
+    if request.amt_password.as_ref().is_some_and(|p| p.len() > 32)
+        || request.amt_user.as_ref().is_some_and(|u| u.len() > 32)
+    {
+        return error(StatusCode::BAD_REQUEST, "AMT user names and passwords are at most 32 bytes");
+    }
+    let shared = &api.shared;
+    match adopt::adopt(shared, &request, &caller.name).await {
+        Ok(adopted) => {
+            let how = if request.uuid.is_some() { "UUID given by hand" } else { "UUID read through WS-MAN" };
+            record(&api, &caller, adopted.uuid, "lan.adopt", format!("{} ({how})", adopted.ip), "ok", None).await;
+            (StatusCode::CREATED, Json(json!(adopted))).into_response()
+        }
+        Err(err) => {
+            let status = match &err {
+                AdoptError::Lan(lan) => return lan_failure(lan),
+                AdoptError::BadAddress(_) | AdoptError::NeedAccount => StatusCode::BAD_REQUEST,
+                AdoptError::NotAmt(_) => StatusCode::NOT_FOUND,
+                AdoptError::Amt(amt) => return amt_failure(amt),
+                AdoptError::Tls(_) => StatusCode::BAD_GATEWAY,
+                AdoptError::Adopted { .. } | AdoptError::AddressTaken { .. } => StatusCode::CONFLICT,
+                AdoptError::Store(err) => {
+                    tracing::warn!(error = %err, "store failed during an adoption");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            error(status, err)
+        }
+    }
+}
+
+pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    scope!(caller, api, TokenScope::Read, "listing LAN devices");
+    let shared = &api.shared;
+    match shared.store.lan_devices(None, None, MAX_LAN_ROWS).await {
+        Ok(devices) => {
+            let list: Vec<Value> = devices
+                .into_iter()
+                .map(|device| {
+                    let live = shared.registry.get(device.uuid, TunnelKind::Lan);
+                    let mut view = json!(device);
+                    view["connected"] = json!(live.is_some() || device.instance != shared.instance);
+                    view["reachable_here"] = json!(live.is_some());
+                    view["ports"] = json!(live.map(|t| t.ports()).unwrap_or_default());
+                    view
+                })
+                .collect();
+            Json(list).into_response()
+        }
+        Err(err) => store_unavailable(err),
+    }
+}
+
+pub(super) async fn forget_device(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(uuid): Path<String>,
+) -> Response {
+    scope!(caller, api, TokenScope::Attach, "forgetting a LAN PC");
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    match adopt::forget(&api.shared, uuid).await {
+        Ok(true) => {
+            record(&api, &caller, uuid, "lan.forget", String::new(), "ok", None).await;
+            Json(json!({ "uuid": uuid, "forgotten": true })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("device {uuid} is not adopted on the LAN")),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+/// Records a LAN action on a device in its action log.
+async fn record(
+    api: &Api,
+    caller: &Caller,
+    uuid: Uuid,
+    action: &str,
+    detail: String,
+    outcome: &str,
+    message: Option<String>,
+) {
+    let shared = &api.shared;
+    let record = NewAction {
+        uuid,
+        at: OffsetDateTime::now_utc(),
+        token_id: Some(caller.id),
+        technician: caller.name.clone(),
+        action: action.to_owned(),
+        detail,
+        outcome: outcome.to_owned(),
+        message,
+        instance: shared.instance.clone(),
+    };
+    info!(%uuid, technician = %caller.name, action, outcome, "LAN action");
+    if let Err(err) = shared.store.record_action(&record).await {
+        tracing::warn!(%uuid, action, error = %err, "cannot record a LAN action in the store");
+    }
+}
