@@ -7,6 +7,8 @@
 //!   their output kept for failure messages; [`wait_for`] with a deadline.
 //! - [`netns`]: "behind NAT" for real, with network namespaces, veth pairs and nftables
 //!   masquerading ([`netns::Topology`]; needs root).
+//! - [`lan`]: an office LAN of namespaces on a bridge — the appliance, simulated AMT PCs, a plain
+//!   host — and a technician beside it ([`lan::LanTopology`]; needs root).
 //! - [`meshcentral`]: MeshCentral from npm, offline on loopback, as a real MPS peer.
 //! - [`api`]: the technician API from a chosen loopback source, with any token: HTTPS requests
 //!   that report status codes, relay WebSockets ([`api::ApiClient`]).
@@ -29,6 +31,7 @@
 pub mod api;
 pub mod attack;
 pub mod haproxy;
+pub mod lan;
 pub mod meshcentral;
 pub mod metrics;
 pub mod netns;

@@ -95,7 +95,7 @@ pub struct Topology {
 }
 
 /// Runs a command to completion; an error carries its stderr.
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -315,16 +315,16 @@ table ip tether_nat {
     }
 }
 
-/// Deletes namespaces named by [`Topology::unique_prefix`] whose test process no longer exists.
-fn sweep_dead_unique_namespaces() {
+/// Deletes namespaces named by [`Topology::unique_prefix`] (this module's and `lan`'s) whose test
+/// process no longer exists.
+pub(crate) fn sweep_dead_unique_namespaces() {
     for name in list_namespaces() {
         let mut parts = name.split('-');
         if parts.next() != Some(UNIQUE_PREFIX) {
             continue;
         }
         let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let is_ours = Host::ALL.iter().any(|h| name.ends_with(&format!("-{}", h.name())));
-        if is_ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         }
     }

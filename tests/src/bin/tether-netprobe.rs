@@ -10,6 +10,9 @@
 //!                                        or prints the error and exits 1
 //! tether-netprobe http-get ADDR PATH     sends `GET PATH HTTP/1.0` and copies the whole response
 //!                                        to stdout (10 s timeouts); exits 1 on a network error
+//! tether-netprobe capture IF SECONDS     prints `capturing IF`, then for each Wake-on-LAN magic
+//!                                        packet seen on IF (raw frames, pnet) `magic ethertype-0842
+//!                                        MAC` or `magic udp-PORT MAC`; exits after SECONDS
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,8 +30,17 @@ fn main() -> ExitCode {
             connect(addr, Duration::from_millis(ms))
         }
         (Some("http-get"), Some(addr)) => http_get(addr, args.get(2).map(String::as_str).unwrap_or("/")),
+        (Some("capture"), _) => match (args.get(1), args.get(2).and_then(|s| s.parse().ok())) {
+            (Some(interface), Some(seconds)) => capture(interface, Duration::from_secs(seconds)),
+            _ => {
+                eprintln!("usage: tether-netprobe capture IF SECONDS");
+                ExitCode::from(2)
+            }
+        },
         _ => {
-            eprintln!("usage: tether-netprobe listen ADDR | connect ADDR [TIMEOUT_MS] | http-get ADDR PATH");
+            eprintln!(
+                "usage: tether-netprobe listen ADDR | connect ADDR [TIMEOUT_MS] | http-get ADDR PATH | capture IF SECONDS"
+            );
             ExitCode::from(2)
         }
     }
@@ -114,4 +126,51 @@ fn http_get(addr: SocketAddr, path: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the magic packets seen on `interface` for `duration`: raw frames of EtherType 0x0842,
+/// and UDP datagrams (IPv4) carrying the pattern.
+fn capture(interface: &str, duration: Duration) -> ExitCode {
+    let Some(iface) = pnet_datalink::interfaces().into_iter().find(|i| i.name == interface) else {
+        eprintln!("no interface {interface}");
+        return ExitCode::FAILURE;
+    };
+    let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(100)), ..Default::default() };
+    let mut rx = match pnet_datalink::channel(&iface, config) {
+        Ok(pnet_datalink::Channel::Ethernet(_, rx)) => rx,
+        Ok(_) => {
+            eprintln!("{interface}: not an Ethernet channel");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{interface}: {e} (raw sockets need root)");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("capturing {interface}");
+    let _ = std::io::stdout().flush();
+    let deadline = std::time::Instant::now() + duration;
+    while std::time::Instant::now() < deadline {
+        let Ok(frame) = rx.next() else { continue };
+        if frame.len() < 14 {
+            continue;
+        }
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        let kind = match ethertype {
+            protocols::wol::ETHERTYPE => "ethertype-0842".to_owned(),
+            0x0800 if frame.len() >= 14 + 20 + 8 && frame[14 + 9] == 17 => {
+                let ihl = usize::from(frame[14] & 0x0F) * 4;
+                match frame.get(14 + ihl + 2..14 + ihl + 4) {
+                    Some(port) => format!("udp-{}", u16::from_be_bytes([port[0], port[1]])),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        if let Some(target) = protocols::wol::find_target(&frame[14..]) {
+            println!("magic {kind} {target}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    ExitCode::SUCCESS
 }
