@@ -488,3 +488,70 @@ async fn remote_fix_actions_amt_access_and_closed_sessions_are_kept() {
         assert_eq!(store.closed_session(uuid).await.unwrap(), None, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn lan_hosts_keep_their_first_sighting_and_adoptions_are_unique_per_uuid_and_address() {
+    use tether_gateway::store::{LanAdoption, LanHost};
+    let (_dir, stores) = both("lan").await;
+    for store in &stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let first = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let later = first + time::Duration::minutes(5);
+        let host = |instance: &str, mac: &str, ip: &str, amt: bool, seen: OffsetDateTime| LanHost {
+            instance: instance.into(),
+            mac: mac.into(),
+            ip: ip.into(),
+            interface: "lan0".into(),
+            amt,
+            amt_version: amt.then(|| "16.1.27".to_string()),
+            provisioning: amt.then(|| "provisioned".to_string()),
+            amt_ports: if amt { vec![623, 16993] } else { Vec::new() },
+            first_seen: seen,
+            last_seen: seen,
+        };
+        store
+            .save_lan_hosts(&[
+                host("gw-a", "02:00:00:00:00:11", "198.18.5.11", true, first),
+                host("gw-a", "02:00:00:00:00:09", "198.18.5.9", false, first),
+                host("gw-b", "02:00:00:00:00:11", "10.0.0.11", true, first),
+            ])
+            .await
+            .unwrap();
+        // Seen again at a new address: the first sighting stays, the rest is this scan's.
+        store.save_lan_hosts(&[host("gw-a", "02:00:00:00:00:11", "198.18.5.12", true, later)]).await.unwrap();
+        let hosts = store.lan_hosts(Some("gw-a")).await.unwrap();
+        assert_eq!(hosts.len(), 2, "{kind}: {hosts:?}");
+        let pc = hosts.iter().find(|h| h.mac == "02:00:00:00:00:11").unwrap();
+        assert_eq!((pc.ip.as_str(), pc.first_seen, pc.last_seen), ("198.18.5.12", first, later), "{kind}");
+        assert_eq!(pc.amt_ports, vec![623, 16993], "{kind}");
+        assert_eq!(store.lan_hosts(None).await.unwrap().len(), 3, "{kind}: every gateway's LAN");
+        let by_ip = store.lan_host_by_ip("gw-a", "198.18.5.9").await.unwrap().unwrap();
+        assert!(!by_ip.amt && by_ip.amt_version.is_none(), "{kind}");
+
+        let (uuid, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let adoption = |uuid: Uuid, ip: &str| LanAdoption {
+            uuid,
+            instance: "gw-a".into(),
+            ip: ip.into(),
+            mac: Some("02:00:00:00:00:11".into()),
+            tls_pin: Some("AA:BB".into()),
+            plain_ports: false,
+            adopted_at: first,
+            adopted_by: "alice".into(),
+        };
+        assert!(store.adopt_lan_device(&adoption(uuid, "198.18.5.12")).await.unwrap(), "{kind}");
+        assert!(!store.adopt_lan_device(&adoption(uuid, "198.18.5.13")).await.unwrap(), "{kind}: the UUID is taken");
+        assert!(
+            !store.adopt_lan_device(&adoption(other, "198.18.5.12")).await.unwrap(),
+            "{kind}: the address is taken"
+        );
+        assert_eq!(store.lan_device(uuid).await.unwrap(), Some(adoption(uuid, "198.18.5.12")), "{kind}");
+        assert_eq!(store.holder(uuid).await.unwrap().as_deref(), Some("gw-a"), "{kind}: reached by gw-a");
+        assert_eq!(store.lan_devices(Some("gw-a"), None, 10).await.unwrap().len(), 1, "{kind}");
+        assert!(store.lan_devices(Some("gw-b"), None, 10).await.unwrap().is_empty(), "{kind}");
+        assert!(store.lan_devices(None, Some(uuid), 10).await.unwrap().is_empty(), "{kind}: after the last");
+        assert!(store.forget_lan_device(uuid).await.unwrap(), "{kind}");
+        assert!(!store.forget_lan_device(uuid).await.unwrap(), "{kind}");
+        assert_eq!(store.holder(uuid).await.unwrap(), None, "{kind}");
+    }
+}
