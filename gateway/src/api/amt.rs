@@ -171,13 +171,6 @@ impl FromRequestParts<Arc<Api>> for Call {
     }
 }
 
-pub(super) fn bad_json(rejection: JsonRejection) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        format!("the request body is not what this endpoint takes: {}", rejection.body_text()),
-    )
-}
-
 /// The answer for a failed AMT step: which step, and what the device said.
 pub(super) fn amt_failure(err: &AmtError) -> Response {
     let status = match &err.kind {
@@ -325,15 +318,6 @@ impl Call {
 
 fn not_a_uuid(uuid: &str) -> Response {
     error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"))
-}
-
-macro_rules! body {
-    ($body:expr) => {
-        match $body {
-            Ok(Json(body)) => body,
-            Err(rejection) => return bad_json(rejection),
-        }
-    };
 }
 
 macro_rules! session {

@@ -28,7 +28,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::amt::{amt_failure, bad_json, AccountBody, Call};
+use super::amt::{amt_failure, AccountBody, Call};
 use super::{error, store_unavailable, Api};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
@@ -48,15 +48,6 @@ fn lan_failure(err: &LanError) -> Response {
         LanError::Raw { .. } | LanError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, err)
-}
-
-macro_rules! body {
-    ($body:expr) => {
-        match $body {
-            Ok(Json(body)) => body,
-            Err(rejection) => return bad_json(rejection),
-        }
-    };
 }
 
 macro_rules! scope {

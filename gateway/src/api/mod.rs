@@ -22,6 +22,16 @@
 //!
 //! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
 
+/// The JSON body of a request, or (from the handler) a 400 saying what is wrong with it.
+macro_rules! body {
+    ($body:expr) => {
+        match $body {
+            Ok(axum::Json(body)) => body,
+            Err(rejection) => return $crate::api::bad_json(rejection),
+        }
+    };
+}
+
 mod admission;
 mod amt;
 mod lan;
@@ -241,6 +251,13 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
 fn store_unavailable(err: crate::store::StoreError) -> Response {
     warn!(error = %err, "store query failed while answering the API");
     error(StatusCode::INTERNAL_SERVER_ERROR, "the gateway's store is unavailable; see the gateway's log")
+}
+
+fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("the request body is not what this endpoint takes: {}", rejection.body_text()),
+    )
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
