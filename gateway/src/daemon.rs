@@ -208,7 +208,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
     }
     let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared), registration));
-    lan::start(Arc::clone(&shared)).await.context("starting the LAN tools")?;
+    lan::tunnel::start(Arc::clone(&shared)).await.context("starting the LAN tools")?;
     if !shared.config.lan.interfaces.is_empty() {
         info!(interfaces = %shared.config.lan.interfaces.join(","), rate_pps = shared.config.lan.rate_pps, "LAN tools on");
     }

@@ -83,6 +83,12 @@ impl Shared {
     }
 }
 
+/// Resolves once the daemon is shutting down (or gone). Holds no borrow of the channel across
+/// awaits, so tasks that select on it stay `Send`.
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
 impl LiveView for Registry {
     fn live_state(&self, uuid: uuid::Uuid) -> Option<LiveState> {
         self.get(uuid, TunnelKind::Cira).map(|h| LiveState {

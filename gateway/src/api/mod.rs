@@ -103,11 +103,6 @@ impl Api {
     }
 }
 
-/// Resolves once the daemon is shutting down (or gone).
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
-
 /// The connection a request came on: the technician's address, and the connection's place under
 /// the caps (a relay holds it for as long as it runs).
 #[derive(Debug, Clone)]
@@ -165,7 +160,7 @@ async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Ar
                     continue;
                 }
             },
-            _ = stopping(&mut shutdown) => return,
+            _ = crate::state::stopping(&mut shutdown) => return,
         };
         let (api, app, acceptor) = (Arc::clone(&api), app.clone(), acceptor.clone());
         if api.shared.config.proxy.trusted.contains(peer.ip()) {

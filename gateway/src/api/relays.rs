@@ -159,7 +159,7 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = super::stopping(&mut shutdown) => return,
+            _ = crate::state::stopping(&mut shutdown) => return,
         }
         ticks += 1;
         if ticks % HOUSEKEEPING_EVERY == 0 {

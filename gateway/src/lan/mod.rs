@@ -11,28 +11,21 @@
 //! What it does not do: speak WS-MAN (`crate::wsman`), or answer technicians (`api::lan`).
 
 pub mod adopt;
+pub mod jobs;
 pub mod probe;
 pub mod scan;
 pub mod tunnel;
 pub mod wake;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ipnetwork::Ipv4Network;
 use protocols::wol::Mac;
-use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::config::LanConfig;
-use crate::registry::TunnelCommand;
 
-pub use scan::{Scan, ScanRequest, ScanStatus};
-
-/// Scans kept in memory for `GET /api/v1/lan/scans/{id}` (the newest; their hosts are also in
-/// the store).
-const KEPT_SCANS: usize = 16;
+pub use jobs::{Lan, Scan, ScanStatus};
+pub use scan::ScanRequest;
 
 /// Why a LAN tool refused or failed; the messages say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -144,95 +137,6 @@ impl Interface {
         let targets = cidr.iter().filter(|ip| !edge(*ip) && *ip != self.ip()).collect();
         Ok((cidr, targets))
     }
-}
-
-/// The LAN tools' state in the daemon: recent scans, and the task of each adopted PC.
-#[derive(Debug, Default)]
-pub struct Lan {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    next_scan: u64,
-    scans: VecDeque<Arc<Scan>>,
-    /// Each adopted PC's tunnel task, by UUID (whether its PC is reachable or not).
-    tunnels: HashMap<Uuid, mpsc::Sender<TunnelCommand>>,
-}
-
-impl Lan {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A new scan on `interface`, unless one is running there.
-    fn start_scan(&self, interface: &str, cidr: Ipv4Network, total: usize) -> Result<Arc<Scan>, LanError> {
-        let mut inner = self.lock();
-        if let Some(running) = inner.scans.iter().find(|s| s.interface() == interface && s.running()) {
-            return Err(LanError::Busy(interface.to_owned(), running.id()));
-        }
-        inner.next_scan += 1;
-        let scan = Arc::new(Scan::new(inner.next_scan, interface, cidr, total));
-        inner.scans.push_back(Arc::clone(&scan));
-        while inner.scans.len() > KEPT_SCANS {
-            // The oldest finished one goes; running scans stay (at most one per interface).
-            match inner.scans.iter().position(|s| !s.running()) {
-                Some(i) => drop(inner.scans.remove(i)),
-                None => break,
-            }
-        }
-        Ok(scan)
-    }
-
-    /// The scan with this id, while it is kept.
-    pub fn scan(&self, id: u64) -> Option<Arc<Scan>> {
-        self.lock().scans.iter().find(|s| s.id() == id).cloned()
-    }
-
-    fn add_tunnel(&self, uuid: Uuid, commands: mpsc::Sender<TunnelCommand>) {
-        self.lock().tunnels.insert(uuid, commands);
-    }
-
-    fn remove_tunnel(&self, uuid: Uuid, commands: &mpsc::Sender<TunnelCommand>) {
-        let mut inner = self.lock();
-        if inner.tunnels.get(&uuid).is_some_and(|c| c.same_channel(commands)) {
-            inner.tunnels.remove(&uuid);
-        }
-    }
-
-    /// Ends the tunnel task of an adopted PC (it was forgotten); whether one ran.
-    pub fn stop_tunnel(&self, uuid: Uuid) -> bool {
-        let Some(commands) = self.lock().tunnels.remove(&uuid) else {
-            return false;
-        };
-        let close = TunnelCommand::Close { reason: crate::metrics::CloseReason::Shutdown };
-        if commands.try_send(close).is_err() {
-            // A full queue: the task is busy, and the dropped sender ends it once it is drained.
-            tracing::debug!(%uuid, "LAN tunnel's queue is full; it ends when the queue drains");
-        }
-        true
-    }
-
-    /// Adopted PCs whose tunnel task runs.
-    pub fn tunnels(&self) -> usize {
-        self.lock().tunnels.len()
-    }
-}
-
-/// Starts the LAN side of the daemon: a tunnel task for each PC adopted on this gateway's LAN,
-/// and the periodic scan when `lan.scan_every_secs` asks for one.
-pub async fn start(shared: Arc<crate::state::Shared>) -> anyhow::Result<()> {
-    let adopted = shared.store.lan_devices(Some(&shared.instance), None, crate::store::MAX_LAN_ROWS).await?;
-    if !adopted.is_empty() {
-        tracing::info!(devices = adopted.len(), "reaching the PCs adopted on this gateway's LAN");
-    }
-    for device in adopted {
-        tunnel::spawn(Arc::clone(&shared), device);
-    }
-    if shared.config.lan.scan_every_secs > 0 && !shared.config.lan.interfaces.is_empty() {
-        tokio::spawn(scan::periodic(shared));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

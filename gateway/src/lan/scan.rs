@@ -18,23 +18,23 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use ipnetwork::Ipv4Network;
 use pnet_datalink::{Channel, MacAddr};
 use pnet_packet::arp::{ArpHardwareTypes, ArpOperations, ArpPacket, MutableArpPacket};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket};
 use pnet_packet::{MutablePacket, Packet};
 use protocols::rmcp::AmtPresence;
 use protocols::wol::Mac;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
+use super::jobs::Scan;
 use super::probe::{self, HTTPS_PORT, HTTP_PORT};
 use super::{Interface, LanError};
 use crate::state::Shared;
@@ -53,93 +53,6 @@ pub struct ScanRequest {
     pub interface: String,
     /// Default: the interface's subnet.
     pub cidr: Option<String>,
-}
-
-/// A scan's progress and, once done, what it found.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScanStatus {
-    pub id: u64,
-    pub interface: String,
-    pub cidr: String,
-    /// `running`, `done` or `failed`.
-    pub state: &'static str,
-    /// `arp`, `ping`, `probe`, then `done`.
-    pub phase: &'static str,
-    /// Addresses asked in the ARP sweep so far, of `total`.
-    pub swept: usize,
-    pub total: usize,
-    /// Live hosts found so far, and those probed.
-    pub live: usize,
-    pub probed: usize,
-    pub amt: usize,
-    pub error: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    pub elapsed_ms: u64,
-    /// Every live host found, once the scan is done.
-    pub hosts: Vec<LanHost>,
-}
-
-/// One scan, shared by the task running it and the API reading its progress.
-#[derive(Debug)]
-pub struct Scan {
-    status: Mutex<ScanStatus>,
-    started: Instant,
-}
-
-impl Scan {
-    pub(super) fn new(id: u64, interface: &str, cidr: Ipv4Network, total: usize) -> Scan {
-        Scan {
-            status: Mutex::new(ScanStatus {
-                id,
-                interface: interface.to_owned(),
-                cidr: cidr.to_string(),
-                state: "running",
-                phase: "arp",
-                swept: 0,
-                total,
-                live: 0,
-                probed: 0,
-                amt: 0,
-                error: None,
-                started_at: OffsetDateTime::now_utc(),
-                elapsed_ms: 0,
-                hosts: Vec::new(),
-            }),
-            started: Instant::now(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ScanStatus> {
-        self.status.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn update(&self, change: impl FnOnce(&mut ScanStatus)) {
-        let mut status = self.lock();
-        change(&mut status);
-        status.elapsed_ms = self.started.elapsed().as_millis() as u64;
-    }
-
-    pub fn id(&self) -> u64 {
-        self.lock().id
-    }
-
-    pub fn interface(&self) -> String {
-        self.lock().interface.clone()
-    }
-
-    pub fn running(&self) -> bool {
-        self.lock().state == "running"
-    }
-
-    /// A copy of the progress (with the elapsed time up to now while it runs).
-    pub fn status(&self) -> ScanStatus {
-        let mut status = self.lock().clone();
-        if status.state == "running" {
-            status.elapsed_ms = self.started.elapsed().as_millis() as u64;
-        }
-        status
-    }
 }
 
 /// Starts a scan in the background; its handle, for progress.
@@ -412,7 +325,7 @@ pub async fn periodic(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = super::tunnel::stopping(&mut shutdown) => return,
+            _ = crate::state::stopping(&mut shutdown) => return,
         }
         for interface in &shared.config.lan.interfaces {
             let request = ScanRequest { interface: interface.clone(), cidr: None };

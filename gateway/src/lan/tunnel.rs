@@ -64,6 +64,22 @@ pub fn ports(device: &LanAdoption) -> BTreeSet<u16> {
         .collect()
 }
 
+/// Starts the LAN side of the daemon: a tunnel task for each PC adopted on this gateway's LAN,
+/// and the periodic scan when `lan.scan_every_secs` asks for one.
+pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let adopted = shared.store.lan_devices(Some(&shared.instance), None, crate::store::MAX_LAN_ROWS).await?;
+    if !adopted.is_empty() {
+        tracing::info!(devices = adopted.len(), "reaching the PCs adopted on this gateway's LAN");
+    }
+    for device in adopted {
+        spawn(Arc::clone(&shared), device);
+    }
+    if shared.config.lan.scan_every_secs > 0 && !shared.config.lan.interfaces.is_empty() {
+        tokio::spawn(super::scan::periodic(shared));
+    }
+    Ok(())
+}
+
 /// Starts the task of an adopted PC.
 pub fn spawn(shared: Arc<Shared>, device: LanAdoption) {
     let Ok(ip) = device.ip.parse::<Ipv4Addr>() else {
@@ -168,16 +184,11 @@ async fn run(
                 Some(TunnelCommand::Close { reason }) => break reason,
                 None => break CloseReason::Shutdown,
             },
-            _ = stopping(&mut shutdown) => break CloseReason::Shutdown,
+            _ = crate::state::stopping(&mut shutdown) => break CloseReason::Shutdown,
         }
     };
     deregister(&mut registered, reason);
     debug!(%uuid, reason = reason.as_str(), "LAN tunnel task ended");
-}
-
-/// Resolves once the daemon is shutting down.
-pub(super) async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
 fn answer_probe(ip: Ipv4Addr, port: u16, timeout: Duration, reply: oneshot::Sender<Liveness>) {

@@ -17,7 +17,7 @@ use protocols::wsman::Element;
 use uuid::Uuid;
 
 use super::digest::Nonces;
-use super::responder::AMT_VERSION;
+use crate::amt::http::AMT_VERSION;
 use crate::amt::redirection::console::SerialConsoles;
 use crate::amt::service::ChannelWaker;
 
