@@ -484,6 +484,9 @@ mod tests {
             ("[fleet]\ninstance_id = \"a b\"\n", "fleet.instance_id"),
             ("[fleet]\ninstance_id = \"gw_1\"\n", "fleet.instance_id"),
             ("[fleet]\ninternal_listen = \"0.0.0.0:8444\"\n", "fleet.advertise_internal"),
+            ("[lan]\nrate_pps = 0\n", "lan.rate_pps"),
+            ("[lan]\nscan_every_secs = 5\n", "lan.scan_every_secs"),
+            ("[lan]\ninterface = [\"eth1\"]\n", "interface"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();

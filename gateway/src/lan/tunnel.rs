@@ -181,7 +181,11 @@ async fn run(
                     });
                 }
                 Some(TunnelCommand::Probe { reply }) => answer_probe(ip, remote.port(), timeout, reply),
-                Some(TunnelCommand::Close { reason }) => break reason,
+                // Forgotten: the task ends. Any other close (a technician closed the remote-fix
+                // session) takes the PC out of the registry until its next check; the API refuses
+                // technicians meanwhile.
+                Some(TunnelCommand::Close { reason: CloseReason::Shutdown }) => break CloseReason::Shutdown,
+                Some(TunnelCommand::Close { reason }) => deregister(&mut registered, reason),
                 None => break CloseReason::Shutdown,
             },
             _ = crate::state::stopping(&mut shutdown) => break CloseReason::Shutdown,
