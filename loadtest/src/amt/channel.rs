@@ -7,7 +7,9 @@
 //! Backpressure (see [`service`](super::service)): the handler is offered input only while its
 //! unsent output is under `max_pending`, and `on_wake` runs after a wake-up or once some output
 //! was sent (its [`Outbox::room`] grew). A handler that asked to close gets no more calls; input
-//! that arrives then is discarded.
+//! that arrives then is discarded. A handler that ended its output ([`Outbox::end_output`]) keeps
+//! getting input; the driver sends the end once the output before it is sent
+//! ([`HandlerChannel::take_output_end`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -37,6 +39,9 @@ pub struct HandlerChannel {
     /// The handler asked to close once its output is sent.
     close_requested: bool,
     close_reported: bool,
+    /// The handler ended its output (a half-close) once what it wrote is sent.
+    end_requested: bool,
+    end_reported: bool,
 }
 
 impl std::fmt::Debug for HandlerChannel {
@@ -73,6 +78,8 @@ impl HandlerChannel {
             eof_delivered: false,
             close_requested: false,
             close_reported: false,
+            end_requested: false,
+            end_reported: false,
         };
         channel.call(|handler, _, out| handler.on_open(out));
         channel
@@ -85,7 +92,8 @@ impl HandlerChannel {
             self.max_pending,
             &mut self.close_requested,
             &mut self.boundaries,
-        );
+        )
+        .with_end(&mut self.end_requested);
         f(self.handler.as_mut(), &self.inbound, &mut outbox)
     }
 
@@ -201,6 +209,16 @@ impl HandlerChannel {
         false
     }
 
+    /// True once, when the handler ended its output ([`Outbox::end_output`]) and all of it was
+    /// sent, unless it is closing: the driver sends EOF (shuts down its socket's write side) then.
+    pub fn take_output_end(&mut self) -> bool {
+        if self.end_requested && !self.end_reported && !self.close_requested && self.outbound.is_empty() {
+            self.end_reported = true;
+            return true;
+        }
+        false
+    }
+
     /// Whether the handler asked to close.
     pub fn closing(&self) -> bool {
         self.close_requested
@@ -254,5 +272,38 @@ mod tests {
         assert!(!channel.take_close(), "once");
         channel.received(b"late");
         assert_eq!(channel.step().consumed, 4, "discarded after the close");
+    }
+
+    /// Writes what it gets until "end", which ends its output; closes on the gateway's EOF.
+    struct HalfClose;
+
+    impl ChannelHandler for HalfClose {
+        fn on_data(&mut self, data: &[u8], out: &mut Outbox<'_>) -> usize {
+            if data == b"end" {
+                out.end_output();
+            } else if !out.is_output_ended() {
+                out.write(data);
+            }
+            data.len()
+        }
+    }
+
+    #[test]
+    fn the_output_ends_after_what_was_written_and_input_still_flows() {
+        let mut channel = HandlerChannel::open(Box::new(HalfClose), 100);
+        channel.received(b"ab");
+        channel.step();
+        channel.received(b"end");
+        channel.step();
+        assert!(!channel.take_output_end(), "output still waits");
+        channel.sent(2);
+        assert!(channel.take_output_end());
+        assert!(!channel.take_output_end(), "once");
+        channel.received(b"more");
+        assert_eq!(channel.step().consumed, 4, "input still taken");
+        assert!(!channel.closing());
+        channel.received_eof();
+        channel.step();
+        assert!(channel.take_close());
     }
 }

@@ -642,6 +642,9 @@ impl<'a> Connection<'a> {
                     self.session.consumed(id, step.consumed);
                 }
                 moved |= step.moved;
+                if run.take_output_end() {
+                    self.session.send_eof(id);
+                }
                 if run.take_close() {
                     self.session.close_channel(id);
                 }

@@ -300,6 +300,9 @@ impl LanConnection {
             if run.take_close() {
                 break "closed by the device";
             }
+            if run.take_output_end() && tokio::time::timeout(LINGER, wr.shutdown()).await.is_err() {
+                break "the peer stopped reading";
+            }
             let read = !run.eof_received() && run.unconsumed() < MAX_UNCONSUMED;
             tokio::select! {
                 result = rd.read(&mut buf), if read => match result {

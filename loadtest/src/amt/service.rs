@@ -148,13 +148,15 @@ pub struct Outbox<'a> {
     limit: usize,
     close: &'a mut bool,
     boundaries: Option<&'a mut VecDeque<usize>>,
+    /// Set by [`Outbox::end_output`] when the driver can half-close.
+    end: Option<&'a mut bool>,
 }
 
 impl<'a> Outbox<'a> {
     /// An outbox appending to `buf`, with room up to `limit` bytes pending in all. Message
     /// boundaries are not kept ([`Outbox::end_message`] does nothing).
     pub fn new(buf: &'a mut BytesMut, limit: usize, close: &'a mut bool) -> Self {
-        Self { buf, limit, close, boundaries: None }
+        Self { buf, limit, close, boundaries: None, end: None }
     }
 
     /// An outbox that also records message boundaries, as offsets into `buf` (in increasing
@@ -165,7 +167,13 @@ impl<'a> Outbox<'a> {
         close: &'a mut bool,
         boundaries: &'a mut VecDeque<usize>,
     ) -> Self {
-        Self { buf, limit, close, boundaries: Some(boundaries) }
+        Self { buf, limit, close, boundaries: Some(boundaries), end: None }
+    }
+
+    /// An outbox whose driver can end the output alone ([`Outbox::end_output`] sets `end`).
+    pub fn with_end(mut self, end: &'a mut bool) -> Self {
+        self.end = Some(end);
+        self
     }
 
     /// Ends a message: what was written so far goes out without the bytes written after it in
@@ -192,6 +200,21 @@ impl<'a> Outbox<'a> {
     /// Closes the channel once everything written has been sent. Later input is discarded.
     pub fn close(&mut self) {
         *self.close = true;
+    }
+
+    /// Ends the channel's output once everything written has been sent (APF CHANNEL_EOF, or a
+    /// LAN socket's write side shut down), while input keeps coming: a half-close. Write nothing
+    /// after it. An outbox made without [`Outbox::with_end`] closes the channel instead.
+    pub fn end_output(&mut self) {
+        match self.end.as_deref_mut() {
+            Some(end) => *end = true,
+            None => self.close(),
+        }
+    }
+
+    /// Whether [`Outbox::end_output`] was called (or the channel is closing).
+    pub fn is_output_ended(&self) -> bool {
+        self.end.as_deref().copied().unwrap_or(false) || *self.close
     }
 
     /// Whether [`Outbox::close`] was called.
