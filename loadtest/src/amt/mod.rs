@@ -16,6 +16,8 @@
 //! - [`echo`]: the echo service; [`http`]: the AMT-like HTTP responder (ports 16992/16993) that
 //!   does not check credentials; [`wsman`]: the WS-MAN responder amt-sim runs there, with digest
 //!   authentication and the per-device firmware state (power, boot, redirection, consent);
+//! - [`expose`]: [`ExposeService`], a port whose channels are carried over TCP to a fixed address
+//!   (`amt-sim --expose`, for benchmarks through the gateway);
 //! - [`redirection`]: SOL (a shell on a pseudo-terminal) and IDE-R (a simulated BIOS booting
 //!   from the console's media) on 16994/16995;
 //! - [`lan`]: [`serve_lan`], one device that listens on its LAN instead of dialling a gateway
@@ -30,6 +32,7 @@ pub mod config;
 pub mod device;
 pub mod echo;
 pub mod error;
+pub mod expose;
 pub mod fleet;
 pub mod http;
 pub mod lan;
@@ -49,6 +52,7 @@ pub use config::{
 pub use device::{run_connection, run_device, run_device_with_stats, ConnectionOutcome, DeviceReport};
 pub use echo::Echo;
 pub use error::{ConnectionError, DeviceError, FleetError, LanError, TlsSetupError};
+pub use expose::ExposeService;
 pub use fleet::{device_uuid, progress_bar, run_fleet, FleetConfig, FleetReport, Progress};
 pub use http::HttpResponder;
 pub use lan::{serve_lan, LanConfig, LanDevice, LanPorts};
