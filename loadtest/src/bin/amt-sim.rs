@@ -50,13 +50,25 @@
 //! `Server` header and the RMCP pong report (in both modes); `--power off` starts the device
 //! powered off (a WS-MAN power-on boots it).
 //!
+//! `--expose DEVICE_PORT=HOST:PORT` (repeatable) carries every channel to DEVICE_PORT over TCP to
+//! HOST:PORT, bytes as they are, half-close passed through both ways (the gateway's EOF shuts
+//! down the socket's write side, the socket's EOF sends CHANNEL_EOF), so that a benchmark runs
+//! `iperf3 -c` → `tether forward` → gateway → amt-sim → `iperf3 -s`. It replaces the port's
+//! service and forwards the port (added to `--ports` if missing). A connect that fails (10 s at
+//! most) closes the channel with a warning (`expose: channel to <port> closed: cannot connect to
+//! <addr>: <error>`); each carried channel logs `expose: channel to <port> carried to <addr>` at
+//! debug, and the start logs `expose: channels to ports carried over TCP: <port> -> <addr>, …`.
+//! With `--lan` only the ports the LAN device listens on can be exposed (16993 and 16995 behind
+//! its TLS, 16992 and 16994 with `--lan-plain`); others are refused at start.
+//!
 //! `amt-sim --gateway 127.0.0.1:4433 --ca ca.pem --username USER --password PASS --count 2000`
 //! `amt-sim --gateway 127.0.0.1:4433,127.0.0.1:5433 --insecure --username USER --password PASS`
 //! `amt-sim --gateway 127.0.0.1:4433 --insecure --username U --password P --admin-password secret --boot-ider`
+//! `amt-sim --gateway 127.0.0.1:4433 --insecure --username U --password P --expose 5201=127.0.0.1:5201`
 //! `sudo amt-sim --lan 192.168.50.10 --lan-plain --amt-version 12.0.45 --power off`
 
 use std::io::{IsTerminal, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -68,7 +80,7 @@ use loadtest::amt::wsman::AMT_VERSION;
 use loadtest::amt::wsman::{ControlMode, Firmware, FirmwareConfig, WsmanService};
 use loadtest::amt::{
     amt_services_with_firmware, client_config, default_server_name, progress_bar, run_fleet, self_signed_config,
-    server_name, shutdown_pair, DeviceConfig, FleetConfig, GatewayAddr, LanConfig, LanDevice, Progress,
+    server_name, shutdown_pair, DeviceConfig, ExposeService, FleetConfig, GatewayAddr, LanConfig, LanDevice, Progress,
     ReconnectPolicy, RedirectionConfig, RedirectionService, RemoteHelp, SerialConsoles, Service, Services,
     ShutdownTrigger, TlsService, Trust,
 };
@@ -229,6 +241,13 @@ struct Args {
     /// when the gateway ends the tunnel; create it again to ask for help again).
     #[arg(long, value_name = "FILE", requires = "user_initiated")]
     remote_help_file: Option<PathBuf>,
+    /// Carry every channel to DEVICE_PORT over TCP to HOST:PORT (e.g. an `iperf3 -s`), bytes as
+    /// they are, half-close passed through both ways; a failed connect (10 s at most) closes the
+    /// channel. Repeatable. Replaces the port's service, and the port is forwarded (added to
+    /// --ports if missing). With --lan only the ports the device listens on: 16993 and 16995
+    /// (behind the device's TLS), and 16992 and 16994 with --lan-plain; others are refused.
+    #[arg(long, value_name = "DEVICE_PORT=HOST:PORT", value_parser = parse_expose)]
+    expose: Vec<(u16, SocketAddr)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -260,6 +279,27 @@ fn parse_amt_version(value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err(format!("{value:?} is not a version X.Y.Z such as {AMT_VERSION}"))
+    }
+}
+
+/// `--expose DEVICE_PORT=HOST:PORT`: a port from 1 to 65535 and an address to connect to (a host
+/// name is resolved once, at start; its first address is used).
+fn parse_expose(value: &str) -> Result<(u16, SocketAddr), String> {
+    let Some((port, addr)) = value.split_once('=') else {
+        return Err(format!("{value:?} is not DEVICE_PORT=HOST:PORT (e.g. 5201=127.0.0.1:5201)"));
+    };
+    let port = match port.trim().parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(format!("{port:?} is not a device port (1 to 65535) in {value:?}")),
+    };
+    let addr = addr.trim();
+    if let Ok(addr) = addr.parse::<SocketAddr>() {
+        return Ok((port, addr));
+    }
+    let resolved = addr.to_socket_addrs().map_err(|err| format!("{addr:?} is not HOST:PORT: {err}"))?.next();
+    match resolved {
+        Some(addr) => Ok((port, addr)),
+        None => Err(format!("{addr:?} resolves to no address")),
     }
 }
 
@@ -322,8 +362,10 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
         ider_buffer: args.ider_buffer,
         ..RedirectionConfig::default()
     });
-    let services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
+    let mut services = amt_services_with_firmware(WsmanService::new(firmware.clone()), redirection);
     if let Some(addr) = args.lan {
+        check_lan_expose(&args.expose, args.lan_plain)?;
+        services = with_exposed(services, &args.expose);
         return run_lan(&args, addr, uuid, services).await;
     }
 
@@ -366,6 +408,12 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
                 let tls: Arc<dyn Service> = Arc::new(TlsService::new(plain, Arc::clone(&config)));
                 device.services = device.services.clone().with_shared(port, tls);
             }
+        }
+    }
+    device.services = with_exposed(device.services, &args.expose);
+    for &(port, _) in &args.expose {
+        if !device.ports.contains(&u32::from(port)) {
+            device.ports.push(u32::from(port));
         }
     }
     if args.redial_on_power_change {
@@ -430,8 +478,34 @@ async fn run_lan(args: &Args, addr: IpAddr, uuid: Uuid, services: Services) -> a
     Ok(())
 }
 
+/// `services` with each `--expose` port carried to its address.
+fn with_exposed(mut services: Services, exposed: &[(u16, SocketAddr)]) -> Services {
+    for &(port, addr) in exposed {
+        services = services.with_shared(u32::from(port), Arc::new(ExposeService::new(addr)));
+    }
+    services
+}
+
+/// `--expose` with `--lan`: only the ports the LAN device listens on.
+fn check_lan_expose(exposed: &[(u16, SocketAddr)], plain: bool) -> anyhow::Result<()> {
+    for &(port, _) in exposed {
+        let bound = matches!(port, 16993 | 16995) || (plain && matches!(port, 16992 | 16994));
+        if !bound {
+            bail!(
+                "--expose {port}: with --lan only the ports the device listens on can be exposed: 16993 and 16995, \
+                 and 16992 and 16994 with --lan-plain"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The start-up lines about redirection and WS-MAN.
 fn log_services(args: &Args) {
+    if !args.expose.is_empty() {
+        let exposed: Vec<String> = args.expose.iter().map(|(port, addr)| format!("{port} -> {addr}")).collect();
+        tracing::info!("expose: channels to ports carried over TCP: {}", exposed.join(", "));
+    }
     tracing::info!(
         "redirection on 16994/16995: admin user {:?}, SOL shell {}, IDE-R boot {}",
         args.admin_user,
@@ -660,6 +734,40 @@ mod tests {
         let cira = ["amt-sim", "--gateway", "a:1", "--ca", "ca.pem", "--username", "u", "--password", "p"];
         assert!(Args::try_parse_from(cira).is_ok());
         assert!(Args::try_parse_from(cira.iter().chain(&["--insecure"])).is_err(), "--ca or --insecure, not both");
+    }
+
+    #[test]
+    fn expose_is_repeatable_and_says_what_is_wrong() {
+        let base = ["amt-sim", "--insecure", "--username", "u", "--password", "p", "--gateway", "a:1"];
+        let flags = ["--expose", "5201=127.0.0.1:5201", "--expose", "16994=[::1]:7"];
+        let args = Args::try_parse_from(base.iter().chain(&flags)).unwrap();
+        let expected: Vec<(u16, SocketAddr)> =
+            vec![(5201, "127.0.0.1:5201".parse().unwrap()), (16994, "[::1]:7".parse().unwrap())];
+        assert_eq!(args.expose, expected);
+        assert!(Args::try_parse_from(base).unwrap().expose.is_empty());
+        for (bad, says) in [
+            ("5201", "DEVICE_PORT=HOST:PORT"),
+            ("0=127.0.0.1:1", "device port"),
+            ("x=127.0.0.1:1", "device port"),
+            ("70000=127.0.0.1:1", "device port"),
+            ("5201=127.0.0.1", "HOST:PORT"),
+        ] {
+            let err = parse_expose(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn exposed_ports_replace_services_and_lan_takes_only_its_own() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let services = with_exposed(Services::none(), &[(5201, addr)]);
+        assert!(format!("{:?}", services.get(5201)).contains("ExposeService"));
+        assert!(services.get(5202).is_none());
+        assert!(check_lan_expose(&[(16993, addr), (16995, addr)], false).is_ok());
+        assert!(check_lan_expose(&[(16994, addr)], false).is_err(), "plain ports need --lan-plain");
+        assert!(check_lan_expose(&[(16994, addr)], true).is_ok());
+        let err = check_lan_expose(&[(5201, addr)], true).unwrap_err().to_string();
+        assert!(err.contains("--expose 5201"), "{err}");
     }
 
     #[test]
