@@ -210,9 +210,11 @@ impl HandlerChannel {
     }
 
     /// True once, when the handler ended its output ([`Outbox::end_output`]) and all of it was
-    /// sent, unless it is closing: the driver sends EOF (shuts down its socket's write side) then.
+    /// sent: the driver sends EOF (shuts down its socket's write side) then. Ask before
+    /// [`HandlerChannel::take_close`], so that a handler that ends its output and closes at once
+    /// sends EOF before CLOSE.
     pub fn take_output_end(&mut self) -> bool {
-        if self.end_requested && !self.end_reported && !self.close_requested && self.outbound.is_empty() {
+        if self.end_requested && !self.end_reported && self.outbound.is_empty() {
             self.end_reported = true;
             return true;
         }
