@@ -2,7 +2,8 @@
 //! against a gateway stand-in (`ServerSession`), which opens a channel to the exposed port; the
 //! device carries it over TCP to an echo server on 127.0.0.1. 8 MiB go through and come back
 //! intact, and the half-close passes both ways: the gateway's EOF reaches the echo server, whose
-//! EOF comes back as CHANNEL_EOF before the channel closes.
+//! EOF comes back as CHANNEL_EOF before the channel closes. Meanwhile a second exposed port leads
+//! to a server that never reads: that channel stalls without holding back the first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 const EXPOSED: u32 = 5201;
+/// Exposed to a server that accepts and never reads.
+const STALLED: u32 = 5202;
 const TOTAL: usize = 8 * 1024 * 1024;
 
 /// Echoes each connection until its EOF, then shuts down its write side.
@@ -28,6 +31,23 @@ async fn echo_server() -> std::net::SocketAddr {
                 tokio::io::copy(&mut rd, &mut wr).await.unwrap();
                 wr.shutdown().await.unwrap();
             });
+        }
+    });
+    addr
+}
+
+/// Accepts connections and keeps them open without reading, with a small receive buffer (no
+/// autotuning), so that what a stalled channel takes is bounded by the device, not the kernel.
+async fn black_hole() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
         }
     });
     addr
@@ -51,16 +71,22 @@ fn payload() -> Vec<u8> {
 struct Seen {
     received: Vec<u8>,
     eof_before_close: bool,
+    /// Bytes the device's window took on the stalled channel.
+    stalled_sent: usize,
 }
 
 /// The gateway's side: accepts the device, opens a channel to [`EXPOSED`] once every forward is
-/// answered, sends `data` then EOF, and collects what comes back until the channel closes.
+/// answered, sends `data` then EOF, and collects what comes back until the channel closes. It
+/// also opens a channel to [`STALLED`] and keeps sending `data` there over and over, as far as
+/// the device's window lets it.
 async fn gateway(stream: tokio::io::DuplexStream, ports: usize, data: &[u8]) -> Seen {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut session = ServerSession::new(ServerConfig::default(), Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     let mut forwarded = 0;
     let mut channel: Option<ChannelId> = None;
+    let mut stalled: Option<ChannelId> = None;
+    let mut stalled_sent = 0;
     let mut open = false;
     let mut sent = 0;
     let mut eof_sent = false;
@@ -73,6 +99,7 @@ async fn gateway(stream: tokio::io::DuplexStream, ports: usize, data: &[u8]) -> 
                 Event::PortForwarded { .. } => {
                     forwarded += 1;
                     if forwarded == ports {
+                        stalled = Some(session.open_channel(STALLED, ("10.0.0.1".into(), 40001)).expect("open"));
                         channel = Some(session.open_channel(EXPOSED, ("10.0.0.1".into(), 40000)).expect("open"));
                     }
                 }
@@ -85,11 +112,16 @@ async fn gateway(stream: tokio::io::DuplexStream, ports: usize, data: &[u8]) -> 
                 Event::ChannelEof { ch } if Some(ch) == channel => eof = true,
                 Event::ChannelClosed { ch } if Some(ch) == channel => {
                     seen.eof_before_close = eof;
+                    seen.stalled_sent = stalled_sent;
                     return seen;
                 }
                 Event::Closed(cause) => panic!("tunnel closed: {cause:?}"),
                 _ => {}
             }
+        }
+        if let Some(ch) = stalled {
+            // Zero until that channel is open, and once its window is used up.
+            stalled_sent += session.send(ch, &data[stalled_sent % data.len()..]);
         }
         if let (true, Some(ch)) = (open, channel) {
             while sent < data.len() {
@@ -125,13 +157,18 @@ async fn gateway(stream: tokio::io::DuplexStream, ports: usize, data: &[u8]) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exposed_port_carries_8_mib_to_a_socket_and_back() {
+async fn an_exposed_port_carries_8_mib_to_a_socket_and_back_beside_a_stalled_one() {
     let echo = echo_server().await;
     let tls = client_config(&Trust::Insecure).unwrap();
     let mut config =
         DeviceConfig::new("unused:1", server_name("localhost").unwrap(), tls, Uuid::from_u128(7), "user", "pw");
-    config.services = config.services.clone().with_shared(EXPOSED, Arc::new(ExposeService::new(echo)));
-    config.ports.push(EXPOSED);
+    let stalled = black_hole().await;
+    config.services = config
+        .services
+        .clone()
+        .with_shared(EXPOSED, Arc::new(ExposeService::new(echo)))
+        .with_shared(STALLED, Arc::new(ExposeService::new(stalled)));
+    config.ports.extend([EXPOSED, STALLED]);
     config.window = 128 * 1024;
     config.adjust_step = 32 * 1024;
     let ports = config.ports.len();
@@ -152,6 +189,11 @@ async fn an_exposed_port_carries_8_mib_to_a_socket_and_back() {
     assert_eq!(seen.received.len(), data.len());
     assert_eq!(Sha256::digest(&seen.received), Sha256::digest(&data), "the echo is intact");
     assert!(seen.eof_before_close, "the echo server's EOF came back as CHANNEL_EOF");
+    eprintln!("the stalled channel took {} bytes", seen.stalled_sent);
+    assert!(seen.stalled_sent > 0, "the stalled channel was open");
+    // Its socket's send buffer (tcp_wmem, 4 MiB at most by default), what the device buffers
+    // (256 KiB toward the socket, its window and pending input), nothing like 32 MiB.
+    assert!(seen.stalled_sent < 4 * TOTAL, "a server that does not read holds its channel back");
 
     stop.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), device).await;
