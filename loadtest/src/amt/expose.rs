@@ -3,7 +3,7 @@
 //!
 //! [`ExposeService::open`] spawns one task per channel that connects to the address (within
 //! [`CONNECT_TIMEOUT`]; a failure closes the channel), then reads the socket and writes to it.
-//! The handler and the task share a [`Pipe`] and nothing else, so a slow channel holds back only
+//! The handler and the task share a `Pipe` and nothing else, so a slow channel holds back only
 //! itself. Both ways are bounded:
 //!
 //! - toward the socket, the handler takes input only while fewer than [`MAX_TO_SOCKET`] bytes
@@ -115,7 +115,7 @@ struct PipeState {
 /// What one channel's handler and its task share. The handler's side is plain calls (no I/O),
 /// the task's side waits on [`Notify`]s; each side wakes the other when it made room or data.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     state: Mutex<PipeState>,
     /// Wakes the handler (driver side).
     waker: ChannelWaker,
@@ -127,7 +127,7 @@ pub struct Pipe {
 
 impl Pipe {
     /// An empty pipe whose task side wakes `waker`.
-    pub fn new(waker: ChannelWaker) -> Arc<Self> {
+    pub(crate) fn new(waker: ChannelWaker) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(PipeState::default()),
             waker,
@@ -251,15 +251,16 @@ impl Pipe {
 
 /// One channel's handler: moves bytes between the driver and the [`Pipe`].
 #[derive(Debug)]
-pub struct ExposeChannel {
+pub(crate) struct ExposeChannel {
     pipe: Arc<Pipe>,
     /// The channel's task (none in tests that play it).
     _task: Option<AbortOnDrop>,
 }
 
 impl ExposeChannel {
-    /// A handler over `pipe`, whose task side the caller plays (for tests and other drivers).
-    pub fn with_pipe(pipe: Arc<Pipe>) -> Self {
+    /// A handler over `pipe`, whose task side the test plays.
+    #[cfg(test)]
+    pub(crate) fn with_pipe(pipe: Arc<Pipe>) -> Self {
         Self { pipe, _task: None }
     }
 }

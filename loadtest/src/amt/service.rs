@@ -19,6 +19,10 @@
 //! [`ChannelWaker::wake`]; the driver then calls `on_wake` on the driver's task. A new device
 //! service (SOL, IDE-R, WS-MAN) is a new `Service` plus an entry in the map.
 //!
+//! Half-close: a handler whose peer stopped sending (a socket's EOF) but that still takes input
+//! ends its output with [`Outbox::end_output`] (the driver sends CHANNEL_EOF), and closes later;
+//! the gateway's EOF reaches it as [`ChannelHandler::on_eof`].
+//!
 //! Message boundaries: a protocol whose peers read "one message per read" (amtterm, see
 //! redirection.md §1.8) marks the end of each such message with [`Outbox::end_message`]; the driver
 //! then never puts bytes of two messages in one APF CHANNEL_DATA.
