@@ -14,6 +14,7 @@
 #   SYSTEMS="direct socat rathole-tcp rathole-tls rathole-noise tether"
 #   OUT=target/bench/benchmarks.md
 #   RATHOLE_ROOT=.bench-cache/rathole   where `cargo install rathole` puts it (kept between runs)
+#   NO_BUILD=1          use target/release as it is (scripts/test.sh built it)
 #   TETHER_WINDOW=262144                amt-sim's channel window for the exposed (bulk) ports
 #   PUSH_MIB=512                        MiB pushed through the echo both ways at once
 #
@@ -32,8 +33,10 @@ step() { echo "==> [$(date +%H:%M:%S), ${SECONDS}s] $*" >&2; }
 for tool in iperf3 socat openssl jq python3; do
     command -v "$tool" > /dev/null || { echo "bench.sh: $tool is missing (apt-get install iperf3 socat openssl jq)" >&2; exit 1; }
 done
-step "building the release binaries"
-cargo build --release -p tether-gateway -p tether-loadtest --bins --locked >&2
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    step "building the release binaries"
+    cargo build --release -p tether-gateway -p tether-loadtest --bins --locked >&2
+fi
 BIN="$PWD/target/release"
 if [[ " $SYSTEMS " == *" rathole"* ]] && [ ! -x "$RATHOLE_ROOT/bin/rathole" ]; then
     step "cargo install rathole 0.5.0 into $RATHOLE_ROOT (about 3 minutes, once)"
@@ -207,9 +210,12 @@ for line in open(path):
     name, one, both, p50, p99 = line.split("\t")
     rows.setdefault(name, []).append((float(one), float(both), float(p50), float(p99)))
 med = {n: [statistics.median(v[i] for v in r) for i in range(4)] for n, r in rows.items()}
+broken = [n for n, m in med.items() if min(m) <= 0]
+if broken:
+    sys.exit(f"bench.sh: no measurement from {', '.join(broken)} (see the iperf3 and tether-loadtest output)")
 aes = float(aes_kbps) * 1000 * 8 if aes_kbps else None
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"Run of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), "
+print(f"Run of {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), "
       f"{platform.system()} {platform.release()}; medians of {rounds} alternating rounds, iperf3 {secs} s each; "
       f"Tether's device window for the exposed ports {window} bytes.\n")
 print("| system | iperf3 one way (Gbit/s) | echo, each way at once (Gbit/s) | 64-byte round trip p50 / p99 (µs) |")

@@ -16,6 +16,7 @@
 #                          starts Debian's default cluster on 5432; the tests neither use nor mind it.
 #   amtterm                Debian's AMT Serial-over-LAN console (1.4), the real peer of the SOL
 #                          tests (driven under `script`, from util-linux, for the tty it needs)
+#   iperf3, socat, jq, openssl   the side-by-side bench's smoke (loadtest/bench.sh)
 #   amt==0.8.0 (PyPI)      amtctrl, a real WS-Management power-control client of amt-sim
 #                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
 #   haproxy                the load balancer in front of several gateways: tests run their own
@@ -37,7 +38,7 @@ AMT_VERSION=0.8.0
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
 need=()
-for pkg in iproute2 nftables curl ca-certificates pkg-config; do
+for pkg in iproute2 nftables curl ca-certificates pkg-config iperf3 socat jq openssl; do
     installed "$pkg" || need+=("$pkg")
 done
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -29,6 +29,9 @@ cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
 step "store throughput, short (full: target/release/tether-store-bench --devices 2000 --rounds 3)"
 target/release/tether-store-bench --devices 500 --rounds 1
 
+step "side-by-side bench, smoke (full, with rathole: loadtest/bench.sh; docs/benchmarks.md)"
+NO_BUILD=1 SYSTEMS="direct socat tether" ROUNDS=1 SECS=1 PUSH_MIB=32 OUT=target/bench/smoke.md loadtest/bench.sh
+
 if [ ! -x scripts/fuzz.sh ]; then
     echo "test.sh: scripts/fuzz.sh is missing or not executable" >&2
     exit 1
