@@ -110,6 +110,9 @@ enum Ending {
     DeviceWriteFailed,
 }
 
+/// Most device bytes sent to the technician with one flush.
+const MAX_BATCH: usize = 256 * 1024;
+
 /// Relays until either side is done or a limit is reached; closes the WebSocket with a reason.
 pub async fn run(
     socket: WebSocket,
@@ -214,18 +217,35 @@ async fn device_to_technician(
         tokio::select! {
             chunk = from_device.chunk(), if !progress.device_eof.load(Ordering::Relaxed) => match chunk {
                 Ok(Some(bytes)) => {
-                    let n = bytes.len();
-                    // Before the send: the tap sees a reply before the console can answer it.
-                    if let Some(tap) = tap {
-                        tap.from_device(&bytes);
+                    // One device message, one WebSocket message (redirection consoles care); the
+                    // messages already queued go out together, with one flush.
+                    let mut batch = 0;
+                    let mut next = Some(bytes);
+                    progress.mark(&progress.sending_since);
+                    while let Some(bytes) = next.take() {
+                        batch += bytes.len();
+                        // Before the send: the tap sees a reply before the console can answer it.
+                        if let Some(tap) = tap {
+                            tap.from_device(&bytes);
+                        }
+                        if ws_tx.feed(Message::Binary(bytes)).await.is_err() {
+                            return Ending::End(RelayEnd::TechnicianClosed);
+                        }
+                        if batch < MAX_BATCH && from_device.queued().0 > 0 {
+                            // Queued: ready at once, and never the end of the stream.
+                            if let Some(Ok(Some(more))) = from_device.chunk().now_or_never() {
+                                next = Some(more);
+                            }
+                        }
                     }
-                    // One device message, one WebSocket message: redirection consoles care.
-                    if !send(ws_tx, progress, Message::Binary(bytes)).await {
+                    let flushed = ws_tx.flush().await.is_ok();
+                    progress.sending_since.store(NOT_SENDING, Ordering::Relaxed);
+                    if !flushed {
                         return Ending::End(RelayEnd::TechnicianClosed);
                     }
                     // Credit back only what left for the technician.
-                    from_device.release(n);
-                    progress.from_device.fetch_add(n as u64, Ordering::Relaxed);
+                    from_device.release(batch);
+                    progress.from_device.fetch_add(batch as u64, Ordering::Relaxed);
                     progress.mark(&progress.payload);
                 }
                 Ok(None) => {
