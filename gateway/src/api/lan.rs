@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::amt::{amt_failure, AccountBody, Call};
+use super::relays::session_closed_refusal;
 use super::{error, store_unavailable, Api};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
@@ -152,6 +153,11 @@ pub(super) struct DeviceWakeBody {
 /// it reports afterwards. Without AMT (no account, not reachable, refused), a magic packet to the
 /// PC's MAC (from its adoption or the scans) on the interface given or the one it was found on.
 pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, JsonRejection>) -> Response {
+    // Refusals first: a token that may not act, or a closed session, gets no magic packet either.
+    scope!(call.caller, call.api, TokenScope::Attach, "waking a PC");
+    if let Some(refused) = session_closed_refusal(&call.api, call.uuid).await {
+        return refused;
+    }
     let body = body!(body);
     let shared = &call.api.shared;
     let amt = async {

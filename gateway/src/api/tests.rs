@@ -53,12 +53,26 @@ impl Bed {
 
     /// A request from `from` through the router, as `serve` would pass it on.
     async fn get(&self, from: &str, token: Option<&str>, path: &str) -> (StatusCode, HeaderMap, Value) {
+        self.send(from, token, HttpRequest::get(path), Body::empty()).await
+    }
+
+    async fn post(&self, from: &str, token: Option<&str>, path: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+        let request = HttpRequest::post(path).header(header::CONTENT_TYPE, "application/json");
+        self.send(from, token, request, Body::from(body.to_string())).await
+    }
+
+    async fn send(
+        &self,
+        from: &str,
+        token: Option<&str>,
+        mut request: axum::http::request::Builder,
+        body: Body,
+    ) -> (StatusCode, HeaderMap, Value) {
         let ip: IpAddr = from.parse().unwrap();
-        let mut request = HttpRequest::get(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let mut request = request.body(Body::empty()).unwrap();
+        let mut request = request.body(body).unwrap();
         let slot = self.caps.try_enter(ip).unwrap();
         request.extensions_mut().insert(Connection { remote: SocketAddr::new(ip, 40_000), _slot: Arc::new(slot) });
         let response = self.app.clone().oneshot(request).await.unwrap();
@@ -498,4 +512,31 @@ fn token_format() {
     assert_eq!(retry_secs(Duration::from_millis(1)), 1);
     assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
     assert_eq!(retry_secs(Duration::ZERO), 1);
+}
+
+/// Read-only tokens may not act on the LAN (not even the magic-packet fallback of a wake), and
+/// with `lan.interfaces` empty nothing may be scanned, woken or adopted.
+#[tokio::test]
+async fn lan_actions_need_scope_attach_and_the_lan_tools_turned_on() {
+    let bed = bed(|_| {}).await;
+    let reader = bed.token("reader", TokenScope::Read, None).await;
+    let actor = bed.token("actor", TokenScope::Attach, None).await;
+    let uuid = Uuid::new_v4();
+    let wake = format!("/api/v1/devices/{uuid}/wake");
+    let (status, _, body) = bed.post("127.0.0.1", Some(&reader), &wake, json!({ "interface": "eth1" })).await;
+    assert_eq!((status, reason(&body)), (StatusCode::FORBIDDEN, "scope"), "{body}");
+    let scan = json!({ "interface": "eth1" });
+    let (status, _, body) = bed.post("127.0.0.1", Some(&reader), "/api/v1/lan/scans", scan.clone()).await;
+    assert_eq!((status, reason(&body)), (StatusCode::FORBIDDEN, "scope"), "{body}");
+    for (path, request) in [
+        ("/api/v1/lan/scans", scan),
+        ("/api/v1/lan/wake", json!({ "mac": "02:00:00:00:00:01", "interface": "eth1" })),
+        ("/api/v1/lan/devices", json!({ "ip": "192.168.1.20", "uuid": uuid })),
+    ] {
+        let (status, _, body) = bed.post("127.0.0.1", Some(&actor), path, request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("the LAN tools are off")), "{path}: {body}");
+    }
+    let (status, _, body) = bed.get("127.0.0.1", Some(&reader), "/api/v1/lan/hosts").await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
 }
