@@ -85,12 +85,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let verifier = Arc::new(PinVerifier::new(pinned.map(str::to_owned)));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    let config = PinVerifier::client_config(&verifier).map_err(|e| e.to_string())?;
     let name = ServerName::try_from("amt.tether.invalid").map_err(|e| e.to_string())?;
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, io);
     let result =

@@ -90,11 +90,7 @@ async fn direct_tls(host: &str, port: u16, known: &Path, tcp: TcpStream) -> Resu
     let key = format!("{host}:{port}");
     let pinned = devices.get(&key).map(str::to_owned);
     let verifier = Arc::new(PinVerifier::new(pinned.clone()));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    let config = PinVerifier::client_config(&verifier)?;
     let name =
         ServerName::try_from(host.to_owned()).with_context(|| format!("{host} is not a host name or address"))?;
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);

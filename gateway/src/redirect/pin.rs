@@ -91,6 +91,17 @@ impl PinVerifier {
         Self { pinned, seen: Mutex::new(None), provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()) }
     }
 
+    /// A TLS client configuration that checks servers with `verifier` (and presents no
+    /// certificate of its own).
+    pub fn client_config(verifier: &Arc<PinVerifier>) -> Result<rustls::ClientConfig, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(verifier) as Arc<dyn ServerCertVerifier>)
+            .with_no_client_auth())
+    }
+
     /// The fingerprint of the certificate the device presented, once it has.
     pub fn seen(&self) -> Option<String> {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()

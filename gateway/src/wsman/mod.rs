@@ -59,12 +59,7 @@ where
         return Ok((Amt::new(client), None));
     }
     let verifier = Arc::new(crate::redirect::pin::PinVerifier::new(pinned.clone()));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| connection(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    let config = crate::redirect::pin::PinVerifier::client_config(&verifier).map_err(|e| connection(e.to_string()))?;
     let name = ServerName::try_from("amt.tether.invalid").map_err(|e| connection(e.to_string()))?;
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, io);
     let tls = tokio::time::timeout(client::REQUEST_TIMEOUT, handshake)
