@@ -276,28 +276,13 @@ impl Call {
 
     /// Records the action in the store.
     pub(super) async fn audit(&self, action: &str, detail: String, outcome: &str, message: Option<String>) {
-        let shared = &self.api.shared;
-        let record = NewAction {
-            uuid: self.uuid,
-            at: OffsetDateTime::now_utc(),
-            token_id: Some(self.caller.id),
-            technician: self.caller.name.clone(),
-            action: action.to_owned(),
-            detail,
-            outcome: outcome.to_owned(),
-            message,
-            instance: shared.instance.clone(),
-        };
-        info!(uuid = %self.uuid, technician = %self.caller.name, action, outcome, "remote-fix action");
         let counted = match outcome {
             "ok" => AmtOutcome::Ok,
             "refused" => AmtOutcome::Refused,
             _ => AmtOutcome::Failed,
         };
-        shared.metrics.amt_action(AmtAction::of(action), counted);
-        if let Err(err) = shared.store.record_action(&record).await {
-            warn!(uuid = %self.uuid, action, error = %err, "cannot record a remote-fix action in the store");
-        }
+        self.api.shared.metrics.amt_action(AmtAction::of(action), counted);
+        record_action(&self.api.shared, &self.caller, self.uuid, action, detail, outcome, message).await;
     }
 
     /// Audits the outcome of `result` and turns it into the answer.
@@ -313,6 +298,33 @@ impl Call {
                 amt_failure(&err)
             }
         }
+    }
+}
+
+/// Records an action a technician took on a device in its action log (`GET …/actions`).
+pub(super) async fn record_action(
+    shared: &crate::state::Shared,
+    caller: &Caller,
+    uuid: Uuid,
+    action: &str,
+    detail: String,
+    outcome: &str,
+    message: Option<String>,
+) {
+    let record = NewAction {
+        uuid,
+        at: OffsetDateTime::now_utc(),
+        token_id: Some(caller.id),
+        technician: caller.name.clone(),
+        action: action.to_owned(),
+        detail,
+        outcome: outcome.to_owned(),
+        message,
+        instance: shared.instance.clone(),
+    };
+    info!(%uuid, technician = %caller.name, action, outcome, "device action");
+    if let Err(err) = shared.store.record_action(&record).await {
+        warn!(%uuid, action, error = %err, "cannot record a device action in the store");
     }
 }
 

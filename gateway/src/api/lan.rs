@@ -23,19 +23,18 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use tracing::info;
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::amt::{amt_failure, AccountBody, Call};
+use super::amt::{amt_failure, record_action, AccountBody, Call};
 use super::relays::session_closed_refusal;
 use super::{error, store_unavailable, Api};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
 use crate::metrics::WakeMethod;
 use crate::registry::TunnelKind;
-use crate::store::{NewAction, TokenScope, MAX_LAN_ROWS};
+use crate::store::{TokenScope, MAX_LAN_ROWS};
 use crate::wsman::{self, PowerAction};
 
 /// The answer for a LAN tool's refusal.
@@ -252,7 +251,16 @@ pub(super) async fn adopt_device(
     match adopt::adopt(shared, &request, &caller.name).await {
         Ok(adopted) => {
             let how = if request.uuid.is_some() { "UUID given by hand" } else { "UUID read through WS-MAN" };
-            record(&api, &caller, adopted.uuid, "lan.adopt", format!("{} ({how})", adopted.ip), "ok", None).await;
+            record_action(
+                &api.shared,
+                &caller,
+                adopted.uuid,
+                "lan.adopt",
+                format!("{} ({how})", adopted.ip),
+                "ok",
+                None,
+            )
+            .await;
             (StatusCode::CREATED, Json(json!(adopted))).into_response()
         }
         Err(err) => {
@@ -306,38 +314,10 @@ pub(super) async fn forget_device(
     };
     match adopt::forget(&api.shared, uuid).await {
         Ok(true) => {
-            record(&api, &caller, uuid, "lan.forget", String::new(), "ok", None).await;
+            record_action(&api.shared, &caller, uuid, "lan.forget", String::new(), "ok", None).await;
             Json(json!({ "uuid": uuid, "forgotten": true })).into_response()
         }
         Ok(false) => error(StatusCode::NOT_FOUND, format!("device {uuid} is not adopted on the LAN")),
         Err(err) => store_unavailable(err),
-    }
-}
-
-/// Records a LAN action on a device in its action log.
-async fn record(
-    api: &Api,
-    caller: &Caller,
-    uuid: Uuid,
-    action: &str,
-    detail: String,
-    outcome: &str,
-    message: Option<String>,
-) {
-    let shared = &api.shared;
-    let record = NewAction {
-        uuid,
-        at: OffsetDateTime::now_utc(),
-        token_id: Some(caller.id),
-        technician: caller.name.clone(),
-        action: action.to_owned(),
-        detail,
-        outcome: outcome.to_owned(),
-        message,
-        instance: shared.instance.clone(),
-    };
-    info!(%uuid, technician = %caller.name, action, outcome, "LAN action");
-    if let Err(err) = shared.store.record_action(&record).await {
-        tracing::warn!(%uuid, action, error = %err, "cannot record a LAN action in the store");
     }
 }
