@@ -164,14 +164,19 @@ async fn run(
     }
 
     let now = OffsetDateTime::now_utc();
+    // A host seen before keeps its first sighting (the store keeps it; the answer shows it too).
+    let seen_before: std::collections::HashMap<String, OffsetDateTime> =
+        match shared.store.lan_hosts(Some(&shared.instance)).await {
+            Ok(known) => known.into_iter().map(|h| (h.mac, h.first_seen)).collect(),
+            Err(_) => Default::default(),
+        };
     let mut hosts = Vec::with_capacity(live.len());
     for (ip, mac) in live {
         let pong = pongs.get(&ip).copied().flatten();
         let web = answers.remove(&ip).unwrap_or_default();
         let mut host = describe(&shared.instance, &iface.name, ip, mac, pong, pongs.contains_key(&ip), &web, now);
-        // A host seen before keeps its first sighting (the store keeps it; show it too).
-        if let Ok(Some(before)) = shared.store.lan_host_by_mac(&shared.instance, &host.mac).await {
-            host.first_seen = before.first_seen;
+        if let Some(first) = seen_before.get(&host.mac) {
+            host.first_seen = *first;
         }
         hosts.push(host);
     }

@@ -137,17 +137,6 @@ impl Store {
         self.fetch_all(stmt, host_row).await
     }
 
-    /// The host with this MAC on the LAN of `instance`.
-    pub async fn lan_host_by_mac(&self, instance: &str, mac: &str) -> Result<Option<LanHost>, StoreError> {
-        let stmt = Stmt::new(
-            "SELECT instance, mac, ip, interface, amt, amt_version, provisioning, amt_ports, first_seen, last_seen
-             FROM lan_hosts WHERE instance = $1 AND mac = $2",
-        )
-        .str(instance)
-        .str(mac);
-        self.fetch_optional(stmt, host_row).await
-    }
-
     /// The host last seen at `ip` on the LAN of `instance`.
     pub async fn lan_host_by_ip(&self, instance: &str, ip: &str) -> Result<Option<LanHost>, StoreError> {
         let stmt = Stmt::new(
