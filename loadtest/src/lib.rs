@@ -2,6 +2,9 @@
 //!
 //! - [`amt`]: simulated Intel AMT devices that dial a gateway over TLS and speak APF (CIRA), one
 //!   tokio task per device, thousands per process. The `amt-sim` binary is its command line.
+//! - [`scenario`]: the scenarios of `tether-loadtest` against a running gateway (idle fleets,
+//!   redial storms, bulk streams, latency beside idle tunnels), with worker processes for fleets
+//!   larger than one process's open files.
 //!
 //! The protocol logic lives, without I/O, in [`protocols::session`]; this crate only drives it
 //! with sockets, clocks and simulated device services.
@@ -30,3 +33,4 @@ macro_rules! device_warn {
 }
 
 pub mod amt;
+pub mod scenario;

@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 use uuid::Uuid;
 
 use super::backoff::ReconnectPolicy;
+use super::blip::Blip;
 use super::echo::Echo;
 use super::http::HttpResponder;
 use super::redirection::RedirectionService;
@@ -88,6 +89,9 @@ pub struct DeviceConfig {
     /// The PC user's "remote help" request (`--user-initiated`): when set, the device dials only
     /// while it is on, and a tunnel the gateway ends uses it up.
     pub remote_help: Option<RemoteHelp>,
+    /// A simulated network blip ([`Blip`]): when it fires, the connection drops without a word
+    /// and the device redials at once.
+    pub blip: Option<Blip>,
 }
 
 /// The ports real AMT firmware forwards, in its order (16993, 16992, 664, 623, 16995, 16994,
@@ -145,6 +149,7 @@ impl DeviceConfig {
             firmware: None,
             redial_delay: Duration::from_secs(2),
             remote_help: None,
+            blip: None,
         }
     }
 
@@ -188,6 +193,7 @@ impl fmt::Debug for DeviceConfig {
             .field("log_level", &self.log_level)
             .field("redial_delay", &self.redial_delay)
             .field("remote_help", &self.remote_help)
+            .field("blip", &self.blip.is_some())
             .finish_non_exhaustive()
     }
 }

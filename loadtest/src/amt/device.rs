@@ -121,6 +121,9 @@ pub async fn run_device_with_stats(
             Ok(stream) => {
                 failed_in_round = 0;
                 report.connections += 1;
+                if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    stats.resumed();
+                }
                 let connection = Connection::new(&config, &stats, index, report.established == 0);
                 let outcome = connection.run(stream, &mut shutdown).await;
                 match &outcome.end {
@@ -169,10 +172,10 @@ pub async fn run_device_with_stats(
                 device_log!(level, "remote help ended by the gateway; waiting for the user");
             }
         }
-        let delay = if matches!(outcome.end, ConnectionError::DroppedByFirmware) {
-            config.redial_delay
-        } else {
-            backoff.next_delay()
+        let delay = match outcome.end {
+            ConnectionError::DroppedByFirmware => config.redial_delay,
+            ConnectionError::Blip => Duration::ZERO,
+            _ => backoff.next_delay(),
         };
         device_log!(level, "reconnecting in {:.1}s", delay.as_secs_f64());
         tokio::select! {
@@ -277,6 +280,14 @@ fn tls_hint(err: &io::Error) -> &'static str {
 async fn notified(notify: Option<&tokio::sync::Notify>) {
     match notify {
         Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for `blip` (forever without one).
+async fn blip_wait(blip: Option<&mut super::blip::Blip>) {
+    match blip {
+        Some(blip) => blip.wait().await,
         None => std::future::pending().await,
     }
 }
@@ -406,6 +417,10 @@ impl<'a> Connection<'a> {
         let mut write_failed = false;
         let wakes = Arc::clone(&self.wakes);
         let firmware_drop = self.config.firmware.as_ref().map(|f| f.tunnel_drop(self.config.uuid));
+        let mut blip = self.config.blip.clone();
+        if let Some(blip) = &mut blip {
+            blip.arm();
+        }
         loop {
             self.process(&mut out);
             if end.is_none() {
@@ -463,6 +478,12 @@ impl<'a> Connection<'a> {
                     self.session.disconnect(DisconnectReason::ByApplication);
                     self.channels.clear();
                     end = Some(ConnectionError::DroppedByFirmware);
+                }
+                () = blip_wait(blip.as_mut()), if end.is_none() && blip.is_some() => {
+                    // As if the network went away: no DISCONNECT, no close_notify.
+                    end = Some(ConnectionError::Blip);
+                    write_failed = true;
+                    break;
                 }
                 () = wakes.notified(), if end.is_none() => {
                     for ch in wakes.take() {

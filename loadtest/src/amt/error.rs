@@ -74,6 +74,8 @@ pub enum ConnectionError {
     Shutdown,
     #[error("the firmware dropped the tunnel after a power change")]
     DroppedByFirmware,
+    #[error("the connection dropped in a simulated network blip")]
+    Blip,
 }
 
 /// Why a device stopped for good (it otherwise reconnects forever).

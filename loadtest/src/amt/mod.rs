@@ -24,9 +24,11 @@
 //!   (TLS 16993/16995, optionally plain 16992/16994, RMCP presence on UDP 623);
 //! - [`fleet`]: [`run_fleet`], N devices with distinct UUIDs and a progress display;
 //! - [`stats`]: counters shared by the devices of a fleet; [`backoff`]: reconnect delays;
+//! - [`blip`]: a simulated network blip (every connection drops at once, devices redial at once);
 //! - [`shutdown`]: the stop signal; [`error`]: the error types.
 
 pub mod backoff;
+pub mod blip;
 pub mod channel;
 pub mod config;
 pub mod device;
@@ -45,6 +47,7 @@ pub mod tls_service;
 pub mod wsman;
 
 pub use backoff::{Backoff, ReconnectPolicy};
+pub use blip::{blip_pair, Blip, BlipTrigger};
 pub use channel::{HandlerChannel, Step};
 pub use config::{
     amt_services, amt_services_with_firmware, amt_services_with_redirection, DeviceConfig, GatewayAddr, RemoteHelp,
@@ -60,6 +63,6 @@ pub use redirection::{RedirectionConfig, RedirectionService, SerialConsoles};
 pub use service::{ChannelHandler, ChannelInfo, ChannelWaker, Outbox, Service, Services, WakeSet};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{Stats, StatsSnapshot};
-pub use tls::{client_config, default_server_name, server_name, Trust};
+pub use tls::{client_config, default_server_name, server_name, with_own_sessions, Trust};
 pub use tls_service::{self_signed_config, TlsService};
 pub use wsman::{Firmware, FirmwareConfig, WsmanService};

@@ -16,6 +16,8 @@ pub struct Stats {
     established: AtomicU64,
     /// Devices that were established at least once.
     ever_established: AtomicU64,
+    /// Tunnels established (first ones and again after a drop).
+    establishments: AtomicU64,
     /// TLS connections made (first ones and reconnects).
     connections: AtomicU64,
     /// Connection attempts after a device's first one.
@@ -24,6 +26,8 @@ pub struct Stats {
     connect_failures: AtomicU64,
     /// Times the gateway refused a device's credentials.
     auth_failures: AtomicU64,
+    /// TLS connections whose handshake resumed an earlier session.
+    resumed: AtomicU64,
     /// Channels the gateway opened and a service accepted.
     channels_opened: AtomicU64,
     /// Gauges by gateway address (the index into the devices' `gateways`): tunnels established
@@ -39,10 +43,12 @@ pub struct StatsSnapshot {
     pub connected: u64,
     pub established: u64,
     pub ever_established: u64,
+    pub establishments: u64,
     pub connections: u64,
     pub reconnects: u64,
     pub connect_failures: u64,
     pub auth_failures: u64,
+    pub resumed: u64,
     pub channels_opened: u64,
 }
 
@@ -56,6 +62,22 @@ impl fmt::Display for StatsSnapshot {
     }
 }
 
+impl std::ops::AddAssign for StatsSnapshot {
+    /// Sums the counters of several devices or fleets.
+    fn add_assign(&mut self, other: Self) {
+        self.connected += other.connected;
+        self.established += other.established;
+        self.ever_established += other.ever_established;
+        self.establishments += other.establishments;
+        self.connections += other.connections;
+        self.reconnects += other.reconnects;
+        self.connect_failures += other.connect_failures;
+        self.auth_failures += other.auth_failures;
+        self.resumed += other.resumed;
+        self.channels_opened += other.channels_opened;
+    }
+}
+
 impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -63,10 +85,12 @@ impl Stats {
             connected: get(&self.connected),
             established: get(&self.established),
             ever_established: get(&self.ever_established),
+            establishments: get(&self.establishments),
             connections: get(&self.connections),
             reconnects: get(&self.reconnects),
             connect_failures: get(&self.connect_failures),
             auth_failures: get(&self.auth_failures),
+            resumed: get(&self.resumed),
             channels_opened: get(&self.channels_opened),
         }
     }
@@ -101,6 +125,10 @@ impl Stats {
         self.bump(&self.auth_failures, true);
     }
 
+    pub(crate) fn resumed(&self) {
+        self.bump(&self.resumed, false);
+    }
+
     pub(crate) fn channel_opened(&self) {
         self.bump(&self.channels_opened, false);
     }
@@ -116,6 +144,7 @@ impl Stats {
     /// `first` when it is this device's first.
     pub(crate) fn established(&self, first: bool, gateway: usize) -> EstablishedGuard<'_> {
         self.established.fetch_add(1, Ordering::Relaxed);
+        self.establishments.fetch_add(1, Ordering::Relaxed);
         if first {
             self.ever_established.fetch_add(1, Ordering::Relaxed);
         }

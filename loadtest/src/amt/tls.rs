@@ -5,7 +5,8 @@
 //! still checks the handshake signatures (so the peer holds the key of the certificate it sent),
 //! but not who issued the certificate or for which name: for test peers such as MeshCentral whose
 //! root we do not want to load. Session resumption is off, so that every simulated device does a
-//! full handshake, as a fleet of distinct machines would.
+//! full handshake, as a fleet of distinct machines would; [`with_own_sessions`] gives one device a
+//! session store of its own, so that it can resume its own sessions (and only those) on redials.
 
 use std::sync::Arc;
 
@@ -47,6 +48,15 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, TlsSetupError> 
     };
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// A copy of `config` with a session store of its own (a few sessions), for one device: its
+/// redials may resume its earlier sessions, and no other device's. A copy per device costs a few
+/// hundred bytes plus the cached sessions.
+pub fn with_own_sessions(config: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut own = ClientConfig::clone(config);
+    own.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    Arc::new(own)
 }
 
 fn roots(pem: &[u8], source: &str) -> Result<RootCertStore, TlsSetupError> {
