@@ -1,6 +1,8 @@
 //! The load tools keep working: `tether-loadtest` measures a relay through Tether end to end
-//! (`tether forward` → gateway → `amt-sim --expose` → a TCP echo). Seconds long; the full
-//! side-by-side bench is `loadtest/bench.sh` (docs/benchmarks.md).
+//! (`tether forward` → gateway → `amt-sim --expose` → a TCP echo), and its scenarios (idle, storm,
+//! bulk, latency) run against a gateway with small counts and report what they saw. Seconds long
+//! each; the full side-by-side bench is `loadtest/bench.sh`, the scenario figures at scale are in
+//! docs/benchmarks.md.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use e2e::process::{bin, free_local_port, run};
 use e2e::remote::pc;
 use e2e::{Gateway, Process};
+use serde_json::Value;
 
 #[test]
 fn technician_measures_round_trips_and_throughput_through_an_exposed_device_port() {
@@ -35,4 +38,107 @@ fn technician_measures_round_trips_and_throughput_through_an_exposed_device_port
     let push: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(push["bytes"], 16 * 1024 * 1024, "{push}");
     eprintln!("FIGURE 16 MiB each way at once through Tether: {} bit/s", push["bits_per_second"]);
+}
+
+/// `tether-loadtest SCENARIO` against `gateway` with its device flags, `--json` and `args`;
+/// panics unless it exits with success; the report.
+fn scenario(gateway: &Gateway, name: &str, args: &[&str]) -> Value {
+    let (user, password) = gateway.mps_credentials();
+    let mut command = Command::new(bin("tether-loadtest"));
+    command
+        .arg(name)
+        .args(["--gateway", &gateway.cira_addr().to_string(), "--username", &user, "--password", &password])
+        .arg("--ca")
+        .arg(gateway.ca_path())
+        .args(["--json", "--timeout", "120"])
+        .args(args);
+    let out = run(&mut command);
+    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["scenario"], name, "{report}");
+    assert_eq!(report["result"], "ok", "{report}");
+    report
+}
+
+/// The technician-side flags of bulk and latency: `tether forward` on the gateway's data dir.
+fn technician(gateway: &Gateway) -> [String; 4] {
+    [
+        "--data-dir".into(),
+        gateway.data_dir().display().to_string(),
+        "--tether".into(),
+        bin("tether").display().to_string(),
+    ]
+}
+
+#[test]
+fn operator_holds_an_idle_fleet_and_reads_the_gateways_cost_per_tunnel() {
+    let gateway = Gateway::start(&[]);
+    let pid = gateway.pid().to_string();
+    // Two workers, so that the split and the sum are exercised.
+    let args = ["--count", "200", "--hold", "3", "--per-worker", "120", "--gateway-pid", &pid];
+    let report = scenario(&gateway, "idle", &args);
+    assert_eq!(report["admitted"], 200, "{report}");
+    assert_eq!(report["workers"], 2, "{report}");
+    assert_eq!(report["failures"]["auth"], 0, "{report}");
+    let seconds = report["admitted_per_second"].as_array().expect("samples");
+    assert!(seconds.len() >= 3 && seconds.last() == Some(&Value::from(200)), "one sample a second: {report}");
+    assert!(report["handshakes_per_second_peak"].as_u64() >= Some(1), "{report}");
+    let g = &report["gateway"];
+    let per_tunnel = g["rss_per_tunnel_kib"].as_f64().expect("RSS per tunnel");
+    assert!(per_tunnel > 0.0 && per_tunnel < 1024.0, "{report}");
+    assert!(g["cpu_ramp_seconds"].as_f64() > Some(0.0), "{report}");
+    assert!(report["slab_kib_hold"].as_u64() > Some(0), "{report}");
+    eprintln!("FIGURE idle 200: {per_tunnel:.1} KiB per tunnel, {} handshakes/s", report["handshakes_per_second_mean"]);
+}
+
+#[test]
+fn every_device_comes_back_after_a_network_blip() {
+    let gateway = Gateway::start(&[]);
+    let pid = gateway.pid().to_string();
+    let report = scenario(&gateway, "storm", &["--count", "200", "--gateway-pid", &pid]);
+    assert_eq!(report["trigger"], "blip", "{report}");
+    assert_eq!((report["back"].as_u64(), report["gave_up"].as_u64()), (Some(200), Some(0)), "{report}");
+    let after = report["all_back_after_seconds"].as_f64().expect("a time");
+    assert!(after > 0.0, "{report}");
+    assert!(report["handshakes"].as_u64() >= Some(200), "every device dialled again: {report}");
+    assert!(report["gateway_cpu_seconds"].as_f64() > Some(0.0), "{report}");
+    assert!(gateway.metrics_text().contains("tether_"), "the gateway still answers");
+    eprintln!("FIGURE storm 200: all back in {after:.2}s, {} resumed", report["resumed"]);
+}
+
+#[test]
+fn technician_pushes_bulk_streams_through_two_devices() {
+    let gateway = Gateway::start(&[]);
+    let pid = gateway.pid().to_string();
+    let mut args: Vec<String> = ["--streams", "2", "--mib", "8", "--gateway-pid", &pid].map(String::from).to_vec();
+    args.extend(technician(&gateway));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = scenario(&gateway, "bulk", &args);
+    let streams = report["per_stream"].as_array().expect("streams");
+    assert_eq!(streams.len(), 2, "{report}");
+    for stream in streams {
+        assert_eq!(stream["bytes_sent"], 8 * 1024 * 1024, "{report}");
+        assert_eq!(stream["bytes_received"], 8 * 1024 * 1024, "exactly what was sent: {report}");
+        assert!(stream["seconds"].as_f64() > Some(0.0), "{report}");
+    }
+    assert!(report["aggregate_mib_per_second_each_way"].as_f64() > Some(0.0), "{report}");
+    assert!(report["gateway_cpu_seconds_per_gb"].as_f64() > Some(0.0), "{report}");
+    eprintln!("FIGURE bulk 2 x 8 MiB: {} MiB/s each way", report["aggregate_mib_per_second_each_way"]);
+}
+
+#[test]
+fn sol_sized_round_trips_beside_idle_devices() {
+    let gateway = Gateway::start(&[]);
+    let mut args: Vec<String> = ["--busy", "2", "--idle", "100", "--size", "1-64", "--count", "300", "--warmup", "20"]
+        .map(String::from)
+        .to_vec();
+    args.extend(technician(&gateway));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = scenario(&gateway, "latency", &args);
+    assert_eq!((report["busy"].as_u64(), report["idle"].as_u64()), (Some(2), Some(100)), "{report}");
+    assert_eq!(report["samples"], 600, "{report}");
+    let (p50, p99, max) =
+        (report["p50_us"].as_f64().unwrap(), report["p99_us"].as_f64().unwrap(), report["max_us"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p99 >= p50 && max >= p99, "{report}");
+    assert_eq!(report["per_loop"].as_array().map(Vec::len), Some(2), "{report}");
+    eprintln!("FIGURE latency 2 busy beside 100 idle, 1-64 bytes: p50 {p50} µs, p99 {p99} µs");
 }

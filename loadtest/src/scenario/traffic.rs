@@ -213,6 +213,8 @@ impl TetherForward {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["forward", &uuid.to_string(), &port.to_string(), "--listen", "127.0.0.1:0"])
+            // Its per-connection lines would bury the progress; warnings still show.
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -376,17 +376,25 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Takes the reports that arrive until `until` (at least one wait for the first). Fails when
-    /// a worker exited or wrote garbage.
+    /// Waits until a report arrives or `until`, then takes every report already there. Fails
+    /// when a worker exited or wrote garbage.
     pub async fn update(&mut self, until: Instant) -> Result<(), ScenarioError> {
         let deadline = tokio::time::Instant::from_std(until);
+        let mut next = match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            Err(_) => return Ok(()),
+            Ok(next) => next,
+        };
         loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Err(_) => return Ok(()),
-                Ok(None) => return Err(ScenarioError::Worker { index: 0, detail: "every worker is gone".into() }),
-                Ok(Some((index, Ok(line)))) => self.latest[index] = Some(line),
-                Ok(Some((index, Err(detail)))) => return Err(ScenarioError::Worker { index, detail }),
+            match next {
+                None => return Err(ScenarioError::Worker { index: 0, detail: "every worker is gone".into() }),
+                Some((index, Ok(line))) => self.latest[index] = Some(line),
+                Some((index, Err(detail))) => return Err(ScenarioError::Worker { index, detail }),
             }
+            next = match self.lines.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
         }
     }
 
@@ -435,7 +443,7 @@ impl Workers {
         let count = u64::from(self.count);
         let mut next_second = started + Duration::from_secs(1);
         loop {
-            self.update(next_second.min(deadline).min(Instant::now() + REPORT_EVERY)).await?;
+            self.update(next_second.min(deadline)).await?;
             let total = self.total();
             let now = Instant::now();
             while now >= next_second {
