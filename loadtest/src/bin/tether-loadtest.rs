@@ -265,6 +265,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tether: technician.tether_bin(&exe),
                 data_dir: technician.data_dir,
                 timeout: timeout(&run, 600),
+                gateway: probe(&run)?,
             };
             let report = latency::run(config, &mut Progress::new()).await?;
             return Ok(finish(&report, &report.outcome, run.json));

@@ -87,6 +87,7 @@ pub async fn run(config: IdleConfig, progress: &mut Progress) -> Result<IdleRepo
     let mut workers = Workers::spawn(&config.plan)?;
     let mut seconds = PerSecond::default();
     let ramp = workers.establish(started, deadline, progress, |t| seconds.push(t)).await?;
+    let ramp_phase = started.elapsed();
     let at_ramp = workers.total();
     let ramp_sample = sample(config.gateway.as_ref())?;
     let mut outcome = Outcome::Ok;
@@ -149,7 +150,8 @@ pub async fn run(config: IdleConfig, progress: &mut Progress) -> Result<IdleRepo
         hold_seconds: held.as_secs_f64(),
         admitted: at_hold.established,
         all_admitted_after_seconds: ramp_seconds,
-        handshakes_per_second_mean: at_ramp.connections as f64 / ramp_seconds.unwrap_or(f64::NAN).max(1e-3),
+        // Over the admission phase (all of it when not every device got in).
+        handshakes_per_second_mean: at_ramp.connections as f64 / ramp_phase.as_secs_f64().max(1e-3),
         handshakes_per_second_peak: seconds.handshakes.iter().copied().max().unwrap_or(0),
         admitted_per_second: seconds.admitted,
         failures: Failures::from(&at_hold),

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::idle::sample;
 use super::progress::Progress;
 use super::traffic::{echo_server, rtt, Sizes, TetherForward};
 use super::workers::ECHO_PORT;
-use super::{loopback_any, FleetPlan, Outcome, Percentiles, ScenarioError, Workers};
+use super::{loopback_any, FleetPlan, GatewayProbe, Outcome, Percentiles, ScenarioError, Workers};
 
 #[derive(Debug, Clone)]
 pub struct LatencyConfig {
@@ -27,6 +28,7 @@ pub struct LatencyConfig {
     pub tether: PathBuf,
     pub data_dir: PathBuf,
     pub timeout: Duration,
+    pub gateway: Option<GatewayProbe>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +45,9 @@ pub struct LatencyReport {
     #[serde(flatten)]
     pub all: Percentiles,
     pub per_loop: Vec<Percentiles>,
+    /// The gateway's CPU time while the loops ran, and its RSS at the end (with its pid).
+    pub gateway_cpu_seconds: Option<f64>,
+    pub gateway_rss_kib: Option<u64>,
 }
 
 pub async fn run(mut config: LatencyConfig, progress: &mut Progress) -> Result<LatencyReport, ScenarioError> {
@@ -75,6 +80,8 @@ async fn loops(
         count_per_loop: config.count,
         all: Percentiles::default(),
         per_loop: Vec::new(),
+        gateway_cpu_seconds: None,
+        gateway_rss_kib: None,
     };
     if workers.establish(Instant::now(), deadline, progress, |_| {}).await?.is_none() {
         report.outcome = Outcome::Incomplete("not every device was established within the timeout".into());
@@ -88,6 +95,7 @@ async fn loops(
         "{} round-trip loops of {} messages ({} bytes) beside {} idle devices",
         config.busy, config.count, config.sizes, report.idle
     ));
+    let cpu_before = sample(config.gateway.as_ref())?;
     let mut tasks = JoinSet::new();
     for (i, forward) in forwards.iter().enumerate() {
         let (addr, sizes, count, warmup) = (forward.addr, config.sizes, config.count, config.warmup);
@@ -113,6 +121,11 @@ async fn loops(
         Ok(result) => result?,
         Err(_) => report.outcome = Outcome::Incomplete("the loops were not done within the timeout".into()),
     }
+    let cpu_after = sample(config.gateway.as_ref())?;
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        report.gateway_cpu_seconds = Some(b.cpu_seconds - a.cpu_seconds);
+        report.gateway_rss_kib = Some(b.rss_kib);
+    }
     drop(forwards);
     let mut all = Vec::new();
     for rtts in per_loop.iter_mut().flatten() {
@@ -136,6 +149,9 @@ impl fmt::Display for LatencyReport {
             "  {} round trips: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
             p.samples, p.p50_us, p.p99_us, p.p999_us, p.max_us
         )?;
+        if let (Some(cpu), Some(rss)) = (self.gateway_cpu_seconds, self.gateway_rss_kib) {
+            writeln!(f, "  gateway CPU {cpu:.2}s during the loops, RSS {rss} KiB")?;
+        }
         match &self.outcome {
             Outcome::Ok => write!(f, "  ok"),
             Outcome::Incomplete(why) => write!(f, "  INCOMPLETE: {why}"),
