@@ -47,7 +47,7 @@ pub struct Overrides {
 /// Runs the gateway until a signal arrives.
 pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     paths::ensure_data_dir(data_dir)?;
-    raise_open_files_limit();
+    let open_files = crate::files::raise_limit();
     let config_path = config_path.unwrap_or_else(|| data_dir.join("tether.toml"));
     let mut config =
         Config::load(&config_path).with_context(|| format!("reading the configuration {}", config_path.display()))?;
@@ -168,8 +168,11 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         info!(dir = %dir.display(), "recording SOL transcripts");
     }
     let (redirections, redirections_task) = RedirLog::start(store.clone(), transcripts);
+    let files = crate::files::FileBudget::new(open_files, config.limits.reserved_files);
+    files.log();
     let shared = Arc::new(Shared {
         limiter: Limiter::new(&config.limits),
+        files,
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
         sealer: crate::sealing::Sealer::load_or_create(data_dir).context("loading the key that seals AMT passwords")?,
         config,
@@ -252,19 +255,6 @@ async fn ensure_mps_credentials(store: &Store) -> Result<()> {
     println!("Created MPS credentials for AMT devices: username {username}, password {password}");
     println!("(shown once; change them with `tether mps-credentials set USER PASSWORD`)");
     Ok(())
-}
-
-/// Every tunnel, pending connection and relay holds a file descriptor: raise the soft limit to
-/// the hard one (systemd starts services with a soft limit of 1,024).
-fn raise_open_files_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < 8192 => warn!(
-            limit,
-            "only {limit} open files allowed: raise the hard limit (LimitNOFILE=) for thousands of devices"
-        ),
-        Ok(limit) => info!(limit, "open files limit"),
-        Err(err) => warn!(error = %err, "could not raise the open files limit"),
-    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {

@@ -16,8 +16,8 @@
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
 //!   them);
-//! - `auth`, `certs`, `limits`, `metrics`, `config`: credentials and password checking, TLS
-//!   material, rate limits, Prometheus metrics and configuration;
+//! - `auth`, `certs`, `limits`, `files`, `metrics`, `config`: credentials and password checking,
+//!   TLS material, rate limits, the open-files budget, Prometheus metrics and configuration;
 //! - `lan`: the appliance's LAN (discovery with pnet, Wake-on-LAN, AMT PCs adopted as devices
 //!   of kind `lan`, reached through the same tunnel interface);
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
@@ -34,6 +34,7 @@ pub mod cira;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod files;
 pub mod fleet;
 pub mod forward;
 pub mod identity;

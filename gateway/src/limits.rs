@@ -32,6 +32,9 @@ pub struct LimitsConfig {
     pub api_requests_per_second: u32,
     pub api_burst: u32,
     pub max_tracked_sources: usize,
+    /// Open files kept free of device connections near the open-files limit: for the store,
+    /// logs, outgoing connections and (half of them) technicians' connections (see `files`).
+    pub reserved_files: usize,
 }
 
 impl Default for LimitsConfig {
@@ -44,6 +47,7 @@ impl Default for LimitsConfig {
             api_requests_per_second: 50,
             api_burst: 200,
             max_tracked_sources: 100_000,
+            reserved_files: 256,
         }
     }
 }

@@ -87,8 +87,30 @@ label_enum!(
         PendingPerSource => "pending_per_source",
         AuthTimeout => "auth_timeout",
         ProxyHeader => "proxy_header",
+        FileLimit => "file_limit",
     }
 );
+
+label_enum!(
+    /// A listener of the gateway's own.
+    Listener { Cira => "cira", Api => "api" }
+);
+
+label_enum!(
+    /// Why an `accept` failed.
+    AcceptError { OutOfFiles => "out_of_files", Other => "other" }
+);
+
+impl AcceptError {
+    /// `EMFILE` and `ENFILE` are running out of files; anything else is other.
+    pub fn of(err: &std::io::Error) -> AcceptError {
+        // EMFILE is 24 and ENFILE 23 on every Unix Tether runs on.
+        match err.raw_os_error() {
+            Some(23 | 24) => AcceptError::OutOfFiles,
+            _ => AcceptError::Other,
+        }
+    }
+}
 
 label_enum!(
     /// Which device record write the journal could not queue.
@@ -150,6 +172,7 @@ label_enum!(
         RelayCap => "relay_cap",
         SessionClosed => "session_closed",
         ConnectionCap => "connection_cap",
+        FileLimit => "file_limit",
     }
 );
 
@@ -192,6 +215,7 @@ pub struct Metrics {
     tls_handshake: Histogram,
     protocol_errors: IntCounterVec,
     connections_rejected: IntCounterVec,
+    accept_errors: IntCounterVec,
     api_requests_limited: IntCounter,
     store_writes_dropped: IntCounterVec,
     pending_connections: IntGauge,
@@ -282,6 +306,22 @@ impl Metrics {
             "Connections turned away before becoming tunnels, by reason.",
             &["reason"],
         );
+        let accept_errors = counter_vec(
+            &registry,
+            "tether_accept_errors_total",
+            "Failed accepts on the gateway's listeners (out_of_files: the open-files limit), by listener and kind.",
+            &["listener", "kind"],
+        );
+        for listener in Listener::ALL {
+            for kind in AcceptError::ALL {
+                accept_errors.with_label_values(&[listener.as_str(), kind.as_str()]);
+            }
+        }
+        // The process's CPU, memory and open files (process_open_fds, process_max_fds).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("metric registered once");
         let api_requests_limited =
             IntCounter::new("tether_api_requests_limited_total", "API requests refused by the per-token rate limit.")
                 .expect("valid metric");
@@ -426,6 +466,7 @@ impl Metrics {
             tls_handshake,
             protocol_errors,
             connections_rejected,
+            accept_errors,
             api_requests_limited,
             store_writes_dropped,
             pending_connections,
@@ -496,6 +537,10 @@ impl Metrics {
 
     pub fn connection_rejected(&self, reason: RejectReason) {
         self.connections_rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn accept_failed(&self, listener: Listener, kind: AcceptError) {
+        self.accept_errors.with_label_values(&[listener.as_str(), kind.as_str()]).inc();
     }
 
     pub fn api_request_limited(&self) {
@@ -631,6 +676,12 @@ mod tests {
         ];
         for (name, label, values) in labelled {
             expected.extend(values.into_iter().map(|v| format!("{name}{{{label}=\"{v}\"}}")));
+        }
+        for listener in Listener::ALL {
+            for kind in AcceptError::ALL {
+                let (listener, kind) = (listener.as_str(), kind.as_str());
+                expected.push(format!("tether_accept_errors_total{{kind=\"{kind}\",listener=\"{listener}\"}}"));
+            }
         }
         for series in &expected {
             assert_eq!(value(&text, &format!("{series} ")), Some(0.0), "{series} missing in:\n{text}");

@@ -35,6 +35,8 @@ pub struct Shared {
     pub redirections: RedirLog,
     pub metrics: Metrics,
     pub limiter: Limiter,
+    /// Open files for accepted sockets, under the process's limit.
+    pub files: std::sync::Arc<crate::files::FileBudget>,
     pub registry: Arc<Registry>,
     pub passwords: PasswordChecker,
     /// Seals the AMT passwords technicians ask the gateway to remember.
@@ -119,6 +121,7 @@ impl TestState {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             limiter: Limiter::new(&config.limits),
+            files: crate::files::FileBudget::unlimited(),
             config,
             store,
             instance: "test-gateway".into(),

@@ -68,6 +68,36 @@ pub fn with_soft_fd_limit(soft: u64) -> impl Fn(Command) -> Command {
     }
 }
 
+/// A `wrap` for [`Gateway::start_at`](crate::Gateway::start_at) that starts the gateway with an
+/// open-files limit of `limit`, soft and hard: it cannot raise its own.
+pub fn with_fd_limit(limit: u64) -> impl Fn(Command) -> Command {
+    move |command: Command| {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    }
+}
+
+/// The CPU time (user and system) process `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("a command name in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let per_second = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    ticks as f64 / per_second as f64
+}
+
 /// How a crowd's connections should talk: not at all, or a TLS handshake and then nothing.
 #[derive(Debug, Clone)]
 pub enum Silence {

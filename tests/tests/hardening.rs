@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use e2e::api::{percentile, probe, runtime, server_name_for, tls_config, ApiClient, WriteStop};
 use e2e::attack::{
-    loopback_sources, open_files_limit, raise_fd_limit, token_storm, with_soft_fd_limit, Silence, SilentCrowd,
-    StormLimits,
+    cpu_seconds, loopback_sources, open_files_limit, raise_fd_limit, token_storm, with_fd_limit, with_soft_fd_limit,
+    Silence, SilentCrowd, StormLimits,
 };
 use e2e::metrics::{mib, RssSampler};
 use e2e::process::{operator_in, require_sim_flag, MPS_USER};
@@ -209,6 +209,102 @@ fn a_gateway_started_with_a_1024_open_files_limit_raises_its_own() {
         "the gateway started under a soft open-files limit of 1024 still has {soft} (hard {gateway_hard}): it should \
          raise its own soft limit (to the hard limit, or at least {wanted}), or 1,024 silent connections lock devices out"
     );
+}
+
+const CIRA_ACTIVE: &str = "tether_tunnels_active{kind=\"cira\"}";
+const FILE_LIMIT_REFUSALS: &str = "tether_connections_rejected_total{reason=\"file_limit\"}";
+const OUT_OF_FILES: &str = "tether_accept_errors_total{kind=\"out_of_files\",listener=\"cira\"}";
+
+/// Writes `bytes` to an echo at `addr` and reads them back.
+fn echo_round_trip(addr: std::net::SocketAddr, bytes: usize) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connecting to tether forward");
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("a read timeout");
+    let sent: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    tcp.write_all(&sent).expect("writing through the relay");
+    let mut back = vec![0; bytes];
+    tcp.read_exact(&mut back).expect("reading the echo back through the relay");
+    assert!(back == sent, "the echo came back different");
+}
+
+#[test]
+fn a_gateway_at_its_open_files_limit_refuses_new_devices_and_keeps_the_ones_it_holds() {
+    // 400 files, soft and hard: the reserve is a quarter (100), so 300 device connections fit.
+    const LIMIT: u64 = 400;
+    const CEILING: f64 = 300.0;
+    let gateway = Gateway::start_at("127.0.0.1", "", &[], with_fd_limit(LIMIT));
+    assert_eq!(open_files_limit(gateway.pid()), (LIMIT, LIMIT));
+    let logged = gateway.process().log_line_containing("up to 300 device connections");
+    assert!(logged.is_some(), "the gateway did not log its open-files ceiling:\n{}", gateway.process().tail());
+
+    let held = Uuid::new_v4();
+    let _held = Sim::start(&gateway, &["--uuid", &held.to_string(), "--count", "250"]);
+    gateway.wait_for_metric(CIRA_ACTIVE, 250.0, CONNECT_TIMEOUT);
+
+    // 150 more from other sources than the first 250: only 50 fit.
+    let more = Uuid::new_v4();
+    let _more = Sim::start_from(&gateway, "127.0.0.3", &["--uuid", &more.to_string(), "--count", "150"]);
+    let refused = gateway.wait_for_metric_at_least(FILE_LIMIT_REFUSALS, 1.0, CONNECT_TIMEOUT);
+    let mut active = 0.0;
+    poll_until(Duration::from_secs(20), || {
+        active = gateway.metrics().value(CIRA_ACTIVE);
+        active >= CEILING - 10.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = gateway.metrics();
+    active = metrics.value(CIRA_ACTIVE);
+    println!(
+        "FIGURE at 400 open files: {active} tunnels held, {} connections refused as file_limit (first seen: {refused})",
+        metrics.value(FILE_LIMIT_REFUSALS)
+    );
+    assert!(
+        (CEILING - 10.0..=CEILING).contains(&active),
+        "{active} tunnels with room for {CEILING} device connections: the gateway should fill its budget, never pass it"
+    );
+    assert_eq!(metrics.value(OUT_OF_FILES), 0.0, "the reserve should keep accept() itself from running out of files");
+
+    // The tunnels it holds keep working, and the API (technicians' half of the reserve) answers.
+    assert!(gateway.is_connected(held), "the first device lost its tunnel");
+    let forward = gateway.forward(held, 5900);
+    echo_round_trip(forward.addr(), 256 * 1024);
+    let connected =
+        gateway.devices_json().as_array().map_or(0, |d| d.iter().filter(|d| d["connected"] == true).count());
+    assert!(connected as f64 >= CEILING - 10.0, "the API lists {connected} connected devices");
+}
+
+#[test]
+fn a_gateway_out_of_files_backs_off_instead_of_spinning() {
+    // No reserve: accept() itself meets EMFILE once the crowd has taken every file.
+    const LIMIT: u64 = 200;
+    let gateway = Gateway::start_at("127.0.0.1", "[limits]\nreserved_files = 0\n", &[], with_fd_limit(LIMIT));
+    let device = Uuid::new_v4();
+    let _device = Sim::start(&gateway, &["--uuid", &device.to_string()]);
+    wait_for("the device to connect", CONNECT_TIMEOUT, || gateway.is_connected(device));
+
+    let mut crowd = SilentCrowd::new();
+    let opened =
+        crowd.open(&Silence::Tcp, gateway.cira_addr(), &loopback_sources([0, 3], 50), 300, 64, CONNECT_TIMEOUT);
+    // Connections past the limit wait in the kernel's backlog: connect() succeeds for them all.
+    assert_eq!(opened.ok, 300, "{opened:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu_before, started) = (cpu_seconds(gateway.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu = cpu_seconds(gateway.pid()) - cpu_before;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("FIGURE out of files with 300 silent connections: gateway CPU {cpu:.2}s in {elapsed:.1}s");
+    assert!(
+        cpu < 0.5 * elapsed,
+        "the gateway used {cpu:.2}s of CPU in {elapsed:.1}s out of files: its accept loop spins"
+    );
+    assert!(gateway.is_connected(device), "the device lost its tunnel while the gateway was out of files");
+
+    crowd.close_all();
+    let errors = gateway.wait_for_metric_at_least(OUT_OF_FILES, 1.0, CONNECT_TIMEOUT);
+    println!("FIGURE failed accepts counted as out_of_files: {errors}");
+    // Once files are free again, new devices get in.
+    let late = Uuid::new_v4();
+    let _late = Sim::start(&gateway, &["--uuid", &late.to_string()]);
+    wait_for("a new device to connect after the crowd left", CONNECT_TIMEOUT, || gateway.is_connected(late));
 }
 
 #[test]

@@ -60,7 +60,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
-use crate::metrics::ApiRejection;
+use crate::metrics::{ApiRejection, Listener};
 use crate::relay::RelayLimits;
 use crate::state::Shared;
 use crate::store::{DevicePage, TokenScope, MAX_PAGE};
@@ -149,18 +149,24 @@ async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Ar
     let app = router(Arc::clone(&api));
     tokio::spawn(relays::watch_tokens(Arc::clone(&api)));
     let mut shutdown = api.shared.shutdown.clone();
+    let mut backoff = crate::files::AcceptBackoff::new(Listener::Api);
     loop {
         let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %err, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    backoff.failed(&err, &api.shared.metrics).await;
                     continue;
                 }
             },
             _ = crate::state::stopping(&mut shutdown) => return,
+        };
+        backoff.accepted();
+        // Technicians may use half of the files devices leave in reserve.
+        let Some(file) = api.shared.files.try_take(crate::files::FileUse::Technician) else {
+            api.shared.metrics.api_rejected(ApiRejection::FileLimit);
+            debug!(%peer, "API connection refused: the open-files budget is spent");
+            continue;
         };
         let (api, app, acceptor) = (Arc::clone(&api), app.clone(), acceptor.clone());
         if api.shared.config.proxy.trusted.contains(peer.ip()) {
@@ -173,10 +179,14 @@ async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Ar
                     Ok(None) => {}
                     Err(err) => warn!(balancer = %peer, error = %err, "bad PROXY header from a load balancer"),
                 }
+                drop(file);
             });
             continue;
         }
-        tokio::spawn(accept(api, app, acceptor, tcp, peer));
+        tokio::spawn(async move {
+            accept(api, app, acceptor, tcp, peer).await;
+            drop(file);
+        });
     }
 }
 

@@ -1,8 +1,9 @@
 //! The CIRA listener: TLS on 4433, and one task per AMT connection driving an APF
 //! [`ServerSession`](protocols::session::ServerSession) (see [`driver`]).
 //!
-//! Admission before authentication is cheap and bounded: a source must pass the connection-rate
-//! limit, then find room in the pool of unauthenticated connections (a [`ConnectionCaps`] with a total
+//! Admission before authentication is cheap and bounded: an accepted connection must find a file
+//! in the open-files budget ([`crate::files`]; else it is closed at once), its source must pass
+//! the connection-rate limit, then find room in the pool of unauthenticated connections (a [`ConnectionCaps`] with a total
 //! and a per-source cap, apart from the established tunnels' slots, so that connections that
 //! never authenticate can never fill the tunnel slots), then finish its TLS handshake within its
 //! timeout; the APF handshake and the authentication wait are bounded by the driver. A tunnel
@@ -23,8 +24,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::files::{AcceptBackoff, FileUse};
 use crate::limits::{CapReached, ConnectionCaps, ConnectionSlot};
-use crate::metrics::RejectReason;
+use crate::metrics::{Listener, RejectReason};
 use crate::proxy_header;
 use crate::state::Shared;
 
@@ -38,18 +40,32 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
     // Connections from a load balancer waiting for their PROXY header: bounded like the pool.
     let header_reads = Arc::new(Semaphore::new(shared.config.apf.max_pending_connections));
     let mut shutdown = shared.shutdown.clone();
+    let mut backoff = AcceptBackoff::new(Listener::Cira);
+    let mut file_limit_logged: Option<Instant> = None;
     loop {
         let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %err, "CIRA accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    backoff.failed(&err, &shared.metrics).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
+        };
+        backoff.accepted();
+        // Near the open-files limit: close at once (the device sees the connection end and
+        // retries later), keeping the reserve for the tunnels already held.
+        let Some(file) = shared.files.try_take(FileUse::Device) else {
+            shared.metrics.connection_rejected(RejectReason::FileLimit);
+            if file_limit_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                file_limit_logged = Some(Instant::now());
+                warn!(
+                    ceiling = shared.files.device_ceiling(),
+                    "refusing new device connections: the open-files budget is spent (raise LimitNOFILE)"
+                );
+            }
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, shared, tunnel_slots, pending) =
@@ -77,6 +93,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                     let id = shared.registry.next_id();
                     handle_connection(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await;
                 }
+                drop(file);
             });
             continue;
         }
@@ -85,6 +102,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
         let id = shared.registry.next_id();
         tokio::spawn(async move {
             handle_connection(tcp, peer, id, acceptor, shared, slot, tunnel_slots).await;
+            drop(file);
         });
     }
 }
