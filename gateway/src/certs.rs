@@ -511,13 +511,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A TLS 1.2 + 1.3 server configuration serving `material`, with the given ALPN protocols.
-pub fn server_config(material: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, CertError> {
+/// A TLS 1.2 + 1.3 server configuration serving `material`, with the given ALPN protocols, and
+/// session tickets from `ticketer` when given (one ticket per TLS 1.3 handshake; without one,
+/// rustls' in-memory session cache alone).
+pub fn server_config(
+    material: &TlsMaterial,
+    alpn: &[&[u8]],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(material.chain.clone(), material.key.clone_key())?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
+        config.send_tls13_tickets = 1;
+    }
     Ok(Arc::new(config))
 }
 
@@ -605,7 +615,7 @@ mod tests {
     fn a_client_trusting_the_ca_completes_tls_1_3_and_1_2_handshakes() {
         let dir = tempfile::tempdir().unwrap();
         let material = load_or_create(dir.path(), &ecdsa(&[])).unwrap();
-        let server = server_config(&material, &[b"http/1.1"]).unwrap();
+        let server = server_config(&material, &[b"http/1.1"], None).unwrap();
         let client = client_config_trusting(&material.ca_cert_path).unwrap();
         let mut with_alpn = (*client).clone();
         with_alpn.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -628,7 +638,7 @@ mod tests {
             let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
             assert_eq!(parsed.public_key().parsed().unwrap().key_size(), 3072);
         }
-        server_config(&material, &[]).unwrap();
+        server_config(&material, &[], None).unwrap();
     }
 
     #[test]
@@ -680,7 +690,7 @@ mod tests {
         let second = load_or_create(dir.path(), &ecdsa(&[])).unwrap();
         assert!(second.renewed);
         assert_eq!(first.ca_fingerprint_sha256, second.ca_fingerprint_sha256);
-        server_config(&second, &[]).unwrap();
+        server_config(&second, &[], None).unwrap();
     }
 
     #[test]
@@ -740,7 +750,7 @@ mod tests {
         assert_eq!(material.ca_fingerprint_sha256, fingerprint(&ca));
         assert_eq!(first_cert(&material.ca_cert_path).unwrap(), ca);
         assert!(!tls.join(CA_FILE).exists(), "no CA is generated beside an operator chain");
-        server_config(&material, &[]).unwrap();
+        server_config(&material, &[], None).unwrap();
     }
 
     #[test]

@@ -111,8 +111,11 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     }
     println!("CIRA CA certificate (provision into AMT as a trusted root): {}", material.ca_cert_path.display());
     println!("CA SHA-256 fingerprint: {}", material.ca_fingerprint_sha256);
-    let cira_tls = certs::server_config(&material, &[])?;
-    let api_tls = certs::server_config(&material, &[b"http/1.1"])?;
+    // Session tickets that survive a restart: the devices that reconnect after it resume
+    // instead of costing a signature each.
+    let tickets = Arc::new(crate::tickets::Tickets::load_or_create(data_dir).context("loading the TLS ticket keys")?);
+    let cira_tls = certs::server_config(&material, &[], Some(tickets.clone()))?;
+    let api_tls = certs::server_config(&material, &[b"http/1.1"], Some(tickets.clone()))?;
 
     // The fleet link: only for a gateway in a fleet (`tether fleet init` or `join`) with an
     // internal address to listen on.
@@ -205,7 +208,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     tasks.spawn(cira::serve(cira_listener, tokio_rustls::TlsAcceptor::from(cira_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
-    tasks.spawn(housekeeping(Arc::clone(&shared)));
+    tasks.spawn(housekeeping(Arc::clone(&shared), tickets));
     if let Some((tls, listener)) = link {
         info!(addr = %listener.local_addr()?, "fleet link listening");
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
@@ -263,11 +266,12 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
-async fn housekeeping(shared: Arc<Shared>) {
+async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
         shared.limiter.housekeeping();
+        tickets.housekeeping();
     }
 }
 

@@ -16,8 +16,9 @@
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
 //!   them);
-//! - `auth`, `certs`, `limits`, `files`, `metrics`, `config`: credentials and password checking,
-//!   TLS material, rate limits, the open-files budget, Prometheus metrics and configuration;
+//! - `auth`, `certs`, `tickets`, `limits`, `files`, `metrics`, `config`: credentials and password
+//!   checking, TLS material and session tickets that survive a restart, rate limits, the
+//!   open-files budget, Prometheus metrics and configuration;
 //! - `lan`: the appliance's LAN (discovery with pnet, Wake-on-LAN, AMT PCs adopted as devices
 //!   of kind `lan`, reached through the same tunnel interface);
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
@@ -55,5 +56,6 @@ pub mod sealing;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod tickets;
 pub mod view;
 pub mod wsman;

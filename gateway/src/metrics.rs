@@ -92,6 +92,12 @@ label_enum!(
 );
 
 label_enum!(
+    /// Whether a CIRA TLS handshake was full (a signature by the server key) or resumed from a
+    /// session ticket.
+    HandshakeKind { Full => "full", Resumed => "resumed" }
+);
+
+label_enum!(
     /// A listener of the gateway's own.
     Listener { Cira => "cira", Api => "api" }
 );
@@ -213,6 +219,7 @@ pub struct Metrics {
     channel_opens_refused: IntCounterVec,
     relayed_bytes: IntCounterVec,
     tls_handshake: Histogram,
+    tls_handshakes: IntCounterVec,
     protocol_errors: IntCounterVec,
     connections_rejected: IntCounterVec,
     accept_errors: IntCounterVec,
@@ -294,6 +301,15 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(tls_handshake.clone())).expect("metric registered once");
+        let tls_handshakes = counter_vec(
+            &registry,
+            "tether_tls_handshakes_total",
+            "Completed CIRA TLS handshakes: full (the server key signs) or resumed (a session ticket).",
+            &["kind"],
+        );
+        for kind in HandshakeKind::ALL {
+            tls_handshakes.with_label_values(&[kind.as_str()]);
+        }
         let protocol_errors = counter_vec(
             &registry,
             "tether_apf_protocol_errors_total",
@@ -464,6 +480,7 @@ impl Metrics {
             channel_opens_refused,
             relayed_bytes,
             tls_handshake,
+            tls_handshakes,
             protocol_errors,
             connections_rejected,
             accept_errors,
@@ -527,8 +544,9 @@ impl Metrics {
         }
     }
 
-    pub fn tls_handshake(&self, seconds: f64) {
+    pub fn tls_handshake(&self, seconds: f64, kind: HandshakeKind) {
         self.tls_handshake.observe(seconds);
+        self.tls_handshakes.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn protocol_error(&self, kind: ProtocolErrorKind) {
@@ -677,6 +695,9 @@ mod tests {
         for (name, label, values) in labelled {
             expected.extend(values.into_iter().map(|v| format!("{name}{{{label}=\"{v}\"}}")));
         }
+        for kind in HandshakeKind::ALL {
+            expected.push(format!("tether_tls_handshakes_total{{kind=\"{}\"}}", kind.as_str()));
+        }
         for listener in Listener::ALL {
             for kind in AcceptError::ALL {
                 let (listener, kind) = (listener.as_str(), kind.as_str());
@@ -703,7 +724,7 @@ mod tests {
         metrics.tunnel_closed(TunnelKind::Cira, CloseReason::IdleTimeout);
         metrics.auth_failure(AuthFailureReason::BadPassword);
         metrics.relayed_bytes(Direction::ToDevice, 1234);
-        metrics.tls_handshake(0.02);
+        metrics.tls_handshake(0.02, HandshakeKind::Resumed);
         let text = metrics.render();
         assert_eq!(value(&text, "tether_tunnels_active{kind=\"cira\"}"), Some(1.0));
         assert_eq!(value(&text, "tether_tunnels_closed_total{kind=\"cira\",reason=\"idle_timeout\"}"), Some(1.0));

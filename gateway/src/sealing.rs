@@ -51,10 +51,7 @@ impl Sealer {
         if !path.exists() {
             let mut key = [0u8; KEY_LEN];
             rand::rng().fill_bytes(&mut key);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            write_private(&path, &key)?;
+            write_secret(&path, &key)?;
         }
         let key = std::fs::read(&path).with_context(|| format!("reading the sealing key {}", path.display()))?;
         Sealer::from_key(&key).with_context(|| format!("the sealing key {}", path.display()))
@@ -106,8 +103,20 @@ impl Sealer {
     }
 }
 
+/// Writes a secret file (mode 0600 on Unix), creating its directory: through a temporary file
+/// renamed into place, so a reader never sees half a key.
+pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let temp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temp);
+    write_new_private(&temp, data)?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+}
+
 #[cfg(unix)]
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+fn write_new_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -116,11 +125,12 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(data).with_context(|| format!("writing {}", path.display()))
+    file.write_all(data).with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+fn write_new_private(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -142,3 +142,41 @@ fn sol_sized_round_trips_beside_idle_devices() {
     assert_eq!(report["per_loop"].as_array().map(Vec::len), Some(2), "{report}");
     eprintln!("FIGURE latency 2 busy beside 100 idle, 1-64 bytes: p50 {p50} µs, p99 {p99} µs");
 }
+
+#[test]
+fn devices_resume_their_tls_sessions_after_the_gateway_restarts() {
+    const DEVICES: f64 = 100.0;
+    const FULL: &str = "tether_tls_handshakes_total{kind=\"full\"}";
+    const RESUMED: &str = "tether_tls_handshakes_total{kind=\"resumed\"}";
+    const ACTIVE: &str = "tether_tunnels_active{kind=\"cira\"}";
+    let mut gateway = Gateway::start(&[]);
+    let base = uuid::Uuid::new_v4().to_string();
+    let _fleet = e2e::Sim::start(
+        &gateway,
+        &[
+            "--uuid",
+            &base,
+            "--count",
+            "100",
+            "--resume-sessions",
+            "--reconnect-min-ms",
+            "200",
+            "--reconnect-max-ms",
+            "1000",
+        ],
+    );
+    gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(60));
+    assert_eq!(gateway.metrics().value(FULL), DEVICES, "the first connections are full handshakes");
+
+    // The ticket keys are in the data dir: the restarted gateway opens the tickets it issued.
+    gateway.restart();
+    gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(60));
+    let metrics = gateway.metrics();
+    let (full, resumed) = (metrics.value(FULL), metrics.value(RESUMED));
+    eprintln!("FIGURE after a restart, {DEVICES} devices came back with {resumed} resumed and {full} full handshakes");
+    assert_eq!(resumed + full, DEVICES, "one handshake per device after the restart");
+    assert!(
+        resumed >= DEVICES * 0.9,
+        "only {resumed} of {DEVICES} devices resumed their TLS session after the restart"
+    );
+}

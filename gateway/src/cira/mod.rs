@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::files::{AcceptBackoff, FileUse};
 use crate::limits::{CapReached, ConnectionCaps, ConnectionSlot};
-use crate::metrics::{Listener, RejectReason};
+use crate::metrics::{HandshakeKind, Listener, RejectReason};
 use crate::proxy_header;
 use crate::state::Shared;
 
@@ -152,7 +152,11 @@ async fn handle_connection(
             return;
         }
     };
-    shared.metrics.tls_handshake(started.elapsed().as_secs_f64());
+    let kind = match tls.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
+        _ => HandshakeKind::Full,
+    };
+    shared.metrics.tls_handshake(started.elapsed().as_secs_f64(), kind);
     debug!(%remote, "TLS established");
     driver::Tunnel::new(shared, remote, id, pending, tunnel_slots).run(tls).await;
 }

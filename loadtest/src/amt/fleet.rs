@@ -64,6 +64,9 @@ pub struct FleetConfig {
     pub progress: Progress,
     /// Stop (successfully) once every device has been established.
     pub exit_after_established: bool,
+    /// Give each device a TLS session store of its own ([`with_own_sessions`](super::with_own_sessions)),
+    /// so that its redials resume its earlier sessions when the gateway allows.
+    pub resume_sessions: bool,
     /// How long devices get to disconnect cleanly when the fleet stops.
     pub drain_timeout: Duration,
 }
@@ -76,6 +79,7 @@ impl FleetConfig {
             ramp: Duration::ZERO,
             progress: Progress::Log { every: Duration::from_secs(5) },
             exit_after_established: false,
+            resume_sessions: false,
             drain_timeout: Duration::from_secs(5),
         }
     }
@@ -118,6 +122,9 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: Shutdown) -> Result<Fl
     for index in 0..count {
         let mut device = config.device.clone();
         device.uuid = device_uuid(base, index);
+        if config.resume_sessions {
+            device.tls = super::with_own_sessions(&device.tls);
+        }
         device.log_level = level;
         device.first_gateway = first_gateway(config.device.first_gateway, index, gateways.len());
         let delay = config.ramp.mul_f64(f64::from(index) / f64::from(count));

@@ -177,6 +177,11 @@ struct Args {
     /// Exit (status 0) once every device has been established.
     #[arg(long)]
     exit_after_established: bool,
+    /// Each device keeps its TLS sessions and resumes them when it redials (a gateway restart,
+    /// a dropped tunnel), as firmware with session resumption does; off: a full handshake each
+    /// time.
+    #[arg(long)]
+    resume_sessions: bool,
     /// Exit (status 1) when the gateway refuses a device's credentials, instead of retrying.
     #[arg(long)]
     exit_on_auth_failure: bool,
@@ -430,6 +435,7 @@ async fn run(args: Args, bar: Option<ProgressBar>) -> anyhow::Result<()> {
     let mut fleet = FleetConfig::new(device, args.count);
     fleet.ramp = Duration::from_millis(args.ramp_ms);
     fleet.exit_after_established = args.exit_after_established;
+    fleet.resume_sessions = args.resume_sessions;
     if let Some(bar) = bar {
         fleet.progress = Progress::Bar(bar);
     }
