@@ -512,7 +512,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A TLS 1.2 + 1.3 server configuration serving `material`, with the given ALPN protocols, and
-/// session tickets from `ticketer` when given (one ticket per TLS 1.3 handshake; without one,
+/// session tickets from `ticketer` when given (four per TLS 1.3 handshake: a TLS 1.3 ticket is
+/// used once, and a device whose redial is refused before its handshake completes, e.g. while
+/// the pool of pending connections is full after a restart, has spent one; without a ticketer,
 /// rustls' in-memory session cache alone).
 pub fn server_config(
     material: &TlsMaterial,
@@ -526,7 +528,7 @@ pub fn server_config(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     if let Some(ticketer) = ticketer {
         config.ticketer = ticketer;
-        config.send_tls13_tickets = 1;
+        config.send_tls13_tickets = 4;
     }
     Ok(Arc::new(config))
 }

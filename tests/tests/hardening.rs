@@ -403,6 +403,62 @@ fn two_thousand_silent_connections_do_not_keep_a_good_device_out() {
 }
 
 #[test]
+fn memory_comes_back_after_a_fleet_and_a_bulk_transfer_leave() {
+    const RSS_SLACK_KIB: u64 = 16 * 1024;
+    raise_fd_limit(8192);
+    let gateway = Gateway::start(&[]);
+    // The tunnels it keeps: 500 devices, settled.
+    let kept = Uuid::new_v4();
+    let _kept = Sim::start(&gateway, &["--uuid", &kept.to_string(), "--count", "500"]);
+    gateway.wait_for_metric(CIRA_ACTIVE, 500.0, CONNECT_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = gateway.rss_kib();
+
+    // The load: 2,000 more devices from four other sources (each within a source's burst of
+    // 500), and 64 MiB through one of the kept ones.
+    let mut visiting: Vec<Sim> = (4..8)
+        .map(|i| {
+            let uuid = Uuid::new_v4().to_string();
+            Sim::start_from(&gateway, &format!("127.0.0.{i}"), &["--uuid", &uuid, "--count", "500"])
+        })
+        .collect();
+    gateway.wait_for_metric(CIRA_ACTIVE, 2500.0, Duration::from_secs(90));
+    let forward = gateway.forward(kept, 5900);
+    for _ in 0..16 {
+        echo_round_trip(forward.addr(), 4 * 1024 * 1024);
+    }
+    let loaded = gateway.rss_kib();
+    drop(forward);
+    for sim in &mut visiting {
+        sim.process().signal("KILL");
+    }
+    gateway.wait_for_metric(CIRA_ACTIVE, 500.0, Duration::from_secs(60));
+
+    let drained = Instant::now();
+    let mut after = gateway.rss_kib();
+    poll_until(Duration::from_secs(40), || {
+        after = gateway.rss_kib();
+        after <= idle + RSS_SLACK_KIB
+    });
+    println!(
+        "FIGURE gateway RSS with 500 tunnels {:.1} MiB; with 2,500 and a 64 MiB echo {:.1} MiB; {:.1} MiB {:.1}s after \
+         the 2,000 left",
+        mib(idle),
+        mib(loaded),
+        mib(after),
+        drained.elapsed().as_secs_f64()
+    );
+    assert!(
+        after <= idle + RSS_SLACK_KIB,
+        "the gateway holds the same 500 tunnels as before the load, but its RSS is {:.1} MiB, {:.1} MiB above its \
+         idle figure (allowed: 16 MiB)",
+        mib(after),
+        mib(after.saturating_sub(idle))
+    );
+    assert!(gateway.is_connected(kept), "a kept device lost its tunnel");
+}
+
+#[test]
 fn a_storm_of_wrong_tokens_is_answered_429_while_a_valid_token_keeps_working() {
     const PATH: &str = "/api/v1/devices";
     const SKIP: usize = 100;
