@@ -37,8 +37,8 @@ pub struct Stats {
     changed: Notify,
 }
 
-/// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A copy of [`Stats`] at one moment (also a worker's report line, as JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub connected: u64,
     pub established: u64,

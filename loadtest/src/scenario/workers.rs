@@ -86,45 +86,27 @@ pub struct WorkerArgs {
 /// One report of a worker: its devices' counters summed, and after `mark`, how many are back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerLine {
-    pub connected: u64,
-    pub established: u64,
-    pub ever_established: u64,
-    pub establishments: u64,
-    pub connections: u64,
-    pub reconnects: u64,
-    pub connect_failures: u64,
-    pub auth_failures: u64,
-    pub resumed: u64,
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
     /// Devices established again since the last `mark` (0 before any).
     pub back: u64,
 }
 
+impl std::ops::Deref for WorkerLine {
+    type Target = StatsSnapshot;
+
+    fn deref(&self) -> &StatsSnapshot {
+        &self.stats
+    }
+}
+
 impl WorkerLine {
-    fn new(s: StatsSnapshot, back: u64) -> Self {
-        Self {
-            connected: s.connected,
-            established: s.established,
-            ever_established: s.ever_established,
-            establishments: s.establishments,
-            connections: s.connections,
-            reconnects: s.reconnects,
-            connect_failures: s.connect_failures,
-            auth_failures: s.auth_failures,
-            resumed: s.resumed,
-            back,
-        }
+    fn new(stats: StatsSnapshot, back: u64) -> Self {
+        Self { stats, back }
     }
 
     fn add(&mut self, o: &WorkerLine) {
-        self.connected += o.connected;
-        self.established += o.established;
-        self.ever_established += o.ever_established;
-        self.establishments += o.establishments;
-        self.connections += o.connections;
-        self.reconnects += o.reconnects;
-        self.connect_failures += o.connect_failures;
-        self.auth_failures += o.auth_failures;
-        self.resumed += o.resumed;
+        self.stats += o.stats;
         self.back += o.back;
     }
 }
@@ -506,10 +488,11 @@ mod tests {
 
     #[test]
     fn worker_lines_round_trip_and_sum() {
-        let mut a = WorkerLine { established: 3, back: 1, ..WorkerLine::default() };
+        let stats = StatsSnapshot { established: 3, resumed: 2, ..StatsSnapshot::default() };
+        let mut a = WorkerLine { stats, back: 1 };
         let text = serde_json::to_string(&a).unwrap();
         let b: WorkerLine = serde_json::from_str(&text).unwrap();
         a.add(&b);
-        assert_eq!((a.established, a.back), (6, 2));
+        assert_eq!((a.established, a.resumed, a.back), (6, 4, 2));
     }
 }
