@@ -3,9 +3,9 @@
 //!
 //! Admission before authentication is cheap and bounded: an accepted connection must find a file
 //! in the open-files budget ([`crate::files`]; else it is closed at once), its source must pass
-//! the connection-rate limit, then find room in the pool of unauthenticated connections (a [`ConnectionCaps`] with a total
-//! and a per-source cap, apart from the established tunnels' slots, so that connections that
-//! never authenticate can never fill the tunnel slots), then finish its TLS handshake within its
+//! the connection-rate limit, then find room in the pool of unauthenticated connections (a
+//! [`ConnectionCaps`] with a total and a per-source cap, apart from the established tunnels'
+//! slots, so that connections that never authenticate can never fill the tunnel slots), then finish its TLS handshake within its
 //! timeout; the APF handshake and the authentication wait are bounded by the driver. A tunnel
 //! slot is taken only once the device has authenticated. Behind a load balancer listed in
 //! `proxy.trusted`, every one of these checks applies to the device's address from the PROXY v2
