@@ -57,25 +57,22 @@ pub fn open_files_limit(pid: u32) -> (u64, u64) {
 /// soft open-files limit of `soft` (as systemd's default 1024), the hard limit untouched: a
 /// gateway that needs more must raise its own.
 pub fn with_soft_fd_limit(soft: u64) -> impl Fn(Command) -> Command {
-    move |command: Command| {
-        let mut wrapped = Command::new("sh");
-        wrapped
-            .arg("-c")
-            .arg(format!("ulimit -S -n {soft} && exec \"$0\" \"$@\""))
-            .arg(command.get_program())
-            .args(command.get_args());
-        wrapped
-    }
+    with_ulimit(format!("-S -n {soft}"))
 }
 
 /// A `wrap` for [`Gateway::start_at`](crate::Gateway::start_at) that starts the gateway with an
 /// open-files limit of `limit`, soft and hard: it cannot raise its own.
 pub fn with_fd_limit(limit: u64) -> impl Fn(Command) -> Command {
+    with_ulimit(format!("-n {limit}"))
+}
+
+/// A `wrap` that runs the command under `sh -c 'ulimit FLAGS && exec …'`.
+fn with_ulimit(flags: String) -> impl Fn(Command) -> Command {
     move |command: Command| {
         let mut wrapped = Command::new("sh");
         wrapped
             .arg("-c")
-            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(format!("ulimit {flags} && exec \"$0\" \"$@\""))
             .arg(command.get_program())
             .args(command.get_args());
         wrapped
