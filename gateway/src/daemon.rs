@@ -204,6 +204,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     info!(cira = %addrs.cira, api = %addrs.api, metrics = %addrs.metrics, "gateway listening");
     println!("CIRA (AMT) on {}, API on https://{}, metrics on http://{}/metrics", addrs.cira, addrs.api, addrs.metrics);
 
+    // Before the first device is admitted: what each busy source held before.
+    crate::busy_sources::remember(&shared).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(cira::serve(cira_listener, tokio_rustls::TlsAcceptor::from(cira_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
@@ -221,6 +223,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
 
     wait_for_signal().await;
     info!("shutting down: closing tunnels");
+    // While the tunnels are still held: the count the next start lets each busy source bring back.
+    crate::busy_sources::save(&shared).await;
     let _ = shutdown_tx.send(true);
     // Tunnels send DISCONNECT and finish; do not wait forever on peers that do not read.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -268,10 +272,13 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 
 async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
+    // The first tick is at once; the busy sources are first recorded a minute after the start.
+    tick.tick().await;
     loop {
-        tick.tick().await;
         shared.limiter.housekeeping();
         tickets.housekeeping();
+        tick.tick().await;
+        crate::busy_sources::save(&shared).await;
     }
 }
 

@@ -17,7 +17,8 @@
 //!   device records; `fleet`: gateways sharing a PostgreSQL store (heartbeats, the link between
 //!   them);
 //! - `auth`, `certs`, `tickets`, `limits`, `files`, `metrics`, `config`: credentials and password
-//!   checking, TLS material and session tickets that survive a restart, rate limits, the
+//!   checking, TLS material and session tickets that survive a restart, rate limits (and
+//!   `busy_sources`: what each source held, so a big NAT comes back at once after a restart), the
 //!   open-files budget, Prometheus metrics and configuration;
 //! - `lan`: the appliance's LAN (discovery with pnet, Wake-on-LAN, AMT PCs adopted as devices
 //!   of kind `lan`, reached through the same tunnel interface);
@@ -30,6 +31,7 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod bridge;
+pub mod busy_sources;
 pub mod certs;
 pub mod cira;
 pub mod client;

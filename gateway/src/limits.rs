@@ -11,7 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -57,6 +57,36 @@ impl Default for LimitsConfig {
 pub enum Source {
     V4(u32),
     V6(u64),
+}
+
+/// As the store keeps it: `192.0.2.7`, or `2001:db8:1:2::/64`.
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Source::V4(addr) => write!(f, "{}", Ipv4Addr::from(addr)),
+            Source::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64)),
+        }
+    }
+}
+
+/// A source that is neither an IPv4 address nor an IPv6 `PREFIX/64`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither an IPv4 address nor an IPv6 prefix ending in /64")]
+pub struct BadSource(String);
+
+impl std::str::FromStr for Source {
+    type Err = BadSource;
+
+    fn from_str(text: &str) -> Result<Source, BadSource> {
+        let bad = || BadSource(text.chars().take(64).collect());
+        match text.strip_suffix("/64") {
+            Some(prefix) => {
+                let addr: Ipv6Addr = prefix.parse().map_err(|_| bad())?;
+                Ok(Source::V6((u128::from(addr) >> 64) as u64))
+            }
+            None => text.parse::<Ipv4Addr>().map(|addr| Source::V4(addr.into())).map_err(|_| bad()),
+        }
+    }
 }
 
 impl From<IpAddr> for Source {
@@ -240,10 +270,18 @@ impl<K: Hash + Eq + Clone> Backoff<K> {
     }
 }
 
+/// Connections sources may make beyond their burst for a while after a start: as many as each
+/// held before ([`Limiter::remember`]).
+struct Remembered {
+    until: Instant,
+    left: HashMap<Source, u32>,
+}
+
 /// Connection, authentication-failure and API rate limits (see the module doc).
 pub struct Limiter {
     max_tracked: usize,
     connections: Table<Source>,
+    remembered: Mutex<Option<Remembered>>,
     auth_failures: Table<AuthKey>,
     /// Real checks allowed while in back-off ([`SLOW_CHECK_EVERY`]).
     slow_checks: Table<AuthKey>,
@@ -268,6 +306,7 @@ impl Limiter {
         Limiter {
             max_tracked,
             connections: Table::new("connections", connections, max_tracked),
+            remembered: Mutex::new(None),
             auth_failures: Table::new("auth_failures", auth, max_tracked),
             slow_checks: Table::new(
                 "slow_checks",
@@ -279,9 +318,56 @@ impl Limiter {
         }
     }
 
-    /// Whether a new connection from `source` may proceed.
+    /// Whether a new connection from `source` may proceed: within its rate and burst, or else
+    /// within what it may still bring back of the tunnels it held before ([`Limiter::remember`]).
     pub fn allow_connection(&self, source: IpAddr) -> bool {
-        self.connections.check(&Source::from(source)).is_ok()
+        let source = Source::from(source);
+        self.connections.check(&source).is_ok() || self.take_remembered(source)
+    }
+
+    /// Lets each source in `held` make as many connections as it held tunnels before a restart,
+    /// at once and beyond its burst, for `window` from now (a big NAT's devices all come back
+    /// together; a source not in `held` keeps the default burst). At most `max_tracked_sources`
+    /// sources, those with the most tunnels first. Returns the sources and tunnels granted.
+    pub fn remember(&self, held: impl IntoIterator<Item = (Source, u32)>, window: Duration) -> (usize, u64) {
+        let mut held: Vec<(Source, u32)> = held.into_iter().filter(|(_, n)| *n > 0).collect();
+        held.sort_unstable_by_key(|(_, n)| std::cmp::Reverse(*n));
+        held.truncate(self.max_tracked);
+        let granted = (held.len(), held.iter().map(|(_, n)| u64::from(*n)).sum());
+        let mut left: HashMap<Source, u32> = HashMap::with_capacity(held.len());
+        for (source, n) in held {
+            let entry = left.entry(source).or_default();
+            *entry = entry.saturating_add(n);
+        }
+        let remembered = (!left.is_empty()).then(|| Remembered { until: Instant::now() + window, left });
+        *self.remembered.lock().unwrap_or_else(PoisonError::into_inner) = remembered;
+        granted
+    }
+
+    /// What each remembered source may still bring back, while the window lasts.
+    pub fn remembered_left(&self) -> Vec<(Source, u32)> {
+        let remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        match remembered.as_ref() {
+            Some(table) if Instant::now() < table.until => table.left.iter().map(|(s, n)| (*s, *n)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes one connection from what `source` may still bring back; false when it has nothing
+    /// left or the window is over (then the whole table goes).
+    fn take_remembered(&self, source: Source) -> bool {
+        let mut remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(table) = remembered.as_mut() else { return false };
+        if Instant::now() >= table.until {
+            *remembered = None;
+            return false;
+        }
+        let Entry::Occupied(mut left) = table.left.entry(source) else { return false };
+        *left.get_mut() -= 1;
+        if *left.get() == 0 {
+            left.remove();
+        }
+        true
     }
 
     /// Records a failed authentication; returns the back-off the source or UUID is now under.
@@ -583,6 +669,52 @@ mod tests {
         let other: IpAddr = "198.18.0.10".parse().unwrap();
         assert_eq!((0..10).filter(|_| limiter.allow_connection(abusive)).count(), 5);
         assert!(limiter.allow_connection(other));
+    }
+
+    #[test]
+    fn a_source_may_bring_back_at_once_the_tunnels_it_held_and_an_unknown_one_keeps_the_burst() {
+        let cfg =
+            LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 5, ..Default::default() };
+        let limiter = Limiter::new(&cfg);
+        let nat: IpAddr = "198.18.0.20".parse().unwrap();
+        let v6: IpAddr = "2001:db8:7:9::1234".parse().unwrap();
+        let unknown: IpAddr = "198.18.0.21".parse().unwrap();
+        let held = [(Source::from(nat), 100), (Source::from(v6), 7), (Source::from(unknown), 0)];
+        assert_eq!(limiter.remember(held, Duration::from_secs(600)), (2, 107));
+        assert!(limiter.allow_connection(v6));
+        assert!(limiter.remembered_left().contains(&(Source::from(v6), 7)), "within the burst first");
+        // Its burst, then what it held; then refused like anyone.
+        assert_eq!((0..200).filter(|_| limiter.allow_connection(nat)).count(), 105);
+        // Another address of the same /64 draws on the same allowance.
+        let v6_other: IpAddr = "2001:db8:7:9::9".parse().unwrap();
+        assert_eq!((0..20).filter(|_| limiter.allow_connection(v6_other)).count(), 11);
+        assert_eq!((0..20).filter(|_| limiter.allow_connection(unknown)).count(), 5);
+        assert!(limiter.remembered_left().is_empty(), "all taken");
+    }
+
+    #[test]
+    fn what_a_source_held_is_forgotten_after_the_window() {
+        let cfg =
+            LimitsConfig { connections_per_second_per_source: 1, connection_burst_per_source: 2, ..Default::default() };
+        let limiter = Limiter::new(&cfg);
+        let nat: IpAddr = "198.18.0.22".parse().unwrap();
+        limiter.remember([(Source::from(nat), 50)], Duration::ZERO);
+        assert_eq!((0..10).filter(|_| limiter.allow_connection(nat)).count(), 2);
+        assert!(limiter.remembered.lock().unwrap().is_none(), "the table goes once its window is over");
+    }
+
+    #[test]
+    fn sources_are_written_as_the_store_keeps_them_and_read_back() {
+        for (ip, text) in
+            [("192.0.2.7", "192.0.2.7"), ("2001:db8:1:2:aa::1", "2001:db8:1:2::/64"), ("::ffff:10.1.2.3", "10.1.2.3")]
+        {
+            let source = Source::from(ip.parse::<IpAddr>().unwrap());
+            assert_eq!(source.to_string(), text);
+            assert_eq!(text.parse::<Source>(), Ok(source));
+        }
+        for bad in ["", "2001:db8::1", "10.0.0.1/64", "not an address", "2001:db8::/48"] {
+            assert!(bad.parse::<Source>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

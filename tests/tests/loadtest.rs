@@ -180,3 +180,48 @@ fn devices_resume_their_tls_sessions_after_the_gateway_restarts() {
         "only {resumed} of {DEVICES} devices resumed their TLS session after the restart"
     );
 }
+
+#[test]
+fn a_nat_that_held_a_thousand_devices_brings_them_all_back_at_once_after_a_restart() {
+    const DEVICES: f64 = 1000.0;
+    const ACTIVE: &str = "tether_tunnels_active{kind=\"cira\"}";
+    const RATE: &str = "tether_connections_rejected_total{reason=\"connection_rate\"}";
+    const BURST: f64 = 20.0;
+    let redial = ["--reconnect-min-ms", "200", "--reconnect-max-ms", "1000"];
+    // First run: a burst big enough for the whole NAT, so that the thousand get in quickly.
+    let mut gateway = Gateway::start_with_config("[limits]\nconnection_burst_per_source = 5000\n", &[]);
+    let base = uuid::Uuid::new_v4().to_string();
+    let mut args = vec!["--uuid", &base, "--count", "1000", "--resume-sessions"];
+    args.extend(redial);
+    let _nat = e2e::Sim::start(&gateway, &args);
+    gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(120));
+
+    // Then strict limits: one connection a second per source after a burst of 20. Without the
+    // counts remembered in the store, the thousand would need 16 minutes to come back.
+    let strict = format!("[limits]\nconnection_burst_per_source = {BURST}\nconnections_per_second_per_source = 1\n");
+    std::fs::write(gateway.data_dir().join("tether.toml"), strict).unwrap();
+    let restarted = std::time::Instant::now();
+    gateway.restart();
+    gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(90));
+    let back = restarted.elapsed();
+    let refused = gateway.metrics().get(RATE).unwrap_or(0.0);
+    eprintln!(
+        "FIGURE 1,000 devices behind one address were all back {:.1} s after the restart ({refused} refused for the rate)",
+        back.as_secs_f64()
+    );
+    assert_eq!(refused, 0.0, "a source that held 1,000 tunnels was refused for its rate while bringing them back");
+
+    // A source the gateway never saw keeps the small burst.
+    let other = uuid::Uuid::new_v4().to_string();
+    let mut args = vec!["--uuid", &other, "--count", "100"];
+    args.extend(redial);
+    let _newcomer = e2e::Sim::start_from(&gateway, "127.0.0.2", &args);
+    gateway.wait_for_metric_at_least(RATE, 1.0, Duration::from_secs(30));
+    let admitted = gateway.wait_for_metric_at_least(ACTIVE, DEVICES + BURST, Duration::from_secs(30)) - DEVICES;
+    std::thread::sleep(Duration::from_secs(2));
+    let admitted_later = gateway.metrics().value(ACTIVE) - DEVICES;
+    assert!(
+        admitted_later <= BURST + 10.0,
+        "an unknown source got {admitted_later} (first {admitted}) of its 100 devices in at once, past its burst of {BURST}"
+    );
+}

@@ -555,3 +555,34 @@ async fn lan_hosts_keep_their_first_sighting_and_adoptions_are_unique_per_uuid_a
         assert_eq!(store.holder(uuid).await.unwrap(), None, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn busy_sources_are_replaced_per_gateway_and_summed_over_the_fleet() {
+    use tether_gateway::store::SourceTunnels;
+    let (_dir, stores) = both("sources").await;
+    for store in &stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let now = OffsetDateTime::now_utc();
+        let held = |source: &str, tunnels: u64| SourceTunnels { source: source.into(), tunnels };
+        store
+            .save_source_tunnels("gw-a", now, &[held("198.51.100.7", 900), held("2001:db8:1:2::/64", 40)])
+            .await
+            .unwrap();
+        store.save_source_tunnels("gw-b", now, &[held("198.51.100.7", 300), held("203.0.113.9", 12)]).await.unwrap();
+        // An old record (a gateway gone for days) is not read.
+        store.save_source_tunnels("gw-old", now - time::Duration::days(3), &[held("192.0.2.1", 5000)]).await.unwrap();
+        let since = now - time::Duration::days(1);
+        let sources = store.source_tunnels(since, 100).await.unwrap();
+        assert_eq!(
+            sources,
+            vec![held("198.51.100.7", 1200), held("2001:db8:1:2::/64", 40), held("203.0.113.9", 12)],
+            "{kind}: summed over the gateways, busiest first"
+        );
+        // A gateway's new record replaces its old one, and leaves the others' alone.
+        store.save_source_tunnels("gw-a", now, &[held("198.51.100.7", 10)]).await.unwrap();
+        let sources = store.source_tunnels(since, 1).await.unwrap();
+        assert_eq!(sources, vec![held("198.51.100.7", 310)], "{kind}: at most the limit");
+        store.save_source_tunnels("gw-b", now, &[]).await.unwrap();
+        assert_eq!(store.source_tunnels(since, 100).await.unwrap(), vec![held("198.51.100.7", 10)], "{kind}");
+    }
+}

@@ -107,16 +107,12 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
     }
 }
 
-/// The cheap checks before TLS: the source's connection rate, then room in the pool of
-/// unauthenticated connections.
+/// The cheap checks before TLS: room in the pool of unauthenticated connections, then the
+/// source's connection rate. In that order, so that a redial turned away because the pool is full
+/// does not spend the source's budget (nor what it may bring back after a restart).
 fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> Option<ConnectionSlot> {
-    if !shared.limiter.allow_connection(remote.ip()) {
-        shared.metrics.connection_rejected(RejectReason::ConnectionRate);
-        debug!(%remote, "connection refused: over the per-source connection rate");
-        return None;
-    }
-    match pending.try_enter(remote.ip()) {
-        Ok(slot) => Some(slot),
+    let slot = match pending.try_enter(remote.ip()) {
+        Ok(slot) => slot,
         Err(cap) => {
             let reason = match cap {
                 CapReached::Total(_) => RejectReason::PendingFull,
@@ -124,9 +120,15 @@ fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> 
             };
             shared.metrics.connection_rejected(reason);
             debug!(%remote, reason = reason.as_str(), "connection refused: unauthenticated pool full");
-            None
+            return None;
         }
+    };
+    if !shared.limiter.allow_connection(remote.ip()) {
+        shared.metrics.connection_rejected(RejectReason::ConnectionRate);
+        debug!(%remote, "connection refused: over the per-source connection rate");
+        return None;
     }
+    Some(slot)
 }
 
 async fn handle_connection(

@@ -157,6 +157,17 @@ CREATE TABLE lan_devices (
     UNIQUE (instance, ip)
 );
 ",
+    // v7: how many tunnels each busy source address held (`sources.rs`), so that a big NAT may
+    // bring them all back at once after a restart.
+    "
+CREATE TABLE source_tunnels (
+    instance TEXT NOT NULL,
+    source TEXT NOT NULL,
+    tunnels INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, source)
+);
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -287,6 +298,17 @@ CREATE TABLE lan_devices (
     adopted_at BIGINT NOT NULL,
     adopted_by TEXT NOT NULL,
     UNIQUE (instance, ip)
+);
+",
+    // v5: how many tunnels each busy source address held (`sources.rs`), so that a big NAT may
+    // bring them all back at once after a restart.
+    "
+CREATE TABLE source_tunnels (
+    instance TEXT NOT NULL,
+    source TEXT NOT NULL,
+    tunnels BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (instance, source)
 );
 ",
 ];

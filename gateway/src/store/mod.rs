@@ -7,7 +7,8 @@
 //! (`migrations.rs`, one list per database). Times are stored as milliseconds since the epoch.
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
-//! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs).
+//! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
+//! `sources` (the tunnels busy source addresses held).
 //!
 //! What it does not do: hash passwords (`auth`), know which devices are live (`registry`), or
 //! queue the device records written on the tunnels' behalf (`journal`).
@@ -29,6 +30,7 @@ mod lan;
 mod migrations;
 mod redirections;
 mod remote;
+mod sources;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
@@ -38,6 +40,7 @@ pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
+pub use sources::SourceTunnels;
 pub use tokens::{TokenRecord, TokenScope};
 
 /// Where the store lives.
