@@ -1,0 +1,86 @@
+//! The appliance image, booted under qemu (TCG) the way an MSP runs it on a VM: a blank data
+//! disk, a seed disk with the first-boot config, and nothing of the guest reachable but its
+//! forwarded ports. Needs the images (`appliance-image/build.sh iso` makes both) and qemu-system-x86
+//! (scripts/install-test-deps.sh); a missing one fails the test with the command to run.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use e2e::appliance::{Appliance, Medium, Seed};
+use e2e::process::http_request;
+use e2e::{poll_until, Metrics};
+use uuid::Uuid;
+
+#[test]
+fn an_appliance_boots_and_serves_devices_and_technicians() -> Result<()> {
+    boots_and_serves("minimal image", &Medium::minimal()?)
+}
+
+#[test]
+fn an_appliance_boots_from_its_iso_through_the_bios_and_serves() -> Result<()> {
+    boots_and_serves("ISO, BIOS", &Medium::iso_bios()?)
+}
+
+/// Boots `medium` with a fresh seed, then a device dials it, a technician forwards to the device
+/// through it, and its metrics count that.
+fn boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
+    let started = Instant::now();
+    let appliance = Appliance::boot(medium, Seed::fresh(), Duration::from_secs(240))?;
+    let serving = appliance.since_boot();
+    println!(
+        "FIGURE appliance ({what}): qemu start to API answering with the seed's token: {:.1}s",
+        serving.as_secs_f64()
+    );
+
+    // A PC's AMT dials the appliance and shows up in the technician's device list.
+    let uuid = Uuid::new_v4();
+    let mut device = appliance.start_device(uuid);
+    let connected = poll_until(Duration::from_secs(60), || appliance.is_connected(uuid));
+    ensure!(
+        connected,
+        "amt-sim {uuid} did not appear connected in `tether devices` within 60 s; devices: {}\n{}",
+        appliance.devices_json().map(|d| d.to_string()).unwrap_or_else(|e| format!("{e:#}")),
+        device.tail()
+    );
+    ensure!(device.is_running(), "amt-sim exited\n{}", device.tail());
+
+    // A technician forwards the device's VNC port through the appliance; amt-sim echoes.
+    let (_forward, addr) = appliance.forward(uuid, 5900)?;
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to tether forward on {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let message = format!("hello from a technician to {uuid} through the appliance\n");
+    stream.write_all(message.as_bytes())?;
+    let mut echo = vec![0u8; message.len()];
+    stream.read_exact(&mut echo).context("reading the echo through the appliance")?;
+    ensure!(echo == message.as_bytes(), "the echo differs: {:?}", String::from_utf8_lossy(&echo));
+    drop(stream);
+
+    // Prometheus scrapes the appliance: the bytes relayed to the device are counted.
+    let series = "tether_relayed_bytes_total{direction=\"to_device\"}";
+    let mut last = String::new();
+    let counted = poll_until(Duration::from_secs(20), || match http_request(appliance.metrics_addr(), "/metrics") {
+        Ok((200, body)) => {
+            let metrics = Metrics::parse(body);
+            last = metrics.get(series).map(|v| format!("{series} = {v}")).unwrap_or_else(|| metrics.absent(series));
+            metrics.get(series).is_some_and(|v| v >= message.len() as f64)
+        }
+        Ok((status, body)) => {
+            last = format!("status {status}: {body}");
+            false
+        }
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    ensure!(counted, "GET http://{}/metrics never counted the echo's bytes: {last}", appliance.metrics_addr());
+
+    if let Some(line) = appliance.serial_log().lines().find(|l| l.contains("memory:")) {
+        println!("FIGURE appliance ({what}): {}", line.trim());
+    }
+    println!("FIGURE appliance ({what}): the whole test took {:.1}s", started.elapsed().as_secs_f64());
+    appliance.shut_down();
+    Ok(())
+}
