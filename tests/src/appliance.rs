@@ -266,7 +266,10 @@ impl Appliance {
 
     /// Everything the guest wrote on its serial console so far.
     pub fn serial_log(&self) -> String {
-        fs::read_to_string(self.work.path().join("serial.log")).unwrap_or_default()
+        // Not UTF-8 throughout: GRUB draws its menu with code page 437 box characters.
+        fs::read(self.work.path().join("serial.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Waits until a serial console line contains `needle`; an error if qemu exits or `timeout` passes.
@@ -413,8 +416,34 @@ impl Drop for Appliance {
             eprintln!(
                 "--- the appliance's serial console ({:.1} s after qemu started):\n{}\n--- end of the serial console",
                 self.boot_started.elapsed().as_secs_f64(),
-                self.serial_log()
+                without_escapes(&self.serial_log())
             );
+            // A panic prints it already (Process's own drop).
+            if !std::thread::panicking() {
+                eprintln!("{}", self.qemu.tail());
+            }
         }
     }
+}
+
+/// `text` without terminal escape sequences (`ESC [ … letter`: the firmware's and GRUB's screen
+/// drawing), so that printing a serial log neither clears nor recolours the reader's terminal.
+fn without_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
 }

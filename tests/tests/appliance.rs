@@ -23,6 +23,11 @@ fn an_appliance_boots_from_its_iso_through_the_bios_and_serves() -> Result<()> {
     boots_and_serves("ISO, BIOS", &Medium::iso_bios()?)
 }
 
+#[test]
+fn an_appliance_boots_from_its_iso_through_uefi_and_serves() -> Result<()> {
+    boots_and_serves("ISO, UEFI", &Medium::iso_uefi()?)
+}
+
 /// Boots `medium` with a fresh seed, then a device dials it, a technician forwards to the device
 /// through it, and its metrics count that.
 fn boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
