@@ -188,6 +188,8 @@ impl Seed {
 #[derive(Debug)]
 pub struct Appliance {
     qemu: Process,
+    /// How qemu was started, to start it again on the same disks ([`Appliance::power_cycle`]).
+    qemu_command: Vec<std::ffi::OsString>,
     work: tempfile::TempDir,
     cira: SocketAddr,
     api: SocketAddr,
@@ -228,11 +230,14 @@ impl Appliance {
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", seed_disk.display()));
         medium.qemu_args(&mut command, work.path())?;
+        let qemu_command: Vec<_> =
+            std::iter::once(command.get_program().to_owned()).chain(command.get_args().map(|a| a.to_owned())).collect();
         let boot_started = Instant::now();
         let qemu = Process::spawn("qemu", &mut command);
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
         let mut appliance = Appliance {
             qemu,
+            qemu_command,
             work,
             cira: SocketAddr::new(any.ip(), cira),
             api: SocketAddr::new(any.ip(), api),
@@ -246,17 +251,41 @@ impl Appliance {
         appliance.read_reply()?;
         // The reply comes once the gateway listens; still, wait for an API answer with the token
         // (slirp accepts the host side of a forward before the guest answers anything).
-        let left = timeout.saturating_sub(boot_started.elapsed()).max(Duration::from_secs(30));
+        appliance.wait_for_api(timeout.saturating_sub(boot_started.elapsed()).max(Duration::from_secs(30)))?;
+        Ok(appliance)
+    }
+
+    /// Waits until `tether devices` through the API forward succeeds with the appliance's token.
+    fn wait_for_api(&self, timeout: Duration) -> Result<()> {
         let mut last_error = String::new();
-        let answered = poll_until(left, || match appliance.try_cli(&["devices", "--json"]) {
+        let answered = poll_until(timeout, || match self.try_cli(&["devices", "--json"]) {
             Ok(_) => true,
             Err(e) => {
                 last_error = format!("{e:#}");
                 false
             }
         });
-        ensure!(answered, "the appliance's API did not answer within {left:?}: {last_error}");
-        Ok(appliance)
+        ensure!(answered, "the appliance's API did not answer within {timeout:?}: {last_error}");
+        Ok(())
+    }
+
+    /// Cuts the power (qemu killed) and boots again from the same disks; waits (up to `timeout`)
+    /// until the gateway listens and its API answers the token from the first boot.
+    pub fn power_cycle(&mut self, timeout: Duration) -> Result<()> {
+        let _ = self.qemu.terminate(Duration::from_secs(5));
+        // qemu starts a new serial log: keep the first boot's with it.
+        let log = self.work.path().join("serial.log");
+        let earlier = self.work.path().join("serial.earlier.log");
+        let mut previous = fs::read(&earlier).unwrap_or_default();
+        previous.extend(fs::read(&log)?);
+        previous.extend(b"\n--- power cycle ---\n");
+        fs::write(&earlier, previous)?;
+        fs::write(&log, "")?;
+        let (program, args) = self.qemu_command.split_first().context("no qemu command")?;
+        self.boot_started = Instant::now();
+        self.qemu = Process::spawn("qemu", Command::new(program).args(args));
+        self.wait_for_serial("gateway listening", timeout)?;
+        self.wait_for_api(timeout.saturating_sub(self.boot_started.elapsed()).max(Duration::from_secs(30)))
     }
 
     /// Seconds from starting qemu to now.
@@ -264,10 +293,17 @@ impl Appliance {
         self.boot_started.elapsed()
     }
 
-    /// Everything the guest wrote on its serial console so far.
+    /// Everything the guest wrote on its serial console since it last booted.
     pub fn serial_log(&self) -> String {
         // Not UTF-8 throughout: GRUB draws its menu with code page 437 box characters.
         fs::read(self.work.path().join("serial.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The serial logs of boots before a [`Appliance::power_cycle`].
+    fn earlier_serial_log(&self) -> String {
+        fs::read(self.work.path().join("serial.earlier.log"))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
@@ -416,7 +452,7 @@ impl Drop for Appliance {
             eprintln!(
                 "--- the appliance's serial console ({:.1} s after qemu started):\n{}\n--- end of the serial console",
                 self.boot_started.elapsed().as_secs_f64(),
-                without_escapes(&self.serial_log())
+                without_escapes(&(self.earlier_serial_log() + &self.serial_log()))
             );
             // A panic prints it already (Process's own drop).
             if !std::thread::panicking() {

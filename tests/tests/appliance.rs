@@ -28,6 +28,32 @@ fn an_appliance_boots_from_its_iso_through_uefi_and_serves() -> Result<()> {
     boots_and_serves("ISO, UEFI", &Medium::iso_uefi()?)
 }
 
+#[test]
+fn an_appliance_keeps_its_ca_token_and_devices_across_a_power_cut() -> Result<()> {
+    let mut appliance = Appliance::boot(&Medium::minimal()?, Seed::fresh(), Duration::from_secs(240))?;
+    let uuid = Uuid::new_v4();
+    let mut device = appliance.start_device(uuid);
+    let connected = poll_until(Duration::from_secs(60), || appliance.is_connected(uuid));
+    ensure!(connected, "amt-sim {uuid} did not connect before the power cut\n{}", device.tail());
+
+    // The power goes: qemu is killed, not shut down. It boots again from the same disks; the API
+    // answering the first boot's token through the first boot's CA is the proof that the data
+    // disk kept the store and the keys.
+    appliance.power_cycle(Duration::from_secs(240))?;
+    println!("FIGURE appliance: power on to API answering, second boot: {:.1}s", appliance.since_boot().as_secs_f64());
+    let second_boot = appliance.serial_log();
+    ensure!(!second_boot.contains("first boot: formatting"), "the second boot formatted a disk again");
+    ensure!(!second_boot.contains("seed disk"), "the second boot took the reply on the seed disk for a seed");
+
+    // The device, still running, dials again and the appliance knows it.
+    let back = poll_until(Duration::from_secs(120), || appliance.is_connected(uuid));
+    ensure!(back, "amt-sim {uuid} did not come back after the power cut\n{}", device.tail());
+    ensure!(device.is_running(), "amt-sim exited\n{}", device.tail());
+    println!("FIGURE appliance: power on to the device back: {:.1}s", appliance.since_boot().as_secs_f64());
+    appliance.shut_down();
+    Ok(())
+}
+
 /// Boots `medium` with a fresh seed, then a device dials it, a technician forwards to the device
 /// through it, and its metrics count that.
 fn boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
