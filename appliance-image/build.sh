@@ -5,6 +5,11 @@
 #                                      OUT/minimal/{vmlinuz,initrd.img}; boots with qemu -kernel
 #   appliance-image/build.sh iso       the same kernel and initramfs on a hybrid BIOS/UEFI ISO
 #                                      (grub-mkrescue): OUT/iso/tether-appliance.iso
+#   appliance-image/build.sh disk      a Debian 12 disk image (debootstrap, systemd), read-only
+#                                      root in slot A (slot B reserved), a data partition grown at
+#                                      first boot, BIOS (SYSLINUX) and UEFI (GRUB) boot:
+#                                      OUT/disk/tether-appliance.img (raw, sparse)
+#   appliance-image/build.sh all       all three (what scripts/test.sh builds)
 #
 # OUT is ${CARGO_TARGET_DIR:-target}/appliance (never committed). The tether binary is
 # ${CARGO_TARGET_DIR:-target}/release/tether, built first if missing (TETHER_BIN overrides).
@@ -185,11 +190,150 @@ build_iso() {
     report "$dir/tether-appliance.iso"
 }
 
+# The Debian root filesystem of the disk image, cached as a tarball keyed on its package list
+# (debootstrap takes about two minutes, mostly downloads). Sets ROOTFS.
+DISK_PACKAGES=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,zstd,e2fsprogs,fdisk,iproute2,tar
+debian_rootfs() {
+    local mirror key cached
+    mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -n 1)
+    mirror=${DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}
+    key=$(echo "bookworm $DISK_PACKAGES" | sha256sum | cut -c1-12)
+    cached=$CACHE/rootfs-bookworm-$key.tar.zst
+    ROOTFS=$WORK/rootfs
+    if [ ! -f "$cached" ]; then
+        step "debootstrap bookworm from $mirror (about two minutes; cached afterwards)"
+        debootstrap --variant=minbase --include="$DISK_PACKAGES" bookworm "$ROOTFS" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
+            || { tail -n 20 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
+        rm -rf "$ROOTFS/var/cache/apt/archives/"*.deb "$ROOTFS/var/lib/apt/lists/"*
+        mkdir -p "$CACHE"
+        tar -C "$ROOTFS" --numeric-owner -cf - . | zstd -q -T0 >"$cached.tmp" && mv "$cached.tmp" "$cached"
+    else
+        step "Debian root filesystem from the cache ($(basename "$cached"))"
+        mkdir -p "$ROOTFS"
+        zstd -qdc "$cached" | tar -C "$ROOTFS" --numeric-owner -xf -
+    fi
+}
+
+# MBR disk identifier: partitions are found as PARTUUID=7e7e7e01-0N.
+DISK_ID=0x7e7e7e01
+build_disk() {
+    need debootstrap debootstrap; need mkfs.vfat dosfstools; need mcopy mtools; need sfdisk fdisk
+    need syslinux syslinux; need grub-mkstandalone grub-common; need mkfs.ext4 e2fsprogs
+    [ -f /usr/lib/syslinux/mbr/mbr.bin ] || die "SYSLINUX's MBR is missing (package syslinux-common)"
+    [ -d /usr/lib/grub/x86_64-efi ] || die "GRUB's UEFI modules are missing (package grub-efi-amd64-bin)"
+    tether_binary
+    debian_rootfs
+    local r=$ROOTFS dir=$OUT/disk
+    mkdir -p "$dir"
+    rm -f "$dir/SHA256SUMS"
+    step "configuring the root filesystem (tether, systemd units, read-only root)"
+    strip -o "$r/usr/bin/tether" "$TETHER_BIN" && chmod 0755 "$r/usr/bin/tether"
+    mkdir -p "$r/usr/lib/tether-appliance" "$r/etc/tether" "$r/var/lib/tether" "$r/etc/systemd/network"
+    sed 's|^# Shared by|# Shared by|' "$HERE/minimal/etc/init.d/functions" >"$r/usr/lib/tether-appliance/functions"
+    for f in seed-apply seed-reply; do
+        sed 's|\. /etc/init\.d/functions|. /usr/lib/tether-appliance/functions|' "$HERE/minimal/etc/init.d/$f" \
+            >"$r/usr/lib/tether-appliance/$f"
+    done
+    install -m 0755 "$HERE/disk/tether-data" "$r/usr/lib/tether-appliance/tether-data"
+    chmod 0755 "$r/usr/lib/tether-appliance/"seed-*
+    cp "$HERE/minimal/etc/tether/default.toml" "$r/etc/tether/default.toml"
+    cp "$HERE/disk/"*.service "$r/etc/systemd/system/"
+    cp "$HERE/disk/20-wired.network" "$r/etc/systemd/network/"
+    echo tether >"$r/etc/hostname"
+    : >"$r/etc/machine-id"
+    cat >"$r/etc/fstab" <<FSTAB
+PARTUUID=${DISK_ID#0x}-02 / ext4 ro,noatime 0 1
+tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
+tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0
+tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0
+FSTAB
+    mkdir -p "$r/etc/systemd/journald.conf.d"
+    printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/volatile.conf"
+    systemctl --root="$r" enable tether-data.service tether-seed.service tether-seed-reply.service tether.service \
+        systemd-networkd.service serial-getty@ttyS0.service >/dev/null 2>&1
+    systemctl --root="$r" mask systemd-networkd-wait-online.service >/dev/null 2>&1
+    echo "tether $("$TETHER_BIN" --version | awk '{print $2}') appliance (disk, $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown))" \
+        >"$r/etc/tether-appliance-version"
+
+    local kver
+    kver=$(ls "$r/lib/modules" | head -n 1)
+    local esp=$WORK/esp.img
+    step "ESP: kernel $kver, its initramfs, SYSLINUX (BIOS) and GRUB (UEFI)"
+    local cmdline="root=PARTUUID=${DISK_ID#0x}-02 ro console=tty0 console=ttyS0,115200 quiet panic=10"
+    cat >"$WORK/syslinux.cfg" <<CFG
+SERIAL 0 115200
+DEFAULT tether
+TIMEOUT 10
+LABEL tether
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND $cmdline
+CFG
+    cat >"$WORK/grub.cfg" <<CFG
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=1
+search --no-floppy --label TETHERESP --set=root
+menuentry "Tether appliance" {
+    linux /vmlinuz $cmdline
+    initrd /initrd.img
+}
+CFG
+    grub-mkstandalone -O x86_64-efi --modules="part_msdos part_gpt fat search search_label linux serial" \
+        --locales= --fonts= --themes= -o "$WORK/BOOTX64.EFI" "boot/grub/grub.cfg=$WORK/grub.cfg"
+    rm -f "$esp"
+    mkfs.vfat -C -n TETHERESP "$esp" $((96 * 1024)) >/dev/null
+    export MTOOLS_SKIP_CHECK=1
+    mmd -i "$esp" ::/EFI ::/EFI/BOOT
+    mcopy -i "$esp" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+    mcopy -i "$esp" "$r/boot/vmlinuz-$kver" ::/vmlinuz
+    mcopy -i "$esp" "$r/boot/initrd.img-$kver" ::/initrd.img
+    mcopy -i "$esp" "$WORK/syslinux.cfg" ::/syslinux.cfg
+    syslinux --install "$esp"
+
+    step "root filesystem (ext4, read-only at run time) and the data partition"
+    rm -rf "$r/boot/"* "$r/usr/share/doc/"* "$r/usr/share/man/"* "$r/usr/share/locale/"*
+    local root_mib
+    root_mib=$(( $(du -sm "$r" | cut -f1) * 5 / 4 + 64 ))
+    rm -f "$WORK/root.img" "$WORK/data.img"
+    mkfs.ext4 -q -L tether-root-a -d "$r" "$WORK/root.img" "${root_mib}M"
+    mkfs.ext4 -q -L tether-data "$WORK/data.img" 64M
+
+    step "disk: ESP 96 MiB, root A and B ${root_mib} MiB each, data 64 MiB (grown at first boot)"
+    local img=$dir/tether-appliance.img
+    local esp_start=2048 esp_size=$((96 * 2048)) root_size=$((root_mib * 2048)) data_size=$((64 * 2048))
+    local a_start=$((esp_start + esp_size))
+    local b_start=$((a_start + root_size))
+    local d_start=$((b_start + root_size))
+    rm -f "$img"
+    truncate -s $(( (d_start + data_size) * 512 )) "$img"
+    sfdisk -q "$img" <<TABLE
+label: dos
+label-id: $DISK_ID
+$esp_start,$esp_size,ef,*
+$a_start,$root_size,83
+$b_start,$root_size,83
+$d_start,$data_size,83
+TABLE
+    dd if="$esp" of="$img" bs=512 seek=$esp_start conv=notrunc,sparse status=none
+    dd if="$WORK/root.img" of="$img" bs=512 seek=$a_start conv=notrunc,sparse status=none
+    dd if="$WORK/data.img" of="$img" bs=512 seek=$d_start conv=notrunc,sparse status=none
+    dd if=/usr/lib/syslinux/mbr/mbr.bin of="$img" bs=440 count=1 conv=notrunc status=none
+    step "disk image ready in $((SECONDS - started))s ($(du -m "$img" | cut -f1) MiB allocated)"
+    report "$img"
+}
+
 case ${1:-} in
 minimal) build_minimal ;;
 iso) build_iso ;;
+disk) build_disk ;;
+all)
+    build_iso
+    build_disk
+    ;;
 *)
-    echo "usage: $0 minimal|iso   (see appliance-image/README.md)" >&2
+    echo "usage: $0 minimal|iso|disk|all   (see appliance-image/README.md)" >&2
     exit 2
     ;;
 esac

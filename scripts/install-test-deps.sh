@@ -27,6 +27,8 @@
 #                          the same apt command brings it back to the release's version.
 #   busybox-static, cpio, zstd, kmod, e2fsprogs   the appliance's initramfs (appliance-image/build.sh)
 #   grub-pc-bin, grub-efi-amd64-bin, grub-common, xorriso, mtools, ovmf   its BIOS/UEFI ISO
+#   debootstrap, dosfstools, fdisk, syslinux, syslinux-common   its Debian disk image
+#   qemu-utils             qemu-img: the disk image's tests boot a qcow2 overlay of it
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -56,11 +58,11 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
-for pkg in qemu-system-x86 busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin grub-common \
-    xorriso mtools ovmf; do
+for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
+    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common; do
     installed "$pkg" || need+=("$pkg")
 done
-if ! installed qemu-system-x86 && installed qemu-utils \
+if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && installed qemu-utils \
     && dpkg --compare-versions "$(dpkg-query -W -f='${Version}' qemu-utils)" ge 1:8.0; then
     need+=("qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
 fi

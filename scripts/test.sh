@@ -23,9 +23,10 @@ scripts/install-test-deps.sh
 step "building the release binaries and tests (the first build takes several minutes on 2 cores)"
 cargo build --release --workspace --bins --tests --examples --locked
 
-# tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built.
-step "building the appliance images, minimal and ISO (appliance-image/build.sh iso)"
-appliance-image/build.sh iso
+# tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built. The
+# disk image's Debian root (debootstrap, about 90 s) is cached in target/appliance/cache.
+step "building the appliance images: minimal, ISO, disk (appliance-image/build.sh all)"
+appliance-image/build.sh all
 
 step "running the tests (release)"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"

@@ -51,7 +51,16 @@ pub enum Medium {
     IsoBios(PathBuf),
     /// The ISO as a CD-ROM, booted by OVMF (UEFI) and GRUB.
     IsoUefi(PathBuf),
+    /// The Debian disk image (`build.sh disk`) as the first disk, through a qcow2 overlay of
+    /// [`DISK_OVERLAY_BYTES`] (bigger than the image: the data partition grows into the rest),
+    /// booted by SeaBIOS and SYSLINUX. It holds its own data partition: no blank data disk.
+    DiskBios(PathBuf),
+    /// The same, booted by OVMF (UEFI) and the GRUB on its EFI system partition.
+    DiskUefi(PathBuf),
 }
+
+/// The disk the disk image's overlay makes the guest see.
+const DISK_OVERLAY_BYTES: u64 = 2 << 30;
 
 /// Debian's OVMF (package ovmf): the firmware, and the variable store each boot gets a copy of.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -80,18 +89,36 @@ impl Medium {
     pub fn iso_uefi() -> Result<Medium> {
         let iso = image_dir().join("iso/tether-appliance.iso");
         ensure!(iso.is_file(), "{}", missing(&iso, "iso"));
-        for file in [OVMF_CODE, OVMF_VARS] {
-            ensure!(Path::new(file).is_file(), "{file} is missing: install ovmf (scripts/install-test-deps.sh does)");
-        }
+        ovmf_present()?;
         Ok(Medium::IsoUefi(iso))
     }
 
-    /// Guest RAM: GRUB under OVMF runs out of memory loading the initramfs with 256 MiB.
+    /// The disk image (`build.sh disk`) booted through the BIOS; an error naming the build command when missing.
+    pub fn disk_bios() -> Result<Medium> {
+        let image = image_dir().join("disk/tether-appliance.img");
+        ensure!(image.is_file(), "{}", missing(&image, "disk"));
+        Ok(Medium::DiskBios(image))
+    }
+
+    /// The disk image booted through UEFI firmware (OVMF).
+    pub fn disk_uefi() -> Result<Medium> {
+        let Medium::DiskBios(image) = Self::disk_bios()? else { unreachable!("disk_bios gives DiskBios") };
+        ovmf_present()?;
+        Ok(Medium::DiskUefi(image))
+    }
+
+    /// Guest RAM: GRUB under OVMF runs out of memory loading the initramfs with 256 MiB; Debian's
+    /// initramfs (all modules) is 30 MB.
     fn memory(&self) -> &'static str {
         match self {
-            Medium::IsoUefi(_) => "512M",
+            Medium::IsoUefi(_) | Medium::DiskBios(_) | Medium::DiskUefi(_) => "512M",
             _ => "256M",
         }
+    }
+
+    /// Whether the medium brings its own data partition (else a blank data disk is attached).
+    fn has_data_partition(&self) -> bool {
+        matches!(self, Medium::DiskBios(_) | Medium::DiskUefi(_))
     }
 
     fn qemu_args(&self, command: &mut Command, work: &Path) -> Result<()> {
@@ -103,16 +130,26 @@ impl Medium {
             Medium::IsoBios(iso) => {
                 command.arg("-cdrom").arg(iso).args(["-boot", "d"]);
             }
-            Medium::IsoUefi(iso) => {
+            Medium::DiskBios(_) => {}
+            Medium::IsoUefi(_) | Medium::DiskUefi(_) => {
                 let vars = work.join("OVMF_VARS.fd");
                 fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
                 command.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
                 command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
-                command.arg("-cdrom").arg(iso).args(["-boot", "d"]);
+                if let Medium::IsoUefi(iso) = self {
+                    command.arg("-cdrom").arg(iso).args(["-boot", "d"]);
+                }
             }
         }
         Ok(())
     }
+}
+
+fn ovmf_present() -> Result<()> {
+    for file in [OVMF_CODE, OVMF_VARS] {
+        ensure!(Path::new(file).is_file(), "{file} is missing: install ovmf (scripts/install-test-deps.sh does)");
+    }
+    Ok(())
 }
 
 fn missing(file: &Path, artifact: &str) -> String {
@@ -206,9 +243,19 @@ impl Appliance {
     pub fn boot(medium: &Medium, seed: Seed, timeout: Duration) -> Result<Appliance> {
         let qemu = qemu()?;
         let work = tempfile::Builder::new().prefix("tether-appliance-").tempdir()?;
+        // The first disk: a blank data disk, or the disk image's overlay.
         let (data, seed_disk, serial) =
             (work.path().join("data.img"), work.path().join("seed.img"), work.path().join("serial.log"));
-        fs::File::create(&data)?.set_len(DATA_DISK_BYTES)?;
+        if let Medium::DiskBios(image) | Medium::DiskUefi(image) = medium {
+            // The image stays as built: the guest writes to an overlay.
+            run(Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(image)
+                .arg(&data)
+                .arg(DISK_OVERLAY_BYTES.to_string()));
+        } else {
+            fs::File::create(&data)?.set_len(DATA_DISK_BYTES)?;
+        }
         seed.write_disk(work.path(), &seed_disk)?;
         fs::write(&serial, "")?;
 
@@ -226,7 +273,11 @@ impl Appliance {
             .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0,romfile="])
             .args(["-device", "virtio-rng-pci"])
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", data.display()))
+            .arg(format!(
+                "file={},format={},if=virtio",
+                data.display(),
+                if medium.has_data_partition() { "qcow2" } else { "raw" }
+            ))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", seed_disk.display()));
         medium.qemu_args(&mut command, work.path())?;

@@ -15,17 +15,37 @@ use uuid::Uuid;
 
 #[test]
 fn an_appliance_boots_and_serves_devices_and_technicians() -> Result<()> {
-    boots_and_serves("minimal image", &Medium::minimal()?)
+    boots_and_serves("minimal image", &Medium::minimal()?).map(drop)
 }
 
 #[test]
 fn an_appliance_boots_from_its_iso_through_the_bios_and_serves() -> Result<()> {
-    boots_and_serves("ISO, BIOS", &Medium::iso_bios()?)
+    boots_and_serves("ISO, BIOS", &Medium::iso_bios()?).map(drop)
 }
 
 #[test]
 fn an_appliance_boots_from_its_iso_through_uefi_and_serves() -> Result<()> {
-    boots_and_serves("ISO, UEFI", &Medium::iso_uefi()?)
+    boots_and_serves("ISO, UEFI", &Medium::iso_uefi()?).map(drop)
+}
+
+#[test]
+fn an_appliance_installed_from_its_disk_image_boots_and_serves() -> Result<()> {
+    disk_image_boots_and_serves("disk image, BIOS", &Medium::disk_bios()?)
+}
+
+#[test]
+fn an_appliance_installed_from_its_disk_image_boots_through_uefi_and_serves() -> Result<()> {
+    disk_image_boots_and_serves("disk image, UEFI", &Medium::disk_uefi()?)
+}
+
+fn disk_image_boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
+    let log = boots_and_serves(what, medium)?;
+    // The first boot grew the data partition into the rest of the (2 GiB) disk; the root is
+    // slot A's partition, read-only.
+    let grown = log.lines().find(|l| l.contains("data partition /dev/vda4 grown to"));
+    ensure!(grown.is_some_and(|l| !l.contains(" 64 MiB")), "the data partition did not grow:\n{log}");
+    ensure!(log.contains("root filesystem mounted ro, /dev/vda2"), "the root is not slot A read-only:\n{log}");
+    Ok(())
 }
 
 #[test]
@@ -55,8 +75,8 @@ fn an_appliance_keeps_its_ca_token_and_devices_across_a_power_cut() -> Result<()
 }
 
 /// Boots `medium` with a fresh seed, then a device dials it, a technician forwards to the device
-/// through it, and its metrics count that.
-fn boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
+/// through it, and its metrics count that. Returns the serial log.
+fn boots_and_serves(what: &str, medium: &Medium) -> Result<String> {
     let started = Instant::now();
     let appliance = Appliance::boot(medium, Seed::fresh(), Duration::from_secs(240))?;
     let serving = appliance.since_boot();
@@ -112,6 +132,7 @@ fn boots_and_serves(what: &str, medium: &Medium) -> Result<()> {
         println!("FIGURE appliance ({what}): {}", line.trim());
     }
     println!("FIGURE appliance ({what}): the whole test took {:.1}s", started.elapsed().as_secs_f64());
+    let log = appliance.serial_log();
     appliance.shut_down();
-    Ok(())
+    Ok(log)
 }
