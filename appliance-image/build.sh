@@ -230,12 +230,12 @@ build_disk() {
     strip -o "$r/usr/bin/tether" "$TETHER_BIN" && chmod 0755 "$r/usr/bin/tether"
     mkdir -p "$r/usr/lib/tether-appliance" "$r/etc/tether" "$r/var/lib/tether" "$r/etc/systemd/network"
     sed 's|^# Shared by|# Shared by|' "$HERE/minimal/etc/init.d/functions" >"$r/usr/lib/tether-appliance/functions"
-    for f in seed-apply seed-reply; do
+    for f in seed-apply seed-reply banner; do
         sed 's|\. /etc/init\.d/functions|. /usr/lib/tether-appliance/functions|' "$HERE/minimal/etc/init.d/$f" \
             >"$r/usr/lib/tether-appliance/$f"
     done
     install -m 0755 "$HERE/disk/tether-data" "$r/usr/lib/tether-appliance/tether-data"
-    chmod 0755 "$r/usr/lib/tether-appliance/"seed-*
+    chmod 0755 "$r/usr/lib/tether-appliance/"seed-* "$r/usr/lib/tether-appliance/banner"
     cp "$HERE/minimal/etc/tether/default.toml" "$r/etc/tether/default.toml"
     cp "$HERE/disk/"*.service "$r/etc/systemd/system/"
     cp "$HERE/disk/20-wired.network" "$r/etc/systemd/network/"
@@ -250,6 +250,7 @@ FSTAB
     mkdir -p "$r/etc/systemd/journald.conf.d"
     printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/volatile.conf"
     systemctl --root="$r" enable tether-data.service tether-seed.service tether-seed-reply.service tether.service \
+        tether-banner.service \
         systemd-networkd.service serial-getty@ttyS0.service >/dev/null 2>&1
     systemctl --root="$r" mask systemd-networkd-wait-online.service >/dev/null 2>&1
     echo "tether $("$TETHER_BIN" --version | awk '{print $2}') appliance (disk, $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown))" \

@@ -410,6 +410,19 @@ impl Appliance {
         self.work.path().join("reply/tether-reply/ca.pem")
     }
 
+    /// The SHA-256 fingerprint of the CA read back from the seed disk (of its DER), as
+    /// `AB:CD:…`, the form the gateway and the appliance's console print.
+    pub fn ca_fingerprint(&self) -> Result<String> {
+        use sha2::Digest;
+        let pem = fs::read(self.ca_path())?;
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .context("no certificate in the reply's ca.pem")?
+            .context("the reply's ca.pem")?;
+        let digest = sha2::Sha256::digest(der.as_ref());
+        Ok(digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }

@@ -78,12 +78,20 @@ fn an_appliance_keeps_its_ca_token_and_devices_across_a_power_cut() -> Result<()
 /// through it, and its metrics count that. Returns the serial log.
 fn boots_and_serves(what: &str, medium: &Medium) -> Result<String> {
     let started = Instant::now();
-    let appliance = Appliance::boot(medium, Seed::fresh(), Duration::from_secs(240))?;
+    let mut appliance = Appliance::boot(medium, Seed::fresh(), Duration::from_secs(240))?;
     let serving = appliance.since_boot();
     println!(
         "FIGURE appliance ({what}): qemu start to API answering with the seed's token: {:.1}s",
         serving.as_secs_f64()
     );
+
+    // The console tells the operator where the gateway is and the CA's fingerprint: the one of
+    // the CA handed back on the seed disk.
+    let fingerprint = appliance.ca_fingerprint()?;
+    let banner = appliance.wait_for_serial("tether-appliance: CA SHA-256 fingerprint ", Duration::from_secs(60))?;
+    ensure!(banner.trim_end().ends_with(&fingerprint), "the console shows {banner:?}, the CA's is {fingerprint}");
+    let ready = appliance.wait_for_serial("tether-appliance: ready: ", Duration::from_secs(10))?;
+    ensure!(ready.contains(":4433") && ready.contains(":8443"), "the console's ready line: {ready:?}");
 
     // A PC's AMT dials the appliance and shows up in the technician's device list.
     let uuid = Uuid::new_v4();
