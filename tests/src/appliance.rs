@@ -1,8 +1,9 @@
-//! The appliance image under qemu: boots the minimal image that `appliance-image/build.sh minimal`
-//! made (Debian's kernel, an initramfs with busybox and `tether`) with a blank data disk and a seed
-//! disk, and speaks to it only through qemu's host forwards, as a technician and devices on the
-//! network would. What it does not do: build the image or install qemu (both missing is an error
-//! naming the command that makes them).
+//! The appliance images under qemu: boots what `appliance-image/build.sh` made (the minimal
+//! image: Debian's kernel and an initramfs with busybox and `tether`; its ISO, by BIOS or UEFI;
+//! the Debian disk image, by BIOS or UEFI) with a seed disk and, but for the disk image (which
+//! has its own data partition), a blank data disk, and speaks to it only through qemu's host
+//! forwards, as a technician and devices on the network would. What it does not do: build the
+//! images or install qemu (a missing one is an error naming the command that makes it).
 //!
 //! The guest is cut off from any outside network (user networking with `restrict=on`); its CIRA,
 //! API and metrics ports are forwarded from free ports on 127.0.0.1. Its first-boot config goes in
@@ -95,16 +96,13 @@ impl Medium {
 
     /// The disk image (`build.sh disk`) booted through the BIOS; an error naming the build command when missing.
     pub fn disk_bios() -> Result<Medium> {
-        let image = image_dir().join("disk/tether-appliance.img");
-        ensure!(image.is_file(), "{}", missing(&image, "disk"));
-        Ok(Medium::DiskBios(image))
+        Ok(Medium::DiskBios(disk_image()?))
     }
 
     /// The disk image booted through UEFI firmware (OVMF).
     pub fn disk_uefi() -> Result<Medium> {
-        let Medium::DiskBios(image) = Self::disk_bios()? else { unreachable!("disk_bios gives DiskBios") };
         ovmf_present()?;
-        Ok(Medium::DiskUefi(image))
+        Ok(Medium::DiskUefi(disk_image()?))
     }
 
     /// Guest RAM: GRUB under OVMF runs out of memory loading the initramfs with 256 MiB; Debian's
@@ -143,6 +141,12 @@ impl Medium {
         }
         Ok(())
     }
+}
+
+fn disk_image() -> Result<PathBuf> {
+    let image = image_dir().join("disk/tether-appliance.img");
+    ensure!(image.is_file(), "{}", missing(&image, "disk"));
+    Ok(image)
 }
 
 fn ovmf_present() -> Result<()> {
@@ -219,7 +223,7 @@ impl Seed {
     }
 }
 
-/// A booted minimal appliance in qemu, serving through host forwards on 127.0.0.1. Dropping it
+/// A booted appliance in qemu, serving through host forwards on 127.0.0.1. Dropping it
 /// kills qemu; unless [`Appliance::shut_down`] was called (the test got through), the guest's
 /// serial log is printed first.
 #[derive(Debug)]
