@@ -1,6 +1,6 @@
-//! The appliance images, booted under qemu (TCG) the way an MSP runs them on a VM: a data
-//! disk (or partition), a seed disk with the first-boot config, and nothing of the guest reachable but its
-//! forwarded ports. Needs the images (`appliance-image/build.sh all`) and qemu-system-x86
+//! The appliance images, booted under qemu (TCG) the way an MSP runs them on a VM: a data disk
+//! (or partition), a seed disk with the first-boot config, and nothing of the guest reachable but
+//! its forwarded ports. Needs the images (`appliance-image/build.sh all`) and qemu-system-x86
 //! (scripts/install-test-deps.sh); a missing one fails the test with the command to run.
 
 use std::io::{Read, Write};
