@@ -197,13 +197,36 @@ debian_rootfs() {
     local mirror key cached
     mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -n 1)
     mirror=${DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}
-    key=$(echo "bookworm $DISK_PACKAGES" | sha256sum | cut -c1-12)
+    key=$(echo "bookworm+updates+security one kernel $DISK_PACKAGES" | sha256sum | cut -c1-12)
     cached=$CACHE/rootfs-bookworm-$key.tar.zst
     ROOTFS=$WORK/rootfs
     if [ ! -f "$cached" ]; then
         step "debootstrap bookworm from $mirror (about two minutes; cached afterwards)"
         debootstrap --variant=minbase --include="$DISK_PACKAGES" bookworm "$ROOTFS" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
             || { tail -n 20 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
+        # debootstrap reads the release only: bring in the point-release and security updates
+        # (the kernel among them; the release's kernel is then purged), with /proc, /sys and /dev
+        # for the packages' scripts.
+        step "upgrading the root filesystem from bookworm-updates and bookworm-security"
+        local security
+        security=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep security | head -n 1)
+        security=${DEBIAN_SECURITY_MIRROR:-${security:-http://deb.debian.org/debian-security}}
+        cat >"$ROOTFS/etc/apt/sources.list" <<SOURCES
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb $security bookworm-security main
+SOURCES
+        mount -t proc proc "$ROOTFS/proc" && mount --rbind /sys "$ROOTFS/sys" && mount --rbind /dev "$ROOTFS/dev"
+        local upgraded=0
+        chroot "$ROOTFS" /usr/bin/env DEBIAN_FRONTEND=noninteractive sh -c \
+            'apt-get -q update && apt-get -q -y --purge dist-upgrade && apt-get -q -y --purge autoremove
+             keep=$(dpkg-query -W -f="\${Depends}" linux-image-amd64 | cut -d" " -f1)
+             old=$(dpkg-query -W -f="\${db:Status-Abbrev} \${Package}\n" "linux-image-[0-9]*" \
+                 | awk -v keep="$keep" "\$1 == \"ii\" && \$2 != keep {print \$2}")
+             [ -z "$old" ] || apt-get -q -y purge $old' \
+            >>"$WORK/debootstrap.log" 2>&1 || upgraded=$?
+        umount -R "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc" 2>/dev/null || umount -l "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc"
+        [ "$upgraded" = 0 ] || { tail -n 20 "$WORK/debootstrap.log" >&2; die "upgrading the root filesystem failed"; }
         rm -rf "$ROOTFS/var/cache/apt/archives/"*.deb "$ROOTFS/var/lib/apt/lists/"*
         mkdir -p "$CACHE"
         tar -C "$ROOTFS" --numeric-owner -cf - . | zstd -q -T0 >"$cached.tmp" && mv "$cached.tmp" "$cached"
@@ -257,7 +280,9 @@ FSTAB
         >"$r/etc/tether-appliance-version"
 
     local kver
-    kver=$(ls "$r/lib/modules" | head -n 1)
+    # The kernel linux-image-amd64 points at (an upgrade may leave the release's beside it).
+    kver=$(chroot "$r" dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/^linux-image-\([^ ,]*-amd64\).*/\1/p')
+    [ -f "$r/boot/vmlinuz-$kver" ] && [ -f "$r/boot/initrd.img-$kver" ] || die "no kernel or initramfs $kver in the root filesystem"
     local esp=$WORK/esp.img
     step "ESP: kernel $kver, its initramfs, SYSLINUX (BIOS) and GRUB (UEFI)"
     local cmdline="root=PARTUUID=${DISK_ID#0x}-02 ro console=tty0 console=ttyS0,115200 quiet panic=10"
