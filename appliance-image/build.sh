@@ -26,7 +26,16 @@ CACHE=$OUT/cache
 started=$SECONDS
 # Scratch space, removed on exit however the build ends.
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+cleanup() {
+    # The disk image's chroot has the host's /proc, /sys and /dev bound in while it upgrades:
+    # unmount them before removing anything, and never cross into another filesystem.
+    local m
+    for m in dev sys proc; do
+        mountpoint -q "$WORK/rootfs/$m" 2>/dev/null && { umount -R "$WORK/rootfs/$m" || umount -l "$WORK/rootfs/$m"; }
+    done
+    rm -rf --one-file-system "$WORK"
+}
+trap cleanup EXIT
 
 step() { echo "==> [appliance $(date +%H:%M:%S), $((SECONDS - started))s] $*"; }
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -227,7 +236,7 @@ SOURCES
             >>"$WORK/debootstrap.log" 2>&1 || upgraded=$?
         umount -R "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc" 2>/dev/null || umount -l "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc"
         [ "$upgraded" = 0 ] || { tail -n 20 "$WORK/debootstrap.log" >&2; die "upgrading the root filesystem failed"; }
-        rm -rf "$ROOTFS/var/cache/apt/archives/"*.deb "$ROOTFS/var/lib/apt/lists/"*
+        rm -rf "${ROOTFS:?}/var/cache/apt/archives/"*.deb "${ROOTFS:?}/var/lib/apt/lists/"*
         mkdir -p "$CACHE"
         tar -C "$ROOTFS" --numeric-owner -cf - . | zstd -q -T0 >"$cached.tmp" && mv "$cached.tmp" "$cached"
     else
@@ -319,7 +328,7 @@ CFG
     syslinux --install "$esp"
 
     step "root filesystem (ext4, read-only at run time) and the data partition"
-    rm -rf "$r/boot/"* "$r/usr/share/doc/"* "$r/usr/share/man/"* "$r/usr/share/locale/"*
+    rm -rf "${r:?}/boot/"* "${r:?}/usr/share/doc/"* "${r:?}/usr/share/man/"* "${r:?}/usr/share/locale/"*
     local root_mib
     root_mib=$(( $(du -sm "$r" | cut -f1) * 5 / 4 + 64 ))
     rm -f "$WORK/root.img" "$WORK/data.img"
