@@ -24,7 +24,8 @@ step "building the release binaries and tests (the first build takes several min
 cargo build --release --workspace --bins --tests --examples --locked
 
 # tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built. The
-# disk image's Debian root (debootstrap and its upgrade, about 150 s) is cached in target/appliance/cache.
+# disk image's Debian root (debootstrap and its upgrade, about 150 s) is cached in
+# target/appliance/cache.
 step "building the appliance images: minimal, ISO, disk (appliance-image/build.sh all)"
 appliance-image/build.sh all
 
