@@ -21,6 +21,14 @@
 #                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
 #   haproxy                the load balancer in front of several gateways: tests run their own
 #                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
+#   qemu-system-x86        boots the appliance image (tests/tests/appliance.rs, always TCG). Debian
+#                          12's qemu-system (7.2) cannot sit beside a backported qemu-utils (10.x,
+#                          `Breaks: qemu-system-common (< 1:8.0)`): when such a qemu-utils is there,
+#                          the same apt command brings it back to the release's version.
+#   busybox-static, cpio, zstd, kmod, e2fsprogs   the appliance's initramfs (appliance-image/build.sh)
+#   grub-pc-bin, grub-efi-amd64-bin, grub-common, xorriso, mtools, ovmf   its BIOS/UEFI ISO
+#   debootstrap, dosfstools, fdisk, syslinux, syslinux-common   its Debian disk image
+#   qemu-utils             qemu-img: the disk image's tests boot a qcow2 overlay of it
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -50,6 +58,14 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
+for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
+    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common; do
+    installed "$pkg" || need+=("$pkg")
+done
+if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && installed qemu-utils \
+    && dpkg --compare-versions "$(dpkg-query -W -f='${Version}' qemu-utils)" ge 1:8.0; then
+    need+=("qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -68,7 +84,8 @@ if [ ${#need[@]} -gt 0 ]; then
         trap 'rm -f "$policy_rc_d"' EXIT
     fi
     apt-get update
-    apt-get install -y --no-install-recommends "${need[@]}"
+    # --allow-downgrades: only the qemu-utils above is ever downgraded.
+    apt-get install -y --no-install-recommends --allow-downgrades "${need[@]}"
     if $our_policy_rc_d; then
         rm -f "$policy_rc_d"
         trap - EXIT
@@ -93,4 +110,4 @@ if ! command -v amtctrl >/dev/null 2>&1; then
     python3 -m pip install "amt==$AMT_VERSION" 2>/dev/null \
         || python3 -m pip install --break-system-packages "amt==$AMT_VERSION"
 fi
-echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy)"
+echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy, qemu)"

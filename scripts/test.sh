@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine, as root (the behind-NAT tests build
 # network namespaces): installs what the tests need, builds the release binaries once, runs every
-# test (unit, property, end-to-end, behind-NAT, MeshCentral conformance) against them, then a
-# short fuzz run.
+# test (unit, property, end-to-end, behind-NAT, MeshCentral conformance, the appliance image booted
+# under qemu) against them, then a short fuzz run.
 #
 #   FUZZ_SECONDS=30    seconds per fuzz target (scripts/fuzz.sh)
 #   TEST_THREADS=2     tests run at once inside each test binary (end-to-end tests are heavy)
@@ -22,6 +22,12 @@ scripts/install-test-deps.sh
 # plain `--bins` would leave it 44 units to rebuild.
 step "building the release binaries and tests (the first build takes several minutes on 2 cores)"
 cargo build --release --workspace --bins --tests --examples --locked
+
+# tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built. The
+# disk image's Debian root (debootstrap and its upgrade, about 150 s) is cached in
+# target/appliance/cache.
+step "building the appliance images: minimal, ISO, disk (appliance-image/build.sh all)"
+appliance-image/build.sh all
 
 step "running the tests (release)"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"

@@ -29,6 +29,7 @@
 //! every wait has a timeout.
 
 pub mod api;
+pub mod appliance;
 pub mod attack;
 pub mod haproxy;
 pub mod lan;
