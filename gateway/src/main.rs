@@ -18,6 +18,9 @@ use uuid::Uuid;
 /// jemalloc, with its background purging thread switched on in `main`: memory freed after a burst
 /// (a reconnect storm of thousands of devices, a flood of silent connections) goes back to the
 /// system within seconds. glibc's malloc kept it in per-thread arenas for good.
+/// The `system-alloc` feature leaves the system's malloc in place, for heap profilers that hook
+/// it (`heaptrack`, valgrind): docs/benchmarks.md profiles per-tunnel memory that way.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -397,6 +400,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let daemon_mode = matches!(cli.command, Command::Gateway { .. });
     init_logging(daemon_mode);
+    #[cfg(not(feature = "system-alloc"))]
     if daemon_mode {
         if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
             tracing::warn!(error = %err, "could not start jemalloc's purging thread; freed memory returns more slowly");
