@@ -29,13 +29,23 @@ use crate::stream::DeviceStream;
 /// A request to a tunnel task.
 #[derive(Debug)]
 pub enum TunnelCommand {
-    /// Open a stream to a device port.
-    Open { port: u16, originator: SocketAddr, reply: oneshot::Sender<Result<DeviceStream, OpenRefused>> },
+    /// Open a stream to a device port (boxed: every tunnel's command queue holds a block of 32
+    /// commands from the start, so the enum's size is paid per idle tunnel).
+    Open(Box<OpenRequest>),
     /// Prove the device is alive: answer once it has replied to a fresh keepalive request.
     /// Dropping `reply` unanswered means the tunnel is gone.
     Probe { reply: oneshot::Sender<Liveness> },
     /// Close the tunnel (`Replaced`: a newer connection took the UUID over; `Shutdown`).
     Close { reason: CloseReason },
+}
+
+/// A technician's request for a stream to a device port.
+#[derive(Debug)]
+pub struct OpenRequest {
+    pub port: u16,
+    /// Who asked, for the device's records (APF's originator address and port).
+    pub originator: SocketAddr,
+    pub reply: oneshot::Sender<Result<DeviceStream, OpenRefused>>,
 }
 
 /// What a liveness probe found.
@@ -94,7 +104,7 @@ impl TunnelHandle {
         timeout: Duration,
     ) -> Result<DeviceStream, OpenRefused> {
         let (reply, answer) = oneshot::channel();
-        let request = TunnelCommand::Open { port, originator, reply };
+        let request = TunnelCommand::Open(Box::new(OpenRequest { port, originator, reply }));
         let work = async {
             self.commands.send(request).await.map_err(|_| OpenRefused::TunnelGone)?;
             answer.await.map_err(|_| OpenRefused::TunnelGone)?

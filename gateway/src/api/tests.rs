@@ -23,7 +23,7 @@ use super::*;
 use crate::auth;
 use crate::config::Config;
 use crate::limits::API_FAILURE_BURST;
-use crate::registry::{TunnelCommand, TunnelHandle, TunnelKind};
+use crate::registry::{OpenRequest, TunnelCommand, TunnelHandle, TunnelKind};
 use crate::state::TestState;
 use crate::stream::{self, StreamConfig, StreamEnd};
 
@@ -121,7 +121,8 @@ impl Bed {
             let (wake, _wakes) = mpsc::unbounded_channel();
             let mut key = 0;
             while let Some(command) = requests.recv().await {
-                if let TunnelCommand::Open { port, reply, .. } = command {
+                if let TunnelCommand::Open(request) = command {
+                    let OpenRequest { port, reply, .. } = *request;
                     key += 1;
                     let (user, end) = stream::pair(key, port, StreamConfig::default(), wake.clone());
                     if reply.send(Ok(user)).is_ok() {

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use protocols::apf::DisconnectReason;
 use protocols::session::{ChannelId, CloseCause, Event, OpenError, ServerSession};
 use time::OffsetDateTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -30,7 +30,7 @@ use crate::identity::{self, Claimed, Credential, Refusal};
 use crate::journal::DeviceEvent;
 use crate::limits::ConnectionSlot;
 use crate::metrics::{AuthFailureReason, ChannelRefusal, CloseReason, Direction, RejectReason, StoreWrite, TunnelKind};
-use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
+use crate::registry::{Liveness, OpenRefused, OpenRequest, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
 use crate::stream::{self, DeviceStream, StreamClosed, StreamConfig, StreamEnd, Written};
 
@@ -136,11 +136,21 @@ impl Tunnel {
     }
 
     /// Drives the tunnel until it closes.
-    pub async fn run<S>(mut self, stream: S)
+    ///
+    /// The stream is split before the driving future is made: an `async fn`'s arguments keep their
+    /// room in its future for its whole life, and a TLS stream's is about 1.2 KiB per idle tunnel.
+    pub fn run<S>(self, stream: S) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut reader, writer) = tokio::io::split(stream);
+        let (reader, writer) = tokio::io::split(stream);
+        self.drive(reader, writer)
+    }
+
+    async fn drive<S>(mut self, mut reader: tokio::io::ReadHalf<S>, writer: tokio::io::WriteHalf<S>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (write_tx, write_rx) = mpsc::channel::<(Bytes, Vec<Written>)>(WRITE_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, write_rx));
         let (Some(mut commands), Some(mut wakes)) = (self.commands_rx.take(), self.wake_rx.take()) else {
@@ -182,12 +192,9 @@ impl Tunnel {
             }
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             let wants_input = self.session.wants_input();
-            if buf.capacity() - buf.len() < read_size / 4 {
-                buf.reserve(read_size);
-            }
             let admitting = self.admit.is_some();
             tokio::select! {
-                read = reader.read_buf(&mut buf), if wants_input => match read {
+                read = read_input(&mut reader, &mut buf, read_size), if wants_input => match read {
                     Ok(0) => transport_end = Some(CloseReason::PeerClosed),
                     Ok(n) => {
                         // Whatever the device sends proves it alive (TLS binds it to this
@@ -195,7 +202,7 @@ impl Tunnel {
                         self.answer_probes();
                         self.session.handle_input(&buf, Instant::now());
                         // Grow the reads while they come back full; an idle tunnel (keepalives)
-                        // holds no buffer at all.
+                        // holds no buffer at all (see `read_input`).
                         if n >= read_size / 2 {
                             read_size = (read_size * 2).min(READ_LARGE);
                             buf.clear();
@@ -252,7 +259,8 @@ impl Tunnel {
 
     fn handle_command(&mut self, command: TunnelCommand) {
         match command {
-            TunnelCommand::Open { port, originator, reply } => {
+            TunnelCommand::Open(request) => {
+                let OpenRequest { port, originator, reply } = *request;
                 let origin = (Bytes::from(originator.ip().to_string()), u32::from(originator.port()));
                 match self.session.open_channel(u32::from(port), origin) {
                     Ok(ch) => {
@@ -665,6 +673,33 @@ async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, mut rx: 
         done.clear();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+}
+
+/// Reads what the device sent into `buf`, which the caller empties after each read.
+///
+/// While reads are small (an idle tunnel's keepalives, a console), the read goes into a buffer on
+/// the stack and `buf` keeps only the bytes that came: a tunnel waiting for input holds no read
+/// buffer (2 KiB less per idle tunnel, docs/benchmarks.md). Once reads come back full and
+/// `read_size` has grown, they go straight into `buf`, without the extra copy.
+async fn read_input<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    read_size: usize,
+) -> std::io::Result<usize> {
+    if read_size > READ_SMALL {
+        if buf.capacity() - buf.len() < read_size / 4 {
+            buf.reserve(read_size);
+        }
+        return reader.read_buf(buf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut scratch = [0u8; READ_SMALL];
+        let mut chunk = ReadBuf::new(&mut scratch);
+        std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut chunk))?;
+        buf.extend_from_slice(chunk.filled());
+        std::task::Poll::Ready(Ok(chunk.filled().len()))
+    })
+    .await
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -15,10 +15,12 @@
 
 pub mod driver;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -91,18 +93,22 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 drop(permit);
                 if let Some(slot) = admit(&shared, &pending, remote) {
                     let id = shared.registry.next_id();
-                    handle_connection(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await;
+                    if let Some(tunnel) = handshake(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await {
+                        tokio::spawn(tunnel.map(move |()| drop(file)));
+                    }
                 }
-                drop(file);
             });
             continue;
         }
         let Some(slot) = admit(&shared, &pending, peer) else { continue };
         // Ids in accept order: a newer connection has a larger id (see `identity::claim`).
         let id = shared.registry.next_id();
+        // The handshake in one task, the tunnel in another: the tunnel's task then holds only
+        // what an established tunnel needs (docs/benchmarks.md, "Per-tunnel memory").
         tokio::spawn(async move {
-            handle_connection(tcp, peer, id, acceptor, shared, slot, tunnel_slots).await;
-            drop(file);
+            if let Some(tunnel) = handshake(tcp, peer, id, acceptor, shared, slot, tunnel_slots).await {
+                tokio::spawn(tunnel.map(move |()| drop(file)));
+            }
         });
     }
 }
@@ -131,7 +137,8 @@ fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> 
     Some(slot)
 }
 
-async fn handle_connection(
+/// The TLS handshake; on success, the future that drives the tunnel (to be spawned).
+async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     id: u64,
@@ -139,19 +146,19 @@ async fn handle_connection(
     shared: Arc<Shared>,
     pending: ConnectionSlot,
     tunnel_slots: Arc<Semaphore>,
-) {
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let started = Instant::now();
     let tls = match tokio::time::timeout(shared.tls_handshake_timeout(), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
             shared.metrics.connection_rejected(RejectReason::TlsHandshake);
             info!(%remote, error = %err, "TLS handshake failed (is the device provisioned with this gateway's CA?)");
-            return;
+            return None;
         }
         Err(_) => {
             shared.metrics.connection_rejected(RejectReason::TlsHandshake);
             debug!(%remote, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let kind = match tls.get_ref().1.handshake_kind() {
@@ -160,5 +167,5 @@ async fn handle_connection(
     };
     shared.metrics.tls_handshake(started.elapsed().as_secs_f64(), kind);
     debug!(%remote, "TLS established");
-    driver::Tunnel::new(shared, remote, id, pending, tunnel_slots).run(tls).await;
+    Some(driver::Tunnel::new(shared, remote, id, pending, tunnel_slots).run(tls))
 }

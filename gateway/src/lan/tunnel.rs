@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::probe::{self, HTTPS_PORT, HTTP_PORT, REDIRECTION_PORT, REDIRECTION_TLS_PORT};
 use crate::metrics::{CloseReason, TunnelKind};
-use crate::registry::{Liveness, OpenRefused, TunnelCommand, TunnelHandle};
+use crate::registry::{Liveness, OpenRefused, OpenRequest, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
 use crate::store::LanAdoption;
 use crate::stream::DeviceStream;
@@ -165,7 +165,8 @@ async fn run(
                 }
             }
             command = queue.recv() => match command {
-                Some(TunnelCommand::Open { port, originator, reply }) => {
+                Some(TunnelCommand::Open(request)) => {
+                    let OpenRequest { port, originator, reply } = *request;
                     let Ok(permit) = Arc::clone(&streams).try_acquire_owned() else {
                         let _ = reply.send(Err(OpenRefused::TooManyChannels));
                         continue;
