@@ -274,6 +274,9 @@ impl<K: Hash + Eq + Clone> Backoff<K> {
 /// held before ([`Limiter::remember`]).
 struct Remembered {
     until: Instant,
+    /// What each source held before the restart.
+    held: HashMap<Source, u32>,
+    /// What each source may still bring back (a source goes once it has brought all back).
     left: HashMap<Source, u32>,
 }
 
@@ -339,9 +342,24 @@ impl Limiter {
             let entry = left.entry(source).or_default();
             *entry = entry.saturating_add(n);
         }
-        let remembered = (!left.is_empty()).then(|| Remembered { until: Instant::now() + window, left });
+        let remembered =
+            (!left.is_empty()).then(|| Remembered { until: Instant::now() + window, held: left.clone(), left });
         *self.remembered.lock().unwrap_or_else(PoisonError::into_inner) = remembered;
         granted
+    }
+
+    /// How many tunnels `source` held before a restart, while it is still bringing them back
+    /// (0 when it is not remembered, has brought all back, or the window is over): how many
+    /// connections it may have waiting for authentication at once.
+    pub fn remembered_for(&self, source: IpAddr) -> u32 {
+        let source = Source::from(source);
+        let remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        match remembered.as_ref() {
+            Some(table) if Instant::now() < table.until && table.left.contains_key(&source) => {
+                table.held.get(&source).copied().unwrap_or_default()
+            }
+            _ => 0,
+        }
     }
 
     /// What each remembered source may still bring back, while the window lasts.
@@ -540,14 +558,22 @@ impl ConnectionCaps {
 
     /// A place for a connection from `ip`, held until the slot is dropped.
     pub fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, CapReached> {
+        self.try_enter_allowing(ip, 0)
+    }
+
+    /// Like [`try_enter`](Self::try_enter), but `ip` may hold up to `allowance` places when that
+    /// is more than the per-source cap (a source bringing back, after a restart, the tunnels it
+    /// held: see [`Limiter::remembered_for`]). The total cap still applies.
+    pub fn try_enter_allowing(self: &Arc<Self>, ip: IpAddr, allowance: usize) -> Result<ConnectionSlot, CapReached> {
         let source = Source::from(ip);
         let mut state = self.lock();
         if state.total >= self.max_total {
             return Err(CapReached::Total(self.max_total));
         }
+        let cap = self.max_per_source.max(allowance);
         let count = state.per_source.entry(source).or_insert(0);
-        if *count >= self.max_per_source {
-            return Err(CapReached::PerSource(self.max_per_source));
+        if *count >= cap {
+            return Err(CapReached::PerSource(cap));
         }
         *count += 1;
         state.total += 1;
@@ -681,10 +707,14 @@ mod tests {
         let unknown: IpAddr = "198.18.0.21".parse().unwrap();
         let held = [(Source::from(nat), 100), (Source::from(v6), 7), (Source::from(unknown), 0)];
         assert_eq!(limiter.remember(held, Duration::from_secs(600)), (2, 107));
+        assert_eq!((limiter.remembered_for(nat), limiter.remembered_for(unknown)), (100, 0));
         assert!(limiter.allow_connection(v6));
         assert!(limiter.remembered_left().contains(&(Source::from(v6), 7)), "within the burst first");
         // Its burst, then what it held; then refused like anyone.
-        assert_eq!((0..200).filter(|_| limiter.allow_connection(nat)).count(), 105);
+        assert_eq!((0..50).filter(|_| limiter.allow_connection(nat)).count(), 50);
+        assert_eq!(limiter.remembered_for(nat), 100, "while bringing back: what it held, not what is left");
+        assert_eq!((0..200).filter(|_| limiter.allow_connection(nat)).count(), 55);
+        assert_eq!(limiter.remembered_for(nat), 0, "all brought back: the usual pending cap again");
         // Another address of the same /64 draws on the same allowance.
         let v6_other: IpAddr = "2001:db8:7:9::9".parse().unwrap();
         assert_eq!((0..20).filter(|_| limiter.allow_connection(v6_other)).count(), 11);
@@ -699,6 +729,7 @@ mod tests {
         let limiter = Limiter::new(&cfg);
         let nat: IpAddr = "198.18.0.22".parse().unwrap();
         limiter.remember([(Source::from(nat), 50)], Duration::ZERO);
+        assert_eq!(limiter.remembered_for(nat), 0);
         assert_eq!((0..10).filter(|_| limiter.allow_connection(nat)).count(), 2);
         assert!(limiter.remembered.lock().unwrap().is_none(), "the table goes once its window is over");
     }
@@ -846,5 +877,18 @@ mod tests {
         drop(a1);
         let _a3 = caps.try_enter(a).unwrap();
         assert_eq!(caps.open(), (3, 2));
+    }
+
+    #[test]
+    fn a_source_bringing_back_its_tunnels_may_pass_the_per_source_cap_but_not_the_total() {
+        let caps = Arc::new(ConnectionCaps::new(5, 2));
+        let nat: IpAddr = "198.18.0.30".parse().unwrap();
+        let held: Vec<ConnectionSlot> = (0..4).map(|_| caps.try_enter_allowing(nat, 4).unwrap()).collect();
+        assert_eq!(caps.try_enter_allowing(nat, 4).unwrap_err(), CapReached::PerSource(4));
+        assert_eq!(caps.try_enter(nat).unwrap_err(), CapReached::PerSource(2), "no allowance: the usual cap");
+        let _other = caps.try_enter("198.18.0.31".parse().unwrap()).unwrap();
+        assert_eq!(caps.try_enter_allowing(nat, 100).unwrap_err(), CapReached::Total(5));
+        drop(held);
+        assert_eq!(caps.open(), (1, 1));
     }
 }

@@ -186,6 +186,7 @@ fn a_nat_that_held_a_thousand_devices_brings_them_all_back_at_once_after_a_resta
     const DEVICES: f64 = 1000.0;
     const ACTIVE: &str = "tether_tunnels_active{kind=\"cira\"}";
     const RATE: &str = "tether_connections_rejected_total{reason=\"connection_rate\"}";
+    const PENDING: &str = "tether_connections_rejected_total{reason=\"pending_per_source\"}";
     const BURST: f64 = 20.0;
     let redial = ["--reconnect-min-ms", "200", "--reconnect-max-ms", "1000"];
     // First run: a burst big enough for the whole NAT, so that the thousand get in quickly.
@@ -196,20 +197,25 @@ fn a_nat_that_held_a_thousand_devices_brings_them_all_back_at_once_after_a_resta
     let _nat = e2e::Sim::start(&gateway, &args);
     gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(120));
 
-    // Then strict limits: one connection a second per source after a burst of 20. Without the
-    // counts remembered in the store, the thousand would need 16 minutes to come back.
-    let strict = format!("[limits]\nconnection_burst_per_source = {BURST}\nconnections_per_second_per_source = 1\n");
+    // Then strict limits: one connection a second per source after a burst of 20, and at most
+    // 50 connections of one source waiting for authentication. Without the counts remembered in
+    // the store, the thousand would need 16 minutes to come back.
+    let strict = format!(
+        "[apf]\nmax_pending_per_source = 50\n[limits]\nconnection_burst_per_source = {BURST}\nconnections_per_second_per_source = 1\n"
+    );
     std::fs::write(gateway.data_dir().join("tether.toml"), strict).unwrap();
     let restarted = std::time::Instant::now();
     gateway.restart();
     gateway.wait_for_metric(ACTIVE, DEVICES, Duration::from_secs(90));
     let back = restarted.elapsed();
-    let refused = gateway.metrics().get(RATE).unwrap_or(0.0);
+    let metrics = gateway.metrics();
+    let (refused, pending) = (metrics.get(RATE).unwrap_or(0.0), metrics.get(PENDING).unwrap_or(0.0));
     eprintln!(
-        "FIGURE 1,000 devices behind one address were all back {:.1} s after the restart ({refused} refused for the rate)",
+        "FIGURE 1,000 devices behind one address were all back {:.1} s after the restart ({refused} refused for the rate, {pending} for the per-source pending cap)",
         back.as_secs_f64()
     );
     assert_eq!(refused, 0.0, "a source that held 1,000 tunnels was refused for its rate while bringing them back");
+    assert_eq!(pending, 0.0, "a source that held 1,000 tunnels was held to the per-source pending cap of 50");
 
     // A source the gateway never saw keeps the small burst.
     let other = uuid::Uuid::new_v4().to_string();

@@ -115,9 +115,12 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
 
 /// The cheap checks before TLS: room in the pool of unauthenticated connections, then the
 /// source's connection rate. In that order, so that a redial turned away because the pool is full
-/// does not spend the source's budget (nor what it may bring back after a restart).
+/// does not spend the source's budget (nor what it may bring back after a restart). A source
+/// bringing back the tunnels it held before a restart may have that many in the pool at once,
+/// beyond `apf.max_pending_per_source` (a big NAT's devices all redial together).
 fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> Option<ConnectionSlot> {
-    let slot = match pending.try_enter(remote.ip()) {
+    let allowance = shared.limiter.remembered_for(remote.ip()) as usize;
+    let slot = match pending.try_enter_allowing(remote.ip(), allowance) {
         Ok(slot) => slot,
         Err(cap) => {
             let reason = match cap {
