@@ -544,36 +544,21 @@ impl Appliance {
     }
 
     /// For a first-boot config taken from the data partition: waits for the appliance's reply
-    /// (DATA/tether-reply/, on the appliance), fetches it through the setup menu's shell on the
-    /// serial console (root's, as an operator at the console), then waits for the API to answer
-    /// with its token.
+    /// (DATA/tether-reply/, on the appliance), has it copied onto the blank second disk through
+    /// the setup menu's shell on the serial console (root's, as an operator at the console
+    /// would with a USB stick), reads it from there, then waits for the API to answer with its
+    /// token.
     pub fn reply_from_data_partition(&mut self, timeout: Duration) -> Result<()> {
-        use base64::Engine;
         self.wait_for_serial("first-boot reply written to", timeout)?;
         let mark = self.menu("9", Duration::from_secs(120))?;
         self.wait_for_serial_after(mark, "exit returns to the menu", Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_secs(2));
         let at = self.serial_mark();
-        // The markers are computed by the shell, so that the echo of the typed line never matches.
-        self.console_send(
-            "echo \"reply-$((6*7)) $(tar -C /var/lib/tether -czf - tether-reply | base64 -w0) end-$((6*7))\"\r",
-        )?;
-        let line = self.wait_for_serial_after(at, " end-42", Duration::from_secs(60))?;
+        // The marker is computed by the shell, so that the echo of the typed line never matches.
+        self.console_send("tar -C /var/lib/tether -cf /dev/vdb tether-reply && sync && echo \"copied-$((6*7))\"\r")?;
+        self.wait_for_serial_after(at, "copied-42", Duration::from_secs(60))?;
         self.console_send("exit\r")?;
-        let encoded = line
-            .split("reply-42 ")
-            .nth(1)
-            .and_then(|rest| rest.split(" end-42").next())
-            .with_context(|| format!("no reply in the line {line:?}"))?;
-        let tarball = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .context("the reply printed by the appliance is not base64")?;
-        let reply = self.work.path().join("reply");
-        fs::create_dir_all(&reply)?;
-        fs::write(self.work.path().join("reply.tar.gz"), tarball)?;
-        run(Command::new("tar").arg("-xzf").arg(self.work.path().join("reply.tar.gz")).arg("-C").arg(&reply));
-        let token = fs::read_to_string(reply.join("tether-reply/token")).context("the reply's token")?;
-        self.token = last_line(&token).context("an empty token in the reply")?.to_string();
+        self.read_reply()?;
         self.wait_for_api(timeout.saturating_sub(self.boot_started.elapsed()).max(Duration::from_secs(60)))
     }
 
