@@ -473,6 +473,14 @@ impl Appliance {
         Ok(())
     }
 
+    /// Hangs up the test's connection to the serial console: qemu serves one client at a time,
+    /// and another (expect) may want it.
+    pub fn console_release(&mut self) {
+        if let Some(console) = self.console.take() {
+            let _ = console.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Brings up the setup menu's prompt (Enter, repeated until the prompt shows: the menu may
     /// not run yet, or sit in a sub-prompt), then picks `option`; returns the mark where the
     /// option's output starts.
