@@ -6,9 +6,9 @@
 #   appliance-image/build.sh iso       the same kernel and initramfs on a hybrid BIOS/UEFI ISO
 #                                      (grub-mkrescue): OUT/iso/tether-appliance.iso
 #   appliance-image/build.sh disk      a Debian 12 disk image (debootstrap, systemd), read-only
-#                                      root in slot A (slot B reserved), a data partition grown at
-#                                      first boot, BIOS (SYSLINUX) and UEFI (GRUB) boot:
-#                                      OUT/disk/tether-appliance.img (raw, sparse)
+#                                      root in slot A (slot B for updates), a data partition grown
+#                                      at first boot, BIOS (SYSLINUX) and UEFI (GRUB) boot, a setup
+#                                      menu on the consoles: OUT/disk/tether-appliance.img (raw, sparse)
 #   appliance-image/build.sh update-bundle   the disk image's root filesystem as a signed update
 #                                      bundle for tether-update: OUT/update/tether-appliance.bundle
 #                                      (the signing key: OUT/keys/, or UPDATE_SIGNING_KEY=FILE)
@@ -18,6 +18,7 @@
 # ${CARGO_TARGET_DIR:-target}/release/tether, built first if missing (TETHER_BIN overrides).
 # The kernel is the one Debian's linux-image-amd64 points at, fetched with `apt-get download`
 # and unpacked into OUT/cache (kept between builds); KERNEL_DEB=FILE.deb uses a given package.
+# SLOT_MIB=1280 sizes the disk image's root slots; UPDATE_ZSTD_LEVEL=9 the bundle's compression.
 # Needs: apt, dpkg-deb, busybox-static, cpio, zstd, kmod (depmod), e2fsprogs; for `iso` also
 # grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools (scripts/install-test-deps.sh).
 set -euo pipefail
@@ -309,7 +310,6 @@ build_root() {
     chmod 0755 "$r/usr/lib/tether-appliance/"seed-* "$r/usr/lib/tether-appliance/banner"
     cp "$HERE/minimal/etc/tether/default.toml" "$r/etc/tether/default.toml"
     cp "$HERE/disk/"*.service "$r/etc/systemd/system/"
-    # The setup menu takes the serial console and tty1, in place of their login prompts.
     cp "$HERE/disk/20-wired.network" "$r/etc/systemd/network/"
     echo tether >"$r/etc/hostname"
     : >"$r/etc/machine-id"
@@ -321,6 +321,7 @@ tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0
 FSTAB
     mkdir -p "$r/etc/systemd/journald.conf.d"
     printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/volatile.conf"
+    # The setup menu takes the serial console and tty1, in place of their login prompts.
     systemctl --root="$r" enable tether-data.service tether-seed.service tether-seed-reply.service tether.service \
         tether-banner.service tether-slot-check.service tether-menu@ttyS0.service tether-menu@tty1.service \
         systemd-networkd.service >/dev/null 2>&1
@@ -343,7 +344,7 @@ FSTAB
     [ "$root_mib" -le "$SLOT_MIB" ] || die "the root filesystem (${root_mib} MiB) does not fit a slot (SLOT_MIB=$SLOT_MIB)"
     step "root filesystem image: ext4, ${root_mib} MiB (slots are ${SLOT_MIB} MiB)"
     ROOT_IMG=$WORK/root.img
-    rm -f "$ROOT_IMG"
+    rm -f "$ROOT_IMG" && : >"$ROOT_IMG"
     mkfs.ext4 -q -L tether-root -d "$r" "$ROOT_IMG" "${root_mib}M"
 }
 
@@ -421,7 +422,7 @@ CFG
     mcopy -i "$esp" "$WORK/grubenv" ::/grubenv
     syslinux --install "$esp"
 
-    rm -f "$WORK/data.img"
+    rm -f "$WORK/data.img" && : >"$WORK/data.img"
     mkfs.ext4 -q -L tether-data "$WORK/data.img" 64M
 
     step "disk: ESP 96 MiB, root slots A and B ${SLOT_MIB} MiB each (A holds the root), data 64 MiB (grown at first boot)"
