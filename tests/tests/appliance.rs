@@ -416,11 +416,13 @@ fn drive_menu(appliance: &mut Appliance, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-#[test]
 /// An unattended install (the first-boot config on the data partition, no seed disk), then the
 /// setup menu driven over the serial console with expect. One boot for both: each is a minute
-/// and more of CI under TCG.
-fn an_appliance_installed_with_its_config_on_the_data_partition_is_set_up_from_its_console_menu() -> Result<()> {
+/// and more of CI under TCG. Named to sort second, after the update test: the two long tests
+/// start first, one on each of CI's two test threads.
+#[test]
+fn an_appliance_at_first_boot_takes_its_config_from_its_data_partition_and_is_set_up_from_its_console_menu(
+) -> Result<()> {
     let started = Instant::now();
     let scratch = tempfile::tempdir()?;
     // The site's config goes into (a copy of) the disk image before it is written to the box.
