@@ -417,9 +417,10 @@ fn drive_menu(appliance: &mut Appliance, args: &[&str]) -> Result<()> {
 }
 
 /// An unattended install (the first-boot config on the data partition, no seed disk), then the
-/// setup menu driven over the serial console with expect. One boot for both: each is a minute
-/// and more of CI under TCG. Named to sort second, after the update test: the two long tests
-/// start first, one on each of CI's two test threads.
+/// setup menu driven over the serial console with expect (status, MPS account, backup, factory
+/// reset, restore). One boot for both: each is a minute and more of CI under TCG. Named to sort
+/// second, after the update test: the two long tests start first, one on each of CI's two test
+/// threads.
 #[test]
 fn an_appliance_at_first_boot_takes_its_config_from_its_data_partition_and_is_set_up_from_its_console_menu(
 ) -> Result<()> {
@@ -495,6 +496,26 @@ fn an_appliance_at_first_boot_takes_its_config_from_its_data_partition_and_is_se
     run_ok(Command::new("tar").arg("-xzf").arg(&backup).arg("-C").arg(&restored))?;
     let ca = fs::read_to_string(restored.join("tls/ca.pem")).context("the backup's tls/ca.pem")?;
     ensure!(ca == fs::read_to_string(appliance.ca_path())?, "the backup's CA is not the appliance's first CA");
+
+    // The menu restores that backup from the stick: the first CA, token, devices and MPS
+    // accounts are back.
+    let mark = appliance.serial_mark();
+    let restoring = Instant::now();
+    drive_menu(&mut appliance, &["restore", "/dev/vdc"])?;
+    let done =
+        appliance.wait_for_serial_after(mark, "restore done: CA SHA-256 fingerprint ", Duration::from_secs(10))?;
+    ensure!(done.trim_end().ends_with(&fingerprint), "the console shows another CA after the restore: {done:?}");
+    // The first boot's token, over TLS checked against the first CA.
+    let devices = appliance.devices_json().context("the first boot's token and CA after the restore")?;
+    ensure!(
+        devices.as_array().is_some_and(|d| d.iter().any(|d| d["uuid"].as_str() == Some(uuid.to_string().as_str()))),
+        "the device known before the backup is not listed after the restore: {devices}"
+    );
+    drop(device_connected(&appliance, Uuid::new_v4())?);
+    println!(
+        "FIGURE appliance restore from the USB stick through the menu: device back {:.1}s after the option",
+        restoring.elapsed().as_secs_f64()
+    );
     println!("FIGURE appliance first-boot config and setup menu: whole test {:.1}s", started.elapsed().as_secs_f64());
     appliance.shut_down();
     Ok(())
