@@ -6,15 +6,19 @@
 #   appliance-image/build.sh iso       the same kernel and initramfs on a hybrid BIOS/UEFI ISO
 #                                      (grub-mkrescue): OUT/iso/tether-appliance.iso
 #   appliance-image/build.sh disk      a Debian 12 disk image (debootstrap, systemd), read-only
-#                                      root in slot A (slot B reserved), a data partition grown at
-#                                      first boot, BIOS (SYSLINUX) and UEFI (GRUB) boot:
-#                                      OUT/disk/tether-appliance.img (raw, sparse)
-#   appliance-image/build.sh all       all three (what scripts/test.sh builds)
+#                                      root in slot A (slot B for updates), a data partition grown
+#                                      at first boot, BIOS (SYSLINUX) and UEFI (GRUB) boot, a setup
+#                                      menu on the consoles: OUT/disk/tether-appliance.img (raw, sparse)
+#   appliance-image/build.sh update-bundle   the disk image's root filesystem as a signed update
+#                                      bundle for tether-update: OUT/update/tether-appliance.bundle
+#                                      (the signing key: OUT/keys/, or UPDATE_SIGNING_KEY=FILE)
+#   appliance-image/build.sh all       all four (what scripts/test.sh builds)
 #
 # OUT is ${CARGO_TARGET_DIR:-target}/appliance (never committed). The tether binary is
 # ${CARGO_TARGET_DIR:-target}/release/tether, built first if missing (TETHER_BIN overrides).
 # The kernel is the one Debian's linux-image-amd64 points at, fetched with `apt-get download`
 # and unpacked into OUT/cache (kept between builds); KERNEL_DEB=FILE.deb uses a given package.
+# SLOT_MIB=1280 sizes the disk image's root slots; UPDATE_ZSTD_LEVEL=9 the bundle's compression.
 # Needs: apt, dpkg-deb, busybox-static, cpio, zstd, kmod (depmod), e2fsprogs; for `iso` also
 # grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools (scripts/install-test-deps.sh).
 set -euo pipefail
@@ -201,7 +205,7 @@ build_iso() {
 
 # The Debian root filesystem of the disk image, cached as a tarball keyed on its package list
 # (debootstrap takes about two minutes, mostly downloads). Sets ROOTFS.
-DISK_PACKAGES=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,zstd,e2fsprogs,fdisk,iproute2,tar
+DISK_PACKAGES=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,zstd,e2fsprogs,fdisk,iproute2,tar,openssl,curl
 debian_rootfs() {
     local mirror key cached
     mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -n 1)
@@ -246,98 +250,184 @@ SOURCES
     fi
 }
 
-# MBR disk identifier: partitions are found as PARTUUID=7e7e7e01-0N.
+# MBR disk identifier: partitions are found as PARTUUID=7e7e7e01-0N (1 ESP, 2 slot A, 3 slot B,
+# 4 data).
 DISK_ID=0x7e7e7e01
-build_disk() {
-    need debootstrap debootstrap; need mkfs.vfat dosfstools; need mcopy mtools; need sfdisk fdisk
-    need syslinux syslinux; need grub-mkstandalone grub-common; need mkfs.ext4 e2fsprogs
-    [ -f /usr/lib/syslinux/mbr/mbr.bin ] || die "SYSLINUX's MBR is missing (package syslinux-common)"
-    [ -d /usr/lib/grub/x86_64-efi ] || die "GRUB's UEFI modules are missing (package grub-efi-amd64-bin)"
+# Each root slot's partition: room for a bigger root than today's (an update must fit it).
+SLOT_MIB=${SLOT_MIB:-1280}
+KERNEL_CMDLINE="ro console=tty0 console=ttyS0,115200 quiet panic=10"
+
+# The update-signing key (Ed25519, OpenSSL): UPDATE_SIGNING_KEY=FILE names the private key, else
+# it is OUT/keys/update-signing.key, made at the first build. Sets SIGNING_KEY and PUBLIC_KEY
+# (what the image trusts).
+signing_key() {
+    need openssl openssl
+    local keys=$OUT/keys
+    if [ -n "${UPDATE_SIGNING_KEY:-}" ]; then
+        SIGNING_KEY=$UPDATE_SIGNING_KEY
+        [ -r "$SIGNING_KEY" ] || die "UPDATE_SIGNING_KEY=$SIGNING_KEY cannot be read"
+    else
+        SIGNING_KEY=$keys/update-signing.key
+        if [ ! -f "$SIGNING_KEY" ]; then
+            step "making an update-signing key (Ed25519) in $keys: keep it, bundles must be signed with it"
+            mkdir -p "$keys" && chmod 0700 "$keys"
+            (umask 077 && openssl genpkey -algorithm ed25519 -out "$SIGNING_KEY")
+        fi
+    fi
+    PUBLIC_KEY=$WORK/update-signing.pub
+    openssl pkey -in "$SIGNING_KEY" -pubout -out "$PUBLIC_KEY" 2>/dev/null \
+        || die "$SIGNING_KEY is not a private key openssl reads"
+    mkdir -p "$keys"
+    cp "$PUBLIC_KEY" "$keys/update-signing.pub"
+}
+
+# The SHA-256 of a public key's DER form: what an operator compares.
+key_fingerprint() { openssl pkey -pubin -in "$1" -outform DER 2>/dev/null | sha256sum | cut -c1-64; }
+
+# The appliance's root filesystem (Debian, tether, the units, the update key), as an ext4 image
+# for a root slot: sets ROOT_IMG, ROOT_VERSION and ROOT_KVER. The kernel and its initramfs stay in
+# /boot (vmlinuz, initrd.img): tether-update copies a new slot's onto the ESP.
+build_root() {
+    [ -n "${ROOT_IMG:-}" ] && return 0
+    need debootstrap debootstrap; need mkfs.ext4 e2fsprogs
     tether_binary
+    signing_key
     debian_rootfs
-    local r=$ROOTFS dir=$OUT/disk
-    mkdir -p "$dir"
-    rm -f "$dir/SHA256SUMS"
-    step "configuring the root filesystem (tether, systemd units, read-only root)"
+    local r=$ROOTFS
+    step "configuring the root filesystem (tether, systemd units, read-only root, update key)"
     strip -o "$r/usr/bin/tether" "$TETHER_BIN" && chmod 0755 "$r/usr/bin/tether"
-    mkdir -p "$r/usr/lib/tether-appliance" "$r/etc/tether" "$r/var/lib/tether" "$r/etc/systemd/network"
+    mkdir -p "$r/usr/lib/tether-appliance" "$r/usr/share/tether-appliance" "$r/etc/tether" "$r/var/lib/tether" \
+        "$r/etc/systemd/network"
     sed 's|^# Shared by|# Shared by|' "$HERE/minimal/etc/init.d/functions" >"$r/usr/lib/tether-appliance/functions"
     for f in seed-apply seed-reply banner; do
         sed 's|\. /etc/init\.d/functions|. /usr/lib/tether-appliance/functions|' "$HERE/minimal/etc/init.d/$f" \
             >"$r/usr/lib/tether-appliance/$f"
     done
-    install -m 0755 "$HERE/disk/tether-data" "$r/usr/lib/tether-appliance/tether-data"
+    install -m 0755 "$HERE/disk/tether-data" "$HERE/disk/slot-check" "$HERE/disk/menu" "$r/usr/lib/tether-appliance/"
+    install -m 0644 "$HERE/disk/slots" "$r/usr/lib/tether-appliance/slots"
+    install -m 0755 "$HERE/disk/tether-update" "$r/usr/sbin/tether-update"
+    install -m 0644 "$PUBLIC_KEY" "$r/usr/share/tether-appliance/update-signing.pub"
     chmod 0755 "$r/usr/lib/tether-appliance/"seed-* "$r/usr/lib/tether-appliance/banner"
     cp "$HERE/minimal/etc/tether/default.toml" "$r/etc/tether/default.toml"
     cp "$HERE/disk/"*.service "$r/etc/systemd/system/"
     cp "$HERE/disk/20-wired.network" "$r/etc/systemd/network/"
     echo tether >"$r/etc/hostname"
     : >"$r/etc/machine-id"
+    # The root is not in fstab: the kernel command line's root= (the booted slot) and `ro` say it.
     cat >"$r/etc/fstab" <<FSTAB
-PARTUUID=${DISK_ID#0x}-02 / ext4 ro,noatime 0 1
 tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
 tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0
 tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0
 FSTAB
     mkdir -p "$r/etc/systemd/journald.conf.d"
     printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/volatile.conf"
+    # The setup menu takes the serial console and tty1, in place of their login prompts.
     systemctl --root="$r" enable tether-data.service tether-seed.service tether-seed-reply.service tether.service \
-        tether-banner.service \
-        systemd-networkd.service serial-getty@ttyS0.service >/dev/null 2>&1
-    systemctl --root="$r" mask systemd-networkd-wait-online.service >/dev/null 2>&1
-    echo "tether $("$TETHER_BIN" --version | awk '{print $2}') appliance (disk, $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown))" \
-        >"$r/etc/tether-appliance-version"
+        tether-banner.service tether-slot-check.service tether-menu@ttyS0.service tether-menu@tty1.service \
+        systemd-networkd.service >/dev/null 2>&1
+    systemctl --root="$r" mask systemd-networkd-wait-online.service getty@tty1.service serial-getty@ttyS0.service \
+        >/dev/null 2>&1
+    ROOT_VERSION="tether $("$TETHER_BIN" --version | awk '{print $2}') appliance (disk, $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown), built $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+    echo "$ROOT_VERSION" >"$r/etc/tether-appliance-version"
 
-    local kver
     # The kernel linux-image-amd64 points at (an upgrade may leave the release's beside it).
-    kver=$(chroot "$r" dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/^linux-image-\([^ ,]*-amd64\).*/\1/p')
-    [ -f "$r/boot/vmlinuz-$kver" ] && [ -f "$r/boot/initrd.img-$kver" ] || die "no kernel or initramfs $kver in the root filesystem"
-    local esp=$WORK/esp.img
-    step "ESP: kernel $kver, its initramfs, SYSLINUX (BIOS) and GRUB (UEFI)"
-    local cmdline="root=PARTUUID=${DISK_ID#0x}-02 ro console=tty0 console=ttyS0,115200 quiet panic=10"
+    ROOT_KVER=$(chroot "$r" dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/^linux-image-\([^ ,]*-amd64\).*/\1/p')
+    [ -f "$r/boot/vmlinuz-$ROOT_KVER" ] && [ -f "$r/boot/initrd.img-$ROOT_KVER" ] \
+        || die "no kernel or initramfs $ROOT_KVER in the root filesystem"
+    find "$r/boot" -mindepth 1 -maxdepth 1 ! -name "vmlinuz-$ROOT_KVER" ! -name "initrd.img-$ROOT_KVER" -exec rm -rf {} +
+    mv "$r/boot/vmlinuz-$ROOT_KVER" "$r/boot/vmlinuz"
+    mv "$r/boot/initrd.img-$ROOT_KVER" "$r/boot/initrd.img"
+    rm -f "$r/vmlinuz" "$r/vmlinuz.old" "$r/initrd.img" "$r/initrd.img.old"
+    rm -rf "${r:?}/usr/share/doc/"* "${r:?}/usr/share/man/"* "${r:?}/usr/share/locale/"*
+    local root_mib
+    root_mib=$(( $(du -sm "$r" | cut -f1) * 5 / 4 + 64 ))
+    [ "$root_mib" -le "$SLOT_MIB" ] || die "the root filesystem (${root_mib} MiB) does not fit a slot (SLOT_MIB=$SLOT_MIB)"
+    step "root filesystem image: ext4, ${root_mib} MiB (slots are ${SLOT_MIB} MiB)"
+    ROOT_IMG=$WORK/root.img
+    rm -f "$ROOT_IMG" && : >"$ROOT_IMG"
+    mkfs.ext4 -q -L tether-root -d "$r" "$ROOT_IMG" "${root_mib}M"
+}
+
+# Writes GRUB's environment block (1024 bytes) with the boot state: slot=$2, no trial.
+grubenv() {
+    local head
+    head=$(printf '# GRUB Environment Block\nslot=%s\ntry_slot=' "$2")
+    { printf '%s\n' "$head"; printf "%$((1023 - ${#head}))s" '' | tr ' ' '#'; } >"$1"
+}
+
+build_disk() {
+    need debootstrap debootstrap; need mkfs.vfat dosfstools; need mcopy mtools; need sfdisk fdisk
+    need syslinux syslinux; need grub-mkstandalone grub-common; need mkfs.ext4 e2fsprogs; need debugfs e2fsprogs
+    [ -f /usr/lib/syslinux/mbr/mbr.bin ] || die "SYSLINUX's MBR is missing (package syslinux-common)"
+    [ -d /usr/lib/grub/x86_64-efi ] || die "GRUB's UEFI modules are missing (package grub-efi-amd64-bin)"
+    build_root
+    local dir=$OUT/disk
+    mkdir -p "$dir"
+    rm -f "$dir/SHA256SUMS"
+    local esp=$WORK/esp.img part=${DISK_ID#0x}
+    step "ESP: slot A's kernel $ROOT_KVER and initramfs, SYSLINUX (BIOS) and GRUB (UEFI), boot state slot=a"
+    # SYSLINUX boots its DEFAULT slot; tether-update and slot-check change that line.
     cat >"$WORK/syslinux.cfg" <<CFG
 SERIAL 0 115200
-DEFAULT tether
+DEFAULT a
 TIMEOUT 10
-LABEL tether
-  LINUX /vmlinuz
-  INITRD /initrd.img
-  APPEND $cmdline
+LABEL a
+  LINUX /a/vmlinuz
+  INITRD /a/initrd.img
+  APPEND root=PARTUUID=$part-02 tether.slot=a $KERNEL_CMDLINE
+LABEL b
+  LINUX /b/vmlinuz
+  INITRD /b/initrd.img
+  APPEND root=PARTUUID=$part-03 tether.slot=b $KERNEL_CMDLINE
 CFG
+    # GRUB boots the committed slot, or once the slot on trial (clearing the trial before it
+    # boots it: if that slot never marks itself good, the next boot is the committed one).
     cat >"$WORK/grub.cfg" <<CFG
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 set timeout=1
 search --no-floppy --label TETHERESP --set=root
-menuentry "Tether appliance" {
-    linux /vmlinuz $cmdline
-    initrd /initrd.img
+set slot=a
+set try_slot=
+load_env -f /grubenv slot try_slot
+set boot=\$slot
+if [ -n "\$try_slot" ]; then
+    set boot=\$try_slot
+    set try_slot=
+    save_env -f /grubenv try_slot
+    echo "tether: booting slot \$boot once, on trial (committed: \$slot)"
+fi
+if [ "\$boot" = b ]; then set partnum=03; else set boot=a; set partnum=02; fi
+menuentry "Tether appliance, slot \$boot" {
+    linux /\$boot/vmlinuz root=PARTUUID=$part-\$partnum tether.slot=\$boot $KERNEL_CMDLINE
+    initrd /\$boot/initrd.img
 }
 CFG
-    grub-mkstandalone -O x86_64-efi --modules="part_msdos part_gpt fat search search_label linux serial" \
+    grub-mkstandalone -O x86_64-efi \
+        --modules="part_msdos part_gpt fat search search_label linux serial loadenv test echo" \
         --locales= --fonts= --themes= -o "$WORK/BOOTX64.EFI" "boot/grub/grub.cfg=$WORK/grub.cfg"
-    rm -f "$esp"
+    grubenv "$WORK/grubenv" a
+    rm -f "$esp" "$WORK/vmlinuz" "$WORK/initrd.img"
+    debugfs -R "dump /boot/vmlinuz $WORK/vmlinuz" "$ROOT_IMG" 2>/dev/null
+    debugfs -R "dump /boot/initrd.img $WORK/initrd.img" "$ROOT_IMG" 2>/dev/null
+    [ -s "$WORK/vmlinuz" ] && [ -s "$WORK/initrd.img" ] || die "no /boot/vmlinuz or /boot/initrd.img in the root image"
     mkfs.vfat -C -n TETHERESP "$esp" $((96 * 1024)) >/dev/null
     export MTOOLS_SKIP_CHECK=1
-    mmd -i "$esp" ::/EFI ::/EFI/BOOT
+    mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/a ::/b
     mcopy -i "$esp" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-    mcopy -i "$esp" "$r/boot/vmlinuz-$kver" ::/vmlinuz
-    mcopy -i "$esp" "$r/boot/initrd.img-$kver" ::/initrd.img
+    mcopy -i "$esp" "$WORK/vmlinuz" ::/a/vmlinuz
+    mcopy -i "$esp" "$WORK/initrd.img" ::/a/initrd.img
     mcopy -i "$esp" "$WORK/syslinux.cfg" ::/syslinux.cfg
+    mcopy -i "$esp" "$WORK/grubenv" ::/grubenv
     syslinux --install "$esp"
 
-    step "root filesystem (ext4, read-only at run time) and the data partition"
-    rm -rf "${r:?}/boot/"* "${r:?}/usr/share/doc/"* "${r:?}/usr/share/man/"* "${r:?}/usr/share/locale/"*
-    local root_mib
-    root_mib=$(( $(du -sm "$r" | cut -f1) * 5 / 4 + 64 ))
-    rm -f "$WORK/root.img" "$WORK/data.img"
-    mkfs.ext4 -q -L tether-root-a -d "$r" "$WORK/root.img" "${root_mib}M"
+    rm -f "$WORK/data.img" && : >"$WORK/data.img"
     mkfs.ext4 -q -L tether-data "$WORK/data.img" 64M
 
-    step "disk: ESP 96 MiB, root A and B ${root_mib} MiB each, data 64 MiB (grown at first boot)"
+    step "disk: ESP 96 MiB, root slots A and B ${SLOT_MIB} MiB each (A holds the root), data 64 MiB (grown at first boot)"
     local img=$dir/tether-appliance.img
-    local esp_start=2048 esp_size=$((96 * 2048)) root_size=$((root_mib * 2048)) data_size=$((64 * 2048))
+    local esp_start=2048 esp_size=$((96 * 2048)) root_size=$((SLOT_MIB * 2048)) data_size=$((64 * 2048))
     local a_start=$((esp_start + esp_size))
     local b_start=$((a_start + root_size))
     local d_start=$((b_start + root_size))
@@ -352,23 +442,72 @@ $b_start,$root_size,83
 $d_start,$data_size,83
 TABLE
     dd if="$esp" of="$img" bs=512 seek=$esp_start conv=notrunc,sparse status=none
-    dd if="$WORK/root.img" of="$img" bs=512 seek=$a_start conv=notrunc,sparse status=none
+    dd if="$ROOT_IMG" of="$img" bs=512 seek=$a_start conv=notrunc,sparse status=none
     dd if="$WORK/data.img" of="$img" bs=512 seek=$d_start conv=notrunc,sparse status=none
     dd if=/usr/lib/syslinux/mbr/mbr.bin of="$img" bs=440 count=1 conv=notrunc status=none
     step "disk image ready in $((SECONDS - started))s ($(du -m "$img" | cut -f1) MiB allocated)"
     report "$img"
 }
 
+# An update bundle for tether-update: a tar archive of
+#   manifest       format=1, version=, kernel=, root_image=, root_sha256= (of the compressed
+#                  image), root_bytes= (uncompressed), created=
+#   manifest.sig   the manifest's Ed25519 signature (raw, 64 bytes), by the update-signing key
+#   root.img.zst   the root filesystem image for a slot, zstd-compressed
+# UPDATE_ROOT=FILE.img bundles that root image instead of building one (its version is its
+# /etc/tether-appliance-version); UPDATE_BUNDLE_OUT=FILE writes the bundle there instead of
+# OUT/update/tether-appliance.bundle.
+build_update_bundle() {
+    need zstd zstd; need openssl openssl; need debugfs e2fsprogs
+    local version kver
+    if [ -n "${UPDATE_ROOT:-}" ]; then
+        signing_key
+        ROOT_IMG=$UPDATE_ROOT
+        [ -r "$ROOT_IMG" ] || die "UPDATE_ROOT=$ROOT_IMG cannot be read"
+        version=$(debugfs -R 'cat /etc/tether-appliance-version' "$ROOT_IMG" 2>/dev/null | head -n 1)
+        kver=unknown
+    else
+        build_root
+        version=$ROOT_VERSION kver=$ROOT_KVER
+    fi
+    [ -n "$version" ] || die "the root image has no /etc/tether-appliance-version"
+    local out=${UPDATE_BUNDLE_OUT:-$OUT/update/tether-appliance.bundle}
+    local b=$WORK/bundle
+    mkdir -p "$(dirname "$out")" "$b"
+    [ -n "${UPDATE_BUNDLE_OUT:-}" ] || rm -f "$(dirname "$out")/SHA256SUMS"
+    step "update bundle: compressing the root image ($(( $(stat -c %s "$ROOT_IMG") / 1048576 )) MiB, zstd)"
+    zstd -q -T0 "-${UPDATE_ZSTD_LEVEL:-9}" -f "$ROOT_IMG" -o "$b/root.img.zst"
+    cat >"$b/manifest" <<MANIFEST
+format=1
+version=$version
+kernel=$kver
+root_image=root.img.zst
+root_sha256=$(sha256sum "$b/root.img.zst" | cut -c1-64)
+root_bytes=$(stat -c %s "$ROOT_IMG")
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+MANIFEST
+    openssl pkeyutl -sign -inkey "$SIGNING_KEY" -rawin -in "$b/manifest" -out "$b/manifest.sig"
+    openssl pkeyutl -verify -pubin -inkey "$PUBLIC_KEY" -rawin -in "$b/manifest" -sigfile "$b/manifest.sig" >/dev/null \
+        || die "the signature just made does not verify"
+    # The manifest first: tether-update reads it before anything else.
+    rm -f "$out"
+    tar --format=ustar --owner=0 --group=0 -cf "$out" -C "$b" manifest manifest.sig root.img.zst
+    step "update bundle ready in $((SECONDS - started))s: $version; signed by the key with SHA-256 $(key_fingerprint "$PUBLIC_KEY")"
+    report "$out"
+}
+
 case ${1:-} in
 minimal) build_minimal ;;
 iso) build_iso ;;
 disk) build_disk ;;
+update-bundle) build_update_bundle ;;
 all)
     build_iso
     build_disk
+    build_update_bundle
     ;;
 *)
-    echo "usage: $0 minimal|iso|disk|all   (see appliance-image/README.md)" >&2
+    echo "usage: $0 minimal|iso|disk|update-bundle|all   (see appliance-image/README.md)" >&2
     exit 2
     ;;
 esac

@@ -29,6 +29,7 @@
 #   grub-pc-bin, grub-efi-amd64-bin, grub-common, xorriso, mtools, ovmf   its BIOS/UEFI ISO
 #   debootstrap, dosfstools, fdisk, syslinux, syslinux-common   its Debian disk image
 #   qemu-utils             qemu-img: the disk image's tests boot a qcow2 overlay of it
+#   expect                 drives the disk image's setup menu over its serial console
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -59,7 +60,7 @@ command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
-    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common; do
+    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common expect; do
     installed "$pkg" || need+=("$pkg")
 done
 if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && installed qemu-utils \

@@ -14,7 +14,9 @@
 //! Always `-accel tcg`: `/dev/kvm` exists on the CI machines but KVM does not work there.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +25,9 @@ use anyhow::{bail, ensure, Context, Result};
 use uuid::Uuid;
 
 use crate::process::{bin, bin_dir, free_local_port, last_line, poll_until, run, Process};
+
+/// What the setup menu (appliance-image/disk/menu) asks, on the serial console and tty1.
+pub const MENU_PROMPT: &str = "Enter an option: ";
 
 /// The guest's fixed ports (the gateway's defaults).
 const GUEST_CIRA: u16 = 4433;
@@ -61,7 +66,7 @@ pub enum Medium {
 }
 
 /// The disk the disk image's overlay makes the guest see.
-const DISK_OVERLAY_BYTES: u64 = 2 << 30;
+const DISK_OVERLAY_BYTES: u64 = 4 << 30;
 
 /// Debian's OVMF (package ovmf): the firmware, and the variable store each boot gets a copy of.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -223,6 +228,20 @@ impl Seed {
     }
 }
 
+/// How a test wants qemu started beyond the medium and the seed.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Let a guest reboot restart the VM (a reboot from the setup menu, tether-update's trial
+    /// boot, a rollback); without it qemu exits on a reboot (`-no-reboot`), as a crash would.
+    pub allow_reboot: bool,
+    /// Disks attached after the data (or image) and seed disks, read-only unless `.1`: the guest
+    /// sees them as /dev/vdc, /dev/vdd, … in this order.
+    pub extra_disks: Vec<(PathBuf, bool)>,
+    /// No seed: the second disk is blank, and the boot returns once qemu runs (the first-boot
+    /// config comes another way, e.g. on the data partition: [`Appliance::reply_from_data_partition`]).
+    pub no_seed_disk: bool,
+}
+
 /// A booted appliance in qemu, serving through host forwards on 127.0.0.1. Dropping it
 /// kills qemu; unless [`Appliance::shut_down`] was called (the test got through), the guest's
 /// serial log is printed first.
@@ -239,12 +258,19 @@ pub struct Appliance {
     seed: Seed,
     boot_started: Instant,
     done: bool,
+    /// The guest's serial console, connected at the first [`Appliance::console_send`].
+    console: Option<UnixStream>,
 }
 
 impl Appliance {
     /// Boots `medium` with a blank data disk and `seed`'s disk, waits (up to `timeout`) for the
     /// seed reply and then for the API to answer with the token from the reply.
     pub fn boot(medium: &Medium, seed: Seed, timeout: Duration) -> Result<Appliance> {
+        Appliance::boot_with(medium, seed, timeout, BootOptions::default())
+    }
+
+    /// [`Appliance::boot`] with [`BootOptions`].
+    pub fn boot_with(medium: &Medium, seed: Seed, timeout: Duration, options: BootOptions) -> Result<Appliance> {
         let qemu = qemu()?;
         let work = tempfile::Builder::new().prefix("tether-appliance-").tempdir()?;
         // The first disk: a blank data disk, or the disk image's overlay.
@@ -260,7 +286,11 @@ impl Appliance {
         } else {
             fs::File::create(&data)?.set_len(DATA_DISK_BYTES)?;
         }
-        seed.write_disk(work.path(), &seed_disk)?;
+        if options.no_seed_disk {
+            fs::File::create(&seed_disk)?.set_len(SEED_DISK_BYTES)?;
+        } else {
+            seed.write_disk(work.path(), &seed_disk)?;
+        }
         fs::write(&serial, "")?;
 
         let (cira, api, metrics) = (free_local_port(), free_local_port(), free_local_port());
@@ -269,11 +299,20 @@ impl Appliance {
              hostfwd=tcp:127.0.0.1:{api}-:{GUEST_API},hostfwd=tcp:127.0.0.1:{metrics}-:{GUEST_METRICS}"
         );
         let mut command = Command::new(qemu);
+        // The serial console: everything the guest writes goes to serial.log; a test types on
+        // it through the socket (the setup menu runs there).
+        let socket = work.path().join("serial.sock");
         command
             .args(["-machine", "q35", "-accel", "tcg", "-m", medium.memory(), "-smp", "1"])
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
+            .args(["-display", "none", "-monitor", "none"])
+            .args(if options.allow_reboot { &[][..] } else { &["-no-reboot"][..] })
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                socket.display(),
+                serial.display()
+            ))
+            .args(["-serial", "chardev:serial0"])
             .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0,romfile="])
             .args(["-device", "virtio-rng-pci"])
             .arg("-drive")
@@ -284,6 +323,13 @@ impl Appliance {
             ))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", seed_disk.display()));
+        for (disk, writable) in &options.extra_disks {
+            command.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio{}",
+                disk.display(),
+                if *writable { "" } else { ",readonly=on" }
+            ));
+        }
         medium.qemu_args(&mut command, work.path())?;
         let qemu_command: Vec<_> =
             std::iter::once(command.get_program().to_owned()).chain(command.get_args().map(|a| a.to_owned())).collect();
@@ -301,7 +347,11 @@ impl Appliance {
             seed,
             boot_started,
             done: false,
+            console: None,
         };
+        if options.no_seed_disk {
+            return Ok(appliance);
+        }
         appliance.wait_for_serial("seed reply written", timeout)?;
         appliance.read_reply()?;
         // The reply comes once the gateway listens; still, wait for an API answer with the token
@@ -311,7 +361,7 @@ impl Appliance {
     }
 
     /// Waits until `tether devices` through the API forward succeeds with the appliance's token.
-    fn wait_for_api(&self, timeout: Duration) -> Result<()> {
+    pub fn wait_for_api(&self, timeout: Duration) -> Result<()> {
         let mut last_error = String::new();
         let answered = poll_until(timeout, || match self.try_cli(&["devices", "--json"]) {
             Ok(_) => true,
@@ -338,6 +388,7 @@ impl Appliance {
         fs::write(&log, "")?;
         let (program, args) = self.qemu_command.split_first().context("no qemu command")?;
         self.boot_started = Instant::now();
+        self.console = None;
         self.qemu = Process::spawn("qemu", Command::new(program).args(args));
         self.wait_for_serial("gateway listening", timeout)?;
         self.wait_for_api(timeout.saturating_sub(self.boot_started.elapsed()).max(Duration::from_secs(30)))
@@ -365,10 +416,26 @@ impl Appliance {
 
     /// Waits until a serial console line contains `needle`; an error if qemu exits or `timeout` passes.
     pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_serial_after(0, needle, timeout)
+    }
+
+    /// How many bytes the serial log holds: a mark for [`Appliance::wait_for_serial_after`].
+    pub fn serial_mark(&self) -> usize {
+        fs::metadata(self.work.path().join("serial.log")).map(|m| m.len() as usize).unwrap_or(0)
+    }
+
+    /// The serial log from byte `mark` on.
+    pub fn serial_since(&self, mark: usize) -> String {
+        let log = fs::read(self.work.path().join("serial.log")).unwrap_or_default();
+        String::from_utf8_lossy(log.get(mark..).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until a serial console line written after byte `mark` contains `needle`.
+    pub fn wait_for_serial_after(&mut self, mark: usize, needle: &str, timeout: Duration) -> Result<String> {
         let mut found = None;
         let mut exited = None;
         poll_until(timeout, || {
-            found = self.serial_log().lines().find(|l| l.contains(needle)).map(str::to_string);
+            found = self.serial_since(mark).lines().find(|l| l.contains(needle)).map(str::to_string);
             if found.is_none() {
                 exited = self.qemu.try_wait();
             }
@@ -379,6 +446,81 @@ impl Appliance {
             (None, Some(status)) => bail!("qemu exited ({status}) before the guest printed {needle:?}"),
             (None, None) => bail!("the guest printed no {needle:?} within {timeout:?}"),
         }
+    }
+
+    /// Types `text` on the guest's serial console.
+    pub fn console_send(&mut self, text: &str) -> Result<()> {
+        if self.console.is_none() {
+            let socket = self.work.path().join("serial.sock");
+            let stream = UnixStream::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
+            // What the guest writes comes to this socket too (serial.log has it all): drain it,
+            // or qemu stops sending and the guest's console stalls.
+            let mut drain = stream.try_clone()?;
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while drain.read(&mut buffer).is_ok_and(|n| n > 0) {}
+            });
+            self.console = Some(stream);
+        }
+        let console = self.console.as_mut().context("no console")?;
+        // A serial line at 115200 baud, and a guest tty that may be busy: a character at a time
+        // would be slow, but a burst can overrun the 16550's FIFO; lines of up to 16 bytes with a
+        // pause are safe.
+        for chunk in text.as_bytes().chunks(16) {
+            console.write_all(chunk)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Hangs up the test's connection to the serial console: qemu serves one client at a time,
+    /// and another (expect) may want it.
+    pub fn console_release(&mut self) {
+        if let Some(console) = self.console.take() {
+            let _ = console.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Brings up the setup menu's prompt (Enter, repeated until the prompt shows: the menu may
+    /// not run yet, or sit in a sub-prompt), then picks `option`; returns the mark where the
+    /// option's output starts.
+    pub fn menu(&mut self, option: &str, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mark = self.serial_mark();
+            self.console_send("\r")?;
+            if self.wait_for_serial_after(mark, MENU_PROMPT, Duration::from_secs(10)).is_ok() {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the setup menu did not show within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let at = self.serial_mark();
+        self.console_send(&format!("{option}\r"))?;
+        Ok(at)
+    }
+
+    /// Waits (after `mark`) for `prompt`, then answers `answer` and Enter; returns the new mark.
+    pub fn answer(&mut self, mark: usize, prompt: &str, answer: &str, timeout: Duration) -> Result<usize> {
+        self.wait_for_serial_after(mark, prompt, timeout)?;
+        let at = self.serial_mark();
+        self.console_send(&format!("{answer}\r"))?;
+        Ok(at)
+    }
+
+    /// The folder this boot's disks and logs are in (removed when the appliance is dropped).
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The seed this appliance was booted with.
+    pub fn seed(&self) -> &Seed {
+        &self.seed
+    }
+
+    /// Whether qemu still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.qemu.try_wait().is_none()
     }
 
     /// Reads the appliance's answer off the seed disk: its CA (into the work dir) and the token.
@@ -407,6 +549,25 @@ impl Appliance {
             "the seed's MPS password is still on the seed disk after the reply"
         );
         Ok(())
+    }
+
+    /// For a first-boot config taken from the data partition: waits for the appliance's reply
+    /// (DATA/tether-reply/, on the appliance), has it copied onto the blank second disk through
+    /// the setup menu's shell on the serial console (root's, as an operator at the console
+    /// would with a USB stick), reads it from there, then waits for the API to answer with its
+    /// token.
+    pub fn reply_from_data_partition(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for_serial("first-boot reply written to", timeout)?;
+        let mark = self.menu("9", Duration::from_secs(120))?;
+        self.wait_for_serial_after(mark, "exit returns to the menu", Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let at = self.serial_mark();
+        // The marker is computed by the shell, so that the echo of the typed line never matches.
+        self.console_send("tar -C /var/lib/tether -cf /dev/vdb tether-reply && sync && echo \"copied-$((6*7))\"\r")?;
+        self.wait_for_serial_after(at, "copied-42", Duration::from_secs(60))?;
+        self.console_send("exit\r")?;
+        self.read_reply()?;
+        self.wait_for_api(timeout.saturating_sub(self.boot_started.elapsed()).max(Duration::from_secs(60)))
     }
 
     /// The CA the appliance made, as read back from the seed disk.
@@ -481,13 +642,18 @@ impl Appliance {
 
     /// `amt-sim` dialling the appliance's CIRA forward with the seed's MPS account, as device `uuid`.
     pub fn start_device(&self, uuid: Uuid) -> Process {
+        self.start_device_as(uuid, &self.seed.mps_user, &self.seed.mps_password)
+    }
+
+    /// `amt-sim` dialling the appliance with the MPS account `user`.
+    pub fn start_device_as(&self, uuid: Uuid, user: &str, password: &str) -> Process {
         let mut command = Command::new(bin("amt-sim"));
         command
             .arg("--gateway")
             .arg(self.cira.to_string())
             .arg("--ca")
             .arg(self.ca_path())
-            .args(["--username", &self.seed.mps_user, "--password", &self.seed.mps_password])
+            .args(["--username", user, "--password", password])
             .args(["--uuid", &uuid.to_string()])
             .env("RUST_LOG", "info");
         Process::spawn("amt-sim", &mut command)
