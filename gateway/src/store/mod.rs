@@ -8,10 +8,14 @@
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
 //! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
-//! `sources` (the tunnels busy source addresses held).
+//! `sources` (the tunnels busy source addresses held); and the accounts of `docs/accounts.md`:
+//! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
+//! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
+//! and `access` (what the policy module needs to know of a principal).
 //!
-//! What it does not do: hash passwords (`auth`), know which devices are live (`registry`), or
-//! queue the device records written on the tunnels' behalf (`journal`).
+//! What it does not do: decide who may do what (`policy`), know which devices are live
+//! (`registry`), or queue the device records written on the tunnels' behalf (`journal`).
+//! Passwords are hashed with `auth`'s helpers, off the runtime, before they reach a statement.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -24,7 +28,14 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 use time::OffsetDateTime;
 
+mod access;
+mod accounts;
+#[cfg(test)]
+mod accounts_tests;
+mod audit;
+mod contacts;
 pub(crate) mod devices;
+mod emails;
 mod instances;
 mod lan;
 mod migrations;
@@ -35,7 +46,14 @@ mod sources;
 pub(crate) mod tests;
 mod tokens;
 
+pub use accounts::{
+    AccountError, MachineRecord, NewSubscriber, Registered, SubscriberPii, SubscriberRecord, SubscriptionStatus,
+    UserRecord, OPERATOR,
+};
+pub use audit::{AuditAction, AuditRecord, NewAudit, MAX_AUDIT};
+pub use contacts::{Acceptance, ContactRecord, ContactState, EndedContact, Invitation, Removal};
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
+pub use emails::EmailChanged;
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
@@ -239,6 +257,84 @@ enum Db {
     Postgres(PgPool),
 }
 
+/// An open transaction (see [`Store::begin`]).
+#[derive(Debug)]
+enum TxConn {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A transaction for a read-then-write transition: statements run in it see each other's
+/// writes, and nothing is kept unless [`Tx::commit`] is called (dropping it rolls back).
+/// SQLite's starts `IMMEDIATE` (the write lock first, so that two transitions queue rather
+/// than fail on a lock upgrade); on PostgreSQL, a transition that checks a limit first locks
+/// the row it counts against with an `UPDATE` (the SQL both databases accept for it).
+#[derive(Debug)]
+pub(crate) struct Tx<'s> {
+    store: &'s Store,
+    conn: TxConn,
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection.
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match &mut $tx.conn {
+            TxConn::Sqlite($conn) => $body,
+            TxConn::Postgres($conn) => $body,
+        }
+    };
+}
+
+impl Tx<'_> {
+    /// Runs one statement; the number of rows it changed.
+    pub(crate) async fn execute(&mut self, stmt: Stmt) -> Result<u64, StoreError> {
+        let result = on_tx!(self, conn => stmt.query().execute(&mut **conn).await.map(|r| r.rows_affected()));
+        result.map_err(|e| self.store.err(e))
+    }
+
+    /// Runs a query; each row through `decode`.
+    pub(crate) async fn fetch_all<T>(
+        &mut self,
+        stmt: Stmt,
+        decode: fn(&dyn Cols) -> sqlx::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let result = on_tx!(self, conn => stmt
+            .query()
+            .fetch_all(&mut **conn)
+            .await
+            .and_then(|rows| rows.iter().map(|r| decode(r)).collect::<sqlx::Result<Vec<T>>>()));
+        result.map_err(|e| self.store.err(e))
+    }
+
+    /// Runs a query; its first row (if any) through `decode`.
+    pub(crate) async fn fetch_optional<T>(
+        &mut self,
+        stmt: Stmt,
+        decode: fn(&dyn Cols) -> sqlx::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let result = on_tx!(self, conn => stmt
+            .query()
+            .fetch_optional(&mut **conn)
+            .await
+            .and_then(|row| row.as_ref().map(|r| decode(r)).transpose()));
+        result.map_err(|e| self.store.err(e))
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        let store = self.store;
+        let result = match self.conn {
+            TxConn::Sqlite(tx) => tx.commit().await,
+            TxConn::Postgres(tx) => tx.commit().await,
+        };
+        result.map_err(|e| store.err(e))
+    }
+}
+
+/// Whether `err` is a unique constraint refusing a row.
+pub(crate) fn is_unique_violation(err: &StoreError) -> bool {
+    matches!(err, StoreError::Database { source: sqlx::Error::Database(e), .. } if e.is_unique_violation())
+}
+
 /// Tuning of the pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
@@ -374,6 +470,15 @@ impl Store {
         }
         .await);
         result.map_err(|e| self.err(e))
+    }
+
+    /// Begins a transaction (see [`Tx`]).
+    pub(crate) async fn begin(&self) -> Result<Tx<'_>, StoreError> {
+        let conn = match &self.db {
+            Db::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(TxConn::Sqlite),
+            Db::Postgres(pool) => pool.begin().await.map(TxConn::Postgres),
+        };
+        Ok(Tx { store: self, conn: conn.map_err(|e| self.err(e))? })
     }
 
     /// Runs a query; each row through `decode`.
