@@ -9,12 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::postgres::Postgres;
+use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
+use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    DevicePage, InstanceRegistration, Location, Migrate, PoolOptions, RegisterError, Store, StoreError, TokenScope,
+    Acceptance, AccountError, AuditAction, ContactState, DevicePage, InstanceRegistration, Location, Migrate, NewAudit,
+    NewSubscriber, PoolOptions, RegisterError, Store, StoreError, SubscriberPii, SubscriptionStatus, TokenScope,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// The accounts' life cycle, written once with the gateway's unit tests (which run it on
+/// SQLite only).
+#[path = "../../gateway/src/store/accounts_scenarios.rs"]
+mod accounts_scenarios;
 
 /// One cluster for the whole file; each test gets its own database in it.
 fn cluster() -> &'static Postgres {
@@ -586,3 +594,30 @@ async fn busy_sources_are_replaced_per_gateway_and_summed_over_the_fleet() {
         assert_eq!(store.source_tunnels(since, 100).await.unwrap(), vec![held("198.51.100.7", 10)], "{kind}");
     }
 }
+
+/// Runs each accounts scenario on both databases (a database of its own on PostgreSQL).
+macro_rules! accounts_on_both {
+    ($($name:ident => $database:literal),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, stores) = both($database).await;
+                for store in &stores {
+                    accounts_scenarios::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+
+accounts_on_both!(
+    invitations_expire_after_their_validity => "accounts_expiry",
+    contacts_see_machines_while_active_then_are_inactive_then_plain_users => "accounts_contact_life",
+    removing_an_invitation_never_sent_is_due_no_mail => "accounts_removal",
+    terminating_a_subscription_ends_every_contact_and_cuts_access_at_once => "accounts_termination",
+    a_suspended_user_is_denied_everything => "accounts_suspension",
+    machines_and_contacts_are_limited_by_the_subscription => "accounts_limits",
+    an_email_change_takes_effect_only_once_confirmed => "accounts_email",
+    the_audit_log_is_read_by_machine_and_by_user_newest_first => "accounts_audit",
+    users_and_tokens_belong_together => "accounts_tokens",
+);
