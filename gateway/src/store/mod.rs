@@ -11,7 +11,8 @@
 //! `sources` (the tunnels busy source addresses held); and the accounts of `docs/accounts.md`:
 //! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
 //! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
-//! and `access` (what the policy module needs to know of a principal).
+//! and `access` (what the policy module needs to know of a principal); their read-then-write
+//! transitions run in a `tx` transaction.
 //!
 //! What it does not do: decide who may do what (`policy`), know which devices are live
 //! (`registry`), or queue the device records written on the tunnels' behalf (`journal`).
@@ -45,6 +46,7 @@ mod sources;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
+mod tx;
 
 pub use accounts::{
     AccountError, MachineRecord, NewSubscriber, Registered, SubscriberPii, SubscriberRecord, SubscriptionStatus,
@@ -60,6 +62,7 @@ pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, Redirection
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use sources::SourceTunnels;
 pub use tokens::{TokenRecord, TokenScope};
+pub(crate) use tx::{is_unique_violation, Tx};
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,84 +260,6 @@ enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction (see [`Store::begin`]).
-#[derive(Debug)]
-enum TxConn {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
-/// A transaction for a read-then-write transition: statements run in it see each other's
-/// writes, and nothing is kept unless [`Tx::commit`] is called (dropping it rolls back).
-/// SQLite's starts `IMMEDIATE` (the write lock first, so that two transitions queue rather
-/// than fail on a lock upgrade); on PostgreSQL, a transition that checks a limit first locks
-/// the row it counts against with an `UPDATE` (the SQL both databases accept for it).
-#[derive(Debug)]
-pub(crate) struct Tx<'s> {
-    store: &'s Store,
-    conn: TxConn,
-}
-
-/// Runs `$body` with `$conn` bound to the transaction's connection.
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match &mut $tx.conn {
-            TxConn::Sqlite($conn) => $body,
-            TxConn::Postgres($conn) => $body,
-        }
-    };
-}
-
-impl Tx<'_> {
-    /// Runs one statement; the number of rows it changed.
-    pub(crate) async fn execute(&mut self, stmt: Stmt) -> Result<u64, StoreError> {
-        let result = on_tx!(self, conn => stmt.query().execute(&mut **conn).await.map(|r| r.rows_affected()));
-        result.map_err(|e| self.store.err(e))
-    }
-
-    /// Runs a query; each row through `decode`.
-    pub(crate) async fn fetch_all<T>(
-        &mut self,
-        stmt: Stmt,
-        decode: fn(&dyn Cols) -> sqlx::Result<T>,
-    ) -> Result<Vec<T>, StoreError> {
-        let result = on_tx!(self, conn => stmt
-            .query()
-            .fetch_all(&mut **conn)
-            .await
-            .and_then(|rows| rows.iter().map(|r| decode(r)).collect::<sqlx::Result<Vec<T>>>()));
-        result.map_err(|e| self.store.err(e))
-    }
-
-    /// Runs a query; its first row (if any) through `decode`.
-    pub(crate) async fn fetch_optional<T>(
-        &mut self,
-        stmt: Stmt,
-        decode: fn(&dyn Cols) -> sqlx::Result<T>,
-    ) -> Result<Option<T>, StoreError> {
-        let result = on_tx!(self, conn => stmt
-            .query()
-            .fetch_optional(&mut **conn)
-            .await
-            .and_then(|row| row.as_ref().map(|r| decode(r)).transpose()));
-        result.map_err(|e| self.store.err(e))
-    }
-
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        let store = self.store;
-        let result = match self.conn {
-            TxConn::Sqlite(tx) => tx.commit().await,
-            TxConn::Postgres(tx) => tx.commit().await,
-        };
-        result.map_err(|e| store.err(e))
-    }
-}
-
-/// Whether `err` is a unique constraint refusing a row.
-pub(crate) fn is_unique_violation(err: &StoreError) -> bool {
-    matches!(err, StoreError::Database { source: sqlx::Error::Database(e), .. } if e.is_unique_violation())
-}
-
 /// Tuning of the pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
@@ -470,15 +395,6 @@ impl Store {
         }
         .await);
         result.map_err(|e| self.err(e))
-    }
-
-    /// Begins a transaction (see [`Tx`]).
-    pub(crate) async fn begin(&self) -> Result<Tx<'_>, StoreError> {
-        let conn = match &self.db {
-            Db::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(TxConn::Sqlite),
-            Db::Postgres(pool) => pool.begin().await.map(TxConn::Postgres),
-        };
-        Ok(Tx { store: self, conn: conn.map_err(|e| self.err(e))? })
     }
 
     /// Runs a query; each row through `decode`.
