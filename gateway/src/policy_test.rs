@@ -141,11 +141,12 @@ fn the_authorization_matrix() {
 #[test]
 fn unassigned_machines_are_the_operators_and_the_gateway_list_is_everyones() {
     let unassigned = Resource::Machine { uuid: Uuid::from_u128(2), subscriber_id: None };
-    for i in 0..6 {
+    // Every column but the last (suspended).
+    for (i, name) in COLUMNS.iter().enumerate().take(6) {
         let (principal, relations) = column(i, TokenScope::Attach);
         let expected = if i == 0 { Ok(()) } else { Err(Denied::UnassignedMachine) };
         for action in [Action::ViewMachine, Action::AttachRelay, Action::ViewAudit] {
-            assert_eq!(authorize(&principal, &relations, action, unassigned), expected, "{action:?} {}", COLUMNS[i]);
+            assert_eq!(authorize(&principal, &relations, action, unassigned), expected, "{action:?} {name}");
         }
         // The list itself is filtered (`visible_subscribers`).
         assert_eq!(authorize(&principal, &relations, Action::ListMachines, Resource::Gateway), Ok(()));
@@ -181,7 +182,7 @@ fn an_action_on_the_wrong_kind_of_resource_is_denied_even_to_operators() {
 #[test]
 fn visible_subscribers_follow_the_view_rule() {
     for scope in [TokenScope::Attach, TokenScope::Read] {
-        for i in 0..COLUMNS.len() {
+        for (i, name) in COLUMNS.iter().enumerate() {
             let (principal, relations) = column(i, scope);
             let visible = visible_subscribers(&principal, &relations);
             for subscriber in 1..=3 {
@@ -191,7 +192,7 @@ fn visible_subscribers_follow_the_view_rule() {
                     Visibility::All => true,
                     Visibility::Subscribers(ids) => ids.contains(&subscriber),
                 };
-                assert_eq!(listed, allowed, "subscriber {subscriber}, {}", COLUMNS[i]);
+                assert_eq!(listed, allowed, "subscriber {subscriber}, {name}");
             }
         }
     }
