@@ -621,3 +621,33 @@ accounts_on_both!(
     the_audit_log_is_read_by_machine_and_by_user_newest_first => "accounts_audit",
     users_and_tokens_belong_together => "accounts_tokens",
 );
+
+/// A PostgreSQL database from before accounts (schema 5) with tokens, one of them revoked: the
+/// tokens are the built-in operator's, and no new token gets the revoked one's id.
+#[tokio::test]
+async fn a_postgres_store_from_before_accounts_gives_its_tokens_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster().create_database("accounts_upgrade").unwrap();
+    let before = tether_gateway::store::postgres_migrations()[..5].join("\n");
+    let setup = format!(
+        "{before}
+         CREATE TABLE tether_schema (version BIGINT NOT NULL);
+         INSERT INTO tether_schema (version) VALUES (5);
+         INSERT INTO tokens (name, hash, created_at, scope) VALUES ('alice', 'ha', 1, 'read'), ('bob', 'hb', 2, 'attach');
+         DELETE FROM tokens WHERE name = 'bob';"
+    );
+    cluster().psql("accounts_upgrade", &setup).unwrap();
+    let location = Location::resolve(Some(&url), dir.path()).unwrap();
+    let err = Store::open(&location, Migrate::No, PoolOptions::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Outdated { found: 5, .. }), "{err}");
+    let store = Store::open(&location, Migrate::Yes, PoolOptions::default()).await.unwrap();
+    let (found, known) = store.schema_version().await.unwrap();
+    assert_eq!(found, known);
+    let operator = store.user_by_name("operator").await.unwrap().unwrap();
+    assert_eq!(operator.role, Role::Operator);
+    let alice = store.token_by_hash("ha").await.unwrap().unwrap();
+    assert_eq!((alice.user_id, alice.scope), (operator.id, TokenScope::Read));
+    let next = store.create_token("carol", "hc", TokenScope::Attach, None).await.unwrap();
+    assert!(next > 2, "a new token reused the revoked token's id {next}");
+    assert_eq!(store.token_by_hash("hc").await.unwrap().unwrap().user_id, operator.id);
+}

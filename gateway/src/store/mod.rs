@@ -493,6 +493,13 @@ impl Store {
     }
 }
 
+/// The PostgreSQL migrations, in order: for tests that build a database of an earlier schema
+/// and upgrade it (SQLite's are tested inside the crate).
+#[doc(hidden)]
+pub fn postgres_migrations() -> &'static [&'static str] {
+    migrations::POSTGRES
+}
+
 pub(crate) fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
