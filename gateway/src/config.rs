@@ -45,6 +45,7 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub proxy: ProxyConfig,
     pub lan: LanConfig,
+    pub accounts: AccountsConfig,
 }
 
 impl Default for Config {
@@ -64,7 +65,41 @@ impl Default for Config {
             fleet: FleetConfig::default(),
             proxy: ProxyConfig::default(),
             lan: LanConfig::default(),
+            accounts: AccountsConfig::default(),
         }
+    }
+}
+
+/// Subscribers' support contacts (`docs/accounts.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// How long an invitation to become a support contact can be accepted.
+    pub invitation_valid_days: u32,
+    /// How long a former contact (an active contact of no subscriber) stays inactive before it
+    /// is a plain user again.
+    pub inactive_days: u32,
+    /// How long the link confirming a new email address works.
+    pub email_change_valid_hours: u32,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self { invitation_valid_days: 7, inactive_days: 90, email_change_valid_hours: 24 }
+    }
+}
+
+impl AccountsConfig {
+    pub fn invitation_validity(&self) -> time::Duration {
+        time::Duration::days(self.invitation_valid_days.into())
+    }
+
+    pub fn inactive_period(&self) -> time::Duration {
+        time::Duration::days(self.inactive_days.into())
+    }
+
+    pub fn email_change_validity(&self) -> time::Duration {
+        time::Duration::hours(self.email_change_valid_hours.into())
     }
 }
 
@@ -348,6 +383,9 @@ impl Config {
         at_least("lan.max_hosts", self.lan.max_hosts.into(), 1)?;
         at_least("lan.probe_timeout_ms", self.lan.probe_timeout_ms, 100)?;
         at_least("lan.check_interval_secs", self.lan.check_interval_secs, 1)?;
+        at_least("accounts.invitation_valid_days", self.accounts.invitation_valid_days.into(), 1)?;
+        at_least("accounts.inactive_days", self.accounts.inactive_days.into(), 1)?;
+        at_least("accounts.email_change_valid_hours", self.accounts.email_change_valid_hours.into(), 1)?;
         if self.lan.scan_every_secs > 0 && self.lan.scan_every_secs < 60 {
             return invalid(
                 "lan.scan_every_secs",
@@ -486,6 +524,7 @@ mod tests {
             ("[fleet]\ninternal_listen = \"0.0.0.0:8444\"\n", "fleet.advertise_internal"),
             ("[lan]\nrate_pps = 0\n", "lan.rate_pps"),
             ("[lan]\nscan_every_secs = 5\n", "lan.scan_every_secs"),
+            ("[accounts]\ninvitation_valid_days = 0\n", "accounts.invitation_valid_days"),
             ("[lan]\ninterface = [\"eth1\"]\n", "interface"),
         ];
         for (text, key) in cases {

@@ -24,6 +24,7 @@
 //!   of kind `lan`, reached through the same tunnel interface);
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
 //!   reading the header before TLS);
+//! - `policy`: who may see and do what (principals, their relations to subscribers, actions);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
 //!   the technician's side (`lan_commands`: `tether lan`); `operator`: the CLI's commands behind its argument parsing.
 
@@ -48,6 +49,7 @@ pub mod limits;
 pub mod metrics;
 pub mod operator;
 pub mod paths;
+pub mod policy;
 pub mod proxy_header;
 pub mod redir_log;
 pub mod redir_tap;

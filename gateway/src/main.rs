@@ -368,6 +368,9 @@ enum TokenAction {
         /// Expire the token after this long: e.g. 90s, 30m, 12h, 30d.
         #[arg(long, value_parser = parse_duration)]
         expires_in: Option<std::time::Duration>,
+        /// The user the token acts for [default: the built-in operator].
+        #[arg(long, value_name = "USERNAME")]
+        user: Option<String>,
     },
     /// List the tokens (never the secrets).
     List {
@@ -475,7 +478,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Device { action: DeviceAction::Import { file } } => import_devices(&store_args, data_dir, &file).await,
-        Command::Token { action: TokenAction::Create { name, scope, expires_in } } => {
+        Command::Token { action: TokenAction::Create { name, scope, expires_in, user } } => {
             if name.starts_with(paths::LOCAL_TOKEN_PREFIX) {
                 bail!("token names starting with {:?} are the gateways' own; pick another", paths::LOCAL_TOKEN_PREFIX);
             }
@@ -489,9 +492,20 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 ),
                 None => None,
             };
-            store.create_token(&name, &auth::hash_token(&token), scope, expires_at).await?;
+            let user_id = match &user {
+                None => None,
+                Some(username) => match store.user_by_name(username).await? {
+                    Some(record) => Some(record.id),
+                    None => bail!("the gateway has no user {username:?}; leave --user out for an operator token"),
+                },
+            };
+            store.create_user_token(user_id, &name, &auth::hash_token(&token), scope, expires_at).await?;
             let until = expires_at.map(|t| format!(", expires {}", rfc3339(t))).unwrap_or_default();
-            println!("API token {name:?} created (scope {}{until}). It is shown once; keep it safe:", scope.as_str());
+            let owner = user.unwrap_or_else(|| tether_gateway::store::OPERATOR.to_string());
+            println!(
+                "API token {name:?} created for user {owner} (scope {}{until}). It is shown once; keep it safe:",
+                scope.as_str()
+            );
             println!("{token}");
             Ok(())
         }

@@ -119,3 +119,20 @@ fn operator_commands_work_against_postgres_from_the_flag_the_environment_or_the_
     let err = fails(&["--data-dir", data, "--database", "postgres://tether:hunter2@127.0.0.1:1/none", "db", "check"]);
     assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn tokens_belong_to_the_operator_unless_another_user_is_named() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let out = run(&mut tether(&["--data-dir", dir, "token", "create", "ops"]));
+    assert!(out.contains("for user operator"), "{out}");
+    run(&mut tether(&["--data-dir", dir, "token", "create", "reader", "--user", "operator", "--scope", "read"]));
+    let err = fails(&["--data-dir", dir, "token", "create", "theirs", "--user", "nobody"]);
+    assert!(err.contains("no user \"nobody\""), "{err}");
+    let listed = run(&mut tether(&["--data-dir", dir, "token", "list", "--json"]));
+    let tokens: serde_json::Value = serde_json::from_str(&listed).expect("token list --json prints JSON");
+    let tokens = tokens.as_array().expect("an array");
+    let names: Vec<&str> = tokens.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["ops", "reader"], "{listed}");
+    assert!(tokens.iter().all(|t| t["user_id"].is_i64() && t["user_id"] == tokens[0]["user_id"]), "{listed}");
+}

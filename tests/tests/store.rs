@@ -9,12 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::postgres::Postgres;
+use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
+use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    DevicePage, InstanceRegistration, Location, Migrate, PoolOptions, RegisterError, Store, StoreError, TokenScope,
+    Acceptance, AccountError, AuditAction, ContactState, DevicePage, InstanceRegistration, Location, Migrate, NewAudit,
+    NewSubscriber, PoolOptions, RegisterError, Store, StoreError, SubscriberPii, SubscriptionStatus, TokenScope,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// The accounts' life cycle, written once with the gateway's unit tests (which run it on
+/// SQLite only).
+#[path = "../../gateway/src/store/accounts_scenarios.rs"]
+mod accounts_scenarios;
 
 /// One cluster for the whole file; each test gets its own database in it.
 fn cluster() -> &'static Postgres {
@@ -585,4 +593,61 @@ async fn busy_sources_are_replaced_per_gateway_and_summed_over_the_fleet() {
         store.save_source_tunnels("gw-b", now, &[]).await.unwrap();
         assert_eq!(store.source_tunnels(since, 100).await.unwrap(), vec![held("198.51.100.7", 10)], "{kind}");
     }
+}
+
+/// Runs each accounts scenario on both databases (a database of its own on PostgreSQL).
+macro_rules! accounts_on_both {
+    ($($name:ident => $database:literal),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, stores) = both($database).await;
+                for store in &stores {
+                    accounts_scenarios::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+
+accounts_on_both!(
+    invitations_expire_after_their_validity => "accounts_expiry",
+    contacts_see_machines_while_active_then_are_inactive_then_plain_users => "accounts_contact_life",
+    removing_an_invitation_never_sent_is_due_no_mail => "accounts_removal",
+    terminating_a_subscription_ends_every_contact_and_cuts_access_at_once => "accounts_termination",
+    a_suspended_user_is_denied_everything => "accounts_suspension",
+    machines_and_contacts_are_limited_by_the_subscription => "accounts_limits",
+    an_email_change_takes_effect_only_once_confirmed => "accounts_email",
+    the_audit_log_is_read_by_machine_and_by_user_newest_first => "accounts_audit",
+    users_and_tokens_belong_together => "accounts_tokens",
+);
+
+/// A PostgreSQL database from before accounts (schema 5) with tokens, one of them revoked: the
+/// tokens are the built-in operator's, and no new token gets the revoked one's id.
+#[tokio::test]
+async fn a_postgres_store_from_before_accounts_gives_its_tokens_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster().create_database("accounts_upgrade").unwrap();
+    let before = tether_gateway::store::postgres_migrations()[..5].join("\n");
+    let setup = format!(
+        "{before}
+         CREATE TABLE tether_schema (version BIGINT NOT NULL);
+         INSERT INTO tether_schema (version) VALUES (5);
+         INSERT INTO tokens (name, hash, created_at, scope) VALUES ('alice', 'ha', 1, 'read'), ('bob', 'hb', 2, 'attach');
+         DELETE FROM tokens WHERE name = 'bob';"
+    );
+    cluster().psql("accounts_upgrade", &setup).unwrap();
+    let location = Location::resolve(Some(&url), dir.path()).unwrap();
+    let err = Store::open(&location, Migrate::No, PoolOptions::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Outdated { found: 5, .. }), "{err}");
+    let store = Store::open(&location, Migrate::Yes, PoolOptions::default()).await.unwrap();
+    let (found, known) = store.schema_version().await.unwrap();
+    assert_eq!(found, known);
+    let operator = store.user_by_name("operator").await.unwrap().unwrap();
+    assert_eq!(operator.role, Role::Operator);
+    let alice = store.token_by_hash("ha").await.unwrap().unwrap();
+    assert_eq!((alice.user_id, alice.scope), (operator.id, TokenScope::Read));
+    let next = store.create_token("carol", "hc", TokenScope::Attach, None).await.unwrap();
+    assert!(next > 2, "a new token reused the revoked token's id {next}");
+    assert_eq!(store.token_by_hash("hc").await.unwrap().unwrap().user_id, operator.id);
 }

@@ -168,6 +168,117 @@ CREATE TABLE source_tunnels (
     PRIMARY KEY (instance, source)
 );
 ",
+    // v8: accounts (`accounts.rs`, `contacts.rs`, `audit.rs`): users, with a built-in operator
+    // that owns every token made before; subscribers, their personal data apart, subscriptions,
+    // machines, MPS accounts issued per subscriber; support contacts' life cycle; email changes
+    // waiting for confirmation; the append-only audit log.
+    "
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL UNIQUE,
+    email TEXT,
+    password_hash TEXT,
+    role TEXT NOT NULL DEFAULT 'user',
+    created_at INTEGER NOT NULL,
+    suspended_at INTEGER,
+    inactive_since INTEGER,
+    totp_secret TEXT
+);
+INSERT INTO users (username, role, created_at)
+    VALUES ('operator', 'operator', CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+-- Tokens belong to users: rebuilt, since SQLite adds no NOT NULL column with a reference. The
+-- id sequence carries over, so that no new token ever gets a revoked token's id.
+CREATE TABLE tokens_v3 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'attach',
+    expires_at INTEGER,
+    user_id INTEGER NOT NULL REFERENCES users (id)
+);
+INSERT INTO tokens_v3 (id, name, hash, created_at, scope, expires_at, user_id)
+    SELECT id, name, hash, created_at, scope, expires_at, (SELECT id FROM users WHERE username = 'operator')
+    FROM tokens;
+DELETE FROM sqlite_sequence WHERE name = 'tokens_v3';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'tokens_v3', seq FROM sqlite_sequence WHERE name = 'tokens';
+DROP TABLE tokens;
+ALTER TABLE tokens_v3 RENAME TO tokens;
+CREATE INDEX tokens_user ON tokens (user_id);
+CREATE TABLE subscribers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner_user_id INTEGER NOT NULL UNIQUE REFERENCES users (id),
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE subscriber_pii (
+    subscriber_id INTEGER PRIMARY KEY REFERENCES subscribers (id),
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    phone TEXT,
+    billing_note TEXT
+);
+CREATE TABLE subscriptions (
+    subscriber_id INTEGER PRIMARY KEY REFERENCES subscribers (id),
+    status TEXT NOT NULL DEFAULT 'active',
+    max_machines INTEGER NOT NULL,
+    max_contacts INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    terminated_at INTEGER,
+    terminate_reason TEXT
+);
+CREATE TABLE machines (
+    uuid TEXT PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+    nickname TEXT,
+    enrolled_at INTEGER NOT NULL
+);
+CREATE INDEX machines_subscriber ON machines (subscriber_id);
+ALTER TABLE mps_accounts ADD COLUMN subscriber_id INTEGER REFERENCES subscribers (id);
+CREATE TABLE contacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+    user_id INTEGER REFERENCES users (id),
+    invitation_guid TEXT NOT NULL UNIQUE,
+    invited_email TEXT NOT NULL,
+    invited_at INTEGER NOT NULL,
+    invitation_sent_at INTEGER,
+    expires_at INTEGER NOT NULL,
+    accepted_at INTEGER,
+    terms_version TEXT,
+    nickname TEXT,
+    contact_email TEXT,
+    alert_prefs TEXT,
+    ended_at INTEGER,
+    state TEXT NOT NULL DEFAULT 'invited'
+);
+CREATE INDEX contacts_subscriber ON contacts (subscriber_id, state);
+CREATE INDEX contacts_user ON contacts (user_id, state) WHERE user_id IS NOT NULL;
+CREATE UNIQUE INDEX contacts_active ON contacts (subscriber_id, user_id) WHERE state = 'active';
+CREATE TABLE email_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    contact_id INTEGER REFERENCES contacts (id),
+    new_email TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor_user_id INTEGER REFERENCES users (id),
+    action TEXT NOT NULL,
+    machine_uuid TEXT,
+    subscriber_id INTEGER,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_log_machine ON audit_log (machine_uuid, id) WHERE machine_uuid IS NOT NULL;
+CREATE INDEX audit_log_actor ON audit_log (actor_user_id, id) WHERE actor_user_id IS NOT NULL;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -310,6 +421,99 @@ CREATE TABLE source_tunnels (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (instance, source)
 );
+",
+    // v6: accounts (`accounts.rs`, `contacts.rs`, `audit.rs`), as SQLite's v8.
+    "
+CREATE TABLE users (
+    id BIGSERIAL PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    email TEXT,
+    password_hash TEXT,
+    role TEXT NOT NULL DEFAULT 'user',
+    created_at BIGINT NOT NULL,
+    suspended_at BIGINT,
+    inactive_since BIGINT,
+    totp_secret TEXT
+);
+INSERT INTO users (username, role, created_at)
+    VALUES ('operator', 'operator', (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT);
+ALTER TABLE tokens ADD COLUMN user_id BIGINT REFERENCES users (id);
+UPDATE tokens SET user_id = (SELECT id FROM users WHERE username = 'operator');
+ALTER TABLE tokens ALTER COLUMN user_id SET NOT NULL;
+CREATE INDEX tokens_user ON tokens (user_id);
+CREATE TABLE subscribers (
+    id BIGSERIAL PRIMARY KEY,
+    owner_user_id BIGINT NOT NULL UNIQUE REFERENCES users (id),
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE subscriber_pii (
+    subscriber_id BIGINT PRIMARY KEY REFERENCES subscribers (id),
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    phone TEXT,
+    billing_note TEXT
+);
+CREATE TABLE subscriptions (
+    subscriber_id BIGINT PRIMARY KEY REFERENCES subscribers (id),
+    status TEXT NOT NULL DEFAULT 'active',
+    max_machines BIGINT NOT NULL,
+    max_contacts BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    terminated_at BIGINT,
+    terminate_reason TEXT
+);
+CREATE TABLE machines (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+    nickname TEXT,
+    enrolled_at BIGINT NOT NULL
+);
+CREATE INDEX machines_subscriber ON machines (subscriber_id);
+ALTER TABLE mps_accounts ADD COLUMN subscriber_id BIGINT REFERENCES subscribers (id);
+CREATE TABLE contacts (
+    id BIGSERIAL PRIMARY KEY,
+    subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+    user_id BIGINT REFERENCES users (id),
+    invitation_guid TEXT COLLATE \"C\" NOT NULL UNIQUE,
+    invited_email TEXT NOT NULL,
+    invited_at BIGINT NOT NULL,
+    invitation_sent_at BIGINT,
+    expires_at BIGINT NOT NULL,
+    accepted_at BIGINT,
+    terms_version TEXT,
+    nickname TEXT,
+    contact_email TEXT,
+    alert_prefs TEXT,
+    ended_at BIGINT,
+    state TEXT NOT NULL DEFAULT 'invited'
+);
+CREATE INDEX contacts_subscriber ON contacts (subscriber_id, state);
+CREATE INDEX contacts_user ON contacts (user_id, state) WHERE user_id IS NOT NULL;
+CREATE UNIQUE INDEX contacts_active ON contacts (subscriber_id, user_id) WHERE state = 'active';
+CREATE TABLE email_changes (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    contact_id BIGINT REFERENCES contacts (id),
+    new_email TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor_user_id BIGINT REFERENCES users (id),
+    action TEXT NOT NULL,
+    machine_uuid TEXT COLLATE \"C\",
+    subscriber_id BIGINT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_log_machine ON audit_log (machine_uuid, id) WHERE machine_uuid IS NOT NULL;
+CREATE INDEX audit_log_actor ON audit_log (actor_user_id, id) WHERE actor_user_id IS NOT NULL;
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS
+    $body$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $body$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 ",
 ];
 

@@ -8,10 +8,15 @@
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
 //! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
-//! `sources` (the tunnels busy source addresses held).
+//! `sources` (the tunnels busy source addresses held); and the accounts of `docs/accounts.md`:
+//! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
+//! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
+//! and `access` (what the policy module needs to know of a principal); their read-then-write
+//! transitions run in a `tx` transaction.
 //!
-//! What it does not do: hash passwords (`auth`), know which devices are live (`registry`), or
-//! queue the device records written on the tunnels' behalf (`journal`).
+//! What it does not do: decide who may do what (`policy`), know which devices are live
+//! (`registry`), or queue the device records written on the tunnels' behalf (`journal`).
+//! Passwords are hashed with `auth`'s helpers, off the runtime, before they reach a statement.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -24,7 +29,14 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 use time::OffsetDateTime;
 
+mod access;
+mod accounts;
+#[cfg(test)]
+mod accounts_tests;
+mod audit;
+mod contacts;
 pub(crate) mod devices;
+mod emails;
 mod instances;
 mod lan;
 mod migrations;
@@ -34,14 +46,23 @@ mod sources;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
+mod tx;
 
+pub use accounts::{
+    AccountError, MachineRecord, NewSubscriber, Registered, SubscriberPii, SubscriberRecord, SubscriptionStatus,
+    UserRecord, OPERATOR,
+};
+pub use audit::{AuditAction, AuditRecord, NewAudit, MAX_AUDIT};
+pub use contacts::{Acceptance, ContactRecord, ContactState, EndedContact, Invitation, Removal};
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
+pub use emails::EmailChanged;
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use sources::SourceTunnels;
 pub use tokens::{TokenRecord, TokenScope};
+pub(crate) use tx::{is_unique_violation, Tx};
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,6 +491,13 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// The PostgreSQL migrations, in order: for tests that build a database of an earlier schema
+/// and upgrade it (SQLite's are tested inside the crate).
+#[doc(hidden)]
+pub fn postgres_migrations() -> &'static [&'static str] {
+    migrations::POSTGRES
 }
 
 pub(crate) fn millis(t: OffsetDateTime) -> i64 {

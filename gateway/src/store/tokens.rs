@@ -1,5 +1,7 @@
-//! API tokens in the store: hashed (SHA-256 of a high-entropy secret), with a name, a scope and
-//! an optional expiry. Revoking deletes the row, so a name can be used again.
+//! API tokens in the store: hashed (SHA-256 of a high-entropy secret), with a name, a scope, an
+//! optional expiry and the user they belong to (the built-in operator unless said otherwise;
+//! tokens made before users existed were migrated to it). Revoking deletes the row, so a name
+//! can be used again.
 //!
 //! What it does not do: check tokens on requests (`api`) or end relays of revoked tokens (the
 //! daemon's token watch does, from [`Store::live_token_ids`]).
@@ -49,6 +51,8 @@ pub struct TokenRecord {
     pub id: i64,
     pub name: String,
     pub scope: TokenScope,
+    /// The user the token acts for.
+    pub user_id: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -63,7 +67,7 @@ impl TokenRecord {
 
 macro_rules! token_select {
     ($tail:literal) => {
-        concat!("SELECT id, name, scope, created_at, expires_at FROM tokens ", $tail)
+        concat!("SELECT id, name, scope, created_at, expires_at, user_id FROM tokens ", $tail)
     };
 }
 
@@ -75,11 +79,12 @@ fn token_row(r: &dyn Cols) -> sqlx::Result<TokenRecord> {
         scope: TokenScope::parse(&r.string(2)?).unwrap_or(TokenScope::Read),
         created_at: r.time(3)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
         expires_at: r.time(4)?,
+        user_id: r.int(5)?.unwrap_or_default(),
     })
 }
 
 impl Store {
-    /// Creates a token; an existing name is an error.
+    /// Creates a token of the built-in operator; an existing name is an error.
     pub async fn create_token(
         &self,
         name: &str,
@@ -87,14 +92,30 @@ impl Store {
         scope: TokenScope,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<i64, StoreError> {
+        self.create_user_token(None, name, token_hash, scope, expires_at).await
+    }
+
+    /// Creates a token of user `user_id` (`None`: the built-in operator); an existing name is an
+    /// error, and so is an unknown user (a database error: the reference refuses it).
+    pub async fn create_user_token(
+        &self,
+        user_id: Option<i64>,
+        name: &str,
+        token_hash: &str,
+        scope: TokenScope,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<i64, StoreError> {
         let stmt = Stmt::new(
-            "INSERT INTO tokens (name, hash, created_at, scope, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO tokens (name, hash, created_at, scope, expires_at, user_id)
+             VALUES ($1, $2, $3, $4, $5, COALESCE($6, (SELECT id FROM users WHERE username = 'operator')))
+             RETURNING id",
         )
         .str(name)
         .str(token_hash)
         .time(OffsetDateTime::now_utc())
         .str(scope.as_str())
-        .int(expires_at.map(super::millis));
+        .int(expires_at.map(super::millis))
+        .int(user_id);
         match self.fetch_optional(stmt, |r| r.int(0)).await {
             Ok(id) => Ok(id.flatten().unwrap_or_default()),
             Err(StoreError::Database { source: sqlx::Error::Database(e), .. }) if e.is_unique_violation() => {
@@ -104,13 +125,14 @@ impl Store {
         }
     }
 
-    /// Creates the token `name` (scope attach, no expiry), or gives it a new hash if it exists
-    /// (a gateway's local token).
+    /// Creates the token `name` (scope attach, no expiry, the built-in operator's), or gives it a
+    /// new hash if it exists (a gateway's local token).
     pub async fn create_or_replace_token(&self, name: &str, token_hash: &str) -> Result<i64, StoreError> {
         let stmt = Stmt::new(
-            "INSERT INTO tokens (name, hash, created_at, scope) VALUES ($1, $2, $3, 'attach')
+            "INSERT INTO tokens (name, hash, created_at, scope, user_id)
+                 VALUES ($1, $2, $3, 'attach', (SELECT id FROM users WHERE username = 'operator'))
              ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at,
-                 scope = 'attach', expires_at = NULL
+                 scope = 'attach', expires_at = NULL, user_id = excluded.user_id
              RETURNING id",
         )
         .str(name)
