@@ -386,6 +386,9 @@ CFG
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
+# Hidden: only Esc, F4 or Shift during the second shows the menu, so stray bytes on the serial
+# line (a terminal server, a reset UART) never hold the boot at the menu.
+set timeout_style=hidden
 set timeout=1
 search --no-floppy --label TETHERESP --set=root
 set slot=a
