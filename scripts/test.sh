@@ -32,7 +32,7 @@ step "building the appliance images: minimal, ISO, disk, update bundle (applianc
 appliance-image/build.sh all
 
 step "running the tests (release)"
-cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
 
 step "store throughput, short (full: target/release/tether-store-bench --devices 2000 --rounds 3)"
 target/release/tether-store-bench --devices 500 --rounds 1
