@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Cols, Stmt, Store, StoreError};
+use super::{is_unique_violation, Cols, Stmt, Store, StoreError};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,9 +118,7 @@ impl Store {
         .int(user_id);
         match self.fetch_optional(stmt, |r| r.int(0)).await {
             Ok(id) => Ok(id.flatten().unwrap_or_default()),
-            Err(StoreError::Database { source: sqlx::Error::Database(e), .. }) if e.is_unique_violation() => {
-                Err(StoreError::TokenExists(name.to_string()))
-            }
+            Err(err) if is_unique_violation(&err) => Err(StoreError::TokenExists(name.to_string())),
             Err(other) => Err(other),
         }
     }
