@@ -119,8 +119,14 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
 /// bringing back the tunnels it held before a restart may have that many in the pool at once,
 /// beyond `apf.max_pending_per_source` (a big NAT's devices all redial together).
 fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> Option<ConnectionSlot> {
-    let allowance = shared.limiter.remembered_for(remote.ip()) as usize;
-    let slot = match pending.try_enter_allowing(remote.ip(), allowance) {
+    // The remembered table is read only when the usual per-source cap is reached.
+    let entered = match pending.try_enter(remote.ip()) {
+        Err(CapReached::PerSource(_)) => {
+            pending.try_enter_allowing(remote.ip(), shared.limiter.remembered_for(remote.ip()) as usize)
+        }
+        other => other,
+    };
+    let slot = match entered {
         Ok(slot) => slot,
         Err(cap) => {
             let reason = match cap {
