@@ -38,6 +38,7 @@ mod lan;
 mod redirections;
 mod relays;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +62,10 @@ use uuid::Uuid;
 
 use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
 use crate::metrics::{ApiRejection, Listener};
+use crate::policy::{Action, Resource};
 use crate::relay::RelayLimits;
 use crate::state::Shared;
-use crate::store::{DevicePage, TokenScope, MAX_PAGE};
+use crate::store::{DevicePage, MAX_PAGE};
 use crate::view;
 use admission::Caller;
 use relays::LiveRelays;
@@ -306,7 +308,7 @@ async fn list_devices(
     Extension(caller): Extension<Caller>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing devices") {
+    if let Some(refused) = caller.authorize(&api, Action::ListMachines, Resource::Gateway, "listing devices") {
         return refused;
     }
     let Ok(Query(query)) = query else {
@@ -317,31 +319,17 @@ async fn list_devices(
         return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}, not {limit}"));
     }
     let shared = &api.shared;
-    let records = match shared.store.list_devices(DevicePage { after: query.after, limit }).await {
-        Ok(records) => records,
-        Err(err) => return store_unavailable(err),
-    };
-    let adopted = match shared.store.lan_devices(None, query.after, limit).await {
-        Ok(adopted) => adopted,
-        Err(err) => return store_unavailable(err),
-    };
-    // Each source gives its first `limit` devices after `after`; merged, the first `limit` are
-    // this page: CIRA records, LAN PCs adopted, and live tunnels whose first records are still on
-    // their way to the store.
-    let mut adopted: std::collections::HashMap<Uuid, _> = adopted.into_iter().map(|a| (a.uuid, a)).collect();
-    let mut devices: std::collections::BTreeMap<Uuid, Value> = std::collections::BTreeMap::new();
-    for record in records {
-        let uuid = record.uuid;
-        devices.insert(uuid, view::device_view(shared, Some(record), adopted.remove(&uuid), uuid));
-    }
-    for (uuid, lan) in adopted {
-        devices.insert(uuid, view::device_view(shared, None, Some(lan), uuid));
-    }
-    for live in shared.registry.snapshot() {
-        if !devices.contains_key(&live.uuid) && query.after.is_none_or(|after| live.uuid > after) {
-            devices.insert(live.uuid, view::device_view(shared, None, None, live.uuid));
+    let devices = if caller.is_operator() {
+        match all_devices(shared, query.after, limit).await {
+            Ok(devices) => devices,
+            Err(err) => return store_unavailable(err),
         }
-    }
+    } else {
+        match visible_devices(shared, &caller, query.after, limit).await {
+            Ok(devices) => devices,
+            Err(err) => return store_unavailable(err),
+        }
+    };
     let full = devices.len() >= limit as usize;
     let devices: Vec<(Uuid, Value)> = devices.into_iter().take(limit as usize).collect();
     let last = devices.last().map(|(uuid, _)| *uuid);
@@ -355,17 +343,64 @@ async fn list_devices(
     response
 }
 
+/// An operator's page: every device the gateway knows, enrolled for a subscriber or not.
+async fn all_devices(
+    shared: &Shared,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<BTreeMap<Uuid, Value>, crate::store::StoreError> {
+    let records = shared.store.list_devices(DevicePage { after, limit }).await?;
+    let adopted = shared.store.lan_devices(None, after, limit).await?;
+    // Each source gives its first `limit` devices after `after`; merged, the first `limit` are
+    // this page: CIRA records, LAN PCs adopted, and live tunnels whose first records are still on
+    // their way to the store.
+    let mut adopted: std::collections::HashMap<Uuid, _> = adopted.into_iter().map(|a| (a.uuid, a)).collect();
+    let mut devices: BTreeMap<Uuid, Value> = BTreeMap::new();
+    for record in records {
+        let uuid = record.uuid;
+        devices.insert(uuid, view::device_view(shared, Some(record), adopted.remove(&uuid), uuid));
+    }
+    for (uuid, lan) in adopted {
+        devices.insert(uuid, view::device_view(shared, None, Some(lan), uuid));
+    }
+    for live in shared.registry.snapshot() {
+        if !devices.contains_key(&live.uuid) && after.is_none_or(|after| live.uuid > after) {
+            devices.insert(live.uuid, view::device_view(shared, None, None, live.uuid));
+        }
+    }
+    Ok(devices)
+}
+
+/// Anyone else's page: the machines of the subscribers the principal sees
+/// (`policy::visible_subscribers`), connected or not; one query for the machines and two per
+/// machine for what is known of it.
+async fn visible_devices(
+    shared: &Shared,
+    caller: &Caller,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<BTreeMap<Uuid, Value>, crate::store::StoreError> {
+    let machines = shared.store.visible_machines_with(&caller.principal, &caller.relations, after, limit).await?;
+    let mut devices = BTreeMap::new();
+    for machine in machines {
+        let record = shared.store.device(machine.uuid).await?;
+        let lan = shared.store.lan_device(machine.uuid).await?;
+        devices.insert(machine.uuid, view::device_view(shared, record, lan, machine.uuid));
+    }
+    Ok(devices)
+}
+
 async fn show_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "showing a device") {
-        return refused;
-    }
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
+    if let Some(refused) = caller.authorize_machine(&api, Action::ViewMachine, uuid, "showing a device").await {
+        return refused;
+    }
     let shared = &api.shared;
     let record = match shared.store.device(uuid).await {
         Ok(record) => record,
