@@ -444,4 +444,6 @@ fn with_instance(mut response: Response, instance: &str) -> Response {
 }
 
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
