@@ -184,7 +184,7 @@ fn an_operator_suspends_a_contact_and_every_request_and_relay_ends() {
 }
 
 #[test]
-fn an_expired_or_unknown_invitation_says_what_to_do() {
+fn an_operator_who_names_what_does_not_exist_is_told_what_to_do() {
     let gateway = Gateway::start(&[]);
     operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw\n");
     let err =
