@@ -1,22 +1,25 @@
 //! The technician API (HTTPS, 8443) and the metrics endpoint (HTTP, 9464).
 //!
-//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}` (token scope `read`): what the store
-//!   knows of each device, with `connected` and `ports` taken from the live registry.
-//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket, scope `attach`): opens a stream to that
-//!   device port and relays it (see `relay` for the framing and how a relay ends).
-//! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N` (scope `read`): the AMT
-//!   redirection sessions relayed to the device, newest first (`redirections`).
-//! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` (scope
-//!   `attach`) and `GET …/actions` (scope `read`): the remote fix through AMT's WS-Management,
-//!   every action recorded (`amt`).
+//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}`: what the store knows of each device,
+//!   with `connected` and `ports` taken from the live registry; the list holds what the caller
+//!   may see (operators: every device; others: their subscribers' machines).
+//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket): opens a stream to that device port and
+//!   relays it (see `relay` for the framing and how a relay ends).
+//! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N`: the AMT redirection sessions
+//!   relayed to the device, newest first (`redirections`).
+//! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` and
+//!   `GET …/actions`: the remote fix through AMT's WS-Management, every action recorded (`amt`).
 //! - `/api/v1/lan/…` and `POST /api/v1/devices/{uuid}/wake`: the appliance's LAN — scans, hosts
 //!   found, Wake-on-LAN, AMT PCs adopted as devices of kind `lan` (`lan`).
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
-//! token's format, its lookup, expiry, per-token rate and scope (`admission`); and for a relay,
-//! the cap on relays per token and device (`relays`). Live relays end when their token is
-//! revoked or expires (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
+//! token's format, its lookup, expiry, per-token rate, and the user it acts as (`admission`).
+//! Every endpoint then asks the policy (`crate::policy`, default deny; `docs/accounts.md` maps
+//! each endpoint to its action), which also checks the token's scope; a refusal is 403 with the
+//! policy's stable `code`. For a relay, the cap on relays per token and device (`relays`). Live
+//! relays end when their token is revoked or expires, or when the policy no longer lets their user
+//! reach the machine (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
 //! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
 //! carry `Retry-After`.
 //!

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::tests::{bed, Bed};
+use super::tests::{bed, relay, Bed};
 use crate::auth;
 use crate::policy::Role;
 use crate::store::{Acceptance, NewSubscriber, SubscriberPii, TokenScope};
@@ -190,4 +190,25 @@ async fn a_contact_removed_or_suspended_is_refused_at_once() {
     assert!(body["error"].as_str().unwrap().contains("invite you"), "{body}");
     let (status, _, body) = w.bed.get("198.18.0.1", Some(&w.tokens[5]), "/api/v1/devices").await;
     assert_eq!(got(status, &body), SUSPENDED, "{body}");
+}
+
+#[tokio::test]
+async fn a_contact_attaching_a_relay_is_audited_with_who_and_which_machine() {
+    let w = world().await;
+    let addr = w.bed.serve().await;
+    let store = &w.bed.api.shared.store;
+    let client = relay(addr, "127.0.0.1", &w.tokens[2], w.mine).await.expect("carl's relay to olga's machine");
+    drop(client);
+    let carl = store.user_by_name("carl").await.unwrap().unwrap().id;
+    let rows = store.audit_for_machine(w.mine, None, 10).await.unwrap();
+    let row = rows.iter().find(|r| r.action == "console.session").unwrap_or_else(|| panic!("no audit row: {rows:?}"));
+    assert_eq!(row.actor_user_id, Some(carl), "{row:?}");
+    assert!(row.subscriber_id.is_some() && row.detail.contains("port 16994"), "{row:?}");
+    // A refused relay leaves no row.
+    let refused = relay(addr, "127.0.0.1", &w.tokens[2], w.theirs).await.map(drop);
+    assert_eq!(
+        refused.map_err(|(status, body)| (status, body["code"].clone())),
+        Err((StatusCode::FORBIDDEN, json!("not_related")))
+    );
+    assert!(store.audit_for_machine(w.theirs, None, 10).await.unwrap().is_empty());
 }

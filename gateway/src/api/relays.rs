@@ -195,6 +195,7 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks = 0u64;
     let mut failing = false;
+    let mut recheck_failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -221,8 +222,13 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
             }
             Err(_) => {}
         }
-        if let Err(err) = recheck_access(&api).await {
-            warn!(error = %err, "cannot recheck live relays' access against the store");
+        match recheck_access(&api).await {
+            Ok(()) => recheck_failing = false,
+            Err(err) if !recheck_failing => {
+                recheck_failing = true;
+                warn!(error = %err, "cannot recheck live relays' access against the store; retrying every second");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -101,7 +101,7 @@ impl Bed {
     }
 
     /// Serves the API on a loopback listener, in plain HTTP.
-    async fn serve(&self) -> SocketAddr {
+    pub(super) async fn serve(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_api(listener, None, Arc::clone(&self.api)));
@@ -305,7 +305,12 @@ async fn connections_over_the_caps_are_closed_at_once() {
 
 type Client = WebSocketStream<TcpStream>;
 
-async fn relay(addr: SocketAddr, from: &str, token: &str, uuid: Uuid) -> Result<Client, (StatusCode, Value)> {
+pub(super) async fn relay(
+    addr: SocketAddr,
+    from: &str,
+    token: &str,
+    uuid: Uuid,
+) -> Result<Client, (StatusCode, Value)> {
     let tcp = connect_from(addr, from).await;
     let mut request = format!("ws://{addr}/api/v1/devices/{uuid}/tcp/16994").into_client_request().unwrap();
     request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
