@@ -124,6 +124,21 @@ fn a_contact_sees_only_the_subscribers_machine_and_cannot_reach_another_device()
     };
     assert_eq!(refused.status, Some(403), "{refused}");
     assert!(refused.message.contains("\"code\":\"unassigned_machine\""), "{refused}");
+    // `tether forward` says so with the code, before it listens.
+    let forward = Command::new(bin("tether"))
+        .arg("--api")
+        .arg(s.gateway.api_url())
+        .arg("--token")
+        .arg(&s.carl)
+        .arg("--ca")
+        .arg(s.gateway.ca_path())
+        .args(["forward", &s.other.to_string(), "5900", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("tether forward");
+    let stderr = String::from_utf8_lossy(&forward.stderr);
+    assert!(!forward.status.success(), "tether forward to another device started: {stderr}");
+    assert!(stderr.contains("HTTP 403, code unassigned_machine"), "{stderr}");
     let shown = rt.block_on(client.get(&format!("/api/v1/devices/{}", s.other), &s.carl)).expect("a request");
     assert_eq!((shown.status, shown.json()["code"].as_str()), (403, Some("unassigned_machine")), "{}", shown.text());
 
