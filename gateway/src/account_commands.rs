@@ -27,6 +27,7 @@ pub enum UserAction {
     /// The password is asked for on the terminal, or read from the first line of stdin.
     Add {
         username: String,
+        /// The user's email address (for mail, once mail is built).
         #[arg(long)]
         email: Option<String>,
         /// An operator: sees and may do everything.
@@ -113,7 +114,8 @@ pub enum ContactAction {
         #[arg(long)]
         nickname: Option<String>,
     },
-    /// Remove a contact (invited or active) of a subscriber: their access ends at once.
+    /// Remove a contact (invited or active) of a subscriber: their requests are refused at once
+    /// and their open relays end within seconds.
     Remove { subscriber_id: i64, contact_id: i64 },
     /// List a subscriber's contacts, in every state.
     List {

@@ -199,6 +199,28 @@ fn an_operator_suspends_a_contact_and_every_request_and_relay_ends() {
 }
 
 #[test]
+fn an_operator_terminates_a_subscription_and_its_contact_loses_access_and_relays() {
+    let s = setup();
+    let client = ApiClient::new(&s.gateway);
+    let rt = runtime();
+    let mut relay = rt
+        .block_on(client.relay(s.mine, 5900, &s.carl))
+        .unwrap_or_else(|r| panic!("carl's relay to olga's machine was refused: {r}"));
+    assert_eq!(rt.block_on(relay.echo(b"before", Duration::from_secs(20))).expect("an echo"), b"before");
+
+    let out = s.gateway.operator(&["subscriber", "terminate", &s.subscriber, "--reason", "contract ended"]);
+    assert!(out.contains("1 contact relations ended"), "{out}");
+    let end = rt.block_on(relay.wait_closed(Duration::from_secs(6)));
+    assert!(end.is_some(), "carl's relay was still open 6 s after the subscription was terminated");
+    assert!(devices_as(&s.gateway, &s.carl).is_empty(), "a former contact sees no machine");
+    let listed = s.gateway.operator(&["subscriber", "list", "--json"]);
+    assert!(listed.contains("\"terminated\""), "{listed}");
+    // A terminated subscription takes no more contacts, and says so.
+    let err = operator_fails(&s.gateway, &["contact", "invite", &s.subscriber, "new@example.com"]);
+    assert!(err.contains("terminated"), "{err}");
+}
+
+#[test]
 fn an_operator_who_names_what_does_not_exist_is_told_what_to_do() {
     let gateway = Gateway::start(&[]);
     operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw\n");
