@@ -555,6 +555,10 @@ async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
 
 pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, JsonRejection>) -> Response {
     let body = body!(body);
+    // Before the rescue record is read: whether one is open is the device's business.
+    if let Some(refused) = call.authorize(Action::AttachRelay, "finishing a rescue").await {
+        return refused;
+    }
     let found = match open_rescue(&call).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no rescue of device {} is open", call.uuid)),

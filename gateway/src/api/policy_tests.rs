@@ -128,6 +128,8 @@ async fn each_relation_reaches_each_endpoint_as_the_policy_says() {
         ("POST", format!("/api/v1/devices/{m}/amt/forget"), Some(json!({})),
                                                                        [A, A, A, SCOPE, NOT_RELATED, SUSPENDED]),
         ("POST", format!("/api/v1/devices/{m}/wake"), Some(json!({})), [A, A, A, SCOPE, NOT_RELATED, SUSPENDED]),
+        ("POST", format!("/api/v1/devices/{t}/rescue/finish"), Some(json!({})),
+                                                                       [A, NOT_RELATED, NOT_RELATED, SCOPE, NOT_RELATED, SUSPENDED]),
         ("GET", "/api/v1/lan/hosts".into(), None,                      [A, OPERATOR_ONLY, OPERATOR_ONLY, OPERATOR_ONLY, OPERATOR_ONLY, SUSPENDED]),
         ("GET", "/api/v1/lan/devices".into(), None,                    [A, OPERATOR_ONLY, OPERATOR_ONLY, OPERATOR_ONLY, OPERATOR_ONLY, SUSPENDED]),
         ("POST", "/api/v1/lan/scans".into(), Some(json!({"interface": "eth0"})),
