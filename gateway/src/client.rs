@@ -194,9 +194,11 @@ impl ApiClient {
     }
 }
 
+/// What the API said: its message, the status and, for a refusal of the policy, its stable code.
 pub fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
+    let code = body.get("code").and_then(|c| c.as_str()).map(|c| format!(", code {c}")).unwrap_or_default();
     match body.get("error").and_then(|e| e.as_str()) {
-        Some(message) => format!("{message} (HTTP {})", status.as_u16()),
+        Some(message) => format!("{message} (HTTP {}{code})", status.as_u16()),
         None => format!("the API answered HTTP {status}"),
     }
 }

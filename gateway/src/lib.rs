@@ -28,6 +28,7 @@
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
 //!   the technician's side (`lan_commands`: `tether lan`); `operator`: the CLI's commands behind its argument parsing.
 
+pub mod account_commands;
 pub mod api;
 pub mod auth;
 pub mod backup;

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tether_gateway::account_commands::{
+    contact_command, machine_command, subscriber_command, user_command, ContactAction, MachineAction, SubscriberAction,
+    UserAction,
+};
 use tether_gateway::operator::{
-    api_client, fleet_command, import_devices, open_store, open_store_with, plain, print_table, redirections_command,
-    rfc3339, FleetAction, StoreArgs,
+    api_client, fleet_command, import_devices, load_config, open_store, open_store_with, plain, print_table,
+    redirections_command, rfc3339, FleetAction, StoreArgs,
 };
 use tether_gateway::redirect::rescue::{self, AmtArgs, BootDevice, PowerCommand, Toggle};
 use tether_gateway::redirect::{self, RedirectArgs};
@@ -290,6 +294,27 @@ enum Command {
     Lan {
         #[command(subcommand)]
         action: LanAction,
+    },
+    /// Users (admin, on this data dir's store): add, list, suspend, unsuspend.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Subscribers (admin, on this data dir's store): register, list, terminate.
+    Subscriber {
+        #[command(subcommand)]
+        action: SubscriberAction,
+    },
+    /// A subscriber's machines (admin, on this data dir's store): enroll.
+    Machine {
+        #[command(subcommand)]
+        action: MachineAction,
+    },
+    /// A subscriber's support contacts (admin, on this data dir's store): invite, accept,
+    /// remove, list.
+    Contact {
+        #[command(subcommand)]
+        action: ContactAction,
     },
     /// The store: schema migrations and checks.
     Db {
@@ -620,6 +645,13 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Fleet { action } => fleet_command(action, &store_args, data_dir).await,
+        Command::User { action } => user_command(&open_store(&store_args, data_dir).await?, action).await,
+        Command::Subscriber { action } => subscriber_command(&open_store(&store_args, data_dir).await?, action).await,
+        Command::Machine { action } => machine_command(&open_store(&store_args, data_dir).await?, action).await,
+        Command::Contact { action } => {
+            let accounts = load_config(&store_args, data_dir)?.accounts;
+            contact_command(&open_store(&store_args, data_dir).await?, &accounts, action).await
+        }
         Command::Redirections { uuid, active, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
             redirections_command(&client, uuid, active, json).await

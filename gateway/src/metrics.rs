@@ -175,6 +175,7 @@ label_enum!(
         InvalidToken => "invalid_token",
         ExpiredToken => "expired_token",
         Scope => "scope",
+        Denied => "denied",
         RelayCap => "relay_cap",
         SessionClosed => "session_closed",
         ConnectionCap => "connection_cap",

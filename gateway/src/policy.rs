@@ -114,10 +114,14 @@ pub enum Action {
     SuspendUser,
     /// Create and revoke a user's tokens.
     ManageTokens,
+    /// The appliance's LAN tools, reading: scans, hosts found, PCs adopted.
+    ViewLan,
+    /// The appliance's LAN tools, acting: scan, wake a MAC, adopt and forget PCs.
+    UseLan,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 15] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -131,12 +135,18 @@ impl Action {
         Action::IssueMpsAccount,
         Action::SuspendUser,
         Action::ManageTokens,
+        Action::ViewLan,
+        Action::UseLan,
     ];
 
     /// Whether a token of scope `read` is enough: reading only.
     pub fn read_only(self) -> bool {
         match self {
-            Action::ListMachines | Action::ViewMachine | Action::ViewAudit | Action::ViewSubscriberPii => true,
+            Action::ListMachines
+            | Action::ViewMachine
+            | Action::ViewAudit
+            | Action::ViewSubscriberPii
+            | Action::ViewLan => true,
             Action::AttachRelay
             | Action::ManageContacts
             | Action::LeaveSubscriber
@@ -145,7 +155,8 @@ impl Action {
             | Action::TerminateSubscription
             | Action::IssueMpsAccount
             | Action::SuspendUser
-            | Action::ManageTokens => false,
+            | Action::ManageTokens
+            | Action::UseLan => false,
         }
     }
 
@@ -162,7 +173,7 @@ impl Action {
             | Action::EnrollMachine
             | Action::TerminateSubscription
             | Action::IssueMpsAccount => matches!(resource, R::Subscriber(_)),
-            Action::RegisterSubscriber => matches!(resource, R::Gateway),
+            Action::RegisterSubscriber | Action::ViewLan | Action::UseLan => matches!(resource, R::Gateway),
             Action::SuspendUser | Action::ManageTokens => matches!(resource, R::User(_)),
         }
     }
@@ -283,7 +294,9 @@ pub fn authorize(
         | Action::TerminateSubscription
         | Action::IssueMpsAccount
         | Action::SuspendUser
-        | Action::ManageTokens => Err(Denied::OperatorOnly),
+        | Action::ManageTokens
+        | Action::ViewLan
+        | Action::UseLan => Err(Denied::OperatorOnly),
     }
 }
 

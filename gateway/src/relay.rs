@@ -88,6 +88,9 @@ pub enum Stop {
     TokenExpired,
     /// A technician closed the device's remote-fix session (`tether session close`).
     SessionClosed,
+    /// The token's user may no longer reach the machine: suspended, removed as a contact, or
+    /// the subscription was terminated (counted as `token_revoked`).
+    AccessRevoked,
 }
 
 /// How a relay went.
@@ -445,6 +448,9 @@ fn close_reason(ending: Ending, end: RelayEnd, limits: &RelayLimits) -> String {
         (Ending::Stopped(Stop::TokenExpired), _) => "the token expired".into(),
         (Ending::Stopped(Stop::TokenRevoked), _) => "the token was revoked".into(),
         (Ending::Stopped(Stop::SessionClosed), _) => "a technician closed the device's remote-fix session".into(),
+        (Ending::Stopped(Stop::AccessRevoked), _) => {
+            "access to the machine was withdrawn (user suspended, contact removed or subscription ended)".into()
+        }
         (_, RelayEnd::TechnicianClosed) => "closed by the technician".into(),
         (_, RelayEnd::DeviceClosed) => "the device closed the connection".into(),
         (_, RelayEnd::TunnelGone) => "the device's tunnel closed (device offline, or gateway restarting)".into(),

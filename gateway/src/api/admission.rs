@@ -1,11 +1,18 @@
 //! Who may make an API request, cheapest check first: the source's request budget (before any
 //! token lookup), the token's format (a malformed token is refused without a lookup), the lookup
-//! itself (off the runtime), expiry, the token's own rate limit; handlers then check the scope
-//! ([`Caller::scope_refusal`]). Every failed token check also charges the source's stricter
-//! budget of failures (`limits::SourceLimiter`), so a source trying tokens is soon answered 429
-//! outright.
+//! itself (off the runtime), expiry, the token's own rate limit, then the [`Principal`] the
+//! token acts as and its [`Relations`] (two more queries; a suspended user is refused here with
+//! 403 `suspended`). Handlers then ask the policy ([`Caller::authorize`],
+//! [`Caller::authorize_machine`]), which also covers the token's scope. Every failed token check
+//! also charges the source's stricter budget of failures (`limits::SourceLimiter`), so a source
+//! trying tokens is soon answered 429 outright.
 //!
-//! What it does not do: count connections (`api::serve`) or relays (`api::relays`).
+//! Refusals of the policy are 403 with `{"error", "reason": "scope"|"denied", "code"}`, `code`
+//! being [`Denied::code`]; never 404, so that a denied machine and a missing one are told apart
+//! only to those who may see it (the check runs before anything is looked up about the device).
+//!
+//! What it does not do: decide (`policy`), count connections (`api::serve`) or relays
+//! (`api::relays`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,50 +21,84 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{error, rejection, Api, Connection};
+use super::{error, rejection, store_unavailable, Api, Connection};
 use crate::auth;
 use crate::metrics::ApiRejection;
+use crate::policy::{self, Action, Denied, Principal, Relations, Resource};
 use crate::store::TokenScope;
+use serde_json::json;
 use tracing::warn;
+use uuid::Uuid;
 
 /// What `auth::new_token` makes: this prefix and 32 bytes in unpadded base64url.
 const TOKEN_PREFIX: &str = "tth_";
 const TOKEN_BODY_LEN: usize = 43;
 
-/// The token a request authenticated with.
+/// The token a request authenticated with, the user it acts as and that user's relations.
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
     pub id: i64,
     pub name: String,
     pub scope: TokenScope,
     pub expires_at: Option<OffsetDateTime>,
+    pub principal: Principal,
+    pub relations: Arc<Relations>,
 }
 
 impl Caller {
-    /// A 403 if this token's scope does not allow `needed`; `what` names the action refused.
-    pub fn scope_refusal(&self, api: &Api, needed: TokenScope, what: &str) -> Option<Response> {
-        if self.scope.allows(needed) {
-            return None;
-        }
-        Some(rejection(
-            api,
-            StatusCode::FORBIDDEN,
-            ApiRejection::Scope,
-            None,
-            format!(
-                "token {:?} has scope {}; {what} needs scope {} \
-                 (create one with `tether token create NAME --scope {}`)",
-                self.name,
-                self.scope.as_str(),
-                needed.as_str(),
-                needed.as_str()
+    /// `None` if the policy allows `action` on `resource`; else the 403; `what` names the action
+    /// for the message.
+    pub fn authorize(&self, api: &Api, action: Action, resource: Resource, what: &str) -> Option<Response> {
+        let denied = policy::authorize(&self.principal, &self.relations, action, resource).err()?;
+        Some(self.refusal(api, denied, what))
+    }
+
+    /// [`Caller::authorize`] for `action` on machine `uuid`, whose subscriber (if enrolled) is
+    /// looked up in the store first.
+    pub async fn authorize_machine(&self, api: &Api, action: Action, uuid: Uuid, what: &str) -> Option<Response> {
+        let subscriber_id = match api.shared.store.machine(uuid).await {
+            Ok(machine) => machine.map(|m| m.subscriber_id),
+            Err(err) => return Some(store_unavailable(err)),
+        };
+        self.authorize(api, action, Resource::Machine { uuid, subscriber_id }, what)
+    }
+
+    /// Whether the principal is an operator (sees unassigned machines, the LAN, everything).
+    pub fn is_operator(&self) -> bool {
+        self.principal.role == policy::Role::Operator
+    }
+
+    /// The 403 for a refusal of the policy, with its stable code and what to do.
+    fn refusal(&self, api: &Api, denied: Denied, what: &str) -> Response {
+        let (reason, advice) = match denied {
+            Denied::Scope => (
+                ApiRejection::Scope,
+                format!(
+                    "token {:?} has scope {}; {what} needs scope attach \
+                     (create one with `tether token create NAME --scope attach`)",
+                    self.name,
+                    self.scope.as_str()
+                ),
             ),
-        ))
+            Denied::Suspended => {
+                (ApiRejection::Denied, format!("{what} is refused: {denied}; an operator can lift it"))
+            }
+            Denied::OperatorOnly | Denied::UnassignedMachine | Denied::WrongResource => {
+                (ApiRejection::Denied, format!("{what} is refused: {denied}; ask an operator"))
+            }
+            Denied::NotRelated | Denied::SubscriptionTerminated => (
+                ApiRejection::Denied,
+                format!("{what} is refused: {denied}; ask the machine's subscriber to invite you as a support contact"),
+            ),
+        };
+        api.shared.metrics.api_rejected(reason);
+        let body = json!({ "error": advice, "reason": reason.as_str(), "code": denied.code() });
+        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
     }
 }
 
@@ -148,11 +189,34 @@ pub(super) async fn require_token(
         response.headers_mut().insert(header::RETRY_AFTER, super::retry_secs(Duration::from_secs(1)).into());
         return response;
     }
-    request.extensions_mut().insert(Caller {
+    let store = &api.shared.store;
+    let principal = match store.token_principal(&record).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => {
+            return refuse(
+                &api,
+                source,
+                ApiRejection::InvalidToken,
+                format!("token {:?} belongs to no user any more; ask an operator for a new one", record.name),
+            )
+        }
+        Err(err) => return store_unavailable(err),
+    };
+    let relations = match store.relations(principal.user_id).await {
+        Ok(relations) => relations,
+        Err(err) => return store_unavailable(err),
+    };
+    let caller = Caller {
         id: record.id,
         name: record.name,
         scope: record.scope,
         expires_at: record.expires_at,
-    });
+        principal,
+        relations: Arc::new(relations),
+    };
+    if principal.suspended {
+        return caller.refusal(&api, Denied::Suspended, "every request of a suspended user");
+    }
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }

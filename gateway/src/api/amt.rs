@@ -1,8 +1,9 @@
 //! The remote-fix endpoints: AMT power, boot, redirection, user consent and the rescue run,
 //! spoken by the gateway over WS-Management through the device's tunnel (`crate::wsman`), and the
-//! end of a technician's session with a device. All POST, scope `attach`; every call is recorded
+//! end of a technician's session with a device. All POST, allowed by the policy as
+//! [`Action::AttachRelay`] on the machine (so scope `attach`); every call is recorded
 //! in the store (`device_actions`: token, device, action, outcome, what the device answered), and
-//! `GET …/actions` (scope `read`) lists them.
+//! `GET …/actions` ([`Action::ViewAudit`]) lists them.
 //!
 //! - `POST /api/v1/devices/{uuid}/power` `{"action": "status|on|off|cycle|reset"}`
 //! - `POST …/redirection` `{"enable": BOOL}`: SOL, IDE-R and the redirection listener
@@ -40,8 +41,9 @@ use super::admission::Caller;
 use super::relays::{open_device_stream, session_closed_refusal};
 use super::{error, store_unavailable, Api, Connection};
 use crate::metrics::{AmtAction, AmtOutcome, CloseReason};
+use crate::policy::Action;
 use crate::relay::Stop;
-use crate::store::{ClosedSession, NewAction, RescueRecord, TokenScope, MAX_ACTIONS};
+use crate::store::{ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 use crate::wsman::amt::{BootSettings, IderDevice, Redirection};
 use crate::wsman::{self, Amt, AmtError, AmtErrorKind, Credentials, PowerAction};
 
@@ -184,6 +186,11 @@ pub(super) fn amt_failure(err: &AmtError) -> Response {
 }
 
 impl Call {
+    /// `None` if the caller may do `action` to this call's machine; else the 403.
+    pub(super) async fn authorize(&self, action: Action, what: &str) -> Option<Response> {
+        self.caller.authorize_machine(&self.api, action, self.uuid, what).await
+    }
+
     /// The account to use: the request's, else the one remembered for the device.
     async fn credentials(&self, account: &Account) -> Result<Credentials, Response> {
         let user = account.amt_user.clone().filter(|u| !u.is_empty());
@@ -243,8 +250,7 @@ impl Call {
 
     /// Refusals before any work: scope, a closed session; then the account and the session.
     pub(super) async fn open(&self, account: &Account, check_closed: bool) -> Result<(Amt, Credentials), Response> {
-        if let Some(refused) = self.caller.scope_refusal(&self.api, TokenScope::Attach, "changing a device through AMT")
-        {
+        if let Some(refused) = self.authorize(Action::AttachRelay, "changing a device through AMT").await {
             return Err(refused);
         }
         if check_closed {
@@ -549,6 +555,10 @@ async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
 
 pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, JsonRejection>) -> Response {
     let body = body!(body);
+    // Before the rescue record is read: whether one is open is the device's business.
+    if let Some(refused) = call.authorize(Action::AttachRelay, "finishing a rescue").await {
+        return refused;
+    }
     let found = match open_rescue(&call).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no rescue of device {} is open", call.uuid)),
@@ -574,7 +584,7 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
 
 pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, JsonRejection>) -> Response {
     let body = body!(body);
-    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "closing a device's session") {
+    if let Some(refused) = call.authorize(Action::AttachRelay, "closing a device's session").await {
         return refused;
     }
     let message = body.message.map(|m| m.chars().take(MAX_MESSAGE).collect::<String>());
@@ -638,7 +648,7 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
 }
 
 pub(super) async fn session_open(call: Call) -> Response {
-    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "opening a device's session") {
+    if let Some(refused) = call.authorize(Action::AttachRelay, "opening a device's session").await {
         return refused;
     }
     let reopened = match call.api.shared.store.open_session(call.uuid).await {
@@ -652,8 +662,7 @@ pub(super) async fn session_open(call: Call) -> Response {
 /// Forgets what the gateway keeps to reach the device's AMT: the remembered account and the
 /// pinned TLS certificate (after the device's certificate changed on purpose).
 pub(super) async fn forget(call: Call) -> Response {
-    if let Some(refused) = call.caller.scope_refusal(&call.api, TokenScope::Attach, "forgetting a device's AMT access")
-    {
+    if let Some(refused) = call.authorize(Action::AttachRelay, "forgetting a device's AMT access").await {
         return refused;
     }
     let now = OffsetDateTime::now_utc();
@@ -675,7 +684,9 @@ pub(super) struct ActionsQuery {
 
 pub(super) async fn actions(call: Call, query: Result<Query<ActionsQuery>, QueryRejection>) -> Response {
     let (api, uuid) = (&call.api, call.uuid);
-    if let Some(refused) = call.caller.scope_refusal(api, TokenScope::Read, "listing a device's actions") {
+    if let Some(refused) =
+        call.caller.authorize_machine(api, Action::ViewAudit, uuid, "listing a device's actions").await
+    {
         return refused;
     }
     let Ok(Query(query)) = query else {

@@ -1,7 +1,8 @@
 //! The LAN endpoints (`crate::lan`): scans, the hosts found, Wake-on-LAN, and adopting AMT PCs as
 //! devices of kind `lan`. All of it answers 403 with reason `lan_off`-style messages until
-//! `lan.interfaces` names the interfaces the tools may use; actions need scope `attach`, lists
-//! scope `read`. They act on the LAN of the gateway that answers (named in `instance`).
+//! `lan.interfaces` names the interfaces the tools may use. The LAN tools are operators' only
+//! (`Action::UseLan` for actions, which needs scope `attach`; `Action::ViewLan` for lists);
+//! waking an enrolled device is `Action::AttachRelay` on that machine. They act on the LAN of the gateway that answers (named in `instance`).
 //!
 //! - `POST /api/v1/lan/scans` `{"interface": IF, "cidr": CIDR?}` → 202 and the scan's progress;
 //!   `GET /api/v1/lan/scans/{id}` → its progress, and the hosts once done
@@ -33,8 +34,9 @@ use super::{error, store_unavailable, Api};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
 use crate::metrics::WakeMethod;
+use crate::policy::{Action, Resource};
 use crate::registry::TunnelKind;
-use crate::store::{TokenScope, MAX_LAN_ROWS};
+use crate::store::MAX_LAN_ROWS;
 use crate::wsman::{self, PowerAction};
 
 /// The answer for a LAN tool's refusal.
@@ -50,9 +52,10 @@ fn lan_failure(err: &LanError) -> Response {
     error(status, err)
 }
 
-macro_rules! scope {
-    ($caller:expr, $api:expr, $scope:expr, $what:expr) => {
-        if let Some(refused) = $caller.scope_refusal(&$api, $scope, $what) {
+/// The LAN tools are the gateway's own: operators only ([`Action::ViewLan`], [`Action::UseLan`]).
+macro_rules! lan_allowed {
+    ($caller:expr, $api:expr, $action:expr, $what:expr) => {
+        if let Some(refused) = $caller.authorize(&$api, $action, Resource::Gateway, $what) {
             return refused;
         }
     };
@@ -63,7 +66,7 @@ pub(super) async fn start_scan(
     Extension(caller): Extension<Caller>,
     body: Result<Json<ScanRequest>, JsonRejection>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Attach, "scanning the LAN");
+    lan_allowed!(caller, api, Action::UseLan, "scanning the LAN");
     let request = body!(body);
     match scan::start(&api.shared, &request) {
         Ok(scan) => {
@@ -81,7 +84,7 @@ pub(super) async fn show_scan(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Read, "reading a LAN scan");
+    lan_allowed!(caller, api, Action::ViewLan, "reading a LAN scan");
     let scan = id.parse::<u64>().ok().and_then(|id| api.shared.lan.scan(id));
     match scan {
         Some(scan) => Json(scan.status()).into_response(),
@@ -103,7 +106,7 @@ pub(super) async fn hosts(
     Extension(caller): Extension<Caller>,
     query: Result<Query<HostsQuery>, QueryRejection>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Read, "listing LAN hosts");
+    lan_allowed!(caller, api, Action::ViewLan, "listing LAN hosts");
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "the query takes all=true|false");
     };
@@ -125,7 +128,7 @@ pub(super) async fn wake_mac(
     Extension(caller): Extension<Caller>,
     body: Result<Json<WakeBody>, JsonRejection>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Attach, "waking a PC");
+    lan_allowed!(caller, api, Action::UseLan, "waking a PC");
     let body = body!(body);
     let mac = match body.mac.parse::<protocols::wol::Mac>() {
         Ok(mac) => mac,
@@ -153,7 +156,9 @@ pub(super) struct DeviceWakeBody {
 /// PC's MAC (from its adoption or the scans) on the interface given or the one it was found on.
 pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, JsonRejection>) -> Response {
     // Refusals first: a token that may not act, or a closed session, gets no magic packet either.
-    scope!(call.caller, call.api, TokenScope::Attach, "waking a PC");
+    if let Some(refused) = call.authorize(Action::AttachRelay, "waking a PC").await {
+        return refused;
+    }
     if let Some(refused) = session_closed_refusal(&call.api, call.uuid).await {
         return refused;
     }
@@ -240,7 +245,7 @@ pub(super) async fn adopt_device(
     Extension(caller): Extension<Caller>,
     body: Result<Json<AdoptRequest>, JsonRejection>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Attach, "adopting a LAN PC");
+    lan_allowed!(caller, api, Action::UseLan, "adopting a LAN PC");
     let request = body!(body);
     if request.amt_password.as_ref().is_some_and(|p| p.len() > 32)
         || request.amt_user.as_ref().is_some_and(|u| u.len() > 32)
@@ -282,7 +287,7 @@ pub(super) async fn adopt_device(
 }
 
 pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
-    scope!(caller, api, TokenScope::Read, "listing LAN devices");
+    lan_allowed!(caller, api, Action::ViewLan, "listing LAN devices");
     let shared = &api.shared;
     match shared.store.lan_devices(None, None, MAX_LAN_ROWS).await {
         Ok(devices) => {
@@ -308,7 +313,7 @@ pub(super) async fn forget_device(
     Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
 ) -> Response {
-    scope!(caller, api, TokenScope::Attach, "forgetting a LAN PC");
+    lan_allowed!(caller, api, Action::UseLan, "forgetting a LAN PC");
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };

@@ -1,22 +1,25 @@
 //! The technician API (HTTPS, 8443) and the metrics endpoint (HTTP, 9464).
 //!
-//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}` (token scope `read`): what the store
-//!   knows of each device, with `connected` and `ports` taken from the live registry.
-//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket, scope `attach`): opens a stream to that
-//!   device port and relays it (see `relay` for the framing and how a relay ends).
-//! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N` (scope `read`): the AMT
-//!   redirection sessions relayed to the device, newest first (`redirections`).
-//! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` (scope
-//!   `attach`) and `GET …/actions` (scope `read`): the remote fix through AMT's WS-Management,
-//!   every action recorded (`amt`).
+//! - `GET /api/v1/devices` and `GET /api/v1/devices/{uuid}`: what the store knows of each device,
+//!   with `connected` and `ports` taken from the live registry; the list holds what the caller
+//!   may see (operators: every device; others: their subscribers' machines).
+//! - `GET /api/v1/devices/{uuid}/tcp/{port}` (WebSocket): opens a stream to that device port and
+//!   relays it (see `relay` for the framing and how a relay ends).
+//! - `GET /api/v1/devices/{uuid}/redirections?active=BOOL&limit=N`: the AMT redirection sessions
+//!   relayed to the device, newest first (`redirections`).
+//! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` and
+//!   `GET …/actions`: the remote fix through AMT's WS-Management, every action recorded (`amt`).
 //! - `/api/v1/lan/…` and `POST /api/v1/devices/{uuid}/wake`: the appliance's LAN — scans, hosts
 //!   found, Wake-on-LAN, AMT PCs adopted as devices of kind `lan` (`lan`).
 //!
 //! Technicians are admitted cheapest check first: the connection caps, in all and per source,
 //! before TLS ([`serve`]); then per request the source's budget before any token lookup, the
-//! token's format, its lookup, expiry, per-token rate and scope (`admission`); and for a relay,
-//! the cap on relays per token and device (`relays`). Live relays end when their token is
-//! revoked or expires (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
+//! token's format, its lookup, expiry, per-token rate, and the user it acts as (`admission`).
+//! Every endpoint then asks the policy (`crate::policy`, default deny; `docs/accounts.md` maps
+//! each endpoint to its action), which also checks the token's scope; a refusal is 403 with the
+//! policy's stable `code`. For a relay, the cap on relays per token and device (`relays`). Live
+//! relays end when their token is revoked or expires, or when the policy no longer lets their user
+//! reach the machine (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
 //! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
 //! carry `Retry-After`.
 //!
@@ -38,6 +41,7 @@ mod lan;
 mod redirections;
 mod relays;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +65,10 @@ use uuid::Uuid;
 
 use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
 use crate::metrics::{ApiRejection, Listener};
+use crate::policy::{Action, Resource};
 use crate::relay::RelayLimits;
 use crate::state::Shared;
-use crate::store::{DevicePage, TokenScope, MAX_PAGE};
+use crate::store::{DevicePage, MAX_PAGE};
 use crate::view;
 use admission::Caller;
 use relays::LiveRelays;
@@ -306,7 +311,7 @@ async fn list_devices(
     Extension(caller): Extension<Caller>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing devices") {
+    if let Some(refused) = caller.authorize(&api, Action::ListMachines, Resource::Gateway, "listing devices") {
         return refused;
     }
     let Ok(Query(query)) = query else {
@@ -317,31 +322,17 @@ async fn list_devices(
         return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}, not {limit}"));
     }
     let shared = &api.shared;
-    let records = match shared.store.list_devices(DevicePage { after: query.after, limit }).await {
-        Ok(records) => records,
-        Err(err) => return store_unavailable(err),
-    };
-    let adopted = match shared.store.lan_devices(None, query.after, limit).await {
-        Ok(adopted) => adopted,
-        Err(err) => return store_unavailable(err),
-    };
-    // Each source gives its first `limit` devices after `after`; merged, the first `limit` are
-    // this page: CIRA records, LAN PCs adopted, and live tunnels whose first records are still on
-    // their way to the store.
-    let mut adopted: std::collections::HashMap<Uuid, _> = adopted.into_iter().map(|a| (a.uuid, a)).collect();
-    let mut devices: std::collections::BTreeMap<Uuid, Value> = std::collections::BTreeMap::new();
-    for record in records {
-        let uuid = record.uuid;
-        devices.insert(uuid, view::device_view(shared, Some(record), adopted.remove(&uuid), uuid));
-    }
-    for (uuid, lan) in adopted {
-        devices.insert(uuid, view::device_view(shared, None, Some(lan), uuid));
-    }
-    for live in shared.registry.snapshot() {
-        if !devices.contains_key(&live.uuid) && query.after.is_none_or(|after| live.uuid > after) {
-            devices.insert(live.uuid, view::device_view(shared, None, None, live.uuid));
+    let devices = if caller.is_operator() {
+        match all_devices(shared, query.after, limit).await {
+            Ok(devices) => devices,
+            Err(err) => return store_unavailable(err),
         }
-    }
+    } else {
+        match visible_devices(shared, &caller, query.after, limit).await {
+            Ok(devices) => devices,
+            Err(err) => return store_unavailable(err),
+        }
+    };
     let full = devices.len() >= limit as usize;
     let devices: Vec<(Uuid, Value)> = devices.into_iter().take(limit as usize).collect();
     let last = devices.last().map(|(uuid, _)| *uuid);
@@ -355,17 +346,64 @@ async fn list_devices(
     response
 }
 
+/// An operator's page: every device the gateway knows, enrolled for a subscriber or not.
+async fn all_devices(
+    shared: &Shared,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<BTreeMap<Uuid, Value>, crate::store::StoreError> {
+    let records = shared.store.list_devices(DevicePage { after, limit }).await?;
+    let adopted = shared.store.lan_devices(None, after, limit).await?;
+    // Each source gives its first `limit` devices after `after`; merged, the first `limit` are
+    // this page: CIRA records, LAN PCs adopted, and live tunnels whose first records are still on
+    // their way to the store.
+    let mut adopted: std::collections::HashMap<Uuid, _> = adopted.into_iter().map(|a| (a.uuid, a)).collect();
+    let mut devices: BTreeMap<Uuid, Value> = BTreeMap::new();
+    for record in records {
+        let uuid = record.uuid;
+        devices.insert(uuid, view::device_view(shared, Some(record), adopted.remove(&uuid), uuid));
+    }
+    for (uuid, lan) in adopted {
+        devices.insert(uuid, view::device_view(shared, None, Some(lan), uuid));
+    }
+    for live in shared.registry.snapshot() {
+        if !devices.contains_key(&live.uuid) && after.is_none_or(|after| live.uuid > after) {
+            devices.insert(live.uuid, view::device_view(shared, None, None, live.uuid));
+        }
+    }
+    Ok(devices)
+}
+
+/// Anyone else's page: the machines of the subscribers the principal sees
+/// (`policy::visible_subscribers`), connected or not; one query for the machines and two per
+/// machine for what is known of it.
+async fn visible_devices(
+    shared: &Shared,
+    caller: &Caller,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<BTreeMap<Uuid, Value>, crate::store::StoreError> {
+    let machines = shared.store.visible_machines_with(&caller.principal, &caller.relations, after, limit).await?;
+    let mut devices = BTreeMap::new();
+    for machine in machines {
+        let record = shared.store.device(machine.uuid).await?;
+        let lan = shared.store.lan_device(machine.uuid).await?;
+        devices.insert(machine.uuid, view::device_view(shared, record, lan, machine.uuid));
+    }
+    Ok(devices)
+}
+
 async fn show_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Path(uuid): Path<String>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "showing a device") {
-        return refused;
-    }
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
+    if let Some(refused) = caller.authorize_machine(&api, Action::ViewMachine, uuid, "showing a device").await {
+        return refused;
+    }
     let shared = &api.shared;
     let record = match shared.store.device(uuid).await {
         Ok(record) => record,
@@ -408,5 +446,7 @@ fn with_instance(mut response: Response, instance: &str) -> Response {
     response
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! `GET /api/v1/devices/{uuid}/redirections?active=true&limit=N` (token scope `read`): the AMT
+//! `GET /api/v1/devices/{uuid}/redirections?active=true&limit=N` (policy: view the machine's
+//! audit, [`Action::ViewAudit`]): the AMT
 //! redirection sessions (SOL, IDE-R, KVM) relayed to a device, newest first, as the relay tap
 //! recorded them: who opened the relay (the token name), the AMT user, when, how long, how it
 //! went, the bytes each way. With `active=true`, only the sessions open now: who holds the
@@ -15,7 +16,8 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::{error, store_unavailable, Api};
-use crate::store::{TokenScope, MAX_REDIRECTIONS};
+use crate::policy::Action;
+use crate::store::MAX_REDIRECTIONS;
 
 /// Sessions listed when the query does not say.
 const DEFAULT_LIMIT: u32 = 100;
@@ -32,12 +34,13 @@ pub(super) async fn list_redirections(
     Path(uuid): Path<String>,
     query: Result<Query<RedirectionsQuery>, QueryRejection>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Read, "listing redirection sessions") {
-        return refused;
-    }
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
         return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
+    let what = "listing redirection sessions";
+    if let Some(refused) = caller.authorize_machine(&api, Action::ViewAudit, uuid, what).await {
+        return refused;
+    }
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "the query takes active=true|false and limit=N (1 to 1000)");
     };

@@ -1,7 +1,10 @@
 //! Opening relays, and the table of live ones: each relay has an entry (its token, device and a
 //! stop handle) from before its stream is opened until it ends. The table enforces
 //! `api.max_relays_per_token_per_device`, and [`watch_tokens`] stops relays whose token was
-//! revoked or has expired, within about a second.
+//! revoked or has expired, or whose user the policy no longer lets reach the machine (suspended,
+//! removed as a contact, subscription terminated), within about a second. Opening a relay is
+//! [`Action::AttachRelay`] on the machine, and leaves an audit row (`relay.attached`, or
+//! `console.session` for AMT's redirection ports: SOL and IDE-R).
 //!
 //! What it does not do: move bytes or decide when a relay ends otherwise (`relay`).
 
@@ -26,12 +29,17 @@ use super::admission::Caller;
 use super::{error, rejection, Api, Connection};
 use crate::fleet::peers::{Peers, INSTANCE_HEADER};
 use crate::metrics::ApiRejection;
+use crate::policy::{self, Action, Principal, Resource};
 use crate::redir_tap::RelayTap;
 use crate::registry::OpenRefused;
 use crate::relay::{self, Stop};
 use crate::state::Shared;
-use crate::store::TokenScope;
+use crate::store::{AuditAction, NewAudit};
 use crate::view;
+
+/// AMT's redirection ports (SOL and IDE-R), plain and TLS: relays to them are console sessions.
+const AMT_REDIRECTION: u16 = 16994;
+const AMT_REDIRECTION_TLS: u16 = 16995;
 
 /// How often live relays' tokens are checked against the store.
 const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,6 +49,8 @@ const HOUSEKEEPING_EVERY: u64 = 60;
 #[derive(Debug)]
 struct Entry {
     token_id: i64,
+    /// Who the relay is for, as admitted: rechecked against the policy by [`watch_tokens`].
+    principal: Principal,
     uuid: Uuid,
     expires_at: Option<OffsetDateTime>,
     stop: oneshot::Sender<Stop>,
@@ -106,7 +116,9 @@ impl LiveRelays {
         *count += 1;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (stop, stopped) = oneshot::channel();
-        table.relays.insert(id, Entry { token_id: caller.id, uuid, expires_at: caller.expires_at, stop });
+        let entry =
+            Entry { token_id: caller.id, principal: caller.principal, uuid, expires_at: caller.expires_at, stop };
+        table.relays.insert(id, entry);
         Some((Ticket { id, relays: Arc::clone(self) }, stopped))
     }
 
@@ -123,6 +135,33 @@ impl LiveRelays {
                     if entry.expires_at.is_some_and(|at| at <= now) { Stop::TokenExpired } else { Stop::TokenRevoked };
                 let _ = entry.stop.send(why);
                 Some((id, why))
+            })
+            .collect()
+    }
+
+    /// The users of live relays and the machines they reach, each once.
+    fn reaches(&self) -> (Vec<Principal>, HashSet<Uuid>) {
+        let table = self.lock();
+        let mut users: Vec<Principal> = Vec::new();
+        for entry in table.relays.values() {
+            if !users.contains(&entry.principal) {
+                users.push(entry.principal);
+            }
+        }
+        (users, table.relays.values().map(|e| e.uuid).collect())
+    }
+
+    /// Stops every relay for which `allowed(principal, uuid)` is false; returns the relays stopped.
+    fn stop_denied(&self, allowed: impl Fn(&Principal, Uuid) -> bool) -> Vec<u64> {
+        let mut table = self.lock();
+        let denied: Vec<u64> =
+            table.relays.iter().filter(|(_, e)| !allowed(&e.principal, e.uuid)).map(|(id, _)| *id).collect();
+        denied
+            .into_iter()
+            .filter_map(|id| {
+                let entry = table.remove(id)?;
+                let _ = entry.stop.send(Stop::AccessRevoked);
+                Some(id)
             })
             .collect()
     }
@@ -156,6 +195,7 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks = 0u64;
     let mut failing = false;
+    let mut recheck_failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -182,7 +222,45 @@ pub(super) async fn watch_tokens(api: Arc<Api>) {
             }
             Err(_) => {}
         }
+        match recheck_access(&api).await {
+            Ok(()) => recheck_failing = false,
+            Err(err) if !recheck_failing => {
+                recheck_failing = true;
+                warn!(error = %err, "cannot recheck live relays' access against the store; retrying every second");
+            }
+            Err(_) => {}
+        }
     }
+}
+
+/// Stops relays whose user the policy no longer lets reach the machine: two queries per user
+/// with a live relay and one per machine reached.
+async fn recheck_access(api: &Api) -> Result<(), crate::store::StoreError> {
+    let (users, machines) = api.relays.reaches();
+    let store = &api.shared.store;
+    let mut now_as = Vec::with_capacity(users.len());
+    for admitted in users {
+        let principal = store.principal(admitted.user_id, admitted.scope).await?;
+        let relations = store.relations(admitted.user_id).await?;
+        now_as.push((admitted, principal, relations));
+    }
+    let mut subscriber_of = HashMap::new();
+    for uuid in machines {
+        subscriber_of.insert(uuid, store.machine(uuid).await?.map(|m| m.subscriber_id));
+    }
+    let stopped = api.relays.stop_denied(|admitted, uuid| {
+        let Some((_, Some(principal), relations)) = now_as.iter().find(|(a, _, _)| a == admitted) else {
+            // The user is gone.
+            return false;
+        };
+        let subscriber_id = subscriber_of.get(&uuid).copied().flatten();
+        let machine = Resource::Machine { uuid, subscriber_id };
+        policy::authorize(principal, relations, Action::AttachRelay, machine).is_ok()
+    });
+    for relay in stopped {
+        info!(relay, "stopping relay: its user may no longer reach the machine");
+    }
+    Ok(())
 }
 
 pub(super) async fn relay_tcp(
@@ -192,15 +270,20 @@ pub(super) async fn relay_tcp(
     Path((uuid, port)): Path<(String, u16)>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(refused) = caller.scope_refusal(&api, TokenScope::Attach, "opening a relay") {
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+    };
+    let subscriber_id = match api.shared.store.machine(uuid).await {
+        Ok(machine) => machine.map(|m| m.subscriber_id),
+        Err(err) => return super::store_unavailable(err),
+    };
+    let machine = Resource::Machine { uuid, subscriber_id };
+    if let Some(refused) = caller.authorize(&api, Action::AttachRelay, machine, "opening a relay") {
         return refused;
     }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
-    };
-    let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
     };
     let shared = &api.shared;
     let cap = shared.config.api.max_relays_per_token_per_device;
@@ -221,6 +304,7 @@ pub(super) async fn relay_tcp(
         Err(response) => return response,
     };
     let relay_id = ticket.id;
+    audit_attach(shared, &caller, uuid, subscriber_id, port, &holder).await;
     let technician = caller.name;
     info!(relay = relay_id, %technician, %uuid, port, from = %peer, "relay opened");
     let limits = api.relay_limits;
@@ -251,6 +335,26 @@ pub(super) async fn relay_tcp(
         response.headers_mut().insert(INSTANCE_HEADER, value);
     }
     response
+}
+
+/// Appends the audit row of an opened relay: who (the token's user, and the token), which
+/// machine, which port; AMT's redirection ports (SOL, IDE-R) as a console session.
+async fn audit_attach(shared: &Shared, caller: &Caller, uuid: Uuid, subscriber_id: Option<i64>, port: u16, via: &str) {
+    let action = match port {
+        AMT_REDIRECTION | AMT_REDIRECTION_TLS => AuditAction::ConsoleSession,
+        _ => AuditAction::RelayAttached,
+    };
+    let row = NewAudit {
+        at: OffsetDateTime::now_utc(),
+        actor_user_id: Some(caller.principal.user_id),
+        action,
+        machine_uuid: Some(uuid),
+        subscriber_id,
+        detail: format!("port {port} with token {:?} through gateway {via}", caller.name),
+    };
+    if let Err(err) = shared.store.append_audit(&row).await {
+        warn!(%uuid, port, error = %err, "cannot append a relay's audit row");
+    }
 }
 
 /// A stream to `port` of device `uuid`, and the instance holding its tunnel: held here, or by

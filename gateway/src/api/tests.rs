@@ -25,17 +25,18 @@ use crate::config::Config;
 use crate::limits::API_FAILURE_BURST;
 use crate::registry::{OpenRequest, TunnelCommand, TunnelHandle, TunnelKind};
 use crate::state::TestState;
+use crate::store::TokenScope;
 use crate::stream::{self, StreamConfig, StreamEnd};
 
-struct Bed {
-    api: Arc<Api>,
+pub(super) struct Bed {
+    pub(super) api: Arc<Api>,
     app: Router,
     /// Connections for in-process requests (no caps worth the name).
     caps: Arc<ConnectionCaps>,
     _state: TestState,
 }
 
-async fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
+pub(super) async fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
     let mut config = Config::default();
     configure(&mut config);
     let state = TestState::new(config).await;
@@ -52,11 +53,17 @@ impl Bed {
     }
 
     /// A request from `from` through the router, as `serve` would pass it on.
-    async fn get(&self, from: &str, token: Option<&str>, path: &str) -> (StatusCode, HeaderMap, Value) {
+    pub(super) async fn get(&self, from: &str, token: Option<&str>, path: &str) -> (StatusCode, HeaderMap, Value) {
         self.send(from, token, HttpRequest::get(path), Body::empty()).await
     }
 
-    async fn post(&self, from: &str, token: Option<&str>, path: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+    pub(super) async fn post(
+        &self,
+        from: &str,
+        token: Option<&str>,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, HeaderMap, Value) {
         let request = HttpRequest::post(path).header(header::CONTENT_TYPE, "application/json");
         self.send(from, token, request, Body::from(body.to_string())).await
     }
@@ -94,7 +101,7 @@ impl Bed {
     }
 
     /// Serves the API on a loopback listener, in plain HTTP.
-    async fn serve(&self) -> SocketAddr {
+    pub(super) async fn serve(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_api(listener, None, Arc::clone(&self.api)));
@@ -102,7 +109,7 @@ impl Bed {
     }
 
     /// A device whose tunnel hands each opened stream's driver end to the test.
-    fn device(&self) -> (Uuid, mpsc::UnboundedReceiver<StreamEnd>) {
+    pub(super) fn device(&self) -> (Uuid, mpsc::UnboundedReceiver<StreamEnd>) {
         let uuid = Uuid::new_v4();
         let (commands, mut requests) = mpsc::channel(8);
         let handle = TunnelHandle {
@@ -298,7 +305,12 @@ async fn connections_over_the_caps_are_closed_at_once() {
 
 type Client = WebSocketStream<TcpStream>;
 
-async fn relay(addr: SocketAddr, from: &str, token: &str, uuid: Uuid) -> Result<Client, (StatusCode, Value)> {
+pub(super) async fn relay(
+    addr: SocketAddr,
+    from: &str,
+    token: &str,
+    uuid: Uuid,
+) -> Result<Client, (StatusCode, Value)> {
     let tcp = connect_from(addr, from).await;
     let mut request = format!("ws://{addr}/api/v1/devices/{uuid}/tcp/16994").into_client_request().unwrap();
     request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());

@@ -65,9 +65,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<MachineRecord>, StoreError> {
         let relations = self.relations(principal.user_id).await?;
+        self.visible_machines_with(principal, &relations, after, limit).await
+    }
+
+    /// [`Store::visible_machines`] with the principal's relations known already (the API has
+    /// them from admission).
+    pub async fn visible_machines_with(
+        &self,
+        principal: &Principal,
+        relations: &Relations,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let after_text = after.map(|u| u.to_string()).unwrap_or_default();
-        match policy::visible_subscribers(principal, &relations) {
+        match policy::visible_subscribers(principal, relations) {
             Visibility::All => {
                 let stmt = Stmt::new(
                     "SELECT uuid, subscriber_id, nickname, enrolled_at FROM machines WHERE uuid > $1

@@ -34,6 +34,8 @@ pub enum AccountError {
     NoSuchUser(i64),
     #[error("no subscriber with id {0}")]
     NoSuchSubscriber(i64),
+    #[error("user {0} owns a subscriber already; a user owns at most one")]
+    OwnsSubscriber(i64),
     #[error("the subscription of subscriber {0} is terminated")]
     SubscriptionTerminated(i64),
     #[error("subscriber {subscriber} has its {max} machines already; its subscription allows no more")]
@@ -79,6 +81,7 @@ impl AccountError {
             AccountError::UsernameTaken(_) => "username_taken",
             AccountError::NoSuchUser(_) => "no_such_user",
             AccountError::NoSuchSubscriber(_) => "no_such_subscriber",
+            AccountError::OwnsSubscriber(_) => "owns_subscriber",
             AccountError::SubscriptionTerminated(_) => "subscription_terminated",
             AccountError::MachineLimit { .. } => "machine_limit",
             AccountError::MachineTaken(_) => "machine_taken",
@@ -134,7 +137,7 @@ macro_rules! user_select {
     };
 }
 
-fn user_row(r: &dyn Cols) -> sqlx::Result<UserRecord> {
+pub(super) fn user_row(r: &dyn Cols) -> sqlx::Result<UserRecord> {
     Ok(UserRecord {
         id: r.int(0)?.unwrap_or_default(),
         username: r.string(1)?,
@@ -201,7 +204,7 @@ macro_rules! subscriber_select {
     };
 }
 
-fn subscriber_row(r: &dyn Cols) -> sqlx::Result<SubscriberRecord> {
+pub(super) fn subscriber_row(r: &dyn Cols) -> sqlx::Result<SubscriberRecord> {
     Ok(SubscriberRecord {
         id: r.int(0)?.unwrap_or_default(),
         owner_user_id: r.int(1)?.unwrap_or_default(),
@@ -298,6 +301,46 @@ fn user_insert_error(err: StoreError, username: &str) -> AccountError {
     }
 }
 
+/// Inserts subscriber rows (the subscriber, its personal data, its active subscription) owned by
+/// `user_id`, in `tx`; the subscriber's id. A user owning a subscriber already is refused by
+/// the database (`owner_user_id` is unique).
+pub(super) async fn insert_subscriber(
+    tx: &mut Tx<'_>,
+    user_id: i64,
+    pii: &SubscriberPii,
+    limits: (u32, u32),
+    now: OffsetDateTime,
+) -> Result<i64, StoreError> {
+    let (max_machines, max_contacts) = limits;
+    let subscriber = Stmt::new("INSERT INTO subscribers (owner_user_id, created_at) VALUES ($1, $2) RETURNING id")
+        .int(user_id)
+        .time(now);
+    let subscriber_id = tx.fetch_optional(subscriber, |r| r.int(0)).await?.flatten().unwrap_or_default();
+    tx.execute(
+        Stmt::new(
+            "INSERT INTO subscriber_pii (subscriber_id, name, email, phone, billing_note) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .int(subscriber_id)
+        .str(&pii.name)
+        .str(&pii.email)
+        .text(pii.phone.clone())
+        .text(pii.billing_note.clone()),
+    )
+    .await?;
+    tx.execute(
+        Stmt::new(
+            "INSERT INTO subscriptions (subscriber_id, status, max_machines, max_contacts, started_at)
+                 VALUES ($1, 'active', $2, $3, $4)",
+        )
+        .int(subscriber_id)
+        .int(i64::from(max_machines))
+        .int(i64::from(max_contacts))
+        .time(now),
+    )
+    .await?;
+    Ok(subscriber_id)
+}
+
 /// Locks subscriber `id`'s subscription row for the rest of `tx` (PostgreSQL: a row lock;
 /// SQLite: the transaction holds the write lock anyway) and reads its status and limits.
 pub(super) async fn lock_subscription(
@@ -379,33 +422,8 @@ impl Store {
             Ok(id) => id.flatten().unwrap_or_default(),
             Err(err) => return Err(user_insert_error(err, &new.username)),
         };
-        let subscriber = Stmt::new("INSERT INTO subscribers (owner_user_id, created_at) VALUES ($1, $2) RETURNING id")
-            .int(user_id)
-            .time(now);
-        let subscriber_id = tx.fetch_optional(subscriber, |r| r.int(0)).await?.flatten().unwrap_or_default();
-        let pii = &new.pii;
-        tx.execute(
-            Stmt::new(
-                "INSERT INTO subscriber_pii (subscriber_id, name, email, phone, billing_note) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .int(subscriber_id)
-            .str(&pii.name)
-            .str(&pii.email)
-            .text(pii.phone.clone())
-            .text(pii.billing_note.clone()),
-        )
-        .await?;
-        tx.execute(
-            Stmt::new(
-                "INSERT INTO subscriptions (subscriber_id, status, max_machines, max_contacts, started_at)
-                 VALUES ($1, 'active', $2, $3, $4)",
-            )
-            .int(subscriber_id)
-            .int(i64::from(new.max_machines))
-            .int(i64::from(new.max_contacts))
-            .time(now),
-        )
-        .await?;
+        let subscriber_id =
+            insert_subscriber(&mut tx, user_id, &new.pii, (new.max_machines, new.max_contacts), now).await?;
         tx.commit().await?;
         Ok(Registered { user_id, subscriber_id })
     }

@@ -36,6 +36,7 @@ mod accounts_tests;
 mod audit;
 mod contacts;
 pub(crate) mod devices;
+mod directory;
 mod emails;
 mod instances;
 mod lan;
@@ -55,6 +56,7 @@ pub use accounts::{
 pub use audit::{AuditAction, AuditRecord, NewAudit, MAX_AUDIT};
 pub use contacts::{Acceptance, ContactRecord, ContactState, EndedContact, Invitation, Removal};
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
+pub use directory::SubscriberListing;
 pub use emails::EmailChanged;
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
