@@ -1,10 +1,11 @@
 //! `tether user …`, `tether subscriber …`, `tether machine enroll` and `tether contact …`: the
 //! operator's account commands. Like `tether token create`, they act on the data dir's store
-//! directly, as the built-in operator (the CLI on the gateway's host is the operator's); every
-//! change appends an audit row.
+//! directly, as the built-in operator (the CLI on the gateway's host is the operator's), through
+//! the same flows as the API and the portal (`crate::flows`): every change appends an audit row
+//! and queues its mail in the outbox, which the running gateway sends.
 //!
-//! What it does not do: send mail (an invitation prints its GUID; mail comes with the outbox), or
-//! go through the API (the API's account endpoints come with the portal).
+//! What it does not do: go through the API (`tether` commands that reach a gateway over the
+//! network do), or send mail itself.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -13,13 +14,11 @@ use clap::Subcommand;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::AccountsConfig;
+use crate::config::Config;
+use crate::flows::{self, Actor, FlowError, Flows, NewUser, Registration, MAX_PASSWORD};
 use crate::operator::rfc3339;
 use crate::policy::Role;
-use crate::store::{Acceptance, AccountError, AuditAction, NewAudit, Store, SubscriberPii, UserRecord, OPERATOR};
-
-/// Longest password taken (argon2 takes any length; this bounds the work).
-const MAX_PASSWORD: usize = 1024;
+use crate::store::{Acceptance, AccountError, Store, SubscriberPii, TokenScope, UserRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum UserAction {
@@ -77,11 +76,20 @@ pub enum SubscriberAction {
         json: bool,
     },
     /// Terminate a subscription: its contacts lose access at once (open relays end within
-    /// seconds); the reason is kept for operators only.
+    /// seconds) and are told by mail; the reason is kept for operators only.
     Terminate {
         id: i64,
         #[arg(long)]
         reason: String,
+    },
+    /// Issue an MPS account for a subscriber's AMT devices (or a new password for it): prints
+    /// the username and password once. From then on its machines must authenticate with it (or
+    /// their own device passwords), and no other subscriber's device can claim them.
+    MpsAccount {
+        id: i64,
+        /// The account's name (letters and digits, as AMT allows) [default: sub<ID>].
+        #[arg(long)]
+        username: Option<String>,
     },
 }
 
@@ -98,8 +106,8 @@ pub enum MachineAction {
 
 #[derive(Subcommand, Debug)]
 pub enum ContactAction {
-    /// Invite EMAIL as a support contact of a subscriber; prints the invitation's GUID (no mail
-    /// is sent yet: hand it over yourself).
+    /// Invite EMAIL as a support contact of a subscriber: the invitation mail (with the accept
+    /// link) is queued in the outbox; prints the link and the invitation's GUID.
     Invite { subscriber_id: i64, email: String },
     /// Accept an invitation for an existing user (`tether user add` first).
     Accept {
@@ -125,19 +133,21 @@ pub enum ContactAction {
     },
 }
 
-/// What an account error means for the operator at the terminal.
-fn explain(err: AccountError) -> anyhow::Error {
+/// What a flow's refusal means for the operator at the terminal.
+fn explain(err: FlowError) -> anyhow::Error {
     let advice = match &err {
-        AccountError::InvitationExpired => "ask the subscriber for a new invitation (`tether contact invite`)",
-        AccountError::NoSuchInvitation => "check the GUID printed by `tether contact invite`",
-        AccountError::NoSuchSubscriber(_) => "see `tether subscriber list`",
-        AccountError::NoSuchContact(_) => "see `tether contact list SUBSCRIBER_ID`",
-        AccountError::ContactLimit { .. } | AccountError::MachineLimit { .. } => {
+        FlowError::Account(AccountError::InvitationExpired) => {
+            "ask the subscriber for a new invitation (`tether contact invite`)"
+        }
+        FlowError::Account(AccountError::NoSuchInvitation) => "check the GUID printed by `tether contact invite`",
+        FlowError::Account(AccountError::NoSuchSubscriber(_)) => "see `tether subscriber list`",
+        FlowError::Account(AccountError::NoSuchContact(_)) => "see `tether contact list SUBSCRIBER_ID`",
+        FlowError::Account(AccountError::ContactLimit { .. } | AccountError::MachineLimit { .. }) => {
             "remove one first, or register the subscription with a higher limit"
         }
-        AccountError::MachineTaken(_) => "a machine belongs to one subscriber",
-        AccountError::SubscriptionTerminated(_) => "a terminated subscription cannot change",
-        AccountError::Suspended => "lift the suspension first (`tether user unsuspend`)",
+        FlowError::Account(AccountError::MachineTaken(_)) => "a machine belongs to one subscriber",
+        FlowError::Account(AccountError::SubscriptionTerminated(_)) => "a terminated subscription cannot change",
+        FlowError::Account(AccountError::Suspended) => "lift the suspension first (`tether user unsuspend`)",
         _ => "",
     };
     if advice.is_empty() {
@@ -154,29 +164,9 @@ async fn user(store: &Store, username: &str) -> Result<UserRecord> {
         .with_context(|| format!("the gateway has no user {username:?}; create it with `tether user add {username}`"))
 }
 
-/// Appends an audit row acted by `actor` (the built-in operator when `None`).
-async fn audit(
-    store: &Store,
-    actor: Option<i64>,
-    action: AuditAction,
-    machine: Option<Uuid>,
-    subscriber: Option<i64>,
-    detail: String,
-) -> Result<()> {
-    let actor = match actor {
-        Some(id) => Some(id),
-        None => store.user_by_name(OPERATOR).await?.map(|u| u.id),
-    };
-    let row = NewAudit {
-        at: OffsetDateTime::now_utc(),
-        actor_user_id: actor,
-        action,
-        machine_uuid: machine,
-        subscriber_id: subscriber,
-        detail,
-    };
-    store.append_audit(&row).await.context("appending the audit row")?;
-    Ok(())
+/// The flows as the CLI runs them: now, with the gateway's configuration.
+fn flows<'a>(store: &'a Store, config: &'a Config, public_url: &'a str) -> Flows<'a> {
+    Flows { store, accounts: &config.accounts, public_url, now: OffsetDateTime::now_utc() }
 }
 
 /// A password: the first line of stdin, or asked for on the terminal without echo.
@@ -202,27 +192,23 @@ fn read_password(from_stdin: bool, username: &str) -> Result<String> {
         read.context("reading the password")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
-    if password.is_empty() {
-        bail!("the password must not be empty");
-    }
     if password.len() > MAX_PASSWORD {
         bail!("the password is longer than {MAX_PASSWORD} bytes");
     }
     Ok(password)
 }
 
-pub async fn user_command(store: &Store, action: UserAction) -> Result<()> {
-    let now = OffsetDateTime::now_utc();
+pub async fn user_command(store: &Store, config: &Config, action: UserAction) -> Result<()> {
+    let public_url = flows::public_url(config);
+    let flows = flows(store, config, &public_url);
+    let operator = Actor::operator(store).await.map_err(explain)?;
     match action {
-        UserAction::Add { username, email, operator, password_stdin } => {
-            if username.is_empty() || username.len() > 64 || username.chars().any(char::is_whitespace) {
-                bail!("a username is 1 to 64 characters without spaces");
-            }
+        UserAction::Add { username, email, operator: is_operator, password_stdin } => {
+            flows::username(&username).map_err(explain)?;
             let password = read_password(password_stdin, &username)?;
-            let role = if operator { Role::Operator } else { Role::User };
-            let id =
-                store.create_user(&username, email.as_deref(), Some(&password), role, now).await.map_err(explain)?;
-            audit(store, None, AuditAction::UserCreated, None, None, format!("{username} ({})", role.as_str())).await?;
+            let role = if is_operator { Role::Operator } else { Role::User };
+            let new = NewUser { username: &username, email: email.as_deref(), password: &password, role };
+            let id = flows.create_user(&operator, &new).await.map_err(explain)?;
             println!("user {username:?} created (id {id}, role {})", role.as_str());
         }
         UserAction::List { json } => {
@@ -244,36 +230,31 @@ pub async fn user_command(store: &Store, action: UserAction) -> Result<()> {
         }
         UserAction::Suspend { username } => {
             let record = user(store, &username).await?;
-            if !store.suspend_user(record.id, now).await.map_err(explain)? {
+            if !flows.suspend(&operator, record.id).await.map_err(explain)? {
                 bail!("user {username:?} is suspended already");
             }
-            audit(store, None, AuditAction::UserSuspended, None, None, username.clone()).await?;
             println!("user {username:?} suspended: their tokens are refused and open relays end within seconds");
         }
         UserAction::Unsuspend { username } => {
             let record = user(store, &username).await?;
-            if !store.unsuspend_user(record.id).await? {
+            if !flows.unsuspend(&operator, record.id).await.map_err(explain)? {
                 bail!("user {username:?} is not suspended");
             }
-            audit(store, None, AuditAction::UserUnsuspended, None, None, username.clone()).await?;
             println!("user {username:?} may use their tokens again");
         }
     }
     Ok(())
 }
 
-pub async fn subscriber_command(store: &Store, action: SubscriberAction) -> Result<()> {
-    let now = OffsetDateTime::now_utc();
+pub async fn subscriber_command(store: &Store, config: &Config, action: SubscriberAction) -> Result<()> {
+    let public_url = flows::public_url(config);
+    let flows = flows(store, config, &public_url);
+    let operator = Actor::operator(store).await.map_err(explain)?;
     match action {
         SubscriberAction::Register { owner, name, email, phone, max_machines, max_contacts } => {
-            let owner_record = user(store, &owner).await?;
             let pii = SubscriberPii { name, email, phone, billing_note: None };
-            let id = store
-                .register_subscriber_for(owner_record.id, &pii, (max_machines, max_contacts), now)
-                .await
-                .map_err(explain)?;
-            let detail = format!("owner {owner}, {max_machines} machines, {max_contacts} contacts");
-            audit(store, None, AuditAction::SubscriberRegistered, None, Some(id), detail).await?;
+            let registration = Registration { owner: &owner, pii, max_machines, max_contacts };
+            let id = flows.register_subscriber(&operator, registration).await.map_err(explain)?;
             println!("subscriber {id} registered, owned by {owner:?}");
             println!("enroll its machines with `tether machine enroll {id} UUID`");
         }
@@ -298,48 +279,51 @@ pub async fn subscriber_command(store: &Store, action: SubscriberAction) -> Resu
             }
         }
         SubscriberAction::Terminate { id, reason } => {
-            let ended = store.terminate_subscription(id, &reason, now).await.map_err(explain)?;
-            audit(store, None, AuditAction::SubscriptionTerminated, None, Some(id), reason).await?;
-            println!("subscription of subscriber {id} terminated; {} contact relations ended", ended.len());
+            let ended = flows.terminate(&operator, id, &reason).await.map_err(explain)?;
+            println!(
+                "subscription of subscriber {id} terminated; {ended} contact relations ended (they are told by mail)"
+            );
+        }
+        SubscriberAction::MpsAccount { id, username } => {
+            let (username, password) =
+                flows.issue_mps_account(&operator, id, username.as_deref()).await.map_err(explain)?;
+            println!("MPS account for subscriber {id}: provision its AMT devices with these (shown once)");
+            println!("username: {username}");
+            println!("password: {password}");
         }
     }
     Ok(())
 }
 
-pub async fn machine_command(store: &Store, action: MachineAction) -> Result<()> {
+pub async fn machine_command(store: &Store, config: &Config, action: MachineAction) -> Result<()> {
     let MachineAction::Enroll { subscriber_id, uuid, nickname } = action;
-    let now = OffsetDateTime::now_utc();
-    let new = store.enroll_machine(subscriber_id, uuid, nickname.as_deref(), now).await.map_err(explain)?;
-    if !new {
+    let public_url = flows::public_url(config);
+    let flows = flows(store, config, &public_url);
+    let operator = Actor::operator(store).await.map_err(explain)?;
+    if !flows.enroll_machine(&operator, subscriber_id, uuid, nickname.as_deref()).await.map_err(explain)? {
         println!("machine {uuid} is enrolled for subscriber {subscriber_id} already");
         return Ok(());
     }
-    let detail = nickname.clone().unwrap_or_default();
-    audit(store, None, AuditAction::MachineEnrolled, Some(uuid), Some(subscriber_id), detail).await?;
     println!("machine {uuid} enrolled for subscriber {subscriber_id}");
     Ok(())
 }
 
-pub async fn contact_command(store: &Store, accounts: &AccountsConfig, action: ContactAction) -> Result<()> {
-    let now = OffsetDateTime::now_utc();
+pub async fn contact_command(store: &Store, config: &Config, action: ContactAction) -> Result<()> {
+    let public_url = flows::public_url(config);
+    let flows = flows(store, config, &public_url);
+    let operator = Actor::operator(store).await.map_err(explain)?;
     match action {
         ContactAction::Invite { subscriber_id, email } => {
-            if !email.contains('@') {
-                bail!("{email:?} is not an email address");
-            }
-            let invitation = store
-                .invite_contact(subscriber_id, &email, now, accounts.invitation_validity())
-                .await
-                .map_err(explain)?;
-            audit(store, None, AuditAction::ContactInvited, None, Some(subscriber_id), email.clone()).await?;
+            let invited = flows.invite(&operator, subscriber_id, &email).await.map_err(explain)?;
             println!(
                 "{email} invited as contact {} of subscriber {subscriber_id}; the invitation expires {}",
-                invitation.contact_id,
-                rfc3339(invitation.expires_at)
+                invited.contact_id,
+                rfc3339(invited.expires_at)
             );
-            println!("no mail is sent yet: give the invitee the GUID below (accept path /invitations/GUID);");
-            println!("an operator accepts for them with `tether contact accept GUID --user USERNAME --terms VERSION`");
-            println!("{}", invitation.guid);
+            println!("the invitation mail is queued in the outbox (`tether mail list`); its link is");
+            println!("{}", invited.accept_url);
+            println!("an operator accepts for an existing user with `tether contact accept GUID --user USERNAME --terms VERSION`");
+            println!("{}", invited.guid);
         }
         ContactAction::Accept { guid, user: username, terms, nickname } => {
             let record = user(store, &username).await?;
@@ -349,26 +333,21 @@ pub async fn contact_command(store: &Store, accounts: &AccountsConfig, action: C
                 contact_email: None,
                 alert_prefs: serde_json::json!({}),
             };
-            let contact = store.accept_invitation(guid, record.id, &acceptance, now).await.map_err(explain)?;
-            let detail = format!("contact {} ({username})", contact.id);
-            audit(store, Some(record.id), AuditAction::ContactAccepted, None, Some(contact.subscriber_id), detail)
-                .await?;
+            // The person accepts: the flow acts as them (the GUID is the proof of the invitation).
+            let actor = Actor::of(store, record.id, TokenScope::Attach).await.map_err(explain)?;
+            let contact = flows.accept(&actor, guid, acceptance).await.map_err(explain)?;
             println!(
                 "{username:?} is now an active contact ({}) of subscriber {} and sees its machines",
                 contact.id, contact.subscriber_id
             );
         }
         ContactAction::Remove { subscriber_id, contact_id } => {
-            let removed = store.remove_contact(subscriber_id, contact_id, now).await.map_err(explain)?;
-            let detail = format!("contact {contact_id} (was {})", removed.was.as_str());
-            audit(store, None, AuditAction::ContactRemoved, None, Some(subscriber_id), detail).await?;
-            println!("contact {contact_id} removed from subscriber {subscriber_id}; their access ended");
+            let removed = flows.remove_contact(&operator, subscriber_id, contact_id).await.map_err(explain)?;
+            let told = if removed.mail_due { "they are told by mail" } else { "no invitation was ever sent: no mail" };
+            println!("contact {contact_id} removed from subscriber {subscriber_id}; their access ended ({told})");
         }
         ContactAction::List { subscriber_id, json } => {
-            if store.subscriber(subscriber_id).await?.is_none() {
-                bail!("no subscriber with id {subscriber_id}: see `tether subscriber list`");
-            }
-            let contacts = store.contacts_of(subscriber_id).await?;
+            let contacts = flows.contacts(&operator, subscriber_id).await.map_err(explain)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&contacts)?);
                 return Ok(());

@@ -279,6 +279,24 @@ async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>
         tickets.housekeeping();
         tick.tick().await;
         crate::busy_sources::save(&shared).await;
+        sweep_accounts(&shared).await;
+    }
+}
+
+/// The accounts' scheduled sweeps (once a minute): invitations past their expiry become
+/// expired, former contacts inactive for `accounts.inactive_days` become plain users. On a
+/// fleet every gateway sweeps; the updates are idempotent.
+async fn sweep_accounts(shared: &Shared) {
+    let flows = crate::flows::Flows {
+        store: &shared.store,
+        accounts: &shared.config.accounts,
+        public_url: "",
+        now: time::OffsetDateTime::now_utc(),
+    };
+    match flows.sweep().await {
+        Ok((0, 0)) => {}
+        Ok((expired, plain)) => info!(expired, plain, "accounts swept: invitations expired, inactive users made plain"),
+        Err(err) => warn!(error = %err, "cannot sweep invitations and inactive users; retrying in a minute"),
     }
 }
 

@@ -5,7 +5,11 @@
 //!   [`DevicePolicy`]: the device's own password if the operator set
 //!   one, else the MPS account named by the username (`open`, `pinned`); only registered devices
 //!   with their own password (`registered`); and under `pinned`, the credential the UUID was first
-//!   admitted with. Every refusal takes one argon2 run (against a dummy hash when there is nothing
+//!   admitted with. An MPS account issued for a subscriber (`tether subscriber mps-account`)
+//!   admits only UUIDs enrolled for that subscriber, and a machine whose subscriber has such an
+//!   account is refused through the gateway-wide account: a device of one subscriber cannot
+//!   claim another's machine, and the gateway-wide account stays for machines not yet assigned
+//!   (or of subscribers without an account of their own). Every refusal takes one argon2 run (against a dummy hash when there is nothing
 //!   to check against), so an unknown user, an unknown UUID and a wrong password look the same
 //!   on the wire and in time. A UUID that keeps failing from one source gets in only with a
 //!   password already proven good; a source or UUID in back-off otherwise gets one real check
@@ -34,7 +38,7 @@ use crate::store::{DeviceAuth, StoreError};
 /// The credential that admitted a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// A gateway-wide MPS account, by name.
+    /// An MPS account, by name (gateway-wide or a subscriber's).
     Account(String),
     /// The device's own password.
     Device,
@@ -118,15 +122,25 @@ async fn check(
     let policy = shared.config.devices.policy;
     let user = std::str::from_utf8(username).ok().map(str::to_string);
     let store = &shared.store;
-    let (device, account) = with_store(deadline, async {
+    let (device, account, binding) = with_store(deadline, async {
         let device = store.device_auth(uuid).await?;
         let account = match &user {
-            Some(user) => store.mps_account_hash(user).await?.map(|hash| (user.clone(), hash)),
+            Some(user) => store.mps_account(user).await?.map(|(hash, subscriber)| (user.clone(), hash, subscriber)),
             None => None,
         };
-        Ok((device, account))
+        let binding = store.machine_binding(uuid).await?;
+        Ok((device, account, binding))
     })
     .await?;
+    // An account admits only the machines it may speak for; checked after the password, so
+    // that a wrong password and a wrong subscriber look the same to a device without one.
+    let account_fits = account.as_ref().is_none_or(|(_, _, subscriber)| match (subscriber, binding) {
+        (Some(issued_for), Some((enrolled_for, _))) => *issued_for == enrolled_for,
+        (Some(_), None) => false,
+        (None, Some((_, has_own_account))) => !has_own_account,
+        (None, None) => true,
+    });
+    let account = account.map(|(user, hash, _)| (user, hash));
     let own_password = device.as_ref().and_then(|d: &DeviceAuth| d.password_hash.clone());
     // What to check the password against, and what it proves if it matches.
     let target: Result<(String, Credential), AuthFailureReason> = match (policy, own_password, account) {
@@ -152,6 +166,10 @@ async fn check(
     };
     if !ok {
         return Err(CheckFailure::Refused(AuthFailureReason::BadPassword));
+    }
+    if matches!(credential, Credential::Account(_)) && !account_fits {
+        tracing::info!(%uuid, "refused: the MPS account is not the one for this machine's subscriber");
+        return Err(CheckFailure::Refused(AuthFailureReason::CredentialMismatch));
     }
     let known_pin = device.and_then(|d| d.pinned);
     if policy == DevicePolicy::Pinned && known_pin.as_ref().is_some_and(|pin| *pin != credential.pin()) {

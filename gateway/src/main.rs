@@ -645,12 +645,21 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Fleet { action } => fleet_command(action, &store_args, data_dir).await,
-        Command::User { action } => user_command(&open_store(&store_args, data_dir).await?, action).await,
-        Command::Subscriber { action } => subscriber_command(&open_store(&store_args, data_dir).await?, action).await,
-        Command::Machine { action } => machine_command(&open_store(&store_args, data_dir).await?, action).await,
+        Command::User { action } => {
+            let config = load_config(&store_args, data_dir)?;
+            user_command(&open_store(&store_args, data_dir).await?, &config, action).await
+        }
+        Command::Subscriber { action } => {
+            let config = load_config(&store_args, data_dir)?;
+            subscriber_command(&open_store(&store_args, data_dir).await?, &config, action).await
+        }
+        Command::Machine { action } => {
+            let config = load_config(&store_args, data_dir)?;
+            machine_command(&open_store(&store_args, data_dir).await?, &config, action).await
+        }
         Command::Contact { action } => {
-            let accounts = load_config(&store_args, data_dir)?.accounts;
-            contact_command(&open_store(&store_args, data_dir).await?, &accounts, action).await
+            let config = load_config(&store_args, data_dir)?;
+            contact_command(&open_store(&store_args, data_dir).await?, &config, action).await
         }
         Command::Redirections { uuid, active, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;

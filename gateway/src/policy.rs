@@ -114,6 +114,8 @@ pub enum Action {
     SuspendUser,
     /// Create and revoke a user's tokens.
     ManageTokens,
+    /// Create users and list them (operators).
+    ManageUsers,
     /// The appliance's LAN tools, reading: scans, hosts found, PCs adopted.
     ViewLan,
     /// The appliance's LAN tools, acting: scan, wake a MAC, adopt and forget PCs.
@@ -121,7 +123,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -135,6 +137,7 @@ impl Action {
         Action::IssueMpsAccount,
         Action::SuspendUser,
         Action::ManageTokens,
+        Action::ManageUsers,
         Action::ViewLan,
         Action::UseLan,
     ];
@@ -156,6 +159,7 @@ impl Action {
             | Action::IssueMpsAccount
             | Action::SuspendUser
             | Action::ManageTokens
+            | Action::ManageUsers
             | Action::UseLan => false,
         }
     }
@@ -173,7 +177,9 @@ impl Action {
             | Action::EnrollMachine
             | Action::TerminateSubscription
             | Action::IssueMpsAccount => matches!(resource, R::Subscriber(_)),
-            Action::RegisterSubscriber | Action::ViewLan | Action::UseLan => matches!(resource, R::Gateway),
+            Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan => {
+                matches!(resource, R::Gateway)
+            }
             Action::SuspendUser | Action::ManageTokens => matches!(resource, R::User(_)),
         }
     }
@@ -295,6 +301,7 @@ pub fn authorize(
         | Action::IssueMpsAccount
         | Action::SuspendUser
         | Action::ManageTokens
+        | Action::ManageUsers
         | Action::ViewLan
         | Action::UseLan => Err(Denied::OperatorOnly),
     }

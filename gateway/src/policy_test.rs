@@ -74,7 +74,7 @@ fn resource(action: Action) -> Resource {
         | Action::EnrollMachine
         | Action::TerminateSubscription
         | Action::IssueMpsAccount => Resource::Subscriber(1),
-        Action::RegisterSubscriber | Action::ViewLan | Action::UseLan => Resource::Gateway,
+        Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan => Resource::Gateway,
         Action::SuspendUser | Action::ManageTokens => Resource::User(99),
     }
 }
@@ -97,6 +97,7 @@ fn attach_scope(action: Action) -> [E; 7] {
         Action::IssueMpsAccount       => [A, O, O, O, O, O, S],
         Action::SuspendUser           => [A, O, O, O, O, O, S],
         Action::ManageTokens          => [A, O, O, O, O, O, S],
+        Action::ManageUsers           => [A, O, O, O, O, O, S],
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [A, O, O, O, O, O, S],
     }
@@ -120,6 +121,7 @@ fn read_scope(action: Action) -> [E; 7] {
         Action::IssueMpsAccount       => [P, P, P, P, P, P, S],
         Action::SuspendUser           => [P, P, P, P, P, P, S],
         Action::ManageTokens          => [P, P, P, P, P, P, S],
+        Action::ManageUsers           => [P, P, P, P, P, P, S],
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [P, P, P, P, P, P, S],
     }

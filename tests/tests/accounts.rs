@@ -81,7 +81,7 @@ fn setup() -> Setup {
     operator_with_stdin(
         &gateway,
         &["user", "add", "olga", "--email", "olga@example.com", "--password-stdin"],
-        "pw-olga\n",
+        "pw-olga-long-enough\n",
     );
     let out = gateway.operator(&[
         "subscriber",
@@ -99,7 +99,7 @@ fn setup() -> Setup {
     gateway.operator(&["machine", "enroll", &subscriber, &mine.to_string(), "--nickname", "till"]);
     let invited = gateway.operator(&["contact", "invite", &subscriber, "carl@example.com"]);
     let guid = last_line(&invited).unwrap_or_else(|| panic!("no GUID in {invited:?}")).to_string();
-    operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw-carl\n");
+    operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw-carl-long-enough\n");
     let accepted = gateway.operator(&["contact", "accept", &guid, "--user", "carl", "--terms", "2026-01"]);
     assert!(accepted.contains("active contact"), "{accepted}");
     let carl = gateway.create_token("carl-laptop", &["--user", "carl"]);
@@ -223,7 +223,7 @@ fn an_operator_terminates_a_subscription_and_its_contact_loses_access_and_relays
 #[test]
 fn an_operator_who_names_what_does_not_exist_is_told_what_to_do() {
     let gateway = Gateway::start(&[]);
-    operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw\n");
+    operator_with_stdin(&gateway, &["user", "add", "carl", "--password-stdin"], "pw-carl-long-enough\n");
     let err =
         operator_fails(&gateway, &["contact", "accept", &Uuid::new_v4().to_string(), "--user", "carl", "--terms", "1"]);
     assert!(err.contains("no such invitation"), "{err}");

@@ -74,7 +74,7 @@ impl Caller {
     }
 
     /// The 403 for a refusal of the policy, with its stable code and what to do.
-    fn refusal(&self, api: &Api, denied: Denied, what: &str) -> Response {
+    pub fn refusal(&self, api: &Api, denied: Denied, what: &str) -> Response {
         let (reason, advice) = match denied {
             Denied::Scope => (
                 ApiRejection::Scope,

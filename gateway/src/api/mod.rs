@@ -35,6 +35,7 @@ macro_rules! body {
     };
 }
 
+mod accounts;
 mod admission;
 mod amt;
 mod lan;
@@ -51,7 +52,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -84,6 +85,10 @@ pub struct Api {
     connections: Arc<ConnectionCaps>,
     relays: Arc<LiveRelays>,
     relay_limits: RelayLimits,
+    /// Where links in mail point (the portal's public address).
+    public_url: String,
+    /// The time the account flows run at (moved forward only by tests).
+    clock: crate::flows::Clock,
 }
 
 impl Api {
@@ -98,6 +103,8 @@ impl Api {
             connections: Arc::new(ConnectionCaps::new(api.max_connections, api.max_connections_per_source)),
             relays: Arc::new(LiveRelays::default()),
             relay_limits: RelayLimits::from_config(api),
+            public_url: crate::flows::public_url(&shared.config),
+            clock: crate::flows::Clock::default(),
             shared,
         })
     }
@@ -140,6 +147,24 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/lan/wake", post(lan::wake_mac))
         .route("/api/v1/lan/devices", get(lan::list_devices).post(lan::adopt_device))
         .route("/api/v1/lan/devices/{uuid}/forget", post(lan::forget_device))
+        .route("/api/v1/devices/{uuid}/audit", get(accounts::machine_audit))
+        .route("/api/v1/me", get(accounts::me))
+        .route("/api/v1/me/email", post(accounts::change_email))
+        .route("/api/v1/email-changes/confirm", post(accounts::confirm_email))
+        .route("/api/v1/users", get(accounts::list_users).post(accounts::create_user))
+        .route("/api/v1/users/{id}/suspend", post(accounts::suspend_user))
+        .route("/api/v1/users/{id}/unsuspend", post(accounts::unsuspend_user))
+        .route("/api/v1/users/{id}/audit", get(accounts::user_audit))
+        .route("/api/v1/subscribers", get(accounts::list_subscribers).post(accounts::register_subscriber))
+        .route("/api/v1/subscribers/{id}", get(accounts::show_subscriber))
+        .route("/api/v1/subscribers/{id}/terminate", post(accounts::terminate))
+        .route("/api/v1/subscribers/{id}/machines", get(accounts::subscriber_machines).post(accounts::enroll))
+        .route("/api/v1/subscribers/{id}/contacts", get(accounts::contacts).post(accounts::invite))
+        .route("/api/v1/subscribers/{id}/contacts/{contact}", delete(accounts::remove_contact))
+        .route("/api/v1/subscribers/{id}/leave", post(accounts::leave))
+        .route("/api/v1/subscribers/{id}/mps-account", post(accounts::mps_account))
+        .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
+        .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
     Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
 }
@@ -446,6 +471,8 @@ fn with_instance(mut response: Response, instance: &str) -> Response {
     response
 }
 
+#[cfg(test)]
+mod accounts_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

@@ -68,6 +68,10 @@ impl Bed {
         self.send(from, token, request, Body::from(body.to_string())).await
     }
 
+    pub(super) async fn delete(&self, from: &str, token: Option<&str>, path: &str) -> (StatusCode, HeaderMap, Value) {
+        self.send(from, token, HttpRequest::delete(path), Body::empty()).await
+    }
+
     async fn send(
         &self,
         from: &str,

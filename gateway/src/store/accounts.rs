@@ -500,6 +500,18 @@ impl Store {
         self.fetch_optional(stmt, machine_row).await
     }
 
+    /// The subscriber machine `uuid` is enrolled for, and whether an MPS account was issued for
+    /// that subscriber (then its devices must use it, not the gateway-wide account).
+    pub async fn machine_binding(&self, uuid: Uuid) -> Result<Option<(i64, bool)>, StoreError> {
+        let stmt = Stmt::new(
+            "SELECT m.subscriber_id,
+                    EXISTS (SELECT 1 FROM mps_accounts a WHERE a.subscriber_id = m.subscriber_id)
+             FROM machines m WHERE m.uuid = $1",
+        )
+        .text(uuid.to_string());
+        self.fetch_optional(stmt, |r| Ok((r.int(0)?.unwrap_or_default(), r.bool(1)?))).await
+    }
+
     /// A subscriber's machines, in UUID order.
     pub async fn machines_of(&self, subscriber_id: i64) -> Result<Vec<MachineRecord>, StoreError> {
         let stmt = Stmt::new(

@@ -36,6 +36,7 @@ pub enum AuditAction {
     EmailChanged,
     TokenCreated,
     TokenRevoked,
+    MpsAccountIssued,
 }
 
 impl AuditAction {
@@ -60,6 +61,7 @@ impl AuditAction {
             AuditAction::EmailChanged => "email.changed",
             AuditAction::TokenCreated => "token.created",
             AuditAction::TokenRevoked => "token.revoked",
+            AuditAction::MpsAccountIssued => "mps_account.issued",
         }
     }
 }

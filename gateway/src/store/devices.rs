@@ -241,8 +241,34 @@ impl Store {
 
     /// The password hash of one MPS account.
     pub async fn mps_account_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
-        let stmt = Stmt::new("SELECT password_hash FROM mps_accounts WHERE username = $1").str(username);
-        self.fetch_optional(stmt, |r| r.string(0)).await
+        Ok(self.mps_account(username).await?.map(|(hash, _)| hash))
+    }
+
+    /// One MPS account: its password hash and the subscriber it was issued for (`None`: the
+    /// gateway-wide account).
+    pub async fn mps_account(&self, username: &str) -> Result<Option<(String, Option<i64>)>, StoreError> {
+        let stmt = Stmt::new("SELECT password_hash, subscriber_id FROM mps_accounts WHERE username = $1").str(username);
+        self.fetch_optional(stmt, |r| Ok((r.string(0)?, r.int(1)?))).await
+    }
+
+    /// Issues (or re-issues, with a new password) the MPS account `username` for a subscriber.
+    /// Refused if that name is the gateway-wide account or another subscriber's.
+    pub async fn set_subscriber_mps_account(
+        &self,
+        username: &str,
+        password_hash: &str,
+        subscriber_id: i64,
+    ) -> Result<bool, StoreError> {
+        let stmt = Stmt::new(
+            "INSERT INTO mps_accounts (username, password_hash, created_at, subscriber_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash
+             WHERE mps_accounts.subscriber_id = excluded.subscriber_id",
+        )
+        .str(username)
+        .str(password_hash)
+        .time(OffsetDateTime::now_utc())
+        .int(subscriber_id);
+        Ok(self.execute(stmt).await? > 0)
     }
 
     /// Registers a device (or updates its password; `None` clears a device password). A device

@@ -1,0 +1,474 @@
+//! The account endpoints: users, subscribers, their machines and contacts, invitations, email
+//! changes, audit. Each is a thin wrapper over one flow of `crate::flows` (which asks the
+//! policy, changes the store, appends the audit row and queues the mail); this module only
+//! turns requests into flow calls and flow errors into JSON bodies with a stable `code`.
+//!
+//! | endpoint | flow / action |
+//! | --- | --- |
+//! | `GET /api/v1/me` | the caller, its role and relations |
+//! | `POST /api/v1/me/email` | `request_email_change` (a link to the new address) |
+//! | `POST /api/v1/email-changes/confirm` | `confirm_email_change` (the link's secret) |
+//! | `GET`, `POST /api/v1/users` | `ManageUsers` (operators) |
+//! | `POST /api/v1/users/{id}/suspend`, `…/unsuspend` | `SuspendUser` (operators) |
+//! | `GET /api/v1/users/{id}/audit` | `ViewAudit` on the user (itself, or operators) |
+//! | `GET`, `POST /api/v1/subscribers` | the subscribers whose personal data the caller sees; `RegisterSubscriber` |
+//! | `GET /api/v1/subscribers/{id}` | `ViewSubscriberPii` |
+//! | `POST /api/v1/subscribers/{id}/terminate` | `TerminateSubscription` |
+//! | `GET`, `POST /api/v1/subscribers/{id}/machines` | `ListMachines`; `EnrollMachine` |
+//! | `GET`, `POST /api/v1/subscribers/{id}/contacts` | `ViewSubscriberPii`; `ManageContacts` (invite) |
+//! | `DELETE /api/v1/subscribers/{id}/contacts/{contact}` | `ManageContacts` (remove) |
+//! | `POST /api/v1/subscribers/{id}/leave` | `LeaveSubscriber` |
+//! | `POST /api/v1/subscribers/{id}/mps-account` | `IssueMpsAccount` (operators; the password once) |
+//! | `GET /api/v1/invitations/{guid}` | anyone holding the GUID: who invites, open or not |
+//! | `POST /api/v1/invitations/{guid}/accept` | the caller accepts |
+//! | `GET /api/v1/devices/{uuid}/audit` | `ViewAudit` on the machine |
+//!
+//! What it does not do: decide (`policy`), or know the transitions (`flows`, `store`).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::admission::Caller;
+use super::{error, store_unavailable, Api};
+use crate::flows::{Actor, FlowError, Flows, NewUser, Registration};
+use crate::policy::{Action, Resource, Role};
+use crate::store::{Acceptance, SubscriberPii, MAX_AUDIT};
+
+impl Api {
+    /// The flows, with this request's time.
+    pub(super) fn flows(&self) -> Flows<'_> {
+        Flows {
+            store: &self.shared.store,
+            accounts: &self.shared.config.accounts,
+            public_url: self.public_url.as_str(),
+            now: self.clock.now(),
+        }
+    }
+}
+
+impl Caller {
+    fn actor(&self) -> Actor {
+        Actor { principal: self.principal, relations: Arc::clone(&self.relations) }
+    }
+}
+
+/// A flow's refusal as the API says it: the policy's 403 (counted, with advice), or the
+/// flow's status with `{"error", "code"}`.
+fn refused(api: &Api, caller: &Caller, err: FlowError, what: &str) -> Response {
+    match err {
+        FlowError::Denied(denied) => caller.refusal(api, denied, what),
+        FlowError::Store(err) => store_unavailable(err),
+        FlowError::Account(crate::store::AccountError::Store(err)) => store_unavailable(err),
+        err => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, Json(json!({ "error": err.to_string(), "code": err.code() }))).into_response()
+        }
+    }
+}
+
+macro_rules! flow {
+    ($api:expr, $caller:expr, $what:expr, $call:expr) => {
+        match $call {
+            Ok(value) => value,
+            Err(err) => return refused(&$api, &$caller, err, $what),
+        }
+    };
+}
+
+pub(super) async fn me(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    let user = match api.shared.store.user(caller.principal.user_id).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "the token's user no longer exists"),
+        Err(err) => return store_unavailable(err),
+    };
+    let ids = |list: &[crate::policy::SubscriberRelation]| list.iter().map(|r| r.subscriber_id).collect::<Vec<_>>();
+    Json(json!({
+        "user": user,
+        "token": { "name": caller.name, "scope": caller.scope.as_str() },
+        "owns": ids(&caller.relations.owns),
+        "contact_of": ids(&caller.relations.contact_of),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EmailBody {
+    email: String,
+    /// Change the contact email of this relation of the caller instead of the account's.
+    contact_id: Option<i64>,
+}
+
+pub(super) async fn change_email(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<EmailBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let flows = api.flows();
+    flow!(
+        api,
+        caller,
+        "changing the email",
+        flows.request_email_change(&caller.actor(), body.contact_id, &body.email).await
+    );
+    let message = "a confirmation link went to the new address; the change takes effect when it is followed";
+    (StatusCode::ACCEPTED, Json(json!({ "message": message }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfirmBody {
+    secret: String,
+}
+
+pub(super) async fn confirm_email(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<ConfirmBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let changed = flow!(api, caller, "confirming the email", api.flows().confirm_email_change(&body.secret).await);
+    Json(json!({ "user_id": changed.user_id, "contact_id": changed.contact_id, "email": changed.new_email }))
+        .into_response()
+}
+
+pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Some(refusal) = caller.authorize(&api, Action::ManageUsers, Resource::Gateway, "listing users") {
+        return refusal;
+    }
+    match api.shared.store.list_users().await {
+        Ok(users) => Json(users).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUserBody {
+    username: String,
+    email: Option<String>,
+    password: String,
+    #[serde(default)]
+    operator: bool,
+}
+
+pub(super) async fn create_user(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewUserBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let new = NewUser {
+        username: &body.username,
+        email: body.email.as_deref(),
+        password: &body.password,
+        role: if body.operator { Role::Operator } else { Role::User },
+    };
+    let id = flow!(api, caller, "creating a user", api.flows().create_user(&caller.actor(), &new).await);
+    (StatusCode::CREATED, Json(json!({ "id": id, "username": body.username }))).into_response()
+}
+
+pub(super) async fn suspend_user(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let done = flow!(api, caller, "suspending a user", api.flows().suspend(&caller.actor(), id).await);
+    Json(json!({ "id": id, "suspended": true, "changed": done })).into_response()
+}
+
+pub(super) async fn unsuspend_user(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let done = flow!(api, caller, "lifting a suspension", api.flows().unsuspend(&caller.actor(), id).await);
+    Json(json!({ "id": id, "suspended": false, "changed": done })).into_response()
+}
+
+/// `?before=ID&limit=N`: a page of audit rows, newest first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn user_audit(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    if let Some(refusal) = caller.authorize(&api, Action::ViewAudit, Resource::User(id), "reading a user's audit") {
+        return refusal;
+    }
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, format!("the query takes before=ID and limit=1..{MAX_AUDIT}"));
+    };
+    match api.shared.store.audit_by_user(id, query.before, query.limit.unwrap_or(MAX_AUDIT)).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+pub(super) async fn machine_audit(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(uuid): Path<Uuid>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    if let Some(refusal) = caller.authorize_machine(&api, Action::ViewAudit, uuid, "reading a machine's audit").await {
+        return refusal;
+    }
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, format!("the query takes before=ID and limit=1..{MAX_AUDIT}"));
+    };
+    match api.shared.store.audit_for_machine(uuid, query.before, query.limit.unwrap_or(MAX_AUDIT)).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    let all = match api.shared.store.list_subscribers().await {
+        Ok(all) => all,
+        Err(err) => return store_unavailable(err),
+    };
+    let seen: Vec<_> = all
+        .into_iter()
+        .filter(|s| {
+            let resource = Resource::Subscriber(s.subscriber.id);
+            crate::policy::authorize(&caller.principal, &caller.relations, Action::ViewSubscriberPii, resource).is_ok()
+        })
+        .collect();
+    Json(seen).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegisterBody {
+    /// The username of the subscriber's own account (created first).
+    owner: String,
+    name: String,
+    email: String,
+    phone: Option<String>,
+    billing_note: Option<String>,
+    max_machines: Option<u32>,
+    max_contacts: Option<u32>,
+}
+
+pub(super) async fn register_subscriber(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let registration = Registration {
+        owner: &body.owner,
+        pii: SubscriberPii {
+            name: body.name.clone(),
+            email: body.email.clone(),
+            phone: body.phone.clone(),
+            billing_note: body.billing_note.clone(),
+        },
+        max_machines: body.max_machines.unwrap_or(5),
+        max_contacts: body.max_contacts.unwrap_or(5),
+    };
+    let flows = api.flows();
+    let id =
+        flow!(api, caller, "registering a subscriber", flows.register_subscriber(&caller.actor(), registration).await);
+    (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+pub(super) async fn show_subscriber(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let what = "reading a subscriber";
+    if let Some(refusal) = caller.authorize(&api, Action::ViewSubscriberPii, Resource::Subscriber(id), what) {
+        return refusal;
+    }
+    let store = &api.shared.store;
+    let (record, pii) = match (store.subscriber(id).await, store.subscriber_pii(id).await) {
+        (Ok(Some(record)), Ok(pii)) => (record, pii),
+        (Ok(None), _) => return error(StatusCode::NOT_FOUND, format!("no subscriber with id {id}")),
+        (Err(err), _) | (_, Err(err)) => return store_unavailable(err),
+    };
+    let mut body = json!({ "subscriber": record, "pii": pii });
+    if caller.is_operator() {
+        match store.termination_reason(id).await {
+            Ok(reason) => body["terminate_reason"] = json!(reason),
+            Err(err) => return store_unavailable(err),
+        }
+    }
+    Json(body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TerminateBody {
+    reason: String,
+}
+
+pub(super) async fn terminate(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Result<Json<TerminateBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let flows = api.flows();
+    let ended =
+        flow!(api, caller, "terminating a subscription", flows.terminate(&caller.actor(), id, &body.reason).await);
+    Json(json!({ "id": id, "status": "terminated", "contacts_ended": ended })).into_response()
+}
+
+pub(super) async fn subscriber_machines(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let what = "listing a subscriber's machines";
+    if let Some(refusal) = caller.authorize(&api, Action::ListMachines, Resource::Subscriber(id), what) {
+        return refusal;
+    }
+    match api.shared.store.machines_of(id).await {
+        Ok(machines) => Json(machines).into_response(),
+        Err(err) => store_unavailable(err),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EnrollBody {
+    uuid: Uuid,
+    nickname: Option<String>,
+}
+
+pub(super) async fn enroll(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Result<Json<EnrollBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let flows = api.flows();
+    let call = flows.enroll_machine(&caller.actor(), id, body.uuid, body.nickname.as_deref()).await;
+    let new = flow!(api, caller, "enrolling a machine", call);
+    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(json!({ "uuid": body.uuid, "subscriber_id": id, "new": new }))).into_response()
+}
+
+pub(super) async fn contacts(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let list = flow!(api, caller, "listing contacts", api.flows().contacts(&caller.actor(), id).await);
+    Json(list).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InviteBody {
+    email: String,
+}
+
+pub(super) async fn invite(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Result<Json<InviteBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let flows = api.flows();
+    let invited = flow!(api, caller, "inviting a contact", flows.invite(&caller.actor(), id, &body.email).await);
+    (StatusCode::CREATED, Json(invited)).into_response()
+}
+
+pub(super) async fn remove_contact(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, contact)): Path<(i64, i64)>,
+) -> Response {
+    let flows = api.flows();
+    let removed = flow!(api, caller, "removing a contact", flows.remove_contact(&caller.actor(), id, contact).await);
+    Json(json!({ "contact_id": contact, "was": removed.was.as_str(), "told": removed.mail_due })).into_response()
+}
+
+pub(super) async fn leave(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    let left = flow!(api, caller, "leaving a subscriber", api.flows().leave(&caller.actor(), id).await);
+    Json(json!({ "contact_id": left.contact_id, "state": "left" })).into_response()
+}
+
+pub(super) async fn show_invitation(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(guid): Path<Uuid>,
+) -> Response {
+    let view = flow!(api, caller, "reading an invitation", api.flows().invitation(guid).await);
+    Json(view).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AcceptBody {
+    terms_version: String,
+    nickname: String,
+    contact_email: Option<String>,
+    #[serde(default)]
+    alert_prefs: serde_json::Value,
+}
+
+pub(super) async fn accept(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(guid): Path<Uuid>,
+    body: Result<Json<AcceptBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let acceptance = Acceptance {
+        terms_version: body.terms_version,
+        nickname: body.nickname,
+        contact_email: body.contact_email,
+        alert_prefs: if body.alert_prefs.is_null() { json!({}) } else { body.alert_prefs },
+    };
+    let flows = api.flows();
+    let contact = flow!(api, caller, "accepting an invitation", flows.accept(&caller.actor(), guid, acceptance).await);
+    Json(contact).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MpsAccountBody {
+    username: Option<String>,
+}
+
+pub(super) async fn mps_account(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Result<Json<MpsAccountBody>, JsonRejection>,
+) -> Response {
+    let body = body!(body);
+    let flows = api.flows();
+    let call = flows.issue_mps_account(&caller.actor(), id, body.username.as_deref()).await;
+    let (username, password) = flow!(api, caller, "issuing an MPS account", call);
+    (StatusCode::CREATED, Json(json!({ "subscriber_id": id, "username": username, "password": password })))
+        .into_response()
+}
