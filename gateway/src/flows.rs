@@ -275,11 +275,12 @@ impl Flows<'_> {
     /// Registers a subscriber owned by an existing user, with an active subscription.
     pub async fn register_subscriber(&self, actor: &Actor, reg: Registration<'_>) -> Result<i64, FlowError> {
         actor.authorize(Action::RegisterSubscriber, Resource::Gateway)?;
-        let owner = self
-            .store
-            .user_by_name(reg.owner)
-            .await?
-            .ok_or_else(|| FlowError::NotFound(format!("no user {:?}; create it first", reg.owner)))?;
+        let owner = self.store.user_by_name(reg.owner).await?.ok_or_else(|| {
+            let owner = reg.owner;
+            FlowError::NotFound(format!(
+                "the gateway has no user {owner:?}: create it first (`tether user add {owner}`, or POST /api/v1/users)"
+            ))
+        })?;
         let pii = SubscriberPii {
             name: short_text("the subscriber's name", &reg.pii.name)?,
             email: email_address(&reg.pii.email)?,

@@ -2,7 +2,8 @@
 //! subscriber with its owner, enrolls one of two connected devices as its machine, invites a
 //! support contact who accepts; the contact's token sees only that machine and is refused a relay
 //! to the other device with the policy's stable code; once the contact is removed (or suspended)
-//! the token is refused and an open relay is cut.
+//! the token is refused and an open relay is cut. A subscriber's own MPS account admits only
+//! that subscriber's machines.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -232,4 +233,67 @@ fn an_operator_who_names_what_does_not_exist_is_told_what_to_do() {
     let err =
         operator_fails(&gateway, &["subscriber", "register", "--owner", "nobody", "--name", "N", "--email", "e@x"]);
     assert!(err.contains("tether user add nobody"), "{err}");
+}
+
+/// The value of `tether_auth_failures_total{reason="REASON"}` on the gateway's metrics.
+fn auth_failures(gateway: &Gateway, reason: &str) -> f64 {
+    let series = format!("tether_auth_failures_total{{reason=\"{reason}\"}}");
+    gateway
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_subscribers_mps_account_admits_only_that_subscribers_machines() {
+    let gateway = Gateway::start(&[]);
+    let mut subscribers = Vec::new();
+    for (owner, name) in [("olga", "Olga's Bakery"), ("otto", "Otto's Garage")] {
+        let args = ["user", "add", owner, "--password-stdin"];
+        operator_with_stdin(&gateway, &args, "a long password\n");
+        let email = format!("{owner}@example.com");
+        let out =
+            gateway.operator(&["subscriber", "register", "--owner", owner, "--name", name, "--email", email.as_str()]);
+        subscribers.push(out.split_whitespace().nth(1).expect("subscriber id").to_string());
+    }
+    let [olgas, ottos, olgas_second, nobodys] = [(); 4].map(|()| Uuid::new_v4());
+    for (subscriber, uuid) in [(&subscribers[0], olgas), (&subscribers[1], ottos), (&subscribers[0], olgas_second)] {
+        gateway.operator(&["machine", "enroll", subscriber, &uuid.to_string()]);
+    }
+    let issued = gateway.operator(&["subscriber", "mps-account", &subscribers[0]]);
+    let field = |name: &str| {
+        issued
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {issued:?}"))
+            .trim()
+            .to_string()
+    };
+    let (user, password) = (field("username:"), field("password:"));
+
+    // Olga's account admits her machine.
+    let _olgas = Sim::start_as(&gateway, &user, &password, &["--uuid", &olgas.to_string()]);
+    wait_for("olga's machine to connect with her MPS account", CONNECT_TIMEOUT, || gateway.is_connected(olgas));
+
+    // It admits no machine of another subscriber, and no UUID nobody enrolled.
+    let before = auth_failures(&gateway, "credential_mismatch");
+    let ottos_with_olgas = Sim::start_as(&gateway, &user, &password, &["--uuid", &ottos.to_string()]);
+    let _nobodys = Sim::start_as(&gateway, &user, &password, &["--uuid", &nobodys.to_string()]);
+    // Olga's other machine through the gateway-wide account: her subscriber has its own now.
+    let _wide = Sim::start(&gateway, &["--uuid", &olgas_second.to_string()]);
+    wait_for("three refusals as credential_mismatch", CONNECT_TIMEOUT, || {
+        auth_failures(&gateway, "credential_mismatch") >= before + 3.0
+    });
+    for uuid in [ottos, nobodys, olgas_second] {
+        assert!(!gateway.is_connected(uuid), "{uuid} got in with an account that is not its subscriber's");
+    }
+
+    // The gateway-wide account stays for subscribers without an account of their own (a UUID
+    // that kept failing gets a real check every few seconds).
+    drop(ottos_with_olgas);
+    let _ottos_wide = Sim::start(&gateway, &["--uuid", &ottos.to_string()]);
+    wait_for("otto's machine to connect with the gateway-wide account", CONNECT_TIMEOUT, || {
+        gateway.is_connected(ottos)
+    });
 }

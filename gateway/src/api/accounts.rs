@@ -37,6 +37,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::admission::Caller;
+use super::openapi::ErrorBody;
 use super::{error, store_unavailable, Api};
 use crate::flows::{Actor, FlowError, Flows, NewUser, Registration};
 use crate::policy::{Action, Resource, Role};
@@ -83,6 +84,14 @@ macro_rules! flow {
     };
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "accounts",
+    summary = "The caller: user, token scope, subscribers owned and contact of",
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn me(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
     let user = match api.shared.store.user(caller.principal.user_id).await {
         Ok(Some(user)) => user,
@@ -99,7 +108,7 @@ pub(super) async fn me(State(api): State<Arc<Api>>, Extension(caller): Extension
     .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmailBody {
     email: String,
@@ -107,6 +116,15 @@ pub(super) struct EmailBody {
     contact_id: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/email",
+    tag = "accounts",
+    summary = "Ask to change the email: a link goes to the new address",
+    request_body = EmailBody,
+    responses((status = 202, description = "the link is on its way"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn change_email(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -124,12 +142,21 @@ pub(super) async fn change_email(
     (StatusCode::ACCEPTED, Json(json!({ "message": message }))).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfirmBody {
     secret: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/email-changes/confirm",
+    tag = "accounts",
+    summary = "Follow an email change link",
+    request_body = ConfirmBody,
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 410, description = "expired (`code` says which)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn confirm_email(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -141,6 +168,14 @@ pub(super) async fn confirm_email(
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "accounts",
+    summary = "The users (operators)",
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
     if let Some(refusal) = caller.authorize(&api, Action::ManageUsers, Resource::Gateway, "listing users") {
         return refusal;
@@ -151,7 +186,7 @@ pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): E
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewUserBody {
     username: String,
@@ -161,6 +196,15 @@ pub(super) struct NewUserBody {
     operator: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "accounts",
+    summary = "Create a user (operators)",
+    request_body = NewUserBody,
+    responses((status = 201, description = "created"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn create_user(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -177,6 +221,15 @@ pub(super) async fn create_user(
     (StatusCode::CREATED, Json(json!({ "id": id, "username": body.username }))).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/suspend",
+    tag = "accounts",
+    summary = "Suspend a user: all access ends at once (operators)",
+    params(("id" = i64, Path, description = "the user's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn suspend_user(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -186,6 +239,15 @@ pub(super) async fn suspend_user(
     Json(json!({ "id": id, "suspended": true, "changed": done })).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/unsuspend",
+    tag = "accounts",
+    summary = "Lift a suspension (operators)",
+    params(("id" = i64, Path, description = "the user's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn unsuspend_user(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -196,13 +258,23 @@ pub(super) async fn unsuspend_user(
 }
 
 /// `?before=ID&limit=N`: a page of audit rows, newest first.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
     before: Option<i64>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}/audit",
+    tag = "accounts",
+    summary = "What a user did, newest first",
+    params(("id" = i64, Path, description = "the user's id"), AuditQuery),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn user_audit(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -221,6 +293,15 @@ pub(super) async fn user_audit(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{uuid}/audit",
+    tag = "accounts",
+    summary = "The audit of a machine, newest first",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), AuditQuery),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn machine_audit(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -239,6 +320,14 @@ pub(super) async fn machine_audit(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers",
+    tag = "accounts",
+    summary = "The subscribers whose personal data the caller sees",
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
     let all = match api.shared.store.list_subscribers().await {
         Ok(all) => all,
@@ -254,7 +343,7 @@ pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(call
     Json(seen).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RegisterBody {
     /// The username of the subscriber's own account (created first).
@@ -267,6 +356,15 @@ pub(super) struct RegisterBody {
     max_contacts: Option<u32>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers",
+    tag = "accounts",
+    summary = "Register a subscriber owned by an existing user (operators)",
+    request_body = RegisterBody,
+    responses((status = 201, description = "registered"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn register_subscriber(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -290,6 +388,15 @@ pub(super) async fn register_subscriber(
     (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers/{id}",
+    tag = "accounts",
+    summary = "A subscriber and its personal data",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn show_subscriber(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -315,12 +422,22 @@ pub(super) async fn show_subscriber(
     Json(body).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TerminateBody {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{id}/terminate",
+    tag = "accounts",
+    summary = "Terminate a subscription: contacts are told and lose access (operators)",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    request_body = TerminateBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn terminate(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -334,6 +451,15 @@ pub(super) async fn terminate(
     Json(json!({ "id": id, "status": "terminated", "contacts_ended": ended })).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers/{id}/machines",
+    tag = "accounts",
+    summary = "A subscriber's machines",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn subscriber_machines(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -349,13 +475,23 @@ pub(super) async fn subscriber_machines(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EnrollBody {
     uuid: Uuid,
     nickname: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{id}/machines",
+    tag = "accounts",
+    summary = "Enroll a machine for the subscriber",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    request_body = EnrollBody,
+    responses((status = 201, description = "enrolled"), (status = 200, description = "enrolled for this subscriber already"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn enroll(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -370,6 +506,15 @@ pub(super) async fn enroll(
     (status, Json(json!({ "uuid": body.uuid, "subscriber_id": id, "new": new }))).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers/{id}/contacts",
+    tag = "accounts",
+    summary = "A subscriber's contacts, in every state",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn contacts(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -379,12 +524,22 @@ pub(super) async fn contacts(
     Json(list).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InviteBody {
     email: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{id}/contacts",
+    tag = "accounts",
+    summary = "Invite a support contact: the accept link goes by mail",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    request_body = InviteBody,
+    responses((status = 201, description = "invited"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn invite(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -397,6 +552,15 @@ pub(super) async fn invite(
     (StatusCode::CREATED, Json(invited)).into_response()
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/subscribers/{id}/contacts/{contact}",
+    tag = "accounts",
+    summary = "Remove a contact, invited or active: access ends at once",
+    params(("id" = i64, Path, description = "the subscriber's id"), ("contact" = i64, Path, description = "the contact's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn remove_contact(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -407,6 +571,15 @@ pub(super) async fn remove_contact(
     Json(json!({ "contact_id": contact, "was": removed.was.as_str(), "told": removed.mail_due })).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{id}/leave",
+    tag = "accounts",
+    summary = "Stop being the subscriber's contact",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn leave(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -416,6 +589,15 @@ pub(super) async fn leave(
     Json(json!({ "contact_id": left.contact_id, "state": "left" })).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/invitations/{guid}",
+    tag = "accounts",
+    summary = "Who invites, and whether the invitation is open",
+    params(("guid" = Uuid, Path, description = "the invitation's GUID, from the mailed link")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn show_invitation(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -425,7 +607,7 @@ pub(super) async fn show_invitation(
     Json(view).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AcceptBody {
     terms_version: String,
@@ -435,6 +617,16 @@ pub(super) struct AcceptBody {
     alert_prefs: serde_json::Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations/{guid}/accept",
+    tag = "accounts",
+    summary = "Accept an invitation as the caller",
+    params(("guid" = Uuid, Path, description = "the invitation's GUID")),
+    request_body = AcceptBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 410, description = "expired (`code` says which)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn accept(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -453,12 +645,22 @@ pub(super) async fn accept(
     Json(contact).into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MpsAccountBody {
     username: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{id}/mps-account",
+    tag = "accounts",
+    summary = "Issue the subscriber's MPS account for its AMT devices (operators; the password once)",
+    params(("id" = i64, Path, description = "the subscriber's id")),
+    request_body = MpsAccountBody,
+    responses((status = 201, description = "issued: username and password"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn mps_account(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,

@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::admission::Caller;
+use super::openapi::ErrorBody;
 use super::relays::{open_device_stream, session_closed_refusal};
 use super::{error, store_unavailable, Api, Connection};
 use crate::metrics::{AmtAction, AmtOutcome, CloseReason};
@@ -48,7 +49,7 @@ use crate::wsman::amt::{BootSettings, IderDevice, Redirection};
 use crate::wsman::{self, Amt, AmtError, AmtErrorKind, Credentials, PowerAction};
 
 /// The device's AMT admin account, as a request gives it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(super) struct Account {
     amt_user: Option<String>,
     amt_password: Option<String>,
@@ -56,22 +57,23 @@ pub(super) struct Account {
     remember: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct PowerBody {
     action: String,
     #[serde(flatten)]
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct RedirectionBody {
     enable: bool,
     #[serde(flatten)]
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct BootBody {
+    #[schema(value_type = Option<String>)]
     ider: Option<IderDevice>,
     #[serde(default)]
     sol: bool,
@@ -79,16 +81,17 @@ pub(super) struct BootBody {
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct ConsentBody {
     code: Option<String>,
     #[serde(flatten)]
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct RescueBootBody {
     #[serde(default = "cd")]
+    #[schema(value_type = String)]
     ider: IderDevice,
     #[serde(default = "yes")]
     sol: bool,
@@ -104,7 +107,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct FinishBody {
     #[serde(default)]
     disable_redirection: bool,
@@ -112,14 +115,14 @@ pub(super) struct FinishBody {
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct CloseBody {
     message: Option<String>,
     #[serde(flatten)]
     account: Account,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct AccountBody {
     #[serde(flatten)]
     pub(super) account: Account,
@@ -350,6 +353,16 @@ macro_rules! session {
     };
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/power",
+    tag = "amt",
+    summary = "Power state or action through WS-Management",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = PowerBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let action = match body.action.as_str() {
@@ -397,6 +410,16 @@ pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejectio
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/redirection",
+    tag = "amt",
+    summary = "Enable or disable AMT redirection (SOL, IDE-R)",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = RedirectionBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
@@ -409,6 +432,16 @@ pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, 
     call.finish(action, "SOL and IDE-R".into(), result).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/boot",
+    tag = "amt",
+    summary = "Set the next boot (IDE-R CD or floppy, SOL)",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = BootBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
@@ -429,6 +462,16 @@ pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>
     call.finish("boot", detail, result).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/consent",
+    tag = "amt",
+    summary = "Ask for or give the user-consent code",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = ConsentBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonRejection>) -> Response {
     let body = body!(body);
     if body.code.as_ref().is_some_and(|c| c.len() > 16 || !c.bytes().all(|b| b.is_ascii_digit())) {
@@ -448,6 +491,16 @@ pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonReje
     call.finish(action, String::new(), result).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/rescue/start",
+    tag = "amt",
+    summary = "Start a rescue: record the boot settings and enable redirection",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = AccountBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
@@ -518,6 +571,16 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
     call.finish("rescue.start", detail, result).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/rescue/boot",
+    tag = "amt",
+    summary = "Boot the rescue image over IDE-R",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = RescueBootBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn rescue_boot(call: Call, body: Result<Json<RescueBootBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, _) = session!(call, &body.account);
@@ -553,6 +616,16 @@ async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
     Ok(record.and_then(|r| serde_json::from_str(&r.found).ok()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/rescue/finish",
+    tag = "amt",
+    summary = "Finish a rescue: restore the boot settings",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = FinishBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, JsonRejection>) -> Response {
     let body = body!(body);
     // Before the rescue record is read: whether one is open is the device's business.
@@ -582,6 +655,16 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
         .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/session/close",
+    tag = "amt",
+    summary = "Close the remote session: put everything back and refuse relays",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = CloseBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, JsonRejection>) -> Response {
     let body = body!(body);
     if let Some(refused) = call.authorize(Action::AttachRelay, "closing a device's session").await {
@@ -647,6 +730,15 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     .into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/session/open",
+    tag = "amt",
+    summary = "Open the remote session again",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn session_open(call: Call) -> Response {
     if let Some(refused) = call.authorize(Action::AttachRelay, "opening a device's session").await {
         return refused;
@@ -661,6 +753,15 @@ pub(super) async fn session_open(call: Call) -> Response {
 
 /// Forgets what the gateway keeps to reach the device's AMT: the remembered account and the
 /// pinned TLS certificate (after the device's certificate changed on purpose).
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/amt/forget",
+    tag = "amt",
+    summary = "Forget the AMT password the gateway remembered for the device",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn forget(call: Call) -> Response {
     if let Some(refused) = call.authorize(Action::AttachRelay, "forgetting a device's AMT access").await {
         return refused;
@@ -677,11 +778,21 @@ pub(super) async fn forget(call: Call) -> Response {
     Json(json!({ "uuid": call.uuid, "forgotten": ["account", "tls_pin"] })).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ActionsQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{uuid}/actions",
+    tag = "amt",
+    summary = "The remote-fix actions taken on the device, newest first",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), ActionsQuery),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn actions(call: Call, query: Result<Query<ActionsQuery>, QueryRejection>) -> Response {
     let (api, uuid) = (&call.api, call.uuid);
     if let Some(refused) =

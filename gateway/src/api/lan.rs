@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::amt::{amt_failure, record_action, AccountBody, Call};
+use super::openapi::ErrorBody;
 use super::relays::session_closed_refusal;
 use super::{error, store_unavailable, Api};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
@@ -61,6 +62,15 @@ macro_rules! lan_allowed {
     };
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lan/scans",
+    tag = "lan",
+    summary = "Scan a LAN interface for hosts and AMT (operators)",
+    request_body = serde_json::Value,
+    responses((status = 202, description = "the scan started; its status"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn start_scan(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -79,6 +89,15 @@ pub(super) async fn start_scan(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/lan/scans/{id}",
+    tag = "lan",
+    summary = "A recent scan's status and findings (operators)",
+    params(("id" = String, Path, description = "the scan id")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn show_scan(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -95,12 +114,22 @@ pub(super) async fn show_scan(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HostsQuery {
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/lan/hosts",
+    tag = "lan",
+    summary = "Hosts the scans found (operators)",
+    params(HostsQuery),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn hosts(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -117,12 +146,21 @@ pub(super) async fn hosts(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct WakeBody {
     mac: String,
     interface: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lan/wake",
+    tag = "lan",
+    summary = "Send a magic packet to a MAC (operators)",
+    request_body = WakeBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn wake_mac(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -144,7 +182,7 @@ pub(super) async fn wake_mac(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct DeviceWakeBody {
     interface: Option<String>,
     #[serde(flatten)]
@@ -154,6 +192,16 @@ pub(super) struct DeviceWakeBody {
 /// AMT's own power-on first: it answers while the PC is off, so what counts is the power state
 /// it reports afterwards. Without AMT (no account, not reachable, refused), a magic packet to the
 /// PC's MAC (from its adoption or the scans) on the interface given or the one it was found on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{uuid}/wake",
+    tag = "lan",
+    summary = "Wake a PC: AMT power-on, else a magic packet",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    request_body = DeviceWakeBody,
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, JsonRejection>) -> Response {
     // Refusals first: a token that may not act, or a closed session, gets no magic packet either.
     if let Some(refused) = call.authorize(Action::AttachRelay, "waking a PC").await {
@@ -240,6 +288,15 @@ async fn response_text(response: Response) -> String {
         .unwrap_or_else(|| status.to_string())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lan/devices",
+    tag = "lan",
+    summary = "Adopt an AMT PC of the LAN as a device (operators)",
+    request_body = serde_json::Value,
+    responses((status = 201, description = "adopted"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn adopt_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -286,6 +343,14 @@ pub(super) async fn adopt_device(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/lan/devices",
+    tag = "lan",
+    summary = "The adopted LAN PCs (operators)",
+    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
     lan_allowed!(caller, api, Action::ViewLan, "listing LAN devices");
     let shared = &api.shared;
@@ -308,6 +373,15 @@ pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller):
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/lan/devices/{uuid}/forget",
+    tag = "lan",
+    summary = "Forget an adopted LAN PC (operators)",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn forget_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,

@@ -39,6 +39,7 @@ mod accounts;
 mod admission;
 mod amt;
 mod lan;
+mod openapi;
 mod redirections;
 mod relays;
 
@@ -72,6 +73,7 @@ use crate::state::Shared;
 use crate::store::{DevicePage, MAX_PAGE};
 use crate::view;
 use admission::Caller;
+use openapi::ErrorBody;
 use relays::LiveRelays;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,7 +168,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
-    Router::new().route("/health", get(|| async { "ok\n" })).merge(v1).with_state(api)
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/api/openapi.json", get(openapi::openapi_json))
+        .merge(v1)
+        .with_state(api)
 }
 
 /// Serves the API over TLS until shutdown, and watches live relays' tokens.
@@ -323,7 +329,8 @@ fn retry_secs(wait: Duration) -> u64 {
 }
 
 /// `?limit=N&after=UUID`: a page of the device list.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
     limit: Option<u32>,
     after: Option<Uuid>,
@@ -331,6 +338,15 @@ struct PageQuery {
 
 /// Pages of at most [`MAX_PAGE`] devices in UUID order; a full page carries a `Link: <…>;
 /// rel="next"` header to the next one (the body stays a JSON array).
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    summary = "The devices the caller may see, a page at a time",
+    params(PageQuery),
+    responses((status = 200, description = "a JSON array of devices; a full page carries a Link header to the next"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 async fn list_devices(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -418,6 +434,15 @@ async fn visible_devices(
     Ok(devices)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{uuid}",
+    tag = "devices",
+    summary = "One device",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
+    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 async fn show_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,

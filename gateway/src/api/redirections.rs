@@ -15,6 +15,7 @@ use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::admission::Caller;
+use super::openapi::ErrorBody;
 use super::{error, store_unavailable, Api};
 use crate::policy::Action;
 use crate::store::MAX_REDIRECTIONS;
@@ -22,12 +23,22 @@ use crate::store::MAX_REDIRECTIONS;
 /// Sessions listed when the query does not say.
 const DEFAULT_LIMIT: u32 = 100;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RedirectionsQuery {
     active: Option<bool>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{uuid}/redirections",
+    tag = "devices",
+    summary = "The AMT redirection sessions relayed to the device, newest first",
+    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), RedirectionsQuery),
+    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    security(("token" = []))
+)]
 pub(super) async fn list_redirections(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
