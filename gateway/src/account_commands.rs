@@ -3,8 +3,11 @@
 //! directly, as the built-in operator (the CLI on the gateway's host is the operator's); every
 //! change appends an audit row.
 //!
-//! What it does not do: send mail (an invitation prints its GUID; mail comes with the outbox), or
-//! go through the API (the API's account endpoints come with the portal).
+//! The mails the changes call for (an invitation, a removal, a termination) are queued in the
+//! outbox (`mail`); a running gateway with `[mail]` configured sends them.
+//!
+//! What it does not do: send mail itself, or go through the API (the API's account endpoints
+//! come with the portal).
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -13,7 +16,8 @@ use clap::Subcommand;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::AccountsConfig;
+use crate::config::Config;
+use crate::mail::{self, Letter};
 use crate::operator::rfc3339;
 use crate::policy::Role;
 use crate::store::{Acceptance, AccountError, AuditAction, NewAudit, Store, SubscriberPii, UserRecord, OPERATOR};
@@ -27,7 +31,7 @@ pub enum UserAction {
     /// The password is asked for on the terminal, or read from the first line of stdin.
     Add {
         username: String,
-        /// The user's email address (for mail, once mail is built).
+        /// The user's email address (where its mail goes).
         #[arg(long)]
         email: Option<String>,
         /// An operator: sees and may do everything.
@@ -98,8 +102,8 @@ pub enum MachineAction {
 
 #[derive(Subcommand, Debug)]
 pub enum ContactAction {
-    /// Invite EMAIL as a support contact of a subscriber; prints the invitation's GUID (no mail
-    /// is sent yet: hand it over yourself).
+    /// Invite EMAIL as a support contact of a subscriber: queues the invitation mail (with the
+    /// accept link) and prints the invitation's GUID last.
     Invite { subscriber_id: i64, email: String },
     /// Accept an invitation for an existing user (`tether user add` first).
     Accept {
@@ -300,6 +304,13 @@ pub async fn subscriber_command(store: &Store, action: SubscriberAction) -> Resu
         SubscriberAction::Terminate { id, reason } => {
             let ended = store.terminate_subscription(id, &reason, now).await.map_err(explain)?;
             audit(store, None, AuditAction::SubscriptionTerminated, None, Some(id), reason).await?;
+            // The letters never carry the reason: it stays with the operators.
+            let subscriber = subscriber_name(store, id).await?;
+            for contact in ended.iter().filter(|c| c.mail_due) {
+                let letter =
+                    Letter::SubscriptionTerminated { to: contact.mail_to.clone(), subscriber: subscriber.clone() };
+                mail::enqueue(store, &letter, now).await.context("queueing the termination mails")?;
+            }
             println!("subscription of subscriber {id} terminated; {} contact relations ended", ended.len());
         }
     }
@@ -320,7 +331,17 @@ pub async fn machine_command(store: &Store, action: MachineAction) -> Result<()>
     Ok(())
 }
 
-pub async fn contact_command(store: &Store, accounts: &AccountsConfig, action: ContactAction) -> Result<()> {
+/// The subscriber's name as mail shows it (its personal data's name, else `subscriber N`).
+async fn subscriber_name(store: &Store, subscriber_id: i64) -> Result<String> {
+    Ok(store
+        .subscriber_pii(subscriber_id)
+        .await?
+        .map(|p| p.name)
+        .unwrap_or_else(|| format!("subscriber {subscriber_id}")))
+}
+
+pub async fn contact_command(store: &Store, config: &Config, action: ContactAction) -> Result<()> {
+    let accounts = &config.accounts;
     let now = OffsetDateTime::now_utc();
     match action {
         ContactAction::Invite { subscriber_id, email } => {
@@ -337,7 +358,17 @@ pub async fn contact_command(store: &Store, accounts: &AccountsConfig, action: C
                 invitation.contact_id,
                 rfc3339(invitation.expires_at)
             );
-            println!("no mail is sent yet: give the invitee the GUID below (accept path /invitations/GUID);");
+            let letter = Letter::Invitation {
+                to: email.clone(),
+                subscriber: subscriber_name(store, subscriber_id).await?,
+                accept_url: mail::link(&config.mail_public_url(), &format!("invitations/{}", invitation.guid)),
+                expires_at: invitation.expires_at,
+                guid: invitation.guid,
+            };
+            let id = mail::enqueue(store, &letter, now).await.context("queueing the invitation mail")?;
+            println!(
+                "invitation mail {id} queued (see `tether mail list`); the accept link ends in /invitations/GUID;"
+            );
             println!("an operator accepts for them with `tether contact accept GUID --user USERNAME --terms VERSION`");
             println!("{}", invitation.guid);
         }
@@ -363,6 +394,12 @@ pub async fn contact_command(store: &Store, accounts: &AccountsConfig, action: C
             let detail = format!("contact {contact_id} (was {})", removed.was.as_str());
             audit(store, None, AuditAction::ContactRemoved, None, Some(subscriber_id), detail).await?;
             println!("contact {contact_id} removed from subscriber {subscriber_id}; their access ended");
+            if removed.mail_due {
+                let subscriber = subscriber_name(store, subscriber_id).await?;
+                let letter = Letter::ContactRemoved { to: removed.mail_to.clone(), subscriber };
+                let id = mail::enqueue(store, &letter, now).await.context("queueing the removal mail")?;
+                println!("mail {id} to {} queued", removed.mail_to);
+            }
         }
         ContactAction::List { subscriber_id, json } => {
             if store.subscriber(subscriber_id).await?.is_none() {
