@@ -76,10 +76,7 @@ impl Smtp {
         std::fs::write(&script, HANDLER).expect("writing the handler");
         let inbox = dir.path().join("inbox");
         std::fs::create_dir(&inbox).expect("the inbox dir");
-        let process = Process::spawn(
-            "aiosmtpd",
-            Command::new(python()).arg(&script).arg(&inbox).arg(port.to_string()),
-        );
+        let process = Process::spawn("aiosmtpd", Command::new(python()).arg(&script).arg(&inbox).arg(port.to_string()));
         wait_for("the SMTP server to listen", Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -110,7 +107,8 @@ impl Smtp {
     fn wait_for_message_to(&self, to: &str, timeout: Duration) -> serde_json::Value {
         let mut found = None;
         poll_until(timeout, || {
-            found = self.messages().into_iter().find(|m| m["rcpt_tos"].as_array().is_some_and(|r| r.contains(&to.into())));
+            found =
+                self.messages().into_iter().find(|m| m["rcpt_tos"].as_array().is_some_and(|r| r.contains(&to.into())));
             found.is_some()
         });
         found.unwrap_or_else(|| panic!("no mail to {to} within {timeout:?}; received: {:?}", self.messages()))
@@ -141,9 +139,10 @@ fn outbox(gateway: &Gateway) -> Vec<serde_json::Value> {
 }
 
 fn mail_by_id(gateway: &Gateway, id: &str) -> serde_json::Value {
+    let number: i64 = id.parse().unwrap_or_else(|_| panic!("{id:?} is not a mail id"));
     outbox(gateway)
         .into_iter()
-        .find(|m| m["id"].to_string() == id)
+        .find(|m| m["id"].as_i64() == Some(number))
         .unwrap_or_else(|| panic!("mail {id} is not in the outbox"))
 }
 
@@ -179,7 +178,10 @@ fn an_operator_invites_a_contact_and_the_invitation_mail_arrives_with_its_accept
     let test_id = queued_id(&out);
     let test = smtp.wait_for_message_to("ops@example.com", ARRIVAL);
     assert_eq!(test["subject"], "Tether test mail", "{test}");
-    assert_eq!((test["from"].as_str(), test["mail_from"].as_str()), (Some("Tether <tether@gw.example>"), Some("tether@gw.example")));
+    assert_eq!(
+        (test["from"].as_str(), test["mail_from"].as_str()),
+        (Some("Tether <tether@gw.example>"), Some("tether@gw.example"))
+    );
     assert_eq!(test["content_type"], "text/plain", "{test}");
 
     add_user(&gateway, "olga");
