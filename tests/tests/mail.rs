@@ -249,3 +249,15 @@ fn mail_queued_while_the_smtp_server_is_down_arrives_once_it_is_up() {
     assert_eq!(smtp.messages().len(), 1, "the mail arrived more than once");
     gateway.wait_for_metric("tether_mail_sent_total", 1.0, Duration::from_secs(5));
 }
+
+#[test]
+fn mail_waits_in_the_outbox_of_a_gateway_without_an_smtp_server() {
+    let gateway = Gateway::start(&[]);
+    let out = gateway.operator(&["mail", "test", "ops@example.com"]);
+    assert!(out.contains("mail.smtp_host is unset"), "{out}");
+    let id = queued_id(&out);
+    gateway.wait_for_metric("tether_mail_outbox_pending", 1.0, Duration::from_secs(15));
+    let waiting = mail_by_id(&gateway, &id);
+    assert_eq!((waiting["state"].as_str(), waiting["attempts"].as_u64()), (Some("queued"), Some(0)), "{waiting}");
+    assert_eq!(gateway.metrics().get("tether_mail_gave_up_total"), Some(0.0));
+}
