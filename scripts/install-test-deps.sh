@@ -19,6 +19,8 @@
 #   iperf3, socat, jq, openssl   the side-by-side bench's smoke (loadtest/bench.sh)
 #   amt==0.8.0 (PyPI)      amtctrl, a real WS-Management power-control client of amt-sim
 #                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
+#   aiosmtpd==1.4.6 (PyPI) a real SMTP server for the mail tests (tests/tests/mail.rs); pip, only
+#                          when python3 cannot import it
 #   haproxy                the load balancer in front of several gateways: tests run their own
 #                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
 #   qemu-system-x86        boots the appliance image (tests/tests/appliance.rs, always TCG). Debian
@@ -43,6 +45,8 @@ MESHCENTRAL_VERSION=1.1.55
 MESHCENTRAL_DIR=${TETHER_MESHCENTRAL_DIR:-$PWD/.test-cache/meshcentral}
 # PyPI `amt` (amtctrl), as TESTBED.md measured it.
 AMT_VERSION=0.8.0
+# PyPI `aiosmtpd`, as TESTBED.md measured it.
+AIOSMTPD_VERSION=1.4.6
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
@@ -110,5 +114,11 @@ if ! command -v amtctrl >/dev/null 2>&1; then
     python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
     python3 -m pip install "amt==$AMT_VERSION" 2>/dev/null \
         || python3 -m pip install --break-system-packages "amt==$AMT_VERSION"
+fi
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "==> pip install aiosmtpd==$AIOSMTPD_VERSION (the SMTP server of the mail tests)"
+    python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
+    python3 -m pip install "aiosmtpd==$AIOSMTPD_VERSION" 2>/dev/null \
+        || python3 -m pip install --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION"
 fi
 echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy, qemu)"

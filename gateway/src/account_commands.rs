@@ -199,7 +199,7 @@ fn read_password(from_stdin: bool, username: &str) -> Result<String> {
 }
 
 pub async fn user_command(store: &Store, config: &Config, action: UserAction) -> Result<()> {
-    let public_url = flows::public_url(config);
+    let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
     match action {
@@ -247,7 +247,7 @@ pub async fn user_command(store: &Store, config: &Config, action: UserAction) ->
 }
 
 pub async fn subscriber_command(store: &Store, config: &Config, action: SubscriberAction) -> Result<()> {
-    let public_url = flows::public_url(config);
+    let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
     match action {
@@ -297,7 +297,7 @@ pub async fn subscriber_command(store: &Store, config: &Config, action: Subscrib
 
 pub async fn machine_command(store: &Store, config: &Config, action: MachineAction) -> Result<()> {
     let MachineAction::Enroll { subscriber_id, uuid, nickname } = action;
-    let public_url = flows::public_url(config);
+    let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
     if !flows.enroll_machine(&operator, subscriber_id, uuid, nickname.as_deref()).await.map_err(explain)? {
@@ -309,7 +309,7 @@ pub async fn machine_command(store: &Store, config: &Config, action: MachineActi
 }
 
 pub async fn contact_command(store: &Store, config: &Config, action: ContactAction) -> Result<()> {
-    let public_url = flows::public_url(config);
+    let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
     match action {

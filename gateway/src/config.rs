@@ -46,6 +46,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub lan: LanConfig,
     pub accounts: AccountsConfig,
+    pub mail: MailConfig,
 }
 
 impl Default for Config {
@@ -66,6 +67,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             lan: LanConfig::default(),
             accounts: AccountsConfig::default(),
+            mail: MailConfig::default(),
         }
     }
 }
@@ -386,6 +388,7 @@ impl Config {
         at_least("accounts.invitation_valid_days", self.accounts.invitation_valid_days.into(), 1)?;
         at_least("accounts.inactive_days", self.accounts.inactive_days.into(), 1)?;
         at_least("accounts.email_change_valid_hours", self.accounts.email_change_valid_hours.into(), 1)?;
+        self.mail.validate(origin)?;
         if self.lan.scan_every_secs > 0 && self.lan.scan_every_secs < 60 {
             return invalid(
                 "lan.scan_every_secs",
@@ -472,6 +475,173 @@ impl Config {
     }
 }
 
+/// How mail reaches its SMTP server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailSecurity {
+    /// Plain SMTP, no TLS: only for a relay on the same host or a test server.
+    None,
+    /// Plain connection upgraded with STARTTLS (required: no fallback to plain), port 587.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (implicit TLS, "SMTPS"), port 465.
+    Tls,
+}
+
+impl MailSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailSecurity::None => "none",
+            MailSecurity::Starttls => "starttls",
+            MailSecurity::Tls => "tls",
+        }
+    }
+
+    /// The usual port of this kind of SMTP.
+    pub fn default_port(self) -> u16 {
+        match self {
+            MailSecurity::None => 25,
+            MailSecurity::Starttls => 587,
+            MailSecurity::Tls => 465,
+        }
+    }
+}
+
+/// Mail over SMTP through the store's outbox (`docs/mail.md`). Without `smtp_host`, mail is
+/// queued and waits (nothing is dropped) until a server is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// The SMTP server (a name or an address). Unset: mail waits in the outbox.
+    pub smtp_host: Option<String>,
+    /// [default: 25 for `none`, 587 for `starttls`, 465 for `tls`]
+    pub smtp_port: Option<u16>,
+    pub security: MailSecurity,
+    /// Log in with this user (and the password in `password_file`); unset: no login.
+    pub username: Option<String>,
+    /// A file holding the SMTP password (its first line), readable by the gateway only.
+    pub password_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for the SMTP server, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The sender, `tether@example.net` or `Tether <tether@example.net>`.
+    pub from: Option<String>,
+    /// The base URL the links in mail point to (`https://gateway.example:8443`) [default:
+    /// `https://` the first of `tls.names`, and the API's port].
+    pub public_url: Option<String>,
+    /// How often the outbox is looked at for due mail.
+    pub poll_interval_secs: u64,
+    /// Most mails sent per look.
+    pub batch_size: u32,
+    /// Attempts at one mail before it is given up.
+    pub max_attempts: u32,
+    /// A mail not sent this long after it was queued is given up.
+    pub max_age_hours: u32,
+    /// The wait after a first failed attempt; it doubles after each further one…
+    pub retry_base_secs: u64,
+    /// … up to this.
+    pub retry_max_secs: u64,
+    /// How long connecting to the server, and each SMTP command, may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: None,
+            smtp_port: None,
+            security: MailSecurity::Starttls,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            from: None,
+            public_url: None,
+            poll_interval_secs: 5,
+            batch_size: 20,
+            max_attempts: 12,
+            max_age_hours: 72,
+            retry_base_secs: 30,
+            retry_max_secs: 3600,
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl MailConfig {
+    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, problem: String| Err(ConfigError::Invalid { path: origin.to_path_buf(), key, problem });
+        for (key, value, min) in [
+            ("mail.poll_interval_secs", self.poll_interval_secs, 1),
+            ("mail.batch_size", self.batch_size.into(), 1),
+            ("mail.max_attempts", self.max_attempts.into(), 1),
+            ("mail.max_age_hours", self.max_age_hours.into(), 1),
+            ("mail.retry_base_secs", self.retry_base_secs, 1),
+            ("mail.timeout_secs", self.timeout_secs, 1),
+        ] {
+            if value < min {
+                return invalid(key, format!("is {value}; it must be at least {min}"));
+            }
+        }
+        if self.batch_size > crate::store::MAX_MAIL_BATCH {
+            return invalid(
+                "mail.batch_size",
+                format!("is {}; at most {}", self.batch_size, crate::store::MAX_MAIL_BATCH),
+            );
+        }
+        if self.retry_max_secs < self.retry_base_secs {
+            return invalid(
+                "mail.retry_max_secs",
+                format!(
+                    "is {}; it must be at least mail.retry_base_secs ({})",
+                    self.retry_max_secs, self.retry_base_secs
+                ),
+            );
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            return invalid("mail.password_file", "and mail.username go together: set both, or neither".into());
+        }
+        if self.smtp_host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return invalid("mail.smtp_host", "is empty; give the SMTP server's name, or leave it out".into());
+        }
+        match &self.from {
+            Some(from) if from.parse::<lettre::message::Mailbox>().is_err() => {
+                return invalid("mail.from", format!("is {from:?}, not an address like tether@example.net"));
+            }
+            None if self.smtp_host.is_some() => {
+                return invalid("mail.from", "is needed with mail.smtp_host: the address mail is sent from".into());
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+                return invalid("mail.public_url", format!("is {url:?}; give a URL like https://gateway.example:8443"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The base URL of the links in mail: `mail.public_url`, else `https://` the first of
+    /// `tls.names` (else the API's address, else `localhost`) and the API's port.
+    pub fn mail_public_url(&self) -> String {
+        if let Some(url) = &self.mail.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let port = self.api_listen.port();
+        let host = match self.tls.names.first() {
+            Some(name) if name.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{name}]"),
+            Some(name) => name.clone(),
+            None if !self.api_listen.ip().is_unspecified() => match self.api_listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            },
+            None => "localhost".to_string(),
+        };
+        format!("https://{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +696,13 @@ mod tests {
             ("[lan]\nscan_every_secs = 5\n", "lan.scan_every_secs"),
             ("[accounts]\ninvitation_valid_days = 0\n", "accounts.invitation_valid_days"),
             ("[lan]\ninterface = [\"eth1\"]\n", "interface"),
+            ("[mail]\nsmtp_host = \"smtp.example.net\"\n", "mail.from"),
+            ("[mail]\nfrom = \"not an address\"\n", "mail.from"),
+            ("[mail]\nusername = \"u\"\n", "mail.password_file"),
+            ("[mail]\nretry_base_secs = 60\nretry_max_secs = 30\n", "mail.retry_max_secs"),
+            ("[mail]\nmax_attempts = 0\n", "mail.max_attempts"),
+            ("[mail]\npublic_url = \"gw.example\"\n", "mail.public_url"),
+            ("[mail]\nsecurity = \"ssl\"\n", "ssl"),
         ];
         for (text, key) in cases {
             std::fs::write(&path, text).unwrap();
@@ -537,6 +714,22 @@ mod tests {
         Config::load(&path).unwrap();
         std::fs::write(&path, "[tls]\nkey_type = \"ecdsa-p384\"\nnames = [\"mps.example.net\"]\n").unwrap();
         assert_eq!(Config::load(&path).unwrap().tls.key_type, KeyType::EcdsaP384);
+    }
+
+    #[test]
+    fn mail_links_point_to_the_public_url_or_the_first_tls_name() {
+        let mut config = Config::default();
+        assert_eq!(config.mail_public_url(), "https://localhost:8443");
+        config.tls.names = vec!["gw.example".into(), "10.0.0.1".into()];
+        assert_eq!(config.mail_public_url(), "https://gw.example:8443");
+        config.tls.names = vec!["2001:db8::1".into()];
+        assert_eq!(config.mail_public_url(), "https://[2001:db8::1]:8443");
+        config.mail.public_url = Some("https://portal.example/".into());
+        assert_eq!(config.mail_public_url(), "https://portal.example");
+        let text = "[mail]\nsmtp_host = \"smtp.example.net\"\nsecurity = \"tls\"\nfrom = \"Tether <t@example.net>\"\n";
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate(Path::new("t")).unwrap();
+        assert_eq!((config.mail.security, config.mail.security.default_port()), (MailSecurity::Tls, 465));
     }
 
     #[test]

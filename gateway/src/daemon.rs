@@ -96,6 +96,9 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         info!(sessions = ended, "marked redirection sessions from the previous run as interrupted");
     }
     ensure_mps_credentials(&store).await?;
+    let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mail_transport = crate::mail::sender::Transport::from_config(&config.mail, &config_dir)
+        .context("preparing mail (the [mail] section)")?;
 
     let cert_options = config.tls.cert_options();
     let material = tokio::task::spawn_blocking({
@@ -211,6 +214,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
     tasks.spawn(housekeeping(Arc::clone(&shared), tickets));
+    tasks.spawn(crate::mail::sender::run(Arc::clone(&shared), mail_transport));
     if let Some((tls, listener)) = link {
         info!(addr = %listener.local_addr()?, "fleet link listening");
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));

@@ -547,13 +547,6 @@ impl Flows<'_> {
     }
 }
 
-/// The portal's public address for links in mail: `https://` the gateway's first TLS name and
-/// the API's port.
-pub fn public_url(config: &crate::config::Config) -> String {
-    let host = config.tls.names.first().map(String::as_str).unwrap_or("localhost");
-    format!("https://{host}:{}", config.api_listen.port())
-}
-
 /// The time flows run at: the system's, shifted by an offset that only tests move (to expire
 /// invitations and age former contacts without waiting for days).
 #[derive(Debug, Default)]

@@ -25,6 +25,8 @@
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
 //!   reading the header before TLS);
 //! - `policy`: who may see and do what (principals, their relations to subscribers, actions);
+//! - `mail`: letters to people, queued in the store's outbox and sent over SMTP by a worker
+//!   (`mail_commands`: `tether mail`);
 //! - `state`: what the roles share; `daemon`: wiring it all together; `client` and `forward`:
 //!   the technician's side (`lan_commands`: `tether lan`); `operator`: the CLI's commands behind its argument parsing.
 
@@ -49,6 +51,7 @@ pub mod lan;
 pub mod lan_commands;
 pub mod limits;
 pub mod mail;
+pub mod mail_commands;
 pub mod metrics;
 pub mod operator;
 pub mod paths;

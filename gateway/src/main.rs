@@ -9,6 +9,7 @@ use tether_gateway::account_commands::{
     contact_command, machine_command, subscriber_command, user_command, ContactAction, MachineAction, SubscriberAction,
     UserAction,
 };
+use tether_gateway::mail_commands::{mail_command, MailAction};
 use tether_gateway::operator::{
     api_client, fleet_command, import_devices, load_config, open_store, open_store_with, plain, print_table,
     redirections_command, rfc3339, FleetAction, StoreArgs,
@@ -315,6 +316,11 @@ enum Command {
     Contact {
         #[command(subcommand)]
         action: ContactAction,
+    },
+    /// Mail (admin, on this data dir's store): the outbox, and a test mail through it.
+    Mail {
+        #[command(subcommand)]
+        action: MailAction,
     },
     /// The store: schema migrations and checks.
     Db {
@@ -660,6 +666,10 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Contact { action } => {
             let config = load_config(&store_args, data_dir)?;
             contact_command(&open_store(&store_args, data_dir).await?, &config, action).await
+        }
+        Command::Mail { action } => {
+            let config = load_config(&store_args, data_dir)?;
+            mail_command(&open_store(&store_args, data_dir).await?, &config, action).await
         }
         Command::Redirections { uuid, active, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;

@@ -239,6 +239,16 @@ pub struct Metrics {
     amt_actions: IntCounterVec,
     lan_scans: IntCounterVec,
     lan_wakes: IntCounterVec,
+    mail: MailMetrics,
+}
+
+/// The mail outbox's worker (`mail::sender`).
+#[derive(Debug)]
+struct MailMetrics {
+    sent: IntCounter,
+    failed: IntCounter,
+    gave_up: IntCounter,
+    pending: IntGauge,
 }
 
 impl Default for Metrics {
@@ -432,6 +442,18 @@ impl Metrics {
         for method in WakeMethod::ALL {
             lan_wakes.with_label_values(&[method.as_str()]);
         }
+        let mail = MailMetrics {
+            sent: counter(&registry, "tether_mail_sent_total", "Mails an SMTP server accepted."),
+            failed: counter(
+                &registry,
+                "tether_mail_failed_total",
+                "Failed attempts at sending a mail (retried later).",
+            ),
+            gave_up: counter(&registry, "tether_mail_gave_up_total", "Mails given up (too many attempts, or too old)."),
+            pending: IntGauge::new("tether_mail_outbox_pending", "Mails in the outbox neither sent nor given up.")
+                .expect("valid metric"),
+        };
+        registry.register(Box::new(mail.pending.clone())).expect("metric registered once");
         for kind in RedirKind::ALL {
             redir_sessions.with_label_values(&[kind.as_str()]);
             redir_active.with_label_values(&[kind.as_str()]);
@@ -500,6 +522,7 @@ impl Metrics {
             amt_actions,
             lan_scans,
             lan_wakes,
+            mail,
         }
     }
 
@@ -511,6 +534,22 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn mail_sent(&self) {
+        self.mail.sent.inc();
+    }
+
+    pub fn mail_failed(&self) {
+        self.mail.failed.inc();
+    }
+
+    pub fn mail_gave_up(&self) {
+        self.mail.gave_up.inc();
+    }
+
+    pub fn mail_pending(&self, pending: u64) {
+        self.mail.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     pub fn tunnel_opened(&self, kind: TunnelKind) {
@@ -661,6 +700,10 @@ mod tests {
         expected.push("tether_redirection_auth_failures_total".to_string());
         expected.push("tether_redirection_tap_errors_total".to_string());
         expected.push("tether_redirection_transcript_dropped_total".to_string());
+        for series in ["tether_mail_sent_total", "tether_mail_failed_total", "tether_mail_gave_up_total"] {
+            expected.push(series.to_string());
+        }
+        expected.push("tether_mail_outbox_pending".to_string());
         for action in AmtAction::ALL {
             for outcome in AmtOutcome::ALL {
                 let (action, outcome) = (action.as_str(), outcome.as_str());

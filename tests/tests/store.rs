@@ -13,8 +13,9 @@ use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    Acceptance, AccountError, AuditAction, ContactState, DevicePage, InstanceRegistration, Location, Migrate, NewAudit,
-    NewSubscriber, PoolOptions, RegisterError, Store, StoreError, SubscriberPii, SubscriptionStatus, TokenScope,
+    Acceptance, AccountError, AuditAction, ContactState, DevicePage, InstanceRegistration, Location, MailState,
+    Migrate, NewAudit, NewMail, NewSubscriber, PoolOptions, RegisterError, Store, StoreError, SubscriberPii,
+    SubscriptionStatus, TokenScope,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -23,6 +24,10 @@ use uuid::Uuid;
 /// SQLite only).
 #[path = "../../gateway/src/store/accounts_scenarios.rs"]
 mod accounts_scenarios;
+
+/// The mail outbox's life cycle, likewise.
+#[path = "../../gateway/src/store/outbox_scenarios.rs"]
+mod outbox_scenarios;
 
 /// One cluster for the whole file; each test gets its own database in it.
 fn cluster() -> &'static Postgres {
@@ -621,6 +626,22 @@ accounts_on_both!(
     the_audit_log_is_read_by_machine_and_by_user_newest_first => "accounts_audit",
     users_and_tokens_belong_together => "accounts_tokens",
 );
+
+#[tokio::test]
+async fn outbox_a_mail_waits_until_sent_and_a_failed_one_is_retried_when_due() {
+    let (_dir, stores) = both("outbox_life").await;
+    for store in &stores {
+        outbox_scenarios::a_mail_waits_until_sent_and_a_failed_one_is_retried_when_due(store).await;
+    }
+}
+
+#[tokio::test]
+async fn outbox_concurrent_claims_never_take_the_same_mail() {
+    let (_dir, stores) = both("outbox_claims").await;
+    for store in &stores {
+        outbox_scenarios::concurrent_claims_never_take_the_same_mail(store).await;
+    }
+}
 
 /// A PostgreSQL database from before accounts (schema 5) with tokens, one of them revoked: the
 /// tokens are the built-in operator's, and no new token gets the revoked one's id.

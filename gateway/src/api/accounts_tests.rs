@@ -97,6 +97,13 @@ impl People {
         answer.as_array().unwrap().clone()
     }
 
+    /// The outbox, oldest first: (kind, recipient).
+    async fn mails(&self) -> Vec<(String, String)> {
+        let mut list = self.bed.api.shared.store.list_outbox(100).await.unwrap();
+        list.reverse();
+        list.into_iter().map(|m| (m.kind, m.recipient)).collect()
+    }
+
     async fn sweep(&self) -> (u64, u64) {
         self.bed.api.flows().sweep().await.unwrap()
     }
@@ -112,6 +119,7 @@ async fn a_subscriber_invites_a_contact_who_accepts_sees_the_machine_and_leaves(
     assert_eq!((view["state"].as_str(), view["subscriber"].as_str()), (Some("invited"), Some("Olga's Bakery")));
     assert_eq!(p.sees_machine(&p.carl).await.1["code"], "not_related", "an invitation alone grants nothing");
 
+    assert_eq!(p.mails().await, [("invitation".into(), "carl@example.com".into())], "the invitation is mailed");
     let (status, contact) = p.accept(&p.carl, guid).await;
     assert_eq!(status, StatusCode::OK, "{contact}");
     assert_eq!(contact["state"], "active");
@@ -128,6 +136,7 @@ async fn a_subscriber_invites_a_contact_who_accepts_sees_the_machine_and_leaves(
     assert_eq!(status, StatusCode::OK, "{left}");
     assert_eq!(p.sees_machine(&p.carl).await.1["code"], "not_related");
     assert_eq!(p.contacts().await[0]["state"], "left");
+    assert_eq!(p.mails().await[1], ("contact_left".into(), "olga@example.com".into()), "the subscriber is told");
     let carl = p.bed.api.shared.store.user(p.carl_id).await.unwrap().unwrap();
     assert!(carl.inactive_since.is_some(), "a contact of no subscriber is inactive");
     p.bed.api.clock.advance(time::Duration::days(89));
@@ -192,6 +201,8 @@ async fn the_subscriber_removes_contacts_before_and_after_acceptance() {
         (StatusCode::OK, Some("active"), Some(true))
     );
     assert_eq!(p.sees_machine(&p.carl).await.1["code"], "not_related");
+    let removals: Vec<_> = p.mails().await.into_iter().filter(|(kind, _)| kind == "contact_removed").collect();
+    assert_eq!(removals, [("contact_removed".into(), "carl@example.com".into())], "only carl is told");
     // Only the subscriber (or an operator) manages contacts.
     let (status, _, refused) = p.bed.delete(FROM, Some(&p.carl), &format!("{base}/{}", id_of(guid))).await;
     assert_eq!((status, refused["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_related")), "{refused}");
@@ -223,6 +234,10 @@ async fn a_terminated_subscription_and_a_suspension_end_access_at_once() {
     assert_eq!((status, done["contacts_ended"].as_u64()), (StatusCode::OK, Some(2)), "{done}");
     assert_eq!(p.sees_machine(&p.carl).await.1["code"], "not_related");
     assert_eq!(p.sees_machine(&p.dora).await.1["code"], "not_related");
+    let mut told: Vec<_> = p.mails().await.into_iter().filter(|(kind, _)| kind == "subscription_terminated").collect();
+    told.sort();
+    let want = |to: &str| ("subscription_terminated".to_string(), to.to_string());
+    assert_eq!(told, [want("carl@example.com"), want("dora@example.com")], "each contact is told");
     // The owner still sees its own records, and changes nothing.
     assert_eq!(p.sees_machine(&p.olga).await.0, StatusCode::OK);
     let (status, _, refused) = p
@@ -284,4 +299,35 @@ async fn bad_input_gets_a_stable_code_and_a_message() {
     let unknown = Uuid::new_v4();
     let (status, _, refused) = p.bed.get(FROM, Some(&p.carl), &format!("/api/v1/invitations/{unknown}")).await;
     assert_eq!((status, refused["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_such_invitation")), "{refused}");
+}
+
+#[tokio::test]
+async fn a_user_changes_their_email_once_the_link_sent_to_the_new_address_is_followed() {
+    let p = people().await;
+    let (status, _, answer) =
+        p.bed.post(FROM, Some(&p.carl), "/api/v1/me/email", json!({"email": "carl@new.example"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (_, _, me) = p.bed.get(FROM, Some(&p.carl), "/api/v1/me").await;
+    assert_eq!(me["user"]["email"], "carl@example.com", "nothing changes before the link is followed");
+    // Read the link as the mail worker would send it.
+    let now = time::OffsetDateTime::now_utc();
+    let store = &p.bed.api.shared.store;
+    let mail = store.claim_mail(now, now + time::Duration::minutes(1), 10).await.unwrap();
+    let mail = mail.iter().find(|m| m.kind == "email_change").expect("the confirmation mail is queued");
+    assert_eq!(mail.recipient, "carl@new.example", "the link goes to the new address");
+    let secret = mail.body.split("secret=").nth(1).unwrap().split_whitespace().next().unwrap();
+    let confirm =
+        |secret: &str| p.bed.post(FROM, Some(&p.carl), "/api/v1/email-changes/confirm", json!({"secret": secret}));
+    let (status, _, refused) = confirm("not-the-secret").await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_such_email_change")), "{refused}");
+    let (status, _, changed) = confirm(secret).await;
+    assert_eq!((status, changed["email"].as_str()), (StatusCode::OK, Some("carl@new.example")), "{changed}");
+    let (_, _, me) = p.bed.get(FROM, Some(&p.carl), "/api/v1/me").await;
+    assert_eq!(me["user"]["email"], "carl@new.example");
+    let (status, _, again) = confirm(secret).await;
+    assert_eq!(
+        (status, again["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_email_change")),
+        "once: {again}"
+    );
 }

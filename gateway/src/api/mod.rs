@@ -105,7 +105,7 @@ impl Api {
             connections: Arc::new(ConnectionCaps::new(api.max_connections, api.max_connections_per_source)),
             relays: Arc::new(LiveRelays::default()),
             relay_limits: RelayLimits::from_config(api),
-            public_url: crate::flows::public_url(&shared.config),
+            public_url: shared.config.mail_public_url(),
             clock: crate::flows::Clock::default(),
             shared,
         })

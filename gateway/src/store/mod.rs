@@ -12,7 +12,7 @@
 //! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
 //! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
 //! and `access` (what the policy module needs to know of a principal); their read-then-write
-//! transitions run in a `tx` transaction.
+//! transitions run in a `tx` transaction; and `outbox`, the mail waiting for an SMTP server.
 //!
 //! What it does not do: decide who may do what (`policy`), know which devices are live
 //! (`registry`), or queue the device records written on the tunnels' behalf (`journal`).
@@ -41,6 +41,9 @@ mod emails;
 mod instances;
 mod lan;
 mod migrations;
+mod outbox;
+#[cfg(test)]
+mod outbox_tests;
 mod redirections;
 mod remote;
 mod sources;
@@ -60,6 +63,7 @@ pub use directory::SubscriberListing;
 pub use emails::EmailChanged;
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
+pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, MAX_MAIL_ERROR};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use sources::SourceTunnels;
