@@ -279,6 +279,25 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ",
+    // v9: the portal's sessions (`sessions.rs`): the SHA-256 of each random session id (never
+    // the id), its user, times, whether the second factor was passed, its CSRF secret and a TOTP
+    // secret being enrolled; and the last TOTP time step each user spent (no code twice).
+    "
+CREATE TABLE portal_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id_hash TEXT NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    second_factor INTEGER NOT NULL DEFAULT 0,
+    csrf_secret TEXT NOT NULL,
+    totp_pending TEXT
+);
+CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
+CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -514,6 +533,23 @@ CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS
     $body$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $body$;
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+",
+    // v7: the portal's sessions, as SQLite's v9.
+    "
+CREATE TABLE portal_sessions (
+    id BIGSERIAL PRIMARY KEY,
+    id_hash TEXT NOT NULL UNIQUE,
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    created_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    second_factor BOOLEAN NOT NULL DEFAULT FALSE,
+    csrf_secret TEXT NOT NULL,
+    totp_pending TEXT
+);
+CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
+CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
+ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
 ",
 ];
 
