@@ -256,6 +256,24 @@ fn check_ca(path: &Path, ca: &CertificateDer<'_>, key_type: KeyType) -> Result<(
 }
 
 fn load_operator(tls_dir: &Path, cert: &Path, key_path: &Path) -> Result<TlsMaterial, CertError> {
+    let mut material = load_pem_files(cert, key_path)?;
+    let Some(root) = material.chain.last() else {
+        return Err(CertError::Missing { path: cert.to_path_buf(), what: "PEM certificate" });
+    };
+    let ca_cert_path = tls_dir.join(OPERATOR_CA_FILE);
+    let pem = pem_block(root);
+    std::fs::write(&ca_cert_path, pem).map_err(io_err(&ca_cert_path))?;
+    material.ca_cert_path = ca_cert_path;
+    Ok(material)
+}
+
+/// An operator's PEM chain (server certificate first) and private key, checked: every
+/// certificate valid now (a warning when one expires within 90 days), the key matching the
+/// first. `ca_cert_path` is the chain's file. For `tls.cert_file` (through `load_or_create`) and
+/// the API's own certificate (`api.cert_file`, a publicly trusted one for browsers).
+///
+/// Blocking (file I/O).
+pub fn load_pem_files(cert: &Path, key_path: &Path) -> Result<TlsMaterial, CertError> {
     let chain = read_certs(cert)?;
     let key = read_key(key_path)?;
     let now = OffsetDateTime::now_utc();
@@ -276,19 +294,16 @@ fn load_operator(tls_dir: &Path, cert: &Path, key_path: &Path) -> Result<TlsMate
             ));
         }
         if not_after - now < WARN_BEFORE {
-            warn!(path = %cert.display(), certificate = i + 1, %not_after, "a certificate of tls.cert_file expires soon");
+            warn!(path = %cert.display(), certificate = i + 1, %not_after, "a certificate expires soon");
         }
     }
     check_key_matches(cert, key_path, &chain, &key)?;
     let Some(root) = chain.last() else {
         return Err(CertError::Missing { path: cert.to_path_buf(), what: "PEM certificate" });
     };
-    let ca_cert_path = tls_dir.join(OPERATOR_CA_FILE);
-    let pem = pem_block(root);
-    std::fs::write(&ca_cert_path, pem).map_err(io_err(&ca_cert_path))?;
     Ok(TlsMaterial {
         ca_fingerprint_sha256: fingerprint(root),
-        ca_cert_path,
+        ca_cert_path: cert.to_path_buf(),
         chain,
         key,
         generated: false,
