@@ -172,12 +172,9 @@ impl Portal {
             }
             Err(err) => return Err(unavailable(err)),
         };
-        match (visitor.gate(), allow) {
-            (Gate::NeedsCode, Allow::Code) | (Gate::Open, Allow::Open | Allow::Enrol) => Ok(visitor),
-            (Gate::MustEnrol, Allow::Enrol) => Ok(visitor),
-            (Gate::NeedsCode, _) => Err(views::redirect("/portal/signin/totp")),
-            (Gate::MustEnrol, _) => Err(views::redirect("/portal/profile")),
-            (Gate::Open, Allow::Code) => Err(views::redirect("/portal/machines")),
+        match elsewhere(visitor.gate(), allow) {
+            None => Ok(visitor),
+            Some(to) => Err(views::redirect(to)),
         }
     }
 
@@ -199,18 +196,24 @@ impl Portal {
         if !csrf::token_matches(&visitor.session.csrf_secret, fields.get(csrf::FIELD)) {
             return Err(bad_token());
         }
-        // The same gates as the pages (sign-out is allowed at every gate: it asks none).
-        self.gate_only(visitor, allow)
-    }
-
-    fn gate_only(&self, visitor: Visitor, allow: Allow) -> Result<Visitor, Response> {
-        match (visitor.gate(), allow) {
-            (Gate::NeedsCode, Allow::Code) | (Gate::Open, Allow::Open | Allow::Enrol) => Ok(visitor),
-            (Gate::MustEnrol, Allow::Enrol) => Ok(visitor),
-            (Gate::NeedsCode, _) => Err(views::redirect("/portal/signin/totp")),
-            (Gate::MustEnrol, _) => Err(views::redirect("/portal/profile")),
-            (Gate::Open, Allow::Code) => Err(views::redirect("/portal/machines")),
+        // The same gates as the pages.
+        match elsewhere(visitor.gate(), allow) {
+            None => Ok(visitor),
+            Some(to) => Err(views::redirect(to)),
         }
+    }
+}
+
+/// Where a session at `gate` is sent instead of a page that lets `allow` through (`None`: it
+/// may stay).
+fn elsewhere(gate: Gate, allow: Allow) -> Option<&'static str> {
+    match (gate, allow) {
+        (Gate::NeedsCode, Allow::Code) | (Gate::Open, Allow::Open | Allow::Enrol) | (Gate::MustEnrol, Allow::Enrol) => {
+            None
+        }
+        (Gate::NeedsCode, _) => Some("/portal/signin/totp"),
+        (Gate::MustEnrol, _) => Some("/portal/profile"),
+        (Gate::Open, Allow::Code) => Some("/portal/machines"),
     }
 }
 
