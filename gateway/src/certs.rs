@@ -771,6 +771,23 @@ mod tests {
     }
 
     #[test]
+    fn the_apis_own_certificate_loads_without_touching_the_cira_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = operator_files(dir.path(), -1, 365);
+        let tls = dir.path().join("tls");
+        let material = load_pem_files(&cert, &key).unwrap();
+        assert_eq!(material.chain.len(), 2);
+        assert_eq!(material.ca_cert_path, cert);
+        assert_eq!(material.ca_fingerprint_sha256, fingerprint(&ca));
+        assert!(!tls.exists(), "nothing is written for the API's certificate");
+        server_config(&material, &[b"http/1.1"], None).unwrap();
+        std::fs::create_dir_all(dir.path().join("old")).unwrap();
+        let (expired, expired_key, _) = operator_files(&dir.path().join("old"), -30, -1);
+        let err = load_pem_files(&expired, &expired_key).unwrap_err().to_string();
+        assert!(err.contains("valid only from"), "{err}");
+    }
+
+    #[test]
     fn an_operator_key_that_does_not_match_is_refused_naming_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, _) = operator_files(dir.path(), -1, 365);
