@@ -77,7 +77,7 @@ pub(super) async fn list(
             p { "No machines to show. A subscriber's machines appear here once enrolled; a support contact sees those of the subscribers who invited them." }
         } @else {
             div.scroll {
-                table {
+                table.cards {
                     thead { tr { th { "Machine" } th { "Subscriber" } th { "Connection" } th { "Last hello" } th { "Health" } } }
                     tbody {
                         @for (machine, state, last_hello) in &rows {
@@ -88,13 +88,13 @@ pub(super) async fn list(
                                         @else { code { (machine.uuid) } }
                                     }
                                 }
-                                td {
+                                td data-label="Subscriber" {
                                     @if own.contains(&machine.subscriber_id) { "yours" }
                                     @else { "#" (machine.subscriber_id) }
                                 }
-                                td { (state) }
-                                td { (views::when(*last_hello)) }
-                                td.muted { (NO_TELEMETRY) }
+                                td data-label="Connection" { (state) }
+                                td data-label="Last hello" { (views::when(*last_hello)) }
+                                td.muted data-label="Health" { (NO_TELEMETRY) }
                             }
                         }
                     }

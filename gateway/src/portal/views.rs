@@ -20,7 +20,9 @@ header form{margin:0}main{padding:1em;max-width:60em}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #ddd;vertical-align:top}\
 .scroll{overflow-x:auto}.note{background:#fff3cd;padding:.6em;border-radius:4px}.error{background:#f8d7da;padding:.6em;border-radius:4px}\
 label{display:block;margin:.6em 0 .2em}input[type=text],input[type=password]{font-size:1.1em;padding:.3em;width:100%;max-width:20em;box-sizing:border-box}\
-button{font-size:1em;padding:.4em 1em;margin-top:.6em}code{word-break:break-all}.muted{color:#666}";
+button{font-size:1em;padding:.4em 1em;margin-top:.6em}code{word-break:break-all}.muted{color:#666}\
+@media (max-width:40em){table.cards thead{display:none}table.cards tr{display:block;border-bottom:1px solid #ccc;padding:.4em 0}\
+table.cards td{display:block;border:0;padding:.1em .3em}table.cards td[data-label]::before{content:attr(data-label) \": \";color:#666}}";
 
 /// The headers of every portal response: no caching, no framing, no scripts, no referrer.
 pub fn secure_headers(headers: &mut HeaderMap) {
