@@ -126,6 +126,8 @@ pub struct PasswordChecker {
     /// Hashes an unknown user's password is checked against, so that it takes as long as a wrong
     /// password for a known one.
     dummy_hash: String,
+    /// Checks handed to the argon2 threads so far.
+    started: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PasswordChecker {
@@ -169,6 +171,7 @@ impl PasswordChecker {
             admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(threads + queue.max(1))),
             jobs,
             dummy_hash,
+            started: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -196,6 +199,7 @@ impl PasswordChecker {
         let job = Job { phc: phc.to_string(), password: password.to_vec(), reply };
         // Never blocks: the semaphore admits no more jobs than the channel and threads hold.
         self.jobs.try_send(job).map_err(|_| CheckError::Busy)?;
+        self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(ok)) => Ok(ok),
             Ok(Err(_)) => Err(CheckError::Busy),
@@ -208,6 +212,11 @@ impl PasswordChecker {
     pub async fn check_dummy(&self, password: &[u8], deadline: tokio::time::Instant) -> Result<bool, CheckError> {
         let dummy = self.dummy_hash.clone();
         self.check(&dummy, password, deadline).await.map(|_| false)
+    }
+
+    /// How many checks were handed to the argon2 threads so far (answers from the cache are not).
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Only the cache: whether this pair was proven good before (no argon2 run).

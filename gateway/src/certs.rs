@@ -256,6 +256,24 @@ fn check_ca(path: &Path, ca: &CertificateDer<'_>, key_type: KeyType) -> Result<(
 }
 
 fn load_operator(tls_dir: &Path, cert: &Path, key_path: &Path) -> Result<TlsMaterial, CertError> {
+    let mut material = load_pem_files(cert, key_path)?;
+    let Some(root) = material.chain.last() else {
+        return Err(CertError::Missing { path: cert.to_path_buf(), what: "PEM certificate" });
+    };
+    let ca_cert_path = tls_dir.join(OPERATOR_CA_FILE);
+    let pem = pem_block(root);
+    std::fs::write(&ca_cert_path, pem).map_err(io_err(&ca_cert_path))?;
+    material.ca_cert_path = ca_cert_path;
+    Ok(material)
+}
+
+/// An operator's PEM chain (server certificate first) and private key, checked: every
+/// certificate valid now (a warning when one expires within 90 days), the key matching the
+/// first. `ca_cert_path` is the chain's file. For `tls.cert_file` (through `load_or_create`) and
+/// the API's own certificate (`api.cert_file`, a publicly trusted one for browsers).
+///
+/// Blocking (file I/O).
+pub fn load_pem_files(cert: &Path, key_path: &Path) -> Result<TlsMaterial, CertError> {
     let chain = read_certs(cert)?;
     let key = read_key(key_path)?;
     let now = OffsetDateTime::now_utc();
@@ -276,19 +294,16 @@ fn load_operator(tls_dir: &Path, cert: &Path, key_path: &Path) -> Result<TlsMate
             ));
         }
         if not_after - now < WARN_BEFORE {
-            warn!(path = %cert.display(), certificate = i + 1, %not_after, "a certificate of tls.cert_file expires soon");
+            warn!(path = %cert.display(), certificate = i + 1, %not_after, "a certificate expires soon");
         }
     }
     check_key_matches(cert, key_path, &chain, &key)?;
     let Some(root) = chain.last() else {
         return Err(CertError::Missing { path: cert.to_path_buf(), what: "PEM certificate" });
     };
-    let ca_cert_path = tls_dir.join(OPERATOR_CA_FILE);
-    let pem = pem_block(root);
-    std::fs::write(&ca_cert_path, pem).map_err(io_err(&ca_cert_path))?;
     Ok(TlsMaterial {
         ca_fingerprint_sha256: fingerprint(root),
-        ca_cert_path,
+        ca_cert_path: cert.to_path_buf(),
         chain,
         key,
         generated: false,
@@ -753,6 +768,23 @@ mod tests {
         assert_eq!(first_cert(&material.ca_cert_path).unwrap(), ca);
         assert!(!tls.join(CA_FILE).exists(), "no CA is generated beside an operator chain");
         server_config(&material, &[], None).unwrap();
+    }
+
+    #[test]
+    fn the_apis_own_certificate_loads_without_touching_the_cira_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = operator_files(dir.path(), -1, 365);
+        let tls = dir.path().join("tls");
+        let material = load_pem_files(&cert, &key).unwrap();
+        assert_eq!(material.chain.len(), 2);
+        assert_eq!(material.ca_cert_path, cert);
+        assert_eq!(material.ca_fingerprint_sha256, fingerprint(&ca));
+        assert!(!tls.exists(), "nothing is written for the API's certificate");
+        server_config(&material, &[b"http/1.1"], None).unwrap();
+        std::fs::create_dir_all(dir.path().join("old")).unwrap();
+        let (expired, expired_key, _) = operator_files(&dir.path().join("old"), -30, -1);
+        let err = load_pem_files(&expired, &expired_key).unwrap_err().to_string();
+        assert!(err.contains("valid only from"), "{err}");
     }
 
     #[test]

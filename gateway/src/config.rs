@@ -47,6 +47,7 @@ pub struct Config {
     pub lan: LanConfig,
     pub accounts: AccountsConfig,
     pub mail: MailConfig,
+    pub portal: PortalConfig,
 }
 
 impl Default for Config {
@@ -68,7 +69,36 @@ impl Default for Config {
             lan: LanConfig::default(),
             accounts: AccountsConfig::default(),
             mail: MailConfig::default(),
+            portal: PortalConfig::default(),
         }
+    }
+}
+
+/// The web portal's sign-in sessions (`docs/portal.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortalConfig {
+    /// A session unused for this long ends (the browser must sign in again).
+    pub session_idle_minutes: u32,
+    /// A session ends this long after sign-in, used or not.
+    pub session_max_hours: u32,
+    /// The name authenticator apps show beside a TOTP entry (no ':').
+    pub totp_issuer: String,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self { session_idle_minutes: 30, session_max_hours: 12, totp_issuer: "Tether".into() }
+    }
+}
+
+impl PortalConfig {
+    pub fn session_idle(&self) -> time::Duration {
+        time::Duration::minutes(self.session_idle_minutes.into())
+    }
+
+    pub fn session_max(&self) -> time::Duration {
+        time::Duration::hours(self.session_max_hours.into())
     }
 }
 
@@ -319,6 +349,11 @@ pub struct ApiConfig {
     pub ping_timeout_secs: u64,
     /// Largest WebSocket frame or message, checked before it is buffered.
     pub max_frame_bytes: usize,
+    /// A certificate chain (PEM, server certificate first) and key of the API's and portal's own,
+    /// served on `api_listen` instead of the gateway's CIRA certificate: a publicly trusted one
+    /// for subscribers' browsers. Unset: the API serves the CIRA certificate (`[tls]`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -334,6 +369,8 @@ impl Default for ApiConfig {
             ping_interval_secs: 15,
             ping_timeout_secs: 45,
             max_frame_bytes: 1 << 20,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -453,6 +490,15 @@ impl Config {
         at_least("limits.max_tracked_sources", limits.max_tracked_sources as u64, 16)?;
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return invalid("tls.cert_file", "and tls.key_file go together: set both, or neither".into());
+        }
+        if self.api.cert_file.is_some() != self.api.key_file.is_some() {
+            return invalid("api.cert_file", "and api.key_file go together: set both, or neither".into());
+        }
+        let portal = &self.portal;
+        at_least("portal.session_idle_minutes", portal.session_idle_minutes.into(), 1)?;
+        at_least("portal.session_max_hours", portal.session_max_hours.into(), 1)?;
+        if portal.totp_issuer.is_empty() || portal.totp_issuer.len() > 64 || portal.totp_issuer.contains(':') {
+            return invalid("portal.totp_issuer", "must be 1 to 64 characters, without ':'".into());
         }
         let listeners = [
             ("cira_listen", self.cira_listen),
@@ -681,6 +727,9 @@ mod tests {
             ("[apf]\nchannel_window = 512\n", "apf.channel_window"),
             ("[limits]\nauth_failure_burst = 0\n", "limits.auth_failure_burst"),
             ("[tls]\ncert_file = \"/etc/tether/chain.pem\"\n", "tls.key_file"),
+            ("[api]\nkey_file = \"/etc/tether/web-key.pem\"\n", "api.key_file"),
+            ("[portal]\nsession_idle_minutes = 0\n", "portal.session_idle_minutes"),
+            ("[portal]\ntotp_issuer = \"a:b\"\n", "portal.totp_issuer"),
             ("api_listen = \"0.0.0.0:4433\"\n", "api_listen"),
             ("[tls]\nkey_type = \"rsa2048\"\n", "rsa2048"),
             ("[devices]\npolicy = \"everyone\"\n", "everyone"),

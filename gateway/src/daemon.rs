@@ -118,7 +118,20 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     // instead of costing a signature each.
     let tickets = Arc::new(crate::tickets::Tickets::load_or_create(data_dir).context("loading the TLS ticket keys")?);
     let cira_tls = certs::server_config(&material, &[], Some(tickets.clone()))?;
-    let api_tls = certs::server_config(&material, &[b"http/1.1"], Some(tickets.clone()))?;
+    // The API and portal serve a certificate of their own when one is configured (a publicly
+    // trusted one, for subscribers' browsers); else the CIRA certificate AMT trusts.
+    let api_tls = match (&config.api.cert_file, &config.api.key_file) {
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (cert.clone(), key.clone());
+            let own = tokio::task::spawn_blocking(move || certs::load_pem_files(&cert, &key))
+                .await?
+                .context("loading the API's certificate (api.cert_file, api.key_file)")?;
+            let fingerprint = own.chain.first().map(|leaf| certs::fingerprint(leaf)).unwrap_or_default();
+            info!(%fingerprint, "the API serves its own certificate (api.cert_file)");
+            certs::server_config(&own, &[b"http/1.1"], Some(tickets.clone()))?
+        }
+        _ => certs::server_config(&material, &[b"http/1.1"], Some(tickets.clone()))?,
+    };
 
     // The fleet link: only for a gateway in a fleet (`tether fleet init` or `join`) with an
     // internal address to listen on.

@@ -10,7 +10,7 @@
 //! - `relay`: a technician WebSocket piped to a device stream; `redir_tap`: what the relays to
 //!   AMT's redirection ports carry (SOL/IDE-R sessions: metrics, records, SOL transcripts), and
 //!   `redir_log` the writers of those records and transcripts;
-//! - `api`: the HTTPS API and the metrics endpoint;
+//! - `api`: the HTTPS API and the metrics endpoint; `portal`: the web portal on the API's port;
 //! - `wsman`: the WS-Management client (AMT power, boot, redirection, consent) over a device
 //!   stream, which the API's remote-fix endpoints drive; `sealing`: AMT passwords sealed at rest;
 //! - `store` and `journal`: the store (SQLite or PostgreSQL) and the non-blocking writer of
@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod operator;
 pub mod paths;
 pub mod policy;
+pub mod portal;
 pub mod proxy_header;
 pub mod redir_log;
 pub mod redir_tap;

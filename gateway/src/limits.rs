@@ -515,6 +515,86 @@ impl SourceLimiter {
     }
 }
 
+/// Failed portal sign-ins (a wrong password or TOTP code) a source, or a username, may make at
+/// once before it is put under back-off...
+pub const SIGN_IN_FAILURE_BURST: u32 = 5;
+/// ...and how many more per minute after that. Many people behind one NAT mistyping now and
+/// then never notice; a source or a username being guessed at gets a few argon2 runs a minute.
+pub const SIGN_IN_FAILURES_PER_MINUTE: u32 = 6;
+
+/// The portal's sign-in throttle: failed sign-ins per source and per username, each with its own
+/// back-off. [`SignInLimiter::blocked`] is asked before the password is hashed, so a source or
+/// username in back-off costs no argon2 run. Usernames are keyed by at most
+/// [`MAX_THROTTLED_USERNAME`] bytes, and both tables are bounded like every other here.
+pub struct SignInLimiter {
+    sources: Table<Source>,
+    usernames: Table<String>,
+    blocked_sources: Backoff<Source>,
+    blocked_usernames: Backoff<String>,
+}
+
+/// Longest username kept as a throttle key (longer ones are cut: no user has one).
+pub const MAX_THROTTLED_USERNAME: usize = 128;
+
+impl std::fmt::Debug for SignInLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInLimiter").finish_non_exhaustive()
+    }
+}
+
+fn username_key(username: &str) -> String {
+    let mut end = username.len().min(MAX_THROTTLED_USERNAME);
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    username[..end].to_lowercase()
+}
+
+impl SignInLimiter {
+    /// `max_tracked` bounds each table (`limits.max_tracked_sources`).
+    pub fn new(max_tracked: usize) -> SignInLimiter {
+        let max_tracked = max_tracked.max(16);
+        let quota = Quota::per_minute(nonzero(SIGN_IN_FAILURES_PER_MINUTE)).allow_burst(nonzero(SIGN_IN_FAILURE_BURST));
+        SignInLimiter {
+            sources: Table::new("sign_in_failures_per_source", quota, max_tracked),
+            usernames: Table::new("sign_in_failures_per_username", quota, max_tracked),
+            blocked_sources: Backoff::new(max_tracked),
+            blocked_usernames: Backoff::new(max_tracked),
+        }
+    }
+
+    /// Whether `source` or `username` is under back-off now, and for how long still.
+    pub fn blocked(&self, source: IpAddr, username: &str) -> Option<Duration> {
+        let by_source = self.blocked_sources.remaining([&Source::from(source)]);
+        let by_name = self.blocked_usernames.remaining([&username_key(username)]);
+        by_source.max(by_name)
+    }
+
+    /// Records a failed sign-in; the back-off the source or username is now under, if any.
+    pub fn failed(&self, source: IpAddr, username: &str) -> Option<Duration> {
+        let source = Source::from(source);
+        let name = username_key(username);
+        let mut longest = None;
+        if let Err(wait) = self.sources.check(&source) {
+            self.blocked_sources.block(source, wait);
+            longest = Some(wait);
+        }
+        if let Err(wait) = self.usernames.check(&name) {
+            self.blocked_usernames.block(name, wait);
+            longest = Some(longest.map_or(wait, |l: Duration| l.max(wait)));
+        }
+        longest
+    }
+
+    /// Forgets idle keys and expired back-offs; call every minute or so.
+    pub fn housekeeping(&self) {
+        self.sources.sweep(true);
+        self.usernames.sweep(true);
+        self.blocked_sources.housekeeping();
+        self.blocked_usernames.housekeeping();
+    }
+}
+
 /// Which connection cap refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CapReached {

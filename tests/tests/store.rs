@@ -672,3 +672,52 @@ async fn a_postgres_store_from_before_accounts_gives_its_tokens_to_the_operator(
     assert!(next > 2, "a new token reused the revoked token's id {next}");
     assert_eq!(store.token_by_hash("hc").await.unwrap().unwrap().user_id, operator.id);
 }
+
+/// The portal's sessions on both databases: only the id's hash finds one, a user keeps at most
+/// `MAX_SESSIONS_PER_USER` (the oldest go), expired ones are swept, and a TOTP step is spent once.
+#[tokio::test]
+async fn portal_sessions_are_capped_swept_and_totp_steps_spent_once() {
+    use tether_gateway::store::{NewSession, MAX_SESSIONS_PER_USER};
+    let (_dir, stores) = both("portal_sessions").await;
+    for store in stores {
+        let kind = if store.is_postgres() { "postgres" } else { "sqlite" };
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let user = store.create_user("ann", None, None, Role::User, t0).await.unwrap();
+        let new = |i: i64| NewSession {
+            id_hash: format!("hash-{i}"),
+            user_id: user,
+            now: t0 + time::Duration::seconds(i),
+            expires_at: t0 + time::Duration::hours(12),
+            second_factor: false,
+            csrf_secret: format!("csrf-{i}"),
+        };
+        let idle_before = t0 - time::Duration::minutes(30);
+        for i in 0..=MAX_SESSIONS_PER_USER {
+            store.create_session(&new(i), idle_before).await.unwrap();
+        }
+        assert_eq!(store.session_count(user).await.unwrap(), MAX_SESSIONS_PER_USER as u64, "{kind}");
+        assert!(store.session("hash-0").await.unwrap().is_none(), "{kind}: the oldest went");
+        let last = store.session(&format!("hash-{MAX_SESSIONS_PER_USER}")).await.unwrap().unwrap();
+        let csrf = format!("csrf-{MAX_SESSIONS_PER_USER}");
+        assert_eq!((last.user_id, last.second_factor, &last.csrf_secret), (user, false, &csrf), "{kind}");
+        store.set_session_totp_pending(last.id, Some("sealed".into())).await.unwrap();
+        store.pass_second_factor(last.id).await.unwrap();
+        let last = store.session(&format!("hash-{MAX_SESSIONS_PER_USER}")).await.unwrap().unwrap();
+        assert!(last.second_factor && last.totp_pending.is_none(), "{kind}");
+        assert_eq!(store.delete_user_sessions(user, Some(last.id)).await.unwrap(), MAX_SESSIONS_PER_USER as u64 - 1);
+        let later = t0 + time::Duration::hours(13);
+        assert_eq!(store.sweep_sessions(later, later - time::Duration::minutes(30)).await.unwrap(), 1, "{kind}");
+        assert_eq!(store.session_count(user).await.unwrap(), 0, "{kind}");
+
+        assert!(store.user_totp_secret(user).await.unwrap().is_none(), "{kind}");
+        store.set_user_totp_secret(user, Some("sealed-secret".into())).await.unwrap();
+        assert_eq!(store.user_totp_secret(user).await.unwrap().as_deref(), Some("sealed-secret"), "{kind}");
+        assert!(store.spend_totp_step(user, 100).await.unwrap(), "{kind}");
+        assert!(!store.spend_totp_step(user, 100).await.unwrap(), "{kind}: the same step twice");
+        assert!(!store.spend_totp_step(user, 99).await.unwrap(), "{kind}: an earlier step");
+        assert!(store.spend_totp_step(user, 101).await.unwrap(), "{kind}");
+        // A new secret starts afresh.
+        store.set_user_totp_secret(user, None).await.unwrap();
+        assert!(store.spend_totp_step(user, 50).await.unwrap(), "{kind}");
+    }
+}

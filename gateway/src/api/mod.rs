@@ -23,6 +23,8 @@
 //! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
 //! carry `Retry-After`.
 //!
+//! The web portal (`crate::portal`) is merged into the same router, at `/` and `/portal/…`.
+//!
 //! What it does not do: the relay loop (`relay`), or keep rate budgets (`limits`).
 
 /// The JSON body of a request, or (from the handler) a 400 saying what is wrong with it.
@@ -91,6 +93,8 @@ pub struct Api {
     public_url: String,
     /// The time the account flows run at (moved forward only by tests).
     clock: crate::flows::Clock,
+    /// The web portal on the same port (`crate::portal`).
+    portal: Arc<crate::portal::Portal>,
 }
 
 impl Api {
@@ -107,6 +111,7 @@ impl Api {
             relay_limits: RelayLimits::from_config(api),
             public_url: shared.config.mail_public_url(),
             clock: crate::flows::Clock::default(),
+            portal: crate::portal::Portal::new(Arc::clone(&shared)),
             shared,
         })
     }
@@ -120,9 +125,24 @@ impl Api {
 /// The connection a request came on: the technician's address, and the connection's place under
 /// the caps (a relay holds it for as long as it runs).
 #[derive(Debug, Clone)]
-struct Connection {
+pub(crate) struct Connection {
     remote: SocketAddr,
     _slot: Arc<ConnectionSlot>,
+}
+
+impl Connection {
+    /// The address the request came from (a load balancer's PROXY header's, behind one).
+    pub(crate) fn remote_ip(&self) -> std::net::IpAddr {
+        self.remote.ip()
+    }
+
+    /// A connection from `remote` outside any real cap, for in-process requests in tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(remote: SocketAddr) -> Connection {
+        let caps = Arc::new(ConnectionCaps::new(usize::MAX, usize::MAX));
+        let slot = caps.try_enter(remote.ip()).expect("an unbounded cap admits");
+        Connection { remote, _slot: Arc::new(slot) }
+    }
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -168,11 +188,19 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
+    let portal = crate::portal::router(Arc::clone(&api.portal));
     Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/health",
+            get(|| async {
+                "ok
+"
+            }),
+        )
         .route("/api/openapi.json", get(openapi::openapi_json))
         .merge(v1)
         .with_state(api)
+        .merge(portal)
 }
 
 /// Serves the API over TLS until shutdown, and watches live relays' tokens.
@@ -184,6 +212,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
 async fn serve_api(listener: TcpListener, acceptor: Option<TlsAcceptor>, api: Arc<Api>) {
     let app = router(Arc::clone(&api));
     tokio::spawn(relays::watch_tokens(Arc::clone(&api)));
+    tokio::spawn(crate::portal::housekeeping(Arc::clone(&api.portal)));
     let mut shutdown = api.shared.shutdown.clone();
     let mut backoff = crate::files::AcceptBackoff::new(Listener::Api);
     loop {

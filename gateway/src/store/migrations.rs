@@ -298,6 +298,25 @@ CREATE TABLE mail_outbox (
 );
 CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_at) WHERE sent_at IS NULL AND gave_up_at IS NULL;
 ",
+    // v10: the portal's sessions (`sessions.rs`): the SHA-256 of each random session id (never
+    // the id), its user, times, whether the second factor was passed, its CSRF secret and a TOTP
+    // secret being enrolled; and the last TOTP time step each user spent (no code twice).
+    "
+CREATE TABLE portal_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id_hash TEXT NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    second_factor INTEGER NOT NULL DEFAULT 0,
+    csrf_secret TEXT NOT NULL,
+    totp_pending TEXT
+);
+CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
+CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -551,6 +570,23 @@ CREATE TABLE mail_outbox (
     last_error TEXT
 );
 CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_at) WHERE sent_at IS NULL AND gave_up_at IS NULL;
+",
+    // v8: the portal's sessions, as SQLite's v10.
+    "
+CREATE TABLE portal_sessions (
+    id BIGSERIAL PRIMARY KEY,
+    id_hash TEXT NOT NULL UNIQUE,
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    created_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    second_factor BOOLEAN NOT NULL DEFAULT FALSE,
+    csrf_secret TEXT NOT NULL,
+    totp_pending TEXT
+);
+CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
+CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
+ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
 ",
 ];
 

@@ -8,7 +8,8 @@
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
 //! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
-//! `sources` (the tunnels busy source addresses held); and the accounts of `docs/accounts.md`:
+//! `sources` (the tunnels busy source addresses held), `sessions` (the portal's sign-ins); and
+//! the accounts of `docs/accounts.md`:
 //! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
 //! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
 //! and `access` (what the policy module needs to know of a principal); their read-then-write
@@ -46,6 +47,7 @@ mod outbox;
 mod outbox_tests;
 mod redirections;
 mod remote;
+mod sessions;
 mod sources;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -66,6 +68,7 @@ pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, MAX_MAIL_ERROR};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
+pub use sessions::{NewSession, SessionRecord, MAX_SESSIONS_PER_USER};
 pub use sources::SourceTunnels;
 pub use tokens::{TokenRecord, TokenScope};
 pub(crate) use tx::{is_unique_violation, Tx};

@@ -1,0 +1,242 @@
+//! The machines a visitor may see (`ListMachines` on the gateway, filtered by
+//! `Store::visible_machines_with`, the rule of the API's device list), and one machine's page
+//! (`ViewMachine`; its audit and redirection sessions with `ViewAudit`). Viewing a machine's
+//! page appends a `machine.viewed` audit row. Health reads "no telemetry yet" until agents
+//! report it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::html;
+use time::OffsetDateTime;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::{unavailable, views, Allow, Portal};
+use crate::policy::{self, Action, Resource};
+use crate::store::{AuditAction, DeviceRecord, NewAudit};
+
+/// Machines on one page of the list.
+const PAGE: u32 = 100;
+/// Audit rows and redirection sessions on a machine's page.
+const RECENT: u32 = 50;
+const NO_TELEMETRY: &str = "no telemetry yet";
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ListQuery {
+    after: Option<Uuid>,
+}
+
+/// Connected here, through another gateway of the fleet, or not.
+fn connection_state(portal: &Portal, uuid: Uuid, record: Option<&DeviceRecord>) -> &'static str {
+    if portal.shared.registry.any(uuid).is_some() {
+        "connected"
+    } else if record.is_some_and(|r| r.connected_since.is_some()) {
+        "connected (another gateway)"
+    } else {
+        "not connected"
+    }
+}
+
+pub(super) async fn list(
+    State(portal): State<Arc<Portal>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let visitor = match portal.require(&headers, Allow::Open).await {
+        Ok(visitor) => visitor,
+        Err(response) => return response,
+    };
+    if let Err(denied) =
+        policy::authorize(&visitor.principal, &visitor.relations, Action::ListMachines, Resource::Gateway)
+    {
+        return views::forbidden(Some(&visitor), denied, "Listing machines");
+    }
+    let after = query.ok().and_then(|Query(q)| q.after);
+    let store = &portal.shared.store;
+    let machines = match store.visible_machines_with(&visitor.principal, &visitor.relations, after, PAGE).await {
+        Ok(machines) => machines,
+        Err(err) => return unavailable(err),
+    };
+    let mut rows = Vec::with_capacity(machines.len());
+    for machine in &machines {
+        let record = match store.device(machine.uuid).await {
+            Ok(record) => record,
+            Err(err) => return unavailable(err),
+        };
+        let state = connection_state(&portal, machine.uuid, record.as_ref());
+        rows.push((machine, state, record.and_then(|r| r.last_hello)));
+    }
+    let next = (machines.len() >= PAGE as usize).then(|| machines.last().map(|m| m.uuid)).flatten();
+    let own: Vec<i64> = visitor.relations.owns.iter().map(|r| r.subscriber_id).collect();
+    let body = html! {
+        @if rows.is_empty() {
+            p { "No machines to show. A subscriber's machines appear here once enrolled; a support contact sees those of the subscribers who invited them." }
+        } @else {
+            div.scroll {
+                table.cards {
+                    thead { tr { th { "Machine" } th { "Subscriber" } th { "Connection" } th { "Last hello" } th { "Health" } } }
+                    tbody {
+                        @for (machine, state, last_hello) in &rows {
+                            tr {
+                                td {
+                                    a href={ "/portal/machines/" (machine.uuid) } {
+                                        @if let Some(nickname) = &machine.nickname { (nickname) br; small.muted { (machine.uuid) } }
+                                        @else { code { (machine.uuid) } }
+                                    }
+                                }
+                                td data-label="Subscriber" {
+                                    @if own.contains(&machine.subscriber_id) { "yours" }
+                                    @else { "#" (machine.subscriber_id) }
+                                }
+                                td data-label="Connection" { (state) }
+                                td data-label="Last hello" { (views::when(*last_hello)) }
+                                td.muted data-label="Health" { (NO_TELEMETRY) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(next) = next {
+                p { a href={ "/portal/machines?after=" (next) } { "Next page" } }
+            }
+        }
+    };
+    views::page(StatusCode::OK, "Machines", Some(&visitor), body)
+}
+
+pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, Path(uuid): Path<String>) -> Response {
+    let visitor = match portal.require(&headers, Allow::Open).await {
+        Ok(visitor) => visitor,
+        Err(response) => return response,
+    };
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return views::message(
+            StatusCode::BAD_REQUEST,
+            "Not a machine",
+            Some(&visitor),
+            "That is not a machine's UUID.",
+        );
+    };
+    let store = &portal.shared.store;
+    // The policy first: nothing about the machine is read for a visitor who may not see it.
+    let machine = match store.machine(uuid).await {
+        Ok(machine) => machine,
+        Err(err) => return unavailable(err),
+    };
+    let resource = Resource::Machine { uuid, subscriber_id: machine.as_ref().map(|m| m.subscriber_id) };
+    if let Err(denied) = policy::authorize(&visitor.principal, &visitor.relations, Action::ViewMachine, resource) {
+        return views::forbidden(Some(&visitor), denied, "Viewing this machine");
+    }
+    let record = match store.device(uuid).await {
+        Ok(record) => record,
+        Err(err) => return unavailable(err),
+    };
+    if machine.is_none() && record.is_none() && portal.shared.registry.any(uuid).is_none() {
+        return views::message(
+            StatusCode::NOT_FOUND,
+            "No such machine",
+            Some(&visitor),
+            "No machine with this UUID is enrolled or has ever connected to this gateway.",
+        );
+    }
+    let may_audit = policy::authorize(&visitor.principal, &visitor.relations, Action::ViewAudit, resource).is_ok();
+    let (audit, sessions) = if may_audit {
+        let audit = match store.audit_for_machine(uuid, None, RECENT).await {
+            Ok(rows) => rows,
+            Err(err) => return unavailable(err),
+        };
+        let sessions = match store.redirections_for(uuid, false, RECENT).await {
+            Ok(rows) => rows,
+            Err(err) => return unavailable(err),
+        };
+        (audit, sessions)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let names = match actor_names(&portal, audit.iter().filter_map(|a| a.actor_user_id)).await {
+        Ok(names) => names,
+        Err(response) => return response,
+    };
+    let viewed = NewAudit {
+        at: OffsetDateTime::now_utc(),
+        actor_user_id: Some(visitor.user.id),
+        action: AuditAction::MachineViewed,
+        machine_uuid: Some(uuid),
+        subscriber_id: machine.as_ref().map(|m| m.subscriber_id),
+        detail: "portal".into(),
+    };
+    if let Err(err) = store.append_audit(&viewed).await {
+        warn!(error = %err, %uuid, "cannot audit a portal view of a machine");
+        return unavailable(err);
+    }
+    let state = connection_state(&portal, uuid, record.as_ref());
+    let title = machine.as_ref().and_then(|m| m.nickname.clone()).unwrap_or_else(|| uuid.to_string());
+    let body = html! {
+        table {
+            tr { th { "UUID" } td { code { (uuid) } } }
+            tr { th { "Nickname" } td { (machine.as_ref().and_then(|m| m.nickname.as_deref()).unwrap_or("—")) } }
+            tr { th { "Subscriber" } td {
+                @match &machine { Some(m) => { "#" (m.subscriber_id) }, None => { "not enrolled" } }
+            } }
+            tr { th { "Enrolled" } td { (views::when(machine.as_ref().map(|m| m.enrolled_at))) } }
+            tr { th { "Connection" } td { (state) } }
+            tr { th { "Last hello" } td { (views::when(record.as_ref().and_then(|r| r.last_hello))) } }
+            tr { th { "First seen" } td { (views::when(record.as_ref().and_then(|r| r.first_seen))) } }
+            tr { th { "Last disconnect" } td {
+                (views::when(record.as_ref().and_then(|r| r.last_disconnect)))
+                @if let Some(reason) = record.as_ref().and_then(|r| r.last_disconnect_reason.as_deref()) { " (" (reason) ")" }
+            } }
+            tr { th { "Health" } td.muted { (NO_TELEMETRY) } }
+        }
+        @if may_audit {
+            h2 { "Recent console and IDE-R sessions" }
+            @if sessions.is_empty() { p.muted { "None." } } @else {
+                div.scroll { table {
+                    thead { tr { th { "Started" } th { "Kind" } th { "By" } th { "Ended" } th { "Outcome" } } }
+                    tbody { @for s in &sessions { tr {
+                        td { (views::when(Some(s.started_at))) } td { (s.kind) } td { (s.technician) }
+                        td { (views::when(s.ended_at)) } td { (s.outcome) }
+                    } } }
+                } }
+            }
+            h2 { "Activity" }
+            @if audit.is_empty() { p.muted { "Nothing recorded yet." } } @else {
+                div.scroll { table {
+                    thead { tr { th { "When" } th { "Who" } th { "What" } th { "Detail" } } }
+                    tbody { @for a in &audit { tr {
+                        td { (views::when(Some(a.at))) }
+                        td { @match a.actor_user_id {
+                            Some(id) => { (names.get(&id).map(String::as_str).unwrap_or("(a removed user)")) },
+                            None => { "the gateway" },
+                        } }
+                        td { (a.action) } td { (a.detail) }
+                    } } }
+                } }
+            }
+        }
+        p { a href="/portal/machines" { "All machines" } }
+    };
+    views::page(StatusCode::OK, &title, Some(&visitor), body)
+}
+
+/// The usernames of the users who acted (one lookup per distinct user; at most [`RECENT`]).
+async fn actor_names(portal: &Portal, ids: impl Iterator<Item = i64>) -> Result<HashMap<i64, String>, Response> {
+    let mut names = HashMap::new();
+    for id in ids {
+        if names.contains_key(&id) {
+            continue;
+        }
+        match portal.shared.store.user(id).await {
+            Ok(Some(user)) => {
+                names.insert(id, user.username);
+            }
+            Ok(None) => {}
+            Err(err) => return Err(unavailable(err)),
+        }
+    }
+    Ok(names)
+}

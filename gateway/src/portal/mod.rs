@@ -1,0 +1,237 @@
+//! The web portal: server-rendered HTML on the API's port (`/` and `/portal/…`), for subscribers,
+//! their support contacts and operators, usable on a phone, with no JavaScript.
+//!
+//! - `signin`: sign in (password, then a TOTP code when the user has a second factor), sign out.
+//! - `machines`: the machines the visitor may see, and one machine's page with its audit.
+//! - `profile`: the visitor's account, TOTP enrolment and removal.
+//!
+//! Every request first spends the source's request budget (as the API's do); every page asks
+//! `policy::authorize` with the same actions as the API, and a refusal is a readable 403 with
+//! the policy's reason. Sessions (`session`), CSRF (`csrf`) and TOTP (`totp`) have their own
+//! modules; `views` renders. `docs/portal.md` describes the pages and rules.
+//!
+//! What it does not do: contacts, invitations, email changes (they wait for the shared `flows`
+//! module), or serve TLS (`api::serve` does, with `api.cert_file` when set).
+
+mod csrf;
+mod machines;
+mod profile;
+pub(crate) mod session;
+mod signin;
+pub(crate) mod totp;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use time::OffsetDateTime;
+use tracing::warn;
+
+use crate::api::Connection;
+use crate::limits::{SignInLimiter, SourceLimiter};
+use crate::state::Shared;
+use crate::store::StoreError;
+use session::{Gate, Resolved, Visitor};
+
+/// Largest form body (sign-in, a code): far above any real form.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+/// How often expired sessions are swept from the store.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// What the portal's handlers share.
+#[derive(Debug)]
+pub struct Portal {
+    shared: Arc<Shared>,
+    /// Requests per source, as the API's (`api.requests_per_second_per_source`).
+    sources: SourceLimiter,
+    /// Failed sign-ins per source and per username, asked before argon2.
+    sign_in: SignInLimiter,
+}
+
+impl Portal {
+    pub fn new(shared: Arc<Shared>) -> Arc<Portal> {
+        let api = &shared.config.api;
+        let max_tracked = shared.config.limits.max_tracked_sources;
+        Arc::new(Portal {
+            sources: SourceLimiter::new(api.requests_per_second_per_source, api.request_burst_per_source, max_tracked),
+            sign_in: SignInLimiter::new(max_tracked),
+            shared,
+        })
+    }
+}
+
+/// The portal's routes (merged into the API's router at `/` and `/portal/…`).
+pub fn router(portal: Arc<Portal>) -> Router {
+    Router::new()
+        .route("/", get(signin::home))
+        .route("/portal", get(signin::home))
+        .route("/portal/signin", get(signin::form).post(signin::submit))
+        .route("/portal/signin/totp", get(signin::code_form).post(signin::code_submit))
+        .route("/portal/signout", post(signin::signout))
+        .route("/portal/machines", get(machines::list))
+        .route("/portal/machines/{uuid}", get(machines::show))
+        .route("/portal/profile", get(profile::show))
+        .route("/portal/profile/totp/start", post(profile::totp_start))
+        .route("/portal/profile/totp/confirm", post(profile::totp_confirm))
+        .route("/portal/profile/totp/remove", post(profile::totp_remove))
+        .layer(middleware::from_fn_with_state(Arc::clone(&portal), admit))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(portal)
+}
+
+/// Every request: the source's budget first; every response: the portal's security headers.
+async fn admit(
+    State(portal): State<Arc<Portal>>,
+    Extension(connection): Extension<Connection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = match portal.sources.check_request(connection.remote_ip()) {
+        Err(wait) => views::too_many(wait, None),
+        Ok(()) => next.run(request).await,
+    };
+    views::secure_headers(response.headers_mut());
+    response
+}
+
+/// Sweeps sessions past their end every few minutes, until the gateway stops.
+pub async fn housekeeping(portal: Arc<Portal>) {
+    let mut shutdown = portal.shared.shutdown.clone();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::state::stopping(&mut shutdown) => return,
+        }
+        portal.sign_in.housekeeping();
+        portal.sources.housekeeping();
+        let now = OffsetDateTime::now_utc();
+        let idle_before = now - portal.shared.config.portal.session_idle();
+        if let Err(err) = portal.shared.store.sweep_sessions(now, idle_before).await {
+            warn!(error = %err, "cannot sweep the portal's expired sessions");
+        }
+    }
+}
+
+/// The fields of a form body, first value of each name.
+#[derive(Debug, Default)]
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    fn from(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Fields {
+        form.map(|Form(fields)| Fields(fields)).unwrap_or_default()
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A store failure: logged, answered without details.
+fn unavailable(err: StoreError) -> Response {
+    warn!(error = %err, "store query failed while answering the portal");
+    views::message(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Unavailable",
+        None,
+        "The gateway's store is unavailable; try again shortly.",
+    )
+}
+
+/// Which gates a page lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    /// Pages for a fully signed-in visitor.
+    Open,
+    /// The TOTP step.
+    Code,
+    /// The profile and TOTP enrolment (also for an operator who must enrol first).
+    Enrol,
+}
+
+impl Portal {
+    /// The visitor a page may be shown to, or where to send the browser instead: to sign in,
+    /// to the TOTP step, or to enrolment.
+    async fn require(&self, headers: &HeaderMap, allow: Allow) -> Result<Visitor, Response> {
+        let now = OffsetDateTime::now_utc();
+        let visitor = match self.resolve(headers, now).await {
+            Ok(Resolved::Visitor(visitor)) => *visitor,
+            Ok(Resolved::Nobody) => return Err(views::redirect("/portal/signin")),
+            Ok(Resolved::Suspended) => {
+                return Err(views::forbidden(None, crate::policy::Denied::Suspended, "Signing in"))
+            }
+            Err(err) => return Err(unavailable(err)),
+        };
+        match elsewhere(visitor.gate(), allow) {
+            None => Ok(visitor),
+            Some(to) => Err(views::redirect(to)),
+        }
+    }
+
+    /// [`Portal::require`] for a POST: the origin first, then the session, then the form's CSRF
+    /// token against the session's, before anything else.
+    async fn require_post(&self, headers: &HeaderMap, fields: &Fields, allow: Allow) -> Result<Visitor, Response> {
+        if !csrf::same_origin(headers) {
+            return Err(cross_site());
+        }
+        let now = OffsetDateTime::now_utc();
+        let visitor = match self.resolve(headers, now).await {
+            Ok(Resolved::Visitor(visitor)) => *visitor,
+            Ok(Resolved::Nobody) => return Err(views::redirect("/portal/signin")),
+            Ok(Resolved::Suspended) => {
+                return Err(views::forbidden(None, crate::policy::Denied::Suspended, "Signing in"))
+            }
+            Err(err) => return Err(unavailable(err)),
+        };
+        if !csrf::token_matches(&visitor.session.csrf_secret, fields.get(csrf::FIELD)) {
+            return Err(bad_token());
+        }
+        // The same gates as the pages.
+        match elsewhere(visitor.gate(), allow) {
+            None => Ok(visitor),
+            Some(to) => Err(views::redirect(to)),
+        }
+    }
+}
+
+/// Where a session at `gate` is sent instead of a page that lets `allow` through (`None`: it
+/// may stay).
+fn elsewhere(gate: Gate, allow: Allow) -> Option<&'static str> {
+    match (gate, allow) {
+        (Gate::NeedsCode, Allow::Code) | (Gate::Open, Allow::Open | Allow::Enrol) | (Gate::MustEnrol, Allow::Enrol) => {
+            None
+        }
+        (Gate::NeedsCode, _) => Some("/portal/signin/totp"),
+        (Gate::MustEnrol, _) => Some("/portal/profile"),
+        (Gate::Open, Allow::Code) => Some("/portal/machines"),
+    }
+}
+
+fn cross_site() -> Response {
+    views::message(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        None,
+        "This form was sent from another site, and is refused. Open the portal itself and try again.",
+    )
+}
+
+fn bad_token() -> Response {
+    views::message(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        None,
+        "This form has expired or did not come from this page (its security token is missing or wrong). \
+         Reload the page and try again.",
+    )
+}

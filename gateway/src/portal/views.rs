@@ -1,0 +1,147 @@
+//! How the portal's pages look: server-rendered HTML (maud escapes every value), a little inline
+//! CSS, a viewport for phones, no JavaScript. Every response carries headers that keep it out of
+//! caches and frames (see [`secure_headers`]).
+//!
+//! What it does not do: decide what a page shows (the handlers in `pages` do).
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup, DOCTYPE};
+use time::OffsetDateTime;
+
+use super::csrf;
+use super::session::Visitor;
+use crate::policy::Denied;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa;line-height:1.4}\
+header{background:#234;color:#fff;padding:.6em 1em;display:flex;flex-wrap:wrap;gap:1em;align-items:center}\
+header a,header button{color:#fff;background:none;border:0;font:inherit;text-decoration:underline;cursor:pointer;padding:0}\
+header form{margin:0}main{padding:1em;max-width:60em}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #ddd;vertical-align:top}\
+.scroll{overflow-x:auto}.note{background:#fff3cd;padding:.6em;border-radius:4px}.error{background:#f8d7da;padding:.6em;border-radius:4px}\
+label{display:block;margin:.6em 0 .2em}input[type=text],input[type=password]{font-size:1.1em;padding:.3em;width:100%;max-width:20em;box-sizing:border-box}\
+button{font-size:1em;padding:.4em 1em;margin-top:.6em}code{word-break:break-all}.muted{color:#666}\
+@media (max-width:40em){table.cards thead{display:none}table.cards tr{display:block;border-bottom:1px solid #ccc;padding:.4em 0}\
+table.cards td{display:block;border:0;padding:.1em .3em}table.cards td[data-label]::before{content:attr(data-label) \": \";color:#666}}";
+
+/// The headers of every portal response: no caching, no framing, no scripts, no referrer.
+pub fn secure_headers(headers: &mut HeaderMap) {
+    let pairs = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in pairs {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+/// A whole page: `visitor` decides the navigation (none before sign-in).
+pub fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Markup) -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Tether" }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    strong { "Tether" }
+                    @if let Some(visitor) = visitor {
+                        @if visitor.gate() == super::session::Gate::Open {
+                            a href="/portal/machines" { "Machines" }
+                        }
+                        a href="/portal/profile" { (visitor.user.username) }
+                        form method="post" action="/portal/signout" {
+                            (csrf_field(&visitor.session.csrf_secret))
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    };
+    (status, axum::response::Html(markup.into_string())).into_response()
+}
+
+/// The hidden field carrying a form's CSRF token.
+pub fn csrf_field(token: &str) -> Markup {
+    html! { input type="hidden" name=(csrf::FIELD) value=(token); }
+}
+
+/// 303 to `to` (after a POST, or to where a visitor must go).
+pub fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// A page saying why the policy refused, with its stable code.
+pub fn forbidden(visitor: Option<&Visitor>, denied: Denied, what: &str) -> Response {
+    let advice = match denied {
+        Denied::Suspended => "An operator can lift the suspension.",
+        Denied::NotRelated | Denied::SubscriptionTerminated => {
+            "Ask the machine's subscriber to invite you as a support contact."
+        }
+        Denied::Scope | Denied::OperatorOnly | Denied::UnassignedMachine | Denied::WrongResource => "Ask an operator.",
+    };
+    page(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        visitor,
+        html! {
+            p.error { (what) " is refused: " (denied) "." }
+            p { (advice) }
+            p.muted { "Reason code: " code { (denied.code()) } }
+        },
+    )
+}
+
+/// A page with one message (errors of the gateway, refusals that are not the policy's).
+pub fn message(status: StatusCode, title: &str, visitor: Option<&Visitor>, text: &str) -> Response {
+    page(status, title, visitor, html! { p.error { (text) } })
+}
+
+/// 429 with `Retry-After`.
+pub fn too_many(wait: std::time::Duration, visitor: Option<&Visitor>) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut response = message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        visitor,
+        &format!("Too many attempts from your address or for this account. Wait {secs} seconds, then try again."),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// A time as people read it, in UTC; `—` for none.
+pub fn when(at: Option<OffsetDateTime>) -> String {
+    match at {
+        Some(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute()
+        ),
+        None => "—".to_string(),
+    }
+}
