@@ -26,7 +26,7 @@ pub enum UserAction {
     /// The password is asked for on the terminal, or read from the first line of stdin.
     Add {
         username: String,
-        /// The user's email address (for mail, once mail is built).
+        /// The user's email address (where mail to them goes).
         #[arg(long)]
         email: Option<String>,
         /// An operator: sees and may do everything.
