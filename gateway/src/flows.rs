@@ -127,6 +127,18 @@ impl Actor {
         self.principal.role == Role::Operator
     }
 
+    /// What a user may always do to its own account (accept an invitation, change its email):
+    /// anything, unless suspended or acting with a token of scope `read`.
+    pub fn may_change_itself(&self) -> Result<(), FlowError> {
+        if self.principal.suspended {
+            return Err(Denied::Suspended.into());
+        }
+        if !self.principal.scope.allows(TokenScope::Attach) {
+            return Err(Denied::Scope.into());
+        }
+        Ok(())
+    }
+
     pub fn authorize(&self, action: Action, resource: Resource) -> Result<(), FlowError> {
         policy::authorize(&self.principal, &self.relations, action, resource).map_err(FlowError::Denied)
     }
@@ -362,9 +374,7 @@ impl Flows<'_> {
 
     /// The actor accepts invitation `guid` (the GUID is the proof it was invited).
     pub async fn accept(&self, actor: &Actor, guid: Uuid, acceptance: Acceptance) -> Result<ContactRecord, FlowError> {
-        if actor.principal.suspended {
-            return Err(Denied::Suspended.into());
-        }
+        actor.may_change_itself()?;
         let acceptance = Acceptance {
             terms_version: short_text("the terms version", &acceptance.terms_version)?,
             nickname: short_text("the nickname", &acceptance.nickname)?,
@@ -467,9 +477,7 @@ impl Flows<'_> {
         contact_id: Option<i64>,
         new_email: &str,
     ) -> Result<(), FlowError> {
-        if actor.principal.suspended {
-            return Err(Denied::Suspended.into());
-        }
+        actor.may_change_itself()?;
         let new_email = email_address(new_email)?;
         let validity = self.accounts.email_change_validity();
         let secret =
