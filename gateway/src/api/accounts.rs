@@ -37,8 +37,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::openapi::ErrorBody;
 use super::{error, store_unavailable, Api};
+use super::{ErrorBody, Refusals};
 use crate::flows::{Actor, FlowError, Flows, NewUser, Registration};
 use crate::policy::{Action, Resource, Role};
 use crate::store::{Acceptance, SubscriberPii, MAX_AUDIT};
@@ -89,7 +89,10 @@ macro_rules! flow {
     path = "/api/v1/me",
     tag = "accounts",
     summary = "The caller: user, token scope, subscribers owned and contact of",
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn me(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
@@ -122,7 +125,12 @@ pub(super) struct EmailBody {
     tag = "accounts",
     summary = "Ask to change the email: a link goes to the new address",
     request_body = EmailBody,
-    responses((status = 202, description = "the link is on its way"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 202, description = "the link is on its way"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn change_email(
@@ -154,7 +162,12 @@ pub(super) struct ConfirmBody {
     tag = "accounts",
     summary = "Follow an email change link",
     request_body = ConfirmBody,
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 410, description = "expired (`code` says which)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 410, description = "expired (`code` says which)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn confirm_email(
@@ -173,7 +186,10 @@ pub(super) async fn confirm_email(
     path = "/api/v1/users",
     tag = "accounts",
     summary = "The users (operators)",
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
@@ -202,7 +218,12 @@ pub(super) struct NewUserBody {
     tag = "accounts",
     summary = "Create a user (operators)",
     request_body = NewUserBody,
-    responses((status = 201, description = "created"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "created"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn create_user(
@@ -227,7 +248,12 @@ pub(super) async fn create_user(
     tag = "accounts",
     summary = "Suspend a user: all access ends at once (operators)",
     params(("id" = i64, Path, description = "the user's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn suspend_user(
@@ -245,7 +271,11 @@ pub(super) async fn suspend_user(
     tag = "accounts",
     summary = "Lift a suspension (operators)",
     params(("id" = i64, Path, description = "the user's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn unsuspend_user(
@@ -272,7 +302,11 @@ pub(super) struct AuditQuery {
     tag = "accounts",
     summary = "What a user did, newest first",
     params(("id" = i64, Path, description = "the user's id"), AuditQuery),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn user_audit(
@@ -299,7 +333,11 @@ pub(super) async fn user_audit(
     tag = "accounts",
     summary = "The audit of a machine, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), AuditQuery),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn machine_audit(
@@ -325,7 +363,10 @@ pub(super) async fn machine_audit(
     path = "/api/v1/subscribers",
     tag = "accounts",
     summary = "The subscribers whose personal data the caller sees",
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
@@ -362,7 +403,13 @@ pub(super) struct RegisterBody {
     tag = "accounts",
     summary = "Register a subscriber owned by an existing user (operators)",
     request_body = RegisterBody,
-    responses((status = 201, description = "registered"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "registered"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn register_subscriber(
@@ -394,7 +441,11 @@ pub(super) async fn register_subscriber(
     tag = "accounts",
     summary = "A subscriber and its personal data",
     params(("id" = i64, Path, description = "the subscriber's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn show_subscriber(
@@ -435,7 +486,13 @@ pub(super) struct TerminateBody {
     summary = "Terminate a subscription: contacts are told and lose access (operators)",
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = TerminateBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn terminate(
@@ -457,7 +514,10 @@ pub(super) async fn terminate(
     tag = "accounts",
     summary = "A subscriber's machines",
     params(("id" = i64, Path, description = "the subscriber's id")),
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn subscriber_machines(
@@ -489,7 +549,14 @@ pub(super) struct EnrollBody {
     summary = "Enroll a machine for the subscriber",
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = EnrollBody,
-    responses((status = 201, description = "enrolled"), (status = 200, description = "enrolled for this subscriber already"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "enrolled"),
+        (status = 200, description = "enrolled for this subscriber already"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn enroll(
@@ -512,7 +579,11 @@ pub(super) async fn enroll(
     tag = "accounts",
     summary = "A subscriber's contacts, in every state",
     params(("id" = i64, Path, description = "the subscriber's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn contacts(
@@ -537,7 +608,13 @@ pub(super) struct InviteBody {
     summary = "Invite a support contact: the accept link goes by mail",
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = InviteBody,
-    responses((status = 201, description = "invited"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "invited"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn invite(
@@ -558,7 +635,12 @@ pub(super) async fn invite(
     tag = "accounts",
     summary = "Remove a contact, invited or active: access ends at once",
     params(("id" = i64, Path, description = "the subscriber's id"), ("contact" = i64, Path, description = "the contact's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn remove_contact(
@@ -577,7 +659,11 @@ pub(super) async fn remove_contact(
     tag = "accounts",
     summary = "Stop being the subscriber's contact",
     params(("id" = i64, Path, description = "the subscriber's id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn leave(
@@ -595,7 +681,11 @@ pub(super) async fn leave(
     tag = "accounts",
     summary = "Who invites, and whether the invitation is open",
     params(("guid" = Uuid, Path, description = "the invitation's GUID, from the mailed link")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn show_invitation(
@@ -624,7 +714,14 @@ pub(super) struct AcceptBody {
     summary = "Accept an invitation as the caller",
     params(("guid" = Uuid, Path, description = "the invitation's GUID")),
     request_body = AcceptBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 410, description = "expired (`code` says which)", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 410, description = "expired (`code` says which)", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn accept(
@@ -658,7 +755,12 @@ pub(super) struct MpsAccountBody {
     summary = "Issue the subscriber's MPS account for its AMT devices (operators; the password once)",
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = MpsAccountBody,
-    responses((status = 201, description = "issued: username and password"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "issued: username and password"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn mps_account(

@@ -38,9 +38,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::openapi::ErrorBody;
 use super::relays::{open_device_stream, session_closed_refusal};
 use super::{error, store_unavailable, Api, Connection};
+use super::{ErrorBody, Refusals};
 use crate::metrics::{AmtAction, AmtOutcome, CloseReason};
 use crate::policy::Action;
 use crate::relay::Stop;
@@ -360,7 +360,12 @@ macro_rules! session {
     summary = "Power state or action through WS-Management",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = PowerBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejection>) -> Response {
@@ -417,7 +422,12 @@ pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejectio
     summary = "Enable or disable AMT redirection (SOL, IDE-R)",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = RedirectionBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, JsonRejection>) -> Response {
@@ -439,7 +449,12 @@ pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, 
     summary = "Set the next boot (IDE-R CD or floppy, SOL)",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = BootBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>) -> Response {
@@ -469,7 +484,12 @@ pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>
     summary = "Ask for or give the user-consent code",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = ConsentBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonRejection>) -> Response {
@@ -498,7 +518,13 @@ pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonReje
     summary = "Start a rescue: record the boot settings and enable redirection",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = AccountBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, JsonRejection>) -> Response {
@@ -578,7 +604,13 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
     summary = "Boot the rescue image over IDE-R",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = RescueBootBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn rescue_boot(call: Call, body: Result<Json<RescueBootBody>, JsonRejection>) -> Response {
@@ -623,7 +655,13 @@ async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
     summary = "Finish a rescue: restore the boot settings",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = FinishBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, JsonRejection>) -> Response {
@@ -662,7 +700,12 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
     summary = "Close the remote session: put everything back and refuse relays",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = CloseBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, JsonRejection>) -> Response {
@@ -736,7 +779,10 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     tag = "amt",
     summary = "Open the remote session again",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn session_open(call: Call) -> Response {
@@ -759,7 +805,10 @@ pub(super) async fn session_open(call: Call) -> Response {
     tag = "amt",
     summary = "Forget the AMT password the gateway remembered for the device",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn forget(call: Call) -> Response {
@@ -790,7 +839,11 @@ pub(super) struct ActionsQuery {
     tag = "amt",
     summary = "The remote-fix actions taken on the device, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), ActionsQuery),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn actions(call: Call, query: Result<Query<ActionsQuery>, QueryRejection>) -> Response {

@@ -29,9 +29,9 @@ use uuid::Uuid;
 
 use super::admission::Caller;
 use super::amt::{amt_failure, record_action, AccountBody, Call};
-use super::openapi::ErrorBody;
 use super::relays::session_closed_refusal;
 use super::{error, store_unavailable, Api};
+use super::{ErrorBody, Refusals};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
 use crate::metrics::WakeMethod;
@@ -68,7 +68,11 @@ macro_rules! lan_allowed {
     tag = "lan",
     summary = "Scan a LAN interface for hosts and AMT (operators)",
     request_body = serde_json::Value,
-    responses((status = 202, description = "the scan started; its status"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 202, description = "the scan started; its status"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn start_scan(
@@ -95,7 +99,11 @@ pub(super) async fn start_scan(
     tag = "lan",
     summary = "A recent scan's status and findings (operators)",
     params(("id" = String, Path, description = "the scan id")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn show_scan(
@@ -127,7 +135,11 @@ pub(super) struct HostsQuery {
     tag = "lan",
     summary = "Hosts the scans found (operators)",
     params(HostsQuery),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn hosts(
@@ -158,7 +170,11 @@ pub(super) struct WakeBody {
     tag = "lan",
     summary = "Send a magic packet to a MAC (operators)",
     request_body = WakeBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn wake_mac(
@@ -199,7 +215,12 @@ pub(super) struct DeviceWakeBody {
     summary = "Wake a PC: AMT power-on, else a magic packet",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = DeviceWakeBody,
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, JsonRejection>) -> Response {
@@ -294,7 +315,12 @@ async fn response_text(response: Response) -> String {
     tag = "lan",
     summary = "Adopt an AMT PC of the LAN as a device (operators)",
     request_body = serde_json::Value,
-    responses((status = 201, description = "adopted"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 201, description = "adopted"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn adopt_device(
@@ -348,7 +374,10 @@ pub(super) async fn adopt_device(
     path = "/api/v1/lan/devices",
     tag = "lan",
     summary = "The adopted LAN PCs (operators)",
-    responses((status = 200, description = "done"), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
@@ -379,7 +408,12 @@ pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller):
     tag = "lan",
     summary = "Forget an adopted LAN PC (operators)",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn forget_device(

@@ -75,7 +75,6 @@ use crate::state::Shared;
 use crate::store::{DevicePage, MAX_PAGE};
 use crate::view;
 use admission::Caller;
-use openapi::ErrorBody;
 use relays::LiveRelays;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -330,6 +329,32 @@ fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> Response {
     )
 }
 
+/// Every error answer: what went wrong and what to do, with a stable code.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    /// A message a person can act on.
+    pub error: String,
+    /// A stable code (the policy's, a flow's, or absent for plain protocol errors).
+    pub code: Option<String>,
+    /// The label the refusal is counted under in `tether_api_rejected_total`.
+    pub reason: Option<String>,
+}
+
+/// The refusals every endpoint may answer, for the OpenAPI document (`openapi`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described, never built: the handlers answer with `rejection` and `Caller::refusal`.
+pub(super) enum Refusals {
+    /// No token, or not a valid one.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// Refused by the policy (`code` says why).
+    #[response(status = 403)]
+    Refused(ErrorBody),
+    /// Too many requests from this source or token (see `Retry-After`).
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+}
+
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
@@ -373,7 +398,11 @@ struct PageQuery {
     tag = "devices",
     summary = "The devices the caller may see, a page at a time",
     params(PageQuery),
-    responses((status = 200, description = "a JSON array of devices; a full page carries a Link header to the next"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "a JSON array of devices; a full page carries a Link header to the next"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 async fn list_devices(
@@ -469,7 +498,11 @@ async fn visible_devices(
     tag = "devices",
     summary = "One device",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
-    responses((status = 200, description = "done"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 404, description = "not found", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 async fn show_device(

@@ -4,26 +4,16 @@
 //! router to each other: every route the router serves is documented, and nothing else.
 //!
 //! What it does not do: validate requests (the handlers do), or describe response bodies in
-//! full yet (errors are [`ErrorBody`]; successful answers are described in words).
+//! full yet (errors are [`ErrorBody`](super::ErrorBody); successful answers are described in words).
 
 use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// Every error answer: what went wrong and what to do, with a stable code.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ErrorBody {
-    /// A message a person can act on.
-    pub error: String,
-    /// A stable code (the policy's, a flow's, or absent for plain protocol errors).
-    pub code: Option<String>,
-    /// The label the refusal is counted under in `tether_api_rejected_total`.
-    pub reason: Option<String>,
-}
+use super::ErrorBody;
 
 struct BearerToken;
 

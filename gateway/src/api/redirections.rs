@@ -15,8 +15,8 @@ use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::openapi::ErrorBody;
 use super::{error, store_unavailable, Api};
+use super::{ErrorBody, Refusals};
 use crate::policy::Action;
 use crate::store::MAX_REDIRECTIONS;
 
@@ -36,7 +36,11 @@ pub(super) struct RedirectionsQuery {
     tag = "devices",
     summary = "The AMT redirection sessions relayed to the device, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), RedirectionsQuery),
-    responses((status = 200, description = "done"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "done"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn list_redirections(

@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::openapi::ErrorBody;
 use super::{error, rejection, Api, Connection};
+use super::{ErrorBody, Refusals};
 use crate::fleet::peers::{Peers, INSTANCE_HEADER};
 use crate::metrics::ApiRejection;
 use crate::policy::{self, Action, Principal, Resource};
@@ -270,7 +270,13 @@ async fn recheck_access(api: &Api) -> Result<(), crate::store::StoreError> {
     tag = "devices",
     summary = "A WebSocket relay to a port of the device (`tether forward`, `console`, `ider`)",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), ("port" = u16, Path, description = "the device port")),
-    responses((status = 101, description = "switching to the WebSocket relay"), (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 503, description = "the device is not connected here or the relay caps are reached", body = ErrorBody), (status = 401, description = "no token, or not a valid one", body = ErrorBody), (status = 403, description = "refused by the policy (`code` says why)", body = ErrorBody), (status = 429, description = "too many requests from this source or token (see Retry-After)", body = ErrorBody)),
+    responses(
+        (status = 101, description = "switching to the WebSocket relay"),
+        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "not found", body = ErrorBody),
+        (status = 503, description = "the device is not connected here or the relay caps are reached", body = ErrorBody),
+        Refusals,
+    ),
     security(("token" = []))
 )]
 pub(super) async fn relay_tcp(
