@@ -404,3 +404,34 @@ async fn an_email_change_is_confirmed_by_a_post_not_by_following_the_link() {
     assert!(again.body.contains("no_such_email_change"), "{}", again.body);
     assert_eq!(scanner.get("/portal/email/confirm").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn forms_work_over_http2_where_the_host_is_in_the_uri_and_browsers_send_the_origin() {
+    use axum::body::Body;
+    use axum::http::{header, Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let shop = shop().await;
+    let mut browser = shop.bed.browser("192.0.2.41");
+    let form = browser.get("/portal/signin").await;
+    // Under `no-referrer`, browsers send `Origin: null` with form POSTs, which is refused.
+    assert_eq!(form.headers[header::REFERRER_POLICY], "same-origin");
+    let csrf = form.csrf();
+    let cookie = format!("{}={csrf}", super::session::SIGNIN_COOKIE);
+    let body = super::tests::form_body(&[("csrf", &csrf), ("username", "olga"), ("password", PASSWORD)]);
+    // HTTP/2: no Host header, the authority in the URI.
+    let mut request = Request::post("https://gw.example.net/portal/signin")
+        .header(header::ORIGIN, "https://gw.example.net")
+        .header("sec-fetch-site", "same-origin")
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let from = std::net::SocketAddr::new("192.0.2.41".parse().unwrap(), 50_000);
+    request.extensions_mut().insert(crate::api::Connection::for_test(from));
+    let response = shop.bed.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let text = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert_eq!(status, StatusCode::SEE_OTHER, "{text}");
+}

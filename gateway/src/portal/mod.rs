@@ -120,9 +120,17 @@ pub fn router(portal: Arc<Portal>) -> Router {
 async fn admit(
     State(portal): State<Arc<Portal>>,
     Extension(connection): Extension<Connection>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    // HTTP/2 has no Host header (browsers send `:authority`, which hyper puts in the URI): give
+    // the pages one, so that the origin check (`csrf::same_origin`) sees this request's host.
+    if !request.headers().contains_key(axum::http::header::HOST) {
+        let authority = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(authority) = authority {
+            request.headers_mut().insert(axum::http::header::HOST, authority);
+        }
+    }
     let mut response = match portal.sources.check_request(connection.remote_ip()) {
         Err(wait) => views::too_many(wait, None),
         Ok(()) => next.run(request).await,

@@ -26,13 +26,17 @@ button{font-size:1em;padding:.4em 1em;margin-top:.6em}code{word-break:break-all}
 @media (max-width:40em){table.cards thead{display:none}table.cards tr{display:block;border-bottom:1px solid #ccc;padding:.4em 0}\
 table.cards td{display:block;border:0;padding:.1em .3em}table.cards td[data-label]::before{content:attr(data-label) \": \";color:#666}}";
 
-/// The headers of every portal response: no caching, no framing, no scripts, no referrer.
+/// The headers of every portal response: no caching, no framing, no scripts, no referrer to
+/// other sites.
 pub fn secure_headers(headers: &mut HeaderMap) {
     let pairs = [
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with every form POST (Fetch,
+        // "serializing a request origin"), which the origin check must refuse. `same-origin`
+        // still gives other sites no referrer.
+        (header::REFERRER_POLICY, "same-origin"),
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
