@@ -61,6 +61,7 @@ pub fn python() -> PathBuf {
 }
 
 /// A real SMTP server on 127.0.0.1:`port`, saving messages in its own directory.
+#[derive(Debug)]
 pub struct Smtp {
     _process: Process,
     dir: tempfile::TempDir,
