@@ -32,6 +32,9 @@
 #   debootstrap, dosfstools, fdisk, syslinux, syslinux-common   its Debian disk image
 #   qemu-utils             qemu-img: the disk image's tests boot a qcow2 overlay of it
 #   expect                 drives the disk image's setup menu over its serial console
+#   chromium               Debian's, the browser of the portal's browser test (only when missing)
+#   playwright-core@VERSION  into $TETHER_PLAYWRIGHT_DIR (default .test-cache/playwright): drives
+#                          that Chromium (tests/browser/invite_flow.mjs; it never downloads a browser)
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -43,6 +46,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # configuration (tests/src/meshcentral.rs) was checked against it.
 MESHCENTRAL_VERSION=1.1.55
 MESHCENTRAL_DIR=${TETHER_MESHCENTRAL_DIR:-$PWD/.test-cache/meshcentral}
+# npm `playwright-core`, driving Debian's chromium (tests/tests/portal_browser.rs).
+PLAYWRIGHT_VERSION=1.65.2
+PLAYWRIGHT_DIR=${TETHER_PLAYWRIGHT_DIR:-$PWD/.test-cache/playwright}
 # PyPI `amt` (amtctrl), as TESTBED.md measured it.
 AMT_VERSION=0.8.0
 # PyPI `aiosmtpd`, as TESTBED.md measured it.
@@ -61,6 +67,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # `postgres` user that runs initdb when the tests run as root.
 { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && getent passwd postgres >/dev/null; } || need+=(postgresql)
 command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
@@ -109,6 +116,13 @@ if [ "$installed_version" != "$MESHCENTRAL_VERSION" ]; then
     mkdir -p "$MESHCENTRAL_DIR"
     (cd "$MESHCENTRAL_DIR" && npm install "meshcentral@$MESHCENTRAL_VERSION" --save-exact --no-audit --no-fund --loglevel=error)
 fi
+installed_version=$(node -p "try { require('$PLAYWRIGHT_DIR/node_modules/playwright-core/package.json').version } catch (e) { '' }")
+if [ "$installed_version" != "$PLAYWRIGHT_VERSION" ]; then
+    echo "==> npm install playwright-core@$PLAYWRIGHT_VERSION into $PLAYWRIGHT_DIR"
+    mkdir -p "$PLAYWRIGHT_DIR"
+    # playwright-core downloads no browser on install (the tests use /usr/bin/chromium).
+    (cd "$PLAYWRIGHT_DIR" && npm install "playwright-core@$PLAYWRIGHT_VERSION" --save-exact --no-audit --no-fund --loglevel=error)
+fi
 if ! command -v amtctrl >/dev/null 2>&1; then
     echo "==> pip install amt==$AMT_VERSION (amtctrl)"
     python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
@@ -121,4 +135,4 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
     python3 -m pip install "aiosmtpd==$AIOSMTPD_VERSION" 2>/dev/null \
         || python3 -m pip install --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION"
 fi
-echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, PostgreSQL, HAProxy, qemu)"
+echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, playwright-core $PLAYWRIGHT_VERSION in $PLAYWRIGHT_DIR, PostgreSQL, HAProxy, qemu)"

@@ -388,6 +388,50 @@ impl Flows<'_> {
         Ok(contact)
     }
 
+    /// Someone holding the GUID of an open invitation creates their own account (role user) to
+    /// accept it with: the invitation is what allows it. The new user is the audit row's actor.
+    /// Callers throttle by source before this (the password is hashed here).
+    pub async fn sign_up(&self, guid: Uuid, new: &NewUser<'_>) -> Result<i64, FlowError> {
+        let view = self.invitation(guid).await?;
+        if view.state != "invited" {
+            return Err(match view.state {
+                "expired" => AccountError::InvitationExpired,
+                state => AccountError::InvitationClosed(state),
+            }
+            .into());
+        }
+        let username = username(new.username)?;
+        let email = new.email.map(email_address).transpose()?;
+        check_password(new.password)?;
+        let id = self.store.create_user(&username, email.as_deref(), Some(new.password), Role::User, self.now).await?;
+        let detail = format!("{username} (user), to accept invitation {guid}");
+        self.audit(Some(id), AuditAction::UserCreated, None, None, detail).await?;
+        Ok(id)
+    }
+
+    /// The actor changes the nickname and alert preferences of their own active relation
+    /// `contact_id`.
+    pub async fn update_contact_prefs(
+        &self,
+        actor: &Actor,
+        contact_id: i64,
+        nickname: &str,
+        alert_prefs: &serde_json::Value,
+    ) -> Result<ContactRecord, FlowError> {
+        if actor.principal.suspended {
+            return Err(Denied::Suspended.into());
+        }
+        let nickname = short_text("the nickname", nickname)?;
+        if alert_prefs.to_string().len() > 1024 {
+            return Err(FlowError::BadInput("the alert preferences are too long".into()));
+        }
+        let contact = self.store.update_contact_prefs(actor.user_id(), contact_id, &nickname, alert_prefs).await?;
+        let detail = format!("contact {contact_id} ({nickname}): alerts {alert_prefs}");
+        self.audit(Some(actor.user_id()), AuditAction::ContactPrefsChanged, None, Some(contact.subscriber_id), detail)
+            .await?;
+        Ok(contact)
+    }
+
     /// A subscriber's contacts, in every state (its owner and operators).
     pub async fn contacts(&self, actor: &Actor, subscriber_id: i64) -> Result<Vec<ContactRecord>, FlowError> {
         actor.authorize(Action::ViewSubscriberPii, Resource::Subscriber(subscriber_id))?;

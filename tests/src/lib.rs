@@ -21,6 +21,7 @@
 //! - [`haproxy`]: HAProxy in TCP mode in front of several servers, PROXY v2 and health checks
 //!   ([`Haproxy`], [`haproxy::Frontend`]).
 //!
+//! - [`smtp`]: a real SMTP server (aiosmtpd) saving what it receives ([`smtp::Smtp`]).
 //! - [`remote`]: the remote-fix peers: `tether console` / `tether ider` with a keyboard
 //!   ([`remote::Interactive`]), Debian's amtterm under `script`, a LAN PC's TLS port
 //!   ([`remote::TlsFront`]).
@@ -39,6 +40,7 @@ pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod remote;
+pub mod smtp;
 
 pub use haproxy::Haproxy;
 pub use metrics::Metrics;

@@ -590,6 +590,26 @@ impl Gateway {
         operator_in(self.data_dir(), args)
     }
 
+    /// [`Gateway::operator`] with `stdin` fed in (`--password-stdin`); panics unless it succeeds.
+    pub fn operator_with_stdin(&self, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(bin("tether"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running tether");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+        let output = child.wait_with_output().expect("tether ran");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "tether {args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+
     /// `tether token create NAME ARGS…` on the data dir; returns the token (its last line).
     pub fn create_token(&self, name: &str, args: &[&str]) -> String {
         let mut all = vec!["token", "create", name];

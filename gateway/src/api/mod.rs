@@ -115,6 +115,12 @@ impl Api {
         })
     }
 
+    /// The portal on the API's port (tests look at its counters).
+    #[cfg(test)]
+    pub(crate) fn portal(&self) -> &Arc<crate::portal::Portal> {
+        &self.portal
+    }
+
     /// Relays open now.
     pub fn live_relays(&self) -> usize {
         self.relays.len()

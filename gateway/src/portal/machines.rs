@@ -73,6 +73,10 @@ pub(super) async fn list(
     let next = (machines.len() >= PAGE as usize).then(|| machines.last().map(|m| m.uuid)).flatten();
     let own: Vec<i64> = visitor.relations.owns.iter().map(|r| r.subscriber_id).collect();
     let body = html! {
+        @for owned in &visitor.relations.owns {
+            p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/contacts" } { "Your support contacts" }
+                " — invite someone to help with your machines, or remove them." }
+        }
         @if rows.is_empty() {
             p { "No machines to show. A subscriber's machines appear here once enrolled; a support contact sees those of the subscribers who invited them." }
         } @else {

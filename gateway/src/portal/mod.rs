@@ -3,17 +3,25 @@
 //!
 //! - `signin`: sign in (password, then a TOTP code when the user has a second factor), sign out.
 //! - `machines`: the machines the visitor may see, and one machine's page with its audit.
-//! - `profile`: the visitor's account, TOTP enrolment and removal.
+//! - `profile`: the visitor's account, TOTP enrolment and removal, email changes (and their
+//!   confirmation page), a contact's nickname and alert preferences per subscriber, leaving.
+//! - `contacts`: a subscriber's support contacts: invite, remove.
+//! - `invitations`: an invitation's link: accept it signed in, or create an account to.
 //!
 //! Every request first spends the source's request budget (as the API's do); every page asks
 //! `policy::authorize` with the same actions as the API, and a refusal is a readable 403 with
 //! the policy's reason. Sessions (`session`), CSRF (`csrf`) and TOTP (`totp`) have their own
 //! modules; `views` renders. `docs/portal.md` describes the pages and rules.
 //!
-//! What it does not do: contacts, invitations, email changes (they wait for the shared `flows`
-//! module), or serve TLS (`api::serve` does, with `api.cert_file` when set).
+//! Every change to accounts goes through one flow of `crate::flows` (policy, store transition,
+//! audit, mail), as the API's and the CLI's do; a flow's refusal is a readable page with its
+//! message and stable code ([`refused`]).
+//!
+//! What it does not do: serve TLS (`api::serve` does, with `api.cert_file` when set).
 
+mod contacts;
 mod csrf;
+mod invitations;
 mod machines;
 mod profile;
 pub(crate) mod session;
@@ -22,6 +30,8 @@ pub(crate) mod totp;
 mod views;
 
 #[cfg(test)]
+mod flows_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -29,7 +39,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -38,6 +48,7 @@ use time::OffsetDateTime;
 use tracing::warn;
 
 use crate::api::Connection;
+use crate::flows::{Actor, FlowError, Flows};
 use crate::limits::{SignInLimiter, SourceLimiter};
 use crate::state::Shared;
 use crate::store::StoreError;
@@ -54,8 +65,13 @@ pub struct Portal {
     shared: Arc<Shared>,
     /// Requests per source, as the API's (`api.requests_per_second_per_source`).
     sources: SourceLimiter,
-    /// Failed sign-ins per source and per username, asked before argon2.
+    /// Failed sign-ins per source and per username, asked before argon2 (also by the
+    /// sign-up on an invitation, which counts each account it makes as a failure would).
     sign_in: SignInLimiter,
+    /// Where links in mail point (`[mail] public_url`).
+    public_url: String,
+    /// Passwords hashed by the sign-up on an invitation (an argon2 run each).
+    signup_hashes: std::sync::atomic::AtomicU64,
 }
 
 impl Portal {
@@ -65,6 +81,8 @@ impl Portal {
         Arc::new(Portal {
             sources: SourceLimiter::new(api.requests_per_second_per_source, api.request_burst_per_source, max_tracked),
             sign_in: SignInLimiter::new(max_tracked),
+            public_url: shared.config.mail_public_url(),
+            signup_hashes: std::sync::atomic::AtomicU64::new(0),
             shared,
         })
     }
@@ -84,6 +102,15 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/profile/totp/start", post(profile::totp_start))
         .route("/portal/profile/totp/confirm", post(profile::totp_confirm))
         .route("/portal/profile/totp/remove", post(profile::totp_remove))
+        .route("/portal/profile/email", post(profile::change_email))
+        .route("/portal/profile/contacts/{contact}", post(profile::update_prefs))
+        .route("/portal/email/confirm", get(profile::confirm_form).post(profile::confirm))
+        .route("/portal/subscribers/{id}/contacts", get(contacts::show).post(contacts::invite))
+        .route("/portal/subscribers/{id}/contacts/{contact}/remove", post(contacts::remove))
+        .route("/portal/subscribers/{id}/leave", post(contacts::leave))
+        .route("/portal/invitations/{guid}", get(invitations::show))
+        .route("/portal/invitations/{guid}/accept", post(invitations::accept))
+        .route("/portal/invitations/{guid}/signup", post(invitations::sign_up))
         .layer(middleware::from_fn_with_state(Arc::clone(&portal), admit))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(portal)
@@ -93,9 +120,17 @@ pub fn router(portal: Arc<Portal>) -> Router {
 async fn admit(
     State(portal): State<Arc<Portal>>,
     Extension(connection): Extension<Connection>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    // HTTP/2 has no Host header (browsers send `:authority`, which hyper puts in the URI): give
+    // the pages one, so that the origin check (`csrf::same_origin`) sees this request's host.
+    if !request.headers().contains_key(axum::http::header::HOST) {
+        let authority = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(authority) = authority {
+            request.headers_mut().insert(axum::http::header::HOST, authority);
+        }
+    }
     let mut response = match portal.sources.check_request(connection.remote_ip()) {
         Err(wait) => views::too_many(wait, None),
         Ok(()) => next.run(request).await,
@@ -134,6 +169,83 @@ impl Fields {
 
     fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether checkbox `name` was ticked.
+    fn checked(&self, name: &str) -> bool {
+        self.get(name) == Some("yes")
+    }
+
+    /// The alert preferences of [`views::alert_fields`], as the JSON the store keeps.
+    fn alert_prefs(&self) -> serde_json::Value {
+        let prefs: serde_json::Map<String, serde_json::Value> = views::ALERTS
+            .iter()
+            .map(|(key, _)| ((*key).to_string(), serde_json::Value::Bool(self.checked(&format!("alert_{key}")))))
+            .collect();
+        serde_json::Value::Object(prefs)
+    }
+}
+
+impl Portal {
+    /// The account flows, at the time of this request.
+    fn flows(&self) -> Flows<'_> {
+        Flows {
+            store: &self.shared.store,
+            accounts: &self.shared.config.accounts,
+            public_url: self.public_url.as_str(),
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Passwords hashed by the sign-up so far (tests: a throttled sign-up hashes none).
+    #[cfg(test)]
+    fn signup_hashes(&self) -> u64 {
+        self.signup_hashes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The visitor as the flows see it (a portal session acts as a token of scope `attach`).
+fn actor(visitor: &Visitor) -> Actor {
+    Actor { principal: visitor.principal, relations: Arc::new(visitor.relations.clone()) }
+}
+
+/// A flow's refusal as a page: the policy's 403 with its reason, or the flow's status with its
+/// message and stable code; the store being unavailable, without details.
+fn refused(visitor: Option<&Visitor>, err: FlowError, what: &str) -> Response {
+    match err {
+        FlowError::Denied(denied) => views::forbidden(visitor, denied, what),
+        FlowError::Store(err) | FlowError::Account(crate::store::AccountError::Store(err)) => unavailable(err),
+        err => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            views::refusal(status, visitor, what, &err.to_string(), err.code())
+        }
+    }
+}
+
+/// A same-site path to go on to after signing in: under `/portal/`, short, nothing that a
+/// browser could read as another host or a way up.
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|next| {
+        next.starts_with("/portal/")
+            && next.len() <= 256
+            && next.bytes().all(|b| b.is_ascii_graphic())
+            && !next.contains("//")
+            && !next.contains('\\')
+            && !next.contains("..")
+    })
+}
+
+/// The CSRF token of a form shown to a visitor who may have no session yet: the session's
+/// secret, or else a double-submit token (the browser's, if it has one) and its cookie.
+fn form_token(headers: &HeaderMap, visitor: Option<&Visitor>) -> (String, Option<HeaderValue>) {
+    match visitor {
+        Some(visitor) => (visitor.session.csrf_secret.clone(), None),
+        None => {
+            let token =
+                session::cookie(headers, session::SIGNIN_COOKIE).map_or_else(session::random_token, str::to_string);
+            let cookie = session::set_cookie(session::SIGNIN_COOKIE, &token, 3600);
+            (token, Some(cookie))
+        }
     }
 }
 
@@ -201,6 +313,34 @@ impl Portal {
             None => Ok(visitor),
             Some(to) => Err(views::redirect(to)),
         }
+    }
+}
+
+impl Portal {
+    /// A POST from a form that a visitor without a session may send too (the sign-up, an email
+    /// confirmation): the origin first, then the form's token against the session's secret, or
+    /// without a session against the double-submit cookie. The visitor, if signed in (at any
+    /// gate: the caller decides).
+    async fn check_form(&self, headers: &HeaderMap, fields: &Fields) -> Result<Option<Visitor>, Response> {
+        if !csrf::same_origin(headers) {
+            return Err(cross_site());
+        }
+        let visitor = match self.resolve(headers, OffsetDateTime::now_utc()).await {
+            Ok(Resolved::Visitor(visitor)) => Some(*visitor),
+            Ok(Resolved::Nobody) => None,
+            Ok(Resolved::Suspended) => {
+                return Err(views::forbidden(None, crate::policy::Denied::Suspended, "Signing in"))
+            }
+            Err(err) => return Err(unavailable(err)),
+        };
+        let expected = match &visitor {
+            Some(visitor) => visitor.session.csrf_secret.as_str(),
+            None => session::cookie(headers, session::SIGNIN_COOKIE).unwrap_or_default(),
+        };
+        if !csrf::token_matches(expected, fields.get(csrf::FIELD)) {
+            return Err(bad_token());
+        }
+        Ok(visitor)
     }
 }
 

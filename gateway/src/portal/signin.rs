@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::State;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Form};
@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::session::{self, Gate, Resolved, SIGNIN_COOKIE};
-use super::{csrf, totp, unavailable, views, Allow, Fields, Portal};
+use super::{csrf, form_token, safe_next, totp, unavailable, views, Allow, Fields, Portal};
 use crate::api::Connection;
 
 /// Longest username and password looked at (longer: wrong, without a hash).
@@ -42,17 +42,31 @@ pub(super) async fn home(State(portal): State<Arc<Portal>>, headers: HeaderMap) 
     }
 }
 
-/// The sign-in form, with a new double-submit token.
-pub(super) async fn form() -> Response {
-    signin_page(StatusCode::OK, None)
+/// Where to go after signing in: `?next=PATH`, a same-site path (see `safe_next`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct NextQuery {
+    next: Option<String>,
 }
 
-fn signin_page(status: StatusCode, error: Option<&str>) -> Response {
-    let token = session::random_token();
+impl NextQuery {
+    fn from(query: Result<Query<NextQuery>, QueryRejection>) -> Option<String> {
+        let next = query.ok().and_then(|Query(q)| q.next);
+        safe_next(next.as_deref()).map(str::to_string)
+    }
+}
+
+/// The sign-in form, with a double-submit token (the browser's, if it has one already).
+pub(super) async fn form(headers: HeaderMap, query: Result<Query<NextQuery>, QueryRejection>) -> Response {
+    signin_page(&headers, StatusCode::OK, None, NextQuery::from(query).as_deref())
+}
+
+fn signin_page(headers: &HeaderMap, status: StatusCode, error: Option<&str>, next: Option<&str>) -> Response {
+    let (token, _) = form_token(headers, None);
     let body = html! {
         @if let Some(error) = error { p.error { (error) } }
         form method="post" action="/portal/signin" {
             (views::csrf_field(&token))
+            @if let Some(next) = next { input type="hidden" name="next" value=(next); }
             label for="username" { "Username" }
             input #username type="text" name="username" autocomplete="username" autocapitalize="none" required;
             label for="password" { "Password" }
@@ -80,10 +94,12 @@ pub(super) async fn submit(
         return super::bad_token();
     }
     let source = connection.remote_ip();
+    let next = safe_next(fields.get("next"));
+    let wrong = || signin_page(&headers, StatusCode::UNAUTHORIZED, Some(WRONG), next);
     let username = fields.get("username").unwrap_or_default().trim();
     let password = fields.get("password").unwrap_or_default();
     if username.is_empty() || username.len() > MAX_USERNAME || password.is_empty() || password.len() > MAX_PASSWORD {
-        return signin_page(StatusCode::UNAUTHORIZED, Some(WRONG));
+        return wrong();
     }
     // Before any hash is computed.
     if let Some(wait) = portal.sign_in.blocked(source, username) {
@@ -104,7 +120,7 @@ pub(super) async fn submit(
         Ok(false) => {
             portal.sign_in.failed(source, username);
             info!(%source, "portal sign-in failed: wrong username or password");
-            return signin_page(StatusCode::UNAUTHORIZED, Some(WRONG));
+            return wrong();
         }
         Err(err) => {
             warn!(%source, error = %err, "portal sign-in: the password could not be checked");
@@ -118,7 +134,7 @@ pub(super) async fn submit(
     }
     let user = match store.user_by_name(username).await {
         Ok(Some(user)) => user,
-        Ok(None) => return signin_page(StatusCode::UNAUTHORIZED, Some(WRONG)),
+        Ok(None) => return wrong(),
         Err(err) => return unavailable(err),
     };
     if user.is_suspended() {
@@ -130,7 +146,7 @@ pub(super) async fn submit(
         Err(err) => return unavailable(err),
     };
     info!(user = %user.username, %source, "portal sign-in");
-    let mut response = views::redirect("/portal");
+    let mut response = views::redirect(next.unwrap_or("/portal"));
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, portal.session_cookie(&id));
     headers.append(header::SET_COOKIE, session::set_cookie(SIGNIN_COOKIE, "", 0));
@@ -138,19 +154,24 @@ pub(super) async fn submit(
 }
 
 /// The second step: a TOTP code.
-pub(super) async fn code_form(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
+pub(super) async fn code_form(
+    State(portal): State<Arc<Portal>>,
+    headers: HeaderMap,
+    query: Result<Query<NextQuery>, QueryRejection>,
+) -> Response {
     match portal.require(&headers, Allow::Code).await {
-        Ok(visitor) => code_page(&visitor, StatusCode::OK, None),
+        Ok(visitor) => code_page(&visitor, StatusCode::OK, None, NextQuery::from(query).as_deref()),
         Err(response) => response,
     }
 }
 
-fn code_page(visitor: &session::Visitor, status: StatusCode, error: Option<&str>) -> Response {
+fn code_page(visitor: &session::Visitor, status: StatusCode, error: Option<&str>, next: Option<&str>) -> Response {
     let body = html! {
         @if let Some(error) = error { p.error { (error) } }
         p { "Enter the 6-digit code your authenticator app shows for Tether." }
         form method="post" action="/portal/signin/totp" {
             (views::csrf_field(&visitor.session.csrf_secret))
+            @if let Some(next) = next { input type="hidden" name="next" value=(next); }
             label for="code" { "Code" }
             input #code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required;
             div { button type="submit" { "Continue" } }
@@ -171,15 +192,16 @@ pub(super) async fn code_submit(
         Err(response) => return response,
     };
     let source = connection.remote_ip();
+    let next = safe_next(fields.get("next"));
     match portal.check_code(&visitor, source, fields.get("code").unwrap_or_default()).await {
         Ok(()) => {}
-        Err(refused) => return refused.page(&visitor, code_page),
+        Err(refused) => return refused.page(&visitor, |v, status, error| code_page(v, status, error, next)),
     }
     if let Err(err) = portal.shared.store.pass_second_factor(visitor.session.id).await {
         return unavailable(err);
     }
     info!(user = %visitor.user.username, %source, "portal second factor passed");
-    views::redirect("/portal/machines")
+    views::redirect(next.unwrap_or("/portal/machines"))
 }
 
 /// Why a TOTP code was refused.
@@ -196,7 +218,7 @@ impl CodeRefused {
     pub(super) fn page(
         self,
         visitor: &session::Visitor,
-        render: fn(&session::Visitor, StatusCode, Option<&str>) -> Response,
+        render: impl FnOnce(&session::Visitor, StatusCode, Option<&str>) -> Response,
     ) -> Response {
         match self {
             CodeRefused::Throttled(wait) => views::too_many(wait, Some(visitor)),

@@ -24,34 +24,36 @@ use crate::policy::Role;
 use crate::state::TestState;
 use crate::store::{Acceptance, NewSubscriber, Store, SubscriberPii, MAX_SESSIONS_PER_USER};
 
-const PASSWORD: &str = "correct horse battery";
+pub(super) const PASSWORD: &str = "correct horse battery";
 
-struct Bed {
-    app: Router,
-    state: TestState,
+pub(super) struct Bed {
+    pub(super) app: Router,
+    pub(super) api: Arc<Api>,
+    pub(super) state: TestState,
 }
 
 impl Bed {
-    async fn new() -> Bed {
+    pub(super) async fn new() -> Bed {
         let state = TestState::new(Config::default()).await;
-        let app = api::router(Api::new(Arc::clone(&state.shared)));
-        Bed { app, state }
+        let api = Api::new(Arc::clone(&state.shared));
+        let app = api::router(Arc::clone(&api));
+        Bed { app, api, state }
     }
 
-    fn store(&self) -> &Store {
+    pub(super) fn store(&self) -> &Store {
         &self.state.shared.store
     }
 
-    async fn user(&self, name: &str, role: Role) -> i64 {
+    pub(super) async fn user(&self, name: &str, role: Role) -> i64 {
         self.store().create_user(name, Some(&format!("{name}@example.com")), Some(PASSWORD), role, now()).await.unwrap()
     }
 
-    fn browser(&self, from: &str) -> Browser<'_> {
+    pub(super) fn browser(&self, from: &str) -> Browser<'_> {
         Browser { bed: self, from: SocketAddr::new(from.parse().unwrap(), 50_000), cookies: HashMap::new() }
     }
 }
 
-fn now() -> OffsetDateTime {
+pub(super) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
@@ -60,19 +62,19 @@ fn unix_now() -> u64 {
 }
 
 #[derive(Debug)]
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(super) struct Page {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub(super) fn location(&self) -> &str {
         self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     /// The CSRF token of the page's first form.
-    fn csrf(&self) -> String {
+    pub(super) fn csrf(&self) -> String {
         let at = self.body.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
         self.body[at..].split('"').next().unwrap().to_string()
     }
@@ -83,13 +85,13 @@ impl Page {
 }
 
 /// A browser: keeps cookies, sends forms from this site's pages.
-struct Browser<'b> {
+pub(super) struct Browser<'b> {
     bed: &'b Bed,
     from: SocketAddr,
-    cookies: HashMap<String, String>,
+    pub(super) cookies: HashMap<String, String>,
 }
 
-fn form_body(fields: &[(&str, &str)]) -> String {
+pub(super) fn form_body(fields: &[(&str, &str)]) -> String {
     let encode = |text: &str| {
         text.bytes()
             .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
@@ -99,7 +101,13 @@ fn form_body(fields: &[(&str, &str)]) -> String {
 }
 
 impl Browser<'_> {
-    async fn request(&mut self, method: Method, path: &str, body: Option<String>, extra: &[(&str, &str)]) -> Page {
+    pub(super) async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let mut request = Request::builder().method(method).uri(path).header(header::HOST, "gw.example.net");
         if !self.cookies.is_empty() {
             let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -133,16 +141,16 @@ impl Browser<'_> {
         page
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(super) async fn get(&mut self, path: &str) -> Page {
         self.request(Method::GET, path, None, &[]).await
     }
 
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+    pub(super) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         self.request(Method::POST, path, Some(form_body(fields)), &[]).await
     }
 
     /// Fills in the sign-in form.
-    async fn sign_in(&mut self, username: &str, password: &str) -> Page {
+    pub(super) async fn sign_in(&mut self, username: &str, password: &str) -> Page {
         let form = self.get("/portal/signin").await;
         assert_eq!(form.status, StatusCode::OK);
         let csrf = form.csrf();
@@ -150,7 +158,7 @@ impl Browser<'_> {
     }
 
     /// The CSRF token of a signed-in page's forms.
-    async fn csrf(&mut self) -> String {
+    pub(super) async fn csrf(&mut self) -> String {
         self.get("/portal/profile").await.csrf()
     }
 }

@@ -2,7 +2,7 @@
 //! CSS, a viewport for phones, no JavaScript. Every response carries headers that keep it out of
 //! caches and frames (see [`secure_headers`]).
 //!
-//! What it does not do: decide what a page shows (the handlers in `pages` do).
+//! What it does not do: decide what a page shows (the handlers do).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,18 +19,24 @@ header a,header button{color:#fff;background:none;border:0;font:inherit;text-dec
 header form{margin:0}main{padding:1em;max-width:60em}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #ddd;vertical-align:top}\
 .scroll{overflow-x:auto}.note{background:#fff3cd;padding:.6em;border-radius:4px}.error{background:#f8d7da;padding:.6em;border-radius:4px}\
-label{display:block;margin:.6em 0 .2em}input[type=text],input[type=password]{font-size:1.1em;padding:.3em;width:100%;max-width:20em;box-sizing:border-box}\
+label{display:block;margin:.6em 0 .2em}label.check{font-weight:normal}form.inline{display:inline;margin:0}\
+.terms{background:#fff;border:1px solid #ccc;padding:.6em;max-height:14em;overflow-y:auto}\
+input[type=text],input[type=password],input[type=email]{font-size:1.1em;padding:.3em;width:100%;max-width:20em;box-sizing:border-box}\
 button{font-size:1em;padding:.4em 1em;margin-top:.6em}code{word-break:break-all}.muted{color:#666}\
 @media (max-width:40em){table.cards thead{display:none}table.cards tr{display:block;border-bottom:1px solid #ccc;padding:.4em 0}\
 table.cards td{display:block;border:0;padding:.1em .3em}table.cards td[data-label]::before{content:attr(data-label) \": \";color:#666}}";
 
-/// The headers of every portal response: no caching, no framing, no scripts, no referrer.
+/// The headers of every portal response: no caching, no framing, no scripts, no referrer to
+/// other sites.
 pub fn secure_headers(headers: &mut HeaderMap) {
     let pairs = [
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with every form POST (Fetch,
+        // "serializing a request origin"), which the origin check must refuse. `same-origin`
+        // still gives other sites no referrer.
+        (header::REFERRER_POLICY, "same-origin"),
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
@@ -112,6 +118,19 @@ pub fn forbidden(visitor: Option<&Visitor>, denied: Denied, what: &str) -> Respo
     )
 }
 
+/// A page saying why a flow refused `what`: its message and its stable code.
+pub fn refusal(status: StatusCode, visitor: Option<&Visitor>, what: &str, text: &str, code: &str) -> Response {
+    page(
+        status,
+        "Not done",
+        visitor,
+        html! {
+            p.error { (what) " is refused: " (text) "." }
+            p.muted { "Reason code: " code { (code) } }
+        },
+    )
+}
+
 /// A page with one message (errors of the gateway, refusals that are not the policy's).
 pub fn message(status: StatusCode, title: &str, visitor: Option<&Visitor>, text: &str) -> Response {
     page(status, title, visitor, html! { p.error { (text) } })
@@ -129,6 +148,43 @@ pub fn too_many(wait: std::time::Duration, visitor: Option<&Visitor>) -> Respons
     );
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     response
+}
+
+/// The alerts a contact may choose, as (JSON key, what the checkbox says).
+pub const ALERTS: [(&str, &str); 3] = [
+    ("red", "a machine's health turns red"),
+    ("yellow", "a machine's health turns yellow"),
+    ("green", "a machine's health is back to green"),
+];
+
+/// The alert preference checkboxes (`alert_red`, …), checked as in `prefs` (all when none).
+pub fn alert_fields(prefs: Option<&serde_json::Value>) -> Markup {
+    html! {
+        fieldset {
+            legend { "Mail me when" }
+            @for (key, text) in ALERTS {
+                @let checked = prefs.is_none_or(|p| p.get(key).and_then(serde_json::Value::as_bool).unwrap_or(false));
+                label.check {
+                    input type="checkbox" name={ "alert_" (key) } value="yes" checked[checked];
+                    " " (text)
+                }
+            }
+        }
+    }
+}
+
+/// A value for a URL's query: everything but RFC 3986's unreserved characters and `/`
+/// percent-encoded.
+pub fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A time as people read it, in UTC; `—` for none.

@@ -342,6 +342,32 @@ impl Store {
         accepted.ok_or(AccountError::NoSuchInvitation)
     }
 
+    /// User `user_id` changes the nickname and alert preferences of their own *active* relation
+    /// `contact_id`; the relation as it is now. Any other relation (another user's, or one no
+    /// longer active) is [`AccountError::NoSuchContact`].
+    pub async fn update_contact_prefs(
+        &self,
+        user_id: i64,
+        contact_id: i64,
+        nickname: &str,
+        alert_prefs: &serde_json::Value,
+    ) -> Result<ContactRecord, AccountError> {
+        let mut tx = self.begin().await?;
+        let update = Stmt::new(
+            "UPDATE contacts SET nickname = $3, alert_prefs = $4 WHERE id = $1 AND user_id = $2 AND state = 'active'",
+        )
+        .int(contact_id)
+        .int(user_id)
+        .str(nickname)
+        .text(alert_prefs.to_string());
+        if tx.execute(update).await? == 0 {
+            return Err(AccountError::NoSuchContact(contact_id));
+        }
+        let updated = contact_in(&mut tx, Stmt::new(contact_select!("WHERE id = $1")).int(contact_id)).await?;
+        tx.commit().await?;
+        updated.ok_or(AccountError::NoSuchContact(contact_id))
+    }
+
     /// Invitations whose expiry is at or before `now` become expired. The number that did.
     pub async fn expire_invitations(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let stmt = Stmt::new(
