@@ -418,9 +418,7 @@ impl Flows<'_> {
         nickname: &str,
         alert_prefs: &serde_json::Value,
     ) -> Result<ContactRecord, FlowError> {
-        if actor.principal.suspended {
-            return Err(Denied::Suspended.into());
-        }
+        actor.may_change_itself()?;
         let nickname = short_text("the nickname", nickname)?;
         if alert_prefs.to_string().len() > 1024 {
             return Err(FlowError::BadInput("the alert preferences are too long".into()));

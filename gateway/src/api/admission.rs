@@ -127,7 +127,7 @@ pub(super) async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let source = connection.remote.ip();
+    let source = connection.remote_ip();
     if let Err(wait) = api.sources.check_request(source) {
         let message = format!(
             "too many requests (or failed token checks) from your address; retry in {} s",

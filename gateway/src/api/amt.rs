@@ -169,7 +169,7 @@ impl FromRequestParts<Arc<Api>> for Call {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Response> {
         let missing = || error(StatusCode::INTERNAL_SERVER_ERROR, "the request was not admitted");
         let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(missing)?;
-        let remote = parts.extensions.get::<Connection>().map(|c| c.remote).ok_or_else(missing)?;
+        let remote = parts.extensions.get::<Connection>().map(|c| c.remote()).ok_or_else(missing)?;
         let Path(uuid) = Path::<String>::from_request_parts(parts, api).await.map_err(IntoResponse::into_response)?;
         let uuid = Uuid::parse_str(&uuid).map_err(|_| not_a_uuid(&uuid))?;
         Ok(Call { api: Arc::clone(api), caller, uuid, remote })

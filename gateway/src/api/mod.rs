@@ -40,6 +40,7 @@ macro_rules! body {
 mod accounts;
 mod admission;
 mod amt;
+pub(crate) mod connection;
 mod lan;
 mod openapi;
 mod redirections;
@@ -67,7 +68,7 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::limits::{ConnectionCaps, ConnectionSlot, SourceLimiter};
+use crate::limits::{ConnectionCaps, SourceLimiter};
 use crate::metrics::{ApiRejection, Listener};
 use crate::policy::{Action, Resource};
 use crate::relay::RelayLimits;
@@ -75,6 +76,7 @@ use crate::state::Shared;
 use crate::store::{DevicePage, MAX_PAGE};
 use crate::view;
 use admission::Caller;
+use connection::Connection;
 use relays::LiveRelays;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,29 +126,6 @@ impl Api {
     /// Relays open now.
     pub fn live_relays(&self) -> usize {
         self.relays.len()
-    }
-}
-
-/// The connection a request came on: the technician's address, and the connection's place under
-/// the caps (a relay holds it for as long as it runs).
-#[derive(Debug, Clone)]
-pub(crate) struct Connection {
-    remote: SocketAddr,
-    _slot: Arc<ConnectionSlot>,
-}
-
-impl Connection {
-    /// The address the request came from (a load balancer's PROXY header's, behind one).
-    pub(crate) fn remote_ip(&self) -> std::net::IpAddr {
-        self.remote.ip()
-    }
-
-    /// A connection from `remote` outside any real cap, for in-process requests in tests.
-    #[cfg(test)]
-    pub(crate) fn for_test(remote: SocketAddr) -> Connection {
-        let caps = Arc::new(ConnectionCaps::new(usize::MAX, usize::MAX));
-        let slot = caps.try_enter(remote.ip()).expect("an unbounded cap admits");
-        Connection { remote, _slot: Arc::new(slot) }
     }
 }
 
@@ -274,7 +253,7 @@ async fn accept(api: Arc<Api>, app: Router, acceptor: Option<TlsAcceptor>, tcp: 
     // A technician who vanishes (laptop asleep, VPN gone) holds a relay, a device channel and
     // perhaps AMT's only redirection session.
     crate::limits::detect_dead_peer(&tcp);
-    let connection = Connection { remote, _slot: Arc::new(slot) };
+    let connection = Connection::new(remote, slot);
     match acceptor {
         None => serve_connection(tcp, connection, app).await,
         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -290,7 +269,7 @@ async fn serve_connection<IO>(io: IO, connection: Connection, app: Router)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let remote = connection.remote;
+    let remote = connection.remote();
     let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(connection.clone());
         app.clone().oneshot(request)

@@ -314,7 +314,7 @@ pub(super) async fn relay_tcp(
     if let Some(refused) = session_closed_refusal(&api, uuid).await {
         return refused;
     }
-    let peer = connection.remote;
+    let peer = connection.remote();
     let (stream, holder) = match open_device_stream(shared, uuid, port, peer).await {
         Ok(opened) => opened,
         Err(response) => return response,

@@ -85,7 +85,7 @@ impl Bed {
         }
         let mut request = request.body(body).unwrap();
         let slot = self.caps.try_enter(ip).unwrap();
-        request.extensions_mut().insert(Connection { remote: SocketAddr::new(ip, 40_000), _slot: Arc::new(slot) });
+        request.extensions_mut().insert(Connection::new(SocketAddr::new(ip, 40_000), slot));
         let response = self.app.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();

@@ -429,7 +429,7 @@ async fn forms_work_over_http2_where_the_host_is_in_the_uri_and_browsers_send_th
         .body(Body::from(body))
         .unwrap();
     let from = std::net::SocketAddr::new("192.0.2.41".parse().unwrap(), 50_000);
-    request.extensions_mut().insert(crate::api::Connection::for_test(from));
+    request.extensions_mut().insert(crate::api::connection::Connection::for_test(from));
     let response = shop.bed.app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let text = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::session::{self, Gate, Resolved, Visitor};
 use super::{actor, form_token, refused, unavailable, views, Allow, Fields, Portal};
-use crate::api::Connection;
+use crate::api::connection::Connection;
 use crate::flows::{self, FlowError, InvitationView, NewUser};
 use crate::policy::Role;
 use crate::store::{Acceptance, AccountError};

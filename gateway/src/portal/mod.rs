@@ -47,7 +47,7 @@ use axum::{Extension, Form, Router};
 use time::OffsetDateTime;
 use tracing::warn;
 
-use crate::api::Connection;
+use crate::api::connection::Connection;
 use crate::flows::{Actor, FlowError, Flows};
 use crate::limits::{SignInLimiter, SourceLimiter};
 use crate::state::Shared;

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::session::{Gate, Visitor};
 use super::{actor, refused, totp, unavailable, views, Allow, Fields, Portal};
-use crate::api::Connection;
+use crate::api::connection::Connection;
 use crate::policy::Role;
 use crate::store::{ContactRecord, ContactState};
 

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::session::{self, Gate, Resolved, SIGNIN_COOKIE};
 use super::{csrf, form_token, safe_next, totp, unavailable, views, Allow, Fields, Portal};
-use crate::api::Connection;
+use crate::api::connection::Connection;
 
 /// Longest username and password looked at (longer: wrong, without a hash).
 const MAX_USERNAME: usize = 64;

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::session::SESSION_COOKIE;
 use super::totp;
-use crate::api::{self, Api, Connection};
+use crate::api::connection::Connection;
+use crate::api::{self, Api};
 use crate::config::Config;
 use crate::policy::Role;
 use crate::state::TestState;
