@@ -46,6 +46,16 @@ pub enum UserAction {
     Suspend { username: String },
     /// Lift a user's suspension.
     Unsuspend { username: String },
+    /// Change a user's email (or, with --contact, the contact email of one of their relations)
+    /// on their behalf: a link goes to the new address, and nothing changes until it is
+    /// followed (in the portal).
+    Email {
+        username: String,
+        new_email: String,
+        /// The contact relation whose contact email changes, instead of the account's email.
+        #[arg(long, value_name = "CONTACT_ID")]
+        contact: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +135,14 @@ pub enum ContactAction {
     /// Remove a contact (invited or active) of a subscriber: their requests are refused at once
     /// and their open relays end within seconds.
     Remove { subscriber_id: i64, contact_id: i64 },
+    /// A contact leaves a subscriber, on their behalf: their access ends at once and the
+    /// subscriber is told by mail.
+    Leave {
+        subscriber_id: i64,
+        /// The contact who leaves.
+        #[arg(long, value_name = "USERNAME")]
+        user: String,
+    },
     /// List a subscriber's contacts, in every state.
     List {
         subscriber_id: i64,
@@ -242,6 +260,12 @@ pub async fn user_command(store: &Store, config: &Config, action: UserAction) ->
             }
             println!("user {username:?} may use their tokens again");
         }
+        UserAction::Email { username, new_email, contact } => {
+            let record = user(store, &username).await?;
+            let actor = Actor::of(store, record.id, TokenScope::Attach).await.map_err(explain)?;
+            flows.request_email_change(&actor, contact, &new_email).await.map_err(explain)?;
+            println!("a confirmation link went to {new_email}; the change takes effect when it is followed");
+        }
     }
     Ok(())
 }
@@ -345,6 +369,14 @@ pub async fn contact_command(store: &Store, config: &Config, action: ContactActi
             let removed = flows.remove_contact(&operator, subscriber_id, contact_id).await.map_err(explain)?;
             let told = if removed.mail_due { "they are told by mail" } else { "no invitation was ever sent: no mail" };
             println!("contact {contact_id} removed from subscriber {subscriber_id}; their access ended ({told})");
+        }
+        ContactAction::Leave { subscriber_id, user: username } => {
+            let record = user(store, &username).await?;
+            let actor = Actor::of(store, record.id, TokenScope::Attach).await.map_err(explain)?;
+            flows.leave(&actor, subscriber_id).await.map_err(explain)?;
+            println!(
+                "{username:?} left subscriber {subscriber_id}: their access ended, the subscriber is told by mail"
+            );
         }
         ContactAction::List { subscriber_id, json } => {
             let contacts = flows.contacts(&operator, subscriber_id).await.map_err(explain)?;

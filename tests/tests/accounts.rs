@@ -177,6 +177,28 @@ fn a_subscriber_removes_a_contact_and_the_contacts_relay_is_cut() {
 }
 
 #[test]
+fn a_contact_who_leaves_loses_access_and_the_subscriber_is_told() {
+    let s = setup();
+    assert_eq!(devices_as(&s.gateway, &s.carl), [s.mine.to_string()]);
+    let left = s.gateway.operator(&["contact", "leave", &s.subscriber, "--user", "carl"]);
+    assert!(left.contains("left subscriber"), "{left}");
+    assert!(devices_as(&s.gateway, &s.carl).is_empty(), "a contact who left sees no machine");
+    // The gateway has no SMTP server here: the letters wait in the outbox.
+    let outbox = s.gateway.operator(&["mail", "list", "--json"]);
+    let outbox: serde_json::Value = serde_json::from_str(&outbox).expect("mail list --json prints JSON");
+    let letters: Vec<(&str, &str)> = outbox
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| (m["kind"].as_str().unwrap_or_default(), m["recipient"].as_str().unwrap_or_default()))
+        .collect();
+    assert!(letters.contains(&("contact_left", "olga@example.com")), "the subscriber is told: {outbox}");
+    assert!(letters.contains(&("invitation", "carl@example.com")), "the invitation was queued: {outbox}");
+    let err = operator_fails(&s.gateway, &["contact", "leave", &s.subscriber, "--user", "carl"]);
+    assert!(err.contains("not yours"), "leaving twice is refused by the policy: {err}");
+}
+
+#[test]
 fn an_operator_suspends_a_contact_and_every_request_and_relay_ends() {
     let s = setup();
     let client = ApiClient::new(&s.gateway);
