@@ -392,13 +392,13 @@ impl Flows<'_> {
     /// accept it with: the invitation is what allows it. The new user is the audit row's actor.
     /// Callers throttle by source before this (the password is hashed here).
     pub async fn sign_up(&self, guid: Uuid, new: &NewUser<'_>) -> Result<i64, FlowError> {
-        let view = self.invitation(guid).await?;
-        if view.state != "invited" {
-            return Err(match view.state {
-                "expired" => AccountError::InvitationExpired,
-                state => AccountError::InvitationClosed(state),
+        let record = self.store.invitation(guid).await?.ok_or(AccountError::NoSuchInvitation)?;
+        match record.state {
+            crate::store::ContactState::Invited if record.expires_at > self.now => {}
+            crate::store::ContactState::Invited | crate::store::ContactState::Expired => {
+                return Err(AccountError::InvitationExpired.into())
             }
-            .into());
+            state => return Err(AccountError::InvitationClosed(state.as_str()).into()),
         }
         let username = username(new.username)?;
         let email = new.email.map(email_address).transpose()?;
