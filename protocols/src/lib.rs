@@ -26,6 +26,7 @@ pub mod redir;
 pub mod rmcp;
 pub mod scsi;
 pub mod session;
+pub mod telemetry;
 #[cfg(test)]
 mod test_util;
 pub mod wol;
