@@ -18,6 +18,10 @@
 //!   challenge parsing, the client's `Authorization`, the server's check.
 //! - [`rmcp`]: RMCP/ASF presence ping and pong (UDP 623), and what AMT says about itself in it.
 //! - [`wol`]: Wake-on-LAN magic packets and MAC addresses.
+//! - [`tap`]: the Tether agent protocol, spoken over QUIC between an agent on a PC and the
+//!   gateway: framing, messages (hello, reports, signed configuration and messages, relayed
+//!   channels, enrollment) and the bytes a signature covers.
+//! - [`telemetry`]: the support parameters an agent reports about its PC, and their wire encoding.
 
 pub mod apf;
 pub mod http_digest;
@@ -26,6 +30,7 @@ pub mod redir;
 pub mod rmcp;
 pub mod scsi;
 pub mod session;
+pub mod tap;
 pub mod telemetry;
 #[cfg(test)]
 mod test_util;

@@ -10,6 +10,31 @@
 //! The wire encoding of a [`Report`] lives beside the types (see [`Report::encode`] and
 //! [`decode_report`]): a sequence of tagged parameters, so that an older gateway skips the
 //! parameters a newer agent adds.
+//!
+//! # Wire encoding
+//!
+//! A report is a sequence of parameters, each `tag: u8`, `len: u16`, then `len` bytes of body. All
+//! integers are big-endian. A *text* is a `u16` length and that many bytes of UTF-8, at most
+//! [`MAX_TEXT_LEN`]; an *optional time* is a presence byte (0 absent, 1 present) followed, when
+//! present, by an `i64`; a *flag* is one byte, 0 or 1 (any other byte is an error).
+//!
+//! The body of every parameter but [`ParamTag::AgentVersion`] is a [`Reading`]: a first byte 0
+//! followed by the value's layout (listed on [`ParamTag`]), or 1 followed by a text giving the
+//! reason it is unknown. The body is consumed exactly: bytes left over are an error (a parameter
+//! that needs more fields gets a new tag).
+//!
+//! Decoding ([`decode_report`]) takes the whole buffer:
+//! - a tag this version does not know is skipped (a newer agent added a parameter);
+//! - a parameter that does not appear reads as `Reading::Unknown("not reported")`
+//!   ([`NOT_REPORTED`]), except the agent version, which is required;
+//! - a tag that appears twice, a truncated parameter, and trailing bytes are errors;
+//! - a firewall backend code this version does not know reads as an unknown firewall (its reason
+//!   names the code) rather than failing the whole report.
+//!
+//! Encoding writes every parameter once, in tag order. Text longer than [`MAX_TEXT_LEN`] is cut at
+//! a character boundary, so that whatever is encoded decodes.
+
+use bytes::{BufMut, BytesMut};
 
 /// Longest text (a product name, an OS version, an "unknown" reason) accepted when decoding.
 pub const MAX_TEXT_LEN: usize = 512;
@@ -125,3 +150,450 @@ pub struct Report {
     /// The reporting agent's version ("0.1.0").
     pub agent_version: String,
 }
+
+/// The reason a parameter absent from an encoded report decodes with.
+pub const NOT_REPORTED: &str = "not reported";
+
+/// Parameter tags of the wire encoding, with the layout of each value (after the reading's first
+/// byte 0; see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ParamTag {
+    /// [`Firewall`]: backend `u8` ([`FirewallBackend`] code), active flag, rules `u32`,
+    /// default-deny flag (7 bytes).
+    Firewall = 1,
+    /// [`Antivirus`]: product text, running flag, updater-running flag, signatures-at optional time.
+    Antivirus = 2,
+    /// [`Scan`]: finished-at `i64`, threats found `u32`, threats cleaned `u32` (16 bytes).
+    LastFullScan = 3,
+    /// [`Updates`]: pending `u32`, security pending `u32`, security-pending-since optional time,
+    /// last-success optional time.
+    Updates = 4,
+    /// [`Backup`]: last snapshot `i64` (8 bytes).
+    Backup = 5,
+    /// The OS version: a text.
+    OsVersion = 6,
+    /// The boot time: an `i64`.
+    BootTime = 7,
+    /// [`Disk`]: free bytes `u64`, total bytes `u64` (16 bytes).
+    Disk = 8,
+    /// The agent's version: a text, and not a reading (the body is the text alone). Required.
+    AgentVersion = 9,
+}
+
+impl ParamTag {
+    /// The tag for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        use ParamTag::*;
+        Some(match code {
+            1 => Firewall,
+            2 => Antivirus,
+            3 => LastFullScan,
+            4 => Updates,
+            5 => Backup,
+            6 => OsVersion,
+            7 => BootTime,
+            8 => Disk,
+            9 => AgentVersion,
+            _ => return None,
+        })
+    }
+}
+
+impl FirewallBackend {
+    /// The backend for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(FirewallBackend::Nftables),
+            2 => Some(FirewallBackend::Iptables),
+            3 => Some(FirewallBackend::WindowsSecurityCenter),
+            _ => None,
+        }
+    }
+}
+
+/// Why an encoded report could not be decoded. Every variant is the sender's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry: {field} is truncated")]
+    Truncated { field: &'static str },
+    #[error("telemetry: {field} is {len} bytes, over the limit of {max}")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("telemetry: {field} is not UTF-8")]
+    BadUtf8 { field: &'static str },
+    #[error("telemetry: {field} is {value}, which is not a valid code for it")]
+    BadByte { field: &'static str, value: u8 },
+    #[error("telemetry: parameter {param:?} has {extra} bytes after its last field")]
+    TrailingBytes { param: ParamTag, extra: usize },
+    #[error("telemetry: parameter {0:?} appears twice")]
+    Duplicate(ParamTag),
+    #[error("telemetry: the agent version is missing")]
+    MissingAgentVersion,
+}
+
+impl Report {
+    /// Appends the wire form of this report to `out` (every parameter, in tag order).
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        put_param(out, ParamTag::Firewall, |out| {
+            put_reading(out, &self.firewall, |out, f| {
+                out.put_u8(f.backend as u8);
+                put_flag(out, f.active);
+                out.put_u32(f.rules);
+                put_flag(out, f.default_deny);
+            })
+        });
+        put_param(out, ParamTag::Antivirus, |out| {
+            put_reading(out, &self.antivirus, |out, av| {
+                put_text(out, &av.product);
+                put_flag(out, av.running);
+                put_flag(out, av.updater_running);
+                put_opt_time(out, av.signatures_at);
+            })
+        });
+        put_param(out, ParamTag::LastFullScan, |out| {
+            put_reading(out, &self.last_full_scan, |out, scan| {
+                out.put_i64(scan.finished_at);
+                out.put_u32(scan.threats_found);
+                out.put_u32(scan.threats_cleaned);
+            })
+        });
+        put_param(out, ParamTag::Updates, |out| {
+            put_reading(out, &self.updates, |out, u| {
+                out.put_u32(u.pending);
+                out.put_u32(u.security_pending);
+                put_opt_time(out, u.security_pending_since);
+                put_opt_time(out, u.last_success);
+            })
+        });
+        put_param(out, ParamTag::Backup, |out| put_reading(out, &self.backup, |out, b| out.put_i64(b.last_snapshot)));
+        put_param(out, ParamTag::OsVersion, |out| put_reading(out, &self.os_version, |out, v| put_text(out, v)));
+        put_param(out, ParamTag::BootTime, |out| put_reading(out, &self.boot_time, |out, t| out.put_i64(*t)));
+        put_param(out, ParamTag::Disk, |out| {
+            put_reading(out, &self.disk, |out, d| {
+                out.put_u64(d.free_bytes);
+                out.put_u64(d.total_bytes);
+            })
+        });
+        put_param(out, ParamTag::AgentVersion, |out| put_text(out, &self.agent_version));
+    }
+
+    /// The number of bytes [`Report::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        const PARAM_HEADER: usize = 3;
+        let opt = |t: Option<UnixTime>| if t.is_some() { 9 } else { 1 };
+        let params = [
+            reading_len(&self.firewall, |_| 7),
+            reading_len(&self.antivirus, |av| text_len(&av.product) + 2 + opt(av.signatures_at)),
+            reading_len(&self.last_full_scan, |_| 16),
+            reading_len(&self.updates, |u| 8 + opt(u.security_pending_since) + opt(u.last_success)),
+            reading_len(&self.backup, |_| 8),
+            reading_len(&self.os_version, |v| text_len(v)),
+            reading_len(&self.boot_time, |_| 8),
+            reading_len(&self.disk, |_| 16),
+            text_len(&self.agent_version),
+        ];
+        params.iter().map(|body| PARAM_HEADER + body).sum()
+    }
+}
+
+/// Decodes a whole encoded report (see the module documentation for the rules).
+pub fn decode_report(buf: &[u8]) -> Result<Report, TelemetryError> {
+    let mut firewall = None;
+    let mut antivirus = None;
+    let mut last_full_scan = None;
+    let mut updates = None;
+    let mut backup = None;
+    let mut os_version = None;
+    let mut boot_time = None;
+    let mut disk = None;
+    let mut agent_version = None;
+
+    let mut reader = Reader::new(buf);
+    while !reader.is_empty() {
+        let code = reader.u8("parameter tag")?;
+        let len = reader.u16("parameter length")?;
+        let body = reader.take(usize::from(len), "parameter body")?;
+        // A newer agent's parameter: skipped whole.
+        let Some(tag) = ParamTag::from_u8(code) else { continue };
+        let mut p = Reader::new(body);
+        let r = &mut p;
+        match tag {
+            ParamTag::Firewall => {
+                check_unset(&firewall, tag)?;
+                firewall = Some(decode_firewall(r)?);
+            }
+            ParamTag::Antivirus => {
+                check_unset(&antivirus, tag)?;
+                antivirus = Some(reading(r, "antivirus", |r| {
+                    Ok(Antivirus {
+                        product: r.text("antivirus.product")?,
+                        running: r.flag("antivirus.running")?,
+                        updater_running: r.flag("antivirus.updater_running")?,
+                        signatures_at: r.opt_time("antivirus.signatures_at")?,
+                    })
+                })?);
+            }
+            ParamTag::LastFullScan => {
+                check_unset(&last_full_scan, tag)?;
+                last_full_scan = Some(reading(r, "last_full_scan", |r| {
+                    Ok(Scan {
+                        finished_at: r.i64("last_full_scan.finished_at")?,
+                        threats_found: r.u32("last_full_scan.threats_found")?,
+                        threats_cleaned: r.u32("last_full_scan.threats_cleaned")?,
+                    })
+                })?);
+            }
+            ParamTag::Updates => {
+                check_unset(&updates, tag)?;
+                updates = Some(reading(r, "updates", |r| {
+                    Ok(Updates {
+                        pending: r.u32("updates.pending")?,
+                        security_pending: r.u32("updates.security_pending")?,
+                        security_pending_since: r.opt_time("updates.security_pending_since")?,
+                        last_success: r.opt_time("updates.last_success")?,
+                    })
+                })?);
+            }
+            ParamTag::Backup => {
+                check_unset(&backup, tag)?;
+                backup = Some(reading(r, "backup", |r| Ok(Backup { last_snapshot: r.i64("backup.last_snapshot")? }))?);
+            }
+            ParamTag::OsVersion => {
+                check_unset(&os_version, tag)?;
+                os_version = Some(reading(r, "os_version", |r| r.text("os_version"))?);
+            }
+            ParamTag::BootTime => {
+                check_unset(&boot_time, tag)?;
+                boot_time = Some(reading(r, "boot_time", |r| r.i64("boot_time"))?);
+            }
+            ParamTag::Disk => {
+                check_unset(&disk, tag)?;
+                disk = Some(reading(r, "disk", |r| {
+                    Ok(Disk { free_bytes: r.u64("disk.free_bytes")?, total_bytes: r.u64("disk.total_bytes")? })
+                })?);
+            }
+            ParamTag::AgentVersion => {
+                check_unset(&agent_version, tag)?;
+                agent_version = Some(r.text("agent_version")?);
+            }
+        }
+        if !p.is_empty() {
+            return Err(TelemetryError::TrailingBytes { param: tag, extra: p.remaining() });
+        }
+    }
+
+    Ok(Report {
+        firewall: or_not_reported(firewall),
+        antivirus: or_not_reported(antivirus),
+        last_full_scan: or_not_reported(last_full_scan),
+        updates: or_not_reported(updates),
+        backup: or_not_reported(backup),
+        os_version: or_not_reported(os_version),
+        boot_time: or_not_reported(boot_time),
+        disk: or_not_reported(disk),
+        agent_version: agent_version.ok_or(TelemetryError::MissingAgentVersion)?,
+    })
+}
+
+/// The firewall parameter. A backend code this version does not know makes the firewall unknown
+/// (with the code in the reason) instead of failing the report; the rest of its body is not read.
+fn decode_firewall(r: &mut Reader<'_>) -> Result<Reading<Firewall>, TelemetryError> {
+    reading(r, "firewall", |r| {
+        let code = r.u8("firewall.backend")?;
+        let Some(backend) = FirewallBackend::from_u8(code) else {
+            r.skip_rest();
+            return Ok(Err(format!("firewall backend code {code} is not known to this version")));
+        };
+        Ok(Ok(Firewall {
+            backend,
+            active: r.flag("firewall.active")?,
+            rules: r.u32("firewall.rules")?,
+            default_deny: r.flag("firewall.default_deny")?,
+        }))
+    })
+    .map(|reading| match reading {
+        Reading::Value(Ok(firewall)) => Reading::Value(firewall),
+        Reading::Value(Err(reason)) => Reading::Unknown(clip(&reason, MAX_TEXT_LEN).to_owned()),
+        Reading::Unknown(reason) => Reading::Unknown(reason),
+    })
+}
+
+fn or_not_reported<T>(reading: Option<Reading<T>>) -> Reading<T> {
+    reading.unwrap_or_else(|| Reading::unknown(NOT_REPORTED))
+}
+
+fn check_unset<T>(slot: &Option<T>, tag: ParamTag) -> Result<(), TelemetryError> {
+    match slot {
+        Some(_) => Err(TelemetryError::Duplicate(tag)),
+        None => Ok(()),
+    }
+}
+
+/// A reading: 0 and the value, or 1 and the reason it is unknown.
+fn reading<'a, T>(
+    r: &mut Reader<'a>,
+    field: &'static str,
+    value: impl FnOnce(&mut Reader<'a>) -> Result<T, TelemetryError>,
+) -> Result<Reading<T>, TelemetryError> {
+    match r.u8(field)? {
+        0 => Ok(Reading::Value(value(r)?)),
+        1 => Ok(Reading::Unknown(r.text(field)?)),
+        other => Err(TelemetryError::BadByte { field, value: other }),
+    }
+}
+
+/// Writes a parameter: its tag, its body's length and its body.
+fn put_param(out: &mut BytesMut, tag: ParamTag, body: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag as u8);
+    let len_at = out.len();
+    out.put_u16(0);
+    body(out);
+    // Bodies are bounded by construction (text is clipped to MAX_TEXT_LEN), far below u16::MAX.
+    let len = u16::try_from(out.len() - len_at - 2).unwrap_or(u16::MAX);
+    out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_reading<T>(out: &mut BytesMut, reading: &Reading<T>, value: impl FnOnce(&mut BytesMut, &T)) {
+    match reading {
+        Reading::Value(v) => {
+            out.put_u8(0);
+            value(out, v);
+        }
+        Reading::Unknown(reason) => {
+            out.put_u8(1);
+            put_text(out, reason);
+        }
+    }
+}
+
+fn reading_len<T>(reading: &Reading<T>, value_len: impl FnOnce(&T) -> usize) -> usize {
+    1 + match reading {
+        Reading::Value(v) => value_len(v),
+        Reading::Unknown(reason) => text_len(reason),
+    }
+}
+
+fn put_text(out: &mut BytesMut, text: &str) {
+    let text = clip(text, MAX_TEXT_LEN);
+    // MAX_TEXT_LEN fits in a u16.
+    out.put_u16(u16::try_from(text.len()).unwrap_or(u16::MAX));
+    out.put_slice(text.as_bytes());
+}
+
+fn text_len(text: &str) -> usize {
+    2 + clip(text, MAX_TEXT_LEN).len()
+}
+
+fn put_flag(out: &mut BytesMut, flag: bool) {
+    out.put_u8(u8::from(flag));
+}
+
+fn put_opt_time(out: &mut BytesMut, time: Option<UnixTime>) {
+    match time {
+        Some(time) => {
+            out.put_u8(1);
+            out.put_i64(time);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Reads fields from the front of a byte slice; running out is [`TelemetryError::Truncated`].
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn skip_rest(&mut self) {
+        self.buf = &[];
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], TelemetryError> {
+        if self.buf.len() < n {
+            return Err(TelemetryError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], TelemetryError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(N, field)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, TelemetryError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, TelemetryError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, TelemetryError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, TelemetryError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    fn i64(&mut self, field: &'static str) -> Result<i64, TelemetryError> {
+        Ok(i64::from_be_bytes(self.array(field)?))
+    }
+
+    fn flag(&mut self, field: &'static str) -> Result<bool, TelemetryError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(TelemetryError::BadByte { field, value: other }),
+        }
+    }
+
+    fn opt_time(&mut self, field: &'static str) -> Result<Option<UnixTime>, TelemetryError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i64(field)?)),
+            other => Err(TelemetryError::BadByte { field, value: other }),
+        }
+    }
+
+    /// A `u16`-length UTF-8 text of at most [`MAX_TEXT_LEN`] bytes; the length is checked before
+    /// the bytes are read.
+    fn text(&mut self, field: &'static str) -> Result<String, TelemetryError> {
+        let len = usize::from(self.u16(field)?);
+        if len > MAX_TEXT_LEN {
+            return Err(TelemetryError::TooLong { field, len, max: MAX_TEXT_LEN });
+        }
+        let bytes = self.take(len, field)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| TelemetryError::BadUtf8 { field })?;
+        Ok(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+#[path = "telemetry_test.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,881 @@
+//! TAP, the Tether agent protocol: what an agent on a PC and the gateway say to each other over the
+//! QUIC connection the agent dials (ALPN [`ALPN`], UDP port [`DEFAULT_PORT`]). Types, a streaming
+//! decoder and an encoder; no I/O.
+//!
+//! # What is said
+//!
+//! - One **control stream**, the first bidirectional stream the agent opens. The agent sends
+//!   [`Message::Hello`] first; the gateway answers [`Message::Welcome`], then sends
+//!   [`Message::Config`] when it has configuration for the agent. After that, in any order: the
+//!   agent's [`Message::Report`]s, each acknowledged with [`Message::Ack`] once it is durable;
+//!   [`Message::Message`]s for the PC's user; [`Message::RemoteHelp`] when the user changes consent;
+//!   [`Message::Ping`]/[`Message::Pong`] either way; and [`Message::Close`] to end with a reason.
+//! - One **stream per relayed session**, opened by the gateway, starting with
+//!   [`Message::ChannelOpen`]. The agent answers [`Message::ChannelAccept`] (after which the stream
+//!   carries the session's raw bytes, no longer frames) or [`Message::ChannelRefuse`].
+//! - **Enrollment**, on a connection without a client certificate: the agent sends
+//!   [`Message::Enroll`] with a one-time token and a CSR, the gateway answers
+//!   [`Message::Enrolled`] (or [`Message::Close`] with [`CloseCode::EnrollRefused`]).
+//!
+//! # What this module does not do
+//!
+//! No sockets, streams or timers (the gateway and the agent drive QUIC), and no cryptography:
+//! [`Message::Config`] and [`Message::Message`] carry a [`Signed`] payload, and
+//! [`signed_message`] gives the exact bytes the gateway signs and the agent verifies (Ed25519, in
+//! the daemons, with aws-lc-rs). Decode a payload ([`ConfigBody::decode`],
+//! [`MessageBody::decode`]) only after its signature checks out.
+//!
+//! # Framing
+//!
+//! Every frame is `version: u8` (= [`VERSION`]), `type: u8` ([`MessageType`]), `length: u32` (the
+//! body's length), then the body. All integers are big-endian. Inside bodies, a *string* is a `u16`
+//! length and that many bytes of UTF-8; a *blob* is a `u32` length and that many bytes; a UUID is
+//! its 16 bytes in RFC 4122 order; a flag is one byte, 0 or 1; a list is a `u16` count and that many
+//! entries. The layout of each body is documented on its [`Message`] variant.
+//!
+//! [`decode`] is streaming: it returns `Ok(None)` until the whole frame has arrived, and fails as
+//! soon as the header shows a bad version, an unknown type or a length over [`Limits::max_frame`]
+//! (with 1, 2 and 6 bytes in). Lengths inside the body are checked against [`Limits`] before their
+//! bytes are read. A body must be consumed exactly: bytes after the last field are an error.
+//!
+//! Unknown codes inside a body (a [`RefuseReason`], a [`CloseCode`]) are decode errors, like an
+//! unknown message type: a peer that needs new codes speaks a new [`VERSION`].
+//!
+//! The encoder never fails: a string longer than a `u16` length allows is cut at a character
+//! boundary, and lists longer than a `u16` count are cut; the decoder's limits are smaller than
+//! both, so a sender that exceeds them has a bug whatever the encoding does.
+
+use std::ops::{BitOr, BitOrAssign};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+use crate::telemetry::{self, TelemetryError};
+
+/// The protocol version this module speaks (the first byte of every frame).
+pub const VERSION: u8 = 1;
+/// The ALPN protocol identifier of a TAP connection.
+pub const ALPN: &[u8] = b"tether/1";
+/// The gateway's default UDP port for TAP.
+pub const DEFAULT_PORT: u16 = 4433;
+/// Bytes of a frame header: version, type, length.
+pub const HEADER_LEN: usize = 6;
+
+/// Default [`Limits::max_frame`]: 256 KiB of body.
+pub const DEFAULT_MAX_FRAME: usize = 256 * 1024;
+/// Default [`Limits::max_text`]: 512 bytes per string.
+pub const DEFAULT_MAX_TEXT: usize = 512;
+/// Default [`Limits::max_blob`]: 16 KiB per certificate, CSR or signed payload.
+pub const DEFAULT_MAX_BLOB: usize = 16 * 1024;
+/// Longest string in a signed payload ([`ConfigBody`], [`MessageBody`]) but the message text.
+pub const MAX_PAYLOAD_TEXT: usize = 512;
+/// Longest text of a [`MessageBody`].
+pub const MAX_MESSAGE_TEXT: usize = 4096;
+/// Most gateway addresses in a [`ConfigBody`] or [`Message::Enrolled`].
+pub const MAX_GATEWAYS: usize = 16;
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of an Ed25519 public key.
+pub const SIGNING_KEY_LEN: usize = 32;
+
+/// Size limits the decoder enforces, each as soon as the length field concerned has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest frame body (the header's length field).
+    pub max_frame: usize,
+    /// Longest string in a frame body.
+    pub max_text: usize,
+    /// Longest blob (certificate, CSR, signed payload).
+    pub max_blob: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_frame: DEFAULT_MAX_FRAME, max_text: DEFAULT_MAX_TEXT, max_blob: DEFAULT_MAX_BLOB }
+    }
+}
+
+impl Limits {
+    /// The longest frame, header included, that [`decode`] accepts under these limits.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame.saturating_add(HEADER_LEN)
+    }
+}
+
+/// Message type codes (the second byte of every frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageType {
+    Hello = 1,
+    Welcome = 2,
+    Report = 3,
+    Ack = 4,
+    Config = 5,
+    Message = 6,
+    RemoteHelp = 7,
+    ChannelOpen = 8,
+    ChannelAccept = 9,
+    ChannelRefuse = 10,
+    Enroll = 11,
+    Enrolled = 12,
+    Close = 13,
+    Ping = 14,
+    Pong = 15,
+}
+
+impl MessageType {
+    /// The type for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        use MessageType::*;
+        Some(match code {
+            1 => Hello,
+            2 => Welcome,
+            3 => Report,
+            4 => Ack,
+            5 => Config,
+            6 => Message,
+            7 => RemoteHelp,
+            8 => ChannelOpen,
+            9 => ChannelAccept,
+            10 => ChannelRefuse,
+            11 => Enroll,
+            12 => Enrolled,
+            13 => Close,
+            14 => Ping,
+            15 => Pong,
+            _ => return None,
+        })
+    }
+}
+
+/// What an agent can do, as a bit set. Bits this version does not name are kept as they came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Capabilities(pub u32);
+
+impl Capabilities {
+    /// Sends telemetry reports.
+    pub const TELEMETRY: Self = Self(1);
+    /// Runs signed actions.
+    pub const ACTIONS: Self = Self(2);
+    /// Shows signed messages to the PC's user.
+    pub const MESSAGES: Self = Self(4);
+    /// Relays sessions (channels) to local ports.
+    pub const RELAY: Self = Self(8);
+
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for Capabilities {
+    type Output = Self;
+
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for Capabilities {
+    fn bitor_assign(&mut self, rhs: Self) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// Why an agent refuses a relayed channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RefuseReason {
+    /// The PC's user has not consented to remote help.
+    RemoteHelpDisabled = 1,
+    /// The port is not one the agent's configuration allows.
+    PortNotAllowed = 2,
+    /// Connecting to the local port failed.
+    ConnectFailed = 3,
+    /// Too many channels already.
+    Busy = 4,
+}
+
+impl RefuseReason {
+    /// The reason for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::RemoteHelpDisabled),
+            2 => Some(Self::PortNotAllowed),
+            3 => Some(Self::ConnectFailed),
+            4 => Some(Self::Busy),
+            _ => None,
+        }
+    }
+}
+
+/// Why a side closes (the code of [`Message::Close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Nothing wrong: the side is done.
+    Normal = 0,
+    /// The peer sent a frame that does not decode, or one out of place.
+    BadMessage = 1,
+    /// The agent's certificate is missing or not valid.
+    Unauthenticated = 2,
+    /// The agent's certificate has been revoked.
+    Revoked = 3,
+    /// The enrollment token is unknown, used or expired.
+    EnrollRefused = 4,
+    /// The request is refused by policy.
+    Refused = 5,
+    /// The side has too much to do; try again later.
+    Busy = 6,
+    /// The peer's [`VERSION`] is not spoken here.
+    UnsupportedVersion = 7,
+    /// The peer did not answer in time.
+    Timeout = 8,
+    /// The side is shutting down.
+    Shutdown = 9,
+}
+
+impl CloseCode {
+    /// The code for a wire value, or `None` for a value this version does not define.
+    pub fn from_u16(code: u16) -> Option<Self> {
+        use CloseCode::*;
+        Some(match code {
+            0 => Normal,
+            1 => BadMessage,
+            2 => Unauthenticated,
+            3 => Revoked,
+            4 => EnrollRefused,
+            5 => Refused,
+            6 => Busy,
+            7 => UnsupportedVersion,
+            8 => Timeout,
+            9 => Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// A payload and the gateway's Ed25519 signature over [`signed_message`] of it.
+///
+/// Wire layout: payload blob, then the 64 signature bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub payload: Bytes,
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// What a signature is for. Each kind signs under its own prefix, so that a signature over one
+/// kind of payload never verifies as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignDomain {
+    /// A [`ConfigBody`].
+    Config,
+    /// A [`MessageBody`].
+    Message,
+    /// An action (its payload is defined by the actions module).
+    Action,
+}
+
+impl SignDomain {
+    /// The domain-separation prefix of this kind (it ends with a NUL byte).
+    pub fn prefix(self) -> &'static [u8] {
+        match self {
+            SignDomain::Config => b"tether-config-v1\0",
+            SignDomain::Message => b"tether-message-v1\0",
+            SignDomain::Action => b"tether-action-v1\0",
+        }
+    }
+}
+
+/// The exact bytes signed and verified for `payload` of kind `domain`: the domain's prefix, then
+/// the payload.
+pub fn signed_message(domain: SignDomain, payload: &[u8]) -> Vec<u8> {
+    let prefix = domain.prefix();
+    let mut message = Vec::with_capacity(prefix.len() + payload.len());
+    message.extend_from_slice(prefix);
+    message.extend_from_slice(payload);
+    message
+}
+
+/// The payload of a [`Message::Config`]: the agent's configuration.
+///
+/// Layout: issued-at `i64`, heartbeat `u32`, keepalive `u32`, list of gateway strings (at most
+/// [`MAX_GATEWAYS`], each at most [`MAX_PAYLOAD_TEXT`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigBody {
+    /// Unix seconds; an agent ignores a configuration older than the one it has.
+    pub issued_at: i64,
+    pub heartbeat_secs: u32,
+    pub keepalive_secs: u32,
+    /// Gateways to dial, as `host:port`.
+    pub gateways: Vec<String>,
+}
+
+impl ConfigBody {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_i64(self.issued_at);
+        out.put_u32(self.heartbeat_secs);
+        out.put_u32(self.keepalive_secs);
+        put_list(out, &self.gateways);
+    }
+
+    /// The number of bytes [`ConfigBody::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        16 + list_len(&self.gateways)
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let body = ConfigBody {
+            issued_at: r.i64("config.issued_at")?,
+            heartbeat_secs: r.u32("config.heartbeat_secs")?,
+            keepalive_secs: r.u32("config.keepalive_secs")?,
+            gateways: r.list("config.gateways", MAX_PAYLOAD_TEXT)?,
+        };
+        r.finish("config payload")?;
+        Ok(body)
+    }
+}
+
+/// The payload of a [`Message::Message`]: a text for the PC's user.
+///
+/// Layout: id UUID, issued-at `i64`, expires-at `i64`, target UUID, from string (at most
+/// [`MAX_PAYLOAD_TEXT`] bytes), text string (at most [`MAX_MESSAGE_TEXT`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageBody {
+    /// Identifies the message (an agent shows a message once).
+    pub id: Uuid,
+    pub issued_at: i64,
+    /// An agent does not show a message after this time.
+    pub expires_at: i64,
+    /// The agent (PC) the message is for; an agent ignores a message for another.
+    pub target: Uuid,
+    /// Who sent it, as shown to the user.
+    pub from: String,
+    pub text: String,
+}
+
+impl MessageBody {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_slice(self.id.as_bytes());
+        out.put_i64(self.issued_at);
+        out.put_i64(self.expires_at);
+        out.put_slice(self.target.as_bytes());
+        put_str(out, &self.from);
+        put_str(out, &self.text);
+    }
+
+    /// The number of bytes [`MessageBody::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        16 + 8 + 8 + 16 + str_len(&self.from) + str_len(&self.text)
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let body = MessageBody {
+            id: r.uuid("message.id")?,
+            issued_at: r.i64("message.issued_at")?,
+            expires_at: r.i64("message.expires_at")?,
+            target: r.uuid("message.target")?,
+            from: r.str("message.from", MAX_PAYLOAD_TEXT)?,
+            text: r.str("message.text", MAX_MESSAGE_TEXT)?,
+        };
+        r.finish("message payload")?;
+        Ok(body)
+    }
+}
+
+/// One TAP message. Each variant's doc gives its direction and its body's layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Agent → gateway, first on the control stream. Body: uuid, agent version string, hostname
+    /// string, OS string, capabilities `u32`, remote-help flag.
+    Hello {
+        uuid: Uuid,
+        agent_version: String,
+        hostname: String,
+        os: String,
+        capabilities: Capabilities,
+        /// Whether the PC's user consents to remote help (relayed sessions).
+        remote_help: bool,
+    },
+    /// Gateway → agent, the answer to Hello. Body: server time `i64` (Unix seconds), heartbeat `u32`.
+    Welcome { server_time: i64, heartbeat_secs: u32 },
+    /// Agent → gateway. Body: seq `u64`, taken-at `i64`, then a `u32` length and the report in the
+    /// [`telemetry`] encoding.
+    Report { seq: u64, taken_at: i64, report: telemetry::Report },
+    /// Gateway → agent, once the report `seq` is durable. Body: seq `u64`.
+    Ack { seq: u64 },
+    /// Gateway → agent. Body: a [`Signed`] [`ConfigBody`] ([`SignDomain::Config`]).
+    Config(Signed),
+    /// Gateway → agent, a message for the PC's user. Body: a [`Signed`] [`MessageBody`]
+    /// ([`SignDomain::Message`]).
+    Message(Signed),
+    /// Agent → gateway when the PC's user changes consent. Body: a flag.
+    RemoteHelp { enabled: bool },
+    /// Gateway → agent, first frame of a relayed session's stream. Body: channel `u32`, port `u16`,
+    /// requested-by string (who asked, as shown to the user).
+    ChannelOpen { channel: u32, port: u16, requested_by: String },
+    /// Agent → gateway: the channel is connected; raw bytes follow on the stream. Body: channel `u32`.
+    ChannelAccept { channel: u32 },
+    /// Agent → gateway. Body: channel `u32`, reason `u8`, text string.
+    ChannelRefuse { channel: u32, reason: RefuseReason, text: String },
+    /// Agent → gateway on a connection without a client certificate. Body: token string, uuid,
+    /// hostname string, CSR blob (DER).
+    Enroll { token: String, uuid: Uuid, hostname: String, csr_der: Bytes },
+    /// Gateway → agent. Body: certificate blob (DER), CA certificate blob (DER), the gateway's
+    /// 32-byte Ed25519 public key for signed payloads, list of gateway strings (`host:port`, at
+    /// most [`MAX_GATEWAYS`]).
+    Enrolled { cert_der: Bytes, ca_der: Bytes, signing_key: [u8; SIGNING_KEY_LEN], gateways: Vec<String> },
+    /// Either way, the last frame before closing. Body: code `u16`, text string.
+    Close { code: CloseCode, text: String },
+    /// Either way. Body: nonce `u64`.
+    Ping { nonce: u64 },
+    /// The answer to Ping, with its nonce. Body: nonce `u64`.
+    Pong { nonce: u64 },
+}
+
+/// Why bytes could not be decoded. Every variant is the peer's fault; [`DecodeError::close_code`]
+/// says how to close over it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported TAP version {0} (this side speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown TAP message type {0}")]
+    UnknownType(u8),
+    #[error("{field} is {len} bytes, over the limit of {max}")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("{field} has {count} entries, over the limit of {max}")]
+    TooMany { field: &'static str, count: usize, max: usize },
+    #[error("{field} is truncated")]
+    Truncated { field: &'static str },
+    #[error("{what} has {extra} bytes after its last field")]
+    TrailingBytes { what: &'static str, extra: usize },
+    #[error("{field} is not UTF-8")]
+    BadUtf8 { field: &'static str },
+    #[error("{field} is {value}, which is not a valid code for it")]
+    UnknownCode { field: &'static str, value: u16 },
+    #[error("report: {0}")]
+    Telemetry(#[from] TelemetryError),
+}
+
+impl DecodeError {
+    /// The code to close with after this error.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            DecodeError::UnsupportedVersion(_) => CloseCode::UnsupportedVersion,
+            _ => CloseCode::BadMessage,
+        }
+    }
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(Some((message, consumed)))` with the number of bytes the frame took, `Ok(None)`
+/// while `buf` holds only part of a frame (read more and call again), or an error when the bytes
+/// can never become a valid frame: a bad version (known with 1 byte in), an unknown type (2 bytes),
+/// a length over [`Limits::max_frame`] (6 bytes), or a malformed body.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, DecodeError> {
+    let Some(&version) = buf.first() else { return Ok(None) };
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let Some(&code) = buf.get(1) else { return Ok(None) };
+    let ty = MessageType::from_u8(code).ok_or(DecodeError::UnknownType(code))?;
+    let Some(len) = buf.get(2..HEADER_LEN) else { return Ok(None) };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    // A length that does not fit a usize is over any limit.
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > limits.max_frame {
+        return Err(DecodeError::TooLong { field: "frame", len, max: limits.max_frame });
+    }
+    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let message = decode_body(ty, body, limits)?;
+    Ok(Some((message, HEADER_LEN + len)))
+}
+
+fn decode_body(ty: MessageType, body: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
+    use MessageType as T;
+    let mut r = Reader::new(body);
+    let text = limits.max_text;
+    let message = match ty {
+        T::Hello => Message::Hello {
+            uuid: r.uuid("hello.uuid")?,
+            agent_version: r.str("hello.agent_version", text)?,
+            hostname: r.str("hello.hostname", text)?,
+            os: r.str("hello.os", text)?,
+            capabilities: Capabilities(r.u32("hello.capabilities")?),
+            remote_help: r.flag("hello.remote_help")?,
+        },
+        T::Welcome => Message::Welcome {
+            server_time: r.i64("welcome.server_time")?,
+            heartbeat_secs: r.u32("welcome.heartbeat_secs")?,
+        },
+        T::Report => {
+            let seq = r.u64("report.seq")?;
+            let taken_at = r.i64("report.taken_at")?;
+            // The frame's length already bounds the nested report.
+            let nested = r.blob("report.telemetry", limits.max_frame)?;
+            Message::Report { seq, taken_at, report: telemetry::decode_report(nested)? }
+        }
+        T::Ack => Message::Ack { seq: r.u64("ack.seq")? },
+        T::Config => Message::Config(r.signed("config", limits)?),
+        T::Message => Message::Message(r.signed("message", limits)?),
+        T::RemoteHelp => Message::RemoteHelp { enabled: r.flag("remote_help.enabled")? },
+        T::ChannelOpen => Message::ChannelOpen {
+            channel: r.u32("channel_open.channel")?,
+            port: r.u16("channel_open.port")?,
+            requested_by: r.str("channel_open.requested_by", text)?,
+        },
+        T::ChannelAccept => Message::ChannelAccept { channel: r.u32("channel_accept.channel")? },
+        T::ChannelRefuse => {
+            let channel = r.u32("channel_refuse.channel")?;
+            let code = r.u8("channel_refuse.reason")?;
+            let reason = RefuseReason::from_u8(code)
+                .ok_or(DecodeError::UnknownCode { field: "channel_refuse.reason", value: u16::from(code) })?;
+            Message::ChannelRefuse { channel, reason, text: r.str("channel_refuse.text", text)? }
+        }
+        T::Enroll => Message::Enroll {
+            token: r.str("enroll.token", text)?,
+            uuid: r.uuid("enroll.uuid")?,
+            hostname: r.str("enroll.hostname", text)?,
+            csr_der: r.blob_bytes("enroll.csr_der", limits.max_blob)?,
+        },
+        T::Enrolled => Message::Enrolled {
+            cert_der: r.blob_bytes("enrolled.cert_der", limits.max_blob)?,
+            ca_der: r.blob_bytes("enrolled.ca_der", limits.max_blob)?,
+            signing_key: r.array("enrolled.signing_key")?,
+            gateways: r.list("enrolled.gateways", text)?,
+        },
+        T::Close => {
+            let value = r.u16("close.code")?;
+            let code = CloseCode::from_u16(value).ok_or(DecodeError::UnknownCode { field: "close.code", value })?;
+            Message::Close { code, text: r.str("close.text", text)? }
+        }
+        T::Ping => Message::Ping { nonce: r.u64("ping.nonce")? },
+        T::Pong => Message::Pong { nonce: r.u64("pong.nonce")? },
+    };
+    r.finish(ty.name())?;
+    Ok(message)
+}
+
+impl MessageType {
+    /// The type's name, as errors report it.
+    pub fn name(self) -> &'static str {
+        use MessageType::*;
+        match self {
+            Hello => "hello",
+            Welcome => "welcome",
+            Report => "report",
+            Ack => "ack",
+            Config => "config",
+            Message => "message",
+            RemoteHelp => "remote_help",
+            ChannelOpen => "channel_open",
+            ChannelAccept => "channel_accept",
+            ChannelRefuse => "channel_refuse",
+            Enroll => "enroll",
+            Enrolled => "enrolled",
+            Close => "close",
+            Ping => "ping",
+            Pong => "pong",
+        }
+    }
+}
+
+impl Message {
+    /// The type byte this message is sent with.
+    pub fn message_type(&self) -> MessageType {
+        use MessageType as T;
+        match self {
+            Message::Hello { .. } => T::Hello,
+            Message::Welcome { .. } => T::Welcome,
+            Message::Report { .. } => T::Report,
+            Message::Ack { .. } => T::Ack,
+            Message::Config(_) => T::Config,
+            Message::Message(_) => T::Message,
+            Message::RemoteHelp { .. } => T::RemoteHelp,
+            Message::ChannelOpen { .. } => T::ChannelOpen,
+            Message::ChannelAccept { .. } => T::ChannelAccept,
+            Message::ChannelRefuse { .. } => T::ChannelRefuse,
+            Message::Enroll { .. } => T::Enroll,
+            Message::Enrolled { .. } => T::Enrolled,
+            Message::Close { .. } => T::Close,
+            Message::Ping { .. } => T::Ping,
+            Message::Pong { .. } => T::Pong,
+        }
+    }
+
+    /// Appends the frame of this message (header and body) to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_u8(VERSION);
+        out.put_u8(self.message_type() as u8);
+        let len_at = out.len();
+        out.put_u32(0);
+        match self {
+            Message::Hello { uuid, agent_version, hostname, os, capabilities, remote_help } => {
+                out.put_slice(uuid.as_bytes());
+                put_str(out, agent_version);
+                put_str(out, hostname);
+                put_str(out, os);
+                out.put_u32(capabilities.bits());
+                put_flag(out, *remote_help);
+            }
+            Message::Welcome { server_time, heartbeat_secs } => {
+                out.put_i64(*server_time);
+                out.put_u32(*heartbeat_secs);
+            }
+            Message::Report { seq, taken_at, report } => {
+                out.put_u64(*seq);
+                out.put_i64(*taken_at);
+                let nested_at = out.len();
+                out.put_u32(0);
+                report.encode(out);
+                patch_u32(out, nested_at);
+            }
+            Message::Ack { seq } => out.put_u64(*seq),
+            Message::Config(signed) | Message::Message(signed) => {
+                put_blob(out, &signed.payload);
+                out.put_slice(&signed.signature);
+            }
+            Message::RemoteHelp { enabled } => put_flag(out, *enabled),
+            Message::ChannelOpen { channel, port, requested_by } => {
+                out.put_u32(*channel);
+                out.put_u16(*port);
+                put_str(out, requested_by);
+            }
+            Message::ChannelAccept { channel } => out.put_u32(*channel),
+            Message::ChannelRefuse { channel, reason, text } => {
+                out.put_u32(*channel);
+                out.put_u8(*reason as u8);
+                put_str(out, text);
+            }
+            Message::Enroll { token, uuid, hostname, csr_der } => {
+                put_str(out, token);
+                out.put_slice(uuid.as_bytes());
+                put_str(out, hostname);
+                put_blob(out, csr_der);
+            }
+            Message::Enrolled { cert_der, ca_der, signing_key, gateways } => {
+                put_blob(out, cert_der);
+                put_blob(out, ca_der);
+                out.put_slice(signing_key);
+                put_list(out, gateways);
+            }
+            Message::Close { code, text } => {
+                out.put_u16(*code as u16);
+                put_str(out, text);
+            }
+            Message::Ping { nonce } | Message::Pong { nonce } => out.put_u64(*nonce),
+        }
+        patch_u32(out, len_at);
+    }
+
+    /// The number of bytes [`Message::encode`] writes, header included.
+    pub fn encoded_len(&self) -> usize {
+        const UUID: usize = 16;
+        HEADER_LEN
+            + match self {
+                Message::Hello { agent_version, hostname, os, .. } => {
+                    UUID + str_len(agent_version) + str_len(hostname) + str_len(os) + 4 + 1
+                }
+                Message::Welcome { .. } => 12,
+                Message::Report { report, .. } => 16 + 4 + report.encoded_len(),
+                Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => 8,
+                Message::Config(signed) | Message::Message(signed) => blob_len(&signed.payload) + SIGNATURE_LEN,
+                Message::RemoteHelp { .. } => 1,
+                Message::ChannelOpen { requested_by, .. } => 4 + 2 + str_len(requested_by),
+                Message::ChannelAccept { .. } => 4,
+                Message::ChannelRefuse { text, .. } => 4 + 1 + str_len(text),
+                Message::Enroll { token, hostname, csr_der, .. } => {
+                    str_len(token) + UUID + str_len(hostname) + blob_len(csr_der)
+                }
+                Message::Enrolled { cert_der, ca_der, gateways, .. } => {
+                    blob_len(cert_der) + blob_len(ca_der) + SIGNING_KEY_LEN + list_len(gateways)
+                }
+                Message::Close { text, .. } => 2 + str_len(text),
+            }
+    }
+}
+
+/// Writes the number of bytes after the `u32` at `at` into it.
+fn patch_u32(out: &mut BytesMut, at: usize) {
+    // Frames are bounded by what the encoder writes: blobs are cut to u32::MAX below.
+    let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn put_str(out: &mut BytesMut, text: &str) {
+    let text = clip(text, usize::from(u16::MAX));
+    out.put_u16(u16::try_from(text.len()).unwrap_or(u16::MAX));
+    out.put_slice(text.as_bytes());
+}
+
+fn str_len(text: &str) -> usize {
+    2 + clip(text, usize::from(u16::MAX)).len()
+}
+
+/// The part of a blob that fits a `u32` length (all of it, in practice).
+fn blob_part(blob: &[u8]) -> &[u8] {
+    let max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+    &blob[..blob.len().min(max)]
+}
+
+fn put_blob(out: &mut BytesMut, blob: &[u8]) {
+    let blob = blob_part(blob);
+    out.put_u32(u32::try_from(blob.len()).unwrap_or(u32::MAX));
+    out.put_slice(blob);
+}
+
+fn blob_len(blob: &[u8]) -> usize {
+    4 + blob_part(blob).len()
+}
+
+fn put_list(out: &mut BytesMut, items: &[String]) {
+    let items = &items[..items.len().min(usize::from(u16::MAX))];
+    out.put_u16(u16::try_from(items.len()).unwrap_or(u16::MAX));
+    for item in items {
+        put_str(out, item);
+    }
+}
+
+fn list_len(items: &[String]) -> usize {
+    2 + items.iter().take(usize::from(u16::MAX)).map(|item| str_len(item)).sum::<usize>()
+}
+
+fn put_flag(out: &mut BytesMut, flag: bool) {
+    out.put_u8(u8::from(flag));
+}
+
+/// Reads fields from the front of a complete body; running out is [`DecodeError::Truncated`].
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    /// Ends the body: bytes left over are an error.
+    fn finish(self, what: &'static str) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            extra => Err(DecodeError::TrailingBytes { what, extra }),
+        }
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(N, field)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.array(field)?))
+    }
+
+    fn uuid(&mut self, field: &'static str) -> Result<Uuid, DecodeError> {
+        Ok(Uuid::from_bytes(self.array(field)?))
+    }
+
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::UnknownCode { field, value: u16::from(other) }),
+        }
+    }
+
+    /// A `u16`-length UTF-8 string of at most `max` bytes, checked before its bytes are read.
+    fn str(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong { field, len, max });
+        }
+        let bytes = self.take(len, field)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8 { field })?;
+        Ok(text.to_owned())
+    }
+
+    /// A `u32`-length blob of at most `max` bytes, checked before its bytes are read.
+    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
+        if len > max {
+            return Err(DecodeError::TooLong { field, len, max });
+        }
+        self.take(len, field)
+    }
+
+    fn blob_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        Ok(Bytes::copy_from_slice(self.blob(field, max)?))
+    }
+
+    fn signed(&mut self, field: &'static str, limits: &Limits) -> Result<Signed, DecodeError> {
+        let payload = self.blob_bytes(field, limits.max_blob)?;
+        let signature = self.array(field)?;
+        Ok(Signed { payload, signature })
+    }
+
+    /// A `u16`-count list of at most [`MAX_GATEWAYS`] strings of at most `max_text` bytes each.
+    fn list(&mut self, field: &'static str, max_text: usize) -> Result<Vec<String>, DecodeError> {
+        let count = usize::from(self.u16(field)?);
+        if count > MAX_GATEWAYS {
+            return Err(DecodeError::TooMany { field, count, max: MAX_GATEWAYS });
+        }
+        (0..count).map(|_| self.str(field, max_text)).collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "tap_test.rs"]
+mod tests;
