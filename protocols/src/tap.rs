@@ -146,6 +146,28 @@ impl MessageType {
             _ => return None,
         })
     }
+
+    /// The type's name, as errors report it.
+    pub fn name(self) -> &'static str {
+        use MessageType::*;
+        match self {
+            Hello => "hello",
+            Welcome => "welcome",
+            Report => "report",
+            Ack => "ack",
+            Config => "config",
+            Message => "message",
+            RemoteHelp => "remote_help",
+            ChannelOpen => "channel_open",
+            ChannelAccept => "channel_accept",
+            ChannelRefuse => "channel_refuse",
+            Enroll => "enroll",
+            Enrolled => "enrolled",
+            Close => "close",
+            Ping => "ping",
+            Pong => "pong",
+        }
+    }
 }
 
 /// What an agent can do, as a bit set. Bits this version does not name are kept as they came.
@@ -533,8 +555,8 @@ fn decode_body(ty: MessageType, body: &[u8], limits: &Limits) -> Result<Message,
             Message::Report { seq, taken_at, report: telemetry::decode_report(nested)? }
         }
         T::Ack => Message::Ack { seq: r.u64("ack.seq")? },
-        T::Config => Message::Config(r.signed("config", limits)?),
-        T::Message => Message::Message(r.signed("message", limits)?),
+        T::Config => Message::Config(r.signed("config.payload", "config.signature", limits)?),
+        T::Message => Message::Message(r.signed("message.payload", "message.signature", limits)?),
         T::RemoteHelp => Message::RemoteHelp { enabled: r.flag("remote_help.enabled")? },
         T::ChannelOpen => Message::ChannelOpen {
             channel: r.u32("channel_open.channel")?,
@@ -571,30 +593,6 @@ fn decode_body(ty: MessageType, body: &[u8], limits: &Limits) -> Result<Message,
     };
     r.finish(ty.name())?;
     Ok(message)
-}
-
-impl MessageType {
-    /// The type's name, as errors report it.
-    pub fn name(self) -> &'static str {
-        use MessageType::*;
-        match self {
-            Hello => "hello",
-            Welcome => "welcome",
-            Report => "report",
-            Ack => "ack",
-            Config => "config",
-            Message => "message",
-            RemoteHelp => "remote_help",
-            ChannelOpen => "channel_open",
-            ChannelAccept => "channel_accept",
-            ChannelRefuse => "channel_refuse",
-            Enroll => "enroll",
-            Enrolled => "enrolled",
-            Close => "close",
-            Ping => "ping",
-            Pong => "pong",
-        }
-    }
 }
 
 impl Message {
@@ -860,9 +858,14 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(self.blob(field, max)?))
     }
 
-    fn signed(&mut self, field: &'static str, limits: &Limits) -> Result<Signed, DecodeError> {
-        let payload = self.blob_bytes(field, limits.max_blob)?;
-        let signature = self.array(field)?;
+    fn signed(
+        &mut self,
+        payload: &'static str,
+        signature: &'static str,
+        limits: &Limits,
+    ) -> Result<Signed, DecodeError> {
+        let payload = self.blob_bytes(payload, limits.max_blob)?;
+        let signature = self.array(signature)?;
         Ok(Signed { payload, signature })
     }
 

@@ -252,7 +252,10 @@ fn limits_inside_the_body() {
     );
 
     let config = Message::Config(Signed { payload: Bytes::from_static(b"12345"), signature: [0; 64] });
-    assert_eq!(decode(&encode(&config), &limits), Err(DecodeError::TooLong { field: "config", len: 5, max: 4 }));
+    assert_eq!(
+        decode(&encode(&config), &limits),
+        Err(DecodeError::TooLong { field: "config.payload", len: 5, max: 4 })
+    );
 
     let gateways: Vec<String> = (0..17).map(|i| format!("g{i}")).collect();
     let enrolled = Message::Enrolled { cert_der: Bytes::new(), ca_der: Bytes::new(), signing_key: [0; 32], gateways };
@@ -270,6 +273,25 @@ fn a_bad_nested_report_is_a_telemetry_error() {
     // A nested length past the frame's end.
     let frame = hex("01 03 00000014 0000000000000001 0000000000000002 00000001");
     assert_eq!(decode_default(&frame), Err(DecodeError::Truncated { field: "report.telemetry" }));
+}
+
+#[test]
+fn a_short_signature_is_truncated() {
+    let mut frame = hex("01 05 00000046 00000003 616263");
+    frame.extend([0u8; 63]);
+    assert_eq!(decode_default(&frame), Err(DecodeError::Truncated { field: "config.signature" }));
+}
+
+/// The decoder fills in the parameters a report left out, so a report re-encodes longer than it
+/// came: the encoding of a report is not canonical (only the decoded report round-trips).
+#[test]
+fn a_sparse_report_re_encodes_longer() {
+    let frame = hex("01 03 0000001e 0000000000000001 0000000000000002 0000000a 09 0007 0005 302e312e30");
+    let (message, consumed) = decode_default(&frame).expect("decodes").expect("complete");
+    assert_eq!(consumed, frame.len());
+    let again = encode(&message);
+    assert!(again.len() > frame.len());
+    assert_eq!(decode_default(&again), Ok(Some((message, again.len()))));
 }
 
 // ---------------------------------------------------------------------------------------------
