@@ -25,6 +25,7 @@
 //! What this module does not do: schedule collection, encode or upload reports, or rate them.
 //! A load generator plugs synthetic reports in through the [`Collect`] trait.
 
+#[cfg_attr(windows, allow(dead_code))]
 mod apt;
 mod backup;
 #[cfg_attr(windows, allow(dead_code))]

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use protocols::telemetry::{Disk, Reading, UnixTime};
+use protocols::telemetry::{Reading, UnixTime};
 
 use super::files::{io_reason, read_text, under_root};
 
@@ -85,11 +85,11 @@ pub(crate) fn btime(proc_stat: &str) -> Option<UnixTime> {
 }
 
 #[cfg(unix)]
-pub(crate) fn disk(root: &Path, path: &Path) -> Reading<Disk> {
+pub(crate) fn disk(root: &Path, path: &Path) -> Reading<protocols::telemetry::Disk> {
     match rustix::fs::statvfs(under_root(root, path)) {
         Ok(stat) => {
             let fragment = stat.f_frsize;
-            Reading::Value(Disk {
+            Reading::Value(protocols::telemetry::Disk {
                 free_bytes: stat.f_bavail.saturating_mul(fragment),
                 total_bytes: stat.f_blocks.saturating_mul(fragment),
             })
@@ -176,7 +176,7 @@ softirq 602034 0 84128 2 9713 0 0 21 230114 0 278056
     }
 
     #[cfg(unix)]
-    fn disk_missing(root: &Path) -> Reading<Disk> {
+    fn disk_missing(root: &Path) -> Reading<protocols::telemetry::Disk> {
         disk(root, Path::new("/missing"))
     }
 }

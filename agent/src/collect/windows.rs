@@ -338,8 +338,10 @@ mod query {
         };
         let last_full_scan = match (&defender, &detections) {
             (Ok(status), Ok(found)) if !status.is_null() => scan_from_defender(status, found),
-            (Ok(_), _) => Reading::unknown("Defender's status is not available"),
-            (Err(e), _) | (_, Err(e)) => Reading::unknown(e.clone()),
+            (Err(e), _) => Reading::unknown(e.clone()),
+            (Ok(status), _) if status.is_null() => Reading::unknown("Defender's status is not available"),
+            (Ok(_), Err(e)) => Reading::unknown(e.clone()),
+            (Ok(_), Ok(_)) => Reading::unknown("Defender's status is not available"),
         };
         let firewall = match &firewall {
             Ok(value) => firewall_from_profiles(
