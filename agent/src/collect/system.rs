@@ -10,7 +10,7 @@ use std::path::Path;
 
 use protocols::telemetry::{Reading, UnixTime};
 
-use super::files::{io_reason, read_text, under_root};
+use super::files::{io_reason, read_text, under_root, unknown};
 
 /// Small files: os-release, /proc/stat (a few KiB even with many CPUs).
 const MAX_SMALL_FILE: u64 = 1 << 20;
@@ -22,14 +22,14 @@ pub(crate) fn os_version(root: &Path, os_release: &Path) -> Reading<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && os_release != fallback => {
             match read_text(&under_root(root, fallback), MAX_SMALL_FILE) {
                 Ok(text) => (fallback, text),
-                Err(_) => return Reading::unknown(io_reason(os_release, &e)),
+                Err(_) => return unknown(io_reason(os_release, &e)),
             }
         }
-        Err(e) => return Reading::unknown(io_reason(os_release, &e)),
+        Err(e) => return unknown(io_reason(os_release, &e)),
     };
     match pretty_name(&text) {
         Some(name) => Reading::Value(name),
-        None => Reading::unknown(format!("{}: no PRETTY_NAME", shown.display())),
+        None => unknown(format!("{}: no PRETTY_NAME", shown.display())),
     }
 }
 
@@ -70,9 +70,9 @@ pub(crate) fn boot_time(root: &Path, proc_stat: &Path) -> Reading<UnixTime> {
     match read_text(&under_root(root, proc_stat), MAX_SMALL_FILE) {
         Ok(text) => match btime(&text) {
             Some(at) => Reading::Value(at),
-            None => Reading::unknown(format!("{}: no btime line", proc_stat.display())),
+            None => unknown(format!("{}: no btime line", proc_stat.display())),
         },
-        Err(e) => Reading::unknown(io_reason(proc_stat, &e)),
+        Err(e) => unknown(io_reason(proc_stat, &e)),
     }
 }
 
@@ -94,7 +94,7 @@ pub(crate) fn disk(root: &Path, path: &Path) -> Reading<protocols::telemetry::Di
                 total_bytes: stat.f_blocks.saturating_mul(fragment),
             })
         }
-        Err(e) => Reading::unknown(io_reason(path, &std::io::Error::from(e))),
+        Err(e) => unknown(io_reason(path, &std::io::Error::from(e))),
     }
 }
 
