@@ -20,7 +20,7 @@ use protocols::telemetry::{Reading, UnixTime, Updates};
 use time::{Date, Month, PrimitiveDateTime};
 
 use super::clamav::parse_hms;
-use super::files::{read_tail, under_root};
+use super::files::{read_tail, under_root, unknown};
 use super::run::{run, Limits};
 
 /// How much of the end of apt's history is read.
@@ -41,7 +41,7 @@ pub(crate) struct AptSources<'a> {
 pub(crate) async fn collect(sources: &AptSources<'_>, limits: Limits, now: UnixTime) -> Reading<Updates> {
     let simulation = match run(sources.apt_get, &["-s", "-o", "Debug::NoLocking=1", "upgrade"], limits).await {
         Ok(text) => text,
-        Err(e) => return Reading::unknown(e.to_string()),
+        Err(e) => return unknown(e.to_string()),
     };
     let pending = parse_simulation(&simulation);
     let history = under_root(sources.root, sources.history_log);
@@ -55,7 +55,7 @@ pub(crate) async fn collect(sources: &AptSources<'_>, limits: Limits, now: UnixT
     .await;
     let (last_success, security_pending_since) = match blocking {
         Ok(found) => found,
-        Err(e) => return Reading::unknown(format!("update collector failed: {e}")),
+        Err(e) => return unknown(format!("update collector failed: {e}")),
     };
     Reading::Value(Updates {
         pending: saturating_u32(pending.all),

@@ -12,7 +12,7 @@ use protocols::telemetry::{Backup, Reading, UnixTime};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::files::{bounded_reason, io_reason, under_root};
+use super::files::{io_reason, under_root, unknown};
 use super::run::{run, Limits};
 
 pub(crate) async fn collect(
@@ -25,15 +25,13 @@ pub(crate) async fn collect(
         return match run(command, &[], limits).await {
             Ok(out) => match parse_timestamp(&out) {
                 Some(last_snapshot) => Reading::Value(Backup { last_snapshot }),
-                None => {
-                    Reading::unknown(bounded_reason(&format!("the backup command printed no time: {:?}", out.trim())))
-                }
+                None => unknown(format!("the backup command printed no time: {:?}", out.trim())),
             },
-            Err(e) => Reading::unknown(e.to_string()),
+            Err(e) => unknown(e.to_string()),
         };
     }
     let Some(marker) = marker else {
-        return Reading::unknown("no backup source configured");
+        return unknown("no backup source configured");
     };
     let path = under_root(root, marker);
     let shown = marker.to_path_buf();
@@ -41,10 +39,10 @@ pub(crate) async fn collect(
     match modified {
         Ok(Ok(at)) => match unix_seconds(at) {
             Some(last_snapshot) => Reading::Value(Backup { last_snapshot }),
-            None => Reading::unknown(format!("{}: modification time out of range", shown.display())),
+            None => unknown(format!("{}: modification time out of range", shown.display())),
         },
-        Ok(Err(e)) => Reading::unknown(io_reason(&shown, &e)),
-        Err(e) => Reading::unknown(format!("backup collector failed: {e}")),
+        Ok(Err(e)) => unknown(io_reason(&shown, &e)),
+        Err(e) => unknown(format!("backup collector failed: {e}")),
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use protocols::telemetry::{Antivirus, Reading, Scan, UnixTime};
 use time::{Date, Month, PrimitiveDateTime, Time, UtcOffset};
 
-use super::files::{io_reason, read_head, read_tail, under_root};
+use super::files::{io_reason, read_head, read_tail, under_root, unknown};
 
 /// How much of the end of the scan log is read.
 pub(crate) const MAX_LOG_TAIL: u64 = 8 << 20;
@@ -44,11 +44,11 @@ pub(crate) fn antivirus(paths: &ClamavPaths<'_>) -> Reading<Antivirus> {
     let clamd = under_root(paths.root, paths.clamd).exists();
     let freshclam = under_root(paths.root, paths.freshclam).exists();
     if !clamd && !freshclam {
-        return Reading::unknown("ClamAV is not installed");
+        return unknown("ClamAV is not installed");
     }
     let running = match processes_named(&under_root(paths.root, paths.proc_dir), &["clamd", "freshclam"]) {
         Ok(found) => found,
-        Err(e) => return Reading::unknown(io_reason(paths.proc_dir, &e)),
+        Err(e) => return unknown(io_reason(paths.proc_dir, &e)),
     };
     let database = under_root(paths.root, paths.database_dir);
     let signatures_at = ["daily.cld", "daily.cvd"]
@@ -132,9 +132,9 @@ pub(crate) fn last_scan(root: &Path, log: &Path) -> Reading<Scan> {
     match read_tail(&path, MAX_LOG_TAIL) {
         Ok(text) => match parse_scan_log(&text) {
             Some(scan) => Reading::Value(scan),
-            None => Reading::unknown(format!("{}: no completed scan summary", log.display())),
+            None => unknown(format!("{}: no completed scan summary", log.display())),
         },
-        Err(e) => Reading::unknown(io_reason(log, &e)),
+        Err(e) => unknown(io_reason(log, &e)),
     }
 }
 

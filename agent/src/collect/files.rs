@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use protocols::telemetry::MAX_TEXT_LEN;
+use protocols::telemetry::{Reading, MAX_TEXT_LEN};
 
 /// Longest reason the collectors produce: below the protocol's text limit, with room to spare.
 const MAX_REASON: usize = MAX_TEXT_LEN / 2;
@@ -20,6 +20,11 @@ pub(crate) fn bounded_reason(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// An unknown reading whose reason is cut to [`MAX_REASON`] bytes.
+pub(crate) fn unknown<T>(reason: impl AsRef<str>) -> Reading<T> {
+    Reading::unknown(bounded_reason(reason.as_ref()))
 }
 
 /// `path` seen from `root` (the file system the collectors read, `/` outside tests).
@@ -88,6 +93,12 @@ mod tests {
         let cut = bounded_reason(&long);
         assert!(cut.len() <= MAX_REASON + '…'.len_utf8());
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn unknown_readings_fit_the_protocol() {
+        let Reading::<()>::Unknown(reason) = unknown("x".repeat(10 * MAX_TEXT_LEN)) else { unreachable!() };
+        assert!(reason.len() <= MAX_TEXT_LEN);
     }
 
     #[test]

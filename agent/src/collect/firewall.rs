@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use protocols::telemetry::{Firewall, FirewallBackend, Reading};
 use serde_json::Value;
 
+use super::files::unknown;
 use super::run::{run, Limits, RunError};
 
 /// How deep the JSON of one rule is searched for verdicts (nft's expressions nest a few levels).
@@ -45,10 +46,10 @@ pub(crate) async fn collect(nft: &[String], iptables_save: &[String], limits: Li
         (Ok(firewall), _) => Reading::Value(firewall),
         (Err(_), Ok(firewall)) => Reading::Value(firewall),
         (Err(nft), Err(RunError::NotInstalled(iptables))) => match nft_missing {
-            Some(nft) => Reading::unknown(format!("neither {nft} nor {iptables} is installed")),
-            None => Reading::unknown(nft),
+            Some(nft) => unknown(format!("neither {nft} nor {iptables} is installed")),
+            None => unknown(nft),
         },
-        (Err(nft), Err(iptables)) => Reading::unknown(format!("{nft}; {iptables}")),
+        (Err(nft), Err(iptables)) => unknown(format!("{nft}; {iptables}")),
     }
 }
 

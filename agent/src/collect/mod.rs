@@ -25,6 +25,7 @@
 //! What this module does not do: schedule collection, encode or upload reports, or rate them.
 //! A load generator plugs synthetic reports in through the [`Collect`] trait.
 
+#[cfg_attr(windows, allow(dead_code))]
 mod apt;
 mod backup;
 #[cfg_attr(windows, allow(dead_code))]
@@ -46,6 +47,7 @@ use std::time::Duration;
 use protocols::telemetry::{Reading, Report, UnixTime};
 use serde::Deserialize;
 
+use files::unknown;
 use run::Limits;
 
 /// Where the collectors look. Every field has a default (the Debian locations), so an empty
@@ -226,7 +228,7 @@ impl Collectors {
         let config = Arc::clone(&self.config);
         tokio::task::spawn_blocking(move || read(&config))
             .await
-            .unwrap_or_else(|e| Reading::unknown(format!("collector failed: {e}")))
+            .unwrap_or_else(|e| unknown(format!("collector failed: {e}")))
     }
 }
 
@@ -243,7 +245,7 @@ fn disk(config: &CollectorConfig) -> Reading<protocols::telemetry::Disk> {
 
 #[cfg(all(not(unix), not(windows)))]
 fn disk(_config: &CollectorConfig) -> Reading<protocols::telemetry::Disk> {
-    Reading::unknown("free space is not read on this platform")
+    unknown("free space is not read on this platform")
 }
 
 fn now() -> UnixTime {

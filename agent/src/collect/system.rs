@@ -8,9 +8,9 @@
 
 use std::path::Path;
 
-use protocols::telemetry::{Disk, Reading, UnixTime};
+use protocols::telemetry::{Reading, UnixTime};
 
-use super::files::{io_reason, read_text, under_root};
+use super::files::{io_reason, read_text, under_root, unknown};
 
 /// Small files: os-release, /proc/stat (a few KiB even with many CPUs).
 const MAX_SMALL_FILE: u64 = 1 << 20;
@@ -22,14 +22,14 @@ pub(crate) fn os_version(root: &Path, os_release: &Path) -> Reading<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && os_release != fallback => {
             match read_text(&under_root(root, fallback), MAX_SMALL_FILE) {
                 Ok(text) => (fallback, text),
-                Err(_) => return Reading::unknown(io_reason(os_release, &e)),
+                Err(_) => return unknown(io_reason(os_release, &e)),
             }
         }
-        Err(e) => return Reading::unknown(io_reason(os_release, &e)),
+        Err(e) => return unknown(io_reason(os_release, &e)),
     };
     match pretty_name(&text) {
         Some(name) => Reading::Value(name),
-        None => Reading::unknown(format!("{}: no PRETTY_NAME", shown.display())),
+        None => unknown(format!("{}: no PRETTY_NAME", shown.display())),
     }
 }
 
@@ -70,9 +70,9 @@ pub(crate) fn boot_time(root: &Path, proc_stat: &Path) -> Reading<UnixTime> {
     match read_text(&under_root(root, proc_stat), MAX_SMALL_FILE) {
         Ok(text) => match btime(&text) {
             Some(at) => Reading::Value(at),
-            None => Reading::unknown(format!("{}: no btime line", proc_stat.display())),
+            None => unknown(format!("{}: no btime line", proc_stat.display())),
         },
-        Err(e) => Reading::unknown(io_reason(proc_stat, &e)),
+        Err(e) => unknown(io_reason(proc_stat, &e)),
     }
 }
 
@@ -85,16 +85,16 @@ pub(crate) fn btime(proc_stat: &str) -> Option<UnixTime> {
 }
 
 #[cfg(unix)]
-pub(crate) fn disk(root: &Path, path: &Path) -> Reading<Disk> {
+pub(crate) fn disk(root: &Path, path: &Path) -> Reading<protocols::telemetry::Disk> {
     match rustix::fs::statvfs(under_root(root, path)) {
         Ok(stat) => {
             let fragment = stat.f_frsize;
-            Reading::Value(Disk {
+            Reading::Value(protocols::telemetry::Disk {
                 free_bytes: stat.f_bavail.saturating_mul(fragment),
                 total_bytes: stat.f_blocks.saturating_mul(fragment),
             })
         }
-        Err(e) => Reading::unknown(io_reason(path, &std::io::Error::from(e))),
+        Err(e) => unknown(io_reason(path, &std::io::Error::from(e))),
     }
 }
 
@@ -176,7 +176,7 @@ softirq 602034 0 84128 2 9713 0 0 21 230114 0 278056
     }
 
     #[cfg(unix)]
-    fn disk_missing(root: &Path) -> Reading<Disk> {
+    fn disk_missing(root: &Path) -> Reading<protocols::telemetry::Disk> {
         disk(root, Path::new("/missing"))
     }
 }

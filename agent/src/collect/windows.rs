@@ -35,6 +35,8 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
+use super::files::unknown;
+
 /// WSC's scanner (or firewall) state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScannerState {
@@ -87,7 +89,7 @@ pub fn decode_product_state(state: u32) -> ProductState {
 pub fn antivirus_from_wsc(display_name: &str, product_state: u32) -> Reading<Antivirus> {
     let state = decode_product_state(product_state);
     if let ScannerState::Other(nibble) = state.scanner {
-        return Reading::unknown(format!(
+        return unknown(format!(
             "{display_name}: unrecognised Security Center state {nibble:#x} (productState {product_state:#x})"
         ));
     }
@@ -102,7 +104,7 @@ pub fn antivirus_from_wsc(display_name: &str, product_state: u32) -> Reading<Ant
 /// A third-party firewall as WSC reports it (`FirewallProduct`).
 pub fn firewall_from_wsc(product_state: u32) -> Reading<Firewall> {
     match decode_product_state(product_state).scanner {
-        ScannerState::Other(nibble) => Reading::unknown(format!(
+        ScannerState::Other(nibble) => unknown(format!(
             "unrecognised Security Center firewall state {nibble:#x} (productState {product_state:#x})"
         )),
         scanner => Reading::Value(Firewall {
@@ -127,7 +129,7 @@ pub fn antivirus_from_wsc_json(json: &Value) -> Reading<Antivirus> {
     let on = products.iter().find(|(_, state)| decode_product_state(*state).scanner == ScannerState::On);
     match on.or(products.first()) {
         Some((name, state)) => antivirus_from_wsc(name, *state),
-        None => Reading::unknown("Security Center lists no antivirus product"),
+        None => unknown("Security Center lists no antivirus product"),
     }
 }
 
@@ -136,7 +138,7 @@ pub fn antivirus_from_defender(status: &Value) -> Reading<Antivirus> {
     let service = status.get("AMServiceEnabled").and_then(as_bool);
     let realtime = status.get("RealTimeProtectionEnabled").and_then(as_bool);
     let (Some(service), Some(realtime)) = (service, realtime) else {
-        return Reading::unknown("Defender's status lacks AMServiceEnabled or RealTimeProtectionEnabled");
+        return unknown("Defender's status lacks AMServiceEnabled or RealTimeProtectionEnabled");
     };
     Reading::Value(Antivirus {
         product: "Microsoft Defender Antivirus".to_string(),
@@ -150,7 +152,7 @@ pub fn antivirus_from_defender(status: &Value) -> Reading<Antivirus> {
 /// object, an array, or null when there are none).
 pub fn scan_from_defender(status: &Value, detections: &Value) -> Reading<Scan> {
     let Some(end) = status.get("FullScanEndTime").and_then(decode_cim_datetime) else {
-        return Reading::unknown("Defender has recorded no full scan");
+        return unknown("Defender has recorded no full scan");
     };
     let start = status.get("FullScanStartTime").and_then(decode_cim_datetime).unwrap_or(end);
     let mut found = 0u32;
@@ -182,7 +184,7 @@ pub fn firewall_from_profiles(profiles: &Value, inbound_rules: u64) -> Reading<F
             Some(Value::Number(n)) => n.as_u64() != Some(0),
             Some(Value::Bool(b)) => *b,
             Some(Value::String(s)) => !s.eq_ignore_ascii_case("false"),
-            _ => return Reading::unknown("a firewall profile lacks Enabled"),
+            _ => return unknown("a firewall profile lacks Enabled"),
         };
         if !enabled {
             continue;
@@ -192,12 +194,12 @@ pub fn firewall_from_profiles(profiles: &Value, inbound_rules: u64) -> Reading<F
         let blocks = match profile.get("DefaultInboundAction") {
             Some(Value::Number(n)) => matches!(n.as_u64(), Some(0 | 4)),
             Some(Value::String(s)) => s.eq_ignore_ascii_case("Block") || s.eq_ignore_ascii_case("NotConfigured"),
-            _ => return Reading::unknown("a firewall profile lacks DefaultInboundAction"),
+            _ => return unknown("a firewall profile lacks DefaultInboundAction"),
         };
         all_block &= blocks;
     }
     if !any {
-        return Reading::unknown("no firewall profile listed");
+        return unknown("no firewall profile listed");
     }
     Reading::Value(Firewall {
         backend: FirewallBackend::WindowsSecurityCenter,
@@ -330,51 +332,53 @@ mod query {
         let antivirus = match &wsc {
             Ok(list) => match antivirus_from_wsc_json(list) {
                 Reading::Value(av) if av.product.contains("Defender") && defender_on => {
-                    defender.as_ref().map_or_else(|e| Reading::unknown(e.clone()), antivirus_from_defender)
+                    defender.as_ref().map_or_else(|e| unknown(e.clone()), antivirus_from_defender)
                 }
                 other => other,
             },
-            Err(e) => Reading::unknown(e.clone()),
+            Err(e) => unknown(e.clone()),
         };
         let last_full_scan = match (&defender, &detections) {
             (Ok(status), Ok(found)) if !status.is_null() => scan_from_defender(status, found),
-            (Ok(_), _) => Reading::unknown("Defender's status is not available"),
-            (Err(e), _) | (_, Err(e)) => Reading::unknown(e.clone()),
+            (Err(e), _) => unknown(e.clone()),
+            (Ok(status), _) if status.is_null() => unknown("Defender's status is not available"),
+            (Ok(_), Err(e)) => unknown(e.clone()),
+            (Ok(_), Ok(_)) => unknown("Defender's status is not available"),
         };
         let firewall = match &firewall {
             Ok(value) => firewall_from_profiles(
                 value.get("Profiles").unwrap_or(&Value::Null),
                 value.get("InboundRules").and_then(Value::as_u64).unwrap_or(0),
             ),
-            Err(e) => Reading::unknown(e.clone()),
+            Err(e) => unknown(e.clone()),
         };
         let (os_version, boot_time) = match &system {
             Ok(os) => (
                 os.get("Caption")
                     .and_then(Value::as_str)
                     .map(|caption| Reading::Value(caption.trim().chars().take(200).collect()))
-                    .unwrap_or_else(|| Reading::unknown("Win32_OperatingSystem has no Caption")),
+                    .unwrap_or_else(|| unknown("Win32_OperatingSystem has no Caption")),
                 os.get("LastBootUpTime")
                     .and_then(decode_cim_datetime)
                     .map(Reading::Value)
-                    .unwrap_or_else(|| Reading::unknown("Win32_OperatingSystem has no LastBootUpTime")),
+                    .unwrap_or_else(|| unknown("Win32_OperatingSystem has no LastBootUpTime")),
             ),
-            Err(e) => (Reading::unknown(e.clone()), Reading::unknown(e.clone())),
+            Err(e) => (unknown(e.clone()), unknown(e.clone())),
         };
         let disk = match &disk {
             Ok(volume) => {
                 match (volume.get("FreeSpace").and_then(Value::as_u64), volume.get("Size").and_then(Value::as_u64)) {
                     (Some(free_bytes), Some(total_bytes)) => Reading::Value(Disk { free_bytes, total_bytes }),
-                    _ => Reading::unknown("the system drive reports no size"),
+                    _ => unknown("the system drive reports no size"),
                 }
             }
-            Err(e) => Reading::unknown(e.clone()),
+            Err(e) => unknown(e.clone()),
         };
         Report {
             firewall,
             antivirus,
             last_full_scan,
-            updates: Reading::unknown("updates are not read on Windows yet"),
+            updates: unknown("updates are not read on Windows yet"),
             backup,
             os_version,
             boot_time,
