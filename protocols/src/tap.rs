@@ -48,6 +48,7 @@
 use std::ops::{BitOr, BitOrAssign};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use nom::Parser;
 use uuid::Uuid;
 
 use crate::telemetry::{self, TelemetryError};
@@ -358,15 +359,13 @@ impl ConfigBody {
 
     /// Decodes a whole payload (trailing bytes are an error).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload);
-        let body = ConfigBody {
-            issued_at: r.i64("config.issued_at")?,
-            heartbeat_secs: r.u32("config.heartbeat_secs")?,
-            keepalive_secs: r.u32("config.keepalive_secs")?,
-            gateways: r.list("config.gateways", MAX_PAYLOAD_TEXT)?,
-        };
-        r.finish("config payload")?;
-        Ok(body)
+        parse_whole(payload, "config payload", |input| {
+            let (input, issued_at) = be_i64(input, "config.issued_at")?;
+            let (input, heartbeat_secs) = be_u32(input, "config.heartbeat_secs")?;
+            let (input, keepalive_secs) = be_u32(input, "config.keepalive_secs")?;
+            let (input, gateways) = list(input, "config.gateways", MAX_PAYLOAD_TEXT)?;
+            Ok((input, ConfigBody { issued_at, heartbeat_secs, keepalive_secs, gateways }))
+        })
     }
 }
 
@@ -407,17 +406,15 @@ impl MessageBody {
 
     /// Decodes a whole payload (trailing bytes are an error).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(payload);
-        let body = MessageBody {
-            id: r.uuid("message.id")?,
-            issued_at: r.i64("message.issued_at")?,
-            expires_at: r.i64("message.expires_at")?,
-            target: r.uuid("message.target")?,
-            from: r.str("message.from", MAX_PAYLOAD_TEXT)?,
-            text: r.str("message.text", MAX_MESSAGE_TEXT)?,
-        };
-        r.finish("message payload")?;
-        Ok(body)
+        parse_whole(payload, "message payload", |input| {
+            let (input, id) = uuid(input, "message.id")?;
+            let (input, issued_at) = be_i64(input, "message.issued_at")?;
+            let (input, expires_at) = be_i64(input, "message.expires_at")?;
+            let (input, target) = uuid(input, "message.target")?;
+            let (input, from) = string(input, "message.from", MAX_PAYLOAD_TEXT)?;
+            let (input, text) = string(input, "message.text", MAX_MESSAGE_TEXT)?;
+            Ok((input, MessageBody { id, issued_at, expires_at, target, from, text }))
+        })
     }
 }
 
@@ -512,87 +509,128 @@ impl DecodeError {
 /// can never become a valid frame: a bad version (known with 1 byte in), an unknown type (2 bytes),
 /// a length over [`Limits::max_frame`] (6 bytes), or a malformed body.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, DecodeError> {
-    let Some(&version) = buf.first() else { return Ok(None) };
-    if version != VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
+    match frame(buf, limits) {
+        Ok((rest, message)) => Ok(Some((message, buf.len() - rest.len()))),
+        Err(nom::Err::Incomplete(_)) => Ok(None),
+        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.into_decode_error("frame")),
     }
-    let Some(&code) = buf.get(1) else { return Ok(None) };
-    let ty = MessageType::from_u8(code).ok_or(DecodeError::UnknownType(code))?;
-    let Some(len) = buf.get(2..HEADER_LEN) else { return Ok(None) };
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+}
+
+/// One frame, streaming: the header's fields are checked as each arrives, and the body is taken
+/// whole once its length is known to be within [`Limits::max_frame`].
+fn frame<'a>(input: &'a [u8], limits: &Limits) -> PResult<'a, Message> {
+    let (input, version) = nom::number::streaming::u8(input)?;
+    if version != VERSION {
+        return Err(fail(DecodeError::UnsupportedVersion(version)));
+    }
+    let (input, code) = nom::number::streaming::u8(input)?;
+    let ty = MessageType::from_u8(code).ok_or_else(|| fail(DecodeError::UnknownType(code)))?;
+    let (input, len) = nom::number::streaming::be_u32(input)?;
     // A length that does not fit a usize is over any limit.
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     if len > limits.max_frame {
-        return Err(DecodeError::TooLong { field: "frame", len, max: limits.max_frame });
+        return Err(fail(DecodeError::TooLong { field: "frame", len, max: limits.max_frame }));
     }
-    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
-    let message = decode_body(ty, body, limits)?;
-    Ok(Some((message, HEADER_LEN + len)))
+    let (input, body) = nom::bytes::streaming::take(len).parse(input)?;
+    // The body is complete: whatever goes wrong inside it is a hard error, never Incomplete.
+    let message = parse_whole(body, ty.name(), |body| body_of(ty, body, limits)).map_err(fail)?;
+    Ok((input, message))
 }
 
-fn decode_body(ty: MessageType, body: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
+fn body_of<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<'a, Message> {
     use MessageType as T;
-    let mut r = Reader::new(body);
     let text = limits.max_text;
-    let message = match ty {
-        T::Hello => Message::Hello {
-            uuid: r.uuid("hello.uuid")?,
-            agent_version: r.str("hello.agent_version", text)?,
-            hostname: r.str("hello.hostname", text)?,
-            os: r.str("hello.os", text)?,
-            capabilities: Capabilities(r.u32("hello.capabilities")?),
-            remote_help: r.flag("hello.remote_help")?,
-        },
-        T::Welcome => Message::Welcome {
-            server_time: r.i64("welcome.server_time")?,
-            heartbeat_secs: r.u32("welcome.heartbeat_secs")?,
-        },
+    Ok(match ty {
+        T::Hello => {
+            let (input, uuid) = uuid(input, "hello.uuid")?;
+            let (input, agent_version) = string(input, "hello.agent_version", text)?;
+            let (input, hostname) = string(input, "hello.hostname", text)?;
+            let (input, os) = string(input, "hello.os", text)?;
+            let (input, capabilities) = be_u32(input, "hello.capabilities")?;
+            let (input, remote_help) = flag(input, "hello.remote_help")?;
+            let capabilities = Capabilities(capabilities);
+            (input, Message::Hello { uuid, agent_version, hostname, os, capabilities, remote_help })
+        }
+        T::Welcome => {
+            let (input, server_time) = be_i64(input, "welcome.server_time")?;
+            let (input, heartbeat_secs) = be_u32(input, "welcome.heartbeat_secs")?;
+            (input, Message::Welcome { server_time, heartbeat_secs })
+        }
         T::Report => {
-            let seq = r.u64("report.seq")?;
-            let taken_at = r.i64("report.taken_at")?;
+            let (input, seq) = be_u64(input, "report.seq")?;
+            let (input, taken_at) = be_i64(input, "report.taken_at")?;
             // The frame's length already bounds the nested report.
-            let nested = r.blob("report.telemetry", limits.max_frame)?;
-            Message::Report { seq, taken_at, report: telemetry::decode_report(nested)? }
+            let (input, nested) = blob(input, "report.telemetry", limits.max_frame)?;
+            let report = telemetry::decode_report(nested).map_err(|e| fail(DecodeError::Telemetry(e)))?;
+            (input, Message::Report { seq, taken_at, report })
         }
-        T::Ack => Message::Ack { seq: r.u64("ack.seq")? },
-        T::Config => Message::Config(r.signed("config.payload", "config.signature", limits)?),
-        T::Message => Message::Message(r.signed("message.payload", "message.signature", limits)?),
-        T::RemoteHelp => Message::RemoteHelp { enabled: r.flag("remote_help.enabled")? },
-        T::ChannelOpen => Message::ChannelOpen {
-            channel: r.u32("channel_open.channel")?,
-            port: r.u16("channel_open.port")?,
-            requested_by: r.str("channel_open.requested_by", text)?,
-        },
-        T::ChannelAccept => Message::ChannelAccept { channel: r.u32("channel_accept.channel")? },
+        T::Ack => {
+            let (input, seq) = be_u64(input, "ack.seq")?;
+            (input, Message::Ack { seq })
+        }
+        T::Config => {
+            let (input, signed) = signed(input, "config.payload", "config.signature", limits)?;
+            (input, Message::Config(signed))
+        }
+        T::Message => {
+            let (input, signed) = signed(input, "message.payload", "message.signature", limits)?;
+            (input, Message::Message(signed))
+        }
+        T::RemoteHelp => {
+            let (input, enabled) = flag(input, "remote_help.enabled")?;
+            (input, Message::RemoteHelp { enabled })
+        }
+        T::ChannelOpen => {
+            let (input, channel) = be_u32(input, "channel_open.channel")?;
+            let (input, port) = be_u16(input, "channel_open.port")?;
+            let (input, requested_by) = string(input, "channel_open.requested_by", text)?;
+            (input, Message::ChannelOpen { channel, port, requested_by })
+        }
+        T::ChannelAccept => {
+            let (input, channel) = be_u32(input, "channel_accept.channel")?;
+            (input, Message::ChannelAccept { channel })
+        }
         T::ChannelRefuse => {
-            let channel = r.u32("channel_refuse.channel")?;
-            let code = r.u8("channel_refuse.reason")?;
-            let reason = RefuseReason::from_u8(code)
-                .ok_or(DecodeError::UnknownCode { field: "channel_refuse.reason", value: u16::from(code) })?;
-            Message::ChannelRefuse { channel, reason, text: r.str("channel_refuse.text", text)? }
+            let (input, channel) = be_u32(input, "channel_refuse.channel")?;
+            let (input, code) = byte(input, "channel_refuse.reason")?;
+            let reason = RefuseReason::from_u8(code).ok_or_else(|| {
+                fail(DecodeError::UnknownCode { field: "channel_refuse.reason", value: u16::from(code) })
+            })?;
+            let (input, text) = string(input, "channel_refuse.text", text)?;
+            (input, Message::ChannelRefuse { channel, reason, text })
         }
-        T::Enroll => Message::Enroll {
-            token: r.str("enroll.token", text)?,
-            uuid: r.uuid("enroll.uuid")?,
-            hostname: r.str("enroll.hostname", text)?,
-            csr_der: r.blob_bytes("enroll.csr_der", limits.max_blob)?,
-        },
-        T::Enrolled => Message::Enrolled {
-            cert_der: r.blob_bytes("enrolled.cert_der", limits.max_blob)?,
-            ca_der: r.blob_bytes("enrolled.ca_der", limits.max_blob)?,
-            signing_key: r.array("enrolled.signing_key")?,
-            gateways: r.list("enrolled.gateways", text)?,
-        },
+        T::Enroll => {
+            let (input, token) = string(input, "enroll.token", text)?;
+            let (input, uuid) = uuid(input, "enroll.uuid")?;
+            let (input, hostname) = string(input, "enroll.hostname", text)?;
+            let (input, csr_der) = blob(input, "enroll.csr_der", limits.max_blob)?;
+            (input, Message::Enroll { token, uuid, hostname, csr_der: Bytes::copy_from_slice(csr_der) })
+        }
+        T::Enrolled => {
+            let (input, cert_der) = blob(input, "enrolled.cert_der", limits.max_blob)?;
+            let (input, ca_der) = blob(input, "enrolled.ca_der", limits.max_blob)?;
+            let (input, signing_key) = array(input, "enrolled.signing_key")?;
+            let (input, gateways) = list(input, "enrolled.gateways", text)?;
+            let cert_der = Bytes::copy_from_slice(cert_der);
+            let ca_der = Bytes::copy_from_slice(ca_der);
+            (input, Message::Enrolled { cert_der, ca_der, signing_key, gateways })
+        }
         T::Close => {
-            let value = r.u16("close.code")?;
-            let code = CloseCode::from_u16(value).ok_or(DecodeError::UnknownCode { field: "close.code", value })?;
-            Message::Close { code, text: r.str("close.text", text)? }
+            let (input, value) = be_u16(input, "close.code")?;
+            let code = CloseCode::from_u16(value)
+                .ok_or_else(|| fail(DecodeError::UnknownCode { field: "close.code", value }))?;
+            let (input, text) = string(input, "close.text", text)?;
+            (input, Message::Close { code, text })
         }
-        T::Ping => Message::Ping { nonce: r.u64("ping.nonce")? },
-        T::Pong => Message::Pong { nonce: r.u64("pong.nonce")? },
-    };
-    r.finish(ty.name())?;
-    Ok(message)
+        T::Ping => {
+            let (input, nonce) = be_u64(input, "ping.nonce")?;
+            (input, Message::Ping { nonce })
+        }
+        T::Pong => {
+            let (input, nonce) = be_u64(input, "pong.nonce")?;
+            (input, Message::Pong { nonce })
+        }
+    })
 }
 
 impl Message {
@@ -769,114 +807,154 @@ fn put_flag(out: &mut BytesMut, flag: bool) {
     out.put_u8(u8::from(flag));
 }
 
-/// Reads fields from the front of a complete body; running out is [`DecodeError::Truncated`].
-struct Reader<'a> {
-    buf: &'a [u8],
+/// Parser-internal error, turned into a [`DecodeError`] at the end of [`decode`] or of a payload's
+/// `decode`.
+#[derive(Debug)]
+enum ParseError {
+    /// One of nom's own parsers failed. Inside a body they fail only by running out of bytes, and
+    /// [`named`] turns that into [`DecodeError::Truncated`] for the field at hand, so this is left
+    /// only if a parser was used without a name.
+    Nom,
+    Decode(DecodeError),
 }
 
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
-    }
-
-    /// Ends the body: bytes left over are an error.
-    fn finish(self, what: &'static str) -> Result<(), DecodeError> {
-        match self.buf.len() {
-            0 => Ok(()),
-            extra => Err(DecodeError::TrailingBytes { what, extra }),
+impl ParseError {
+    /// `what` names the frame or payload, for a [`ParseError::Nom`] that no field named.
+    fn into_decode_error(self, what: &'static str) -> DecodeError {
+        match self {
+            ParseError::Nom => DecodeError::Truncated { field: what },
+            ParseError::Decode(e) => e,
         }
     }
+}
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        if self.buf.len() < n {
-            return Err(DecodeError::Truncated { field });
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
+impl nom::error::ParseError<&[u8]> for ParseError {
+    fn from_error_kind(_: &[u8], _: nom::error::ErrorKind) -> Self {
+        ParseError::Nom
     }
 
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let mut array = [0u8; N];
-        array.copy_from_slice(self.take(N, field)?);
-        Ok(array)
+    fn append(_: &[u8], _: nom::error::ErrorKind, other: Self) -> Self {
+        other
     }
+}
 
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>(field)?[0])
-    }
+type PResult<'a, T> = nom::IResult<&'a [u8], T, ParseError>;
 
-    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
+/// A hard error: the bytes can never become a valid frame.
+fn fail(e: DecodeError) -> nom::Err<ParseError> {
+    nom::Err::Failure(ParseError::Decode(e))
+}
 
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
+/// Runs `parser` over the whole of a complete `body` (a frame's body or a signed payload): bytes
+/// after the last field are [`DecodeError::TrailingBytes`] naming `what`.
+fn parse_whole<'a, O>(
+    body: &'a [u8],
+    what: &'static str,
+    mut parser: impl Parser<&'a [u8], Output = O, Error = ParseError>,
+) -> Result<O, DecodeError> {
+    match parser.parse(body) {
+        Ok(([], out)) => Ok(out),
+        Ok((rest, _)) => Err(DecodeError::TrailingBytes { what, extra: rest.len() }),
+        Err(nom::Err::Incomplete(_)) => Err(DecodeError::Truncated { field: what }),
+        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.into_decode_error(what)),
     }
+}
 
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
+/// Runs one of nom's parsers on a complete body: running out of bytes is
+/// [`DecodeError::Truncated`] naming `field`, a hard error.
+fn named<'a, O>(
+    input: &'a [u8],
+    field: &'static str,
+    mut parser: impl Parser<&'a [u8], Output = O, Error = ParseError>,
+) -> PResult<'a, O> {
+    parser.parse(input).map_err(|e| match e {
+        nom::Err::Failure(e) => nom::Err::Failure(e),
+        nom::Err::Error(_) | nom::Err::Incomplete(_) => fail(DecodeError::Truncated { field }),
+    })
+}
 
-    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
-        Ok(i64::from_be_bytes(self.array(field)?))
-    }
+fn take<'a>(input: &'a [u8], n: usize, field: &'static str) -> PResult<'a, &'a [u8]> {
+    named(input, field, nom::bytes::complete::take(n))
+}
 
-    fn uuid(&mut self, field: &'static str) -> Result<Uuid, DecodeError> {
-        Ok(Uuid::from_bytes(self.array(field)?))
-    }
+fn array<'a, const N: usize>(input: &'a [u8], field: &'static str) -> PResult<'a, [u8; N]> {
+    let (input, bytes) = take(input, N, field)?;
+    let mut array = [0u8; N];
+    array.copy_from_slice(bytes);
+    Ok((input, array))
+}
 
-    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
-        match self.u8(field)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(DecodeError::UnknownCode { field, value: u16::from(other) }),
-        }
-    }
+fn byte<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u8> {
+    named(input, field, nom::number::complete::u8)
+}
 
-    /// A `u16`-length UTF-8 string of at most `max` bytes, checked before its bytes are read.
-    fn str(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
-        let len = usize::from(self.u16(field)?);
-        if len > max {
-            return Err(DecodeError::TooLong { field, len, max });
-        }
-        let bytes = self.take(len, field)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8 { field })?;
-        Ok(text.to_owned())
-    }
+fn be_u16<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u16> {
+    named(input, field, nom::number::complete::be_u16)
+}
 
-    /// A `u32`-length blob of at most `max` bytes, checked before its bytes are read.
-    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
-        let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
-        if len > max {
-            return Err(DecodeError::TooLong { field, len, max });
-        }
-        self.take(len, field)
-    }
+fn be_u32<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u32> {
+    named(input, field, nom::number::complete::be_u32)
+}
 
-    fn blob_bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
-        Ok(Bytes::copy_from_slice(self.blob(field, max)?))
-    }
+fn be_u64<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u64> {
+    named(input, field, nom::number::complete::be_u64)
+}
 
-    fn signed(
-        &mut self,
-        payload: &'static str,
-        signature: &'static str,
-        limits: &Limits,
-    ) -> Result<Signed, DecodeError> {
-        let payload = self.blob_bytes(payload, limits.max_blob)?;
-        let signature = self.array(signature)?;
-        Ok(Signed { payload, signature })
-    }
+fn be_i64<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, i64> {
+    named(input, field, nom::number::complete::be_i64)
+}
 
-    /// A `u16`-count list of at most [`MAX_GATEWAYS`] strings of at most `max_text` bytes each.
-    fn list(&mut self, field: &'static str, max_text: usize) -> Result<Vec<String>, DecodeError> {
-        let count = usize::from(self.u16(field)?);
-        if count > MAX_GATEWAYS {
-            return Err(DecodeError::TooMany { field, count, max: MAX_GATEWAYS });
-        }
-        (0..count).map(|_| self.str(field, max_text)).collect()
+fn uuid<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, Uuid> {
+    let (input, bytes) = array(input, field)?;
+    Ok((input, Uuid::from_bytes(bytes)))
+}
+
+fn flag<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, bool> {
+    match byte(input, field)? {
+        (input, 0) => Ok((input, false)),
+        (input, 1) => Ok((input, true)),
+        (_, other) => Err(fail(DecodeError::UnknownCode { field, value: u16::from(other) })),
     }
+}
+
+/// A `u16`-length UTF-8 string of at most `max` bytes, checked before its bytes are taken.
+fn string<'a>(input: &'a [u8], field: &'static str, max: usize) -> PResult<'a, String> {
+    let (input, len) = be_u16(input, field)?;
+    let len = usize::from(len);
+    if len > max {
+        return Err(fail(DecodeError::TooLong { field, len, max }));
+    }
+    let (input, bytes) = take(input, len, field)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| fail(DecodeError::BadUtf8 { field }))?;
+    Ok((input, text.to_owned()))
+}
+
+/// A `u32`-length blob of at most `max` bytes, checked before its bytes are taken.
+fn blob<'a>(input: &'a [u8], field: &'static str, max: usize) -> PResult<'a, &'a [u8]> {
+    let (input, len) = be_u32(input, field)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(fail(DecodeError::TooLong { field, len, max }));
+    }
+    take(input, len, field)
+}
+
+/// A payload blob of at most [`Limits::max_blob`] bytes, then its signature.
+fn signed<'a>(input: &'a [u8], payload: &'static str, signature: &'static str, limits: &Limits) -> PResult<'a, Signed> {
+    let (input, payload) = blob(input, payload, limits.max_blob)?;
+    let (input, signature) = array(input, signature)?;
+    Ok((input, Signed { payload: Bytes::copy_from_slice(payload), signature }))
+}
+
+/// A `u16`-count list of at most [`MAX_GATEWAYS`] strings of at most `max_text` bytes each; the
+/// count is checked before any entry is read.
+fn list<'a>(input: &'a [u8], field: &'static str, max_text: usize) -> PResult<'a, Vec<String>> {
+    let (input, count) = be_u16(input, field)?;
+    let count = usize::from(count);
+    if count > MAX_GATEWAYS {
+        return Err(fail(DecodeError::TooMany { field, count, max: MAX_GATEWAYS }));
+    }
+    nom::multi::count(|input| string(input, field, max_text), count).parse(input)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@
 //! a character boundary, so that whatever is encoded decodes.
 
 use bytes::{BufMut, BytesMut};
+use nom::Parser;
 
 /// Longest text (a product name, an OS version, an "unknown" reason) accepted when decoding.
 pub const MAX_TEXT_LEN: usize = 512;
@@ -299,6 +300,14 @@ impl Report {
 
 /// Decodes a whole encoded report (see the module documentation for the rules).
 pub fn decode_report(buf: &[u8]) -> Result<Report, TelemetryError> {
+    report(buf).map_err(|e| match e {
+        nom::Err::Error(e) | nom::Err::Failure(e) => e.into_telemetry_error(),
+        // Not reached: every field is read with `named`, which turns running out into Truncated.
+        nom::Err::Incomplete(_) => TelemetryError::Truncated { field: "report" },
+    })
+}
+
+fn report(buf: &[u8]) -> Result<Report, nom::Err<ParseError>> {
     let mut firewall = None;
     let mut antivirus = None;
     let mut last_full_scan = None;
@@ -309,77 +318,91 @@ pub fn decode_report(buf: &[u8]) -> Result<Report, TelemetryError> {
     let mut disk = None;
     let mut agent_version = None;
 
-    let mut reader = Reader::new(buf);
-    while !reader.is_empty() {
-        let code = reader.u8("parameter tag")?;
-        let len = reader.u16("parameter length")?;
-        let body = reader.take(usize::from(len), "parameter body")?;
+    let mut input = buf;
+    while !input.is_empty() {
+        let (rest, (code, body)) = param(input)?;
+        input = rest;
         // A newer agent's parameter: skipped whole.
         let Some(tag) = ParamTag::from_u8(code) else { continue };
-        let mut p = Reader::new(body);
-        let r = &mut p;
-        match tag {
+        let rest = match tag {
             ParamTag::Firewall => {
                 check_unset(&firewall, tag)?;
-                firewall = Some(decode_firewall(r)?);
+                set(&mut firewall, decode_firewall(body)?)
             }
             ParamTag::Antivirus => {
                 check_unset(&antivirus, tag)?;
-                antivirus = Some(reading(r, "antivirus", |r| {
-                    Ok(Antivirus {
-                        product: r.text("antivirus.product")?,
-                        running: r.flag("antivirus.running")?,
-                        updater_running: r.flag("antivirus.updater_running")?,
-                        signatures_at: r.opt_time("antivirus.signatures_at")?,
-                    })
-                })?);
+                set(
+                    &mut antivirus,
+                    reading(body, "antivirus", |input| {
+                        let (input, product) = text(input, "antivirus.product")?;
+                        let (input, running) = flag(input, "antivirus.running")?;
+                        let (input, updater_running) = flag(input, "antivirus.updater_running")?;
+                        let (input, signatures_at) = opt_time(input, "antivirus.signatures_at")?;
+                        Ok((input, Antivirus { product, running, updater_running, signatures_at }))
+                    })?,
+                )
             }
             ParamTag::LastFullScan => {
                 check_unset(&last_full_scan, tag)?;
-                last_full_scan = Some(reading(r, "last_full_scan", |r| {
-                    Ok(Scan {
-                        finished_at: r.i64("last_full_scan.finished_at")?,
-                        threats_found: r.u32("last_full_scan.threats_found")?,
-                        threats_cleaned: r.u32("last_full_scan.threats_cleaned")?,
-                    })
-                })?);
+                set(
+                    &mut last_full_scan,
+                    reading(body, "last_full_scan", |input| {
+                        let (input, finished_at) = be_i64(input, "last_full_scan.finished_at")?;
+                        let (input, threats_found) = be_u32(input, "last_full_scan.threats_found")?;
+                        let (input, threats_cleaned) = be_u32(input, "last_full_scan.threats_cleaned")?;
+                        Ok((input, Scan { finished_at, threats_found, threats_cleaned }))
+                    })?,
+                )
             }
             ParamTag::Updates => {
                 check_unset(&updates, tag)?;
-                updates = Some(reading(r, "updates", |r| {
-                    Ok(Updates {
-                        pending: r.u32("updates.pending")?,
-                        security_pending: r.u32("updates.security_pending")?,
-                        security_pending_since: r.opt_time("updates.security_pending_since")?,
-                        last_success: r.opt_time("updates.last_success")?,
-                    })
-                })?);
+                set(
+                    &mut updates,
+                    reading(body, "updates", |input| {
+                        let (input, pending) = be_u32(input, "updates.pending")?;
+                        let (input, security_pending) = be_u32(input, "updates.security_pending")?;
+                        let (input, security_pending_since) = opt_time(input, "updates.security_pending_since")?;
+                        let (input, last_success) = opt_time(input, "updates.last_success")?;
+                        Ok((input, Updates { pending, security_pending, security_pending_since, last_success }))
+                    })?,
+                )
             }
             ParamTag::Backup => {
                 check_unset(&backup, tag)?;
-                backup = Some(reading(r, "backup", |r| Ok(Backup { last_snapshot: r.i64("backup.last_snapshot")? }))?);
+                set(
+                    &mut backup,
+                    reading(body, "backup", |input| {
+                        let (input, last_snapshot) = be_i64(input, "backup.last_snapshot")?;
+                        Ok((input, Backup { last_snapshot }))
+                    })?,
+                )
             }
             ParamTag::OsVersion => {
                 check_unset(&os_version, tag)?;
-                os_version = Some(reading(r, "os_version", |r| r.text("os_version"))?);
+                set(&mut os_version, reading(body, "os_version", |input| text(input, "os_version"))?)
             }
             ParamTag::BootTime => {
                 check_unset(&boot_time, tag)?;
-                boot_time = Some(reading(r, "boot_time", |r| r.i64("boot_time"))?);
+                set(&mut boot_time, reading(body, "boot_time", |input| be_i64(input, "boot_time"))?)
             }
             ParamTag::Disk => {
                 check_unset(&disk, tag)?;
-                disk = Some(reading(r, "disk", |r| {
-                    Ok(Disk { free_bytes: r.u64("disk.free_bytes")?, total_bytes: r.u64("disk.total_bytes")? })
-                })?);
+                set(
+                    &mut disk,
+                    reading(body, "disk", |input| {
+                        let (input, free_bytes) = be_u64(input, "disk.free_bytes")?;
+                        let (input, total_bytes) = be_u64(input, "disk.total_bytes")?;
+                        Ok((input, Disk { free_bytes, total_bytes }))
+                    })?,
+                )
             }
             ParamTag::AgentVersion => {
                 check_unset(&agent_version, tag)?;
-                agent_version = Some(r.text("agent_version")?);
+                set(&mut agent_version, text(body, "agent_version")?)
             }
-        }
-        if !p.is_empty() {
-            return Err(TelemetryError::TrailingBytes { param: tag, extra: p.remaining() });
+        };
+        if !rest.is_empty() {
+            return Err(fail(TelemetryError::TrailingBytes { param: tag, extra: rest.len() }));
         }
     }
 
@@ -392,54 +415,67 @@ pub fn decode_report(buf: &[u8]) -> Result<Report, TelemetryError> {
         os_version: or_not_reported(os_version),
         boot_time: or_not_reported(boot_time),
         disk: or_not_reported(disk),
-        agent_version: agent_version.ok_or(TelemetryError::MissingAgentVersion)?,
+        agent_version: agent_version.ok_or_else(|| fail(TelemetryError::MissingAgentVersion))?,
     })
+}
+
+/// One parameter: its tag and its whole body (`u16` length, then that many bytes).
+fn param(input: &[u8]) -> PResult<'_, (u8, &[u8])> {
+    let (input, code) = byte(input, "parameter tag")?;
+    let (input, len) = be_u16(input, "parameter length")?;
+    let (input, body) = take(input, usize::from(len), "parameter body")?;
+    Ok((input, (code, body)))
+}
+
+/// Stores a parsed parameter in its slot, and gives back the bytes of its body left unparsed.
+fn set<'a, T>(slot: &mut Option<T>, (rest, value): (&'a [u8], T)) -> &'a [u8] {
+    *slot = Some(value);
+    rest
 }
 
 /// The firewall parameter. A backend code this version does not know makes the firewall unknown
 /// (with the code in the reason) instead of failing the report; the rest of its body is not read.
-fn decode_firewall(r: &mut Reader<'_>) -> Result<Reading<Firewall>, TelemetryError> {
-    reading(r, "firewall", |r| {
-        let code = r.u8("firewall.backend")?;
+fn decode_firewall(body: &[u8]) -> PResult<'_, Reading<Firewall>> {
+    let (input, firewall) = reading(body, "firewall", |input| {
+        let (input, code) = byte(input, "firewall.backend")?;
         let Some(backend) = FirewallBackend::from_u8(code) else {
-            r.skip_rest();
-            return Ok(Err(format!("firewall backend code {code} is not known to this version")));
+            let (input, _skipped) = nom::combinator::rest(input)?;
+            return Ok((input, Err(format!("firewall backend code {code} is not known to this version"))));
         };
-        Ok(Ok(Firewall {
-            backend,
-            active: r.flag("firewall.active")?,
-            rules: r.u32("firewall.rules")?,
-            default_deny: r.flag("firewall.default_deny")?,
-        }))
-    })
-    .map(|reading| match reading {
+        let (input, active) = flag(input, "firewall.active")?;
+        let (input, rules) = be_u32(input, "firewall.rules")?;
+        let (input, default_deny) = flag(input, "firewall.default_deny")?;
+        Ok((input, Ok(Firewall { backend, active, rules, default_deny })))
+    })?;
+    let firewall = match firewall {
         Reading::Value(Ok(firewall)) => Reading::Value(firewall),
         Reading::Value(Err(reason)) => Reading::Unknown(clip(&reason, MAX_TEXT_LEN).to_owned()),
         Reading::Unknown(reason) => Reading::Unknown(reason),
-    })
+    };
+    Ok((input, firewall))
 }
 
 fn or_not_reported<T>(reading: Option<Reading<T>>) -> Reading<T> {
     reading.unwrap_or_else(|| Reading::unknown(NOT_REPORTED))
 }
 
-fn check_unset<T>(slot: &Option<T>, tag: ParamTag) -> Result<(), TelemetryError> {
+fn check_unset<T>(slot: &Option<T>, tag: ParamTag) -> Result<(), nom::Err<ParseError>> {
     match slot {
-        Some(_) => Err(TelemetryError::Duplicate(tag)),
+        Some(_) => Err(fail(TelemetryError::Duplicate(tag))),
         None => Ok(()),
     }
 }
 
 /// A reading: 0 and the value, or 1 and the reason it is unknown.
 fn reading<'a, T>(
-    r: &mut Reader<'a>,
+    input: &'a [u8],
     field: &'static str,
-    value: impl FnOnce(&mut Reader<'a>) -> Result<T, TelemetryError>,
-) -> Result<Reading<T>, TelemetryError> {
-    match r.u8(field)? {
-        0 => Ok(Reading::Value(value(r)?)),
-        1 => Ok(Reading::Unknown(r.text(field)?)),
-        other => Err(TelemetryError::BadByte { field, value: other }),
+    value: impl Parser<&'a [u8], Output = T, Error = ParseError>,
+) -> PResult<'a, Reading<T>> {
+    match byte(input, field)? {
+        (input, 0) => value.map(Reading::Value).parse(input),
+        (input, 1) => text(input, field).map(|(input, reason)| (input, Reading::Unknown(reason))),
+        (_, other) => Err(fail(TelemetryError::BadByte { field, value: other })),
     }
 }
 
@@ -508,90 +544,107 @@ fn clip(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Reads fields from the front of a byte slice; running out is [`TelemetryError::Truncated`].
-struct Reader<'a> {
-    buf: &'a [u8],
+/// Parser-internal error, turned into a [`TelemetryError`] at the end of [`decode_report`].
+#[derive(Debug)]
+enum ParseError {
+    /// One of nom's own parsers failed. On a complete buffer they fail only by running out of
+    /// bytes, and [`named`] turns that into [`TelemetryError::Truncated`] for the field at hand, so
+    /// this is left only if a parser was used without a name.
+    Nom,
+    Telemetry(TelemetryError),
 }
 
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len()
-    }
-
-    fn skip_rest(&mut self) {
-        self.buf = &[];
-    }
-
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], TelemetryError> {
-        if self.buf.len() < n {
-            return Err(TelemetryError::Truncated { field });
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], TelemetryError> {
-        let mut array = [0u8; N];
-        array.copy_from_slice(self.take(N, field)?);
-        Ok(array)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, TelemetryError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, TelemetryError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, TelemetryError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, TelemetryError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
-
-    fn i64(&mut self, field: &'static str) -> Result<i64, TelemetryError> {
-        Ok(i64::from_be_bytes(self.array(field)?))
-    }
-
-    fn flag(&mut self, field: &'static str) -> Result<bool, TelemetryError> {
-        match self.u8(field)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(TelemetryError::BadByte { field, value: other }),
+impl ParseError {
+    fn into_telemetry_error(self) -> TelemetryError {
+        match self {
+            ParseError::Nom => TelemetryError::Truncated { field: "report" },
+            ParseError::Telemetry(e) => e,
         }
     }
+}
 
-    fn opt_time(&mut self, field: &'static str) -> Result<Option<UnixTime>, TelemetryError> {
-        match self.u8(field)? {
-            0 => Ok(None),
-            1 => Ok(Some(self.i64(field)?)),
-            other => Err(TelemetryError::BadByte { field, value: other }),
-        }
+impl nom::error::ParseError<&[u8]> for ParseError {
+    fn from_error_kind(_: &[u8], _: nom::error::ErrorKind) -> Self {
+        ParseError::Nom
     }
 
-    /// A `u16`-length UTF-8 text of at most [`MAX_TEXT_LEN`] bytes; the length is checked before
-    /// the bytes are read.
-    fn text(&mut self, field: &'static str) -> Result<String, TelemetryError> {
-        let len = usize::from(self.u16(field)?);
-        if len > MAX_TEXT_LEN {
-            return Err(TelemetryError::TooLong { field, len, max: MAX_TEXT_LEN });
-        }
-        let bytes = self.take(len, field)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| TelemetryError::BadUtf8 { field })?;
-        Ok(text.to_owned())
+    fn append(_: &[u8], _: nom::error::ErrorKind, other: Self) -> Self {
+        other
     }
+}
+
+type PResult<'a, T> = nom::IResult<&'a [u8], T, ParseError>;
+
+/// A hard error: the report can never decode.
+fn fail(e: TelemetryError) -> nom::Err<ParseError> {
+    nom::Err::Failure(ParseError::Telemetry(e))
+}
+
+/// Runs one of nom's parsers on a complete buffer: running out of bytes is
+/// [`TelemetryError::Truncated`] naming `field`, a hard error.
+fn named<'a, O>(
+    input: &'a [u8],
+    field: &'static str,
+    mut parser: impl Parser<&'a [u8], Output = O, Error = ParseError>,
+) -> PResult<'a, O> {
+    parser.parse(input).map_err(|e| match e {
+        nom::Err::Failure(e) => nom::Err::Failure(e),
+        nom::Err::Error(_) | nom::Err::Incomplete(_) => fail(TelemetryError::Truncated { field }),
+    })
+}
+
+fn take<'a>(input: &'a [u8], n: usize, field: &'static str) -> PResult<'a, &'a [u8]> {
+    named(input, field, nom::bytes::complete::take(n))
+}
+
+fn byte<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u8> {
+    named(input, field, nom::number::complete::u8)
+}
+
+fn be_u16<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u16> {
+    named(input, field, nom::number::complete::be_u16)
+}
+
+fn be_u32<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u32> {
+    named(input, field, nom::number::complete::be_u32)
+}
+
+fn be_u64<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, u64> {
+    named(input, field, nom::number::complete::be_u64)
+}
+
+fn be_i64<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, i64> {
+    named(input, field, nom::number::complete::be_i64)
+}
+
+fn flag<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, bool> {
+    match byte(input, field)? {
+        (input, 0) => Ok((input, false)),
+        (input, 1) => Ok((input, true)),
+        (_, other) => Err(fail(TelemetryError::BadByte { field, value: other })),
+    }
+}
+
+/// A presence byte, then the time when present.
+fn opt_time<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, Option<UnixTime>> {
+    match byte(input, field)? {
+        (input, 0) => Ok((input, None)),
+        (input, 1) => be_i64(input, field).map(|(input, time)| (input, Some(time))),
+        (_, other) => Err(fail(TelemetryError::BadByte { field, value: other })),
+    }
+}
+
+/// A `u16`-length UTF-8 text of at most [`MAX_TEXT_LEN`] bytes; the length is checked before the
+/// bytes are taken.
+fn text<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, String> {
+    let (input, len) = be_u16(input, field)?;
+    let len = usize::from(len);
+    if len > MAX_TEXT_LEN {
+        return Err(fail(TelemetryError::TooLong { field, len, max: MAX_TEXT_LEN }));
+    }
+    let (input, bytes) = take(input, len, field)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| fail(TelemetryError::BadUtf8 { field }))?;
+    Ok((input, text.to_owned()))
 }
 
 #[cfg(test)]

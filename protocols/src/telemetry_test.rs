@@ -171,6 +171,29 @@ fn a_parameter_shorter_than_its_fields_is_truncated() {
 }
 
 #[test]
+fn a_truncated_parameter_header_or_body_names_what_is_missing() {
+    assert_eq!(decode_report(&hex("09")), Err(TelemetryError::Truncated { field: "parameter length" }));
+    assert_eq!(decode_report(&hex("09 00")), Err(TelemetryError::Truncated { field: "parameter length" }));
+    assert_eq!(decode_report(&hex("09 0005 0003")), Err(TelemetryError::Truncated { field: "parameter body" }));
+    // An unknown tag is skipped only once its whole body is there.
+    assert_eq!(decode_report(&hex("63 0004 dead")), Err(TelemetryError::Truncated { field: "parameter body" }));
+}
+
+#[test]
+fn a_duplicate_is_rejected_before_its_body_is_read() {
+    let buf = cat(&[&hex("09 0003 0001"), b"1", &hex("09 0001 ff")]);
+    assert_eq!(decode_report(&buf), Err(TelemetryError::Duplicate(ParamTag::AgentVersion)));
+}
+
+#[test]
+fn an_unknown_firewall_backend_skips_the_rest_of_its_body() {
+    // Whatever follows an unknown backend code is not read, so it cannot be trailing bytes.
+    let buf = cat(&[&hex("01 0005 00 07 ff ff ff"), &hex("09 0003 0001"), b"1"]);
+    let report = decode_report(&buf).expect("decodes");
+    assert!(matches!(report.firewall, Reading::Unknown(ref reason) if reason.contains("code 7")), "{report:?}");
+}
+
+#[test]
 fn bad_bytes_are_typed_errors() {
     assert_eq!(
         decode_report(&hex("07 0009 02 0000000000000001")),
