@@ -45,6 +45,7 @@ pub mod files;
 pub mod fleet;
 pub mod flows;
 pub mod forward;
+pub mod health;
 pub mod identity;
 pub mod journal;
 pub mod lan;
