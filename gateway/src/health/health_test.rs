@@ -116,6 +116,9 @@ fn everything_wrong_is_red_with_every_reason_worst_first() {
     assert_eq!(reason(&m, ReasonCode::ScanOld).unwrap().text, "last full scan 40 days ago (2026-12-06)");
 }
 
+/// Makes one parameter of a report unknown.
+type MakeUnknown = fn(&mut Report);
+
 #[test]
 fn unknown_never_gives_a_reason_let_alone_red() {
     let unknown = |mut r: Report| {
@@ -131,7 +134,7 @@ fn unknown_never_gives_a_reason_let_alone_red() {
     };
     assert_eq!(meter(&unknown(bad())), Meter::green());
     // One at a time: each parameter of the bad report made unknown takes its reasons away.
-    let cases: [(fn(&mut Report), &[ReasonCode]); 5] = [
+    let cases: [(MakeUnknown, &[ReasonCode]); 5] = [
         (|r| r.firewall = Reading::unknown("x"), &[ReasonCode::FirewallOff]),
         (|r| r.antivirus = Reading::unknown("x"), &[ReasonCode::AntivirusOff, ReasonCode::SignaturesOld]),
         (|r| r.last_full_scan = Reading::unknown("x"), &[ReasonCode::ScanOld, ReasonCode::ThreatsNotCleaned]),

@@ -153,9 +153,12 @@ mod tests {
         assert_eq!(toml::from_str::<HealthRules>(&text).unwrap(), HealthRules::default());
     }
 
+    /// A change to the default rules.
+    type Change = fn(&mut HealthRules);
+
     #[test]
     fn contradicting_or_absurd_thresholds_are_errors_naming_the_key() {
-        let cases: [(&str, fn(&mut HealthRules)); 6] = [
+        let cases: [(&str, Change); 6] = [
             ("health.signatures_red_days", |r| r.signatures_red_days = 2),
             ("health.backup_red_days", |r| r.backup_red_days = 6),
             ("health.scan_yellow_days", |r| r.scan_yellow_days = 100_000),
