@@ -1,1 +1,185 @@
-fn main() {}
+//! `tether-agent`: the Tether agent for PCs. See `docs/agents.md`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use agent::collect::{CollectorConfig, Collectors};
+use agent::conn::{self, Agent};
+use agent::state::{self, StateDir};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "The Tether agent: dials out to a Tether gateway over QUIC, reports this PC's support parameters, and lets the PC user allow remote help"
+)]
+struct Cli {
+    /// Where the agent keeps its key, certificate, state and unsent reports.
+    #[arg(long, global = true, env = "TETHER_AGENT_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enroll this PC with a gateway, with the one-time token the subscriber got for it; prints
+    /// the machine's UUID to read out to the technician.
+    Enroll {
+        /// The gateway, HOST[:PORT] (port 4433 by default).
+        #[arg(long)]
+        gateway: String,
+        /// The enrollment token (`tether machine enroll`, the API or the portal gives it).
+        #[arg(long, env = "TETHER_AGENT_TOKEN")]
+        token: String,
+        /// The CA the gateway's certificate chains to (the gateway's `tls/ca.pem`); default: the
+        /// system's trusted roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The machine's UUID, for a PC whose SMBIOS UUID is missing or shared (clones, some
+        /// virtual machines); default: SMBIOS's, else one generated and kept.
+        #[arg(long)]
+        uuid: Option<Uuid>,
+    },
+    /// Run the agent (the service; see the systemd unit in `agent/tether-agent.service`).
+    Run {
+        /// Collector settings (TOML); default: `STATE_DIR/agent.toml` when present.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Allow remote help (relayed sessions and support actions) on this PC.
+    Enable,
+    /// Refuse remote help: the gateway refuses relayed sessions to this PC and says why.
+    Disable,
+    /// What this agent is and last did.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let state = StateDir::open(&cli.state_dir)?;
+    match cli.command {
+        Command::Enroll { gateway, token, ca, uuid } => {
+            let (uuid, origin) = match uuid {
+                Some(uuid) => (uuid, "given"),
+                None => state::machine_uuid(&state)?,
+            };
+            let enrollment = conn::enroll(&state, &gateway, &token, ca.as_deref(), uuid, &hostname()).await?;
+            println!("enrolled with {} (gateways: {})", gateway, enrollment.gateways.join(", "));
+            println!("this PC's UUID ({origin}); read it to your technician:");
+            println!("{}", enrollment.uuid);
+            Ok(())
+        }
+        Command::Run { config } => {
+            let path = config.unwrap_or_else(|| state.path("agent.toml"));
+            let mut collectors = if path.exists() {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<CollectorConfig>(&text).with_context(|| format!("{}", path.display()))?
+            } else {
+                CollectorConfig::default()
+            };
+            if collectors.state_dir == CollectorConfig::default().state_dir {
+                collectors.state_dir = state.root().to_path_buf();
+            }
+            let source = Arc::new(Collectors::new(collectors));
+            let agent = Agent::new(state, source, hostname(), os_name())?;
+            agent.run(shutdown()).await
+        }
+        Command::Enable | Command::Disable => {
+            let enabled = matches!(cli.command, Command::Enable);
+            let mut current = state.state()?;
+            current.remote_help = enabled;
+            state.save_state(&current)?;
+            if enabled {
+                println!("remote help is on: technicians of your support contacts may open sessions to this PC");
+            } else {
+                println!("remote help is off: the gateway refuses sessions to this PC and tells the technician why");
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let enrollment = state.enrollment()?;
+            let current = state.state()?;
+            let status = state.status()?.unwrap_or_default();
+            let spooled = agent::spool::Spool::new(state.spool_dir()).len();
+            let config = state.config()?;
+            if json {
+                let value = serde_json::json!({
+                    "enrolled": enrollment.is_some(),
+                    "uuid": enrollment.as_ref().map(|e| e.uuid),
+                    "gateways": enrollment.as_ref().map(|e| e.gateways.clone()).unwrap_or_default(),
+                    "remote_help": current.remote_help,
+                    "next_seq": current.next_seq,
+                    "spooled_reports": spooled,
+                    "heartbeat_secs": config.as_ref().map(|c| c.heartbeat_secs),
+                    "connected_to": status.connected_to,
+                    "last_ack": status.last_ack,
+                    "last_error": status.last_error,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(());
+            }
+            match &enrollment {
+                Some(e) => println!("UUID {}\ngateways {}", e.uuid, e.gateways.join(", ")),
+                None => println!("not enrolled: run `tether-agent enroll --gateway HOST --token TOKEN`"),
+            }
+            println!("remote help {}", if current.remote_help { "on" } else { "off" });
+            println!("reports waiting for the gateway: {spooled}");
+            match (&status.connected_to, &status.last_error) {
+                (Some(to), _) => println!("connected to {to}"),
+                (None, Some(err)) => println!("not connected: {err}"),
+                (None, None) => println!("not connected (is `tether-agent run` running?)"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

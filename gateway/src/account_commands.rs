@@ -105,10 +105,12 @@ pub enum SubscriberAction {
 
 #[derive(Subcommand, Debug)]
 pub enum MachineAction {
-    /// Enroll a device's UUID as a subscriber's machine: its owner and active contacts see it.
+    /// Enroll a machine for a subscriber: binds UUID when given (an AMT PC's UUID; its owner and
+    /// active contacts see it), and prints a one-time token for `tether-agent enroll --token`.
     Enroll {
         subscriber_id: i64,
-        uuid: Uuid,
+        /// The machine's UUID; leave it out to let the agent tell its own at enrollment.
+        uuid: Option<Uuid>,
         #[arg(long)]
         nickname: Option<String>,
     },
@@ -131,6 +133,16 @@ pub enum ContactAction {
         /// How the subscriber sees the contact [default: the username].
         #[arg(long)]
         nickname: Option<String>,
+        /// The health changes to be alerted of: any of red, yellow, green (back to green),
+        /// comma-separated; `none` for no alerts.
+        #[arg(long, value_name = "LIST", default_value = "red,yellow,green")]
+        alerts: String,
+        /// Also post alerts as JSON to this https URL (a chat's incoming webhook).
+        #[arg(long, value_name = "URL")]
+        webhook: Option<String>,
+        /// Mail alerts to this address instead of the user's.
+        #[arg(long, value_name = "EMAIL")]
+        contact_email: Option<String>,
     },
     /// Remove a contact (invited or active) of a subscriber: their requests are refused at once
     /// and their open relays end within seconds.
@@ -324,11 +336,16 @@ pub async fn machine_command(store: &Store, config: &Config, action: MachineActi
     let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
-    if !flows.enroll_machine(&operator, subscriber_id, uuid, nickname.as_deref()).await.map_err(explain)? {
-        println!("machine {uuid} is enrolled for subscriber {subscriber_id} already");
-        return Ok(());
+    let enrollment =
+        flows.enroll_machine(&operator, subscriber_id, uuid, nickname.as_deref()).await.map_err(explain)?;
+    match uuid {
+        Some(uuid) if enrollment.new_machine => println!("machine {uuid} enrolled for subscriber {subscriber_id}"),
+        Some(uuid) => println!("machine {uuid} is enrolled for subscriber {subscriber_id} already"),
+        None => println!("enrollment token for a machine of subscriber {subscriber_id}"),
     }
-    println!("machine {uuid} enrolled for subscriber {subscriber_id}");
+    let until = enrollment.token_expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    println!("on the PC: tether-agent enroll --gateway HOST --token TOKEN   (usable once, until {until})");
+    println!("{}", enrollment.token);
     Ok(())
 }
 
@@ -349,13 +366,26 @@ pub async fn contact_command(store: &Store, config: &Config, action: ContactActi
             println!("an operator accepts for an existing user with `tether contact accept GUID --user USERNAME --terms VERSION`");
             println!("{}", invited.guid);
         }
-        ContactAction::Accept { guid, user: username, terms, nickname } => {
+        ContactAction::Accept { guid, user: username, terms, nickname, alerts, webhook, contact_email } => {
             let record = user(store, &username).await?;
+            let mut prefs = serde_json::Map::new();
+            for level in ["red", "yellow", "green"] {
+                prefs.insert(level.into(), serde_json::Value::Bool(false));
+            }
+            for level in alerts.split(',').map(str::trim).filter(|l| !l.is_empty() && *l != "none") {
+                if !matches!(level, "red" | "yellow" | "green") {
+                    bail!("--alerts takes red, yellow and green (comma-separated) or none, not {level:?}");
+                }
+                prefs.insert(level.into(), serde_json::Value::Bool(true));
+            }
+            if let Some(url) = webhook {
+                prefs.insert("webhook".into(), serde_json::Value::String(url));
+            }
             let acceptance = Acceptance {
                 terms_version: terms,
                 nickname: nickname.unwrap_or_else(|| username.clone()),
-                contact_email: None,
-                alert_prefs: serde_json::json!({}),
+                contact_email,
+                alert_prefs: serde_json::Value::Object(prefs),
             };
             // The person accepts: the flow acts as them (the GUID is the proof of the invitation).
             let actor = Actor::of(store, record.id, TokenScope::Attach).await.map_err(explain)?;

@@ -48,6 +48,9 @@ pub struct Config {
     pub accounts: AccountsConfig,
     pub mail: MailConfig,
     pub portal: PortalConfig,
+    pub agents: AgentsConfig,
+    pub health: crate::health::HealthRules,
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -70,6 +73,66 @@ impl Default for Config {
             accounts: AccountsConfig::default(),
             mail: MailConfig::default(),
             portal: PortalConfig::default(),
+            agents: AgentsConfig::default(),
+            health: crate::health::HealthRules::default(),
+            webhooks: WebhooksConfig::default(),
+        }
+    }
+}
+
+/// Alerts posted to contacts' webhooks (`docs/health.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Extra CAs (PEM) webhook servers' certificates may chain to, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting, TLS and the answer, for one post.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self { ca_file: None, timeout_secs: 10 }
+    }
+}
+
+/// Tether agents (`docs/agents.md`): the QUIC listener, enrollment and what agents are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// The QUIC listener (UDP; `--agent-listen`). Port 4433 like CIRA's TCP listener.
+    pub listen: SocketAddr,
+    /// How often agents report their support parameters.
+    pub heartbeat_secs: u32,
+    /// How often an idle agent connection sends a QUIC keepalive: under the 30 s after which
+    /// many NATs forget a UDP mapping.
+    pub keepalive_secs: u32,
+    /// A connection that has heard nothing from its agent for this long is closed.
+    pub idle_timeout_secs: u32,
+    /// Time from connection to the agent's hello (or enrollment request).
+    pub hello_timeout_secs: u32,
+    /// How long an agent's certificate is valid.
+    pub cert_valid_days: u32,
+    /// Agent connections held at most (beyond: refused as busy, and the agent tries again later).
+    pub max_agents: usize,
+    /// Connections still in their handshake or hello at most.
+    pub max_pending: usize,
+    /// The gateways (HOST:PORT) agents are told to use, in order; empty: the one they dialled.
+    pub advertise: Vec<String>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 4433).into(),
+            heartbeat_secs: 300,
+            keepalive_secs: 15,
+            idle_timeout_secs: 60,
+            hello_timeout_secs: 10,
+            cert_valid_days: 365,
+            max_agents: 100_000,
+            max_pending: 1024,
+            advertise: Vec::new(),
         }
     }
 }
@@ -113,11 +176,18 @@ pub struct AccountsConfig {
     pub inactive_days: u32,
     /// How long the link confirming a new email address works.
     pub email_change_valid_hours: u32,
+    /// How long a machine's enrollment token (for `tether-agent enroll`) can be used.
+    pub enrollment_token_valid_hours: u32,
 }
 
 impl Default for AccountsConfig {
     fn default() -> Self {
-        Self { invitation_valid_days: 7, inactive_days: 90, email_change_valid_hours: 24 }
+        Self {
+            invitation_valid_days: 7,
+            inactive_days: 90,
+            email_change_valid_hours: 24,
+            enrollment_token_valid_hours: 72,
+        }
     }
 }
 
@@ -132,6 +202,10 @@ impl AccountsConfig {
 
     pub fn email_change_validity(&self) -> time::Duration {
         time::Duration::hours(self.email_change_valid_hours.into())
+    }
+
+    pub fn enrollment_token_validity(&self) -> time::Duration {
+        time::Duration::hours(self.enrollment_token_valid_hours.into())
     }
 }
 
@@ -425,6 +499,7 @@ impl Config {
         at_least("accounts.invitation_valid_days", self.accounts.invitation_valid_days.into(), 1)?;
         at_least("accounts.inactive_days", self.accounts.inactive_days.into(), 1)?;
         at_least("accounts.email_change_valid_hours", self.accounts.email_change_valid_hours.into(), 1)?;
+        at_least("accounts.enrollment_token_valid_hours", self.accounts.enrollment_token_valid_hours.into(), 1)?;
         self.mail.validate(origin)?;
         if self.lan.scan_every_secs > 0 && self.lan.scan_every_secs < 60 {
             return invalid(
@@ -499,6 +574,29 @@ impl Config {
         at_least("portal.session_max_hours", portal.session_max_hours.into(), 1)?;
         if portal.totp_issuer.is_empty() || portal.totp_issuer.len() > 64 || portal.totp_issuer.contains(':') {
             return invalid("portal.totp_issuer", "must be 1 to 64 characters, without ':'".into());
+        }
+        if let Err(problem) = self.health.validate() {
+            return Err(ConfigError::Invalid { path: origin.to_path_buf(), key: "health", problem });
+        }
+        at_least("webhooks.timeout_secs", self.webhooks.timeout_secs, 1)?;
+        let agents = &self.agents;
+        at_least("agents.heartbeat_secs", agents.heartbeat_secs.into(), 5)?;
+        at_least("agents.keepalive_secs", agents.keepalive_secs.into(), 1)?;
+        at_least("agents.hello_timeout_secs", agents.hello_timeout_secs.into(), 1)?;
+        at_least("agents.cert_valid_days", agents.cert_valid_days.into(), 1)?;
+        at_least("agents.max_agents", agents.max_agents as u64, 1)?;
+        at_least("agents.max_pending", agents.max_pending as u64, 1)?;
+        if agents.idle_timeout_secs <= agents.keepalive_secs {
+            return invalid(
+                "agents.idle_timeout_secs",
+                format!(
+                    "is {}; it must be longer than agents.keepalive_secs ({})",
+                    agents.idle_timeout_secs, agents.keepalive_secs
+                ),
+            );
+        }
+        if agents.advertise.len() > 16 {
+            return invalid("agents.advertise", "lists more than 16 gateways".into());
         }
         let listeners = [
             ("cira_listen", self.cira_listen),

@@ -25,7 +25,7 @@ use crate::redir_log::RedirLog;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::store::{InstanceRegistration, Location, Migrate, PoolOptions, Store};
-use crate::{api, cira, fleet, lan, paths};
+use crate::{agents, api, cira, fleet, lan, paths};
 
 /// Waiting password checks admitted beside the running ones (beyond: refused as busy, and the
 /// device retries). At ~50 ms per argon2 run and one thread per core, this is a few seconds of
@@ -38,6 +38,7 @@ pub struct Overrides {
     pub cira: Option<SocketAddr>,
     pub api: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub agents: Option<SocketAddr>,
     pub tls_names: Vec<String>,
     pub database: Option<String>,
     /// `--record-sol`: keep SOL transcripts (on top of `record_sol` in the file).
@@ -59,6 +60,9 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     }
     if let Some(addr) = overrides.metrics {
         config.metrics_listen = addr;
+    }
+    if let Some(addr) = overrides.agents {
+        config.agents.listen = addr;
     }
     config.tls.names.extend(overrides.tls_names);
     if overrides.database.is_some() {
@@ -99,6 +103,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mail_transport = crate::mail::sender::Transport::from_config(&config.mail, &config_dir)
         .context("preparing mail (the [mail] section)")?;
+    let webhook_poster = crate::meter::webhook::Poster::from_config(&config.webhooks, &config_dir)
+        .context("preparing webhooks (the [webhooks] section)")?;
 
     let cert_options = config.tls.cert_options();
     let material = tokio::task::spawn_blocking({
@@ -154,10 +160,21 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     let cira_listener = bind(config.cira_listen, "CIRA").await?;
     let api_listener = bind(config.api_listen, "API").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
+    let agent_keys = Arc::new(
+        tokio::task::spawn_blocking({
+            let dir = data_dir.to_path_buf();
+            move || agents::keys::AgentKeys::load_or_create(&dir)
+        })
+        .await?
+        .context("preparing the agent CA and the signing key")?,
+    );
+    let agent_endpoint =
+        agents::bind(config.agents.listen, agents::server_config(&material, &agent_keys, &config.agents)?)?;
     let addrs = paths::ListenAddrs {
         cira: cira_listener.local_addr()?,
         api: api_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
+        agents: Some(agent_endpoint.local_addr()?),
     };
 
     let registration = InstanceRegistration {
@@ -218,7 +235,13 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     paths::write_run_files(data_dir, &addrs, &local_token)?;
 
     info!(cira = %addrs.cira, api = %addrs.api, metrics = %addrs.metrics, "gateway listening");
-    println!("CIRA (AMT) on {}, API on https://{}, metrics on http://{}/metrics", addrs.cira, addrs.api, addrs.metrics);
+    println!(
+        "CIRA (AMT) on {}, agents (QUIC) on udp/{}, API on https://{}, metrics on http://{}/metrics",
+        addrs.cira,
+        addrs.agents.map(|a| a.to_string()).unwrap_or_default(),
+        addrs.api,
+        addrs.metrics
+    );
 
     // Before the first device is admitted: what each busy source held before.
     crate::busy_sources::remember(&shared).await;
@@ -226,8 +249,11 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     tasks.spawn(cira::serve(cira_listener, tokio_rustls::TlsAcceptor::from(cira_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
+    agents::log_listening(agent_endpoint.local_addr()?, &shared.config.agents.advertise);
+    tasks.spawn(agents::serve(agent_endpoint.clone(), Arc::clone(&shared), agent_keys));
     tasks.spawn(housekeeping(Arc::clone(&shared), tickets));
     tasks.spawn(crate::mail::sender::run(Arc::clone(&shared), mail_transport));
+    tasks.spawn(crate::meter::webhook::run(Arc::clone(&shared), webhook_poster));
     if let Some((tls, listener)) = link {
         info!(addr = %listener.local_addr()?, "fleet link listening");
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
@@ -297,6 +323,7 @@ async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>
         tick.tick().await;
         crate::busy_sources::save(&shared).await;
         sweep_accounts(&shared).await;
+        crate::meter::sweep(&shared).await;
     }
 }
 

@@ -24,8 +24,8 @@ use crate::config::AccountsConfig;
 use crate::mail::{self, Letter};
 use crate::policy::{self, Action, Denied, Principal, Relations, Resource, Role};
 use crate::store::{
-    Acceptance, AccountError, AuditAction, ContactRecord, EndedContact, NewAudit, Store, StoreError, SubscriberPii,
-    TokenScope, OPERATOR,
+    Acceptance, AccountError, AuditAction, ContactRecord, EndedContact, NewAudit, NewEnrollmentToken, Store,
+    StoreError, SubscriberPii, TokenScope, OPERATOR,
 };
 
 /// Longest username, email, nickname or other short text a flow takes.
@@ -162,6 +162,18 @@ pub struct Registration<'a> {
     pub max_contacts: u32,
 }
 
+/// A machine enrolled: the UUID bound (if one was given) and the agent's one-time token.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Enrollment {
+    pub uuid: Option<Uuid>,
+    /// The UUID was bound by this call (false: no UUID, or bound for this subscriber already).
+    pub new_machine: bool,
+    /// For `tether-agent enroll --token`: shown once, usable once, until `token_expires_at`.
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub token_expires_at: OffsetDateTime,
+}
+
 /// An invitation made.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invited {
@@ -199,6 +211,37 @@ pub struct Flows<'a> {
 }
 
 /// A short text field: trimmed, non-empty, no control characters, at most [`MAX_TEXT`].
+/// A contact's alert preferences, checked: a JSON object of at most 1 KiB whose `red`, `yellow`,
+/// `green` and `email` are booleans and `webhook` an https URL (`docs/health.md`).
+pub fn checked_alert_prefs(prefs: serde_json::Value) -> Result<serde_json::Value, FlowError> {
+    use serde_json::Value;
+    let prefs = if prefs.is_null() { Value::Object(Default::default()) } else { prefs };
+    let Some(map) = prefs.as_object() else {
+        return Err(FlowError::BadInput("the alert preferences are a JSON object".into()));
+    };
+    if prefs.to_string().len() > 1024 {
+        return Err(FlowError::BadInput("the alert preferences are too long".into()));
+    }
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("red" | "yellow" | "green" | "email", Value::Bool(_)) => {}
+            ("webhook", Value::String(url)) if url.is_empty() => {}
+            ("webhook", Value::String(url)) => crate::health::Channels { email: true, webhook: Some(url.clone()) }
+                .validate()
+                .map_err(FlowError::BadInput)?,
+            ("red" | "yellow" | "green" | "email", _) => {
+                return Err(FlowError::BadInput(format!("alert preference {key:?} is true or false")))
+            }
+            _ => {
+                return Err(FlowError::BadInput(format!(
+                    "unknown alert preference {key:?}: red, yellow, green, email (true or false) and webhook (an https URL)"
+                )))
+            }
+        }
+    }
+    Ok(prefs)
+}
+
 pub fn short_text(what: &str, text: &str) -> Result<String, FlowError> {
     let text = text.trim();
     if text.is_empty() || text.len() > MAX_TEXT || text.chars().any(char::is_control) {
@@ -306,23 +349,50 @@ impl Flows<'_> {
         Ok(id)
     }
 
-    /// Enrolls machine `uuid` for a subscriber; false if it was enrolled for it already.
+    /// Enrolls a machine for a subscriber: binds `uuid` when given (an AMT PC's UUID, which is
+    /// also its SMBIOS UUID), and makes a one-time enrollment token for `tether-agent enroll`
+    /// (for that UUID only when one was given). The token is shown once; the store keeps its hash.
     pub async fn enroll_machine(
         &self,
         actor: &Actor,
         subscriber_id: i64,
-        uuid: Uuid,
+        uuid: Option<Uuid>,
         nickname: Option<&str>,
-    ) -> Result<bool, FlowError> {
+    ) -> Result<Enrollment, FlowError> {
         actor.authorize(Action::EnrollMachine, Resource::Subscriber(subscriber_id))?;
         let nickname = nickname.map(|n| short_text("the nickname", n)).transpose()?;
-        let new = self.store.enroll_machine(subscriber_id, uuid, nickname.as_deref(), self.now).await?;
-        if new {
-            let detail = nickname.unwrap_or_default();
-            self.audit(Some(actor.user_id()), AuditAction::MachineEnrolled, Some(uuid), Some(subscriber_id), detail)
+        let mut new_machine = false;
+        if let Some(uuid) = uuid {
+            new_machine = self.store.enroll_machine(subscriber_id, uuid, nickname.as_deref(), self.now).await?;
+            if new_machine {
+                let detail = nickname.clone().unwrap_or_default();
+                self.audit(
+                    Some(actor.user_id()),
+                    AuditAction::MachineEnrolled,
+                    Some(uuid),
+                    Some(subscriber_id),
+                    detail,
+                )
                 .await?;
+            }
         }
-        Ok(new)
+        let token = crate::auth::new_token().replacen("tth_", "tte_", 1);
+        let expires_at = self.now + self.accounts.enrollment_token_validity();
+        let new = NewEnrollmentToken {
+            hash: crate::auth::hash_token(&token),
+            subscriber_id,
+            uuid,
+            nickname,
+            created_by: Some(actor.user_id()),
+            now: self.now,
+            expires_at,
+        };
+        let id = self.store.create_enrollment_token(&new).await?;
+        let until = expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let detail = format!("enrollment token {id}, valid until {until}");
+        self.audit(Some(actor.user_id()), AuditAction::EnrollmentTokenCreated, uuid, Some(subscriber_id), detail)
+            .await?;
+        Ok(Enrollment { uuid, new_machine, token, token_expires_at: expires_at })
     }
 
     /// Invites `email` as a support contact of a subscriber and mails the accept link.
@@ -379,7 +449,7 @@ impl Flows<'_> {
             terms_version: short_text("the terms version", &acceptance.terms_version)?,
             nickname: short_text("the nickname", &acceptance.nickname)?,
             contact_email: acceptance.contact_email.as_deref().map(email_address).transpose()?,
-            alert_prefs: acceptance.alert_prefs,
+            alert_prefs: checked_alert_prefs(acceptance.alert_prefs)?,
         };
         let contact = self.store.accept_invitation(guid, actor.user_id(), &acceptance, self.now).await?;
         let detail = format!("contact {} ({})", contact.id, acceptance.nickname);
@@ -420,9 +490,7 @@ impl Flows<'_> {
     ) -> Result<ContactRecord, FlowError> {
         actor.may_change_itself()?;
         let nickname = short_text("the nickname", nickname)?;
-        if alert_prefs.to_string().len() > 1024 {
-            return Err(FlowError::BadInput("the alert preferences are too long".into()));
-        }
+        let alert_prefs = &checked_alert_prefs(alert_prefs.clone())?;
         let contact = self.store.update_contact_prefs(actor.user_id(), contact_id, &nickname, alert_prefs).await?;
         let detail = format!("contact {contact_id} ({nickname}): alerts {alert_prefs}");
         self.audit(Some(actor.user_id()), AuditAction::ContactPrefsChanged, None, Some(contact.subscriber_id), detail)

@@ -3,6 +3,8 @@
 //!
 //! - `cira`: the CIRA listener, the pool of unauthenticated connections, and (`cira::driver`)
 //!   the per-tunnel driver of the APF session;
+//! - `agents`: the agents' QUIC listener, their enrollment (the agent CA, the signing key) and
+//!   the driver of each agent's control stream (hello, signed configuration, reports and acks);
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`), and
@@ -24,6 +26,9 @@
 //!   of kind `lan`, reached through the same tunnel interface);
 //! - `proxy_header`: the PROXY v2 header from a load balancer in TCP mode (trusted proxies,
 //!   reading the header before TLS);
+//! - `health`: the health meter's rules and alert decisions (pure); `meter`: the meter at work
+//!   (rating machines on reports and once a minute, storing changes, alerting contacts through the
+//!   outbox, posting webhooks);
 //! - `policy`: who may see and do what (principals, their relations to subscribers, actions);
 //! - `mail`: letters to people, queued in the store's outbox and sent over SMTP by a worker
 //!   (`mail_commands`: `tether mail`);
@@ -31,6 +36,7 @@
 //!   the technician's side (`lan_commands`: `tether lan`); `operator`: the CLI's commands behind its argument parsing.
 
 pub mod account_commands;
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod backup;
@@ -53,6 +59,7 @@ pub mod lan_commands;
 pub mod limits;
 pub mod mail;
 pub mod mail_commands;
+pub mod meter;
 pub mod metrics;
 pub mod operator;
 pub mod paths;

@@ -155,6 +155,9 @@ enum Command {
         /// Prometheus metrics (plain HTTP). Default 127.0.0.1:9464.
         #[arg(long, env = "TETHER_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Where Tether agents connect (QUIC, UDP). Default 0.0.0.0:4433.
+        #[arg(long, env = "TETHER_AGENT_LISTEN")]
+        agent_listen: Option<SocketAddr>,
         /// Extra DNS name or IP address for the generated server certificate (repeatable; used
         /// when the certificate is first created).
         #[arg(long = "tls-name")]
@@ -455,11 +458,12 @@ fn init_logging(daemon_mode: bool) {
 async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
     let store_args = StoreArgs { config: cli.config.clone(), database: cli.database.clone() };
     match cli.command {
-        Command::Gateway { cira_listen, api_listen, metrics_listen, tls_names, record_sol } => {
+        Command::Gateway { cira_listen, api_listen, metrics_listen, agent_listen, tls_names, record_sol } => {
             let overrides = daemon::Overrides {
                 cira: cira_listen,
                 api: api_listen,
                 metrics: metrics_listen,
+                agents: agent_listen,
                 tls_names,
                 database: store_args.database,
                 record_sol,

@@ -64,6 +64,9 @@ pub struct ListenAddrs {
     pub cira: SocketAddr,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    /// The agents' QUIC listener (UDP).
+    #[serde(default)]
+    pub agents: Option<SocketAddr>,
 }
 
 /// Writes `run/listen.json` and `run/local-token` atomically (temp file + rename).

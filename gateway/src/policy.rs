@@ -120,10 +120,12 @@ pub enum Action {
     ViewLan,
     /// The appliance's LAN tools, acting: scan, wake a MAC, adopt and forget PCs.
     UseLan,
+    /// Revoke a machine's agent certificate (operators): the agent is refused until enrolled again.
+    RevokeAgent,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -140,6 +142,7 @@ impl Action {
         Action::ManageUsers,
         Action::ViewLan,
         Action::UseLan,
+        Action::RevokeAgent,
     ];
 
     /// Whether a token of scope `read` is enough: reading only.
@@ -160,7 +163,8 @@ impl Action {
             | Action::SuspendUser
             | Action::ManageTokens
             | Action::ManageUsers
-            | Action::UseLan => false,
+            | Action::UseLan
+            | Action::RevokeAgent => false,
         }
     }
 
@@ -169,7 +173,7 @@ impl Action {
         use Resource as R;
         match self {
             Action::ListMachines => matches!(resource, R::Gateway | R::Subscriber(_)),
-            Action::ViewMachine | Action::AttachRelay => matches!(resource, R::Machine { .. }),
+            Action::ViewMachine | Action::AttachRelay | Action::RevokeAgent => matches!(resource, R::Machine { .. }),
             Action::ViewAudit => matches!(resource, R::Machine { .. } | R::User(_)),
             Action::ViewSubscriberPii
             | Action::ManageContacts
@@ -303,7 +307,8 @@ pub fn authorize(
         | Action::ManageTokens
         | Action::ManageUsers
         | Action::ViewLan
-        | Action::UseLan => Err(Denied::OperatorOnly),
+        | Action::UseLan
+        | Action::RevokeAgent => Err(Denied::OperatorOnly),
     }
 }
 

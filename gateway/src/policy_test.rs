@@ -66,7 +66,7 @@ fn column(i: usize, scope: TokenScope) -> (Principal, Relations) {
 fn resource(action: Action) -> Resource {
     let machine = Resource::Machine { uuid: Uuid::from_u128(1), subscriber_id: Some(1) };
     match action {
-        Action::ViewMachine | Action::AttachRelay | Action::ViewAudit => machine,
+        Action::ViewMachine | Action::AttachRelay | Action::ViewAudit | Action::RevokeAgent => machine,
         Action::ListMachines
         | Action::ViewSubscriberPii
         | Action::ManageContacts
@@ -100,6 +100,7 @@ fn attach_scope(action: Action) -> [E; 7] {
         Action::ManageUsers           => [A, O, O, O, O, O, S],
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [A, O, O, O, O, O, S],
+        Action::RevokeAgent           => [A, O, O, O, O, O, S],
     }
 }
 
@@ -124,6 +125,7 @@ fn read_scope(action: Action) -> [E; 7] {
         Action::ManageUsers           => [P, P, P, P, P, P, S],
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [P, P, P, P, P, P, S],
+        Action::RevokeAgent           => [P, P, P, P, P, P, S],
     }
 }
 

@@ -177,6 +177,11 @@ impl ApiClient {
         self.connect().await?.get(path, token).await
     }
 
+    /// One `POST path` without a body, as [`ApiClient::get`].
+    pub async fn post(&self, path: &str, token: &str) -> Result<ApiResponse> {
+        self.connect().await?.request(hyper::Method::POST, path, token).await
+    }
+
     /// Opens the relay WebSocket to `uuid`'s `port` with `token`. `Err` carries the HTTP status
     /// when the gateway refused the upgrade (401, 403, 404, 429, …).
     pub async fn relay(&self, uuid: Uuid, port: u16, token: &str) -> std::result::Result<Relay, RelayRefused> {
@@ -231,10 +236,17 @@ impl ApiConnection {
     /// `GET path` with `Authorization: Bearer token`, timed; an error only when the connection
     /// failed (any HTTP status is an `Ok`).
     pub async fn get(&mut self, path: &str, token: &str) -> Result<ApiResponse> {
+        self.request(hyper::Method::GET, path, token).await
+    }
+
+    /// `METHOD path` without a body, as [`ApiConnection::get`].
+    pub async fn request(&mut self, method: hyper::Method, path: &str, token: &str) -> Result<ApiResponse> {
         let started = Instant::now();
         let work = async {
             self.sender.ready().await.context("the connection closed")?;
-            let request = Request::get(path)
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(path)
                 .header(header::HOST, &self.authority)
                 .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(Empty::<Bytes>::new())?;
@@ -247,7 +259,7 @@ impl ApiConnection {
         };
         tokio::time::timeout(STEP_TIMEOUT, work)
             .await
-            .map_err(|_| anyhow!("GET {path}: no answer within {STEP_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("{method} {path}: no answer within {STEP_TIMEOUT:?}"))?
     }
 
     /// Whether the gateway (or an error) closed it.

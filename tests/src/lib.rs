@@ -41,6 +41,7 @@ pub mod postgres;
 pub mod process;
 pub mod remote;
 pub mod smtp;
+pub mod webhook;
 
 pub use haproxy::Haproxy;
 pub use metrics::Metrics;

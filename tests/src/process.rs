@@ -360,6 +360,7 @@ struct Listen {
     cira: SocketAddr,
     api: SocketAddr,
     metrics: SocketAddr,
+    agents: SocketAddr,
 }
 
 /// The MPS username every test gateway gets (AMT allows letters and digits only).
@@ -415,7 +416,7 @@ impl Gateway {
         let token = last_line(&out).expect("the token line").to_string();
         setup(data_dir.path());
         let mut args: Vec<String> = vec!["--data-dir".into(), dir, "gateway".into()];
-        for flag in ["--cira-listen", "--api-listen", "--metrics-listen"] {
+        for flag in ["--cira-listen", "--api-listen", "--metrics-listen", "--agent-listen"] {
             args.push(flag.into());
             args.push(format!("{ip}:0"));
         }
@@ -427,7 +428,7 @@ impl Gateway {
             process: None,
             prefix: command_prefix(&wrap),
             args,
-            listen: Listen { cira: unset, api: unset, metrics: unset },
+            listen: Listen { cira: unset, api: unset, metrics: unset, agents: unset },
             token,
             mps_user: MPS_USER.to_string(),
             mps_password,
@@ -478,7 +479,7 @@ impl Gateway {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("listen.json has no address {k:?}: {text}"))
         };
-        self.listen = Listen { cira: addr("cira"), api: addr("api"), metrics: addr("metrics") };
+        self.listen = Listen { cira: addr("cira"), api: addr("api"), metrics: addr("metrics"), agents: addr("agents") };
         self.process = Some(process);
     }
 
@@ -494,6 +495,7 @@ impl Gateway {
                 "--cira-listen" => Some(l.cira),
                 "--api-listen" => Some(l.api),
                 "--metrics-listen" => Some(l.metrics),
+                "--agent-listen" => Some(l.agents),
                 _ => None,
             };
             args.push(a);
@@ -548,6 +550,11 @@ impl Gateway {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.listen.metrics
+    }
+
+    /// The agents' QUIC listener (UDP).
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.listen.agents
     }
 
     /// `https://IP:PORT` of the technician API.

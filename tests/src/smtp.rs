@@ -69,15 +69,25 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn start(port: u16) -> Smtp {
+        let smtp = Smtp::start_wrapped(port, |c| c);
+        wait_for("the SMTP server to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        smtp
+    }
+
+    /// Like [`Smtp::start`], with `wrap` applied to its command line (e.g. to run it in a network
+    /// namespace, on that namespace's loopback); waits until it says it listens.
+    pub fn start_wrapped(port: u16, wrap: impl Fn(Command) -> Command) -> Smtp {
         let dir = tempfile::Builder::new().prefix("tether-e2e-smtp-").tempdir().expect("a temp dir");
         let script = dir.path().join("smtpd.py");
         std::fs::write(&script, HANDLER).expect("writing the handler");
         let inbox = dir.path().join("inbox");
         std::fs::create_dir(&inbox).expect("the inbox dir");
-        let process = Process::spawn("aiosmtpd", Command::new(python()).arg(&script).arg(&inbox).arg(port.to_string()));
-        wait_for("the SMTP server to listen", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let mut command = Command::new(python());
+        command.arg(&script).arg(&inbox).arg(port.to_string());
+        let mut process = Process::spawn("aiosmtpd", &mut wrap(command));
+        process.wait_for_log("listening", Duration::from_secs(20));
         Smtp { _process: process, dir }
     }
 

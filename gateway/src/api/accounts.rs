@@ -538,7 +538,9 @@ pub(super) async fn subscriber_machines(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EnrollBody {
-    uuid: Uuid,
+    /// The machine's UUID (an AMT PC's, which is also its SMBIOS UUID): bound to the subscriber
+    /// now, and the only UUID the token enrolls. Leave it out to let the agent tell its UUID.
+    uuid: Option<Uuid>,
     nickname: Option<String>,
 }
 
@@ -550,8 +552,8 @@ pub(super) struct EnrollBody {
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = EnrollBody,
     responses(
-        (status = 201, description = "enrolled"),
-        (status = 200, description = "enrolled for this subscriber already"),
+        (status = 201, description = "enrolled: the UUID bound now (if given), and a one-time token for `tether-agent enroll`", body = crate::flows::Enrollment),
+        (status = 200, description = "the UUID was enrolled for this subscriber already; a new token", body = crate::flows::Enrollment),
         (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
         (status = 404, description = "not found", body = ErrorBody),
         (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
@@ -568,9 +570,9 @@ pub(super) async fn enroll(
     let body = body!(body);
     let flows = api.flows();
     let call = flows.enroll_machine(&caller.actor(), id, body.uuid, body.nickname.as_deref()).await;
-    let new = flow!(api, caller, "enrolling a machine", call);
-    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-    (status, Json(json!({ "uuid": body.uuid, "subscriber_id": id, "new": new }))).into_response()
+    let enrollment = flow!(api, caller, "enrolling a machine", call);
+    let status = if enrollment.new_machine || body.uuid.is_none() { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(enrollment)).into_response()
 }
 
 #[utoipa::path(

@@ -56,7 +56,10 @@ async fn people() -> People {
     let olga = token_for(&bed, ids[0], TokenScope::Attach).await;
     let (machine, _ends) = bed.device();
     let path = format!("/api/v1/subscribers/{subscriber}/machines");
-    created(&bed, &olga, &path, json!({"uuid": machine, "nickname": "till"})).await;
+    let enrolled = created(&bed, &olga, &path, json!({"uuid": machine, "nickname": "till"})).await;
+    assert_eq!(enrolled["new_machine"], true, "{enrolled}");
+    assert!(enrolled["token"].as_str().is_some_and(|t| t.starts_with("tte_")), "an agent's token: {enrolled}");
+    assert!(enrolled["token_expires_at"].is_string(), "{enrolled}");
     People {
         carl: token_for(&bed, ids[1], TokenScope::Attach).await,
         dora: token_for(&bed, ids[2], TokenScope::Attach).await,
@@ -153,7 +156,8 @@ async fn a_subscriber_invites_a_contact_who_accepts_sees_the_machine_and_leaves(
     assert_eq!(actions, ["contact.left", "contact.accepted"], "{rows}");
     let (status, _, rows) = p.bed.get(FROM, Some(&p.olga), &format!("/api/v1/devices/{}/audit", p.machine)).await;
     assert_eq!(status, StatusCode::OK, "{rows}");
-    assert_eq!(rows[0]["action"], "machine.enrolled", "{rows}");
+    assert_eq!(rows[0]["action"], "enrollment_token.created", "{rows}");
+    assert_eq!(rows[1]["action"], "machine.enrolled", "{rows}");
     let (status, _, rows) = p.bed.get(FROM, Some(&p.carl), &format!("/api/v1/users/{}/audit", p.olga_id)).await;
     assert_eq!((status, rows["code"].as_str()), (StatusCode::FORBIDDEN, Some("operator_only")), "{rows}");
 }

@@ -39,6 +39,7 @@ macro_rules! body {
 
 mod accounts;
 mod admission;
+mod agents;
 mod amt;
 pub(crate) mod connection;
 mod lan;
@@ -154,6 +155,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/lan/devices", get(lan::list_devices).post(lan::adopt_device))
         .route("/api/v1/lan/devices/{uuid}/forget", post(lan::forget_device))
         .route("/api/v1/devices/{uuid}/audit", get(accounts::machine_audit))
+        .route("/api/v1/devices/{uuid}/agent", get(agents::show_agent))
+        .route("/api/v1/devices/{uuid}/agent/revoke", post(agents::revoke))
+        .route("/api/v1/devices/{uuid}/telemetry", get(agents::telemetry))
+        .route("/api/v1/devices/{uuid}/health", get(agents::health))
         .route("/api/v1/me", get(accounts::me))
         .route("/api/v1/me/email", post(accounts::change_email))
         .route("/api/v1/email-changes/confirm", post(accounts::confirm_email))

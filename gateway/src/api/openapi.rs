@@ -81,14 +81,19 @@ impl Modify for BearerToken {
         super::accounts::mps_account,
         super::accounts::show_invitation,
         super::accounts::accept,
+        super::agents::show_agent,
+        super::agents::telemetry,
+        super::agents::revoke,
+        super::agents::health,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::flows::Enrollment)),
     modifiers(&BearerToken),
     tags(
         (name = "devices", description = "Devices and relays to their ports"),
         (name = "amt", description = "The remote fix through AMT's WS-Management"),
         (name = "lan", description = "The appliance's LAN tools (operators)"),
         (name = "accounts", description = "Users, subscribers, machines, contacts, invitations, audit"),
+        (name = "agents", description = "Tether agents: their hello, support parameters, certificates"),
     )
 )]
 struct ApiDoc;

@@ -223,60 +223,121 @@ pub struct Pass {
     pub gave_up: usize,
 }
 
-/// Claims the due mail (at most `batch`) and sends it through `transport`, recording each
-/// outcome in the store and in `metrics`. After a failure where no server answered, the rest of
-/// the batch is not tried: it fails with the same error (and its back-off).
-pub async fn send_due(
+/// What delivers the outbox rows of one channel: SMTP ([`Transport`]) or webhooks
+/// (`meter::webhook::Poster`). [`send_due`] does the rest, the same for both: the claim and its
+/// lease, retries with back-off, giving up, the records.
+pub trait Courier: Sync {
+    /// What it delivers, for logs ("mail", "webhook").
+    const WHAT: &'static str;
+    /// The longest one delivery may take.
+    fn deadline(&self) -> Duration;
+    /// Claims the due rows of its channel.
+    fn claim(
+        &self,
+        store: &Store,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        batch: u32,
+    ) -> impl std::future::Future<Output = Result<Vec<OutboxMail>, StoreError>> + Send;
+    /// Delivers one row.
+    fn deliver(&self, mail: &OutboxMail) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
+    /// Counts an outcome in the metrics (mail has its own; others none yet).
+    fn count(&self, _metrics: &Metrics, _outcome: Outcome) {}
+}
+
+/// What became of one delivery attempt, for [`Courier::count`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Failed,
+    GaveUp,
+}
+
+impl Courier for Transport {
+    const WHAT: &'static str = "mail";
+
+    fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    async fn claim(
+        &self,
+        store: &Store,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        batch: u32,
+    ) -> Result<Vec<OutboxMail>, StoreError> {
+        store.claim_mail(now, lease_until, batch).await
+    }
+
+    async fn deliver(&self, mail: &OutboxMail) -> Result<(), SendError> {
+        self.send(mail).await
+    }
+
+    fn count(&self, metrics: &Metrics, outcome: Outcome) {
+        match outcome {
+            Outcome::Sent => metrics.mail_sent(),
+            Outcome::Failed => metrics.mail_failed(),
+            Outcome::GaveUp => metrics.mail_gave_up(),
+        }
+    }
+}
+
+/// Claims the due rows of `courier`'s channel (at most `batch`) and delivers them, recording
+/// each outcome in the store and in `metrics`. After a failure where no server answered, the
+/// rest of the batch is not tried: it fails with the same error (and its back-off).
+pub async fn send_due<C: Courier>(
     store: &Store,
-    transport: &Transport,
+    courier: &C,
     policy: &RetryPolicy,
     batch: u32,
     metrics: &Metrics,
 ) -> Result<Pass, StoreError> {
+    let what = C::WHAT;
     let now = OffsetDateTime::now_utc();
     // Long enough for the whole batch at its worst; a worker that died meanwhile leaves its
-    // mails due again once it ends.
-    let lease = transport.deadline.saturating_mul(batch.max(1)) + Duration::from_secs(60);
+    // rows due again once it ends.
+    let lease = courier.deadline().saturating_mul(batch.max(1)) + Duration::from_secs(60);
     let lease_until = now + lease;
-    let mails = store.claim_mail(now, lease_until, batch).await?;
+    let mails = courier.claim(store, now, lease_until, batch).await?;
     let mut pass = Pass::default();
     let mut down: Option<String> = None;
     for mail in &mails {
         let outcome = match &down {
             Some(message) => Err(SendError::Failed { message: format!("not tried: {message}"), connection: true }),
-            None => transport.send(mail).await,
+            None => courier.deliver(mail).await,
         };
         let now = OffsetDateTime::now_utc();
         match outcome {
             Ok(()) => {
                 store.mail_sent(mail.id, now).await?;
-                metrics.mail_sent();
+                courier.count(metrics, Outcome::Sent);
                 pass.sent += 1;
-                info!(id = mail.id, kind = %mail.kind, attempts = mail.attempts, "mail sent");
+                info!(id = mail.id, kind = %mail.kind, attempts = mail.attempts, "{what} sent");
                 if let Some(guid) = mail.invitation_guid {
                     store.mark_invitation_sent(guid, now).await?;
                 }
             }
             Err(SendError::Unsendable(error)) => {
                 store.mail_gave_up(mail.id, &error, now).await?;
-                metrics.mail_gave_up();
+                courier.count(metrics, Outcome::GaveUp);
                 pass.gave_up += 1;
-                warn!(id = mail.id, kind = %mail.kind, %error, "mail given up: it cannot be sent");
+                warn!(id = mail.id, kind = %mail.kind, %error, "{what} given up: it cannot be sent");
             }
             Err(SendError::Failed { message, connection }) => {
-                metrics.mail_failed();
+                courier.count(metrics, Outcome::Failed);
                 pass.failed += 1;
                 if policy.gives_up(mail.attempts, mail.created_at, now) {
                     store.mail_gave_up(mail.id, &message, now).await?;
-                    metrics.mail_gave_up();
+                    courier.count(metrics, Outcome::GaveUp);
                     pass.gave_up += 1;
-                    warn!(id = mail.id, kind = %mail.kind, attempts = mail.attempts, error = %message, "mail given up");
+                    warn!(id = mail.id, kind = %mail.kind, attempts = mail.attempts, error = %message, "{what} given up");
                 } else {
                     let delay = policy.delay(mail.attempts);
                     store.mail_failed(mail.id, &message, now + delay).await?;
                     warn!(
                         id = mail.id, kind = %mail.kind, attempts = mail.attempts, retry_in_secs = delay.as_secs(),
-                        error = %message, "mail not sent; retrying later"
+                        error = %message, "{what} not sent; retrying later"
                     );
                 }
                 if connection && down.is_none() {

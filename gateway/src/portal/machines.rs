@@ -1,8 +1,9 @@
 //! The machines a visitor may see (`ListMachines` on the gateway, filtered by
 //! `Store::visible_machines_with`, the rule of the API's device list), and one machine's page
 //! (`ViewMachine`; its audit and redirection sessions with `ViewAudit`). Viewing a machine's
-//! page appends a `machine.viewed` audit row. Health reads "no telemetry yet" until agents
-//! report it.
+//! page appends a `machine.viewed` audit row. The page shows the health meter and its reasons,
+//! the agent's consent to remote help, its newest support parameters and the week's changes
+//! ("no rating yet" before the first).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use maud::html;
+use maud::{html, Markup};
 use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
@@ -23,7 +24,76 @@ use crate::store::{AuditAction, DeviceRecord, NewAudit};
 const PAGE: u32 = 100;
 /// Audit rows and redirection sessions on a machine's page.
 const RECENT: u32 = 50;
-const NO_TELEMETRY: &str = "no telemetry yet";
+
+/// A meter as a word ("no rating yet" before the first).
+fn meter_badge(health: Option<&str>) -> Markup {
+    match health {
+        Some(h) => html! { strong class={ "health-" (h) } { (h) } },
+        None => html! { span.muted { "no rating yet" } },
+    }
+}
+
+/// The reasons' texts of a stored change (JSON), joined.
+fn reason_texts(json: &str) -> String {
+    let reasons: Vec<crate::health::Reason> = serde_json::from_str(json).unwrap_or_default();
+    if reasons.is_empty() {
+        return "all good".into();
+    }
+    reasons.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join("; ")
+}
+
+/// A report's parameters as (name, what it says) rows; "unknown: why" for the unknown ones.
+fn parameter_rows(report: &protocols::telemetry::Report) -> Vec<(&'static str, String)> {
+    use protocols::telemetry::Reading;
+    fn row<T>(reading: &Reading<T>, show: impl Fn(&T) -> String) -> String {
+        match reading {
+            Reading::Value(v) => show(v),
+            Reading::Unknown(why) => format!("unknown: {why}"),
+        }
+    }
+    let date = |t: i64| views::when(OffsetDateTime::from_unix_timestamp(t).ok());
+    vec![
+        (
+            "Firewall",
+            row(&report.firewall, |f| {
+                format!(
+                    "{} ({:?}, {} rules{})",
+                    if f.active { "on" } else { "off" },
+                    f.backend,
+                    f.rules,
+                    if f.default_deny { ", default deny" } else { "" }
+                )
+            }),
+        ),
+        (
+            "Antivirus",
+            row(&report.antivirus, |a| {
+                let signatures = a.signatures_at.map(date).unwrap_or_else(|| "unknown".into());
+                format!(
+                    "{}: {}, updater {}, signatures of {signatures}",
+                    a.product,
+                    if a.running { "running" } else { "not running" },
+                    if a.updater_running { "running" } else { "not running" }
+                )
+            }),
+        ),
+        (
+            "Last full scan",
+            row(&report.last_full_scan, |s| {
+                format!("{}: {} threats found, {} cleaned", date(s.finished_at), s.threats_found, s.threats_cleaned)
+            }),
+        ),
+        (
+            "Updates",
+            row(&report.updates, |u| format!("{} pending, {} of them security updates", u.pending, u.security_pending)),
+        ),
+        ("Last backup", row(&report.backup, |b| date(b.last_snapshot))),
+        ("Operating system", row(&report.os_version, Clone::clone)),
+        ("Booted", row(&report.boot_time, |t| date(*t))),
+        ("Free disk", row(&report.disk, |d| format!("{} of {} GiB", d.free_bytes >> 30, d.total_bytes >> 30))),
+        ("Agent", report.agent_version.clone()),
+    ]
+}
 
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct ListQuery {
@@ -67,8 +137,12 @@ pub(super) async fn list(
             Ok(record) => record,
             Err(err) => return unavailable(err),
         };
+        let health = match store.health(machine.uuid).await {
+            Ok(health) => health.map(|h| h.health),
+            Err(err) => return unavailable(err),
+        };
         let state = connection_state(&portal, machine.uuid, record.as_ref());
-        rows.push((machine, state, record.and_then(|r| r.last_hello)));
+        rows.push((machine, state, record.and_then(|r| r.last_hello), health));
     }
     let next = (machines.len() >= PAGE as usize).then(|| machines.last().map(|m| m.uuid)).flatten();
     let own: Vec<i64> = visitor.relations.owns.iter().map(|r| r.subscriber_id).collect();
@@ -84,7 +158,7 @@ pub(super) async fn list(
                 table.cards {
                     thead { tr { th { "Machine" } th { "Subscriber" } th { "Connection" } th { "Last hello" } th { "Health" } } }
                     tbody {
-                        @for (machine, state, last_hello) in &rows {
+                        @for (machine, state, last_hello, health) in &rows {
                             tr {
                                 td {
                                     a href={ "/portal/machines/" (machine.uuid) } {
@@ -98,7 +172,7 @@ pub(super) async fn list(
                                 }
                                 td data-label="Connection" { (state) }
                                 td data-label="Last hello" { (views::when(*last_hello)) }
-                                td.muted data-label="Health" { (NO_TELEMETRY) }
+                                td data-label="Health" { (meter_badge(health.as_deref())) }
                             }
                         }
                     }
@@ -177,6 +251,20 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         warn!(error = %err, %uuid, "cannot audit a portal view of a machine");
         return unavailable(err);
     }
+    let week = OffsetDateTime::now_utc() - time::Duration::days(7);
+    let meter = tokio::try_join!(
+        store.health(uuid),
+        store.agent(uuid),
+        store.latest_report(uuid),
+        store.health_changes(uuid, week)
+    );
+    let (health, agent, latest, changes) = match meter {
+        Ok(all) => all,
+        Err(err) => return unavailable(err),
+    };
+    let reasons: Vec<crate::health::Reason> =
+        health.as_ref().and_then(|h| serde_json::from_str(&h.reasons).ok()).unwrap_or_default();
+    let parameters = latest.as_ref().and_then(|l| crate::meter::decode_stored(&l.report)).map(|r| parameter_rows(&r));
     let state = connection_state(&portal, uuid, record.as_ref());
     let title = machine.as_ref().and_then(|m| m.nickname.clone()).unwrap_or_else(|| uuid.to_string());
     let body = html! {
@@ -194,7 +282,33 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
                 (views::when(record.as_ref().and_then(|r| r.last_disconnect)))
                 @if let Some(reason) = record.as_ref().and_then(|r| r.last_disconnect_reason.as_deref()) { " (" (reason) ")" }
             } }
-            tr { th { "Health" } td.muted { (NO_TELEMETRY) } }
+            tr { th { "Health" } td {
+                (meter_badge(health.as_ref().map(|h| h.health.as_str())))
+                @if let Some(h) = &health { " since " (views::when(Some(h.since))) }
+                @if !reasons.is_empty() { ul { @for r in &reasons { li { (r.text) } } } }
+            } }
+            @if let Some(agent) = &agent {
+                tr { th { "Agent" } td { (agent.hostname) ", " (agent.os) ", version " (agent.agent_version) } }
+                tr { th { "Remote help" } td {
+                    @if agent.remote_help { "allowed by the PC user" }
+                    @else { "turned off by the PC user: relayed sessions are refused (the PC user runs `tether-agent enable` to allow them)" }
+                } }
+            }
+        }
+        @if let Some(parameters) = &parameters {
+            h2 { "Support parameters" }
+            p.muted { "Reported " (views::when(latest.as_ref().map(|l| l.taken_at))) "." }
+            table { @for (name, value) in parameters { tr { th { (name) } td { (value) } } } }
+        }
+        @if !changes.is_empty() {
+            h2 { "Health this week" }
+            div.scroll { table {
+                thead { tr { th { "When" } th { "Health" } th { "Why" } } }
+                tbody { @for c in &changes { tr {
+                    td { (views::when(Some(c.at))) } td { (meter_badge(Some(c.health.as_str()))) }
+                    td { (reason_texts(&c.reasons)) }
+                } } }
+            } }
         }
         @if may_audit {
             h2 { "Recent console and IDE-R sessions" }

@@ -178,10 +178,13 @@ impl Fields {
 
     /// The alert preferences of [`views::alert_fields`], as the JSON the store keeps.
     fn alert_prefs(&self) -> serde_json::Value {
-        let prefs: serde_json::Map<String, serde_json::Value> = views::ALERTS
+        let mut prefs: serde_json::Map<String, serde_json::Value> = views::ALERTS
             .iter()
             .map(|(key, _)| ((*key).to_string(), serde_json::Value::Bool(self.checked(&format!("alert_{key}")))))
             .collect();
+        if let Some(url) = self.get("alert_webhook").map(str::trim).filter(|u| !u.is_empty()) {
+            prefs.insert("webhook".into(), serde_json::Value::String(url.to_string()));
+        }
         serde_json::Value::Object(prefs)
     }
 }

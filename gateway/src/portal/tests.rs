@@ -394,7 +394,7 @@ async fn a_contact_sees_only_their_subscribers_machines() {
     assert_eq!(list.status, StatusCode::OK);
     assert!(list.body.contains("kitchen pc") && list.body.contains(&mine.to_string()), "{}", list.body);
     assert!(!list.body.contains("laptop") && !list.body.contains(&theirs.to_string()), "{}", list.body);
-    assert!(list.body.contains("not connected") && list.body.contains("no telemetry yet"), "{}", list.body);
+    assert!(list.body.contains("not connected") && list.body.contains("no rating yet"), "{}", list.body);
 
     let refused = browser.get(&format!("/portal/machines/{theirs}")).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
@@ -403,7 +403,7 @@ async fn a_contact_sees_only_their_subscribers_machines() {
 
     let page = browser.get(&format!("/portal/machines/{mine}")).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert!(page.body.contains("kitchen pc") && page.body.contains("no telemetry yet"));
+    assert!(page.body.contains("kitchen pc") && page.body.contains("no rating yet"));
     let audit = store.audit_for_machine(mine, None, 10).await.unwrap();
     assert!(audit.iter().any(|a| a.action == "machine.viewed" && a.actor_user_id == Some(carl)), "{audit:?}");
     assert!(store.audit_for_machine(theirs, None, 10).await.unwrap().iter().all(|a| a.action != "machine.viewed"));

@@ -157,7 +157,8 @@ pub const ALERTS: [(&str, &str); 3] = [
     ("green", "a machine's health is back to green"),
 ];
 
-/// The alert preference checkboxes (`alert_red`, …), checked as in `prefs` (all when none).
+/// The alert preference checkboxes (`alert_red`, …), checked as in `prefs` (all when none), and
+/// the webhook URL (`alert_webhook`).
 pub fn alert_fields(prefs: Option<&serde_json::Value>) -> Markup {
     html! {
         fieldset {
@@ -168,6 +169,11 @@ pub fn alert_fields(prefs: Option<&serde_json::Value>) -> Markup {
                     input type="checkbox" name={ "alert_" (key) } value="yes" checked[checked];
                     " " (text)
                 }
+            }
+            @let webhook = prefs.and_then(|p| p.get("webhook")).and_then(serde_json::Value::as_str).unwrap_or("");
+            label {
+                "Also post alerts as JSON to (an https:// webhook, e.g. your chat's; optional)"
+                input type="url" name="alert_webhook" value=(webhook) placeholder="https://";
             }
         }
     }

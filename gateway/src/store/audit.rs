@@ -38,6 +38,9 @@ pub enum AuditAction {
     TokenCreated,
     TokenRevoked,
     MpsAccountIssued,
+    EnrollmentTokenCreated,
+    AgentEnrolled,
+    AgentCertRevoked,
 }
 
 impl AuditAction {
@@ -64,6 +67,9 @@ impl AuditAction {
             AuditAction::TokenCreated => "token.created",
             AuditAction::TokenRevoked => "token.revoked",
             AuditAction::MpsAccountIssued => "mps_account.issued",
+            AuditAction::EnrollmentTokenCreated => "enrollment_token.created",
+            AuditAction::AgentEnrolled => "agent.enrolled",
+            AuditAction::AgentCertRevoked => "agent.cert_revoked",
         }
     }
 }

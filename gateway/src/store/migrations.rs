@@ -317,6 +317,98 @@ CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
 CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
 ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
 ",
+    // v11: agents (docs/agents.md): one-time enrollment tokens (stored as their SHA-256), the
+    // agents' certificates (revocable), what each agent said in its hello, and its telemetry
+    // reports keyed by (UUID, the agent's sequence number), so that a report sent twice is kept once.
+    "
+CREATE TABLE enrollment_tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+    uuid TEXT,
+    nickname TEXT,
+    created_by INTEGER REFERENCES users (id),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+);
+CREATE INDEX enrollment_tokens_subscriber ON enrollment_tokens (subscriber_id);
+CREATE TABLE agent_certs (
+    serial TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    revoked_reason TEXT
+);
+CREATE INDEX agent_certs_uuid ON agent_certs (uuid);
+CREATE TABLE agents (
+    uuid TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    os TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    capabilities INTEGER NOT NULL,
+    remote_help INTEGER NOT NULL DEFAULT 0,
+    enrolled_at INTEGER NOT NULL,
+    last_hello INTEGER,
+    last_report INTEGER,
+    remote_addr TEXT,
+    instance_id TEXT,
+    connected_since INTEGER
+);
+CREATE TABLE telemetry (
+    uuid TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    taken_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (uuid, seq)
+);
+CREATE INDEX telemetry_received ON telemetry (uuid, received_at);
+",
+    // v12: the health meter (docs/health.md): each machine's meter now, every change of it,
+    // what each contact was last alerted of per machine, and every alert delivery (the outbox,
+    // which now carries webhooks too: `channel`).
+    "
+CREATE TABLE health (
+    uuid TEXT PRIMARY KEY,
+    health TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    evaluated_at INTEGER NOT NULL
+);
+CREATE TABLE health_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    health TEXT NOT NULL,
+    previous TEXT,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX health_changes_uuid ON health_changes (uuid, at);
+CREATE TABLE alert_state (
+    contact_id INTEGER NOT NULL,
+    uuid TEXT NOT NULL,
+    last_alerted TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (contact_id, uuid)
+);
+CREATE TABLE alert_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    change_id INTEGER,
+    uuid TEXT,
+    contact_id INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    health TEXT NOT NULL,
+    outbox_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX alert_deliveries_uuid ON alert_deliveries (uuid, created_at);
+ALTER TABLE mail_outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'email';
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -587,6 +679,94 @@ CREATE TABLE portal_sessions (
 CREATE INDEX portal_sessions_user ON portal_sessions (user_id, created_at);
 CREATE INDEX portal_sessions_expiry ON portal_sessions (expires_at);
 ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
+",
+    // v9: agents, as SQLite's v11.
+    "
+CREATE TABLE enrollment_tokens (
+    id BIGSERIAL PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+    uuid TEXT COLLATE \"C\",
+    nickname TEXT,
+    created_by BIGINT REFERENCES users (id),
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT,
+    used_by TEXT COLLATE \"C\"
+);
+CREATE INDEX enrollment_tokens_subscriber ON enrollment_tokens (subscriber_id);
+CREATE TABLE agent_certs (
+    serial TEXT COLLATE \"C\" PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    revoked_reason TEXT
+);
+CREATE INDEX agent_certs_uuid ON agent_certs (uuid);
+CREATE TABLE agents (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    os TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    capabilities BIGINT NOT NULL,
+    remote_help BOOLEAN NOT NULL DEFAULT FALSE,
+    enrolled_at BIGINT NOT NULL,
+    last_hello BIGINT,
+    last_report BIGINT,
+    remote_addr TEXT,
+    instance_id TEXT,
+    connected_since BIGINT
+);
+CREATE TABLE telemetry (
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    seq BIGINT NOT NULL,
+    taken_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (uuid, seq)
+);
+CREATE INDEX telemetry_received ON telemetry (uuid, received_at);
+",
+    // v10: the health meter, as SQLite's v12.
+    "
+CREATE TABLE health (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    health TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    since BIGINT NOT NULL,
+    evaluated_at BIGINT NOT NULL
+);
+CREATE TABLE health_changes (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    at BIGINT NOT NULL,
+    health TEXT NOT NULL,
+    previous TEXT,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX health_changes_uuid ON health_changes (uuid, at);
+CREATE TABLE alert_state (
+    contact_id BIGINT NOT NULL,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    last_alerted TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (contact_id, uuid)
+);
+CREATE TABLE alert_deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    change_id BIGINT,
+    uuid TEXT COLLATE \"C\",
+    contact_id BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    health TEXT NOT NULL,
+    outbox_id BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX alert_deliveries_uuid ON alert_deliveries (uuid, created_at);
+ALTER TABLE mail_outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'email';
 ",
 ];
 

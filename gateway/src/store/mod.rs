@@ -8,7 +8,8 @@
 //! The tables live in one module each: `devices` (device records, pins, MPS accounts), `tokens`,
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
 //! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
-//! `sources` (the tunnels busy source addresses held), `sessions` (the portal's sign-ins); and
+//! `sources` (the tunnels busy source addresses held), `sessions` (the portal's sign-ins), `agents` (enrollment tokens, agents' certificates and
+//! hellos, telemetry reports), `health` (each machine's meter, its changes, alerts sent); and
 //! the accounts of `docs/accounts.md`:
 //! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
 //! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
@@ -34,11 +35,13 @@ mod access;
 mod accounts;
 #[cfg(test)]
 mod accounts_tests;
+mod agents;
 mod audit;
 mod contacts;
 pub(crate) mod devices;
 mod directory;
 mod emails;
+mod health;
 mod instances;
 mod lan;
 mod migrations;
@@ -58,11 +61,16 @@ pub use accounts::{
     AccountError, MachineRecord, NewSubscriber, Registered, SubscriberPii, SubscriberRecord, SubscriptionStatus,
     UserRecord, OPERATOR,
 };
+pub use agents::{
+    AgentHello, AgentRecord, CertStanding, NewAgentCert, NewEnrollmentToken, RedeemError, Redeemed, TelemetryRecord,
+    MAX_REPORTS,
+};
 pub use audit::{AuditAction, AuditRecord, NewAudit, MAX_AUDIT};
 pub use contacts::{Acceptance, ContactRecord, ContactState, EndedContact, Invitation, Removal};
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};
 pub use directory::SubscriberListing;
 pub use emails::EmailChanged;
+pub use health::{DeliveryRecord, HealthChange, HealthRecord, NewDelivery, MAX_CHANGES};
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
 pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, MAX_MAIL_ERROR};

@@ -10,6 +10,9 @@
 //! while holding a claim leaves the mail due again once the lease ends: a mail may go out twice
 //! then, never zero times.
 //!
+//! Webhooks (alerts posted as JSON for IM) go through the same rows, with `channel = 'webhook'`:
+//! the same lease, retries and giving up, claimed by their own worker.
+//!
 //! What it does not do: render mail (`mail::templates`), talk SMTP (`mail::sender`) or decide
 //! the back-off (the worker passes the times in).
 
@@ -23,6 +26,9 @@ use super::{Cols, Stmt, Store, StoreError};
 pub const MAX_MAIL_ERROR: usize = 1000;
 /// Most mails one claim or listing returns.
 pub const MAX_MAIL_BATCH: u32 = 1000;
+/// The outbox's channels: mail over SMTP, and webhooks (a JSON POST, for IM).
+const CHANNEL_EMAIL: &str = "email";
+const CHANNEL_WEBHOOK: &str = "webhook";
 
 /// A mail to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +156,7 @@ fn bounded(error: &str) -> String {
 /// The due mails' claim: the subquery picks them, the update pushes them past the lease.
 const CLAIM_SQLITE: &str = "UPDATE mail_outbox SET attempts = attempts + 1, next_attempt_at = $2
      WHERE id IN (SELECT id FROM mail_outbox
-                  WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1
+                  WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1 AND channel = $4
                   ORDER BY next_attempt_at, id LIMIT $3)
        AND sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1
      RETURNING id, kind, recipient, subject, body, invitation_guid, created_at, attempts";
@@ -158,7 +164,7 @@ const CLAIM_SQLITE: &str = "UPDATE mail_outbox SET attempts = attempts + 1, next
 /// this moment are skipped rather than claimed twice.
 const CLAIM_POSTGRES: &str = "UPDATE mail_outbox SET attempts = attempts + 1, next_attempt_at = $2
      WHERE id IN (SELECT id FROM mail_outbox
-                  WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1
+                  WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1 AND channel = $4
                   ORDER BY next_attempt_at, id LIMIT $3
                   FOR UPDATE SKIP LOCKED)
        AND sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1
@@ -189,8 +195,52 @@ impl Store {
         lease_until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<OutboxMail>, StoreError> {
+        self.claim(CHANNEL_EMAIL, now, lease_until, limit).await
+    }
+
+    /// Claims webhook deliveries as [`Store::claim_mail`] claims mail: `recipient` is the URL,
+    /// `subject` the event, `body` the JSON to post.
+    pub async fn claim_webhooks(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<OutboxMail>, StoreError> {
+        self.claim(CHANNEL_WEBHOOK, now, lease_until, limit).await
+    }
+
+    /// Queues a webhook delivery (a POST of `payload` to `url`), due at once. Its id.
+    pub async fn enqueue_webhook(
+        &self,
+        kind: &str,
+        url: &str,
+        event: &str,
+        payload: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let stmt = Stmt::new(
+            "INSERT INTO mail_outbox (kind, recipient, subject, body, created_at, next_attempt_at, channel)
+             VALUES ($1, $2, $3, $4, $5, $5, $6) RETURNING id",
+        )
+        .str(kind)
+        .str(url)
+        .str(event)
+        .str(payload)
+        .time(now)
+        .str(CHANNEL_WEBHOOK);
+        Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
+    }
+
+    async fn claim(
+        &self,
+        channel: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<OutboxMail>, StoreError> {
         let sql = if self.is_postgres() { CLAIM_POSTGRES } else { CLAIM_SQLITE };
-        let stmt = Stmt::new(sql).time(now).time(lease_until).int(i64::from(limit.clamp(1, MAX_MAIL_BATCH)));
+        let stmt =
+            Stmt::new(sql).time(now).time(lease_until).int(i64::from(limit.clamp(1, MAX_MAIL_BATCH))).str(channel);
         let mut mails = self.fetch_all(stmt, mail_row).await?;
         // RETURNING gives no order.
         mails.sort_by_key(|m| m.id);
@@ -256,7 +306,9 @@ impl Store {
 
     /// Mails neither sent nor given up.
     pub async fn outbox_pending(&self) -> Result<u64, StoreError> {
-        let stmt = Stmt::new("SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL AND gave_up_at IS NULL");
+        let stmt = Stmt::new(
+            "SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL AND gave_up_at IS NULL AND channel = 'email'",
+        );
         Ok(self.fetch_optional(stmt, |r| r.count(0)).await?.unwrap_or_default())
     }
 }

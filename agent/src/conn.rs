@@ -1,0 +1,501 @@
+//! The agent's connection to its gateways: QUIC (quinn) with ALPN `tether/1`, the machine's
+//! certificate as the client certificate, one control stream.
+//!
+//! - [`enroll`]: one connection without a client certificate: `Enroll` with a one-time token and
+//!   a certificate request for a key made here, `Enrolled` back.
+//! - [`Agent::run`]: the service. Dials the gateways in order (moving on when one is down, so a
+//!   fleet needs no UDP load balancer), says hello, takes the signed configuration (verified
+//!   with the key pinned at enrollment; a bad signature keeps the defaults), then reports on the
+//!   heartbeat: each report is spooled before it is sent and forgotten only on its ack. Lost
+//!   connections are redialled with jittered exponential back-off (1 s doubling to 60 s).
+//!
+//! QUIC keepalives go every `keepalive_secs` (15 s by default): shorter than the 30 s after which
+//! many NATs forget a UDP mapping. When the agent's public address changes (a NAT rebinding, a
+//! new network), QUIC migrates the connection: the session goes on.
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
+use bytes::BytesMut;
+use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::collect::Collect;
+use crate::spool::Spool;
+use crate::state::{set_mode, write_durable, AgentState, Enrollment, SavedConfig, StateDir, Status};
+
+/// Defaults used until the gateway's signed configuration says otherwise.
+pub const DEFAULT_HEARTBEAT_SECS: u32 = 300;
+pub const DEFAULT_KEEPALIVE_SECS: u32 = 15;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// `HOST[:PORT]` (port 4433 when left out), with the name the server certificate must carry.
+pub fn resolve(gateway: &str) -> Result<(SocketAddr, String)> {
+    let (host, port) = match gateway.rsplit_once(':') {
+        // A bare IPv6 address (colons, no brackets): no port.
+        Some((host, _)) if !host.ends_with(']') && host.contains(':') => (gateway, tap::DEFAULT_PORT),
+        Some((host, port)) => (host, port.parse().with_context(|| format!("{gateway}: the port is not a number"))?),
+        None => (gateway, tap::DEFAULT_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    Ok((addr, host.to_string()))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The roots the gateway's server certificate must chain to: `ca_pem` when given, else the
+/// system's.
+fn roots(ca_pem: Option<&Path>) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading the gateway CA {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(cert.with_context(|| format!("{} is not PEM", path.display()))?)?;
+            }
+            if roots.is_empty() {
+                bail!("{} holds no certificate", path.display());
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                bail!("the system has no trusted roots; give the gateway's CA with --ca FILE");
+            }
+        }
+    }
+    Ok(roots)
+}
+
+fn client_config(
+    roots: rustls::RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    keepalive: Duration,
+) -> Result<quinn::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).context("the machine's certificate")?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![tap::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(Arc::new(tls)).context("a TLS 1.3 configuration for QUIC")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(IDLE_TIMEOUT)?)).keep_alive_interval(Some(keepalive));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn endpoint_for(addr: SocketAddr) -> Result<quinn::Endpoint> {
+    let local: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    quinn::Endpoint::client(local).context("opening a UDP socket")
+}
+
+/// The control stream.
+struct Control {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl Control {
+    async fn write(&mut self, message: &Message) -> Result<()> {
+        let mut out = BytesMut::with_capacity(message.encoded_len());
+        message.encode(&mut out);
+        self.write_raw(&out).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send.write_all(bytes).await.context("sending to the gateway")
+    }
+
+    async fn read(&mut self) -> Result<Message> {
+        loop {
+            if let Some((message, used)) =
+                tap::decode(&self.buf, &tap::Limits::default()).context("the gateway sent a malformed frame")?
+            {
+                let _ = self.buf.split_to(used);
+                return Ok(message);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.recv.read(&mut chunk).await.context("reading from the gateway")? {
+                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+                None => bail!("the gateway closed the control stream"),
+            }
+        }
+    }
+}
+
+/// A close from the gateway, as an error the user can act on.
+fn closed(code: CloseCode, text: &str) -> anyhow::Error {
+    match code {
+        CloseCode::Revoked => {
+            anyhow!("the gateway revoked this machine's certificate: {text}; enroll again with a new token")
+        }
+        CloseCode::EnrollRefused => anyhow!("enrollment refused: {text}"),
+        CloseCode::Unauthenticated => anyhow!("the gateway does not accept this machine's certificate: {text}"),
+        other => anyhow!("the gateway closed the connection ({other:?}): {text}"),
+    }
+}
+
+/// Enrolls this PC: makes its key, spends `token`, and keeps what the gateway gives.
+pub async fn enroll(
+    state: &StateDir,
+    gateway: &str,
+    token: &str,
+    ca: Option<&Path>,
+    uuid: Uuid,
+    hostname: &str,
+) -> Result<Enrollment> {
+    let (addr, server_name) = resolve(gateway)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("making the machine's key")?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)
+        .context("making the certificate request")?;
+    let roots = roots(ca)?;
+    let endpoint = endpoint_for(addr)?;
+    let config = client_config(roots, None, Duration::from_secs(DEFAULT_KEEPALIVE_SECS.into()))?;
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
+        .await
+        .with_context(|| format!("no answer from {gateway} (UDP {addr}) within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("connecting to {gateway}"))?;
+    let (send, recv) = connection.open_bi().await.context("opening the control stream")?;
+    let mut control = Control { send, recv, buf: BytesMut::new() };
+    control
+        .write(&Message::Enroll {
+            token: token.to_string(),
+            uuid,
+            hostname: hostname.to_string(),
+            csr_der: csr.der().to_vec().into(),
+        })
+        .await?;
+    let reply =
+        tokio::time::timeout(CONNECT_TIMEOUT, control.read()).await.context("no answer to the enrollment")??;
+    let (cert_der, signing_key, gateways) = match reply {
+        Message::Enrolled { cert_der, ca_der: _, signing_key, gateways } => (cert_der, signing_key, gateways),
+        Message::Close { code, text } => return Err(closed(code, &text)),
+        other => bail!("the gateway answered the enrollment with {other:?}"),
+    };
+    connection.close(0u32.into(), b"enrolled");
+    endpoint.wait_idle().await;
+
+    write_durable(&state.path("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
+    let cert_pem = pem_block("CERTIFICATE", &cert_der);
+    write_durable(&state.path("cert.pem"), cert_pem.as_bytes(), 0o644)?;
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)?;
+            write_durable(&state.path("gateway-ca.pem"), &pem, 0o644)?;
+        }
+        None => {
+            let _ = std::fs::remove_file(state.path("gateway-ca.pem"));
+        }
+    }
+    let mut list = vec![gateway.to_string()];
+    for other in gateways {
+        if !list.contains(&other) {
+            list.push(other);
+        }
+    }
+    let enrollment = Enrollment {
+        uuid,
+        gateways: list,
+        signing_key: hex::encode(signing_key),
+        enrolled_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    state.save_enrollment(&enrollment)?;
+    let _ = std::fs::remove_file(state.path("config.json"));
+    set_mode(&state.path("key.pem"), 0o600)?;
+    Ok(enrollment)
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The running agent.
+pub struct Agent {
+    state: StateDir,
+    enrollment: Enrollment,
+    signing_key: Vec<u8>,
+    source: Arc<dyn Collect>,
+    spool: Spool,
+    hostname: String,
+    os: String,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("uuid", &self.enrollment.uuid).finish_non_exhaustive()
+    }
+}
+
+/// The configuration in force: the gateway's verified one, else the defaults.
+fn effective(saved: Option<&SavedConfig>) -> (u32, u32) {
+    match saved {
+        Some(c) => (c.heartbeat_secs.max(5), c.keepalive_secs.clamp(1, 25)),
+        None => (DEFAULT_HEARTBEAT_SECS, DEFAULT_KEEPALIVE_SECS),
+    }
+}
+
+impl Agent {
+    pub fn new(state: StateDir, source: Arc<dyn Collect>, hostname: String, os: String) -> Result<Agent> {
+        let enrollment = state.require_enrollment()?;
+        let signing_key = hex::decode(&enrollment.signing_key).ok().filter(|k| k.len() == 32).with_context(|| {
+            format!("{}: the signing key is damaged; enroll again", state.path("enrollment.json").display())
+        })?;
+        let spool = Spool::new(state.spool_dir());
+        Ok(Agent { state, enrollment, signing_key, source, spool, hostname, os })
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<()> {
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_secs(1);
+        let mut start = 0usize;
+        loop {
+            let gateways = self.gateways();
+            let mut connected = false;
+            for i in 0..gateways.len() {
+                let gateway = &gateways[(start + i) % gateways.len()];
+                let session = self.session(gateway, &mut connected);
+                tokio::select! {
+                    result = session => match result {
+                        Ok(()) => {}
+                        Err(err) => {
+                            warn!(%gateway, error = %format!("{err:#}"), "gateway session ended");
+                            self.note_error(&format!("{gateway}: {err:#}"));
+                        }
+                    },
+                    _ = &mut stop => return Ok(()),
+                }
+                if connected {
+                    // It worked here: come back to this gateway first.
+                    start = (start + i) % gateways.len();
+                    break;
+                }
+            }
+            if connected {
+                backoff = Duration::from_secs(1);
+            }
+            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>());
+            debug!(wait = ?jittered, "redialling after a pause");
+            tokio::select! {
+                _ = tokio::time::sleep(jittered) => {}
+                _ = &mut stop => return Ok(()),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn gateways(&self) -> Vec<String> {
+        let mut list = self.enrollment.gateways.clone();
+        if let Ok(Some(saved)) = self.state.config() {
+            for gateway in saved.gateways {
+                if !list.contains(&gateway) {
+                    list.push(gateway);
+                }
+            }
+        }
+        list
+    }
+
+    fn note_error(&self, error: &str) {
+        let mut status = self.state.status().ok().flatten().unwrap_or_default();
+        status.connected_to = None;
+        status.connected_since = None;
+        status.last_error = Some(error.to_string());
+        status.pid = std::process::id();
+        let _ = self.state.save_status(&status);
+    }
+
+    fn client_config(&self, keepalive: u32) -> Result<quinn::ClientConfig> {
+        let ca = self.state.path("gateway-ca.pem");
+        let roots = roots(ca.exists().then_some(ca.as_path()))?;
+        let cert_pem = std::fs::read(self.state.path("cert.pem")).context("reading cert.pem")?;
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+        let key_pem = std::fs::read(self.state.path("key.pem")).context("reading key.pem")?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?.context("key.pem holds no key")?;
+        client_config(roots, Some((chain, key)), Duration::from_secs(keepalive.into()))
+    }
+
+    /// Verifies a signed configuration with the pinned key; `None` (and a warning) if it fails.
+    fn verify_config(&self, signed: &Signed) -> Option<ConfigBody> {
+        let public = UnparsedPublicKey::new(&ED25519, &self.signing_key);
+        if public.verify(&tap::signed_message(SignDomain::Config, &signed.payload), &signed.signature).is_err() {
+            warn!("the gateway's configuration is not signed by the key pinned at enrollment: keeping the defaults");
+            return None;
+        }
+        match ConfigBody::decode(&signed.payload) {
+            Ok(body) => Some(body),
+            Err(err) => {
+                warn!(error = %err, "the signed configuration does not decode: keeping the defaults");
+                None
+            }
+        }
+    }
+
+    async fn session(&self, gateway: &str, connected: &mut bool) -> Result<()> {
+        let saved = self.state.config().ok().flatten();
+        let (mut heartbeat, keepalive) = effective(saved.as_ref());
+        let (addr, server_name) = resolve(gateway)?;
+        let endpoint = endpoint_for(addr)?;
+        let config = self.client_config(keepalive)?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
+            .await
+            .with_context(|| format!("no answer from UDP {addr} within {CONNECT_TIMEOUT:?}"))?
+            .context("connecting")?;
+        let (send, recv) = connection.open_bi().await.context("opening the control stream")?;
+        let mut control = Control { send, recv, buf: BytesMut::new() };
+        let mut consent = self.state.state()?.remote_help;
+        control
+            .write(&Message::Hello {
+                uuid: self.enrollment.uuid,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                hostname: self.hostname.clone(),
+                os: self.os.clone(),
+                capabilities: Capabilities::TELEMETRY,
+                remote_help: consent,
+            })
+            .await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, control.read()).await.context("no welcome from the gateway")?? {
+            // The heartbeat comes in the signed configuration that follows, not from here.
+            Message::Welcome { .. } => {}
+            Message::Close { code, text } => return Err(closed(code, &text)),
+            other => bail!("the gateway answered the hello with {other:?}"),
+        }
+        *connected = true;
+        let since = time::OffsetDateTime::now_utc().unix_timestamp();
+        info!(%gateway, remote = %connection.remote_address(), uuid = %self.enrollment.uuid, "connected");
+        let mut status = Status {
+            connected_to: Some(gateway.to_string()),
+            connected_since: Some(since),
+            pid: std::process::id(),
+            ..Status::default()
+        };
+        let _ = self.state.save_status(&status);
+
+        // What the last connection left unacknowledged, oldest first.
+        for seq in self.spool.sequences()? {
+            if let Some(frame) = self.spool.frame(seq) {
+                control.write_raw(&frame).await?;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
+        let mut consent_check = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                message = control.read() => match message? {
+                    Message::Ack { seq } => {
+                        self.spool.acknowledged(seq)?;
+                        status.last_ack = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+                        let _ = self.state.save_status(&status);
+                        debug!(seq, "report acknowledged");
+                    }
+                    Message::Config(signed) => {
+                        if let Some(body) = self.verify_config(&signed) {
+                            let new_heartbeat = body.heartbeat_secs.max(5);
+                            self.state.save_config(&SavedConfig {
+                                issued_at: body.issued_at,
+                                heartbeat_secs: body.heartbeat_secs,
+                                keepalive_secs: body.keepalive_secs,
+                                gateways: body.gateways,
+                            })?;
+                            if new_heartbeat != heartbeat {
+                                heartbeat = new_heartbeat;
+                                tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
+                            }
+                            info!(heartbeat_secs = heartbeat, "configuration from the gateway applied (signature verified)");
+                        }
+                    }
+                    Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await?,
+                    Message::Pong { .. } | Message::Welcome { .. } => {}
+                    Message::Close { code, text } => return Err(closed(code, &text)),
+                    other => debug!(message = ?other, "ignoring a message this agent does not act on"),
+                },
+                _ = tick.tick() => {
+                    let frame = self.next_report().await?;
+                    control.write_raw(&frame).await?;
+                }
+                _ = consent_check.tick() => {
+                    let now = self.state.state()?.remote_help;
+                    if now != consent {
+                        consent = now;
+                        control.write(&Message::RemoteHelp { enabled: now }).await?;
+                        info!(enabled = now, "told the gateway of the PC user's consent to remote help");
+                    }
+                }
+                reason = connection.closed() => bail!("connection lost: {reason}"),
+            }
+        }
+    }
+
+    /// Collects, numbers and spools a report; its frame.
+    async fn next_report(&self) -> Result<Vec<u8>> {
+        let report = self.source.collect().await;
+        let mut state: AgentState = self.state.state()?;
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        self.state.save_state(&state)?;
+        let message = Message::Report { seq, taken_at: time::OffsetDateTime::now_utc().unix_timestamp(), report };
+        self.spool.keep(seq, &message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_addresses_take_the_default_port() {
+        assert_eq!(resolve("127.0.0.1").unwrap(), ("127.0.0.1:4433".parse().unwrap(), "127.0.0.1".to_string()));
+        assert_eq!(resolve("127.0.0.1:9").unwrap(), ("127.0.0.1:9".parse().unwrap(), "127.0.0.1".to_string()));
+        assert_eq!(resolve("[::1]:9").unwrap(), ("[::1]:9".parse().unwrap(), "::1".to_string()));
+        assert!(resolve("127.0.0.1:port").is_err());
+    }
+
+    #[test]
+    fn pem_blocks_read_back() {
+        let der: Vec<u8> = (0..=255u8).collect();
+        let pem = pem_block("CERTIFICATE", &der);
+        let back = rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(back.as_ref(), der.as_slice());
+    }
+
+    #[test]
+    fn the_defaults_hold_until_a_verified_config_and_are_clamped() {
+        assert_eq!(effective(None), (DEFAULT_HEARTBEAT_SECS, DEFAULT_KEEPALIVE_SECS));
+        let saved = SavedConfig { issued_at: 0, heartbeat_secs: 1, keepalive_secs: 90, gateways: vec![] };
+        assert_eq!(effective(Some(&saved)), (5, 25));
+    }
+}

@@ -1,0 +1,444 @@
+//! One agent connection: its control stream, from the first message to the close.
+//!
+//! The first message decides what the connection is for:
+//! - `Enroll` (no client certificate needed): the token is spent, the machine enrolled for the
+//!   token's subscriber, and a certificate issued for the key in the request; the gateway answers
+//!   `Enrolled` (the certificate, the agent CA, the signing key's public half, the gateways to
+//!   use) and closes.
+//! - `Hello`: the client certificate must be one this gateway's store issued for the hello's UUID
+//!   and not revoked; a UUID alone proves nothing. The gateway answers `Welcome` and a signed
+//!   `Config`, takes the agent's place in the registry (a newer connection of the same machine
+//!   replaces an older one: the certificate proves it is the same machine), then stores each
+//!   `Report` and acknowledges it only once it is committed.
+//!
+//! Everything else closes the connection with a [`CloseCode`] and a reason the agent logs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::BytesMut;
+use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
+use rustls::pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::keys::{peer_identity, AgentKeys};
+use crate::auth;
+use crate::metrics::{CloseReason, TunnelKind};
+use crate::registry::{OpenRefused, TunnelCommand, TunnelHandle};
+use crate::state::Shared;
+use crate::store::{AgentHello, AuditAction, CertStanding, NewAgentCert, NewAudit};
+
+/// Longest enrollment token accepted (ours are 47 characters).
+const MAX_TOKEN_LEN: usize = 128;
+
+/// Why a session ended, for the log and the close frame.
+#[derive(Debug)]
+struct Ended {
+    code: CloseCode,
+    text: String,
+}
+
+impl Ended {
+    fn new(code: CloseCode, text: impl Into<String>) -> Self {
+        Ended { code, text: text.into() }
+    }
+}
+
+/// The control stream: frames in and out.
+struct Control {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    limits: tap::Limits,
+}
+
+impl Control {
+    async fn read(&mut self) -> Result<Message, Ended> {
+        loop {
+            match tap::decode(&self.buf, &self.limits) {
+                Ok(Some((message, used))) => {
+                    let _ = self.buf.split_to(used);
+                    return Ok(message);
+                }
+                Ok(None) => {}
+                Err(err) => return Err(Ended::new(CloseCode::BadMessage, err.to_string())),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => return Err(Ended::new(CloseCode::Normal, "the agent closed its control stream")),
+                Err(err) => return Err(Ended::new(CloseCode::Normal, format!("control stream: {err}"))),
+            }
+        }
+    }
+
+    async fn write(&mut self, message: &Message) -> Result<(), Ended> {
+        let mut out = BytesMut::with_capacity(message.encoded_len());
+        message.encode(&mut out);
+        self.send.write_all(&out).await.map_err(|err| Ended::new(CloseCode::Normal, format!("control stream: {err}")))
+    }
+}
+
+/// Drives one agent connection to its end.
+pub async fn run(
+    connection: quinn::Connection,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    keys: Arc<AgentKeys>,
+    pending: OwnedSemaphorePermit,
+    held: Arc<Semaphore>,
+) {
+    let hello_timeout = Duration::from_secs(shared.config.agents.hello_timeout_secs.into());
+    let first = tokio::time::timeout(hello_timeout, async {
+        let (send, recv) = connection.accept_bi().await.map_err(|e| Ended::new(CloseCode::Normal, e.to_string()))?;
+        let mut control = Control { send, recv, buf: BytesMut::new(), limits: tap::Limits::default() };
+        let message = control.read().await?;
+        Ok::<_, Ended>((control, message))
+    })
+    .await;
+    let (mut control, message) = match first {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(ended)) => return close(&connection, None, ended).await,
+        Err(_) => return close(&connection, None, Ended::new(CloseCode::Timeout, "no hello in time")).await,
+    };
+    let certs = peer_certs(&connection);
+    match message {
+        Message::Enroll { token, uuid, hostname, csr_der } => {
+            let ended = enroll(&shared, &keys, &mut control, remote, &token, uuid, &hostname, &csr_der).await;
+            drop(pending);
+            close(&connection, Some(&mut control), ended).await
+        }
+        Message::Hello { uuid, agent_version, hostname, os, capabilities, remote_help } => {
+            let Some(identity) = certs.as_ref().and_then(|c| c.first()).and_then(peer_identity) else {
+                let ended = Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first");
+                return close(&connection, Some(&mut control), ended).await;
+            };
+            if identity.uuid != uuid {
+                warn!(%remote, certificate = %identity.uuid, claimed = %uuid, "agent hello for another machine's UUID");
+                let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
+                return close(&connection, Some(&mut control), ended).await;
+            }
+            match shared.store.agent_cert_standing(&identity.serial, uuid).await {
+                Ok(CertStanding::Valid) => {}
+                Ok(CertStanding::Revoked(reason)) => {
+                    info!(%remote, %uuid, %reason, "agent with a revoked certificate refused");
+                    let ended =
+                        Ended::new(CloseCode::Revoked, format!("this machine's certificate was revoked: {reason}"));
+                    return close(&connection, Some(&mut control), ended).await;
+                }
+                Ok(CertStanding::Unknown) => {
+                    let ended = Ended::new(CloseCode::Unauthenticated, "this gateway did not issue that certificate");
+                    return close(&connection, Some(&mut control), ended).await;
+                }
+                Err(err) => {
+                    warn!(error = %err, "cannot check an agent's certificate");
+                    let ended = Ended::new(CloseCode::Busy, "the gateway cannot check certificates now; try again");
+                    return close(&connection, Some(&mut control), ended).await;
+                }
+            }
+            let Ok(slot) = held.try_acquire_owned() else {
+                let ended = Ended::new(CloseCode::Busy, "this gateway holds all the agents it may; try another");
+                return close(&connection, Some(&mut control), ended).await;
+            };
+            drop(pending);
+            let now = OffsetDateTime::now_utc();
+            let hello = AgentHello {
+                uuid,
+                hostname,
+                os,
+                agent_version,
+                capabilities: capabilities.bits(),
+                remote_help,
+                remote_addr: remote.to_string(),
+                instance_id: shared.instance.clone(),
+                now,
+            };
+            let mut agent = Agent { shared: &shared, keys: &keys, uuid, remote, remote_help, since: now };
+            let ended = agent.serve(&connection, &mut control, &hello, capabilities).await;
+            drop(slot);
+            close(&connection, Some(&mut control), ended).await
+        }
+        other => {
+            let ended =
+                Ended::new(CloseCode::BadMessage, format!("expected Hello or Enroll first, not {}", name(&other)));
+            close(&connection, Some(&mut control), ended).await
+        }
+    }
+}
+
+fn name(message: &Message) -> String {
+    format!("{message:?}").split([' ', '(', '{']).next().unwrap_or("?").to_string()
+}
+
+fn peer_certs(connection: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
+    connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|b| *b)
+}
+
+/// Sends the close frame (when the stream is up), then closes the connection with the code.
+async fn close(connection: &quinn::Connection, control: Option<&mut Control>, ended: Ended) {
+    debug!(remote = %connection.remote_address(), code = ?ended.code, reason = %ended.text, "agent connection closing");
+    if let Some(control) = control {
+        let message = Message::Close { code: ended.code, text: ended.text.chars().take(200).collect() };
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = control.write(&message).await;
+            let _ = control.send.finish();
+            let _ = control.send.stopped().await;
+        })
+        .await;
+    }
+    connection.close(quinn::VarInt::from_u32(ended.code as u32), ended.text.as_bytes());
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enroll(
+    shared: &Shared,
+    keys: &AgentKeys,
+    control: &mut Control,
+    remote: SocketAddr,
+    token: &str,
+    uuid: Uuid,
+    hostname: &str,
+    csr: &[u8],
+) -> Ended {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || uuid.is_nil() {
+        return Ended::new(CloseCode::EnrollRefused, "the enrollment token or UUID is malformed");
+    }
+    let lifetime = time::Duration::days(shared.config.agents.cert_valid_days.into());
+    let issued = match keys.issue(csr, uuid, lifetime) {
+        Ok(issued) => issued,
+        Err(err) => return Ended::new(CloseCode::EnrollRefused, err.to_string()),
+    };
+    let now = OffsetDateTime::now_utc();
+    let cert = NewAgentCert {
+        serial: issued.serial.clone(),
+        uuid,
+        fingerprint: issued.fingerprint.clone(),
+        issued_at: now,
+        expires_at: issued.not_after,
+    };
+    let hello = AgentHello {
+        uuid,
+        hostname: hostname.to_string(),
+        os: String::new(),
+        agent_version: String::new(),
+        capabilities: 0,
+        remote_help: false,
+        remote_addr: remote.to_string(),
+        instance_id: shared.instance.clone(),
+        now,
+    };
+    let redeemed = match shared.store.redeem_enrollment_token(&auth::hash_token(token), uuid, &cert, &hello).await {
+        Ok(redeemed) => redeemed,
+        Err(err) => {
+            info!(%remote, %uuid, error = %err, "agent enrollment refused");
+            return Ended::new(CloseCode::EnrollRefused, format!("{} ({})", err, err.code()));
+        }
+    };
+    let audit = NewAudit {
+        at: now,
+        actor_user_id: None,
+        action: AuditAction::AgentEnrolled,
+        machine_uuid: Some(uuid),
+        subscriber_id: Some(redeemed.subscriber_id),
+        detail: format!("hostname {hostname}, certificate {}, from {remote}", issued.serial),
+    };
+    if let Err(err) = shared.store.append_audit(&audit).await {
+        warn!(error = %err, "cannot audit an agent's enrollment");
+    }
+    info!(%remote, %uuid, subscriber = redeemed.subscriber_id, new_machine = redeemed.new_machine, "agent enrolled");
+    let reply = Message::Enrolled {
+        cert_der: issued.der.to_vec().into(),
+        ca_der: keys.ca().to_vec().into(),
+        signing_key: keys.signing_public(),
+        gateways: shared.config.agents.advertise.clone(),
+    };
+    match control.write(&reply).await {
+        Ok(()) => Ended::new(CloseCode::Normal, "enrolled"),
+        Err(ended) => ended,
+    }
+}
+
+/// A connected, authenticated agent.
+struct Agent<'a> {
+    shared: &'a Shared,
+    keys: &'a AgentKeys,
+    uuid: Uuid,
+    remote: SocketAddr,
+    remote_help: bool,
+    since: OffsetDateTime,
+}
+
+impl Agent<'_> {
+    async fn serve(
+        &mut self,
+        connection: &quinn::Connection,
+        control: &mut Control,
+        hello: &AgentHello,
+        capabilities: Capabilities,
+    ) -> Ended {
+        let shared = self.shared;
+        if let Err(err) = shared.store.agent_connected(hello).await {
+            warn!(error = %err, "cannot record an agent's hello");
+            return Ended::new(CloseCode::Busy, "the gateway cannot record the connection now; try again");
+        }
+        let config = &shared.config.agents;
+        let welcome =
+            Message::Welcome { server_time: hello.now.unix_timestamp(), heartbeat_secs: config.heartbeat_secs };
+        if let Err(ended) = control.write(&welcome).await {
+            return ended;
+        }
+        if let Err(ended) = control.write(&self.signed_config()).await {
+            return ended;
+        }
+
+        // The registry entry: others reach the agent through its command queue.
+        let (commands, mut queue) = mpsc::channel(8);
+        let handle = TunnelHandle {
+            id: shared.registry.next_id(),
+            uuid: self.uuid,
+            kind: TunnelKind::Agent,
+            remote: self.remote,
+            connected_since: self.since,
+            trigger_reason: 0,
+            commands,
+            ports: Arc::new(Mutex::new(BTreeSet::new())),
+        };
+        let id = handle.id;
+        if let Err(handle) = shared.registry.try_insert(handle) {
+            if let Some(old) = shared.registry.get(self.uuid, TunnelKind::Agent) {
+                if shared.registry.replace_if(old.id, handle) {
+                    old.close(CloseReason::Replaced);
+                }
+            }
+        }
+        shared.metrics.tunnel_opened(TunnelKind::Agent);
+        info!(uuid = %self.uuid, remote = %self.remote, capabilities = capabilities.bits(), "agent connected");
+
+        let ended = loop {
+            tokio::select! {
+                message = control.read() => match message {
+                    Ok(message) => {
+                        if let Err(ended) = self.handle(control, message).await {
+                            break ended;
+                        }
+                        self.follow_migration(connection).await;
+                    }
+                    Err(ended) => break ended,
+                },
+                command = queue.recv() => match command {
+                    Some(TunnelCommand::Close { reason }) => break match reason {
+                        CloseReason::Replaced => Ended::new(CloseCode::Refused, "a newer connection of this machine took over"),
+                        CloseReason::AuthFailed => Ended::new(CloseCode::Revoked, "this machine's certificate was revoked"),
+                        _ => Ended::new(CloseCode::Shutdown, "gateway shutting down"),
+                    },
+                    Some(TunnelCommand::Probe { reply }) => {
+                        let _ = reply.send(crate::registry::Liveness::Alive);
+                    }
+                    Some(TunnelCommand::Open(request)) => {
+                        let refusal = if self.remote_help {
+                            OpenRefused::DeviceRefused("relayed sessions to agent PCs are not available on this gateway yet".into())
+                        } else {
+                            OpenRefused::DeviceRefused("the PC user has turned remote help off (`tether-agent enable` turns it on)".into())
+                        };
+                        let _ = request.reply.send(Err(refusal));
+                    }
+                    None => break Ended::new(CloseCode::Shutdown, "gateway shutting down"),
+                },
+                reason = connection.closed() => break Ended::new(CloseCode::Normal, format!("connection lost: {reason}")),
+            }
+        };
+        shared.registry.remove(self.uuid, TunnelKind::Agent, id);
+        let reason = match ended.code {
+            CloseCode::Normal => CloseReason::PeerClosed,
+            CloseCode::BadMessage => CloseReason::ProtocolError,
+            CloseCode::Refused => CloseReason::Replaced,
+            CloseCode::Revoked => CloseReason::AuthFailed,
+            CloseCode::Shutdown => CloseReason::Shutdown,
+            _ => CloseReason::Unknown,
+        };
+        shared.metrics.tunnel_closed(TunnelKind::Agent, reason);
+        if let Err(err) = shared.store.agent_disconnected(self.uuid, &shared.instance, self.since).await {
+            warn!(error = %err, "cannot record an agent's disconnection");
+        }
+        info!(uuid = %self.uuid, reason = %ended.text, "agent disconnected");
+        ended
+    }
+
+    /// Notes a new address of the agent: its NAT changed its public address or it moved to
+    /// another network, and QUIC migrated the connection (the session goes on).
+    async fn follow_migration(&mut self, connection: &quinn::Connection) {
+        let now = connection.remote_address();
+        if now == self.remote {
+            return;
+        }
+        info!(uuid = %self.uuid, from = %self.remote, to = %now, "agent's address changed: the connection migrated");
+        self.remote = now;
+        if let Err(err) = self.shared.store.set_agent_address(self.uuid, &now.to_string()).await {
+            warn!(error = %err, "cannot record an agent's new address");
+        }
+    }
+
+    fn signed_config(&self) -> Message {
+        let config = &self.shared.config.agents;
+        let body = ConfigBody {
+            issued_at: OffsetDateTime::now_utc().unix_timestamp(),
+            heartbeat_secs: config.heartbeat_secs,
+            keepalive_secs: config.keepalive_secs,
+            gateways: config.advertise.clone(),
+        };
+        let mut payload = BytesMut::new();
+        body.encode(&mut payload);
+        let signature = self.keys.sign(SignDomain::Config, &payload);
+        Message::Config(Signed { payload: payload.freeze(), signature })
+    }
+
+    async fn handle(&mut self, control: &mut Control, message: Message) -> Result<(), Ended> {
+        match message {
+            Message::Report { seq, taken_at, report } => {
+                let seq =
+                    i64::try_from(seq).map_err(|_| Ended::new(CloseCode::BadMessage, "sequence number over 2^63"))?;
+                let taken_at = OffsetDateTime::from_unix_timestamp(taken_at)
+                    .map_err(|_| Ended::new(CloseCode::BadMessage, "the report's time is out of range"))?;
+                let mut encoded = BytesMut::new();
+                report.encode(&mut encoded);
+                let text = base64::engine::general_purpose::STANDARD.encode(&encoded);
+                let received = OffsetDateTime::now_utc();
+                let new = match self.shared.store.insert_report(self.uuid, seq, taken_at, received, &text).await {
+                    Ok(new) => new,
+                    // Not acknowledged: the agent keeps it and sends it again.
+                    Err(err) => {
+                        warn!(uuid = %self.uuid, error = %err, "cannot store an agent's report");
+                        return Err(Ended::new(CloseCode::Busy, "the gateway cannot store reports now; try again"));
+                    }
+                };
+                debug!(uuid = %self.uuid, seq, new, "report stored");
+                control.write(&Message::Ack { seq: seq as u64 }).await?;
+                // A report sent again (its ack was lost) was rated the first time.
+                if new {
+                    crate::meter::report_stored(self.shared, self.uuid, &report, taken_at).await;
+                }
+                Ok(())
+            }
+            Message::RemoteHelp { enabled } => {
+                self.remote_help = enabled;
+                if let Err(err) = self.shared.store.set_agent_remote_help(self.uuid, enabled).await {
+                    warn!(error = %err, "cannot record an agent's remote-help consent");
+                }
+                info!(uuid = %self.uuid, enabled, "remote help changed by the PC user");
+                Ok(())
+            }
+            Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await,
+            Message::Pong { .. } => Ok(()),
+            Message::Close { code, text } => {
+                Err(Ended::new(CloseCode::Normal, format!("the agent closed ({code:?}): {text}")))
+            }
+            other => Err(Ended::new(CloseCode::BadMessage, format!("unexpected {} from an agent", name(&other)))),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The Tether agent end to end, with the real `tether` and `tether-agent` binaries over QUIC on
+//! loopback: a subscriber's one-time token enrolls a PC (the gateway signs a certificate for the
+//! PC's own key), the agent reports on its heartbeat, and nothing it reported is lost or stored
+//! twice across a gateway killed with SIGKILL and an agent restarted; a token works once; a
+//! revoked machine is refused and told why.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::api::{runtime, ApiClient};
+use e2e::process::last_line;
+use e2e::{bin, wait_for, Gateway, Process};
+use uuid::Uuid;
+
+const REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// A gateway whose agents report every 5 s, with subscriber `olga` registered; (gateway, her
+/// subscriber id).
+fn gateway_with_subscriber() -> (Gateway, String) {
+    let gateway = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &[]);
+    gateway.operator_with_stdin(
+        &["user", "add", "olga", "--email", "olga@example.com", "--password-stdin"],
+        "pw-olga-long-enough\n",
+    );
+    let out = gateway.operator(&[
+        "subscriber",
+        "register",
+        "--owner",
+        "olga",
+        "--name",
+        "Olga's Bakery",
+        "--email",
+        "olga@example.com",
+    ]);
+    let subscriber = out.split_whitespace().nth(1).unwrap_or_else(|| panic!("no subscriber id in {out:?}")).to_string();
+    (gateway, subscriber)
+}
+
+/// `tether machine enroll SUBSCRIBER`: the token it prints last.
+fn enrollment_token(gateway: &Gateway, subscriber: &str) -> String {
+    let out = gateway.operator(&["machine", "enroll", subscriber]);
+    assert!(out.contains("tether-agent enroll"), "{out}");
+    last_line(&out).unwrap_or_else(|| panic!("no token in {out:?}")).to_string()
+}
+
+/// A PC: its agent's state dir and a fake root the collectors read (an os-release of its own).
+struct Pc {
+    state: tempfile::TempDir,
+    /// The collectors' root; kept for the agent's life.
+    _root: tempfile::TempDir,
+    uuid: Uuid,
+}
+
+impl Pc {
+    fn new() -> Pc {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/os-release"), "PRETTY_NAME=\"Tether Test OS 1\"\n").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = format!(
+            "root = {root:?}\nnft = [\"/nonexistent/nft\"]\niptables_save = [\"/nonexistent/iptables-save\"]\n\
+             apt_get = [\"/nonexistent/apt-get\"]\n",
+            root = root.path().display().to_string()
+        );
+        std::fs::write(state.path().join("agent.toml"), config).unwrap();
+        Pc { state, _root: root, uuid: Uuid::new_v4() }
+    }
+
+    fn agent(&self) -> Command {
+        let mut command = Command::new(bin("tether-agent"));
+        command.arg("--state-dir").arg(self.state.path());
+        command
+    }
+
+    /// `tether-agent enroll`; its output, or its error.
+    fn enroll(&self, gateway: &Gateway, token: &str) -> Result<String, String> {
+        let output = self
+            .agent()
+            .args(["enroll", "--gateway", &gateway.agent_addr().to_string(), "--token", token, "--uuid"])
+            .arg(self.uuid.to_string())
+            .arg("--ca")
+            .arg(gateway.ca_path())
+            .output()
+            .expect("running tether-agent");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success() {
+            Ok(stdout)
+        } else {
+            Err(stderr)
+        }
+    }
+
+    fn run(&self) -> Process {
+        let mut command = self.agent();
+        command.arg("run").env("RUST_LOG", "info,tether_agent=debug,agent=debug");
+        Process::spawn("tether-agent run", &mut command)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let output = self.agent().args(["status", "--json"]).output().expect("tether-agent status");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    fn state_path(&self) -> &Path {
+        self.state.path()
+    }
+}
+
+/// GET `path` as the operator; the JSON.
+fn get(gateway: &Gateway, path: &str) -> serde_json::Value {
+    let rt = runtime();
+    let response = rt.block_on(ApiClient::new(gateway).get(path, gateway.token())).expect("an API request");
+    assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+    response.json()
+}
+
+/// The sequence numbers the gateway stored for `uuid`, oldest first.
+fn stored_sequences(gateway: &Gateway, uuid: Uuid) -> Vec<i64> {
+    let reports = get(gateway, &format!("/api/v1/devices/{uuid}/telemetry"));
+    let mut seqs: Vec<i64> = reports.as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    seqs.reverse();
+    seqs
+}
+
+#[test]
+fn a_pc_enrolls_with_a_one_time_token_and_its_reports_arrive() {
+    let (gateway, subscriber) = gateway_with_subscriber();
+    let token = enrollment_token(&gateway, &subscriber);
+    let pc = Pc::new();
+    let enrolled = pc.enroll(&gateway, &token).expect("enrollment");
+    assert!(enrolled.contains(&pc.uuid.to_string()), "the UUID is printed for the technician: {enrolled}");
+    for file in ["key.pem", "cert.pem", "enrollment.json", "gateway-ca.pem"] {
+        assert!(pc.state_path().join(file).exists(), "{file} kept");
+    }
+
+    // The token is spent: another PC cannot use it.
+    let thief = Pc::new();
+    let refused = thief.enroll(&gateway, &token).expect_err("a used token is refused");
+    assert!(refused.contains("token_used"), "{refused}");
+    // Nor does a made-up one work.
+    let refused = thief.enroll(&gateway, "tte_not-a-token").expect_err("an unknown token is refused");
+    assert!(refused.contains("unknown_token"), "{refused}");
+
+    let mut agent = pc.run();
+    wait_for("the first report", REPORT_WAIT, || {
+        get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid))["latest"].is_object()
+    });
+    let shown = get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid));
+    assert_eq!(shown["connected"], true, "{shown}");
+    assert_eq!(shown["agent"]["remote_help"], false, "consent is off until the PC user gives it: {shown}");
+    let parameters = &shown["latest"]["parameters"];
+    assert_eq!(parameters["os_version"]["value"], "Tether Test OS 1", "{shown}");
+    assert!(parameters["firewall"]["unknown"].is_string(), "no firewall tool: unknown with a reason: {shown}");
+    // The machine is the subscriber's: listed among its machines.
+    let machines = get(&gateway, &format!("/api/v1/subscribers/{subscriber}/machines"));
+    assert!(machines.to_string().contains(&pc.uuid.to_string()), "{machines}");
+
+    // The PC user turns remote help on: the gateway hears of it.
+    let out = pc.agent().arg("enable").output().unwrap();
+    assert!(out.status.success());
+    wait_for("the consent to reach the gateway", REPORT_WAIT, || {
+        get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid))["agent"]["remote_help"] == true
+    });
+    agent.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn no_report_is_lost_or_stored_twice_across_a_gateway_crash_and_an_agent_restart() {
+    let (mut gateway, subscriber) = gateway_with_subscriber();
+    let pc = Pc::new();
+    pc.enroll(&gateway, &enrollment_token(&gateway, &subscriber)).expect("enrollment");
+    let mut agent = pc.run();
+    wait_for("two reports", REPORT_WAIT, || stored_sequences(&gateway, pc.uuid).len() >= 2);
+
+    // The gateway dies mid-stream; the agent keeps reporting into its spool.
+    gateway.kill();
+    wait_for("reports to wait in the spool", REPORT_WAIT, || pc.status()["spooled_reports"].as_u64() >= Some(2));
+    gateway.restart();
+    wait_for("the spool to empty", Duration::from_secs(60), || pc.status()["spooled_reports"] == 0);
+
+    // The agent restarts: its sequence goes on.
+    let before = pc.status()["next_seq"].as_u64().unwrap();
+    agent.terminate(Duration::from_secs(10));
+    let mut agent = pc.run();
+    wait_for("a report after the agent's restart", REPORT_WAIT, || {
+        stored_sequences(&gateway, pc.uuid).last().copied() >= Some(before as i64)
+    });
+    agent.terminate(Duration::from_secs(10));
+
+    let seqs = stored_sequences(&gateway, pc.uuid);
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "every report stored once, none missing");
+}
+
+#[test]
+fn a_revoked_pc_is_refused_and_told_why() {
+    let (gateway, subscriber) = gateway_with_subscriber();
+    let pc = Pc::new();
+    pc.enroll(&gateway, &enrollment_token(&gateway, &subscriber)).expect("enrollment");
+    let mut agent = pc.run();
+    wait_for("the agent to connect", REPORT_WAIT, || {
+        get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid))["connected"] == true
+    });
+
+    let rt = runtime();
+    let client = ApiClient::new(&gateway);
+    let revoked = rt
+        .block_on(client.post(&format!("/api/v1/devices/{}/agent/revoke", pc.uuid), gateway.token()))
+        .expect("a request");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json()["revoked"], 1);
+    wait_for("the agent to hear it was revoked", REPORT_WAIT, || {
+        agent.stderr().contains("revoked this machine's certificate")
+    });
+    // It stays refused when it comes back.
+    std::thread::sleep(Duration::from_secs(3));
+    let shown = get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid));
+    assert_eq!(shown["connected"], false, "{shown}");
+    let audit = get(&gateway, &format!("/api/v1/devices/{}/audit", pc.uuid));
+    assert!(audit.to_string().contains("agent.cert_revoked"), "{audit}");
+    assert!(audit.to_string().contains("agent.enrolled"), "{audit}");
+    agent.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address() {
+    use e2e::netns::{Host, Topology};
+    let topology = Topology::create_unique("migr").expect("network namespaces (run as root)");
+    let gateway =
+        Gateway::start_at(Host::Public.ip(), "[agents]\nheartbeat_secs = 5\n", &[], |c| topology.wrap(Host::Public, c));
+    gateway.operator_with_stdin(&["user", "add", "olga", "--password-stdin"], "pw-olga-long-enough\n");
+    let out = gateway.operator(&[
+        "subscriber",
+        "register",
+        "--owner",
+        "olga",
+        "--name",
+        "Olga's Bakery",
+        "--email",
+        "olga@example.com",
+    ]);
+    let subscriber = out.split_whitespace().nth(1).unwrap().to_string();
+    let token = enrollment_token(&gateway, &subscriber);
+    let pc = Pc::new();
+    let in_home = |command: Command| topology.wrap(Host::Home, command);
+    let mut enroll = pc.agent();
+    enroll
+        .args(["enroll", "--gateway", &gateway.agent_addr().to_string(), "--token", &token, "--uuid"])
+        .arg(pc.uuid.to_string())
+        .arg("--ca")
+        .arg(gateway.ca_path());
+    let out = in_home(enroll).output().unwrap();
+    assert!(out.status.success(), "enroll from behind the NAT: {}", String::from_utf8_lossy(&out.stderr));
+    let mut run = pc.agent();
+    run.arg("run").env("RUST_LOG", "info");
+    let agent = Process::spawn("tether-agent run (home)", &mut in_home(run));
+    let last_ack = || pc.status()["last_ack"].as_i64();
+    wait_for("a report acknowledged", REPORT_WAIT, || last_ack().is_some());
+    let gateway_saw = gateway.process().log_line_containing("agent connected").expect("the gateway logged the agent");
+    assert!(gateway_saw.contains(Host::Router.ip()), "the gateway sees the NAT's address: {gateway_saw}");
+
+    // The NAT's public address changes (its uplink drops and comes back with a new lease from
+    // the ISP): 198.18.0.2 → 198.18.0.3. The link going down flushes the router's NAT mappings.
+    let ip = |args: &[&str]| {
+        let status = topology.command(Host::Router, "ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["link", "set", "rp", "down"]);
+    ip(&["addr", "del", "198.18.0.2/24", "dev", "rp"]);
+    ip(&["addr", "add", "198.18.0.3/24", "dev", "rp"]);
+    ip(&["link", "set", "rp", "up"]);
+    let before = last_ack().unwrap();
+    wait_for("a report acknowledged after the change", REPORT_WAIT, || last_ack() > Some(before + 1));
+    wait_for("the gateway to follow the migration", REPORT_WAIT, || {
+        gateway.process().log_line_containing("the connection migrated").is_some()
+    });
+    let migrated = gateway.process().log_line_containing("the connection migrated").unwrap();
+    assert!(migrated.contains("198.18.0.3"), "{migrated}");
+    let connects = agent.stderr().lines().filter(|l| l.contains(" connected")).count();
+    assert_eq!(connects, 1, "one session throughout, no reconnect:\n{}", agent.stderr());
+}
