@@ -292,7 +292,7 @@ pub async fn subscriber_command(store: &Store, config: &Config, action: Subscrib
             let registration = Registration { owner: &owner, pii, max_machines, max_contacts };
             let id = flows.register_subscriber(&operator, registration).await.map_err(explain)?;
             println!("subscriber {id} registered, owned by {owner:?}");
-            println!("enroll its machines with `tether machine enroll {id} UUID`");
+            println!("enroll its machines with `tether machine enroll {id} [UUID]` (prints a token for `tether-agent enroll`)");
         }
         SubscriberAction::List { json } => {
             let subscribers = store.list_subscribers().await?;

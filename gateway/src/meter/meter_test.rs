@@ -206,3 +206,31 @@ async fn two_gateways_rating_the_same_change_record_it_once() {
     let recorded = [a.unwrap(), b.unwrap()].into_iter().flatten().count();
     assert_eq!(recorded, 1, "one change, so one alert");
 }
+
+#[tokio::test]
+async fn an_amt_pc_without_an_agent_is_rated_by_its_tunnel() {
+    let (state, _) = shop(0, |c| c.health.amt_offline_grace_minutes = 10).await;
+    let store = &state.shared.store;
+    let subscriber = store.list_subscribers().await.unwrap()[0].subscriber.id;
+    let (online, offline) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = OffsetDateTime::now_utc();
+    for (uuid, connected) in [(online, true), (offline, false)] {
+        store.enroll_machine(subscriber, uuid, None, now).await.unwrap();
+        let stmt = crate::store::Stmt::new(
+            "INSERT INTO devices (uuid, registered, connected_since, last_disconnect) VALUES ($1, 1, $2, $3)",
+        )
+        .text(uuid.to_string())
+        .int(connected.then(|| (now.unix_timestamp() - 60) * 1000))
+        .int((!connected).then(|| (now.unix_timestamp() - 3600) * 1000));
+        store.execute(stmt).await.unwrap();
+    }
+    sweep(&state.shared).await;
+    assert_eq!(store.health(online).await.unwrap().unwrap().health, "green");
+    let down = store.health(offline).await.unwrap().unwrap();
+    assert_eq!(down.health, "yellow");
+    assert!(down.reasons.contains("offline"), "{}", down.reasons);
+    // Carl wants yellow: told once; a second round changes nothing.
+    assert_eq!(outbox(&state).await.iter().filter(|(k, _)| k == "health_raised").count(), 2, "mail and webhook");
+    sweep(&state.shared).await;
+    assert_eq!(outbox(&state).await.len(), 2);
+}

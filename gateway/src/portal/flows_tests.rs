@@ -435,3 +435,47 @@ async fn forms_work_over_http2_where_the_host_is_in_the_uri_and_browsers_send_th
     let text = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();
     assert_eq!(status, StatusCode::SEE_OTHER, "{text}");
 }
+
+#[tokio::test]
+async fn the_owner_gets_a_one_time_enrollment_token_and_others_are_refused() {
+    let shop = shop().await;
+    let mut olga = shop.signed_in("olga", "192.0.2.40").await;
+    let path = format!("/portal/subscribers/{}/machines/enroll", shop.olga);
+    let machines = olga.get("/portal/machines").await;
+    assert!(machines.body.contains(&format!("href=\"{path}\"")), "{}", machines.body);
+    let form = olga.get(&path).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let csrf = form.csrf();
+    assert_eq!(olga.post(&path, &[("nickname", "till")]).await.status, StatusCode::FORBIDDEN, "no CSRF token");
+
+    let amt = Uuid::new_v4();
+    let page = olga.post(&path, &[("csrf", &csrf), ("nickname", "till"), ("uuid", &amt.to_string())]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.headers.get(axum::http::header::CACHE_CONTROL).unwrap(), "no-store");
+    let token = page.body.split("<pre id=\"token\">").nth(1).and_then(|t| t.split('<').next()).unwrap().to_string();
+    assert!(token.starts_with("tte_"), "{}", page.body);
+    assert!(page.body.contains("tether-agent enroll --gateway"), "{}", page.body);
+    // The UUID is bound now; the store keeps the token's hash only.
+    assert_eq!(shop.bed.store().machine(amt).await.unwrap().unwrap().subscriber_id, shop.olga);
+    let kept: Option<String> = shop
+        .bed
+        .store()
+        .fetch_optional(
+            crate::store::Stmt::new("SELECT hash FROM enrollment_tokens WHERE uuid = $1").text(amt.to_string()),
+            |r| r.text(0),
+        )
+        .await
+        .unwrap()
+        .flatten();
+    assert_eq!(kept.as_deref(), Some(crate::auth::hash_token(&token).as_str()));
+
+    let bad = olga.post(&path, &[("csrf", &csrf), ("uuid", "not-a-uuid")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("bad_input"), "{}", bad.body);
+
+    // Otto may not enroll machines for Olga.
+    let mut otto = shop.signed_in("otto", "192.0.2.41").await;
+    let refused = otto.get(&path).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body.contains("not_related"), "{}", refused.body);
+}

@@ -150,6 +150,8 @@ pub(super) async fn list(
         @for owned in &visitor.relations.owns {
             p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/contacts" } { "Your support contacts" }
                 " — invite someone to help with your machines, or remove them." }
+            p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/machines/enroll" } { "Enroll a machine" }
+                " — get a one-time token for the Tether agent on a PC of yours." }
         }
         @if rows.is_empty() {
             p { "No machines to show. A subscriber's machines appear here once enrolled; a support contact sees those of the subscribers who invited them." }

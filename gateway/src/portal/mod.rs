@@ -6,6 +6,7 @@
 //! - `profile`: the visitor's account, TOTP enrolment and removal, email changes (and their
 //!   confirmation page), a contact's nickname and alert preferences per subscriber, leaving.
 //! - `contacts`: a subscriber's support contacts: invite, remove.
+//! - `enroll`: enrolling a machine: the one-time token for `tether-agent enroll`.
 //! - `invitations`: an invitation's link: accept it signed in, or create an account to.
 //!
 //! Every request first spends the source's request budget (as the API's do); every page asks
@@ -21,6 +22,7 @@
 
 mod contacts;
 mod csrf;
+mod enroll;
 mod invitations;
 mod machines;
 mod profile;
@@ -106,6 +108,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/profile/contacts/{contact}", post(profile::update_prefs))
         .route("/portal/email/confirm", get(profile::confirm_form).post(profile::confirm))
         .route("/portal/subscribers/{id}/contacts", get(contacts::show).post(contacts::invite))
+        .route("/portal/subscribers/{id}/machines/enroll", get(enroll::form).post(enroll::submit))
         .route("/portal/subscribers/{id}/contacts/{contact}/remove", post(contacts::remove))
         .route("/portal/subscribers/{id}/leave", post(contacts::leave))
         .route("/portal/invitations/{guid}", get(invitations::show))
