@@ -159,7 +159,8 @@ pub async fn run(
                 instance_id: shared.instance.clone(),
                 now,
             };
-            let mut agent = Agent { shared: &shared, keys: &keys, uuid, remote, remote_help, since: now };
+            let mut agent =
+                Agent { shared: &shared, keys: &keys, uuid, remote, remote_help, since: now, pace: Pace::new() };
             let ended = agent.serve(&connection, &mut control, &hello, capabilities).await;
             drop(slot);
             close(&connection, Some(&mut control), ended).await
@@ -272,6 +273,40 @@ struct Agent<'a> {
     remote: SocketAddr,
     remote_help: bool,
     since: OffsetDateTime,
+    /// Paces the agent's reports (a flood is slowed down, not stored at full speed).
+    pace: Pace,
+}
+
+/// Reports an agent may send per second, sustained, and in one burst (a spool sent again after
+/// an outage): beyond, the gateway reads the next report only when the bucket allows, and QUIC's
+/// flow control slows the agent down. One agent cannot take the store from the others.
+const REPORTS_PER_SEC: f64 = 20.0;
+const REPORT_BURST: f64 = 200.0;
+
+/// A token bucket for one connection's reports.
+#[derive(Debug)]
+struct Pace {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace { tokens: REPORT_BURST, at: std::time::Instant::now() }
+    }
+
+    /// How long to wait before taking one report.
+    fn take(&mut self) -> Duration {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * REPORTS_PER_SEC).min(REPORT_BURST);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / REPORTS_PER_SEC)
+        }
+    }
 }
 
 impl Agent<'_> {
@@ -401,6 +436,10 @@ impl Agent<'_> {
     async fn handle(&mut self, control: &mut Control, message: Message) -> Result<(), Ended> {
         match message {
             Message::Report { seq, taken_at, report } => {
+                let wait = self.pace.take();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let seq =
                     i64::try_from(seq).map_err(|_| Ended::new(CloseCode::BadMessage, "sequence number over 2^63"))?;
                 let taken_at = OffsetDateTime::from_unix_timestamp(taken_at)
@@ -440,5 +479,25 @@ impl Agent<'_> {
             }
             other => Err(Ended::new(CloseCode::BadMessage, format!("unexpected {} from an agent", name(&other)))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_reports_passes_and_a_flood_is_paced() {
+        let mut pace = Pace::new();
+        for _ in 0..REPORT_BURST as usize {
+            assert_eq!(pace.take(), Duration::ZERO);
+        }
+        let wait = pace.take();
+        assert!(wait > Duration::from_millis(40) && wait <= Duration::from_millis(55), "{wait:?}");
+        // The waits grow with the flood: the n-th report beyond the burst waits about n / rate.
+        for _ in 0..19 {
+            pace.take();
+        }
+        assert!(pace.take() >= Duration::from_millis(950));
     }
 }
