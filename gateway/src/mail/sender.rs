@@ -349,6 +349,21 @@ pub async fn send_due<C: Courier>(
     Ok(pass)
 }
 
+/// One tick of an outbox worker: batch after batch while full batches go out, at most ten, then
+/// the next tick.
+pub async fn drain<C: Courier>(store: &Store, courier: &C, policy: &RetryPolicy, batch: u32, metrics: &Metrics) {
+    for _ in 0..10 {
+        match send_due(store, courier, policy, batch, metrics).await {
+            Ok(pass) if pass.sent + pass.failed + pass.gave_up == batch as usize && pass.failed == 0 => {}
+            Ok(_) => break,
+            Err(err) => {
+                warn!(error = %err, "{}: the outbox could not be updated", C::WHAT);
+                break;
+            }
+        }
+    }
+}
+
 /// The daemon's mail worker (aborted with the daemon's other tasks at shutdown): every
 /// `mail.poll_interval_secs`, updates the pending gauge and sends what is due (batch after
 /// batch while full batches go out).
@@ -386,17 +401,7 @@ pub async fn run(shared: Arc<Shared>, transport: Option<Transport>) {
         let Some(transport) = &transport else {
             continue;
         };
-        // Bounded: at most ten batches per tick, then the next tick.
-        for _ in 0..10 {
-            match send_due(store, transport, &policy, batch, metrics).await {
-                Ok(pass) if pass.sent + pass.failed + pass.gave_up == batch as usize && pass.failed == 0 => {}
-                Ok(_) => break,
-                Err(err) => {
-                    warn!(error = %err, "mail: the outbox could not be updated");
-                    break;
-                }
-            }
-        }
+        drain(store, transport, &policy, batch, metrics).await;
         if let Ok(pending) = store.outbox_pending().await {
             metrics.mail_pending(pending);
         }

@@ -17,10 +17,10 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::WebhooksConfig;
-use crate::mail::sender::{send_due, Courier, RetryPolicy, SendError};
+use crate::mail::sender::{drain, Courier, RetryPolicy, SendError};
 use crate::state::Shared;
 use crate::store::{OutboxMail, Store, StoreError};
 
@@ -144,16 +144,6 @@ pub async fn run(shared: Arc<Shared>, poster: Poster) {
     info!("webhooks: posting alerts from the outbox");
     loop {
         tick.tick().await;
-        // Bounded: at most ten batches per tick.
-        for _ in 0..10 {
-            match send_due(&shared.store, &poster, &policy, batch, &shared.metrics).await {
-                Ok(pass) if pass.sent + pass.failed + pass.gave_up == batch as usize && pass.failed == 0 => {}
-                Ok(_) => break,
-                Err(err) => {
-                    warn!(error = %err, "webhooks: the outbox could not be updated");
-                    break;
-                }
-            }
-        }
+        drain(&shared.store, &poster, &policy, batch, &shared.metrics).await;
     }
 }
