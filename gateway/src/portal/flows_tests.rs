@@ -15,14 +15,14 @@ use crate::policy::Role;
 use crate::store::{ContactState, NewSubscriber, SubscriberPii};
 
 /// olga owns a subscriber ("Olga's Bakery") with the machine "kitchen pc"; otto owns another.
-struct Shop {
-    bed: Bed,
-    olga: i64,
-    otto: i64,
+pub(super) struct Shop {
+    pub(super) bed: Bed,
+    pub(super) olga: i64,
+    pub(super) otto: i64,
     machine: Uuid,
 }
 
-async fn shop() -> Shop {
+pub(super) async fn shop() -> Shop {
     let bed = Bed::new().await;
     let register = |name: &str, shown: &str| NewSubscriber {
         username: name.into(),
@@ -46,19 +46,19 @@ async fn shop() -> Shop {
 
 impl Shop {
     /// An invitation of olga's subscriber to `email`, made `days_ago` (7 days valid).
-    async fn invite(&self, email: &str, days_ago: i64) -> Uuid {
+    pub(super) async fn invite(&self, email: &str, days_ago: i64) -> Uuid {
         let at = now() - time::Duration::days(days_ago);
         self.bed.store().invite_contact(self.olga, email, at, time::Duration::days(7)).await.unwrap().guid
     }
 
-    async fn signed_in(&self, name: &str, from: &str) -> Browser<'_> {
+    pub(super) async fn signed_in(&self, name: &str, from: &str) -> Browser<'_> {
         let mut browser = self.bed.browser(from);
         assert_eq!(browser.sign_in(name, PASSWORD).await.status, StatusCode::SEE_OTHER);
         browser
     }
 
     /// The outbox: (kind, recipient), oldest first.
-    async fn mails(&self) -> Vec<(String, String)> {
+    pub(super) async fn mails(&self) -> Vec<(String, String)> {
         let mut list = self.bed.store().list_outbox(100).await.unwrap();
         list.reverse();
         list.into_iter().map(|m| (m.kind, m.recipient)).collect()

@@ -6,6 +6,8 @@
 //! - `profile`: the visitor's account, TOTP enrolment and removal, email changes (and their
 //!   confirmation page), a contact's nickname and alert preferences per subscriber, leaving.
 //! - `contacts`: a subscriber's support contacts: invite, remove.
+//! - `directory`: subscribers (an operator registers and terminates them) and users (an
+//!   operator creates, suspends and unsuspends them).
 //! - `enroll`: enrolling a machine: the one-time token for `tether-agent enroll`.
 //! - `invitations`: an invitation's link: accept it signed in, or create an account to.
 //!
@@ -22,6 +24,7 @@
 
 mod contacts;
 mod csrf;
+mod directory;
 mod enroll;
 mod invitations;
 mod machines;
@@ -31,6 +34,8 @@ mod signin;
 pub(crate) mod totp;
 mod views;
 
+#[cfg(test)]
+mod directory_tests;
 #[cfg(test)]
 mod flows_tests;
 #[cfg(test)]
@@ -107,6 +112,11 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/profile/email", post(profile::change_email))
         .route("/portal/profile/contacts/{contact}", post(profile::update_prefs))
         .route("/portal/email/confirm", get(profile::confirm_form).post(profile::confirm))
+        .route("/portal/subscribers", get(directory::subscribers).post(directory::register))
+        .route("/portal/subscribers/{id}/terminate", post(directory::terminate))
+        .route("/portal/users", get(directory::users).post(directory::create_user))
+        .route("/portal/users/{id}/suspend", post(directory::suspend))
+        .route("/portal/users/{id}/unsuspend", post(directory::unsuspend))
         .route("/portal/subscribers/{id}/contacts", get(contacts::show).post(contacts::invite))
         .route("/portal/subscribers/{id}/machines/enroll", get(enroll::form).post(enroll::submit))
         .route("/portal/subscribers/{id}/contacts/{contact}/remove", post(contacts::remove))

@@ -58,7 +58,7 @@ pub(super) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     u64::try_from(now().unix_timestamp()).unwrap()
 }
 
@@ -331,7 +331,7 @@ async fn an_operator_without_a_second_factor_must_enrol_before_anything_else() {
 }
 
 /// Gives `user_id` a second factor directly; its secret.
-async fn enrol(bed: &Bed, user_id: i64) -> String {
+pub(super) async fn enrol(bed: &Bed, user_id: i64) -> String {
     let secret = totp::new_secret();
     let sealed = totp::seal(&bed.state.shared.sealer, user_id, &secret);
     bed.store().set_user_totp_secret(user_id, Some(sealed)).await.unwrap();

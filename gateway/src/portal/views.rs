@@ -65,6 +65,10 @@ pub fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Ma
                     @if let Some(visitor) = visitor {
                         @if visitor.gate() == super::session::Gate::Open {
                             a href="/portal/machines" { "Machines" }
+                            @if visitor.principal.role == crate::policy::Role::Operator {
+                                a href="/portal/subscribers" { "Subscribers" }
+                                a href="/portal/users" { "Users" }
+                            }
                         }
                         a href="/portal/profile" { (visitor.user.username) }
                         form method="post" action="/portal/signout" {
