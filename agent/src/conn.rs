@@ -7,17 +7,22 @@
 //!   fleet needs no UDP load balancer), says hello, takes the signed configuration (verified
 //!   with the key pinned at enrollment; a bad signature keeps the defaults), then reports on the
 //!   heartbeat: each report is spooled before it is sent and forgotten only on its ack. Lost
-//!   connections are redialled with jittered exponential back-off (1 s doubling to 60 s).
+//!   connections are redialled with jittered exponential back-off (1 s doubling to 60 s); while
+//!   no gateway answers, reports go on being taken on the heartbeat into the spool, and the next
+//!   connection sends them, oldest first.
 //!
 //! QUIC keepalives go every `keepalive_secs` (15 s by default): shorter than the 30 s after which
 //! many NATs forget a UDP mapping. When the agent's public address changes (a NAT rebinding, a
 //! new network), QUIC migrates the connection: the session goes on.
 
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
@@ -108,9 +113,10 @@ fn client_config(
     Ok(config)
 }
 
-fn endpoint_for(addr: SocketAddr) -> Result<quinn::Endpoint> {
-    let local: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-    quinn::Endpoint::client(local).context("opening a UDP socket")
+fn endpoint_for(addr: SocketAddr, local: Option<IpAddr>) -> Result<quinn::Endpoint> {
+    let any: IpAddr = if addr.is_ipv6() { [0u16; 8].into() } else { [0u8; 4].into() };
+    let local = SocketAddr::new(local.unwrap_or(any), 0);
+    quinn::Endpoint::client(local).with_context(|| format!("opening a UDP socket on {local}"))
 }
 
 /// The control stream.
@@ -169,13 +175,27 @@ pub async fn enroll(
     uuid: Uuid,
     hostname: &str,
 ) -> Result<Enrollment> {
+    enroll_from(state, gateway, token, ca, uuid, hostname, None).await
+}
+
+/// [`enroll`] from local address `local` (any when `None`; a load generator spreads its agents
+/// over many).
+pub async fn enroll_from(
+    state: &StateDir,
+    gateway: &str,
+    token: &str,
+    ca: Option<&Path>,
+    uuid: Uuid,
+    hostname: &str,
+    local: Option<IpAddr>,
+) -> Result<Enrollment> {
     let (addr, server_name) = resolve(gateway)?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("making the machine's key")?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
         .serialize_request(&key)
         .context("making the certificate request")?;
     let roots = roots(ca)?;
-    let endpoint = endpoint_for(addr)?;
+    let endpoint = endpoint_for(addr, local)?;
     let config = client_config(roots, None, Duration::from_secs(DEFAULT_KEEPALIVE_SECS.into()))?;
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
         .await
@@ -252,6 +272,14 @@ pub struct Agent {
     spool: Spool,
     hostname: String,
     os: String,
+    /// The local address to dial from (any when `None`).
+    local: Option<IpAddr>,
+    /// When the last report was taken (online or offline).
+    last_report: Mutex<Option<Instant>>,
+    /// Reports acknowledged by a gateway since start.
+    acked: AtomicU64,
+    /// A gateway session is up (past its welcome).
+    connected: AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -275,7 +303,64 @@ impl Agent {
             format!("{}: the signing key is damaged; enroll again", state.path("enrollment.json").display())
         })?;
         let spool = Spool::new(state.spool_dir());
-        Ok(Agent { state, enrollment, signing_key, source, spool, hostname, os })
+        Ok(Agent {
+            state,
+            enrollment,
+            signing_key,
+            source,
+            spool,
+            hostname,
+            os,
+            local: None,
+            last_report: Mutex::new(None),
+            acked: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Dials from `local` (a load generator spreads its agents over many source addresses).
+    pub fn bind_from(mut self, local: IpAddr) -> Agent {
+        self.local = Some(local);
+        self
+    }
+
+    /// The machine's UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.enrollment.uuid
+    }
+
+    /// Reports acknowledged by a gateway since this agent started.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Whether a gateway session is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Takes a report into the spool without sending it (as while offline); its sequence.
+    pub async fn spool_report(&self) -> Result<u64> {
+        let (seq, _) = self.next_report().await?;
+        Ok(seq)
+    }
+
+    /// Waits `pause` while offline, taking a report into the spool whenever a heartbeat comes
+    /// due, so that an outage leaves a gap in nothing but delivery time.
+    async fn wait_offline(&self, pause: Duration) -> Result<()> {
+        let end = Instant::now() + pause;
+        loop {
+            let heartbeat = Duration::from_secs(effective(self.state.config().ok().flatten().as_ref()).0.into());
+            let last = *self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.map_or_else(Instant::now, |at| at + heartbeat);
+            if due >= end {
+                tokio::time::sleep_until(end).await;
+                return Ok(());
+            }
+            tokio::time::sleep_until(due).await;
+            let (seq, _) = self.next_report().await?;
+            debug!(seq, "offline: report kept in the spool");
+        }
     }
 
     /// Runs until `stop` resolves.
@@ -311,7 +396,11 @@ impl Agent {
             let jittered = backoff.mul_f64(0.5 + rand::random::<f64>());
             debug!(wait = ?jittered, "redialling after a pause");
             tokio::select! {
-                _ = tokio::time::sleep(jittered) => {}
+                result = self.wait_offline(jittered) => {
+                    if let Err(err) = result {
+                        warn!(error = %format!("{err:#}"), "cannot keep a report while offline");
+                    }
+                }
                 _ = &mut stop => return Ok(()),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -367,9 +456,9 @@ impl Agent {
 
     async fn session(&self, gateway: &str, connected: &mut bool) -> Result<()> {
         let saved = self.state.config().ok().flatten();
-        let (mut heartbeat, keepalive) = effective(saved.as_ref());
+        let (heartbeat, keepalive) = effective(saved.as_ref());
         let (addr, server_name) = resolve(gateway)?;
-        let endpoint = endpoint_for(addr)?;
+        let endpoint = endpoint_for(addr, self.local)?;
         let config = self.client_config(keepalive)?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
             .await
@@ -377,7 +466,7 @@ impl Agent {
             .context("connecting")?;
         let (send, recv) = connection.open_bi().await.context("opening the control stream")?;
         let mut control = Control { send, recv, buf: BytesMut::new() };
-        let mut consent = self.state.state()?.remote_help;
+        let consent = self.state.state()?.remote_help;
         control
             .write(&Message::Hello {
                 uuid: self.enrollment.uuid,
@@ -395,6 +484,22 @@ impl Agent {
             other => bail!("the gateway answered the hello with {other:?}"),
         }
         *connected = true;
+        self.connected.store(true, Ordering::Relaxed);
+        let result = self.serve(&connection, control, gateway, heartbeat, consent).await;
+        self.connected.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// A session past its welcome: sends what the spool holds, then a report on each heartbeat,
+    /// and acts on what the gateway sends, until the connection ends.
+    async fn serve(
+        &self,
+        connection: &quinn::Connection,
+        mut control: Control,
+        gateway: &str,
+        mut heartbeat: u32,
+        mut consent: bool,
+    ) -> Result<()> {
         let since = time::OffsetDateTime::now_utc().unix_timestamp();
         info!(%gateway, remote = %connection.remote_address(), uuid = %self.enrollment.uuid, "connected");
         let mut status = Status {
@@ -413,13 +518,22 @@ impl Agent {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
         let mut consent_check = tokio::time::interval(Duration::from_secs(2));
+        // The status file is rewritten on an ack at most once a second (a spool flushed after an
+        // outage acks many at once); one left unsaved is saved on the next consent check.
+        let mut status_saved = Instant::now();
+        let mut status_dirty = false;
         loop {
             tokio::select! {
                 message = control.read() => match message? {
                     Message::Ack { seq } => {
                         self.spool.acknowledged(seq)?;
+                        self.acked.fetch_add(1, Ordering::Relaxed);
                         status.last_ack = Some(time::OffsetDateTime::now_utc().unix_timestamp());
-                        let _ = self.state.save_status(&status);
+                        status_dirty = true;
+                        if status_saved.elapsed() >= Duration::from_secs(1) {
+                            let _ = self.state.save_status(&status);
+                            (status_saved, status_dirty) = (Instant::now(), false);
+                        }
                         debug!(seq, "report acknowledged");
                     }
                     Message::Config(signed) => {
@@ -444,10 +558,14 @@ impl Agent {
                     other => debug!(message = ?other, "ignoring a message this agent does not act on"),
                 },
                 _ = tick.tick() => {
-                    let frame = self.next_report().await?;
+                    let (_, frame) = self.next_report().await?;
                     control.write_raw(&frame).await?;
                 }
                 _ = consent_check.tick() => {
+                    if status_dirty {
+                        let _ = self.state.save_status(&status);
+                        (status_saved, status_dirty) = (Instant::now(), false);
+                    }
                     let now = self.state.state()?.remote_help;
                     if now != consent {
                         consent = now;
@@ -460,15 +578,16 @@ impl Agent {
         }
     }
 
-    /// Collects, numbers and spools a report; its frame.
-    async fn next_report(&self) -> Result<Vec<u8>> {
+    /// Collects, numbers and spools a report; its sequence and frame.
+    async fn next_report(&self) -> Result<(u64, Vec<u8>)> {
+        *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let report = self.source.collect().await;
         let mut state: AgentState = self.state.state()?;
         let seq = state.next_seq;
         state.next_seq += 1;
         self.state.save_state(&state)?;
         let message = Message::Report { seq, taken_at: time::OffsetDateTime::now_utc().unix_timestamp(), report };
-        self.spool.keep(seq, &message)
+        Ok((seq, self.spool.keep(seq, &message)?))
     }
 }
 

@@ -113,6 +113,10 @@ pub enum MachineAction {
         uuid: Option<Uuid>,
         #[arg(long)]
         nickname: Option<String>,
+        /// Make N tokens (one per PC of a rollout), printed one per line; without a UUID only.
+        #[arg(long, default_value_t = 1, conflicts_with = "uuid", value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
     },
 }
 
@@ -332,7 +336,7 @@ pub async fn subscriber_command(store: &Store, config: &Config, action: Subscrib
 }
 
 pub async fn machine_command(store: &Store, config: &Config, action: MachineAction) -> Result<()> {
-    let MachineAction::Enroll { subscriber_id, uuid, nickname } = action;
+    let MachineAction::Enroll { subscriber_id, uuid, nickname, count } = action;
     let public_url = config.mail_public_url();
     let flows = flows(store, config, &public_url);
     let operator = Actor::operator(store).await.map_err(explain)?;
@@ -341,11 +345,18 @@ pub async fn machine_command(store: &Store, config: &Config, action: MachineActi
     match uuid {
         Some(uuid) if enrollment.new_machine => println!("machine {uuid} enrolled for subscriber {subscriber_id}"),
         Some(uuid) => println!("machine {uuid} is enrolled for subscriber {subscriber_id} already"),
+        None if count > 1 => {
+            println!("{count} enrollment tokens for machines of subscriber {subscriber_id}, one per PC")
+        }
         None => println!("enrollment token for a machine of subscriber {subscriber_id}"),
     }
     let until = enrollment.token_expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    println!("on the PC: tether-agent enroll --gateway HOST --token TOKEN   (usable once, until {until})");
+    println!("on the PC: tether-agent enroll --gateway HOST --token TOKEN   (each usable once, until {until})");
     println!("{}", enrollment.token);
+    for _ in 1..count {
+        let more = flows.enroll_machine(&operator, subscriber_id, None, nickname.as_deref()).await.map_err(explain)?;
+        println!("{}", more.token);
+    }
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! loopback: a subscriber's one-time token enrolls a PC (the gateway signs a certificate for the
 //! PC's own key), the agent reports on its heartbeat, and nothing it reported is lost or stored
 //! twice across a gateway killed with SIGKILL and an agent restarted; a token works once; a
-//! revoked machine is refused and told why.
+//! revoked machine is refused and told why. Behind a NAT in network namespaces: a session
+//! survives the NAT changing its public address (QUIC migration), and reports taken while the
+//! home's uplink is down arrive, each once, when it is back.
 
 use std::path::Path;
 use std::process::Command;
@@ -225,12 +227,12 @@ fn a_revoked_pc_is_refused_and_told_why() {
     agent.terminate(Duration::from_secs(10));
 }
 
-#[test]
-fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address() {
-    use e2e::netns::{Host, Topology};
-    let topology = Topology::create_unique("migr").expect("network namespaces (run as root)");
-    let gateway =
-        Gateway::start_at(Host::Public.ip(), "[agents]\nheartbeat_secs = 5\n", &[], |c| topology.wrap(Host::Public, c));
+/// A gateway on the public network of `topology` (its `[agents]` settings `agents_toml`), with
+/// subscriber olga, and a PC in the home network behind the NAT, enrolled and running.
+fn enrolled_behind_nat(topology: &e2e::netns::Topology, agents_toml: &str) -> (Gateway, Pc, Process) {
+    use e2e::netns::Host;
+    let config = format!("[agents]\n{agents_toml}");
+    let gateway = Gateway::start_at(Host::Public.ip(), &config, &[], |c| topology.wrap(Host::Public, c));
     gateway.operator_with_stdin(&["user", "add", "olga", "--password-stdin"], "pw-olga-long-enough\n");
     let out = gateway.operator(&[
         "subscriber",
@@ -257,6 +259,20 @@ fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address
     let mut run = pc.agent();
     run.arg("run").env("RUST_LOG", "info");
     let agent = Process::spawn("tether-agent run (home)", &mut in_home(run));
+    (gateway, pc, agent)
+}
+
+/// Runs `ip ARGS` in the router's namespace.
+fn router_ip(topology: &e2e::netns::Topology, args: &[&str]) {
+    let status = topology.command(e2e::netns::Host::Router, "ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+#[test]
+fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address() {
+    use e2e::netns::{Host, Topology};
+    let topology = Topology::create_unique("migr").expect("network namespaces (run as root)");
+    let (gateway, pc, agent) = enrolled_behind_nat(&topology, "heartbeat_secs = 5\n");
     let last_ack = || pc.status()["last_ack"].as_i64();
     wait_for("a report acknowledged", REPORT_WAIT, || last_ack().is_some());
     let gateway_saw = gateway.process().log_line_containing("agent connected").expect("the gateway logged the agent");
@@ -264,10 +280,7 @@ fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address
 
     // The NAT's public address changes (its uplink drops and comes back with a new lease from
     // the ISP): 198.18.0.2 → 198.18.0.3. The link going down flushes the router's NAT mappings.
-    let ip = |args: &[&str]| {
-        let status = topology.command(Host::Router, "ip").args(args).status().unwrap();
-        assert!(status.success(), "ip {args:?}");
-    };
+    let ip = |args: &[&str]| router_ip(&topology, args);
     ip(&["link", "set", "rp", "down"]);
     ip(&["addr", "del", "198.18.0.2/24", "dev", "rp"]);
     ip(&["addr", "add", "198.18.0.3/24", "dev", "rp"]);
@@ -281,4 +294,57 @@ fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address
     assert!(migrated.contains("198.18.0.3"), "{migrated}");
     let connects = agent.stderr().lines().filter(|l| l.contains(" connected")).count();
     assert_eq!(connects, 1, "one session throughout, no reconnect:\n{}", agent.stderr());
+}
+
+/// [`stored_sequences`] for a gateway in `topology`'s public network: the API asked with curl
+/// from inside it.
+fn stored_sequences_in(topology: &e2e::netns::Topology, gateway: &Gateway, uuid: Uuid) -> Vec<i64> {
+    let url = format!("{}/api/v1/devices/{uuid}/telemetry", gateway.api_url());
+    let output = topology
+        .command(e2e::netns::Host::Public, "curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(gateway.ca_path())
+        .args(["-H", &format!("Authorization: Bearer {}", gateway.token()), &url])
+        .output()
+        .expect("running curl");
+    assert!(output.status.success(), "GET {url}: {}", String::from_utf8_lossy(&output.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let mut seqs: Vec<i64> = reports.as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    seqs.reverse();
+    seqs
+}
+
+#[test]
+fn reports_taken_during_a_network_outage_arrive_once_it_is_over() {
+    use e2e::netns::Topology;
+    let topology = Topology::create_unique("outg").expect("network namespaces (run as root)");
+    // Sessions end after 6 s without a packet, so that the outage ends this one.
+    let (gateway, pc, agent) =
+        enrolled_behind_nat(&topology, "heartbeat_secs = 5\nkeepalive_secs = 2\nidle_timeout_secs = 6\n");
+    wait_for("two reports", REPORT_WAIT, || stored_sequences_in(&topology, &gateway, pc.uuid).len() >= 2);
+
+    // The home's uplink goes down: the session times out, and the agent, offline, goes on taking
+    // a report every heartbeat into its spool.
+    router_ip(&topology, &["link", "set", "rp", "down"]);
+    wait_for("the agent to notice it is offline", REPORT_WAIT, || pc.status()["connected_to"].is_null());
+    let offline_since = pc.status()["next_seq"].as_u64().unwrap();
+    wait_for("reports kept while offline", REPORT_WAIT, || {
+        pc.status()["next_seq"].as_u64().unwrap() >= offline_since + 2
+    });
+    let offline = pc.status();
+    assert!(offline["connected_to"].is_null(), "still offline: {offline}");
+    assert!(offline["spooled_reports"].as_u64() >= Some(2), "{offline}");
+    let taken_offline = offline["next_seq"].as_u64().unwrap();
+
+    router_ip(&topology, &["link", "set", "rp", "up"]);
+    wait_for("the spool to empty after the outage", Duration::from_secs(90), || {
+        let status = pc.status();
+        !status["connected_to"].is_null() && status["spooled_reports"] == 0
+    });
+    let seqs = stored_sequences_in(&topology, &gateway, pc.uuid);
+    assert!(seqs.len() as u64 >= taken_offline, "every report taken offline arrived: {seqs:?}");
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "every report stored once, none missing");
+    let connects = agent.stderr().lines().filter(|l| l.contains(" connected")).count();
+    assert!(connects >= 2, "the agent reconnected after the outage:\n{}", agent.stderr());
 }

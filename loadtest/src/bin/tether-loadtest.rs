@@ -18,12 +18,16 @@
 //!   each way at once per stream; per-stream and aggregate throughput, gateway CPU per GB.
 //! - `latency --busy K --idle L --data-dir DIR`: K round-trip loops of SOL-sized messages beside
 //!   L idle devices; p50/p99/p99.9/max over all loops.
+//! - `agents --gateway HOST:PORT --ca FILE --dir DIR --count N [--tokens FILE] [--reports K]`:
+//!   N Tether agents (in this process) each flush K spooled reports at once over QUIC, then are
+//!   held idle; durable reports per second, the gateway's RSS per session and CPU.
 //!
 //! Each prints a summary, or one JSON object with `--json`, and exits with 1 when the scenario
 //! fell short (e.g. not every device admitted). Every loop is bounded in count and time
 //! (`--timeout`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,7 +35,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loadtest::scenario::traffic::{echo_server, push, rtt, Sizes};
 use loadtest::scenario::{
-    bulk, idle, latency, progress::Progress, run_worker, storm, DeviceArgs, GatewayProbe, Outcome, Percentiles,
+    agents, bulk, idle, latency, progress::Progress, run_worker, storm, DeviceArgs, GatewayProbe, Outcome, Percentiles,
     RunArgs, TechnicianArgs, WorkerArgs,
 };
 use serde::Serialize;
@@ -144,6 +148,36 @@ enum Command {
         count: u32,
         #[arg(long, default_value_t = 200)]
         warmup: u32,
+    },
+    /// N Tether agents flush K spooled reports each at once over QUIC, then are held idle.
+    Agents {
+        /// The gateway's agent listener (UDP).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: String,
+        /// The CA the gateway's certificate chains to (DATA_DIR/tls/ca.pem).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// Where the agents keep their state; a later run with the same DIR reuses them.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Enrollment tokens, one per line, for the agents DIR does not hold yet
+        /// (`tether machine enroll SUBSCRIBER --count N`).
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Reports waiting in each agent's spool when it connects (the gateway takes a burst of
+        /// 200 per connection at once, then 20 a second).
+        #[arg(long, default_value_t = 100, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        reports: u32,
+        /// Loopback source addresses the agents spread over (default: one per 200 agents).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=60_000))]
+        sources: Option<u32>,
+        /// How long the sessions are held idle after the flush.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        hold: u64,
     },
     /// A worker process of a scenario (started by the scenarios themselves).
     #[command(hide = true)]
@@ -268,6 +302,32 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 gateway: probe(&run)?,
             };
             let report = latency::run(config, &mut Progress::new()).await?;
+            return Ok(finish(&report, &report.outcome, run.json));
+        }
+        Command::Agents { gateway, ca, dir, tokens, run, count, reports, sources, hold } => {
+            let tokens = match tokens {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the tokens in {}", path.display()))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("tte_"))
+                    .map(str::to_string)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let config = agents::AgentsConfig {
+                gateway,
+                ca,
+                dir,
+                tokens,
+                count,
+                reports,
+                hold: Duration::from_secs(hold),
+                sources: sources.unwrap_or_else(|| count.div_ceil(agents::AGENTS_PER_SOURCE).max(1)),
+                timeout: timeout(&run, 600),
+                gateway_probe: probe(&run)?,
+            };
+            let report = agents::run(config, &mut Progress::new()).await?;
             return Ok(finish(&report, &report.outcome, run.json));
         }
         Command::Worker(args) => run_worker(args).await?,

@@ -19,6 +19,8 @@ pub enum ScenarioError {
     Forward { uuid: uuid::Uuid, detail: String },
     #[error("stream {stream}: {detail}")]
     Traffic { stream: usize, detail: String },
+    #[error("agents: {0}")]
+    Agents(String),
     #[error("the gateway process {pid}: {detail}")]
     Gateway { pid: u32, detail: String },
 }

@@ -1,7 +1,8 @@
 //! The scenarios of `tether-loadtest`, run against a gateway that is already running: many AMT
 //! devices held idle ([`idle`]), every tunnel dropping and redialling at once ([`storm`]), bulk
 //! streams from technicians to device echo services ([`bulk`]), and the round trip of SOL-sized
-//! messages while other devices sit idle ([`latency`]).
+//! messages while other devices sit idle ([`latency`]); and Tether agents over QUIC flushing
+//! their spools and then held idle ([`agents`]).
 //!
 //! The devices are the [`crate::amt`] simulator's (real TLS and APF, keepalives at the interval
 //! the gateway sets), held by worker processes ([`workers`]: one process may not hold more open
@@ -16,6 +17,7 @@
 //! `loadtest/bench.sh` for the recipe), or judge the figures: each scenario reports what it saw
 //! and whether it reached its goal ([`Outcome`]).
 
+pub mod agents;
 pub mod bulk;
 pub mod error;
 pub mod idle;
