@@ -1,6 +1,6 @@
 //! The load tools keep working: `tether-loadtest` measures a relay through Tether end to end
 //! (`tether forward` → gateway → `amt-sim --expose` → a TCP echo), and its scenarios (idle, storm,
-//! bulk, latency) run against a gateway with small counts and report what they saw. Seconds long
+//! bulk, latency, agents) run against a gateway with small counts and report what they saw. Seconds long
 //! each; the full side-by-side bench is `loadtest/bench.sh`, the scenario figures at scale are in
 //! docs/benchmarks.md.
 
@@ -230,4 +230,63 @@ fn a_nat_that_held_a_thousand_devices_brings_them_all_back_at_once_after_a_resta
         admitted_later <= BURST + 10.0,
         "an unknown source got {admitted_later} (first {admitted}) of its 100 devices in at once, past its burst of {BURST}"
     );
+}
+
+#[test]
+fn operator_measures_how_fast_agents_flush_their_spools_into_the_store() {
+    let gateway = Gateway::start(&[]);
+    gateway.operator_with_stdin(&["user", "add", "bench", "--password-stdin"], "bench-password-long\n");
+    let out = gateway.operator(&[
+        "subscriber",
+        "register",
+        "--owner",
+        "bench",
+        "--name",
+        "Bench Ltd",
+        "--email",
+        "bench@example.com",
+        "--max-machines",
+        "30",
+    ]);
+    let subscriber = out.split_whitespace().nth(1).unwrap_or_else(|| panic!("no subscriber id in {out:?}"));
+    let tokens_out = gateway.operator(&["machine", "enroll", subscriber, "--count", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, &tokens_out).unwrap();
+    assert_eq!(tokens_out.lines().filter(|l| l.starts_with("tte_")).count(), 30, "{tokens_out}");
+
+    let pid = gateway.pid().to_string();
+    let agents = dir.path().join("agents");
+    let flags = |count: &str, tokens: Option<&std::path::Path>| {
+        let mut command = Command::new(bin("tether-loadtest"));
+        command
+            .args(["agents", "--gateway", &gateway.agent_addr().to_string(), "--ca"])
+            .arg(gateway.ca_path())
+            .arg("--dir")
+            .arg(&agents)
+            .args(["--count", count, "--reports", "20", "--hold", "2", "--gateway-pid", &pid, "--json"])
+            .args(["--timeout", "120"]);
+        if let Some(tokens) = tokens {
+            command.arg("--tokens").arg(tokens);
+        }
+        command
+    };
+    let out = run(&mut flags("30", Some(&tokens)));
+    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((report["scenario"].as_str(), report["result"].as_str()), (Some("agents"), Some("ok")), "{report}");
+    assert_eq!((report["enrolled"].as_u64(), report["connected"].as_u64()), (Some(30), Some(30)), "{report}");
+    // 20 spooled each, and each one's first heartbeat on connecting.
+    assert_eq!(report["acknowledged"], 30 * 21, "{report}");
+    let rate = report["durable_reports_per_second"].as_f64().unwrap();
+    assert!(rate > 0.0, "{report}");
+    assert!(report["gateway"]["cpu_flush_seconds"].as_f64() > Some(0.0), "{report}");
+    eprintln!("FIGURE agents 30 x 21 reports: {rate:.0} durable reports/s");
+
+    // Again with the same dir: the agents are enrolled already and spend no token.
+    let again: Value = serde_json::from_str(run(&mut flags("30", None)).trim()).unwrap();
+    assert_eq!((again["result"].as_str(), again["enrolled"].as_u64()), (Some("ok"), Some(0)), "{again}");
+    // One more agent and no token for it: refused before any work, and told how to get one.
+    let output = flags("31", None).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("tether machine enroll"), "{stderr}");
 }
