@@ -1,5 +1,6 @@
-//! The agent's connection to its gateways: QUIC (quinn) with ALPN `tether/1`, the machine's
-//! certificate as the client certificate, one control stream.
+//! The agent's connection to its gateways: QUIC (quinn) with ALPN `tether/1`, else TLS over TCP
+//! on the same port ([`crate::link`]), the machine's certificate as the client certificate, one
+//! control stream.
 //!
 //! - [`enroll`]: one connection without a client certificate: `Enroll` with a one-time token and
 //!   a certificate request for a key made here, `Enrolled` back.
@@ -26,22 +27,18 @@ use tokio::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
-use bytes::BytesMut;
 use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::collect::Collect;
+use crate::link::{self, Control, Link, CONNECT_TIMEOUT};
 use crate::spool::Spool;
 use crate::state::{set_mode, write_durable, AgentState, Enrollment, SavedConfig, StateDir, Status};
 
 /// Defaults used until the gateway's signed configuration says otherwise.
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 300;
 pub const DEFAULT_KEEPALIVE_SECS: u32 = 15;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// `HOST[:PORT]` (port 4433 when left out), with the name the server certificate must carry.
@@ -59,10 +56,6 @@ pub fn resolve(gateway: &str) -> Result<(SocketAddr, String)> {
         .next()
         .with_context(|| format!("{host} has no address"))?;
     Ok((addr, host.to_string()))
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The roots the gateway's server certificate must chain to: `ca_pem` when given, else the
@@ -90,68 +83,6 @@ fn roots(ca_pem: Option<&Path>) -> Result<rustls::RootCertStore> {
         }
     }
     Ok(roots)
-}
-
-fn client_config(
-    roots: rustls::RootCertStore,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    keepalive: Duration,
-) -> Result<quinn::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots);
-    let mut tls = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).context("the machine's certificate")?,
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![tap::ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(Arc::new(tls)).context("a TLS 1.3 configuration for QUIC")?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(IDLE_TIMEOUT)?)).keep_alive_interval(Some(keepalive));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
-fn endpoint_for(addr: SocketAddr, local: Option<IpAddr>) -> Result<quinn::Endpoint> {
-    let any: IpAddr = if addr.is_ipv6() { [0u16; 8].into() } else { [0u8; 4].into() };
-    let local = SocketAddr::new(local.unwrap_or(any), 0);
-    quinn::Endpoint::client(local).with_context(|| format!("opening a UDP socket on {local}"))
-}
-
-/// The control stream.
-struct Control {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-}
-
-impl Control {
-    async fn write(&mut self, message: &Message) -> Result<()> {
-        let mut out = BytesMut::with_capacity(message.encoded_len());
-        message.encode(&mut out);
-        self.write_raw(&out).await
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send.write_all(bytes).await.context("sending to the gateway")
-    }
-
-    async fn read(&mut self) -> Result<Message> {
-        loop {
-            if let Some((message, used)) =
-                tap::decode(&self.buf, &tap::Limits::default()).context("the gateway sent a malformed frame")?
-            {
-                let _ = self.buf.split_to(used);
-                return Ok(message);
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.recv.read(&mut chunk).await.context("reading from the gateway")? {
-                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
-                None => bail!("the gateway closed the control stream"),
-            }
-        }
-    }
 }
 
 /// A close from the gateway, as an error the user can act on.
@@ -194,15 +125,11 @@ pub async fn enroll_from(
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
         .serialize_request(&key)
         .context("making the certificate request")?;
-    let roots = roots(ca)?;
-    let endpoint = endpoint_for(addr, local)?;
-    let config = client_config(roots, None, Duration::from_secs(DEFAULT_KEEPALIVE_SECS.into()))?;
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
+    let tls = link::tls_client(roots(ca)?, None)?;
+    let keepalive = Duration::from_secs(DEFAULT_KEEPALIVE_SECS.into());
+    let (link, mut control) = link::dial(addr, &server_name, tls, keepalive, local)
         .await
-        .with_context(|| format!("no answer from {gateway} (UDP {addr}) within {CONNECT_TIMEOUT:?}"))?
         .with_context(|| format!("connecting to {gateway}"))?;
-    let (send, recv) = connection.open_bi().await.context("opening the control stream")?;
-    let mut control = Control { send, recv, buf: BytesMut::new() };
     control
         .write(&Message::Enroll {
             token: token.to_string(),
@@ -218,8 +145,7 @@ pub async fn enroll_from(
         Message::Close { code, text } => return Err(closed(code, &text)),
         other => bail!("the gateway answered the enrollment with {other:?}"),
     };
-    connection.close(0u32.into(), b"enrolled");
-    endpoint.wait_idle().await;
+    link.close("enrolled").await;
 
     write_durable(&state.path("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
     let cert_pem = pem_block("CERTIFICATE", &cert_der);
@@ -428,14 +354,14 @@ impl Agent {
         let _ = self.state.save_status(&status);
     }
 
-    fn client_config(&self, keepalive: u32) -> Result<quinn::ClientConfig> {
+    fn tls_client(&self) -> Result<Arc<rustls::ClientConfig>> {
         let ca = self.state.path("gateway-ca.pem");
         let roots = roots(ca.exists().then_some(ca.as_path()))?;
         let cert_pem = std::fs::read(self.state.path("cert.pem")).context("reading cert.pem")?;
         let chain = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
         let key_pem = std::fs::read(self.state.path("key.pem")).context("reading key.pem")?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?.context("key.pem holds no key")?;
-        client_config(roots, Some((chain, key)), Duration::from_secs(keepalive.into()))
+        link::tls_client(roots, Some((chain, key)))
     }
 
     /// Verifies a signed configuration with the pinned key; `None` (and a warning) if it fails.
@@ -458,14 +384,23 @@ impl Agent {
         let saved = self.state.config().ok().flatten();
         let (heartbeat, keepalive) = effective(saved.as_ref());
         let (addr, server_name) = resolve(gateway)?;
-        let endpoint = endpoint_for(addr, self.local)?;
-        let config = self.client_config(keepalive)?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &server_name)?)
-            .await
-            .with_context(|| format!("no answer from UDP {addr} within {CONNECT_TIMEOUT:?}"))?
-            .context("connecting")?;
-        let (send, recv) = connection.open_bi().await.context("opening the control stream")?;
-        let mut control = Control { send, recv, buf: BytesMut::new() };
+        let keepalive = Duration::from_secs(keepalive.into());
+        let (link, mut control) = link::dial(addr, &server_name, self.tls_client()?, keepalive, self.local).await?;
+        let result = self.greet(&link, &mut control, gateway, heartbeat, keepalive, connected).await;
+        link.close(if result.is_ok() { "stopping" } else { "error" }).await;
+        result
+    }
+
+    /// Hello, welcome, then the session; `connected` once welcomed.
+    async fn greet(
+        &self,
+        link: &Link,
+        control: &mut Control,
+        gateway: &str,
+        heartbeat: u32,
+        keepalive: Duration,
+        connected: &mut bool,
+    ) -> Result<()> {
         let consent = self.state.state()?.remote_help;
         control
             .write(&Message::Hello {
@@ -485,7 +420,7 @@ impl Agent {
         }
         *connected = true;
         self.connected.store(true, Ordering::Relaxed);
-        let result = self.serve(&connection, control, gateway, heartbeat, consent).await;
+        let result = self.serve(link, control, gateway, heartbeat, keepalive, consent).await;
         self.connected.store(false, Ordering::Relaxed);
         result
     }
@@ -494,14 +429,15 @@ impl Agent {
     /// and acts on what the gateway sends, until the connection ends.
     async fn serve(
         &self,
-        connection: &quinn::Connection,
-        mut control: Control,
+        link: &Link,
+        control: &mut Control,
         gateway: &str,
         mut heartbeat: u32,
+        keepalive: Duration,
         mut consent: bool,
     ) -> Result<()> {
         let since = time::OffsetDateTime::now_utc().unix_timestamp();
-        info!(%gateway, remote = %connection.remote_address(), uuid = %self.enrollment.uuid, "connected");
+        info!(%gateway, remote = %link.remote(), transport = %link.transport(), uuid = %self.enrollment.uuid, "connected");
         let mut status = Status {
             connected_to: Some(gateway.to_string()),
             connected_since: Some(since),
@@ -518,13 +454,15 @@ impl Agent {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
         let mut consent_check = tokio::time::interval(Duration::from_secs(2));
+        let mut ping = tokio::time::interval(keepalive);
+        let mut last_heard = Instant::now();
         // The status file is rewritten on an ack at most once a second (a spool flushed after an
         // outage acks many at once); one left unsaved is saved on the next consent check.
         let mut status_saved = Instant::now();
         let mut status_dirty = false;
         loop {
             tokio::select! {
-                message = control.read() => match message? {
+                message = control.read() => match message.inspect(|_| last_heard = Instant::now())? {
                     Message::Ack { seq } => {
                         self.spool.acknowledged(seq)?;
                         self.acked.fetch_add(1, Ordering::Relaxed);
@@ -573,7 +511,11 @@ impl Agent {
                         info!(enabled = now, "told the gateway of the PC user's consent to remote help");
                     }
                 }
-                reason = connection.closed() => bail!("connection lost: {reason}"),
+                _ = ping.tick(), if link.needs_pings() => {
+                    control.write(&Message::Ping { nonce: rand::random() }).await?;
+                }
+                () = link.silent(last_heard) => bail!("nothing heard from the gateway within {:?}", link::IDLE_TIMEOUT),
+                reason = link.closed() => bail!("connection lost: {reason}"),
             }
         }
     }

@@ -8,5 +8,6 @@
 
 pub mod collect;
 pub mod conn;
+pub mod link;
 pub mod spool;
 pub mod state;

@@ -168,8 +168,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         .await?
         .context("preparing the agent CA and the signing key")?,
     );
-    let agent_endpoint =
-        agents::bind(config.agents.listen, agents::server_config(&material, &agent_keys, &config.agents)?)?;
+    let agents = Arc::new(agents::Agents::new(&material, agent_keys, &config.agents)?);
+    let agent_endpoint = agents::bind(config.agents.listen, agents::server_config(&agents, &config.agents)?)?;
     let addrs = paths::ListenAddrs {
         cira: cira_listener.local_addr()?,
         api: api_listener.local_addr()?,
@@ -246,11 +246,12 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     // Before the first device is admitted: what each busy source held before.
     crate::busy_sources::remember(&shared).await;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(cira::serve(cira_listener, tokio_rustls::TlsAcceptor::from(cira_tls), Arc::clone(&shared)));
+    let cira_tls = cira::Acceptors { cira: cira_tls, agents: Arc::clone(&agents) };
+    tasks.spawn(cira::serve(cira_listener, cira_tls, Arc::clone(&shared)));
     tasks.spawn(api::serve(api_listener, tokio_rustls::TlsAcceptor::from(api_tls), Arc::clone(&shared)));
     tasks.spawn(api::serve_metrics(metrics_listener, Arc::clone(&shared)));
     agents::log_listening(agent_endpoint.local_addr()?, &shared.config.agents.advertise);
-    tasks.spawn(agents::serve(agent_endpoint.clone(), Arc::clone(&shared), agent_keys));
+    tasks.spawn(agents::serve(agent_endpoint.clone(), Arc::clone(&shared), agents));
     tasks.spawn(housekeeping(Arc::clone(&shared), tickets));
     tasks.spawn(crate::mail::sender::run(Arc::clone(&shared), mail_transport));
     tasks.spawn(crate::meter::webhook::run(Arc::clone(&shared), webhook_poster));

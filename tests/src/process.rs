@@ -416,7 +416,11 @@ impl Gateway {
         let token = last_line(&out).expect("the token line").to_string();
         setup(data_dir.path());
         let mut args: Vec<String> = vec!["--data-dir".into(), dir, "gateway".into()];
+        // Each listener on a port of the OS's choosing, unless the test gives its own.
         for flag in ["--cira-listen", "--api-listen", "--metrics-listen", "--agent-listen"] {
+            if extra_args.contains(&flag) {
+                continue;
+            }
             args.push(flag.into());
             args.push(format!("{ip}:0"));
         }

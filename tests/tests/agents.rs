@@ -229,10 +229,14 @@ fn a_revoked_pc_is_refused_and_told_why() {
 
 /// A gateway on the public network of `topology` (its `[agents]` settings `agents_toml`), with
 /// subscriber olga, and a PC in the home network behind the NAT, enrolled and running.
-fn enrolled_behind_nat(topology: &e2e::netns::Topology, agents_toml: &str) -> (Gateway, Pc, Process) {
+fn enrolled_behind_nat(
+    topology: &e2e::netns::Topology,
+    agents_toml: &str,
+    gateway_args: &[&str],
+) -> (Gateway, Pc, Process) {
     use e2e::netns::Host;
     let config = format!("[agents]\n{agents_toml}");
-    let gateway = Gateway::start_at(Host::Public.ip(), &config, &[], |c| topology.wrap(Host::Public, c));
+    let gateway = Gateway::start_at(Host::Public.ip(), &config, gateway_args, |c| topology.wrap(Host::Public, c));
     gateway.operator_with_stdin(&["user", "add", "olga", "--password-stdin"], "pw-olga-long-enough\n");
     let out = gateway.operator(&[
         "subscriber",
@@ -272,7 +276,7 @@ fn router_ip(topology: &e2e::netns::Topology, args: &[&str]) {
 fn an_agent_behind_nat_keeps_its_session_when_the_nat_changes_its_public_address() {
     use e2e::netns::{Host, Topology};
     let topology = Topology::create_unique("migr").expect("network namespaces (run as root)");
-    let (gateway, pc, agent) = enrolled_behind_nat(&topology, "heartbeat_secs = 5\n");
+    let (gateway, pc, agent) = enrolled_behind_nat(&topology, "heartbeat_secs = 5\n", &[]);
     let last_ack = || pc.status()["last_ack"].as_i64();
     wait_for("a report acknowledged", REPORT_WAIT, || last_ack().is_some());
     let gateway_saw = gateway.process().log_line_containing("agent connected").expect("the gateway logged the agent");
@@ -320,7 +324,7 @@ fn reports_taken_during_a_network_outage_arrive_once_it_is_over() {
     let topology = Topology::create_unique("outg").expect("network namespaces (run as root)");
     // Sessions end after 6 s without a packet, so that the outage ends this one.
     let (gateway, pc, agent) =
-        enrolled_behind_nat(&topology, "heartbeat_secs = 5\nkeepalive_secs = 2\nidle_timeout_secs = 6\n");
+        enrolled_behind_nat(&topology, "heartbeat_secs = 5\nkeepalive_secs = 2\nidle_timeout_secs = 6\n", &[]);
     wait_for("two reports", REPORT_WAIT, || stored_sequences_in(&topology, &gateway, pc.uuid).len() >= 2);
 
     // The home's uplink goes down: the session times out, and the agent, offline, goes on taking
@@ -347,4 +351,40 @@ fn reports_taken_during_a_network_outage_arrive_once_it_is_over() {
     assert_eq!(seqs, expected, "every report stored once, none missing");
     let connects = agent.stderr().lines().filter(|l| l.contains(" connected")).count();
     assert!(connects >= 2, "the agent reconnected after the outage:\n{}", agent.stderr());
+}
+
+#[test]
+fn an_agent_behind_a_firewall_that_drops_udp_enrolls_and_reports_over_tls_on_the_cira_port() {
+    use e2e::netns::{Host, Topology};
+    let topology = Topology::create_unique("udpx").expect("network namespaces (run as root)");
+    // The home's router forwards no UDP to the gateway: QUIC cannot get through.
+    let rules = "table inet firewall {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  \
+                 udp dport 4433 counter drop\n }\n}\n";
+    let mut nft = topology.command(Host::Router, "nft");
+    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = nft.spawn().expect("nft");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f in the router");
+
+    // AMT's CIRA and the agents' QUIC on 4433, as in production: TCP 4433 serves both.
+    let listen = format!("{}:4433", Host::Public.ip());
+    let args = ["--cira-listen", &listen, "--agent-listen", &listen];
+    let config = "heartbeat_secs = 5\nkeepalive_secs = 2\nidle_timeout_secs = 6\n";
+    let (gateway, pc, agent) = enrolled_behind_nat(&topology, config, &args);
+    wait_for("two reports over TLS", REPORT_WAIT, || stored_sequences_in(&topology, &gateway, pc.uuid).len() >= 2);
+    let connected = gateway.process().log_line_containing("agent connected").expect("the gateway logged the agent");
+    assert!(connected.contains("transport=tls"), "{connected}");
+    let agent_log = agent.stderr();
+    assert!(agent_log.contains("transport=tls"), "the agent says it connected over TLS:\n{agent_log}");
+    let dropped = topology.command(Host::Router, "nft").args(["list", "ruleset"]).output().unwrap();
+    let dropped = String::from_utf8_lossy(&dropped.stdout).into_owned();
+    assert!(!dropped.contains("packets 0 "), "the router did drop QUIC's packets: {dropped}");
+
+    // The session holds past the gateway's idle timeout (6 s): the agent's pings every 2 s.
+    std::thread::sleep(Duration::from_secs(8));
+    let connects = agent.stderr().lines().filter(|l| l.contains(" connected")).count();
+    assert_eq!(connects, 1, "one session throughout:\n{}", agent.stderr());
+    let seqs = stored_sequences_in(&topology, &gateway, pc.uuid);
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "every report stored once, none missing");
 }

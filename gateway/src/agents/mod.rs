@@ -8,8 +8,13 @@
 //! enrollment ([`keys`]); a connection without one may only enroll. `agents.max_agents`
 //! connections are held at most.
 //!
-//! What it does not do: the TCP/TLS fallback on 4433 (the CIRA listener's port), relayed
-//! sessions to agent PCs, or rate the support parameters (the health meter).
+//! The TCP/TLS fallback for networks that block UDP: on the CIRA listener's port (4433), a
+//! client whose TLS hello offers ALPN `tether/1` is an agent (AMT offers none), and `cira::serve`
+//! hands it, after the handshake with this module's TLS configuration ([`Agents::tls`]), to the
+//! same session ([`session::run_tls`]), under the same limits ([`Agents`]).
+//!
+//! What it does not do: relayed sessions to agent PCs, or rate the support parameters (the
+//! health meter).
 
 pub mod keys;
 pub mod session;
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
 
 use crate::certs::TlsMaterial;
@@ -29,14 +34,49 @@ use crate::metrics::RejectReason;
 use crate::state::Shared;
 use keys::AgentKeys;
 
-/// The QUIC server configuration: the gateway's server certificate (the one AMT devices trust,
+/// What both listeners share about agents: the keys, the TLS configuration, and the limits on
+/// connections in their handshake (`agents.max_pending`) and held (`agents.max_agents`), whichever
+/// transport they came by.
+#[derive(Debug)]
+pub struct Agents {
+    pub keys: Arc<AgentKeys>,
+    /// TLS 1.3, ALPN `tether/1`, a client certificate from the agent CA optional.
+    pub tls: Arc<rustls::ServerConfig>,
+    pending: Arc<Semaphore>,
+    held: Arc<Semaphore>,
+}
+
+impl Agents {
+    pub fn new(material: &TlsMaterial, keys: Arc<AgentKeys>, config: &crate::config::AgentsConfig) -> Result<Agents> {
+        Ok(Agents {
+            tls: Arc::new(tls_config(material, &keys)?),
+            keys,
+            pending: Arc::new(Semaphore::new(config.max_pending)),
+            held: Arc::new(Semaphore::new(config.max_agents)),
+        })
+    }
+
+    /// A place among the connections in their handshake, if there is one.
+    pub fn try_pending(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.pending).try_acquire_owned().ok()
+    }
+
+    /// Drives an agent's TLS connection (the TCP fallback) to its end.
+    pub async fn run_tls(
+        self: Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        remote: SocketAddr,
+        shared: Arc<Shared>,
+        pending: OwnedSemaphorePermit,
+    ) {
+        session::run_tls(tls, remote, shared, Arc::clone(&self.keys), pending, Arc::clone(&self.held)).await;
+    }
+}
+
+/// The agents' TLS configuration: the gateway's server certificate (the one AMT devices trust,
 /// or the operator's), client certificates from the agent CA optional (an agent enrolling has
 /// none yet), TLS 1.3 only, ALPN `tether/1`.
-pub fn server_config(
-    material: &TlsMaterial,
-    keys: &AgentKeys,
-    config: &crate::config::AgentsConfig,
-) -> Result<quinn::ServerConfig> {
+fn tls_config(material: &TlsMaterial, keys: &AgentKeys) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(keys.ca().clone()).context("the agent CA certificate")?;
@@ -51,7 +91,13 @@ pub fn server_config(
         .context("the server certificate for QUIC")?;
     tls.alpn_protocols = vec![protocols::tap::ALPN.to_vec()];
     tls.max_early_data_size = 0;
-    let crypto = QuicServerConfig::try_from(Arc::new(tls)).context("a TLS 1.3 configuration for QUIC")?;
+    Ok(tls)
+}
+
+/// The QUIC server configuration: [`Agents::tls`], and the transport's keepalive, idle timeout
+/// and stream limits.
+pub fn server_config(agents: &Agents, config: &crate::config::AgentsConfig) -> Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(Arc::clone(&agents.tls)).context("a TLS 1.3 configuration for QUIC")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -76,9 +122,7 @@ pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<quinn::Endp
 }
 
 /// Accepts agent connections until shutdown.
-pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, keys: Arc<AgentKeys>) {
-    let pending = Arc::new(Semaphore::new(shared.config.agents.max_pending));
-    let held = Arc::new(Semaphore::new(shared.config.agents.max_agents));
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, agents: Arc<Agents>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let incoming = tokio::select! {
@@ -98,12 +142,12 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, keys: Arc<Age
             incoming.refuse();
             continue;
         }
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+        let Some(permit) = agents.try_pending() else {
             shared.metrics.connection_rejected(RejectReason::PendingFull);
             incoming.refuse();
             continue;
         };
-        let (shared, keys, held) = (Arc::clone(&shared), Arc::clone(&keys), Arc::clone(&held));
+        let (shared, keys, held) = (Arc::clone(&shared), Arc::clone(&agents.keys), Arc::clone(&agents.held));
         tokio::spawn(async move {
             let timeout = Duration::from_secs(shared.config.agents.hello_timeout_secs.into());
             let connection = match incoming.accept() {
@@ -120,7 +164,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, keys: Arc<Age
                 },
                 Err(err) => return debug!(%remote, error = %err, "agent connection attempt dropped"),
             };
-            session::run(connection, remote, shared, keys, permit, held).await;
+            session::run(connection, shared, keys, permit, held).await;
         });
     }
 }

@@ -12,6 +12,11 @@
 //!   `Report` and acknowledges it only once it is committed.
 //!
 //! Everything else closes the connection with a [`CloseCode`] and a reason the agent logs.
+//!
+//! The same session runs over either transport ([`Link`]): a QUIC connection (its first
+//! bidirectional stream is the control stream), or a TLS stream over TCP on the CIRA port, told
+//! apart from AMT's CIRA by its ALPN `tether/1` (`cira::serve` hands it here). Over TLS there is no
+//! connection migration; everything else is the same, client certificate included.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,6 +28,8 @@ use bytes::BytesMut;
 use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -50,10 +57,54 @@ impl Ended {
     }
 }
 
+/// What carries a session: a QUIC connection, or a TLS stream over TCP (the fallback where UDP
+/// is blocked), whose two halves are the [`Control`] stream itself.
+pub(super) enum Link {
+    Quic(quinn::Connection),
+    Tls { remote: SocketAddr },
+}
+
+impl Link {
+    fn transport(&self) -> &'static str {
+        match self {
+            Link::Quic(_) => "quic",
+            Link::Tls { .. } => "tls",
+        }
+    }
+
+    fn remote(&self) -> SocketAddr {
+        match self {
+            Link::Quic(connection) => connection.remote_address(),
+            Link::Tls { remote } => *remote,
+        }
+    }
+
+    /// Over TLS, resolves once the agent has been silent for `idle` since `last_heard` (its
+    /// pings come every keepalive; TCP would not notice a vanished peer). QUIC has its own idle
+    /// timeout: never.
+    async fn silent(&self, last_heard: tokio::time::Instant, idle: Duration) {
+        match self {
+            Link::Quic(_) => std::future::pending().await,
+            Link::Tls { .. } => tokio::time::sleep_until(last_heard + idle).await,
+        }
+    }
+
+    /// Resolves when the transport itself is gone (over TLS, the control stream says so).
+    async fn closed(&self) -> String {
+        match self {
+            Link::Quic(connection) => connection.closed().await.to_string(),
+            Link::Tls { .. } => std::future::pending().await,
+        }
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// The control stream: frames in and out.
 struct Control {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: Writer,
+    recv: Reader,
     buf: BytesMut,
     limits: tap::Limits,
 }
@@ -71,8 +122,8 @@ impl Control {
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.recv.read(&mut chunk).await {
-                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(None) => return Err(Ended::new(CloseCode::Normal, "the agent closed its control stream")),
+                Ok(0) => return Err(Ended::new(CloseCode::Normal, "the agent closed its control stream")),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(err) => return Err(Ended::new(CloseCode::Normal, format!("control stream: {err}"))),
             }
         }
@@ -85,44 +136,91 @@ impl Control {
     }
 }
 
-/// Drives one agent connection to its end.
+/// Drives one agent connection over QUIC to its end.
 pub async fn run(
     connection: quinn::Connection,
+    shared: Arc<Shared>,
+    keys: Arc<AgentKeys>,
+    pending: OwnedSemaphorePermit,
+    held: Arc<Semaphore>,
+) {
+    let deadline = hello_deadline(&shared);
+    let stream = tokio::time::timeout_at(deadline, connection.accept_bi()).await;
+    let control = match stream {
+        Ok(Ok((send, recv))) => Control::new(Box::new(send), Box::new(recv)),
+        Ok(Err(err)) => {
+            return close(&Link::Quic(connection), None, Ended::new(CloseCode::Normal, err.to_string())).await
+        }
+        Err(_) => {
+            return close(&Link::Quic(connection), None, Ended::new(CloseCode::Timeout, "no control stream in time"))
+                .await
+        }
+    };
+    let certs = peer_certs(&connection);
+    drive(Link::Quic(connection), control, certs, deadline, shared, keys, pending, held).await;
+}
+
+/// When the first message must have come: `agents.hello_timeout_secs` from now.
+fn hello_deadline(shared: &Shared) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(shared.config.agents.hello_timeout_secs.into())
+}
+
+/// Drives one agent connection over TLS on TCP (the fallback on the CIRA port) to its end.
+pub async fn run_tls(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
     remote: SocketAddr,
     shared: Arc<Shared>,
     keys: Arc<AgentKeys>,
     pending: OwnedSemaphorePermit,
     held: Arc<Semaphore>,
 ) {
-    let hello_timeout = Duration::from_secs(shared.config.agents.hello_timeout_secs.into());
-    let first = tokio::time::timeout(hello_timeout, async {
-        let (send, recv) = connection.accept_bi().await.map_err(|e| Ended::new(CloseCode::Normal, e.to_string()))?;
-        let mut control = Control { send, recv, buf: BytesMut::new(), limits: tap::Limits::default() };
-        let message = control.read().await?;
-        Ok::<_, Ended>((control, message))
-    })
-    .await;
-    let (mut control, message) = match first {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(ended)) => return close(&connection, None, ended).await,
-        Err(_) => return close(&connection, None, Ended::new(CloseCode::Timeout, "no hello in time")).await,
+    let certs = tls.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+    let (recv, send) = tokio::io::split(tls);
+    let control = Control::new(Box::new(send), Box::new(recv));
+    let deadline = hello_deadline(&shared);
+    drive(Link::Tls { remote }, control, certs, deadline, shared, keys, pending, held).await;
+}
+
+impl Control {
+    fn new(send: Writer, recv: Reader) -> Control {
+        Control { send, recv, buf: BytesMut::new(), limits: tap::Limits::default() }
+    }
+}
+
+/// The session, whichever transport carries it: the first message within the hello timeout,
+/// then enrollment or the authenticated agent's session.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    link: Link,
+    mut control: Control,
+    certs: Option<Vec<CertificateDer<'static>>>,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+    keys: Arc<AgentKeys>,
+    pending: OwnedSemaphorePermit,
+    held: Arc<Semaphore>,
+) {
+    let remote = link.remote();
+    let message = match tokio::time::timeout_at(deadline, control.read()).await {
+        Ok(Ok(message)) => message,
+        Ok(Err(ended)) => return close(&link, None, ended).await,
+        Err(_) => return close(&link, Some(&mut control), Ended::new(CloseCode::Timeout, "no hello in time")).await,
     };
-    let certs = peer_certs(&connection);
     match message {
         Message::Enroll { token, uuid, hostname, csr_der } => {
             let ended = enroll(&shared, &keys, &mut control, remote, &token, uuid, &hostname, &csr_der).await;
             drop(pending);
-            close(&connection, Some(&mut control), ended).await
+            close(&link, Some(&mut control), ended).await
         }
         Message::Hello { uuid, agent_version, hostname, os, capabilities, remote_help } => {
             let Some(identity) = certs.as_ref().and_then(|c| c.first()).and_then(peer_identity) else {
                 let ended = Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first");
-                return close(&connection, Some(&mut control), ended).await;
+                return close(&link, Some(&mut control), ended).await;
             };
             if identity.uuid != uuid {
                 warn!(%remote, certificate = %identity.uuid, claimed = %uuid, "agent hello for another machine's UUID");
                 let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
-                return close(&connection, Some(&mut control), ended).await;
+                return close(&link, Some(&mut control), ended).await;
             }
             match shared.store.agent_cert_standing(&identity.serial, uuid).await {
                 Ok(CertStanding::Valid) => {}
@@ -130,21 +228,21 @@ pub async fn run(
                     info!(%remote, %uuid, %reason, "agent with a revoked certificate refused");
                     let ended =
                         Ended::new(CloseCode::Revoked, format!("this machine's certificate was revoked: {reason}"));
-                    return close(&connection, Some(&mut control), ended).await;
+                    return close(&link, Some(&mut control), ended).await;
                 }
                 Ok(CertStanding::Unknown) => {
                     let ended = Ended::new(CloseCode::Unauthenticated, "this gateway did not issue that certificate");
-                    return close(&connection, Some(&mut control), ended).await;
+                    return close(&link, Some(&mut control), ended).await;
                 }
                 Err(err) => {
                     warn!(error = %err, "cannot check an agent's certificate");
                     let ended = Ended::new(CloseCode::Busy, "the gateway cannot check certificates now; try again");
-                    return close(&connection, Some(&mut control), ended).await;
+                    return close(&link, Some(&mut control), ended).await;
                 }
             }
             let Ok(slot) = held.try_acquire_owned() else {
                 let ended = Ended::new(CloseCode::Busy, "this gateway holds all the agents it may; try another");
-                return close(&connection, Some(&mut control), ended).await;
+                return close(&link, Some(&mut control), ended).await;
             };
             drop(pending);
             let now = OffsetDateTime::now_utc();
@@ -161,14 +259,14 @@ pub async fn run(
             };
             let mut agent =
                 Agent { shared: &shared, keys: &keys, uuid, remote, remote_help, since: now, pace: Pace::new() };
-            let ended = agent.serve(&connection, &mut control, &hello, capabilities).await;
+            let ended = agent.serve(&link, &mut control, &hello, capabilities).await;
             drop(slot);
-            close(&connection, Some(&mut control), ended).await
+            close(&link, Some(&mut control), ended).await
         }
         other => {
             let ended =
                 Ended::new(CloseCode::BadMessage, format!("expected Hello or Enroll first, not {}", name(&other)));
-            close(&connection, Some(&mut control), ended).await
+            close(&link, Some(&mut control), ended).await
         }
     }
 }
@@ -181,19 +279,31 @@ fn peer_certs(connection: &quinn::Connection) -> Option<Vec<CertificateDer<'stat
     connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|b| *b)
 }
 
-/// Sends the close frame (when the stream is up), then closes the connection with the code.
-async fn close(connection: &quinn::Connection, control: Option<&mut Control>, ended: Ended) {
-    debug!(remote = %connection.remote_address(), code = ?ended.code, reason = %ended.text, "agent connection closing");
+/// Sends the close frame (when the stream is up) and ends the stream, gives the agent a moment
+/// to read it and go, then closes the connection with the code.
+async fn close(link: &Link, control: Option<&mut Control>, ended: Ended) {
+    debug!(remote = %link.remote(), transport = %link.transport(), code = ?ended.code, reason = %ended.text, "agent connection closing");
     if let Some(control) = control {
         let message = Message::Close { code: ended.code, text: ended.text.chars().take(200).collect() };
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = control.write(&message).await;
-            let _ = control.send.finish();
-            let _ = control.send.stopped().await;
+            let _ = control.send.shutdown().await;
+            match link {
+                Link::Quic(connection) => {
+                    connection.closed().await;
+                }
+                // Until the agent hangs up (its end of the stream), whatever it still sends.
+                Link::Tls { .. } => {
+                    let mut sink = [0u8; 1024];
+                    while control.recv.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                }
+            }
         })
         .await;
     }
-    connection.close(quinn::VarInt::from_u32(ended.code as u32), ended.text.as_bytes());
+    if let Link::Quic(connection) = link {
+        connection.close(quinn::VarInt::from_u32(ended.code as u32), ended.text.as_bytes());
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,7 +422,7 @@ impl Pace {
 impl Agent<'_> {
     async fn serve(
         &mut self,
-        connection: &quinn::Connection,
+        link: &Link,
         control: &mut Control,
         hello: &AgentHello,
         capabilities: Capabilities,
@@ -353,16 +463,21 @@ impl Agent<'_> {
             }
         }
         shared.metrics.tunnel_opened(TunnelKind::Agent);
-        info!(uuid = %self.uuid, remote = %self.remote, capabilities = capabilities.bits(), "agent connected");
+        info!(uuid = %self.uuid, remote = %self.remote, transport = %link.transport(), capabilities = capabilities.bits(), "agent connected");
 
+        let idle = Duration::from_secs(config.idle_timeout_secs.into());
+        let mut last_heard = tokio::time::Instant::now();
         let ended = loop {
             tokio::select! {
                 message = control.read() => match message {
                     Ok(message) => {
+                        last_heard = tokio::time::Instant::now();
                         if let Err(ended) = self.handle(control, message).await {
                             break ended;
                         }
-                        self.follow_migration(connection).await;
+                        if let Link::Quic(connection) = link {
+                            self.follow_migration(connection).await;
+                        }
                     }
                     Err(ended) => break ended,
                 },
@@ -385,7 +500,8 @@ impl Agent<'_> {
                     }
                     None => break Ended::new(CloseCode::Shutdown, "gateway shutting down"),
                 },
-                reason = connection.closed() => break Ended::new(CloseCode::Normal, format!("connection lost: {reason}")),
+                reason = link.closed() => break Ended::new(CloseCode::Normal, format!("connection lost: {reason}")),
+                () = link.silent(last_heard, idle) => break Ended::new(CloseCode::Timeout, "nothing heard from the agent within agents.idle_timeout_secs"),
             }
         };
         shared.registry.remove(self.uuid, TunnelKind::Agent, id);

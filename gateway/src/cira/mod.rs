@@ -11,29 +11,40 @@
 //! `proxy.trusted`, every one of these checks applies to the device's address from the PROXY v2
 //! header, read first (bounded by `proxy.header_timeout_ms`).
 //!
+//! The same port takes Tether agents over TLS where UDP is blocked: the TLS client hello is read
+//! first, and one offering ALPN `tether/1` (AMT offers none) is handshaken with the agents' TLS
+//! configuration and handed to their session (`agents`), under the agents' own limits. Everything
+//! before the hello (file budget, pool, rate, PROXY header) applies to both alike.
+//!
 //! What it does not do: decide who a device is (`identity`), or the technician's side (`api`).
 
 pub mod driver;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::files::{AcceptBackoff, FileUse};
+use crate::files::{AcceptBackoff, FileGuard, FileUse};
 use crate::limits::{CapReached, ConnectionCaps, ConnectionSlot};
 use crate::metrics::{HandshakeKind, Listener, RejectReason};
 use crate::proxy_header;
 use crate::state::Shared;
 
-/// Accepts CIRA connections until shutdown.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+/// The TLS configurations of the port: AMT's CIRA, and the agents' fallback.
+#[derive(Debug, Clone)]
+pub struct Acceptors {
+    pub cira: Arc<rustls::ServerConfig>,
+    pub agents: Arc<crate::agents::Agents>,
+}
+
+/// Accepts CIRA connections (and agents over TLS) until shutdown.
+pub async fn serve(listener: TcpListener, acceptor: Acceptors, shared: Arc<Shared>) {
     let tunnel_slots = Arc::new(Semaphore::new(shared.config.apf.max_tunnels));
     let pending = Arc::new(
         ConnectionCaps::new(shared.config.apf.max_pending_connections, shared.config.apf.max_pending_per_source)
@@ -93,9 +104,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 drop(permit);
                 if let Some(slot) = admit(&shared, &pending, remote) {
                     let id = shared.registry.next_id();
-                    if let Some(tunnel) = handshake(tcp, remote, id, acceptor, shared, slot, tunnel_slots).await {
-                        tokio::spawn(tunnel.map(move |()| drop(file)));
-                    }
+                    handshake(tcp, remote, id, acceptor, shared, slot, tunnel_slots, file).await;
                 }
             });
             continue;
@@ -105,11 +114,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
         let id = shared.registry.next_id();
         // The handshake in one task, the tunnel in another: the tunnel's task then holds only
         // what an established tunnel needs (docs/benchmarks.md, "Per-tunnel memory").
-        tokio::spawn(async move {
-            if let Some(tunnel) = handshake(tcp, peer, id, acceptor, shared, slot, tunnel_slots).await {
-                tokio::spawn(tunnel.map(move |()| drop(file)));
-            }
-        });
+        tokio::spawn(handshake(tcp, peer, id, acceptor, shared, slot, tunnel_slots, file));
     }
 }
 
@@ -146,28 +151,62 @@ fn admit(shared: &Shared, pending: &Arc<ConnectionCaps>, remote: SocketAddr) -> 
     Some(slot)
 }
 
-/// The TLS handshake; on success, the future that drives the tunnel (to be spawned).
+/// What the TLS handshake made of a connection.
+enum Handshaken {
+    Cira(tokio_rustls::server::TlsStream<TcpStream>),
+    Agent(tokio_rustls::server::TlsStream<TcpStream>, OwnedSemaphorePermit),
+    /// An agent, refused: `agents.max_pending` connections are in their handshake already.
+    AgentsFull,
+}
+
+/// The TLS handshake (with the agents' configuration when the hello offers ALPN `tether/1`),
+/// then what drives the connection, in a task of its own that holds `file` until it ends (the
+/// tunnel's task then holds only what an established tunnel needs: docs/benchmarks.md,
+/// "Per-tunnel memory").
+#[allow(clippy::too_many_arguments)]
 async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     id: u64,
-    acceptor: TlsAcceptor,
+    acceptors: Acceptors,
     shared: Arc<Shared>,
     pending: ConnectionSlot,
     tunnel_slots: Arc<Semaphore>,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+    file: FileGuard,
+) {
     let started = Instant::now();
-    let tls = match tokio::time::timeout(shared.tls_handshake_timeout(), acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let agent = start.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == protocols::tap::ALPN));
+        if !agent {
+            return Ok(Handshaken::Cira(start.into_stream(Arc::clone(&acceptors.cira)).await?));
+        }
+        // A place among the agents' pending connections before the handshake's work.
+        let Some(permit) = acceptors.agents.try_pending() else { return Ok(Handshaken::AgentsFull) };
+        let tls = start.into_stream(Arc::clone(&acceptors.agents.tls)).await?;
+        Ok::<_, std::io::Error>(Handshaken::Agent(tls, permit))
+    };
+    let tls = match tokio::time::timeout(shared.tls_handshake_timeout(), handshake).await {
+        Ok(Ok(Handshaken::Cira(tls))) => tls,
+        Ok(Ok(Handshaken::Agent(tls, permit))) => {
+            debug!(%remote, "an agent over TLS (ALPN tether/1)");
+            // The CIRA pool's place goes; the agents' limits hold the connection from here.
+            drop(pending);
+            let session = Arc::clone(&acceptors.agents).run_tls(tls, remote, shared, permit);
+            tokio::spawn(session.map(move |()| drop(file)));
+            return;
+        }
+        Ok(Ok(Handshaken::AgentsFull)) => {
+            shared.metrics.connection_rejected(RejectReason::PendingFull);
+            return debug!(%remote, "agent over TLS refused: agents.max_pending reached");
+        }
         Ok(Err(err)) => {
             shared.metrics.connection_rejected(RejectReason::TlsHandshake);
-            info!(%remote, error = %err, "TLS handshake failed (is the device provisioned with this gateway's CA?)");
-            return None;
+            return info!(%remote, error = %err, "TLS handshake failed (is the device provisioned with this gateway's CA?)");
         }
         Err(_) => {
             shared.metrics.connection_rejected(RejectReason::TlsHandshake);
-            debug!(%remote, "TLS handshake timed out");
-            return None;
+            return debug!(%remote, "TLS handshake timed out");
         }
     };
     let kind = match tls.get_ref().1.handshake_kind() {
@@ -176,5 +215,6 @@ async fn handshake(
     };
     shared.metrics.tls_handshake(started.elapsed().as_secs_f64(), kind);
     debug!(%remote, "TLS established");
-    Some(driver::Tunnel::new(shared, remote, id, pending, tunnel_slots).run(tls))
+    let tunnel = driver::Tunnel::new(shared, remote, id, pending, tunnel_slots).run(tls);
+    tokio::spawn(tunnel.map(move |()| drop(file)));
 }
