@@ -35,6 +35,8 @@
 #   chromium               Debian's, the browser of the portal's browser test (only when missing)
 #   playwright-core@VERSION  into $TETHER_PLAYWRIGHT_DIR (default .test-cache/playwright): drives
 #                          that Chromium (tests/browser/invite_flow.mjs; it never downloads a browser)
+#   gcc-mingw-w64-x86-64-posix and rustup's x86_64-pc-windows-gnu standard library: checking that
+#                          the agent compiles for Windows (aws-lc's C is built for that target)
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -71,7 +73,8 @@ command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
-    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common expect; do
+    grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common expect \
+    gcc-mingw-w64-x86-64-posix; do
     installed "$pkg" || need+=("$pkg")
 done
 if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && installed qemu-utils \
@@ -134,5 +137,9 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
     python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
     python3 -m pip install "aiosmtpd==$AIOSMTPD_VERSION" 2>/dev/null \
         || python3 -m pip install --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
+    echo "==> rustup target add x86_64-pc-windows-gnu (the agent's Windows check)"
+    rustup target add x86_64-pc-windows-gnu
 fi
 echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, playwright-core $PLAYWRIGHT_VERSION in $PLAYWRIGHT_DIR, PostgreSQL, HAProxy, qemu)"

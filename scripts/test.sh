@@ -4,7 +4,7 @@
 # test (unit, property, end-to-end, behind-NAT, MeshCentral conformance, the appliance image booted
 # under qemu) against them, then a short fuzz run.
 #
-#   FUZZ_SECONDS=30    seconds per fuzz target (scripts/fuzz.sh)
+#   FUZZ_SECONDS=30    seconds per fuzz target (scripts/fuzz.sh; CI runs 10)
 #   TEST_THREADS=2     tests run at once inside each test binary (end-to-end tests are heavy)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,8 +28,21 @@ cargo build --release --workspace --bins --tests --examples --locked
 # target/appliance/cache; the update bundle is the disk image's root, signed with a key made in
 # target/appliance/keys (a throwaway CI key). The rollback test runs only in the full run:
 # cargo test --release -p tether-tests --test appliance -- --include-ignored
-step "building the appliance images: minimal, ISO, disk, update bundle (appliance-image/build.sh all)"
+# Beside the appliance build (mostly downloads and compression): the agent's Windows collectors
+# are behind cfg(windows); their decoding is tested on Linux, and this checks that the agent
+# compiles for Windows at all (its own target dir, so that neither build waits on the other).
+step "building the appliance images: minimal, ISO, disk, update bundle (appliance-image/build.sh all); beside it, cargo check of the agent for Windows"
+windows_log=target/windows-check.log
+CARGO_TARGET_DIR=target/windows cargo check --target x86_64-pc-windows-gnu -p tether-agent --locked \
+    > "$windows_log" 2>&1 &
+windows_check=$!
 appliance-image/build.sh all
+if ! wait "$windows_check"; then
+    cat "$windows_log" >&2
+    echo "test.sh: the agent does not compile for Windows (x86_64-pc-windows-gnu)" >&2
+    exit 1
+fi
+step "the agent compiles for Windows ($(grep -c '^ *Checking\|^ *Compiling' "$windows_log") crates checked)"
 
 step "running the tests (release)"
 cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
