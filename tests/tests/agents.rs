@@ -4,7 +4,9 @@
 //! twice across a gateway killed with SIGKILL and an agent restarted; a token works once; a
 //! revoked machine is refused and told why. Behind a NAT in network namespaces: a session
 //! survives the NAT changing its public address (QUIC migration), and reports taken while the
-//! home's uplink is down arrive, each once, when it is back.
+//! home's uplink is down arrive, each once, when it is back; behind a router that drops UDP, the
+//! agent enrolls and reports over TLS on the CIRA port. In a fleet of two gateways sharing
+//! PostgreSQL, an agent moves on to the second when the first is killed.
 
 use std::path::Path;
 use std::process::Command;
@@ -387,4 +389,52 @@ fn an_agent_behind_a_firewall_that_drops_udp_enrolls_and_reports_over_tls_on_the
     let seqs = stored_sequences_in(&topology, &gateway, pc.uuid);
     let expected: Vec<i64> = (0..seqs.len() as i64).collect();
     assert_eq!(seqs, expected, "every report stored once, none missing");
+}
+
+#[test]
+fn an_agent_moves_on_to_the_next_gateway_of_its_fleet_when_one_is_down() {
+    use e2e::postgres::Postgres;
+    use e2e::process::{free_local_port, operator_in};
+    let postgres = Postgres::start().expect("PostgreSQL (run scripts/install-test-deps.sh)");
+    let database_url = postgres.create_database("agents_fleet").unwrap();
+    // Both gateways are advertised to agents, so each gateway's address is chosen up front.
+    let (port_a, port_b) = (free_local_port(), free_local_port());
+    let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let config = format!(
+        "database_url = \"{database_url}\"\n[fleet]\ninternal_listen = \"127.0.0.1:0\"\n\
+         [agents]\nheartbeat_secs = 5\nkeepalive_secs = 2\nidle_timeout_secs = 6\n\
+         advertise = [\"{addr_a}\", \"{addr_b}\"]\n"
+    );
+    let bundle_dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_dir.path().join("join.json");
+    let mut a = Gateway::start_with_setup(&config, &["--agent-listen", &addr_a], |dir| {
+        operator_in(dir, &["fleet", "init", bundle.to_str().unwrap()]);
+    });
+    let b = Gateway::start_with_setup(&config, &["--agent-listen", &addr_b], |dir| {
+        operator_in(dir, &["fleet", "join", bundle.to_str().unwrap()]);
+    });
+    a.operator_with_stdin(&["user", "add", "olga", "--password-stdin"], "pw-olga-long-enough\n");
+    let out = a.operator(&["subscriber", "register", "--owner", "olga", "--name", "Olga", "--email", "o@example.com"]);
+    let subscriber = out.split_whitespace().nth(1).unwrap().to_string();
+    let pc = Pc::new();
+    pc.enroll(&a, &enrollment_token(&a, &subscriber)).expect("enrollment at the first gateway");
+    let mut agent = pc.run();
+    wait_for("reports through the first gateway", REPORT_WAIT, || stored_sequences(&a, pc.uuid).len() >= 2);
+    let status = pc.status();
+    assert_eq!(status["connected_to"], addr_a.as_str(), "{status}");
+    // The gateways of the fleet came in the enrollment and the signed configuration.
+    let gateways = status["gateways"].as_array().unwrap();
+    assert!(gateways.iter().any(|g| g == addr_b.as_str()), "the agent knows the second gateway: {status}");
+
+    // The first gateway dies: the agent moves on to the second, which admits its certificate
+    // (the fleet shares the agent CA) and stores its reports in the same store.
+    a.kill();
+    let moved = e2e::poll_until(Duration::from_secs(90), || pc.status()["connected_to"] == addr_b.as_str());
+    assert!(moved, "the agent did not move to {addr_b}: {}\n{}", pc.status(), agent.stderr());
+    let before = stored_sequences(&b, pc.uuid).len();
+    wait_for("reports through the second gateway", REPORT_WAIT, || stored_sequences(&b, pc.uuid).len() >= before + 2);
+    let seqs = stored_sequences(&b, pc.uuid);
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "every report stored once, none missing, across the move");
+    agent.terminate(Duration::from_secs(10));
 }

@@ -93,6 +93,10 @@ pub fn write_bundle(data_dir: &Path, out: &Path) -> Result<usize> {
     // The key that seals remembered AMT passwords is shared, so that every gateway opens them:
     // made now if the gateway has not made it yet.
     crate::sealing::Sealer::load_or_create(data_dir).context("creating the key that seals AMT passwords")?;
+    // The agent CA and the key that signs agents' configuration, likewise: an agent enrolled at
+    // one gateway proves itself at every other, and verifies what each sends it.
+    crate::agents::keys::AgentKeys::load_or_create(data_dir)
+        .context("creating the agent CA and the configuration signing key")?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut files = std::collections::BTreeMap::new();
     for name in SHARED_FILES {
@@ -312,8 +316,9 @@ mod tests {
         create_ca(a.path()).unwrap();
         assert!(create_ca(a.path()).is_err(), "a second CA would split the fleet");
         let bundle = a.path().join("join.json");
-        // The CAs, the signing key, and the key that seals AMT passwords (made for the bundle).
-        assert_eq!(write_bundle(a.path(), &bundle).unwrap(), 6);
+        // The CAs, the signing key, the key that seals AMT passwords, the agent CA and its key, and
+        // the agents' configuration signing key (the last four made for the bundle).
+        assert_eq!(write_bundle(a.path(), &bundle).unwrap(), 9);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -322,6 +327,12 @@ mod tests {
         join(b.path(), &bundle, false).unwrap();
         assert_eq!(std::fs::read(b.path().join("tls/ca-key.pem")).unwrap(), b"cira key");
         assert_eq!(std::fs::read(b.path().join("secrets/signing.key")).unwrap(), b"k");
+        let (agents_a, agents_b) = (
+            crate::agents::keys::AgentKeys::load_or_create(a.path()).unwrap(),
+            crate::agents::keys::AgentKeys::load_or_create(b.path()).unwrap(),
+        );
+        assert_eq!(agents_a.ca(), agents_b.ca(), "one agent CA: an agent enrolled at one gateway is known at the other");
+        assert_eq!(agents_a.signing_public(), agents_b.signing_public());
         let uuid = uuid::Uuid::new_v4();
         let sealed = crate::sealing::Sealer::load_or_create(a.path()).unwrap().seal(uuid, b"amt-password");
         let opened = crate::sealing::Sealer::load_or_create(b.path()).unwrap().open(uuid, &sealed).unwrap();
