@@ -331,7 +331,11 @@ mod tests {
             crate::agents::keys::AgentKeys::load_or_create(a.path()).unwrap(),
             crate::agents::keys::AgentKeys::load_or_create(b.path()).unwrap(),
         );
-        assert_eq!(agents_a.ca(), agents_b.ca(), "one agent CA: an agent enrolled at one gateway is known at the other");
+        assert_eq!(
+            agents_a.ca(),
+            agents_b.ca(),
+            "one agent CA: an agent enrolled at one gateway is known at the other"
+        );
         assert_eq!(agents_a.signing_public(), agents_b.signing_public());
         let uuid = uuid::Uuid::new_v4();
         let sealed = crate::sealing::Sealer::load_or_create(a.path()).unwrap().seal(uuid, b"amt-password");
