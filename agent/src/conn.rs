@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::{anyhow, bail, Context, Result};
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 

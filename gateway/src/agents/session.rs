@@ -132,7 +132,12 @@ impl Control {
     async fn write(&mut self, message: &Message) -> Result<(), Ended> {
         let mut out = BytesMut::with_capacity(message.encoded_len());
         message.encode(&mut out);
-        self.send.write_all(&out).await.map_err(|err| Ended::new(CloseCode::Normal, format!("control stream: {err}")))
+        let sent = async {
+            self.send.write_all(&out).await?;
+            // TLS holds records until flushed; QUIC's flush is a no-op.
+            self.send.flush().await
+        };
+        sent.await.map_err(|err| Ended::new(CloseCode::Normal, format!("control stream: {err}")))
     }
 }
 
