@@ -14,13 +14,9 @@ use axum::Form;
 use maud::html;
 
 use super::session::Visitor;
-use super::{actor, refused, views, Allow, Fields, Portal};
+use super::{actor, not_a_number, refused, views, Allow, Fields, Portal};
 use crate::policy::{Action, Resource};
 use crate::store::ContactState;
-
-fn not_a_subscriber(visitor: &Visitor) -> Response {
-    views::message(StatusCode::NOT_FOUND, "No such subscriber", Some(visitor), "That is not a subscriber's number.")
-}
 
 fn contacts_path(id: i64) -> String {
     format!("/portal/subscribers/{id}/contacts")
@@ -31,7 +27,7 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else { return not_a_subscriber(&visitor) };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     contacts_page(&portal, &visitor, id).await
 }
 
@@ -106,7 +102,7 @@ pub(super) async fn invite(
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else { return not_a_subscriber(&visitor) };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     let email = fields.get("email").unwrap_or_default();
     match portal.flows().invite(&actor(&visitor), id, email).await {
         // After a POST, the page by GET (a reload does not invite twice): the list shows it.
@@ -127,7 +123,7 @@ pub(super) async fn remove(
         Err(response) => return response,
     };
     let (Ok(id), Ok(contact)) = (id.parse::<i64>(), contact.parse::<i64>()) else {
-        return not_a_subscriber(&visitor);
+        return not_a_number(&visitor, "subscriber");
     };
     match portal.flows().remove_contact(&actor(&visitor), id, contact).await {
         Ok(_) => views::redirect(&contacts_path(id)),
@@ -146,7 +142,7 @@ pub(super) async fn leave(
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else { return not_a_subscriber(&visitor) };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     match portal.flows().leave(&actor(&visitor), id).await {
         Ok(_) => views::redirect("/portal/profile"),
         Err(err) => refused(Some(&visitor), err, "Leaving this subscriber"),

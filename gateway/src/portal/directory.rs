@@ -21,8 +21,7 @@ use axum::response::Response;
 use axum::Form;
 use maud::html;
 
-use super::session::Visitor;
-use super::{actor, refused, views, Allow, Fields, Portal};
+use super::{actor, not_a_number, refused, views, Allow, Fields, Portal};
 use crate::flows::{FlowError, NewUser, Registration};
 use crate::policy::{Action, Resource, Role};
 use crate::store::{SubscriberPii, SubscriptionStatus};
@@ -168,21 +167,12 @@ pub(super) async fn terminate(
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else { return no_such(&visitor, "subscriber") };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     let reason = fields.get("reason").unwrap_or_default();
     match portal.flows().terminate(&actor(&visitor), id, reason).await {
         Ok(_) => views::redirect(SUBSCRIBERS),
         Err(err) => refused(Some(&visitor), err, "Terminating a subscription"),
     }
-}
-
-fn no_such(visitor: &Visitor, what: &str) -> Response {
-    views::message(
-        StatusCode::NOT_FOUND,
-        &format!("No such {what}"),
-        Some(visitor),
-        &format!("That is not a {what}'s number."),
-    )
 }
 
 pub(super) async fn users(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
@@ -286,7 +276,7 @@ async fn set_suspension(portal: &Portal, headers: &HeaderMap, id: &str, fields: 
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else { return no_such(&visitor, "user") };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "user") };
     let (flows, actor) = (portal.flows(), actor(&visitor));
     let done = if suspend { flows.suspend(&actor, id).await } else { flows.unsuspend(&actor, id).await };
     match done {

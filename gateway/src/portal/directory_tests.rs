@@ -5,11 +5,9 @@
 //! sees only its own subscriber and is refused every operator's page and form, with its code.
 
 use axum::http::StatusCode;
-use serde_json::json;
 
 use super::flows_tests::{shop, Shop};
-use super::invitations::TERMS_VERSION;
-use super::tests::{enrol, now, unix_now, Browser, PASSWORD};
+use super::tests::{enrol, unix_now, Browser, PASSWORD};
 use super::totp;
 use crate::policy::Role;
 use crate::store::SubscriptionStatus;
@@ -98,15 +96,7 @@ async fn an_operator_creates_a_user_and_registers_a_subscriber_for_it() {
 async fn an_operator_terminates_a_subscription_and_suspends_a_user() {
     let shop = shop().await;
     // carl is an active contact of olga's.
-    let guid = shop.invite("carl@example.com", 0).await;
-    let carl = shop.bed.user("carl", Role::User).await;
-    let acceptance = crate::store::Acceptance {
-        terms_version: TERMS_VERSION.into(),
-        nickname: "carl".into(),
-        contact_email: None,
-        alert_prefs: json!({}),
-    };
-    shop.bed.store().accept_invitation(guid, carl, &acceptance, now()).await.unwrap();
+    shop.active_contact("carl@example.com", "carl").await;
     let mut carl_browser = shop.signed_in("carl", "192.0.2.42").await;
     assert!(carl_browser.get("/portal/machines").await.body.contains("kitchen pc"));
 

@@ -13,7 +13,7 @@ use axum::Form;
 use maud::html;
 use uuid::Uuid;
 
-use super::{actor, refused, views, Allow, Fields, Portal};
+use super::{actor, not_a_number, refused, views, Allow, Fields, Portal};
 use crate::flows::FlowError;
 use crate::policy::{Action, Resource};
 
@@ -26,14 +26,7 @@ pub(super) async fn form(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else {
-        return views::message(
-            StatusCode::NOT_FOUND,
-            "No such subscriber",
-            Some(&visitor),
-            "Not a subscriber's number.",
-        );
-    };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     if let Err(err) = actor(&visitor).authorize(Action::EnrollMachine, Resource::Subscriber(id)) {
         return refused(Some(&visitor), err, "Enrolling a machine");
     }
@@ -66,14 +59,7 @@ pub(super) async fn submit(
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
-    let Ok(id) = id.parse::<i64>() else {
-        return views::message(
-            StatusCode::NOT_FOUND,
-            "No such subscriber",
-            Some(&visitor),
-            "Not a subscriber's number.",
-        );
-    };
+    let Ok(id) = id.parse::<i64>() else { return not_a_number(&visitor, "subscriber") };
     let uuid = match fields.get("uuid").map(str::trim).filter(|u| !u.is_empty()) {
         None => None,
         Some(text) => match text.parse::<Uuid>() {

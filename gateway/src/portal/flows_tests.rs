@@ -51,6 +51,20 @@ impl Shop {
         self.bed.store().invite_contact(self.olga, email, at, time::Duration::days(7)).await.unwrap().guid
     }
 
+    /// `name` (a new user) accepts an invitation of olga's subscriber to `email`: an active contact.
+    pub(super) async fn active_contact(&self, email: &str, name: &str) -> i64 {
+        let guid = self.invite(email, 0).await;
+        let user = self.bed.user(name, Role::User).await;
+        let acceptance = crate::store::Acceptance {
+            terms_version: TERMS_VERSION.into(),
+            nickname: name.into(),
+            contact_email: None,
+            alert_prefs: json!({}),
+        };
+        self.bed.store().accept_invitation(guid, user, &acceptance, now()).await.unwrap();
+        user
+    }
+
     pub(super) async fn signed_in(&self, name: &str, from: &str) -> Browser<'_> {
         let mut browser = self.bed.browser(from);
         assert_eq!(browser.sign_in(name, PASSWORD).await.status, StatusCode::SEE_OTHER);
@@ -120,15 +134,7 @@ async fn the_owner_invites_and_removes_contacts_on_the_contacts_page() {
 #[tokio::test]
 async fn strangers_and_contacts_are_refused_another_subscribers_contacts_page() {
     let shop = shop().await;
-    let guid = shop.invite("carl@example.com", 0).await;
-    let carl = shop.bed.user("carl", Role::User).await;
-    let acceptance = crate::store::Acceptance {
-        terms_version: TERMS_VERSION.into(),
-        nickname: "carl".into(),
-        contact_email: None,
-        alert_prefs: json!({}),
-    };
-    shop.bed.store().accept_invitation(guid, carl, &acceptance, now()).await.unwrap();
+    shop.active_contact("carl@example.com", "carl").await;
 
     // A contact of olga's does not manage olga's contacts.
     let mut carl = shop.signed_in("carl", "192.0.2.31").await;

@@ -265,6 +265,16 @@ fn form_token(headers: &HeaderMap, visitor: Option<&Visitor>) -> (String, Option
     }
 }
 
+/// 404 for a path whose number (`what`: "subscriber", "user") is no number at all.
+fn not_a_number(visitor: &Visitor, what: &str) -> Response {
+    views::message(
+        StatusCode::NOT_FOUND,
+        &format!("No such {what}"),
+        Some(visitor),
+        &format!("That is not a {what}'s number."),
+    )
+}
+
 /// A store failure: logged, answered without details.
 fn unavailable(err: StoreError) -> Response {
     warn!(error = %err, "store query failed while answering the portal");
