@@ -8,8 +8,11 @@
 //!   [`Message::Hello`] first; the gateway answers [`Message::Welcome`], then sends
 //!   [`Message::Config`] when it has configuration for the agent. After that, in any order: the
 //!   agent's [`Message::Report`]s, each acknowledged with [`Message::Ack`] once it is durable;
-//!   [`Message::Message`]s for the PC's user; [`Message::RemoteHelp`] when the user changes consent;
-//!   [`Message::Ping`]/[`Message::Pong`] either way; and [`Message::Close`] to end with a reason.
+//!   [`Message::Message`]s for the PC's user, answered with [`Message::MessageState`] (received,
+//!   then read); signed support [`Message::Action`]s, answered with [`Message::ActionResult`];
+//!   [`Message::Receipt`] once what the agent said about a message or an action is durable;
+//!   [`Message::RemoteHelp`] when the user changes consent; [`Message::Ping`]/[`Message::Pong`]
+//!   either way; and [`Message::Close`] to end with a reason.
 //! - One **stream per relayed session**, opened by the gateway, starting with
 //!   [`Message::ChannelOpen`]. The agent answers [`Message::ChannelAccept`] (after which the stream
 //!   carries the session's raw bytes, no longer frames) or [`Message::ChannelRefuse`].
@@ -20,10 +23,10 @@
 //! # What this module does not do
 //!
 //! No sockets, streams or timers (the gateway and the agent drive QUIC), and no cryptography:
-//! [`Message::Config`] and [`Message::Message`] carry a [`Signed`] payload, and
-//! [`signed_message`] gives the exact bytes the gateway signs and the agent verifies (Ed25519, in
-//! the daemons, with aws-lc-rs). Decode a payload ([`ConfigBody::decode`],
-//! [`MessageBody::decode`]) only after its signature checks out.
+//! [`Message::Config`], [`Message::Message`] and [`Message::Action`] carry a [`Signed`] payload,
+//! and [`signed_message`] gives the exact bytes the gateway signs and the agent verifies (Ed25519,
+//! in the daemons, with aws-lc-rs). Decode a payload ([`ConfigBody::decode`],
+//! [`MessageBody::decode`], [`ActionBody::decode`]) only after its signature checks out.
 //!
 //! # Framing
 //!
@@ -66,12 +69,16 @@ pub const HEADER_LEN: usize = 6;
 pub const DEFAULT_MAX_FRAME: usize = 256 * 1024;
 /// Default [`Limits::max_text`]: 512 bytes per string.
 pub const DEFAULT_MAX_TEXT: usize = 512;
-/// Default [`Limits::max_blob`]: 16 KiB per certificate, CSR or signed payload.
-pub const DEFAULT_MAX_BLOB: usize = 16 * 1024;
+/// Default [`Limits::max_blob`]: 64 KiB per certificate, CSR, signed payload or action output.
+pub const DEFAULT_MAX_BLOB: usize = 64 * 1024;
 /// Longest string in a signed payload ([`ConfigBody`], [`MessageBody`]) but the message text.
 pub const MAX_PAYLOAD_TEXT: usize = 512;
 /// Longest text of a [`MessageBody`].
 pub const MAX_MESSAGE_TEXT: usize = 4096;
+/// Longest body (script or instructions) of an [`ActionBody`].
+pub const MAX_ACTION_BODY: usize = 32 * 1024;
+/// Most output bytes an agent sends back in an [`ActionResult`] (the rest is cut and flagged).
+pub const MAX_ACTION_OUTPUT: usize = 32 * 1024;
 /// Most gateway addresses in a [`ConfigBody`] or [`Message::Enrolled`].
 pub const MAX_GATEWAYS: usize = 16;
 /// Bytes of an Ed25519 signature.
@@ -122,6 +129,10 @@ pub enum MessageType {
     Close = 13,
     Ping = 14,
     Pong = 15,
+    Action = 16,
+    ActionResult = 17,
+    MessageState = 18,
+    Receipt = 19,
 }
 
 impl MessageType {
@@ -144,6 +155,10 @@ impl MessageType {
             13 => Close,
             14 => Ping,
             15 => Pong,
+            16 => Action,
+            17 => ActionResult,
+            18 => MessageState,
+            19 => Receipt,
             _ => return None,
         })
     }
@@ -167,6 +182,10 @@ impl MessageType {
             Close => "close",
             Ping => "ping",
             Pong => "pong",
+            Action => "action",
+            ActionResult => "action_result",
+            MessageState => "message_state",
+            Receipt => "receipt",
         }
     }
 }
@@ -303,7 +322,7 @@ pub enum SignDomain {
     Config,
     /// A [`MessageBody`].
     Message,
-    /// An action (its payload is defined by the actions module).
+    /// An [`ActionBody`].
     Action,
 }
 
@@ -418,6 +437,198 @@ impl MessageBody {
     }
 }
 
+/// What a support action asks of the PC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ActionKind {
+    /// A script the agent runs (`/bin/sh` on Linux), with a timeout, in a clean environment.
+    Script = 1,
+    /// Instructions shown to the PC's user.
+    Instructions = 2,
+}
+
+impl ActionKind {
+    /// The kind for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Script),
+            2 => Some(Self::Instructions),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Script => "script",
+            Self::Instructions => "instructions",
+        }
+    }
+}
+
+/// The payload of a [`Message::Action`]: a support action for one PC, signed by the gateway.
+///
+/// Layout: id UUID, target UUID, kind `u8` ([`ActionKind`]), issued-at `i64`, expires-at `i64`,
+/// timeout `u32` (seconds), issued-by string (at most [`MAX_PAYLOAD_TEXT`] bytes), then the body as
+/// a `u32` length and that many bytes of UTF-8 (at most [`MAX_ACTION_BODY`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionBody {
+    /// Identifies the action: an agent runs an action once (replays are refused).
+    pub id: Uuid,
+    /// The PC the action is for; an agent refuses an action for another.
+    pub target: Uuid,
+    pub kind: ActionKind,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// An agent refuses the action after this time (Unix seconds).
+    pub expires_at: i64,
+    /// How long a script may run before it is killed.
+    pub timeout_secs: u32,
+    /// The user who issued it, as the gateway knows them (shown to the PC's user, recorded).
+    pub issued_by: String,
+    /// The script, or the instructions.
+    pub body: String,
+}
+
+impl ActionBody {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_slice(self.id.as_bytes());
+        out.put_slice(self.target.as_bytes());
+        out.put_u8(self.kind as u8);
+        out.put_i64(self.issued_at);
+        out.put_i64(self.expires_at);
+        out.put_u32(self.timeout_secs);
+        put_str(out, &self.issued_by);
+        put_blob(out, self.body.as_bytes());
+    }
+
+    /// The number of bytes [`ActionBody::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        16 + 16 + 1 + 8 + 8 + 4 + str_len(&self.issued_by) + blob_len(self.body.as_bytes())
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        parse_whole(payload, "action payload", |input| {
+            let (input, id) = uuid(input, "action.id")?;
+            let (input, target) = uuid(input, "action.target")?;
+            let (input, code) = byte(input, "action.kind")?;
+            let kind = ActionKind::from_u8(code)
+                .ok_or_else(|| fail(DecodeError::UnknownCode { field: "action.kind", value: u16::from(code) }))?;
+            let (input, issued_at) = be_i64(input, "action.issued_at")?;
+            let (input, expires_at) = be_i64(input, "action.expires_at")?;
+            let (input, timeout_secs) = be_u32(input, "action.timeout_secs")?;
+            let (input, issued_by) = string(input, "action.issued_by", MAX_PAYLOAD_TEXT)?;
+            let (input, body) = blob(input, "action.body", MAX_ACTION_BODY)?;
+            let body = std::str::from_utf8(body).map_err(|_| fail(DecodeError::BadUtf8 { field: "action.body" }))?;
+            let body = body.to_owned();
+            Ok((input, ActionBody { id, target, kind, issued_at, expires_at, timeout_secs, issued_by, body }))
+        })
+    }
+}
+
+/// What became of a support action on the PC (the status of an [`ActionResult`]). Codes from 16
+/// up are refusals: the action did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ActionStatus {
+    /// The script ran to its end; the exit code says how it went.
+    Completed = 1,
+    /// The script ran past its timeout and was killed.
+    TimedOut = 2,
+    /// The script could not be started.
+    Failed = 3,
+    /// The instructions were shown to the PC's user.
+    Shown = 4,
+    /// The signature does not verify with the key pinned at enrollment.
+    BadSignature = 16,
+    /// The action is for another PC.
+    WrongTarget = 17,
+    /// The action's expiry has passed.
+    Expired = 18,
+    /// The action ran here before.
+    Replayed = 19,
+    /// The PC's user has turned remote help off.
+    RemoteHelpDisabled = 20,
+    /// The PC's local policy does not allow this kind of action.
+    NotAllowed = 21,
+    /// The signed payload does not decode.
+    Malformed = 22,
+    /// The agent has too many actions waiting.
+    Busy = 23,
+}
+
+impl ActionStatus {
+    /// The status for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        use ActionStatus::*;
+        Some(match code {
+            1 => Completed,
+            2 => TimedOut,
+            3 => Failed,
+            4 => Shown,
+            16 => BadSignature,
+            17 => WrongTarget,
+            18 => Expired,
+            19 => Replayed,
+            20 => RemoteHelpDisabled,
+            21 => NotAllowed,
+            22 => Malformed,
+            23 => Busy,
+            _ => return None,
+        })
+    }
+
+    /// Whether the agent refused the action (it did not run).
+    pub fn is_refusal(self) -> bool {
+        self as u8 >= 16
+    }
+
+    /// A stable name (API, store, logs).
+    pub fn as_str(self) -> &'static str {
+        use ActionStatus::*;
+        match self {
+            Completed => "completed",
+            TimedOut => "timed_out",
+            Failed => "failed",
+            Shown => "shown",
+            BadSignature => "refused_bad_signature",
+            WrongTarget => "refused_wrong_target",
+            Expired => "refused_expired",
+            Replayed => "refused_replayed",
+            RemoteHelpDisabled => "refused_remote_help_off",
+            NotAllowed => "refused_by_local_policy",
+            Malformed => "refused_malformed",
+            Busy => "refused_busy",
+        }
+    }
+}
+
+/// Agent → gateway: what became of an action ([`Message::ActionResult`]).
+///
+/// Layout: id UUID, status `u8` ([`ActionStatus`]), exit code `i32`, duration `u32`
+/// (milliseconds), a flag and then, when set, the sequence `u64` of the fresh report taken after
+/// the action, text string (why it was refused or failed), output blob (at most
+/// [`Limits::max_blob`]), output-truncated flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResult {
+    /// The action's id (nil when a payload that does not decode was refused).
+    pub id: Uuid,
+    pub status: ActionStatus,
+    /// The script's exit code (-1 when killed by a signal or not run).
+    pub exit_code: i32,
+    pub duration_ms: u32,
+    /// The report taken after the action, sent just before this result.
+    pub report_seq: Option<u64>,
+    /// Why the action was refused or failed, for people.
+    pub text: String,
+    /// What the script wrote (stdout, then stderr), at most [`MAX_ACTION_OUTPUT`] bytes.
+    pub output: Bytes,
+    /// Output beyond [`MAX_ACTION_OUTPUT`] was cut.
+    pub output_truncated: bool,
+}
+
 /// One TAP message. Each variant's doc gives its direction and its body's layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -466,6 +677,17 @@ pub enum Message {
     Ping { nonce: u64 },
     /// The answer to Ping, with its nonce. Body: nonce `u64`.
     Pong { nonce: u64 },
+    /// Gateway → agent, a support action. Body: a [`Signed`] [`ActionBody`]
+    /// ([`SignDomain::Action`]).
+    Action(Signed),
+    /// Agent → gateway, what became of an action. Body: an [`ActionResult`].
+    ActionResult(ActionResult),
+    /// Agent → gateway: a message was received (kept and shown), or read by the PC's user. Body:
+    /// message id UUID, read flag.
+    MessageState { id: Uuid, read: bool },
+    /// Gateway → agent: what the agent sent about `id` (an action's result, a message's state) is
+    /// durable; the agent stops sending it again. Body: id UUID.
+    Receipt { id: Uuid },
 }
 
 /// Why bytes could not be decoded. Every variant is the peer's fault; [`DecodeError::close_code`]
@@ -630,6 +852,42 @@ fn body_of<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<'a,
             let (input, nonce) = be_u64(input, "pong.nonce")?;
             (input, Message::Pong { nonce })
         }
+        T::Action => {
+            let (input, signed) = signed(input, "action.payload", "action.signature", limits)?;
+            (input, Message::Action(signed))
+        }
+        T::ActionResult => {
+            let (input, id) = uuid(input, "action_result.id")?;
+            let (input, code) = byte(input, "action_result.status")?;
+            let status = ActionStatus::from_u8(code).ok_or_else(|| {
+                fail(DecodeError::UnknownCode { field: "action_result.status", value: u16::from(code) })
+            })?;
+            let (input, exit_code) = named(input, "action_result.exit_code", nom::number::complete::be_i32)?;
+            let (input, duration_ms) = be_u32(input, "action_result.duration_ms")?;
+            let (input, has_report) = flag(input, "action_result.report")?;
+            let (input, report_seq) = if has_report {
+                let (input, seq) = be_u64(input, "action_result.report_seq")?;
+                (input, Some(seq))
+            } else {
+                (input, None)
+            };
+            let (input, text) = string(input, "action_result.text", text)?;
+            let (input, output) = blob(input, "action_result.output", limits.max_blob)?;
+            let (input, output_truncated) = flag(input, "action_result.output_truncated")?;
+            let output = Bytes::copy_from_slice(output);
+            let result =
+                ActionResult { id, status, exit_code, duration_ms, report_seq, text, output, output_truncated };
+            (input, Message::ActionResult(result))
+        }
+        T::MessageState => {
+            let (input, id) = uuid(input, "message_state.id")?;
+            let (input, read) = flag(input, "message_state.read")?;
+            (input, Message::MessageState { id, read })
+        }
+        T::Receipt => {
+            let (input, id) = uuid(input, "receipt.id")?;
+            (input, Message::Receipt { id })
+        }
     })
 }
 
@@ -653,6 +911,10 @@ impl Message {
             Message::Close { .. } => T::Close,
             Message::Ping { .. } => T::Ping,
             Message::Pong { .. } => T::Pong,
+            Message::Action(_) => T::Action,
+            Message::ActionResult(_) => T::ActionResult,
+            Message::MessageState { .. } => T::MessageState,
+            Message::Receipt { .. } => T::Receipt,
         }
     }
 
@@ -685,7 +947,7 @@ impl Message {
                 patch_u32(out, nested_at);
             }
             Message::Ack { seq } => out.put_u64(*seq),
-            Message::Config(signed) | Message::Message(signed) => {
+            Message::Config(signed) | Message::Message(signed) | Message::Action(signed) => {
                 put_blob(out, &signed.payload);
                 out.put_slice(&signed.signature);
             }
@@ -718,6 +980,24 @@ impl Message {
                 put_str(out, text);
             }
             Message::Ping { nonce } | Message::Pong { nonce } => out.put_u64(*nonce),
+            Message::ActionResult(result) => {
+                out.put_slice(result.id.as_bytes());
+                out.put_u8(result.status as u8);
+                out.put_i32(result.exit_code);
+                out.put_u32(result.duration_ms);
+                put_flag(out, result.report_seq.is_some());
+                if let Some(seq) = result.report_seq {
+                    out.put_u64(seq);
+                }
+                put_str(out, &result.text);
+                put_blob(out, &result.output);
+                put_flag(out, result.output_truncated);
+            }
+            Message::MessageState { id, read } => {
+                out.put_slice(id.as_bytes());
+                put_flag(out, *read);
+            }
+            Message::Receipt { id } => out.put_slice(id.as_bytes()),
         }
         patch_u32(out, len_at);
     }
@@ -733,7 +1013,9 @@ impl Message {
                 Message::Welcome { .. } => 12,
                 Message::Report { report, .. } => 16 + 4 + report.encoded_len(),
                 Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => 8,
-                Message::Config(signed) | Message::Message(signed) => blob_len(&signed.payload) + SIGNATURE_LEN,
+                Message::Config(signed) | Message::Message(signed) | Message::Action(signed) => {
+                    blob_len(&signed.payload) + SIGNATURE_LEN
+                }
                 Message::RemoteHelp { .. } => 1,
                 Message::ChannelOpen { requested_by, .. } => 4 + 2 + str_len(requested_by),
                 Message::ChannelAccept { .. } => 4,
@@ -745,6 +1027,18 @@ impl Message {
                     blob_len(cert_der) + blob_len(ca_der) + SIGNING_KEY_LEN + list_len(gateways)
                 }
                 Message::Close { text, .. } => 2 + str_len(text),
+                Message::ActionResult(result) => {
+                    UUID + 1
+                        + 4
+                        + 4
+                        + 1
+                        + if result.report_seq.is_some() { 8 } else { 0 }
+                        + str_len(&result.text)
+                        + blob_len(&result.output)
+                        + 1
+                }
+                Message::MessageState { .. } => UUID + 1,
+                Message::Receipt { .. } => UUID,
             }
     }
 }

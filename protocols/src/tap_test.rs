@@ -92,7 +92,85 @@ fn samples() -> Vec<Message> {
         Message::Close { code: CloseCode::Revoked, text: String::new() },
         Message::Ping { nonce: u64::MAX },
         Message::Pong { nonce: 0 },
+        Message::Action(Signed { payload: Bytes::from_static(b"action"), signature: [1; 64] }),
+        Message::ActionResult(ActionResult {
+            id: uuid(),
+            status: ActionStatus::Completed,
+            exit_code: -1,
+            duration_ms: 12,
+            report_seq: Some(4),
+            text: String::new(),
+            output: Bytes::from_static(b"ok\n"),
+            output_truncated: true,
+        }),
+        Message::MessageState { id: uuid(), read: true },
+        Message::Receipt { id: uuid() },
     ]
+}
+
+fn action() -> ActionBody {
+    ActionBody {
+        id: uuid(),
+        target: Uuid::nil(),
+        kind: ActionKind::Script,
+        issued_at: 1,
+        expires_at: 2,
+        timeout_secs: 60,
+        issued_by: "ada".into(),
+        body: "echo hi\n".into(),
+    }
+}
+
+#[test]
+fn action_body_exact_bytes_limits_and_codes() {
+    let body = action();
+    let mut out = BytesMut::new();
+    body.encode(&mut out);
+    let expected = cat(&[
+        uuid().as_bytes(),
+        &[0; 16],
+        &hex("01 0000000000000001 0000000000000002 0000003c 0003"),
+        b"ada",
+        &hex("00000008"),
+        b"echo hi\n",
+    ]);
+    assert_eq!(out.to_vec(), expected);
+    assert_eq!(out.len(), body.encoded_len());
+    assert_eq!(ActionBody::decode(&out), Ok(body.clone()));
+
+    let mut bad_kind = out.to_vec();
+    bad_kind[32] = 9;
+    assert_eq!(ActionBody::decode(&bad_kind), Err(DecodeError::UnknownCode { field: "action.kind", value: 9 }));
+
+    let longest = ActionBody { body: "x".repeat(MAX_ACTION_BODY), ..body.clone() };
+    let mut out = BytesMut::new();
+    longest.encode(&mut out);
+    assert_eq!(ActionBody::decode(&out), Ok(longest.clone()));
+    let longer = ActionBody { body: "x".repeat(MAX_ACTION_BODY + 1), ..body };
+    let mut out = BytesMut::new();
+    longer.encode(&mut out);
+    assert_eq!(
+        ActionBody::decode(&out),
+        Err(DecodeError::TooLong { field: "action.body", len: MAX_ACTION_BODY + 1, max: MAX_ACTION_BODY })
+    );
+    // The longest action fits a frame under the default limits, signature and all.
+    let mut payload = BytesMut::new();
+    longest.encode(&mut payload);
+    assert_round_trip(&Message::Action(Signed { payload: payload.freeze(), signature: [2; 64] }), &Limits::default());
+}
+
+#[test]
+fn action_statuses_round_trip_and_refusals_are_16_up() {
+    let defined: Vec<ActionStatus> = (0..=u8::MAX).filter_map(ActionStatus::from_u8).collect();
+    assert_eq!(defined.len(), 12);
+    for status in defined {
+        assert_eq!(ActionStatus::from_u8(status as u8), Some(status));
+        assert_eq!(status.is_refusal(), status.as_str().starts_with("refused_"), "{status:?}");
+    }
+    let mut frame = encode(&Message::MessageState { id: uuid(), read: false });
+    assert_eq!(frame.len(), HEADER_LEN + 17);
+    *frame.last_mut().unwrap() = 2;
+    assert_eq!(decode_default(&frame), Err(DecodeError::UnknownCode { field: "message_state.read", value: 2 }));
 }
 
 #[test]
@@ -185,8 +263,8 @@ fn bad_version_is_an_error_with_one_byte_in() {
 #[test]
 fn unknown_type_is_an_error_with_two_bytes_in() {
     assert_eq!(decode_default(&[1, 0]), Err(DecodeError::UnknownType(0)));
-    assert_eq!(decode_default(&[1, 16]), Err(DecodeError::UnknownType(16)));
-    assert_eq!(DecodeError::UnknownType(16).close_code(), CloseCode::BadMessage);
+    assert_eq!(decode_default(&[1, 20]), Err(DecodeError::UnknownType(20)));
+    assert_eq!(DecodeError::UnknownType(20).close_code(), CloseCode::BadMessage);
     assert_eq!(decode_default(&[]), Ok(None));
     assert_eq!(decode_default(&[1]), Ok(None));
 }
@@ -412,6 +490,24 @@ fn close_code() -> impl Strategy<Value = CloseCode> {
     (0u16..=9).prop_map(|code| CloseCode::from_u16(code).expect("defined"))
 }
 
+fn action_status() -> impl Strategy<Value = ActionStatus> {
+    prop_oneof![1u8..=4, 16u8..=23].prop_map(|code| ActionStatus::from_u8(code).expect("defined"))
+}
+
+fn action_result() -> impl Strategy<Value = ActionResult> {
+    (uuids(), action_status(), any::<i32>(), any::<u32>(), any::<Option<u64>>(), short_text(), blob(512), any::<bool>())
+        .prop_map(|(id, status, exit_code, duration_ms, report_seq, text, output, output_truncated)| ActionResult {
+            id,
+            status,
+            exit_code,
+            duration_ms,
+            report_seq,
+            text,
+            output,
+            output_truncated,
+        })
+}
+
 fn any_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (uuids(), text(DEFAULT_MAX_TEXT), short_text(), short_text(), any::<u32>(), any::<bool>()).prop_map(
@@ -458,6 +554,10 @@ fn any_message() -> impl Strategy<Value = Message> {
         (close_code(), short_text()).prop_map(|(code, text)| Message::Close { code, text }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
+        signed().prop_map(Message::Action),
+        action_result().prop_map(Message::ActionResult),
+        (uuids(), any::<bool>()).prop_map(|(id, read)| Message::MessageState { id, read }),
+        uuids().prop_map(|id| Message::Receipt { id }),
     ]
 }
 
@@ -527,11 +627,18 @@ proptest! {
         prop_assert_eq!(out.len(), config.encoded_len());
         prop_assert_eq!(ConfigBody::decode(&out), Ok(config));
 
-        let message = MessageBody { id, issued_at, expires_at, target, from, text };
+        let message = MessageBody { id, issued_at, expires_at, target, from: from.clone(), text: text.clone() };
         let mut out = BytesMut::new();
         message.encode(&mut out);
         prop_assert_eq!(out.len(), message.encoded_len());
         prop_assert_eq!(MessageBody::decode(&out), Ok(message));
+
+        let kind = if heartbeat_secs % 2 == 0 { ActionKind::Script } else { ActionKind::Instructions };
+        let action = ActionBody { id, target, kind, issued_at, expires_at, timeout_secs: keepalive_secs, issued_by: from, body: text };
+        let mut out = BytesMut::new();
+        action.encode(&mut out);
+        prop_assert_eq!(out.len(), action.encoded_len());
+        prop_assert_eq!(ActionBody::decode(&out), Ok(action));
     }
 
     #[test]
@@ -540,12 +647,13 @@ proptest! {
         check_decode_all(&bytes, &Limits { max_frame: 64, max_text: 8, max_blob: 16 })?;
         let _ = ConfigBody::decode(&bytes);
         let _ = MessageBody::decode(&bytes);
+        let _ = ActionBody::decode(&bytes);
     }
 
     /// Valid headers and small lengths, so that decoding gets into the bodies.
     #[test]
     fn prop_arbitrary_bodies(
-        code in 1u8..=15,
+        code in 1u8..=19,
         body in proptest::collection::vec(prop_oneof![3 => 0u8..4, 1 => any::<u8>()], 0..256),
     ) {
         let mut bytes = vec![VERSION, code];
