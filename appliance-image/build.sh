@@ -13,6 +13,9 @@
 #                                      bundle for tether-update: OUT/update/tether-appliance.bundle
 #                                      (the signing key: OUT/keys/, or UPDATE_SIGNING_KEY=FILE)
 #   appliance-image/build.sh all       all four (what scripts/test.sh builds)
+#   appliance-image/build.sh rootfs-cache   only the disk image's Debian root into OUT/cache
+#                                      (downloads, no tether binary needed: scripts/test.sh runs
+#                                      it beside the cargo build)
 #
 # OUT is ${CARGO_TARGET_DIR:-target}/appliance (never committed). The tether binary is
 # ${CARGO_TARGET_DIR:-target}/release/tether, built first if missing (TETHER_BIN overrides).
@@ -213,6 +216,17 @@ debian_rootfs() {
     key=$(echo "bookworm+updates+security one kernel $DISK_PACKAGES" | sha256sum | cut -c1-12)
     cached=$CACHE/rootfs-bookworm-$key.tar.zst
     ROOTFS=$WORK/rootfs
+    # One build at a time makes the cache: another waits here, then takes the cached root.
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/rootfs.lock"
+    if ! flock -n 9; then
+        step "waiting for another build making the Debian root filesystem (the cache's lock)"
+        flock 9
+    fi
+    if [ "${ROOTFS_CACHE_ONLY:-}" = 1 ] && [ -f "$cached" ]; then
+        step "Debian root filesystem already cached ($(basename "$cached"))"
+        return
+    fi
     if [ ! -f "$cached" ]; then
         step "debootstrap bookworm from $mirror (about two minutes; cached afterwards)"
         debootstrap --variant=minbase --include="$DISK_PACKAGES" bookworm "$ROOTFS" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
@@ -241,8 +255,8 @@ SOURCES
         umount -R "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc" 2>/dev/null || umount -l "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/proc"
         [ "$upgraded" = 0 ] || { tail -n 20 "$WORK/debootstrap.log" >&2; die "upgrading the root filesystem failed"; }
         rm -rf "${ROOTFS:?}/var/cache/apt/archives/"*.deb "${ROOTFS:?}/var/lib/apt/lists/"*
-        mkdir -p "$CACHE"
         tar -C "$ROOTFS" --numeric-owner -cf - . | zstd -q -T0 >"$cached.tmp" && mv "$cached.tmp" "$cached"
+        step "Debian root filesystem cached ($(basename "$cached"))"
     else
         step "Debian root filesystem from the cache ($(basename "$cached"))"
         mkdir -p "$ROOTFS"
@@ -504,13 +518,17 @@ minimal) build_minimal ;;
 iso) build_iso ;;
 disk) build_disk ;;
 update-bundle) build_update_bundle ;;
+rootfs-cache)
+    need debootstrap debootstrap
+    ROOTFS_CACHE_ONLY=1 debian_rootfs
+    ;;
 all)
     build_iso
     build_disk
     build_update_bundle
     ;;
 *)
-    echo "usage: $0 minimal|iso|disk|update-bundle|all   (see appliance-image/README.md)" >&2
+    echo "usage: $0 minimal|iso|disk|update-bundle|all|rootfs-cache   (see appliance-image/README.md)" >&2
     exit 2
     ;;
 esac

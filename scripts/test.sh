@@ -20,29 +20,43 @@ scripts/install-test-deps.sh
 # than `cargo test` wants, and the test step would rebuild amt-sim, the gateway and their deps.
 # Built together (measured with `--unit-graph`), the test step below only compiles doctests; a
 # plain `--bins` would leave it 44 units to rebuild.
+# Beside the cargo build, two jobs that do not need its binaries: the appliance disk image's
+# Debian root (debootstrap and its upgrade: about six minutes of downloads on a fresh machine,
+# cached in target/appliance/cache), and a check that the agent compiles for Windows (its
+# collectors there are behind cfg(windows); their decoding is tested on Linux). The check has
+# its own target dir and a lower priority: it fills the core the build leaves idle while it
+# compiles the gateway crate alone.
+mkdir -p target
+rootfs_log=target/appliance-rootfs.log
+appliance-image/build.sh rootfs-cache >"$rootfs_log" 2>&1 &
+rootfs=$!
+windows_log=target/windows-check.log
+CARGO_TARGET_DIR=target/windows nice -n 10 cargo check --target x86_64-pc-windows-gnu -p tether-agent --locked \
+    >"$windows_log" 2>&1 &
+windows_check=$!
+
 step "building the release binaries and tests (the first build takes several minutes on 2 cores)"
 cargo build --release --workspace --bins --tests --examples --locked
 
-# tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built. The
-# disk image's Debian root (debootstrap and its upgrade, about 150 s) is cached in
-# target/appliance/cache; the update bundle is the disk image's root, signed with a key made in
-# target/appliance/keys (a throwaway CI key). The rollback test runs only in the full run:
-# cargo test --release -p tether-tests --test appliance -- --include-ignored
-# Beside the appliance build (mostly downloads and compression): the agent's Windows collectors
-# are behind cfg(windows); their decoding is tested on Linux, and this checks that the agent
-# compiles for Windows at all (its own target dir, so that neither build waits on the other).
-step "building the appliance images: minimal, ISO, disk, update bundle (appliance-image/build.sh all); beside it, cargo check of the agent for Windows"
-windows_log=target/windows-check.log
-CARGO_TARGET_DIR=target/windows cargo check --target x86_64-pc-windows-gnu -p tether-agent --locked \
-    > "$windows_log" 2>&1 &
-windows_check=$!
-appliance-image/build.sh all
 if ! wait "$windows_check"; then
     cat "$windows_log" >&2
     echo "test.sh: the agent does not compile for Windows (x86_64-pc-windows-gnu)" >&2
     exit 1
 fi
 step "the agent compiles for Windows ($(grep -c '^ *Checking\|^ *Compiling' "$windows_log") crates checked)"
+if ! wait "$rootfs"; then
+    cat "$rootfs_log" >&2
+    echo "test.sh: making the appliance's Debian root filesystem failed" >&2
+    exit 1
+fi
+step "the appliance's Debian root filesystem is cached: $(tail -n 1 "$rootfs_log")"
+
+# tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built and
+# the Debian root cached above; the update bundle is the disk image's root, signed with a key
+# made in target/appliance/keys (a throwaway CI key). The rollback test runs only in the full
+# run: cargo test --release -p tether-tests --test appliance -- --include-ignored
+step "building the appliance images: minimal, ISO, disk, update bundle (appliance-image/build.sh all)"
+appliance-image/build.sh all
 
 step "running the tests (release)"
 cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
