@@ -119,6 +119,9 @@ pub struct AgentsConfig {
     pub max_pending: usize,
     /// The gateways (HOST:PORT) agents are told to use, in order; empty: the one they dialled.
     pub advertise: Vec<String>,
+    /// How often a connected agent's session looks in the store for support actions and messages
+    /// (those made on this gateway go at once; this is for those made on another of the fleet).
+    pub delivery_poll_secs: u32,
 }
 
 impl Default for AgentsConfig {
@@ -133,6 +136,7 @@ impl Default for AgentsConfig {
             max_agents: 100_000,
             max_pending: 1024,
             advertise: Vec::new(),
+            delivery_poll_secs: 30,
         }
     }
 }

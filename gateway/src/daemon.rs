@@ -168,7 +168,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         .await?
         .context("preparing the agent CA and the signing key")?,
     );
-    let agents = Arc::new(agents::Agents::new(&material, agent_keys, &config.agents)?);
+    let agents = Arc::new(agents::Agents::new(&material, Arc::clone(&agent_keys), &config.agents)?);
     let agent_endpoint = agents::bind(config.agents.listen, agents::server_config(&agents, &config.agents)?)?;
     let addrs = paths::ListenAddrs {
         cira: cira_listener.local_addr()?,
@@ -211,6 +211,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         files,
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
         sealer: crate::sealing::Sealer::load_or_create(data_dir).context("loading the key that seals AMT passwords")?,
+        agent_keys,
         config,
         store: store.clone(),
         instance,

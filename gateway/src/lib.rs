@@ -4,7 +4,9 @@
 //! - `cira`: the CIRA listener, the pool of unauthenticated connections, and (`cira::driver`)
 //!   the per-tunnel driver of the APF session;
 //! - `agents`: the agents' QUIC listener, their enrollment (the agent CA, the signing key) and
-//!   the driver of each agent's control stream (hello, signed configuration, reports and acks);
+//!   the driver of each agent's control stream (hello, signed configuration, reports and acks,
+//!   delivering support actions and messages, relayed sessions over QUIC streams);
+//! - `support`: support actions and messages to PC users, made and signed (`docs/actions.md`);
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`), and
@@ -75,6 +77,8 @@ pub mod sealing;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod support;
+pub mod support_commands;
 pub mod tickets;
 pub mod view;
 pub mod wsman;

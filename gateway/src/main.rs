@@ -17,6 +17,7 @@ use tether_gateway::operator::{
 use tether_gateway::redirect::rescue::{self, AmtArgs, BootDevice, PowerCommand, Toggle};
 use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
+use tether_gateway::support_commands::{action_command, message_command, ActionCommand, MessageCommand};
 use tether_gateway::{auth, backup, daemon, forward, lan_commands, paths};
 use uuid::Uuid;
 
@@ -186,6 +187,18 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Signed support actions for agent PCs (a script, or instructions for the PC user): run,
+    /// show, list (with your token; `docs/actions.md`).
+    Action {
+        #[command(subcommand)]
+        action: ActionCommand,
+    },
+    /// Signed messages for the users of agent PCs: send (one machine, a subscriber's, all),
+    /// show who received and read them, list.
+    Message {
+        #[command(subcommand)]
+        action: MessageCommand,
     },
     /// A device's AMT redirection sessions (SOL, IDE-R): who, as which AMT user, since when.
     Redirections {
@@ -674,6 +687,14 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Mail { action } => {
             let config = load_config(&store_args, data_dir)?;
             mail_command(&open_store(&store_args, data_dir).await?, &config, action).await
+        }
+        Command::Action { action } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            action_command(&client, action).await
+        }
+        Command::Message { action } => {
+            let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+            message_command(&client, action).await
         }
         Command::Redirections { uuid, active, json } => {
             let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;

@@ -295,7 +295,7 @@ pub async fn redirections_command(client: &ApiClient, uuid: Uuid, active: bool, 
 }
 
 /// An RFC 3339 UTC time from the API without its fraction of a second.
-fn whole_seconds(time: &str) -> String {
+pub fn whole_seconds(time: &str) -> String {
     match time.split_once('.') {
         Some((seconds, _)) if time.ends_with('Z') => format!("{seconds}Z"),
         _ => time.to_string(),

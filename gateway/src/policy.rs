@@ -122,10 +122,14 @@ pub enum Action {
     UseLan,
     /// Revoke a machine's agent certificate (operators): the agent is refused until enrolled again.
     RevokeAgent,
+    /// Send a machine a signed support action, or a message for its PC's user.
+    SendSupport,
+    /// A message to every machine of a subscriber (its owner), or of the gateway (operators).
+    Broadcast,
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 19] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -143,6 +147,8 @@ impl Action {
         Action::ViewLan,
         Action::UseLan,
         Action::RevokeAgent,
+        Action::SendSupport,
+        Action::Broadcast,
     ];
 
     /// Whether a token of scope `read` is enough: reading only.
@@ -164,7 +170,9 @@ impl Action {
             | Action::ManageTokens
             | Action::ManageUsers
             | Action::UseLan
-            | Action::RevokeAgent => false,
+            | Action::RevokeAgent
+            | Action::SendSupport
+            | Action::Broadcast => false,
         }
     }
 
@@ -173,7 +181,10 @@ impl Action {
         use Resource as R;
         match self {
             Action::ListMachines => matches!(resource, R::Gateway | R::Subscriber(_)),
-            Action::ViewMachine | Action::AttachRelay | Action::RevokeAgent => matches!(resource, R::Machine { .. }),
+            Action::ViewMachine | Action::AttachRelay | Action::RevokeAgent | Action::SendSupport => {
+                matches!(resource, R::Machine { .. })
+            }
+            Action::Broadcast => matches!(resource, R::Gateway | R::Subscriber(_)),
             Action::ViewAudit => matches!(resource, R::Machine { .. } | R::User(_)),
             Action::ViewSubscriberPii
             | Action::ManageContacts
@@ -279,7 +290,7 @@ pub fn authorize(
             Standing::Contact { active: false } => Err(Denied::SubscriptionTerminated),
             Standing::Stranger => Err(Denied::NotRelated),
         },
-        Action::AttachRelay => match standing {
+        Action::AttachRelay | Action::SendSupport => match standing {
             Standing::Owner { active: true } | Standing::Contact { active: true } => Ok(()),
             Standing::Owner { active: false } | Standing::Contact { active: false } => {
                 Err(Denied::SubscriptionTerminated)
@@ -290,7 +301,7 @@ pub fn authorize(
             Standing::Owner { .. } => Ok(()),
             Standing::Contact { .. } | Standing::Stranger => Err(Denied::NotRelated),
         },
-        Action::ManageContacts | Action::EnrollMachine => match standing {
+        Action::ManageContacts | Action::EnrollMachine | Action::Broadcast => match standing {
             Standing::Owner { active: true } => Ok(()),
             Standing::Owner { active: false } => Err(Denied::SubscriptionTerminated),
             Standing::Contact { .. } | Standing::Stranger => Err(Denied::NotRelated),

@@ -66,14 +66,17 @@ fn column(i: usize, scope: TokenScope) -> (Principal, Relations) {
 fn resource(action: Action) -> Resource {
     let machine = Resource::Machine { uuid: Uuid::from_u128(1), subscriber_id: Some(1) };
     match action {
-        Action::ViewMachine | Action::AttachRelay | Action::ViewAudit | Action::RevokeAgent => machine,
+        Action::ViewMachine | Action::AttachRelay | Action::ViewAudit | Action::RevokeAgent | Action::SendSupport => {
+            machine
+        }
         Action::ListMachines
         | Action::ViewSubscriberPii
         | Action::ManageContacts
         | Action::LeaveSubscriber
         | Action::EnrollMachine
         | Action::TerminateSubscription
-        | Action::IssueMpsAccount => Resource::Subscriber(1),
+        | Action::IssueMpsAccount
+        | Action::Broadcast => Resource::Subscriber(1),
         Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan => Resource::Gateway,
         Action::SuspendUser | Action::ManageTokens => Resource::User(99),
     }
@@ -101,6 +104,8 @@ fn attach_scope(action: Action) -> [E; 7] {
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [A, O, O, O, O, O, S],
         Action::RevokeAgent           => [A, O, O, O, O, O, S],
+        Action::SendSupport           => [A, A, T, A, T, N, S],
+        Action::Broadcast             => [A, A, T, N, N, N, S],
     }
 }
 
@@ -126,6 +131,8 @@ fn read_scope(action: Action) -> [E; 7] {
         Action::ViewLan               => [A, O, O, O, O, O, S],
         Action::UseLan                => [P, P, P, P, P, P, S],
         Action::RevokeAgent           => [P, P, P, P, P, P, S],
+        Action::SendSupport           => [P, P, P, P, P, P, S],
+        Action::Broadcast             => [P, P, P, P, P, P, S],
     }
 }
 

@@ -37,6 +37,9 @@ pub enum TunnelCommand {
     Probe { reply: oneshot::Sender<Liveness> },
     /// Close the tunnel (`Replaced`: a newer connection took the UUID over; `Shutdown`).
     Close { reason: CloseReason },
+    /// New support actions or messages wait in the store for this machine (agents; other
+    /// tunnels ignore it).
+    Deliver,
 }
 
 /// A technician's request for a stream to a device port.
@@ -69,6 +72,10 @@ pub enum OpenRefused {
     TooManyChannels,
     #[error("the device refused the channel ({0})")]
     DeviceRefused(String),
+    /// The PC (or its user) does not allow it: remote help is off, or the port is not in the
+    /// agent's local policy. The text says which.
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("the device did not answer the channel open in time")]
     Timeout,
     #[error("the tunnel closed")]

@@ -59,6 +59,7 @@ pub fn open_refused_status(shared: &Shared, refused: &OpenRefused) -> StatusCode
         OpenRefused::PortNotForwarded(_) => StatusCode::CONFLICT,
         OpenRefused::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
         OpenRefused::DeviceRefused(_) => StatusCode::BAD_GATEWAY,
+        OpenRefused::NotAllowed(_) => StatusCode::FORBIDDEN,
         OpenRefused::Timeout => {
             shared.metrics.channel_open_refused(ChannelRefusal::Timeout);
             StatusCode::GATEWAY_TIMEOUT

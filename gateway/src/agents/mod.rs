@@ -13,9 +13,11 @@
 //! hands it, after the handshake with this module's TLS configuration ([`Agents::tls`]), to the
 //! same session ([`session::run_tls`]), under the same limits ([`Agents`]).
 //!
-//! What it does not do: relayed sessions to agent PCs, or rate the support parameters (the
-//! health meter).
+//! Support actions, messages and relayed sessions to the agent's PC go over the same session
+//! ([`deliver`]). What it does not do: sign actions and messages (`support`), or rate the
+//! support parameters (the health meter).
 
+mod deliver;
 pub mod keys;
 pub mod session;
 pub mod view;

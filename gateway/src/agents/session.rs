@@ -9,7 +9,8 @@
 //!   and not revoked; a UUID alone proves nothing. The gateway answers `Welcome` and a signed
 //!   `Config`, takes the agent's place in the registry (a newer connection of the same machine
 //!   replaces an older one: the certificate proves it is the same machine), then stores each
-//!   `Report` and acknowledges it only once it is committed.
+//!   `Report` and acknowledges it only once it is committed. Support actions, messages, their
+//!   results and relayed sessions: [`super::deliver`].
 //!
 //! Everything else closes the connection with a [`CloseCode`] and a reason the agent logs.
 //!
@@ -34,10 +35,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::deliver;
 use super::keys::{peer_identity, AgentKeys};
 use crate::auth;
 use crate::metrics::{CloseReason, TunnelKind};
-use crate::registry::{OpenRefused, TunnelCommand, TunnelHandle};
+use crate::registry::{OpenRefused, OpenRequest, TunnelCommand, TunnelHandle};
 use crate::state::Shared;
 use crate::store::{AgentHello, AuditAction, CertStanding, NewAgentCert, NewAudit};
 
@@ -262,8 +264,17 @@ async fn drive(
                 instance_id: shared.instance.clone(),
                 now,
             };
-            let mut agent =
-                Agent { shared: &shared, keys: &keys, uuid, remote, remote_help, since: now, pace: Pace::new() };
+            let mut agent = Agent {
+                shared: &shared,
+                keys: &keys,
+                uuid,
+                remote,
+                remote_help,
+                since: now,
+                pace: Pace::new(),
+                channels: Arc::new(Semaphore::new(deliver::MAX_CHANNELS)),
+                next_channel: 0,
+            };
             let ended = agent.serve(&link, &mut control, &hello, capabilities).await;
             drop(slot);
             close(&link, Some(&mut control), ended).await
@@ -390,6 +401,9 @@ struct Agent<'a> {
     since: OffsetDateTime,
     /// Paces the agent's reports (a flood is slowed down, not stored at full speed).
     pace: Pace,
+    /// Places for relayed sessions to the PC.
+    channels: Arc<Semaphore>,
+    next_channel: u32,
 }
 
 /// Reports an agent may send per second, sustained, and in one burst (a spool sent again after
@@ -470,43 +484,56 @@ impl Agent<'_> {
         shared.metrics.tunnel_opened(TunnelKind::Agent);
         info!(uuid = %self.uuid, remote = %self.remote, transport = %link.transport(), capabilities = capabilities.bits(), "agent connected");
 
+        // What waits for the PC: after the registry entry, so that nothing made meanwhile waits
+        // for the next poll.
+        let failed = self.deliver(control).await.err();
+
         let idle = Duration::from_secs(config.idle_timeout_secs.into());
         let mut last_heard = tokio::time::Instant::now();
-        let ended = loop {
-            tokio::select! {
-                message = control.read() => match message {
-                    Ok(message) => {
-                        last_heard = tokio::time::Instant::now();
-                        if let Err(ended) = self.handle(control, message).await {
+        let poll = Duration::from_secs(config.delivery_poll_secs.max(1).into());
+        let mut delivery_poll = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+        let ended = if let Some(ended) = failed {
+            ended
+        } else {
+            loop {
+                tokio::select! {
+                    message = control.read() => match message {
+                        Ok(message) => {
+                            last_heard = tokio::time::Instant::now();
+                            if let Err(ended) = self.handle(control, message).await {
+                                break ended;
+                            }
+                            if let Link::Quic(connection) = link {
+                                self.follow_migration(connection).await;
+                            }
+                        }
+                        Err(ended) => break ended,
+                    },
+                    command = queue.recv() => match command {
+                        Some(TunnelCommand::Close { reason }) => break match reason {
+                            CloseReason::Replaced => Ended::new(CloseCode::Refused, "a newer connection of this machine took over"),
+                            CloseReason::AuthFailed => Ended::new(CloseCode::Revoked, "this machine's certificate was revoked"),
+                            _ => Ended::new(CloseCode::Shutdown, "gateway shutting down"),
+                        },
+                        Some(TunnelCommand::Probe { reply }) => {
+                            let _ = reply.send(crate::registry::Liveness::Alive);
+                        }
+                        Some(TunnelCommand::Open(request)) => self.open(link, *request),
+                        Some(TunnelCommand::Deliver) => {
+                            if let Err(ended) = self.deliver(control).await {
+                                break ended;
+                            }
+                        }
+                        None => break Ended::new(CloseCode::Shutdown, "gateway shutting down"),
+                    },
+                    _ = delivery_poll.tick() => {
+                        if let Err(ended) = self.deliver(control).await {
                             break ended;
                         }
-                        if let Link::Quic(connection) = link {
-                            self.follow_migration(connection).await;
-                        }
                     }
-                    Err(ended) => break ended,
-                },
-                command = queue.recv() => match command {
-                    Some(TunnelCommand::Close { reason }) => break match reason {
-                        CloseReason::Replaced => Ended::new(CloseCode::Refused, "a newer connection of this machine took over"),
-                        CloseReason::AuthFailed => Ended::new(CloseCode::Revoked, "this machine's certificate was revoked"),
-                        _ => Ended::new(CloseCode::Shutdown, "gateway shutting down"),
-                    },
-                    Some(TunnelCommand::Probe { reply }) => {
-                        let _ = reply.send(crate::registry::Liveness::Alive);
-                    }
-                    Some(TunnelCommand::Open(request)) => {
-                        let refusal = if self.remote_help {
-                            OpenRefused::DeviceRefused("relayed sessions to agent PCs are not available on this gateway yet".into())
-                        } else {
-                            OpenRefused::DeviceRefused("the PC user has turned remote help off (`tether-agent enable` turns it on)".into())
-                        };
-                        let _ = request.reply.send(Err(refusal));
-                    }
-                    None => break Ended::new(CloseCode::Shutdown, "gateway shutting down"),
-                },
-                reason = link.closed() => break Ended::new(CloseCode::Normal, format!("connection lost: {reason}")),
-                () = link.silent(last_heard, idle) => break Ended::new(CloseCode::Timeout, "nothing heard from the agent within agents.idle_timeout_secs"),
+                    reason = link.closed() => break Ended::new(CloseCode::Normal, format!("connection lost: {reason}")),
+                    () = link.silent(last_heard, idle) => break Ended::new(CloseCode::Timeout, "nothing heard from the agent within agents.idle_timeout_secs"),
+                }
             }
         };
         shared.registry.remove(self.uuid, TunnelKind::Agent, id);
@@ -538,6 +565,37 @@ impl Agent<'_> {
         if let Err(err) = self.shared.store.set_agent_address(self.uuid, &now.to_string()).await {
             warn!(error = %err, "cannot record an agent's new address");
         }
+    }
+
+    /// Sends the support actions and messages waiting in the store.
+    async fn deliver(&self, control: &mut Control) -> Result<(), Ended> {
+        for message in deliver::due(self.shared, self.uuid).await {
+            control.write(&message).await?;
+        }
+        Ok(())
+    }
+
+    /// A technician's stream to a port of the PC: refused here while the PC's user has remote
+    /// help off or the agent is on TLS (one stream only); else asked of the agent on a new QUIC
+    /// stream, which answers with its local policy.
+    fn open(&mut self, link: &Link, request: OpenRequest) {
+        let refusal = |text: &str| Err(OpenRefused::NotAllowed(text.to_string()));
+        let answer = if !self.remote_help {
+            refusal("the PC user has turned remote help off (`tether-agent enable` on the PC turns it on)")
+        } else {
+            match (link, Arc::clone(&self.channels).try_acquire_owned()) {
+                (Link::Tls { .. }, _) => refusal(
+                    "this agent is connected over TLS (UDP to the gateway is blocked where it is): relayed sessions need its QUIC connection",
+                ),
+                (Link::Quic(_), Err(_)) => Err(OpenRefused::TooManyChannels),
+                (Link::Quic(connection), Ok(permit)) => {
+                    self.next_channel = self.next_channel.wrapping_add(1);
+                    deliver::open_channel(connection.clone(), self.uuid, self.next_channel, request, permit);
+                    return;
+                }
+            }
+        };
+        let _ = request.reply.send(answer);
     }
 
     fn signed_config(&self) -> Message {
@@ -592,6 +650,16 @@ impl Agent<'_> {
                 }
                 info!(uuid = %self.uuid, enabled, "remote help changed by the PC user");
                 Ok(())
+            }
+            Message::ActionResult(result) => match deliver::action_result(self.shared, self.uuid, result).await {
+                Some(receipt) => control.write(&receipt).await,
+                None => Ok(()),
+            },
+            Message::MessageState { id, read } => {
+                match deliver::message_state(self.shared, self.uuid, id, read).await {
+                    Some(receipt) => control.write(&receipt).await,
+                    None => Ok(()),
+                }
             }
             Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await,
             Message::Pong { .. } => Ok(()),

@@ -46,6 +46,7 @@ mod lan;
 mod openapi;
 mod redirections;
 mod relays;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -159,6 +160,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices/{uuid}/agent/revoke", post(agents::revoke))
         .route("/api/v1/devices/{uuid}/telemetry", get(agents::telemetry))
         .route("/api/v1/devices/{uuid}/health", get(agents::health))
+        .route("/api/v1/devices/{uuid}/support-actions", get(support::list_actions).post(support::create_action))
+        .route("/api/v1/support-actions/{id}", get(support::show_action))
+        .route("/api/v1/messages", get(support::list_messages).post(support::send_message))
+        .route("/api/v1/messages/{id}", get(support::show_message))
         .route("/api/v1/me", get(accounts::me))
         .route("/api/v1/me/email", post(accounts::change_email))
         .route("/api/v1/email-changes/confirm", post(accounts::confirm_email))

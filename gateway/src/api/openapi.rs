@@ -85,6 +85,12 @@ impl Modify for BearerToken {
         super::agents::telemetry,
         super::agents::revoke,
         super::agents::health,
+        super::support::create_action,
+        super::support::list_actions,
+        super::support::show_action,
+        super::support::send_message,
+        super::support::list_messages,
+        super::support::show_message,
     ),
     components(schemas(ErrorBody, crate::flows::Enrollment)),
     modifiers(&BearerToken),
@@ -94,6 +100,7 @@ impl Modify for BearerToken {
         (name = "lan", description = "The appliance's LAN tools (operators)"),
         (name = "accounts", description = "Users, subscribers, machines, contacts, invitations, audit"),
         (name = "agents", description = "Tether agents: their hello, support parameters, certificates"),
+        (name = "support", description = "Signed support actions and messages to agent PCs"),
     )
 )]
 struct ApiDoc;

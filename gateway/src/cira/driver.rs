@@ -303,6 +303,8 @@ impl Tunnel {
                 self.local_close = Some(reason);
                 self.session.disconnect(DisconnectReason::ByApplication);
             }
+            // Support actions and messages are for agents.
+            TunnelCommand::Deliver => {}
         }
     }
 

@@ -187,6 +187,7 @@ async fn run(
                 // technicians meanwhile.
                 Some(TunnelCommand::Close { reason: CloseReason::Shutdown }) => break CloseReason::Shutdown,
                 Some(TunnelCommand::Close { reason }) => deregister(&mut registered, reason),
+                Some(TunnelCommand::Deliver) => {}
                 None => break CloseReason::Shutdown,
             },
             _ = crate::state::stopping(&mut shutdown) => break CloseReason::Shutdown,

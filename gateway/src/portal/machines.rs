@@ -258,9 +258,10 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         store.health(uuid),
         store.agent(uuid),
         store.latest_report(uuid),
-        store.health_changes(uuid, week)
+        store.health_changes(uuid, week),
+        store.support_actions(uuid)
     );
-    let (health, agent, latest, changes) = match meter {
+    let (health, agent, latest, changes, actions) = match meter {
         Ok(all) => all,
         Err(err) => return unavailable(err),
     };
@@ -268,6 +269,7 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         health.as_ref().and_then(|h| serde_json::from_str(&h.reasons).ok()).unwrap_or_default();
     let parameters = latest.as_ref().and_then(|l| crate::meter::decode_stored(&l.report)).map(|r| parameter_rows(&r));
     let state = connection_state(&portal, uuid, record.as_ref());
+    let may_send = policy::authorize(&visitor.principal, &visitor.relations, Action::SendSupport, resource).is_ok();
     let title = machine.as_ref().and_then(|m| m.nickname.clone()).unwrap_or_else(|| uuid.to_string());
     let body = html! {
         table {
@@ -311,6 +313,9 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
                     td { (reason_texts(&c.reasons)) }
                 } } }
             } }
+        }
+        @if agent.is_some() || !actions.is_empty() {
+            (super::actions::section(&visitor, uuid, may_send && agent.is_some(), &actions))
         }
         @if may_audit {
             h2 { "Recent console and IDE-R sessions" }

@@ -22,6 +22,7 @@
 //!
 //! What it does not do: serve TLS (`api::serve` does, with `api.cert_file` when set).
 
+mod actions;
 mod contacts;
 mod csrf;
 mod directory;
@@ -105,6 +106,8 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/signout", post(signin::signout))
         .route("/portal/machines", get(machines::list))
         .route("/portal/machines/{uuid}", get(machines::show))
+        .route("/portal/machines/{uuid}/actions", post(actions::create))
+        .route("/portal/actions/{id}", get(actions::show))
         .route("/portal/profile", get(profile::show))
         .route("/portal/profile/totp/start", post(profile::totp_start))
         .route("/portal/profile/totp/confirm", post(profile::totp_confirm))

@@ -41,6 +41,11 @@ pub enum AuditAction {
     EnrollmentTokenCreated,
     AgentEnrolled,
     AgentCertRevoked,
+    SupportActionCreated,
+    SupportActionSent,
+    SupportActionResult,
+    SupportActionRefused,
+    MessageSent,
 }
 
 impl AuditAction {
@@ -70,6 +75,11 @@ impl AuditAction {
             AuditAction::EnrollmentTokenCreated => "enrollment_token.created",
             AuditAction::AgentEnrolled => "agent.enrolled",
             AuditAction::AgentCertRevoked => "agent.cert_revoked",
+            AuditAction::SupportActionCreated => "action.created",
+            AuditAction::SupportActionSent => "action.sent",
+            AuditAction::SupportActionResult => "action.result",
+            AuditAction::SupportActionRefused => "action.refused",
+            AuditAction::MessageSent => "message.sent",
         }
     }
 }

@@ -409,6 +409,57 @@ CREATE TABLE alert_deliveries (
 CREATE INDEX alert_deliveries_uuid ON alert_deliveries (uuid, created_at);
 ALTER TABLE mail_outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'email';
 ",
+    // v13: support actions (signed, sent to agents, their results) and messages to PC users, with
+    // each machine's delivery (docs/actions.md).
+    "
+CREATE TABLE support_actions (
+    id TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL,
+    subscriber_id INTEGER,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    timeout_secs INTEGER NOT NULL,
+    issued_by_user_id INTEGER NOT NULL,
+    issued_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sent_at INTEGER,
+    result_at INTEGER,
+    exit_code INTEGER,
+    duration_ms INTEGER,
+    output TEXT,
+    output_truncated INTEGER NOT NULL DEFAULT 0,
+    result_text TEXT,
+    report_seq INTEGER
+);
+CREATE INDEX support_actions_uuid ON support_actions (uuid, created_at);
+CREATE TABLE support_messages (
+    id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    subscriber_id INTEGER,
+    uuid TEXT,
+    from_user_id INTEGER NOT NULL,
+    from_name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX support_messages_from ON support_messages (from_user_id, created_at);
+CREATE TABLE message_deliveries (
+    message_id TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    sent_at INTEGER,
+    received_at INTEGER,
+    read_at INTEGER,
+    PRIMARY KEY (message_id, uuid)
+);
+CREATE INDEX message_deliveries_machine ON message_deliveries (uuid, received_at);
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -767,6 +818,56 @@ CREATE TABLE alert_deliveries (
 );
 CREATE INDEX alert_deliveries_uuid ON alert_deliveries (uuid, created_at);
 ALTER TABLE mail_outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'email';
+",
+    // v11: support actions and messages, as SQLite's v13.
+    "
+CREATE TABLE support_actions (
+    id TEXT COLLATE \"C\" PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    subscriber_id BIGINT,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    timeout_secs BIGINT NOT NULL,
+    issued_by_user_id BIGINT NOT NULL,
+    issued_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sent_at BIGINT,
+    result_at BIGINT,
+    exit_code BIGINT,
+    duration_ms BIGINT,
+    output TEXT,
+    output_truncated BOOLEAN NOT NULL DEFAULT FALSE,
+    result_text TEXT,
+    report_seq BIGINT
+);
+CREATE INDEX support_actions_uuid ON support_actions (uuid, created_at);
+CREATE TABLE support_messages (
+    id TEXT COLLATE \"C\" PRIMARY KEY,
+    scope TEXT NOT NULL,
+    subscriber_id BIGINT,
+    uuid TEXT COLLATE \"C\",
+    from_user_id BIGINT NOT NULL,
+    from_name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX support_messages_from ON support_messages (from_user_id, created_at);
+CREATE TABLE message_deliveries (
+    message_id TEXT COLLATE \"C\" NOT NULL,
+    uuid TEXT COLLATE \"C\" NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    sent_at BIGINT,
+    received_at BIGINT,
+    read_at BIGINT,
+    PRIMARY KEY (message_id, uuid)
+);
+CREATE INDEX message_deliveries_machine ON message_deliveries (uuid, received_at);
 ",
 ];
 

@@ -9,7 +9,8 @@
 //! `instances` (the gateways of a fleet), `redirections` (AMT redirection sessions relayed),
 //! `remote` (the remote fix's actions and sessions), `lan` (LAN hosts and adopted LAN PCs),
 //! `sources` (the tunnels busy source addresses held), `sessions` (the portal's sign-ins), `agents` (enrollment tokens, agents' certificates and
-//! hellos, telemetry reports), `health` (each machine's meter, its changes, alerts sent); and
+//! hellos, telemetry reports), `health` (each machine's meter, its changes, alerts sent),
+//! `support` (signed support actions and messages to PC users, and their deliveries); and
 //! the accounts of `docs/accounts.md`:
 //! `accounts` (users, subscribers, subscriptions, machines), `contacts` (support contacts' life
 //! cycle), `emails` (email changes waiting for their link), `audit` (the append-only audit log)
@@ -52,6 +53,7 @@ mod redirections;
 mod remote;
 mod sessions;
 mod sources;
+mod support;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
@@ -78,6 +80,10 @@ pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, Redirection
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use sessions::{NewSession, SessionRecord, MAX_SESSIONS_PER_USER};
 pub use sources::SourceTunnels;
+pub use support::{
+    ActionOutcome, Deliverable, MessageDelivery, NewSupportAction, NewSupportMessage, SupportAction, SupportMessage,
+    MAX_SUPPORT_ROWS,
+};
 pub use tokens::{TokenRecord, TokenScope};
 pub(crate) use tx::{is_unique_violation, Tx};
 
