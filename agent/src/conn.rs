@@ -12,6 +12,10 @@
 //!   no gateway answers, reports go on being taken on the heartbeat into the spool, and the next
 //!   connection sends them, oldest first.
 //!
+//! Beyond reports, a session carries support actions, messages for the PC user and relayed
+//! sessions (`conn/support.rs`, with [`crate::actions`], [`crate::inbox`] and [`crate::relay`]), under
+//! the PC's local policy ([`crate::policy`]).
+//!
 //! QUIC keepalives go every `keepalive_secs` (15 s by default): shorter than the 30 s after which
 //! many NATs forget a UDP mapping. When the agent's public address changes (a NAT rebinding, a
 //! new network), QUIC migrates the connection: the session goes on.
@@ -24,16 +28,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::actions::Actions;
 use crate::collect::Collect;
+use crate::inbox::Inbox;
 use crate::link::{self, Control, Link, CONNECT_TIMEOUT};
+use crate::policy::LocalPolicy;
+use crate::relay::Relay;
 use crate::spool::Spool;
 use crate::state::{set_mode, write_durable, AgentState, Enrollment, SavedConfig, StateDir, Status};
+
+mod support;
+
+use support::Work;
 
 /// Defaults used until the gateway's signed configuration says otherwise.
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 300;
@@ -205,6 +216,14 @@ pub struct Agent {
     acked: AtomicU64,
     /// A gateway session is up (past its welcome).
     connected: AtomicBool,
+    /// Support actions: the local policy, the replay ledger, the results spool.
+    actions: Actions,
+    /// Messages and instructions for the PC user.
+    inbox: Inbox,
+    /// Relayed sessions.
+    relay: Relay,
+    /// Messages kept since start.
+    messages_received: AtomicU64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -222,12 +241,20 @@ fn effective(saved: Option<&SavedConfig>) -> (u32, u32) {
 }
 
 impl Agent {
+    /// The agent of the enrolled state dir `state`, under the local policy in
+    /// `STATE_DIR/policy.toml` (the defaults when there is none; [`Agent::with_policy`] sets
+    /// another). An action left running by a previous process gets its result (interrupted).
     pub fn new(state: StateDir, source: Arc<dyn Collect>, hostname: String, os: String) -> Result<Agent> {
         let enrollment = state.require_enrollment()?;
         let signing_key = hex::decode(&enrollment.signing_key).ok().filter(|k| k.len() == 32).with_context(|| {
             format!("{}: the signing key is damaged; enroll again", state.path("enrollment.json").display())
         })?;
         let spool = Spool::new(state.spool_dir());
+        let policy = LocalPolicy::load(&LocalPolicy::default_path(state.root()))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let relay = Relay::new(state.clone(), policy.forward.ports.clone());
+        let actions = Actions::open(&state, signing_key.clone(), enrollment.uuid, policy, now)?;
+        let inbox = Inbox::open(&state)?;
         Ok(Agent {
             state,
             enrollment,
@@ -240,7 +267,28 @@ impl Agent {
             last_report: Mutex::new(None),
             acked: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            actions,
+            inbox,
+            relay,
+            messages_received: AtomicU64::new(0),
         })
+    }
+
+    /// Runs under `policy` instead of `STATE_DIR/policy.toml`'s.
+    pub fn with_policy(mut self, policy: LocalPolicy) -> Agent {
+        self.relay = Relay::new(self.state.clone(), policy.forward.ports.clone());
+        self.actions.set_policy(policy);
+        self
+    }
+
+    /// The local policy in force.
+    pub fn policy(&self) -> &LocalPolicy {
+        self.actions.policy()
+    }
+
+    /// Messages for the PC user kept since this agent started (copies not counted).
+    pub fn messages_received(&self) -> u64 {
+        self.messages_received.load(Ordering::Relaxed)
     }
 
     /// Dials from `local` (a load generator spreads its agents over many source addresses).
@@ -290,6 +338,15 @@ impl Agent {
 
     /// Runs until `stop` resolves.
     pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<()> {
+        let (mut work, queue, finished) = support::channels();
+        tokio::select! {
+            result = self.dial(stop, &mut work) => result,
+            () = self.action_worker(queue, finished) => Ok(()),
+        }
+    }
+
+    /// Sessions with the gateways, one after the other, until `stop` resolves.
+    async fn dial(&self, stop: impl Future<Output = ()>, work: &mut Work) -> Result<()> {
         tokio::pin!(stop);
         let mut backoff = Duration::from_secs(1);
         let mut start = 0usize;
@@ -298,7 +355,7 @@ impl Agent {
             let mut connected = false;
             for i in 0..gateways.len() {
                 let gateway = &gateways[(start + i) % gateways.len()];
-                let session = self.session(gateway, &mut connected);
+                let session = self.session(gateway, &mut connected, work);
                 tokio::select! {
                     result = session => match result {
                         Ok(()) => {}
@@ -365,8 +422,7 @@ impl Agent {
 
     /// Verifies a signed configuration with the pinned key; `None` (and a warning) if it fails.
     fn verify_config(&self, signed: &Signed) -> Option<ConfigBody> {
-        let public = UnparsedPublicKey::new(&ED25519, &self.signing_key);
-        if public.verify(&tap::signed_message(SignDomain::Config, &signed.payload), &signed.signature).is_err() {
+        if !crate::signature::verifies(&self.signing_key, SignDomain::Config, signed) {
             warn!("the gateway's configuration is not signed by the key pinned at enrollment: keeping the defaults");
             return None;
         }
@@ -379,18 +435,19 @@ impl Agent {
         }
     }
 
-    async fn session(&self, gateway: &str, connected: &mut bool) -> Result<()> {
+    async fn session(&self, gateway: &str, connected: &mut bool, work: &mut Work) -> Result<()> {
         let saved = self.state.config().ok().flatten();
         let (heartbeat, keepalive) = effective(saved.as_ref());
         let (addr, server_name) = resolve(gateway)?;
         let keepalive = Duration::from_secs(keepalive.into());
         let (link, mut control) = link::dial(addr, &server_name, self.tls_client()?, keepalive, self.local).await?;
-        let result = self.greet(&link, &mut control, gateway, heartbeat, keepalive, connected).await;
+        let result = self.greet(&link, &mut control, gateway, heartbeat, keepalive, connected, work).await;
         link.close(if result.is_ok() { "stopping" } else { "error" }).await;
         result
     }
 
     /// Hello, welcome, then the session; `connected` once welcomed.
+    #[allow(clippy::too_many_arguments)] // one call site; the session's parts, passed down
     async fn greet(
         &self,
         link: &Link,
@@ -399,15 +456,21 @@ impl Agent {
         heartbeat: u32,
         keepalive: Duration,
         connected: &mut bool,
+        work: &mut Work,
     ) -> Result<()> {
         let consent = self.state.state()?.remote_help;
+        let mut capabilities = Capabilities::TELEMETRY | Capabilities::ACTIONS | Capabilities::MESSAGES;
+        if !link.needs_pings() {
+            // QUIC: the gateway can open a stream per relayed session (TLS has the one stream).
+            capabilities |= Capabilities::RELAY;
+        }
         control
             .write(&Message::Hello {
                 uuid: self.enrollment.uuid,
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 hostname: self.hostname.clone(),
                 os: self.os.clone(),
-                capabilities: Capabilities::TELEMETRY,
+                capabilities,
                 remote_help: consent,
             })
             .await?;
@@ -419,13 +482,15 @@ impl Agent {
         }
         *connected = true;
         self.connected.store(true, Ordering::Relaxed);
-        let result = self.serve(link, control, gateway, heartbeat, keepalive, consent).await;
+        let result = self.serve(link, control, gateway, heartbeat, keepalive, consent, work).await;
         self.connected.store(false, Ordering::Relaxed);
         result
     }
 
-    /// A session past its welcome: sends what the spool holds, then a report on each heartbeat,
-    /// and acts on what the gateway sends, until the connection ends.
+    /// A session past its welcome: sends what the spools hold (reports, then action results and
+    /// message states), then a report on each heartbeat, and acts on what the gateway sends,
+    /// until the connection ends.
+    #[allow(clippy::too_many_arguments)] // one call site; the session's parts, passed down
     async fn serve(
         &self,
         link: &Link,
@@ -434,6 +499,7 @@ impl Agent {
         mut heartbeat: u32,
         keepalive: Duration,
         mut consent: bool,
+        work: &mut Work,
     ) -> Result<()> {
         let since = time::OffsetDateTime::now_utc().unix_timestamp();
         info!(%gateway, remote = %link.remote(), transport = %link.transport(), uuid = %self.enrollment.uuid, "connected");
@@ -445,12 +511,14 @@ impl Agent {
         };
         let _ = self.state.save_status(&status);
 
-        // What the last connection left unacknowledged, oldest first.
+        // What the last connection left unacknowledged, oldest first: reports, then results.
+        Agent::forget_finished(work);
         for seq in self.spool.sequences()? {
             if let Some(frame) = self.spool.frame(seq) {
                 control.write_raw(&frame).await?;
             }
         }
+        self.resend_support(control).await?;
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
         let mut consent_check = tokio::time::interval(Duration::from_secs(2));
         let mut ping = tokio::time::interval(keepalive);
@@ -489,6 +557,9 @@ impl Agent {
                             info!(heartbeat_secs = heartbeat, "configuration from the gateway applied (signature verified)");
                         }
                     }
+                    Message::Action(signed) => self.on_action(control, &signed, work).await?,
+                    Message::Message(signed) => self.on_message(control, &signed).await?,
+                    Message::Receipt { id } => self.on_receipt(id),
                     Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await?,
                     Message::Pong { .. } | Message::Welcome { .. } => {}
                     Message::Close { code, text } => return Err(closed(code, &text)),
@@ -498,6 +569,8 @@ impl Agent {
                     let (_, frame) = self.next_report().await?;
                     control.write_raw(&frame).await?;
                 }
+                Some(finished) = work.done.recv() => self.send_finished(control, finished).await?,
+                (send, recv) = link.accept_stream() => self.relay.spawn(recv, send),
                 _ = consent_check.tick() => {
                     if status_dirty {
                         let _ = self.state.save_status(&status);
@@ -509,6 +582,7 @@ impl Agent {
                         control.write(&Message::RemoteHelp { enabled: now }).await?;
                         info!(enabled = now, "told the gateway of the PC user's consent to remote help");
                     }
+                    self.send_states(control, false).await?;
                 }
                 _ = ping.tick(), if link.needs_pings() => {
                     control.write(&Message::Ping { nonce: rand::random() }).await?;

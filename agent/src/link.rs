@@ -1,7 +1,8 @@
 //! The transport to a gateway: QUIC (quinn) on UDP, or, where UDP does not get through, TLS over
 //! TCP to the same port, where the gateway tells an agent from an AMT device by its ALPN
 //! `tether/1`. Both carry one control stream of `protocols::tap` frames ([`Control`]) and the
-//! machine's certificate as the client certificate.
+//! machine's certificate as the client certificate; over QUIC the gateway also opens a stream
+//! per relayed session ([`Link::accept_stream`]).
 //!
 //! [`dial`] tries QUIC for [`QUIC_TIMEOUT`], then TLS. Over TLS the agent pings every keepalive
 //! (TCP would not notice a vanished peer) and gives up on a gateway silent for the idle timeout;
@@ -98,6 +99,18 @@ impl Link {
     pub async fn closed(&self) -> String {
         match self {
             Link::Quic { connection, .. } => connection.closed().await.to_string(),
+            Link::Tls { .. } => std::future::pending().await,
+        }
+    }
+
+    /// The next stream the gateway opens for a relayed session (QUIC); over TLS, and once the
+    /// connection is gone (which [`Link::closed`] reports), never.
+    pub async fn accept_stream(&self) -> (quinn::SendStream, quinn::RecvStream) {
+        match self {
+            Link::Quic { connection, .. } => match connection.accept_bi().await {
+                Ok(pair) => pair,
+                Err(_) => std::future::pending().await,
+            },
             Link::Tls { .. } => std::future::pending().await,
         }
     }

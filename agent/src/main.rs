@@ -7,8 +7,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
+use agent::actions::results::ResultSpool;
 use agent::collect::{CollectorConfig, Collectors};
 use agent::conn::{self, Agent};
+use agent::inbox::{self, EntryKind};
+use agent::policy::LocalPolicy;
 use agent::state::{self, StateDir};
 
 #[derive(Parser, Debug)]
@@ -50,6 +53,10 @@ enum Command {
         /// Collector settings (TOML); default: `STATE_DIR/agent.toml` when present.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The PC's local policy (TOML: which support actions run, which ports relayed sessions
+        /// may reach); default: `STATE_DIR/policy.toml`; a missing file is the defaults.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Allow remote help (relayed sessions and support actions) on this PC.
     Enable,
@@ -61,6 +68,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Messages and instructions from your support contacts, newest first; those shown are
+    /// marked read (the gateway is told).
+    Messages {
+        /// Only those not read yet.
+        #[arg(long)]
+        unread: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn when(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn messages(state: &StateDir, unread: bool, json: bool) -> Result<()> {
+    let entries: Vec<_> = inbox::list(state)?.into_iter().filter(|(_, read)| !unread || !read).collect();
+    if json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|(e, read)| {
+                serde_json::json!({
+                    "id": e.id,
+                    "kind": e.kind,
+                    "from": e.from,
+                    "text": e.text,
+                    "issued_at": e.issued_at,
+                    "expires_at": e.expires_at,
+                    "received_at": e.received_at,
+                    "read": read,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if entries.is_empty() {
+        println!("{}", if unread { "no unread messages" } else { "no messages" });
+    } else {
+        for (i, (entry, read)) in entries.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            let kind = match entry.kind {
+                EntryKind::Message => "message",
+                EntryKind::Instructions => "instructions",
+            };
+            let new = if *read { "" } else { " (new)" };
+            println!("{kind} from {}, {}{new}", entry.from, when(entry.issued_at));
+            for line in entry.text.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    for (entry, read) in &entries {
+        if !read {
+            inbox::mark_read(state, entry.id)?;
+        }
+    }
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -103,7 +172,9 @@ async fn main() -> Result<()> {
             println!("{}", enrollment.uuid);
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run { config, policy } => {
+            let policy_path = policy.unwrap_or_else(|| LocalPolicy::default_path(state.root()));
+            let policy = LocalPolicy::load(&policy_path)?;
             let path = config.unwrap_or_else(|| state.path("agent.toml"));
             let mut collectors = if path.exists() {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -115,7 +186,7 @@ async fn main() -> Result<()> {
                 collectors.state_dir = state.root().to_path_buf();
             }
             let source = Arc::new(Collectors::new(collectors));
-            let agent = Agent::new(state, source, hostname(), os_name())?;
+            let agent = Agent::new(state, source, hostname(), os_name())?.with_policy(policy);
             agent.run(shutdown()).await
         }
         Command::Enable | Command::Disable => {
@@ -135,6 +206,8 @@ async fn main() -> Result<()> {
             let current = state.state()?;
             let status = state.status()?.unwrap_or_default();
             let spooled = agent::spool::Spool::new(state.spool_dir()).len();
+            let results = ResultSpool::at(state.path("results")).len();
+            let unread = inbox::list(&state)?.iter().filter(|(_, read)| !read).count();
             let config = state.config()?;
             if json {
                 let value = serde_json::json!({
@@ -144,6 +217,8 @@ async fn main() -> Result<()> {
                     "remote_help": current.remote_help,
                     "next_seq": current.next_seq,
                     "spooled_reports": spooled,
+                    "waiting_action_results": results,
+                    "unread_messages": unread,
                     "heartbeat_secs": config.as_ref().map(|c| c.heartbeat_secs),
                     "connected_to": status.connected_to,
                     "last_ack": status.last_ack,
@@ -158,6 +233,12 @@ async fn main() -> Result<()> {
             }
             println!("remote help {}", if current.remote_help { "on" } else { "off" });
             println!("reports waiting for the gateway: {spooled}");
+            println!("action results waiting for the gateway: {results}");
+            if unread > 0 {
+                println!("unread messages: {unread} (read them with `tether-agent messages`)");
+            } else {
+                println!("unread messages: 0");
+            }
             match (&status.connected_to, &status.last_error) {
                 (Some(to), _) => println!("connected to {to}"),
                 (None, Some(err)) => println!("not connected: {err}"),
@@ -165,6 +246,7 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Messages { unread, json } => messages(&state, unread, json),
     }
 }
 

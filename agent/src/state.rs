@@ -9,6 +9,11 @@
 //! | `config.json` | the last configuration the gateway sent whose signature verified |
 //! | `status.json` | what `run` last did (connected gateway, last ack), for `status` |
 //! | `spool/` | reports not yet acknowledged ([`crate::spool`]) |
+//! | `policy.toml` | the PC's local policy, written by its owner ([`crate::policy`]) |
+//! | `actions.json` | the replay ledger: actions started here ([`crate::actions::ledger`]) |
+//! | `results/` | action results not yet acknowledged ([`crate::actions::results`]) |
+//! | `run/` | a running script's file and home directory ([`crate::actions::script`]) |
+//! | `inbox.json`, `read/` | messages and instructions for the PC user, the ones read ([`crate::inbox`]) |
 //!
 //! What it does not do: talk to the gateway (`conn`), or collect (`collect`).
 
