@@ -16,7 +16,9 @@
 #                          starts Debian's default cluster on 5432; the tests neither use nor mind it.
 #   amtterm                Debian's AMT Serial-over-LAN console (1.4), the real peer of the SOL
 #                          tests (driven under `script`, from util-linux, for the tty it needs)
-#   iperf3, socat, jq, openssl   the side-by-side bench's smoke (loadtest/bench.sh)
+#   iperf3, socat, jq, openssl   the side-by-side bench's smoke (loadtest/bench.sh); socat also
+#                                an echo service on an agent PC (tests/tests/actions.rs)
+#   sqlite3                      the support-action tests change the store's rows as an attacker would
 #   amt==0.8.0 (PyPI)      amtctrl, a real WS-Management power-control client of amt-sim
 #                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
 #   aiosmtpd==1.4.6 (PyPI) a real SMTP server for the mail tests (tests/tests/mail.rs); pip, only
@@ -59,7 +61,7 @@ AIOSMTPD_VERSION=1.4.6
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
 need=()
-for pkg in iproute2 nftables curl ca-certificates pkg-config iperf3 socat jq openssl; do
+for pkg in iproute2 nftables curl ca-certificates pkg-config iperf3 socat jq openssl sqlite3; do
     installed "$pkg" || need+=("$pkg")
 done
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -29,6 +29,7 @@
 //! Test servers bind only to loopback or to addresses inside namespaces the test creates, and
 //! every wait has a timeout.
 
+pub mod agent;
 pub mod api;
 pub mod appliance;
 pub mod attack;

@@ -8,110 +8,14 @@
 //! agent enrolls and reports over TLS on the CIRA port. In a fleet of two gateways sharing
 //! PostgreSQL, an agent moves on to the second when the first is killed.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use e2e::agent::{enrolled_behind_nat, enrollment_token, gateway_with_subscriber, Pc};
 use e2e::api::{runtime, ApiClient};
-use e2e::process::last_line;
-use e2e::{bin, wait_for, Gateway, Process};
+use e2e::{wait_for, Gateway};
 use uuid::Uuid;
 
 const REPORT_WAIT: Duration = Duration::from_secs(30);
-
-/// A gateway whose agents report every 5 s, with subscriber `olga` registered; (gateway, her
-/// subscriber id).
-fn gateway_with_subscriber() -> (Gateway, String) {
-    let gateway = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &[]);
-    gateway.operator_with_stdin(
-        &["user", "add", "olga", "--email", "olga@example.com", "--password-stdin"],
-        "pw-olga-long-enough\n",
-    );
-    let out = gateway.operator(&[
-        "subscriber",
-        "register",
-        "--owner",
-        "olga",
-        "--name",
-        "Olga's Bakery",
-        "--email",
-        "olga@example.com",
-    ]);
-    let subscriber = out.split_whitespace().nth(1).unwrap_or_else(|| panic!("no subscriber id in {out:?}")).to_string();
-    (gateway, subscriber)
-}
-
-/// `tether machine enroll SUBSCRIBER`: the token it prints last.
-fn enrollment_token(gateway: &Gateway, subscriber: &str) -> String {
-    let out = gateway.operator(&["machine", "enroll", subscriber]);
-    assert!(out.contains("tether-agent enroll"), "{out}");
-    last_line(&out).unwrap_or_else(|| panic!("no token in {out:?}")).to_string()
-}
-
-/// A PC: its agent's state dir and a fake root the collectors read (an os-release of its own).
-struct Pc {
-    state: tempfile::TempDir,
-    /// The collectors' root; kept for the agent's life.
-    _root: tempfile::TempDir,
-    uuid: Uuid,
-}
-
-impl Pc {
-    fn new() -> Pc {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("etc")).unwrap();
-        std::fs::write(root.path().join("etc/os-release"), "PRETTY_NAME=\"Tether Test OS 1\"\n").unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let config = format!(
-            "root = {root:?}\nnft = [\"/nonexistent/nft\"]\niptables_save = [\"/nonexistent/iptables-save\"]\n\
-             apt_get = [\"/nonexistent/apt-get\"]\n",
-            root = root.path().display().to_string()
-        );
-        std::fs::write(state.path().join("agent.toml"), config).unwrap();
-        Pc { state, _root: root, uuid: Uuid::new_v4() }
-    }
-
-    fn agent(&self) -> Command {
-        let mut command = Command::new(bin("tether-agent"));
-        command.arg("--state-dir").arg(self.state.path());
-        command
-    }
-
-    /// `tether-agent enroll`; its output, or its error.
-    fn enroll(&self, gateway: &Gateway, token: &str) -> Result<String, String> {
-        let output = self
-            .agent()
-            .args(["enroll", "--gateway", &gateway.agent_addr().to_string(), "--token", token, "--uuid"])
-            .arg(self.uuid.to_string())
-            .arg("--ca")
-            .arg(gateway.ca_path())
-            .output()
-            .expect("running tether-agent");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if output.status.success() {
-            Ok(stdout)
-        } else {
-            Err(stderr)
-        }
-    }
-
-    fn run(&self) -> Process {
-        let mut command = self.agent();
-        command.arg("run").env("RUST_LOG", "info,tether_agent=debug,agent=debug");
-        Process::spawn("tether-agent run", &mut command)
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let output = self.agent().args(["status", "--json"]).output().expect("tether-agent status");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
-    }
-
-    fn state_path(&self) -> &Path {
-        self.state.path()
-    }
-}
 
 /// GET `path` as the operator; the JSON.
 fn get(gateway: &Gateway, path: &str) -> serde_json::Value {
@@ -227,45 +131,6 @@ fn a_revoked_pc_is_refused_and_told_why() {
     assert!(audit.to_string().contains("agent.cert_revoked"), "{audit}");
     assert!(audit.to_string().contains("agent.enrolled"), "{audit}");
     agent.terminate(Duration::from_secs(10));
-}
-
-/// A gateway on the public network of `topology` (its `[agents]` settings `agents_toml`), with
-/// subscriber olga, and a PC in the home network behind the NAT, enrolled and running.
-fn enrolled_behind_nat(
-    topology: &e2e::netns::Topology,
-    agents_toml: &str,
-    gateway_args: &[&str],
-) -> (Gateway, Pc, Process) {
-    use e2e::netns::Host;
-    let config = format!("[agents]\n{agents_toml}");
-    let gateway = Gateway::start_at(Host::Public.ip(), &config, gateway_args, |c| topology.wrap(Host::Public, c));
-    gateway.operator_with_stdin(&["user", "add", "olga", "--password-stdin"], "pw-olga-long-enough\n");
-    let out = gateway.operator(&[
-        "subscriber",
-        "register",
-        "--owner",
-        "olga",
-        "--name",
-        "Olga's Bakery",
-        "--email",
-        "olga@example.com",
-    ]);
-    let subscriber = out.split_whitespace().nth(1).unwrap().to_string();
-    let token = enrollment_token(&gateway, &subscriber);
-    let pc = Pc::new();
-    let in_home = |command: Command| topology.wrap(Host::Home, command);
-    let mut enroll = pc.agent();
-    enroll
-        .args(["enroll", "--gateway", &gateway.agent_addr().to_string(), "--token", &token, "--uuid"])
-        .arg(pc.uuid.to_string())
-        .arg("--ca")
-        .arg(gateway.ca_path());
-    let out = in_home(enroll).output().unwrap();
-    assert!(out.status.success(), "enroll from behind the NAT: {}", String::from_utf8_lossy(&out.stderr));
-    let mut run = pc.agent();
-    run.arg("run").env("RUST_LOG", "info");
-    let agent = Process::spawn("tether-agent run (home)", &mut in_home(run));
-    (gateway, pc, agent)
 }
 
 /// Runs `ip ARGS` in the router's namespace.

@@ -13,9 +13,9 @@ use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    Acceptance, AccountError, AuditAction, ContactState, DevicePage, InstanceRegistration, Location, MailState,
-    Migrate, NewAudit, NewMail, NewSubscriber, PoolOptions, RegisterError, Store, StoreError, SubscriberPii,
-    SubscriptionStatus, TokenScope,
+    Acceptance, AccountError, ActionOutcome, AuditAction, ContactState, DevicePage, InstanceRegistration, Location,
+    MailState, Migrate, NewAudit, NewMail, NewSubscriber, NewSupportAction, NewSupportMessage, PoolOptions,
+    RegisterError, Store, StoreError, SubscriberPii, SubscriptionStatus, TokenScope,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -28,6 +28,10 @@ mod accounts_scenarios;
 /// The mail outbox's life cycle, likewise.
 #[path = "../../gateway/src/store/outbox_scenarios.rs"]
 mod outbox_scenarios;
+
+/// Support actions and messages, likewise.
+#[path = "../../gateway/src/store/support_scenarios.rs"]
+mod support_scenarios;
 
 /// One cluster for the whole file; each test gets its own database in it.
 fn cluster() -> &'static Postgres {
@@ -632,6 +636,22 @@ async fn outbox_a_mail_waits_until_sent_and_a_failed_one_is_retried_when_due() {
     let (_dir, stores) = both("outbox_life").await;
     for store in &stores {
         outbox_scenarios::a_mail_waits_until_sent_and_a_failed_one_is_retried_when_due(store).await;
+    }
+}
+
+#[tokio::test]
+async fn support_an_action_is_sent_until_answered_and_keeps_its_first_result() {
+    let (_dir, stores) = both("support_actions").await;
+    for store in &stores {
+        support_scenarios::an_action_is_sent_until_answered_and_keeps_its_first_result(store).await;
+    }
+}
+
+#[tokio::test]
+async fn support_a_broadcast_is_counted_as_each_machine_receives_and_reads_it() {
+    let (_dir, stores) = both("support_messages").await;
+    for store in &stores {
+        support_scenarios::a_broadcast_is_counted_as_each_machine_receives_and_reads_it(store).await;
     }
 }
 

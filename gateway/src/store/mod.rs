@@ -55,6 +55,8 @@ mod sessions;
 mod sources;
 mod support;
 #[cfg(test)]
+mod support_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
 mod tx;

@@ -81,6 +81,8 @@ pub struct AgentsReport {
     pub hold_seconds: f64,
     /// Sessions up at the end of the hold.
     pub connected: u64,
+    /// Signed messages the agents verified and kept during the run (a broadcast's reach).
+    pub messages_received: u64,
     pub gateway: Option<GatewayFigures>,
 }
 
@@ -281,6 +283,7 @@ pub async fn run(config: AgentsConfig, progress: &mut Progress) -> Result<Agents
             outcome = Outcome::Incomplete(format!("{acked} of {target} reports acknowledged within the timeout"));
         }
     }
+    let messages_received = agents.iter().map(|a| a.messages_received()).sum();
     let _ = stop_tx.send(true);
     progress.set("stopping", 0, count, String::new);
     let stopping = tokio::time::timeout(Duration::from_secs(15), async { while tasks.join_next().await.is_some() {} });
@@ -315,6 +318,7 @@ pub async fn run(config: AgentsConfig, progress: &mut Progress) -> Result<Agents
         durable_reports_peak_second: per_second.iter().copied().max().unwrap_or(0),
         hold_seconds: held.as_secs_f64(),
         connected,
+        messages_received,
         gateway,
     })
 }
@@ -338,6 +342,9 @@ impl fmt::Display for AgentsReport {
             (None, _) => writeln!(f, "  NOT flushed within the timeout")?,
         }
         writeln!(f, "  held {:.1}s: {} of {} sessions up", self.hold_seconds, self.connected, self.count)?;
+        if self.messages_received > 0 {
+            writeln!(f, "  messages received and kept by the agents: {}", self.messages_received)?;
+        }
         if let Some(g) = &self.gateway {
             writeln!(
                 f,
