@@ -19,7 +19,7 @@ pub(super) struct Shop {
     pub(super) bed: Bed,
     pub(super) olga: i64,
     pub(super) otto: i64,
-    machine: Uuid,
+    pub(super) machine: Uuid,
 }
 
 pub(super) async fn shop() -> Shop {

@@ -36,6 +36,8 @@ pub(crate) mod totp;
 mod views;
 
 #[cfg(test)]
+mod actions_tests;
+#[cfg(test)]
 mod directory_tests;
 #[cfg(test)]
 mod flows_tests;
