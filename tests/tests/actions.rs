@@ -18,9 +18,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 const RESULT_WAIT: Duration = Duration::from_secs(60);
-/// Reports on a long heartbeat (the report after an action is then the action's own), and
-/// sessions that look in the store every 2 s (for rows changed behind the gateway's back).
-const CONFIG: &str = "[agents]\nheartbeat_secs = 300\ndelivery_poll_secs = 2\n";
+/// Reports on a long heartbeat (the report after an action is then the action's own), sessions
+/// that look in the store every 2 s (for rows changed behind the gateway's back), and a PC that
+/// vanishes noticed within 10 s.
+const CONFIG: &str =
+    "[agents]\nheartbeat_secs = 300\ndelivery_poll_secs = 2\nkeepalive_secs = 2\nidle_timeout_secs = 10\n";
 
 /// `tether ARGS` with `token` against `gateway`'s API.
 fn tether_as(gateway: &Gateway, token: &str, args: &[&str]) -> Output {
@@ -209,6 +211,10 @@ fn a_pc_refuses_tampered_expired_replayed_and_mistargeted_actions_and_the_refusa
     assert_eq!(result_of(&gateway, &good)["state"], "refused_replayed");
 
     agent.terminate(Duration::from_secs(10));
+    // Offline from now: nothing below reaches the PC before its row is changed.
+    wait_for("the gateway to see the PC offline", RESULT_WAIT, || {
+        api_get(&gateway, &format!("/api/v1/devices/{uuid}/agent"))["connected"] == false
+    });
     // Tampered: the script in the signed payload changed.
     let tampered = create(&gateway, &uuid, "echo harmless\n", &[]);
     let engine = base64::engine::general_purpose::STANDARD;
@@ -224,7 +230,10 @@ fn a_pc_refuses_tampered_expired_replayed_and_mistargeted_actions_and_the_refusa
     let expired = create(&gateway, &uuid, "echo late\n", &["--expires-in", "10"]);
     std::thread::sleep(Duration::from_secs(11));
     let later = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
-    sql(&gateway, &format!("UPDATE support_actions SET expires_at = {later} WHERE id = '{expired}'"));
+    sql(
+        &gateway,
+        &format!("UPDATE support_actions SET expires_at = {later}, state = 'pending' WHERE id = '{expired}'"),
+    );
 
     let mut agent = pc.run();
     for (id, state) in
