@@ -1,10 +1,11 @@
 //! `tether-agent`: the Tether agent for PCs. See `docs/agents.md`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
 use agent::actions::results::ResultSpool;
@@ -24,6 +25,10 @@ struct Cli {
     /// Where the agent keeps its key, certificate, state and unsent reports.
     #[arg(long, global = true, env = "TETHER_AGENT_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json` (one object per line,
+    /// its fields at the top level).
+    #[arg(long, global = true, env = "TETHER_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +53,7 @@ enum Command {
         #[arg(long)]
         uuid: Option<Uuid>,
     },
-    /// Run the agent (the service; see the systemd unit in `agent/tether-agent.service`).
+    /// Run the agent (the service: `systemctl enable --now tether-agent` after enrolling).
     Run {
         /// Collector settings (TOML); default: `STATE_DIR/agent.toml` when present.
         #[arg(long)]
@@ -78,6 +83,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tether-agent.1 and one per command) into DIR.
+    Manpages { dir: PathBuf },
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on stderr: plain text, coloured only for a terminal without `NO_COLOR`; or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
 }
 
 fn when(unix: i64) -> String {
@@ -152,13 +184,22 @@ fn os_name() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "tether-agent", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            return Ok(());
+        }
+        _ => {}
+    }
     let state = StateDir::open(&cli.state_dir)?;
     match cli.command {
         Command::Enroll { gateway, token, ca, uuid } => {
@@ -247,6 +288,9 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Messages { unread, json } => messages(&state, unread, json),
+        Command::Completions { .. } | Command::Manpages { .. } => {
+            unreachable!("handled before the state dir is opened")
+        }
     }
 }
 

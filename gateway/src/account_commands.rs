@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::exit::{self, Exit, Failure};
 use crate::flows::{self, Actor, FlowError, Flows, NewUser, Registration, MAX_PASSWORD};
 use crate::operator::rfc3339;
 use crate::policy::Role;
@@ -184,18 +185,27 @@ fn explain(err: FlowError) -> anyhow::Error {
         FlowError::Account(AccountError::Suspended) => "lift the suspension first (`tether user unsuspend`)",
         _ => "",
     };
-    if advice.is_empty() {
-        anyhow::Error::new(err)
-    } else {
-        anyhow::anyhow!("{err}: {advice}")
-    }
+    let exit = match &err {
+        FlowError::NotFound(_)
+        | FlowError::Account(
+            AccountError::NoSuchUser(_)
+            | AccountError::NoSuchSubscriber(_)
+            | AccountError::NoSuchInvitation
+            | AccountError::NoSuchContact(_)
+            | AccountError::NoSuchEmailChange,
+        ) => Exit::NotFound,
+        FlowError::BadInput(_) => Exit::BadInput,
+        FlowError::Store(_) | FlowError::Account(AccountError::Store(_) | AccountError::Hash(_)) => Exit::Failed,
+        FlowError::Denied(_) | FlowError::Account(_) => Exit::Refused,
+    };
+    let message = if advice.is_empty() { err.to_string() } else { format!("{err}: {advice}") };
+    Failure { exit, message }.into()
 }
 
 async fn user(store: &Store, username: &str) -> Result<UserRecord> {
-    store
-        .user_by_name(username)
-        .await?
-        .with_context(|| format!("the gateway has no user {username:?}; create it with `tether user add {username}`"))
+    store.user_by_name(username).await?.ok_or_else(|| {
+        exit::not_found(format!("the gateway has no user {username:?}; create it with `tether user add {username}`"))
+    })
 }
 
 /// The flows as the CLI runs them: now, with the gateway's configuration.
@@ -227,7 +237,7 @@ fn read_password(from_stdin: bool, username: &str) -> Result<String> {
         line.trim_end_matches(['\r', '\n']).to_string()
     };
     if password.len() > MAX_PASSWORD {
-        bail!("the password is longer than {MAX_PASSWORD} bytes");
+        return Err(exit::bad_input(format!("the password is longer than {MAX_PASSWORD} bytes")));
     }
     Ok(password)
 }
@@ -385,7 +395,9 @@ pub async fn contact_command(store: &Store, config: &Config, action: ContactActi
             }
             for level in alerts.split(',').map(str::trim).filter(|l| !l.is_empty() && *l != "none") {
                 if !matches!(level, "red" | "yellow" | "green") {
-                    bail!("--alerts takes red, yellow and green (comma-separated) or none, not {level:?}");
+                    return Err(exit::bad_input(format!(
+                        "--alerts takes red, yellow and green (comma-separated) or none, not {level:?}"
+                    )));
                 }
                 prefs.insert(level.into(), serde_json::Value::Bool(true));
             }

@@ -63,14 +63,16 @@ impl ApiClient {
         let addr = (self.host.as_str(), self.port);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow!("connecting to the API at {}:{} timed out", self.host, self.port))?
+            .map_err(|_| {
+                crate::exit::unreachable(format!("connecting to the API at {}:{} timed out", self.host, self.port))
+            })?
             .with_context(|| {
                 format!("connecting to the API at {}:{} (is the gateway running?)", self.host, self.port)
             })?;
         let _ = tcp.set_nodelay(true);
         tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(self.server_name.clone(), tcp))
             .await
-            .map_err(|_| anyhow!("TLS handshake with the API timed out"))?
+            .map_err(|_| crate::exit::unreachable("TLS handshake with the API timed out"))?
             .context("TLS handshake with the API failed (wrong --ca, or a certificate without this host name?)")
     }
 
@@ -111,7 +113,7 @@ impl ApiClient {
     async fn get_page(&self, path: &str) -> Result<(serde_json::Value, Option<String>)> {
         let (status, headers, value) = self.send(Request::get(path), Bytes::new(), REQUEST_TIMEOUT).await?;
         if !status.is_success() {
-            bail!("{}", api_error(status, &value));
+            return Err(api_error(status, &value).into());
         }
         let next = headers.get(header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
         Ok((value, next))
@@ -141,7 +143,9 @@ impl ApiClient {
                 .with_context(|| format!("the API answered {} with something other than JSON", parts.status))?;
             Ok((parts.status, parts.headers, value))
         };
-        tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("the API did not answer in time"))?
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| crate::exit::unreachable("the API did not answer in time"))?
     }
 
     /// POSTs a JSON body; the answer's status and JSON body, whatever the status (a body that is
@@ -166,7 +170,7 @@ impl ApiClient {
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
         let (status, value) = self.post(path, body).await?;
         if !status.is_success() {
-            bail!("{}", api_error(status, &value));
+            return Err(api_error(status, &value).into());
         }
         Ok(value)
     }
@@ -181,26 +185,23 @@ impl ApiClient {
             .max_frame_size(Some(1 << 20));
         let handshake = tokio_tungstenite::client_async_with_config(request, tls, Some(config));
         match tokio::time::timeout(REQUEST_TIMEOUT, handshake).await {
-            Err(_) => bail!("the relay did not open in time"),
+            Err(_) => Err(crate::exit::unreachable("the relay did not open in time")),
             Ok(Ok((ws, _))) => Ok(ws),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let status = response.status();
                 let body = response.body().as_deref().unwrap_or_default();
                 let value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
-                bail!("{}", api_error(status, &value))
+                Err(api_error(status, &value).into())
             }
             Ok(Err(err)) => Err(err).context("opening the relay WebSocket"),
         }
     }
 }
 
-/// What the API said: its message, the status and, for a refusal of the policy, its stable code.
-pub fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
-    let code = body.get("code").and_then(|c| c.as_str()).map(|c| format!(", code {c}")).unwrap_or_default();
-    match body.get("error").and_then(|e| e.as_str()) {
-        Some(message) => format!("{message} (HTTP {}{code})", status.as_u16()),
-        None => format!("the API answered HTTP {status}"),
-    }
+/// What the API said: its message, the status and, for a refusal of the policy, its stable code
+/// (the exit code follows the status: `exit`).
+pub fn api_error(status: StatusCode, body: &serde_json::Value) -> crate::exit::ApiError {
+    crate::exit::ApiError::new(status, body)
 }
 
 /// The target of a `rel="next"` link in a `Link` header (a path on the same API).

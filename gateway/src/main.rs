@@ -2,13 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tether_gateway::account_commands::{
     contact_command, machine_command, subscriber_command, user_command, ContactAction, MachineAction, SubscriberAction,
     UserAction,
 };
+use tether_gateway::logging::{self, LogFormat};
 use tether_gateway::mail_commands::{mail_command, MailAction};
 use tether_gateway::operator::{
     api_client, fleet_command, import_devices, load_config, open_store, open_store_with, plain, print_table,
@@ -18,7 +20,7 @@ use tether_gateway::redirect::rescue::{self, AmtArgs, BootDevice, PowerCommand, 
 use tether_gateway::redirect::{self, RedirectArgs};
 use tether_gateway::store::{Migrate, TokenScope};
 use tether_gateway::support_commands::{action_command, message_command, ActionCommand, MessageCommand};
-use tether_gateway::{auth, backup, daemon, forward, lan_commands, paths};
+use tether_gateway::{auth, backup, daemon, exit, forward, lan_commands, paths};
 use uuid::Uuid;
 
 /// jemalloc, with its background purging thread switched on in `main`: memory freed after a burst
@@ -55,6 +57,10 @@ struct Cli {
     /// The name the API's certificate must carry, when it differs from the host in --api.
     #[arg(long, global = true, env = "TETHER_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// Log lines on stderr: `text` (plain, coloured only on a terminal) or `json` (one object per
+    /// line, its fields at the top level: for a log shipper).
+    #[arg(long, global = true, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -358,6 +364,14 @@ enum Command {
         #[command(subcommand)]
         action: FleetAction,
     },
+    /// Print the shell completion script for SHELL on stdout, e.g.
+    /// `tether completions bash > /etc/bash_completion.d/tether`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tether.1, and tether-COMMAND.1 for every command) into DIR.
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -378,7 +392,10 @@ enum MpsCredentialsAction {
     /// accounts may exist, e.g. one per customer.
     Set { username: String, password: String },
     /// List the MPS account names.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an MPS account (devices pinned to it can no longer get in with it).
     Remove { username: String },
 }
@@ -446,10 +463,23 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
-fn main() -> Result<()> {
+/// Runs the command; its exit code tells a script why it failed (`tether_gateway::exit`:
+/// 2 bad input, 3 not found, 4 refused, 5 unreachable, 1 anything else).
+fn main() -> ExitCode {
+    match run_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:?}");
+            ExitCode::from(exit::code_of(&err))
+        }
+    }
+}
+
+fn run_main() -> Result<()> {
     let cli = Cli::parse();
     let daemon_mode = matches!(cli.command, Command::Gateway { .. });
-    init_logging(daemon_mode);
+    let default_filter = if daemon_mode { "info" } else { "warn,tether_gateway::forward=info" };
+    logging::init(cli.log_format, default_filter);
     #[cfg(not(feature = "system-alloc"))]
     if daemon_mode {
         if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
@@ -459,13 +489,6 @@ fn main() -> Result<()> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(paths::default_data_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli, &data_dir))
-}
-
-fn init_logging(daemon_mode: bool) {
-    let default = if daemon_mode { "info" } else { "warn,tether_gateway::forward=info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
@@ -485,25 +508,32 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         }
         Command::MpsCredentials { action: MpsCredentialsAction::Set { username, password } } => {
             if username.is_empty() || password.is_empty() {
-                bail!("the MPS username and password must not be empty");
+                return Err(exit::bad_input("the MPS username and password must not be empty"));
             }
             if !username.chars().all(|c| c.is_ascii_alphanumeric()) {
-                bail!("AMT allows only letters and digits in the MPS username, not {username:?}");
+                return Err(exit::bad_input(format!(
+                    "AMT allows only letters and digits in the MPS username, not {username:?}"
+                )));
             }
             let store = open_store(&store_args, data_dir).await?;
             store.set_mps_account(&username, &auth::hash_password(password.as_bytes())?).await?;
             println!("MPS account {username} set: AMT devices may authenticate as {username}");
             Ok(())
         }
-        Command::MpsCredentials { action: MpsCredentialsAction::List } => {
-            for name in open_store(&store_args, data_dir).await?.mps_accounts().await? {
-                println!("{name}");
+        Command::MpsCredentials { action: MpsCredentialsAction::List { json } } => {
+            let names = open_store(&store_args, data_dir).await?.mps_accounts().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&names)?);
+            } else {
+                names.iter().for_each(|name| println!("{name}"));
             }
             Ok(())
         }
         Command::MpsCredentials { action: MpsCredentialsAction::Remove { username } } => {
             if !open_store(&store_args, data_dir).await?.remove_mps_account(&username).await? {
-                bail!("there is no MPS account {username:?} (see `tether mps-credentials list`)");
+                return Err(exit::not_found(format!(
+                    "there is no MPS account {username:?} (see `tether mps-credentials list`)"
+                )));
             }
             println!("MPS account {username} removed");
             Ok(())
@@ -520,7 +550,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         }
         Command::Device { action: DeviceAction::Remove { uuid } } => {
             if !open_store(&store_args, data_dir).await?.remove_device(uuid).await? {
-                bail!("the gateway knows no device {uuid}");
+                return Err(exit::not_found(format!("the gateway knows no device {uuid}")));
             }
             println!("device {uuid} removed");
             Ok(())
@@ -528,7 +558,10 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         Command::Device { action: DeviceAction::Import { file } } => import_devices(&store_args, data_dir, &file).await,
         Command::Token { action: TokenAction::Create { name, scope, expires_in, user } } => {
             if name.starts_with(paths::LOCAL_TOKEN_PREFIX) {
-                bail!("token names starting with {:?} are the gateways' own; pick another", paths::LOCAL_TOKEN_PREFIX);
+                return Err(exit::bad_input(format!(
+                    "token names starting with {:?} are the gateways' own; pick another",
+                    paths::LOCAL_TOKEN_PREFIX
+                )));
             }
             let store = open_store(&store_args, data_dir).await?;
             let token = auth::new_token();
@@ -536,7 +569,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             let expires_at = match expires_in {
                 Some(d) => Some(
                     time::OffsetDateTime::now_utc()
-                        + time::Duration::try_from(d).map_err(|_| anyhow::anyhow!("--expires-in is too long"))?,
+                        + time::Duration::try_from(d).map_err(|_| exit::bad_input("--expires-in is too long"))?,
                 ),
                 None => None,
             };
@@ -544,7 +577,11 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 None => None,
                 Some(username) => match store.user_by_name(username).await? {
                     Some(record) => Some(record.id),
-                    None => bail!("the gateway has no user {username:?}; leave --user out for an operator token"),
+                    None => {
+                        return Err(exit::not_found(format!(
+                            "the gateway has no user {username:?}; leave --user out for an operator token"
+                        )))
+                    }
                 },
             };
             store.create_user_token(user_id, &name, &auth::hash_token(&token), scope, expires_at).await?;
@@ -577,10 +614,12 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
         }
         Command::Token { action: TokenAction::Revoke { name } } => {
             if name.starts_with(paths::LOCAL_TOKEN_PREFIX) {
-                bail!("{name} is a gateway's own local token; it is replaced at every start");
+                return Err(exit::refused(format!(
+                    "{name} is a gateway's own local token; it is replaced at every start"
+                )));
             }
             if !open_store(&store_args, data_dir).await?.revoke_token(&name).await? {
-                bail!("there is no token {name:?} (see `tether token list`)");
+                return Err(exit::not_found(format!("there is no token {name:?} (see `tether token list`)")));
             }
             println!("token {name:?} revoked; its open relays end within a few seconds");
             Ok(())
@@ -668,6 +707,17 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             Ok(())
         }
         Command::Fleet { action } => fleet_command(action, &store_args, data_dir).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::User { action } => {
             let config = load_config(&store_args, data_dir)?;
             user_command(&open_store(&store_args, data_dir).await?, &config, action).await
@@ -762,5 +812,38 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 LanAction::Forget { uuid } => lan_commands::forget(&client, uuid).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command that lists or shows something (a `list`, `show` or `status` subcommand, or
+    /// a top-level listing) prints JSON with `--json`, for scripts.
+    #[test]
+    fn every_listing_and_show_command_takes_json() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let name = sub.get_name();
+                let path = format!("{path} {name}");
+                let lists = matches!(name, "list" | "show" | "status" | "devices" | "redirections" | "actions");
+                if lists && sub.get_subcommands().next().is_none() && !sub.get_arguments().any(|a| a.get_id() == "json")
+                {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "tether", &mut missing);
+        assert!(missing.is_empty(), "without --json: {missing:?}");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

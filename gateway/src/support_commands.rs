@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::client::ApiClient;
+use crate::exit::{self, Exit, Failure};
 
 #[derive(Subcommand, Debug)]
 pub enum ActionCommand {
@@ -129,7 +130,7 @@ pub async fn action_command(client: &ApiClient, command: ActionCommand) -> Resul
             let (kind, body) = match (script, instructions) {
                 (Some(path), _) => ("script", read_text(&path, "script")?),
                 (None, Some(path)) => ("instructions", read_text(&path, "instructions")?),
-                (None, None) => bail!("give --script FILE or --instructions FILE"),
+                (None, None) => return Err(exit::bad_input("give --script FILE or --instructions FILE")),
             };
             let request = json!({
                 "kind": kind, "body": body, "timeout_secs": timeout, "expires_in_secs": expires_in,
@@ -158,7 +159,9 @@ pub async fn action_command(client: &ApiClient, command: ActionCommand) -> Resul
                     let ok = matches!(state.as_str(), "completed" | "shown")
                         && action["exit_code"].as_i64().unwrap_or(0) == 0;
                     if !ok && !open(&state) {
-                        std::process::exit(1);
+                        // Refused by the PC: 4; a script that failed or timed out: 1.
+                        let exit = if state.starts_with("refused") { Exit::Refused } else { Exit::Failed };
+                        return Err(Failure { exit, message: format!("action {id} on {uuid}: {state}") }.into());
                     }
                     return Ok(());
                 }
@@ -225,14 +228,16 @@ pub async fn message_command(client: &ApiClient, command: MessageCommand) -> Res
             let text = match (text, file) {
                 (Some(text), _) => text,
                 (None, Some(path)) => read_text(&path, "message")?,
-                (None, None) => bail!("give --text TEXT or --file FILE"),
+                (None, None) => return Err(exit::bad_input("give --text TEXT or --file FILE")),
             };
             let mut request = json!({ "text": text, "expires_in_secs": expires_in });
             match (machine, subscriber, all) {
                 (Some(uuid), _, _) => request["machine"] = json!(uuid),
                 (None, Some(id), _) => request["subscriber"] = json!(id),
                 (None, None, true) => request["all"] = json!(true),
-                (None, None, false) => bail!("say whom it is for: --machine UUID, --subscriber ID or --all"),
+                (None, None, false) => {
+                    return Err(exit::bad_input("say whom it is for: --machine UUID, --subscriber ID or --all"))
+                }
             }
             let sent = client.post_json("/api/v1/messages", &request).await?;
             if json {

@@ -322,7 +322,8 @@ pub(super) async fn relay_tcp(
     let relay_id = ticket.id;
     audit_attach(shared, &caller, uuid, subscriber_id, port, &holder).await;
     let technician = caller.name;
-    info!(relay = relay_id, %technician, %uuid, port, from = %peer, "relay opened");
+    let user = caller.principal.user_id;
+    info!(relay = relay_id, user, token = %technician, %uuid, port, remote = %peer, "relay opened");
     let limits = api.relay_limits;
     let api = Arc::clone(&api);
     let mut response = relay::limit_frames(ws, &limits).on_upgrade(move |socket| async move {
@@ -337,7 +338,8 @@ pub(super) async fn relay_tcp(
         api.shared.metrics.relay_closed(outcome.end);
         info!(
             relay = relay_id,
-            %technician,
+            user,
+            token = %technician,
             %uuid,
             port,
             to_device = outcome.to_device,

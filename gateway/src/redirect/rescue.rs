@@ -97,7 +97,7 @@ pub enum BootDevice {
 pub(crate) async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
     let (status, value) = client.post_with_timeout(path, body, DEVICE_CALL_TIMEOUT).await?;
     if !status.is_success() {
-        bail!("{}", api_error(status, &value));
+        return Err(api_error(status, &value).into());
     }
     Ok(value)
 }
@@ -296,7 +296,7 @@ async fn start(client: &ApiClient, args: &RescueArgs) -> Result<Value> {
             return Ok(value);
         }
         if value["reason"] != "consent_required" || attempt == CONSENT_TRIES {
-            bail!("{}", api_error(status, &value));
+            return Err(api_error(status, &value).into());
         }
         step("the device requires user consent: asking it to show a code");
         post(client, &format!("/api/v1/devices/{uuid}/consent"), &args.amt.body(json!({}))).await?;
