@@ -20,7 +20,7 @@ use crate::certs;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::limits::{Limiter, LogOnce};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreTask};
 use crate::redir_log::RedirLog;
 use crate::registry::Registry;
 use crate::state::Shared;
@@ -197,8 +197,14 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let registry = Arc::new(Registry::new());
-    let (journal, journal_task) =
-        Journal::start(store.clone(), registry.clone(), config.apf.max_tunnels, instance.clone());
+    let metrics = Metrics::new();
+    let (journal, journal_task) = Journal::start(
+        store.clone(),
+        registry.clone(),
+        config.apf.max_tunnels,
+        instance.clone(),
+        metrics.store_errors_of(StoreTask::Journal),
+    );
     let transcripts = config.record_sol.then(|| data_dir.join("transcripts"));
     if let Some(dir) = &transcripts {
         info!(dir = %dir.display(), "recording SOL transcripts");
@@ -218,7 +224,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         peers: link.as_ref().map(|(tls, _)| fleet::peers::Peers::new(Arc::clone(&tls.client), store.clone())),
         journal,
         redirections,
-        metrics: Metrics::new(),
+        metrics,
         registry,
         lan: crate::lan::Lan::default(),
         conflicts: LogOnce::new(),
@@ -319,6 +325,7 @@ async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     // The first tick is at once; the busy sources are first recorded a minute after the start.
     tick.tick().await;
+    crate::meter::count(&shared).await;
     loop {
         shared.limiter.housekeeping();
         tickets.housekeeping();
@@ -326,6 +333,7 @@ async fn housekeeping(shared: Arc<Shared>, tickets: Arc<crate::tickets::Tickets>
         crate::busy_sources::save(&shared).await;
         sweep_accounts(&shared).await;
         crate::meter::sweep(&shared).await;
+        crate::meter::count(&shared).await;
     }
 }
 

@@ -21,6 +21,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use uuid::Uuid;
 
+use prometheus::IntCounter;
+
 use crate::store::{devices, Stmt, Store};
 
 /// Life-cycle events queued before new ones are dropped (and resynced).
@@ -83,16 +85,18 @@ impl Journal {
     /// Starts the writer task (on the current tokio runtime); it ends once every `Journal` clone
     /// is dropped, after writing what was queued (await the handle to wait for that). `cap`
     /// bounds the stamp and resync sets (the number of tunnels the gateway may hold is a good
-    /// value); `instance` is this gateway's instance id.
+    /// value); `instance` is this gateway's instance id; `errors` counts the writes the store
+    /// failed (`tether_store_errors_total{task="journal"}`).
     pub fn start(
         store: Store,
         live: Arc<dyn LiveView>,
         cap: usize,
         instance: String,
+        errors: IntCounter,
     ) -> (Journal, tokio::task::JoinHandle<()>) {
         let (tx, rx) = channel::<DeviceEvent>(QUEUE);
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let writer = Writer { store, live, pending: Arc::clone(&pending), instance };
+        let writer = Writer { store, live, pending: Arc::clone(&pending), instance, errors };
         let handle = tokio::spawn(writer.run(rx));
         (Journal { tx, pending, cap: cap.max(16) }, handle)
     }
@@ -141,6 +145,7 @@ impl Journal {
 }
 
 struct Writer {
+    errors: IntCounter,
     store: Store,
     live: Arc<dyn LiveView>,
     pending: Arc<Mutex<Pending>>,
@@ -208,6 +213,7 @@ impl Writer {
             }
         }
         if let Err(err) = self.store.record(&stmts).await {
+            self.errors.inc();
             tracing::error!(error = %err, events = batch.len(),
                 "could not record device events in the store; the devices will be rewritten from their live state");
             // Nothing of the transaction was written: resync every device it touched from the
@@ -236,6 +242,10 @@ fn statement(event: &DeviceEvent, me: &str) -> Stmt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_counter() -> IntCounter {
+        IntCounter::new("journal_errors", "test").unwrap()
+    }
 
     struct Live(Mutex<HashMap<Uuid, LiveState>>);
 
@@ -270,7 +280,7 @@ mod tests {
         }
         assert!(!journal.stamp(Uuid::new_v4(), t0), "the stamp map is bounded");
         drop(journal);
-        let writer = Writer { store: store.clone(), live, pending, instance: "gw-a".into() };
+        let writer = Writer { store: store.clone(), live, pending, instance: "gw-a".into(), errors: test_counter() };
         writer.run(rx).await;
         let ra = store.device(a).await.unwrap().unwrap();
         assert!(ra.connected_since.is_some() && ra.last_keepalive.is_some());
@@ -297,7 +307,7 @@ mod tests {
         // X disconnects while the queue is full: dropped, resynced (X is not live any more).
         assert!(!journal.record(DeviceEvent::Disconnected { uuid: x, at: t0, reason: "gone".into() }));
         drop(journal);
-        Writer { store: store.clone(), live, pending, instance: "gw-a".into() }.run(rx).await;
+        Writer { store: store.clone(), live, pending, instance: "gw-a".into(), errors: test_counter() }.run(rx).await;
         let r = store.device(x).await.unwrap().unwrap();
         assert!(r.connected_since.is_none(), "X is recorded as connected");
     }

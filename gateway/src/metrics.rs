@@ -199,6 +199,22 @@ label_enum!(
 );
 
 label_enum!(
+    /// The gateway task whose store operation failed (`tether_store_errors_total`).
+    StoreTask { Journal => "journal", Heartbeat => "heartbeat", Health => "health", Api => "api", Delivery => "delivery" }
+);
+
+label_enum!(
+    /// A machine's health meter (`tether_machines_health`).
+    HealthState { Green => "green", Yellow => "yellow", Red => "red" }
+);
+
+label_enum!(
+    /// A gateway of the fleet as the store records it (`tether_fleet_instances`): live, missing
+    /// (not stopped cleanly, heartbeat older than `fleet.stale_after_secs`), or stopped.
+    InstanceState { Live => "live", Missing => "missing", Stopped => "stopped" }
+);
+
+label_enum!(
     /// How a LAN scan ended.
     LanScanOutcome { Done => "done", Failed => "failed" }
 );
@@ -240,6 +256,9 @@ pub struct Metrics {
     lan_scans: IntCounterVec,
     lan_wakes: IntCounterVec,
     mail: MailMetrics,
+    store_errors: IntCounterVec,
+    machines_health: IntGaugeVec,
+    fleet_instances: IntGaugeVec,
 }
 
 /// The mail outbox's worker (`mail::sender`).
@@ -265,6 +284,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry.register(Box::new(metric.clone())).expect("metric registered once");
     metric
 }
@@ -454,6 +479,35 @@ impl Metrics {
                 .expect("valid metric"),
         };
         registry.register(Box::new(mail.pending.clone())).expect("metric registered once");
+        let store_errors = counter_vec(
+            &registry,
+            "tether_store_errors_total",
+            "Store operations that failed, by the gateway task that saw the failure.",
+            &["task"],
+        );
+        for task in StoreTask::ALL {
+            store_errors.with_label_values(&[task.as_str()]);
+        }
+        let machines_health = gauge_vec(
+            &registry,
+            "tether_machines_health",
+            "Machines per health meter, as this gateway last counted them in the store (a fleet's gateways share \
+             one count: aggregate with max).",
+            &["state"],
+        );
+        for state in HealthState::ALL {
+            machines_health.with_label_values(&[state.as_str()]);
+        }
+        let fleet_instances = gauge_vec(
+            &registry,
+            "tether_fleet_instances",
+            "Gateways of the fleet by state, as this gateway last read them in the store (missing: heartbeat older \
+             than fleet.stale_after_secs without a clean stop; aggregate with max).",
+            &["state"],
+        );
+        for state in InstanceState::ALL {
+            fleet_instances.with_label_values(&[state.as_str()]);
+        }
         for kind in RedirKind::ALL {
             redir_sessions.with_label_values(&[kind.as_str()]);
             redir_active.with_label_values(&[kind.as_str()]);
@@ -523,6 +577,34 @@ impl Metrics {
             lan_scans,
             lan_wakes,
             mail,
+            store_errors,
+            machines_health,
+            fleet_instances,
+        }
+    }
+
+    pub fn store_error(&self, task: StoreTask) {
+        self.store_errors.with_label_values(&[task.as_str()]).inc();
+    }
+
+    /// The counter of one task's store failures, for a task that holds it (the journal).
+    pub fn store_errors_of(&self, task: StoreTask) -> IntCounter {
+        self.store_errors.with_label_values(&[task.as_str()])
+    }
+
+    /// Sets the machines counted in each health state (a state not in `counts` is 0).
+    pub fn machines_health(&self, counts: &[(HealthState, u64)]) {
+        for state in HealthState::ALL {
+            let n = counts.iter().filter(|(s, _)| s == state).map(|(_, n)| *n).sum::<u64>();
+            self.machines_health.with_label_values(&[state.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the fleet's gateways counted in each state.
+    pub fn fleet_instances(&self, counts: &[(InstanceState, u64)]) {
+        for state in InstanceState::ALL {
+            let n = counts.iter().filter(|(s, _)| s == state).map(|(_, n)| *n).sum::<u64>();
+            self.fleet_instances.with_label_values(&[state.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

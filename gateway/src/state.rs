@@ -117,7 +117,14 @@ impl TestState {
     pub async fn new(config: Config) -> Self {
         let (dir, store) = crate::store::tests::sqlite().await;
         let registry = Arc::new(Registry::new());
-        let (journal, _task) = Journal::start(store.clone(), registry.clone(), 1000, "test-gateway".into());
+        let metrics = Metrics::new();
+        let (journal, _task) = Journal::start(
+            store.clone(),
+            registry.clone(),
+            1000,
+            "test-gateway".into(),
+            metrics.store_errors_of(crate::metrics::StoreTask::Journal),
+        );
         let (redirections, _task) =
             RedirLog::start(store.clone(), config.record_sol.then(|| dir.path().join("transcripts")));
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -130,7 +137,7 @@ impl TestState {
             peers: None,
             journal,
             redirections,
-            metrics: Metrics::new(),
+            metrics,
             registry,
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
             sealer: crate::sealing::Sealer::load_or_create(dir.path()).expect("a sealing key"),

@@ -21,6 +21,8 @@
 //! - [`haproxy`]: HAProxy in TCP mode in front of several servers, PROXY v2 and health checks
 //!   ([`Haproxy`], [`haproxy::Frontend`]).
 //!
+//! - [`prometheus`]: Debian's Prometheus scraping gateways on loopback, with rules loaded, asked
+//!   through its HTTP API ([`prometheus::Prometheus`]).
 //! - [`smtp`]: a real SMTP server (aiosmtpd) saving what it receives ([`smtp::Smtp`]).
 //! - [`remote`]: the remote-fix peers: `tether console` / `tether ider` with a keyboard
 //!   ([`remote::Interactive`]), Debian's amtterm under `script`, a LAN PC's TLS port
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod netns;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod remote;
 pub mod smtp;
 pub mod webhook;

@@ -64,7 +64,8 @@ impl LiveView for Live {
 /// Writes `events` as gateway `instance` does (through the journal), and waits until they are
 /// in the store.
 async fn write(store: &Store, instance: &str, events: Vec<DeviceEvent>) {
-    let (journal, task) = Journal::start(store.clone(), Arc::new(Live::default()), 1000, instance.to_string());
+    let errors = tether_gateway::metrics::Metrics::new().store_errors_of(tether_gateway::metrics::StoreTask::Journal);
+    let (journal, task) = Journal::start(store.clone(), Arc::new(Live::default()), 1000, instance.to_string(), errors);
     for event in events {
         assert!(journal.record(event));
     }

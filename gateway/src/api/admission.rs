@@ -32,7 +32,6 @@ use crate::metrics::ApiRejection;
 use crate::policy::{self, Action, Denied, Principal, Relations, Resource};
 use crate::store::TokenScope;
 use serde_json::json;
-use tracing::warn;
 use uuid::Uuid;
 
 /// What `auth::new_token` makes: this prefix and 32 bytes in unpadded base64url.
@@ -155,8 +154,7 @@ pub(super) async fn require_token(
     let record = match api.shared.store.token_by_hash(&hash).await {
         Ok(record) => record,
         Err(err) => {
-            warn!(error = %err, "cannot look a token up in the store");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "the token store is unavailable; see the gateway's log");
+            return super::store_unavailable(err);
         }
     };
     let Some(record) = record else {

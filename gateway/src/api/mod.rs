@@ -181,7 +181,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/subscribers/{id}/mps-account", post(accounts::mps_account))
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
-        .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token));
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token))
+        .layer(middleware::map_response_with_state(Arc::clone(&api), count_store_failures));
     let portal = crate::portal::router(Arc::clone(&api.portal));
     Router::new()
         .route(
@@ -314,7 +315,21 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
 /// A store failure: logged in full, answered without details (they name the database).
 fn store_unavailable(err: crate::store::StoreError) -> Response {
     warn!(error = %err, "store query failed while answering the API");
-    error(StatusCode::INTERNAL_SERVER_ERROR, "the gateway's store is unavailable; see the gateway's log")
+    let mut response =
+        error(StatusCode::INTERNAL_SERVER_ERROR, "the gateway's store is unavailable; see the gateway's log");
+    response.extensions_mut().insert(StoreFailed);
+    response
+}
+
+/// Marks an answer that a store failure made (`tether_store_errors_total{task="api"}`).
+#[derive(Debug, Clone, Copy)]
+struct StoreFailed;
+
+async fn count_store_failures(State(api): State<Arc<Api>>, response: Response) -> Response {
+    if response.extensions().get::<StoreFailed>().is_some() {
+        api.shared.metrics.store_error(crate::metrics::StoreTask::Api);
+    }
+    response
 }
 
 fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> Response {

@@ -189,6 +189,7 @@ async fn missing_and_malformed_tokens_are_refused_without_a_lookup() {
     // A well-formed one is looked up (and the broken store shows it).
     let (status, _, _) = bed.get("198.18.0.3", Some(&auth::new_token()), "/api/v1/devices").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(bed.counted("tether_store_errors_total{task=\"api\"}"), 1.0);
     assert_eq!(bed.counted("tether_api_rejected_total{reason=\"invalid_token\"}"), 5.0);
 }
 

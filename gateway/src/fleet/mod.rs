@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
+use crate::metrics::{InstanceState, StoreTask};
 use crate::state::Shared;
 use crate::store::InstanceRegistration;
 
@@ -50,6 +51,23 @@ pub fn instance_id(data_dir: &Path, configured: Option<&str>) -> Result<String> 
         }
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Counts the fleet's gateways by state into `tether_fleet_instances` (each heartbeat).
+async fn count_instances(shared: &Shared, stale_after: Duration) -> Result<(), crate::store::StoreError> {
+    let mut counts = Vec::new();
+    for instance in shared.store.instances().await? {
+        let state = if instance.stopped_at.is_some() {
+            InstanceState::Stopped
+        } else if instance.is_alive(stale_after) {
+            InstanceState::Live
+        } else {
+            InstanceState::Missing
+        };
+        counts.push((state, 1));
+    }
+    shared.metrics.fleet_instances(&counts);
+    Ok(())
 }
 
 /// Heartbeats and reaps dead instances' tunnels until shutdown; records a clean stop.
@@ -86,6 +104,7 @@ pub async fn heartbeat(shared: Arc<Shared>, me: InstanceRegistration) {
             if ended > 0 {
                 info!(sessions = ended, "ended the redirection sessions of a gateway that stopped answering");
             }
+            count_instances(&shared, stale_after).await?;
             Ok(Some(reaped))
         }
         .await;
@@ -105,9 +124,10 @@ pub async fn heartbeat(shared: Arc<Shared>, me: InstanceRegistration) {
             }
             Err::<_, crate::store::StoreError>(err) if !failing => {
                 failing = true;
+                shared.metrics.store_error(StoreTask::Heartbeat);
                 warn!(error = %err, "cannot write this gateway's heartbeat to the store; retrying");
             }
-            Err(_) => {}
+            Err(_) => shared.metrics.store_error(StoreTask::Heartbeat),
         }
     }
     if let Err(err) = shared.store.instance_stopped(&me.id, &me.run_id).await {

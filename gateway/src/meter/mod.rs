@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::health::{self, Meter};
+use crate::metrics::{HealthState, StoreTask};
 use crate::state::Shared;
 use crate::store::StoreError;
 
@@ -74,13 +75,37 @@ pub async fn report_stored(shared: &Shared, uuid: Uuid, report: &Report, taken_a
     match record(shared, uuid, meter, now).await {
         Ok(Some(change)) => alerting::alert(shared, vec![change]).await,
         Ok(None) => {}
-        Err(err) => warn!(%uuid, error = %err, "cannot store a machine's health meter"),
+        Err(err) => {
+            shared.metrics.store_error(StoreTask::Health);
+            warn!(%uuid, error = %err, "cannot store a machine's health meter")
+        }
     }
 }
 
 /// The once-a-minute round: quiet agents turn stale, AMT PCs without an agent online/offline.
 /// Changes of one round go to alerting together (so that many machines going stale at once make
 /// one summary per contact).
+/// Counts the machines per health meter into `tether_machines_health` (at start, and after
+/// each sweep).
+pub async fn count(shared: &Shared) {
+    match shared.store.health_counts().await {
+        Ok(counts) => {
+            let counts: Vec<_> = counts
+                .into_iter()
+                .filter_map(|(state, n)| {
+                    let state = HealthState::ALL.iter().find(|s| s.as_str() == state)?;
+                    Some((*state, n))
+                })
+                .collect();
+            shared.metrics.machines_health(&counts);
+        }
+        Err(err) => {
+            shared.metrics.store_error(StoreTask::Health);
+            warn!(error = %err, "cannot count the machines per health state");
+        }
+    }
+}
+
 pub async fn sweep(shared: &Shared) {
     let now = OffsetDateTime::now_utc();
     let rules = &shared.config.health;
@@ -90,17 +115,26 @@ pub async fn sweep(shared: &Shared) {
         let quiet_for = time::Duration::seconds(i64::from(rules.stale_heartbeats) * i64::from(heartbeat));
         let quiet = match shared.store.quiet_agents(now - quiet_for, SWEEP_BATCH).await {
             Ok(quiet) => quiet,
-            Err(err) => return warn!(error = %err, "health sweep: cannot list quiet agents"),
+            Err(err) => {
+                shared.metrics.store_error(StoreTask::Health);
+                return warn!(error = %err, "health sweep: cannot list quiet agents");
+            }
         };
         for uuid in quiet {
             match stale_meter(shared, uuid, now).await {
                 Ok(Some(meter)) => match record(shared, uuid, meter, now).await {
                     Ok(Some(change)) => changes.push(change),
                     Ok(None) => {}
-                    Err(err) => warn!(%uuid, error = %err, "health sweep: cannot store a meter"),
+                    Err(err) => {
+                        shared.metrics.store_error(StoreTask::Health);
+                        warn!(%uuid, error = %err, "health sweep: cannot store a meter")
+                    }
                 },
                 Ok(None) => {}
-                Err(err) => warn!(%uuid, error = %err, "health sweep: cannot read a report"),
+                Err(err) => {
+                    shared.metrics.store_error(StoreTask::Health);
+                    warn!(%uuid, error = %err, "health sweep: cannot read a report")
+                }
             }
         }
     }
@@ -117,11 +151,17 @@ pub async fn sweep(shared: &Shared) {
                 match record(shared, uuid, meter, now).await {
                     Ok(Some(change)) => changes.push(change),
                     Ok(None) => {}
-                    Err(err) => warn!(%uuid, error = %err, "health sweep: cannot store a meter"),
+                    Err(err) => {
+                        shared.metrics.store_error(StoreTask::Health);
+                        warn!(%uuid, error = %err, "health sweep: cannot store a meter")
+                    }
                 }
             }
         }
-        Err(err) => warn!(error = %err, "health sweep: cannot list AMT machines"),
+        Err(err) => {
+            shared.metrics.store_error(StoreTask::Health);
+            warn!(error = %err, "health sweep: cannot list AMT machines")
+        }
     }
     if !changes.is_empty() {
         debug!(changes = changes.len(), "health sweep");

@@ -108,6 +108,14 @@ impl Store {
         self.fetch_all(Stmt::new("SELECT uuid, health, reasons, since, evaluated_at FROM health"), health_row).await
     }
 
+    /// How many machines have each stored meter (`green`, `yellow`, `red`): the metrics' count.
+    pub async fn health_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        fn decode(r: &dyn Cols) -> sqlx::Result<(String, u64)> {
+            Ok((r.string(0)?, r.count(1)?))
+        }
+        self.fetch_all(Stmt::new("SELECT health, COUNT(*) FROM health GROUP BY health"), decode).await
+    }
+
     /// Stores machine `uuid`'s meter at `now`, if the stored one is still `expected` (its
     /// reasons JSON as read; `None`: no meter yet). A `changed` meter also appends a change,
     /// whose id is returned; an unchanged one only refreshes the reasons' texts (ages move on)

@@ -77,7 +77,9 @@ async fn bench(location: &Location, devices: usize, rounds: usize) -> Result<f64
     let remote = "198.18.0.1:40000".parse()?;
     let started = Instant::now();
     for round in 0..rounds {
-        let (journal, writer) = Journal::start(store.clone(), Arc::new(NoneLive), devices, "bench".into());
+        let errors =
+            tether_gateway::metrics::Metrics::new().store_errors_of(tether_gateway::metrics::StoreTask::Journal);
+        let (journal, writer) = Journal::start(store.clone(), Arc::new(NoneLive), devices, "bench".into(), errors);
         let now = OffsetDateTime::now_utc();
         for &uuid in &uuids {
             // The queue holds 16k events: wait for room rather than drop (the gateway drops and
