@@ -51,6 +51,15 @@ pub const DEFAULT_HEARTBEAT_SECS: u32 = 300;
 pub const DEFAULT_KEEPALIVE_SECS: u32 = 15;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How a session with a gateway ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The gateway or the connection ended it: dial again.
+    Ended,
+    /// The agent is stopping.
+    Stopped,
+}
+
 /// `HOST[:PORT]` (port 4433 when left out), with the name the server certificate must carry.
 pub fn resolve(gateway: &str) -> Result<(SocketAddr, String)> {
     let (host, port) = match gateway.rsplit_once(':') {
@@ -336,7 +345,7 @@ impl Agent {
         }
     }
 
-    /// Runs until `stop` resolves.
+    /// Runs until `stop` resolves; a session open then is closed first.
     pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<()> {
         let (mut work, queue, finished) = support::channels();
         tokio::select! {
@@ -355,16 +364,13 @@ impl Agent {
             let mut connected = false;
             for i in 0..gateways.len() {
                 let gateway = &gateways[(start + i) % gateways.len()];
-                let session = self.session(gateway, &mut connected, work);
-                tokio::select! {
-                    result = session => match result {
-                        Ok(()) => {}
-                        Err(err) => {
-                            warn!(%gateway, error = %format!("{err:#}"), "gateway session ended");
-                            self.note_error(&format!("{gateway}: {err:#}"));
-                        }
-                    },
-                    _ = &mut stop => return Ok(()),
+                match self.session(gateway, &mut connected, work, &mut stop).await {
+                    Ok(SessionEnd::Stopped) => return Ok(()),
+                    Ok(SessionEnd::Ended) => {}
+                    Err(err) => {
+                        warn!(%gateway, error = %format!("{err:#}"), "gateway session ended");
+                        self.note_error(&format!("{gateway}: {err:#}"));
+                    }
                 }
                 if connected {
                     // It worked here: come back to this gateway first.
@@ -435,14 +441,36 @@ impl Agent {
         }
     }
 
-    async fn session(&self, gateway: &str, connected: &mut bool, work: &mut Work) -> Result<()> {
+    /// One session with `gateway`, until it ends or `stop` resolves. The connection is closed
+    /// either way, so that the gateway sees the agent go at once, not at its idle timeout.
+    async fn session<S: Future<Output = ()> + Unpin>(
+        &self,
+        gateway: &str,
+        connected: &mut bool,
+        work: &mut Work,
+        stop: &mut S,
+    ) -> Result<SessionEnd> {
         let saved = self.state.config().ok().flatten();
         let (heartbeat, keepalive) = effective(saved.as_ref());
         let (addr, server_name) = resolve(gateway)?;
         let keepalive = Duration::from_secs(keepalive.into());
-        let (link, mut control) = link::dial(addr, &server_name, self.tls_client()?, keepalive, self.local).await?;
-        let result = self.greet(&link, &mut control, gateway, heartbeat, keepalive, connected, work).await;
-        link.close(if result.is_ok() { "stopping" } else { "error" }).await;
+        let dial = link::dial(addr, &server_name, self.tls_client()?, keepalive, self.local);
+        let (link, mut control) = tokio::select! {
+            dialled = dial => dialled?,
+            () = &mut *stop => return Ok(SessionEnd::Stopped),
+        };
+        let result = tokio::select! {
+            ended = self.greet(&link, &mut control, gateway, heartbeat, keepalive, connected, work) => {
+                ended.map(|()| SessionEnd::Ended)
+            }
+            () = &mut *stop => Ok(SessionEnd::Stopped),
+        };
+        link.close(match result {
+            Ok(SessionEnd::Stopped) => "stopping",
+            Ok(SessionEnd::Ended) => "session ended",
+            Err(_) => "error",
+        })
+        .await;
         result
     }
 

@@ -72,7 +72,12 @@ fn a_pc_enrolls_with_a_one_time_token_and_its_reports_arrive() {
     wait_for("the consent to reach the gateway", REPORT_WAIT, || {
         get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid))["agent"]["remote_help"] == true
     });
+    // Stopped (SIGTERM, as systemd stops it), the agent closes its connection: the gateway sees
+    // the PC offline at once, not after agents.idle_timeout_secs (60 s here).
     agent.terminate(Duration::from_secs(10));
+    wait_for("the gateway to see the agent gone", Duration::from_secs(10), || {
+        get(&gateway, &format!("/api/v1/devices/{}/agent", pc.uuid))["connected"] == false
+    });
 }
 
 #[test]
