@@ -49,6 +49,9 @@ pub enum SupportError {
     TooMany(usize),
     #[error("there is no enrolled machine to send it to")]
     NoMachines,
+    /// Something of the gateway's own failed (a signing task, a row that vanished once written).
+    #[error("the gateway could not finish: {0}; see its log")]
+    Internal(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,6 +65,7 @@ impl SupportError {
             SupportError::OutOfRange { .. } => "out_of_range",
             SupportError::TooMany(_) => "too_many_machines",
             SupportError::NoMachines => "no_machines",
+            SupportError::Internal(_) => "internal",
             SupportError::Store(_) => "store_unavailable",
         }
     }
@@ -165,9 +169,9 @@ pub async fn create_action(
         format!("{} {id}, timeout {timeout_secs}s, expires {expires_at}", action.kind),
     )
     .await;
-    info!(%uuid, action = %id, kind = action.kind, by = %sender.name, "support action created and signed");
+    info!(%uuid, action = %id, kind = action.kind, user = %sender.name, "support action created and signed");
     nudge(shared, uuid);
-    shared.store.support_action(id).await?.ok_or(SupportError::NoMachines)
+    shared.store.support_action(id).await?.ok_or(SupportError::Internal("the stored action cannot be read back"))
 }
 
 /// Whom a message is for.
@@ -239,7 +243,10 @@ pub async fn send_message(
             .collect::<Vec<_>>()
     })
     .await
-    .map_err(|_| SupportError::NoMachines)?;
+    .map_err(|err| {
+        tracing::error!(error = %err, "the task signing a message's copies failed");
+        SupportError::Internal("signing the message failed")
+    })?;
     let targets: Vec<Uuid> = signed.iter().map(|(uuid, _, _)| *uuid).collect();
     let message = NewSupportMessage {
         id,
@@ -263,11 +270,11 @@ pub async fn send_message(
         format!("message {id} to {scope} ({} machine(s)), expires {expires_at}", targets.len()),
     )
     .await;
-    info!(message = %id, scope, machines = targets.len(), by = %sender.name, "message signed for each machine");
+    info!(message = %id, scope, machines = targets.len(), user = %sender.name, "message signed for each machine");
     for uuid in targets {
         nudge(shared, uuid);
     }
-    shared.store.support_message(id).await?.ok_or(SupportError::NoMachines)
+    shared.store.support_message(id).await?.ok_or(SupportError::Internal("the stored message cannot be read back"))
 }
 
 /// Tells machine `uuid`'s agent session, if it is held here, that something waits in the store.

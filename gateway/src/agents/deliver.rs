@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::metrics::StoreTask;
 use crate::registry::{OpenRefused, OpenRequest};
 use crate::state::Shared;
 use crate::store::{ActionOutcome, AuditAction, Deliverable};
@@ -34,16 +35,30 @@ fn signed(row: &Deliverable) -> Option<Signed> {
     Some(Signed { payload: Bytes::from(payload), signature })
 }
 
+/// Whether what was sent before, and not answered yet, goes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resend {
+    /// A new connection: the previous one may have lost what it carried.
+    Yes,
+    /// A nudge or a poll on a live connection (a QUIC stream loses nothing): only what is new.
+    No,
+}
+
 /// The actions, then the messages, waiting for machine `uuid`, each recorded as sent (the
 /// session writes them next; one not written is sent again at the next connection).
-pub(super) async fn due(shared: &Shared, uuid: Uuid) -> Vec<Message> {
+pub(super) async fn due(shared: &Shared, uuid: Uuid, resend: Resend) -> Vec<Message> {
     let store = &shared.store;
     let now = OffsetDateTime::now_utc();
+    let resend = resend == Resend::Yes;
+    let failed = |err: &dyn std::fmt::Display, what: &str| {
+        shared.metrics.store_error(StoreTask::Delivery);
+        warn!(%uuid, error = %err, "cannot {what}");
+    };
     let mut out = Vec::new();
     if let Err(err) = store.expire_support_actions(uuid, now).await {
-        warn!(%uuid, error = %err, "cannot expire a machine's old support actions");
+        failed(&err, "expire a machine's old support actions");
     }
-    match store.deliverable_actions(uuid, now).await {
+    match store.deliverable_actions(uuid, now, resend).await {
         Ok(rows) => {
             for row in rows {
                 let Some(action) = signed(&row) else {
@@ -63,14 +78,14 @@ pub(super) async fn due(shared: &Shared, uuid: Uuid) -> Vec<Message> {
                         .await
                     }
                     Ok(false) => {}
-                    Err(err) => warn!(%uuid, error = %err, "cannot record a support action as sent"),
+                    Err(err) => failed(&err, "record a support action as sent"),
                 }
                 out.push(Message::Action(action));
             }
         }
-        Err(err) => warn!(%uuid, error = %err, "cannot read a machine's support actions"),
+        Err(err) => failed(&err, "read a machine's support actions"),
     }
-    match store.deliverable_messages(uuid, now).await {
+    match store.deliverable_messages(uuid, now, resend).await {
         Ok(rows) => {
             for row in rows {
                 let Some(message) = signed(&row) else {
@@ -78,12 +93,12 @@ pub(super) async fn due(shared: &Shared, uuid: Uuid) -> Vec<Message> {
                     continue;
                 };
                 if let Err(err) = store.mark_message_sent(row.0, uuid, now).await {
-                    warn!(%uuid, error = %err, "cannot record a message as sent");
+                    failed(&err, "record a message as sent");
                 }
                 out.push(Message::Message(message));
             }
         }
-        Err(err) => warn!(%uuid, error = %err, "cannot read a machine's messages"),
+        Err(err) => failed(&err, "read a machine's messages"),
     }
     out
 }

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::deliver;
+use super::deliver::{self, Resend};
 use super::keys::{peer_identity, AgentKeys};
 use crate::auth;
 use crate::metrics::{CloseReason, TunnelKind};
@@ -486,7 +486,7 @@ impl Agent<'_> {
 
         // What waits for the PC: after the registry entry, so that nothing made meanwhile waits
         // for the next poll.
-        let failed = self.deliver(control).await.err();
+        let failed = self.deliver(control, Resend::Yes).await.err();
 
         let idle = Duration::from_secs(config.idle_timeout_secs.into());
         let mut last_heard = tokio::time::Instant::now();
@@ -520,14 +520,14 @@ impl Agent<'_> {
                         }
                         Some(TunnelCommand::Open(request)) => self.open(link, *request),
                         Some(TunnelCommand::Deliver) => {
-                            if let Err(ended) = self.deliver(control).await {
+                            if let Err(ended) = self.deliver(control, Resend::No).await {
                                 break ended;
                             }
                         }
                         None => break Ended::new(CloseCode::Shutdown, "gateway shutting down"),
                     },
                     _ = delivery_poll.tick() => {
-                        if let Err(ended) = self.deliver(control).await {
+                        if let Err(ended) = self.deliver(control, Resend::No).await {
                             break ended;
                         }
                     }
@@ -567,9 +567,10 @@ impl Agent<'_> {
         }
     }
 
-    /// Sends the support actions and messages waiting in the store.
-    async fn deliver(&self, control: &mut Control) -> Result<(), Ended> {
-        for message in deliver::due(self.shared, self.uuid).await {
+    /// Sends the support actions and messages waiting in the store (with `Resend::Yes`, also
+    /// those sent before and not yet answered: on a new connection).
+    async fn deliver(&self, control: &mut Control, resend: Resend) -> Result<(), Ended> {
+        for message in deliver::due(self.shared, self.uuid, resend).await {
             control.write(&message).await?;
         }
         Ok(())

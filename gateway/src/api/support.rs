@@ -28,14 +28,16 @@ use super::{error, store_unavailable, Api, ErrorBody, Refusals};
 use crate::policy::{Action, Resource};
 use crate::support::{self, ActionRequest, MessageTarget, Sender, SupportError};
 
-/// The answer for a support error: 400 with its code, or the store's 500.
+/// The answer for a support error: 400 with its code, or a 500 (the store, or the gateway's own).
 fn refused(err: SupportError) -> Response {
-    match err {
-        SupportError::Store(err) => store_unavailable(err),
-        other => {
-            (StatusCode::BAD_REQUEST, Json(json!({ "error": other.to_string(), "code": other.code() }))).into_response()
-        }
+    if let SupportError::Store(err) = err {
+        return store_unavailable(err);
     }
+    let status = match err {
+        SupportError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({ "error": err.to_string(), "code": err.code() }))).into_response()
 }
 
 async fn sender(api: &Api, caller: &Caller) -> Result<Sender, Response> {

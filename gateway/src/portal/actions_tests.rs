@@ -53,7 +53,7 @@ async fn a_contact_sends_a_script_from_the_machine_page_and_follows_it_to_its_re
     let stored = store.support_action(id).await.unwrap().expect("stored");
     assert_eq!((stored.state.as_str(), stored.kind.as_str(), stored.timeout_secs), ("pending", "script", 30));
     assert!(stored.issued_by.starts_with("carl (user "), "{}", stored.issued_by);
-    let rows = store.deliverable_actions(machine, now()).await.unwrap();
+    let rows = store.deliverable_actions(machine, now(), true).await.unwrap();
     let engine = base64::engine::general_purpose::STANDARD;
     let payload = engine.decode(&rows[0].1).unwrap();
     let signature = engine.decode(&rows[0].2).unwrap();

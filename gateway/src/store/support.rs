@@ -250,11 +250,19 @@ impl Store {
 
     /// Actions for machine `uuid` still to send (pending, or sent without a result: the agent
     /// answers a duplicate with the result it keeps), not expired at `now`, oldest first.
-    pub async fn deliverable_actions(&self, uuid: Uuid, now: OffsetDateTime) -> Result<Vec<Deliverable>, StoreError> {
-        let stmt = Stmt::new(
+    pub async fn deliverable_actions(
+        &self,
+        uuid: Uuid,
+        now: OffsetDateTime,
+        resend: bool,
+    ) -> Result<Vec<Deliverable>, StoreError> {
+        let stmt = Stmt::new(if resend {
             "SELECT id, payload, signature FROM support_actions
-             WHERE uuid = $1 AND state IN ('pending', 'sent') AND expires_at > $2 ORDER BY created_at, id LIMIT $3",
-        )
+             WHERE uuid = $1 AND state IN ('pending', 'sent') AND expires_at > $2 ORDER BY created_at, id LIMIT $3"
+        } else {
+            "SELECT id, payload, signature FROM support_actions
+             WHERE uuid = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id LIMIT $3"
+        })
         .text(uuid.to_string())
         .time(now)
         .int(DELIVERY_BATCH);
@@ -374,13 +382,23 @@ impl Store {
 
     /// Messages for machine `uuid` it has not said it received, not expired at `now`, oldest
     /// first.
-    pub async fn deliverable_messages(&self, uuid: Uuid, now: OffsetDateTime) -> Result<Vec<Deliverable>, StoreError> {
-        let stmt = Stmt::new(
+    pub async fn deliverable_messages(
+        &self,
+        uuid: Uuid,
+        now: OffsetDateTime,
+        resend: bool,
+    ) -> Result<Vec<Deliverable>, StoreError> {
+        let stmt = Stmt::new(if resend {
             "SELECT d.message_id, d.payload, d.signature FROM message_deliveries d
              JOIN support_messages m ON m.id = d.message_id
              WHERE d.uuid = $1 AND d.received_at IS NULL AND m.expires_at > $2
-             ORDER BY m.created_at, m.id LIMIT $3",
-        )
+             ORDER BY m.created_at, m.id LIMIT $3"
+        } else {
+            "SELECT d.message_id, d.payload, d.signature FROM message_deliveries d
+             JOIN support_messages m ON m.id = d.message_id
+             WHERE d.uuid = $1 AND d.received_at IS NULL AND d.sent_at IS NULL AND m.expires_at > $2
+             ORDER BY m.created_at, m.id LIMIT $3"
+        })
         .text(uuid.to_string())
         .time(now)
         .int(DELIVERY_BATCH);

@@ -47,15 +47,16 @@ pub async fn an_action_is_sent_until_answered_and_keeps_its_first_result(store: 
     let (pc, other) = (Uuid::new_v4(), Uuid::new_v4());
     let first = action(pc, 3600);
     store.create_support_action(&first).await.unwrap();
-    let due = store.deliverable_actions(pc, now()).await.unwrap();
+    let due = store.deliverable_actions(pc, now(), true).await.unwrap();
     assert_eq!(due, vec![(first.id, first.payload.clone(), first.signature.clone())]);
-    assert!(store.deliverable_actions(other, now()).await.unwrap().is_empty(), "another machine's");
+    assert!(store.deliverable_actions(other, now(), true).await.unwrap().is_empty(), "another machine's");
 
     assert!(store.mark_action_sent(first.id, now()).await.unwrap(), "the first send counts");
     assert!(!store.mark_action_sent(first.id, now()).await.unwrap(), "a second one does not");
     assert_eq!(store.support_action(first.id).await.unwrap().unwrap().state, "sent");
-    // Sent without an answer: sent again at the next connection.
-    assert_eq!(store.deliverable_actions(pc, now()).await.unwrap().len(), 1);
+    // Sent without an answer: sent again at the next connection, not on a poll of the live one.
+    assert_eq!(store.deliverable_actions(pc, now(), true).await.unwrap().len(), 1);
+    assert!(store.deliverable_actions(pc, now(), false).await.unwrap().is_empty(), "sent on this connection");
 
     // Another machine's word about it is not taken.
     assert!(store.record_action_outcome(first.id, other, &outcome("completed", 0)).await.unwrap().is_none());
@@ -64,12 +65,12 @@ pub async fn an_action_is_sent_until_answered_and_keeps_its_first_result(store: 
     assert_eq!(done.output.as_deref(), Some("hi\n"));
     // The first result stands.
     assert!(store.record_action_outcome(first.id, pc, &outcome("refused_replayed", -1)).await.unwrap().is_none());
-    assert!(store.deliverable_actions(pc, now()).await.unwrap().is_empty());
+    assert!(store.deliverable_actions(pc, now(), true).await.unwrap().is_empty());
 
     // Expired before it was answered: never sent, and listed as expired.
     let late = action(pc, -1);
     store.create_support_action(&late).await.unwrap();
-    assert!(store.deliverable_actions(pc, now()).await.unwrap().is_empty());
+    assert!(store.deliverable_actions(pc, now(), true).await.unwrap().is_empty());
     assert_eq!(store.expire_support_actions(pc, now()).await.unwrap(), 1);
     let listed = store.support_actions(pc).await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -99,12 +100,14 @@ pub async fn a_broadcast_is_counted_as_each_machine_receives_and_reads_it(store:
         (m.machines, m.sent, m.received, m.read)
     };
     assert_eq!(counts().await, (3, 0, 0, 0));
-    let due = store.deliverable_messages(machines[0], now()).await.unwrap();
+    let due = store.deliverable_messages(machines[0], now(), true).await.unwrap();
     assert_eq!(due, vec![(message.id, format!("payload-{}", machines[0]), "sig".to_string())]);
 
     store.mark_message_sent(message.id, machines[0], now()).await.unwrap();
+    assert_eq!(store.deliverable_messages(machines[0], now(), true).await.unwrap().len(), 1, "unanswered: resent");
+    assert!(store.deliverable_messages(machines[0], now(), false).await.unwrap().is_empty(), "but not on a poll");
     assert!(store.record_message_state(message.id, machines[0], false, now()).await.unwrap());
-    assert!(store.deliverable_messages(machines[0], now()).await.unwrap().is_empty(), "received: not sent again");
+    assert!(store.deliverable_messages(machines[0], now(), true).await.unwrap().is_empty(), "received: not sent again");
     // Read without a received first (its ack was lost): both count.
     assert!(store.record_message_state(message.id, machines[1], true, now()).await.unwrap());
     assert!(store.record_message_state(message.id, machines[1], true, now()).await.unwrap());
