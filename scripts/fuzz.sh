@@ -4,6 +4,9 @@
 # fuzz/artifacts/TARGET/ and can be replayed with `cargo +nightly fuzz run TARGET FILE`.
 #
 #   FUZZ_SECONDS=300 scripts/fuzz.sh
+#   scripts/fuzz.sh build      only installs cargo-fuzz (when missing) and builds every target, so
+#                              that a later run starts fuzzing at once (scripts/test.sh does this
+#                              beside the tests)
 #
 # Installs cargo-fuzz (`cargo install cargo-fuzz --locked`) when `cargo fuzz` is missing.
 # The corpus grows in fuzz/corpus/TARGET/ (gitignored) and is reused by later runs.
@@ -25,6 +28,12 @@ fi
 # A rustc version cached by an earlier stable build in fuzz/target would make nightly-only flags
 # fail until that cache is deleted; never trust that cache.
 export CARGO_CACHE_RUSTC_INFO=0
+
+if [[ "${1:-}" == build ]]; then
+    # The same profile and sanitizer as `cargo fuzz run` below, so that it builds nothing again.
+    cargo +nightly fuzz build
+    exit 0
+fi
 
 # (Not `mapfile < <(...)`: a failing `cargo fuzz list` must stop the script.)
 target_list="$(cargo +nightly fuzz list)"

@@ -39,6 +39,13 @@
 #                          that Chromium (tests/browser/invite_flow.mjs; it never downloads a browser)
 #   gcc-mingw-w64-x86-64-posix and rustup's x86_64-pc-windows-gnu standard library: checking that
 #                          the agent compiles for Windows (aws-lc's C is built for that target)
+#   prometheus             Debian's Prometheus and promtool: the dashboard and alert rules of
+#                          deploy/ evaluated against live gateways (tests/tests/monitoring.rs)
+#   (cargo-deb, from crates.io, is installed by scripts/test.sh beside the build:
+#    `scripts/deb.sh install-cargo-deb`)
+#   dpkg-dev, man-db, systemd   the packages' library dependencies (dpkg-shlibdeps), `man -w` and
+#                          `systemd-analyze verify` of their units (scripts/deb-test.sh), each only
+#                          when its command is missing; systemd is installed, never started
 #
 # Where no init system runs (a container), service starts during the install are switched off
 # with a temporary policy-rc.d, so that a package's postinst neither starts a daemon nor fails
@@ -74,6 +81,10 @@ command -v amtterm >/dev/null 2>&1 || need+=(amtterm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+{ [ -x /usr/bin/prometheus ] && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
 for pkg in qemu-system-x86 qemu-utils busybox-static cpio zstd kmod e2fsprogs grub-pc-bin grub-efi-amd64-bin \
     grub-common xorriso mtools ovmf debootstrap dosfstools fdisk syslinux syslinux-common expect \
     gcc-mingw-w64-x86-64-posix; do
@@ -144,4 +155,4 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
     echo "==> rustup target add x86_64-pc-windows-gnu (the agent's Windows check)"
     rustup target add x86_64-pc-windows-gnu
 fi
-echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, playwright-core $PLAYWRIGHT_VERSION in $PLAYWRIGHT_DIR, PostgreSQL, HAProxy, qemu)"
+echo "==> test dependencies ready (MeshCentral $MESHCENTRAL_VERSION in $MESHCENTRAL_DIR, playwright-core $PLAYWRIGHT_VERSION in $PLAYWRIGHT_DIR, PostgreSQL, HAProxy, qemu, Prometheus)"

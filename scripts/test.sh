@@ -20,7 +20,8 @@ scripts/install-test-deps.sh
 # than `cargo test` wants, and the test step would rebuild amt-sim, the gateway and their deps.
 # Built together (measured with `--unit-graph`), the test step below only compiles doctests; a
 # plain `--bins` would leave it 44 units to rebuild.
-# Beside the cargo build, two jobs that do not need its binaries: the appliance disk image's
+# Beside the cargo build, three jobs that do not need its binaries: cargo-deb's install (for the
+# Debian packages, at low priority), the appliance disk image's
 # Debian root (debootstrap and its upgrade: about six minutes of downloads on a fresh machine,
 # cached in target/appliance/cache), and a check that the agent compiles for Windows (its
 # collectors there are behind cfg(windows); their decoding is tested on Linux). The check has
@@ -34,6 +35,10 @@ windows_log=target/windows-check.log
 CARGO_TARGET_DIR=target/windows nice -n 10 cargo check --target x86_64-pc-windows-gnu -p tether-agent --locked \
     >"$windows_log" 2>&1 &
 windows_check=$!
+# cargo-deb, for the Debian packages made and installed after the tests (scripts/deb.sh).
+cargo_deb_log=target/cargo-deb-install.log
+nice -n 10 scripts/deb.sh install-cargo-deb >"$cargo_deb_log" 2>&1 &
+cargo_deb=$!
 
 step "building the release binaries and tests (the first build takes several minutes on 2 cores)"
 cargo build --release --workspace --bins --tests --examples --locked
@@ -50,6 +55,11 @@ if ! wait "$rootfs"; then
     exit 1
 fi
 step "the appliance's Debian root filesystem is cached: $(tail -n 1 "$rootfs_log")"
+if ! wait "$cargo_deb"; then
+    cat "$cargo_deb_log" >&2
+    echo "test.sh: installing cargo-deb failed" >&2
+    exit 1
+fi
 
 # tests/tests/appliance.rs boots them under qemu; they pack the tether binary just built and
 # the Debian root cached above; the update bundle is the disk image's root, signed with a key
@@ -58,8 +68,36 @@ step "the appliance's Debian root filesystem is cached: $(tail -n 1 "$rootfs_log
 step "building the appliance images: minimal, ISO, disk, update bundle (appliance-image/build.sh all)"
 appliance-image/build.sh all
 
+# Beside the tests, which mostly wait on processes and timeouts, at low priority: the fuzz
+# targets' build (and cargo-fuzz's install, on a fresh machine), then the Debian packages made,
+# installed, run as their unit runs them, upgraded and purged, as an operator would
+# (docs/install.md; they touch /usr/bin/tether and /var/lib/tether, never target/).
+mkdir -p target/logs
+fuzz_build_log=target/logs/fuzz-build.log
+nice -n 10 scripts/fuzz.sh build >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
+deb_log=target/logs/deb.log
+{ nice -n 10 scripts/deb.sh && nice -n 10 scripts/deb-test.sh; } >"$deb_log" 2>&1 &
+debs=$!
+
 step "running the tests (release)"
-cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+tests_ok=true
+cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" || tests_ok=false
+
+step "the Debian packages (scripts/deb.sh, scripts/deb-test.sh, beside the tests)"
+if wait "$debs"; then
+    grep '^==>' "$deb_log" | tail -n 3
+else
+    cat "$deb_log" >&2
+    echo "test.sh: the Debian packages failed (log above: $deb_log)" >&2
+    tests_ok=false
+fi
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_build_log" >&2
+    echo "test.sh: building the fuzz targets failed" >&2
+    tests_ok=false
+fi
+$tests_ok || { echo "test.sh: tests failed (above)" >&2; exit 1; }
 
 step "store throughput, short (full: target/release/tether-store-bench --devices 2000 --rounds 3)"
 target/release/tether-store-bench --devices 500 --rounds 1
