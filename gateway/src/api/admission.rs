@@ -10,6 +10,8 @@
 //! Refusals of the policy are 403 with `{"error", "reason": "scope"|"denied", "code"}`, `code`
 //! being [`Denied::code`]; never 404, so that a denied machine and a missing one are told apart
 //! only to those who may see it (the check runs before anything is looked up about the device).
+//! A token refused is 401 with code `invalid_token` or `expired_token`; a rate limit is 429 with
+//! `source_rate` or `token_rate`.
 //!
 //! What it does not do: decide (`policy`), count connections (`api::serve`) or relays
 //! (`api::relays`).
@@ -21,17 +23,16 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{error, rejection, store_unavailable, Api, Connection};
+use super::{error, rejection, store_unavailable, Api, Connection, ErrorBody};
 use crate::auth;
 use crate::metrics::ApiRejection;
 use crate::policy::{self, Action, Denied, Principal, Relations, Resource};
 use crate::store::TokenScope;
-use serde_json::json;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -97,8 +98,8 @@ impl Caller {
             ),
         };
         api.shared.metrics.api_rejected(reason);
-        let body = json!({ "error": advice, "reason": reason.as_str(), "code": denied.code() });
-        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        ErrorBody { reason: Some(reason.as_str()), ..ErrorBody::new(denied.code(), advice) }
+            .into_response(StatusCode::FORBIDDEN)
     }
 }
 
@@ -156,7 +157,11 @@ pub(super) async fn require_token(
         Ok(record) => record,
         Err(err) => {
             warn!(error = %err, "cannot look a token up in the store");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "the token store is unavailable; see the gateway's log");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_unavailable",
+                "the token store is unavailable; see the gateway's log",
+            );
         }
     };
     let Some(record) = record else {
@@ -181,6 +186,7 @@ pub(super) async fn require_token(
         api.shared.metrics.api_request_limited();
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
+            "token_rate",
             format!(
                 "request rate limit for token {:?} exceeded (limits.api_requests_per_second); retry shortly",
                 record.name

@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request as HttpRequest};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -46,7 +47,7 @@ pub(super) async fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
 }
 
 impl Bed {
-    async fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
+    pub(super) async fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
         let token = auth::new_token();
         self.api.shared.store.create_token(name, &auth::hash_token(&token), scope, expires_at).await.unwrap();
         token
@@ -72,7 +73,7 @@ impl Bed {
         self.send(from, token, HttpRequest::delete(path), Body::empty()).await
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         from: &str,
         token: Option<&str>,
