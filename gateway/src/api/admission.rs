@@ -3,9 +3,12 @@
 //! itself (off the runtime), expiry, the token's own rate limit, then the [`Principal`] the
 //! token acts as and its [`Relations`] (two more queries; a suspended user is refused here with
 //! 403 `suspended`). Handlers then ask the policy ([`Caller::authorize`],
-//! [`Caller::authorize_machine`]), which also covers the token's scope. Every failed token check
-//! also charges the source's stricter budget of failures (`limits::SourceLimiter`), so a source
-//! trying tokens is soon answered 429 outright.
+//! [`Caller::authorize_machine`]), which also covers the token's scope. Every token that could
+//! have been one and fails (unknown, revoked, expired, its user gone) also charges the source's
+//! stricter budget of failures (`limits::SourceLimiter`), so a source trying tokens is soon
+//! answered 429 outright. A request without a token, or with one that cannot be a token, tries
+//! nothing and costs no lookup: it is answered 401 and not charged, so that a client that forgot
+//! its token is told so, not told to wait.
 //!
 //! Refusals of the policy are 403 with `{"error", "reason": "scope"|"denied", "code"}`, `code`
 //! being [`Denied::code`]; never 404, so that a denied machine and a missing one are told apart
@@ -116,10 +119,16 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A failed token check: counted, charged to the source, answered 401.
+/// A failed check of a well-formed token: counted, charged to the source, answered 401.
 fn refuse(api: &Api, source: IpAddr, reason: ApiRejection, message: impl std::fmt::Display) -> Response {
     api.sources.token_failed(source);
     rejection(api, StatusCode::UNAUTHORIZED, reason, None, message)
+}
+
+/// No token, or one that cannot be a token: counted and answered 401, not charged to the source
+/// (nothing was tried, nothing looked up).
+fn refuse_without_charge(api: &Api, message: impl std::fmt::Display) -> Response {
+    rejection(api, StatusCode::UNAUTHORIZED, ApiRejection::InvalidToken, None, message)
 }
 
 pub(super) async fn require_token(
@@ -137,18 +146,14 @@ pub(super) async fn require_token(
         return rejection(&api, StatusCode::TOO_MANY_REQUESTS, ApiRejection::SourceRate, Some(wait), message);
     }
     let Some(token) = bearer(&request) else {
-        return refuse(
+        return refuse_without_charge(
             &api,
-            source,
-            ApiRejection::InvalidToken,
             "missing bearer token: send `Authorization: Bearer TOKEN` (create one with `tether token create NAME`)",
         );
     };
     if !well_formed(token) {
-        return refuse(
+        return refuse_without_charge(
             &api,
-            source,
-            ApiRejection::InvalidToken,
             "malformed token: Tether tokens are `tth_` and 43 more characters, as printed by `tether token create`",
         );
     }
