@@ -23,6 +23,8 @@
 #                          (tests/tests/wsman_peers.rs); pip, only when amtctrl is missing
 #   aiosmtpd==1.4.6 (PyPI) a real SMTP server for the mail tests (tests/tests/mail.rs); pip, only
 #                          when python3 cannot import it
+#   schemathesis==4.32.5 (PyPI)  checks the API against its OpenAPI document with a token of each
+#                          role (tests/tests/openapi.rs); pip, only when that version is missing
 #   haproxy                the load balancer in front of several gateways: tests run their own
 #                          `haproxy -f FILE -db` (tests/src/haproxy.rs), never the system service.
 #   qemu-system-x86        boots the appliance image (tests/tests/appliance.rs, always TCG). Debian
@@ -64,6 +66,8 @@ PLAYWRIGHT_DIR=${TETHER_PLAYWRIGHT_DIR:-$PWD/.test-cache/playwright}
 AMT_VERSION=0.8.0
 # PyPI `aiosmtpd`, as TESTBED.md measured it.
 AIOSMTPD_VERSION=1.4.6
+# PyPI `schemathesis`, the version tests/src/schemathesis.rs pins.
+SCHEMATHESIS_VERSION=4.32.5
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
@@ -139,18 +143,18 @@ if [ "$installed_version" != "$PLAYWRIGHT_VERSION" ]; then
     # playwright-core downloads no browser on install (the tests use /usr/bin/chromium).
     (cd "$PLAYWRIGHT_DIR" && npm install "playwright-core@$PLAYWRIGHT_VERSION" --save-exact --no-audit --no-fund --loglevel=error)
 fi
-if ! command -v amtctrl >/dev/null 2>&1; then
-    echo "==> pip install amt==$AMT_VERSION (amtctrl)"
+# pip_install SPEC WHY: into the system's python3 (Debian 12 marks it externally managed, hence
+# the --break-system-packages retry; these tools are pinned and nothing else relies on them).
+pip_install() {
+    echo "==> pip install $1 ($2)"
     python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
-    python3 -m pip install "amt==$AMT_VERSION" 2>/dev/null \
-        || python3 -m pip install --break-system-packages "amt==$AMT_VERSION"
-fi
-if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
-    echo "==> pip install aiosmtpd==$AIOSMTPD_VERSION (the SMTP server of the mail tests)"
-    python3 -m pip --version >/dev/null 2>&1 || { apt-get install -y --no-install-recommends python3-pip; }
-    python3 -m pip install "aiosmtpd==$AIOSMTPD_VERSION" 2>/dev/null \
-        || python3 -m pip install --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION"
-fi
+    python3 -m pip install "$1" 2>/dev/null || python3 -m pip install --break-system-packages "$1"
+}
+command -v amtctrl >/dev/null 2>&1 || pip_install "amt==$AMT_VERSION" "amtctrl"
+python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
+    || pip_install "aiosmtpd==$AIOSMTPD_VERSION" "the SMTP server of the mail tests"
+schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION" \
+    || pip_install "schemathesis==$SCHEMATHESIS_VERSION" "the OpenAPI check"
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
     echo "==> rustup target add x86_64-pc-windows-gnu (the agent's Windows check)"
     rustup target add x86_64-pc-windows-gnu

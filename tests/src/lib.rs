@@ -24,6 +24,8 @@
 //! - [`prometheus`]: Debian's Prometheus scraping gateways on loopback, with rules loaded, asked
 //!   through its HTTP API ([`prometheus::Prometheus`]).
 //! - [`smtp`]: a real SMTP server (aiosmtpd) saving what it receives ([`smtp::Smtp`]).
+//! - [`schemathesis`]: schemathesis (PyPI) against a live API's OpenAPI document, with Tether's
+//!   own check that every error carries its code ([`schemathesis::Run`]).
 //! - [`remote`]: the remote-fix peers: `tether console` / `tether ider` with a keyboard
 //!   ([`remote::Interactive`]), Debian's amtterm under `script`, a LAN PC's TLS port
 //!   ([`remote::TlsFront`]).
@@ -44,6 +46,7 @@ pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod remote;
+pub mod schemathesis;
 pub mod smtp;
 pub mod webhook;
 

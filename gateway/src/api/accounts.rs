@@ -28,16 +28,19 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::{error, store_unavailable, Api};
+use super::schemas::{AuditRow, Contact, ContactStatus, Invitation, InvitationShown, Machine, Pii, Scope, Subscriber};
+use super::schemas::{Email, ShortText, SubscriberEntry, User, Username};
+use super::{bad_query, error, store_unavailable, Api, ApiPath};
 use super::{ErrorBody, Refusals};
 use crate::flows::{Actor, FlowError, Flows, NewUser, Registration};
 use crate::policy::{Action, Resource, Role};
@@ -70,7 +73,7 @@ fn refused(api: &Api, caller: &Caller, err: FlowError, what: &str) -> Response {
         FlowError::Account(crate::store::AccountError::Store(err)) => store_unavailable(err),
         err => {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            (status, Json(json!({ "error": err.to_string(), "code": err.code() }))).into_response()
+            error(status, err.code(), err)
         }
     }
 }
@@ -84,13 +87,32 @@ macro_rules! flow {
     };
 }
 
+/// The token a request came with.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TokenShown {
+    name: String,
+    scope: Scope,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Me {
+    user: User,
+    token: TokenShown,
+    /// The subscribers whose own account this is.
+    owns: Vec<i64>,
+    /// The subscribers this user is an active support contact of.
+    contact_of: Vec<i64>,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/me",
     tag = "accounts",
     summary = "The caller: user, token scope, subscribers owned and contact of",
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "the caller", body = Me),
+        (status = 404, description = "the token's user no longer exists (`no_such_user`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -98,25 +120,34 @@ macro_rules! flow {
 pub(super) async fn me(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
     let user = match api.shared.store.user(caller.principal.user_id).await {
         Ok(Some(user)) => user,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "the token's user no longer exists"),
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no_such_user", "the token's user no longer exists"),
         Err(err) => return store_unavailable(err),
     };
     let ids = |list: &[crate::policy::SubscriberRelation]| list.iter().map(|r| r.subscriber_id).collect::<Vec<_>>();
-    Json(json!({
-        "user": user,
-        "token": { "name": caller.name, "scope": caller.scope.as_str() },
-        "owns": ids(&caller.relations.owns),
-        "contact_of": ids(&caller.relations.contact_of),
-    }))
+    Json(Me {
+        user: user.into(),
+        token: TokenShown { name: caller.name.clone(), scope: caller.scope.into() },
+        owns: ids(&caller.relations.owns),
+        contact_of: ids(&caller.relations.contact_of),
+    })
     .into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmailBody {
+    #[schema(value_type = Email, example = "olga@example.com")]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     email: String,
     /// Change the contact email of this relation of the caller instead of the account's.
+    #[serde(default, deserialize_with = "super::input::opt_integer")]
     contact_id: Option<i64>,
+}
+
+/// An answer that is only a message.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Said {
+    message: &'static str,
 }
 
 #[utoipa::path(
@@ -126,9 +157,9 @@ pub(super) struct EmailBody {
     summary = "Ask to change the email: a link goes to the new address",
     request_body = EmailBody,
     responses(
-        (status = 202, description = "the link is on its way"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 202, description = "the link is on its way", body = Said),
+        (status = 400, description = "the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such contact of the caller (`no_such_contact`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -147,13 +178,25 @@ pub(super) async fn change_email(
         flows.request_email_change(&caller.actor(), body.contact_id, &body.email).await
     );
     let message = "a confirmation link went to the new address; the change takes effect when it is followed";
-    (StatusCode::ACCEPTED, Json(json!({ "message": message }))).into_response()
+    (StatusCode::ACCEPTED, Json(Said { message })).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfirmBody {
+    /// The secret of the mailed link.
+    #[schema(min_length = 1, max_length = 256)]
+    #[serde(deserialize_with = "super::input::text::<256, _>")]
     secret: String,
+}
+
+/// An email changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EmailChanged {
+    user_id: i64,
+    /// The contact relation whose email changed; null: the account's.
+    contact_id: Option<i64>,
+    email: String,
 }
 
 #[utoipa::path(
@@ -163,8 +206,9 @@ pub(super) struct ConfirmBody {
     summary = "Follow an email change link",
     request_body = ConfirmBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the email changed", body = EmailChanged),
+        (status = 400, description = "the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such change (`no_such_email_change`)", body = ErrorBody),
         (status = 410, description = "expired (`code` says which)", body = ErrorBody),
         Refusals,
     ),
@@ -177,7 +221,7 @@ pub(super) async fn confirm_email(
 ) -> Response {
     let body = body!(body);
     let changed = flow!(api, caller, "confirming the email", api.flows().confirm_email_change(&body.secret).await);
-    Json(json!({ "user_id": changed.user_id, "contact_id": changed.contact_id, "email": changed.new_email }))
+    Json(EmailChanged { user_id: changed.user_id, contact_id: changed.contact_id, email: changed.new_email })
         .into_response()
 }
 
@@ -187,7 +231,7 @@ pub(super) async fn confirm_email(
     tag = "accounts",
     summary = "The users (operators)",
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "the users", body = Vec<User>),
         Refusals,
     ),
     security(("token" = []))
@@ -197,7 +241,7 @@ pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): E
         return refusal;
     }
     match api.shared.store.list_users().await {
-        Ok(users) => Json(users).into_response(),
+        Ok(users) => Json(users.into_iter().map(User::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
@@ -205,11 +249,23 @@ pub(super) async fn list_users(State(api): State<Arc<Api>>, Extension(caller): E
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewUserBody {
+    #[schema(value_type = Username, example = "carl")]
     username: String,
+    #[schema(value_type = Option<Email>)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<254, _>")]
     email: Option<String>,
+    /// 8 to 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
     #[serde(default)]
     operator: bool,
+}
+
+/// A user created.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct UserCreated {
+    id: i64,
+    username: String,
 }
 
 #[utoipa::path(
@@ -219,9 +275,9 @@ pub(super) struct NewUserBody {
     summary = "Create a user (operators)",
     request_body = NewUserBody,
     responses(
-        (status = 201, description = "created"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 201, description = "created", body = UserCreated),
+        (status = 400, description = "the body is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the username is taken (`username_taken`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -239,7 +295,7 @@ pub(super) async fn create_user(
         role: if body.operator { Role::Operator } else { Role::User },
     };
     let id = flow!(api, caller, "creating a user", api.flows().create_user(&caller.actor(), &new).await);
-    (StatusCode::CREATED, Json(json!({ "id": id, "username": body.username }))).into_response()
+    (StatusCode::CREATED, Json(UserCreated { id, username: body.username })).into_response()
 }
 
 #[utoipa::path(
@@ -249,9 +305,10 @@ pub(super) async fn create_user(
     summary = "Suspend a user: all access ends at once (operators)",
     params(("id" = i64, Path, description = "the user's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 200, description = "suspended", body = Suspension),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such user (`no_such_user`)", body = ErrorBody),
+        (status = 409, description = "the built-in operator is not suspendable (`operator_not_suspendable`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -259,10 +316,10 @@ pub(super) async fn create_user(
 pub(super) async fn suspend_user(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let done = flow!(api, caller, "suspending a user", api.flows().suspend(&caller.actor(), id).await);
-    Json(json!({ "id": id, "suspended": true, "changed": done })).into_response()
+    Json(Suspension { id, suspended: true, changed: done }).into_response()
 }
 
 #[utoipa::path(
@@ -272,8 +329,9 @@ pub(super) async fn suspend_user(
     summary = "Lift a suspension (operators)",
     params(("id" = i64, Path, description = "the user's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "no longer suspended", body = Suspension),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such user (`no_such_user`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -281,10 +339,19 @@ pub(super) async fn suspend_user(
 pub(super) async fn unsuspend_user(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let done = flow!(api, caller, "lifting a suspension", api.flows().unsuspend(&caller.actor(), id).await);
-    Json(json!({ "id": id, "suspended": false, "changed": done })).into_response()
+    Json(Suspension { id, suspended: false, changed: done }).into_response()
+}
+
+/// A suspension set or lifted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Suspension {
+    id: i64,
+    suspended: bool,
+    /// False: it already was.
+    changed: bool,
 }
 
 /// `?before=ID&limit=N`: a page of audit rows, newest first.
@@ -292,8 +359,21 @@ pub(super) async fn unsuspend_user(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
+    /// Rows older than this id (the last id of the page before).
     before: Option<i64>,
+    /// Rows on the page (default and most: 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+impl AuditQuery {
+    /// The page's size, or what the query takes instead.
+    fn limit(&self) -> Result<u32, String> {
+        match self.limit.unwrap_or(MAX_AUDIT) {
+            limit @ 1..=MAX_AUDIT => Ok(limit),
+            other => Err(format!("limit=1..{MAX_AUDIT}, not {other}")),
+        }
+    }
 }
 
 #[utoipa::path(
@@ -303,8 +383,8 @@ pub(super) struct AuditQuery {
     summary = "What a user did, newest first",
     params(("id" = i64, Path, description = "the user's id"), AuditQuery),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the rows, newest first", body = Vec<AuditRow>),
+        (status = 400, description = "the id or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -312,17 +392,21 @@ pub(super) struct AuditQuery {
 pub(super) async fn user_audit(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     if let Some(refusal) = caller.authorize(&api, Action::ViewAudit, Resource::User(id), "reading a user's audit") {
         return refusal;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, format!("the query takes before=ID and limit=1..{MAX_AUDIT}"));
+        return bad_query(format!("before=ID and limit=1..{MAX_AUDIT}"));
     };
-    match api.shared.store.audit_by_user(id, query.before, query.limit.unwrap_or(MAX_AUDIT)).await {
-        Ok(rows) => Json(rows).into_response(),
+    let limit = match query.limit() {
+        Ok(limit) => limit,
+        Err(takes) => return bad_query(takes),
+    };
+    match api.shared.store.audit_by_user(id, query.before, limit).await {
+        Ok(rows) => Json(rows.into_iter().map(AuditRow::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
@@ -334,8 +418,8 @@ pub(super) async fn user_audit(
     summary = "The audit of a machine, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), AuditQuery),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the rows, newest first", body = Vec<AuditRow>),
+        (status = 400, description = "the UUID or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -343,17 +427,21 @@ pub(super) async fn user_audit(
 pub(super) async fn machine_audit(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<Uuid>,
+    ApiPath(uuid): ApiPath<Uuid>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     if let Some(refusal) = caller.authorize_machine(&api, Action::ViewAudit, uuid, "reading a machine's audit").await {
         return refusal;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, format!("the query takes before=ID and limit=1..{MAX_AUDIT}"));
+        return bad_query(format!("before=ID and limit=1..{MAX_AUDIT}"));
     };
-    match api.shared.store.audit_for_machine(uuid, query.before, query.limit.unwrap_or(MAX_AUDIT)).await {
-        Ok(rows) => Json(rows).into_response(),
+    let limit = match query.limit() {
+        Ok(limit) => limit,
+        Err(takes) => return bad_query(takes),
+    };
+    match api.shared.store.audit_for_machine(uuid, query.before, limit).await {
+        Ok(rows) => Json(rows.into_iter().map(AuditRow::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
@@ -364,7 +452,7 @@ pub(super) async fn machine_audit(
     tag = "accounts",
     summary = "The subscribers whose personal data the caller sees",
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "the subscribers", body = Vec<SubscriberEntry>),
         Refusals,
     ),
     security(("token" = []))
@@ -374,12 +462,13 @@ pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(call
         Ok(all) => all,
         Err(err) => return store_unavailable(err),
     };
-    let seen: Vec<_> = all
+    let seen: Vec<SubscriberEntry> = all
         .into_iter()
         .filter(|s| {
             let resource = Resource::Subscriber(s.subscriber.id);
             crate::policy::authorize(&caller.principal, &caller.relations, Action::ViewSubscriberPii, resource).is_ok()
         })
+        .map(SubscriberEntry::from)
         .collect();
     Json(seen).into_response()
 }
@@ -388,13 +477,32 @@ pub(super) async fn list_subscribers(State(api): State<Arc<Api>>, Extension(call
 #[serde(deny_unknown_fields)]
 pub(super) struct RegisterBody {
     /// The username of the subscriber's own account (created first).
+    #[schema(value_type = Username)]
     owner: String,
+    #[schema(value_type = ShortText)]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     name: String,
+    #[schema(value_type = Email)]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     email: String,
+    #[schema(value_type = Option<ShortText>)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<254, _>")]
     phone: Option<String>,
+    #[schema(value_type = Option<ShortText>)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<254, _>")]
     billing_note: Option<String>,
+    /// Default 5.
+    #[serde(default, deserialize_with = "super::input::opt_integer")]
     max_machines: Option<u32>,
+    /// Default 5.
+    #[serde(default, deserialize_with = "super::input::opt_integer")]
     max_contacts: Option<u32>,
+}
+
+/// Something created, by its id.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Created {
+    id: i64,
 }
 
 #[utoipa::path(
@@ -404,10 +512,10 @@ pub(super) struct RegisterBody {
     summary = "Register a subscriber owned by an existing user (operators)",
     request_body = RegisterBody,
     responses(
-        (status = 201, description = "registered"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 201, description = "registered", body = Created),
+        (status = 400, description = "the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such owner (`no_such_user`)", body = ErrorBody),
+        (status = 409, description = "the owner owns a subscriber already (`owns_subscriber`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -432,7 +540,18 @@ pub(super) async fn register_subscriber(
     let flows = api.flows();
     let id =
         flow!(api, caller, "registering a subscriber", flows.register_subscriber(&caller.actor(), registration).await);
-    (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+    (StatusCode::CREATED, Json(Created { id })).into_response()
+}
+
+/// A subscriber and its personal data.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SubscriberShown {
+    subscriber: Subscriber,
+    pii: Option<Pii>,
+    /// Why its subscription was terminated (shown to operators only: absent for others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = true)]
+    terminate_reason: Option<Option<String>>,
 }
 
 #[utoipa::path(
@@ -442,8 +561,9 @@ pub(super) async fn register_subscriber(
     summary = "A subscriber and its personal data",
     params(("id" = i64, Path, description = "the subscriber's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the subscriber", body = SubscriberShown),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -451,7 +571,7 @@ pub(super) async fn register_subscriber(
 pub(super) async fn show_subscriber(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let what = "reading a subscriber";
     if let Some(refusal) = caller.authorize(&api, Action::ViewSubscriberPii, Resource::Subscriber(id), what) {
@@ -460,23 +580,38 @@ pub(super) async fn show_subscriber(
     let store = &api.shared.store;
     let (record, pii) = match (store.subscriber(id).await, store.subscriber_pii(id).await) {
         (Ok(Some(record)), Ok(pii)) => (record, pii),
-        (Ok(None), _) => return error(StatusCode::NOT_FOUND, format!("no subscriber with id {id}")),
+        (Ok(None), _) => {
+            return error(StatusCode::NOT_FOUND, "no_such_subscriber", format!("no subscriber with id {id}"))
+        }
         (Err(err), _) | (_, Err(err)) => return store_unavailable(err),
     };
-    let mut body = json!({ "subscriber": record, "pii": pii });
-    if caller.is_operator() {
+    let terminate_reason = if caller.is_operator() {
         match store.termination_reason(id).await {
-            Ok(reason) => body["terminate_reason"] = json!(reason),
+            Ok(reason) => Some(reason),
             Err(err) => return store_unavailable(err),
         }
-    }
-    Json(body).into_response()
+    } else {
+        None
+    };
+    Json(SubscriberShown { subscriber: record.into(), pii: pii.map(Pii::from), terminate_reason }).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TerminateBody {
+    #[schema(value_type = ShortText)]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     reason: String,
+}
+
+/// A subscription terminated.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Terminated {
+    id: i64,
+    #[schema(example = "terminated")]
+    status: &'static str,
+    /// Contact relations ended by it.
+    contacts_ended: u64,
 }
 
 #[utoipa::path(
@@ -487,10 +622,10 @@ pub(super) struct TerminateBody {
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = TerminateBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 200, description = "terminated", body = Terminated),
+        (status = 400, description = "the id or the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
+        (status = 409, description = "terminated already (`subscription_terminated`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -498,14 +633,15 @@ pub(super) struct TerminateBody {
 pub(super) async fn terminate(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: Result<Json<TerminateBody>, JsonRejection>,
 ) -> Response {
     let body = body!(body);
     let flows = api.flows();
     let ended =
         flow!(api, caller, "terminating a subscription", flows.terminate(&caller.actor(), id, &body.reason).await);
-    Json(json!({ "id": id, "status": "terminated", "contacts_ended": ended })).into_response()
+    let contacts_ended = u64::try_from(ended).unwrap_or(u64::MAX);
+    Json(Terminated { id, status: "terminated", contacts_ended }).into_response()
 }
 
 #[utoipa::path(
@@ -515,7 +651,8 @@ pub(super) async fn terminate(
     summary = "A subscriber's machines",
     params(("id" = i64, Path, description = "the subscriber's id")),
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "the machines", body = Vec<Machine>),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -523,14 +660,14 @@ pub(super) async fn terminate(
 pub(super) async fn subscriber_machines(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let what = "listing a subscriber's machines";
     if let Some(refusal) = caller.authorize(&api, Action::ListMachines, Resource::Subscriber(id), what) {
         return refusal;
     }
     match api.shared.store.machines_of(id).await {
-        Ok(machines) => Json(machines).into_response(),
+        Ok(machines) => Json(machines.into_iter().map(Machine::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
@@ -541,6 +678,8 @@ pub(super) struct EnrollBody {
     /// The machine's UUID (an AMT PC's, which is also its SMBIOS UUID): bound to the subscriber
     /// now, and the only UUID the token enrolls. Leave it out to let the agent tell its UUID.
     uuid: Option<Uuid>,
+    #[schema(value_type = Option<ShortText>)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<254, _>")]
     nickname: Option<String>,
 }
 
@@ -554,9 +693,9 @@ pub(super) struct EnrollBody {
     responses(
         (status = 201, description = "enrolled: the UUID bound now (if given), and a one-time token for `tether-agent enroll`", body = crate::flows::Enrollment),
         (status = 200, description = "the UUID was enrolled for this subscriber already; a new token", body = crate::flows::Enrollment),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 400, description = "the id or the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
+        (status = 409, description = "the subscription is terminated, full, or the machine is another's (`code` says which)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -564,7 +703,7 @@ pub(super) struct EnrollBody {
 pub(super) async fn enroll(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: Result<Json<EnrollBody>, JsonRejection>,
 ) -> Response {
     let body = body!(body);
@@ -582,8 +721,9 @@ pub(super) async fn enroll(
     summary = "A subscriber's contacts, in every state",
     params(("id" = i64, Path, description = "the subscriber's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the contacts", body = Vec<Contact>),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -591,15 +731,17 @@ pub(super) async fn enroll(
 pub(super) async fn contacts(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let list = flow!(api, caller, "listing contacts", api.flows().contacts(&caller.actor(), id).await);
-    Json(list).into_response()
+    Json(list.into_iter().map(Contact::from).collect::<Vec<_>>()).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InviteBody {
+    #[schema(value_type = Email, example = "carl@example.com")]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     email: String,
 }
 
@@ -611,10 +753,10 @@ pub(super) struct InviteBody {
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = InviteBody,
     responses(
-        (status = 201, description = "invited"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 201, description = "invited", body = Invitation),
+        (status = 400, description = "the id or the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
+        (status = 409, description = "the subscription is terminated or has its contacts (`code` says which)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -622,13 +764,23 @@ pub(super) struct InviteBody {
 pub(super) async fn invite(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: Result<Json<InviteBody>, JsonRejection>,
 ) -> Response {
     let body = body!(body);
     let flows = api.flows();
     let invited = flow!(api, caller, "inviting a contact", flows.invite(&caller.actor(), id, &body.email).await);
-    (StatusCode::CREATED, Json(invited)).into_response()
+    (StatusCode::CREATED, Json(Invitation::from(invited))).into_response()
+}
+
+/// A contact removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ContactRemoved {
+    contact_id: i64,
+    /// The state it was in.
+    was: ContactStatus,
+    /// Whether the contact is told by mail.
+    told: bool,
 }
 
 #[utoipa::path(
@@ -638,9 +790,10 @@ pub(super) async fn invite(
     summary = "Remove a contact, invited or active: access ends at once",
     params(("id" = i64, Path, description = "the subscriber's id"), ("contact" = i64, Path, description = "the contact's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
+        (status = 200, description = "removed", body = ContactRemoved),
+        (status = 400, description = "an id is not a number", body = ErrorBody),
+        (status = 404, description = "no such subscriber or contact (`code` says which)", body = ErrorBody),
+        (status = 409, description = "the contact has ended already (`contact_ended`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -648,11 +801,19 @@ pub(super) async fn invite(
 pub(super) async fn remove_contact(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path((id, contact)): Path<(i64, i64)>,
+    ApiPath((id, contact)): ApiPath<(i64, i64)>,
 ) -> Response {
     let flows = api.flows();
     let removed = flow!(api, caller, "removing a contact", flows.remove_contact(&caller.actor(), id, contact).await);
-    Json(json!({ "contact_id": contact, "was": removed.was.as_str(), "told": removed.mail_due })).into_response()
+    Json(ContactRemoved { contact_id: contact, was: removed.was.into(), told: removed.mail_due }).into_response()
+}
+
+/// The caller's contact relation, ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Left {
+    contact_id: i64,
+    #[schema(example = "left")]
+    state: &'static str,
 }
 
 #[utoipa::path(
@@ -662,8 +823,9 @@ pub(super) async fn remove_contact(
     summary = "Stop being the subscriber's contact",
     params(("id" = i64, Path, description = "the subscriber's id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "left", body = Left),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "not an active contact of the subscriber (`not_a_contact`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -671,10 +833,10 @@ pub(super) async fn remove_contact(
 pub(super) async fn leave(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let left = flow!(api, caller, "leaving a subscriber", api.flows().leave(&caller.actor(), id).await);
-    Json(json!({ "contact_id": left.contact_id, "state": "left" })).into_response()
+    Json(Left { contact_id: left.contact_id, state: "left" }).into_response()
 }
 
 #[utoipa::path(
@@ -684,8 +846,9 @@ pub(super) async fn leave(
     summary = "Who invites, and whether the invitation is open",
     params(("guid" = Uuid, Path, description = "the invitation's GUID, from the mailed link")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the invitation", body = InvitationShown),
+        (status = 400, description = "the GUID is not a UUID", body = ErrorBody),
+        (status = 404, description = "no such invitation (`no_such_invitation`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -693,20 +856,60 @@ pub(super) async fn leave(
 pub(super) async fn show_invitation(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(guid): Path<Uuid>,
+    ApiPath(guid): ApiPath<Uuid>,
 ) -> Response {
     let view = flow!(api, caller, "reading an invitation", api.flows().invitation(guid).await);
-    Json(view).into_response()
+    Json(InvitationShown::from(view)).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AcceptBody {
+    #[schema(value_type = ShortText, example = "2026-01")]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     terms_version: String,
+    #[schema(value_type = ShortText)]
+    #[serde(deserialize_with = "super::input::text::<254, _>")]
     nickname: String,
+    #[schema(value_type = Option<Email>)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<254, _>")]
     contact_email: Option<String>,
+    /// When to be alerted and how (`docs/health.md`).
     #[serde(default)]
-    alert_prefs: serde_json::Value,
+    alert_prefs: Option<AlertPrefs>,
+}
+
+/// A contact's alert preferences: which health colours alert, by mail and to which webhook
+/// (`docs/health.md`). Each may be left out, none may be `null`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertPrefs {
+    #[serde(default, deserialize_with = "super::input::present", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    red: Option<bool>,
+    #[serde(default, deserialize_with = "super::input::present", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    yellow: Option<bool>,
+    #[serde(default, deserialize_with = "super::input::present", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    green: Option<bool>,
+    #[serde(default, deserialize_with = "super::input::present", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    email: Option<bool>,
+    /// An https URL (at most 450 bytes here: the preferences are at most 1 KiB as JSON), or
+    /// empty for none.
+    #[serde(default, deserialize_with = "webhook", skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        max_length = 450,
+        pattern = r"^$|^https://[^/\s\x00-\x1f\x7f-\x9f][^\s\x00-\x1f\x7f-\x9f]*$"
+    )]
+    webhook: Option<String>,
+}
+
+/// A webhook URL: a string of at most 450 bytes, not `null`.
+fn webhook<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    super::input::text::<450, D>(deserializer).map(Some)
 }
 
 #[utoipa::path(
@@ -717,11 +920,11 @@ pub(super) struct AcceptBody {
     params(("guid" = Uuid, Path, description = "the invitation's GUID")),
     request_body = AcceptBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
-        (status = 410, description = "expired (`code` says which)", body = ErrorBody),
+        (status = 200, description = "the caller is an active contact", body = Contact),
+        (status = 400, description = "the GUID or the body is not what this endpoint takes", body = ErrorBody),
+        (status = 404, description = "no such invitation (`no_such_invitation`)", body = ErrorBody),
+        (status = 409, description = "the invitation is closed, the caller's own, or a contact already (`code` says which)", body = ErrorBody),
+        (status = 410, description = "the invitation has expired (`invitation_expired`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -729,7 +932,7 @@ pub(super) struct AcceptBody {
 pub(super) async fn accept(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(guid): Path<Uuid>,
+    ApiPath(guid): ApiPath<Uuid>,
     body: Result<Json<AcceptBody>, JsonRejection>,
 ) -> Response {
     let body = body!(body);
@@ -737,17 +940,30 @@ pub(super) async fn accept(
         terms_version: body.terms_version,
         nickname: body.nickname,
         contact_email: body.contact_email,
-        alert_prefs: if body.alert_prefs.is_null() { json!({}) } else { body.alert_prefs },
+        alert_prefs: match body.alert_prefs {
+            Some(prefs) => serde_json::to_value(prefs).unwrap_or_else(|_| json!({})),
+            None => json!({}),
+        },
     };
     let flows = api.flows();
     let contact = flow!(api, caller, "accepting an invitation", flows.accept(&caller.actor(), guid, acceptance).await);
-    Json(contact).into_response()
+    Json(Contact::from(contact)).into_response()
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MpsAccountBody {
+    /// 1 to 32 letters and digits (AMT's rule); default `subID`.
+    #[schema(pattern = r"^[A-Za-z0-9]{1,32}$")]
     username: Option<String>,
+}
+
+/// An MPS account issued: the password is shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MpsAccount {
+    subscriber_id: i64,
+    username: String,
+    password: String,
 }
 
 #[utoipa::path(
@@ -758,9 +974,9 @@ pub(super) struct MpsAccountBody {
     params(("id" = i64, Path, description = "the subscriber's id")),
     request_body = MpsAccountBody,
     responses(
-        (status = 201, description = "issued: username and password"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 201, description = "issued: username and password", body = MpsAccount),
+        (status = 400, description = "the id or the body is not what this endpoint takes, or the name is taken (`bad_input`)", body = ErrorBody),
+        (status = 404, description = "no such subscriber (`no_such_subscriber`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -768,13 +984,12 @@ pub(super) struct MpsAccountBody {
 pub(super) async fn mps_account(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: Result<Json<MpsAccountBody>, JsonRejection>,
 ) -> Response {
     let body = body!(body);
     let flows = api.flows();
     let call = flows.issue_mps_account(&caller.actor(), id, body.username.as_deref()).await;
     let (username, password) = flow!(api, caller, "issuing an MPS account", call);
-    (StatusCode::CREATED, Json(json!({ "subscriber_id": id, "username": username, "password": password })))
-        .into_response()
+    (StatusCode::CREATED, Json(MpsAccount { subscriber_id: id, username, password })).into_response()
 }

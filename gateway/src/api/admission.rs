@@ -3,13 +3,18 @@
 //! itself (off the runtime), expiry, the token's own rate limit, then the [`Principal`] the
 //! token acts as and its [`Relations`] (two more queries; a suspended user is refused here with
 //! 403 `suspended`). Handlers then ask the policy ([`Caller::authorize`],
-//! [`Caller::authorize_machine`]), which also covers the token's scope. Every failed token check
-//! also charges the source's stricter budget of failures (`limits::SourceLimiter`), so a source
-//! trying tokens is soon answered 429 outright.
+//! [`Caller::authorize_machine`]), which also covers the token's scope. Every token that could
+//! have been one and fails (unknown, revoked, expired, its user gone) also charges the source's
+//! stricter budget of failures (`limits::SourceLimiter`), so a source trying tokens is soon
+//! answered 429 outright. A request without a token, or with one that cannot be a token, tries
+//! nothing and costs no lookup: it is answered 401 and not charged, so that a client that forgot
+//! its token is told so, not told to wait.
 //!
 //! Refusals of the policy are 403 with `{"error", "reason": "scope"|"denied", "code"}`, `code`
 //! being [`Denied::code`]; never 404, so that a denied machine and a missing one are told apart
 //! only to those who may see it (the check runs before anything is looked up about the device).
+//! A token refused is 401 with code `invalid_token` or `expired_token`; a rate limit is 429 with
+//! `source_rate` or `token_rate`.
 //!
 //! What it does not do: decide (`policy`), count connections (`api::serve`) or relays
 //! (`api::relays`).
@@ -21,17 +26,16 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{error, rejection, store_unavailable, Api, Connection};
+use super::{error, rejection, store_unavailable, Api, Connection, ErrorBody};
 use crate::auth;
 use crate::metrics::ApiRejection;
 use crate::policy::{self, Action, Denied, Principal, Relations, Resource};
 use crate::store::TokenScope;
-use serde_json::json;
 use uuid::Uuid;
 
 /// What `auth::new_token` makes: this prefix and 32 bytes in unpadded base64url.
@@ -96,8 +100,8 @@ impl Caller {
             ),
         };
         api.shared.metrics.api_rejected(reason);
-        let body = json!({ "error": advice, "reason": reason.as_str(), "code": denied.code() });
-        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        ErrorBody { reason: Some(reason.as_str()), ..ErrorBody::new(denied.code(), advice) }
+            .into_response(StatusCode::FORBIDDEN)
     }
 }
 
@@ -114,10 +118,16 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A failed token check: counted, charged to the source, answered 401.
+/// A failed check of a well-formed token: counted, charged to the source, answered 401.
 fn refuse(api: &Api, source: IpAddr, reason: ApiRejection, message: impl std::fmt::Display) -> Response {
     api.sources.token_failed(source);
     rejection(api, StatusCode::UNAUTHORIZED, reason, None, message)
+}
+
+/// No token, or one that cannot be a token: counted and answered 401, not charged to the source
+/// (nothing was tried, nothing looked up).
+fn refuse_without_charge(api: &Api, message: impl std::fmt::Display) -> Response {
+    rejection(api, StatusCode::UNAUTHORIZED, ApiRejection::InvalidToken, None, message)
 }
 
 pub(super) async fn require_token(
@@ -135,18 +145,14 @@ pub(super) async fn require_token(
         return rejection(&api, StatusCode::TOO_MANY_REQUESTS, ApiRejection::SourceRate, Some(wait), message);
     }
     let Some(token) = bearer(&request) else {
-        return refuse(
+        return refuse_without_charge(
             &api,
-            source,
-            ApiRejection::InvalidToken,
             "missing bearer token: send `Authorization: Bearer TOKEN` (create one with `tether token create NAME`)",
         );
     };
     if !well_formed(token) {
-        return refuse(
+        return refuse_without_charge(
             &api,
-            source,
-            ApiRejection::InvalidToken,
             "malformed token: Tether tokens are `tth_` and 43 more characters, as printed by `tether token create`",
         );
     }
@@ -179,6 +185,7 @@ pub(super) async fn require_token(
         api.shared.metrics.api_request_limited();
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
+            "token_rate",
             format!(
                 "request rate limit for token {:?} exceeded (limits.api_requests_per_second); retry shortly",
                 record.name

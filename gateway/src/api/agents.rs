@@ -12,38 +12,64 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::{error, store_unavailable, Api};
+use super::schemas::{Agent, AlertDelivery, ReportedTime, SupportParameters};
+use super::{bad_query, store_unavailable, Api, ApiPath};
 use super::{ErrorBody, Refusals};
 use crate::agents::view::{report_json, rfc3339};
 use crate::metrics::{CloseReason, TunnelKind};
 use crate::policy::Action;
 use crate::store::{AuditAction, HealthChange, NewAudit, TelemetryRecord, MAX_REPORTS};
 
-/// A stored report as JSON: its sequence, times and parameters (or why they do not decode).
-fn record_json(record: &TelemetryRecord) -> Value {
+/// A telemetry report: its sequence, times and support parameters.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Report {
+    seq: i64,
+    /// When the agent took it (the agent's clock).
+    #[schema(value_type = ReportedTime)]
+    taken_at: Value,
+    #[schema(value_type = ReportedTime)]
+    received_at: Value,
+    #[schema(value_type = SupportParameters)]
+    parameters: Value,
+}
+
+/// A stored report as the API shows it: its sequence, times and parameters (or why they do not
+/// decode).
+fn report_view(record: &TelemetryRecord) -> Report {
     let parameters = base64::engine::general_purpose::STANDARD
         .decode(&record.report)
         .ok()
         .and_then(|bytes| protocols::telemetry::decode_report(&bytes).ok())
         .map(|report| report_json(&report))
         .unwrap_or_else(|| json!({ "error": "the stored report does not decode" }));
-    json!({
-        "seq": record.seq,
-        "taken_at": rfc3339(record.taken_at.unix_timestamp()),
-        "received_at": rfc3339(record.received_at.unix_timestamp()),
-        "parameters": parameters,
-    })
+    Report {
+        seq: record.seq,
+        taken_at: rfc3339(record.taken_at.unix_timestamp()),
+        received_at: rfc3339(record.received_at.unix_timestamp()),
+        parameters,
+    }
+}
+
+/// A machine's agent and its newest report.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AgentShown {
+    uuid: Uuid,
+    /// Null when no agent ever enrolled.
+    agent: Option<Agent>,
+    connected: bool,
+    /// Null before the first report.
+    latest: Option<Report>,
 }
 
 #[utoipa::path(
@@ -53,7 +79,8 @@ fn record_json(record: &TelemetryRecord) -> Value {
     summary = "A machine's agent: its hello, consent to remote help, connection, newest support parameters",
     params(("uuid" = Uuid, Path, description = "the machine's UUID")),
     responses(
-        (status = 200, description = "`agent` (null when no agent ever enrolled), `connected`, `latest` (null before the first report)"),
+        (status = 200, description = "the agent, whether it is connected, and its newest report", body = AgentShown),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -61,7 +88,7 @@ fn record_json(record: &TelemetryRecord) -> Value {
 pub(super) async fn show_agent(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<Uuid>,
+    ApiPath(uuid): ApiPath<Uuid>,
 ) -> Response {
     if let Some(refusal) = caller.authorize_machine(&api, Action::ViewMachine, uuid, "reading a machine's agent").await
     {
@@ -74,23 +101,24 @@ pub(super) async fn show_agent(
     };
     let connected = api.shared.registry.get(uuid, TunnelKind::Agent).is_some()
         || agent.as_ref().is_some_and(|a| a.connected_since.is_some());
-    Json(json!({
-        "uuid": uuid,
-        "agent": agent,
-        "connected": connected,
-        "latest": latest.as_ref().map(record_json),
-    }))
-    .into_response()
+    Json(AgentShown { uuid, agent: agent.map(Agent::from), connected, latest: latest.as_ref().map(report_view) })
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TelemetryQuery {
-    /// Reports received in the last this many hours (default 168, a week).
+    /// Reports received in the last this many hours (default 168, a week; at most ten years).
+    #[param(minimum = 1, maximum = 87600)]
     hours: Option<u32>,
-    /// At most this many (default and cap 500).
+    /// At most this many (default and most: 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
+
+/// The longest look back: ten years.
+const MAX_HOURS: u32 = 87_600;
 
 #[utoipa::path(
     get,
@@ -99,8 +127,8 @@ pub(super) struct TelemetryQuery {
     summary = "A machine's telemetry reports, newest first",
     params(("uuid" = Uuid, Path, description = "the machine's UUID"), TelemetryQuery),
     responses(
-        (status = 200, description = "the reports: seq, taken_at, received_at, parameters"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the reports, newest first", body = Vec<Report>),
+        (status = 400, description = "the UUID or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -108,7 +136,7 @@ pub(super) struct TelemetryQuery {
 pub(super) async fn telemetry(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<Uuid>,
+    ApiPath(uuid): ApiPath<Uuid>,
     query: Result<Query<TelemetryQuery>, QueryRejection>,
 ) -> Response {
     if let Some(refusal) =
@@ -116,12 +144,17 @@ pub(super) async fn telemetry(
     {
         return refusal;
     }
+    let takes = format!("hours=1..{MAX_HOURS} and limit=1..{MAX_REPORTS}");
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, format!("the query takes hours=N and limit=1..{MAX_REPORTS}"));
+        return bad_query(takes);
     };
-    let since = OffsetDateTime::now_utc() - time::Duration::hours(query.hours.unwrap_or(168).into());
-    match api.shared.store.reports_since(uuid, since, query.limit.unwrap_or(MAX_REPORTS)).await {
-        Ok(rows) => Json(rows.iter().map(record_json).collect::<Vec<_>>()).into_response(),
+    let (hours, limit) = (query.hours.unwrap_or(168), query.limit.unwrap_or(MAX_REPORTS));
+    if !(1..=MAX_HOURS).contains(&hours) || !(1..=MAX_REPORTS).contains(&limit) {
+        return bad_query(takes);
+    }
+    let since = OffsetDateTime::now_utc() - time::Duration::hours(hours.into());
+    match api.shared.store.reports_since(uuid, since, limit).await {
+        Ok(rows) => Json(rows.iter().map(report_view).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
@@ -133,7 +166,8 @@ pub(super) async fn telemetry(
     summary = "Revoke a machine's agent certificates (operators): its agent is refused until enrolled again",
     params(("uuid" = Uuid, Path, description = "the machine's UUID")),
     responses(
-        (status = 200, description = "`revoked`: how many certificates were standing"),
+        (status = 200, description = "revoked: how many certificates were standing", body = Revoked),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -141,7 +175,7 @@ pub(super) async fn telemetry(
 pub(super) async fn revoke(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<Uuid>,
+    ApiPath(uuid): ApiPath<Uuid>,
 ) -> Response {
     if let Some(refusal) = caller.authorize_machine(&api, Action::RevokeAgent, uuid, "revoking a machine's agent").await
     {
@@ -168,27 +202,91 @@ pub(super) async fn revoke(
     if let Err(err) = store.append_audit(&audit).await {
         return store_unavailable(err);
     }
-    Json(json!({ "uuid": uuid, "revoked": revoked })).into_response()
+    Json(Revoked { uuid, revoked }).into_response()
+}
+
+/// A machine's agent certificates revoked.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Revoked {
+    uuid: Uuid,
+    /// Certificates that were standing.
+    revoked: u64,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HealthQuery {
     /// Changes and alerts of the last this many days (default 7, at most 90).
+    #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
+}
+
+/// `green`, `yellow` or `red`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Only described: the store keeps the colour as text.
+pub(super) enum Colour {
+    Green,
+    Yellow,
+    Red,
+}
+
+/// One reason a machine is not green (`crate::health::Reason`).
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // Only described: the store keeps the reasons as JSON text.
+pub(super) struct HealthReason {
+    /// `firewall_off`, `antivirus_off`, `signatures_old`, … (`docs/health.md`).
+    code: String,
+    /// What this reason alone makes the machine.
+    health: Colour,
+    /// One line for people.
+    text: String,
+}
+
+/// A change of a machine's health meter.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct HealthChangeView {
+    #[schema(value_type = ReportedTime)]
+    at: Value,
+    #[schema(value_type = Colour)]
+    health: String,
+    #[schema(value_type = Option<Colour>)]
+    previous: Option<String>,
+    #[schema(value_type = Vec<HealthReason>)]
+    reasons: Value,
+}
+
+/// A machine's health meter, its changes and the alerts sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct HealthShown {
+    uuid: Uuid,
+    /// Null before the first rating.
+    #[schema(value_type = Option<Colour>)]
+    health: Option<String>,
+    #[schema(value_type = Vec<HealthReason>)]
+    reasons: Value,
+    /// Since when the meter shows this.
+    #[schema(value_type = Option<ReportedTime>)]
+    since: Option<Value>,
+    #[schema(value_type = Option<ReportedTime>)]
+    evaluated_at: Option<Value>,
+    /// Newest first.
+    changes: Vec<HealthChangeView>,
+    alerts: Vec<AlertDelivery>,
 }
 
 fn reasons_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!([]))
 }
 
-fn change_json(change: &HealthChange) -> Value {
-    json!({
-        "at": rfc3339(change.at.unix_timestamp()),
-        "health": change.health,
-        "previous": change.previous,
-        "reasons": reasons_json(&change.reasons),
-    })
+fn change_view(change: &HealthChange) -> HealthChangeView {
+    HealthChangeView {
+        at: rfc3339(change.at.unix_timestamp()),
+        health: change.health.clone(),
+        previous: change.previous.clone(),
+        reasons: reasons_json(&change.reasons),
+    }
 }
 
 #[utoipa::path(
@@ -198,8 +296,8 @@ fn change_json(change: &HealthChange) -> Value {
     summary = "A machine's health meter: now (with its reasons), its changes and the alerts sent",
     params(("uuid" = Uuid, Path, description = "the machine's UUID"), HealthQuery),
     responses(
-        (status = 200, description = "`health` (null before the first rating), `reasons`, `since`, `changes` newest first, `alerts`"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the meter, its changes newest first, and the alerts sent", body = HealthShown),
+        (status = 400, description = "the UUID or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -207,7 +305,7 @@ fn change_json(change: &HealthChange) -> Value {
 pub(super) async fn health(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<Uuid>,
+    ApiPath(uuid): ApiPath<Uuid>,
     query: Result<Query<HealthQuery>, QueryRejection>,
 ) -> Response {
     if let Some(refusal) = caller.authorize_machine(&api, Action::ViewMachine, uuid, "reading a machine's health").await
@@ -215,23 +313,27 @@ pub(super) async fn health(
         return refusal;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "the query takes days=1..90".to_string());
+        return bad_query("days=1..90");
     };
-    let since = OffsetDateTime::now_utc() - time::Duration::days(query.days.unwrap_or(7).clamp(1, 90).into());
+    let days = query.days.unwrap_or(7);
+    if !(1..=90).contains(&days) {
+        return bad_query(format!("days=1..90, not {days}"));
+    }
+    let since = OffsetDateTime::now_utc() - time::Duration::days(days.into());
     let store = &api.shared.store;
     let (now, changes, alerts) =
         match tokio::try_join!(store.health(uuid), store.health_changes(uuid, since), store.deliveries(uuid, since)) {
             Ok(all) => all,
             Err(err) => return store_unavailable(err),
         };
-    Json(json!({
-        "uuid": uuid,
-        "health": now.as_ref().map(|h| h.health.clone()),
-        "reasons": now.as_ref().map(|h| reasons_json(&h.reasons)).unwrap_or_else(|| json!([])),
-        "since": now.as_ref().map(|h| rfc3339(h.since.unix_timestamp())),
-        "evaluated_at": now.as_ref().map(|h| rfc3339(h.evaluated_at.unix_timestamp())),
-        "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
-        "alerts": alerts,
-    }))
+    Json(HealthShown {
+        uuid,
+        health: now.as_ref().map(|h| h.health.clone()),
+        reasons: now.as_ref().map(|h| reasons_json(&h.reasons)).unwrap_or_else(|| json!([])),
+        since: now.as_ref().map(|h| rfc3339(h.since.unix_timestamp())),
+        evaluated_at: now.as_ref().map(|h| rfc3339(h.evaluated_at.unix_timestamp())),
+        changes: changes.iter().map(change_view).collect(),
+        alerts: alerts.into_iter().map(AlertDelivery::from).collect(),
+    })
     .into_response()
 }

@@ -32,14 +32,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tracing::{info, warn};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::admission::Caller;
 use super::relays::{open_device_stream, session_closed_refusal};
-use super::{error, store_unavailable, Api, Connection};
+use super::schemas::{ConsentState, DeviceAction, DeviceFacts, RedirectionState};
+use super::{bad_path, bad_query, error, not_a_uuid, store_unavailable, Api, Connection, BAD_REQUEST};
 use super::{ErrorBody, Refusals};
 use crate::metrics::{AmtAction, AmtOutcome, CloseReason};
 use crate::policy::Action;
@@ -51,17 +52,44 @@ use crate::wsman::{self, Amt, AmtError, AmtErrorKind, Credentials, PowerAction};
 /// The device's AMT admin account, as a request gives it.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(super) struct Account {
+    /// Default `admin` (or the user remembered for the device).
+    #[schema(max_length = 32)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<32, _>")]
     amt_user: Option<String>,
+    /// Needed unless one is remembered for the device (else 409 `amt_password_needed`).
+    #[schema(max_length = 32)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<32, _>")]
     amt_password: Option<String>,
+    /// Keep the account (sealed) for later calls to this device.
     #[serde(default)]
     remember: bool,
 }
 
+/// What to do with the device's power (`status`: only read it).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum PowerChoice {
+    Status,
+    On,
+    Off,
+    Cycle,
+    Reset,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct PowerBody {
-    action: String,
+    action: PowerChoice,
     #[serde(flatten)]
     account: Account,
+}
+
+/// The device a one-time IDE-R boot uses.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // Only described: the bodies take `wsman::amt::IderDevice`, spelled the same.
+pub(super) enum IderChoice {
+    Cd,
+    Floppy,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -73,7 +101,8 @@ pub(super) struct RedirectionBody {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct BootBody {
-    #[schema(value_type = Option<String>)]
+    /// Boot once from the IDE-R device (null: the device's own disks).
+    #[schema(value_type = Option<IderChoice>)]
     ider: Option<IderDevice>,
     #[serde(default)]
     sol: bool,
@@ -83,6 +112,8 @@ pub(super) struct BootBody {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct ConsentBody {
+    /// The code the PC shows; leave it out to make the PC show one.
+    #[schema(pattern = r"^[0-9]{1,16}$")]
     code: Option<String>,
     #[serde(flatten)]
     account: Account,
@@ -91,7 +122,7 @@ pub(super) struct ConsentBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct RescueBootBody {
     #[serde(default = "cd")]
-    #[schema(value_type = String)]
+    #[schema(value_type = IderChoice)]
     ider: IderDevice,
     #[serde(default = "yes")]
     sol: bool,
@@ -117,6 +148,7 @@ pub(super) struct FinishBody {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct CloseBody {
+    /// Kept with the closed session (at most 1000 characters are).
     message: Option<String>,
     #[serde(flatten)]
     account: Account,
@@ -151,6 +183,131 @@ impl Found {
     }
 }
 
+/// The failures of a call through AMT, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described: `amt_failure` and the handlers answer them.
+pub(super) enum AmtFailures {
+    /// The UUID or the body is not what the endpoint takes.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The device is not connected (`not_connected`), or no rescue is open (`no_rescue`).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// No AMT password was given and none is remembered (`amt_password_needed`), the device
+    /// refused (`amt_refused`), needs user consent (`consent_required`, with `facts`), reports
+    /// another UUID (`uuid_mismatch`), does not forward the port (`port_not_forwarded`), or its
+    /// remembered password does not open here (`amt_password_unreadable`).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The device's AMT did not answer as WS-Management should (`amt_failed`, `device_refused`,
+    /// `fleet_link`).
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
+    /// The device's tunnel has no room for another channel (`too_many_channels`).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// The device did not answer in time (`amt_timeout`, `timeout`).
+    #[response(status = 504)]
+    Timeout(ErrorBody),
+}
+
+/// A device's power.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PowerAnswer {
+    uuid: Uuid,
+    /// What was done: `status` (nothing), `on`, `off`, `cycle` or `reset`.
+    action: &'static str,
+    /// The CIM power state (2 on, 8 off, …); null when the device could not tell after a change.
+    power_state: Option<u32>,
+    /// The power state in words.
+    power: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RedirectionAnswer {
+    uuid: Uuid,
+    redirection: RedirectionState,
+}
+
+/// The boot settings before and after (`UseIDER=… IDERBootDevice=… UseSOL=…`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BootAnswer {
+    uuid: Uuid,
+    before: String,
+    after: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConsentAnswer {
+    uuid: Uuid,
+    consent: ConsentState,
+}
+
+/// The 409 of a rescue that needs the PC user's consent first: what the device is.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConsentRequired {
+    #[serde(flatten)]
+    error: ErrorBody,
+    facts: DeviceFacts,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RescueStarted {
+    uuid: Uuid,
+    facts: DeviceFacts,
+    redirection: RedirectionState,
+    /// An unfinished rescue of the device was taken up again.
+    resumed: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RescueBooted {
+    uuid: Uuid,
+    /// `reset` (it was on) or `on`.
+    power_action: &'static str,
+}
+
+/// What a rescue's end put back.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Restored {
+    /// The boot settings as found (`UseIDER=… IDERBootDevice=… UseSOL=…`).
+    boot: String,
+    /// Redirection as found, when asked to put it back.
+    redirection: Option<RedirectionState>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RescueFinished {
+    uuid: Uuid,
+    restored: Restored,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SessionClosedAnswer {
+    uuid: Uuid,
+    relays_stopped: u64,
+    /// What an open rescue left was put back (null: none was open, or see `notes`).
+    restored: Option<Restored>,
+    tunnel_closed: bool,
+    /// Whether the PC user had asked for help (null: the tunnel is not held here).
+    user_initiated: Option<bool>,
+    message: Option<String>,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SessionOpened {
+    uuid: Uuid,
+    /// False: it was open.
+    was_closed: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Forgotten {
+    uuid: Uuid,
+    forgotten: Vec<&'static str>,
+}
+
 /// Longest technician message kept with a closed session.
 const MAX_MESSAGE: usize = 1000;
 
@@ -167,10 +324,10 @@ impl FromRequestParts<Arc<Api>> for Call {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Response> {
-        let missing = || error(StatusCode::INTERNAL_SERVER_ERROR, "the request was not admitted");
+        let missing = || error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request was not admitted");
         let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(missing)?;
         let remote = parts.extensions.get::<Connection>().map(|c| c.remote()).ok_or_else(missing)?;
-        let Path(uuid) = Path::<String>::from_request_parts(parts, api).await.map_err(IntoResponse::into_response)?;
+        let Path(uuid) = Path::<String>::from_request_parts(parts, api).await.map_err(|r| bad_path(&r))?;
         let uuid = Uuid::parse_str(&uuid).map_err(|_| not_a_uuid(&uuid))?;
         Ok(Call { api: Arc::clone(api), caller, uuid, remote })
     }
@@ -178,14 +335,13 @@ impl FromRequestParts<Arc<Api>> for Call {
 
 /// The answer for a failed AMT step: which step, and what the device said.
 pub(super) fn amt_failure(err: &AmtError) -> Response {
-    let status = match &err.kind {
-        AmtErrorKind::Call(wsman::CallError::Unauthorized { .. }) => StatusCode::FORBIDDEN,
-        AmtErrorKind::Refused { .. } => StatusCode::CONFLICT,
-        AmtErrorKind::Call(wsman::CallError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
+    let (status, code) = match &err.kind {
+        AmtErrorKind::Call(wsman::CallError::Unauthorized { .. }) => (StatusCode::FORBIDDEN, "amt_unauthorized"),
+        AmtErrorKind::Refused { .. } => (StatusCode::CONFLICT, "amt_refused"),
+        AmtErrorKind::Call(wsman::CallError::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "amt_timeout"),
+        _ => (StatusCode::BAD_GATEWAY, "amt_failed"),
     };
-    let body = json!({ "error": err.to_string(), "step": err.step });
-    (status, Json(body)).into_response()
+    ErrorBody { step: Some(err.step), ..ErrorBody::new(code, err) }.into_response(status)
 }
 
 impl Call {
@@ -199,14 +355,20 @@ impl Call {
         let user = account.amt_user.clone().filter(|u| !u.is_empty());
         if let Some(password) = account.amt_password.clone().filter(|p| !p.is_empty()) {
             if password.len() > 32 || user.as_ref().is_some_and(|u| u.len() > 32) {
-                return Err(error(StatusCode::BAD_REQUEST, "AMT user names and passwords are at most 32 bytes"));
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    BAD_REQUEST,
+                    "AMT user names and passwords are at most 32 bytes",
+                ));
             }
             return Ok(Credentials { user: user.unwrap_or_else(|| "admin".into()), password });
         }
         let access = self.api.shared.store.amt_access(self.uuid).await.map_err(store_unavailable)?;
         let (Some(stored_user), Some(sealed)) = (access.user, access.sealed_password) else {
+            // The request is well formed; what it lacks depends on what the gateway remembers.
             return Err(error(
-                StatusCode::BAD_REQUEST,
+                StatusCode::CONFLICT,
+                "amt_password_needed",
                 format!(
                     "give device {}'s AMT admin password (amt_password; the CLI's --password or AMT_PASSWORD): none \
                      is remembered for it (--remember keeps one)",
@@ -223,6 +385,7 @@ impl Call {
                 warn!(uuid = %self.uuid, error = %err, "a remembered AMT password does not open");
                 Err(error(
                     StatusCode::CONFLICT,
+                    "amt_password_unreadable",
                     format!(
                         "the AMT password remembered for {} cannot be opened on this gateway ({err}); give it again",
                         self.uuid
@@ -295,7 +458,7 @@ impl Call {
     }
 
     /// Audits the outcome of `result` and turns it into the answer.
-    async fn finish(&self, action: &str, detail: String, result: Result<Value, AmtError>) -> Response {
+    async fn finish<T: Serialize>(&self, action: &str, detail: String, result: Result<T, AmtError>) -> Response {
         match result {
             Ok(value) => {
                 self.audit(action, detail, "ok", None).await;
@@ -337,10 +500,6 @@ pub(super) async fn record_action(
     }
 }
 
-fn not_a_uuid(uuid: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"))
-}
-
 macro_rules! session {
     ($call:expr, $account:expr) => {
         session!($call, $account, true)
@@ -361,27 +520,20 @@ macro_rules! session {
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = PowerBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "done, and the power state after it", body = PowerAnswer),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
 )]
 pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejection>) -> Response {
     let body = body!(body);
-    let action = match body.action.as_str() {
-        "status" => None,
-        "on" => Some(PowerAction::On),
-        "off" => Some(PowerAction::Off),
-        "cycle" => Some(PowerAction::Cycle),
-        "reset" => Some(PowerAction::Reset),
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("power action {other:?}: use status, on, off, cycle or reset"),
-            )
-        }
+    let action = match body.action {
+        PowerChoice::Status => None,
+        PowerChoice::On => Some(PowerAction::On),
+        PowerChoice::Off => Some(PowerAction::Off),
+        PowerChoice::Cycle => Some(PowerAction::Cycle),
+        PowerChoice::Reset => Some(PowerAction::Reset),
     };
     let (mut amt, credentials) = session!(call, &body.account);
     let result = async {
@@ -394,12 +546,12 @@ pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejectio
             (None, Err(err)) => return Err(err),
             (Some(_), Err(_)) => None,
         };
-        Ok(json!({
-            "uuid": call.uuid,
-            "action": action.map_or("status", PowerAction::as_str),
-            "power_state": state,
-            "power": state.map(wsman::amt::power_state_name),
-        }))
+        Ok(PowerAnswer {
+            uuid: call.uuid,
+            action: action.map_or("status", PowerAction::as_str),
+            power_state: state,
+            power: state.map(wsman::amt::power_state_name),
+        })
     }
     .await;
     if result.is_ok() {
@@ -423,9 +575,8 @@ pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejectio
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = RedirectionBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "done", body = RedirectionAnswer),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
@@ -433,8 +584,10 @@ pub(super) async fn power(call: Call, body: Result<Json<PowerBody>, JsonRejectio
 pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, JsonRejection>) -> Response {
     let body = body!(body);
     let (mut amt, credentials) = session!(call, &body.account);
-    let result =
-        amt.set_redirection(body.enable, body.enable).await.map(|r| json!({ "uuid": call.uuid, "redirection": r }));
+    let result = amt
+        .set_redirection(body.enable, body.enable)
+        .await
+        .map(|r| RedirectionAnswer { uuid: call.uuid, redirection: r.into() });
     if result.is_ok() {
         call.remember(&body.account, &credentials).await;
     }
@@ -450,9 +603,8 @@ pub(super) async fn redirection(call: Call, body: Result<Json<RedirectionBody>, 
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = BootBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "done: the boot settings before and after", body = BootAnswer),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
@@ -467,7 +619,7 @@ pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>
         if body.ider.is_some() {
             amt.arm_one_time_boot().await?;
         }
-        Ok(json!({ "uuid": call.uuid, "before": before.summary(), "after": after.summary() }))
+        Ok(BootAnswer { uuid: call.uuid, before: before.summary(), after: after.summary() })
     }
     .await;
     if result.is_ok() {
@@ -485,17 +637,16 @@ pub(super) async fn boot(call: Call, body: Result<Json<BootBody>, JsonRejection>
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = ConsentBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "done: where consent is now", body = ConsentAnswer),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
 )]
 pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonRejection>) -> Response {
     let body = body!(body);
-    if body.code.as_ref().is_some_and(|c| c.len() > 16 || !c.bytes().all(|b| b.is_ascii_digit())) {
-        return error(StatusCode::BAD_REQUEST, "a consent code is the digits the PC shows");
+    if body.code.as_ref().is_some_and(|c| c.is_empty() || c.len() > 16 || !c.bytes().all(|b| b.is_ascii_digit())) {
+        return error(StatusCode::BAD_REQUEST, BAD_REQUEST, "a consent code is the digits the PC shows");
     }
     let (mut amt, _) = session!(call, &body.account);
     let result = async {
@@ -504,7 +655,7 @@ pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonReje
             Some(code) => amt.send_consent_code(code).await?,
         }
         let consent = amt.consent().await?;
-        Ok(json!({ "uuid": call.uuid, "consent": consent }))
+        Ok(ConsentAnswer { uuid: call.uuid, consent: consent.into() })
     }
     .await;
     let action = if body.code.is_some() { "consent.code" } else { "consent.start" };
@@ -519,10 +670,8 @@ pub(super) async fn consent(call: Call, body: Result<Json<ConsentBody>, JsonReje
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = AccountBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "started: what the device is, and its redirection now", body = RescueStarted),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
@@ -532,7 +681,7 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
     let (mut amt, credentials) = session!(call, &body.account);
     let facts = match amt.facts().await {
         Ok(facts) => facts,
-        Err(err) => return call.finish("rescue.start", "checking the device".into(), Err(err)).await,
+        Err(err) => return call.finish("rescue.start", "checking the device".into(), Err::<(), _>(err)).await,
     };
     call.remember(&body.account, &credentials).await;
     // Identity is proven, never claimed: the firmware's own UUID must be the tunnel's.
@@ -543,15 +692,15 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
             call.uuid
         );
         call.audit("rescue.start", "checking the device".into(), "refused", Some(message.clone())).await;
-        return error(StatusCode::CONFLICT, message);
+        return error(StatusCode::CONFLICT, "uuid_mismatch", message);
     }
     if facts.consent.needs_code() {
-        let body = json!({
-            "error": "the device requires user consent: ask the PC to show a code (POST …/consent {}) and enter \
-                      the code the PC user reads out (POST …/consent {\"code\": …})",
-            "reason": "consent_required",
-            "facts": facts,
-        });
+        let message = "the device requires user consent: ask the PC to show a code (POST …/consent {}) and enter \
+                       the code the PC user reads out (POST …/consent {\"code\": …})";
+        let body = ConsentRequired {
+            error: ErrorBody { reason: Some("consent_required"), ..ErrorBody::new("consent_required", message) },
+            facts: facts.into(),
+        };
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
     // An unfinished rescue's record holds the settings from before it: kept. One whose boot
@@ -585,12 +734,12 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
         } else {
             amt.set_redirection(true, true).await?
         };
-        Ok(json!({
-            "uuid": call.uuid,
-            "facts": facts,
-            "redirection": redirection,
-            "resumed": !fresh,
-        }))
+        Ok(RescueStarted {
+            uuid: call.uuid,
+            facts: facts.clone().into(),
+            redirection: redirection.into(),
+            resumed: !fresh,
+        })
     }
     .await;
     let detail = format!("found {} {:?}", facts.boot.summary(), facts.redirection);
@@ -605,10 +754,8 @@ pub(super) async fn rescue_start(call: Call, body: Result<Json<AccountBody>, Jso
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = RescueBootBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "the device boots the IDE-R image", body = RescueBooted),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
@@ -622,7 +769,7 @@ pub(super) async fn rescue_boot(call: Call, body: Result<Json<RescueBootBody>, J
         amt.arm_one_time_boot().await?;
         let action = if amt.power_state().await? == 2 { PowerAction::Reset } else { PowerAction::On };
         amt.power(action).await?;
-        Ok(json!({ "uuid": call.uuid, "power_action": action.as_str() }))
+        Ok(RescueBooted { uuid: call.uuid, power_action: action.as_str() })
     }
     .await;
     let detail = format!("ider={:?} sol={}", body.ider, body.sol);
@@ -631,7 +778,7 @@ pub(super) async fn rescue_boot(call: Call, body: Result<Json<RescueBootBody>, J
 
 /// Puts back what a rescue found: the boot settings (unless already), and (when asked)
 /// redirection as it was.
-async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Result<Value, AmtError> {
+async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Result<Restored, AmtError> {
     if !found.boot_restored {
         amt.put_boot_settings(&found.boot).await?;
     }
@@ -640,7 +787,7 @@ async fn restore(amt: &mut Amt, found: &Found, disable_redirection: bool) -> Res
     } else {
         None
     };
-    Ok(json!({ "boot": found.boot.summary(), "redirection": redirection }))
+    Ok(Restored { boot: found.boot.summary(), redirection: redirection.map(RedirectionState::from) })
 }
 
 async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
@@ -656,10 +803,8 @@ async fn open_rescue(call: &Call) -> Result<Option<Found>, Response> {
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = FinishBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 409, description = "the transition is refused in this state (`code` says why)", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "finished: what was put back", body = RescueFinished),
+        AmtFailures,
         Refusals,
     ),
     security(("token" = []))
@@ -672,7 +817,9 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
     }
     let found = match open_rescue(&call).await {
         Ok(Some(found)) => found,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no rescue of device {} is open", call.uuid)),
+        Ok(None) => {
+            return error(StatusCode::NOT_FOUND, "no_rescue", format!("no rescue of device {} is open", call.uuid))
+        }
         Err(response) => return response,
     };
     let (mut amt, _) = session!(call, &body.account, false);
@@ -689,8 +836,7 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
         }
     }
     let detail = format!("restore {} disable_redirection={}", found.boot.summary(), body.disable_redirection);
-    call.finish("rescue.finish", detail, result.map(|restored| json!({ "uuid": call.uuid, "restored": restored })))
-        .await
+    call.finish("rescue.finish", detail, result.map(|restored| RescueFinished { uuid: call.uuid, restored })).await
 }
 
 #[utoipa::path(
@@ -701,9 +847,8 @@ pub(super) async fn rescue_finish(call: Call, body: Result<Json<FinishBody>, Jso
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = CloseBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 200, description = "closed: relays stopped, what was put back, and notes on what was not", body = SessionClosedAnswer),
+        (status = 400, description = "the UUID or the body is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -721,7 +866,7 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     let mut notes = Vec::new();
     let restored = match open_rescue(&call).await {
         Err(response) => return response,
-        Ok(None) => Value::Null,
+        Ok(None) => None,
         Ok(Some(found)) => {
             let attempt = async {
                 let credentials = call.credentials(&body.account).await.map_err(|_| {
@@ -734,15 +879,15 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
                 restore(&mut amt, &found, true).await.map_err(|e| e.to_string())
             };
             match attempt.await {
-                Ok(value) => {
+                Ok(restored) => {
                     if let Err(err) = shared.store.clear_rescue(call.uuid).await {
                         return store_unavailable(err);
                     }
-                    value
+                    Some(restored)
                 }
                 Err(why) => {
                     notes.push(why);
-                    Value::Null
+                    None
                 }
             }
         }
@@ -761,15 +906,15 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     }
     let detail = format!("relays stopped: {relays}; tunnel closed: {}", tunnel.is_some());
     call.audit("session.close", detail, "ok", message.clone()).await;
-    Json(json!({
-        "uuid": call.uuid,
-        "relays_stopped": relays,
-        "restored": restored,
-        "tunnel_closed": tunnel.is_some(),
-        "user_initiated": user_initiated,
-        "message": message,
-        "notes": notes,
-    }))
+    Json(SessionClosedAnswer {
+        uuid: call.uuid,
+        relays_stopped: u64::try_from(relays).unwrap_or(u64::MAX),
+        restored,
+        tunnel_closed: tunnel.is_some(),
+        user_initiated,
+        message,
+        notes,
+    })
     .into_response()
 }
 
@@ -780,7 +925,8 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     summary = "Open the remote session again",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "open", body = SessionOpened),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -794,7 +940,7 @@ pub(super) async fn session_open(call: Call) -> Response {
         Err(err) => return store_unavailable(err),
     };
     call.audit("session.open", String::new(), "ok", None).await;
-    Json(json!({ "uuid": call.uuid, "was_closed": reopened })).into_response()
+    Json(SessionOpened { uuid: call.uuid, was_closed: reopened }).into_response()
 }
 
 /// Forgets what the gateway keeps to reach the device's AMT: the remembered account and the
@@ -806,7 +952,8 @@ pub(super) async fn session_open(call: Call) -> Response {
     summary = "Forget the AMT password the gateway remembered for the device",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "forgotten", body = Forgotten),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -824,12 +971,14 @@ pub(super) async fn forget(call: Call) -> Response {
         return store_unavailable(err);
     }
     call.audit("amt.forget", "account and TLS pin".into(), "ok", None).await;
-    Json(json!({ "uuid": call.uuid, "forgotten": ["account", "tls_pin"] })).into_response()
+    Json(Forgotten { uuid: call.uuid, forgotten: vec!["account", "tls_pin"] }).into_response()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ActionsQuery {
+    /// Actions listed (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -840,8 +989,8 @@ pub(super) struct ActionsQuery {
     summary = "The remote-fix actions taken on the device, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), ActionsQuery),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the actions, newest first", body = Vec<DeviceAction>),
+        (status = 400, description = "the UUID or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -854,10 +1003,14 @@ pub(super) async fn actions(call: Call, query: Result<Query<ActionsQuery>, Query
         return refused;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, format!("the query takes limit=N (1 to {MAX_ACTIONS})"));
+        return bad_query(format!("limit=N (1 to {MAX_ACTIONS})"));
     };
-    match call.api.shared.store.actions_for(uuid, query.limit.unwrap_or(100)).await {
-        Ok(actions) => Json(actions).into_response(),
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_ACTIONS).contains(&limit) {
+        return bad_query(format!("limit=1 to {MAX_ACTIONS}, not {limit}"));
+    }
+    match call.api.shared.store.actions_for(uuid, limit).await {
+        Ok(actions) => Json(actions.into_iter().map(DeviceAction::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }

@@ -18,19 +18,21 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::info;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::admission::Caller;
 use super::amt::{amt_failure, record_action, AccountBody, Call};
 use super::relays::session_closed_refusal;
-use super::{error, store_unavailable, Api};
+use super::schemas::{Adoption, Host, MagicPacket, Scan};
+use super::{bad_query, error, not_a_uuid, store_unavailable, Api, ApiPath, BAD_REQUEST};
 use super::{ErrorBody, Refusals};
 use crate::lan::adopt::{self, AdoptError, AdoptRequest};
 use crate::lan::{scan, wake, LanError, ScanRequest};
@@ -40,17 +42,33 @@ use crate::registry::TunnelKind;
 use crate::store::MAX_LAN_ROWS;
 use crate::wsman::{self, PowerAction};
 
-/// The answer for a LAN tool's refusal.
+/// The answer for a LAN tool's refusal, with its stable code.
 fn lan_failure(err: &LanError) -> Response {
-    let status = match err {
-        LanError::Off | LanError::NotAllowed { .. } => StatusCode::FORBIDDEN,
-        LanError::NoSuchInterface { .. } | LanError::NoAddress(_) => StatusCode::CONFLICT,
-        LanError::CidrOutside { .. } | LanError::TooManyHosts { .. } | LanError::BadCidr(_) => StatusCode::BAD_REQUEST,
-        LanError::NotOnLan(..) => StatusCode::FORBIDDEN,
-        LanError::Busy(..) => StatusCode::CONFLICT,
-        LanError::Raw { .. } | LanError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    let (status, code) = match err {
+        LanError::Off => (StatusCode::FORBIDDEN, "lan_off"),
+        LanError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "interface_not_allowed"),
+        LanError::NoSuchInterface { .. } => (StatusCode::CONFLICT, "no_such_interface"),
+        LanError::NoAddress(_) => (StatusCode::CONFLICT, "no_address"),
+        LanError::CidrOutside { .. } => (StatusCode::BAD_REQUEST, "cidr_outside"),
+        LanError::TooManyHosts { .. } => (StatusCode::BAD_REQUEST, "too_many_hosts"),
+        LanError::BadCidr(_) => (StatusCode::BAD_REQUEST, "bad_cidr"),
+        LanError::NotOnLan(..) => (StatusCode::FORBIDDEN, "not_on_lan"),
+        LanError::Busy(..) => (StatusCode::CONFLICT, "scan_busy"),
+        LanError::Raw { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "raw_socket"),
+        LanError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "lan_io"),
     };
-    error(status, err)
+    error(status, code, err)
+}
+
+/// What to scan.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct ScanBody {
+    /// One of `lan.interfaces`.
+    #[schema(min_length = 1, max_length = 15, example = "eth1")]
+    interface: String,
+    /// Default: the interface's subnet.
+    #[schema(example = "192.168.1.0/24")]
+    cidr: Option<String>,
 }
 
 /// The LAN tools are the gateway's own: operators only ([`Action::ViewLan`], [`Action::UseLan`]).
@@ -67,10 +85,12 @@ macro_rules! lan_allowed {
     path = "/api/v1/lan/scans",
     tag = "lan",
     summary = "Scan a LAN interface for hosts and AMT (operators)",
-    request_body = serde_json::Value,
+    request_body = ScanBody,
     responses(
-        (status = 202, description = "the scan started; its status"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 202, description = "the scan started; its status", body = Scan),
+        (status = 400, description = "the body is not what this endpoint takes, or the range is not one to scan (`bad_cidr`, `cidr_outside`, `too_many_hosts`)", body = ErrorBody),
+        (status = 409, description = "the interface is missing or has no address, or a scan runs (`code` says which)", body = ErrorBody),
+        (status = 500, description = "the gateway cannot open a raw socket (`raw_socket`, `lan_io`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -78,15 +98,15 @@ macro_rules! lan_allowed {
 pub(super) async fn start_scan(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<ScanRequest>, JsonRejection>,
+    body: Result<Json<ScanBody>, JsonRejection>,
 ) -> Response {
     lan_allowed!(caller, api, Action::UseLan, "scanning the LAN");
-    let request = body!(body);
+    let body = body!(body);
+    let request = ScanRequest { interface: body.interface, cidr: body.cidr };
     match scan::start(&api.shared, &request) {
         Ok(scan) => {
             info!(scan = scan.id(), technician = %caller.name, interface = %request.interface, "LAN scan requested");
-            let mut status = json!(scan.status());
-            status["instance"] = json!(api.shared.instance);
+            let status = Scan { instance: Some(api.shared.instance.clone()), ..Scan::from(scan.status()) };
             (StatusCode::ACCEPTED, Json(status)).into_response()
         }
         Err(err) => lan_failure(&err),
@@ -100,8 +120,9 @@ pub(super) async fn start_scan(
     summary = "A recent scan's status and findings (operators)",
     params(("id" = String, Path, description = "the scan id")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the scan", body = Scan),
+        (status = 400, description = "the id is not UTF-8", body = ErrorBody),
+        (status = 404, description = "no such scan on this gateway (`no_such_scan`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -109,14 +130,15 @@ pub(super) async fn start_scan(
 pub(super) async fn show_scan(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Response {
     lan_allowed!(caller, api, Action::ViewLan, "reading a LAN scan");
     let scan = id.parse::<u64>().ok().and_then(|id| api.shared.lan.scan(id));
     match scan {
-        Some(scan) => Json(scan.status()).into_response(),
+        Some(scan) => Json(Scan::from(scan.status())).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
+            "no_such_scan",
             format!("no scan {id} on gateway {} (only its recent scans are kept)", api.shared.instance),
         ),
     }
@@ -125,6 +147,7 @@ pub(super) async fn show_scan(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct HostsQuery {
+    /// The hosts of every gateway's LAN, not only this one's.
     #[serde(default)]
     all: bool,
 }
@@ -136,8 +159,8 @@ pub(super) struct HostsQuery {
     summary = "Hosts the scans found (operators)",
     params(HostsQuery),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the hosts", body = Vec<Host>),
+        (status = 400, description = "the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -149,19 +172,34 @@ pub(super) async fn hosts(
 ) -> Response {
     lan_allowed!(caller, api, Action::ViewLan, "listing LAN hosts");
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "the query takes all=true|false");
+        return bad_query("all=true|false");
     };
     let instance = (!query.all).then_some(api.shared.instance.as_str());
     match api.shared.store.lan_hosts(instance).await {
-        Ok(hosts) => Json(hosts).into_response(),
+        Ok(hosts) => Json(hosts.into_iter().map(Host::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct WakeBody {
+    /// A PC's own (unicast, not zero) address: `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`.
+    #[schema(
+        pattern = r"^(?!00([:-])00\1(00\1){3}00$)[0-9A-Fa-f][02468ACEace]([:-])[0-9A-Fa-f]{2}(\3[0-9A-Fa-f]{2}){4}$",
+        example = "00:16:3e:12:34:56"
+    )]
     mac: String,
+    /// One of `lan.interfaces`.
+    #[schema(min_length = 1, max_length = 15, example = "eth1")]
     interface: String,
+}
+
+/// A magic packet sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MagicAnswer {
+    #[schema(example = "magic_packet")]
+    method: &'static str,
+    magic_packet: MagicPacket,
 }
 
 #[utoipa::path(
@@ -171,8 +209,10 @@ pub(super) struct WakeBody {
     summary = "Send a magic packet to a MAC (operators)",
     request_body = WakeBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "sent", body = MagicAnswer),
+        (status = 400, description = "the body is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "the interface is missing or has no address (`code` says which)", body = ErrorBody),
+        (status = 500, description = "the gateway cannot send raw frames (`raw_socket`, `lan_io`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -185,14 +225,18 @@ pub(super) async fn wake_mac(
     lan_allowed!(caller, api, Action::UseLan, "waking a PC");
     let body = body!(body);
     let mac = match body.mac.parse::<protocols::wol::Mac>() {
-        Ok(mac) => mac,
-        Err(err) => return error(StatusCode::BAD_REQUEST, err),
+        Ok(mac) if mac.is_unicast() => mac,
+        Ok(mac) => {
+            let message = format!("{mac} is not a PC's address (a broadcast, multicast or zero MAC)");
+            return error(StatusCode::BAD_REQUEST, BAD_REQUEST, message);
+        }
+        Err(err) => return error(StatusCode::BAD_REQUEST, BAD_REQUEST, err),
     };
     match wake::magic_packet(&api.shared.config.lan, &body.interface, mac).await {
         Ok(sent) => {
             api.shared.metrics.lan_wake(WakeMethod::MagicPacket);
             info!(technician = %caller.name, %mac, interface = %sent.interface, "magic packet sent");
-            Json(json!({ "method": "magic_packet", "magic_packet": sent })).into_response()
+            Json(MagicAnswer { method: "magic_packet", magic_packet: sent.into() }).into_response()
         }
         Err(err) => lan_failure(&err),
     }
@@ -200,9 +244,36 @@ pub(super) async fn wake_mac(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct DeviceWakeBody {
+    /// Where to send a magic packet if it comes to that (default: where a scan found the PC).
+    #[schema(min_length = 1, max_length = 15)]
     interface: Option<String>,
     #[serde(flatten)]
     account: AccountBody,
+}
+
+/// A PC woken: through AMT (`was`, `power_state`, `power`, `changed`), or by a magic packet
+/// (`magic_packet`, and `amt_error` saying why not through AMT).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct WakeAnswer {
+    uuid: Uuid,
+    /// `amt` or `magic_packet`.
+    method: &'static str,
+    /// The power state before, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    was: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = true)]
+    power_state: Option<Option<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = true)]
+    power: Option<Option<&'static str>>,
+    /// Whether it was off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    magic_packet: Option<MagicPacket>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amt_error: Option<String>,
 }
 
 /// AMT's own power-on first: it answers while the PC is off, so what counts is the power state
@@ -216,9 +287,10 @@ pub(super) struct DeviceWakeBody {
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     request_body = DeviceWakeBody,
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "woken through AMT or by a magic packet", body = WakeAnswer),
+        (status = 400, description = "the UUID or the body is not what this endpoint takes", body = ErrorBody),
+        (status = 409, description = "neither AMT nor a magic packet can reach it (`cannot_wake`), or the interface is not usable (`code` says why)", body = ErrorBody),
+        (status = 500, description = "the gateway cannot send raw frames (`raw_socket`, `lan_io`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -247,14 +319,16 @@ pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, J
         Ok((before, after)) => {
             shared.metrics.lan_wake(WakeMethod::Amt);
             let changed = before != wsman::amt::POWER_ON;
-            let answer = json!({
-                "uuid": call.uuid,
-                "method": "amt",
-                "was": wsman::amt::power_state_name(before),
-                "power_state": after,
-                "power": after.map(wsman::amt::power_state_name),
-                "changed": changed,
-            });
+            let answer = WakeAnswer {
+                uuid: call.uuid,
+                method: "amt",
+                was: Some(wsman::amt::power_state_name(before)),
+                power_state: Some(after),
+                power: Some(after.map(wsman::amt::power_state_name)),
+                changed: Some(changed),
+                magic_packet: None,
+                amt_error: None,
+            };
             let detail = format!("wake through AMT (was {})", wsman::amt::power_state_name(before));
             call.audit("power.on", detail, "ok", None).await;
             return Json(answer).into_response();
@@ -276,6 +350,7 @@ pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, J
     let (Some(mac), Some(interface)) = (mac, interface) else {
         return error(
             StatusCode::CONFLICT,
+            "cannot_wake",
             format!(
                 "device {} could not be woken through AMT ({amt_error}), and no MAC address and interface are known \
                  for a magic packet: adopt it after a scan found it, or wake its MAC (`tether lan wake MAC \
@@ -285,15 +360,28 @@ pub(super) async fn wake_device(call: Call, body: Result<Json<DeviceWakeBody>, J
         );
     };
     let Ok(mac) = mac.parse::<protocols::wol::Mac>() else {
-        return error(StatusCode::CONFLICT, format!("the MAC recorded for {} ({mac}) is not valid", call.uuid));
+        return error(
+            StatusCode::CONFLICT,
+            "cannot_wake",
+            format!("the MAC recorded for {} ({mac}) is not valid", call.uuid),
+        );
     };
     match wake::magic_packet(&shared.config.lan, &interface, mac).await {
         Ok(sent) => {
             shared.metrics.lan_wake(WakeMethod::MagicPacket);
             call.audit("power.on", format!("magic packet to {mac} on {interface}"), "ok", Some(amt_error.clone()))
                 .await;
-            Json(json!({ "uuid": call.uuid, "method": "magic_packet", "magic_packet": sent, "amt_error": amt_error }))
-                .into_response()
+            Json(WakeAnswer {
+                uuid: call.uuid,
+                method: "magic_packet",
+                was: None,
+                power_state: None,
+                power: None,
+                changed: None,
+                magic_packet: Some(sent.into()),
+                amt_error: Some(amt_error),
+            })
+            .into_response()
         }
         Err(err) => lan_failure(&err),
     }
@@ -309,16 +397,39 @@ async fn response_text(response: Response) -> String {
         .unwrap_or_else(|| status.to_string())
 }
 
+/// An AMT PC of the LAN to adopt.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct AdoptBody {
+    /// Its IPv4 address on one of `lan.interfaces`.
+    #[schema(format = Ipv4, example = "192.168.1.20")]
+    ip: String,
+    /// Given by hand; otherwise read through WS-MAN with the account below.
+    #[schema(example = "8c4f0e2a-6b1d-4f3e-9a57-2d0c1b7e5f31")]
+    uuid: Option<Uuid>,
+    #[schema(max_length = 32)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<32, _>")]
+    amt_user: Option<String>,
+    #[schema(max_length = 32)]
+    #[serde(default, deserialize_with = "super::input::opt_text::<32, _>")]
+    amt_password: Option<String>,
+    /// Keep the account (sealed) for later AMT calls to this PC.
+    #[serde(default)]
+    remember: bool,
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/lan/devices",
     tag = "lan",
     summary = "Adopt an AMT PC of the LAN as a device (operators)",
-    request_body = serde_json::Value,
+    request_body = AdoptBody,
     responses(
-        (status = 201, description = "adopted"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 502, description = "the device's AMT did not answer as expected", body = ErrorBody),
+        (status = 201, description = "adopted", body = Adoption),
+        (status = 400, description = "the body is not what this endpoint takes, or it needs the AMT account (`amt_password_needed`)", body = ErrorBody),
+        (status = 404, description = "no AMT answers at that address (`not_amt`)", body = ErrorBody),
+        (status = 409, description = "adopted already, or the address is taken (`code` says which)", body = ErrorBody),
+        (status = 502, description = "the device's AMT did not answer as expected (`amt_failed`, `amt_tls`)", body = ErrorBody),
+        (status = 504, description = "the device did not answer in time (`amt_timeout`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -326,14 +437,21 @@ async fn response_text(response: Response) -> String {
 pub(super) async fn adopt_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<AdoptRequest>, JsonRejection>,
+    body: Result<Json<AdoptBody>, JsonRejection>,
 ) -> Response {
     lan_allowed!(caller, api, Action::UseLan, "adopting a LAN PC");
-    let request = body!(body);
+    let body = body!(body);
+    let request = AdoptRequest {
+        ip: body.ip,
+        uuid: body.uuid,
+        amt_user: body.amt_user,
+        amt_password: body.amt_password,
+        remember: body.remember,
+    };
     if request.amt_password.as_ref().is_some_and(|p| p.len() > 32)
         || request.amt_user.as_ref().is_some_and(|u| u.len() > 32)
     {
-        return error(StatusCode::BAD_REQUEST, "AMT user names and passwords are at most 32 bytes");
+        return error(StatusCode::BAD_REQUEST, BAD_REQUEST, "AMT user names and passwords are at most 32 bytes");
     }
     let shared = &api.shared;
     match adopt::adopt(shared, &request, &caller.name).await {
@@ -349,24 +467,38 @@ pub(super) async fn adopt_device(
                 None,
             )
             .await;
-            (StatusCode::CREATED, Json(json!(adopted))).into_response()
+            (StatusCode::CREATED, Json(Adoption::from(adopted))).into_response()
         }
         Err(err) => {
-            let status = match &err {
+            let (status, code) = match &err {
                 AdoptError::Lan(lan) => return lan_failure(lan),
-                AdoptError::BadAddress(_) | AdoptError::NeedAccount => StatusCode::BAD_REQUEST,
-                AdoptError::NotAmt(_) => StatusCode::NOT_FOUND,
+                AdoptError::BadAddress(_) => (StatusCode::BAD_REQUEST, BAD_REQUEST),
+                AdoptError::NeedAccount => (StatusCode::BAD_REQUEST, "amt_password_needed"),
+                AdoptError::NotAmt(_) => (StatusCode::NOT_FOUND, "not_amt"),
                 AdoptError::Amt(amt) => return amt_failure(amt),
-                AdoptError::Tls(_) => StatusCode::BAD_GATEWAY,
-                AdoptError::Adopted { .. } | AdoptError::AddressTaken { .. } => StatusCode::CONFLICT,
+                AdoptError::Tls(_) => (StatusCode::BAD_GATEWAY, "amt_tls"),
+                AdoptError::Adopted { .. } => (StatusCode::CONFLICT, "already_adopted"),
+                AdoptError::AddressTaken { .. } => (StatusCode::CONFLICT, "address_taken"),
                 AdoptError::Store(err) => {
                     tracing::warn!(error = %err, "store failed during an adoption");
-                    StatusCode::INTERNAL_SERVER_ERROR
+                    (StatusCode::INTERNAL_SERVER_ERROR, "store_unavailable")
                 }
             };
-            error(status, err)
+            error(status, code, err)
         }
     }
+}
+
+/// An adopted LAN PC and whether it is reachable.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LanDevice {
+    #[serde(flatten)]
+    adoption: Adoption,
+    /// Reachable here, or adopted by another gateway of the fleet (which reaches it).
+    connected: bool,
+    /// This gateway holds its LAN tunnel.
+    reachable_here: bool,
+    ports: Vec<u16>,
 }
 
 #[utoipa::path(
@@ -375,7 +507,7 @@ pub(super) async fn adopt_device(
     tag = "lan",
     summary = "The adopted LAN PCs (operators)",
     responses(
-        (status = 200, description = "done"),
+        (status = 200, description = "the adopted PCs", body = Vec<LanDevice>),
         Refusals,
     ),
     security(("token" = []))
@@ -385,15 +517,16 @@ pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller):
     let shared = &api.shared;
     match shared.store.lan_devices(None, None, MAX_LAN_ROWS).await {
         Ok(devices) => {
-            let list: Vec<Value> = devices
+            let list: Vec<LanDevice> = devices
                 .into_iter()
                 .map(|device| {
                     let live = shared.registry.get(device.uuid, TunnelKind::Lan);
-                    let mut view = json!(device);
-                    view["connected"] = json!(live.is_some() || device.instance != shared.instance);
-                    view["reachable_here"] = json!(live.is_some());
-                    view["ports"] = json!(live.map(|t| t.ports()).unwrap_or_default());
-                    view
+                    LanDevice {
+                        connected: live.is_some() || device.instance != shared.instance,
+                        reachable_here: live.is_some(),
+                        ports: live.map(|t| t.ports()).unwrap_or_default(),
+                        adoption: device.into(),
+                    }
                 })
                 .collect();
             Json(list).into_response()
@@ -409,9 +542,9 @@ pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller):
     summary = "Forget an adopted LAN PC (operators)",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "forgotten", body = LanForgotten),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
+        (status = 404, description = "the device is not adopted (`not_adopted`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -419,18 +552,25 @@ pub(super) async fn list_devices(State(api): State<Arc<Api>>, Extension(caller):
 pub(super) async fn forget_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<String>,
+    ApiPath(uuid): ApiPath<String>,
 ) -> Response {
     lan_allowed!(caller, api, Action::UseLan, "forgetting a LAN PC");
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+        return not_a_uuid(&uuid);
     };
     match adopt::forget(&api.shared, uuid).await {
         Ok(true) => {
             record_action(&api.shared, &caller, uuid, "lan.forget", String::new(), "ok", None).await;
-            Json(json!({ "uuid": uuid, "forgotten": true })).into_response()
+            Json(LanForgotten { uuid, forgotten: true }).into_response()
         }
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("device {uuid} is not adopted on the LAN")),
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_adopted", format!("device {uuid} is not adopted on the LAN")),
         Err(err) => store_unavailable(err),
     }
+}
+
+/// A LAN PC forgotten.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LanForgotten {
+    uuid: Uuid,
+    forgotten: bool,
 }

@@ -19,9 +19,13 @@
 //! each endpoint to its action), which also checks the token's scope; a refusal is 403 with the
 //! policy's stable `code`. For a relay, the cap on relays per token and device (`relays`). Live
 //! relays end when their token is revoked or expires, or when the policy no longer lets their user
-//! reach the machine (`relays::watch_tokens`). Errors are JSON `{"error": MESSAGE}`; refusals
-//! counted in `tether_api_rejected_total` add `"reason"` (the label), and 429s for rate limits
-//! carry `Retry-After`.
+//! reach the machine (`relays::watch_tokens`). Every error is an [`ErrorBody`], JSON
+//! `{"error": MESSAGE, "code": CODE}` with a stable code (`docs/api.md`), including axum's own
+//! refusals (a path that does not parse: [`ApiPath`]; a method a route does not take; a route
+//! that does not exist); refusals counted in `tether_api_rejected_total` add `"reason"` (the
+//! label), and 429s for rate limits carry `Retry-After`. Successful answers are typed
+//! (`schemas`, and the handlers' own structs), so that `GET /api/openapi.json` (`openapi`)
+//! describes what they are.
 //!
 //! The web portal (`crate::portal`) is merged into the same router, at `/` and `/portal/…`.
 //!
@@ -42,10 +46,12 @@ mod admission;
 mod agents;
 mod amt;
 pub(crate) mod connection;
+mod input;
 mod lan;
 mod openapi;
 mod redirections;
 mod relays;
+mod schemas;
 mod support;
 
 use std::collections::BTreeMap;
@@ -62,7 +68,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -181,6 +187,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/subscribers/{id}/mps-account", post(accounts::mps_account))
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
+        // Before the layer, so that a wrong method, too, is answered only after the token.
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(Arc::clone(&api), admission::require_token))
         .layer(middleware::map_response_with_state(Arc::clone(&api), count_store_failures));
     let portal = crate::portal::router(Arc::clone(&api.portal));
@@ -196,6 +204,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(v1)
         .with_state(api)
         .merge(portal)
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
 }
 
 /// Serves the API over TLS until shutdown, and watches live relays' tokens.
@@ -315,8 +325,11 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
 /// A store failure: logged in full, answered without details (they name the database).
 fn store_unavailable(err: crate::store::StoreError) -> Response {
     warn!(error = %err, "store query failed while answering the API");
-    let mut response =
-        error(StatusCode::INTERNAL_SERVER_ERROR, "the gateway's store is unavailable; see the gateway's log");
+    let mut response = error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_unavailable",
+        "the gateway's store is unavailable; see the gateway's log",
+    );
     response.extensions_mut().insert(StoreFailed);
     response
 }
@@ -332,32 +345,53 @@ async fn count_store_failures(State(api): State<Arc<Api>>, response: Response) -
     response
 }
 
+/// A body that is not JSON, or not the JSON this endpoint takes: 400 `bad_request`.
 fn bad_json(rejection: axum::extract::rejection::JsonRejection) -> Response {
     error(
         StatusCode::BAD_REQUEST,
+        BAD_REQUEST,
         format!("the request body is not what this endpoint takes: {}", rejection.body_text()),
     )
 }
 
-/// Every error answer: what went wrong and what to do, with a stable code.
+/// The code of every answer saying the path, query or body is not what the endpoint takes.
+const BAD_REQUEST: &str = "bad_request";
+
+/// Every error answer: what went wrong and what to do, with a stable code (`docs/api.md`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(super) struct ErrorBody {
     /// A message a person can act on.
     pub error: String,
-    /// A stable code (the policy's, a flow's, or absent for plain protocol errors).
-    pub code: Option<String>,
-    /// The label the refusal is counted under in `tether_api_rejected_total`.
-    pub reason: Option<String>,
+    /// A stable code a program can act on: the policy's, a flow's, or the API's own
+    /// (`docs/api.md` lists them).
+    #[schema(min_length = 1, example = "not_related")]
+    pub code: &'static str,
+    /// The label the refusal is counted under in `tether_api_rejected_total`, when it is counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The AMT step that failed (WS-Management answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<&'static str>,
+}
+
+impl ErrorBody {
+    pub(super) fn new(code: &'static str, message: impl std::fmt::Display) -> ErrorBody {
+        ErrorBody { error: message.to_string(), code, reason: None, step: None }
+    }
+
+    pub(super) fn into_response(self, status: StatusCode) -> Response {
+        (status, Json(self)).into_response()
+    }
 }
 
 /// The refusals every endpoint may answer, for the OpenAPI document (`openapi`).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only described, never built: the handlers answer with `rejection` and `Caller::refusal`.
 pub(super) enum Refusals {
-    /// No token, or not a valid one.
+    /// No token, or not a valid one (`code`: `invalid_token`, `expired_token`).
     #[response(status = 401)]
     Unauthenticated(ErrorBody),
-    /// Refused by the policy (`code` says why).
+    /// Refused by the policy, or the device's session is closed (`code` says why).
     #[response(status = 403)]
     Refused(ErrorBody),
     /// Too many requests from this source or token (see `Retry-After`).
@@ -365,12 +399,13 @@ pub(super) enum Refusals {
     TooMany(ErrorBody),
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
+/// An error answer with its stable `code`.
+fn error(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Response {
+    ErrorBody::new(code, message).into_response(status)
 }
 
-/// A refusal counted in `tether_api_rejected_total`, with its reason in the body; `retry_after`
-/// becomes the `Retry-After` header (whole seconds, at least 1).
+/// A refusal counted in `tether_api_rejected_total`, with its reason in the body (also its
+/// code); `retry_after` becomes the `Retry-After` header (whole seconds, at least 1).
 fn rejection(
     api: &Api,
     status: StatusCode,
@@ -379,12 +414,59 @@ fn rejection(
     message: impl std::fmt::Display,
 ) -> Response {
     api.shared.metrics.api_rejected(reason);
-    let body = Json(json!({ "error": message.to_string(), "reason": reason.as_str() }));
-    let mut response = (status, body).into_response();
+    let body = ErrorBody { reason: Some(reason.as_str()), ..ErrorBody::new(reason.as_str(), message) };
+    let mut response = body.into_response(status);
     if let Some(wait) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(wait)));
     }
     response
+}
+
+/// [`Path`], refused like everything else: a path parameter that does not parse (`/users/abc`)
+/// is 400 `bad_request` with an [`ErrorBody`], not axum's plain text.
+pub(super) struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(bad_path(&rejection)),
+        }
+    }
+}
+
+fn bad_path(rejection: &axum::extract::rejection::PathRejection) -> Response {
+    let status = rejection.status();
+    // A route whose parameters do not fit its handler is the gateway's own bug.
+    let code = if status.is_server_error() { "internal" } else { BAD_REQUEST };
+    error(status, code, format!("the path is not what this endpoint takes: {}", rejection.body_text()))
+}
+
+/// A query that is not what the endpoint takes: 400 `bad_request`, saying what it takes.
+fn bad_query(takes: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, BAD_REQUEST, format!("the query takes {takes}"))
+}
+
+/// A path that names something that is not a UUID.
+fn not_a_uuid(text: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, BAD_REQUEST, format!("{text} is not a UUID"))
+}
+
+/// Any path no route serves: 404 `not_found`, as JSON.
+async fn no_route(uri: axum::http::Uri) -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", format!("nothing is served at {}", uri.path()))
+}
+
+/// A route asked with a method it does not take: 405 `method_not_allowed` (axum adds `Allow`).
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!("{} does not take {method} (the Allow header lists what it takes)", uri.path());
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
 }
 
 /// Whole seconds to wait, rounded up, at least 1.
@@ -396,7 +478,10 @@ fn retry_secs(wait: Duration) -> u64 {
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Devices on the page (default and most: 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The last UUID of the page before (from the `Link` header).
     after: Option<Uuid>,
 }
 
@@ -409,8 +494,10 @@ struct PageQuery {
     summary = "The devices the caller may see, a page at a time",
     params(PageQuery),
     responses(
-        (status = 200, description = "a JSON array of devices; a full page carries a Link header to the next"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the devices, in UUID order; a full page carries a `Link: <…>; rel=\"next\"` header to the next",
+         body = Vec<schemas::DeviceView>,
+         headers(("Link" = String, description = "the next page, when this one is full"))),
+        (status = 400, description = "the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -424,11 +511,11 @@ async fn list_devices(
         return refused;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "the query takes limit=N (1 to 1000) and after=UUID");
+        return bad_query(format!("limit=N (1 to {MAX_PAGE}) and after=UUID"));
     };
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}, not {limit}"));
+        return bad_query(format!("limit=1 to {MAX_PAGE}, not {limit}"));
     }
     let shared = &api.shared;
     let devices = if caller.is_operator() {
@@ -509,8 +596,10 @@ async fn visible_devices(
     summary = "One device",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID")),
     responses(
-        (status = 200, description = "done"),
-        (status = 404, description = "not found", body = ErrorBody),
+        (status = 200, description = "the device, and the gateway holding it in the `X-Tether-Instance` header",
+         body = schemas::DeviceView),
+        (status = 400, description = "the UUID is not one", body = ErrorBody),
+        (status = 404, description = "no device with this UUID ever connected (`no_such_device`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -518,10 +607,10 @@ async fn visible_devices(
 async fn show_device(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<String>,
+    ApiPath(uuid): ApiPath<String>,
 ) -> Response {
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+        return not_a_uuid(&uuid);
     };
     if let Some(refused) = caller.authorize_machine(&api, Action::ViewMachine, uuid, "showing a device").await {
         return refused;
@@ -536,7 +625,11 @@ async fn show_device(
         Err(err) => return store_unavailable(err),
     };
     if record.is_none() && lan.is_none() && shared.registry.any(uuid).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no device {uuid} has ever connected to this gateway"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_such_device",
+            format!("no device {uuid} has ever connected to this gateway"),
+        );
     }
     let held_elsewhere = shared.registry.any(uuid).is_none()
         && (record.as_ref().is_some_and(|r| {

@@ -28,11 +28,18 @@ const UNASSIGNED: Got = D("unassigned_machine");
 const SCOPE: Got = D("scope");
 const SUSPENDED: Got = D("suspended");
 
+/// Whether the policy refused (a 403 with one of its codes); anything else, a 403 of another
+/// kind too (`lan_off`, `session_closed`), is past the policy.
 fn got(status: StatusCode, body: &Value) -> Got {
+    let policy = ["subscription_terminated", "wrong_resource"];
     match (status, body["code"].as_str()) {
         (StatusCode::FORBIDDEN, Some(code)) => {
             let known = ["not_related", "operator_only", "unassigned_machine", "scope", "suspended"];
-            D(known.into_iter().find(|k| *k == code).unwrap_or("other"))
+            match known.into_iter().find(|k| *k == code) {
+                Some(known) => D(known),
+                None if policy.contains(&code) => D("other"),
+                None => A,
+            }
         }
         _ => A,
     }

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::{error, store_unavailable, Api};
+use super::schemas::RedirectionSession;
+use super::{bad_query, not_a_uuid, store_unavailable, Api, ApiPath};
 use super::{ErrorBody, Refusals};
 use crate::policy::Action;
 use crate::store::MAX_REDIRECTIONS;
@@ -26,7 +26,10 @@ const DEFAULT_LIMIT: u32 = 100;
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct RedirectionsQuery {
+    /// Only the sessions open now.
     active: Option<bool>,
+    /// Sessions listed (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -37,8 +40,8 @@ pub(super) struct RedirectionsQuery {
     summary = "The AMT redirection sessions relayed to the device, newest first",
     params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), RedirectionsQuery),
     responses(
-        (status = 200, description = "done"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
+        (status = 200, description = "the sessions, newest first", body = Vec<RedirectionSession>),
+        (status = 400, description = "the UUID or the query is not what this endpoint takes", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -46,25 +49,25 @@ pub(super) struct RedirectionsQuery {
 pub(super) async fn list_redirections(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    Path(uuid): Path<String>,
+    ApiPath(uuid): ApiPath<String>,
     query: Result<Query<RedirectionsQuery>, QueryRejection>,
 ) -> Response {
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+        return not_a_uuid(&uuid);
     };
     let what = "listing redirection sessions";
     if let Some(refused) = caller.authorize_machine(&api, Action::ViewAudit, uuid, what).await {
         return refused;
     }
     let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "the query takes active=true|false and limit=N (1 to 1000)");
+        return bad_query(format!("active=true|false and limit=N (1 to {MAX_REDIRECTIONS})"));
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_REDIRECTIONS).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_REDIRECTIONS}, not {limit}"));
+        return bad_query(format!("limit=1 to {MAX_REDIRECTIONS}, not {limit}"));
     }
     match api.shared.store.redirections_for(uuid, query.active.unwrap_or(false), limit).await {
-        Ok(sessions) => Json(sessions).into_response(),
+        Ok(sessions) => Json(sessions.into_iter().map(RedirectionSession::from).collect::<Vec<_>>()).into_response(),
         Err(err) => store_unavailable(err),
     }
 }

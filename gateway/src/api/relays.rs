@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::admission::Caller;
-use super::{error, rejection, Api, Connection};
+use super::{error, not_a_uuid, rejection, Api, ApiPath, Connection, BAD_REQUEST};
 use super::{ErrorBody, Refusals};
 use crate::fleet::peers::{Peers, INSTANCE_HEADER};
 use crate::metrics::ApiRejection;
@@ -269,12 +269,24 @@ async fn recheck_access(api: &Api) -> Result<(), crate::store::StoreError> {
     path = "/api/v1/devices/{uuid}/tcp/{port}",
     tag = "devices",
     summary = "A WebSocket relay to a port of the device (`tether forward`, `console`, `ider`)",
-    params(("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"), ("port" = u16, Path, description = "the device port")),
+    params(
+        ("uuid" = Uuid, Path, description = "the device's SMBIOS/AMT UUID"),
+        ("port" = u16, Path, description = "the device port", minimum = 0, maximum = 65535),
+        ("Connection" = UpgradeConnection, Header, description = "the WebSocket handshake (RFC 6455)"),
+        ("Upgrade" = UpgradeTo, Header, description = "the WebSocket handshake"),
+        ("Sec-WebSocket-Version" = WebSocketVersion, Header, description = "the WebSocket handshake"),
+        ("Sec-WebSocket-Key" = String, Header, description = "the WebSocket handshake: 16 random bytes in base64",
+         pattern = r"^[A-Za-z0-9+/]{22}==$", example = "dGhlIHNhbXBsZSBub25jZQ=="),
+    ),
     responses(
         (status = 101, description = "switching to the WebSocket relay"),
-        (status = 400, description = "the body or query is not what this endpoint takes", body = ErrorBody),
-        (status = 404, description = "not found", body = ErrorBody),
-        (status = 503, description = "the device is not connected here or the relay caps are reached", body = ErrorBody),
+        (status = 400, description = "the UUID or port is not one, or the request is no WebSocket upgrade (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "the device is not connected (`not_connected`, `tunnel_gone`)", body = ErrorBody),
+        (status = 409, description = "the device does not forward the port (`port_not_forwarded`)", body = ErrorBody),
+        (status = 426, description = "the connection cannot be upgraded (`bad_request`)", body = ErrorBody),
+        (status = 502, description = "the device refused the channel, or the fleet link failed (`device_refused`, `fleet_link`)", body = ErrorBody),
+        (status = 503, description = "the device's tunnel has no room for another channel (`too_many_channels`)", body = ErrorBody),
+        (status = 504, description = "the device did not answer the channel open in time (`timeout`)", body = ErrorBody),
         Refusals,
     ),
     security(("token" = []))
@@ -283,11 +295,11 @@ pub(super) async fn relay_tcp(
     State(api): State<Arc<Api>>,
     Extension(connection): Extension<Connection>,
     Extension(caller): Extension<Caller>,
-    Path((uuid, port)): Path<(String, u16)>,
+    ApiPath((uuid, port)): ApiPath<(String, u16)>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(uuid) = Uuid::parse_str(&uuid) else {
-        return error(StatusCode::BAD_REQUEST, format!("{uuid} is not a UUID"));
+        return not_a_uuid(&uuid);
     };
     let subscriber_id = match api.shared.store.machine(uuid).await {
         Ok(machine) => machine.map(|m| m.subscriber_id),
@@ -299,7 +311,10 @@ pub(super) async fn relay_tcp(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            let message = format!("a relay is a WebSocket: {}", rejection.body_text());
+            return error(rejection.status(), BAD_REQUEST, message);
+        }
     };
     let shared = &api.shared;
     let cap = shared.config.api.max_relays_per_token_per_device;
@@ -355,6 +370,28 @@ pub(super) async fn relay_tcp(
     response
 }
 
+/// The WebSocket handshake's headers, for the OpenAPI document: a relay is a WebSocket, and a
+/// request without them is refused 400 (`bad_request`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only described: axum's `WebSocketUpgrade` reads the headers.
+pub(super) enum UpgradeConnection {
+    Upgrade,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only described, as above.
+pub(super) enum UpgradeTo {
+    #[schema(rename = "websocket")]
+    Websocket,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only described, as above.
+pub(super) enum WebSocketVersion {
+    #[schema(rename = "13")]
+    Thirteen,
+}
+
 /// Appends the audit row of an opened relay: who (the token's user, and the token), which
 /// machine, which port; AMT's redirection ports (SOL, IDE-R) as a console session.
 async fn audit_attach(shared: &Shared, caller: &Caller, uuid: Uuid, subscriber_id: Option<i64>, port: u16, via: &str) {
@@ -387,7 +424,7 @@ pub(super) async fn open_device_stream(
     match shared.registry.any(uuid) {
         Some(tunnel) => match tunnel.open_stream(port, originator, shared.channel_open_timeout()).await {
             Ok(stream) => Ok((stream, shared.instance.clone())),
-            Err(refused) => Err(error(view::open_refused_status(shared, &refused), refused)),
+            Err(refused) => Err(error(view::open_refused_status(shared, &refused), refused_code(&refused), refused)),
         },
         None => {
             let (instance, peers) = elsewhere(shared, uuid).await?;
@@ -395,7 +432,7 @@ pub(super) async fn open_device_stream(
                 Ok(stream) => Ok((stream, instance)),
                 Err(err) => {
                     warn!(%uuid, port, error = ?err, "stream through the fleet link failed");
-                    Err(error(err.status(), err))
+                    Err(link_failure(&err))
                 }
             }
         }
@@ -439,11 +476,35 @@ pub(super) async fn elsewhere(shared: &Shared, uuid: Uuid) -> Result<(String, Pe
         (Some(instance), Some(peers)) if instance != shared.instance => Ok((instance, peers.clone())),
         (Some(instance), None) if instance != shared.instance => Err(error(
             StatusCode::BAD_GATEWAY,
+            "no_fleet_link",
             format!(
                 "device {uuid} is connected to gateway {instance}, and this gateway has no fleet link (set \
                  fleet.internal_listen after `tether fleet init` or `join`); use that gateway's API"
             ),
         )),
-        _ => Err(error(StatusCode::NOT_FOUND, OpenRefused::NotConnected(uuid))),
+        _ => Err(error(StatusCode::NOT_FOUND, "not_connected", OpenRefused::NotConnected(uuid))),
     }
+}
+
+/// The stable code of a refused channel open.
+fn refused_code(refused: &OpenRefused) -> &'static str {
+    match refused {
+        OpenRefused::NotConnected(_) => "not_connected",
+        OpenRefused::PortNotForwarded(_) => "port_not_forwarded",
+        OpenRefused::TooManyChannels => "too_many_channels",
+        OpenRefused::DeviceRefused(_) => "device_refused",
+        OpenRefused::NotAllowed(_) => "not_allowed",
+        OpenRefused::Timeout => "timeout",
+        OpenRefused::TunnelGone => "tunnel_gone",
+    }
+}
+
+/// The answer when the gateway holding a device could not be asked (or refused) over the
+/// fleet link: its own status, `fleet_link` as the code.
+fn link_failure(err: &crate::fleet::peers::LinkError) -> Response {
+    let code = match err {
+        crate::fleet::peers::LinkError::Store(_) => "store_unavailable",
+        _ => "fleet_link",
+    };
+    error(err.status(), code, err)
 }

@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request as HttpRequest};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -46,7 +47,7 @@ pub(super) async fn bed(configure: impl FnOnce(&mut Config)) -> Bed {
 }
 
 impl Bed {
-    async fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
+    pub(super) async fn token(&self, name: &str, scope: TokenScope, expires_at: Option<OffsetDateTime>) -> String {
         let token = auth::new_token();
         self.api.shared.store.create_token(name, &auth::hash_token(&token), scope, expires_at).await.unwrap();
         token
@@ -72,7 +73,7 @@ impl Bed {
         self.send(from, token, HttpRequest::delete(path), Body::empty()).await
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         from: &str,
         token: Option<&str>,
@@ -191,6 +192,25 @@ async fn missing_and_malformed_tokens_are_refused_without_a_lookup() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(bed.counted("tether_store_errors_total{task=\"api\"}"), 1.0);
     assert_eq!(bed.counted("tether_api_rejected_total{reason=\"invalid_token\"}"), 5.0);
+}
+
+/// Only a token that could have been one is charged to the source's failure budget: a client
+/// that forgot its token (or sends something that is no token) is told so, again and again.
+#[tokio::test]
+async fn a_client_without_a_token_is_told_so_not_told_to_wait() {
+    let bed = bed(|_| {}).await;
+    let token = bed.token("alice", TokenScope::Read, None).await;
+    for round in 0..3 * API_FAILURE_BURST {
+        let sent = if round % 2 == 0 { None } else { Some("not-a-token") };
+        let (status, _, body) = bed.get("198.18.0.7", sent, "/api/v1/devices").await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")), "{round}");
+    }
+    assert_eq!(bed.get("198.18.0.7", Some(&token), "/api/v1/devices").await.0, StatusCode::OK);
+    // A well-formed token that fails is still charged.
+    for _ in 0..=API_FAILURE_BURST {
+        bed.get("198.18.0.7", Some(&auth::new_token()), "/api/v1/devices").await;
+    }
+    assert_eq!(bed.get("198.18.0.7", None, "/api/v1/devices").await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
