@@ -22,8 +22,12 @@
 //!   gateway: framing, messages (hello, reports, signed configuration and messages, relayed
 //!   channels, enrollment) and the bytes a signature covers.
 //! - [`telemetry`]: the support parameters an agent reports about its PC, and their wire encoding.
+//! - [`entitlement`]: the maintenance entitlement the root silo writes into a client's
+//!   maintenance certificate (service, tier, serving silo and its location, opaque
+//!   subscriber id, expiry): its strict DER encoding and the certificate URI that carries it.
 
 pub mod apf;
+pub mod entitlement;
 pub mod http_digest;
 pub mod proxy;
 pub mod redir;

@@ -324,6 +324,9 @@ pub enum SignDomain {
     Message,
     /// An [`ActionBody`].
     Action,
+    /// A root silo's list of revoked certificates, as its maintenance silos pull it (the
+    /// gateway's `silo` module; not sent to agents).
+    Revocations,
 }
 
 impl SignDomain {
@@ -333,6 +336,7 @@ impl SignDomain {
             SignDomain::Config => b"tether-config-v1\0",
             SignDomain::Message => b"tether-message-v1\0",
             SignDomain::Action => b"tether-action-v1\0",
+            SignDomain::Revocations => b"tether-revocations-v1\0",
         }
     }
 }
