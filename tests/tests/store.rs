@@ -13,6 +13,9 @@ use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
+    choose_silo, EntitlementChange, NewSilo, SiloClient, SiloError, DEFAULT_TIER, SERVICE_SUPPORT,
+};
+use tether_gateway::store::{
     Acceptance, AccountError, ActionOutcome, AuditAction, ContactState, DevicePage, InstanceRegistration, Location,
     MailState, Migrate, NewAudit, NewMail, NewSubscriber, NewSupportAction, NewSupportMessage, PoolOptions,
     RegisterError, Store, StoreError, SubscriberPii, SubscriptionStatus, TokenScope,
@@ -32,6 +35,10 @@ mod outbox_scenarios;
 /// Support actions and messages, likewise.
 #[path = "../../gateway/src/store/support_scenarios.rs"]
 mod support_scenarios;
+
+/// The silos' tables, likewise.
+#[path = "../../gateway/src/store/silos_scenarios.rs"]
+mod silos_scenarios;
 
 /// One cluster for the whole file; each test gets its own database in it.
 fn cluster() -> &'static Postgres {
@@ -740,5 +747,13 @@ async fn portal_sessions_are_capped_swept_and_totp_steps_spent_once() {
         // A new secret starts afresh.
         store.set_user_totp_secret(user, None).await.unwrap();
         assert!(store.spend_totp_step(user, 50).await.unwrap(), "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn silos_a_root_gives_machines_to_silos_and_a_silo_records_its_clients() {
+    let (_dir, stores) = both("silos").await;
+    for store in &stores {
+        silos_scenarios::a_root_gives_machines_to_silos_and_a_silo_records_its_clients(store).await;
     }
 }

@@ -460,6 +460,46 @@ CREATE TABLE message_deliveries (
 );
 CREATE INDEX message_deliveries_machine ON message_deliveries (uuid, received_at);
 ",
+    // v14: silos (docs/silos.md). A root keeps its maintenance silos, which silo each machine
+    // was given to, and each subscriber's entitlement under an opaque id (the only name of the
+    // subscriber a maintenance silo ever sees); a maintenance silo keeps the clients its
+    // certificates admitted, with that opaque id and no personal data.
+    "
+CREATE TABLE silos (
+    name TEXT PRIMARY KEY,
+    location TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    region TEXT,
+    oem TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE silo_assignments (
+    uuid TEXT PRIMARY KEY,
+    silo TEXT NOT NULL REFERENCES silos (name),
+    assigned_at INTEGER NOT NULL
+);
+CREATE INDEX silo_assignments_silo ON silo_assignments (silo);
+CREATE TABLE entitlements (
+    subscriber_id INTEGER PRIMARY KEY REFERENCES subscribers (id),
+    opaque_id TEXT NOT NULL UNIQUE,
+    service TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    valid_until INTEGER,
+    region TEXT,
+    oem TEXT
+);
+CREATE TABLE silo_clients (
+    uuid TEXT PRIMARY KEY,
+    subscriber TEXT NOT NULL,
+    service TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    entitled_until INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE INDEX silo_clients_subscriber ON silo_clients (subscriber);
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -868,6 +908,43 @@ CREATE TABLE message_deliveries (
     PRIMARY KEY (message_id, uuid)
 );
 CREATE INDEX message_deliveries_machine ON message_deliveries (uuid, received_at);
+",
+    // v12: silos, as SQLite's v14.
+    "
+CREATE TABLE silos (
+    name TEXT COLLATE \"C\" PRIMARY KEY,
+    location TEXT NOT NULL,
+    capacity BIGINT NOT NULL,
+    region TEXT,
+    oem TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE silo_assignments (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    silo TEXT COLLATE \"C\" NOT NULL REFERENCES silos (name),
+    assigned_at BIGINT NOT NULL
+);
+CREATE INDEX silo_assignments_silo ON silo_assignments (silo);
+CREATE TABLE entitlements (
+    subscriber_id BIGINT PRIMARY KEY REFERENCES subscribers (id),
+    opaque_id TEXT NOT NULL UNIQUE,
+    service TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    valid_until BIGINT,
+    region TEXT,
+    oem TEXT
+);
+CREATE TABLE silo_clients (
+    uuid TEXT COLLATE \"C\" PRIMARY KEY,
+    subscriber TEXT NOT NULL,
+    service TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    entitled_until BIGINT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE INDEX silo_clients_subscriber ON silo_clients (subscriber);
 ",
 ];
 

@@ -52,6 +52,9 @@ mod outbox_tests;
 mod redirections;
 mod remote;
 mod sessions;
+mod silos;
+#[cfg(test)]
+mod silos_tests;
 mod sources;
 mod support;
 #[cfg(test)]
@@ -81,6 +84,10 @@ pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, M
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
 pub use sessions::{NewSession, SessionRecord, MAX_SESSIONS_PER_USER};
+pub use silos::{
+    choose as choose_silo, EntitlementChange, EntitlementRecord, NewSilo, SiloClient, SiloError, SiloRecord,
+    DEFAULT_TIER, SERVICE_SUPPORT,
+};
 pub use sources::SourceTunnels;
 pub use support::{
     ActionOutcome, Deliverable, MessageDelivery, NewSupportAction, NewSupportMessage, SupportAction, SupportMessage,

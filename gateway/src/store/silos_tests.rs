@@ -1,0 +1,17 @@
+//! The silos' tables on SQLite: the scenarios of `silos_scenarios.rs` (which `tests/tests/store.rs`
+//! also runs on PostgreSQL).
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::tests::sqlite;
+use super::*;
+
+#[path = "silos_scenarios.rs"]
+mod scenarios;
+
+#[tokio::test]
+async fn a_root_gives_machines_to_silos_and_a_silo_records_its_clients() {
+    let (_dir, store) = sqlite().await;
+    scenarios::a_root_gives_machines_to_silos_and_a_silo_records_its_clients(&store).await;
+}
