@@ -178,7 +178,15 @@ pub async fn enroll_from(
             let _ = std::fs::remove_file(state.path("gateway-ca.pem"));
         }
     }
-    let mut list = vec![gateway.to_string()];
+    // A root's maintenance certificate names the silo that serves this machine: dial it, and
+    // never the root (it serves no agents).
+    let mut list = match silo_location(&cert_der) {
+        Some(location) => {
+            info!(silo = %location, "enrolled through the root; served by the maintenance silo at {location}");
+            vec![location]
+        }
+        None => vec![gateway.to_string()],
+    };
     for other in gateways {
         if !list.contains(&other) {
             list.push(other);
@@ -194,6 +202,18 @@ pub async fn enroll_from(
     let _ = std::fs::remove_file(state.path("config.json"));
     set_mode(&state.path("key.pem"), 0o600)?;
     Ok(enrollment)
+}
+
+/// Where the maintenance silo named by this certificate's entitlement is (`None`: an ordinary
+/// agent certificate, or an entitlement that does not decode).
+fn silo_location(cert_der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert_der).ok()?;
+    let sans = x509.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => protocols::entitlement::Entitlement::from_urn(uri)?.ok().map(|e| e.location),
+        _ => None,
+    })
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {

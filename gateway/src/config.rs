@@ -51,6 +51,7 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub health: crate::health::HealthRules,
     pub webhooks: WebhooksConfig,
+    pub silo: SiloConfig,
 }
 
 impl Default for Config {
@@ -76,7 +77,27 @@ impl Default for Config {
             agents: AgentsConfig::default(),
             health: crate::health::HealthRules::default(),
             webhooks: WebhooksConfig::default(),
+            silo: SiloConfig::default(),
         }
+    }
+}
+
+/// Silos (`docs/silos.md`): the role this gateway plays, and what a maintenance silo serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiloConfig {
+    /// all, root or maintenance (`--role`).
+    pub role: crate::silo::Role,
+    /// (maintenance) The tiers served here; empty: any tier the root grants.
+    pub tiers: Vec<String>,
+    /// (maintenance) How often the root's revocation list is pulled: a revoked client is
+    /// refused, and its session closed, within this.
+    pub revocations_pull_secs: u32,
+}
+
+impl Default for SiloConfig {
+    fn default() -> Self {
+        Self { role: crate::silo::Role::All, tiers: Vec::new(), revocations_pull_secs: 60 }
     }
 }
 
@@ -494,6 +515,7 @@ impl Config {
         at_least("apf.pre_auth_max_message", apf.pre_auth_max_message as u64, 512)?;
         at_least("devices.liveness_timeout_ms", self.devices.liveness_timeout_ms, 100)?;
         at_least("database_pool_size", self.database_pool_size.into(), 1)?;
+        at_least("silo.revocations_pull_secs", self.silo.revocations_pull_secs.into(), 1)?;
         at_least("proxy.header_timeout_ms", self.proxy.header_timeout_ms, 100)?;
         at_least("fleet.heartbeat_interval_secs", self.fleet.heartbeat_interval_secs, 1)?;
         at_least("lan.rate_pps", self.lan.rate_pps.into(), 1)?;

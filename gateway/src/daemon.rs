@@ -43,6 +43,8 @@ pub struct Overrides {
     pub database: Option<String>,
     /// `--record-sol`: keep SOL transcripts (on top of `record_sol` in the file).
     pub record_sol: bool,
+    /// `--role`: the silo role (over `silo.role` in the file).
+    pub role: Option<crate::silo::Role>,
 }
 
 /// Runs the gateway until a signal arrives.
@@ -69,6 +71,9 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         config.database_url = overrides.database;
     }
     config.record_sol |= overrides.record_sol;
+    if let Some(role) = overrides.role {
+        config.silo.role = role;
+    }
     config.validate(Path::new("the command line and environment"))?;
 
     let location = Location::resolve(config.database_url.as_deref(), data_dir)?;
@@ -160,14 +165,24 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     let cira_listener = bind(config.cira_listen, "CIRA").await?;
     let api_listener = bind(config.api_listen, "API").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
-    let agent_keys = Arc::new(
-        tokio::task::spawn_blocking({
-            let dir = data_dir.to_path_buf();
-            move || agents::keys::AgentKeys::load_or_create(&dir)
-        })
-        .await?
-        .context("preparing the agent CA and the signing key")?,
-    );
+    let agent_keys = tokio::task::spawn_blocking({
+        let dir = data_dir.to_path_buf();
+        move || agents::keys::AgentKeys::load_or_create(&dir)
+    })
+    .await?
+    .context("preparing the agent CA and the signing key")?;
+    // A maintenance silo admits the clients of its root's agent CA, and issues no certificate.
+    let (silo, agent_keys) = match config.silo.role {
+        crate::silo::Role::All => (crate::silo::Silo::All, agent_keys),
+        crate::silo::Role::Root => (crate::silo::Silo::Root, agent_keys),
+        crate::silo::Role::Maintenance => {
+            let maintenance = crate::silo::Maintenance::load(data_dir, config.silo.tiers.clone())?;
+            let root_ca = maintenance.bundle.agent_ca()?;
+            info!(silo = %maintenance.name(), root = %maintenance.bundle.root_api, "maintenance silo");
+            (crate::silo::Silo::Maintenance(Arc::new(maintenance)), agent_keys.trusting_root(root_ca))
+        }
+    };
+    let agent_keys = Arc::new(agent_keys);
     let agents = Arc::new(agents::Agents::new(&material, Arc::clone(&agent_keys), &config.agents)?);
     let agent_endpoint = agents::bind(config.agents.listen, agents::server_config(&agents, &config.agents)?)?;
     let addrs = paths::ListenAddrs {
@@ -218,6 +233,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         passwords: PasswordChecker::start(0, PASSWORD_QUEUE, 10_000).context("starting the password checker")?,
         sealer: crate::sealing::Sealer::load_or_create(data_dir).context("loading the key that seals AMT passwords")?,
         agent_keys,
+        silo,
         config,
         store: store.clone(),
         instance,
@@ -265,6 +281,10 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     if let Some((tls, listener)) = link {
         info!(addr = %listener.local_addr()?, "fleet link listening");
         tasks.spawn(fleet::link::serve(listener, tokio_rustls::TlsAcceptor::from(tls.server), Arc::clone(&shared)));
+    }
+    if let crate::silo::Silo::Maintenance(maintenance) = &shared.silo {
+        let every = Duration::from_secs(shared.config.silo.revocations_pull_secs.into());
+        tasks.spawn(crate::silo::pull_revocations(Arc::clone(&shared), Arc::clone(maintenance), every));
     }
     let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared), registration));
     lan::tunnel::start(Arc::clone(&shared)).await.context("starting the LAN tools")?;

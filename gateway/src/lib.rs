@@ -76,6 +76,8 @@ pub mod redirect;
 pub mod registry;
 pub mod relay;
 pub mod sealing;
+pub mod silo;
+pub mod silo_commands;
 pub mod state;
 pub mod store;
 pub mod stream;

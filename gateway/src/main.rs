@@ -172,6 +172,17 @@ enum Command {
         /// Keep SOL transcripts for audit (DATA_DIR/transcripts; also `record_sol = true`).
         #[arg(long)]
         record_sol: bool,
+        /// The silo role (also `silo.role`): all (one gateway or fleet does everything), root
+        /// (registration and personal data; issues maintenance certificates) or maintenance
+        /// (serves the clients its root's certificates name; `tether silo join` first).
+        #[arg(long, value_enum, env = "TETHER_ROLE")]
+        role: Option<tether_gateway::silo::Role>,
+    },
+    /// Silos: a root's maintenance silos and entitlements, a maintenance silo's root and clients
+    /// (`docs/silos.md`).
+    Silo {
+        #[command(subcommand)]
+        action: tether_gateway::silo_commands::SiloAction,
     },
     /// The MPS username and password AMT devices authenticate with.
     MpsCredentials {
@@ -494,7 +505,8 @@ fn run_main() -> Result<()> {
 async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
     let store_args = StoreArgs { config: cli.config.clone(), database: cli.database.clone() };
     match cli.command {
-        Command::Gateway { cira_listen, api_listen, metrics_listen, agent_listen, tls_names, record_sol } => {
+        Command::Silo { action } => tether_gateway::silo_commands::run(action, &store_args, data_dir).await,
+        Command::Gateway { cira_listen, api_listen, metrics_listen, agent_listen, tls_names, record_sol, role } => {
             let overrides = daemon::Overrides {
                 cira: cira_listen,
                 api: api_listen,
@@ -503,6 +515,7 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
                 tls_names,
                 database: store_args.database,
                 record_sol,
+                role,
             };
             daemon::run(data_dir, store_args.config, overrides).await
         }

@@ -89,12 +89,18 @@ impl Pc {
 
     /// `tether-agent enroll`; its output, or its error.
     pub fn enroll(&self, gateway: &Gateway, token: &str) -> Result<String, String> {
+        self.enroll_at(&gateway.agent_addr().to_string(), token, &gateway.ca_path())
+    }
+
+    /// `tether-agent enroll` with gateway `addr`, trusting the server certificates of `ca` (a PEM
+    /// file, possibly of several CAs); its output, or its error.
+    pub fn enroll_at(&self, addr: &str, token: &str, ca: &Path) -> Result<String, String> {
         let output = self
             .agent()
-            .args(["enroll", "--gateway", &gateway.agent_addr().to_string(), "--token", token, "--uuid"])
+            .args(["enroll", "--gateway", addr, "--token", token, "--uuid"])
             .arg(self.uuid.to_string())
             .arg("--ca")
-            .arg(gateway.ca_path())
+            .arg(ca)
             .output()
             .expect("running tether-agent");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use protocols::entitlement::{Entitlement, EntitlementError};
 use protocols::tap::{signed_message, SignDomain};
 use rand::RngCore;
 use rcgen::{
@@ -34,6 +35,10 @@ const CA_LIFETIME: Duration = Duration::days(3650);
 /// Why a certificate request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
+    #[error("this gateway does not issue certificates (a maintenance silo: enroll through the root)")]
+    NotIssuer,
+    #[error("the entitlement cannot be encoded: {0}")]
+    Entitlement(#[from] EntitlementError),
     #[error("the certificate request does not parse or its signature does not verify: {0}")]
     BadRequest(rcgen::Error),
     #[error("signing the certificate: {0}")]
@@ -53,8 +58,11 @@ pub struct Issued {
 
 /// The agent CA and the signing key, loaded.
 pub struct AgentKeys {
+    /// The CA client certificates must chain to: this gateway's agent CA, or on a maintenance
+    /// silo the root's.
     ca_der: CertificateDer<'static>,
-    ca_key: KeyPair,
+    /// Its key, when this gateway issues certificates (not on a maintenance silo).
+    ca_key: Option<KeyPair>,
     signing: Ed25519KeyPair,
 }
 
@@ -117,7 +125,13 @@ impl AgentKeys {
         let pkcs8 = std::fs::read(&signing_path).with_context(|| format!("reading {}", signing_path.display()))?;
         let signing = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 key in PKCS#8: {e}", signing_path.display()))?;
-        Ok(AgentKeys { ca_der, ca_key, signing })
+        Ok(AgentKeys { ca_der, ca_key: Some(ca_key), signing })
+    }
+
+    /// These keys on a maintenance silo: client certificates must chain to the root's agent CA
+    /// (`root_ca`), and this gateway issues none. Its own signing key stays.
+    pub fn trusting_root(self, root_ca: CertificateDer<'static>) -> AgentKeys {
+        AgentKeys { ca_der: root_ca, ca_key: None, signing: self.signing }
     }
 
     /// The agent CA's certificate (client certificates must chain to it).
@@ -142,8 +156,16 @@ impl AgentKeys {
 
     /// Issues a client certificate for machine `uuid` to the key in `csr` (whose signature proves
     /// the requester holds it). Only the key is taken from the request: the name, the UUID and the
-    /// validity are the gateway's.
-    pub fn issue(&self, csr: &[u8], uuid: Uuid, lifetime: Duration) -> Result<Issued, IssueError> {
+    /// validity are the gateway's. A root gives the `entitlement` too (a maintenance
+    /// certificate; the certificate then ends no later than the entitlement).
+    pub fn issue(
+        &self,
+        csr: &[u8],
+        uuid: Uuid,
+        lifetime: Duration,
+        entitlement: Option<&Entitlement>,
+    ) -> Result<Issued, IssueError> {
+        let ca_key = self.ca_key.as_ref().ok_or(IssueError::NotIssuer)?;
         let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
             .map_err(IssueError::BadRequest)?;
         let mut serial = [0u8; 16];
@@ -159,12 +181,18 @@ impl AgentKeys {
         dn.push(DnType::OrganizationName, "Tether agent");
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(format!("urn:uuid:{uuid}").try_into().map_err(IssueError::Sign)?)];
+        params.not_after = now + lifetime;
+        if let Some(entitlement) = entitlement {
+            let urn = entitlement.to_urn()?;
+            params.subject_alt_names.push(SanType::URI(urn.try_into().map_err(IssueError::Sign)?));
+            let until = OffsetDateTime::from_unix_timestamp(entitlement.not_after).unwrap_or(params.not_after);
+            params.not_after = params.not_after.min(until);
+        }
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = now - Duration::minutes(5);
-        params.not_after = now + lifetime;
-        let issuer = Issuer::from_ca_cert_der(&self.ca_der, &self.ca_key).map_err(IssueError::Sign)?;
+        let issuer = Issuer::from_ca_cert_der(&self.ca_der, ca_key).map_err(IssueError::Sign)?;
         let cert = params.signed_by(&request.public_key, &issuer).map_err(IssueError::Sign)?;
         let der = CertificateDer::from(cert.der().to_vec());
         Ok(Issued {
@@ -194,6 +222,18 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
         _ => None,
     })?;
     Some(PeerIdentity { uuid, serial: hex::encode(x509.raw_serial()) })
+}
+
+/// The maintenance entitlement a client certificate carries (`None`: none; an ordinary agent
+/// certificate of an `all` gateway).
+pub fn entitlement(cert: &CertificateDer<'_>) -> Option<Result<Entitlement, EntitlementError>> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let sans = x509.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => Entitlement::from_urn(uri),
+        _ => None,
+    })
 }
 
 fn write_secret(path: &PathBuf, bytes: &[u8], mode: u32) -> Result<()> {
@@ -230,7 +270,7 @@ mod tests {
         let csr = csr_for(&machine);
         // Enough draws that a first byte of zero (1 in 256 before) comes up almost surely.
         for _ in 0..2000 {
-            let issued = keys.issue(&csr, Uuid::new_v4(), Duration::days(1)).unwrap();
+            let issued = keys.issue(&csr, Uuid::new_v4(), Duration::days(1), None).unwrap();
             assert_eq!(peer_identity(&issued.der).unwrap().serial, issued.serial);
         }
     }
@@ -250,7 +290,7 @@ mod tests {
         let keys = AgentKeys::load_or_create(dir.path()).unwrap();
         let machine = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let uuid = Uuid::new_v4();
-        let issued = keys.issue(&csr_for(&machine), uuid, Duration::days(365)).unwrap();
+        let issued = keys.issue(&csr_for(&machine), uuid, Duration::days(365), None).unwrap();
         let identity = peer_identity(&issued.der).unwrap();
         assert_eq!(identity, PeerIdentity { uuid, serial: issued.serial.clone() });
 
@@ -271,8 +311,8 @@ mod tests {
         let mut csr = csr_for(&machine);
         let last = csr.len() - 1;
         csr[last] ^= 0x55;
-        assert!(matches!(keys.issue(&csr, Uuid::new_v4(), Duration::days(1)), Err(IssueError::BadRequest(_))));
-        assert!(keys.issue(b"not a request", Uuid::new_v4(), Duration::days(1)).is_err());
+        assert!(matches!(keys.issue(&csr, Uuid::new_v4(), Duration::days(1), None), Err(IssueError::BadRequest(_))));
+        assert!(keys.issue(b"not a request", Uuid::new_v4(), Duration::days(1), None).is_err());
     }
 
     #[test]

@@ -36,12 +36,16 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::deliver::{self, Resend};
-use super::keys::{peer_identity, AgentKeys};
+use super::keys::{peer_identity, AgentKeys, PeerIdentity};
 use crate::auth;
 use crate::metrics::{CloseReason, TunnelKind};
 use crate::registry::{OpenRefused, OpenRequest, TunnelCommand, TunnelHandle};
+use crate::silo::{Refusal, Silo};
 use crate::state::Shared;
-use crate::store::{AgentHello, AuditAction, CertStanding, NewAgentCert, NewAudit};
+use crate::store::{
+    choose_silo, AgentHello, AuditAction, CertStanding, NewAgentCert, NewAudit, SiloClient, SiloError, SiloRecord,
+};
+use protocols::entitlement::Entitlement;
 
 /// Longest enrollment token accepted (ours are 47 characters).
 const MAX_TOKEN_LEN: usize = 128;
@@ -229,23 +233,8 @@ async fn drive(
                 let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
                 return close(&link, Some(&mut control), ended).await;
             }
-            match shared.store.agent_cert_standing(&identity.serial, uuid).await {
-                Ok(CertStanding::Valid) => {}
-                Ok(CertStanding::Revoked(reason)) => {
-                    info!(%remote, %uuid, %reason, "agent with a revoked certificate refused");
-                    let ended =
-                        Ended::new(CloseCode::Revoked, format!("this machine's certificate was revoked: {reason}"));
-                    return close(&link, Some(&mut control), ended).await;
-                }
-                Ok(CertStanding::Unknown) => {
-                    let ended = Ended::new(CloseCode::Unauthenticated, "this gateway did not issue that certificate");
-                    return close(&link, Some(&mut control), ended).await;
-                }
-                Err(err) => {
-                    warn!(error = %err, "cannot check an agent's certificate");
-                    let ended = Ended::new(CloseCode::Busy, "the gateway cannot check certificates now; try again");
-                    return close(&link, Some(&mut control), ended).await;
-                }
+            if let Err(ended) = admit(&shared, &identity, certs.as_ref().and_then(|c| c.first()), remote).await {
+                return close(&link, Some(&mut control), ended).await;
             }
             let Ok(slot) = held.try_acquire_owned() else {
                 let ended = Ended::new(CloseCode::Busy, "this gateway holds all the agents it may; try another");
@@ -322,6 +311,120 @@ async fn close(link: &Link, control: Option<&mut Control>, ended: Ended) {
     }
 }
 
+/// Whether the agent behind a verified certificate may be served here. An `all` or root gateway
+/// asks its store (it issued the certificate; was it revoked?); a maintenance silo asks the
+/// certificate itself (its entitlement names this silo, a tier served here, a future expiry) and
+/// the root's last revocation list, so that it never needs the root.
+async fn admit(
+    shared: &Shared,
+    identity: &PeerIdentity,
+    cert: Option<&CertificateDer<'static>>,
+    remote: SocketAddr,
+) -> Result<(), Ended> {
+    let uuid = identity.uuid;
+    let maintenance =
+        match &shared.silo {
+            Silo::All => None,
+            Silo::Root => return Err(Ended::new(
+                CloseCode::Refused,
+                "this is the root silo, which serves no agents: connect to the maintenance silo your certificate names",
+            )),
+            Silo::Maintenance(maintenance) => Some(maintenance),
+        };
+    if let Some(maintenance) = maintenance {
+        let Some(cert) = cert else {
+            return Err(Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first"));
+        };
+        let now = OffsetDateTime::now_utc();
+        let admitted = maintenance.admit(cert, uuid, &identity.serial, now).map_err(|refusal| {
+            info!(%remote, %uuid, %refusal, "agent refused by its certificate");
+            let code = if refusal == Refusal::Revoked { CloseCode::Revoked } else { CloseCode::Unauthenticated };
+            Ended::new(code, refusal.to_string())
+        })?;
+        let entitled_until =
+            OffsetDateTime::from_unix_timestamp(admitted.entitlement.not_after).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let client = SiloClient {
+            uuid,
+            subscriber: admitted.entitlement.subscriber,
+            service: admitted.entitlement.service,
+            tier: admitted.entitlement.tier,
+            serial: admitted.serial,
+            entitled_until,
+            first_seen: now,
+            last_seen: now,
+        };
+        return shared.store.silo_client_seen(&client).await.map_err(|err| {
+            warn!(error = %err, "cannot record an admitted client");
+            Ended::new(CloseCode::Busy, "the gateway cannot record the connection now; try again")
+        });
+    }
+    match shared.store.agent_cert_standing(&identity.serial, uuid).await {
+        Ok(CertStanding::Valid) => Ok(()),
+        Ok(CertStanding::Revoked(reason)) => {
+            info!(%remote, %uuid, %reason, "agent with a revoked certificate refused");
+            Err(Ended::new(CloseCode::Revoked, format!("this machine's certificate was revoked: {reason}")))
+        }
+        Ok(CertStanding::Unknown) => {
+            Err(Ended::new(CloseCode::Unauthenticated, "this gateway did not issue that certificate"))
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot check an agent's certificate");
+            Err(Ended::new(CloseCode::Busy, "the gateway cannot check certificates now; try again"))
+        }
+    }
+}
+
+/// On a root: the entitlement a new machine of the token's subscriber gets, naming the silo it
+/// goes to (the one it had, else [`choose_silo`]'s).
+async fn root_entitlement(
+    shared: &Shared,
+    hash: &str,
+    uuid: Uuid,
+    lifetime: time::Duration,
+) -> Result<(Entitlement, SiloRecord), Ended> {
+    let refused = |code: &str, text: String| Ended::new(CloseCode::EnrollRefused, format!("{text} ({code})"));
+    let store_failed = |err: &dyn std::fmt::Display| {
+        warn!(error = %err, "cannot look up the enrollment's entitlement");
+        Ended::new(CloseCode::Busy, "the gateway cannot enroll now; try again")
+    };
+    let subscriber = match shared.store.enrollment_token_subscriber(hash).await {
+        Ok(Some(subscriber)) => subscriber,
+        Ok(None) => return Err(refused("unknown_token", "no such enrollment token, or it was used".into())),
+        Err(err) => return Err(store_failed(&err)),
+    };
+    let entitlement = match shared.store.entitlement(subscriber).await {
+        Ok(entitlement) => entitlement,
+        Err(SiloError::Store(err)) => return Err(store_failed(&err)),
+        Err(err) => return Err(refused(err.code(), err.to_string())),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut until = now + lifetime;
+    if let Some(end) = entitlement.valid_until {
+        if end <= now {
+            return Err(refused("entitlement_expired", "the subscriber's entitlement has ended".into()));
+        }
+        until = until.min(end);
+    }
+    let silo = match shared.store.assigned_silo(uuid).await {
+        Ok(Some(silo)) => silo,
+        Ok(None) => match shared.store.silos().await {
+            Ok(silos) => choose_silo(&silos, &entitlement)
+                .ok_or_else(|| refused(SiloError::NoRoom.code(), SiloError::NoRoom.to_string()))?,
+            Err(err) => return Err(store_failed(&err)),
+        },
+        Err(err) => return Err(store_failed(&err)),
+    };
+    let granted = Entitlement {
+        service: entitlement.service,
+        tier: entitlement.tier,
+        silo: silo.name.clone(),
+        location: silo.location.clone(),
+        subscriber: entitlement.opaque_id,
+        not_after: until.unix_timestamp(),
+    };
+    Ok((granted, silo))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn enroll(
     shared: &Shared,
@@ -337,7 +440,18 @@ async fn enroll(
         return Ended::new(CloseCode::EnrollRefused, "the enrollment token or UUID is malformed");
     }
     let lifetime = time::Duration::days(shared.config.agents.cert_valid_days.into());
-    let issued = match keys.issue(csr, uuid, lifetime) {
+    let hash = auth::hash_token(token);
+    let (entitlement, silo) = match &shared.silo {
+        Silo::Maintenance(_) => {
+            return Ended::new(CloseCode::EnrollRefused, "this is a maintenance silo: enroll through the root silo")
+        }
+        Silo::All => (None, None),
+        Silo::Root => match root_entitlement(shared, &hash, uuid, lifetime).await {
+            Ok((entitlement, silo)) => (Some(entitlement), Some(silo)),
+            Err(ended) => return ended,
+        },
+    };
+    let issued = match keys.issue(csr, uuid, lifetime, entitlement.as_ref()) {
         Ok(issued) => issued,
         Err(err) => return Ended::new(CloseCode::EnrollRefused, err.to_string()),
     };
@@ -360,7 +474,7 @@ async fn enroll(
         instance_id: shared.instance.clone(),
         now,
     };
-    let redeemed = match shared.store.redeem_enrollment_token(&auth::hash_token(token), uuid, &cert, &hello).await {
+    let redeemed = match shared.store.redeem_enrollment_token(&hash, uuid, &cert, &hello).await {
         Ok(redeemed) => redeemed,
         Err(err) => {
             info!(%remote, %uuid, error = %err, "agent enrollment refused");
@@ -378,12 +492,22 @@ async fn enroll(
     if let Err(err) = shared.store.append_audit(&audit).await {
         warn!(error = %err, "cannot audit an agent's enrollment");
     }
-    info!(%remote, %uuid, subscriber = redeemed.subscriber_id, new_machine = redeemed.new_machine, "agent enrolled");
+    let gateways = match &silo {
+        // The silo's location leads; the agent needs no other (the root serves no agents).
+        Some(silo) => {
+            if let Err(err) = shared.store.assign_silo(uuid, &silo.name, now).await {
+                warn!(error = %err, %uuid, silo = %silo.name, "cannot record the machine's silo");
+            }
+            vec![silo.location.clone()]
+        }
+        None => shared.config.agents.advertise.clone(),
+    };
+    info!(%remote, %uuid, subscriber = redeemed.subscriber_id, new_machine = redeemed.new_machine, silo = silo.as_ref().map(|s| s.name.as_str()), "agent enrolled");
     let reply = Message::Enrolled {
         cert_der: issued.der.to_vec().into(),
         ca_der: keys.ca().to_vec().into(),
         signing_key: keys.signing_public(),
-        gateways: shared.config.agents.advertise.clone(),
+        gateways,
     };
     match control.write(&reply).await {
         Ok(()) => Ended::new(CloseCode::Normal, "enrolled"),

@@ -104,6 +104,8 @@ pub struct Api {
     clock: crate::flows::Clock,
     /// The web portal on the same port (`crate::portal`).
     portal: Arc<crate::portal::Portal>,
+    /// A root's signed revocation list, made at most once a second whoever asks.
+    revocations: tokio::sync::Mutex<Option<(std::time::Instant, crate::silo::SignedRevocations)>>,
 }
 
 impl Api {
@@ -121,6 +123,7 @@ impl Api {
             public_url: shared.config.mail_public_url(),
             clock: crate::flows::Clock::default(),
             portal: crate::portal::Portal::new(Arc::clone(&shared)),
+            revocations: tokio::sync::Mutex::new(None),
             shared,
         })
     }
@@ -201,6 +204,7 @@ pub fn router(api: Arc<Api>) -> Router {
             }),
         )
         .route("/api/openapi.json", get(openapi::openapi_json))
+        .route(crate::silo::REVOCATIONS_PATH, get(silo_revocations))
         .merge(v1)
         .with_state(api)
         .merge(portal)
@@ -320,6 +324,29 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     if let Err(err) = axum::serve(listener, app).await {
         warn!(error = %err, "metrics listener stopped");
     }
+}
+
+/// A root's revocation list, signed, for its maintenance silos to pull: public (it names only
+/// serials), so without a token; made at most once a second. A maintenance silo has none.
+async fn silo_revocations(State(api): State<Arc<Api>>) -> Response {
+    if api.shared.silo.role() == crate::silo::Role::Maintenance {
+        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo publishes no revocation list");
+    }
+    let mut cached = api.revocations.lock().await;
+    if let Some((at, signed)) = &*cached {
+        if at.elapsed() < Duration::from_secs(1) {
+            return Json(signed.clone()).into_response();
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let serials = match api.shared.store.revoked_agent_serials(now, crate::silo::MAX_REVOKED).await {
+        Ok(serials) => serials,
+        Err(err) => return store_unavailable(err),
+    };
+    let list = crate::silo::RevocationList { issued_at: now.unix_timestamp(), serials };
+    let signed = crate::silo::SignedRevocations::sign(&api.shared.agent_keys, &list);
+    *cached = Some((std::time::Instant::now(), signed.clone()));
+    Json(signed).into_response()
 }
 
 /// A store failure: logged in full, answered without details (they name the database).

@@ -196,6 +196,15 @@ impl Store {
     /// Spends the token hashing to `hash` for machine `uuid`: enrolls the machine for the
     /// token's subscriber (within its limits) and records the certificate issued to it, all or
     /// nothing. A token is spent once, whatever happens next.
+    /// The subscriber an unused enrollment token is for, without spending it (a root needs the
+    /// subscriber's entitlement before it can issue the certificate the redemption stores). The
+    /// redemption checks the token again.
+    pub async fn enrollment_token_subscriber(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+        let stmt =
+            Stmt::new("SELECT subscriber_id FROM enrollment_tokens WHERE hash = $1 AND used_at IS NULL").str(hash);
+        Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten())
+    }
+
     pub async fn redeem_enrollment_token(
         &self,
         hash: &str,
@@ -291,6 +300,17 @@ impl Store {
             Some((None, _)) => CertStanding::Valid,
             Some((Some(_), reason)) => CertStanding::Revoked(reason.unwrap_or_default()),
         })
+    }
+
+    /// The serials of revoked certificates that have not expired yet (a root's revocation list),
+    /// at most `limit`.
+    pub async fn revoked_agent_serials(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<String>, StoreError> {
+        let stmt = Stmt::new(
+            "SELECT serial FROM agent_certs WHERE revoked_at IS NOT NULL AND expires_at > $1 ORDER BY serial LIMIT $2",
+        )
+        .time(now)
+        .int(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.fetch_all(stmt, |r| r.string(0)).await
     }
 
     /// Revokes every certificate of machine `uuid`; how many were standing.

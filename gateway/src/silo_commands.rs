@@ -1,0 +1,199 @@
+//! `tether silo …`: the operator's side of silos (`docs/silos.md`), on the store of the gateway
+//! whose data dir it is given. On a root: register maintenance silos and write the bundle each
+//! joins with, list them, change a subscriber's entitlement. On a maintenance silo: join a root,
+//! list the clients admitted.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use time::OffsetDateTime;
+
+use crate::exit;
+use crate::operator::{open_store, rfc3339, StoreArgs};
+use crate::silo;
+use crate::store::{EntitlementChange, NewSilo, SiloError};
+
+#[derive(Subcommand, Debug)]
+pub enum SiloAction {
+    /// (root) Register a maintenance silo and write the bundle it joins with.
+    Add {
+        /// Its name (a-z, 0-9, '-', '_', '.'), as certificates will name it.
+        name: String,
+        /// Where its agents connect: HOST:PORT of its agent listener.
+        #[arg(long)]
+        location: String,
+        /// Machines it may be given at most.
+        #[arg(long, default_value_t = 10_000)]
+        capacity: u32,
+        /// Its region (machines of subscribers preferring it go there first).
+        #[arg(long)]
+        region: Option<String>,
+        /// The OEM it serves (preferred over the region).
+        #[arg(long)]
+        oem: Option<String>,
+        /// This root's API as the silo reaches it (https://HOST:PORT): revocations are pulled there.
+        #[arg(long)]
+        root_api: String,
+        /// Where to write the bundle (public certificates and keys only).
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// (root) The registered silos, with the machines each was given.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (root) Show or change a subscriber's entitlement (tier, end, preferred region and OEM).
+    Entitle {
+        subscriber_id: i64,
+        #[arg(long)]
+        tier: Option<String>,
+        /// The entitlement ends then (RFC 3339); certificates issued after never outlive it.
+        #[arg(long, conflicts_with = "no_end")]
+        until: Option<String>,
+        /// The entitlement lasts as long as the subscription.
+        #[arg(long)]
+        no_end: bool,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        oem: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (maintenance) Join the root whose bundle this is (`tether silo add` wrote it there).
+    Join { bundle: PathBuf },
+    /// (maintenance) The clients this silo admitted.
+    Clients {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) -> Result<()> {
+    match action {
+        SiloAction::Add { name, location, capacity, region, oem, root_api, bundle } => {
+            silo::check_name(&name).map_err(|e| exit::bad_input(e.to_string()))?;
+            if !root_api.starts_with("https://") {
+                return Err(exit::bad_input(format!("--root-api must be https://HOST:PORT, not {root_api:?}")));
+            }
+            let store = open_store(store_args, data_dir).await?;
+            let new = NewSilo {
+                name: name.clone(),
+                location,
+                capacity: capacity.into(),
+                region,
+                oem,
+                now: OffsetDateTime::now_utc(),
+            };
+            match store.add_silo(&new).await {
+                Err(err @ SiloError::Exists(_)) => return Err(exit::refused(err.to_string())),
+                other => other?,
+            }
+            let record = store.silo(&name).await?.context("the silo just added is not in the store")?;
+            let keys = crate::agents::keys::AgentKeys::load_or_create(data_dir)
+                .context("preparing the root's agent CA and signing key")?;
+            let written = silo::write_bundle(&keys, data_dir, &record, &root_api);
+            std::fs::write(&bundle, serde_json::to_string_pretty(&written)?)
+                .with_context(|| format!("writing {}", bundle.display()))?;
+            println!(
+                "silo {name} registered (capacity {capacity}); on it: `tether silo join {}` then `tether gateway --role \
+                 maintenance`",
+                bundle.display()
+            );
+            Ok(())
+        }
+        SiloAction::List { json } => {
+            let silos = open_store(store_args, data_dir).await?.silos().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&silos)?);
+            } else {
+                println!(
+                    "{:16}  {:28}  {:>9}  {:>8}  {:10}  OEM",
+                    "NAME", "LOCATION", "MACHINES", "CAPACITY", "REGION"
+                );
+                for s in &silos {
+                    println!(
+                        "{:16}  {:28}  {:>9}  {:>8}  {:10}  {}",
+                        s.name,
+                        s.location,
+                        s.assigned,
+                        s.capacity,
+                        s.region.as_deref().unwrap_or("-"),
+                        s.oem.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(())
+        }
+        SiloAction::Entitle { subscriber_id, tier, until, no_end, region, oem, json } => {
+            let valid_until = match (until, no_end) {
+                (Some(text), _) => Some(Some(
+                    OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| exit::bad_input(format!("--until {text:?} is not RFC 3339: {e}")))?,
+                )),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let change = EntitlementChange {
+                tier,
+                valid_until,
+                region: region.map(|r| Some(r).filter(|r| !r.is_empty())),
+                oem: oem.map(|o| Some(o).filter(|o| !o.is_empty())),
+            };
+            let store = open_store(store_args, data_dir).await?;
+            let entitlement = match store.change_entitlement(subscriber_id, &change).await {
+                Err(err @ SiloError::NoSubscriber(_)) => return Err(exit::not_found(err.to_string())),
+                other => other?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entitlement)?);
+            } else {
+                println!(
+                    "subscriber {} ({}): {} {}, until {}, region {}, OEM {}",
+                    entitlement.subscriber_id,
+                    entitlement.opaque_id,
+                    entitlement.service,
+                    entitlement.tier,
+                    entitlement.valid_until.map(rfc3339).unwrap_or_else(|| "the subscription's end".into()),
+                    entitlement.region.as_deref().unwrap_or("-"),
+                    entitlement.oem.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        SiloAction::Join { bundle } => {
+            crate::paths::ensure_data_dir(data_dir)?;
+            let joined = silo::join(data_dir, &bundle).map_err(|e| exit::bad_input(format!("{e:#}")))?;
+            println!(
+                "joined the root at {} as silo {}: start it with `tether gateway --role maintenance` (agents will be \
+                 sent to {})",
+                joined.root_api, joined.silo, joined.location
+            );
+            Ok(())
+        }
+        SiloAction::Clients { json } => {
+            let clients = open_store(store_args, data_dir).await?.silo_clients().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&clients)?);
+            } else {
+                println!("{:36}  {:36}  {:10}  {:20}  LAST SEEN", "UUID", "SUBSCRIBER", "TIER", "ENTITLED UNTIL");
+                for c in &clients {
+                    println!(
+                        "{:36}  {:36}  {:10}  {:20}  {}",
+                        c.uuid,
+                        c.subscriber,
+                        c.tier,
+                        rfc3339(c.entitled_until),
+                        rfc3339(c.last_seen)
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

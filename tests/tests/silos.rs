@@ -1,0 +1,198 @@
+//! Silos end to end, with real `tether` gateways (a root and a maintenance silo, each with its own
+//! SQLite store) and real `tether-agent`s on loopback: a PC enrolls through the root, which gives
+//! it to silo A in a maintenance certificate; A admits it by that certificate alone, with the root
+//! stopped, and stores its reports; A's database holds none of the subscriber's personal data; a
+//! certificate the root revokes is refused by A within one pull of the revocation list. And the
+//! refusals: an expired entitlement, a tier A does not serve, an enrollment at A, a hello at the
+//! root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::agent::{enrollment_token, register_olga, Pc};
+use e2e::api::{runtime, ApiClient};
+use e2e::{operator_in, wait_for, Gateway};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// GET `path` as the gateway's operator; the JSON.
+fn get(gateway: &Gateway, path: &str) -> serde_json::Value {
+    let response = runtime().block_on(ApiClient::new(gateway).get(path, gateway.token())).expect("an API request");
+    assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+    response.json()
+}
+
+/// A UDP port free on loopback now (the silo's agent listener must be known before it starts:
+/// the root tells agents where it is).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port()
+}
+
+/// A root, and a maintenance silo `silo-a` that joined it (its `[silo]` settings `silo_toml`);
+/// (root, silo A, the CA file agents trust: both gateways' TLS CAs).
+struct Silos {
+    root: Gateway,
+    a: Gateway,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn root_and_silo_a(silo_toml: &str) -> Silos {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &["--role", "root"]);
+    let port = free_udp_port();
+    let bundle = dir.path().join("silo-a.json");
+    let added = root.operator(&[
+        "silo",
+        "add",
+        "silo-a",
+        "--location",
+        &format!("127.0.0.1:{port}"),
+        "--capacity",
+        "100",
+        "--region",
+        "eu",
+        "--root-api",
+        &root.api_url(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(added.contains("silo silo-a registered"), "{added}");
+    let config = format!("[agents]\nheartbeat_secs = 5\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
+    let agent_listen = format!("127.0.0.1:{port}");
+    let a = Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
+        let joined = operator_in(data, &["silo", "join", bundle.to_str().unwrap()]);
+        assert!(joined.contains("as silo silo-a"), "{joined}");
+    });
+    let ca = dir.path().join("cas.pem");
+    let both = [root.ca_path(), a.ca_path()].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>();
+    std::fs::write(&ca, both).unwrap();
+    Silos { root, a, ca, _dir: dir }
+}
+
+/// Every row of every table of the SQLite store in `data_dir`, as `sqlite3 .dump` prints it.
+fn dump(data_dir: &Path) -> String {
+    let output = std::process::Command::new("sqlite3")
+        .arg(data_dir.join("tether.db"))
+        .arg(".dump")
+        .output()
+        .expect("running sqlite3 (scripts/install-test-deps.sh installs it)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() {
+    let Silos { mut root, a, ca, _dir } = root_and_silo_a("");
+    let subscriber = register_olga(&root);
+    // Personal data the root keeps and silo A must never see.
+    root.operator_with_stdin(
+        &["user", "add", "pavel", "--email", "pavel.contact@example.org", "--password-stdin"],
+        "pw-pavel-long-enough\n",
+    );
+    let registered = root.operator(&[
+        "subscriber",
+        "register",
+        "--owner",
+        "pavel",
+        "--name",
+        "Pavel Novak Plumbing",
+        "--email",
+        "pavel.contact@example.org",
+        "--phone",
+        "+420 601 234 567",
+        "--max-machines",
+        "10",
+    ]);
+    let pavel = registered.split_whitespace().nth(1).unwrap().to_string();
+
+    let pc = Pc::new();
+    let token = enrollment_token(&root, &pavel);
+    let enrolled = pc.enroll_at(&root.agent_addr().to_string(), &token, &ca).expect("enrollment through the root");
+    assert!(enrolled.contains(&pc.uuid.to_string()), "{enrolled}");
+    let status = pc.status();
+    assert_eq!(status["gateways"], serde_json::json!([a.agent_addr().to_string()]), "sent to silo A only: {status}");
+    let silos = root.operator(&["silo", "list", "--json"]);
+    let silos: serde_json::Value = serde_json::from_str(&silos).unwrap();
+    assert_eq!(silos[0]["assigned"], 1, "{silos}");
+    let _ = subscriber;
+
+    // The root goes away; A admits the PC by its certificate and stores its reports.
+    root.stop();
+    let mut agent = pc.run();
+    wait_for("a report stored on silo A", WAIT, || {
+        get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["latest"].is_object()
+    });
+    let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
+    let client = &clients[0];
+    assert_eq!(client["uuid"], pc.uuid.to_string(), "{clients}");
+    assert_eq!(client["tier"], "standard", "{clients}");
+    assert_eq!(client["service"], "support", "{clients}");
+    let opaque = client["subscriber"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&opaque).is_ok(), "the subscriber is an opaque id: {opaque}");
+    assert_ne!(opaque, pavel, "not the root's own id");
+
+    // Nothing A stored names the subscriber.
+    let a_rows = dump(a.data_dir());
+    for pii in ["Pavel Novak Plumbing", "pavel.contact@example.org", "+420 601 234 567", "pavel", "Olga", "olga@"] {
+        assert!(!a_rows.to_lowercase().contains(&pii.to_lowercase()), "silo A's store holds {pii:?}");
+    }
+    let root_rows = dump(root.data_dir());
+    assert!(root_rows.contains("pavel.contact@example.org"), "the root keeps the personal data");
+    assert!(root_rows.contains(&opaque), "the root knows the opaque id");
+
+    // The root revokes the PC: A refuses it within a pull, and ends its session.
+    root.restart();
+    let revoked = runtime()
+        .block_on(ApiClient::new(&root).post(&format!("/api/v1/devices/{}/agent/revoke", pc.uuid), root.token()))
+        .expect("a request");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    wait_for("silo A to end the revoked PC's session", WAIT, || {
+        get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["connected"] == false
+    });
+    wait_for("the agent to hear it was revoked", WAIT, || agent.stderr().contains("revoked"));
+    // It stays refused, the root stopped again (A keeps the list it pulled).
+    root.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["connected"], false);
+    agent.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn silos_refuse_what_the_certificate_does_not_allow() {
+    let Silos { root, a, ca, _dir } = root_and_silo_a("tiers = [\"standard\"]\n");
+    let olga = register_olga(&root);
+    let root_addr = root.agent_addr().to_string();
+
+    // A tier silo A does not serve.
+    root.operator(&["silo", "entitle", &olga, "--tier", "gold"]);
+    let gold = Pc::new();
+    gold.enroll_at(&root_addr, &enrollment_token(&root, &olga), &ca).expect("enrollment");
+    let mut agent = gold.run();
+    wait_for("silo A to refuse the gold tier", WAIT, || agent.stderr().contains("tier gold is not served"));
+    agent.terminate(Duration::from_secs(10));
+
+    // An entitlement that has ended: the certificate ends with it.
+    let until = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let until = until.format(&time::format_description::well_known::Rfc3339).unwrap();
+    root.operator(&["silo", "entitle", &olga, "--tier", "standard", "--until", &until]);
+    let short = Pc::new();
+    short.enroll_at(&root_addr, &enrollment_token(&root, &olga), &ca).expect("enrollment");
+    std::thread::sleep(Duration::from_secs(5));
+    let mut agent = short.run();
+    wait_for("silo A to refuse the expired certificate", WAIT, || {
+        short.status()["last_error"].as_str().is_some_and(|e| e.to_lowercase().contains("expired"))
+    });
+    agent.terminate(Duration::from_secs(10));
+    let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
+    assert_eq!(clients, serde_json::json!([]), "neither was admitted");
+    // And no new machine once the entitlement has ended.
+    let refused = Pc::new().enroll_at(&root_addr, &enrollment_token(&root, &olga), &ca).expect_err("refused");
+    assert!(refused.contains("entitlement_expired"), "{refused}");
+
+    // Enrolling at a maintenance silo is refused: the root enrolls.
+    root.operator(&["silo", "entitle", &olga, "--no-end"]);
+    let token = enrollment_token(&root, &olga);
+    let refused = Pc::new().enroll_at(&a.agent_addr().to_string(), &token, &ca).expect_err("refused at A");
+    assert!(refused.contains("enroll through the root"), "{refused}");
+}
