@@ -230,7 +230,11 @@ pub async fn message_command(client: &ApiClient, command: MessageCommand) -> Res
                 (None, Some(path)) => read_text(&path, "message")?,
                 (None, None) => return Err(exit::bad_input("give --text TEXT or --file FILE")),
             };
-            let mut request = json!({ "text": text, "expires_in_secs": expires_in });
+            // Left out, not null, when not given: the API takes no null for it.
+            let mut request = json!({ "text": text });
+            if let Some(secs) = expires_in {
+                request["expires_in_secs"] = json!(secs);
+            }
             match (machine, subscriber, all) {
                 (Some(uuid), _, _) => request["machine"] = json!(uuid),
                 (None, Some(id), _) => request["subscriber"] = json!(id),
