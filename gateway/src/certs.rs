@@ -347,7 +347,8 @@ fn verify_chains_to(ca: &CertificateDer<'static>, leaf: &CertificateDer<'_>) -> 
     verifier.verify_server_cert(leaf, &[], &name, &[], UnixTime::now()).map(drop)
 }
 
-fn pem_block(cert: &CertificateDer<'_>) -> String {
+/// A certificate in PEM.
+pub(crate) fn pem_block(cert: &CertificateDer<'_>) -> String {
     use base64::Engine;
     let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");

@@ -87,7 +87,7 @@ impl Default for Config {
 #[serde(default, deny_unknown_fields)]
 pub struct SiloConfig {
     /// all, root or maintenance (`--role`).
-    pub role: crate::silo::Role,
+    pub role: crate::silo::maintenance::Role,
     /// (maintenance) The tiers served here; empty: any tier the root grants.
     pub tiers: Vec<String>,
     /// (maintenance) How often the root's revocation list is pulled: a revoked client is
@@ -97,7 +97,7 @@ pub struct SiloConfig {
 
 impl Default for SiloConfig {
     fn default() -> Self {
-        Self { role: crate::silo::Role::All, tiers: Vec::new(), revocations_pull_secs: 60 }
+        Self { role: crate::silo::maintenance::Role::All, tiers: Vec::new(), revocations_pull_secs: 60 }
     }
 }
 

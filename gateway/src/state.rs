@@ -44,7 +44,7 @@ pub struct Shared {
     /// The agent CA and the Ed25519 key that signs what agents are sent (fleet-wide).
     pub agent_keys: Arc<crate::agents::keys::AgentKeys>,
     /// The silo role, and on a maintenance silo what it joined with (`crate::silo`).
-    pub silo: crate::silo::Silo,
+    pub silo: crate::silo::maintenance::Silo,
     /// The LAN tools: recent scans and the tasks of adopted LAN PCs.
     pub lan: crate::lan::Lan,
     /// Conflicting claims are logged once per UUID per minute.
@@ -144,7 +144,7 @@ impl TestState {
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
             sealer: crate::sealing::Sealer::load_or_create(dir.path()).expect("a sealing key"),
             agent_keys: Arc::new(crate::agents::keys::AgentKeys::load_or_create(dir.path()).expect("agent keys")),
-            silo: crate::silo::Silo::All,
+            silo: crate::silo::maintenance::Silo::All,
             lan: crate::lan::Lan::default(),
             conflicts: LogOnce::new(),
             shutdown,

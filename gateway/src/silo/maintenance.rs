@@ -1,23 +1,10 @@
-//! Silos (`docs/silos.md`): the role this gateway plays in a distributed delivery.
-//!
-//! - **all** (the default): one gateway (or one fleet) does everything, as before.
-//! - **root**: registration, subscribers and their personal data, entitlements, the registry of
-//!   maintenance silos. It enrolls machines, gives each to a maintenance silo and issues it a
-//!   *maintenance certificate*: the machine's own key, certified by the root's agent CA, carrying
-//!   the entitlement (service, tier, the silo, where it is, the subscriber's opaque id, until
-//!   when; [`protocols::entitlement`]). It publishes the serials it revoked, signed.
-//! - **maintenance**: tunnels, telemetry, health, actions. It admits a client by its certificate
-//!   alone (the chain to the root's agent CA, this silo's name, an accepted tier, the expiry, the
-//!   root's last revocation list), so it never needs the root to be up. It keeps no personal data.
-//!
-//! A maintenance silo joins a root with a [`Bundle`] that the root writes (`tether silo add`) and
-//! the silo imports (`tether silo join`): the root's agent CA, its API's TLS CA and its signing
-//! key, all public.
+//! What a silo is made of, without the daemon: the roles, the bundle a maintenance silo joins
+//! its root with, admission by certificate, and the root's signed revocation lists. (The task
+//! that pulls those lists is in `super`; this file needs no gateway state, which holds a [`Silo`].)
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
@@ -26,7 +13,7 @@ use protocols::tap::{signed_message, SignDomain};
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::agents::keys::AgentKeys;
@@ -152,22 +139,10 @@ pub fn write_bundle(keys: &AgentKeys, data_dir: &Path, silo: &crate::store::Silo
         silo: silo.name.clone(),
         location: silo.location.clone(),
         root_api: root_api.to_string(),
-        root_agent_ca: pem("CERTIFICATE", keys.ca()),
+        root_agent_ca: crate::certs::pem_block(keys.ca()),
         root_tls_ca: tls_ca,
         root_signing_key: hex::encode(keys.signing_public()),
     }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// Imports a root's bundle into `data_dir` (maintenance): what `gateway --role maintenance` needs.
@@ -276,7 +251,7 @@ pub struct Maintenance {
     tiers: Vec<String>,
     revoked: RwLock<Revoked>,
     /// The serial each admitted machine connected with, to end its session when the root revokes it.
-    admitted: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
+    pub(super) admitted: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
 
 #[derive(Debug, Default)]
@@ -384,48 +359,6 @@ impl Maintenance {
             Ok(fresh)
         } else {
             bail!("the root served a revocation list older than the one held; kept the newer")
-        }
-    }
-}
-
-/// Pulls the root's revocation list every `every`, closing the live sessions of newly revoked
-/// certificates, until shutdown.
-pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        match maintenance.pull().await {
-            Ok(fresh) => {
-                if !fresh.is_empty() {
-                    info!(count = fresh.len(), "the root revoked certificates; closing their sessions");
-                    close_revoked(&shared, &maintenance);
-                }
-            }
-            Err(err) => {
-                warn!(error = %format!("{err:#}"), "cannot pull the root's revocation list; keeping the last one")
-            }
-        }
-    }
-}
-
-/// Closes every live agent session whose certificate is revoked.
-fn close_revoked(shared: &crate::state::Shared, maintenance: &Maintenance) {
-    let revoked: Vec<Uuid> = match maintenance.admitted.lock() {
-        Ok(mut admitted) => {
-            let uuids = admitted.iter().filter(|(_, serial)| maintenance.is_revoked(serial)).map(|(u, _)| *u).collect();
-            admitted.retain(|_, serial| !maintenance.is_revoked(serial));
-            uuids
-        }
-        Err(_) => Vec::new(),
-    };
-    for uuid in revoked {
-        if let Some(handle) = shared.registry.get(uuid, crate::metrics::TunnelKind::Agent) {
-            handle.close(crate::metrics::CloseReason::AuthFailed);
         }
     }
 }

@@ -1,0 +1,70 @@
+//! Silos (`docs/silos.md`): the role this gateway plays in a distributed delivery.
+//!
+//! - **all** (the default): one gateway (or one fleet) does everything, as before.
+//! - **root**: registration, subscribers and their personal data, entitlements, the registry of
+//!   maintenance silos. It enrolls machines, gives each to a maintenance silo and issues it a
+//!   *maintenance certificate*: the machine's own key, certified by the root's agent CA, carrying
+//!   the entitlement (service, tier, the silo, where it is, the subscriber's opaque id, until
+//!   when; [`protocols::entitlement`]). It publishes the serials it revoked, signed.
+//! - **maintenance**: tunnels, telemetry, health, actions. It admits a client by its certificate
+//!   alone (the chain to the root's agent CA, this silo's name, an accepted tier, the expiry, the
+//!   root's last revocation list), so it never needs the root to be up. It keeps no personal data.
+//!
+//! A maintenance silo joins a root with a [`Bundle`] that the root writes (`tether silo add`) and
+//! the silo imports (`tether silo join`): the root's agent CA, its API's TLS CA and its signing
+//! key, all public.
+
+pub mod maintenance;
+
+pub use maintenance::{
+    check_name, join, joined, write_bundle, Admitted, Bundle, Maintenance, Refusal, RevocationList, Role,
+    SignedRevocations, Silo, MAX_REVOKED, REVOCATIONS_PATH,
+};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Pulls the root's revocation list every `every`, closing the live sessions of newly revoked
+/// certificates, until shutdown.
+pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match maintenance.pull().await {
+            Ok(fresh) => {
+                if !fresh.is_empty() {
+                    info!(count = fresh.len(), "the root revoked certificates; closing their sessions");
+                    close_revoked(&shared, &maintenance);
+                }
+            }
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "cannot pull the root's revocation list; keeping the last one")
+            }
+        }
+    }
+}
+
+/// Closes every live agent session whose certificate is revoked.
+fn close_revoked(shared: &crate::state::Shared, maintenance: &Maintenance) {
+    let revoked: Vec<Uuid> = match maintenance.admitted.lock() {
+        Ok(mut admitted) => {
+            let uuids = admitted.iter().filter(|(_, serial)| maintenance.is_revoked(serial)).map(|(u, _)| *u).collect();
+            admitted.retain(|_, serial| !maintenance.is_revoked(serial));
+            uuids
+        }
+        Err(_) => Vec::new(),
+    };
+    for uuid in revoked {
+        if let Some(handle) = shared.registry.get(uuid, crate::metrics::TunnelKind::Agent) {
+            handle.close(crate::metrics::CloseReason::AuthFailed);
+        }
+    }
+}
