@@ -133,6 +133,7 @@ pub enum MessageType {
     ActionResult = 17,
     MessageState = 18,
     Receipt = 19,
+    SiloKey = 20,
 }
 
 impl MessageType {
@@ -159,6 +160,7 @@ impl MessageType {
             17 => ActionResult,
             18 => MessageState,
             19 => Receipt,
+            20 => SiloKey,
             _ => return None,
         })
     }
@@ -186,6 +188,7 @@ impl MessageType {
             ActionResult => "action_result",
             MessageState => "message_state",
             Receipt => "receipt",
+            SiloKey => "silo_key",
         }
     }
 }
@@ -327,6 +330,8 @@ pub enum SignDomain {
     /// A root silo's list of revoked certificates, as its maintenance silos pull it (the
     /// gateway's `silo` module; not sent to agents).
     Revocations,
+    /// A [`SiloKeyBody`]: the root certifies a maintenance silo's signing key.
+    SiloKey,
 }
 
 impl SignDomain {
@@ -337,6 +342,7 @@ impl SignDomain {
             SignDomain::Message => b"tether-message-v1\0",
             SignDomain::Action => b"tether-action-v1\0",
             SignDomain::Revocations => b"tether-revocations-v1\0",
+            SignDomain::SiloKey => b"tether-silo-key-v1\0",
         }
     }
 }
@@ -388,6 +394,47 @@ impl ConfigBody {
             let (input, keepalive_secs) = be_u32(input, "config.keepalive_secs")?;
             let (input, gateways) = list(input, "config.gateways", MAX_PAYLOAD_TEXT)?;
             Ok((input, ConfigBody { issued_at, heartbeat_secs, keepalive_secs, gateways }))
+        })
+    }
+}
+
+/// The payload of a [`Message::SiloKey`]: the root says that maintenance silo `silo` signs with
+/// `key` until `not_after`.
+///
+/// Layout: silo string (at most [`MAX_PAYLOAD_TEXT`] bytes), key (32 bytes, Ed25519), issued-at
+/// `i64`, not-after `i64` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloKeyBody {
+    pub silo: String,
+    pub key: [u8; SIGNING_KEY_LEN],
+    pub issued_at: i64,
+    /// An agent trusts the key no longer than this.
+    pub not_after: i64,
+}
+
+impl SiloKeyBody {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        put_str(out, &self.silo);
+        out.put_slice(&self.key);
+        out.put_i64(self.issued_at);
+        out.put_i64(self.not_after);
+    }
+
+    /// The number of bytes [`SiloKeyBody::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        str_len(&self.silo) + SIGNING_KEY_LEN + 16
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        parse_whole(payload, "silo key payload", |input| {
+            let (input, silo) = string(input, "silo_key.silo", MAX_PAYLOAD_TEXT)?;
+            let (input, key) = array(input, "silo_key.key")?;
+            let (input, issued_at) = be_i64(input, "silo_key.issued_at")?;
+            let (input, not_after) = be_i64(input, "silo_key.not_after")?;
+            Ok((input, SiloKeyBody { silo, key, issued_at, not_after }))
         })
     }
 }
@@ -692,6 +739,10 @@ pub enum Message {
     /// Gateway → agent: what the agent sent about `id` (an action's result, a message's state) is
     /// durable; the agent stops sending it again. Body: id UUID.
     Receipt { id: Uuid },
+    /// Maintenance silo → agent, before its [`Message::Config`]: the root's certification of the
+    /// key the silo signs its configuration and messages with. Payload: [`SiloKeyBody`], signed
+    /// by the root's key ([`SignDomain::SiloKey`]). Body: as [`Message::Config`].
+    SiloKey(Signed),
 }
 
 /// Why bytes could not be decoded. Every variant is the peer's fault; [`DecodeError::close_code`]
@@ -797,6 +848,10 @@ fn body_of<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<'a,
         T::Config => {
             let (input, signed) = signed(input, "config.payload", "config.signature", limits)?;
             (input, Message::Config(signed))
+        }
+        T::SiloKey => {
+            let (input, signed) = signed(input, "silo_key.payload", "silo_key.signature", limits)?;
+            (input, Message::SiloKey(signed))
         }
         T::Message => {
             let (input, signed) = signed(input, "message.payload", "message.signature", limits)?;
@@ -919,6 +974,7 @@ impl Message {
             Message::ActionResult(_) => T::ActionResult,
             Message::MessageState { .. } => T::MessageState,
             Message::Receipt { .. } => T::Receipt,
+            Message::SiloKey(_) => T::SiloKey,
         }
     }
 
@@ -951,7 +1007,7 @@ impl Message {
                 patch_u32(out, nested_at);
             }
             Message::Ack { seq } => out.put_u64(*seq),
-            Message::Config(signed) | Message::Message(signed) | Message::Action(signed) => {
+            Message::Config(signed) | Message::Message(signed) | Message::Action(signed) | Message::SiloKey(signed) => {
                 put_blob(out, &signed.payload);
                 out.put_slice(&signed.signature);
             }
@@ -1017,9 +1073,10 @@ impl Message {
                 Message::Welcome { .. } => 12,
                 Message::Report { report, .. } => 16 + 4 + report.encoded_len(),
                 Message::Ack { .. } | Message::Ping { .. } | Message::Pong { .. } => 8,
-                Message::Config(signed) | Message::Message(signed) | Message::Action(signed) => {
-                    blob_len(&signed.payload) + SIGNATURE_LEN
-                }
+                Message::Config(signed)
+                | Message::Message(signed)
+                | Message::Action(signed)
+                | Message::SiloKey(signed) => blob_len(&signed.payload) + SIGNATURE_LEN,
                 Message::RemoteHelp { .. } => 1,
                 Message::ChannelOpen { requested_by, .. } => 4 + 2 + str_len(requested_by),
                 Message::ChannelAccept { .. } => 4,

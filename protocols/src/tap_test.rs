@@ -72,6 +72,7 @@ fn samples() -> Vec<Message> {
         Message::Report { seq: 3, taken_at: -1, report: report() },
         Message::Ack { seq: 3 },
         Message::Config(Signed { payload: config.freeze(), signature: [7; 64] }),
+        Message::SiloKey(Signed { payload: Bytes::from_static(b"silo"), signature: [9; 64] }),
         Message::Message(Signed { payload: Bytes::new(), signature: [0; 64] }),
         Message::RemoteHelp { enabled: false },
         Message::ChannelOpen { channel: 9, port: 3389, requested_by: "Ada (tech)".into() },
@@ -263,8 +264,8 @@ fn bad_version_is_an_error_with_one_byte_in() {
 #[test]
 fn unknown_type_is_an_error_with_two_bytes_in() {
     assert_eq!(decode_default(&[1, 0]), Err(DecodeError::UnknownType(0)));
-    assert_eq!(decode_default(&[1, 20]), Err(DecodeError::UnknownType(20)));
-    assert_eq!(DecodeError::UnknownType(20).close_code(), CloseCode::BadMessage);
+    assert_eq!(decode_default(&[1, 21]), Err(DecodeError::UnknownType(21)));
+    assert_eq!(DecodeError::UnknownType(21).close_code(), CloseCode::BadMessage);
     assert_eq!(decode_default(&[]), Ok(None));
     assert_eq!(decode_default(&[1]), Ok(None));
 }
@@ -406,6 +407,21 @@ fn config_body_exact_bytes_and_errors() {
 }
 
 #[test]
+fn silo_key_body_exact_bytes_and_errors() {
+    let body = SiloKeyBody { silo: "a".into(), key: [0x11; 32], issued_at: 2, not_after: 3 };
+    let mut out = BytesMut::new();
+    body.encode(&mut out);
+    let expected = cat(&[&hex("0001"), b"a", &[0x11; 32], &hex("0000000000000002 0000000000000003")]);
+    assert_eq!(out.to_vec(), expected);
+    assert_eq!(out.len(), body.encoded_len());
+    assert_eq!(SiloKeyBody::decode(&out), Ok(body));
+
+    out.put_u8(0);
+    assert_eq!(SiloKeyBody::decode(&out), Err(DecodeError::TrailingBytes { what: "silo key payload", extra: 1 }));
+    assert_eq!(SiloKeyBody::decode(&out[..10]), Err(DecodeError::Truncated { field: "silo_key.key" }));
+}
+
+#[test]
 fn message_body_text_limit() {
     let body = MessageBody {
         id: uuid(),
@@ -529,6 +545,7 @@ fn any_message() -> impl Strategy<Value = Message> {
         }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
         signed().prop_map(Message::Config),
+        signed().prop_map(Message::SiloKey),
         signed().prop_map(Message::Message),
         any::<bool>().prop_map(|enabled| Message::RemoteHelp { enabled }),
         (any::<u32>(), any::<u16>(), short_text()).prop_map(|(channel, port, requested_by)| Message::ChannelOpen {
@@ -639,6 +656,15 @@ proptest! {
         action.encode(&mut out);
         prop_assert_eq!(out.len(), action.encoded_len());
         prop_assert_eq!(ActionBody::decode(&out), Ok(action));
+
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(id.as_bytes());
+        key[16..].copy_from_slice(target.as_bytes());
+        let silo_key = SiloKeyBody { silo: target.to_string(), key, issued_at, not_after: expires_at };
+        let mut out = BytesMut::new();
+        silo_key.encode(&mut out);
+        prop_assert_eq!(out.len(), silo_key.encoded_len());
+        prop_assert_eq!(SiloKeyBody::decode(&out), Ok(silo_key));
     }
 
     #[test]
@@ -648,6 +674,7 @@ proptest! {
         let _ = ConfigBody::decode(&bytes);
         let _ = MessageBody::decode(&bytes);
         let _ = ActionBody::decode(&bytes);
+        let _ = SiloKeyBody::decode(&bytes);
     }
 
     /// Valid headers and small lengths, so that decoding gets into the bodies.
