@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed};
+use protocols::tap::{self, Capabilities, CloseCode, ConfigBody, Message, SignDomain, Signed, SiloKeyBody};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -180,7 +180,7 @@ pub async fn enroll_from(
     }
     // A root's maintenance certificate names the silo that serves this machine: dial it, and
     // never the root (it serves no agents).
-    let mut list = match silo_location(&cert_der) {
+    let mut list = match own_entitlement(&cert_der).map(|e| e.location) {
         Some(location) => {
             info!(silo = %location, "enrolled through the root; served by the maintenance silo at {location}");
             vec![location]
@@ -204,14 +204,33 @@ pub async fn enroll_from(
     Ok(enrollment)
 }
 
-/// Where the maintenance silo named by this certificate's entitlement is (`None`: an ordinary
-/// agent certificate, or an entitlement that does not decode).
-fn silo_location(cert_der: &[u8]) -> Option<String> {
+/// Whether `signed` is the root's (`root_key`) certification of a signing key for the silo that
+/// `cert_der` (this machine's certificate) names, still valid at `now`; the certified key.
+fn check_silo_key(root_key: &[u8], signed: &Signed, cert_der: &[u8], now: i64) -> Result<SiloKeyBody, String> {
+    if !crate::signature::verifies(root_key, SignDomain::SiloKey, signed) {
+        return Err("it is not signed by the root's key pinned at enrollment".into());
+    }
+    let body = SiloKeyBody::decode(&signed.payload).map_err(|e| format!("it does not decode: {e}"))?;
+    let Some(mine) = own_entitlement(cert_der) else {
+        return Err("this machine's certificate names no silo".into());
+    };
+    if body.silo != mine.silo {
+        return Err(format!("it is for silo {}, and this machine is served by {}", body.silo, mine.silo));
+    }
+    if now >= body.not_after {
+        return Err("the root's certification of it has ended".into());
+    }
+    Ok(body)
+}
+
+/// The maintenance entitlement this machine's certificate carries (`None`: an ordinary agent
+/// certificate, or an entitlement that does not decode).
+fn own_entitlement(cert_der: &[u8]) -> Option<protocols::entitlement::Entitlement> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, x509) = X509Certificate::from_der(cert_der).ok()?;
     let sans = x509.subject_alternative_name().ok()??;
     sans.value.general_names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) => protocols::entitlement::Entitlement::from_urn(uri)?.ok().map(|e| e.location),
+        GeneralName::URI(uri) => protocols::entitlement::Entitlement::from_urn(uri)?.ok(),
         _ => None,
     })
 }
@@ -253,6 +272,9 @@ pub struct Agent {
     relay: Relay,
     /// Messages kept since start.
     messages_received: AtomicU64,
+    /// The signing key of the maintenance silo of this session, once the root's certification of
+    /// it checked out ([`Message::SiloKey`]): its configuration verifies with it. Never actions.
+    silo_key: Mutex<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -300,6 +322,7 @@ impl Agent {
             inbox,
             relay,
             messages_received: AtomicU64::new(0),
+            silo_key: Mutex::new(None),
         })
     }
 
@@ -448,8 +471,13 @@ impl Agent {
 
     /// Verifies a signed configuration with the pinned key; `None` (and a warning) if it fails.
     fn verify_config(&self, signed: &Signed) -> Option<ConfigBody> {
-        if !crate::signature::verifies(&self.signing_key, SignDomain::Config, signed) {
-            warn!("the gateway's configuration is not signed by the key pinned at enrollment: keeping the defaults");
+        let silo_key = self.silo_key.lock().ok().and_then(|k| *k);
+        let by_silo = silo_key.is_some_and(|key| crate::signature::verifies(&key, SignDomain::Config, signed));
+        if !by_silo && !crate::signature::verifies(&self.signing_key, SignDomain::Config, signed) {
+            warn!(
+                "the gateway's configuration is signed neither by the key pinned at enrollment nor by a silo key the \
+                 root certified: keeping the defaults"
+            );
             return None;
         }
         match ConfigBody::decode(&signed.payload) {
@@ -461,6 +489,29 @@ impl Agent {
         }
     }
 
+    /// A maintenance silo's [`Message::SiloKey`]: its key is trusted for this session's
+    /// configuration when the root (the key pinned at enrollment) certified it for the silo this
+    /// machine's certificate names, and the certification has not ended.
+    fn on_silo_key(&self, signed: &Signed) {
+        let trusted = self.check_silo_key(signed, time::OffsetDateTime::now_utc().unix_timestamp());
+        match &trusted {
+            Ok(body) => info!(silo = %body.silo, "the silo's signing key is certified by the root"),
+            Err(why) => warn!("refusing the silo's signing key: {why}; its configuration will be refused"),
+        }
+        if let Ok(mut key) = self.silo_key.lock() {
+            *key = trusted.ok().map(|body| body.key);
+        }
+    }
+
+    fn check_silo_key(&self, signed: &Signed, now: i64) -> Result<SiloKeyBody, String> {
+        let cert = std::fs::read(self.state.path("cert.pem")).map_err(|e| format!("reading cert.pem: {e}"))?;
+        let der = rustls_pemfile::certs(&mut cert.as_slice())
+            .next()
+            .and_then(|c| c.ok())
+            .ok_or("cert.pem holds no certificate")?;
+        check_silo_key(&self.signing_key, signed, &der, now)
+    }
+
     /// One session with `gateway`, until it ends or `stop` resolves. The connection is closed
     /// either way, so that the gateway sees the agent go at once, not at its idle timeout.
     async fn session<S: Future<Output = ()> + Unpin>(
@@ -470,6 +521,10 @@ impl Agent {
         work: &mut Work,
         stop: &mut S,
     ) -> Result<SessionEnd> {
+        // A silo key holds for the session that showed it.
+        if let Ok(mut key) = self.silo_key.lock() {
+            *key = None;
+        }
         let saved = self.state.config().ok().flatten();
         let (heartbeat, keepalive) = effective(saved.as_ref());
         let (addr, server_name) = resolve(gateway)?;
@@ -605,6 +660,7 @@ impl Agent {
                             info!(heartbeat_secs = heartbeat, "configuration from the gateway applied (signature verified)");
                         }
                     }
+                    Message::SiloKey(signed) => self.on_silo_key(&signed),
                     Message::Action(signed) => self.on_action(control, &signed, work).await?,
                     Message::Message(signed) => self.on_message(control, &signed).await?,
                     Message::Receipt { id } => self.on_receipt(id),
@@ -664,6 +720,47 @@ mod tests {
         assert_eq!(resolve("127.0.0.1:9").unwrap(), ("127.0.0.1:9".parse().unwrap(), "127.0.0.1".to_string()));
         assert_eq!(resolve("[::1]:9").unwrap(), ("[::1]:9".parse().unwrap(), "::1".to_string()));
         assert!(resolve("127.0.0.1:port").is_err());
+    }
+
+    #[test]
+    fn a_silo_key_counts_only_when_the_root_certified_it_for_this_machines_silo() {
+        use crate::signature::testing;
+        let entitlement = protocols::entitlement::Entitlement {
+            service: "support".into(),
+            tier: "standard".into(),
+            silo: "silo-a".into(),
+            location: "127.0.0.1:4433".into(),
+            subscriber: uuid::Uuid::new_v4().to_string(),
+            not_after: 2_000_000_000,
+        };
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(entitlement.to_urn().unwrap().try_into().unwrap())];
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap().der().to_vec();
+        let root = testing::key();
+        let body = |silo: &str, not_after: i64| {
+            let mut out = bytes::BytesMut::new();
+            SiloKeyBody { silo: silo.into(), key: [5; 32], issued_at: 0, not_after }.encode(&mut out);
+            out.to_vec()
+        };
+        let good = testing::sign(&root, SignDomain::SiloKey, body("silo-a", 100));
+        assert_eq!(check_silo_key(&testing::public(&root), &good, &cert, 99).map(|b| b.key), Ok([5; 32]));
+        // Ended, for another silo, by another key, in another domain, tampered: refused.
+        assert!(check_silo_key(&testing::public(&root), &good, &cert, 100).unwrap_err().contains("ended"));
+        let other_silo = testing::sign(&root, SignDomain::SiloKey, body("silo-b", 100));
+        assert!(check_silo_key(&testing::public(&root), &other_silo, &cert, 99).unwrap_err().contains("silo-b"));
+        let rogue = testing::sign(&testing::key(), SignDomain::SiloKey, body("silo-a", 100));
+        assert!(check_silo_key(&testing::public(&root), &rogue, &cert, 99).is_err());
+        let config_domain = testing::sign(&root, SignDomain::Config, body("silo-a", 100));
+        assert!(check_silo_key(&testing::public(&root), &config_domain, &cert, 99).is_err());
+        let mut tampered = good.clone();
+        let mut payload = tampered.payload.to_vec();
+        payload[10] ^= 1;
+        tampered.payload = payload.into();
+        assert!(check_silo_key(&testing::public(&root), &tampered, &cert, 99).is_err());
+        // A machine whose certificate names no silo trusts no silo key.
+        let plain = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().self_signed(&key).unwrap();
+        assert!(check_silo_key(&testing::public(&root), &good, plain.der(), 99).unwrap_err().contains("names no silo"));
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         crate::silo::Role::Maintenance => {
             let maintenance = crate::silo::Maintenance::load(data_dir, config.silo.tiers.clone())?;
             let root_ca = maintenance.bundle.agent_ca()?;
+            maintenance.bundle.certifies(&agent_keys.signing_public()).context("checking the silo bundle")?;
             info!(silo = %maintenance.name(), root = %maintenance.bundle.root_api, "maintenance silo");
             (crate::silo::Silo::Maintenance(Arc::new(maintenance)), agent_keys.trusting_root(root_ca))
         }

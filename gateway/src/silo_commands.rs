@@ -35,10 +35,20 @@ pub enum SiloAction {
         /// This root's API as the silo reaches it (https://HOST:PORT): revocations are pulled there.
         #[arg(long)]
         root_api: String,
+        /// The silo's signing key (public half, hex), as `tether silo key` prints it there: the
+        /// bundle carries the root's certification of it, so that agents accept what it signs.
+        #[arg(long)]
+        signing_key: String,
+        /// How long that certification holds.
+        #[arg(long, default_value_t = 365)]
+        key_valid_days: u32,
         /// Where to write the bundle (public certificates and keys only).
         #[arg(long)]
         bundle: PathBuf,
     },
+    /// (maintenance) Print this silo's signing key (public half, hex), for `tether silo add
+    /// --signing-key` on the root.
+    Key,
     /// (root) The registered silos, with the machines each was given.
     List {
         /// Print JSON.
@@ -76,8 +86,12 @@ pub enum SiloAction {
 
 pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) -> Result<()> {
     match action {
-        SiloAction::Add { name, location, capacity, region, oem, root_api, bundle } => {
+        SiloAction::Add { name, location, capacity, region, oem, root_api, signing_key, key_valid_days, bundle } => {
             silo::check_name(&name).map_err(|e| exit::bad_input(e.to_string()))?;
+            let silo_key: [u8; 32] = hex::decode(signing_key.trim())
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| exit::bad_input("--signing-key must be 64 hex digits, as `tether silo key` prints"))?;
             if !root_api.starts_with("https://") {
                 return Err(exit::bad_input(format!("--root-api must be https://HOST:PORT, not {root_api:?}")));
             }
@@ -97,7 +111,7 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
             let record = store.silo(&name).await?.context("the silo just added is not in the store")?;
             let keys = crate::agents::keys::AgentKeys::load_or_create(data_dir)
                 .context("preparing the root's agent CA and signing key")?;
-            let written = silo::write_bundle(&keys, data_dir, &record, &root_api);
+            let written = silo::write_bundle(&keys, data_dir, &record, &root_api, silo_key, key_valid_days);
             std::fs::write(&bundle, serde_json::to_string_pretty(&written)?)
                 .with_context(|| format!("writing {}", bundle.display()))?;
             println!(
@@ -164,6 +178,13 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
                     entitlement.oem.as_deref().unwrap_or("-")
                 );
             }
+            Ok(())
+        }
+        SiloAction::Key => {
+            crate::paths::ensure_data_dir(data_dir)?;
+            let keys = crate::agents::keys::AgentKeys::load_or_create(data_dir)
+                .context("preparing this gateway's signing key")?;
+            println!("{}", hex::encode(keys.signing_public()));
             Ok(())
         }
         SiloAction::Join { bundle } => {

@@ -42,10 +42,28 @@ fn root_and_silo_a(silo_toml: &str) -> Silos {
     let root = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &["--role", "root"]);
     let port = free_udp_port();
     let bundle = dir.path().join("silo-a.json");
+    let config = format!("[agents]\nheartbeat_secs = 5\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
+    let agent_listen = format!("127.0.0.1:{port}");
+    let a = Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
+        // The silo's key goes to the root, which certifies it in the bundle the silo joins with.
+        let key = operator_in(data, &["silo", "key"]);
+        add_silo(&root, "silo-a", port, key.trim(), &bundle);
+        let joined = operator_in(data, &["silo", "join", bundle.to_str().unwrap()]);
+        assert!(joined.contains("as silo silo-a"), "{joined}");
+    });
+    let ca = dir.path().join("cas.pem");
+    let both = [root.ca_path(), a.ca_path()].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>();
+    std::fs::write(&ca, both).unwrap();
+    Silos { root, a, ca, _dir: dir }
+}
+
+/// `tether silo add NAME` on `root`: location 127.0.0.1:`port`, region eu, the silo's signing key
+/// `key`; the bundle written to `bundle`.
+fn add_silo(root: &Gateway, name: &str, port: u16, key: &str, bundle: &Path) {
     let added = root.operator(&[
         "silo",
         "add",
-        "silo-a",
+        name,
         "--location",
         &format!("127.0.0.1:{port}"),
         "--capacity",
@@ -54,20 +72,12 @@ fn root_and_silo_a(silo_toml: &str) -> Silos {
         "eu",
         "--root-api",
         &root.api_url(),
+        "--signing-key",
+        key,
         "--bundle",
         bundle.to_str().unwrap(),
     ]);
-    assert!(added.contains("silo silo-a registered"), "{added}");
-    let config = format!("[agents]\nheartbeat_secs = 5\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
-    let agent_listen = format!("127.0.0.1:{port}");
-    let a = Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
-        let joined = operator_in(data, &["silo", "join", bundle.to_str().unwrap()]);
-        assert!(joined.contains("as silo silo-a"), "{joined}");
-    });
-    let ca = dir.path().join("cas.pem");
-    let both = [root.ca_path(), a.ca_path()].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>();
-    std::fs::write(&ca, both).unwrap();
-    Silos { root, a, ca, _dir: dir }
+    assert!(added.contains(&format!("silo {name} registered")), "{added}");
 }
 
 /// Every row of every table of the SQLite store in `data_dir`, as `sqlite3 .dump` prints it.
@@ -123,6 +133,11 @@ fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() 
     wait_for("a report stored on silo A", WAIT, || {
         get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["latest"].is_object()
     });
+    // Its configuration is signed by A's key, which the root certified: the agent takes it.
+    wait_for("the agent to take silo A's configuration", WAIT, || {
+        agent.stderr().contains("configuration from the gateway applied (signature verified)")
+    });
+    assert!(agent.stderr().contains("the silo's signing key is certified by the root"), "{}", agent.tail());
     let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
     let client = &clients[0];
     assert_eq!(client["uuid"], pc.uuid.to_string(), "{clients}");
@@ -195,4 +210,46 @@ fn silos_refuse_what_the_certificate_does_not_allow() {
     let token = enrollment_token(&root, &olga);
     let refused = Pc::new().enroll_at(&a.agent_addr().to_string(), &token, &ca).expect_err("refused at A");
     assert!(refused.contains("enroll through the root"), "{refused}");
+}
+
+#[test]
+fn a_silo_joins_only_with_a_bundle_the_root_signed_for_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Gateway::start(&["--role", "root"]);
+    let silo_dir = tempfile::tempdir().unwrap();
+    let own_key = operator_in(silo_dir.path(), &["silo", "key"]);
+    let join = |bundle: &Path| {
+        let output = std::process::Command::new(e2e::bin("tether"))
+            .arg("--data-dir")
+            .arg(silo_dir.path())
+            .args(["silo", "join"])
+            .arg(bundle)
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // The root certified another key (a silo that lost or swapped its key).
+    let other = dir.path().join("other.json");
+    add_silo(&root, "silo-x", free_udp_port(), &"ab".repeat(32), &other);
+    let (code, err) = join(&other);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("certifies signing key"), "{err}");
+
+    // A bundle whose certification was altered after the root signed it.
+    let good = dir.path().join("good.json");
+    add_silo(&root, "silo-y", free_udp_port(), own_key.trim(), &good);
+    let mut bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
+    let payload = bundle["silo_key"].as_str().unwrap().to_string();
+    let last = if payload.ends_with('0') { '1' } else { '0' };
+    bundle["silo_key"] = format!("{}{last}", &payload[..payload.len() - 1]).into();
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, bundle.to_string()).unwrap();
+    let (code, err) = join(&tampered);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not signed by the root"), "{err}");
+
+    // The bundle as the root wrote it joins.
+    let (code, err) = join(&good);
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -581,6 +581,18 @@ impl Agent<'_> {
         if let Err(ended) = control.write(&welcome).await {
             return ended;
         }
+        // A maintenance silo first shows the root's certification of the key its configuration
+        // is signed with (agents pinned the root's key, not the silo's).
+        if let Silo::Maintenance(maintenance) = &shared.silo {
+            match maintenance.bundle.silo_key_message() {
+                Ok(signed) => {
+                    if let Err(ended) = control.write(&Message::SiloKey(signed)).await {
+                        return ended;
+                    }
+                }
+                Err(err) => warn!(error = %format!("{err:#}"), "the bundle's silo key cannot be sent"),
+            }
+        }
         if let Err(ended) = control.write(&self.signed_config()).await {
             return ended;
         }

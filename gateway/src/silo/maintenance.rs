@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{bail, Context, Result};
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use protocols::entitlement::Entitlement;
-use protocols::tap::{signed_message, SignDomain};
+use protocols::tap::{signed_message, SignDomain, Signed, SiloKeyBody, SIGNATURE_LEN};
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -86,8 +86,13 @@ pub struct Bundle {
     pub root_agent_ca: String,
     /// The CA the root API's TLS certificate chains to (PEM).
     pub root_tls_ca: String,
-    /// The root's Ed25519 signing key, public half (hex): it signs the revocation lists.
+    /// The root's Ed25519 signing key, public half (hex): it signs the revocation lists, and
+    /// agents pinned it at enrollment.
     pub root_signing_key: String,
+    /// The root's certification of the silo's own signing key: a [`SiloKeyBody`] (hex) and the
+    /// root's signature over it (hex). The silo sends it to agents before its configuration.
+    pub silo_key: String,
+    pub silo_key_signature: String,
 }
 
 impl Bundle {
@@ -115,8 +120,61 @@ impl Bundle {
             .next()
             .context("the bundle's root_tls_ca holds no certificate")?
             .context("the bundle's root_tls_ca is not PEM")?;
+        self.silo_key_body()?;
         Ok(())
     }
+
+    /// The root's certification of the silo's key, as agents get it.
+    pub fn silo_key_message(&self) -> Result<Signed> {
+        let payload = hex::decode(&self.silo_key).context("the bundle's silo_key is not hex")?;
+        let signature = hex::decode(&self.silo_key_signature)
+            .ok()
+            .and_then(|s| <[u8; SIGNATURE_LEN]>::try_from(s).ok())
+            .context("the bundle's silo_key_signature is not 64 bytes of hex")?;
+        Ok(Signed { payload: payload.into(), signature })
+    }
+
+    /// The certification, checked: the root signed it, for this silo.
+    fn silo_key_body(&self) -> Result<SiloKeyBody> {
+        let signed = self.silo_key_message()?;
+        UnparsedPublicKey::new(&ED25519, self.signing_key()?)
+            .verify(&signed_message(SignDomain::SiloKey, &signed.payload), &signed.signature)
+            .map_err(|_| anyhow::anyhow!("the bundle's silo key is not signed by the root's key"))?;
+        let body = SiloKeyBody::decode(&signed.payload).context("the bundle's silo key does not decode")?;
+        if body.silo != self.silo {
+            bail!("the bundle certifies a key for silo {}, not {}", body.silo, self.silo);
+        }
+        Ok(body)
+    }
+
+    /// Checks that the certified key is `own` (this silo's signing key, public half).
+    pub fn certifies(&self, own: &[u8; 32]) -> Result<()> {
+        let body = self.silo_key_body()?;
+        if &body.key != own {
+            bail!(
+                "the bundle certifies signing key {}, but this silo's is {}: give the root this silo's key (`tether \
+                 silo key`) and join with the bundle it writes",
+                hex::encode(body.key),
+                hex::encode(own)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The root's certification of silo `silo`'s signing key `key`, valid `days` from now.
+pub fn certify_silo_key(keys: &AgentKeys, silo: &str, key: [u8; 32], days: u32) -> (String, String) {
+    let now = OffsetDateTime::now_utc();
+    let body = SiloKeyBody {
+        silo: silo.to_string(),
+        key,
+        issued_at: now.unix_timestamp(),
+        not_after: (now + time::Duration::days(days.into())).unix_timestamp(),
+    };
+    let mut payload = bytes::BytesMut::new();
+    body.encode(&mut payload);
+    let signature = keys.sign(SignDomain::SiloKey, &payload);
+    (hex::encode(&payload), hex::encode(signature))
 }
 
 /// A silo's name: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or digit.
@@ -131,10 +189,20 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes the bundle for silo `silo` (root).
-pub fn write_bundle(keys: &AgentKeys, data_dir: &Path, silo: &crate::store::SiloRecord, root_api: &str) -> Bundle {
+/// Writes the bundle for silo `silo`, whose signing key is `silo_key` (root).
+pub fn write_bundle(
+    keys: &AgentKeys,
+    data_dir: &Path,
+    silo: &crate::store::SiloRecord,
+    root_api: &str,
+    silo_key: [u8; 32],
+    key_valid_days: u32,
+) -> Bundle {
     let tls_ca = std::fs::read_to_string(data_dir.join("tls/ca.pem")).unwrap_or_default();
+    let (silo_key, silo_key_signature) = certify_silo_key(keys, &silo.name, silo_key, key_valid_days);
     Bundle {
+        silo_key,
+        silo_key_signature,
         version: BUNDLE_VERSION,
         silo: silo.name.clone(),
         location: silo.location.clone(),
@@ -151,6 +219,8 @@ pub fn join(data_dir: &Path, bundle_file: &Path) -> Result<Bundle> {
     let bundle: Bundle =
         serde_json::from_str(&text).with_context(|| format!("{} is not a silo bundle", bundle_file.display()))?;
     bundle.check().with_context(|| format!("{} is not a usable silo bundle", bundle_file.display()))?;
+    let own = AgentKeys::load_or_create(data_dir).context("preparing this silo's signing key")?;
+    bundle.certifies(&own.signing_public())?;
     let dir = data_dir.join("silo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(data_dir.join(ROOT_TLS_CA_FILE), &bundle.root_tls_ca)

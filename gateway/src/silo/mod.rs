@@ -17,8 +17,8 @@
 pub mod maintenance;
 
 pub use maintenance::{
-    check_name, join, joined, write_bundle, Admitted, Bundle, Maintenance, Refusal, RevocationList, Role,
-    SignedRevocations, Silo, MAX_REVOKED, REVOCATIONS_PATH,
+    certify_silo_key, check_name, join, joined, write_bundle, Admitted, Bundle, Maintenance, Refusal, RevocationList,
+    Role, SignedRevocations, Silo, MAX_REVOKED, REVOCATIONS_PATH,
 };
 
 use std::sync::Arc;
