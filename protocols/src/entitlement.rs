@@ -204,12 +204,10 @@ impl Entitlement {
     pub fn from_urn(uri: &str) -> Option<Result<Entitlement, EntitlementError>> {
         use base64::Engine;
         let text = uri.strip_prefix(URN_PREFIX)?;
-        if text.len() > MAX_LEN.div_ceil(3) * 4 {
-            return Some(Err(EntitlementError::TooLong {
-                field: "the URI",
-                len: text.len(),
-                max: MAX_LEN.div_ceil(3) * 4,
-            }));
+        // Base64 of at most MAX_LEN bytes.
+        const MAX_TEXT: usize = MAX_LEN.div_ceil(3) * 4;
+        if text.len() > MAX_TEXT {
+            return Some(Err(EntitlementError::TooLong { field: "the URI", len: text.len(), max: MAX_TEXT }));
         }
         Some(match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text) {
             Ok(der) => Entitlement::decode(&der),

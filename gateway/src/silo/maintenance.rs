@@ -344,10 +344,10 @@ impl Maintenance {
         };
         let path = data_dir.join(REVOCATIONS_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
-            match serde_json::from_str::<SignedRevocations>(&text).map_err(anyhow::Error::from).and_then(|signed| {
-                let list = signed.verify(&maintenance.bundle.signing_key()?)?;
-                Ok(list)
-            }) {
+            let kept = serde_json::from_str::<SignedRevocations>(&text)
+                .map_err(anyhow::Error::from)
+                .and_then(|signed| signed.verify(&maintenance.bundle.signing_key()?));
+            match kept {
                 Ok(list) => {
                     maintenance.install(list);
                 }
@@ -419,8 +419,11 @@ impl Maintenance {
         let signed: SignedRevocations =
             serde_json::from_value(value).context("the root's revocation list is not one")?;
         let list = signed.verify(&self.bundle.signing_key()?)?;
-        let before: HashSet<String> = self.revoked.read().map(|r| r.serials.clone()).unwrap_or_default();
-        let fresh: Vec<String> = list.serials.iter().filter(|s| !before.contains(*s)).cloned().collect();
+        // Compared under the lock, not copied: the list may hold a million serials.
+        let fresh: Vec<String> = match self.revoked.read() {
+            Ok(held) => list.serials.iter().filter(|s| !held.serials.contains(*s)).cloned().collect(),
+            Err(_) => list.serials.clone(),
+        };
         if self.install(list) {
             let path = self.data_dir.join(REVOCATIONS_FILE);
             if let Err(err) = std::fs::write(&path, serde_json::to_string(&signed)?) {

@@ -256,16 +256,20 @@ impl Store {
         now: OffsetDateTime,
         resend: bool,
     ) -> Result<Vec<Deliverable>, StoreError> {
-        let stmt = Stmt::new(if resend {
-            "SELECT id, payload, signature FROM support_actions
-             WHERE uuid = $1 AND state IN ('pending', 'sent') AND expires_at > $2 ORDER BY created_at, id LIMIT $3"
-        } else {
-            "SELECT id, payload, signature FROM support_actions
-             WHERE uuid = $1 AND state = 'pending' AND expires_at > $2 ORDER BY created_at, id LIMIT $3"
-        })
-        .text(uuid.to_string())
-        .time(now)
-        .int(DELIVERY_BATCH);
+        macro_rules! actions {
+            ($state:literal) => {
+                concat!(
+                    "SELECT id, payload, signature FROM support_actions WHERE uuid = $1 AND ",
+                    $state,
+                    " AND expires_at > $2 ORDER BY created_at, id LIMIT $3"
+                )
+            };
+        }
+        let stmt =
+            Stmt::new(if resend { actions!("state IN ('pending', 'sent')") } else { actions!("state = 'pending'") })
+                .text(uuid.to_string())
+                .time(now)
+                .int(DELIVERY_BATCH);
         self.fetch_all(stmt, deliverable).await
     }
 
@@ -388,20 +392,21 @@ impl Store {
         now: OffsetDateTime,
         resend: bool,
     ) -> Result<Vec<Deliverable>, StoreError> {
-        let stmt = Stmt::new(if resend {
-            "SELECT d.message_id, d.payload, d.signature FROM message_deliveries d
-             JOIN support_messages m ON m.id = d.message_id
-             WHERE d.uuid = $1 AND d.received_at IS NULL AND m.expires_at > $2
-             ORDER BY m.created_at, m.id LIMIT $3"
-        } else {
-            "SELECT d.message_id, d.payload, d.signature FROM message_deliveries d
-             JOIN support_messages m ON m.id = d.message_id
-             WHERE d.uuid = $1 AND d.received_at IS NULL AND d.sent_at IS NULL AND m.expires_at > $2
-             ORDER BY m.created_at, m.id LIMIT $3"
-        })
-        .text(uuid.to_string())
-        .time(now)
-        .int(DELIVERY_BATCH);
+        macro_rules! messages {
+            ($unsent:literal) => {
+                concat!(
+                    "SELECT d.message_id, d.payload, d.signature FROM message_deliveries d
+                     JOIN support_messages m ON m.id = d.message_id
+                     WHERE d.uuid = $1 AND d.received_at IS NULL",
+                    $unsent,
+                    " AND m.expires_at > $2 ORDER BY m.created_at, m.id LIMIT $3"
+                )
+            };
+        }
+        let stmt = Stmt::new(if resend { messages!("") } else { messages!(" AND d.sent_at IS NULL") })
+            .text(uuid.to_string())
+            .time(now)
+            .int(DELIVERY_BATCH);
         self.fetch_all(stmt, deliverable).await
     }
 
