@@ -46,12 +46,14 @@ pub(crate) enum LogCommand {
         uuid: Uuid,
         reply: oneshot::Sender<PathBuf>,
     },
-    /// The session ended (in the protocol), or its relay closed: then `last` holds the whole
-    /// session (written if its start was dropped), and the key is forgotten.
+    /// The session ended (in the protocol), or its relay closed (`last`: the key is forgotten).
+    /// `whole` is the session's row, written whole with its end when it has none yet (never
+    /// accepted, or its start was dropped).
     End {
         key: u64,
         end: RedirectionEnd,
-        last: Option<Box<NewRedirection>>,
+        whole: Option<Box<NewRedirection>>,
+        last: bool,
     },
 }
 
@@ -121,23 +123,16 @@ async fn write_log(store: Store, mut rx: mpsc::Receiver<LogCommand>, transcripts
                     report(store.set_redirection_user(*id, &user).await);
                 }
             }
-            LogCommand::End { key, end, last } => {
-                let id = match (ids.get(&key).copied(), last.as_deref()) {
-                    (Some(id), _) => Some(id),
-                    // Its start was dropped: the whole row now.
-                    (None, Some(row)) => match store.start_redirection(row).await {
-                        Ok(id) => Some(id),
-                        Err(err) => {
-                            report(Err(err));
-                            None
-                        }
-                    },
-                    (None, None) => None,
+            LogCommand::End { key, end, whole, last } => {
+                let result = match (ids.get(&key).copied(), whole.as_deref()) {
+                    (Some(id), _) => store.end_redirection(id, &end).await,
+                    (None, Some(row)) => store.record_redirection(row, &end).await.map(|id| {
+                        ids.insert(key, id);
+                    }),
+                    (None, None) => Ok(()),
                 };
-                if let Some(id) = id {
-                    report(store.end_redirection(id, &end).await);
-                }
-                if last.is_some() {
+                report(result);
+                if last {
                     ids.remove(&key);
                 }
             }

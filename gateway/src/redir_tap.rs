@@ -71,6 +71,8 @@ pub enum TapError {
 pub enum TapEvent<'a> {
     /// StartRedirectionSession: the session's kind.
     Started(RedirKind),
+    /// The device accepted the session (StartRedirectionSessionReply with status 0).
+    Accepted,
     /// The stream is not redirection the tap can read (TLS, or another protocol): the tap is off.
     Unparsed,
     /// The AMT username of an AuthenticateSession.
@@ -321,7 +323,8 @@ impl<S: TapSink> Tap<S> {
                     self.sink.event(TapEvent::Started(kind));
                 }
             }
-            T::StartRedirectionSessionReply if status != 0 => self.end(RedirOutcome::RefusedInUse),
+            T::StartRedirectionSessionReply if status == 0 => self.sink.event(TapEvent::Accepted),
+            T::StartRedirectionSessionReply => self.end(RedirOutcome::RefusedInUse),
             T::AuthenticateSession => {
                 if let Some(user) = username(head, &self.limits)? {
                     let user = String::from_utf8_lossy(user);
@@ -400,6 +403,10 @@ pub struct Observer {
     kind: Option<RedirKind>,
     /// Whether the session is counted in `tether_redirection_sessions_active`.
     active: bool,
+    /// A session the device has not accepted yet has no row: a console refused because the
+    /// kind is held must not find itself listed as the holder. Written once accepted, or whole
+    /// when the relay ends.
+    unwritten: bool,
     ended: Option<RedirOutcome>,
     failed: bool,
     to_device: u64,
@@ -431,6 +438,7 @@ impl Observer {
             row,
             kind: None,
             active: false,
+            unwritten: false,
             ended: None,
             failed: false,
             to_device: 0,
@@ -447,8 +455,8 @@ impl Observer {
         }
     }
 
-    /// The session begins: counted and recorded.
-    fn begin(&mut self, kind: RedirKind, outcome: RedirOutcome) {
+    /// The session begins: counted, and recorded now, or once the device accepts it (`defer`).
+    fn begin(&mut self, kind: RedirKind, outcome: RedirOutcome, defer: bool) {
         if self.kind.is_some() {
             return;
         }
@@ -465,7 +473,18 @@ impl Observer {
         self.row.kind = kind.as_str();
         self.row.outcome = outcome;
         self.row.started_at = OffsetDateTime::now_utc();
-        self.send(LogCommand::Start { key: self.key, row: self.row.clone() });
+        self.unwritten = defer;
+        if !defer {
+            self.send(LogCommand::Start { key: self.key, row: self.row.clone() });
+        }
+    }
+
+    /// The device accepted the session: its row, if not written yet.
+    fn accepted(&mut self) {
+        if self.unwritten && self.ended.is_none() {
+            self.unwritten = false;
+            self.send(LogCommand::Start { key: self.key, row: self.row.clone() });
+        }
     }
 
     /// SOL runs: with recording on, its transcript starts (a refused or failed session has none).
@@ -510,12 +529,11 @@ impl Observer {
             bytes_to_device: self.to_device,
             bytes_from_device: self.from_device,
         };
-        let row = last.then(|| {
-            let mut row = self.row.clone();
-            row.outcome = end.outcome;
-            Box::new(row)
-        });
-        let command = LogCommand::End { key: self.key, end, last: row };
+        // A session never accepted is written whole, ended, so it is never listed as open. At
+        // the relay's end the row goes along too, in case its start was dropped.
+        let whole = (self.unwritten || last).then(|| Box::new(self.row.clone()));
+        self.unwritten = false;
+        let command = LogCommand::End { key: self.key, end, whole, last };
         if last {
             // Not on the relay's path: the relay has ended. Wait for room, a while.
             let tx = self.log.tx.clone();
@@ -537,7 +555,7 @@ impl Observer {
             None if self.to_device + self.from_device == 0 => {}
             None => {
                 // Bytes from a side that was not read (e.g. only the device spoke).
-                self.begin(RedirKind::Unknown, RedirOutcome::Unparsed);
+                self.begin(RedirKind::Unknown, RedirOutcome::Unparsed, false);
                 self.end(RedirOutcome::Unparsed, true);
             }
             Some(_) => {
@@ -557,8 +575,9 @@ impl Observer {
 impl TapSink for Observer {
     fn event(&mut self, event: TapEvent<'_>) {
         match event {
-            TapEvent::Started(kind) => self.begin(kind, RedirOutcome::Active),
-            TapEvent::Unparsed => self.begin(RedirKind::Unknown, RedirOutcome::Unparsed),
+            TapEvent::Started(kind) => self.begin(kind, RedirOutcome::Active, true),
+            TapEvent::Accepted => self.accepted(),
+            TapEvent::Unparsed => self.begin(RedirKind::Unknown, RedirOutcome::Unparsed, false),
             TapEvent::DeviceUser(user) => {
                 if self.row.device_user.as_deref() != Some(user) {
                     self.row.device_user = Some(user.to_string());
@@ -582,7 +601,10 @@ impl TapSink for Observer {
                 self.failed = true;
                 debug!(uuid = %self.row.uuid, port = self.row.port, error = %err, "redirection tap stopped reading");
                 if self.kind.is_none() {
-                    self.begin(RedirKind::Unknown, RedirOutcome::Active);
+                    self.begin(RedirKind::Unknown, RedirOutcome::Active, false);
+                } else {
+                    // Unread from here on: whether the device accepts is never seen.
+                    self.accepted();
                 }
             }
             TapEvent::SolData { from, data } => {

@@ -11,6 +11,7 @@ use super::*;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Seen {
     kind: Option<RedirKind>,
+    accepted: bool,
     user: Option<String>,
     authenticated: bool,
     sol_running: bool,
@@ -30,6 +31,7 @@ impl TapSink for Seen {
                 assert!(self.kind.is_none(), "started twice");
                 self.kind = Some(kind);
             }
+            TapEvent::Accepted => self.accepted = true,
             TapEvent::Unparsed => self.unparsed = true,
             TapEvent::DeviceUser(user) => self.user = Some(user.to_string()),
             TapEvent::Authenticated => self.authenticated = true,
@@ -101,7 +103,7 @@ fn feed_cut(exchange: &[(Sender, Vec<u8>)], cut: impl Fn(usize) -> Vec<usize>) -
 fn assert_amtterm_session(seen: &Seen, exchange: &[(Sender, Vec<u8>)]) {
     assert_eq!(seen.kind, Some(RedirKind::Sol));
     assert_eq!(seen.user.as_deref(), Some("admin"));
-    assert!(seen.authenticated && seen.sol_running, "{seen:?}");
+    assert!(seen.accepted && seen.authenticated && seen.sol_running, "{seen:?}");
     assert_eq!(seen.ended, [RedirOutcome::Ended]);
     assert!(seen.errors.is_empty() && !seen.unparsed, "{seen:?}");
     assert_eq!(seen.sol_in, b"hi\r\x1d");
@@ -186,6 +188,7 @@ fn a_device_that_has_a_session_already_refuses_it_and_the_tap_says_so() {
     let exchange = vec![(C, b"\x10\x00\x00\x00SOL ".to_vec()), (D, vec![0x11, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])];
     let seen = feed_cut(&exchange, |_| vec![]);
     assert_eq!((seen.kind, seen.ended.as_slice()), (Some(RedirKind::Sol), &[RedirOutcome::RefusedInUse][..]));
+    assert!(!seen.accepted);
 }
 
 #[test]
@@ -388,6 +391,15 @@ async fn a_refused_session_is_never_left_active_and_tls_is_recorded_as_unparsed(
     let uuid = Uuid::new_v4();
     let tap = RelayTap::for_relay(shared, uuid, "bob", 16994).unwrap();
     tap.from_console(b"\x10\x00\x00\x00SOL ");
+    // Asked, not answered: no row yet, so a console the device refuses never finds its own
+    // session named as the holder. (The writer keeps queue order: another session's row
+    // written after this point means this one was not queued.)
+    let other = Uuid::new_v4();
+    let witness = RelayTap::for_relay(shared, other, "eve", 16994).unwrap();
+    witness.from_console(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
+    rows_until(shared, other, |rows| rows.len() == 1).await;
+    assert!(shared.store.redirections_for(uuid, false, 10).await.unwrap().is_empty());
+    witness.finish();
     tap.from_device(&[0x11, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
     // The relay is still open, and the row has ended already.
     let rows = rows_until(shared, uuid, |rows| rows.first().is_some_and(|r| r.ended_at.is_some())).await;

@@ -169,6 +169,29 @@ impl Store {
         Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
     }
 
+    /// Records a session whole, ended or not, in one statement (a session never accepted, or
+    /// whose start was dropped): its id. It is never seen open when `end` is given.
+    pub async fn record_redirection(&self, new: &NewRedirection, end: &RedirectionEnd) -> Result<i64, StoreError> {
+        let stmt = Stmt::new(
+            "INSERT INTO redirections (uuid, kind, technician, device_user, port, instance, started_at, outcome,
+                                       ended_at, bytes_to_device, bytes_from_device)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             RETURNING id",
+        )
+        .text(new.uuid.to_string())
+        .str(new.kind)
+        .str(&new.technician)
+        .text(new.device_user.clone())
+        .int(i64::from(new.port))
+        .str(&new.instance)
+        .time(new.started_at)
+        .str(end.outcome.as_str())
+        .time(end.ended_at)
+        .int(as_i64(end.bytes_to_device))
+        .int(as_i64(end.bytes_from_device));
+        Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
+    }
+
     /// The AMT username the console logged in as.
     pub async fn set_redirection_user(&self, id: i64, user: &str) -> Result<(), StoreError> {
         self.execute(Stmt::new("UPDATE redirections SET device_user = $2 WHERE id = $1").int(id).str(user))
