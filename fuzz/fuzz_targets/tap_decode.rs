@@ -14,7 +14,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use protocols::tap::{decode, ActionBody, ConfigBody, Limits, Message, MessageBody, SiloKeyBody, HEADER_LEN};
+use protocols::tap::{decode, ActionBody, ConfigBody, Limits, Message, MessageBody, MoveOrder, SiloKeyBody, HEADER_LEN};
 use protocols::telemetry::decode_report;
 
 fuzz_target!(|input: &[u8]| {
@@ -95,5 +95,11 @@ fn check_payloads(input: &[u8]) {
         body.encode(&mut wire);
         assert_eq!(wire.len(), body.encoded_len());
         assert_eq!(&wire[..], input, "a silo key payload has one encoding");
+    }
+    if let Ok(order) = MoveOrder::decode(input) {
+        let mut wire = BytesMut::new();
+        order.encode(&mut wire);
+        assert_eq!(wire.len(), order.encoded_len());
+        assert_eq!(&wire[..], input, "a move order has one encoding");
     }
 }

@@ -81,6 +81,8 @@ pub const MAX_ACTION_BODY: usize = 32 * 1024;
 pub const MAX_ACTION_OUTPUT: usize = 32 * 1024;
 /// Most gateway addresses in a [`ConfigBody`] or [`Message::Enrolled`].
 pub const MAX_GATEWAYS: usize = 16;
+/// Most bytes of a client's exported history in a [`Handover`].
+pub const MAX_EXPORT: usize = 160 * 1024;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Bytes of an Ed25519 public key.
@@ -134,6 +136,8 @@ pub enum MessageType {
     MessageState = 18,
     Receipt = 19,
     SiloKey = 20,
+    Move = 21,
+    Transfer = 22,
 }
 
 impl MessageType {
@@ -161,6 +165,8 @@ impl MessageType {
             18 => MessageState,
             19 => Receipt,
             20 => SiloKey,
+            21 => Move,
+            22 => Transfer,
             _ => return None,
         })
     }
@@ -189,6 +195,8 @@ impl MessageType {
             MessageState => "message_state",
             Receipt => "receipt",
             SiloKey => "silo_key",
+            Move => "move",
+            Transfer => "transfer",
         }
     }
 }
@@ -332,6 +340,12 @@ pub enum SignDomain {
     Revocations,
     /// A [`SiloKeyBody`]: the root certifies a maintenance silo's signing key.
     SiloKey,
+    /// A [`MoveOrder`]: the root moves a client from one maintenance silo to another.
+    Move,
+    /// A client's history as the silo it leaves exports it (signed by that silo's key).
+    SiloExport,
+    /// What a maintenance silo reports to its root (moves it took over, aggregates).
+    SiloReport,
 }
 
 impl SignDomain {
@@ -343,6 +357,9 @@ impl SignDomain {
             SignDomain::Action => b"tether-action-v1\0",
             SignDomain::Revocations => b"tether-revocations-v1\0",
             SignDomain::SiloKey => b"tether-silo-key-v1\0",
+            SignDomain::Move => b"tether-move-v1\0",
+            SignDomain::SiloExport => b"tether-silo-export-v1\0",
+            SignDomain::SiloReport => b"tether-silo-report-v1\0",
         }
     }
 }
@@ -436,6 +453,93 @@ impl SiloKeyBody {
             let (input, not_after) = be_i64(input, "silo_key.not_after")?;
             Ok((input, SiloKeyBody { silo, key, issued_at, not_after }))
         })
+    }
+}
+
+/// The payload of a [`Message::Move`]'s order: the root moves machine `machine` from silo `from`
+/// to silo `to`, whose agent listener is at `location`, with the certificate whose SHA-256 is
+/// `cert_sha256`. The silo it goes to initialises the client's storage from it.
+///
+/// Layout: id UUID, machine UUID, from string, to string, location string (each at most
+/// [`MAX_PAYLOAD_TEXT`] bytes), certificate SHA-256 (32 bytes), issued-at `i64` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveOrder {
+    /// Names this move (a silo's receipt for the transfer names it too).
+    pub id: Uuid,
+    pub machine: Uuid,
+    pub from: String,
+    pub to: String,
+    pub location: String,
+    pub cert_sha256: [u8; 32],
+    pub issued_at: i64,
+}
+
+impl MoveOrder {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_slice(self.id.as_bytes());
+        out.put_slice(self.machine.as_bytes());
+        put_str(out, &self.from);
+        put_str(out, &self.to);
+        put_str(out, &self.location);
+        out.put_slice(&self.cert_sha256);
+        out.put_i64(self.issued_at);
+    }
+
+    /// The number of bytes [`MoveOrder::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        16 + 16 + str_len(&self.from) + str_len(&self.to) + str_len(&self.location) + 32 + 8
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        parse_whole(payload, "move order", |input| {
+            let (input, id) = uuid(input, "move.id")?;
+            let (input, machine) = uuid(input, "move.machine")?;
+            let (input, from) = string(input, "move.from", MAX_PAYLOAD_TEXT)?;
+            let (input, to) = string(input, "move.to", MAX_PAYLOAD_TEXT)?;
+            let (input, location) = string(input, "move.location", MAX_PAYLOAD_TEXT)?;
+            let (input, cert_sha256) = array(input, "move.cert_sha256")?;
+            let (input, issued_at) = be_i64(input, "move.issued_at")?;
+            Ok((input, MoveOrder { id, machine, from, to, location, cert_sha256, issued_at }))
+        })
+    }
+}
+
+/// What a client carries from the silo it leaves to the silo it goes to (the client is the hub
+/// between silos: no exchange spans two of them). The same three parts travel in
+/// [`Message::Move`] and [`Message::Transfer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// A [`MoveOrder`], signed by the root ([`SignDomain::Move`]).
+    pub order: Signed,
+    /// The leaving silo's [`SiloKeyBody`], signed by the root ([`SignDomain::SiloKey`]).
+    pub silo_key: Signed,
+    /// The client's history, signed by the leaving silo's key ([`SignDomain::SiloExport`]); at
+    /// most [`MAX_EXPORT`] bytes. Its encoding is the gateways' (the agent only carries it).
+    pub export: Signed,
+}
+
+impl Handover {
+    fn encode(&self, out: &mut BytesMut) {
+        for signed in [&self.order, &self.silo_key, &self.export] {
+            put_blob(out, &signed.payload);
+            out.put_slice(&signed.signature);
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        [&self.order, &self.silo_key, &self.export].iter().map(|s| blob_len(&s.payload) + SIGNATURE_LEN).sum()
+    }
+
+    fn decode<'a>(input: &'a [u8], limits: &Limits) -> PResult<'a, Handover> {
+        let (input, order) = signed(input, "handover.order", "handover.order_signature", limits)?;
+        let (input, silo_key) = signed(input, "handover.silo_key", "handover.silo_key_signature", limits)?;
+        let (input, export) = blob(input, "handover.export", MAX_EXPORT)?;
+        let (input, signature) = array(input, "handover.export_signature")?;
+        let export = Signed { payload: Bytes::copy_from_slice(export), signature };
+        Ok((input, Handover { order, silo_key, export }))
     }
 }
 
@@ -743,6 +847,15 @@ pub enum Message {
     /// key the silo signs its configuration and messages with. Payload: [`SiloKeyBody`], signed
     /// by the root's key ([`SignDomain::SiloKey`]). Body: as [`Message::Config`].
     SiloKey(Signed),
+    /// Maintenance silo → agent: the root moved this machine to another silo. Body: the new
+    /// certificate blob (DER, for the machine's own key, naming the new silo), then a
+    /// [`Handover`]. The agent checks the order's signature with the root's key it pinned, keeps
+    /// the certificate and the handover, and dials the new silo.
+    Move { cert_der: Bytes, handover: Handover },
+    /// Agent → the silo it moved to, after [`Message::Welcome`]: the handover it carries. The
+    /// silo answers [`Message::Receipt`] with the order's id once the history is imported.
+    /// Body: a [`Handover`].
+    Transfer(Handover),
 }
 
 /// Why bytes could not be decoded. Every variant is the peer's fault; [`DecodeError::close_code`]
@@ -856,6 +969,15 @@ fn body_of<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<'a,
         T::Message => {
             let (input, signed) = signed(input, "message.payload", "message.signature", limits)?;
             (input, Message::Message(signed))
+        }
+        T::Move => {
+            let (input, cert_der) = blob(input, "move.cert_der", limits.max_blob)?;
+            let (input, handover) = Handover::decode(input, limits)?;
+            (input, Message::Move { cert_der: Bytes::copy_from_slice(cert_der), handover })
+        }
+        T::Transfer => {
+            let (input, handover) = Handover::decode(input, limits)?;
+            (input, Message::Transfer(handover))
         }
         T::RemoteHelp => {
             let (input, enabled) = flag(input, "remote_help.enabled")?;
@@ -975,6 +1097,8 @@ impl Message {
             Message::MessageState { .. } => T::MessageState,
             Message::Receipt { .. } => T::Receipt,
             Message::SiloKey(_) => T::SiloKey,
+            Message::Move { .. } => T::Move,
+            Message::Transfer(_) => T::Transfer,
         }
     }
 
@@ -1058,6 +1182,11 @@ impl Message {
                 put_flag(out, *read);
             }
             Message::Receipt { id } => out.put_slice(id.as_bytes()),
+            Message::Move { cert_der, handover } => {
+                put_blob(out, cert_der);
+                handover.encode(out);
+            }
+            Message::Transfer(handover) => handover.encode(out),
         }
         patch_u32(out, len_at);
     }
@@ -1100,6 +1229,8 @@ impl Message {
                 }
                 Message::MessageState { .. } => UUID + 1,
                 Message::Receipt { .. } => UUID,
+                Message::Move { cert_der, handover } => blob_len(cert_der) + handover.encoded_len(),
+                Message::Transfer(handover) => handover.encoded_len(),
             }
     }
 }

@@ -73,6 +73,8 @@ fn samples() -> Vec<Message> {
         Message::Ack { seq: 3 },
         Message::Config(Signed { payload: config.freeze(), signature: [7; 64] }),
         Message::SiloKey(Signed { payload: Bytes::from_static(b"silo"), signature: [9; 64] }),
+        Message::Move { cert_der: Bytes::from_static(b"cert"), handover: handover() },
+        Message::Transfer(handover()),
         Message::Message(Signed { payload: Bytes::new(), signature: [0; 64] }),
         Message::RemoteHelp { enabled: false },
         Message::ChannelOpen { channel: 9, port: 3389, requested_by: "Ada (tech)".into() },
@@ -264,8 +266,8 @@ fn bad_version_is_an_error_with_one_byte_in() {
 #[test]
 fn unknown_type_is_an_error_with_two_bytes_in() {
     assert_eq!(decode_default(&[1, 0]), Err(DecodeError::UnknownType(0)));
-    assert_eq!(decode_default(&[1, 21]), Err(DecodeError::UnknownType(21)));
-    assert_eq!(DecodeError::UnknownType(21).close_code(), CloseCode::BadMessage);
+    assert_eq!(decode_default(&[1, 23]), Err(DecodeError::UnknownType(23)));
+    assert_eq!(DecodeError::UnknownType(23).close_code(), CloseCode::BadMessage);
     assert_eq!(decode_default(&[]), Ok(None));
     assert_eq!(decode_default(&[1]), Ok(None));
 }
@@ -404,6 +406,60 @@ fn config_body_exact_bytes_and_errors() {
     out.put_u8(0);
     assert_eq!(ConfigBody::decode(&out), Err(DecodeError::TrailingBytes { what: "config payload", extra: 1 }));
     assert_eq!(ConfigBody::decode(&out[..5]), Err(DecodeError::Truncated { field: "config.issued_at" }));
+}
+
+fn handover() -> Handover {
+    let signed = |payload: &'static [u8], byte| Signed { payload: Bytes::from_static(payload), signature: [byte; 64] };
+    Handover { order: signed(b"order", 1), silo_key: signed(b"key", 2), export: signed(b"{}", 3) }
+}
+
+#[test]
+fn move_order_exact_bytes_and_errors() {
+    let order = MoveOrder {
+        id: uuid(),
+        machine: uuid(),
+        from: "a".into(),
+        to: "b".into(),
+        location: "b:1".into(),
+        cert_sha256: [0x22; 32],
+        issued_at: 5,
+    };
+    let mut out = BytesMut::new();
+    order.encode(&mut out);
+    let expected = cat(&[
+        uuid().as_bytes(),
+        uuid().as_bytes(),
+        &hex("0001"),
+        b"a",
+        &hex("0001"),
+        b"b",
+        &hex("0003"),
+        b"b:1",
+        &[0x22; 32],
+        &hex("0000000000000005"),
+    ]);
+    assert_eq!(out.to_vec(), expected);
+    assert_eq!(out.len(), order.encoded_len());
+    assert_eq!(MoveOrder::decode(&out), Ok(order));
+    out.put_u8(0);
+    assert_eq!(MoveOrder::decode(&out), Err(DecodeError::TrailingBytes { what: "move order", extra: 1 }));
+    assert_eq!(MoveOrder::decode(&out[..36]), Err(DecodeError::Truncated { field: "move.to" }));
+}
+
+#[test]
+fn a_handover_export_may_be_larger_than_a_blob_but_not_than_its_own_limit() {
+    let big = Bytes::from(vec![b'x'; MAX_EXPORT]);
+    let mut handover = handover();
+    handover.export.payload = big;
+    let message = Message::Transfer(handover.clone());
+    let mut out = BytesMut::new();
+    message.encode(&mut out);
+    assert_eq!(decode(&out, &Limits::default()).unwrap().unwrap().0, message);
+    handover.export.payload = Bytes::from(vec![b'x'; MAX_EXPORT + 1]);
+    let mut out = BytesMut::new();
+    Message::Transfer(handover).encode(&mut out);
+    let err = decode(&out, &Limits::default()).unwrap_err();
+    assert_eq!(err, DecodeError::TooLong { field: "handover.export", len: MAX_EXPORT + 1, max: MAX_EXPORT });
 }
 
 #[test]
@@ -546,6 +602,17 @@ fn any_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
         signed().prop_map(Message::Config),
         signed().prop_map(Message::SiloKey),
+        (proptest::collection::vec(any::<u8>(), 0..64), signed(), signed(), signed()).prop_map(
+            |(cert, order, silo_key, export)| Message::Move {
+                cert_der: Bytes::from(cert),
+                handover: Handover { order, silo_key, export }
+            }
+        ),
+        (signed(), signed(), signed()).prop_map(|(order, silo_key, export)| Message::Transfer(Handover {
+            order,
+            silo_key,
+            export
+        })),
         signed().prop_map(Message::Message),
         any::<bool>().prop_map(|enabled| Message::RemoteHelp { enabled }),
         (any::<u32>(), any::<u16>(), short_text()).prop_map(|(channel, port, requested_by)| Message::ChannelOpen {
@@ -651,7 +718,7 @@ proptest! {
         prop_assert_eq!(MessageBody::decode(&out), Ok(message));
 
         let kind = if heartbeat_secs % 2 == 0 { ActionKind::Script } else { ActionKind::Instructions };
-        let action = ActionBody { id, target, kind, issued_at, expires_at, timeout_secs: keepalive_secs, issued_by: from, body: text };
+        let action = ActionBody { id, target, kind, issued_at, expires_at, timeout_secs: keepalive_secs, issued_by: from.clone(), body: text };
         let mut out = BytesMut::new();
         action.encode(&mut out);
         prop_assert_eq!(out.len(), action.encoded_len());
@@ -665,6 +732,12 @@ proptest! {
         silo_key.encode(&mut out);
         prop_assert_eq!(out.len(), silo_key.encoded_len());
         prop_assert_eq!(SiloKeyBody::decode(&out), Ok(silo_key));
+
+        let order = MoveOrder { id, machine: target, from: from.clone(), to: from.clone(), location: from, cert_sha256: key, issued_at };
+        let mut out = BytesMut::new();
+        order.encode(&mut out);
+        prop_assert_eq!(out.len(), order.encoded_len());
+        prop_assert_eq!(MoveOrder::decode(&out), Ok(order));
     }
 
     #[test]
@@ -675,12 +748,13 @@ proptest! {
         let _ = MessageBody::decode(&bytes);
         let _ = ActionBody::decode(&bytes);
         let _ = SiloKeyBody::decode(&bytes);
+        let _ = MoveOrder::decode(&bytes);
     }
 
     /// Valid headers and small lengths, so that decoding gets into the bodies.
     #[test]
     fn prop_arbitrary_bodies(
-        code in 1u8..=19,
+        code in 1u8..=22,
         body in proptest::collection::vec(prop_oneof![3 => 0u8..4, 1 => any::<u8>()], 0..256),
     ) {
         let mut bytes = vec![VERSION, code];
