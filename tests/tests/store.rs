@@ -13,7 +13,8 @@ use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    choose_silo, EntitlementChange, NewSilo, SiloClient, SiloError, DEFAULT_TIER, SERVICE_SUPPORT,
+    choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, SiloClient, SiloError,
+    DEFAULT_TIER, SERVICE_SUPPORT,
 };
 use tether_gateway::store::{
     Acceptance, AccountError, ActionOutcome, AuditAction, ContactState, DevicePage, InstanceRegistration, Location,
@@ -755,5 +756,13 @@ async fn silos_a_root_gives_machines_to_silos_and_a_silo_records_its_clients() {
     let (_dir, stores) = both("silos").await;
     for store in &stores {
         silos_scenarios::a_root_gives_machines_to_silos_and_a_silo_records_its_clients(store).await;
+    }
+}
+
+#[tokio::test]
+async fn silos_a_root_moves_a_machine_and_the_silos_hand_its_history_over() {
+    let (_dir, stores) = both("silo_moves").await;
+    for store in &stores {
+        silos_scenarios::a_root_moves_a_machine_and_the_silos_hand_its_history_over(store).await;
     }
 }

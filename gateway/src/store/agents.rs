@@ -75,6 +75,8 @@ pub struct NewAgentCert {
     pub fingerprint: String,
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// Hex of the machine's SubjectPublicKeyInfo (a root reissues for it on a move).
+    pub spki: Option<String>,
 }
 
 /// A certificate's standing, as the admission of an agent checks it.
@@ -103,7 +105,7 @@ pub struct AgentHello {
 }
 
 /// An agent as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentRecord {
     pub uuid: Uuid,
     pub hostname: String,
@@ -125,13 +127,28 @@ pub struct AgentRecord {
 }
 
 /// A stored telemetry report (the agent's encoding of its support parameters, base64).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TelemetryRecord {
     pub uuid: Uuid,
     pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
     pub taken_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
     pub report: String,
+}
+
+pub(super) fn insert_agent_cert(cert: &NewAgentCert) -> Stmt {
+    Stmt::new(
+        "INSERT INTO agent_certs (serial, uuid, fingerprint, issued_at, expires_at, spki)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .str(&cert.serial)
+    .text(cert.uuid.to_string())
+    .str(&cert.fingerprint)
+    .time(cert.issued_at)
+    .time(cert.expires_at)
+    .text(cert.spki.clone())
 }
 
 fn agent_row(r: &dyn Cols) -> sqlx::Result<AgentRecord> {
@@ -151,7 +168,7 @@ fn agent_row(r: &dyn Cols) -> sqlx::Result<AgentRecord> {
     })
 }
 
-fn telemetry_row(r: &dyn Cols) -> sqlx::Result<TelemetryRecord> {
+pub(super) fn telemetry_row(r: &dyn Cols) -> sqlx::Result<TelemetryRecord> {
     Ok(TelemetryRecord {
         uuid: r.string(0)?.parse().unwrap_or_default(),
         seq: r.int(1)?.unwrap_or_default(),
@@ -274,17 +291,7 @@ impl Store {
                 .text(uuid.to_string()),
         )
         .await?;
-        tx.execute(
-            Stmt::new(
-                "INSERT INTO agent_certs (serial, uuid, fingerprint, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .str(&cert.serial)
-            .text(cert.uuid.to_string())
-            .str(&cert.fingerprint)
-            .time(cert.issued_at)
-            .time(cert.expires_at),
-        )
-        .await?;
+        tx.execute(insert_agent_cert(cert)).await?;
         tx.execute(upsert_agent(hello, false)).await?;
         tx.commit().await?;
         Ok(Redeemed { subscriber_id, new_machine })

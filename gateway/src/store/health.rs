@@ -16,7 +16,7 @@ use super::{Cols, Stmt, Store, StoreError};
 pub const MAX_CHANGES: i64 = 1000;
 
 /// A machine's meter as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthRecord {
     pub uuid: Uuid,
     /// `green`, `yellow` or `red`.
@@ -24,15 +24,18 @@ pub struct HealthRecord {
     /// JSON array of the reasons.
     pub reasons: String,
     /// Since when the meter has been this.
+    #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub evaluated_at: OffsetDateTime,
 }
 
 /// One change of a machine's meter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthChange {
     pub id: i64,
     pub uuid: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub health: String,
     pub previous: Option<String>,
@@ -85,7 +88,7 @@ fn health_row(r: &dyn Cols) -> sqlx::Result<HealthRecord> {
     })
 }
 
-fn change_row(r: &dyn Cols) -> sqlx::Result<HealthChange> {
+pub(super) fn change_row(r: &dyn Cols) -> sqlx::Result<HealthChange> {
     Ok(HealthChange {
         id: r.int(0)?.unwrap_or_default(),
         uuid: r.string(1)?.parse().unwrap_or_default(),

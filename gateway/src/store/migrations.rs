@@ -500,6 +500,31 @@ CREATE TABLE silo_clients (
 );
 CREATE INDEX silo_clients_subscriber ON silo_clients (subscriber);
 ",
+    // v15: moving clients between silos (docs/silos.md). A root keeps each certificate's public
+    // key (it reissues for it), each silo's signing key (it checks the silo's reports), and the
+    // moves it ordered; a maintenance silo notes which clients came from another silo and
+    // whether it has told the root.
+    "
+ALTER TABLE agent_certs ADD COLUMN spki TEXT;
+ALTER TABLE silos ADD COLUMN signing_key TEXT;
+CREATE TABLE silo_moves (
+    id TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    from_silo TEXT NOT NULL,
+    to_silo TEXT NOT NULL REFERENCES silos (name),
+    old_serial TEXT,
+    serial TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    order_payload TEXT NOT NULL,
+    order_signature TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    confirmed_at INTEGER
+);
+CREATE INDEX silo_moves_from ON silo_moves (from_silo, confirmed_at);
+ALTER TABLE silo_clients ADD COLUMN moved_from TEXT;
+ALTER TABLE silo_clients ADD COLUMN move_id TEXT;
+ALTER TABLE silo_clients ADD COLUMN move_reported_at INTEGER;
+",
 ];
 
 pub(super) const POSTGRES: &[&str] = &[
@@ -945,6 +970,28 @@ CREATE TABLE silo_clients (
     last_seen BIGINT NOT NULL
 );
 CREATE INDEX silo_clients_subscriber ON silo_clients (subscriber);
+",
+    // v13: moving clients between silos, as SQLite's v15.
+    "
+ALTER TABLE agent_certs ADD COLUMN spki TEXT;
+ALTER TABLE silos ADD COLUMN signing_key TEXT;
+CREATE TABLE silo_moves (
+    id TEXT COLLATE \"C\" PRIMARY KEY,
+    uuid TEXT COLLATE \"C\" NOT NULL UNIQUE,
+    from_silo TEXT COLLATE \"C\" NOT NULL,
+    to_silo TEXT COLLATE \"C\" NOT NULL REFERENCES silos (name),
+    old_serial TEXT,
+    serial TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    order_payload TEXT NOT NULL,
+    order_signature TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    confirmed_at BIGINT
+);
+CREATE INDEX silo_moves_from ON silo_moves (from_silo, confirmed_at);
+ALTER TABLE silo_clients ADD COLUMN moved_from TEXT;
+ALTER TABLE silo_clients ADD COLUMN move_id TEXT;
+ALTER TABLE silo_clients ADD COLUMN move_reported_at BIGINT;
 ",
 ];
 

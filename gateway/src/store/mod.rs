@@ -46,6 +46,7 @@ mod health;
 mod instances;
 mod lan;
 mod migrations;
+mod moves;
 mod outbox;
 #[cfg(test)]
 mod outbox_tests;
@@ -80,6 +81,7 @@ pub use emails::EmailChanged;
 pub use health::{DeliveryRecord, HealthChange, HealthRecord, NewDelivery, MAX_CHANGES};
 pub use instances::{InstanceRecord, InstanceRegistration, RegisterError};
 pub use lan::{LanAdoption, LanHost, MAX_LAN_ROWS};
+pub use moves::{ClientHistory, MoveRecord, MAX_MOVES};
 pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, MAX_MAIL_ERROR};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};

@@ -33,6 +33,8 @@ pub struct NewSilo {
     pub capacity: i64,
     pub region: Option<String>,
     pub oem: Option<String>,
+    /// Its signing key (hex of the Ed25519 public key): what it reports to the root is signed with it.
+    pub signing_key: Option<String>,
     pub now: OffsetDateTime,
 }
 
@@ -91,6 +93,8 @@ pub struct SiloClient {
     pub first_seen: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,
+    /// The silo it moved here from, if it did (its history came along).
+    pub moved_from: Option<String>,
 }
 
 /// Why a silo could not be registered or chosen.
@@ -170,14 +174,16 @@ impl Store {
     /// Registers a maintenance silo (root).
     pub async fn add_silo(&self, silo: &NewSilo) -> Result<(), SiloError> {
         let stmt = Stmt::new(
-            "INSERT INTO silos (name, location, capacity, region, oem, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO silos (name, location, capacity, region, oem, created_at, signing_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .str(&silo.name)
         .str(&silo.location)
         .int(silo.capacity)
         .text(silo.region.clone())
         .text(silo.oem.clone())
-        .time(silo.now);
+        .time(silo.now)
+        .text(silo.signing_key.clone());
         match self.execute(stmt).await {
             Ok(_) => Ok(()),
             Err(err) if is_unique_violation(&err) => Err(SiloError::Exists(silo.name.clone())),
@@ -277,8 +283,8 @@ impl Store {
     /// The clients a maintenance silo admitted, by UUID.
     pub async fn silo_clients(&self) -> Result<Vec<SiloClient>, StoreError> {
         let stmt = Stmt::new(
-            "SELECT uuid, subscriber, service, tier, serial, entitled_until, first_seen, last_seen FROM silo_clients
-             ORDER BY uuid LIMIT 10000",
+            "SELECT uuid, subscriber, service, tier, serial, entitled_until, first_seen, last_seen, moved_from
+             FROM silo_clients ORDER BY uuid LIMIT 10000",
         );
         self.fetch_all(stmt, |r| {
             Ok(SiloClient {
@@ -290,6 +296,7 @@ impl Store {
                 entitled_until: r.time(5)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 first_seen: r.time(6)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 last_seen: r.time(7)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                moved_from: r.text(8)?,
             })
         })
         .await

@@ -4,8 +4,8 @@
 //! imported below.
 
 use super::{
-    choose_silo, EntitlementChange, NewSilo, NewSubscriber, OffsetDateTime, SiloClient, SiloError, Store,
-    SubscriberPii, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
+    choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, NewSubscriber, OffsetDateTime,
+    SiloClient, SiloError, Store, SubscriberPii, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
 };
 
 fn t0() -> OffsetDateTime {
@@ -19,6 +19,7 @@ fn silo(name: &str, capacity: i64, region: Option<&str>) -> NewSilo {
         capacity,
         region: region.map(Into::into),
         oem: None,
+        signing_key: Some(hex::encode([7u8; 32])),
         now: t0(),
     }
 }
@@ -88,6 +89,7 @@ pub async fn a_root_gives_machines_to_silos_and_a_silo_records_its_clients(store
         entitled_until: until,
         first_seen: t0(),
         last_seen: t0(),
+        moved_from: None,
     };
     store.silo_client_seen(&client).await.unwrap();
     client.serial = "4a02".into();
@@ -99,4 +101,99 @@ pub async fn a_root_gives_machines_to_silos_and_a_silo_records_its_clients(store
         (clients[0].serial.as_str(), clients[0].first_seen, clients[0].last_seen),
         ("4a02", t0(), client.last_seen)
     );
+}
+
+fn client_of(uuid: Uuid) -> SiloClient {
+    SiloClient {
+        uuid,
+        subscriber: Uuid::new_v4().to_string(),
+        service: SERVICE_SUPPORT.into(),
+        tier: DEFAULT_TIER.into(),
+        serial: "4c01".into(),
+        entitled_until: t0() + time::Duration::days(30),
+        first_seen: t0(),
+        last_seen: t0(),
+        moved_from: None,
+    }
+}
+
+/// A root orders a move (the machine counts for the silo it goes to; only that silo confirms
+/// it, once; the old certificate is revoked); the silo left exports the history and forgets the
+/// client; the silo it goes to imports it once and reports it.
+pub async fn a_root_moves_a_machine_and_the_silos_hand_its_history_over(store: &Store) {
+    let t1 = t0() + time::Duration::hours(1);
+    store.add_silo(&silo("silo-m1", 5, None)).await.unwrap();
+    store.add_silo(&silo("silo-m2", 5, None)).await.unwrap();
+    assert_eq!(store.silo_signing_key("silo-m2").await.unwrap(), Some(hex::encode([7u8; 32])));
+    let uuid = Uuid::new_v4();
+    store.assign_silo(uuid, "silo-m1", t0()).await.unwrap();
+    let cert = NewAgentCert {
+        serial: "4b01".into(),
+        uuid,
+        fingerprint: "AA".into(),
+        issued_at: t0(),
+        expires_at: t1,
+        spki: Some("30aa".into()),
+    };
+    store.add_agent_cert(&cert).await.unwrap();
+    assert_eq!(store.agent_key(uuid).await.unwrap(), Some(("4b01".into(), "30aa".into())));
+    let record = MoveRecord {
+        id: "move-1".into(),
+        uuid,
+        from_silo: "silo-m1".into(),
+        to_silo: "silo-m2".into(),
+        old_serial: Some("4b01".into()),
+        serial: "4b02".into(),
+        certificate: "Y2VydA==".into(),
+        order_payload: "b3JkZXI=".into(),
+        order_signature: "00".into(),
+        created_at: t0(),
+        confirmed_at: None,
+    };
+    store.put_move(&record).await.unwrap();
+    assert_eq!(store.assigned_silo(uuid).await.unwrap().unwrap().name, "silo-m2");
+    assert_eq!(store.moves_from("silo-m1", t0()).await.unwrap(), vec![record.clone()]);
+    assert!(store.moves_from("silo-m2", t0()).await.unwrap().is_empty());
+    assert_eq!(store.move_of(uuid).await.unwrap(), Some(record));
+    assert_eq!(store.confirm_move("move-1", "silo-m1", t1).await.unwrap(), None, "only the silo it goes to");
+    let done = store.confirm_move("move-1", "silo-m2", t1).await.unwrap().expect("confirmed");
+    assert_eq!(done.confirmed_at, Some(t1));
+    assert_eq!(store.confirm_move("move-1", "silo-m2", t1).await.unwrap(), None, "once");
+    assert_eq!(store.moves_from("silo-m1", t1).await.unwrap().len(), 1, "listed a while after");
+    assert!(store.moves_from("silo-m1", t1 + time::Duration::seconds(1)).await.unwrap().is_empty());
+    assert!(store.revoke_agent_cert("4b01", "moved to silo silo-m2", t1).await.unwrap());
+    assert!(!store.revoke_agent_cert("4b01", "again", t1).await.unwrap());
+    assert_eq!(store.agent_key(uuid).await.unwrap(), None, "no standing certificate left");
+
+    // The silo left: the client's history, then forgetting it.
+    let client = Uuid::new_v4();
+    store.silo_client_seen(&client_of(client)).await.unwrap();
+    store.insert_report(client, 1, t0(), t0(), "cmVwb3J0").await.unwrap();
+    store.insert_report(client, 2, t1, t1, "cmVwb3J0Mg==").await.unwrap();
+    store.set_health(client, None, "yellow", "[]", true, t0()).await.unwrap();
+    let history = store.client_history(client, 10, 10).await.unwrap();
+    assert_eq!(history.reports.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "oldest first");
+    assert_eq!(history.changes.len(), 1);
+    assert_eq!(history.health.as_ref().map(|h| h.health.as_str()), Some("yellow"));
+    assert_eq!(store.client_history(client, 1, 10).await.unwrap().reports[0].seq, 2, "the newest");
+    assert!(store.forget_client(client).await.unwrap());
+    assert!(!store.forget_client(client).await.unwrap());
+    let gone = store.client_history(client, 10, 10).await.unwrap();
+    assert!(gone.reports.is_empty() && gone.changes.is_empty() && gone.health.is_none());
+
+    // The silo it goes to: imported once, reported once.
+    store.silo_client_seen(&client_of(client)).await.unwrap();
+    assert!(store.import_client(&history, client, "silo-m1", "move-2").await.unwrap());
+    assert!(!store.import_client(&history, client, "silo-m1", "move-2").await.unwrap(), "once");
+    let back = store.client_history(client, 10, 10).await.unwrap();
+    assert_eq!(back.reports, history.reports);
+    assert_eq!(back.health, history.health);
+    let change = |h: &ClientHistory| h.changes.iter().map(|c| (c.at, c.health.clone())).collect::<Vec<_>>();
+    assert_eq!(change(&back), change(&history));
+    assert_eq!(store.unreported_moves().await.unwrap(), vec![(client, "move-2".to_string())]);
+    store.move_reported("move-2", t1).await.unwrap();
+    assert!(store.unreported_moves().await.unwrap().is_empty());
+    let clients = store.silo_clients().await.unwrap();
+    let moved = clients.iter().find(|c| c.uuid == client).unwrap();
+    assert_eq!(moved.moved_from.as_deref(), Some("silo-m1"));
 }

@@ -15,3 +15,9 @@ async fn a_root_gives_machines_to_silos_and_a_silo_records_its_clients() {
     let (_dir, store) = sqlite().await;
     scenarios::a_root_gives_machines_to_silos_and_a_silo_records_its_clients(&store).await;
 }
+
+#[tokio::test]
+async fn a_root_moves_a_machine_and_the_silos_hand_its_history_over() {
+    let (_dir, store) = sqlite().await;
+    scenarios::a_root_moves_a_machine_and_the_silos_hand_its_history_over(&store).await;
+}
