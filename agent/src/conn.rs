@@ -42,6 +42,7 @@ use crate::relay::Relay;
 use crate::spool::Spool;
 use crate::state::{set_mode, write_durable, AgentState, Enrollment, SavedConfig, StateDir, Status};
 
+mod moves;
 mod support;
 
 use support::Work;
@@ -439,7 +440,9 @@ impl Agent {
     }
 
     fn gateways(&self) -> Vec<String> {
-        let mut list = self.enrollment.gateways.clone();
+        // Read again each time: a move to another silo changes them.
+        let enrolled = self.state.enrollment().ok().flatten().map(|e| e.gateways);
+        let mut list = enrolled.unwrap_or_else(|| self.enrollment.gateways.clone());
         if let Ok(Some(saved)) = self.state.config() {
             for gateway in saved.gateways {
                 if !list.contains(&gateway) {
@@ -622,6 +625,7 @@ impl Agent {
             }
         }
         self.resend_support(control).await?;
+        self.send_handover(control).await?;
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat.into()));
         let mut consent_check = tokio::time::interval(Duration::from_secs(2));
         let mut ping = tokio::time::interval(keepalive);
@@ -663,7 +667,16 @@ impl Agent {
                     Message::SiloKey(signed) => self.on_silo_key(&signed),
                     Message::Action(signed) => self.on_action(control, &signed, work).await?,
                     Message::Message(signed) => self.on_message(control, &signed).await?,
-                    Message::Receipt { id } => self.on_receipt(id),
+                    Message::Receipt { id } => {
+                        self.on_receipt(id);
+                        self.handover_received(id);
+                    }
+                    Message::Move { cert_der, handover } => {
+                        if self.on_move(&cert_der, &handover)? {
+                            // Dial the new silo (the loop reads the new gateways).
+                            return Ok(());
+                        }
+                    }
                     Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await?,
                     Message::Pong { .. } | Message::Welcome { .. } => {}
                     Message::Close { code, text } => return Err(closed(code, &text)),

@@ -74,6 +74,21 @@ pub enum SiloAction {
         #[arg(long)]
         json: bool,
     },
+    /// (root) Move machines to another maintenance silo: each gets a certificate naming it,
+    /// delivered through the silo it leaves, with its history (`docs/silos.md`).
+    Move {
+        /// The machines to move (UUIDs).
+        uuids: Vec<uuid::Uuid>,
+        /// Also every machine of this subscriber (its id on the root).
+        #[arg(long)]
+        subscriber: Option<i64>,
+        /// The silo they go to.
+        #[arg(long)]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// (maintenance) Join the root whose bundle this is (`tether silo add` wrote it there).
     Join { bundle: PathBuf },
     /// (maintenance) The clients this silo admitted.
@@ -102,6 +117,7 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
                 capacity: capacity.into(),
                 region,
                 oem,
+                signing_key: Some(hex::encode(silo_key)),
                 now: OffsetDateTime::now_utc(),
             };
             match store.add_silo(&new).await {
@@ -177,6 +193,46 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
                     entitlement.region.as_deref().unwrap_or("-"),
                     entitlement.oem.as_deref().unwrap_or("-")
                 );
+            }
+            Ok(())
+        }
+        SiloAction::Move { mut uuids, subscriber, to, json } => {
+            let store = open_store(store_args, data_dir).await?;
+            if let Some(subscriber) = subscriber {
+                let machines = store.machines_of(subscriber).await?;
+                if machines.is_empty() {
+                    return Err(exit::not_found(format!("subscriber {subscriber} has no machines")));
+                }
+                uuids.extend(machines.iter().map(|m| m.uuid));
+            }
+            uuids.sort();
+            uuids.dedup();
+            if uuids.is_empty() {
+                return Err(exit::bad_input("name the machines to move (UUIDs, or --subscriber ID)"));
+            }
+            let config = crate::operator::load_config(store_args, data_dir)?;
+            let lifetime = time::Duration::days(config.agents.cert_valid_days.into());
+            let keys = crate::agents::keys::AgentKeys::load_or_create(data_dir)
+                .context("loading the root's agent CA and signing key")?;
+            let mut ordered = Vec::new();
+            for uuid in uuids {
+                let record = silo::moves::order(&store, &keys, uuid, &to, lifetime).await?;
+                if !json {
+                    println!(
+                        "{uuid}: {} -> {} (certificate {}); it moves on its next contact with {}",
+                        record.from_silo, record.to_silo, record.serial, record.from_silo
+                    );
+                }
+                ordered.push(serde_json::json!({
+                    "uuid": uuid,
+                    "move_id": record.id,
+                    "from": record.from_silo,
+                    "to": record.to_silo,
+                    "serial": record.serial,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ordered)?);
             }
             Ok(())
         }

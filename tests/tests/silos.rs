@@ -28,38 +28,55 @@ fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port()
 }
 
-/// A root, and a maintenance silo `silo-a` that joined it (its `[silo]` settings `silo_toml`);
-/// (root, silo A, the CA file agents trust: both gateways' TLS CAs).
+/// A root, a maintenance silo `silo-a` that joined it, and `silo-b` when asked (their `[silo]`
+/// settings `silo_toml`); the CA file agents trust holds every gateway's TLS CA.
 struct Silos {
     root: Gateway,
     a: Gateway,
+    b: Option<Gateway>,
     ca: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 fn root_and_silo_a(silo_toml: &str) -> Silos {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &["--role", "root"]);
-    let port = free_udp_port();
-    let bundle = dir.path().join("silo-a.json");
-    let config = format!("[agents]\nheartbeat_secs = 5\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
-    let agent_listen = format!("127.0.0.1:{port}");
-    let a = Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
-        // The silo's key goes to the root, which certifies it in the bundle the silo joins with.
-        let key = operator_in(data, &["silo", "key"]);
-        add_silo(&root, "silo-a", port, key.trim(), &bundle);
-        let joined = operator_in(data, &["silo", "join", bundle.to_str().unwrap()]);
-        assert!(joined.contains("as silo silo-a"), "{joined}");
-    });
-    let ca = dir.path().join("cas.pem");
-    let both = [root.ca_path(), a.ca_path()].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>();
-    std::fs::write(&ca, both).unwrap();
-    Silos { root, a, ca, _dir: dir }
+    root_and_silos(silo_toml, false)
 }
 
-/// `tether silo add NAME` on `root`: location 127.0.0.1:`port`, region eu, the silo's signing key
-/// `key`; the bundle written to `bundle`.
+fn root_and_silos(silo_toml: &str, with_b: bool) -> Silos {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Gateway::start_with_config("[agents]\nheartbeat_secs = 5\n", &["--role", "root"]);
+    let a = maintenance_silo(&root, "silo-a", silo_toml, dir.path());
+    let b = with_b.then(|| maintenance_silo(&root, "silo-b", silo_toml, dir.path()));
+    let ca = dir.path().join("cas.pem");
+    let cas = [Some(&root), Some(&a), b.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|g| std::fs::read_to_string(g.ca_path()).unwrap())
+        .collect::<String>();
+    std::fs::write(&ca, cas).unwrap();
+    Silos { root, a, b, ca, _dir: dir }
+}
+
+/// A maintenance silo `name` of `root`, joined with the bundle the root wrote for its key.
+fn maintenance_silo(root: &Gateway, name: &str, silo_toml: &str, dir: &Path) -> Gateway {
+    let port = free_udp_port();
+    let bundle = dir.join(format!("{name}.json"));
+    let config =
+        format!("[agents]\nheartbeat_secs = 5\ndelivery_poll_secs = 2\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
+    let agent_listen = format!("127.0.0.1:{port}");
+    Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
+        // The silo's key goes to the root, which certifies it in the bundle the silo joins with.
+        let key = operator_in(data, &["silo", "key"]);
+        add_silo(root, name, port, key.trim(), &bundle);
+        let joined = operator_in(data, &["silo", "join", bundle.to_str().unwrap()]);
+        assert!(joined.contains(&format!("as silo {name}")), "{joined}");
+    })
+}
+
+/// `tether silo add NAME` on `root`: location 127.0.0.1:`port`, region eu (us for `silo-b`), the
+/// silo's signing key `key`; the bundle written to `bundle`.
 fn add_silo(root: &Gateway, name: &str, port: u16, key: &str, bundle: &Path) {
+    let region = if name == "silo-b" { "us" } else { "eu" };
     let added = root.operator(&[
         "silo",
         "add",
@@ -69,7 +86,7 @@ fn add_silo(root: &Gateway, name: &str, port: u16, key: &str, bundle: &Path) {
         "--capacity",
         "100",
         "--region",
-        "eu",
+        region,
         "--root-api",
         &root.api_url(),
         "--signing-key",
@@ -93,7 +110,7 @@ fn dump(data_dir: &Path) -> String {
 
 #[test]
 fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() {
-    let Silos { mut root, a, ca, _dir } = root_and_silo_a("");
+    let Silos { mut root, a, ca, _dir, .. } = root_and_silo_a("");
     let subscriber = register_olga(&root);
     // Personal data the root keeps and silo A must never see.
     root.operator_with_stdin(
@@ -175,7 +192,7 @@ fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() 
 
 #[test]
 fn silos_refuse_what_the_certificate_does_not_allow() {
-    let Silos { root, a, ca, _dir } = root_and_silo_a("tiers = [\"standard\"]\n");
+    let Silos { root, a, ca, _dir, .. } = root_and_silo_a("tiers = [\"standard\"]\n");
     let olga = register_olga(&root);
     let root_addr = root.agent_addr().to_string();
 
@@ -252,4 +269,90 @@ fn a_silo_joins_only_with_a_bundle_the_root_signed_for_its_own_key() {
     // The bundle as the root wrote it joins.
     let (code, err) = join(&good);
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// The reports silo `gateway` stores of machine `uuid`: their sequence numbers, oldest first.
+fn report_seqs(gateway: &Gateway, uuid: uuid::Uuid) -> Vec<u64> {
+    let reports = get(gateway, &format!("/api/v1/devices/{uuid}/telemetry"));
+    let mut seqs: Vec<u64> = reports.as_array().unwrap().iter().filter_map(|r| r["seq"].as_u64()).collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+#[test]
+fn an_operator_moves_a_subscribers_pcs_to_silo_b_and_their_history_follows() {
+    let Silos { root, a, b, ca, _dir } = root_and_silos("", true);
+    let b = b.unwrap();
+    let olga = register_olga(&root);
+    // Olga's machines go to the region of silo A (B is in another).
+    root.operator(&["silo", "entitle", &olga, "--region", "eu"]);
+    let root_addr = root.agent_addr().to_string();
+    // Two PCs on silo A: one runs through the move, the other is off during it.
+    let (running, off) = (Pc::new(), Pc::new());
+    for pc in [&running, &off] {
+        pc.enroll_at(&root_addr, &enrollment_token(&root, &olga), &ca).expect("enrollment through the root");
+        assert_eq!(pc.status()["gateways"], serde_json::json!([a.agent_addr().to_string()]));
+    }
+    let mut agent = running.run();
+    let mut later = off.run();
+    wait_for("both PCs' reports and meters on silo A", WAIT, || {
+        [&running, &off].iter().all(|pc| {
+            report_seqs(&a, pc.uuid).len() >= 2
+                && get(&a, &format!("/api/v1/devices/{}/health", pc.uuid))["health"].is_string()
+        })
+    });
+    later.terminate(Duration::from_secs(10));
+    let on_a = report_seqs(&a, running.uuid);
+    let meter_on_a = get(&a, &format!("/api/v1/devices/{}/health", running.uuid));
+
+    // The operator moves every machine of the subscriber to silo B.
+    let started = std::time::Instant::now();
+    let moved = root.operator(&["silo", "move", "--subscriber", &olga, "--to", "silo-b", "--json"]);
+    let moved: serde_json::Value = serde_json::from_str(&moved).unwrap();
+    assert_eq!(moved.as_array().unwrap().len(), 2, "{moved}");
+    assert!(moved.as_array().unwrap().iter().all(|m| m["from"] == "silo-a" && m["to"] == "silo-b"), "{moved}");
+
+    // The running PC gets there through A, while it runs, with its history.
+    wait_for("the running PC on silo B", WAIT, || {
+        get(&b, &format!("/api/v1/devices/{}/agent", running.uuid))["connected"] == true
+    });
+    let took = started.elapsed();
+    eprintln!("move of a connected PC from silo A to silo B: {} ms", took.as_millis());
+    assert!(agent.stderr().contains("moved by the root to another silo"), "{}", agent.tail());
+    wait_for("the running PC's history on silo B", WAIT, || {
+        let on_b = report_seqs(&b, running.uuid);
+        on_a.iter().all(|seq| on_b.contains(seq))
+    });
+    let meter_on_b = get(&b, &format!("/api/v1/devices/{}/health", running.uuid));
+    assert_eq!(meter_on_b["changes"].as_array().map(Vec::len), meter_on_a["changes"].as_array().map(Vec::len));
+    assert_eq!(running.status()["gateways"], serde_json::json!([b.agent_addr().to_string()]));
+    // B has it, reported so to the root: A forgets it.
+    wait_for("silo A to forget the running PC", WAIT, || {
+        let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
+        !clients.as_array().unwrap().iter().any(|c| c["uuid"] == running.uuid.to_string())
+    });
+    assert!(report_seqs(&a, running.uuid).is_empty(), "silo A still holds the running PC's reports");
+    assert!(!dump(a.data_dir()).contains(&running.uuid.to_string()), "silo A's store still names the running PC");
+    // New reports go on at B.
+    let last_on_a = *on_a.last().unwrap();
+    wait_for("a new report on silo B", WAIT, || report_seqs(&b, running.uuid).iter().any(|s| *s > last_on_a + 1));
+
+    // The PC that was off dials A, its silo as far as it knows, and is sent on to B.
+    let mut later = off.run();
+    wait_for("the PC that was off on silo B", WAIT, || {
+        get(&b, &format!("/api/v1/devices/{}/agent", off.uuid))["connected"] == true
+    });
+    wait_for("silo A to forget the PC that was off", WAIT, || {
+        let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
+        clients.as_array().unwrap().is_empty()
+    });
+    let on_b: serde_json::Value = serde_json::from_str(&b.operator(&["silo", "clients", "--json"])).unwrap();
+    assert_eq!(on_b.as_array().unwrap().len(), 2, "{on_b}");
+    assert!(on_b.as_array().unwrap().iter().all(|c| c["moved_from"] == "silo-a"), "{on_b}");
+    let silos: serde_json::Value = serde_json::from_str(&root.operator(&["silo", "list", "--json"])).unwrap();
+    let assigned =
+        |name: &str| silos.as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["assigned"].clone();
+    assert_eq!((assigned("silo-a"), assigned("silo-b")), (0.into(), 2.into()), "{silos}");
+    later.terminate(Duration::from_secs(10));
+    agent.terminate(Duration::from_secs(10));
 }

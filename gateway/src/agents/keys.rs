@@ -21,7 +21,8 @@ use protocols::tap::{signed_message, SignDomain};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::{Duration, OffsetDateTime};
@@ -41,6 +42,8 @@ pub enum IssueError {
     Entitlement(#[from] EntitlementError),
     #[error("the certificate request does not parse or its signature does not verify: {0}")]
     BadRequest(rcgen::Error),
+    #[error("the machine's public key on record does not parse: {0}")]
+    BadKey(rcgen::Error),
     #[error("signing the certificate: {0}")]
     Sign(rcgen::Error),
 }
@@ -54,6 +57,9 @@ pub struct Issued {
     /// SHA-256 of the DER, `AA:BB:…`.
     pub fingerprint: String,
     pub not_after: OffsetDateTime,
+    /// Hex of the machine's SubjectPublicKeyInfo (DER): a root reissues for it when it moves
+    /// the machine to another silo.
+    pub spki: String,
 }
 
 /// The agent CA and the signing key, loaded.
@@ -165,9 +171,34 @@ impl AgentKeys {
         lifetime: Duration,
         entitlement: Option<&Entitlement>,
     ) -> Result<Issued, IssueError> {
-        let ca_key = self.ca_key.as_ref().ok_or(IssueError::NotIssuer)?;
         let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
             .map_err(IssueError::BadRequest)?;
+        self.issue_for(&request.public_key, uuid, lifetime, entitlement)
+    }
+
+    /// Issues a certificate again for the machine key on record (`spki`: hex of its
+    /// SubjectPublicKeyInfo, as [`Issued::spki`] gave it): how a root moves a machine to another
+    /// silo without the machine asking.
+    pub fn reissue(
+        &self,
+        spki: &str,
+        uuid: Uuid,
+        lifetime: Duration,
+        entitlement: Option<&Entitlement>,
+    ) -> Result<Issued, IssueError> {
+        let der = hex::decode(spki).map_err(|_| IssueError::BadKey(rcgen::Error::CouldNotParseKeyPair))?;
+        let key = SubjectPublicKeyInfo::from_der(&der).map_err(IssueError::BadKey)?;
+        self.issue_for(&key, uuid, lifetime, entitlement)
+    }
+
+    fn issue_for(
+        &self,
+        public_key: &impl PublicKeyData,
+        uuid: Uuid,
+        lifetime: Duration,
+        entitlement: Option<&Entitlement>,
+    ) -> Result<Issued, IssueError> {
+        let ca_key = self.ca_key.as_ref().ok_or(IssueError::NotIssuer)?;
         let mut serial = [0u8; 16];
         rand::rng().fill_bytes(&mut serial);
         // Positive, and with a first byte that DER keeps: a serial starting with a zero byte
@@ -193,13 +224,14 @@ impl AgentKeys {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = now - Duration::minutes(5);
         let issuer = Issuer::from_ca_cert_der(&self.ca_der, ca_key).map_err(IssueError::Sign)?;
-        let cert = params.signed_by(&request.public_key, &issuer).map_err(IssueError::Sign)?;
+        let cert = params.signed_by(public_key, &issuer).map_err(IssueError::Sign)?;
         let der = CertificateDer::from(cert.der().to_vec());
         Ok(Issued {
             fingerprint: crate::certs::fingerprint(&der),
             der,
             serial: hex::encode(serial),
             not_after: params.not_after,
+            spki: hex::encode(public_key.subject_public_key_info()),
         })
     }
 }
@@ -301,6 +333,23 @@ mod tests {
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build().unwrap();
         let now = rustls::pki_types::UnixTime::now();
         verifier.verify_client_cert(&issued.der, &[], now).expect("verifies against the agent CA");
+    }
+
+    #[test]
+    fn a_reissued_certificate_is_for_the_same_key_with_a_new_serial() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = AgentKeys::load_or_create(dir.path()).unwrap();
+        let machine = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let uuid = Uuid::new_v4();
+        let first = keys.issue(&csr_for(&machine), uuid, Duration::days(1), None).unwrap();
+        assert_eq!(first.spki, hex::encode(machine.subject_public_key_info()));
+        let again = keys.reissue(&first.spki, uuid, Duration::days(1), None).unwrap();
+        assert_ne!(again.serial, first.serial);
+        let spki = |der: &[u8]| X509Certificate::from_der(der).unwrap().1.tbs_certificate.subject_pki.raw.to_vec();
+        assert_eq!(spki(&again.der), spki(&first.der));
+        assert_eq!(peer_identity(&again.der).unwrap().uuid, uuid);
+        assert!(keys.reissue("00", uuid, Duration::days(1), None).is_err());
     }
 
     #[test]

@@ -263,6 +263,12 @@ async fn drive(
                 pace: Pace::new(),
                 channels: Arc::new(Semaphore::new(deliver::MAX_CHANNELS)),
                 next_channel: 0,
+                cert_sha256: certs
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .map(|c| crate::silo::moves::sha256(c.as_ref()))
+                    .unwrap_or_default(),
+                move_sent: false,
             };
             let ended = agent.serve(&link, &mut control, &hello, capabilities).await;
             drop(slot);
@@ -352,6 +358,7 @@ async fn admit(
             entitled_until,
             first_seen: now,
             last_seen: now,
+            moved_from: None,
         };
         return shared.store.silo_client_seen(&client).await.map_err(|err| {
             warn!(error = %err, "cannot record an admitted client");
@@ -398,12 +405,8 @@ async fn root_entitlement(
         Err(err) => return Err(refused(err.code(), err.to_string())),
     };
     let now = OffsetDateTime::now_utc();
-    let mut until = now + lifetime;
-    if let Some(end) = entitlement.valid_until {
-        if end <= now {
-            return Err(refused("entitlement_expired", "the subscriber's entitlement has ended".into()));
-        }
-        until = until.min(end);
+    if entitlement.valid_until.is_some_and(|end| end <= now) {
+        return Err(refused("entitlement_expired", "the subscriber's entitlement has ended".into()));
     }
     let silo = match shared.store.assigned_silo(uuid).await {
         Ok(Some(silo)) => silo,
@@ -414,14 +417,8 @@ async fn root_entitlement(
         },
         Err(err) => return Err(store_failed(&err)),
     };
-    let granted = Entitlement {
-        service: entitlement.service,
-        tier: entitlement.tier,
-        silo: silo.name.clone(),
-        location: silo.location.clone(),
-        subscriber: entitlement.opaque_id,
-        not_after: until.unix_timestamp(),
-    };
+    let granted = crate::silo::grant(entitlement, &silo, lifetime, now)
+        .map_err(|why| refused("entitlement_expired", why.to_string()))?;
     Ok((granted, silo))
 }
 
@@ -462,6 +459,7 @@ async fn enroll(
         fingerprint: issued.fingerprint.clone(),
         issued_at: now,
         expires_at: issued.not_after,
+        spki: Some(issued.spki.clone()),
     };
     let hello = AgentHello {
         uuid,
@@ -528,6 +526,10 @@ struct Agent<'a> {
     /// Places for relayed sessions to the PC.
     channels: Arc<Semaphore>,
     next_channel: u32,
+    /// SHA-256 of the certificate the agent connected with (a move's order names it).
+    cert_sha256: [u8; 32],
+    /// This session sent the client its move to another silo (once per session).
+    move_sent: bool,
 }
 
 /// Reports an agent may send per second, sustained, and in one burst (a spool sent again after
@@ -705,9 +707,28 @@ impl Agent<'_> {
 
     /// Sends the support actions and messages waiting in the store (with `Resend::Yes`, also
     /// those sent before and not yet answered: on a new connection).
-    async fn deliver(&self, control: &mut Control, resend: Resend) -> Result<(), Ended> {
+    async fn deliver(&mut self, control: &mut Control, resend: Resend) -> Result<(), Ended> {
         for message in deliver::due(self.shared, self.uuid, resend).await {
             control.write(&message).await?;
+        }
+        self.send_move(control).await
+    }
+
+    /// On a maintenance silo: the client's move to another silo, once the root ordered one
+    /// (with its history, exported now).
+    async fn send_move(&mut self, control: &mut Control) -> Result<(), Ended> {
+        let Silo::Maintenance(maintenance) = &self.shared.silo else { return Ok(()) };
+        if self.move_sent {
+            return Ok(());
+        }
+        match crate::silo::moves::handover(maintenance, &self.shared.store, self.keys, self.uuid).await {
+            Ok(Some(message)) => {
+                control.write(&message).await?;
+                self.move_sent = true;
+                info!(uuid = %self.uuid, "sent the client its move to another silo, with its history");
+            }
+            Ok(None) => {}
+            Err(err) => warn!(uuid = %self.uuid, error = %format!("{err:#}"), "cannot hand the client over now"),
         }
         Ok(())
     }
@@ -796,6 +817,22 @@ impl Agent<'_> {
                 match deliver::message_state(self.shared, self.uuid, id, read).await {
                     Some(receipt) => control.write(&receipt).await,
                     None => Ok(()),
+                }
+            }
+            Message::Transfer(handover) => {
+                let Silo::Maintenance(maintenance) = &self.shared.silo else {
+                    return Err(Ended::new(CloseCode::BadMessage, "a handover is for a maintenance silo"));
+                };
+                let shared = self.shared;
+                match crate::silo::moves::take_transfer(shared, maintenance, self.uuid, &self.cert_sha256, &handover)
+                    .await
+                {
+                    Ok(Some(answer)) => control.write(&answer).await,
+                    Ok(None) => Ok(()),
+                    Err(err) => {
+                        warn!(uuid = %self.uuid, error = %err, "cannot import a client's history");
+                        Err(Ended::new(CloseCode::Busy, "the gateway cannot take the handover now; try again"))
+                    }
                 }
             }
             Message::Ping { nonce } => control.write(&Message::Pong { nonce }).await,

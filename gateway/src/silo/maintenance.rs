@@ -104,7 +104,7 @@ impl Bundle {
             .context("the bundle's root_agent_ca is not PEM")
     }
 
-    fn signing_key(&self) -> Result<[u8; 32]> {
+    pub(crate) fn signing_key(&self) -> Result<[u8; 32]> {
         let bytes = hex::decode(&self.root_signing_key).context("the bundle's root_signing_key is not hex")?;
         bytes.try_into().map_err(|_| anyhow::anyhow!("the bundle's root_signing_key is not 32 bytes"))
     }
@@ -322,6 +322,8 @@ pub struct Maintenance {
     revoked: RwLock<Revoked>,
     /// The serial each admitted machine connected with, to end its session when the root revokes it.
     pub(super) admitted: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
+    /// The moves out of this silo the root ordered and the client has not completed, by machine.
+    pub(super) outgoing: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<super::moves::Outgoing>>>,
 }
 
 #[derive(Debug, Default)]
@@ -341,6 +343,7 @@ impl Maintenance {
             tiers,
             revoked: RwLock::new(Revoked::default()),
             admitted: Default::default(),
+            outgoing: Default::default(),
         };
         let path = data_dir.join(REVOCATIONS_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -396,6 +399,11 @@ impl Maintenance {
         Ok(Admitted { uuid, serial: serial.to_string(), entitlement })
     }
 
+    /// A client of the root's API (no token: a silo's calls are public or signed).
+    pub(crate) fn root_client(&self) -> Result<crate::client::ApiClient> {
+        crate::client::ApiClient::new(&self.bundle.root_api, "", &self.data_dir.join(ROOT_TLS_CA_FILE), None)
+    }
+
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.read().map(|r| r.serials.contains(serial)).unwrap_or(true)
     }
@@ -413,8 +421,7 @@ impl Maintenance {
     /// Pulls the root's revocation list once: verified, kept on disk, and installed. The serials
     /// newly revoked.
     pub async fn pull(&self) -> Result<Vec<String>> {
-        let client =
-            crate::client::ApiClient::new(&self.bundle.root_api, "", &self.data_dir.join(ROOT_TLS_CA_FILE), None)?;
+        let client = self.root_client()?;
         let value = client.get_json(REVOCATIONS_PATH).await.context("pulling the root's revocation list")?;
         let signed: SignedRevocations =
             serde_json::from_value(value).context("the root's revocation list is not one")?;

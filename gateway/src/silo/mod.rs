@@ -15,6 +15,7 @@
 //! key, all public.
 
 pub mod maintenance;
+pub mod moves;
 
 pub use maintenance::{
     certify_silo_key, check_name, join, joined, write_bundle, Admitted, Bundle, Maintenance, Refusal, RevocationList,
@@ -24,11 +25,41 @@ pub use maintenance::{
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocols::entitlement::Entitlement;
+use time::OffsetDateTime;
+
 use tracing::{info, warn};
 use uuid::Uuid;
 
-/// Pulls the root's revocation list every `every`, closing the live sessions of newly revoked
-/// certificates, until shutdown.
+/// The entitlement a machine of a subscriber with `entitlement` gets at silo `silo`: it ends with
+/// the certificate (`lifetime` from `now`) or the subscriber's entitlement, whichever is first.
+/// Refused when the subscriber's entitlement has ended.
+pub fn grant(
+    entitlement: crate::store::EntitlementRecord,
+    silo: &crate::store::SiloRecord,
+    lifetime: time::Duration,
+    now: OffsetDateTime,
+) -> Result<Entitlement, &'static str> {
+    let mut until = now + lifetime;
+    if let Some(end) = entitlement.valid_until {
+        if end <= now {
+            return Err("the subscriber's entitlement has ended");
+        }
+        until = until.min(end);
+    }
+    Ok(Entitlement {
+        service: entitlement.service,
+        tier: entitlement.tier,
+        silo: silo.name.clone(),
+        location: silo.location.clone(),
+        subscriber: entitlement.opaque_id,
+        not_after: until.unix_timestamp(),
+    })
+}
+
+/// Every `every`, until shutdown: pulls the root's revocation list (closing the live sessions of
+/// newly revoked certificates), then the moves out of this silo (a connected client of a new one
+/// is handed over at once), and reports the moves it took over that the root has not heard of.
 pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(every);
@@ -48,6 +79,18 @@ pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Ar
             Err(err) => {
                 warn!(error = %format!("{err:#}"), "cannot pull the root's revocation list; keeping the last one")
             }
+        }
+        match moves::pull(&maintenance, &shared.store).await {
+            Ok(fresh) => {
+                for uuid in fresh {
+                    info!(%uuid, "the root moves a client of this silo to another");
+                    crate::support::nudge(&shared, uuid);
+                }
+            }
+            Err(err) => warn!(error = %format!("{err:#}"), "cannot pull the root's moves; trying again later"),
+        }
+        if let Err(err) = moves::report(&maintenance, &shared.store, &shared.agent_keys).await {
+            warn!(error = %format!("{err:#}"), "cannot report moves to the root; trying again later");
         }
     }
 }
