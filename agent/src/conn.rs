@@ -201,6 +201,8 @@ pub async fn enroll_from(
     };
     state.save_enrollment(&enrollment)?;
     let _ = std::fs::remove_file(state.path("config.json"));
+    // A move to another silo left unfinished belongs to the enrollment it came with.
+    let _ = std::fs::remove_file(state.path(moves::HANDOVER_FILE));
     set_mode(&state.path("key.pem"), 0o600)?;
     Ok(enrollment)
 }
@@ -443,6 +445,12 @@ impl Agent {
         // Read again each time: a move to another silo changes them.
         let enrolled = self.state.enrollment().ok().flatten().map(|e| e.gateways);
         let mut list = enrolled.unwrap_or_else(|| self.enrollment.gateways.clone());
+        // The silo the certificate names comes first (a move interrupted between writing the
+        // certificate and the gateways still gets there).
+        if let Some(location) = self.held_cert().ok().and_then(|der| own_entitlement(&der)).map(|e| e.location) {
+            list.retain(|g| g != &location);
+            list.insert(0, location);
+        }
         if let Ok(Some(saved)) = self.state.config() {
             for gateway in saved.gateways {
                 if !list.contains(&gateway) {

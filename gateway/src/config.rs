@@ -90,14 +90,21 @@ pub struct SiloConfig {
     pub role: crate::silo::maintenance::Role,
     /// (maintenance) The tiers served here; empty: any tier the root grants.
     pub tiers: Vec<String>,
-    /// (maintenance) How often the root's revocation list is pulled: a revoked client is
-    /// refused, and its session closed, within this.
+    /// (maintenance) How often the root's revocation list, and the moves out of this silo, are
+    /// pulled: a revoked client is refused, and its session closed, within this.
     pub revocations_pull_secs: u32,
+    /// (maintenance) How often this silo sends its root its aggregates.
+    pub aggregates_push_secs: u32,
 }
 
 impl Default for SiloConfig {
     fn default() -> Self {
-        Self { role: crate::silo::maintenance::Role::All, tiers: Vec::new(), revocations_pull_secs: 60 }
+        Self {
+            role: crate::silo::maintenance::Role::All,
+            tiers: Vec::new(),
+            revocations_pull_secs: 60,
+            aggregates_push_secs: 60,
+        }
     }
 }
 
@@ -516,6 +523,7 @@ impl Config {
         at_least("devices.liveness_timeout_ms", self.devices.liveness_timeout_ms, 100)?;
         at_least("database_pool_size", self.database_pool_size.into(), 1)?;
         at_least("silo.revocations_pull_secs", self.silo.revocations_pull_secs.into(), 1)?;
+        at_least("silo.aggregates_push_secs", self.silo.aggregates_push_secs.into(), 1)?;
         at_least("proxy.header_timeout_ms", self.proxy.header_timeout_ms, 100)?;
         at_least("fleet.heartbeat_interval_secs", self.fleet.heartbeat_interval_secs, 1)?;
         at_least("lan.rate_pps", self.lan.rate_pps.into(), 1)?;

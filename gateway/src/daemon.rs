@@ -286,6 +286,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
     if let crate::silo::Silo::Maintenance(maintenance) = &shared.silo {
         let every = Duration::from_secs(shared.config.silo.revocations_pull_secs.into());
         tasks.spawn(crate::silo::pull_revocations(Arc::clone(&shared), Arc::clone(maintenance), every));
+        let every = Duration::from_secs(shared.config.silo.aggregates_push_secs.into());
+        tasks.spawn(crate::silo::push_aggregates(Arc::clone(&shared), Arc::clone(maintenance), every));
     }
     let heartbeat = tokio::spawn(fleet::heartbeat(Arc::clone(&shared), registration));
     lan::tunnel::start(Arc::clone(&shared)).await.context("starting the LAN tools")?;

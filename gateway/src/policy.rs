@@ -126,10 +126,12 @@ pub enum Action {
     SendSupport,
     /// A message to every machine of a subscriber (its owner), or of the gateway (operators).
     Broadcast,
+    /// A root's maintenance silos and their aggregates (operators).
+    ViewSilos,
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -149,6 +151,7 @@ impl Action {
         Action::RevokeAgent,
         Action::SendSupport,
         Action::Broadcast,
+        Action::ViewSilos,
     ];
 
     /// Whether a token of scope `read` is enough: reading only.
@@ -158,7 +161,8 @@ impl Action {
             | Action::ViewMachine
             | Action::ViewAudit
             | Action::ViewSubscriberPii
-            | Action::ViewLan => true,
+            | Action::ViewLan
+            | Action::ViewSilos => true,
             Action::AttachRelay
             | Action::ManageContacts
             | Action::LeaveSubscriber
@@ -192,7 +196,7 @@ impl Action {
             | Action::EnrollMachine
             | Action::TerminateSubscription
             | Action::IssueMpsAccount => matches!(resource, R::Subscriber(_)),
-            Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan => {
+            Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan | Action::ViewSilos => {
                 matches!(resource, R::Gateway)
             }
             Action::SuspendUser | Action::ManageTokens => matches!(resource, R::User(_)),
@@ -319,7 +323,8 @@ pub fn authorize(
         | Action::ManageUsers
         | Action::ViewLan
         | Action::UseLan
-        | Action::RevokeAgent => Err(Denied::OperatorOnly),
+        | Action::RevokeAgent
+        | Action::ViewSilos => Err(Denied::OperatorOnly),
     }
 }
 

@@ -77,7 +77,9 @@ fn resource(action: Action) -> Resource {
         | Action::TerminateSubscription
         | Action::IssueMpsAccount
         | Action::Broadcast => Resource::Subscriber(1),
-        Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan => Resource::Gateway,
+        Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan | Action::ViewSilos => {
+            Resource::Gateway
+        }
         Action::SuspendUser | Action::ManageTokens => Resource::User(99),
     }
 }
@@ -106,6 +108,7 @@ fn attach_scope(action: Action) -> [E; 7] {
         Action::RevokeAgent           => [A, O, O, O, O, O, S],
         Action::SendSupport           => [A, A, T, A, T, N, S],
         Action::Broadcast             => [A, A, T, N, N, N, S],
+        Action::ViewSilos             => [A, O, O, O, O, O, S],
     }
 }
 
@@ -133,6 +136,7 @@ fn read_scope(action: Action) -> [E; 7] {
         Action::RevokeAgent           => [P, P, P, P, P, P, S],
         Action::SendSupport           => [P, P, P, P, P, P, S],
         Action::Broadcast             => [P, P, P, P, P, P, S],
+        Action::ViewSilos             => [A, O, O, O, O, O, S],
     }
 }
 

@@ -89,6 +89,13 @@ pub enum SiloAction {
         #[arg(long)]
         json: bool,
     },
+    /// (root) The aggregates each maintenance silo last sent (machines by meter, connected, alerts
+    /// and actions of the last day), and their sum.
+    Aggregates {
+        /// Print JSON (with the counts per reason, tier and subscriber's opaque id).
+        #[arg(long)]
+        json: bool,
+    },
     /// (maintenance) Join the root whose bundle this is (`tether silo add` wrote it there).
     Join { bundle: PathBuf },
     /// (maintenance) The clients this silo admitted.
@@ -236,6 +243,31 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
             }
             Ok(())
         }
+        SiloAction::Aggregates { json } => {
+            let store = open_store(store_args, data_dir).await?;
+            let across = silo::aggregates::across(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&across)?);
+                return Ok(());
+            }
+            println!(
+                "{:16}  {:>8}  {:>6}  {:>6}  {:>6}  {:>7}  {:>9}  {:>10}  {:>11}  RECEIVED",
+                "SILO", "MACHINES", "GREEN", "YELLOW", "RED", "UNRATED", "CONNECTED", "ALERTS 24H", "ACTIONS 24H"
+            );
+            let row = |name: &str, a: &silo::aggregates::Aggregates, received: String| {
+                let m = &a.machines;
+                println!(
+                    "{:16}  {:>8}  {:>6}  {:>6}  {:>6}  {:>7}  {:>9}  {:>10}  {:>11}  {received}",
+                    name, m.machines, m.green, m.yellow, m.red, m.unrated, a.connected, a.alerts_24h, a.actions_24h
+                );
+            };
+            for one in &across.silos {
+                let received = OffsetDateTime::from_unix_timestamp(one.received_at).map(rfc3339).unwrap_or_default();
+                row(&one.aggregates.silo, &one.aggregates, received);
+            }
+            row("(all)", &across.total, String::new());
+            Ok(())
+        }
         SiloAction::Key => {
             crate::paths::ensure_data_dir(data_dir)?;
             let keys = crate::agents::keys::AgentKeys::load_or_create(data_dir)
@@ -258,15 +290,19 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
             if json {
                 println!("{}", serde_json::to_string_pretty(&clients)?);
             } else {
-                println!("{:36}  {:36}  {:10}  {:20}  LAST SEEN", "UUID", "SUBSCRIBER", "TIER", "ENTITLED UNTIL");
+                println!(
+                    "{:36}  {:36}  {:10}  {:20}  {:20}  MOVED FROM",
+                    "UUID", "SUBSCRIBER", "TIER", "ENTITLED UNTIL", "LAST SEEN"
+                );
                 for c in &clients {
                     println!(
-                        "{:36}  {:36}  {:10}  {:20}  {}",
+                        "{:36}  {:36}  {:10}  {:20}  {:20}  {}",
                         c.uuid,
                         c.subscriber,
                         c.tier,
                         rfc3339(c.entitled_until),
-                        rfc3339(c.last_seen)
+                        rfc3339(c.last_seen),
+                        c.moved_from.as_deref().unwrap_or("-")
                     );
                 }
             }

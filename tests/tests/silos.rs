@@ -62,7 +62,7 @@ fn maintenance_silo(root: &Gateway, name: &str, silo_toml: &str, dir: &Path) -> 
     let port = free_udp_port();
     let bundle = dir.join(format!("{name}.json"));
     let config =
-        format!("[agents]\nheartbeat_secs = 5\ndelivery_poll_secs = 2\n[silo]\nrevocations_pull_secs = 1\n{silo_toml}");
+        format!("[agents]\nheartbeat_secs = 5\ndelivery_poll_secs = 2\n[silo]\nrevocations_pull_secs = 1\naggregates_push_secs = 1\n{silo_toml}");
     let agent_listen = format!("127.0.0.1:{port}");
     Gateway::start_with_setup(&config, &["--role", "maintenance", "--agent-listen", &agent_listen], |data| {
         // The silo's key goes to the root, which certifies it in the bundle the silo joins with.
@@ -271,6 +271,13 @@ fn a_silo_joins_only_with_a_bundle_the_root_signed_for_its_own_key() {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// The aggregates silo `silo` last sent `root`, as its API shows them (null: none yet).
+fn aggregates_of(root: &Gateway, silo: &str) -> serde_json::Value {
+    let silos = get(root, "/api/v1/silos");
+    let one = silos["silos"].as_array().unwrap().iter().find(|s| s["name"] == silo).cloned();
+    one.map(|s| s["aggregates"].clone()).unwrap_or_default()
+}
+
 /// The reports silo `gateway` stores of machine `uuid`: their sequence numbers, oldest first.
 fn report_seqs(gateway: &Gateway, uuid: uuid::Uuid) -> Vec<u64> {
     let reports = get(gateway, &format!("/api/v1/devices/{uuid}/telemetry"));
@@ -304,6 +311,26 @@ fn an_operator_moves_a_subscribers_pcs_to_silo_b_and_their_history_follows() {
     later.terminate(Duration::from_secs(10));
     let on_a = report_seqs(&a, running.uuid);
     let meter_on_a = get(&a, &format!("/api/v1/devices/{}/health", running.uuid));
+
+    // Silo A's aggregates reach the root, signed, and match the PCs' meters on A.
+    let meters: Vec<String> = [&running, &off]
+        .iter()
+        .map(|pc| get(&a, &format!("/api/v1/devices/{}/health", pc.uuid))["health"].as_str().unwrap().to_string())
+        .collect();
+    let expected = |state: &str| meters.iter().filter(|m| *m == state).count() as u64;
+    wait_for("silo A's aggregates on the root", WAIT, || {
+        let got = aggregates_of(&root, "silo-a");
+        got["machines"]["machines"] == 2
+            && ["green", "yellow", "red"].iter().all(|s| got["machines"][*s].as_u64() == Some(expected(s)))
+            && got["connected"] == 1
+    });
+    let got = aggregates_of(&root, "silo-a");
+    let opaque = got["subscribers"].as_object().unwrap().keys().next().unwrap().clone();
+    assert!(uuid::Uuid::parse_str(&opaque).is_ok(), "subscribers by opaque id only: {got}");
+    assert_eq!(got["subscribers"][&opaque]["machines"], 2, "{got}");
+    assert_eq!(got["tiers"]["standard"]["machines"], 2, "{got}");
+    let table = root.operator(&["silo", "aggregates"]);
+    assert!(table.lines().any(|l| l.starts_with("silo-a") && l.split_whitespace().nth(1) == Some("2")), "{table}");
 
     // The operator moves every machine of the subscriber to silo B.
     let started = std::time::Instant::now();
@@ -353,6 +380,13 @@ fn an_operator_moves_a_subscribers_pcs_to_silo_b_and_their_history_follows() {
     let assigned =
         |name: &str| silos.as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["assigned"].clone();
     assert_eq!((assigned("silo-a"), assigned("silo-b")), (0.into(), 2.into()), "{silos}");
+    // The aggregates follow: both on B, none left on A; the sum across silos is still two.
+    wait_for("the aggregates to show both PCs on silo B", WAIT, || {
+        let total = get(&root, "/api/v1/silos")["total"].clone();
+        aggregates_of(&root, "silo-b")["machines"]["machines"] == 2
+            && aggregates_of(&root, "silo-a")["machines"]["machines"] == 0
+            && total["machines"]["machines"] == 2
+    });
     later.terminate(Duration::from_secs(10));
     agent.terminate(Duration::from_secs(10));
 }

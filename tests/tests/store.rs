@@ -14,7 +14,7 @@ use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
     choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, SiloClient, SiloError,
-    DEFAULT_TIER, SERVICE_SUPPORT,
+    StoredAggregates, DEFAULT_TIER, SERVICE_SUPPORT,
 };
 use tether_gateway::store::{
     Acceptance, AccountError, ActionOutcome, AuditAction, ContactState, DevicePage, InstanceRegistration, Location,

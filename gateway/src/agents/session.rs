@@ -269,6 +269,7 @@ async fn drive(
                     .map(|c| crate::silo::moves::sha256(c.as_ref()))
                     .unwrap_or_default(),
                 move_sent: false,
+                transfer_taken: false,
             };
             let ended = agent.serve(&link, &mut control, &hello, capabilities).await;
             drop(slot);
@@ -530,6 +531,8 @@ struct Agent<'a> {
     cert_sha256: [u8; 32],
     /// This session sent the client its move to another silo (once per session).
     move_sent: bool,
+    /// This session took the client's handover (once per session).
+    transfer_taken: bool,
 }
 
 /// Reports an agent may send per second, sustained, and in one burst (a spool sent again after
@@ -821,8 +824,14 @@ impl Agent<'_> {
             }
             Message::Transfer(handover) => {
                 let Silo::Maintenance(maintenance) = &self.shared.silo else {
-                    return Err(Ended::new(CloseCode::BadMessage, "a handover is for a maintenance silo"));
+                    // Left over from a move before the agent enrolled here: nothing to take.
+                    debug!(uuid = %self.uuid, "ignoring a handover: this gateway is not a maintenance silo");
+                    return Ok(());
                 };
+                // One per session: each costs three signature checks and a transaction.
+                if std::mem::replace(&mut self.transfer_taken, true) {
+                    return Err(Ended::new(CloseCode::BadMessage, "one handover per connection"));
+                }
                 let shared = self.shared;
                 match crate::silo::moves::take_transfer(shared, maintenance, self.uuid, &self.cert_sha256, &handover)
                     .await

@@ -52,6 +52,7 @@ mod openapi;
 mod redirections;
 mod relays;
 mod schemas;
+mod silos;
 mod support;
 
 use std::collections::BTreeMap;
@@ -107,7 +108,10 @@ pub struct Api {
     /// A root's signed revocation list, made at most once a second whoever asks.
     revocations: tokio::sync::Mutex<Option<(std::time::Instant, crate::silo::SignedRevocations)>>,
     /// The moves out of each silo, as last served (at most once a second per silo).
-    moves: tokio::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, crate::silo::moves::MovesOut)>>,
+    #[allow(clippy::type_complexity)]
+    moves: tokio::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, Option<crate::silo::moves::MovesOut>)>,
+    >,
 }
 
 impl Api {
@@ -191,6 +195,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/subscribers/{id}/contacts/{contact}", delete(accounts::remove_contact))
         .route("/api/v1/subscribers/{id}/leave", post(accounts::leave))
         .route("/api/v1/subscribers/{id}/mps-account", post(accounts::mps_account))
+        .route("/api/v1/silos", get(silos::list))
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
         // Before the layer, so that a wrong method, too, is answered only after the token.
@@ -207,9 +212,10 @@ pub fn router(api: Arc<Api>) -> Router {
             }),
         )
         .route("/api/openapi.json", get(openapi::openapi_json))
-        .route(crate::silo::REVOCATIONS_PATH, get(silo_revocations))
-        .route(crate::silo::moves::MOVES_PATH, get(silo_moves))
-        .route(crate::silo::moves::MOVED_PATH, axum::routing::post(silo_moved))
+        .route(crate::silo::REVOCATIONS_PATH, get(silos::revocations))
+        .route(crate::silo::moves::MOVES_PATH, get(silos::moves))
+        .route(crate::silo::moves::MOVED_PATH, post(silos::moved))
+        .route(crate::silo::aggregates::AGGREGATES_PATH, post(silos::take_aggregates))
         .merge(v1)
         .with_state(api)
         .merge(portal)
@@ -328,91 +334,6 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
         .with_state(shared);
     if let Err(err) = axum::serve(listener, app).await {
         warn!(error = %err, "metrics listener stopped");
-    }
-}
-
-/// A root's revocation list, signed, for its maintenance silos to pull: public (it names only
-/// serials), so without a token; made at most once a second. A maintenance silo has none.
-async fn silo_revocations(State(api): State<Arc<Api>>) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo publishes no revocation list");
-    }
-    let mut cached = api.revocations.lock().await;
-    if let Some((at, signed)) = &*cached {
-        if at.elapsed() < Duration::from_secs(1) {
-            return Json(signed.clone()).into_response();
-        }
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let serials = match api.shared.store.revoked_agent_serials(now, crate::silo::MAX_REVOKED).await {
-        Ok(serials) => serials,
-        Err(err) => return store_unavailable(err),
-    };
-    let list = crate::silo::RevocationList { issued_at: now.unix_timestamp(), serials };
-    let signed = crate::silo::SignedRevocations::sign(&api.shared.agent_keys, &list);
-    *cached = Some((std::time::Instant::now(), signed.clone()));
-    Json(signed).into_response()
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct MovesQuery {
-    from: String,
-}
-
-/// Silos the moves cache holds at most (past it, it starts again).
-const MOVES_CACHED: usize = 256;
-
-/// A root's moves out of silo `from`, for that silo to pull: each order is signed by the root,
-/// so without a token; made at most once a second per silo.
-async fn silo_moves(State(api): State<Arc<Api>>, query: Result<Query<MovesQuery>, QueryRejection>) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo orders no moves");
-    }
-    let Ok(Query(MovesQuery { from })) = query else {
-        return error(StatusCode::BAD_REQUEST, BAD_REQUEST, "from=SILO is required");
-    };
-    if crate::silo::check_name(&from).is_err() {
-        return error(StatusCode::BAD_REQUEST, BAD_REQUEST, "from= is not a silo name");
-    }
-    let mut cached = api.moves.lock().await;
-    if let Some((at, moves)) = cached.get(&from) {
-        if at.elapsed() < Duration::from_secs(1) {
-            return Json(moves.clone()).into_response();
-        }
-    }
-    let moves = match crate::silo::moves::served(&api.shared.store, &from).await {
-        Ok(moves) => moves,
-        Err(err) => return store_unavailable(err),
-    };
-    if cached.len() >= MOVES_CACHED {
-        cached.clear();
-    }
-    cached.insert(from, (std::time::Instant::now(), moves.clone()));
-    Json(moves).into_response()
-}
-
-/// A maintenance silo's report of the moves it took over, signed with the key it was registered
-/// with: each is confirmed, and the machine's old certificate revoked.
-async fn silo_moved(
-    State(api): State<Arc<Api>>,
-    body: Result<Json<crate::silo::moves::SiloReport>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    use crate::silo::moves::ReportError;
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo takes no reports");
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_json(rejection),
-    };
-    match crate::silo::moves::take_report(&api.shared.store, &report).await {
-        Ok(confirmed) => Json(serde_json::json!({ "confirmed": confirmed })).into_response(),
-        Err(ReportError::Store(err)) => store_unavailable(err),
-        Err(err @ (ReportError::UnknownSilo(_) | ReportError::BadSignature(_))) => {
-            warn!(silo = %report.silo, error = %err, "refused a silo's report");
-            error(StatusCode::FORBIDDEN, "bad_signature", err.to_string())
-        }
-        Err(err @ ReportError::Malformed(_)) => error(StatusCode::BAD_REQUEST, BAD_REQUEST, err.to_string()),
     }
 }
 

@@ -64,6 +64,7 @@ impl Modify for BearerToken {
         super::lan::start_scan,
         super::lan::show_scan,
         super::lan::hosts,
+        super::silos::list,
         super::lan::wake_mac,
         super::lan::list_devices,
         super::lan::adopt_device,

@@ -14,6 +14,7 @@
 //! the silo imports (`tether silo join`): the root's agent CA, its API's TLS CA and its signing
 //! key, all public.
 
+pub mod aggregates;
 pub mod maintenance;
 pub mod moves;
 
@@ -91,6 +92,22 @@ pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Ar
         }
         if let Err(err) = moves::report(&maintenance, &shared.store, &shared.agent_keys).await {
             warn!(error = %format!("{err:#}"), "cannot report moves to the root; trying again later");
+        }
+    }
+}
+
+/// Sends the root this silo's aggregates every `every`, until shutdown.
+pub async fn push_aggregates(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(err) = aggregates::push(&maintenance, &shared.store, &shared.agent_keys).await {
+            warn!(error = %format!("{err:#}"), "cannot send the root this silo's aggregates; trying again later");
         }
     }
 }

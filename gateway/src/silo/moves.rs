@@ -83,6 +83,20 @@ pub async fn order(
     if from.name == to.name {
         return Err(crate::exit::bad_input(format!("machine {uuid} is served by {} already", to.name)));
     }
+    if let Some(pending) = store.move_of(uuid).await?.filter(|m| m.confirmed_at.is_none()) {
+        return Err(crate::exit::refused(format!(
+            "machine {uuid} is moving to {} already (ordered {}); move it again once it is there",
+            pending.to_silo,
+            crate::operator::rfc3339(pending.created_at)
+        )));
+    }
+    if store.silo_signing_key(&to.name).await?.is_none() {
+        return Err(crate::exit::refused(format!(
+            "silo {} has no signing key on record (it was added before schema 15), so it could not confirm the \
+             move: add it again under a new name with `tether silo add … --signing-key`",
+            to.name
+        )));
+    }
     if to.assigned >= to.capacity {
         return Err(crate::exit::refused(format!("silo {} is full ({} of {})", to.name, to.assigned, to.capacity)));
     }
@@ -170,7 +184,8 @@ pub async fn served(store: &Store, from: &str) -> Result<MovesOut, crate::store:
             .map(|m| ServedMove {
                 id: m.id,
                 uuid: m.uuid,
-                certificate: m.certificate,
+                // A confirmed move only tells the silo left to forget the client.
+                certificate: if m.confirmed_at.is_some() { String::new() } else { m.certificate },
                 order: m.order_payload,
                 signature: m.order_signature,
                 confirmed: m.confirmed_at.is_some(),
@@ -211,9 +226,8 @@ pub enum ReportError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// A silo's report (root): checked against the key the silo was registered with; each move it
-/// names to it is confirmed once, and the machine's old certificate revoked. How many were new.
-pub async fn take_report(store: &Store, report: &SiloReport) -> Result<usize, ReportError> {
+/// Whether the silo a report names signed it with the key it was registered with (root).
+pub(super) async fn verify_report(store: &Store, report: &SiloReport) -> Result<(), ReportError> {
     let key = store
         .silo_signing_key(&report.silo)
         .await?
@@ -227,6 +241,13 @@ pub async fn take_report(store: &Store, report: &SiloReport) -> Result<usize, Re
     if !verifies(&key, SignDomain::SiloReport, &signed) {
         return Err(ReportError::BadSignature(report.silo.clone()));
     }
+    Ok(())
+}
+
+/// A silo's report (root): checked against the key the silo was registered with; each move it
+/// names to it is confirmed once, and the machine's old certificate revoked. How many were new.
+pub async fn take_report(store: &Store, report: &SiloReport) -> Result<usize, ReportError> {
+    verify_report(store, report).await?;
     let body: ReportBody = serde_json::from_str(&report.payload).map_err(|e| ReportError::Malformed(e.to_string()))?;
     if body.silo != report.silo {
         return Err(ReportError::Malformed(format!("it is signed by {} and says it is {}", report.silo, body.silo)));
@@ -239,9 +260,6 @@ pub async fn take_report(store: &Store, report: &SiloReport) -> Result<usize, Re
     for id in &body.moved {
         let Some(done) = store.confirm_move(id, &body.silo, now).await? else { continue };
         confirmed += 1;
-        if let Some(old) = &done.old_serial {
-            store.revoke_agent_cert(old, &format!("moved to silo {}", done.to_silo), now).await?;
-        }
         info!(uuid = %done.uuid, from = %done.from_silo, to = %done.to_silo, "move confirmed by the silo it went to");
     }
     Ok(confirmed)
@@ -327,7 +345,11 @@ pub async fn handover(
     let Some(outgoing) = maintenance.outgoing.lock().unwrap_or_else(|e| e.into_inner()).get(&uuid).cloned() else {
         return Ok(None);
     };
-    let history = store.client_history(uuid, EXPORT_REPORTS, EXPORT_CHANGES).await?;
+    let mut history = store.client_history(uuid, EXPORT_REPORTS, EXPORT_CHANGES).await?;
+    // Where the client connected from, and through which gateway, stay here.
+    if let Some(agent) = &mut history.agent {
+        (agent.remote_addr, agent.instance_id, agent.connected_since) = (None, None, None);
+    }
     let mut export = Export {
         machine: uuid,
         from: maintenance.name().to_string(),
@@ -365,17 +387,16 @@ pub async fn handover(
 // ---------------------------------------------------------------------------------------------
 // The silo a client goes to.
 
-/// Checks a client's handover at the silo it went to (`me`): the root's order for this machine,
-/// this silo and the certificate it connected with (`cert_sha256`); the leaving silo's key as the
-/// root certified it; the history signed with that key. The order and the history.
-pub fn check_transfer(
+/// Checks a client's move order at the silo it went to (`me`): signed by the root, for this
+/// machine, this silo and the certificate it connected with (`cert_sha256`). That alone proves
+/// the move.
+pub fn check_order(
     root_key: &[u8; 32],
     me: &str,
     uuid: Uuid,
     cert_sha256: &[u8; 32],
     handover: &Handover,
-    now: i64,
-) -> Result<(MoveOrder, Export), String> {
+) -> Result<MoveOrder, String> {
     if !verifies(root_key, SignDomain::Move, &handover.order) {
         return Err("the move order is not signed by the root".into());
     }
@@ -386,6 +407,16 @@ pub fn check_transfer(
     if &order.cert_sha256 != cert_sha256 {
         return Err("the move order names another certificate than the one the client connected with".into());
     }
+    Ok(order)
+}
+
+/// How far ahead of this silo's clock an export's time may be.
+const CLOCK_SKEW: i64 = 300;
+
+/// Checks the history of a handover whose `order` checked out: the root certified the leaving
+/// silo's key, and the certification held when the history was exported; that key signed the
+/// history, which is of this machine and this move.
+pub fn check_history(root_key: &[u8; 32], order: &MoveOrder, handover: &Handover, now: i64) -> Result<Export, String> {
     if !verifies(root_key, SignDomain::SiloKey, &handover.silo_key) {
         return Err("the leaving silo's key is not certified by the root".into());
     }
@@ -393,25 +424,26 @@ pub fn check_transfer(
     if key.silo != order.from {
         return Err(format!("the key is certified for silo {}, and the client left {}", key.silo, order.from));
     }
-    if now >= key.not_after {
-        return Err(format!("the root's certification of silo {}'s key has ended", key.silo));
-    }
     if !verifies(&key.key, SignDomain::SiloExport, &handover.export) {
         return Err(format!("the history is not signed by silo {}'s key", key.silo));
     }
     let export: Export =
         serde_json::from_slice(&handover.export.payload).map_err(|e| format!("the history does not parse: {e}"))?;
-    if export.machine != uuid || export.move_id != order.id || export.from != order.from {
+    if export.machine != order.machine || export.move_id != order.id || export.from != order.from {
         return Err("the history is of another machine or another move".into());
     }
-    Ok((order, export))
+    if export.exported_at >= key.not_after || export.exported_at > now + CLOCK_SKEW {
+        return Err(format!("the root's certification of silo {}'s key did not hold when it was exported", key.silo));
+    }
+    Ok(export)
 }
 
-/// A client's [`Message::Transfer`]: checked, its history imported once, the move reported to
-/// the root (now, and by the pull task until the root has it). The receipt the client waits for;
-/// a handover that does not check out is refused (logged) and answered all the same, since
-/// sending it again cannot make it check out. One for another silo is not answered: the client
-/// keeps it for that silo.
+/// A client's [`Message::Transfer`]: its order checked (the move is then recorded and reported
+/// to the root: now, and by the pull task until the root has it), its history checked and
+/// imported once. The receipt the client waits for. A history that does not check out is refused
+/// (logged) and the move recorded without it; an order that does not check out is refused and
+/// answered all the same, since sending it again cannot help. One for another silo is not
+/// answered: the client keeps it for that silo.
 pub async fn take_transfer(
     shared: &crate::state::Shared,
     maintenance: &Arc<Maintenance>,
@@ -420,11 +452,13 @@ pub async fn take_transfer(
     handover: &Handover,
 ) -> Result<Option<Message>, crate::store::StoreError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    if let Ok(order) = MoveOrder::decode(&handover.order.payload) {
-        if order.to != maintenance.name() {
-            warn!(%uuid, to = %order.to, "a client sent its handover for another silo here; not answered");
-            return Ok(None);
-        }
+    let Ok(order) = MoveOrder::decode(&handover.order.payload) else {
+        warn!(%uuid, "refusing a client's handover: its order does not decode");
+        return Ok(Some(Message::Receipt { id: Uuid::nil() }));
+    };
+    if order.to != maintenance.name() {
+        warn!(%uuid, to = %order.to, "a client sent its handover for another silo here; not answered");
+        return Ok(None);
     }
     let root_key = match maintenance.bundle.signing_key() {
         Ok(key) => key,
@@ -433,18 +467,21 @@ pub async fn take_transfer(
             return Ok(None);
         }
     };
-    let (order, export) = match check_transfer(&root_key, maintenance.name(), uuid, cert_sha256, handover, now) {
-        Ok(checked) => checked,
+    if let Err(why) = check_order(&root_key, maintenance.name(), uuid, cert_sha256, handover) {
+        warn!(%uuid, "refusing a client's handover: {why}");
+        return Ok(Some(Message::Receipt { id: order.id }));
+    }
+    let history = match check_history(&root_key, &order, handover, now) {
+        Ok(export) => export.history,
         Err(why) => {
-            warn!(%uuid, "refusing a client's handover: {why}; its history stays behind");
-            let id = MoveOrder::decode(&handover.order.payload).map(|o| o.id).unwrap_or_default();
-            return Ok(Some(Message::Receipt { id }));
+            warn!(%uuid, from = %order.from, "the client moved in, but its history is refused: {why}");
+            ClientHistory::default()
         }
     };
-    let imported = shared.store.import_client(&export.history, uuid, &order.from, &order.id.to_string()).await?;
+    let imported = shared.store.import_client(&history, uuid, &order.from, &order.id.to_string()).await?;
     if imported {
         info!(
-            %uuid, from = %order.from, reports = export.history.reports.len(), changes = export.history.changes.len(),
+            %uuid, from = %order.from, reports = history.reports.len(), changes = history.changes.len(),
             "client moved in: history imported"
         );
         let (store, keys, maintenance) =
@@ -458,6 +495,19 @@ pub async fn take_transfer(
     Ok(Some(Message::Receipt { id: order.id }))
 }
 
+/// Signs `body` with this silo's key and posts it to the root at `path`.
+pub(super) async fn send_report(
+    maintenance: &Maintenance,
+    keys: &AgentKeys,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<serde_json::Value> {
+    let payload = serde_json::to_string(body)?;
+    let signature = hex::encode(keys.sign(SignDomain::SiloReport, payload.as_bytes()));
+    let report = SiloReport { silo: maintenance.name().to_string(), payload, signature };
+    maintenance.root_client()?.post_json(path, &serde_json::to_value(&report)?).await
+}
+
 /// Tells the root of the moves this silo took over and has not reported yet; how many.
 pub async fn report(maintenance: &Maintenance, store: &Store, keys: &AgentKeys) -> Result<usize> {
     let unreported = store.unreported_moves().await?;
@@ -469,14 +519,7 @@ pub async fn report(maintenance: &Maintenance, store: &Store, keys: &AgentKeys) 
         issued_at: OffsetDateTime::now_utc().unix_timestamp(),
         moved: unreported.iter().map(|(_, id)| id.clone()).collect(),
     };
-    let payload = serde_json::to_string(&body)?;
-    let signature = hex::encode(keys.sign(SignDomain::SiloReport, payload.as_bytes()));
-    let report = SiloReport { silo: body.silo.clone(), payload, signature };
-    maintenance
-        .root_client()?
-        .post_json(MOVED_PATH, &serde_json::to_value(&report)?)
-        .await
-        .context("reporting moves to the root")?;
+    send_report(maintenance, keys, MOVED_PATH, &body).await.context("reporting moves to the root")?;
     let now = OffsetDateTime::now_utc();
     for (_, id) in &unreported {
         store.move_reported(id, now).await?;

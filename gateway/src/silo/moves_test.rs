@@ -74,7 +74,11 @@ fn a_handover_signed_along_the_chain_checks_out_and_each_forgery_is_refused() {
         export: export_of(&order, &world.silo_a),
     };
     let root = world.root.signing_public();
-    let check = |h: &Handover, me: &str, cert: &[u8]| check_transfer(&root, me, uuid, &sha256(cert), h, now());
+    let check = |h: &Handover, me: &str, cert: &[u8]| {
+        let order = check_order(&root, me, uuid, &sha256(cert), h)?;
+        let export = check_history(&root, &order, h, now())?;
+        Ok::<_, String>((order, export))
+    };
     let (checked, export) = check(&good, "silo-b", CERT).expect("the chain checks out");
     assert_eq!((checked.id, export.move_id), (order.id, order.id));
 
@@ -96,7 +100,13 @@ fn a_handover_signed_along_the_chain_checks_out_and_each_forgery_is_refused() {
     assert!(refused(&tampered, "silo-b", CERT).contains("not signed by silo silo-a"));
     // A history of another move, signed all the same.
     let other = export_of(&self::order(uuid), &world.silo_a);
-    assert!(refused(&Handover { export: other, ..good }, "silo-b", CERT).contains("another move"));
+    assert!(refused(&Handover { export: other, ..good.clone() }, "silo-b", CERT).contains("another move"));
+    // Exported after the root's certification of the key ended (30 days): refused.
+    let late = Export { exported_at: now() + 31 * 86_400, ..export };
+    let payload = serde_json::to_vec(&late).unwrap();
+    let signature = world.silo_a.sign(SignDomain::SiloExport, &payload);
+    let late = Handover { export: Signed { payload: Bytes::from(payload), signature }, ..good };
+    assert!(refused(&late, "silo-b", CERT).contains("did not hold"));
 }
 
 #[test]

@@ -500,10 +500,10 @@ CREATE TABLE silo_clients (
 );
 CREATE INDEX silo_clients_subscriber ON silo_clients (subscriber);
 ",
-    // v15: moving clients between silos (docs/silos.md). A root keeps each certificate's public
-    // key (it reissues for it), each silo's signing key (it checks the silo's reports), and the
-    // moves it ordered; a maintenance silo notes which clients came from another silo and
-    // whether it has told the root.
+    // v15: moving clients between silos, and their aggregates (docs/silos.md). A root keeps each
+    // certificate's public key (it reissues for it), each silo's signing key (it checks the
+    // silo's reports), the moves it ordered, and each silo's last aggregates; a maintenance silo
+    // notes which clients came from another silo and whether it has told the root.
     "
 ALTER TABLE agent_certs ADD COLUMN spki TEXT;
 ALTER TABLE silos ADD COLUMN signing_key TEXT;
@@ -524,6 +524,12 @@ CREATE INDEX silo_moves_from ON silo_moves (from_silo, confirmed_at);
 ALTER TABLE silo_clients ADD COLUMN moved_from TEXT;
 ALTER TABLE silo_clients ADD COLUMN move_id TEXT;
 ALTER TABLE silo_clients ADD COLUMN move_reported_at INTEGER;
+CREATE TABLE silo_aggregates (
+    silo TEXT PRIMARY KEY REFERENCES silos (name),
+    issued_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
 ",
 ];
 
@@ -992,6 +998,12 @@ CREATE INDEX silo_moves_from ON silo_moves (from_silo, confirmed_at);
 ALTER TABLE silo_clients ADD COLUMN moved_from TEXT;
 ALTER TABLE silo_clients ADD COLUMN move_id TEXT;
 ALTER TABLE silo_clients ADD COLUMN move_reported_at BIGINT;
+CREATE TABLE silo_aggregates (
+    silo TEXT COLLATE \"C\" PRIMARY KEY REFERENCES silos (name),
+    issued_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    payload TEXT NOT NULL
+);
 ",
 ];
 

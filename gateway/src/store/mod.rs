@@ -37,6 +37,7 @@ mod accounts;
 #[cfg(test)]
 mod accounts_tests;
 mod agents;
+mod aggregates;
 mod audit;
 mod contacts;
 pub(crate) mod devices;
@@ -73,6 +74,7 @@ pub use agents::{
     AgentHello, AgentRecord, CertStanding, NewAgentCert, NewEnrollmentToken, RedeemError, Redeemed, TelemetryRecord,
     MAX_REPORTS,
 };
+pub use aggregates::{SiloTally, StoredAggregates, TalliedClient, MAX_TALLIED};
 pub use audit::{AuditAction, AuditRecord, NewAudit, MAX_AUDIT};
 pub use contacts::{Acceptance, ContactRecord, ContactState, EndedContact, Invitation, Removal};
 pub use devices::{DeviceAuth, DevicePage, DeviceRecord, MAX_PAGE};

@@ -95,26 +95,10 @@ impl Store {
         self.execute(super::agents::insert_agent_cert(cert)).await.map(drop)
     }
 
-    /// Revokes one certificate by serial (a moved machine's old one); whether it stood.
-    pub async fn revoke_agent_cert(&self, serial: &str, reason: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let stmt = Stmt::new(
-            "UPDATE agent_certs SET revoked_at = $2, revoked_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
-        )
-        .str(serial)
-        .time(now)
-        .str(reason);
-        Ok(self.execute(stmt).await? > 0)
-    }
-
     /// The signing key (hex) silo `name` was registered with. Root.
     pub async fn silo_signing_key(&self, name: &str) -> Result<Option<String>, StoreError> {
         let stmt = Stmt::new("SELECT signing_key FROM silos WHERE name = $1").str(name);
         Ok(self.fetch_optional(stmt, |r| r.text(0)).await?.flatten())
-    }
-
-    /// Records silo `name`'s signing key (hex). Root.
-    pub async fn set_silo_signing_key(&self, name: &str, key: &str) -> Result<(), StoreError> {
-        self.execute(Stmt::new("UPDATE silos SET signing_key = $2 WHERE name = $1").str(name).str(key)).await.map(drop)
     }
 
     /// Records a move, replacing an earlier one of the same machine, and gives the machine to
@@ -167,25 +151,38 @@ impl Store {
         self.fetch_optional(Stmt::new(sql).text(uuid.to_string()), move_row).await
     }
 
-    /// Silo `to` says it took over the client of move `id`: the move is confirmed (once). The
-    /// move, when it was one to that silo and not confirmed before. Root.
+    /// Silo `to` says it took over the client of move `id`: the move is confirmed (once), and
+    /// the machine's old certificate revoked, in one transaction. The move, when it was one to
+    /// that silo and not confirmed before. Root.
     pub async fn confirm_move(
         &self,
         id: &str,
         to: &str,
         now: OffsetDateTime,
     ) -> Result<Option<MoveRecord>, StoreError> {
+        let mut tx = self.begin().await?;
         let stmt = Stmt::new(
             "UPDATE silo_moves SET confirmed_at = $3 WHERE id = $1 AND to_silo = $2 AND confirmed_at IS NULL",
         )
         .str(id)
         .str(to)
         .time(now);
-        if self.execute(stmt).await? == 0 {
+        if tx.execute(stmt).await? == 0 {
             return Ok(None);
         }
         let sql = moves!(" WHERE id = $1");
-        self.fetch_optional(Stmt::new(sql).str(id), move_row).await
+        let Some(done) = tx.fetch_optional(Stmt::new(sql).str(id), move_row).await? else { return Ok(None) };
+        if let Some(old) = &done.old_serial {
+            let revoke = Stmt::new(
+                "UPDATE agent_certs SET revoked_at = $2, revoked_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
+            )
+            .str(old)
+            .time(now)
+            .text(format!("moved to silo {}", done.to_silo));
+            tx.execute(revoke).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(done))
     }
 
     /// What this maintenance silo holds of client `uuid`: the newest `max_reports` reports and
@@ -328,6 +325,10 @@ impl Store {
     /// Forgets a client that moved to another silo: its reports, its meter and every change of
     /// it, the agent's row and the client's. Whether it was here.
     pub async fn forget_client(&self, uuid: Uuid) -> Result<bool, StoreError> {
+        let here = Stmt::new("SELECT uuid FROM silo_clients WHERE uuid = $1").text(uuid.to_string());
+        if self.fetch_optional(here, |r| r.string(0)).await?.is_none() {
+            return Ok(false);
+        }
         let mut tx = self.begin().await?;
         for sql in [
             "DELETE FROM telemetry WHERE uuid = $1",

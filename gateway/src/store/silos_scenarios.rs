@@ -5,7 +5,7 @@
 
 use super::{
     choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, NewSubscriber, OffsetDateTime,
-    SiloClient, SiloError, Store, SubscriberPii, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
+    SiloClient, SiloError, Store, StoredAggregates, SubscriberPii, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
 };
 
 fn t0() -> OffsetDateTime {
@@ -161,8 +161,7 @@ pub async fn a_root_moves_a_machine_and_the_silos_hand_its_history_over(store: &
     assert_eq!(store.confirm_move("move-1", "silo-m2", t1).await.unwrap(), None, "once");
     assert_eq!(store.moves_from("silo-m1", t1).await.unwrap().len(), 1, "listed a while after");
     assert!(store.moves_from("silo-m1", t1 + time::Duration::seconds(1)).await.unwrap().is_empty());
-    assert!(store.revoke_agent_cert("4b01", "moved to silo silo-m2", t1).await.unwrap());
-    assert!(!store.revoke_agent_cert("4b01", "again", t1).await.unwrap());
+    // Confirmed with the old certificate revoked.
     assert_eq!(store.agent_key(uuid).await.unwrap(), None, "no standing certificate left");
 
     // The silo left: the client's history, then forgetting it.
@@ -196,4 +195,15 @@ pub async fn a_root_moves_a_machine_and_the_silos_hand_its_history_over(store: &
     let clients = store.silo_clients().await.unwrap();
     let moved = clients.iter().find(|c| c.uuid == client).unwrap();
     assert_eq!(moved.moved_from.as_deref(), Some("silo-m1"));
+
+    // What the silo counts, and the root keeping each silo's newest aggregates.
+    let tally = store.silo_tally(t0()).await.unwrap();
+    let counted = tally.clients.iter().find(|c| c.health.as_deref() == Some("yellow")).expect("the client, rated");
+    assert_eq!((counted.tier.as_str(), counted.connected), (DEFAULT_TIER, false));
+    assert_eq!((tally.alerts, tally.actions), (0, 0));
+    let kept = StoredAggregates { silo: "silo-m1".into(), issued_at: t1, received_at: t1, payload: "{}".into() };
+    assert!(store.put_silo_aggregates(&kept).await.unwrap());
+    let older = StoredAggregates { issued_at: t0(), payload: "{\"old\":1}".into(), ..kept.clone() };
+    assert!(!store.put_silo_aggregates(&older).await.unwrap(), "older ones are ignored");
+    assert_eq!(store.silo_aggregates().await.unwrap(), vec![kept]);
 }
