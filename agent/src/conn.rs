@@ -276,7 +276,8 @@ pub struct Agent {
     /// Messages kept since start.
     messages_received: AtomicU64,
     /// The signing key of the maintenance silo of this session, once the root's certification of
-    /// it checked out ([`Message::SiloKey`]): its configuration verifies with it. Never actions.
+    /// it checked out ([`Message::SiloKey`]): its configuration and its messages verify with it. Never
+    /// actions.
     silo_key: Mutex<Option<[u8; 32]>>,
 }
 

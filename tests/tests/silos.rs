@@ -155,6 +155,10 @@ fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() 
         agent.stderr().contains("configuration from the gateway applied (signature verified)")
     });
     assert!(agent.stderr().contains("the silo's signing key is certified by the root"), "{}", agent.tail());
+    // A message made on A, signed with A's key: the PC user gets it.
+    let sent = a.cli(&["message", "send", "--machine", &pc.uuid.to_string(), "--text", "Silo A says hello"]);
+    assert!(!sent.is_empty(), "{sent}");
+    wait_for("the agent to keep silo A's message", WAIT, || agent.stderr().contains("message for the PC user kept"));
     let clients: serde_json::Value = serde_json::from_str(&a.operator(&["silo", "clients", "--json"])).unwrap();
     let client = &clients[0];
     assert_eq!(client["uuid"], pc.uuid.to_string(), "{clients}");
