@@ -62,6 +62,20 @@ pub struct Issued {
     pub spki: String,
 }
 
+impl Issued {
+    /// The store's record of this certificate, issued to machine `uuid` at `issued_at`.
+    pub fn record(&self, uuid: Uuid, issued_at: OffsetDateTime) -> crate::store::NewAgentCert {
+        crate::store::NewAgentCert {
+            serial: self.serial.clone(),
+            uuid,
+            fingerprint: self.fingerprint.clone(),
+            issued_at,
+            expires_at: self.not_after,
+            spki: Some(self.spki.clone()),
+        }
+    }
+}
+
 /// The agent CA and the signing key, loaded.
 pub struct AgentKeys {
     /// The CA client certificates must chain to: this gateway's agent CA, or on a maintenance

@@ -42,9 +42,7 @@ use crate::metrics::{CloseReason, TunnelKind};
 use crate::registry::{OpenRefused, OpenRequest, TunnelCommand, TunnelHandle};
 use crate::silo::{Refusal, Silo};
 use crate::state::Shared;
-use crate::store::{
-    choose_silo, AgentHello, AuditAction, CertStanding, NewAgentCert, NewAudit, SiloClient, SiloError, SiloRecord,
-};
+use crate::store::{choose_silo, AgentHello, AuditAction, CertStanding, NewAudit, SiloClient, SiloError, SiloRecord};
 use protocols::entitlement::Entitlement;
 
 /// Longest enrollment token accepted (ours are 47 characters).
@@ -454,14 +452,7 @@ async fn enroll(
         Err(err) => return Ended::new(CloseCode::EnrollRefused, err.to_string()),
     };
     let now = OffsetDateTime::now_utc();
-    let cert = NewAgentCert {
-        serial: issued.serial.clone(),
-        uuid,
-        fingerprint: issued.fingerprint.clone(),
-        issued_at: now,
-        expires_at: issued.not_after,
-        spki: Some(issued.spki.clone()),
-    };
+    let cert = issued.record(uuid, now);
     let hello = AgentHello {
         uuid,
         hostname: hostname.to_string(),

@@ -58,10 +58,12 @@ pub fn grant(
     })
 }
 
-/// Every `every`, until shutdown: pulls the root's revocation list (closing the live sessions of
-/// newly revoked certificates), then the moves out of this silo (a connected client of a new one
-/// is handed over at once), and reports the moves it took over that the root has not heard of.
-pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
+/// Runs `work` every `every` (the first at once), until shutdown.
+async fn on_schedule<F, Fut>(shared: &crate::state::Shared, every: Duration, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +72,15 @@ pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Ar
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        work().await;
+    }
+}
+
+/// Every `every`, until shutdown: pulls the root's revocation list (closing the live sessions of
+/// newly revoked certificates), then the moves out of this silo (a connected client of a new one
+/// is handed over at once), and reports the moves it took over that the root has not heard of.
+pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
+    on_schedule(&shared, every, || async {
         match maintenance.pull().await {
             Ok(fresh) => {
                 if !fresh.is_empty() {
@@ -93,23 +104,18 @@ pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Ar
         if let Err(err) = moves::report(&maintenance, &shared.store, &shared.agent_keys).await {
             warn!(error = %format!("{err:#}"), "cannot report moves to the root; trying again later");
         }
-    }
+    })
+    .await
 }
 
 /// Sends the root this silo's aggregates every `every`, until shutdown.
 pub async fn push_aggregates(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    on_schedule(&shared, every, || async {
         if let Err(err) = aggregates::push(&maintenance, &shared.store, &shared.agent_keys).await {
             warn!(error = %format!("{err:#}"), "cannot send the root this silo's aggregates; trying again later");
         }
-    }
+    })
+    .await
 }
 
 /// Closes every live agent session whose certificate is revoked.

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::Maintenance;
 use crate::agents::keys::AgentKeys;
-use crate::store::{ClientHistory, MoveRecord, NewAgentCert, SiloError, Store};
+use crate::store::{ClientHistory, MoveRecord, SiloError, Store};
 
 /// Where a root serves the moves out of a silo (`?from=NAME`).
 pub const MOVES_PATH: &str = "/silo/v1/moves";
@@ -116,16 +116,7 @@ pub async fn order(
         ))
     })?;
     let issued = keys.reissue(&spki, uuid, lifetime, Some(&granted))?;
-    store
-        .add_agent_cert(&NewAgentCert {
-            serial: issued.serial.clone(),
-            uuid,
-            fingerprint: issued.fingerprint.clone(),
-            issued_at: now,
-            expires_at: issued.not_after,
-            spki: Some(issued.spki.clone()),
-        })
-        .await?;
+    store.add_agent_cert(&issued.record(uuid, now)).await?;
     let body = MoveOrder {
         id: Uuid::new_v4(),
         machine: uuid,

@@ -153,25 +153,16 @@ fn as_i64(n: u64) -> i64 {
 impl Store {
     /// Records a session that started; its id.
     pub async fn start_redirection(&self, new: &NewRedirection) -> Result<i64, StoreError> {
-        let stmt = Stmt::new(
-            "INSERT INTO redirections (uuid, kind, technician, device_user, port, instance, started_at, outcome)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             RETURNING id",
-        )
-        .text(new.uuid.to_string())
-        .str(new.kind)
-        .str(&new.technician)
-        .text(new.device_user.clone())
-        .int(i64::from(new.port))
-        .str(&new.instance)
-        .time(new.started_at)
-        .str(new.outcome.as_str());
-        Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
+        self.insert_redirection(new, None).await
     }
 
     /// Records a session whole, ended or not, in one statement (a session never accepted, or
     /// whose start was dropped): its id. It is never seen open when `end` is given.
     pub async fn record_redirection(&self, new: &NewRedirection, end: &RedirectionEnd) -> Result<i64, StoreError> {
+        self.insert_redirection(new, Some(end)).await
+    }
+
+    async fn insert_redirection(&self, new: &NewRedirection, end: Option<&RedirectionEnd>) -> Result<i64, StoreError> {
         let stmt = Stmt::new(
             "INSERT INTO redirections (uuid, kind, technician, device_user, port, instance, started_at, outcome,
                                        ended_at, bytes_to_device, bytes_from_device)
@@ -185,10 +176,10 @@ impl Store {
         .int(i64::from(new.port))
         .str(&new.instance)
         .time(new.started_at)
-        .str(end.outcome.as_str())
-        .time(end.ended_at)
-        .int(as_i64(end.bytes_to_device))
-        .int(as_i64(end.bytes_from_device));
+        .str(end.map_or(new.outcome, |e| e.outcome).as_str())
+        .int(end.map(|e| crate::store::millis(e.ended_at)))
+        .int(end.map_or(0, |e| as_i64(e.bytes_to_device)))
+        .int(end.map_or(0, |e| as_i64(e.bytes_from_device)));
         Ok(self.fetch_optional(stmt, |r| r.int(0)).await?.flatten().unwrap_or_default())
     }
 
