@@ -823,9 +823,16 @@ impl Agent<'_> {
                 if std::mem::replace(&mut self.transfer_taken, true) {
                     return Err(Ended::new(CloseCode::BadMessage, "one handover per connection"));
                 }
-                let shared = self.shared;
-                match crate::silo::moves::take_transfer(shared, maintenance, self.uuid, &self.cert_sha256, &handover)
-                    .await
+                let (store, keys) = (&self.shared.store, &self.shared.agent_keys);
+                match crate::silo::moves::take_transfer(
+                    store,
+                    keys,
+                    maintenance,
+                    self.uuid,
+                    &self.cert_sha256,
+                    &handover,
+                )
+                .await
                 {
                     Ok(Some(answer)) => control.write(&answer).await,
                     Ok(None) => Ok(()),

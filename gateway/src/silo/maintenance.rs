@@ -312,6 +312,14 @@ pub struct Admitted {
     pub entitlement: Entitlement,
 }
 
+/// A move out of this silo the client has not completed.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub id: Uuid,
+    pub order: Signed,
+    pub cert_der: bytes::Bytes,
+}
+
 /// A maintenance silo: what it joined with, and the root's latest revocation list.
 #[derive(Debug)]
 pub struct Maintenance {
@@ -323,7 +331,7 @@ pub struct Maintenance {
     /// The serial each admitted machine connected with, to end its session when the root revokes it.
     pub(super) admitted: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
     /// The moves out of this silo the root ordered and the client has not completed, by machine.
-    pub(super) outgoing: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<super::moves::Outgoing>>>,
+    pub(super) outgoing: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<Outgoing>>>,
 }
 
 #[derive(Debug, Default)]

@@ -31,6 +31,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+pub use super::maintenance::Outgoing;
 use super::Maintenance;
 use crate::agents::keys::AgentKeys;
 use crate::store::{ClientHistory, MoveRecord, SiloError, Store};
@@ -87,7 +88,7 @@ pub async fn order(
         return Err(crate::exit::refused(format!(
             "machine {uuid} is moving to {} already (ordered {}); move it again once it is there",
             pending.to_silo,
-            crate::operator::rfc3339(pending.created_at)
+            pending.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
         )));
     }
     if store.silo_signing_key(&to.name).await?.is_none() {
@@ -259,14 +260,6 @@ pub async fn take_report(store: &Store, report: &SiloReport) -> Result<usize, Re
 // ---------------------------------------------------------------------------------------------
 // The silo a client leaves.
 
-/// A move out of this silo the client has not completed.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub id: Uuid,
-    pub order: Signed,
-    pub cert_der: Bytes,
-}
-
 /// Checks one served move against the root's key and this silo (`me`).
 fn check_served(root_key: &[u8; 32], me: &str, served: &ServedMove) -> Result<Outgoing> {
     let payload = b64().decode(&served.order).context("the order is not base64")?;
@@ -436,7 +429,8 @@ pub fn check_history(root_key: &[u8; 32], order: &MoveOrder, handover: &Handover
 /// answered all the same, since sending it again cannot help. One for another silo is not
 /// answered: the client keeps it for that silo.
 pub async fn take_transfer(
-    shared: &crate::state::Shared,
+    store: &Store,
+    keys: &Arc<AgentKeys>,
     maintenance: &Arc<Maintenance>,
     uuid: Uuid,
     cert_sha256: &[u8; 32],
@@ -469,14 +463,13 @@ pub async fn take_transfer(
             ClientHistory::default()
         }
     };
-    let imported = shared.store.import_client(&history, uuid, &order.from, &order.id.to_string()).await?;
+    let imported = store.import_client(&history, uuid, &order.from, &order.id.to_string()).await?;
     if imported {
         info!(
             %uuid, from = %order.from, reports = history.reports.len(), changes = history.changes.len(),
             "client moved in: history imported"
         );
-        let (store, keys, maintenance) =
-            (shared.store.clone(), Arc::clone(&shared.agent_keys), Arc::clone(maintenance));
+        let (store, keys, maintenance) = (store.clone(), Arc::clone(keys), Arc::clone(maintenance));
         tokio::spawn(async move {
             if let Err(err) = report(&maintenance, &store, &keys).await {
                 warn!(error = %format!("{err:#}"), "cannot report a move to the root now; the pull task will again");
