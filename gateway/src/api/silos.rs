@@ -202,11 +202,9 @@ pub(super) async fn list(State(api): State<Arc<Api>>, Extension(caller): Extensi
         .map(|s| {
             let last = sent.iter().find(|a| a.aggregates.silo == s.name);
             SiloShown {
-                aggregates_received_at: last.and_then(|a| {
-                    time::OffsetDateTime::from_unix_timestamp(a.received_at)
-                        .ok()
-                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                }),
+                aggregates_received_at: last
+                    .and_then(|a| time::OffsetDateTime::from_unix_timestamp(a.received_at).ok())
+                    .map(crate::operator::rfc3339),
                 aggregates: last.map(|a| a.aggregates.clone()),
                 name: s.name,
                 location: s.location,
