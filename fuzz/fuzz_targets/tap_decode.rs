@@ -14,7 +14,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use protocols::tap::{decode, ActionBody, ConfigBody, Limits, Message, MessageBody, MoveOrder, SiloKeyBody, HEADER_LEN};
+use protocols::tap::{
+    decode, ActionBody, ConfigBody, ContentManifest, Limits, Message, MessageBody, MoveOrder, SiloKeyBody, HEADER_LEN,
+};
 use protocols::telemetry::decode_report;
 
 fuzz_target!(|input: &[u8]| {
@@ -101,5 +103,11 @@ fn check_payloads(input: &[u8]) {
         order.encode(&mut wire);
         assert_eq!(wire.len(), order.encoded_len());
         assert_eq!(&wire[..], input, "a move order has one encoding");
+    }
+    if let Ok(manifest) = ContentManifest::decode(input) {
+        let mut wire = BytesMut::new();
+        manifest.encode(&mut wire);
+        assert_eq!(wire.len(), manifest.encoded_len());
+        assert_eq!(&wire[..], input, "a content manifest has one encoding");
     }
 }

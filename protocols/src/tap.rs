@@ -83,6 +83,10 @@ pub const MAX_ACTION_OUTPUT: usize = 32 * 1024;
 pub const MAX_GATEWAYS: usize = 16;
 /// Most bytes of a client's exported history in a [`Handover`].
 pub const MAX_EXPORT: usize = 160 * 1024;
+/// Largest content item a [`ContentManifest`] may describe: 16 GiB.
+pub const MAX_CONTENT_SIZE: u64 = 16 << 30;
+/// Longest name of a content item.
+pub const MAX_CONTENT_NAME: usize = 64;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Bytes of an Ed25519 public key.
@@ -138,6 +142,8 @@ pub enum MessageType {
     SiloKey = 20,
     Move = 21,
     Transfer = 22,
+    ContentGet = 23,
+    ContentItem = 24,
 }
 
 impl MessageType {
@@ -167,6 +173,8 @@ impl MessageType {
             20 => SiloKey,
             21 => Move,
             22 => Transfer,
+            23 => ContentGet,
+            24 => ContentItem,
             _ => return None,
         })
     }
@@ -197,6 +205,8 @@ impl MessageType {
             SiloKey => "silo_key",
             Move => "move",
             Transfer => "transfer",
+            ContentGet => "content_get",
+            ContentItem => "content_item",
         }
     }
 }
@@ -346,6 +356,8 @@ pub enum SignDomain {
     SiloExport,
     /// What a maintenance silo reports to its root (moves it took over, aggregates).
     SiloReport,
+    /// A [`ContentManifest`]: the root publishes a content item.
+    Content,
 }
 
 impl SignDomain {
@@ -360,6 +372,7 @@ impl SignDomain {
             SignDomain::Move => b"tether-move-v1\0",
             SignDomain::SiloExport => b"tether-silo-export-v1\0",
             SignDomain::SiloReport => b"tether-silo-report-v1\0",
+            SignDomain::Content => b"tether-content-v1\0",
         }
     }
 }
@@ -503,6 +516,104 @@ impl MoveOrder {
             let (input, cert_sha256) = array(input, "move.cert_sha256")?;
             let (input, issued_at) = be_i64(input, "move.issued_at")?;
             Ok((input, MoveOrder { id, machine, from, to, location, cert_sha256, issued_at }))
+        })
+    }
+}
+
+/// What a content item is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContentKind {
+    /// Antivirus signatures or other detection data an agent installs.
+    Signatures = 1,
+    /// A script an agent or a technician runs.
+    Script = 2,
+    /// A bootable image a technician serves to a PC over IDE-R.
+    RescueImage = 3,
+}
+
+impl ContentKind {
+    /// The kind for a wire code, or `None` for a code this version does not define.
+    pub fn from_u8(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => ContentKind::Signatures,
+            2 => ContentKind::Script,
+            3 => ContentKind::RescueImage,
+            _ => return None,
+        })
+    }
+
+    /// The kind's name, as the CLI and the API write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContentKind::Signatures => "signatures",
+            ContentKind::Script => "script",
+            ContentKind::RescueImage => "rescue-image",
+        }
+    }
+
+    /// The kind a name stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ContentKind::Signatures, ContentKind::Script, ContentKind::RescueImage].into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Whether `name` may name a content item: 1 to [`MAX_CONTENT_NAME`] bytes of lower-case ASCII
+/// letters, digits, `.`, `_` and `-`, starting with a letter or digit (so it is a safe file name
+/// and URL path segment everywhere).
+pub fn is_content_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_CONTENT_NAME
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A content item the root publishes, signed with its key ([`SignDomain::Content`]): whoever holds
+/// the bytes (a gateway's cache, an agent, a technician) checks them against it before use.
+///
+/// Layout: name string (see [`is_content_name`]), kind `u8` ([`ContentKind`]), published-at `i64`
+/// (Unix seconds; a newer manifest of the same name replaces an older one), size `u64` (at most
+/// [`MAX_CONTENT_SIZE`]), SHA-256 of the bytes (32 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentManifest {
+    pub name: String,
+    pub kind: ContentKind,
+    pub published_at: i64,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl ContentManifest {
+    /// Appends the payload's bytes to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        put_str(out, &self.name);
+        out.put_u8(self.kind as u8);
+        out.put_i64(self.published_at);
+        out.put_u64(self.size);
+        out.put_slice(&self.sha256);
+    }
+
+    /// The number of bytes [`ContentManifest::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        str_len(&self.name) + 1 + 8 + 8 + 32
+    }
+
+    /// Decodes a whole payload (trailing bytes are an error). The name must pass
+    /// [`is_content_name`] and the size [`MAX_CONTENT_SIZE`].
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        parse_whole(payload, "content manifest", |input| {
+            let (input, name) = content_name(input, "content.name")?;
+            let (input, code) = byte(input, "content.kind")?;
+            let kind = ContentKind::from_u8(code)
+                .ok_or_else(|| fail(DecodeError::UnknownCode { field: "content.kind", value: u16::from(code) }))?;
+            let (input, published_at) = be_i64(input, "content.published_at")?;
+            let (input, size) = be_u64(input, "content.size")?;
+            if size > MAX_CONTENT_SIZE {
+                return Err(fail(DecodeError::TooLarge { field: "content.size", size, max: MAX_CONTENT_SIZE }));
+            }
+            let (input, sha256) = array(input, "content.sha256")?;
+            Ok((input, ContentManifest { name, kind, published_at, size, sha256 }))
         })
     }
 }
@@ -856,6 +967,14 @@ pub enum Message {
     /// silo answers [`Message::Receipt`] with the order's id once the history is imported.
     /// Body: a [`Handover`].
     Transfer(Handover),
+    /// Agent → gateway, the first frame of a connection that fetches a content item instead of a
+    /// session (with the machine's certificate, as for [`Message::Hello`]). Body: uuid, name
+    /// string (see [`is_content_name`]), offset `u64` (where a resumed download goes on).
+    ContentGet { uuid: Uuid, name: String, offset: u64 },
+    /// Gateway → agent, the answer to [`Message::ContentGet`]: the root's signed
+    /// [`ContentManifest`] ([`SignDomain::Content`]). The item's bytes from the offset asked to its
+    /// end follow on the stream, raw; then the stream ends. Body: as [`Message::Config`].
+    ContentItem(Signed),
 }
 
 /// Why bytes could not be decoded. Every variant is the peer's fault; [`DecodeError::close_code`]
@@ -878,6 +997,10 @@ pub enum DecodeError {
     BadUtf8 { field: &'static str },
     #[error("{field} is {value}, which is not a valid code for it")]
     UnknownCode { field: &'static str, value: u16 },
+    #[error("{field} is {size}, over the limit of {max}")]
+    TooLarge { field: &'static str, size: u64, max: u64 },
+    #[error("{field} is not a content name (lower-case letters, digits, '.', '_' and '-')")]
+    BadName { field: &'static str },
     #[error("report: {0}")]
     Telemetry(#[from] TelemetryError),
 }
@@ -978,6 +1101,16 @@ fn body_of<'a>(ty: MessageType, input: &'a [u8], limits: &Limits) -> PResult<'a,
         T::Transfer => {
             let (input, handover) = Handover::decode(input, limits)?;
             (input, Message::Transfer(handover))
+        }
+        T::ContentGet => {
+            let (input, uuid) = uuid(input, "content_get.uuid")?;
+            let (input, name) = content_name(input, "content_get.name")?;
+            let (input, offset) = be_u64(input, "content_get.offset")?;
+            (input, Message::ContentGet { uuid, name, offset })
+        }
+        T::ContentItem => {
+            let (input, signed) = signed(input, "content_item.payload", "content_item.signature", limits)?;
+            (input, Message::ContentItem(signed))
         }
         T::RemoteHelp => {
             let (input, enabled) = flag(input, "remote_help.enabled")?;
@@ -1099,6 +1232,8 @@ impl Message {
             Message::SiloKey(_) => T::SiloKey,
             Message::Move { .. } => T::Move,
             Message::Transfer(_) => T::Transfer,
+            Message::ContentGet { .. } => T::ContentGet,
+            Message::ContentItem(_) => T::ContentItem,
         }
     }
 
@@ -1131,7 +1266,11 @@ impl Message {
                 patch_u32(out, nested_at);
             }
             Message::Ack { seq } => out.put_u64(*seq),
-            Message::Config(signed) | Message::Message(signed) | Message::Action(signed) | Message::SiloKey(signed) => {
+            Message::Config(signed)
+            | Message::Message(signed)
+            | Message::Action(signed)
+            | Message::SiloKey(signed)
+            | Message::ContentItem(signed) => {
                 put_blob(out, &signed.payload);
                 out.put_slice(&signed.signature);
             }
@@ -1187,6 +1326,11 @@ impl Message {
                 handover.encode(out);
             }
             Message::Transfer(handover) => handover.encode(out),
+            Message::ContentGet { uuid, name, offset } => {
+                out.put_slice(uuid.as_bytes());
+                put_str(out, name);
+                out.put_u64(*offset);
+            }
         }
         patch_u32(out, len_at);
     }
@@ -1205,7 +1349,8 @@ impl Message {
                 Message::Config(signed)
                 | Message::Message(signed)
                 | Message::Action(signed)
-                | Message::SiloKey(signed) => blob_len(&signed.payload) + SIGNATURE_LEN,
+                | Message::SiloKey(signed)
+                | Message::ContentItem(signed) => blob_len(&signed.payload) + SIGNATURE_LEN,
                 Message::RemoteHelp { .. } => 1,
                 Message::ChannelOpen { requested_by, .. } => 4 + 2 + str_len(requested_by),
                 Message::ChannelAccept { .. } => 4,
@@ -1231,6 +1376,7 @@ impl Message {
                 Message::Receipt { .. } => UUID,
                 Message::Move { cert_der, handover } => blob_len(cert_der) + handover.encoded_len(),
                 Message::Transfer(handover) => handover.encoded_len(),
+                Message::ContentGet { name, .. } => UUID + str_len(name) + 8,
             }
     }
 }
@@ -1413,6 +1559,15 @@ fn string<'a>(input: &'a [u8], field: &'static str, max: usize) -> PResult<'a, S
     let (input, bytes) = take(input, len, field)?;
     let text = std::str::from_utf8(bytes).map_err(|_| fail(DecodeError::BadUtf8 { field }))?;
     Ok((input, text.to_owned()))
+}
+
+/// A string that [`is_content_name`].
+fn content_name<'a>(input: &'a [u8], field: &'static str) -> PResult<'a, String> {
+    let (input, name) = string(input, field, MAX_CONTENT_NAME)?;
+    if !is_content_name(&name) {
+        return Err(fail(DecodeError::BadName { field }));
+    }
+    Ok((input, name))
 }
 
 /// A `u32`-length blob of at most `max` bytes, checked before its bytes are taken.

@@ -75,6 +75,8 @@ fn samples() -> Vec<Message> {
         Message::SiloKey(Signed { payload: Bytes::from_static(b"silo"), signature: [9; 64] }),
         Message::Move { cert_der: Bytes::from_static(b"cert"), handover: handover() },
         Message::Transfer(handover()),
+        Message::ContentGet { uuid: uuid(), name: "rescue-2026.iso".into(), offset: 1 << 33 },
+        Message::ContentItem(Signed { payload: Bytes::from_static(b"manifest"), signature: [3; 64] }),
         Message::Message(Signed { payload: Bytes::new(), signature: [0; 64] }),
         Message::RemoteHelp { enabled: false },
         Message::ChannelOpen { channel: 9, port: 3389, requested_by: "Ada (tech)".into() },
@@ -266,8 +268,8 @@ fn bad_version_is_an_error_with_one_byte_in() {
 #[test]
 fn unknown_type_is_an_error_with_two_bytes_in() {
     assert_eq!(decode_default(&[1, 0]), Err(DecodeError::UnknownType(0)));
-    assert_eq!(decode_default(&[1, 23]), Err(DecodeError::UnknownType(23)));
-    assert_eq!(DecodeError::UnknownType(23).close_code(), CloseCode::BadMessage);
+    assert_eq!(decode_default(&[1, 25]), Err(DecodeError::UnknownType(25)));
+    assert_eq!(DecodeError::UnknownType(25).close_code(), CloseCode::BadMessage);
     assert_eq!(decode_default(&[]), Ok(None));
     assert_eq!(decode_default(&[1]), Ok(None));
 }
@@ -463,6 +465,52 @@ fn a_handover_export_may_be_larger_than_a_blob_but_not_than_its_own_limit() {
 }
 
 #[test]
+fn content_manifest_exact_bytes_names_and_limits() {
+    let manifest = ContentManifest {
+        name: "av-sigs".into(),
+        kind: ContentKind::Signatures,
+        published_at: 0x0102_0304_0506_0708,
+        size: 0x1_0000_0000,
+        sha256: [0xAB; 32],
+    };
+    let mut out = BytesMut::new();
+    manifest.encode(&mut out);
+    let expected = cat(&[&[0, 7], b"av-sigs", &[1], &[1, 2, 3, 4, 5, 6, 7, 8], &[0, 0, 0, 1, 0, 0, 0, 0], &[0xAB; 32]]);
+    assert_eq!(&out[..], &expected[..]);
+    assert_eq!(out.len(), manifest.encoded_len());
+    assert_eq!(ContentManifest::decode(&out), Ok(manifest.clone()));
+
+    for bad in ["", "Upper", "../etc", "a/b", "-lead", ".hidden", "sp ace", &"x".repeat(65)] {
+        assert!(!is_content_name(bad), "{bad:?}");
+        let mut out = BytesMut::new();
+        ContentManifest { name: bad.into(), ..manifest.clone() }.encode(&mut out);
+        assert!(ContentManifest::decode(&out).is_err(), "{bad:?} decoded");
+    }
+    for good in ["a", "rescue-2026.iso", "av_sigs.v2", &"x".repeat(64)] {
+        assert!(is_content_name(good), "{good:?}");
+    }
+
+    let mut out = BytesMut::new();
+    ContentManifest { size: MAX_CONTENT_SIZE + 1, ..manifest.clone() }.encode(&mut out);
+    assert_eq!(
+        ContentManifest::decode(&out),
+        Err(DecodeError::TooLarge { field: "content.size", size: MAX_CONTENT_SIZE + 1, max: MAX_CONTENT_SIZE })
+    );
+    let mut out = BytesMut::new();
+    manifest.encode(&mut out);
+    out[2 + 7] = 4;
+    assert_eq!(ContentManifest::decode(&out), Err(DecodeError::UnknownCode { field: "content.kind", value: 4 }));
+
+    // A content request names its item the same way.
+    let mut frame = BytesMut::new();
+    Message::ContentGet { uuid: uuid(), name: "ok".into(), offset: 0 }.encode(&mut frame);
+    let at = HEADER_LEN + 16 + 2;
+    frame[at] = b'/';
+    assert_eq!(decode_default(&frame), Err(DecodeError::BadName { field: "content_get.name" }));
+    assert_eq!(SignDomain::Content.prefix(), b"tether-content-v1\0");
+}
+
+#[test]
 fn silo_key_body_exact_bytes_and_errors() {
     let body = SiloKeyBody { silo: "a".into(), key: [0x11; 32], issued_at: 2, not_after: 3 };
     let mut out = BytesMut::new();
@@ -642,7 +690,17 @@ fn any_message() -> impl Strategy<Value = Message> {
         action_result().prop_map(Message::ActionResult),
         (uuids(), any::<bool>()).prop_map(|(id, read)| Message::MessageState { id, read }),
         uuids().prop_map(|id| Message::Receipt { id }),
+        (uuids(), content_names(), any::<u64>()).prop_map(|(uuid, name, offset)| Message::ContentGet {
+            uuid,
+            name,
+            offset
+        }),
+        signed().prop_map(Message::ContentItem),
     ]
+}
+
+fn content_names() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9._-]{0,63}"
 }
 
 #[test]
@@ -741,6 +799,20 @@ proptest! {
     }
 
     #[test]
+    fn prop_content_manifests_round_trip(
+        name in content_names(), kind in 1u8..=3, published_at in any::<i64>(),
+        size in 0..=MAX_CONTENT_SIZE, sha256 in any::<[u8; 32]>(),
+    ) {
+        let kind = ContentKind::from_u8(kind).expect("defined");
+        prop_assert_eq!(ContentKind::from_name(kind.name()), Some(kind));
+        let manifest = ContentManifest { name, kind, published_at, size, sha256 };
+        let mut out = BytesMut::new();
+        manifest.encode(&mut out);
+        prop_assert_eq!(out.len(), manifest.encoded_len());
+        prop_assert_eq!(ContentManifest::decode(&out), Ok(manifest));
+    }
+
+    #[test]
     fn prop_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         check_decode_all(&bytes, &Limits::default())?;
         check_decode_all(&bytes, &Limits { max_frame: 64, max_text: 8, max_blob: 16 })?;
@@ -749,12 +821,13 @@ proptest! {
         let _ = ActionBody::decode(&bytes);
         let _ = SiloKeyBody::decode(&bytes);
         let _ = MoveOrder::decode(&bytes);
+        let _ = ContentManifest::decode(&bytes);
     }
 
     /// Valid headers and small lengths, so that decoding gets into the bodies.
     #[test]
     fn prop_arbitrary_bodies(
-        code in 1u8..=22,
+        code in 1u8..=24,
         body in proptest::collection::vec(prop_oneof![3 => 0u8..4, 1 => any::<u8>()], 0..256),
     ) {
         let mut bytes = vec![VERSION, code];
