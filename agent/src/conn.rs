@@ -42,6 +42,7 @@ use crate::relay::Relay;
 use crate::spool::Spool;
 use crate::state::{set_mode, write_durable, AgentState, Enrollment, SavedConfig, StateDir, Status};
 
+pub mod content;
 mod moves;
 mod support;
 
@@ -236,6 +237,38 @@ fn own_entitlement(cert_der: &[u8]) -> Option<protocols::entitlement::Entitlemen
         GeneralName::URI(uri) => protocols::entitlement::Entitlement::from_urn(uri)?.ok(),
         _ => None,
     })
+}
+
+/// The gateways to dial, in order. Read again each time: a move to another silo changes them.
+fn gateways(state: &StateDir, enrollment: &Enrollment) -> Vec<String> {
+    let enrolled = state.enrollment().ok().flatten().map(|e| e.gateways);
+    let mut list = enrolled.unwrap_or_else(|| enrollment.gateways.clone());
+    // The silo the certificate names comes first (a move interrupted between writing the
+    // certificate and the gateways still gets there).
+    if let Some(location) = moves::held_cert(state).ok().and_then(|der| own_entitlement(&der)).map(|e| e.location) {
+        list.retain(|g| g != &location);
+        list.insert(0, location);
+    }
+    if let Ok(Some(saved)) = state.config() {
+        for gateway in saved.gateways {
+            if !list.contains(&gateway) {
+                list.push(gateway);
+            }
+        }
+    }
+    list
+}
+
+/// The TLS client of this machine: its certificate and key, trusting the gateway CA kept at
+/// enrollment (else the system's roots).
+fn tls_client(state: &StateDir) -> Result<Arc<rustls::ClientConfig>> {
+    let ca = state.path("gateway-ca.pem");
+    let roots = roots(ca.exists().then_some(ca.as_path()))?;
+    let cert_pem = std::fs::read(state.path("cert.pem")).context("reading cert.pem")?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key_pem = std::fs::read(state.path("key.pem")).context("reading key.pem")?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?.context("key.pem holds no key")?;
+    link::tls_client(roots, Some((chain, key)))
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {
@@ -443,23 +476,7 @@ impl Agent {
     }
 
     fn gateways(&self) -> Vec<String> {
-        // Read again each time: a move to another silo changes them.
-        let enrolled = self.state.enrollment().ok().flatten().map(|e| e.gateways);
-        let mut list = enrolled.unwrap_or_else(|| self.enrollment.gateways.clone());
-        // The silo the certificate names comes first (a move interrupted between writing the
-        // certificate and the gateways still gets there).
-        if let Some(location) = self.held_cert().ok().and_then(|der| own_entitlement(&der)).map(|e| e.location) {
-            list.retain(|g| g != &location);
-            list.insert(0, location);
-        }
-        if let Ok(Some(saved)) = self.state.config() {
-            for gateway in saved.gateways {
-                if !list.contains(&gateway) {
-                    list.push(gateway);
-                }
-            }
-        }
-        list
+        gateways(&self.state, &self.enrollment)
     }
 
     fn note_error(&self, error: &str) {
@@ -472,13 +489,7 @@ impl Agent {
     }
 
     fn tls_client(&self) -> Result<Arc<rustls::ClientConfig>> {
-        let ca = self.state.path("gateway-ca.pem");
-        let roots = roots(ca.exists().then_some(ca.as_path()))?;
-        let cert_pem = std::fs::read(self.state.path("cert.pem")).context("reading cert.pem")?;
-        let chain = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
-        let key_pem = std::fs::read(self.state.path("key.pem")).context("reading key.pem")?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?.context("key.pem holds no key")?;
-        link::tls_client(roots, Some((chain, key)))
+        tls_client(&self.state)
     }
 
     /// Verifies a signed configuration with the pinned key; `None` (and a warning) if it fails.

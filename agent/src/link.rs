@@ -170,6 +170,17 @@ impl Control {
         self.send.flush().await.context("sending to the gateway")
     }
 
+    /// Raw bytes after the last frame read (a content item's): what is buffered first, then the
+    /// stream's; 0 at its end.
+    pub async fn read_raw(&mut self, out: &mut [u8]) -> Result<usize> {
+        if !self.buf.is_empty() {
+            let n = out.len().min(self.buf.len());
+            out[..n].copy_from_slice(&self.buf.split_to(n));
+            return Ok(n);
+        }
+        self.recv.read(out).await.context("reading from the gateway")
+    }
+
     pub async fn read(&mut self) -> Result<Message> {
         loop {
             if let Some((message, used)) =

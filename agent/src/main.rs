@@ -83,6 +83,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch a content item the root published (signatures, a script, a rescue image) from this
+    /// PC's gateway. It is kept only once the root's signature (the key pinned at enrollment), its
+    /// size and its SHA-256 check out; an interrupted download goes on when run again.
+    Content {
+        #[command(subcommand)]
+        action: ContentAction,
+    },
     /// Print the shell completion script for SHELL on stdout.
     Completions {
         #[arg(value_enum)]
@@ -180,6 +187,20 @@ fn os_name() -> String {
             text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
         })
         .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+enum ContentAction {
+    /// Fetch NAME into OUT (default: NAME in the current directory).
+    Get {
+        name: String,
+        /// Where to keep it.
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -288,6 +309,37 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Messages { unread, json } => messages(&state, unread, json),
+        Command::Content { action: ContentAction::Get { name, out, json } } => {
+            let out = out.unwrap_or_else(|| std::path::PathBuf::from(&name));
+            let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let fetched = conn::content::get(&state, &name, &out, None, progress).await?;
+            let manifest = &fetched.manifest;
+            if json {
+                let value = serde_json::json!({
+                    "name": manifest.name,
+                    "kind": manifest.kind.name(),
+                    "size": manifest.size,
+                    "sha256": hex::encode(manifest.sha256),
+                    "published_at": manifest.published_at,
+                    "path": fetched.path,
+                    "gateway": fetched.gateway,
+                    "resumed_from": fetched.resumed_from,
+                    "verified": true,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "{} ({}, {} bytes, SHA-256 {}) from {}: signed by the root, verified; saved to {}",
+                    manifest.name,
+                    manifest.kind.name(),
+                    manifest.size,
+                    hex::encode(manifest.sha256),
+                    fetched.gateway,
+                    fetched.path.display()
+                );
+            }
+            Ok(())
+        }
         Command::Completions { .. } | Command::Manpages { .. } => {
             unreachable!("handled before the state dir is opened")
         }

@@ -24,6 +24,16 @@ use crate::certs;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a download could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The API answered with this status and message.
+    #[error("the API answered {0}: {1}")]
+    Status(StatusCode, String),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
 /// A connection recipe for one gateway's API.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -173,6 +183,67 @@ impl ApiClient {
             return Err(api_error(status, &value).into());
         }
         Ok(value)
+    }
+
+    /// POSTs a JSON body and hands back the answer before its body is read, for a download: the
+    /// connection and the headers have [`REQUEST_TIMEOUT`]; the caller times the body's frames.
+    /// A non-2xx answer is [`StreamError::Status`] with the API's message.
+    pub async fn stream_post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, StreamError> {
+        self.stream(Request::post(path), Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?), None)
+            .await
+    }
+
+    /// GETs `path` from byte `from` on (a `Range` header when not 0) and hands back the answer
+    /// before its body is read, as [`ApiClient::stream_post`] does.
+    pub async fn stream_get(
+        &self,
+        path: &str,
+        from: u64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, StreamError> {
+        self.stream(Request::get(path), Bytes::new(), (from > 0).then_some(from)).await
+    }
+
+    async fn stream(
+        &self,
+        request: hyper::http::request::Builder,
+        body: Bytes,
+        from: Option<u64>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, StreamError> {
+        let work = async {
+            let tls = self.connect().await?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(connection);
+            let mut request = request
+                .header(header::HOST, self.authority())
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            if !body.is_empty() {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(from) = from {
+                request = request.header(header::RANGE, format!("bytes={from}-"));
+            }
+            Ok::<_, anyhow::Error>(sender.send_request(request.body(Full::new(body))?).await?)
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, work)
+            .await
+            .map_err(|_| StreamError::Other(crate::exit::unreachable("the API did not answer in time")))??;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        let message = value.get("error").and_then(|m| m.as_str()).unwrap_or("").to_string();
+        Err(StreamError::Status(status, message))
     }
 
     /// Opens the WebSocket relay at `path`.

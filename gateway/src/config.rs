@@ -52,6 +52,7 @@ pub struct Config {
     pub health: crate::health::HealthRules,
     pub webhooks: WebhooksConfig,
     pub silo: SiloConfig,
+    pub content: ContentConfig,
 }
 
 impl Default for Config {
@@ -78,6 +79,7 @@ impl Default for Config {
             health: crate::health::HealthRules::default(),
             webhooks: WebhooksConfig::default(),
             silo: SiloConfig::default(),
+            content: ContentConfig::default(),
         }
     }
 }
@@ -105,6 +107,26 @@ impl Default for SiloConfig {
             revocations_pull_secs: 60,
             aggregates_push_secs: 60,
         }
+    }
+}
+
+/// Signed content (`docs/silos.md`, "Signed content"): what a gateway keeps of the root's items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentConfig {
+    /// (maintenance) Most bytes the cache of the root's items holds; the items used least
+    /// recently are evicted to make room.
+    pub cache_max_bytes: u64,
+    /// (maintenance) How long a cached item is served before the root is asked whether it is
+    /// still the latest (when the root is down, the copy held is served).
+    pub revalidate_secs: u32,
+    /// Items sent to agents at once; more wait their turn.
+    pub max_transfers: u32,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        Self { cache_max_bytes: 20 << 30, revalidate_secs: 300, max_transfers: 32 }
     }
 }
 

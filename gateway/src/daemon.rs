@@ -184,6 +184,16 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         }
     };
     let agent_keys = Arc::new(agent_keys);
+    let content = Arc::new(match &silo {
+        crate::silo::Silo::Maintenance(maintenance) => crate::content::Content::cache(
+            data_dir,
+            Arc::clone(maintenance),
+            Arc::clone(&agent_keys),
+            config.content.cache_max_bytes,
+            Duration::from_secs(config.content.revalidate_secs.into()),
+        )?,
+        crate::silo::Silo::All | crate::silo::Silo::Root => crate::content::Content::origin(data_dir, &agent_keys),
+    });
     let agents = Arc::new(agents::Agents::new(&material, Arc::clone(&agent_keys), &config.agents)?);
     let agent_endpoint = agents::bind(config.agents.listen, agents::server_config(&agents, &config.agents)?)?;
     let addrs = paths::ListenAddrs {
@@ -235,6 +245,8 @@ pub async fn run(data_dir: &Path, config_path: Option<PathBuf>, overrides: Overr
         sealer: crate::sealing::Sealer::load_or_create(data_dir).context("loading the key that seals AMT passwords")?,
         agent_keys,
         silo,
+        content,
+        content_transfers: Arc::new(tokio::sync::Semaphore::new(config.content.max_transfers.max(1) as usize)),
         config,
         store: store.clone(),
         instance,

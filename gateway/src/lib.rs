@@ -7,6 +7,8 @@
 //!   the driver of each agent's control stream (hello, signed configuration, reports and acks,
 //!   delivering support actions and messages, relayed sessions over QUIC streams);
 //! - `support`: support actions and messages to PC users, made and signed (`docs/actions.md`);
+//! - `silo`: the root and maintenance silos (`docs/silos.md`); `content`: the root's signed
+//!   content, published on a root and cached by maintenance silos;
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`), and
@@ -48,6 +50,8 @@ pub mod certs;
 pub mod cira;
 pub mod client;
 pub mod config;
+pub mod content;
+pub mod content_commands;
 pub mod daemon;
 pub mod exit;
 pub mod files;

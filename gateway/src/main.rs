@@ -184,6 +184,12 @@ enum Command {
         #[command(subcommand)]
         action: tether_gateway::silo_commands::SiloAction,
     },
+    /// The root's signed content: publish an item on a root, list what a gateway holds, fetch
+    /// one checked against the root's key (`docs/silos.md`).
+    Content {
+        #[command(subcommand)]
+        action: tether_gateway::content_commands::ContentAction,
+    },
     /// The MPS username and password AMT devices authenticate with.
     MpsCredentials {
         #[command(subcommand)]
@@ -506,6 +512,22 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
     let store_args = StoreArgs { config: cli.config.clone(), database: cli.database.clone() };
     match cli.command {
         Command::Silo { action } => tether_gateway::silo_commands::run(action, &store_args, data_dir).await,
+        Command::Content { action } => {
+            use tether_gateway::content_commands::{self as content, ContentAction};
+            match action {
+                ContentAction::Publish { name, file, kind, json } => {
+                    content::publish(data_dir, &name, &file, kind, json)
+                }
+                ContentAction::List { json } => {
+                    let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+                    content::list(&client, json).await
+                }
+                ContentAction::Get { name, out, root_key, json } => {
+                    let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+                    content::get(&client, &name, out, &root_key, json).await
+                }
+            }
+        }
         Command::Gateway { cira_listen, api_listen, metrics_listen, agent_listen, tls_names, record_sol, role } => {
             let overrides = daemon::Overrides {
                 cira: cira_listen,

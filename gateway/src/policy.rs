@@ -128,10 +128,13 @@ pub enum Action {
     Broadcast,
     /// A root's maintenance silos and their aggregates (operators).
     ViewSilos,
+    /// The root's signed content (signatures, scripts, rescue images): any user who is not
+    /// suspended. It is published for the whole service and signed, not anyone's data.
+    ViewContent,
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Action::ListMachines,
         Action::ViewMachine,
         Action::AttachRelay,
@@ -152,6 +155,7 @@ impl Action {
         Action::SendSupport,
         Action::Broadcast,
         Action::ViewSilos,
+        Action::ViewContent,
     ];
 
     /// Whether a token of scope `read` is enough: reading only.
@@ -162,7 +166,8 @@ impl Action {
             | Action::ViewAudit
             | Action::ViewSubscriberPii
             | Action::ViewLan
-            | Action::ViewSilos => true,
+            | Action::ViewSilos
+            | Action::ViewContent => true,
             Action::AttachRelay
             | Action::ManageContacts
             | Action::LeaveSubscriber
@@ -196,9 +201,12 @@ impl Action {
             | Action::EnrollMachine
             | Action::TerminateSubscription
             | Action::IssueMpsAccount => matches!(resource, R::Subscriber(_)),
-            Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan | Action::ViewSilos => {
-                matches!(resource, R::Gateway)
-            }
+            Action::RegisterSubscriber
+            | Action::ManageUsers
+            | Action::ViewLan
+            | Action::UseLan
+            | Action::ViewSilos
+            | Action::ViewContent => matches!(resource, R::Gateway),
             Action::SuspendUser | Action::ManageTokens => matches!(resource, R::User(_)),
         }
     }
@@ -274,7 +282,12 @@ pub fn authorize(
         Resource::Gateway => {
             // The gateway's machine list is filtered to what the principal sees
             // (`visible_subscribers`); anything else about the whole gateway is an operator's.
-            return if action == Action::ListMachines { Ok(()) } else { Err(Denied::OperatorOnly) };
+            // The root's content is the whole service's.
+            return if matches!(action, Action::ListMachines | Action::ViewContent) {
+                Ok(())
+            } else {
+                Err(Denied::OperatorOnly)
+            };
         }
         Resource::User(id) => {
             return match action {
@@ -324,7 +337,8 @@ pub fn authorize(
         | Action::ViewLan
         | Action::UseLan
         | Action::RevokeAgent
-        | Action::ViewSilos => Err(Denied::OperatorOnly),
+        | Action::ViewSilos
+        | Action::ViewContent => Err(Denied::OperatorOnly),
     }
 }
 

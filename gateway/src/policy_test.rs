@@ -77,9 +77,12 @@ fn resource(action: Action) -> Resource {
         | Action::TerminateSubscription
         | Action::IssueMpsAccount
         | Action::Broadcast => Resource::Subscriber(1),
-        Action::RegisterSubscriber | Action::ManageUsers | Action::ViewLan | Action::UseLan | Action::ViewSilos => {
-            Resource::Gateway
-        }
+        Action::RegisterSubscriber
+        | Action::ManageUsers
+        | Action::ViewLan
+        | Action::UseLan
+        | Action::ViewSilos
+        | Action::ViewContent => Resource::Gateway,
         Action::SuspendUser | Action::ManageTokens => Resource::User(99),
     }
 }
@@ -109,6 +112,7 @@ fn attach_scope(action: Action) -> [E; 7] {
         Action::SendSupport           => [A, A, T, A, T, N, S],
         Action::Broadcast             => [A, A, T, N, N, N, S],
         Action::ViewSilos             => [A, O, O, O, O, O, S],
+        Action::ViewContent           => [A, A, A, A, A, A, S],
     }
 }
 
@@ -137,6 +141,7 @@ fn read_scope(action: Action) -> [E; 7] {
         Action::SendSupport           => [P, P, P, P, P, P, S],
         Action::Broadcast             => [P, P, P, P, P, P, S],
         Action::ViewSilos             => [A, O, O, O, O, O, S],
+        Action::ViewContent           => [A, A, A, A, A, A, S],
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Shared {
     pub agent_keys: Arc<crate::agents::keys::AgentKeys>,
     /// The silo role, and on a maintenance silo what it joined with (`crate::silo`).
     pub silo: crate::silo::maintenance::Silo,
+    /// The root's signed content: published here, or this maintenance silo's cache of it.
+    pub content: Arc<crate::content::Content>,
+    /// Content items being sent to agents (`content.max_transfers`).
+    pub content_transfers: Arc<tokio::sync::Semaphore>,
     /// The LAN tools: recent scans and the tasks of adopted LAN PCs.
     pub lan: crate::lan::Lan,
     /// Conflicting claims are logged once per UUID per minute.
@@ -143,6 +147,11 @@ impl TestState {
             registry,
             passwords: PasswordChecker::start(1, 16, 100).expect("a password checker"),
             sealer: crate::sealing::Sealer::load_or_create(dir.path()).expect("a sealing key"),
+            content: {
+                let keys = crate::agents::keys::AgentKeys::load_or_create(dir.path()).expect("agent keys");
+                Arc::new(crate::content::Content::origin(dir.path(), &keys))
+            },
+            content_transfers: Arc::new(tokio::sync::Semaphore::new(4)),
             agent_keys: Arc::new(crate::agents::keys::AgentKeys::load_or_create(dir.path()).expect("agent keys")),
             silo: crate::silo::maintenance::Silo::All,
             lan: crate::lan::Lan::default(),

@@ -101,9 +101,7 @@ impl Agent {
 
     /// The certificate this machine holds now (DER).
     pub(super) fn held_cert(&self) -> Result<Vec<u8>> {
-        let pem = std::fs::read(self.state.path("cert.pem")).context("reading cert.pem")?;
-        let der = rustls_pemfile::certs(&mut pem.as_slice()).next().context("cert.pem holds no certificate")??;
-        Ok(der.to_vec())
+        held_cert(&self.state)
     }
 
     /// At a new connection: the handover still waiting for its receipt, if any.
@@ -127,6 +125,13 @@ impl Agent {
             info!("the new silo has this machine's history");
         }
     }
+}
+
+/// The certificate this machine holds (DER).
+pub(super) fn held_cert(state: &crate::state::StateDir) -> Result<Vec<u8>> {
+    let pem = std::fs::read(state.path("cert.pem")).context("reading cert.pem")?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice()).next().context("cert.pem holds no certificate")??;
+    Ok(der.to_vec())
 }
 
 #[cfg(test)]

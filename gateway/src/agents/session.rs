@@ -12,6 +12,10 @@
 //!   `Report` and acknowledges it only once it is committed. Support actions, messages, their
 //!   results and relayed sessions: [`super::deliver`].
 //!
+//! - `ContentGet`: the same certificate and admission as `Hello`, then the root's signed content
+//!   item (`ContentItem`, then its bytes from the offset asked; [`crate::content`]), without
+//!   taking the machine's place in the registry.
+//!
 //! Everything else closes the connection with a [`CloseCode`] and a reason the agent logs.
 //!
 //! The same session runs over either transport ([`Link`]): a QUIC connection (its first
@@ -273,12 +277,93 @@ async fn drive(
             drop(slot);
             close(&link, Some(&mut control), ended).await
         }
+        Message::ContentGet { uuid, name, offset } => {
+            let Some(identity) = certs.as_ref().and_then(|c| c.first()).and_then(peer_identity) else {
+                let ended = Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first");
+                return close(&link, Some(&mut control), ended).await;
+            };
+            if identity.uuid != uuid {
+                let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
+                return close(&link, Some(&mut control), ended).await;
+            }
+            if let Err(ended) = admit(&shared, &identity, certs.as_ref().and_then(|c| c.first()), remote).await {
+                return close(&link, Some(&mut control), ended).await;
+            }
+            drop(pending);
+            match send_content(&shared, &link, &mut control, uuid, &name, offset).await {
+                Ok(()) => {}
+                Err(ended) => close(&link, Some(&mut control), ended).await,
+            }
+        }
         other => {
             let ended =
                 Ended::new(CloseCode::BadMessage, format!("expected Hello or Enroll first, not {}", name(&other)));
             close(&link, Some(&mut control), ended).await
         }
     }
+}
+
+/// How long sending a content item may stall (a write that makes no progress), and how long the
+/// agent has to hang up once it has everything.
+const CONTENT_STALL: Duration = Duration::from_secs(30);
+
+/// Sends content item `name` from `offset`: its signed manifest, then its bytes, then waits for
+/// the agent to hang up (closing at once could drop what QUIC has not yet delivered).
+async fn send_content(
+    shared: &Shared,
+    link: &Link,
+    control: &mut Control,
+    uuid: Uuid,
+    name: &str,
+    offset: u64,
+) -> Result<(), Ended> {
+    use crate::content::ContentError;
+    let Ok(_turn) = tokio::time::timeout(CONTENT_STALL, Arc::clone(&shared.content_transfers).acquire_owned()).await
+    else {
+        return Err(Ended::new(CloseCode::Busy, "this gateway is sending as many content items as it may; try again"));
+    };
+    let item = shared.content.item(name).await.map_err(|err| match err {
+        err @ (ContentError::Busy | ContentError::Unavailable { .. }) => Ended::new(CloseCode::Busy, err.to_string()),
+        err => Ended::new(CloseCode::Normal, err.to_string()),
+    })?;
+    let from = offset.min(item.manifest.size);
+    info!(%uuid, name, offset = from, size = item.manifest.size, "sending a content item to an agent");
+    control.write(&Message::ContentItem(item.signed.clone())).await?;
+    let lost = |err: std::io::Error| Ended::new(CloseCode::Normal, format!("sending the content item: {err}"));
+    let mut file = tokio::fs::File::open(&item.path).await.map_err(lost)?;
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(from)).await.map_err(lost)?;
+    let mut left = item.manifest.size - from;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).await.map_err(lost)?;
+        if n == 0 {
+            return Err(Ended::new(CloseCode::Normal, "the content item is shorter than its manifest"));
+        }
+        tokio::time::timeout(CONTENT_STALL, control.send.write_all(&buf[..n]))
+            .await
+            .map_err(|_| Ended::new(CloseCode::Timeout, "the agent stopped reading the content item"))?
+            .map_err(lost)?;
+        left -= n as u64;
+    }
+    let _ = control.send.flush().await;
+    let _ = control.send.shutdown().await;
+    let _ = tokio::time::timeout(CONTENT_STALL, async {
+        match link {
+            Link::Quic(connection) => {
+                connection.closed().await;
+            }
+            Link::Tls { .. } => {
+                let mut sink = [0u8; 1024];
+                while control.recv.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            }
+        }
+    })
+    .await;
+    if let Link::Quic(connection) = link {
+        connection.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"content sent");
+    }
+    Ok(())
 }
 
 fn name(message: &Message) -> String {

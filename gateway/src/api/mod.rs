@@ -46,6 +46,7 @@ mod admission;
 mod agents;
 mod amt;
 pub(crate) mod connection;
+mod content;
 mod input;
 mod lan;
 mod openapi;
@@ -196,6 +197,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/subscribers/{id}/leave", post(accounts::leave))
         .route("/api/v1/subscribers/{id}/mps-account", post(accounts::mps_account))
         .route("/api/v1/silos", get(silos::list))
+        .route("/api/v1/content", get(content::list))
+        .route("/api/v1/content/{name}", get(content::get_item))
         .route("/api/v1/invitations/{guid}", get(accounts::show_invitation))
         .route("/api/v1/invitations/{guid}/accept", post(accounts::accept))
         // Before the layer, so that a wrong method, too, is answered only after the token.
@@ -216,6 +219,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(crate::silo::moves::MOVES_PATH, get(silos::moves))
         .route(crate::silo::moves::MOVED_PATH, post(silos::moved))
         .route(crate::silo::aggregates::AGGREGATES_PATH, post(silos::take_aggregates))
+        .route(crate::content::CONTENT_PATH, post(silos::content))
         .merge(v1)
         .with_state(api)
         .merge(portal)

@@ -6,6 +6,7 @@
 //! | `GET /silo/v1/moves?from=SILO` | anyone: the moves out of a silo, each order signed by the root |
 //! | `POST /silo/v1/moved` | a silo, its body signed with its key: the moves it took over |
 //! | `POST /silo/v1/aggregates` | a silo, its body signed with its key: its aggregates |
+//! | `POST /silo/v1/content` | a silo, its body signed with its key: a content item from an offset |
 //! | `GET /api/v1/silos` | `ViewSilos` (operators): the silos, their last aggregates and the sum |
 //!
 //! A maintenance silo answers none of the `/silo/v1` ones (404).
@@ -139,6 +140,89 @@ pub(super) async fn take_aggregates(
     match crate::silo::aggregates::take(&api.shared.store, &report).await {
         Ok(()) => Json(serde_json::json!({ "kept": true })).into_response(),
         Err(err) => report_refused(&report, err),
+    }
+}
+
+/// A content item for a silo's cache: the root's signed manifest in the headers, the bytes from
+/// the offset asked in the body (none when the offset is past the end).
+pub(super) async fn content(
+    State(api): State<Arc<Api>>,
+    body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if api.shared.silo.role() == crate::silo::Role::Maintenance {
+        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo publishes no content");
+    }
+    let Json(report) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_json(rejection),
+    };
+    let request = match crate::content::take_request(&api.shared.store, &report).await {
+        Ok(request) => request,
+        Err(err) => return report_refused(&report, err),
+    };
+    match api.shared.content.item(&request.name).await {
+        Ok(item) => content_answer(&item, request.offset).await,
+        Err(err) => content_refused(err),
+    }
+}
+
+/// The item's bytes from `offset`, with its manifest in the headers.
+pub(super) async fn content_answer(item: &crate::content::Item, offset: u64) -> Response {
+    let signed = crate::content::SignedManifest::new(&item.signed);
+    let from = offset.min(item.manifest.size);
+    let body = match file_body(&item.path, from, item.manifest.size - from).await {
+        Ok(body) => body,
+        Err(err) => {
+            warn!(name = %item.manifest.name, error = %err, "cannot read a content item");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the content item cannot be read");
+        }
+    };
+    (
+        [
+            (crate::content::MANIFEST_HEADER, signed.payload),
+            (crate::content::SIGNATURE_HEADER, signed.signature),
+            ("content-type", "application/octet-stream".to_string()),
+            ("content-length", (item.manifest.size - from).to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `len` bytes of the file at `path` from `offset`, read as the body is sent.
+pub(super) async fn file_body(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<axum::body::Body> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let reader = file.take(len);
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok::<_, std::io::Error>(buf.freeze()), reader)),
+            Err(err) => Some((Err(err), reader)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(stream))
+}
+
+/// The answer for a content item that cannot be had.
+pub(super) fn content_refused(err: crate::content::ContentError) -> Response {
+    use crate::content::ContentError as E;
+    match err {
+        err @ E::BadName(_) => error(StatusCode::BAD_REQUEST, BAD_REQUEST, err.to_string()),
+        err @ E::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", err.to_string()),
+        err @ (E::Unavailable { .. } | E::Busy) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string())
+        }
+        err @ (E::Refused { .. } | E::TooLarge { .. }) => {
+            warn!(error = %err, "a content item refused");
+            error(StatusCode::BAD_GATEWAY, "content_refused", err.to_string())
+        }
+        E::Io(err) => {
+            warn!(error = %err, "the content store");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the content store cannot be read")
+        }
     }
 }
 

@@ -219,7 +219,7 @@ pub enum ReportError {
 }
 
 /// Whether the silo a report names signed it with the key it was registered with (root).
-pub(super) async fn verify_report(store: &Store, report: &SiloReport) -> Result<(), ReportError> {
+pub(crate) async fn verify_report(store: &Store, report: &SiloReport) -> Result<(), ReportError> {
     let key = store
         .silo_signing_key(&report.silo)
         .await?
