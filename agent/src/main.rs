@@ -276,6 +276,9 @@ async fn main() -> Result<()> {
                     "enrolled": enrollment.is_some(),
                     "uuid": enrollment.as_ref().map(|e| e.uuid),
                     "gateways": enrollment.as_ref().map(|e| e.gateways.clone()).unwrap_or_default(),
+                    // The root's key pinned at enrollment: it must have signed configuration,
+                    // actions and content.
+                    "signing_key": enrollment.as_ref().map(|e| e.signing_key.clone()),
                     "remote_help": current.remote_help,
                     "next_seq": current.next_seq,
                     "spooled_reports": spooled,

@@ -479,8 +479,8 @@ async fn fetch_from_root(
     let client = maintenance.root_client().map_err(|e| unavailable(format!("{e:#}")))?;
     let body = serde_json::to_value(&report).map_err(std::io::Error::other)?;
     let response = client.stream_post(CONTENT_PATH, &body).await.map_err(|e| match e {
-        crate::client::StreamError::Status(status, message) if status == hyper::StatusCode::NOT_FOUND => {
-            ContentError::NotFound(format!("{name} (the root: {message})"))
+        crate::client::StreamError::Status(status, _) if status == hyper::StatusCode::NOT_FOUND => {
+            ContentError::NotFound(name.to_string())
         }
         other => unavailable(other.to_string()),
     })?;

@@ -394,3 +394,156 @@ fn an_operator_moves_a_subscribers_pcs_to_silo_b_and_their_history_follows() {
     later.terminate(Duration::from_secs(10));
     agent.terminate(Duration::from_secs(10));
 }
+
+/// `len` bytes that differ from one item to the next (`seed`).
+fn item_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `tether-agent content get NAME --out OUT --json` on `pc`: its JSON, or its error.
+fn agent_gets(pc: &Pc, name: &str, out: &Path) -> Result<serde_json::Value, String> {
+    let output = pc
+        .agent()
+        .args(["content", "get", name, "--json", "--out"])
+        .arg(out)
+        .output()
+        .expect("tether-agent content get");
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).expect("content get --json prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `tether content get NAME` through `gateway`'s API, checked with `root_key`: its JSON, or its
+/// exit code and error.
+fn technician_gets(
+    gateway: &Gateway,
+    name: &str,
+    out: &Path,
+    root_key: &str,
+) -> Result<serde_json::Value, (i32, String)> {
+    let output = gateway
+        .cli_command(&["content", "get", name, "--json", "--root-key", root_key, "--out", out.to_str().unwrap()])
+        .output()
+        .expect("tether content get");
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).expect("content get --json prints JSON"))
+    } else {
+        Err((output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned()))
+    }
+}
+
+#[test]
+fn the_root_publishes_content_silo_a_caches_it_and_only_the_roots_bytes_are_kept() {
+    // A's cache holds 5 MiB: a second 3 MiB item evicts the first.
+    let Silos { mut root, a, ca, _dir, .. } = root_and_silo_a("[content]\ncache_max_bytes = 5242880\n");
+    let olga = register_olga(&root);
+    let pc = Pc::new();
+    pc.enroll_at(&root.agent_addr().to_string(), &enrollment_token(&root, &olga), &ca).expect("enrollment");
+    let work = tempfile::tempdir().unwrap();
+
+    // The root publishes 3 MiB of signatures, signed with its key.
+    let sigs = item_bytes(3 << 20, 1);
+    let file = work.path().join("sigs.bin");
+    std::fs::write(&file, &sigs).unwrap();
+    let published: serde_json::Value = serde_json::from_str(&root.operator(&[
+        "content",
+        "publish",
+        "av-sigs",
+        file.to_str().unwrap(),
+        "--kind",
+        "signatures",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(published["sha256"], sha256_hex(&sigs), "{published}");
+    let root_key = published["root_key"].as_str().unwrap().to_string();
+    assert_eq!(published["root_key"], pc.status()["signing_key"], "the key the PC pinned at enrollment");
+
+    // An earlier download to A broke off after 1 MiB: A goes on from there.
+    let cache = a.data_dir().join("content/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(format!("av-sigs.{}.part", sha256_hex(&sigs))), &sigs[..1 << 20]).unwrap();
+
+    // The agent asks A, which fetches it from the root first; the agent checks it with the key
+    // it pinned, and keeps it.
+    let kept = work.path().join("agent-sigs.bin");
+    let got = agent_gets(&pc, "av-sigs", &kept).expect("the agent gets the item");
+    assert_eq!(got["verified"], true, "{got}");
+    assert_eq!(got["sha256"], sha256_hex(&sigs), "{got}");
+    assert_eq!(got["gateway"], a.agent_addr().to_string(), "{got}");
+    assert_eq!(std::fs::read(&kept).unwrap(), sigs);
+    assert!(
+        a.process().stderr().contains("resuming a content item's download from the root"),
+        "A did not resume its part:\n{}",
+        a.process().tail()
+    );
+    let listed: serde_json::Value = serde_json::from_str(&a.cli(&["content", "list", "--json"])).unwrap();
+    assert_eq!(listed[0]["name"], "av-sigs", "{listed}");
+    assert_eq!(listed[0]["sha256"], sha256_hex(&sigs), "{listed}");
+
+    // A technician fetches it through A's API and checks it with the root's key; with another
+    // key, it is refused (exit code 4) and nothing is kept.
+    let tech = work.path().join("tech-sigs.bin");
+    let got = technician_gets(&a, "av-sigs", &tech, &root_key).expect("the technician gets the item");
+    assert_eq!(got["sha256"], sha256_hex(&sigs), "{got}");
+    assert_eq!(std::fs::read(&tech).unwrap(), sigs);
+    let rogue = work.path().join("rogue.bin");
+    let (code, err) = technician_gets(&a, "av-sigs", &rogue, &"ab".repeat(32)).unwrap_err();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not signed by the root"), "{err}");
+    assert!(!rogue.exists());
+
+    // With the root stopped, A serves what it holds.
+    root.stop();
+    let again = work.path().join("again.bin");
+    agent_gets(&pc, "av-sigs", &again).expect("from A's cache with the root stopped");
+    assert_eq!(std::fs::read(&again).unwrap(), sigs);
+
+    // Someone alters A's copy: the agent and the technician refuse it, and keep nothing.
+    let data = cache.join(format!("av-sigs.{}.data", sha256_hex(&sigs)));
+    let mut altered = std::fs::read(&data).unwrap();
+    altered[12_345] ^= 0x40;
+    std::fs::write(&data, &altered).unwrap();
+    let refused_at = work.path().join("altered.bin");
+    let err = agent_gets(&pc, "av-sigs", &refused_at).unwrap_err();
+    assert!(err.contains("was altered"), "{err}");
+    assert!(!refused_at.exists() && !work.path().join("altered.bin.part").exists());
+    let (code, err) = technician_gets(&a, "av-sigs", &refused_at, &root_key).unwrap_err();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("was altered"), "{err}");
+
+    // A second item does not fit beside the first in A's 5 MiB: the first, used least recently,
+    // is evicted.
+    root.restart();
+    let script = item_bytes(3 << 20, 2);
+    std::fs::write(&file, &script).unwrap();
+    root.operator(&["content", "publish", "big-script", file.to_str().unwrap(), "--kind", "script"]);
+    let got = agent_gets(&pc, "big-script", &work.path().join("script.bin")).expect("the second item");
+    assert_eq!(got["sha256"], sha256_hex(&script), "{got}");
+    let listed: serde_json::Value = serde_json::from_str(&a.cli(&["content", "list", "--json"])).unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|i| i["name"].as_str()).collect();
+    assert_eq!(names, ["big-script"], "{listed}");
+    assert!(!data.exists(), "the evicted item's bytes are gone");
+    // Asked again, the first comes back from the root, whole.
+    let back = work.path().join("back.bin");
+    agent_gets(&pc, "av-sigs", &back).expect("the evicted item again");
+    assert_eq!(std::fs::read(&back).unwrap(), sigs);
+    // An item the root never published.
+    let err = agent_gets(&pc, "no-such-item", &work.path().join("none")).unwrap_err();
+    assert!(err.contains("no content item"), "{err}");
+}
