@@ -177,3 +177,58 @@ async fn an_owner_sees_only_its_own_subscriber_and_is_refused_the_operators_page
     assert!(store.list_subscribers().await.unwrap().iter().all(|s| s.subscriber.status == SubscriptionStatus::Active));
     assert!(store.user(otto).await.unwrap().unwrap().suspended_at.is_none());
 }
+
+#[tokio::test]
+async fn an_operator_sees_each_silos_aggregates_and_their_sum_and_an_owner_is_refused() {
+    use crate::silo::aggregates::{Aggregates, Counts};
+    let shop = shop().await;
+    let store = shop.bed.store();
+    let now = time::OffsetDateTime::now_utc();
+    for (name, region) in [("silo-a", "eu"), ("silo-b", "us")] {
+        let silo = crate::store::NewSilo {
+            name: name.into(),
+            location: format!("{name}.example:4433"),
+            capacity: 100,
+            region: Some(region.into()),
+            oem: None,
+            signing_key: None,
+            now,
+        };
+        store.add_silo(&silo).await.unwrap();
+    }
+    // Only silo A has sent its counts.
+    let counts = Aggregates {
+        silo: "silo-a".into(),
+        issued_at: now.unix_timestamp(),
+        machines: Counts { machines: 7, green: 4, yellow: 2, red: 1, unrated: 0 },
+        connected: 5,
+        reasons: [("firewall_off".to_string(), 3)].into(),
+        tiers: [("standard".to_string(), Counts { machines: 7, green: 4, yellow: 2, red: 1, unrated: 0 })].into(),
+        alerts_24h: 11,
+        actions_24h: 13,
+        ..Aggregates::default()
+    };
+    let stored = crate::store::StoredAggregates {
+        silo: "silo-a".into(),
+        issued_at: now,
+        received_at: now,
+        payload: serde_json::to_string(&counts).unwrap(),
+    };
+    assert!(store.put_silo_aggregates(&stored).await.unwrap());
+
+    let mut olaf = operator(&shop).await;
+    let page = olaf.get("/portal/silos").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("href=\"/portal/silos\""), "the operator's navigation: {}", page.body);
+    for cell in ["silo-a", "silo-b", "nothing received yet", "firewall_off", "standard", ">11<", ">13<", ">5<"] {
+        assert!(page.body.contains(cell), "{cell}: {}", page.body);
+    }
+    // The sum row: A's counts, as B sent none.
+    let total = &page.body[page.body.find("All silos").expect("a total row")..];
+    assert!(total.contains(">7<") && total.contains(">4<"), "{total}");
+
+    let mut olga = shop.signed_in("olga", "192.0.2.46").await;
+    let refused = olga.get("/portal/silos").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.body.contains("operator_only") && !refused.body.contains("silo-a"), "{}", refused.body);
+}

@@ -10,6 +10,7 @@
 //!   operator creates, suspends and unsuspends them).
 //! - `enroll`: enrolling a machine: the one-time token for `tether-agent enroll`.
 //! - `invitations`: an invitation's link: accept it signed in, or create an account to.
+//! - `silos`: a root's maintenance silos and their aggregates (operators).
 //!
 //! Every request first spends the source's request budget (as the API's do); every page asks
 //! `policy::authorize` with the same actions as the API, and a refusal is a readable 403 with
@@ -32,6 +33,7 @@ mod machines;
 mod profile;
 pub(crate) mod session;
 mod signin;
+mod silos;
 pub(crate) mod totp;
 mod views;
 
@@ -120,6 +122,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/subscribers", get(directory::subscribers).post(directory::register))
         .route("/portal/subscribers/{id}/terminate", post(directory::terminate))
         .route("/portal/users", get(directory::users).post(directory::create_user))
+        .route(silos::SILOS, get(silos::list))
         .route("/portal/users/{id}/suspend", post(directory::suspend))
         .route("/portal/users/{id}/unsuspend", post(directory::unsuspend))
         .route("/portal/subscribers/{id}/contacts", get(contacts::show).post(contacts::invite))

@@ -68,6 +68,7 @@ pub fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Ma
                             @if visitor.principal.role == crate::policy::Role::Operator {
                                 a href="/portal/subscribers" { "Subscribers" }
                                 a href="/portal/users" { "Users" }
+                                a href="/portal/silos" { "Silos" }
                             }
                         }
                         a href="/portal/profile" { (visitor.user.username) }
