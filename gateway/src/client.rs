@@ -137,16 +137,7 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<(StatusCode, hyper::HeaderMap, serde_json::Value)> {
         let work = async {
-            let tls = self.connect().await?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(connection);
-            let mut request = request
-                .header(header::HOST, self.authority())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
-            if !body.is_empty() {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-            }
-            let response = sender.send_request(request.body(Full::new(body))?).await?;
+            let response = self.request(request, body, None).await?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await?.to_bytes();
             let value: serde_json::Value = serde_json::from_slice(&body)
@@ -156,6 +147,29 @@ impl ApiClient {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| crate::exit::unreachable("the API did not answer in time"))?
+    }
+
+    /// One request with the token (a JSON body when not empty, a `Range` from `from`), on a new
+    /// connection; the answer before its body is read.
+    async fn request(
+        &self,
+        request: hyper::http::request::Builder,
+        body: Bytes,
+        from: Option<u64>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let tls = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        let mut request = request
+            .header(header::HOST, self.authority())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(from) = from {
+            request = request.header(header::RANGE, format!("bytes={from}-"));
+        }
+        Ok(sender.send_request(request.body(Full::new(body))?).await?)
     }
 
     /// POSTs a JSON body; the answer's status and JSON body, whatever the status (a body that is
@@ -174,6 +188,15 @@ impl ApiClient {
         let body = Bytes::from(serde_json::to_vec(body)?);
         let (status, _, value) = self.send(Request::post(path), body, timeout).await?;
         Ok((status, value))
+    }
+
+    /// DELETEs `path`; a non-2xx answer becomes an error carrying the API's message.
+    pub async fn delete_json(&self, path: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let (status, _, value) = self.send(Request::delete(path), Bytes::new(), timeout).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &value).into());
+        }
+        Ok(value)
     }
 
     /// POSTs a JSON body; a non-2xx answer becomes an error carrying the API's message.
@@ -213,22 +236,7 @@ impl ApiClient {
         body: Bytes,
         from: Option<u64>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, StreamError> {
-        let work = async {
-            let tls = self.connect().await?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(connection);
-            let mut request = request
-                .header(header::HOST, self.authority())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
-            if !body.is_empty() {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-            }
-            if let Some(from) = from {
-                request = request.header(header::RANGE, format!("bytes={from}-"));
-            }
-            Ok::<_, anyhow::Error>(sender.send_request(request.body(Full::new(body))?).await?)
-        };
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, work)
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.request(request, body, from))
             .await
             .map_err(|_| StreamError::Other(crate::exit::unreachable("the API did not answer in time")))??;
         if response.status().is_success() {

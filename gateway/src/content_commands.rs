@@ -80,25 +80,12 @@ pub fn publish(data_dir: &Path, name: &str, file: &Path, kind: Kind, json: bool)
     let keys =
         crate::agents::keys::AgentKeys::load_or_create(data_dir).context("loading this gateway's signing key")?;
     let manifest = crate::content::publish(data_dir, &keys, name, kind.into(), file)?;
+    let root_key = hex::encode(keys.signing_public());
     if json {
-        let value = serde_json::json!({
-            "name": manifest.name,
-            "kind": manifest.kind.name(),
-            "size": manifest.size,
-            "sha256": hex::encode(manifest.sha256),
-            "published_at": manifest.published_at,
-            "root_key": hex::encode(keys.signing_public()),
-        });
+        let value = with(manifest_json(&manifest), [("root_key", root_key.into())]);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!(
-            "published {} ({}, {} bytes, SHA-256 {}), signed by key {}",
-            manifest.name,
-            manifest.kind.name(),
-            manifest.size,
-            hex::encode(manifest.sha256),
-            hex::encode(keys.signing_public())
-        );
+        println!("published {}, signed by key {root_key}", described(&manifest));
     }
     Ok(())
 }
@@ -229,28 +216,47 @@ pub async fn get(client: &ApiClient, name: &str, out: Option<PathBuf>, root_key:
     std::fs::rename(&part, &out).with_context(|| format!("moving the download to {}", out.display()))?;
     let _ = std::fs::remove_file(&part_manifest);
     if json {
-        let value = serde_json::json!({
-            "name": manifest.name,
-            "kind": manifest.kind.name(),
-            "size": manifest.size,
-            "sha256": hex::encode(manifest.sha256),
-            "published_at": manifest.published_at,
-            "path": out,
-            "resumed_from": from,
-            "verified": true,
-        });
+        let value = with(
+            manifest_json(&manifest),
+            [("path", serde_json::json!(out)), ("resumed_from", from.into()), ("verified", true.into())],
+        );
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!(
-            "{} ({}, {} bytes, SHA-256 {}): signed by the root, verified; saved to {}",
-            manifest.name,
-            manifest.kind.name(),
-            manifest.size,
-            hex::encode(manifest.sha256),
-            out.display()
-        );
+        println!("{}: signed by the root, verified; saved to {}", described(&manifest), out.display());
     }
     Ok(())
+}
+
+/// A manifest as the commands print it in JSON.
+fn manifest_json(manifest: &protocols::tap::ContentManifest) -> serde_json::Value {
+    serde_json::json!({
+        "name": manifest.name,
+        "kind": manifest.kind.name(),
+        "size": manifest.size,
+        "sha256": hex::encode(manifest.sha256),
+        "published_at": manifest.published_at,
+    })
+}
+
+/// `value` (an object) with `fields` added.
+fn with<const N: usize>(mut value: serde_json::Value, fields: [(&str, serde_json::Value); N]) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut value {
+        for (key, field) in fields {
+            map.insert(key.to_string(), field);
+        }
+    }
+    value
+}
+
+/// NAME (KIND, N bytes, SHA-256 HEX).
+fn described(manifest: &protocols::tap::ContentManifest) -> String {
+    format!(
+        "{} ({}, {} bytes, SHA-256 {})",
+        manifest.name,
+        manifest.kind.name(),
+        manifest.size,
+        hex::encode(manifest.sha256)
+    )
 }
 
 struct HashWriter<'a>(&'a mut Sha256);

@@ -226,16 +226,7 @@ async fn drive(
             close(&link, Some(&mut control), ended).await
         }
         Message::Hello { uuid, agent_version, hostname, os, capabilities, remote_help } => {
-            let Some(identity) = certs.as_ref().and_then(|c| c.first()).and_then(peer_identity) else {
-                let ended = Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first");
-                return close(&link, Some(&mut control), ended).await;
-            };
-            if identity.uuid != uuid {
-                warn!(%remote, certificate = %identity.uuid, claimed = %uuid, "agent hello for another machine's UUID");
-                let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
-                return close(&link, Some(&mut control), ended).await;
-            }
-            if let Err(ended) = admit(&shared, &identity, certs.as_ref().and_then(|c| c.first()), remote).await {
+            if let Err(ended) = identify(&shared, certs.as_ref(), uuid, remote).await {
                 return close(&link, Some(&mut control), ended).await;
             }
             let Ok(slot) = held.try_acquire_owned() else {
@@ -278,15 +269,7 @@ async fn drive(
             close(&link, Some(&mut control), ended).await
         }
         Message::ContentGet { uuid, name, offset } => {
-            let Some(identity) = certs.as_ref().and_then(|c| c.first()).and_then(peer_identity) else {
-                let ended = Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first");
-                return close(&link, Some(&mut control), ended).await;
-            };
-            if identity.uuid != uuid {
-                let ended = Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine");
-                return close(&link, Some(&mut control), ended).await;
-            }
-            if let Err(ended) = admit(&shared, &identity, certs.as_ref().and_then(|c| c.first()), remote).await {
+            if let Err(ended) = identify(&shared, certs.as_ref(), uuid, remote).await {
                 return close(&link, Some(&mut control), ended).await;
             }
             drop(pending);
@@ -347,23 +330,26 @@ async fn send_content(
         left -= n as u64;
     }
     let _ = control.send.flush().await;
-    let _ = control.send.shutdown().await;
-    let _ = tokio::time::timeout(CONTENT_STALL, async {
-        match link {
-            Link::Quic(connection) => {
-                connection.closed().await;
-            }
-            Link::Tls { .. } => {
-                let mut sink = [0u8; 1024];
-                while control.recv.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-            }
-        }
-    })
-    .await;
+    let _ = tokio::time::timeout(CONTENT_STALL, hung_up(link, control)).await;
     if let Link::Quic(connection) = link {
         connection.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"content sent");
     }
     Ok(())
+}
+
+/// Ends this side of the stream and waits for the agent to hang up (over TLS, its end of the
+/// stream, whatever it still sends).
+async fn hung_up(link: &Link, control: &mut Control) {
+    let _ = control.send.shutdown().await;
+    match link {
+        Link::Quic(connection) => {
+            connection.closed().await;
+        }
+        Link::Tls { .. } => {
+            let mut sink = [0u8; 1024];
+            while control.recv.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        }
+    }
 }
 
 fn name(message: &Message) -> String {
@@ -382,23 +368,33 @@ async fn close(link: &Link, control: Option<&mut Control>, ended: Ended) {
         let message = Message::Close { code: ended.code, text: ended.text.chars().take(200).collect() };
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = control.write(&message).await;
-            let _ = control.send.shutdown().await;
-            match link {
-                Link::Quic(connection) => {
-                    connection.closed().await;
-                }
-                // Until the agent hangs up (its end of the stream), whatever it still sends.
-                Link::Tls { .. } => {
-                    let mut sink = [0u8; 1024];
-                    while control.recv.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-                }
-            }
+            hung_up(link, control).await;
         })
         .await;
     }
     if let Link::Quic(connection) = link {
         connection.close(quinn::VarInt::from_u32(ended.code as u32), ended.text.as_bytes());
     }
+}
+
+/// The machine `uuid` says it is, proven by its certificate (`certs`, verified in the handshake)
+/// and admitted here ([`admit`]).
+async fn identify(
+    shared: &Shared,
+    certs: Option<&Vec<CertificateDer<'static>>>,
+    uuid: Uuid,
+    remote: SocketAddr,
+) -> Result<PeerIdentity, Ended> {
+    let cert = certs.and_then(|c| c.first());
+    let Some(identity) = cert.and_then(peer_identity) else {
+        return Err(Ended::new(CloseCode::Unauthenticated, "no client certificate: enroll first"));
+    };
+    if identity.uuid != uuid {
+        warn!(%remote, certificate = %identity.uuid, claimed = %uuid, "agent hello for another machine's UUID");
+        return Err(Ended::new(CloseCode::Unauthenticated, "the certificate is for another machine"));
+    }
+    admit(shared, &identity, cert, remote).await?;
+    Ok(identity)
 }
 
 /// Whether the agent behind a verified certificate may be served here. An `all` or root gateway
