@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use crate::agents::keys::AgentKeys;
-use crate::silo::Maintenance;
+use crate::silo::maintenance::Maintenance;
 
 /// Where a maintenance silo asks its root for an item.
 pub const CONTENT_PATH: &str = "/silo/v1/content";
