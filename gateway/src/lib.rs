@@ -8,7 +8,8 @@
 //!   delivering support actions and messages, relayed sessions over QUIC streams);
 //! - `support`: support actions and messages to PC users, made and signed (`docs/actions.md`);
 //! - `silo`: the root and maintenance silos (`docs/silos.md`); `content`: the root's signed
-//!   content, published on a root and cached by maintenance silos;
+//!   content, published on a root and cached by maintenance silos; `content_ider`: the gateway
+//!   serving a rescue image of that content to a device over IDE-R;
 //! - `identity`: who may claim which UUID (credentials, device policy, liveness checks);
 //! - `registry`: live tunnels by device and kind, and the handle to use one;
 //! - `stream`: a stream to a device port through any tunnel (`AsyncRead + AsyncWrite`), and
@@ -52,6 +53,7 @@ pub mod client;
 pub mod config;
 pub mod content;
 pub mod content_commands;
+pub mod content_ider;
 pub mod daemon;
 pub mod exit;
 pub mod files;

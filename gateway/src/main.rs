@@ -247,11 +247,13 @@ enum Command {
         device: RedirectArgs,
     },
     /// Serve a rescue ISO (and/or a floppy image) to a device's virtual drives over AMT IDE-R,
-    /// read-only, until Ctrl-C.
+    /// read-only, until Ctrl-C; or have the gateway serve one of its content items
+    /// (`--image content:NAME`).
     Ider {
         #[command(flatten)]
         device: RedirectArgs,
-        /// An ISO image, served as the CD-ROM.
+        /// An ISO image, served as the CD-ROM; or `content:NAME`, a rescue image published as
+        /// the gateway's content (`tether content list`), which the gateway serves itself.
         #[arg(long, value_name = "ISO", required_unless_present = "floppy")]
         image: Option<PathBuf>,
         /// A disk image, served as the floppy / removable disk (512-byte blocks).
@@ -295,12 +297,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Boot a device from a rescue ISO on this machine and watch it on its serial console: checks
-    /// the device, enables SOL and IDE-R, serves the image, resets (or powers on) the PC into it,
-    /// and on exit (Ctrl-]) restores the boot settings.
+    /// Boot a device from a rescue ISO on this machine (or one the gateway serves from its
+    /// content) and watch it on its serial console: checks the device, enables SOL and IDE-R,
+    /// serves the image, resets (or powers on) the PC into it, and on exit (Ctrl-]) restores the
+    /// boot settings.
     Rescue {
         uuid: Uuid,
-        /// The rescue ISO, served as the PC's CD-ROM.
+        /// The rescue ISO, served as the PC's CD-ROM; or `content:NAME`, a rescue image published
+        /// as the gateway's content (`tether content list`), which the gateway serves itself.
         #[arg(long, value_name = "ISO")]
         image: PathBuf,
         /// A disk image, served as the floppy / removable disk.
@@ -796,9 +800,24 @@ async fn run(cli: Cli, data_dir: &Path) -> Result<()> {
             redirect::console::run(endpoint, device.account()).await
         }
         Command::Ider { device, image, floppy } => {
+            if let Some(name) = image.as_deref().and_then(redirect::served::content_name) {
+                let Some(uuid) = device.uuid.filter(|_| device.direct.is_none()) else {
+                    anyhow::bail!(
+                        "--image content:NAME is served by the gateway: name the device by UUID, not --direct"
+                    );
+                };
+                if floppy.is_some() {
+                    anyhow::bail!("--floppy cannot go with --image content:NAME: the gateway serves only the CD");
+                }
+                let client = api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir)?;
+                let amt =
+                    AmtArgs { user: device.user.clone(), password: Some(device.password.clone()), remember: false };
+                return redirect::served::run(&client, uuid, name, &amt).await;
+            }
             let endpoint =
                 device.endpoint(|| api_client(&cli.api, &cli.token, &cli.ca, &cli.tls_server_name, data_dir))?;
-            redirect::ider::run(endpoint, device.account(), redirect::ider::Images { cd: image, floppy }).await?;
+            let images = redirect::ider::Images { cd: image, floppy, ..Default::default() };
+            redirect::ider::run(endpoint, device.account(), images).await?;
             Ok(())
         }
         Command::Power { uuid, action, amt, json } => {

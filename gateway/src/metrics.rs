@@ -142,6 +142,8 @@ label_enum!(
         SessionClose => "session_close",
         SessionOpen => "session_open",
         Forget => "forget",
+        IderStart => "ider_start",
+        IderStop => "ider_stop",
     }
 );
 
@@ -163,6 +165,8 @@ impl AmtAction {
             "session" if name.ends_with("open") => AmtAction::SessionOpen,
             "session" => AmtAction::SessionClose,
             "amt" => AmtAction::Forget,
+            "ider" if name.ends_with("start") => AmtAction::IderStart,
+            "ider" => AmtAction::IderStop,
             _ => AmtAction::Power,
         }
     }

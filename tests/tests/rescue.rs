@@ -1,13 +1,14 @@
 //! The remote-fix workflow end to end, as a technician runs it: `tether rescue` boots a PC behind
 //! the gateway from an ISO on the technician's machine (the gateway speaks WS-MAN to the PC's AMT:
 //! check, enable SOL and IDE-R, one-time boot, reset), the technician watches the boot on the
-//! serial console, and `tether session close` ends it. The PC is `amt-sim`: WS-MAN with digest
+//! serial console, and `tether session close` ends it; or the gateway serves a rescue image it
+//! publishes as signed content (`--image content:NAME`). The PC is `amt-sim`: WS-MAN with digest
 //! auth and power/boot/redirection state, simulated firmware that boots from IDE-R and prints the
 //! SHA-256 of what it read, and a shell on its serial console.
 
 use std::time::Duration;
 
-use e2e::remote::{console, exit_of, pc, random_image, Interactive, ADMIN_PASSWORD};
+use e2e::remote::{console, exit_of, ider, pc, random_image, Interactive, ADMIN_PASSWORD};
 use e2e::{wait_for, Gateway};
 use uuid::Uuid;
 
@@ -257,4 +258,110 @@ fn the_gateway_speaks_tls_to_a_pc_that_forwards_only_16993_and_pins_its_certific
     assert!(gateway.cli(&["power", &id, "off", "--password", ADMIN_PASSWORD]).contains("off: done"));
     sim.wait_for_log("power: on -> off", Duration::from_secs(10));
     assert_eq!(sim.count_log_lines("16992 request"), 0, "WS-MAN went over the plain port");
+}
+
+/// `tether content publish NAME FILE --kind KIND` on the gateway's data dir (role `all`
+/// publishes its own signed content).
+fn publish(gateway: &Gateway, name: &str, file: &std::path::Path, kind: &str) {
+    gateway.operator(&["content", "publish", name, file.to_str().unwrap(), "--kind", kind]);
+}
+
+#[test]
+fn technician_has_the_gateway_serve_a_published_rescue_image_and_the_pc_boots_it() {
+    let gateway = Gateway::start(&[]);
+    // Firmware that drops and redials its tunnel around the reset, as real firmware often does:
+    // the gateway opens IDE-R again once it is back.
+    let (uuid, mut sim) = pc(&gateway, &["--redirection", "disabled", "--redial-on-power-change"]);
+    let id = uuid.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("rescue.iso");
+    let len = 64 << 20;
+    let sha = random_image(&iso, len);
+    publish(&gateway, "rescue-64", &iso, "rescue-image");
+    // The ISO is the gateway's now: nothing is served from the technician's machine.
+    std::fs::remove_file(&iso).unwrap();
+
+    let mut command =
+        gateway.cli_command(&["rescue", &id, "--image", "content:rescue-64", "--password", ADMIN_PASSWORD]);
+    let mut session = Interactive::spawn("tether rescue", &mut command);
+    // The PC reset into the gateway's image: its firmware read all of it, and the hash shows on
+    // the serial console the technician is watching.
+    let banner = format!("IDE-R boot: cd read {len} bytes sha256={sha}");
+    sim.wait_for_log(&banner, Duration::from_secs(240));
+    session.wait_for_screen(&banner, Duration::from_secs(30));
+    sim.wait_for_log("power: on -> reset", Duration::from_secs(5));
+    session.type_keys(b"echo rescued-$((6*7))\n");
+    session.wait_for_screen("rescued-42", Duration::from_secs(30));
+    // The technician sees how far the gateway got.
+    session.process.wait_for_log("the gateway served 64.00 MiB of 64.00 MiB", Duration::from_secs(10));
+    session.type_keys(&[0x1d]);
+    let (status, _, err) = exit_of(session, Duration::from_secs(60));
+    assert!(status.success(), "tether rescue failed ({status}):\n{err}");
+    assert!(err.contains(&format!("rescue-64 (SHA-256 {sha}")), "{err}");
+    assert!(err.contains("boot settings restored: UseIDER=false"), "{err}");
+    assert!(sim.count_log_lines("established: ports") >= 2, "the PC never redialled");
+
+    // Stopped with the rescue, which said what the gateway had served.
+    assert!(err.contains("rescue ended; served 64.00 MiB over IDE-R"), "{err}");
+    let done = actions(&gateway, uuid);
+    for step in ["rescue.start", "ider.start", "rescue.boot", "ider.stop", "rescue.finish"] {
+        assert!(done.contains(&(step.into(), "ok".into())), "{step} not recorded as ok: {done:?}");
+    }
+    // The gateway's IDE-R sessions are recorded like a technician's relays.
+    let rows: serde_json::Value =
+        serde_json::from_str(&gateway.cli(&["redirections", &id, "--json"])).expect("redirections as JSON");
+    let served = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "ider" && r["technician"].as_str().unwrap_or("").ends_with("(served by the gateway)"))
+        .count();
+    assert!(served >= 2, "the IDE-R sessions before and after the redial are not recorded: {rows}");
+}
+
+#[test]
+fn the_gateway_serves_only_published_rescue_images_and_tether_ider_stops_what_it_serves() {
+    let gateway = Gateway::start(&[]);
+    // Firmware that boots from IDE-R as soon as it is enabled.
+    let (uuid, mut sim) = pc(&gateway, &["--boot-ider"]);
+    let id = uuid.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fix.sh");
+    std::fs::write(&script, "#!/bin/sh\necho fixed\n").unwrap();
+    publish(&gateway, "fix-script", &script, "script");
+    let iso = dir.path().join("small.iso");
+    let len = 4 << 20;
+    let sha = random_image(&iso, len);
+    publish(&gateway, "small-rescue", &iso, "rescue-image");
+
+    // What is not a published rescue image is refused, saying why.
+    for (image, says) in [
+        ("content:fix-script", "not a rescue image"),
+        ("content:nothing-here", "no content item \"nothing-here\" is published"),
+    ] {
+        let output = gateway
+            .cli_command(&["ider", &id, "--password", ADMIN_PASSWORD, "--image", image])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && err.contains(says), "--image {image}:\n{err}");
+    }
+    let err = cli_fails(&gateway, &["rescue", &id, "--image", "content:fix-script", "--password", ADMIN_PASSWORD]);
+    assert!(err.contains("not a rescue image"), "{err}");
+    assert_eq!(sim.count_log_lines("IDE-R boot: starting"), 0, "something was served");
+
+    let mut serving = ider(&gateway, uuid, ADMIN_PASSWORD, &["--image", "content:small-rescue"]);
+    sim.wait_for_log(&format!("IDE-R boot: cd read {len} bytes sha256={sha}"), Duration::from_secs(120));
+    // One session per device: a second one is refused while the first serves.
+    let err = cli_fails(&gateway, &["ider", &id, "--password", ADMIN_PASSWORD, "--image", "content:small-rescue"]);
+    assert!(err.contains("already serving \"small-rescue\""), "{err}");
+    serving.signal("INT");
+    let status = serving.terminate(Duration::from_secs(30));
+    let summary = serving.stderr();
+    assert!(status.success(), "tether ider failed ({status}):\n{summary}");
+    assert!(summary.contains(&format!("small-rescue (SHA-256 {sha}, 4.00 MiB): 4.00 MiB served")), "{summary}");
+    let done = actions(&gateway, uuid);
+    assert!(done.contains(&("ider.stop".into(), "ok".into())), "{done:?}");
+    assert!(done.contains(&("ider.start".into(), "refused".into())), "{done:?}");
 }

@@ -546,4 +546,19 @@ fn the_root_publishes_content_silo_a_caches_it_and_only_the_roots_bytes_are_kept
     // An item the root never published.
     let err = agent_gets(&pc, "no-such-item", &work.path().join("none")).unwrap_err();
     assert!(err.contains("no content item"), "{err}");
+
+    // A rescue image the root published reaches an AMT PC behind silo A over IDE-R: A fetches it
+    // into its cache and serves it itself; the PC's firmware reads it whole, with the root's hash.
+    let iso = work.path().join("rescue.iso");
+    let len = 1 << 20;
+    let sha = e2e::remote::random_image(&iso, len);
+    root.operator(&["content", "publish", "small-rescue", iso.to_str().unwrap(), "--kind", "rescue-image"]);
+    let (uuid, mut sim) = e2e::remote::pc(&a, &["--boot-ider"]);
+    let mut serving = e2e::remote::ider(&a, uuid, e2e::remote::ADMIN_PASSWORD, &["--image", "content:small-rescue"]);
+    sim.wait_for_log(&format!("IDE-R boot: cd read {len} bytes sha256={sha}"), Duration::from_secs(120));
+    serving.signal("INT");
+    let status = serving.terminate(Duration::from_secs(30));
+    assert!(status.success(), "tether ider through silo A failed ({status}):\n{}", serving.stderr());
+    let listed: serde_json::Value = serde_json::from_str(&a.cli(&["content", "list", "--json"])).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|i| i["name"] == "small-rescue" && i["sha256"] == sha), "{listed}");
 }

@@ -20,10 +20,12 @@
 //! sealed (`crate::sealing`), and later calls may leave it out.
 //!
 //! What it does not do: speak WS-MAN (`crate::wsman`) or serve the rescue image (the technician's
-//! CLI serves it over IDE-R through a relay, `tether rescue`).
+//! CLI serves it over IDE-R through a relay, `tether rescue`; or the gateway serves one of its
+//! content items, `ider`). Closing the session also stops what the gateway serves the device.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query};
@@ -351,7 +353,7 @@ impl Call {
     }
 
     /// The account to use: the request's, else the one remembered for the device.
-    async fn credentials(&self, account: &Account) -> Result<Credentials, Response> {
+    pub(super) async fn credentials(&self, account: &Account) -> Result<Credentials, Response> {
         let user = account.amt_user.clone().filter(|u| !u.is_empty());
         if let Some(password) = account.amt_password.clone().filter(|p| !p.is_empty()) {
             if password.len() > 32 || user.as_ref().is_some_and(|u| u.len() > 32) {
@@ -863,6 +865,10 @@ pub(super) async fn session_close(call: Call, body: Result<Json<CloseBody>, Json
     // The technicians' relays end first, so that nothing holds AMT's redirection sessions while
     // the boot settings are put back.
     let relays = call.api.relays.stop_device(call.uuid, Stop::SessionClosed);
+    // So does a rescue image the gateway serves it.
+    if let Some(ider) = call.api.ider.stop(call.uuid) {
+        ider.ended(Duration::from_secs(10)).await;
+    }
     let mut notes = Vec::new();
     let restored = match open_rescue(&call).await {
         Err(response) => return response,

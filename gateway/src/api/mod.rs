@@ -9,6 +9,8 @@
 //!   relayed to the device, newest first (`redirections`).
 //! - `POST /api/v1/devices/{uuid}/power|redirection|boot|consent|rescue/…|session/…` and
 //!   `GET …/actions`: the remote fix through AMT's WS-Management, every action recorded (`amt`).
+//! - `POST|GET|DELETE /api/v1/devices/{uuid}/ider`: the gateway serving a rescue image of its
+//!   signed content to the device over IDE-R (`ider`).
 //! - `/api/v1/lan/…` and `POST /api/v1/devices/{uuid}/wake`: the appliance's LAN — scans, hosts
 //!   found, Wake-on-LAN, AMT PCs adopted as devices of kind `lan` (`lan`).
 //!
@@ -47,6 +49,7 @@ mod agents;
 mod amt;
 pub(crate) mod connection;
 mod content;
+mod ider;
 mod input;
 mod lan;
 mod openapi;
@@ -100,6 +103,8 @@ pub struct Api {
     connections: Arc<ConnectionCaps>,
     relays: Arc<LiveRelays>,
     relay_limits: RelayLimits,
+    /// Rescue images the gateway serves to devices over IDE-R (`ider`).
+    ider: Arc<crate::content_ider::IderSessions>,
     /// Where links in mail point (the portal's public address).
     public_url: String,
     /// The time the account flows run at (moved forward only by tests).
@@ -127,6 +132,7 @@ impl Api {
             connections: Arc::new(ConnectionCaps::new(api.max_connections, api.max_connections_per_source)),
             relays: Arc::new(LiveRelays::default()),
             relay_limits: RelayLimits::from_config(api),
+            ider: Arc::default(),
             public_url: shared.config.mail_public_url(),
             clock: crate::flows::Clock::default(),
             portal: crate::portal::Portal::new(Arc::clone(&shared)),
@@ -165,6 +171,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/devices/{uuid}/session/close", post(amt::session_close))
         .route("/api/v1/devices/{uuid}/session/open", post(amt::session_open))
         .route("/api/v1/devices/{uuid}/amt/forget", post(amt::forget))
+        .route("/api/v1/devices/{uuid}/ider", get(ider::status).post(ider::start).delete(ider::stop))
         .route("/api/v1/devices/{uuid}/wake", post(lan::wake_device))
         .route("/api/v1/lan/scans", post(lan::start_scan))
         .route("/api/v1/lan/scans/{id}", get(lan::show_scan))

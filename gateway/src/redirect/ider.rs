@@ -12,6 +12,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use protocols::redir::{
     ATTR_DMA,
 };
 use protocols::scsi::{DeviceKind, Response, Sense, Target};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -45,6 +46,9 @@ pub struct Images {
     pub cd: Option<PathBuf>,
     /// An image served as the floppy / removable disk (512-byte blocks).
     pub floppy: Option<PathBuf>,
+    /// An image already opened (and checked) by the caller, served as the CD-ROM instead of
+    /// `cd`: the gateway serves the very file it hashed, whatever happens to its path.
+    pub cd_opened: Option<Arc<std::fs::File>>,
 }
 
 /// What a run served, for the summary.
@@ -53,6 +57,26 @@ pub struct Served {
     pub bytes: u64,
     pub reads: u64,
     pub commands: u64,
+}
+
+/// What has been served so far, for whoever watches from elsewhere (the gateway's status of an
+/// IDE-R session it serves).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub reads: AtomicU64,
+    pub commands: AtomicU64,
+}
+
+impl Progress {
+    /// The counts now.
+    pub fn served(&self) -> Served {
+        Served {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One image file, read at offsets, with one range read ahead.
@@ -73,6 +97,15 @@ impl Image {
             bail!("{} is empty", path.display());
         }
         Ok(Self { file: Arc::new(file), len: meta.len(), ahead: None })
+    }
+
+    /// An image from a file the caller opened.
+    fn opened(file: Arc<std::fs::File>) -> Result<Self> {
+        let len = file.metadata().context("reading the image's size")?.len();
+        if len == 0 {
+            bail!("the image is empty");
+        }
+        Ok(Self { file, len, ahead: None })
     }
 
     /// `len` bytes from `offset`, zeros past the file's end.
@@ -115,8 +148,12 @@ struct Drive {
 impl Drive {
     fn new(kind: DeviceKind, path: Option<&Path>) -> Result<Self> {
         let image = path.map(Image::open).transpose()?;
+        Ok(Self::with(kind, image))
+    }
+
+    fn with(kind: DeviceKind, image: Option<Image>) -> Self {
         let target = Target::new(kind, image.as_ref().map_or(0, |i| i.len));
-        Ok(Self { target, image })
+        Self { target, image }
     }
 }
 
@@ -129,6 +166,10 @@ pub struct ServeOptions {
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Told once IDE-R is enabled for the next boot.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Counts what is served, as it is served.
+    pub progress: Option<Arc<Progress>>,
+    /// Leave SIGTERM and Ctrl-C alone (inside the gateway, whose own shutdown stops serving).
+    pub ignore_signals: bool,
 }
 
 /// Serves `images` to the device until the technician stops (Ctrl-C, SIGTERM) or the device ends
@@ -144,10 +185,13 @@ pub async fn run_with(
     images: Images,
     mut options: ServeOptions,
 ) -> Result<(Served, String)> {
-    if images.cd.is_none() && images.floppy.is_none() {
+    if images.cd.is_none() && images.floppy.is_none() && images.cd_opened.is_none() {
         bail!("nothing to serve: give --image ISO and/or --floppy IMAGE");
     }
-    let mut cd = Drive::new(DeviceKind::CdRom, images.cd.as_deref())?;
+    let mut cd = match &images.cd_opened {
+        Some(file) => Drive::with(DeviceKind::CdRom, Some(Image::opened(Arc::clone(file))?)),
+        None => Drive::new(DeviceKind::CdRom, images.cd.as_deref())?,
+    };
     let mut floppy = Drive::new(DeviceKind::Floppy, images.floppy.as_deref())?;
     let total = cd.target.image_len() + floppy.target.image_len();
 
@@ -186,7 +230,15 @@ pub async fn run_with(
     let bar = if quiet { ProgressBar::hidden() } else { progress_bar(total) };
     let started = Instant::now();
     let mut served = Served::default();
-    let mut server = Server { chunk, out, bar: &bar, served: &mut served, stop: options.stop.take() };
+    let mut server = Server {
+        chunk,
+        out,
+        bar: &bar,
+        served: &mut served,
+        stop: options.stop.take(),
+        progress: options.progress.take(),
+        signals: !options.ignore_signals,
+    };
     let ended = server.serve(&mut session, &mut cd, &mut floppy).await;
     bar.finish_and_clear();
     if quiet {
@@ -241,6 +293,16 @@ async fn stopped(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
     std::future::pending().await
 }
 
+/// Resolves when `signal` arrives (never without one).
+async fn received(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The console's sequence numbers: 0 for the IDE-R start, then one more for every message.
 struct Outgoing {
     seq: u32,
@@ -261,6 +323,9 @@ struct Server<'a> {
     bar: &'a ProgressBar,
     served: &'a mut Served,
     stop: Option<tokio::sync::watch::Receiver<bool>>,
+    progress: Option<Arc<Progress>>,
+    /// Whether SIGTERM and SIGINT stop serving.
+    signals: bool,
 }
 
 impl Server<'_> {
@@ -268,8 +333,11 @@ impl Server<'_> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.tick().await;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+        let (mut term, mut interrupt) = if self.signals {
+            (Some(signal(SignalKind::terminate())?), Some(signal(SignalKind::interrupt())?))
+        } else {
+            (None, None)
+        };
         let quit = loop {
             tokio::select! {
                 message = session.reader.next() => match message? {
@@ -296,8 +364,8 @@ impl Server<'_> {
                 _ = heartbeat.tick() => {
                     session.writer.send(&Message::IderHeartbeat { seq: self.out.next() }).await?;
                 }
-                _ = term.recv() => break "SIGTERM",
-                _ = interrupt.recv() => break "Ctrl-C",
+                _ = received(&mut term) => break "SIGTERM",
+                _ = received(&mut interrupt) => break "Ctrl-C",
                 _ = stopped(&mut self.stop) => break "done",
             }
         };
@@ -317,6 +385,9 @@ impl Server<'_> {
     /// Answers one CommandWritten.
     async fn command(&mut self, session: &mut Session, drive: &mut Drive, command: &AtaCommand) -> Result<()> {
         self.served.commands += 1;
+        if let Some(progress) = &self.progress {
+            progress.commands.fetch_add(1, Ordering::Relaxed);
+        }
         let device = command.drive_select & 0xF0;
         let dma = command.feature & 1 != 0;
         let response = if command.command == ATA_PACKET {
@@ -346,6 +417,9 @@ impl Server<'_> {
         len: u32,
     ) -> Result<()> {
         self.served.reads += 1;
+        if let Some(progress) = &self.progress {
+            progress.reads.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(image) = drive.image.as_mut() else {
             // The target asks for reads only when it has a medium; answer as a read error anyway.
             let sense = drive.target.read_failed();
@@ -372,6 +446,9 @@ impl Server<'_> {
             session.writer.send_bytes(Bytes::from(buf)).await?;
             self.served.bytes += u64::from(piece);
             self.bar.inc(u64::from(piece));
+            if let Some(progress) = &self.progress {
+                progress.bytes.fetch_add(u64::from(piece), Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -459,7 +536,15 @@ mod tests {
     fn a_read_goes_out_in_chunks_of_the_read_buffer_numbered_without_gaps_and_only_the_last_completes() {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
-        let mut server = Server { chunk: 8192, out: Outgoing { seq: 7 }, bar: &bar, served: &mut served, stop: None };
+        let mut server = Server {
+            chunk: 8192,
+            out: Outgoing { seq: 7 },
+            bar: &bar,
+            served: &mut served,
+            stop: None,
+            progress: None,
+            signals: false,
+        };
         let data: Bytes = (0..20_000u32).map(|i| i as u8).collect();
         let mut buf = Vec::new();
         server.data(&mut buf, 0xB0, false, &data, true);
@@ -484,7 +569,15 @@ mod tests {
     fn a_check_condition_carries_the_sense_and_the_error_register() {
         let bar = ProgressBar::hidden();
         let mut served = Served::default();
-        let mut server = Server { chunk: 8192, out: Outgoing { seq: 0 }, bar: &bar, served: &mut served, stop: None };
+        let mut server = Server {
+            chunk: 8192,
+            out: Outgoing { seq: 0 },
+            bar: &bar,
+            served: &mut served,
+            stop: None,
+            progress: None,
+            signals: false,
+        };
         let mut buf = Vec::new();
         server.status(&mut buf, 0xA0, Some(Sense::LBA_OUT_OF_RANGE));
         server.status(&mut buf, 0xA0, None);

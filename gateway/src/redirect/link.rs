@@ -1,7 +1,8 @@
 //! The byte pipe under a redirection session, and the messages on it: through the gateway's API
-//! relay (a WebSocket to `/api/v1/devices/{uuid}/tcp/{port}`), or straight to a device on the
+//! relay (a WebSocket to `/api/v1/devices/{uuid}/tcp/{port}`), straight to a device on the
 //! technician's LAN (TLS to 16995 with the device's certificate pinned on first use, or plain
-//! 16994 for firmware before CSME 16.1).
+//! 16994 for firmware before CSME 16.1), or, inside the gateway, a stream through the device's
+//! own tunnel (the gateway serving a content item over IDE-R, `crate::content_ider`).
 //!
 //! [`MessageReader::next`] is cancel-safe, so a driver can `select!` on it beside its keyboard and
 //! timers. What it does not do: the session's steps (`session`), SOL or IDE-R.
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocols::redir::{self, Message, Sender};
@@ -26,7 +28,9 @@ use uuid::Uuid;
 
 use super::pin::{KnownDevices, PinVerifier};
 use crate::client::ApiClient;
+use crate::redir_tap::RelayTap;
 use crate::relay::EOF_MESSAGE;
+use crate::stream::{DeviceReader, DeviceStream, DeviceWriter};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes put in one WebSocket message (the gateway's `api.max_frame_bytes` is 1 MiB by
@@ -41,6 +45,39 @@ pub enum Endpoint {
     /// Straight to `host:port` on the technician's LAN: TLS (16995) with the certificate pinned in
     /// `known` on first use, or plain TCP (16994) when `tls` is off.
     Direct { host: String, port: u16, tls: bool, known: PathBuf },
+    /// Inside the gateway: a stream to device `uuid`'s redirection port through its tunnel,
+    /// opened anew by `open` for every session.
+    Tunnel { uuid: Uuid, open: StreamOpener },
+}
+
+/// A stream the gateway opened to a device's redirection port, and the tap that records the
+/// session on it (as a technician's relay to that port is recorded).
+#[derive(Debug)]
+pub struct OpenedStream {
+    pub stream: DeviceStream,
+    pub tap: Option<RelayTap>,
+}
+
+/// Opens a stream to the device's redirection port (see [`Endpoint::Tunnel`]).
+#[derive(Clone)]
+pub struct StreamOpener(pub Arc<dyn Fn() -> BoxFuture<'static, Result<OpenedStream>> + Send + Sync>);
+
+impl std::fmt::Debug for StreamOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamOpener")
+    }
+}
+
+/// A relay tap shared by a stream's two halves: the session's record ends once both are gone.
+#[derive(Debug)]
+struct SharedTap(Option<RelayTap>);
+
+impl Drop for SharedTap {
+    fn drop(&mut self) {
+        if let Some(tap) = self.0.take() {
+            tap.finish();
+        }
+    }
 }
 
 impl Endpoint {
@@ -49,6 +86,7 @@ impl Endpoint {
         match self {
             Endpoint::Relay { uuid, .. } => format!("device {uuid}"),
             Endpoint::Direct { host, port, .. } => format!("{host}:{port}"),
+            Endpoint::Tunnel { uuid, .. } => format!("device {uuid}"),
         }
     }
 
@@ -74,6 +112,12 @@ impl Endpoint {
                     let (rd, wr) = tcp.into_split();
                     (Rx::Plain(rd), Tx::Plain(wr))
                 }
+            }
+            Endpoint::Tunnel { open, .. } => {
+                let opened = (open.0)().await?;
+                let tap = Arc::new(SharedTap(opened.tap));
+                let (rd, wr) = opened.stream.into_split();
+                (Rx::Tunnel(rd, Arc::clone(&tap)), Tx::Tunnel(wr, tap))
             }
         };
         let limits = redir::Limits::default();
@@ -123,12 +167,14 @@ enum Rx {
     Relay(SplitStream<WebSocketStream<TlsStream<TcpStream>>>),
     Tls(ReadHalf<TlsStream<TcpStream>>),
     Plain(tokio::net::tcp::OwnedReadHalf),
+    Tunnel(DeviceReader, Arc<SharedTap>),
 }
 
 enum Tx {
     Relay(SplitSink<WebSocketStream<TlsStream<TcpStream>>, WsMessage>),
     Tls(WriteHalf<TlsStream<TcpStream>>),
     Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tunnel(DeviceWriter, Arc<SharedTap>),
 }
 
 /// Reads the device's redirection messages.
@@ -198,6 +244,14 @@ impl MessageReader {
                     self.eof = true;
                 }
             }
+            Rx::Tunnel(rd, tap) => {
+                let before = self.buf.len();
+                if rd.read_buf(&mut self.buf).await? == 0 {
+                    self.eof = true;
+                } else if let Some(tap) = &tap.0 {
+                    tap.from_device(&self.buf[before..]);
+                }
+            }
         }
         Ok(())
     }
@@ -236,6 +290,12 @@ impl MessageWriter {
                 wr.flush().await?;
             }
             Tx::Plain(wr) => wr.write_all(&bytes).await?,
+            Tx::Tunnel(wr, tap) => {
+                if let Some(tap) = &tap.0 {
+                    tap.from_console(&bytes);
+                }
+                wr.write_all(&bytes).await.context("writing to the device's tunnel")?;
+            }
         }
         Ok(())
     }
@@ -252,6 +312,9 @@ impl MessageWriter {
                     let _ = wr.shutdown().await;
                 }
                 Tx::Plain(wr) => {
+                    let _ = wr.shutdown().await;
+                }
+                Tx::Tunnel(wr, _) => {
                     let _ = wr.shutdown().await;
                 }
             }

@@ -9,15 +9,22 @@
 //! - [`console`]: SOL on the technician's terminal; [`terminal`]: raw mode and its restoration;
 //! - [`ider`]: IDE-R, serving images through [`protocols::scsi::Target`];
 //! - [`rescue`]: `tether rescue` (the whole remote fix) and the commands that ask the gateway's
-//!   WS-MAN client for power, boot, redirection and the session's end.
+//!   WS-MAN client for power, boot, redirection and the session's end;
+//! - [`device_call`]: the AMT account and the API call that waits on a device, which both use;
+//! - [`served`]: `--image content:NAME`, the gateway serving one of its content items over IDE-R
+//!   instead of this machine (`crate::content_ider`);
+//! - [`link::Endpoint::Tunnel`]: the same sessions opened by the gateway itself, through the
+//!   device's tunnel.
 //!
 //! The wire format is [`protocols::redir`]; this module does the I/O and the user's side.
 
 pub mod console;
+pub mod device_call;
 pub mod ider;
 pub mod link;
 pub mod pin;
 pub mod rescue;
+pub mod served;
 pub mod terminal;
 
 use std::time::Duration;
@@ -115,8 +122,12 @@ async fn in_use_message(endpoint: &Endpoint, kind: SessionType, status: u8) -> S
         "{} refused a {name} session (status {status}): AMT holds one {name} session at a time and one is already open",
         endpoint.describe()
     );
-    let Endpoint::Relay { client, uuid, .. } = endpoint else {
-        return format!("{base} (by another console on the network)");
+    let (client, uuid) = match endpoint {
+        Endpoint::Relay { client, uuid, .. } => (client, uuid),
+        Endpoint::Tunnel { uuid, .. } => {
+            return format!("{base} (`GET /api/v1/devices/{uuid}/redirections?active=true` names who holds it)")
+        }
+        Endpoint::Direct { .. } => return format!("{base} (by another console on the network)"),
     };
     let tag = crate::redir_tap::RedirKind::from(kind).as_str();
     match client.get_json(&format!("/api/v1/devices/{uuid}/redirections?active=true")).await {

@@ -5,7 +5,9 @@
 //! 1. the gateway checks the device (AMT version, control mode, that the firmware's UUID is the
 //!    tunnel's, power, redirection, boot settings, user consent), keeps what it found, and enables
 //!    SOL and IDE-R; where the device requires consent the technician types the code the PC shows;
-//! 2. this command serves the image over IDE-R through a relay (as `tether ider` does);
+//! 2. this command serves the image over IDE-R through a relay (as `tether ider` does), or, with
+//!    `--image content:NAME`, the gateway serves its content item NAME (a published rescue image)
+//!    itself and this command shows how far it got (`served`);
 //! 3. the gateway sets the one-time boot to the IDE-R CD with SOL and resets the PC (or powers it
 //!    on);
 //! 4. the SOL console is attached so the technician watches the boot and repairs; when the
@@ -27,45 +29,18 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::console::{self, End};
+pub use super::device_call::AmtArgs;
+pub(crate) use super::device_call::{post, DEVICE_CALL_TIMEOUT};
 use super::ider::{self, Images, ServeOptions};
+use super::served;
 use super::terminal::{keystrokes, RawMode};
 use super::{Account, Endpoint};
 use crate::client::{api_error, ApiClient};
 
-/// How long a call that waits on the device may take (a WS-MAN session of several calls).
-const DEVICE_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for a device to dial back after a power change.
 const REDIAL_WAIT: Duration = Duration::from_secs(180);
 /// Most consent codes tried before giving up.
 const CONSENT_TRIES: usize = 3;
-
-/// The device's AMT admin account, for the gateway's WS-MAN calls.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AmtArgs {
-    /// The AMT account on the device.
-    #[arg(long, env = "AMT_USER", default_value = "admin")]
-    pub user: String,
-    /// The AMT account's password (as the PC user reads it out); may be left out once the gateway
-    /// remembers it (--remember).
-    #[arg(long, env = "AMT_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// Have the gateway keep the password for this device, sealed at rest.
-    #[arg(long)]
-    pub remember: bool,
-}
-
-impl AmtArgs {
-    pub(crate) fn body(&self, mut extra: Value) -> Value {
-        if let Value::Object(map) = &mut extra {
-            map.insert("amt_user".into(), json!(self.user));
-            if let Some(password) = &self.password {
-                map.insert("amt_password".into(), json!(password));
-            }
-            map.insert("remember".into(), json!(self.remember));
-        }
-        extra
-    }
-}
 
 /// `tether power UUID ACTION`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,15 +66,6 @@ pub enum BootDevice {
     Floppy,
     /// No IDE-R boot (clears a one-time IDE-R boot).
     None,
-}
-
-/// POSTs to an endpoint that waits on a device; a refusal becomes an error with the API's message.
-pub(crate) async fn post(client: &ApiClient, path: &str, body: &Value) -> Result<Value> {
-    let (status, value) = client.post_with_timeout(path, body, DEVICE_CALL_TIMEOUT).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &value).into());
-    }
-    Ok(value)
 }
 
 /// Prints the answer as JSON, or as the line `line` makes of it.
@@ -342,7 +308,8 @@ fn serve_ider(
         let mut served = 0u64;
         let mut failures = 0;
         while !*stop.borrow() {
-            let options = ServeOptions { quiet: true, stop: Some(stop.clone()), ready: ready.take() };
+            let options =
+                ServeOptions { quiet: true, stop: Some(stop.clone()), ready: ready.take(), ..ServeOptions::default() };
             match ider::run_with(endpoint.clone(), account.clone(), images.clone(), options).await {
                 Ok((run, _why)) => {
                     served += run.bytes;
@@ -371,14 +338,24 @@ fn serve_ider(
 /// How long IDE-R waits for the console to come back before it serves again without it.
 const CONSOLE_FIRST: Duration = Duration::from_secs(20);
 
-/// `tether rescue UUID --image FILE.iso`: see the module doc.
+/// `tether rescue UUID --image FILE.iso` (or `--image content:NAME`): see the module doc.
 pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
     let uuid = args.uuid;
     let Some(password) = args.amt.password.clone() else {
         bail!("tether rescue needs the AMT password (--password or AMT_PASSWORD) for the console and IDE-R sessions");
     };
     let account = Account { username: args.amt.user.clone(), password };
-    std::fs::metadata(&args.image).with_context(|| format!("the rescue image {}", args.image.display()))?;
+    let content = served::content_name(&args.image).map(str::to_owned);
+    match &content {
+        None => {
+            std::fs::metadata(&args.image).with_context(|| format!("the rescue image {}", args.image.display()))?;
+        }
+        Some(_) if args.floppy.is_some() => bail!(
+            "--floppy cannot go with --image content:NAME: AMT holds one IDE-R session, and the gateway serves              only the CD; serve both from this machine instead"
+        ),
+        Some(name) if name.is_empty() => bail!("name the content item: --image content:NAME (`tether content list`)"),
+        Some(_) => {}
+    }
 
     step(&format!("checking device {uuid} and enabling SOL and IDE-R"));
     let started = start(&client, &args).await?;
@@ -392,27 +369,67 @@ pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
     ));
 
     let endpoint = Endpoint::Relay { client: client.clone(), uuid, port: 16994 };
-    let images = Images { cd: Some(args.image.clone()), floppy: args.floppy.clone() };
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (console_tx, console_rx) = watch::channel(0u64);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    step(&format!("serving {} over IDE-R", args.image.display()));
-    let ider_task =
-        serve_ider(client.clone(), endpoint.clone(), account.clone(), images, uuid, stop_rx, console_rx, ready_tx);
-    let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
-    let outcome = if matches!(ready, Ok(Ok(()))) {
-        Rescue { client: &client, args: &args, endpoint: &endpoint, account: &account, consoles: console_tx }
-            .watch()
-            .await
-    } else {
-        Err(anyhow::anyhow!("IDE-R did not start within 60 s"))
+    let (serving, ready) = match &content {
+        None => {
+            let images = Images { cd: Some(args.image.clone()), floppy: args.floppy.clone(), ..Images::default() };
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let (ready_tx, ready_rx) = oneshot::channel();
+            step(&format!("serving {} over IDE-R", args.image.display()));
+            let task = serve_ider(
+                client.clone(),
+                endpoint.clone(),
+                account.clone(),
+                images,
+                uuid,
+                stop_rx,
+                console_rx,
+                ready_tx,
+            );
+            let ready = match tokio::time::timeout(Duration::from_secs(60), ready_rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(anyhow::anyhow!("IDE-R did not start within 60 s")),
+            };
+            (Serving::Here { task, stop: stop_tx }, ready)
+        }
+        Some(name) => {
+            step(&format!("asking the gateway to serve its content item {name} over IDE-R"));
+            match served::start(&client, uuid, name, &args.amt).await {
+                Ok(status) => {
+                    step(&format!("the gateway serves {}", served::describe(&status)));
+                    let notes = served::progress_notes(client.clone(), uuid, status["size"].as_u64().unwrap_or(0));
+                    (Serving::Gateway { notes: Some(notes) }, Ok(()))
+                }
+                Err(err) => (Serving::Gateway { notes: None }, Err(err)),
+            }
+        }
+    };
+    let outcome = match ready {
+        Ok(()) => {
+            Rescue { client: &client, args: &args, endpoint: &endpoint, account: &account, consoles: console_tx }
+                .watch()
+                .await
+        }
+        Err(err) => Err(err),
     };
 
-    let _ = stop_tx.send(true);
-    let served = match tokio::time::timeout(Duration::from_secs(10), ider_task).await {
-        Ok(Ok(Ok(bytes))) => Ok(bytes),
-        Ok(Ok(Err(err))) => Err(err),
-        _ => Err(anyhow::anyhow!("IDE-R did not stop in time")),
+    let served = match serving {
+        Serving::Here { task, stop } => {
+            let _ = stop.send(true);
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(bytes))) => Ok(bytes),
+                Ok(Ok(Err(err))) => Err(err),
+                _ => Err(anyhow::anyhow!("IDE-R did not stop in time")),
+            }
+        }
+        Serving::Gateway { notes: Some(notes) } => {
+            notes.abort();
+            match served::stop(&client, uuid).await {
+                Ok(status) => Ok(status["bytes_served"].as_u64().unwrap_or(0)),
+                Err(err) => Err(err.context("stopping the gateway's IDE-R")),
+            }
+        }
+        Serving::Gateway { notes: None } => Err(anyhow::anyhow!("the gateway served nothing")),
     };
     let disable = args.disable_redirection;
     let restoring = format!("restoring the boot settings{}", if disable { " and redirection as found" } else { "" });
@@ -440,6 +457,13 @@ pub async fn rescue(client: ApiClient, args: RescueArgs) -> Result<()> {
         }
     }
     outcome
+}
+
+/// Who serves the image: this machine (a task, and its stop), or the gateway (and the task
+/// showing its progress).
+enum Serving {
+    Here { task: JoinHandle<Result<u64>>, stop: watch::Sender<bool> },
+    Gateway { notes: Option<JoinHandle<()>> },
 }
 
 /// The console side of a rescue: attach SOL, boot the PC into the image, and keep the console
