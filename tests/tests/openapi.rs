@@ -145,7 +145,7 @@ fn every_role_gets_what_the_openapi_document_promises() {
         let outcome: Outcome = run_for(&setup, caller).run(&program);
         eprintln!("schemathesis as {}: {} in {:.1} s", caller.role, outcome.cases(), outcome.elapsed.as_secs_f64());
         if !outcome.success {
-            failed.push(format!("--- as {}:\n{}", caller.role, outcome.tail(80)));
+            failed.push(format!("--- as {}:\n{}", caller.role, outcome.tail(400)));
         }
     }
     eprintln!("schemathesis: {} runs in {:.1} s", setup.callers.len(), started.elapsed().as_secs_f64());

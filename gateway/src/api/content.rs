@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::admission::Caller;
 use super::silos::{content_answer, content_refused};
-use super::{error, Api, ApiPath, ErrorBody, Refusals, BAD_REQUEST};
+use super::{error, Api, ApiPath, ErrorBody, Refusals};
 use crate::policy::{Action, Resource};
 
 /// An item this gateway holds.
@@ -87,7 +87,7 @@ pub(super) async fn list(State(api): State<Arc<Api>>, Extension(caller): Extensi
     summary = "A content item's bytes, with the root's signed manifest in the headers",
     params(
         ("name" = String, Path, description = "the item's name", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"),
-        ("range" = Option<String>, Header, description = "bytes=START- (resume from START)"),
+        ("range" = Option<String>, Header, description = "bytes=START- (resume from START); another form is ignored"),
     ),
     responses(
         (status = 200, description = "the whole item", content_type = "application/octet-stream", body = Vec<u8>,
@@ -97,7 +97,7 @@ pub(super) async fn list(State(api): State<Arc<Api>>, Extension(caller): Extensi
             headers(("tether-content-manifest" = String, description = "the signed manifest, hex"),
                     ("tether-content-signature" = String, description = "the root's signature over it, hex"),
                     ("content-range" = String, description = "bytes START-END/SIZE"))),
-        (status = 400, description = "not a content name, or a range this endpoint does not take", body = ErrorBody),
+        (status = 400, description = "not a content name", body = ErrorBody),
         (status = 404, description = "no such item (published, or at the root)", body = ErrorBody),
         (status = 416, description = "START is past the item's end", body = ErrorBody),
         (status = 502, description = "the root's copy was refused (signature, hash, or too large for the cache)", body = ErrorBody),
@@ -118,11 +118,8 @@ pub(super) async fn get_item(
     if !protocols::tap::is_content_name(&name) {
         return content_refused(crate::content::ContentError::BadName(name));
     }
-    let from = match headers.get(header::RANGE).map(|v| v.to_str().map(range_start)) {
-        None => None,
-        Some(Ok(Some(from))) => Some(from),
-        Some(_) => return error(StatusCode::BAD_REQUEST, BAD_REQUEST, "Range must be bytes=START-"),
-    };
+    // A range of another form is ignored, as HTTP allows: the whole item is sent.
+    let from = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(range_start);
     let item = match api.shared.content.item(&name).await {
         Ok(item) => item,
         Err(err) => return content_refused(err),
@@ -150,7 +147,7 @@ pub(super) async fn get_item(
     response
 }
 
-/// START of `bytes=START-`, the one range form taken.
+/// START of `bytes=START-`, the one range form taken (any other is ignored).
 fn range_start(value: &str) -> Option<u64> {
     value.trim().strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()
 }

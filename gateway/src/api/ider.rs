@@ -39,7 +39,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct IderBody {
     /// The content item to serve as the CD: a published rescue image (`tether content list`).
-    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9._-]{1,64}$")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     content: String,
     #[serde(flatten)]
     account: Account,
