@@ -80,31 +80,9 @@ deb_log=target/logs/deb.log
 { nice -n 10 scripts/deb.sh && nice -n 10 scripts/deb-test.sh; } >"$deb_log" 2>&1 &
 debs=$!
 
-# The appliance tests keep a core busy with qemu (TCG) for minutes while the others mostly wait on
-# processes and timeouts: they run beside them, one boot at a time (their log is printed after).
-# cargo holds its lock only while it builds, not while the tests run.
-step "running the tests (release; the appliance's under qemu beside the others, one at a time)"
+step "running the tests (release)"
 tests_ok=true
-appliance_log=target/logs/appliance-tests.log
-cargo test --release -p tether-tests --locked --test appliance -- --test-threads=1 >"$appliance_log" 2>&1 &
-appliance_tests=$!
-e2e_tests=()
-for file in tests/tests/*.rs; do
-    name=$(basename "$file" .rs)
-    [ "$name" = appliance ] || e2e_tests+=(--test "$name")
-done
-cargo test --release --workspace --exclude tether-tests --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" \
-    || tests_ok=false
-cargo test --release -p tether-tests --locked --no-fail-fast --lib --bins "${e2e_tests[@]}" \
-    -- --test-threads="${TEST_THREADS:-2}" || tests_ok=false
-step "the appliance tests (beside the others; log: $appliance_log)"
-if wait "$appliance_tests"; then
-    grep -E '^test |^test result' "$appliance_log"
-else
-    cat "$appliance_log" >&2
-    echo "test.sh: the appliance tests failed (log above)" >&2
-    tests_ok=false
-fi
+cargo test --release --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" || tests_ok=false
 
 step "the Debian packages (scripts/deb.sh, scripts/deb-test.sh, beside the tests)"
 if wait "$debs"; then
