@@ -8,63 +8,13 @@
 //     the contact opens the accept link from the mail, creates an account on the invitation
 //     page, accepts the terms and sees the subscriber's machine (by its nickname).
 //
-// Playwright is loaded from $TETHER_PLAYWRIGHT_DIR/node_modules. A screenshot of every page goes
-// into `screens`. Any failure exits 1 with a line starting "FAILED:"; each step done prints a
-// line starting "ok:".
+// The browser, screenshots of every page into `screens` and failing ("FAILED: …", exit 1) are
+// browser.mjs's; each thing done prints a line starting "ok:".
 
-import { createRequire } from 'node:module';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { args, run, start } from './browser.mjs';
 
-const fail = (message) => {
-  console.error(`FAILED: ${message}`);
-  process.exit(1);
-};
-
-let args;
-try {
-  args = JSON.parse(process.argv[2] ?? '');
-} catch (e) {
-  fail(`the first argument must be the step as JSON (${e.message})`);
-}
-const dir = process.env.TETHER_PLAYWRIGHT_DIR;
-if (!dir) fail('TETHER_PLAYWRIGHT_DIR is not set (scripts/install-test-deps.sh installs playwright-core)');
-let chromium;
-try {
-  ({ chromium } = createRequire(join(dir, 'package.json'))('playwright-core'));
-} catch (e) {
-  fail(`playwright-core is not installed in ${dir}: run scripts/install-test-deps.sh (${e.message})`);
-}
-mkdirSync(args.screens, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.TETHER_CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-  ],
-});
-// The gateway's certificate is signed by its own CA, which this throwaway browser does not trust.
-const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 800 } });
-context.setDefaultTimeout(15000);
-const page = await context.newPage();
-
-let shot = 0;
-async function screenshot(name) {
-  shot += 1;
-  await page.screenshot({ path: join(args.screens, `${args.step}-${shot}-${name}.png`), fullPage: true });
-}
-
-/** Fails unless the page's visible text holds `text`. */
-async function expectText(text, what) {
-  const body = await page.innerText('body');
-  if (!body.includes(text)) fail(`${what}: "${text}" is not on ${page.url()}:\n${body.slice(0, 1500)}`);
-}
+const session = await start();
+const { page, screenshot, expectText } = session;
 
 async function ownerStep() {
   await page.goto(`${args.url}/portal/signin`);
@@ -108,13 +58,4 @@ async function contactStep() {
   console.log(`ok: accepted, and sees the machine ${args.machine}`);
 }
 
-try {
-  if (args.step === 'owner') await ownerStep();
-  else if (args.step === 'contact') await contactStep();
-  else fail(`unknown step ${JSON.stringify(args.step)}`);
-} catch (e) {
-  await screenshot('failure').catch(() => {});
-  fail(`${args.step}: ${e.message}`);
-} finally {
-  await browser.close();
-}
+await run(session, { owner: ownerStep, contact: contactStep });

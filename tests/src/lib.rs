@@ -10,6 +10,8 @@
 //! - [`lan`]: an office LAN of namespaces on a bridge — the appliance, simulated AMT PCs, a plain
 //!   host — and a technician beside it ([`lan::LanTopology`]; needs root).
 //! - [`meshcentral`]: MeshCentral from npm, offline on loopback, as a real MPS peer.
+//! - [`browser`]: the portal in headless Chromium, driven by `playwright-core` scripts
+//!   (`tests/browser/`), one step per call ([`browser::browser_step`]).
 //! - [`api`]: the technician API from a chosen loopback source, with any token: HTTPS requests
 //!   that report status codes, relay WebSockets ([`api::ApiClient`]).
 //! - [`attack`]: bounded crowds of silent TCP/TLS connections from many loopback sources
@@ -37,6 +39,7 @@ pub mod agent;
 pub mod api;
 pub mod appliance;
 pub mod attack;
+pub mod browser;
 pub mod haproxy;
 pub mod lan;
 pub mod meshcentral;

@@ -7,10 +7,9 @@
 //!
 //! Screenshots of every page go to `target/portal-screens/` (not committed).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use e2e::browser::{browser_step, screens_dir};
 use e2e::process::free_local_port;
 use e2e::smtp::{mail_config, Smtp, ARRIVAL};
 use e2e::{wait_for, Gateway, Sim};
@@ -20,51 +19,6 @@ const OWNER_PASSWORD: &str = "pw-olga-long-enough";
 const CONTACT_PASSWORD: &str = "pw-carl-long-enough";
 const MACHINE: &str = "Bakery till";
 const PUBLIC_URL: &str = "https://portal.example:8443";
-
-/// Where `playwright-core` is installed: `TETHER_PLAYWRIGHT_DIR`, else
-/// `<workspace>/.test-cache/playwright` (as scripts/install-test-deps.sh does).
-fn playwright_dir() -> PathBuf {
-    std::env::var_os("TETHER_PLAYWRIGHT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-cache/playwright"))
-}
-
-/// `target/portal-screens` of the target dir the tests were built in.
-fn screens_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("portal-screens")
-}
-
-/// Runs one step of the browser script; its stdout (each step done: a line `ok: …`). Panics
-/// with the script's own message (`FAILED: …`) unless it exits 0.
-fn browser_step(step: serde_json::Value) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/invite_flow.mjs");
-    let dir = playwright_dir();
-    assert!(
-        dir.join("node_modules/playwright-core/package.json").is_file(),
-        "playwright-core is not in {}: run scripts/install-test-deps.sh",
-        dir.display()
-    );
-    let started = Instant::now();
-    let output = Command::new("node")
-        .arg(&script)
-        .arg(step.to_string())
-        .env("TETHER_PLAYWRIGHT_DIR", &dir)
-        .output()
-        .expect("node (run scripts/install-test-deps.sh)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser step {} failed ({:?}, after {:?}):\n{stdout}\n{stderr}",
-        step["step"],
-        output.status,
-        started.elapsed()
-    );
-    stdout
-}
 
 /// The first `https://…` link in `body` with `/portal/invitations/` in it.
 fn accept_link(body: &str) -> String {
@@ -105,14 +59,17 @@ fn a_subscriber_invites_a_contact_in_the_browser_who_accepts_from_the_mail_and_s
 
     let screens = screens_dir();
     let url = gateway.api_url();
-    let owner = browser_step(serde_json::json!({
-        "step": "owner",
-        "url": url,
-        "username": "olga",
-        "password": OWNER_PASSWORD,
-        "invite": "carl@example.com",
-        "screens": screens,
-    }));
+    let owner = browser_step(
+        "invite_flow.mjs",
+        serde_json::json!({
+            "step": "owner",
+            "url": url,
+            "username": "olga",
+            "password": OWNER_PASSWORD,
+            "invite": "carl@example.com",
+            "screens": screens,
+        }),
+    );
     assert!(owner.contains("ok: invited carl@example.com") && owner.contains("ok: signed out"), "{owner}");
 
     let mail = smtp.wait_for_message_to("carl@example.com", ARRIVAL);
@@ -122,15 +79,18 @@ fn a_subscriber_invites_a_contact_in_the_browser_who_accepts_from_the_mail_and_s
     assert!(path.starts_with("/portal/invitations/"), "{link}");
     let link = format!("{url}{path}");
 
-    let contact = browser_step(serde_json::json!({
-        "step": "contact",
-        "link": link,
-        "username": "carl",
-        "password": CONTACT_PASSWORD,
-        "nickname": "Carl from IT",
-        "machine": MACHINE,
-        "screens": screens,
-    }));
+    let contact = browser_step(
+        "invite_flow.mjs",
+        serde_json::json!({
+            "step": "contact",
+            "link": link,
+            "username": "carl",
+            "password": CONTACT_PASSWORD,
+            "nickname": "Carl from IT",
+            "machine": MACHINE,
+            "screens": screens,
+        }),
+    );
     assert!(contact.contains("ok: created the account carl"), "{contact}");
     assert!(contact.contains(&format!("ok: accepted, and sees the machine {MACHINE}")), "{contact}");
 
