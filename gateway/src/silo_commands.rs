@@ -45,6 +45,20 @@ pub enum SiloAction {
         /// Where to write the bundle (public certificates and keys only).
         #[arg(long)]
         bundle: PathBuf,
+        /// Its portal (https://HOST:PORT, as browsers reach it): the root's portal sends people
+        /// there, signed in (`tether silo portal` changes it later).
+        #[arg(long)]
+        portal_url: Option<String>,
+    },
+    /// (root) Set or clear where a silo's portal is: the root's portal sends people there, signed in.
+    Portal {
+        name: String,
+        /// https://HOST:PORT as browsers reach it.
+        #[arg(required_unless_present = "clear")]
+        url: Option<String>,
+        /// No portal: the root's portal stops offering it.
+        #[arg(long, conflicts_with = "url")]
+        clear: bool,
     },
     /// (maintenance) Print this silo's signing key (public half, hex), for `tether silo add
     /// --signing-key` on the root.
@@ -108,8 +122,20 @@ pub enum SiloAction {
 
 pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) -> Result<()> {
     match action {
-        SiloAction::Add { name, location, capacity, region, oem, root_api, signing_key, key_valid_days, bundle } => {
+        SiloAction::Add {
+            name,
+            location,
+            capacity,
+            region,
+            oem,
+            root_api,
+            signing_key,
+            key_valid_days,
+            bundle,
+            portal_url,
+        } => {
             silo::check_name(&name).map_err(|e| exit::bad_input(e.to_string()))?;
+            let portal_url = portal_url.as_deref().map(portal_origin).transpose()?;
             let silo_key: [u8; 32] = hex::decode(signing_key.trim())
                 .ok()
                 .and_then(|k| k.try_into().ok())
@@ -125,6 +151,7 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
                 region,
                 oem,
                 signing_key: Some(hex::encode(silo_key)),
+                portal_url,
                 now: OffsetDateTime::now_utc(),
             };
             match store.add_silo(&new).await {
@@ -142,6 +169,18 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
                  maintenance`",
                 bundle.display()
             );
+            Ok(())
+        }
+        SiloAction::Portal { name, url, clear } => {
+            let url = if clear { None } else { url.as_deref().map(portal_origin).transpose()? };
+            let store = open_store(store_args, data_dir).await?;
+            if !store.set_silo_portal(&name, url.clone()).await? {
+                return Err(exit::not_found(format!("no silo named {name} is registered (`tether silo list`)")));
+            }
+            match url {
+                Some(url) => println!("silo {name}'s portal is {url}: the root's portal sends people there, signed in"),
+                None => println!("silo {name} has no portal now"),
+            }
             Ok(())
         }
         SiloAction::List { json } => {
@@ -309,4 +348,9 @@ pub async fn run(action: SiloAction, store_args: &StoreArgs, data_dir: &Path) ->
             Ok(())
         }
     }
+}
+
+/// A silo's portal URL as given, checked (`https://HOST[:PORT]`).
+fn portal_origin(url: &str) -> Result<String> {
+    silo::signin::check_portal_url(url).map_err(|e| exit::bad_input(format!("--portal-url: {e}")))
 }

@@ -358,6 +358,9 @@ pub enum SignDomain {
     SiloReport,
     /// A [`ContentManifest`]: the root publishes a content item.
     Content,
+    /// A root's portal sends a signed-in person to a maintenance silo's portal (the gateway's
+    /// `silo::signin`; not sent to agents).
+    PortalSignin,
 }
 
 impl SignDomain {
@@ -373,6 +376,7 @@ impl SignDomain {
             SignDomain::SiloExport => b"tether-silo-export-v1\0",
             SignDomain::SiloReport => b"tether-silo-report-v1\0",
             SignDomain::Content => b"tether-content-v1\0",
+            SignDomain::PortalSignin => b"tether-portal-signin-v1\0",
         }
     }
 }

@@ -386,7 +386,19 @@ fn signed_message_is_prefix_then_payload() {
     assert_eq!(signed_message(SignDomain::Message, b""), b"tether-message-v1\0");
     assert_eq!(signed_message(SignDomain::Action, b"x"), b"tether-action-v1\0x");
     // No prefix is a prefix of another: a signature cannot be replayed across kinds.
-    let domains = [SignDomain::Config, SignDomain::Message, SignDomain::Action];
+    assert_eq!(signed_message(SignDomain::PortalSignin, b"{}"), b"tether-portal-signin-v1\0{}");
+    let domains = [
+        SignDomain::Config,
+        SignDomain::Message,
+        SignDomain::Action,
+        SignDomain::Revocations,
+        SignDomain::SiloKey,
+        SignDomain::Move,
+        SignDomain::SiloExport,
+        SignDomain::SiloReport,
+        SignDomain::Content,
+        SignDomain::PortalSignin,
+    ];
     for a in domains {
         for b in domains {
             if a != b {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use e2e::agent::{enrollment_token, register_olga, Pc};
 use e2e::api::{runtime, ApiClient};
+use e2e::browser::{browser_step, screens_dir};
 use e2e::{operator_in, wait_for, Gateway};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -108,11 +109,9 @@ fn dump(data_dir: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[test]
-fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() {
-    let Silos { mut root, a, ca, _dir, .. } = root_and_silo_a("");
-    let subscriber = register_olga(&root);
-    // Personal data the root keeps and silo A must never see.
+/// Registers subscriber "Pavel Novak Plumbing" (owner pavel, an email and a phone number) on
+/// the root; its id.
+fn register_pavel(root: &Gateway) -> String {
     root.operator_with_stdin(
         &["user", "add", "pavel", "--email", "pavel.contact@example.org", "--password-stdin"],
         "pw-pavel-long-enough\n",
@@ -131,7 +130,15 @@ fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() 
         "--max-machines",
         "10",
     ]);
-    let pavel = registered.split_whitespace().nth(1).unwrap().to_string();
+    registered.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn a_pc_enrolled_through_the_root_is_served_by_its_silo_with_the_root_stopped() {
+    let Silos { mut root, a, ca, _dir, .. } = root_and_silo_a("");
+    let subscriber = register_olga(&root);
+    // Personal data the root keeps and silo A must never see.
+    let pavel = register_pavel(&root);
 
     let pc = Pc::new();
     let token = enrollment_token(&root, &pavel);
@@ -561,4 +568,79 @@ fn the_root_publishes_content_silo_a_caches_it_and_only_the_roots_bytes_are_kept
     assert!(status.success(), "tether ider through silo A failed ({status}):\n{}", serving.stderr());
     let listed: serde_json::Value = serde_json::from_str(&a.cli(&["content", "list", "--json"])).unwrap();
     assert!(listed.as_array().unwrap().iter().any(|i| i["name"] == "small-rescue" && i["sha256"] == sha), "{listed}");
+}
+
+#[test]
+fn a_subscriber_signs_in_at_the_root_and_sees_its_pc_on_silo_a_in_the_browser_with_the_root_stopped() {
+    let Silos { mut root, a, ca, _dir, .. } = root_and_silo_a("");
+    let olga = register_olga(&root);
+    let pavel = register_pavel(&root);
+    let (olgas_pc, pavels_pc) = (Pc::new(), Pc::new());
+    let mut agents = Vec::new();
+    for (pc, subscriber) in [(&olgas_pc, &olga), (&pavels_pc, &pavel)] {
+        let token = enrollment_token(&root, subscriber);
+        pc.enroll_at(&root.agent_addr().to_string(), &token, &ca).expect("enrollment through the root");
+        agents.push(pc.run());
+        wait_for("a report stored on silo A", WAIT, || {
+            get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["latest"].is_object()
+        });
+    }
+    // Two host names for the browser (each keeps its own cookies), both on loopback.
+    let (root_url, silo_url) = (
+        format!("https://root.test:{}", root.api_addr().port()),
+        format!("https://silo-a.test:{}", a.api_addr().port()),
+    );
+    let hosts = "MAP root.test 127.0.0.1, MAP silo-a.test 127.0.0.1";
+    let set = root.operator(&["silo", "portal", "silo-a", &silo_url]);
+    assert!(set.contains("silo silo-a's portal is"), "{set}");
+
+    let state = _dir.path().join("browser-state.json");
+    let at_root = browser_step(
+        "root_signin.mjs",
+        serde_json::json!({
+            "step": "root",
+            "root": root_url,
+            "silo": silo_url,
+            "username": "olga",
+            "password": "pw-olga-long-enough",
+            "machine": olgas_pc.uuid,
+            "hidden": pavels_pc.uuid,
+            "state": state,
+            "hosts": hosts,
+            "screens": screens_dir(),
+        }),
+    );
+    assert!(
+        at_root.contains(&format!("ok: on silo A, sees {} and not {}", olgas_pc.uuid, pavels_pc.uuid)),
+        "{at_root}"
+    );
+    let handoff = at_root.lines().find_map(|l| l.strip_prefix("ok: handoff ")).expect("the sign-in link").to_string();
+    assert!(handoff.starts_with(&format!("{silo_url}/portal/root-signin?assertion=")), "{handoff}");
+
+    // The root goes away: the session silo A opened goes on; the link is spent.
+    root.stop();
+    let at_silo = browser_step(
+        "root_signin.mjs",
+        serde_json::json!({
+            "step": "silo",
+            "silo": silo_url,
+            "machine": olgas_pc.uuid,
+            "state": state,
+            "handoff": handoff,
+            "hosts": hosts,
+            "screens": screens_dir(),
+        }),
+    );
+    assert!(at_silo.contains("ok: a tampered sign-in link is refused"), "{at_silo}");
+    assert!(a.process().log_line_containing("signed in through the root").is_some(), "silo A logs the arrival");
+
+    // Silo A knows olga only by an opaque id.
+    let rows = dump(a.data_dir());
+    for pii in ["olga", "Olga's Bakery", "pavel", "Pavel Novak Plumbing"] {
+        assert!(!rows.to_lowercase().contains(&pii.to_lowercase()), "silo A's store holds {pii:?}");
+    }
+    assert!(rows.contains("'root:"), "the person is kept under the root's opaque id");
+    for mut agent in agents {
+        agent.terminate(Duration::from_secs(10));
+    }
 }

@@ -13,7 +13,7 @@ use tether_gateway::auth::verify_password;
 use tether_gateway::journal::{DeviceEvent, Journal, LiveState, LiveView};
 use tether_gateway::policy::{authorize, Action, Denied, Resource, Role};
 use tether_gateway::store::{
-    choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, SiloClient, SiloError,
+    choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, RootGrant, SiloClient, SiloError,
     StoredAggregates, DEFAULT_TIER, SERVICE_SUPPORT,
 };
 use tether_gateway::store::{
@@ -719,6 +719,7 @@ async fn portal_sessions_are_capped_swept_and_totp_steps_spent_once() {
             expires_at: t0 + time::Duration::hours(12),
             second_factor: false,
             csrf_secret: format!("csrf-{i}"),
+            via_root: i == 1,
         };
         let idle_before = t0 - time::Duration::minutes(30);
         for i in 0..=MAX_SESSIONS_PER_USER {
@@ -729,6 +730,8 @@ async fn portal_sessions_are_capped_swept_and_totp_steps_spent_once() {
         let last = store.session(&format!("hash-{MAX_SESSIONS_PER_USER}")).await.unwrap().unwrap();
         let csrf = format!("csrf-{MAX_SESSIONS_PER_USER}");
         assert_eq!((last.user_id, last.second_factor, &last.csrf_secret), (user, false, &csrf), "{kind}");
+        assert!(!last.via_root, "{kind}");
+        assert!(store.session("hash-1").await.unwrap().unwrap().via_root, "{kind}: sent by the root");
         store.set_session_totp_pending(last.id, Some("sealed".into())).await.unwrap();
         store.pass_second_factor(last.id).await.unwrap();
         let last = store.session(&format!("hash-{MAX_SESSIONS_PER_USER}")).await.unwrap().unwrap();
@@ -764,5 +767,13 @@ async fn silos_a_root_moves_a_machine_and_the_silos_hand_its_history_over() {
     let (_dir, stores) = both("silo_moves").await;
     for store in &stores {
         silos_scenarios::a_root_moves_a_machine_and_the_silos_hand_its_history_over(store).await;
+    }
+}
+
+#[tokio::test]
+async fn silos_a_person_the_root_sent_sees_the_clients_of_the_subscribers_it_was_granted() {
+    let (_dir, stores) = both("silo_visitors").await;
+    for store in &stores {
+        silos_scenarios::a_person_the_root_sent_sees_the_clients_of_the_subscribers_it_was_granted(store).await;
     }
 }

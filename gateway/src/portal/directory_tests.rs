@@ -192,6 +192,7 @@ async fn an_operator_sees_each_silos_aggregates_and_their_sum_and_an_owner_is_re
             region: Some(region.into()),
             oem: None,
             signing_key: None,
+            portal_url: None,
             now,
         };
         store.add_silo(&silo).await.unwrap();

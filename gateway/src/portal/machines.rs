@@ -116,7 +116,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let visitor = match portal.require(&headers, Allow::Open).await {
+    let visitor = match portal.require(&headers, Allow::Machines).await {
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
@@ -146,12 +146,21 @@ pub(super) async fn list(
     }
     let next = (machines.len() >= PAGE as usize).then(|| machines.last().map(|m| m.uuid)).flatten();
     let own: Vec<i64> = visitor.relations.owns.iter().map(|r| r.subscriber_id).collect();
+    let silos = match super::through_root::silos_for(&portal, &visitor).await {
+        Ok(silos) => silos,
+        Err(err) => return unavailable(err),
+    };
     let body = html! {
-        @for owned in &visitor.relations.owns {
-            p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/contacts" } { "Your support contacts" }
-                " — invite someone to help with your machines, or remove them." }
-            p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/machines/enroll" } { "Enroll a machine" }
-                " — get a one-time token for the Tether agent on a PC of yours." }
+        @if visitor.session.via_root {
+            p { "Your account, your support contacts and enrolling machines are at "
+                a href=(portal.root_portal()) { "the root's portal" } "." }
+        } @else {
+            @for owned in &visitor.relations.owns {
+                p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/contacts" } { "Your support contacts" }
+                    " — invite someone to help with your machines, or remove them." }
+                p { a href={ "/portal/subscribers/" (owned.subscriber_id) "/machines/enroll" } { "Enroll a machine" }
+                    " — get a one-time token for the Tether agent on a PC of yours." }
+            }
         }
         @if rows.is_empty() {
             p { "No machines to show. A subscriber's machines appear here once enrolled; a support contact sees those of the subscribers who invited them." }
@@ -184,12 +193,14 @@ pub(super) async fn list(
                 p { a href={ "/portal/machines?after=" (next) } { "Next page" } }
             }
         }
+        (super::through_root::buttons(&visitor, &silos))
     };
-    views::page(StatusCode::OK, "Machines", Some(&visitor), body)
+    let page = views::page(StatusCode::OK, "Machines", Some(&visitor), body);
+    views::allow_form_targets(page, &super::through_root::origins(&silos))
 }
 
 pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, Path(uuid): Path<String>) -> Response {
-    let visitor = match portal.require(&headers, Allow::Open).await {
+    let visitor = match portal.require(&headers, Allow::Machines).await {
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
@@ -269,7 +280,9 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         health.as_ref().and_then(|h| serde_json::from_str(&h.reasons).ok()).unwrap_or_default();
     let parameters = latest.as_ref().and_then(|l| crate::meter::decode_stored(&l.report)).map(|r| parameter_rows(&r));
     let state = connection_state(&portal, uuid, record.as_ref());
-    let may_send = policy::authorize(&visitor.principal, &visitor.relations, Action::SendSupport, resource).is_ok();
+    // A maintenance silo's own key signs no actions an agent would run (only its root's does).
+    let may_send = policy::authorize(&visitor.principal, &visitor.relations, Action::SendSupport, resource).is_ok()
+        && portal.shared.silo.role() != crate::silo::Role::Maintenance;
     let title = machine.as_ref().and_then(|m| m.nickname.clone()).unwrap_or_else(|| uuid.to_string());
     let body = html! {
         table {

@@ -11,6 +11,8 @@
 //! - `enroll`: enrolling a machine: the one-time token for `tether-agent enroll`.
 //! - `invitations`: an invitation's link: accept it signed in, or create an account to.
 //! - `silos`: a root's maintenance silos and their aggregates (operators).
+//! - `through_root`: the portal through the root: a root sends a signed-in person to a
+//!   maintenance silo's portal, which opens a session for them without an account of its own.
 //!
 //! Every request first spends the source's request budget (as the API's do); every page asks
 //! `policy::authorize` with the same actions as the API, and a refusal is a readable 403 with
@@ -34,6 +36,7 @@ mod profile;
 pub(crate) mod session;
 mod signin;
 mod silos;
+mod through_root;
 pub(crate) mod totp;
 mod views;
 
@@ -123,6 +126,8 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/portal/subscribers/{id}/terminate", post(directory::terminate))
         .route("/portal/users", get(directory::users).post(directory::create_user))
         .route(silos::SILOS, get(silos::list))
+        .route("/portal/silos/{name}/open", post(through_root::open))
+        .route(crate::silo::signin::SIGNIN_PATH, get(through_root::arrive))
         .route("/portal/users/{id}/suspend", post(directory::suspend))
         .route("/portal/users/{id}/unsuspend", post(directory::unsuspend))
         .route("/portal/subscribers/{id}/contacts", get(contacts::show).post(contacts::invite))
@@ -299,6 +304,9 @@ fn unavailable(err: StoreError) -> Response {
 enum Allow {
     /// Pages for a fully signed-in visitor.
     Open,
+    /// [`Allow::Open`], and also for a person the root sent to this maintenance silo (the
+    /// machines and their pages: what a silo keeps). Other pages send them to the root.
+    Machines,
     /// The TOTP step.
     Code,
     /// The profile and TOTP enrolment (also for an operator who must enrol first).
@@ -318,6 +326,9 @@ impl Portal {
             }
             Err(err) => return Err(unavailable(err)),
         };
+        if visitor.session.via_root && allow != Allow::Machines {
+            return Err(self.at_the_root(&visitor));
+        }
         match elsewhere(visitor.gate(), allow) {
             None => Ok(visitor),
             Some(to) => Err(views::redirect(to)),
@@ -343,6 +354,9 @@ impl Portal {
             return Err(bad_token());
         }
         // The same gates as the pages.
+        if visitor.session.via_root && allow != Allow::Machines {
+            return Err(self.at_the_root(&visitor));
+        }
         match elsewhere(visitor.gate(), allow) {
             None => Ok(visitor),
             Some(to) => Err(views::redirect(to)),
@@ -382,9 +396,9 @@ impl Portal {
 /// may stay).
 fn elsewhere(gate: Gate, allow: Allow) -> Option<&'static str> {
     match (gate, allow) {
-        (Gate::NeedsCode, Allow::Code) | (Gate::Open, Allow::Open | Allow::Enrol) | (Gate::MustEnrol, Allow::Enrol) => {
-            None
-        }
+        (Gate::NeedsCode, Allow::Code)
+        | (Gate::Open, Allow::Open | Allow::Machines | Allow::Enrol)
+        | (Gate::MustEnrol, Allow::Enrol) => None,
         (Gate::NeedsCode, _) => Some("/portal/signin/totp"),
         (Gate::MustEnrol, _) => Some("/portal/profile"),
         (Gate::Open, Allow::Code) => Some("/portal/machines"),

@@ -29,6 +29,9 @@ pub const CODE_WINDOW: time::Duration = time::Duration::minutes(5);
 const MAX_COOKIE_HEADER: usize = 8 * 1024;
 /// Sessions are written as used at most this often (not on every request).
 const TOUCH_EVERY: time::Duration = time::Duration::minutes(1);
+/// The longest a session of a person the root sent lasts (then the root's portal sends them
+/// again, with what it grants them then).
+pub const ROOT_SESSION_MAX: time::Duration = time::Duration::hours(1);
 
 /// 32 random bytes, base64url: a session id, a CSRF secret, a sign-in form token.
 pub fn random_token() -> String {
@@ -85,7 +88,10 @@ pub struct Visitor {
 
 impl Visitor {
     pub fn gate(&self) -> Gate {
-        if self.has_totp && !self.session.second_factor {
+        if self.session.via_root {
+            // The root checked the password and the second factor; this silo has neither.
+            Gate::Open
+        } else if self.has_totp && !self.session.second_factor {
             Gate::NeedsCode
         } else if self.principal.role == Role::Operator && !self.has_totp {
             Gate::MustEnrol
@@ -146,15 +152,34 @@ impl Portal {
         second_factor: bool,
         now: OffsetDateTime,
     ) -> Result<String, StoreError> {
+        self.new_session(user_id, second_factor, false, self.shared.config.portal.session_max(), now).await
+    }
+
+    /// Starts the session of a person the root sent (a maintenance silo): it ends after
+    /// [`ROOT_SESSION_MAX`] at the latest, since what the root granted may change.
+    pub async fn start_root_session(&self, user_id: i64, now: OffsetDateTime) -> Result<String, StoreError> {
+        let lasts = self.shared.config.portal.session_max().min(ROOT_SESSION_MAX);
+        self.new_session(user_id, true, true, lasts, now).await
+    }
+
+    async fn new_session(
+        &self,
+        user_id: i64,
+        second_factor: bool,
+        via_root: bool,
+        lasts: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<String, StoreError> {
         let config = &self.shared.config.portal;
         let id = random_token();
         let new = NewSession {
             id_hash: id_hash(&id),
             user_id,
             now,
-            expires_at: now + config.session_max(),
+            expires_at: now + lasts,
             second_factor,
             csrf_secret: random_token(),
+            via_root,
         };
         self.shared.store.create_session(&new, now - config.session_idle()).await?;
         Ok(id)

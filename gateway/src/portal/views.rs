@@ -37,15 +37,29 @@ pub fn secure_headers(headers: &mut HeaderMap) {
         // "serializing a request origin"), which the origin check must refuse. `same-origin`
         // still gives other sites no referrer.
         (header::REFERRER_POLICY, "same-origin"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
     ];
     for (name, value) in pairs {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    // A page may have widened its forms' targets (`allow_form_targets`); nothing else.
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert_with(|| HeaderValue::from_static(CSP));
+}
+
+/// The pages' content security policy, with `form-action` last.
+const CSP: &str = concat!(
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; ",
+    "form-action 'self'"
+);
+
+/// `response` with a policy that lets its forms also go to `origins` (checked
+/// `https://HOST[:PORT]`): a root's buttons that open a silo's portal post to the root, whose
+/// redirect to the silo counts as the form's target.
+pub fn allow_form_targets(mut response: Response, origins: &[String]) -> Response {
+    let policy = origins.iter().fold(CSP.to_string(), |policy, origin| policy + " " + origin);
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    response
 }
 
 /// A whole page: `visitor` decides the navigation (none before sign-in).
@@ -65,13 +79,17 @@ pub fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Ma
                     @if let Some(visitor) = visitor {
                         @if visitor.gate() == super::session::Gate::Open {
                             a href="/portal/machines" { "Machines" }
-                            @if visitor.principal.role == crate::policy::Role::Operator {
+                            @if visitor.principal.role == crate::policy::Role::Operator && !visitor.session.via_root {
                                 a href="/portal/subscribers" { "Subscribers" }
                                 a href="/portal/users" { "Users" }
                                 a href="/portal/silos" { "Silos" }
                             }
                         }
-                        a href="/portal/profile" { (visitor.user.username) }
+                        @if visitor.session.via_root {
+                            span { "Signed in through the root" }
+                        } @else {
+                            a href="/portal/profile" { (visitor.user.username) }
+                        }
                         form method="post" action="/portal/signout" {
                             (csrf_field(&visitor.session.csrf_secret))
                             button type="submit" { "Sign out" }

@@ -17,6 +17,7 @@
 pub mod aggregates;
 pub mod maintenance;
 pub mod moves;
+pub mod signin;
 
 pub use maintenance::{
     certify_silo_key, check_name, join, joined, write_bundle, Admitted, Bundle, Maintenance, Refusal, RevocationList,

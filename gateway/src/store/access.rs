@@ -3,6 +3,11 @@
 //! their subscriptions' status), and the machines a principal may see, chosen by
 //! [`policy::visible_subscribers`] so that listing and [`policy::authorize`] never disagree.
 //!
+//! On a maintenance silo, the machines are the clients its certificates admitted
+//! (`silo_clients`), each under the silo's number for its subscriber's opaque id
+//! (`silo_subscribers`), and a person the root sent relates to the subscribers its assertion
+//! granted (`root_visitors`). Elsewhere those tables are empty.
+//!
 //! What it does not do: decide anything itself.
 
 use uuid::Uuid;
@@ -39,15 +44,25 @@ impl Store {
 
     /// A user's relations to subscribers, in subscriber order.
     pub async fn relations(&self, user_id: i64) -> Result<Relations, StoreError> {
+        // A person the root sent to a maintenance silo has the grants of its assertion
+        // (`root_visitors`); the silo has no subscribers or contacts of its own.
         let owns = Stmt::new(
             "SELECT s.id, p.status FROM subscribers s JOIN subscriptions p ON p.subscriber_id = s.id
-             WHERE s.owner_user_id = $1 ORDER BY s.id",
+             WHERE s.owner_user_id = $1
+             UNION ALL
+             SELECT g.subscriber_id, CASE WHEN g.active THEN 'active' ELSE 'terminated' END FROM silo_grants g
+             WHERE g.user_id = $1 AND g.owner
+             ORDER BY 1",
         )
         .int(user_id);
         let contact_of = Stmt::new(
             "SELECT DISTINCT c.subscriber_id, p.status FROM contacts c
                  JOIN subscriptions p ON p.subscriber_id = c.subscriber_id
-             WHERE c.user_id = $1 AND c.state = 'active' ORDER BY c.subscriber_id",
+             WHERE c.user_id = $1 AND c.state = 'active'
+             UNION ALL
+             SELECT g.subscriber_id, CASE WHEN g.active THEN 'active' ELSE 'terminated' END FROM silo_grants g
+             WHERE g.user_id = $1 AND NOT g.owner
+             ORDER BY 1",
         )
         .int(user_id);
         Ok(Relations {
@@ -83,7 +98,10 @@ impl Store {
             Visibility::All => {
                 let stmt = Stmt::new(
                     "SELECT uuid, subscriber_id, nickname, enrolled_at FROM machines WHERE uuid > $1
-                     ORDER BY uuid LIMIT $2",
+                     UNION ALL
+                     SELECT c.uuid, s.id, NULL, c.first_seen FROM silo_clients c
+                         JOIN silo_subscribers s ON s.opaque = c.subscriber WHERE c.uuid > $1
+                     ORDER BY 1 LIMIT $2",
                 )
                 .text(after_text)
                 .int(i64::from(limit));
@@ -94,7 +112,11 @@ impl Store {
                 for id in ids {
                     let stmt = Stmt::new(
                         "SELECT uuid, subscriber_id, nickname, enrolled_at FROM machines
-                         WHERE subscriber_id = $1 AND uuid > $2 ORDER BY uuid LIMIT $3",
+                         WHERE subscriber_id = $1 AND uuid > $2
+                         UNION ALL
+                         SELECT c.uuid, s.id, NULL, c.first_seen FROM silo_clients c
+                             JOIN silo_subscribers s ON s.opaque = c.subscriber WHERE s.id = $1 AND c.uuid > $2
+                         ORDER BY 1 LIMIT $3",
                     )
                     .int(id)
                     .text(after_text.clone())

@@ -495,8 +495,14 @@ impl Store {
     }
 
     pub async fn machine(&self, uuid: Uuid) -> Result<Option<MachineRecord>, StoreError> {
-        let stmt = Stmt::new("SELECT uuid, subscriber_id, nickname, enrolled_at FROM machines WHERE uuid = $1")
-            .text(uuid.to_string());
+        // On a maintenance silo: a client its certificates admitted (`store::access`).
+        let stmt = Stmt::new(
+            "SELECT uuid, subscriber_id, nickname, enrolled_at FROM machines WHERE uuid = $1
+             UNION ALL
+             SELECT c.uuid, s.id, NULL, c.first_seen FROM silo_clients c
+                 JOIN silo_subscribers s ON s.opaque = c.subscriber WHERE c.uuid = $1",
+        )
+        .text(uuid.to_string());
         self.fetch_optional(stmt, machine_row).await
     }
 

@@ -530,6 +530,32 @@ CREATE TABLE silo_aggregates (
     received_at INTEGER NOT NULL,
     payload TEXT NOT NULL
 );
+", // v16: the portal through the root (`silo::signin`, `sessions.rs`, `silos.rs`). A root keeps
+    // each silo's portal URL and each user's opaque id (made when first sent to a silo); a
+    // maintenance silo gives each subscriber's opaque id a number of its own, keeps what the
+    // root's assertion granted each person (a user row under the opaque id, no name or email),
+    // which sessions came through the root, and the assertions' nonces spent.
+    "
+ALTER TABLE silos ADD COLUMN portal_url TEXT;
+ALTER TABLE users ADD COLUMN opaque_id TEXT;
+CREATE UNIQUE INDEX users_opaque_id ON users (opaque_id);
+ALTER TABLE portal_sessions ADD COLUMN via_root INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE silo_subscribers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    opaque TEXT NOT NULL UNIQUE
+);
+INSERT INTO silo_subscribers (opaque) SELECT DISTINCT subscriber FROM silo_clients ORDER BY subscriber;
+CREATE TABLE silo_grants (
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    subscriber_id INTEGER NOT NULL REFERENCES silo_subscribers (id),
+    owner INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    PRIMARY KEY (user_id, subscriber_id)
+);
+CREATE TABLE silo_signin_nonces (
+    nonce TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
 ",
 ];
 
@@ -1003,6 +1029,28 @@ CREATE TABLE silo_aggregates (
     issued_at BIGINT NOT NULL,
     received_at BIGINT NOT NULL,
     payload TEXT NOT NULL
+);
+", // v14: the portal through the root, as SQLite's v16.
+    "
+ALTER TABLE silos ADD COLUMN portal_url TEXT;
+ALTER TABLE users ADD COLUMN opaque_id TEXT COLLATE \"C\";
+CREATE UNIQUE INDEX users_opaque_id ON users (opaque_id);
+ALTER TABLE portal_sessions ADD COLUMN via_root BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE TABLE silo_subscribers (
+    id BIGSERIAL PRIMARY KEY,
+    opaque TEXT COLLATE \"C\" NOT NULL UNIQUE
+);
+INSERT INTO silo_subscribers (opaque) SELECT DISTINCT subscriber FROM silo_clients ORDER BY subscriber;
+CREATE TABLE silo_grants (
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    subscriber_id BIGINT NOT NULL REFERENCES silo_subscribers (id),
+    owner BOOLEAN NOT NULL,
+    active BOOLEAN NOT NULL,
+    PRIMARY KEY (user_id, subscriber_id)
+);
+CREATE TABLE silo_signin_nonces (
+    nonce TEXT COLLATE \"C\" PRIMARY KEY,
+    expires_at BIGINT NOT NULL
 );
 ",
 ];

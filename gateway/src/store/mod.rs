@@ -53,6 +53,7 @@ mod outbox;
 mod outbox_tests;
 mod redirections;
 mod remote;
+mod root_visitors;
 mod sessions;
 mod silos;
 #[cfg(test)]
@@ -87,6 +88,7 @@ pub use moves::{ClientHistory, MoveRecord, MAX_MOVES};
 pub use outbox::{MailState, NewMail, OutboxMail, OutboxRecord, MAX_MAIL_BATCH, MAX_MAIL_ERROR};
 pub use redirections::{NewRedirection, RedirOutcome, RedirectionEnd, RedirectionRecord, MAX_REDIRECTIONS};
 pub use remote::{ActionRecord, AmtAccess, ClosedSession, NewAction, RescueRecord, MAX_ACTIONS};
+pub use root_visitors::{root_username, RootGrant};
 pub use sessions::{NewSession, SessionRecord, MAX_SESSIONS_PER_USER};
 pub use silos::{
     choose as choose_silo, EntitlementChange, EntitlementRecord, NewSilo, SiloClient, SiloError, SiloRecord,

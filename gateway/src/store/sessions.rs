@@ -31,6 +31,8 @@ pub struct SessionRecord {
     pub csrf_secret: String,
     /// A TOTP secret shown for enrolment, not yet confirmed with a code (sealed).
     pub totp_pending: Option<String>,
+    /// The root's portal sent this person, signed in there (a maintenance silo's session).
+    pub via_root: bool,
 }
 
 /// A session to create.
@@ -42,6 +44,7 @@ pub struct NewSession {
     pub expires_at: OffsetDateTime,
     pub second_factor: bool,
     pub csrf_secret: String,
+    pub via_root: bool,
 }
 
 fn session_row(r: &dyn Cols) -> sqlx::Result<SessionRecord> {
@@ -54,6 +57,7 @@ fn session_row(r: &dyn Cols) -> sqlx::Result<SessionRecord> {
         second_factor: r.bool(5)?,
         csrf_secret: r.string(6)?,
         totp_pending: r.text(7)?,
+        via_root: r.bool(8)?,
     })
 }
 
@@ -79,15 +83,17 @@ impl Store {
         )
         .await?;
         let insert = Stmt::new(
-            "INSERT INTO portal_sessions (id_hash, user_id, created_at, last_seen, expires_at, second_factor, csrf_secret)
-             VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO portal_sessions (id_hash, user_id, created_at, last_seen, expires_at, second_factor, csrf_secret,
+                via_root)
+             VALUES ($1, $2, $3, $3, $4, $5, $6, $7) RETURNING id",
         )
         .str(&new.id_hash)
         .int(new.user_id)
         .time(new.now)
         .time(new.expires_at)
         .bool(new.second_factor)
-        .str(&new.csrf_secret);
+        .str(&new.csrf_secret)
+        .bool(new.via_root);
         let id = tx.fetch_optional(insert, |r| r.int(0)).await?.flatten().unwrap_or_default();
         tx.commit().await?;
         Ok(id)
@@ -96,7 +102,7 @@ impl Store {
     /// The session whose id hashes to `id_hash`, whatever its times (the caller judges them).
     pub async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         let stmt = Stmt::new(
-            "SELECT id, user_id, created_at, last_seen, expires_at, second_factor, csrf_secret, totp_pending
+            "SELECT id, user_id, created_at, last_seen, expires_at, second_factor, csrf_secret, totp_pending, via_root
              FROM portal_sessions WHERE id_hash = $1",
         )
         .str(id_hash);

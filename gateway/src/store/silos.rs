@@ -35,6 +35,8 @@ pub struct NewSilo {
     pub oem: Option<String>,
     /// Its signing key (hex of the Ed25519 public key): what it reports to the root is signed with it.
     pub signing_key: Option<String>,
+    /// Its portal (https://HOST:PORT): the root's portal sends people there, signed in.
+    pub portal_url: Option<String>,
     pub now: OffsetDateTime,
 }
 
@@ -49,6 +51,8 @@ pub struct SiloRecord {
     pub assigned: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Its portal, where the root's portal sends people signed in (`None`: not given).
+    pub portal_url: Option<String>,
 }
 
 /// A subscriber's entitlement, as the root keeps it.
@@ -130,6 +134,7 @@ fn silo_row(r: &dyn Cols) -> sqlx::Result<SiloRecord> {
         oem: r.text(4)?,
         created_at: r.time(5)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
         assigned: r.int(6)?.unwrap_or(0),
+        portal_url: r.text(7)?,
     })
 }
 
@@ -150,7 +155,7 @@ macro_rules! silos {
     ($rest:literal) => {
         concat!(
             "SELECT s.name, s.location, s.capacity, s.region, s.oem, s.created_at,
-                (SELECT COUNT(*) FROM silo_assignments a WHERE a.silo = s.name)
+                (SELECT COUNT(*) FROM silo_assignments a WHERE a.silo = s.name), s.portal_url
              FROM silos s",
             $rest
         )
@@ -174,8 +179,8 @@ impl Store {
     /// Registers a maintenance silo (root).
     pub async fn add_silo(&self, silo: &NewSilo) -> Result<(), SiloError> {
         let stmt = Stmt::new(
-            "INSERT INTO silos (name, location, capacity, region, oem, created_at, signing_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO silos (name, location, capacity, region, oem, created_at, signing_key, portal_url)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .str(&silo.name)
         .str(&silo.location)
@@ -183,7 +188,8 @@ impl Store {
         .text(silo.region.clone())
         .text(silo.oem.clone())
         .time(silo.now)
-        .text(silo.signing_key.clone());
+        .text(silo.signing_key.clone())
+        .text(silo.portal_url.clone());
         match self.execute(stmt).await {
             Ok(_) => Ok(()),
             Err(err) if is_unique_violation(&err) => Err(SiloError::Exists(silo.name.clone())),
@@ -262,8 +268,43 @@ impl Store {
         self.entitlement(subscriber_id).await
     }
 
+    /// Sets where silo `name`'s portal is (root); whether the silo is registered.
+    pub async fn set_silo_portal(&self, name: &str, portal_url: Option<String>) -> Result<bool, StoreError> {
+        let stmt = Stmt::new("UPDATE silos SET portal_url = $2 WHERE name = $1").str(name).text(portal_url);
+        Ok(self.execute(stmt).await? > 0)
+    }
+
+    /// The silos with a portal that hold machines of these subscribers (`None`: every silo with
+    /// a portal), by name (root).
+    pub async fn silo_portals(&self, subscribers: Option<&[i64]>) -> Result<Vec<SiloRecord>, StoreError> {
+        let Some(subscribers) = subscribers else {
+            return self
+                .fetch_all(Stmt::new(silos!(" WHERE s.portal_url IS NOT NULL ORDER BY s.name")), silo_row)
+                .await;
+        };
+        let mut found: Vec<SiloRecord> = Vec::new();
+        for &subscriber in subscribers {
+            let stmt = Stmt::new(silos!(
+                " WHERE s.portal_url IS NOT NULL AND s.name IN (SELECT a.silo FROM silo_assignments a
+                     JOIN machines m ON m.uuid = a.uuid WHERE m.subscriber_id = $1) ORDER BY s.name"
+            ))
+            .int(subscriber);
+            for silo in self.fetch_all(stmt, silo_row).await? {
+                if !found.iter().any(|f| f.name == silo.name) {
+                    found.push(silo);
+                }
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
     /// Records a client a maintenance silo admitted, or that it was seen again.
     pub async fn silo_client_seen(&self, client: &SiloClient) -> Result<(), StoreError> {
+        // The subscriber gets its number here (what the portal's policy knows it by).
+        let number = Stmt::new("INSERT INTO silo_subscribers (opaque) VALUES ($1) ON CONFLICT (opaque) DO NOTHING")
+            .str(&client.subscriber);
+        self.execute(number).await?;
         let sql =
             "INSERT INTO silo_clients (uuid, subscriber, service, tier, serial, entitled_until, first_seen, last_seen)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
@@ -316,6 +357,7 @@ mod tests {
             oem: oem.map(Into::into),
             assigned,
             created_at: OffsetDateTime::UNIX_EPOCH,
+            portal_url: None,
         }
     }
 

@@ -4,8 +4,9 @@
 //! imported below.
 
 use super::{
-    choose_silo, ClientHistory, EntitlementChange, MoveRecord, NewAgentCert, NewSilo, NewSubscriber, OffsetDateTime,
-    SiloClient, SiloError, Store, StoredAggregates, SubscriberPii, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
+    authorize, choose_silo, Action, ClientHistory, Denied, EntitlementChange, MoveRecord, NewAgentCert, NewSilo,
+    NewSubscriber, OffsetDateTime, Resource, Role, RootGrant, SiloClient, SiloError, Store, StoredAggregates,
+    SubscriberPii, TokenScope, Uuid, DEFAULT_TIER, SERVICE_SUPPORT,
 };
 
 fn t0() -> OffsetDateTime {
@@ -20,6 +21,7 @@ fn silo(name: &str, capacity: i64, region: Option<&str>) -> NewSilo {
         region: region.map(Into::into),
         oem: None,
         signing_key: Some(hex::encode([7u8; 32])),
+        portal_url: None,
         now: t0(),
     }
 }
@@ -206,4 +208,64 @@ pub async fn a_root_moves_a_machine_and_the_silos_hand_its_history_over(store: &
     let older = StoredAggregates { issued_at: t0(), payload: "{\"old\":1}".into(), ..kept.clone() };
     assert!(!store.put_silo_aggregates(&older).await.unwrap(), "older ones are ignored");
     assert_eq!(store.silo_aggregates().await.unwrap(), vec![kept]);
+}
+
+/// A person the root sends to a maintenance silo is a user there under its opaque id (no name),
+/// related to the subscribers the assertion granted: it sees their clients and no other, until
+/// the next arrival grants otherwise; an operator sees every client. Each nonce is taken once.
+/// On the root, a user's opaque id is made once.
+pub async fn a_person_the_root_sent_sees_the_clients_of_the_subscribers_it_was_granted(store: &Store) {
+    let (mine, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+    for (uuid, subscriber) in [(mine, "opaque-mine"), (theirs, "opaque-theirs")] {
+        let client = SiloClient { subscriber: subscriber.into(), ..client_of(uuid) };
+        store.silo_client_seen(&client).await.unwrap();
+    }
+    let grants = [
+        RootGrant { subscriber: "opaque-mine".into(), owner: true, active: true },
+        RootGrant { subscriber: "opaque-not-here-yet".into(), owner: false, active: false },
+    ];
+    let user = store.root_visitor("subject-1", Role::User, &grants, t0()).await.unwrap();
+    assert_eq!(store.root_visitor("subject-1", Role::User, &grants, t0()).await.unwrap(), user, "one user");
+    let record = store.user(user).await.unwrap().unwrap();
+    assert_eq!((record.username.as_str(), record.email.as_deref()), ("root:subject-1", None), "no name");
+    let principal = store.principal(user, TokenScope::Attach).await.unwrap().unwrap();
+    let relations = store.relations(user).await.unwrap();
+    assert_eq!(relations.owns.len(), 1, "{relations:?}");
+    assert!(relations.owns[0].subscription_active);
+    assert_eq!(relations.contact_of.len(), 1, "{relations:?}");
+    assert!(!relations.contact_of[0].subscription_active);
+
+    let seen = store.visible_machines(&principal, None, 100).await.unwrap();
+    assert_eq!(seen.iter().map(|m| m.uuid).collect::<Vec<_>>(), [mine]);
+    let machine = store.machine(mine).await.unwrap().unwrap();
+    assert_eq!(machine.subscriber_id, relations.owns[0].subscriber_id);
+    let resource = |uuid, subscriber_id| Resource::Machine { uuid, subscriber_id: Some(subscriber_id) };
+    authorize(&principal, &relations, Action::ViewMachine, resource(mine, machine.subscriber_id)).unwrap();
+    let other = store.machine(theirs).await.unwrap().unwrap();
+    let denied = authorize(&principal, &relations, Action::ViewMachine, resource(theirs, other.subscriber_id));
+    assert_eq!(denied, Err(Denied::NotRelated));
+
+    // The root grants nothing at the next arrival: nothing is seen.
+    store.root_visitor("subject-1", Role::User, &[], t0()).await.unwrap();
+    assert!(store.visible_machines(&principal, None, 100).await.unwrap().is_empty());
+    // An operator of the root sees every client.
+    let operator = store.root_visitor("subject-2", Role::Operator, &[], t0()).await.unwrap();
+    let operator = store.principal(operator, TokenScope::Attach).await.unwrap().unwrap();
+    assert_eq!(operator.role, Role::Operator);
+    let all = store.visible_machines(&operator, None, 100).await.unwrap();
+    assert!(all.iter().any(|m| m.uuid == mine) && all.iter().any(|m| m.uuid == theirs), "{all:?}");
+
+    let ends = t0() + time::Duration::seconds(60);
+    assert!(store.spend_signin_nonce("nonce-1", ends, t0()).await.unwrap());
+    assert!(!store.spend_signin_nonce("nonce-1", ends, t0()).await.unwrap(), "once");
+    let later = ends + time::Duration::seconds(1);
+    assert!(
+        store.spend_signin_nonce("nonce-1", later + time::Duration::seconds(60), later).await.unwrap(),
+        "forgotten"
+    );
+
+    // The root's side: the built-in operator's opaque id, made once.
+    let made = store.user_opaque_id(1).await.unwrap().expect("user 1 is the built-in operator");
+    assert_eq!(made.len(), 32, "{made}");
+    assert_eq!(store.user_opaque_id(1).await.unwrap(), Some(made));
 }
