@@ -44,8 +44,6 @@ pub const CONTENT_PATH: &str = "/silo/v1/content";
 pub const MANIFEST_HEADER: &str = "tether-content-manifest";
 /// The answer's header carrying the manifest's signature (hex).
 pub const SIGNATURE_HEADER: &str = "tether-content-signature";
-/// How far a silo's signed request may be from the root's clock.
-const REQUEST_SKEW_SECS: i64 = 300;
 /// Items whose fill may be under way at once (one lock each).
 const MAX_FILLS: usize = 1024;
 
@@ -502,21 +500,7 @@ pub async fn take_request(
     store: &crate::store::Store,
     report: &crate::silo::moves::SiloReport,
 ) -> Result<ContentRequest, crate::silo::moves::ReportError> {
-    use crate::silo::moves::ReportError;
-    crate::silo::moves::verify_report(store, report).await?;
-    let request: ContentRequest =
-        serde_json::from_str(&report.payload).map_err(|e| ReportError::Malformed(e.to_string()))?;
-    if request.silo != report.silo {
-        return Err(ReportError::Malformed(format!("it is signed by {} and says it is {}", report.silo, request.silo)));
-    }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if (now - request.issued_at).abs() > REQUEST_SKEW_SECS {
-        return Err(ReportError::Malformed(format!(
-            "it was made at {} and this root's clock says {now}: more than {REQUEST_SKEW_SECS} s apart",
-            request.issued_at
-        )));
-    }
-    Ok(request)
+    crate::silo::moves::take_request(store, report, |r: &ContentRequest| (r.silo.as_str(), r.issued_at)).await
 }
 
 /// `tether content publish`: copies `file` into `data_dir`'s published items as `name` of `kind`,

@@ -132,6 +132,7 @@ pub async fn create_action(
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let expires_at = now + time::Duration::seconds(expires_in.into());
     let id = Uuid::new_v4();
+    let issued_by = issued_by(shared, sender).await?;
     let body = ActionBody {
         id,
         target: uuid,
@@ -139,7 +140,7 @@ pub async fn create_action(
         issued_at: now.unix_timestamp(),
         expires_at: expires_at.unix_timestamp(),
         timeout_secs,
-        issued_by: sender.name.clone(),
+        issued_by: issued_by.clone(),
         body: request.body,
     };
     let mut payload = BytesMut::new();
@@ -153,7 +154,7 @@ pub async fn create_action(
         body: body.body,
         timeout_secs,
         issued_by_user_id: sender.user_id,
-        issued_by: sender.name.clone(),
+        issued_by,
         created_at: now,
         expires_at,
         payload: b64(&payload),
@@ -172,6 +173,17 @@ pub async fn create_action(
     info!(%uuid, action = %id, kind = action.kind, user = %sender.name, "support action created and signed");
     nudge(shared, uuid);
     shared.store.support_action(id).await?.ok_or(SupportError::Internal("the stored action cannot be read back"))
+}
+
+/// Who an action says issued it (shown to the PC's user): the sender's name, or on a root,
+/// whose machines are served by maintenance silos that keep no personal data, the sender's
+/// opaque id (`support (user 0123abcd)`).
+async fn issued_by(shared: &Shared, sender: &Sender) -> Result<String, SupportError> {
+    if shared.silo.role() != crate::silo::Role::Root {
+        return Ok(sender.name.clone());
+    }
+    let opaque = shared.store.user_opaque_id(sender.user_id).await?.unwrap_or_default();
+    Ok(format!("support (user {})", &opaque[..opaque.len().min(8)]))
 }
 
 /// Whom a message is for.

@@ -644,3 +644,52 @@ fn a_subscriber_signs_in_at_the_root_and_sees_its_pc_on_silo_a_in_the_browser_wi
         agent.terminate(Duration::from_secs(10));
     }
 }
+
+/// `tether action run UUID --script FILE --json` against `gateway`; its JSON (whatever its exit).
+fn run_script(gateway: &Gateway, uuid: uuid::Uuid, script: &Path) -> serde_json::Value {
+    let uuid = uuid.to_string();
+    let args = ["action", "run", &uuid, "--script", script.to_str().unwrap(), "--timeout", "20", "--json"];
+    let output = gateway.cli_command(&args).output().expect("running tether action run");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("tether action run printed no JSON ({e}):\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+#[test]
+fn the_root_signs_an_action_for_a_pc_on_silo_a_which_runs_it_and_the_result_reaches_the_root() {
+    let Silos { root, a, ca, _dir, .. } = root_and_silo_a("");
+    let olga = register_olga(&root);
+    let pc = Pc::new();
+    let token = enrollment_token(&root, &olga);
+    pc.enroll_at(&root.agent_addr().to_string(), &token, &ca).expect("enrollment through the root");
+    let enabled = pc.agent().arg("enable").output().unwrap();
+    assert!(enabled.status.success(), "{}", String::from_utf8_lossy(&enabled.stderr));
+    let mut agent = pc.run();
+    wait_for("the PC's session on silo A", WAIT, || {
+        get(&a, &format!("/api/v1/devices/{}/agent", pc.uuid))["connected"] == true
+    });
+    let script = _dir.path().join("hello.sh");
+    std::fs::write(&script, "echo \"hello from a PC of silo A\"\n").unwrap();
+
+    // Made and signed at the root; fetched, delivered and answered through silo A.
+    let started = std::time::Instant::now();
+    let result = run_script(&root, pc.uuid, &script);
+    assert_eq!((result["state"].as_str(), result["exit_code"].as_i64()), (Some("completed"), Some(0)), "{result}");
+    assert!(result["output"].as_str().unwrap_or_default().contains("hello from a PC of silo A"), "{result}");
+    let issued_by = result["issued_by"].as_str().unwrap_or_default();
+    assert!(issued_by.starts_with("support (user "), "the root names no one to the silo: {result}");
+    eprintln!(
+        "FIGURE silo action: `tether action run` at the root to the result: {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let id = result["id"].as_str().unwrap();
+    let on_a = get(&a, &format!("/api/v1/support-actions/{id}"));
+    assert_eq!(on_a["state"], "completed", "silo A kept the root's action and its result: {on_a}");
+    assert!(agent.stderr().contains(id), "{}", agent.tail());
+
+    // An action silo A signs itself is refused by the PC: only the root's are run.
+    let own = run_script(&a, pc.uuid, &script);
+    assert_eq!(own["state"], "refused_bad_signature", "{own}");
+    assert!(!own["output"].as_str().unwrap_or_default().contains("hello"), "{own}");
+    agent.terminate(Duration::from_secs(10));
+}

@@ -226,6 +226,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(crate::silo::moves::MOVES_PATH, get(silos::moves))
         .route(crate::silo::moves::MOVED_PATH, post(silos::moved))
         .route(crate::silo::aggregates::AGGREGATES_PATH, post(silos::take_aggregates))
+        .route(crate::silo::actions::ACTIONS_PATH, post(silos::actions))
         .route(crate::content::CONTENT_PATH, post(silos::content))
         .merge(v1)
         .with_state(api)

@@ -143,6 +143,25 @@ pub(super) async fn take_aggregates(
     }
 }
 
+/// A silo's exchange of actions: its agents' results taken, the root's open actions for its
+/// machines answered (`silo::actions`).
+pub(super) async fn actions(
+    State(api): State<Arc<Api>>,
+    body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if api.shared.silo.role() == crate::silo::Role::Maintenance {
+        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo serves no actions to silos");
+    }
+    let Json(report) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_json(rejection),
+    };
+    match crate::silo::actions::at_root(&api.shared.store, &report).await {
+        Ok(out) => Json(out).into_response(),
+        Err(err) => report_refused(&report, err),
+    }
+}
+
 /// A content item for a silo's cache: the root's signed manifest in the headers, the bytes from
 /// the offset asked in the body (none when the offset is past the end).
 pub(super) async fn content(

@@ -332,6 +332,8 @@ pub struct Maintenance {
     pub(super) admitted: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
     /// The moves out of this silo the root ordered and the client has not completed, by machine.
     pub(super) outgoing: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<Outgoing>>>,
+    /// Until when the agents' results for the root's actions were sent to the root.
+    pub(super) forwarded: super::actions::Forwarded,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +354,7 @@ impl Maintenance {
             revoked: RwLock::new(Revoked::default()),
             admitted: Default::default(),
             outgoing: Default::default(),
+            forwarded: Default::default(),
         };
         let path = data_dir.join(REVOCATIONS_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {

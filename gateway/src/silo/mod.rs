@@ -14,6 +14,7 @@
 //! the silo imports (`tether silo join`): the root's agent CA, its API's TLS CA and its signing
 //! key, all public.
 
+pub mod actions;
 pub mod aggregates;
 pub mod maintenance;
 pub mod moves;
@@ -79,7 +80,8 @@ where
 
 /// Every `every`, until shutdown: pulls the root's revocation list (closing the live sessions of
 /// newly revoked certificates), then the moves out of this silo (a connected client of a new one
-/// is handed over at once), and reports the moves it took over that the root has not heard of.
+/// is handed over at once), reports the moves it took over that the root has not heard of, and
+/// exchanges actions with the root (`actions`: results up, the root's signed actions down).
 pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Arc<Maintenance>, every: Duration) {
     on_schedule(&shared, every, || async {
         match maintenance.pull().await {
@@ -104,6 +106,14 @@ pub async fn pull_revocations(shared: Arc<crate::state::Shared>, maintenance: Ar
         }
         if let Err(err) = moves::report(&maintenance, &shared.store, &shared.agent_keys).await {
             warn!(error = %format!("{err:#}"), "cannot report moves to the root; trying again later");
+        }
+        match actions::exchange(&maintenance, &shared.store, &shared.agent_keys).await {
+            Ok(fresh) => {
+                for uuid in fresh {
+                    crate::support::nudge(&shared, uuid);
+                }
+            }
+            Err(err) => warn!(error = %format!("{err:#}"), "cannot exchange actions with the root; trying again later"),
         }
     })
     .await

@@ -59,7 +59,7 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn verifies(key: &[u8], domain: SignDomain, signed: &Signed) -> bool {
+pub(crate) fn verifies(key: &[u8], domain: SignDomain, signed: &Signed) -> bool {
     UnparsedPublicKey::new(&ED25519, key).verify(&signed_message(domain, &signed.payload), &signed.signature).is_ok()
 }
 
@@ -234,6 +234,33 @@ pub(crate) async fn verify_report(store: &Store, report: &SiloReport) -> Result<
         return Err(ReportError::BadSignature(report.silo.clone()));
     }
     Ok(())
+}
+
+/// How far apart a silo's signed request and the root's clock may be (a request is signed afresh
+/// each time; an old one replayed is refused).
+pub const REQUEST_SKEW_SECS: i64 = 300;
+
+/// A silo's signed request (root): signed by the key the silo was registered with, naming that
+/// silo (`said` gives the name and when it was made, from the body), and made within
+/// [`REQUEST_SKEW_SECS`] of now.
+pub(crate) async fn take_request<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    report: &SiloReport,
+    said: impl Fn(&T) -> (&str, i64),
+) -> Result<T, ReportError> {
+    verify_report(store, report).await?;
+    let request: T = serde_json::from_str(&report.payload).map_err(|e| ReportError::Malformed(e.to_string()))?;
+    let (silo, issued_at) = said(&request);
+    if silo != report.silo {
+        return Err(ReportError::Malformed(format!("it is signed by {} and says it is {silo}", report.silo)));
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    if (now - issued_at).abs() > REQUEST_SKEW_SECS {
+        return Err(ReportError::Malformed(format!(
+            "it was made at {issued_at} and this root's clock says {now}: more than {REQUEST_SKEW_SECS} s apart"
+        )));
+    }
+    Ok(request)
 }
 
 /// A silo's report (root): checked against the key the silo was registered with; each move it

@@ -273,6 +273,36 @@ impl Store {
         self.fetch_all(stmt, deliverable).await
     }
 
+    /// Actions still open (pending, or handed over without a result) and not expired at `now`
+    /// for the machines a root gave to silo `silo`, oldest first, at most [`DELIVERY_BATCH`] × 10.
+    pub async fn actions_for_silo(&self, silo: &str, now: OffsetDateTime) -> Result<Vec<Deliverable>, StoreError> {
+        let stmt = Stmt::new(
+            "SELECT a.id, a.payload, a.signature FROM support_actions a
+                 JOIN silo_assignments s ON s.uuid = a.uuid
+             WHERE s.silo = $1 AND a.state IN ('pending', 'sent') AND a.expires_at > $2
+             ORDER BY a.created_at, a.id LIMIT $3",
+        )
+        .str(silo)
+        .time(now)
+        .int(DELIVERY_BATCH * 10);
+        self.fetch_all(stmt, deliverable).await
+    }
+
+    /// The results of actions recorded since `since` (a maintenance silo's, for its root), oldest
+    /// first, at most `limit`: each with its machine and what the agent said.
+    pub async fn action_results_since(
+        &self,
+        since: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<SupportAction>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM support_actions WHERE result_at > $1 ORDER BY result_at, id LIMIT $2"
+        );
+        self.fetch_all(Stmt::new(sql).time(since).int(limit), action_row).await
+    }
+
     /// Records that action `id` went to its agent at `now`; whether this was the first time.
     pub async fn mark_action_sent(&self, id: Uuid, now: OffsetDateTime) -> Result<bool, StoreError> {
         let stmt =
