@@ -434,7 +434,8 @@ fn touch(path: &Path) {
     }
 }
 
-fn hash_prefix(path: &Path, len: u64, mut hasher: Sha256) -> std::io::Result<Sha256> {
+/// `hasher` fed the first `len` bytes of `path` (a part being resumed).
+pub(crate) fn hash_prefix(path: &Path, len: u64, mut hasher: Sha256) -> std::io::Result<Sha256> {
     let mut file = std::fs::File::open(path)?.take(len);
     let mut buf = vec![0u8; 256 * 1024];
     loop {

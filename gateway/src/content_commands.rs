@@ -167,8 +167,7 @@ pub async fn get(client: &ApiClient, name: &str, out: Option<PathBuf>, root_key:
     std::fs::write(&part_manifest, &version)?;
     let mut hasher = Sha256::new();
     if from > 0 {
-        let mut file = std::fs::File::open(&part)?;
-        std::io::copy(&mut std::io::Read::take(&mut file, from), &mut HashWriter(&mut hasher))?;
+        hasher = crate::content::hash_prefix(&part, from, hasher)?;
     }
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
     file.set_len(from)?;
@@ -257,19 +256,6 @@ fn described(manifest: &protocols::tap::ContentManifest) -> String {
         manifest.size,
         hex::encode(manifest.sha256)
     )
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

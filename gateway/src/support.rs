@@ -179,7 +179,7 @@ pub async fn create_action(
 /// whose machines are served by maintenance silos that keep no personal data, the sender's
 /// opaque id (`support (user 0123abcd)`).
 async fn issued_by(shared: &Shared, sender: &Sender) -> Result<String, SupportError> {
-    if shared.silo.role() != crate::silo::Role::Root {
+    if shared.silo.role() != crate::silo::maintenance::Role::Root {
         return Ok(sender.name.clone());
     }
     let opaque = shared.store.user_opaque_id(sender.user_id).await?.unwrap_or_default();

@@ -102,6 +102,19 @@ pub(super) async fn moves(State(api): State<Arc<Api>>, query: Result<Query<Moves
     }
 }
 
+/// The signed report a silo posted to its root (`Err`: this gateway is a maintenance silo, which
+/// answers `refusal`, or the body is not a report).
+fn silo_report(
+    api: &Api,
+    body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
+    refusal: &'static str,
+) -> Result<SiloReport, Box<Response>> {
+    if api.shared.silo.role() == crate::silo::Role::Maintenance {
+        return Err(Box::new(error(StatusCode::NOT_FOUND, "not_found", refusal)));
+    }
+    body.map(|Json(report)| report).map_err(|rejection| Box::new(bad_json(rejection)))
+}
+
 fn no_such_silo(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, "not_found", format!("no silo named {name} is registered here"))
 }
@@ -110,14 +123,11 @@ fn no_such_silo(name: &str) -> Response {
 /// with: each is confirmed, and the machine's old certificate revoked.
 pub(super) async fn moved(
     State(api): State<Arc<Api>>,
-    body: Result<Json<crate::silo::moves::SiloReport>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo takes no reports");
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_json(rejection),
+    let report = match silo_report(&api, body, "a maintenance silo takes no reports") {
+        Ok(report) => report,
+        Err(response) => return *response,
     };
     match crate::silo::moves::take_report(&api.shared.store, &report).await {
         Ok(confirmed) => Json(serde_json::json!({ "confirmed": confirmed })).into_response(),
@@ -130,12 +140,9 @@ pub(super) async fn take_aggregates(
     State(api): State<Arc<Api>>,
     body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo takes no aggregates");
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_json(rejection),
+    let report = match silo_report(&api, body, "a maintenance silo takes no aggregates") {
+        Ok(report) => report,
+        Err(response) => return *response,
     };
     match crate::silo::aggregates::take(&api.shared.store, &report).await {
         Ok(()) => Json(serde_json::json!({ "kept": true })).into_response(),
@@ -149,12 +156,9 @@ pub(super) async fn actions(
     State(api): State<Arc<Api>>,
     body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo serves no actions to silos");
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_json(rejection),
+    let report = match silo_report(&api, body, "a maintenance silo serves no actions to silos") {
+        Ok(report) => report,
+        Err(response) => return *response,
     };
     match crate::silo::actions::at_root(&api.shared.store, &report).await {
         Ok(out) => Json(out).into_response(),
@@ -168,12 +172,9 @@ pub(super) async fn content(
     State(api): State<Arc<Api>>,
     body: Result<Json<SiloReport>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if api.shared.silo.role() == crate::silo::Role::Maintenance {
-        return error(StatusCode::NOT_FOUND, "not_found", "a maintenance silo publishes no content");
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_json(rejection),
+    let report = match silo_report(&api, body, "a maintenance silo publishes no content") {
+        Ok(report) => report,
+        Err(response) => return *response,
     };
     let request = match crate::content::take_request(&api.shared.store, &report).await {
         Ok(request) => request,
