@@ -132,7 +132,7 @@ pub(super) async fn create(
 }
 
 pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let visitor = match portal.require(&headers, Allow::Open).await {
+    let visitor = match portal.require(&headers, Allow::Machines).await {
         Ok(visitor) => visitor,
         Err(response) => return response,
     };
@@ -144,7 +144,15 @@ pub(super) async fn show(State(portal): State<Arc<Portal>>, headers: HeaderMap, 
         Ok(None) => return missing(),
         Err(err) => return unavailable(err),
     };
-    let resource = Resource::Machine { uuid: action.uuid, subscriber_id: action.subscriber_id };
+    // An action a maintenance silo took from its root names no subscriber: its machine does.
+    let subscriber_id = match action.subscriber_id {
+        Some(id) => Some(id),
+        None => match portal.shared.store.machine(action.uuid).await {
+            Ok(machine) => machine.map(|m| m.subscriber_id),
+            Err(err) => return unavailable(err),
+        },
+    };
+    let resource = Resource::Machine { uuid: action.uuid, subscriber_id };
     if let Err(denied) = policy::authorize(&visitor.principal, &visitor.relations, Action::ViewMachine, resource) {
         return views::forbidden(Some(&visitor), denied, "Viewing this support action");
     }

@@ -93,3 +93,34 @@ async fn a_contact_sends_a_script_from_the_machine_page_and_follows_it_to_its_re
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert_eq!(store.support_actions(machine).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_action_kept_without_a_subscriber_is_shown_by_its_machines_subscriber() {
+    // As a maintenance silo keeps the root's actions: no subscriber of its own on the row.
+    let shop = shop().await;
+    let machine = shop.machine;
+    let store = shop.bed.store();
+    let id = uuid::Uuid::new_v4();
+    let action = crate::store::NewSupportAction {
+        id,
+        uuid: machine,
+        subscriber_id: None,
+        kind: "script",
+        body: "echo from the root".into(),
+        timeout_secs: 30,
+        issued_by_user_id: 0,
+        issued_by: "support (user 0123abcd)".into(),
+        created_at: now(),
+        expires_at: now() + time::Duration::hours(1),
+        payload: String::new(),
+        signature: String::new(),
+    };
+    store.create_support_action(&action).await.unwrap();
+    shop.active_contact("carl@example.com", "carl").await;
+    let mut carl = shop.signed_in("carl", "192.0.2.41").await;
+    let shown = carl.get(&format!("/portal/actions/{id}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    assert!(shown.body.contains("echo from the root"), "{}", shown.body);
+    let mut otto = shop.signed_in("otto", "192.0.2.42").await;
+    assert_eq!(otto.get(&format!("/portal/actions/{id}")).await.status, StatusCode::FORBIDDEN);
+}
