@@ -92,8 +92,9 @@ pub struct SiloConfig {
     pub role: crate::silo::maintenance::Role,
     /// (maintenance) The tiers served here; empty: any tier the root grants.
     pub tiers: Vec<String>,
-    /// (maintenance) How often the root's revocation list, and the moves out of this silo, are
-    /// pulled: a revoked client is refused, and its session closed, within this.
+    /// (maintenance) How often the root's revocation list, the moves out of this silo and the
+    /// root's actions for its machines are pulled (the agents' results go up then): a revoked
+    /// client is refused, and its session closed, within this.
     pub revocations_pull_secs: u32,
     /// (maintenance) How often this silo sends its root its aggregates.
     pub aggregates_push_secs: u32,
