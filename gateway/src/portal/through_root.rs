@@ -28,9 +28,9 @@ use tracing::{info, warn};
 
 use super::session::{self, Visitor};
 use super::{unavailable, views, Allow, Fields, Portal};
-use crate::silo::signin::{Assertion, Grant, Handoff, MAX_ASSERTION, MAX_GRANTS};
+use crate::silo::signin::{Assertion, Grant, Handoff, SigninError, MAX_ASSERTION, MAX_GRANTS};
 use crate::silo::{Role as SiloRole, Silo};
-use crate::store::{RootGrant, SiloRecord, StoreError};
+use crate::store::{SiloRecord, StoreError};
 
 /// The silos whose portal the visitor may be sent to (a root; none elsewhere): for an operator
 /// every silo with a portal, for anyone else those holding machines of its subscribers.
@@ -152,28 +152,17 @@ pub(super) async fn arrive(State(portal): State<Arc<Portal>>, uri: Uri) -> Respo
     let now = OffsetDateTime::now_utc();
     let assertion = match handoff.verify(&root_key, maintenance.name(), now.unix_timestamp()) {
         Ok(assertion) => assertion,
-        Err(err) => {
-            warn!(code = err.code(), error = %err, "portal: a sign-in through the root refused");
-            return refused_link(StatusCode::FORBIDDEN, &err.to_string(), err.code());
-        }
+        Err(err) => return refused_assertion(err),
     };
     let store = &portal.shared.store;
     let ends = OffsetDateTime::from_unix_timestamp(assertion.expires_at).unwrap_or(now);
     match store.spend_signin_nonce(&assertion.nonce, ends, now).await {
         Ok(true) => {}
-        Ok(false) => {
-            let err = crate::silo::signin::SigninError::Replayed;
-            warn!(code = err.code(), "portal: a sign-in through the root refused");
-            return refused_link(StatusCode::FORBIDDEN, &err.to_string(), err.code());
-        }
+        Ok(false) => return refused_assertion(SigninError::Replayed),
         Err(err) => return unavailable(err),
     }
-    let grants: Vec<RootGrant> = assertion
-        .grants
-        .iter()
-        .map(|g| RootGrant { subscriber: g.subscriber.clone(), owner: g.owner, active: g.active })
-        .collect();
-    let user_id = match store.root_visitor(&assertion.subject, assertion.role(), &grants, now).await {
+    let grants = &assertion.grants;
+    let user_id = match store.root_visitor(&assertion.subject, assertion.role(), grants, now).await {
         Ok(id) => id,
         Err(err) => return unavailable(err),
     };
@@ -191,6 +180,12 @@ pub(super) async fn arrive(State(portal): State<Arc<Portal>>, uri: Uri) -> Respo
     let cookie = session::set_cookie(session::SESSION_COOKIE, &id, session::ROOT_SESSION_MAX.whole_seconds());
     response.headers_mut().append(header::SET_COOKIE, cookie);
     response
+}
+
+/// An assertion refused (logged): 403 with why.
+fn refused_assertion(err: SigninError) -> Response {
+    warn!(code = err.code(), error = %err, "portal: a sign-in through the root refused");
+    refused_link(StatusCode::FORBIDDEN, &err.to_string(), err.code())
 }
 
 /// A refused sign-in link: what was wrong, and where to start again.

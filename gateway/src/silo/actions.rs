@@ -202,9 +202,6 @@ pub async fn exchange(
                 continue;
             }
         };
-        if store.support_action(body.id).await?.is_some() {
-            continue;
-        }
         let at = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).unwrap_or(now);
         let action = NewSupportAction {
             id: body.id,
@@ -213,7 +210,8 @@ pub async fn exchange(
             kind: body.kind.as_str(),
             body: body.body.clone(),
             timeout_secs: body.timeout_secs,
-            // The root's user; this silo has none of its own for it.
+            // The root's user; this silo has none of its own for it. (An action held already is
+            // a unique violation below: served again until its result reaches the root.)
             issued_by_user_id: 0,
             issued_by: body.issued_by.clone(),
             created_at: at(body.issued_at),

@@ -52,16 +52,8 @@ pub struct Assertion {
     pub nonce: String,
 }
 
-/// A subscriber an assertion grants, by its opaque id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    pub subscriber: String,
-    /// The person is the subscriber's own account (else an active support contact of it).
-    pub owner: bool,
-    /// The subscription is active.
-    pub active: bool,
-}
+/// A subscriber an assertion grants, by its opaque id: what the silo keeps of it, too.
+pub use crate::store::RootGrant as Grant;
 
 impl Assertion {
     /// An assertion for `silo` made `now` (unix seconds), with a fresh nonce.

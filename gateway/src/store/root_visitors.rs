@@ -18,8 +18,10 @@ use time::OffsetDateTime;
 use super::{is_unique_violation, Stmt, Store, StoreError};
 use crate::policy::Role;
 
-/// What a root's assertion granted a person, per subscriber.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a root's assertion granted a person, per subscriber (as the assertion carries it,
+/// `silo::signin::Grant`, and as the silo keeps it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RootGrant {
     /// The subscriber's opaque id.
     pub subscriber: String,
